@@ -1,0 +1,21 @@
+//! The domain types every other gancho crate speaks: [`Event`], [`NewEvent`], the correlation
+//! [`Keys`], event ids and event time, and the [`Clock`] through which time is read.
+//!
+//! This crate does no I/O and knows no storage engine, HTTP server or script engine: it is the
+//! vocabulary, not the machinery. A key design decision made here is that an event's identity
+//! for deduplication ([`EventId`]) is decided when the event is built, from the provider's id
+//! where one exists and otherwise from a canonical hash of its content, so that every path that
+//! appends to the log (webhooks now, timers and cron ticks later) deduplicates the same way.
+
+mod clock;
+mod event;
+mod time;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use event::{Event, EventId, Keys, NewEvent, key_text};
+pub use time::{TimeError, millis_to_time, parse_event_time, time_to_millis};
+
+/// The longest correlation-key value, in bytes, that the store indexes. Adapters reject an
+/// item carrying a longer one (it goes to the quarantine with this reason) rather than index
+/// a truncated value that no query could match.
+pub const MAX_KEY_LEN: usize = 1024;

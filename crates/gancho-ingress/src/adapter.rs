@@ -1,0 +1,364 @@
+//! Source adapters: from a parsed body to events, one adapter per kind of source.
+//!
+//! An adapter is a pure function of the body, the source and the receipt time. It splits a
+//! batch into items, makes each item an event or a rejection with its reason, and never fails
+//! for one bad item of a batch: a batch the provider can never deliver whole would otherwise be
+//! retried for ever.
+
+use chrono::{DateTime, Utc};
+use gancho_core::{EventId, Keys, MAX_KEY_LEN, NewEvent, key_text, parse_event_time};
+use gancho_store::{Rejected, Submission};
+use serde_json::Value;
+
+/// The longest event type accepted, in bytes.
+const MAX_TYPE_LEN: usize = 256;
+
+/// How a source's payloads are read.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// Mailjet's Event API: one event object, or an array of them ("Version 2" grouping).
+    Mailjet,
+    /// Any JSON object or array of objects, read with the configured JSON pointers.
+    Json(JsonSpec),
+}
+
+/// Where a generic JSON source keeps an event's parts, as JSON pointers (RFC 6901).
+#[derive(Debug, Clone)]
+pub struct JsonSpec {
+    /// The event type (required).
+    pub kind: String,
+    /// The event time, RFC 3339 or Unix seconds; `None`: the time of receipt.
+    pub time: Option<String>,
+    /// The provider's event id, for dedup; `None`: a hash of the content.
+    pub id: Option<String>,
+    /// Correlation keys by name.
+    pub keys: Vec<(String, String)>,
+}
+
+/// Why a body as a whole was refused. Nothing of it is stored.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BodyError {
+    #[error("body must be a JSON object or an array of objects, found {0}")]
+    NotAnObjectOrArray(&'static str),
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+}
+
+/// Turns a parsed body into what the store should keep.
+///
+/// A single object that is not a valid event is refused whole ([`BodyError::InvalidEvent`]);
+/// in an array, each invalid item becomes a [`Rejected`] next to the valid events.
+pub fn submission_from(
+    source: &str,
+    kind: &SourceKind,
+    body: Value,
+    received: DateTime<Utc>,
+) -> Result<Submission, BodyError> {
+    let mut submission = Submission::default();
+    match body {
+        Value::Array(items) => {
+            submission.events.reserve(items.len());
+            for item in items {
+                match event_from(source, kind, &item, received) {
+                    Ok(parts) => submission.events.push(parts.into_event(item)),
+                    Err(reason) => submission.rejected.push(Rejected {
+                        source: source.to_owned(),
+                        received,
+                        reason,
+                        item,
+                    }),
+                }
+            }
+        }
+        Value::Object(_) => {
+            let parts =
+                event_from(source, kind, &body, received).map_err(BodyError::InvalidEvent)?;
+            submission.events.push(parts.into_event(body));
+        }
+        other => return Err(BodyError::NotAnObjectOrArray(json_type(&other))),
+    }
+    Ok(submission)
+}
+
+/// Everything of an event but its payload, read from the payload.
+struct Parts {
+    id: Option<EventId>,
+    source: String,
+    kind: String,
+    time: DateTime<Utc>,
+    received: DateTime<Utc>,
+    keys: Keys,
+}
+
+impl Parts {
+    fn into_event(self, data: Value) -> NewEvent {
+        NewEvent {
+            id: self.id.unwrap_or_else(|| EventId::from_content(&data)),
+            source: self.source,
+            kind: self.kind,
+            time: self.time,
+            received: self.received,
+            keys: self.keys,
+            data,
+        }
+    }
+}
+
+fn event_from(
+    source: &str,
+    kind: &SourceKind,
+    item: &Value,
+    received: DateTime<Utc>,
+) -> Result<Parts, String> {
+    if !item.is_object() {
+        return Err(format!(
+            "item must be a JSON object, found {}",
+            json_type(item)
+        ));
+    }
+    match kind {
+        SourceKind::Mailjet => mailjet(source, item, received),
+        SourceKind::Json(spec) => json(source, spec, item, received),
+    }
+}
+
+/// The correlation keys Mailjet events carry, by the name rules use.
+const MAILJET_KEYS: [&str; 4] = ["email", "MessageID", "mj_campaign_id", "CustomID"];
+
+fn mailjet(source: &str, item: &Value, received: DateTime<Utc>) -> Result<Parts, String> {
+    let kind = match item.get("event") {
+        Some(Value::String(s)) => event_type(s)?,
+        Some(other) => {
+            return Err(format!(
+                "field `event` must be a string, found {}",
+                json_type(other)
+            ));
+        }
+        None => return Err("missing field `event`".to_owned()),
+    };
+    let time = match item.get("time") {
+        Some(t) => parse_event_time(t).map_err(|err| format!("field `time`: {err}"))?,
+        None => return Err("missing field `time`".to_owned()),
+    };
+    let mut keys = Keys::new();
+    for name in MAILJET_KEYS {
+        let mut value = item.get(name);
+        // Older payloads carry the message id only as `mj_message_id`, as a string.
+        if name == "MessageID" && value.is_none_or(Value::is_null) {
+            value = item.get("mj_message_id");
+        }
+        if let Some(text) = value.and_then(key_text) {
+            keys.insert(name.to_owned(), checked_key(name, text)?);
+        }
+    }
+    Ok(Parts {
+        id: None,
+        source: source.to_owned(),
+        kind,
+        time,
+        received,
+        keys,
+    })
+}
+
+fn json(
+    source: &str,
+    spec: &JsonSpec,
+    item: &Value,
+    received: DateTime<Utc>,
+) -> Result<Parts, String> {
+    let kind = match item.pointer(&spec.kind) {
+        Some(Value::String(s)) => event_type(s)?,
+        Some(v @ Value::Number(_)) => event_type(&v.to_string())?,
+        Some(other) => {
+            return Err(format!(
+                "type at {} must be a string, found {}",
+                spec.kind,
+                json_type(other)
+            ));
+        }
+        None => return Err(format!("no event type at {}", spec.kind)),
+    };
+    let time = match &spec.time {
+        None => received,
+        Some(pointer) => match item.pointer(pointer) {
+            Some(t) => parse_event_time(t).map_err(|err| format!("time at {pointer}: {err}"))?,
+            None => return Err(format!("no event time at {pointer}")),
+        },
+    };
+    let id = match &spec.id {
+        None => None,
+        Some(pointer) => match item.pointer(pointer).and_then(key_text) {
+            Some(id) => Some(EventId::from_provider(&checked_key("id", id)?)),
+            None => return Err(format!("no event id at {pointer}")),
+        },
+    };
+    let mut keys = Keys::new();
+    for (name, pointer) in &spec.keys {
+        match item.pointer(pointer) {
+            None | Some(Value::Null) => {}
+            Some(v @ (Value::Array(_) | Value::Object(_))) => {
+                return Err(format!(
+                    "key {name} at {pointer} must be a string or a number, found {}",
+                    json_type(v)
+                ));
+            }
+            Some(v) => {
+                if let Some(text) = key_text(v) {
+                    keys.insert(name.clone(), checked_key(name, text)?);
+                }
+            }
+        }
+    }
+    Ok(Parts {
+        id,
+        source: source.to_owned(),
+        kind,
+        time,
+        received,
+        keys,
+    })
+}
+
+fn event_type(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("event type is empty".to_owned())
+    } else if s.len() > MAX_TYPE_LEN {
+        Err(format!("event type is longer than {MAX_TYPE_LEN} bytes"))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn checked_key(name: &str, text: String) -> Result<String, String> {
+    if text.len() > MAX_KEY_LEN {
+        Err(format!("{name} is longer than {MAX_KEY_LEN} bytes"))
+    } else {
+        Ok(text)
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_opt(1_764_320_100, 0).unwrap()
+    }
+
+    fn bank() -> SourceKind {
+        SourceKind::Json(JsonSpec {
+            kind: "/kind".into(),
+            time: Some("/at".into()),
+            id: Some("/id".into()),
+            keys: vec![("account".into(), "/account".into())],
+        })
+    }
+
+    #[test]
+    fn mailjet_event_with_big_id_as_number_or_string_keys_the_same() {
+        let a: Value = serde_json::from_str(
+            r#"{"event":"open","time":1433103519,"MessageID":19421777396190491,"email":"a@x"}"#,
+        )
+        .unwrap();
+        let b =
+            json!({"event":"open","time":1433103519,"MessageID":"19421777396190491","email":"a@x"});
+        for body in [a, b] {
+            let sub = submission_from("mailjet", &SourceKind::Mailjet, body, now()).unwrap();
+            assert_eq!(sub.events[0].keys["MessageID"], "19421777396190491");
+            assert_eq!(sub.events[0].kind, "open");
+        }
+    }
+
+    #[test]
+    fn mailjet_batch_keeps_good_items_and_rejects_bad_ones_with_reasons() {
+        let body = json!([
+            {"event":"sent","time":1433333949,"email":"a@x","mj_message_id":"42"},
+            {"time":1433333949},
+            {"event":"open","time":"soon"},
+            7
+        ]);
+        let sub = submission_from("mailjet", &SourceKind::Mailjet, body, now()).unwrap();
+        assert_eq!(sub.events.len(), 1);
+        assert_eq!(sub.events[0].keys["MessageID"], "42");
+        let reasons: Vec<_> = sub.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "missing field `event`",
+                "field `time`: time \"soon\" is not an RFC 3339 date-time nor Unix seconds",
+                "item must be a JSON object, found a number"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_invalid_object_is_refused_whole() {
+        let err = submission_from("mailjet", &SourceKind::Mailjet, json!({"time": 1}), now())
+            .unwrap_err();
+        assert_eq!(err, BodyError::InvalidEvent("missing field `event`".into()));
+        let err = submission_from("mailjet", &SourceKind::Mailjet, json!("hi"), now()).unwrap_err();
+        assert_eq!(err, BodyError::NotAnObjectOrArray("a string"));
+    }
+
+    #[test]
+    fn json_source_reads_pointers() {
+        let body =
+            json!({"id":"w-1","kind":"withdrawal","at":1764320000,"account":"ES76","amount":120});
+        let sub = submission_from("bank", &bank(), body, now()).unwrap();
+        let e = &sub.events[0];
+        assert_eq!(e.kind, "withdrawal");
+        assert_eq!(e.id, EventId::from_provider("w-1"));
+        assert_eq!(e.time, Utc.timestamp_opt(1_764_320_000, 0).unwrap());
+        assert_eq!(e.keys["account"], "ES76");
+    }
+
+    #[test]
+    fn json_source_without_time_pointer_uses_receipt() {
+        let kind = SourceKind::Json(JsonSpec {
+            kind: "/type".into(),
+            time: None,
+            id: None,
+            keys: vec![],
+        });
+        let sub = submission_from("shop", &kind, json!({"type": "order.created"}), now()).unwrap();
+        assert_eq!(sub.events[0].time, now());
+        assert!(sub.events[0].id.as_str().starts_with("h:"));
+    }
+
+    #[test]
+    fn json_source_rejects_what_its_pointers_cannot_read() {
+        let cases = [
+            (
+                json!({"kind":"w","at":1,"id":"x","account":{"iban":1}}),
+                "key account at /account must be a string or a number, found an object",
+            ),
+            (json!({"at":1,"id":"x"}), "no event type at /kind"),
+            (json!({"kind":"w","id":"x"}), "no event time at /at"),
+            (json!({"kind":"w","at":1}), "no event id at /id"),
+            (json!({"kind":"","at":1,"id":"x"}), "event type is empty"),
+            (
+                json!({"kind":"w","at":1,"id":"x","account":"a".repeat(2000)}),
+                "account is longer than 1024 bytes",
+            ),
+        ];
+        for (item, reason) in cases {
+            let sub = submission_from("bank", &bank(), json!([item]), now()).unwrap();
+            assert_eq!(sub.rejected.len(), 1);
+            assert_eq!(sub.rejected[0].reason, reason);
+        }
+    }
+}

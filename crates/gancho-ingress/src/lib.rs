@@ -1,0 +1,18 @@
+//! gancho's front door: the HTTP server that receives webhooks (`POST /hooks/{source}`), checks
+//! who sent them, turns each payload into events with the source's adapter, and answers only
+//! once the store says the events are durable.
+//!
+//! Only this crate knows actix-web; no actix type appears in its public API. It knows nothing of
+//! rules, scripts or outgoing actions, and it never reads the wall clock directly (receipt times
+//! come from the injected [`gancho_core::Clock`]). A key design decision made here is that a
+//! request is answered by what the store did with it: 200 means every event in it is on disk
+//! (or was already) and every invalid item of a batch is in the quarantine; any other status
+//! means nothing of it was stored, so the provider's retry is always safe.
+
+mod adapter;
+mod auth;
+mod server;
+
+pub use adapter::{BodyError, JsonSpec, SourceKind, submission_from};
+pub use auth::BasicAuth;
+pub use server::{IngressConfig, IngressHandle, IngressServer, Source, block_on};

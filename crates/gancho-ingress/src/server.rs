@@ -1,0 +1,281 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use gancho_core::Clock;
+use gancho_store::{Appender, StoreError};
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::adapter::{SourceKind, submission_from};
+use crate::auth::BasicAuth;
+
+/// A configured source: where `POST /hooks/{name}` goes.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    /// Credentials the sender must present; `None` accepts any sender.
+    pub auth: Option<BasicAuth>,
+}
+
+/// What the server needs to know, already validated.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    pub sources: Vec<Source>,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; 0: one per core.
+    pub workers: usize,
+    /// How long a graceful stop waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+struct State {
+    sources: HashMap<String, Source>,
+    max_body_bytes: usize,
+    appender: Appender,
+    clock: Arc<dyn Clock>,
+}
+
+/// The running HTTP server.
+pub struct IngressServer {
+    server: actix_web::dev::Server,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for IngressServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressServer")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+/// Stops the server from elsewhere.
+#[derive(Clone)]
+pub struct IngressHandle(actix_web::dev::ServerHandle);
+
+impl std::fmt::Debug for IngressHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IngressHandle")
+    }
+}
+
+impl IngressHandle {
+    /// Stops accepting connections and waits (up to the configured grace) for requests in
+    /// flight to be answered.
+    pub async fn stop(&self) {
+        self.0.stop(true).await;
+    }
+}
+
+/// Runs a future to completion on the runtime the HTTP server needs (actix's system on a tokio
+/// current-thread runtime). The binary's async code runs inside it.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    actix_web::rt::System::new().block_on(future)
+}
+
+impl IngressServer {
+    /// Starts serving on an already bound listener. Must run inside [`block_on`].
+    pub fn start(
+        listener: TcpListener,
+        config: IngressConfig,
+        appender: Appender,
+        clock: Arc<dyn Clock>,
+    ) -> std::io::Result<IngressServer> {
+        let local_addr = listener.local_addr()?;
+        for source in config.sources.iter().filter(|s| s.auth.is_none()) {
+            warn!(source = %source.name, "source has no authentication: anyone who can reach the port can post events to it");
+        }
+        let state = web::Data::new(State {
+            sources: config
+                .sources
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect(),
+            max_body_bytes: config.max_body_bytes,
+            appender,
+            clock,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/hooks/{source}", web::post().to(hook))
+                .route("/healthz", web::get().to(healthz))
+                .default_service(web::to(not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_grace.as_secs().max(1));
+        if config.workers > 0 {
+            server = server.workers(config.workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(IngressServer { server, local_addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn handle(&self) -> IngressHandle {
+        IngressHandle(self.server.handle())
+    }
+
+    /// Serves until stopped.
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    // The store is opened before the server binds, so answering at all means it is open.
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": reason.into() }))
+}
+
+async fn hook(
+    req: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let name = name.into_inner();
+    let Some(source) = state.sources.get(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown source {name:?}"));
+    };
+    if let Some(auth) = &source.auth
+        && !auth.accepts(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )
+    {
+        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"gancho\""),
+        );
+        return response;
+    }
+    if let Err(reason) = check_content_type(&req) {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
+    }
+    let body = match read_body(&req, payload, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body is not valid JSON: {err}"),
+            );
+        }
+    };
+    let received = state.clock.now();
+    let submission = match submission_from(&source.name, &source.kind, value, received) {
+        Ok(submission) => submission,
+        Err(err) => return error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()),
+    };
+    for rejected in &submission.rejected {
+        warn!(source = %source.name, reason = %rejected.reason, "item quarantined");
+    }
+    match state.appender.append(submission).await {
+        Ok(report) => {
+            debug!(
+                source = %source.name,
+                stored = report.stored.len(),
+                duplicates = report.duplicates.len(),
+                quarantined = report.quarantined.len(),
+                "webhook stored"
+            );
+            HttpResponse::Ok().json(json!({
+                "stored": report.stored.len(),
+                "duplicates": report.duplicates.len(),
+                "quarantined": report.quarantined.len(),
+            }))
+        }
+        Err(StoreError::Closed) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down; retry later",
+        ),
+        Err(err) => {
+            warn!(source = %source.name, error = %err, "storing webhook failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "events could not be stored durably; retry later",
+            )
+        }
+    }
+}
+
+fn check_content_type(req: &HttpRequest) -> Result<(), String> {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
+        return Err("missing Content-Type; send application/json".to_owned());
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "Content-Type {text:?} is not supported; send application/json"
+        ))
+    }
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, HttpResponse> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+    use futures_util::StreamExt as _;
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|err| error(StatusCode::BAD_REQUEST, format!("reading body: {err}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

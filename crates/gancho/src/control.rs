@@ -1,0 +1,191 @@
+//! The control socket: how listing commands reach the store while the daemon holds it.
+//!
+//! sled lets one process open a store. While the daemon runs, `gancho events` and friends send
+//! one JSON line to `DATA_DIR/gancho.sock` and read one JSON line back; with the daemon
+//! stopped, they open the store themselves. The socket is created with mode 0600 inside the
+//! data folder (mode 0700), so only the service's user and root can use it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use gancho_core::Event;
+use gancho_store::{EventQuery, KeyFilter, Quarantined, Store, StoreConfig, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
+
+/// The largest request line the daemon reads.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// A question to the daemon (or, with the daemon stopped, to the store directly).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    Events(Query),
+    Quarantine { limit: usize },
+}
+
+/// [`EventQuery`] on the wire.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Query {
+    pub source: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub key: Option<(String, String)>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: usize,
+}
+
+impl Query {
+    fn to_store(&self) -> EventQuery {
+        EventQuery {
+            source: self.source.clone(),
+            kind: self.kind.clone(),
+            key: self
+                .key
+                .clone()
+                .map(|(name, value)| KeyFilter { name, value }),
+            since: self.since,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Events(Vec<Event>),
+    Quarantine(Vec<Quarantined>),
+    Error(String),
+}
+
+fn answer(store: &Store, request: &Request) -> Response {
+    let result = match request {
+        Request::Events(query) => store.events(&query.to_store()).map(Response::Events),
+        Request::Quarantine { limit } => store.quarantine(*limit).map(Response::Quarantine),
+    };
+    result.unwrap_or_else(|err| Response::Error(err.to_string()))
+}
+
+/// Asks the running daemon, or opens the store when no daemon answers.
+pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result<Response> {
+    match UnixStream::connect(socket) {
+        Ok(stream) => ask_daemon(stream, request)
+            .with_context(|| format!("asking the daemon at {}", socket.display())),
+        Err(err) => {
+            debug!(error = %err, "no daemon on the control socket; opening the store");
+            if !store_dir.exists() {
+                bail!(
+                    "no store at {} (has the daemon ever run with this config?)",
+                    store_dir.display()
+                );
+            }
+            let config = StoreConfig {
+                fsync: false,
+                cache_capacity: 64 * 1024 * 1024,
+            };
+            let store = match Store::open(store_dir, &config) {
+                Ok(store) => store,
+                Err(StoreError::Locked { path }) => bail!(
+                    "the store at {path} is held by a running daemon, but its control socket {} does not answer",
+                    socket.display()
+                ),
+                Err(err) => return Err(err).context("opening the store"),
+            };
+            let response = answer(&store, request);
+            store.shutdown().context("closing the store")?;
+            Ok(response)
+        }
+    }
+}
+
+fn ask_daemon(mut stream: UnixStream, request: &Request) -> anyhow::Result<Response> {
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    if reply.is_empty() {
+        bail!("the daemon closed the connection without answering");
+    }
+    Ok(serde_json::from_str(&reply)?)
+}
+
+/// A listening control socket; the file is removed when this is dropped.
+#[derive(Debug)]
+pub struct ControlSocket {
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        // Best effort: a leftover file is replaced at the next start anyway.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ControlSocket {
+    /// Binds the socket. The caller holds the store, so no other daemon can be using this data
+    /// folder: a file already at `path` is left over from a crash and is replaced.
+    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+        match std::fs::remove_file(path) {
+            Ok(()) => debug!(path = %path.display(), "removed a stale control socket"),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("removing stale {}", path.display()));
+            }
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("binding control socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+        Ok(ControlSocket {
+            path: path.to_owned(),
+            listener,
+        })
+    }
+
+    /// Answers requests until the task is dropped.
+    pub async fn serve(self, store: Store) {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(error = %err, "accepting on the control socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(err) = serve_one(stream, store).await {
+                    warn!(error = %err, "control request failed");
+                }
+            });
+        }
+    }
+}
+
+async fn serve_one(stream: tokio::net::UnixStream, store: Store) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    tokio::io::BufReader::new(read.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => tokio::task::spawn_blocking(move || answer(&store, &request)).await?,
+        Err(err) => Response::Error(format!("bad request: {err}")),
+    };
+    let mut bytes = serde_json::to_vec(&response)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The `gancho` binary: reads the config, wires the store and the ingress together, handles
+//! signals, and serves the operator's commands (`run`, `events`, `quarantine`, `check-config`).
+//!
+//! This is the only crate that handles signals, reads the environment for its config, or uses
+//! `anyhow`: errors from the library crates are typed and get their context here.
+
+mod config;
+mod control;
+mod run;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::control::{Query, Request, Response};
+
+/// EX_CONFIG from sysexits.h: the config is wrong. The systemd unit does not restart on it.
+const EXIT_CONFIG: u8 = 78;
+
+/// gancho: receives webhooks, stores them durably, and runs rules on them.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The config file (TOML). Without it, the embedded defaults: listen on 127.0.0.1:8080,
+    /// data in ./data, rules from ./rules.
+    #[arg(long, global = true, env = "GANCHO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the config and exit.
+    CheckConfig,
+    /// List stored events, oldest first.
+    Events {
+        /// Only events of this source (its name in the config).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only events of this type, in the source's words (`open`).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only events whose correlation key NAME equals VALUE.
+        #[arg(long, value_name = "NAME=VALUE", value_parser = parse_key)]
+        key: Option<(String, String)>,
+        /// Only events whose event time is within this long before now, as `24h`, `30m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// At most this many (the newest); 0 for all.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List items that sources sent but that were not valid events, with the reason.
+    Quarantine {
+        /// At most this many (the newest); 0 for all.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_key(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("gancho: config error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run::run(config),
+        Command::CheckConfig => {
+            println!(
+                "config ok: {} source(s), listening on {}",
+                config.ingress.sources.len(),
+                config.listen
+            );
+            Ok(())
+        }
+        Command::Events {
+            source,
+            kind,
+            key,
+            since,
+            limit,
+            json,
+        } => list_events(&config, source, kind, key, since, limit, json),
+        Command::Quarantine { limit, json } => list_quarantine(&config, limit, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("gancho: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GANCHO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn list_events(
+    config: &Config,
+    source: Option<String>,
+    kind: Option<String>,
+    key: Option<(String, String)>,
+    since: Option<std::time::Duration>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let since = match since {
+        Some(d) => Some(Utc::now() - chrono::Duration::from_std(d).context("--since is too long")?),
+        None => None,
+    };
+    let request = Request::Events(Query {
+        source,
+        kind,
+        key,
+        since,
+        limit,
+    });
+    let events = match control::ask(&config.socket_path(), &config.store_dir(), &request)? {
+        Response::Events(events) => events,
+        Response::Error(err) => anyhow::bail!("{err}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &events)?;
+        writeln!(out)?;
+    } else {
+        for e in &events {
+            let keys: Vec<String> = e.keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(
+                out,
+                "{:>8}  {}  {}.{}  {}",
+                e.seq,
+                e.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                e.source,
+                e.kind,
+                keys.join(" ")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
+    let items = match control::ask(
+        &config.socket_path(),
+        &config.store_dir(),
+        &Request::Quarantine { limit },
+    )? {
+        Response::Quarantine(items) => items,
+        Response::Error(err) => anyhow::bail!("{err}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &items)?;
+        writeln!(out)?;
+    } else {
+        for q in &items {
+            writeln!(
+                out,
+                "{:>8}  {}  {}  {}  {}",
+                q.id,
+                q.received
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                q.source,
+                q.reason,
+                q.item
+            )?;
+        }
+    }
+    Ok(())
+}

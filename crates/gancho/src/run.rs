@@ -1,0 +1,89 @@
+//! `gancho run`: the daemon's life from start to a clean stop.
+//!
+//! Start: open the store (it holds the data folder's lock), bind the control socket, bind the
+//! HTTP port, serve. Stop on SIGTERM or SIGINT, from the front: stop accepting and answer the
+//! requests in flight, then let the store make every accepted event durable, then exit 0.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use gancho_core::SystemClock;
+use gancho_ingress::IngressServer;
+use gancho_store::Store;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::control::ControlSocket;
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    gancho_ingress::block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    create_private_dir(&config.data_dir)?;
+    let store_dir = config.store_dir();
+    let store = Store::open(&store_dir, &config.store)
+        .with_context(|| format!("opening the store at {}", store_dir.display()))?;
+    let control = ControlSocket::bind(&config.socket_path())?;
+    let control_task = tokio::spawn(control.serve(store.clone()));
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let server = IngressServer::start(
+        listener,
+        config.ingress.clone(),
+        store.appender(),
+        Arc::new(SystemClock),
+    )
+    .context("starting the HTTP server")?;
+    info!(
+        listen = %server.local_addr(),
+        data_dir = %config.data_dir.display(),
+        rules_dir = %config.rules_dir.display(),
+        sources = config.ingress.sources.len(),
+        fsync = config.store.fsync,
+        "gancho is ready"
+    );
+    let handle = server.handle();
+    let mut served = std::pin::pin!(server.wait());
+    let stopped_early = tokio::select! {
+        result = &mut served => Some(result),
+        _ = sigterm.recv() => { info!("SIGTERM: stopping"); None }
+        _ = sigint.recv() => { info!("SIGINT: stopping"); None }
+    };
+    let served_result = match stopped_early {
+        Some(result) => result,
+        None => {
+            // The server's own future carries out the stop, so both must be polled together.
+            let ((), result) = tokio::join!(handle.stop(), served);
+            result
+        }
+    };
+    control_task.abort();
+    // The control socket's file goes with the task that owned it.
+    let _ = control_task.await;
+    let stored = store.shutdown().context("flushing the store");
+    if let Err(err) = &served_result {
+        warn!(error = %err, "the HTTP server stopped with an error");
+    }
+    stored?;
+    served_result.context("serving HTTP")?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+/// Creates the data folder readable by its owner only: it holds the events and the control
+/// socket.
+fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(())
+}
