@@ -177,10 +177,12 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let deserializer = toml::Deserializer::new(text);
     let file: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let line = err
-            .inner()
-            .span()
-            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let line = err.inner().span().map(|span| {
+            1 + text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+        });
         let path = err.path().to_string();
         ConfigError {
             origin: match line {

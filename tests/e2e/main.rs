@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `gancho` binary, real HTTP over loopback, a real store in a temp
+//! folder. One test binary, modules by subject.
+
+mod bad_input;
+mod cli;
+mod crash;
+mod shutdown;
+mod webhooks;
