@@ -1,5 +1,8 @@
 //! The binary refuses a bad config before binding anything: one line naming the key, exit 78.
 
+// Test code: a failed expectation is a failed test, helpers included.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn gancho(config: &str) -> std::process::Output {
