@@ -94,8 +94,15 @@ fn posting_the_same_payload_twice_stores_it_once() {
     let daemon = setup.start();
     let body = fixture("mailjet/open.json");
     assert_eq!(daemon.post_mailjet(&body).json()["stored"], 1);
-    // A retry re-serialised with other whitespace is still the same event.
-    let compact = serde_json::to_vec(&serde_json::from_slice::<Value>(&body).unwrap()).unwrap();
+    // A retry re-serialised without the white space is still the same event.
+    let compact: Vec<u8> = String::from_utf8(body.clone())
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .collect::<String>()
+        .replace("\": ", "\":")
+        .into_bytes();
+    assert_ne!(compact, body);
     let again = daemon.post_mailjet(&compact);
     assert_eq!(again.status, 200);
     assert_eq!(

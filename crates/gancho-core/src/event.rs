@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
-use std::hash::Hasher as _;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use xxhash_rust::xxh3::Xxh3;
 
 /// Correlation keys of an event, by name (`email`, `MessageID`, `account`): the values rules
@@ -15,8 +15,8 @@ pub type Keys = BTreeMap<String, String>;
 /// The identity of an event for deduplication, unique within its source.
 ///
 /// Either the provider's own event id (`p:` prefix) or, for providers whose events carry none
-/// (Mailjet), a 128-bit hash of the event's canonical content (`h:` prefix). A provider that
-/// retries a delivery sends the same id or the same content, so the retry is stored once.
+/// (Mailjet), a 128-bit hash of the event's content (`h:` prefix). A provider that retries a
+/// delivery sends the same id or the same content, so the retry is stored once.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EventId(String);
@@ -26,12 +26,13 @@ impl EventId {
         EventId(format!("p:{id}"))
     }
 
-    /// Hashes the event's content in a canonical form: object keys sorted, numbers in their
-    /// exact decimal text, no whitespace. The form does not depend on how serde_json was built
-    /// (`preserve_order` or not), so ids stay stable across builds and upgrades.
-    pub fn from_content(data: &Value) -> EventId {
+    /// Hashes an event's JSON text with its insignificant white space removed, so a retry that
+    /// went through another serialiser (pretty-printed, or compacted) has the same id. Object
+    /// keys are taken in the order sent: providers re-send the same bytes, and sorting them
+    /// would mean building every payload as a tree on the hot path.
+    pub fn from_content(json: &str) -> EventId {
         let mut hasher = Xxh3::new();
-        hash_canonical(data, &mut hasher);
+        hash_minified(json.as_bytes(), &mut hasher);
         EventId(format!("h:{:032x}", hasher.digest128()))
     }
 
@@ -46,54 +47,33 @@ impl fmt::Display for EventId {
     }
 }
 
-/// Writes a value into the hasher as a tagged, length-delimited byte stream, so that no two
-/// different values produce the same stream (`["a","b"]` and `["ab"]` differ, and so do `1`
-/// and `"1"`).
-fn hash_canonical(value: &Value, hasher: &mut Xxh3) {
-    match value {
-        Value::Null => hasher.write_u8(0),
-        Value::Bool(b) => {
-            hasher.write_u8(1);
-            hasher.write_u8(u8::from(*b));
-        }
-        Value::Number(n) => {
-            hasher.write_u8(2);
-            let mut text = String::with_capacity(24);
-            // Writing into a String cannot fail.
-            let _ = write!(text, "{n}");
-            hash_str(&text, hasher);
-        }
-        Value::String(s) => {
-            hasher.write_u8(3);
-            hash_str(s, hasher);
-        }
-        Value::Array(items) => {
-            hasher.write_u8(4);
-            hasher.write_u64(items.len() as u64);
-            for item in items {
-                hash_canonical(item, hasher);
+/// Feeds the hasher the JSON text without the white space between tokens. Inside strings every
+/// byte counts; an escaped quote does not end a string.
+fn hash_minified(json: &[u8], hasher: &mut Xxh3) {
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut run_start = 0;
+    for (i, &b) in json.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
             }
-        }
-        Value::Object(map) => {
-            hasher.write_u8(5);
-            hasher.write_u64(map.len() as u64);
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (k, v) in entries {
-                hash_str(k, hasher);
-                hash_canonical(v, hasher);
-            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            hasher.update(&json[run_start..i]);
+            run_start = i + 1;
         }
     }
-}
-
-fn hash_str(s: &str, hasher: &mut Xxh3) {
-    hasher.write_u64(s.len() as u64);
-    hasher.write(s.as_bytes());
+    hasher.update(&json[run_start..]);
 }
 
 /// An event as a source adapter builds it, before the store gives it a place in the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewEvent {
     pub id: EventId,
     /// The configured source name (`mailjet`, `bank`).
@@ -106,13 +86,14 @@ pub struct NewEvent {
     /// When gancho received it.
     pub received: DateTime<Utc>,
     pub keys: Keys,
-    /// The payload as the provider sent it (one item of a batch).
-    pub data: Value,
+    /// The payload exactly as the provider sent it (one item of a batch): kept as JSON text,
+    /// so every digit of every id survives and the hot path never builds it as a tree.
+    pub data: Box<RawValue>,
 }
 
 /// An event in the log: a [`NewEvent`] and its sequence number, which orders the log and never
 /// repeats.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub seq: u64,
     pub id: EventId,
@@ -122,7 +103,7 @@ pub struct Event {
     pub time: DateTime<Utc>,
     pub received: DateTime<Utc>,
     pub keys: Keys,
-    pub data: Value,
+    pub data: Box<RawValue>,
 }
 
 impl Event {
@@ -142,6 +123,24 @@ impl Event {
     /// The name rules know the event by: `source.type`, as in `mailjet.open`.
     pub fn qualified_type(&self) -> String {
         format!("{}.{}", self.source, self.kind)
+    }
+
+    /// The payload parsed into a JSON value.
+    pub fn data_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(self.data.get())
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Event) -> bool {
+        self.seq == other.seq
+            && self.id == other.id
+            && self.source == other.source
+            && self.kind == other.kind
+            && self.time == other.time
+            && self.received == other.received
+            && self.keys == other.keys
+            && self.data.get() == other.data.get()
     }
 }
 
@@ -165,28 +164,29 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn content_id_ignores_key_order_and_whitespace() {
-        let a: Value = serde_json::from_str(r#"{"a": 1, "b": [1, 2]}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"b":[1,2],"a":1}"#).unwrap();
-        assert_eq!(EventId::from_content(&a), EventId::from_content(&b));
+    fn content_id_ignores_white_space_between_tokens_only() {
+        let pretty = "{\n  \"a\": 1,\n  \"b\": [1, 2],\n  \"s\": \"x y\"\n}";
+        let compact = r#"{"a":1,"b":[1,2],"s":"x y"}"#;
+        let other_string = r#"{"a":1,"b":[1,2],"s":"xy"}"#;
+        assert_eq!(
+            EventId::from_content(pretty),
+            EventId::from_content(compact)
+        );
+        assert_ne!(
+            EventId::from_content(compact),
+            EventId::from_content(other_string)
+        );
     }
 
     #[test]
-    fn content_id_distinguishes_types_and_boundaries() {
-        let ids = [
-            json!({"a": 1}),
-            json!({"a": "1"}),
-            json!(["a", "b"]),
-            json!(["ab"]),
-            json!({"a": null}),
-            json!({}),
-        ]
-        .map(|v| EventId::from_content(&v));
-        for (i, x) in ids.iter().enumerate() {
-            for y in &ids[i + 1..] {
-                assert_ne!(x, y);
-            }
-        }
+    fn escaped_quotes_do_not_end_strings() {
+        // If the escaped quote ended the string, the spaces after it would be dropped.
+        let a = r#"{"s":"a\" b"}"#;
+        let b = r#"{"s":"a\"b"}"#;
+        assert_ne!(EventId::from_content(a), EventId::from_content(b));
+        let c = r#"{"s":"a\\" , "t":1}"#;
+        let d = r#"{"s":"a\\","t":1}"#;
+        assert_eq!(EventId::from_content(c), EventId::from_content(d));
     }
 
     #[test]
@@ -203,8 +203,31 @@ mod tests {
 
     #[test]
     fn ids_above_2_pow_53_hash_differently() {
-        let a: Value = serde_json::from_str(r#"{"MessageID": 19421777835146490}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"MessageID": 19421777835146491}"#).unwrap();
-        assert_ne!(EventId::from_content(&a), EventId::from_content(&b));
+        let a = r#"{"MessageID": 19421777835146490}"#;
+        let b = r#"{"MessageID": 19421777835146491}"#;
+        assert_ne!(EventId::from_content(a), EventId::from_content(b));
+    }
+
+    #[test]
+    fn payload_text_survives_a_round_trip_exactly() {
+        let data = RawValue::from_string(r#"{"MessageID":19421777835146491,"x":1.50}"#.to_owned())
+            .unwrap();
+        let event = Event {
+            seq: 1,
+            id: EventId::from_content(data.get()),
+            source: "mailjet".into(),
+            kind: "open".into(),
+            time: DateTime::<Utc>::UNIX_EPOCH,
+            received: DateTime::<Utc>::UNIX_EPOCH,
+            keys: Keys::new(),
+            data,
+        };
+        let text = serde_json::to_string(&event).unwrap();
+        assert!(
+            text.contains(r#""data":{"MessageID":19421777835146491,"x":1.50}"#),
+            "{text}"
+        );
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, event);
     }
 }

@@ -8,7 +8,9 @@
 use chrono::{DateTime, Utc};
 use gancho_core::{EventId, Keys, MAX_KEY_LEN, NewEvent, key_text, parse_event_time};
 use gancho_store::{Rejected, Submission};
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The longest event type accepted, in bytes.
 const MAX_TYPE_LEN: usize = 256;
@@ -38,135 +40,148 @@ pub struct JsonSpec {
 /// Why a body as a whole was refused. Nothing of it is stored.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum BodyError {
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
     #[error("body must be a JSON object or an array of objects, found {0}")]
     NotAnObjectOrArray(&'static str),
     #[error("invalid event: {0}")]
     InvalidEvent(String),
 }
 
-/// Turns a parsed body into what the store should keep.
+/// Turns a body into what the store should keep.
 ///
-/// A single object that is not a valid event is refused whole ([`BodyError::InvalidEvent`]);
-/// in an array, each invalid item becomes a [`Rejected`] next to the valid events.
+/// The body is split into items without building them as trees: each item's payload is kept as
+/// the exact text the provider sent, and only the fields an event needs are read from it. A
+/// single object that is not a valid event is refused whole ([`BodyError::InvalidEvent`]); in
+/// an array, each invalid item becomes a [`Rejected`] next to the valid events.
 pub fn submission_from(
     source: &str,
     kind: &SourceKind,
-    body: Value,
+    body: &str,
     received: DateTime<Utc>,
 ) -> Result<Submission, BodyError> {
+    let not_json = |err: serde_json::Error| BodyError::NotJson(err.to_string());
     let mut submission = Submission::default();
-    match body {
-        Value::Array(items) => {
+    match body.trim_start().as_bytes().first() {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(body).map_err(not_json)?;
             submission.events.reserve(items.len());
             for item in items {
-                match event_from(source, kind, &item, received) {
-                    Ok(parts) => submission.events.push(parts.into_event(item)),
+                match event_from(source, kind, item, received) {
+                    Ok(event) => submission.events.push(event),
                     Err(reason) => submission.rejected.push(Rejected {
                         source: source.to_owned(),
                         received,
                         reason,
-                        item,
+                        item: item.to_owned(),
                     }),
                 }
             }
         }
-        Value::Object(_) => {
-            let parts =
-                event_from(source, kind, &body, received).map_err(BodyError::InvalidEvent)?;
-            submission.events.push(parts.into_event(body));
+        Some(b'{') => {
+            let item: &RawValue = serde_json::from_str(body).map_err(not_json)?;
+            let event =
+                event_from(source, kind, item, received).map_err(BodyError::InvalidEvent)?;
+            submission.events.push(event);
         }
-        other => return Err(BodyError::NotAnObjectOrArray(json_type(&other))),
+        _ => {
+            let value: Value = serde_json::from_str(body).map_err(not_json)?;
+            return Err(BodyError::NotAnObjectOrArray(json_type(&value)));
+        }
     }
     Ok(submission)
-}
-
-/// Everything of an event but its payload, read from the payload.
-struct Parts {
-    id: Option<EventId>,
-    source: String,
-    kind: String,
-    time: DateTime<Utc>,
-    received: DateTime<Utc>,
-    keys: Keys,
-}
-
-impl Parts {
-    fn into_event(self, data: Value) -> NewEvent {
-        NewEvent {
-            id: self.id.unwrap_or_else(|| EventId::from_content(&data)),
-            source: self.source,
-            kind: self.kind,
-            time: self.time,
-            received: self.received,
-            keys: self.keys,
-            data,
-        }
-    }
 }
 
 fn event_from(
     source: &str,
     kind: &SourceKind,
-    item: &Value,
+    item: &RawValue,
     received: DateTime<Utc>,
-) -> Result<Parts, String> {
-    if !item.is_object() {
+) -> Result<NewEvent, String> {
+    let text = item.get();
+    if !text.starts_with('{') {
         return Err(format!(
             "item must be a JSON object, found {}",
-            json_type(item)
+            raw_type(text)
         ));
     }
-    match kind {
-        SourceKind::Mailjet => mailjet(source, item, received),
-        SourceKind::Json(spec) => json(source, spec, item, received),
-    }
+    let parts = match kind {
+        SourceKind::Mailjet => mailjet(text)?,
+        SourceKind::Json(spec) => json(spec, text, received)?,
+    };
+    Ok(NewEvent {
+        id: parts.id.unwrap_or_else(|| EventId::from_content(text)),
+        source: source.to_owned(),
+        kind: parts.kind,
+        time: parts.time.unwrap_or(received),
+        received,
+        keys: parts.keys,
+        data: item.to_owned(),
+    })
 }
 
-/// The correlation keys Mailjet events carry, by the name rules use.
-const MAILJET_KEYS: [&str; 4] = ["email", "MessageID", "mj_campaign_id", "CustomID"];
+/// Everything of an event an adapter reads from its payload.
+struct Parts {
+    id: Option<EventId>,
+    kind: String,
+    /// `None`: the time of receipt.
+    time: Option<DateTime<Utc>>,
+    keys: Keys,
+}
 
-fn mailjet(source: &str, item: &Value, received: DateTime<Utc>) -> Result<Parts, String> {
-    let kind = match item.get("event") {
-        Some(Value::String(s)) => event_type(s)?,
+/// The fields of a Mailjet event gancho reads; the rest of the payload is skipped unparsed.
+#[derive(Deserialize)]
+struct MailjetFields {
+    event: Option<Value>,
+    time: Option<Value>,
+    email: Option<Value>,
+    #[serde(rename = "MessageID")]
+    message_id: Option<Value>,
+    /// Older payloads carry the message id only here, as a string.
+    mj_message_id: Option<Value>,
+    mj_campaign_id: Option<Value>,
+    #[serde(rename = "CustomID")]
+    custom_id: Option<Value>,
+}
+
+fn mailjet(text: &str) -> Result<Parts, String> {
+    let fields: MailjetFields = serde_json::from_str(text).map_err(|err| err.to_string())?;
+    let kind = match fields.event {
+        Some(Value::String(s)) => event_type(&s)?,
         Some(other) => {
             return Err(format!(
                 "field `event` must be a string, found {}",
-                json_type(other)
+                json_type(&other)
             ));
         }
         None => return Err("missing field `event`".to_owned()),
     };
-    let time = match item.get("time") {
-        Some(t) => parse_event_time(t).map_err(|err| format!("field `time`: {err}"))?,
+    let time = match fields.time {
+        Some(t) => parse_event_time(&t).map_err(|err| format!("field `time`: {err}"))?,
         None => return Err("missing field `time`".to_owned()),
     };
     let mut keys = Keys::new();
-    for name in MAILJET_KEYS {
-        let mut value = item.get(name);
-        // Older payloads carry the message id only as `mj_message_id`, as a string.
-        if name == "MessageID" && value.is_none_or(Value::is_null) {
-            value = item.get("mj_message_id");
-        }
-        if let Some(text) = value.and_then(key_text) {
+    let message_id = fields.message_id.or(fields.mj_message_id);
+    for (name, value) in [
+        ("email", fields.email),
+        ("MessageID", message_id),
+        ("mj_campaign_id", fields.mj_campaign_id),
+        ("CustomID", fields.custom_id),
+    ] {
+        if let Some(text) = value.as_ref().and_then(key_text) {
             keys.insert(name.to_owned(), checked_key(name, text)?);
         }
     }
     Ok(Parts {
         id: None,
-        source: source.to_owned(),
         kind,
-        time,
-        received,
+        time: Some(time),
         keys,
     })
 }
 
-fn json(
-    source: &str,
-    spec: &JsonSpec,
-    item: &Value,
-    received: DateTime<Utc>,
-) -> Result<Parts, String> {
+fn json(spec: &JsonSpec, text: &str, received: DateTime<Utc>) -> Result<Parts, String> {
+    let item: Value = serde_json::from_str(text).map_err(|err| err.to_string())?;
     let kind = match item.pointer(&spec.kind) {
         Some(Value::String(s)) => event_type(s)?,
         Some(v @ Value::Number(_)) => event_type(&v.to_string())?,
@@ -212,10 +227,8 @@ fn json(
     }
     Ok(Parts {
         id,
-        source: source.to_owned(),
         kind,
-        time,
-        received,
+        time: Some(time),
         keys,
     })
 }
@@ -249,6 +262,18 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
+/// The type of a valid JSON text, from its first byte.
+fn raw_type(text: &str) -> &'static str {
+    match text.as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,14 +295,12 @@ mod tests {
 
     #[test]
     fn mailjet_event_with_big_id_as_number_or_string_keys_the_same() {
-        let a: Value = serde_json::from_str(
-            r#"{"event":"open","time":1433103519,"MessageID":19421777396190491,"email":"a@x"}"#,
-        )
-        .unwrap();
+        let a = r#"{"event":"open","time":1433103519,"MessageID":19421777396190491,"email":"a@x"}"#;
         let b =
-            json!({"event":"open","time":1433103519,"MessageID":"19421777396190491","email":"a@x"});
+            r#"{"event":"open","time":1433103519,"MessageID":"19421777396190491","email":"a@x"}"#;
         for body in [a, b] {
             let sub = submission_from("mailjet", &SourceKind::Mailjet, body, now()).unwrap();
+            assert_eq!(sub.events[0].data.get(), body);
             assert_eq!(sub.events[0].keys["MessageID"], "19421777396190491");
             assert_eq!(sub.events[0].kind, "open");
         }
@@ -291,7 +314,8 @@ mod tests {
             {"event":"open","time":"soon"},
             7
         ]);
-        let sub = submission_from("mailjet", &SourceKind::Mailjet, body, now()).unwrap();
+        let sub =
+            submission_from("mailjet", &SourceKind::Mailjet, &body.to_string(), now()).unwrap();
         assert_eq!(sub.events.len(), 1);
         assert_eq!(sub.events[0].keys["MessageID"], "42");
         let reasons: Vec<_> = sub.rejected.iter().map(|r| r.reason.as_str()).collect();
@@ -307,18 +331,26 @@ mod tests {
 
     #[test]
     fn a_single_invalid_object_is_refused_whole() {
-        let err = submission_from("mailjet", &SourceKind::Mailjet, json!({"time": 1}), now())
-            .unwrap_err();
+        let err =
+            submission_from("mailjet", &SourceKind::Mailjet, r#"{"time": 1}"#, now()).unwrap_err();
         assert_eq!(err, BodyError::InvalidEvent("missing field `event`".into()));
-        let err = submission_from("mailjet", &SourceKind::Mailjet, json!("hi"), now()).unwrap_err();
+        let err = submission_from("mailjet", &SourceKind::Mailjet, r#" "hi" "#, now()).unwrap_err();
         assert_eq!(err, BodyError::NotAnObjectOrArray("a string"));
+        let err = submission_from(
+            "mailjet",
+            &SourceKind::Mailjet,
+            r#"[{"event":"open"},"#,
+            now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BodyError::NotJson(_)), "{err:?}");
     }
 
     #[test]
     fn json_source_reads_pointers() {
         let body =
             json!({"id":"w-1","kind":"withdrawal","at":1764320000,"account":"ES76","amount":120});
-        let sub = submission_from("bank", &bank(), body, now()).unwrap();
+        let sub = submission_from("bank", &bank(), &body.to_string(), now()).unwrap();
         let e = &sub.events[0];
         assert_eq!(e.kind, "withdrawal");
         assert_eq!(e.id, EventId::from_provider("w-1"));
@@ -334,7 +366,7 @@ mod tests {
             id: None,
             keys: vec![],
         });
-        let sub = submission_from("shop", &kind, json!({"type": "order.created"}), now()).unwrap();
+        let sub = submission_from("shop", &kind, r#"{"type": "order.created"}"#, now()).unwrap();
         assert_eq!(sub.events[0].time, now());
         assert!(sub.events[0].id.as_str().starts_with("h:"));
     }
@@ -356,7 +388,7 @@ mod tests {
             ),
         ];
         for (item, reason) in cases {
-            let sub = submission_from("bank", &bank(), json!([item]), now()).unwrap();
+            let sub = submission_from("bank", &bank(), &json!([item]).to_string(), now()).unwrap();
             assert_eq!(sub.rejected.len(), 1);
             assert_eq!(sub.rejected[0].reason, reason);
         }

@@ -12,7 +12,7 @@ use gancho_store::{Appender, StoreError};
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::adapter::{SourceKind, submission_from};
+use crate::adapter::{BodyError, SourceKind, submission_from};
 use crate::auth::BasicAuth;
 
 /// A configured source: where `POST /hooks/{name}` goes.
@@ -180,18 +180,19 @@ async fn hook(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(value) => value,
+    let text = match std::str::from_utf8(&body) {
+        Ok(text) => text,
         Err(err) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("body is not valid JSON: {err}"),
+                format!("body is not valid JSON: it is not UTF-8 ({err})"),
             );
         }
     };
     let received = state.clock.now();
-    let submission = match submission_from(&source.name, &source.kind, value, received) {
+    let submission = match submission_from(&source.name, &source.kind, text, received) {
         Ok(submission) => submission,
+        Err(err @ BodyError::NotJson(_)) => return error(StatusCode::BAD_REQUEST, err.to_string()),
         Err(err) => return error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()),
     };
     for rejected in &submission.rejected {

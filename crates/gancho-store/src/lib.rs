@@ -11,20 +11,30 @@
 //! group durable with one flush (and, by default, one `fdatasync`) shared by all the requests
 //! that arrived meanwhile. This is group commit: durability costs one flush per group, not per
 //! request, and it also avoids sled 0.34's deadlock under concurrent `flush_async` calls.
+//! The indexes are written behind the log by an indexer thread, because sled's cost per insert
+//! would otherwise set the ingest rate; queries merge in the log's unindexed tail, so their
+//! answers are always complete (see `indexer.rs`).
 
 mod codec;
 mod error;
+mod indexer;
+mod progress;
 mod query;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use gancho_core::Event;
 
 pub use error::StoreError;
 pub use query::{EventQuery, KeyFilter};
 pub use writer::{AppendReport, Appender, Rejected, Submission};
+
+use crate::progress::Progress;
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
@@ -58,17 +68,36 @@ struct Inner {
     db: sled::Db,
     events: sled::Tree,
     appender: Appender,
+    progress: Arc<Progress>,
+    threads: Mutex<Option<Threads>>,
+}
+
+#[derive(Debug)]
+struct Threads {
+    writer: JoinHandle<()>,
+    flusher: JoinHandle<()>,
+    indexer: JoinHandle<()>,
+}
+
+/// How far the log has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStatus {
+    /// Every event up to this seq is on disk.
+    pub durable: u64,
+    /// Every event up to this seq is in the indexes; the rest are indexed shortly.
+    pub indexed: u64,
 }
 
 /// A quarantined item: something a source sent that could not be made into an event, kept with
 /// the reason so an operator can see it (and, later, replay it).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Quarantined {
     pub id: u64,
     pub source: String,
     pub received: chrono::DateTime<chrono::Utc>,
     pub reason: String,
-    pub item: serde_json::Value,
+    /// The item exactly as it was sent.
+    pub item: Box<serde_json::value::RawValue>,
 }
 
 impl Store {
@@ -79,12 +108,7 @@ impl Store {
             what: format!("creating {}", path.display()),
             source,
         })?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(config.cache_capacity)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|err| StoreError::from_open(path, err))?;
+        let db = open_db(path, config.cache_capacity)?;
         let events = db.open_tree("events").map_err(StoreError::sled)?;
         codec::check_schema(&events)?;
         let sync = if config.fsync {
@@ -92,13 +116,31 @@ impl Store {
         } else {
             None
         };
-        let appender = writer::start(db.clone(), events.clone(), sync)?;
+        let last_seq = codec::last_seq(&events)?;
+        let progress = Arc::new(Progress::new(last_seq, codec::indexed_seq(&events)?));
+        let started = writer::start(db.clone(), events.clone(), sync, Arc::clone(&progress))?;
+        let indexer = {
+            let (events, progress) = (events.clone(), Arc::clone(&progress));
+            std::thread::Builder::new()
+                .name("gancho-indexer".to_owned())
+                .spawn(move || indexer::run(events, progress))
+                .map_err(|source| StoreError::Io {
+                    what: "starting the indexer thread".to_owned(),
+                    source,
+                })?
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 db,
                 events,
-                appender,
+                appender: started.appender,
+                progress,
+                threads: Mutex::new(Some(Threads {
+                    writer: started.writer,
+                    flusher: started.flusher,
+                    indexer,
+                })),
             }),
         })
     }
@@ -114,15 +156,28 @@ impl Store {
 
     /// The event with this sequence number.
     pub fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        match self
-            .inner
-            .events
-            .get(codec::log_key(seq))
-            .map_err(StoreError::sled)?
-        {
-            Some(bytes) => codec::decode_event(&bytes).map(Some),
+        let Some((key, value)) = codec::find_block(&self.inner.events, seq)? else {
+            return Ok(None);
+        };
+        match codec::Block::parse(&key, &value)?.record(seq) {
+            Some(record) => codec::decode_event(seq, record).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// How far the log is durable and indexed.
+    pub fn status(&self) -> LogStatus {
+        LogStatus {
+            durable: self.inner.progress.durable.load(Ordering::Acquire),
+            indexed: self.inner.progress.indexed.load(Ordering::Acquire),
+        }
+    }
+
+    /// Waits until the indexes hold every event up to `seq`, or the timeout passes; returns
+    /// whether they do.
+    pub fn wait_indexed(&self, seq: u64, timeout: Duration) -> bool {
+        let progress = &self.inner.progress;
+        progress.wait_until(|| progress.indexed.load(Ordering::Acquire) >= seq, timeout)
     }
 
     /// The sequence number of the newest event, 0 for an empty log.
@@ -132,7 +187,8 @@ impl Store {
 
     /// Events matching the query, in log order (oldest first), the newest `query.limit` of them.
     pub fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        query::run(&self.inner.events, query)
+        let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
+        query::run(&self.inner.events, query, indexed)
     }
 
     /// Quarantined items, oldest first, the newest `limit` of them.
@@ -140,11 +196,62 @@ impl Store {
         query::quarantine(&self.inner.events, limit)
     }
 
-    /// Stops accepting appends, waits until everything submitted is durable, and flushes.
+    /// Stops accepting appends, waits until everything submitted is durable, stops the indexer
+    /// after its current batch (it resumes at the next start), and flushes. Appends after this
+    /// fail with [`StoreError::Closed`].
     pub fn shutdown(&self) -> Result<(), StoreError> {
-        self.inner.appender.shutdown();
+        let threads = self
+            .inner
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(threads) = threads {
+            // The writer may already be gone; then there is nothing to stop.
+            let _ = self.inner.appender.send(writer::Job::Shutdown);
+            join(threads.writer, "writer");
+            join(threads.flusher, "flusher");
+            self.inner.progress.stop();
+            join(threads.indexer, "indexer");
+        }
         self.inner.db.flush().map_err(StoreError::sled)?;
         Ok(())
+    }
+}
+
+/// Opens sled, retrying a lock held for a moment: a store closed in this process releases its
+/// lock only when sled's own background thread lets go of it, shortly after.
+fn open_db(path: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match sled_config(path, cache_capacity).open() {
+            Ok(db) => return Ok(db),
+            Err(err) => match StoreError::from_open(path, err) {
+                StoreError::Locked { .. } if attempts < 20 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return Err(other),
+            },
+        }
+    }
+}
+
+/// How sled is configured. Its segment size is fixed when a store is created: change it and
+/// existing stores no longer open.
+fn sled_config(path: &Path, cache_capacity: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_capacity)
+        .mode(sled::Mode::HighThroughput)
+        // sled writes a page larger than a quarter of a segment to a file of its own, and a
+        // leaf holds up to 16 log blocks: 4 MiB segments keep such leaves in the log.
+        .segment_size(4 * 1024 * 1024)
+}
+
+fn join(thread: JoinHandle<()>, name: &str) {
+    if thread.join().is_err() {
+        tracing::error!(thread = name, "a store thread panicked");
     }
 }
 

@@ -1,5 +1,7 @@
 //! Listing events and quarantined items for operators.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use gancho_core::{Event, time_to_millis};
 
@@ -27,7 +29,13 @@ pub struct KeyFilter {
     pub value: String,
 }
 
-pub(crate) fn run(tree: &sled::Tree, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+/// Answers a query. `indexed` is the indexer's watermark when the query began: events after it
+/// may be missing from the indexes, so they are read from the log's tail and merged in.
+pub(crate) fn run(
+    tree: &sled::Tree,
+    query: &EventQuery,
+    indexed: u64,
+) -> Result<Vec<Event>, StoreError> {
     let limit = if query.limit == 0 {
         usize::MAX
     } else {
@@ -39,11 +47,26 @@ pub(crate) fn run(tree: &sled::Tree, query: &EventQuery) -> Result<Vec<Event>, S
                 Some(key) => codec::key_prefix(source, kind, &key.name, &key.value),
                 None => codec::type_prefix(source, kind),
             };
-            by_index(tree, &prefix, query.since, limit)?
+            let mut found: BTreeMap<u64, Event> = by_index(tree, &prefix, query.since, limit)?
+                .into_iter()
+                .map(|e| (e.seq, e))
+                .collect();
+            let last = codec::last_seq(tree)?;
+            codec::for_each_record(tree, indexed + 1, last, |seq, record| {
+                let event = codec::decode_event(seq, record)?;
+                if matches(&event, query) {
+                    found.insert(event.seq, event);
+                }
+                Ok(())
+            })?;
+            found.into_values().collect()
         }
         _ => by_log(tree, query, limit)?,
     };
     events.sort_by_key(|e| e.seq);
+    if events.len() > limit {
+        events.drain(..events.len() - limit);
+    }
     Ok(events)
 }
 
@@ -69,28 +92,36 @@ fn by_index(
             key: format!("{key:?}"),
             reason: "index key without a sequence number".to_owned(),
         })?;
-        let bytes = tree
-            .get(codec::log_key(seq))
-            .map_err(StoreError::sled)?
-            .ok_or_else(|| StoreError::Corrupt {
-                key: format!("L{seq}"),
-                reason: "indexed event missing from the log".to_owned(),
-            })?;
-        events.push(codec::decode_event(&bytes)?);
+        events.push(read_event(tree, seq)?);
     }
     Ok(events)
 }
 
+fn read_event(tree: &sled::Tree, seq: u64) -> Result<Event, StoreError> {
+    let missing = || StoreError::Corrupt {
+        key: format!("L{seq}"),
+        reason: "indexed event missing from the log".to_owned(),
+    };
+    let (key, value) = codec::find_block(tree, seq)?.ok_or_else(missing)?;
+    let block = codec::Block::parse(&key, &value)?;
+    codec::decode_event(seq, block.record(seq).ok_or_else(missing)?)
+}
+
+/// Walks the log from the newest event back.
 fn by_log(tree: &sled::Tree, query: &EventQuery, limit: usize) -> Result<Vec<Event>, StoreError> {
     let mut events = Vec::new();
     for entry in tree.scan_prefix([codec::LOG]).rev() {
-        if events.len() >= limit {
-            break;
-        }
-        let (_, bytes) = entry.map_err(StoreError::sled)?;
-        let event = codec::decode_event(&bytes)?;
-        if matches(&event, query) {
-            events.push(event);
+        let (key, value) = entry.map_err(StoreError::sled)?;
+        let block = codec::Block::parse(&key, &value)?;
+        let records: Vec<_> = block.records().collect();
+        for (seq, record) in records.into_iter().rev() {
+            if events.len() >= limit {
+                return Ok(events);
+            }
+            let event = codec::decode_event(seq, record)?;
+            if matches(&event, query) {
+                events.push(event);
+            }
         }
     }
     Ok(events)

@@ -1,30 +1,42 @@
 //! Group commit: one writer thread stages and applies, one flusher thread makes durable.
 //!
-//! The writer takes every submission waiting in its queue, deduplicates each event against the
-//! store and against the group itself, and applies the whole group as one sled batch (atomic in
-//! one tree). It then hands the group's replies to the flusher and goes on with the next group
-//! while the flusher flushes: while one group reaches the disk, the next is being applied. The
-//! flusher takes every group handed to it so far, flushes once, `fdatasync`s the log file once,
-//! and only then answers the waiting callers. No caller is answered before its events are
-//! durable.
+//! The writer takes every submission waiting in its queue, deduplicates each event, and applies
+//! the whole group as one sled batch (atomic in one tree): the group's events as one or a few log
+//! blocks, and its quarantined items. It then hands the group's replies to the flusher and goes
+//! on with the next group while the flusher flushes: while one group reaches the disk, the next
+//! is being applied. The flusher takes every group handed to it so far, flushes once,
+//! `fdatasync`s once, and only then answers the waiting callers. No caller is answered before
+//! its events are durable.
+//!
+//! Deduplication is exact. An event id is either in the dedup index (written by the indexer) or,
+//! if its event is not indexed yet, in the writer's own `pending` map. The writer looks in
+//! `pending` first and in the index second; the indexer writes an id to the index before the
+//! writer drops it from `pending` (it only drops ids at or below the indexer's published
+//! watermark), so an id is always in at least one of the two places the writer looks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
-use gancho_core::{Event, NewEvent, time_to_millis};
+use gancho_core::NewEvent;
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
 use crate::codec;
+use crate::progress::Progress;
 use crate::{Quarantined, StoreError};
 
-/// At most this many submissions are applied as one group, to bound a batch's memory.
+/// At most this many submissions are applied as one group.
 const MAX_GROUP: usize = 1024;
+/// A group stops taking submissions once it holds this many events, to bound its memory.
+const MAX_GROUP_EVENTS: usize = 20_000;
+/// A log block is closed once its records pass this size. sled writes values over a quarter
+/// of a segment (128 KiB) to files of their own; blocks stay well below that.
+const BLOCK_TARGET_BYTES: usize = 16 * 1024;
 
 /// What one request asks the store to keep: the events it yielded, and the items that could not
 /// be made into events, which go to the quarantine. A submission is applied all or nothing.
@@ -40,7 +52,47 @@ pub struct Rejected {
     pub source: String,
     pub received: DateTime<Utc>,
     pub reason: String,
-    pub item: serde_json::Value,
+    /// The item exactly as it was sent.
+    pub item: Box<serde_json::value::RawValue>,
+}
+
+/// A submission encoded on the caller's thread, so the single writer thread only dedups and
+/// copies bytes.
+pub(crate) struct Prepared {
+    events: Vec<PreparedEvent>,
+    quarantined: Vec<Quarantined>,
+}
+
+struct PreparedEvent {
+    dedup_key: Vec<u8>,
+    record: Vec<u8>,
+}
+
+impl Prepared {
+    fn new(submission: Submission) -> Result<Prepared, StoreError> {
+        let mut events = Vec::with_capacity(submission.events.len());
+        for event in &submission.events {
+            events.push(PreparedEvent {
+                dedup_key: codec::dedup_key(&event.source, &event.id),
+                record: codec::encode_event(event)?,
+            });
+        }
+        let quarantined = submission
+            .rejected
+            .into_iter()
+            .map(|r| Quarantined {
+                id: 0,
+                source: r.source,
+                received: r.received,
+                reason: r.reason,
+                item: r.item,
+            })
+            .collect();
+        Ok(Prepared {
+            events,
+            quarantined,
+        })
+    }
 }
 
 /// What became of a submission once it is durable.
@@ -56,21 +108,9 @@ pub struct AppendReport {
 
 type ReplyTx = oneshot::Sender<Result<AppendReport, StoreError>>;
 
-enum Job {
-    Append(Submission, ReplyTx),
+pub(crate) enum Job {
+    Append(Prepared, ReplyTx),
     Shutdown,
-}
-
-/// The handle through which events are appended. Cheap to clone and to share between threads.
-#[derive(Debug, Clone)]
-pub struct Appender {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    tx: Mutex<mpsc::Sender<Job>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -80,6 +120,12 @@ impl std::fmt::Debug for Job {
             Job::Shutdown => f.write_str("Shutdown"),
         }
     }
+}
+
+/// The handle through which events are appended. Cheap to clone and to share between threads.
+#[derive(Debug, Clone)]
+pub struct Appender {
+    tx: Arc<Mutex<mpsc::Sender<Job>>>,
 }
 
 impl Appender {
@@ -109,63 +155,63 @@ impl Appender {
         &self,
         submission: Submission,
     ) -> Result<oneshot::Receiver<Result<AppendReport, StoreError>>, StoreError> {
+        let prepared = Prepared::new(submission)?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        let tx = self.shared.tx.lock().map_err(|_| StoreError::Closed)?;
-        tx.send(Job::Append(submission, reply_tx))
-            .map_err(|_| StoreError::Closed)?;
+        self.send(Job::Append(prepared, reply_tx))?;
         Ok(reply_rx)
     }
 
-    /// Lets everything already submitted become durable, then stops both threads. Appends
-    /// after this fail with [`StoreError::Closed`].
-    pub fn shutdown(&self) {
-        if let Ok(tx) = self.shared.tx.lock() {
-            // The writer may already be gone; then there is nothing to stop.
-            let _ = tx.send(Job::Shutdown);
-        }
-        let threads = match self.shared.threads.lock() {
-            Ok(mut threads) => std::mem::take(&mut *threads),
-            Err(_) => return,
-        };
-        for thread in threads {
-            if thread.join().is_err() {
-                error!("a store thread panicked");
-            }
-        }
+    pub(crate) fn send(&self, job: Job) -> Result<(), StoreError> {
+        let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
+        tx.send(job).map_err(|_| StoreError::Closed)
     }
+}
+
+/// The running writer and flusher.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) appender: Appender,
+    pub(crate) writer: std::thread::JoinHandle<()>,
+    pub(crate) flusher: std::thread::JoinHandle<()>,
 }
 
 pub(crate) fn start(
     db: sled::Db,
     events: sled::Tree,
     sync: Option<FileSync>,
-) -> Result<Appender, StoreError> {
-    let next_seq = codec::last_seq(&events)? + 1;
+    progress: Arc<Progress>,
+) -> Result<Started, StoreError> {
+    let last_seq = codec::last_seq(&events)?;
     let next_qid = codec::last_id(&events, codec::QUARANTINE)? + 1;
+    let mut writer = Writer {
+        events,
+        next_seq: last_seq + 1,
+        next_qid,
+        pending: HashMap::new(),
+        pending_order: VecDeque::new(),
+        progress: Arc::clone(&progress),
+    };
+    writer.load_pending(last_seq)?;
     let (tx, rx) = mpsc::channel();
     let (flush_tx, flush_rx) = mpsc::channel();
     let spawn_err = |source| StoreError::Io {
         what: "starting a store thread".to_owned(),
         source,
     };
-    let writer = Writer {
-        events,
-        next_seq,
-        next_qid,
-    };
-    let writer_thread = std::thread::Builder::new()
+    let writer = std::thread::Builder::new()
         .name("gancho-writer".to_owned())
         .spawn(move || writer.run(rx, flush_tx))
         .map_err(spawn_err)?;
-    let flusher_thread = std::thread::Builder::new()
+    let flusher = std::thread::Builder::new()
         .name("gancho-flusher".to_owned())
-        .spawn(move || run_flusher(db, sync, flush_rx))
+        .spawn(move || run_flusher(db, sync, flush_rx, progress))
         .map_err(spawn_err)?;
-    Ok(Appender {
-        shared: Arc::new(Shared {
-            tx: Mutex::new(tx),
-            threads: Mutex::new(vec![writer_thread, flusher_thread]),
-        }),
+    Ok(Started {
+        appender: Appender {
+            tx: Arc::new(Mutex::new(tx)),
+        },
+        writer,
+        flusher,
     })
 }
 
@@ -173,6 +219,11 @@ struct Writer {
     events: sled::Tree,
     next_seq: u64,
     next_qid: u64,
+    /// Dedup keys of events in the log but not yet in the dedup index, with their seq.
+    pending: HashMap<Vec<u8>, u64>,
+    /// The same keys in seq order, to drop them once indexed.
+    pending_order: VecDeque<(u64, Vec<u8>)>,
+    progress: Arc<Progress>,
 }
 
 /// A submission staged into the group's batch, waiting for the flush.
@@ -181,27 +232,72 @@ struct Staged {
     report: AppendReport,
 }
 
+/// A group applied to the tree, on its way to the disk.
+struct Applied {
+    staged: Vec<Staged>,
+    last_seq: u64,
+}
+
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Job>, flush_tx: mpsc::Sender<Vec<Staged>>) {
+    /// Fills `pending` with the events the indexer has not reached (after a restart).
+    fn load_pending(&mut self, last_seq: u64) -> Result<(), StoreError> {
+        let indexed = self.progress.indexed.load(Ordering::Acquire);
+        let (pending, order) = (&mut self.pending, &mut self.pending_order);
+        codec::for_each_record(&self.events, indexed + 1, last_seq, |seq, record| {
+            let view = codec::decode_index_view(seq, record)?;
+            let key = codec::dedup_key(&view.source, &view.id);
+            pending.insert(key.clone(), seq);
+            order.push_back((seq, key));
+            Ok(())
+        })?;
+        debug!(
+            pending = self.pending.len(),
+            "events waiting for the indexer"
+        );
+        Ok(())
+    }
+
+    /// Drops from `pending` the ids the indexer has written to the dedup index.
+    fn prune_pending(&mut self) {
+        let indexed = self.progress.indexed.load(Ordering::Acquire);
+        while let Some((seq, _)) = self.pending_order.front() {
+            if *seq > indexed {
+                break;
+            }
+            if let Some((_, key)) = self.pending_order.pop_front() {
+                self.pending.remove(&key);
+            }
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Job>, flush_tx: mpsc::Sender<Applied>) {
         let mut stop = false;
         while !stop {
             let Ok(first) = rx.recv() else { break };
             let mut jobs = vec![first];
-            while jobs.len() < MAX_GROUP {
+            let mut n_events = 0;
+            while jobs.len() < MAX_GROUP && n_events < MAX_GROUP_EVENTS {
                 match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        if let Job::Append(sub, _) = &job {
+                            n_events += sub.events.len();
+                        }
+                        jobs.push(job);
+                    }
                     Err(_) => break,
                 }
             }
+            self.prune_pending();
+            let (seq_before, qid_before, pending_before) =
+                (self.next_seq, self.next_qid, self.pending_order.len());
             let mut batch = sled::Batch::default();
-            let mut group_ids: HashMap<Vec<u8>, u64> = HashMap::new();
-            let (seq_before, qid_before) = (self.next_seq, self.next_qid);
+            let mut records = Vec::new();
             let mut staged = Vec::with_capacity(jobs.len());
             for job in jobs {
                 match job {
                     Job::Shutdown => stop = true,
                     Job::Append(submission, reply) => {
-                        match self.stage(submission, &mut batch, &mut group_ids) {
+                        match self.stage(submission, &mut records, &mut batch) {
                             Ok(report) => staged.push(Staged { reply, report }),
                             Err(err) => {
                                 let _ = reply.send(Err(err));
@@ -213,16 +309,24 @@ impl Writer {
             if staged.is_empty() {
                 continue;
             }
+            add_blocks(&mut batch, seq_before, &records);
             if let Err(err) = self.events.apply_batch(batch) {
                 error!(error = %err, "applying a batch of events failed");
                 (self.next_seq, self.next_qid) = (seq_before, qid_before);
+                for (_, key) in self.pending_order.drain(pending_before..) {
+                    self.pending.remove(&key);
+                }
                 let reason = err.to_string();
                 for s in staged {
                     let _ = s.reply.send(Err(StoreError::Engine(reason.clone())));
                 }
                 continue;
             }
-            if flush_tx.send(staged).is_err() {
+            let applied = Applied {
+                staged,
+                last_seq: self.next_seq - 1,
+            };
+            if flush_tx.send(applied).is_err() {
                 error!("the flusher thread is gone; stopping the writer");
                 break;
             }
@@ -230,84 +334,95 @@ impl Writer {
         debug!("store writer stopped");
     }
 
-    /// Adds one submission to the batch. Nothing is added unless the whole submission is.
+    /// Adds one submission to the group. Nothing is added unless the whole submission is.
     fn stage(
         &mut self,
-        submission: Submission,
+        submission: Prepared,
+        records: &mut Vec<Vec<u8>>,
         batch: &mut sled::Batch,
-        group_ids: &mut HashMap<Vec<u8>, u64>,
     ) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport::default();
-        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut new_records = Vec::with_capacity(submission.events.len());
         let mut new_ids: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut seq = self.next_seq;
-        for new_event in submission.events {
-            let dedup_key = codec::dedup_key(&new_event.source, &new_event.id);
-            let seen = match group_ids.get(&dedup_key) {
-                Some(seq) => Some(*seq),
-                None => match new_ids.iter().find(|(k, _)| *k == dedup_key) {
-                    Some((_, seq)) => Some(*seq),
-                    None => self
-                        .events
-                        .get(&dedup_key)
-                        .map_err(StoreError::sled)?
-                        .and_then(|v| codec::read_u64(&v)),
-                },
-            };
-            if let Some(existing) = seen {
+        for event in submission.events {
+            if let Some(existing) = self.seen(&event.dedup_key, &new_ids)? {
                 report.duplicates.push(existing);
                 continue;
             }
-            let event = Event::new(seq, new_event);
-            index_writes(&event, &mut writes);
-            writes.push((codec::log_key(seq).to_vec(), codec::encode_event(&event)?));
-            writes.push((dedup_key.clone(), seq.to_be_bytes().to_vec()));
-            new_ids.push((dedup_key, seq));
+            new_records.push(event.record);
+            new_ids.push((event.dedup_key, seq));
             report.stored.push(seq);
             seq += 1;
         }
         let mut qid = self.next_qid;
-        for rejected in submission.rejected {
-            let item = Quarantined {
-                id: qid,
-                source: rejected.source,
-                received: rejected.received,
-                reason: rejected.reason,
-                item: rejected.item,
-            };
-            writes.push((
-                codec::quarantine_key(qid).to_vec(),
+        let mut quarantined = Vec::with_capacity(submission.quarantined.len());
+        for mut item in submission.quarantined {
+            item.id = qid;
+            quarantined.push((
+                codec::quarantine_key(qid),
                 codec::encode_quarantined(&item)?,
             ));
             report.quarantined.push(qid);
             qid += 1;
         }
-        for (key, value) in writes {
-            batch.insert(key, value);
+        // Nothing can fail from here on: commit the submission to the group.
+        records.extend(new_records);
+        for (key, value) in quarantined {
+            batch.insert(&key[..], value);
         }
-        group_ids.extend(new_ids);
+        for (key, seq) in new_ids {
+            self.pending.insert(key.clone(), seq);
+            self.pending_order.push_back((seq, key));
+        }
         self.next_seq = seq;
         self.next_qid = qid;
         Ok(report)
     }
-}
 
-fn index_writes(event: &Event, writes: &mut Vec<(Vec<u8>, Vec<u8>)>) {
-    let time_ms = time_to_millis(event.time);
-    let mut by_type = codec::type_prefix(&event.source, &event.kind);
-    codec::push_time_seq(&mut by_type, time_ms, event.seq);
-    writes.push((by_type, Vec::new()));
-    for (name, value) in &event.keys {
-        let mut by_key = codec::key_prefix(&event.source, &event.kind, name, value);
-        codec::push_time_seq(&mut by_key, time_ms, event.seq);
-        writes.push((by_key, Vec::new()));
+    /// The seq of the event already stored (or staged) under this dedup key, if any.
+    fn seen(&self, key: &[u8], staged: &[(Vec<u8>, u64)]) -> Result<Option<u64>, StoreError> {
+        if let Some((_, seq)) = staged.iter().find(|(k, _)| k == key) {
+            return Ok(Some(*seq));
+        }
+        if let Some(seq) = self.pending.get(key) {
+            return Ok(Some(*seq));
+        }
+        Ok(self
+            .events
+            .get(key)
+            .map_err(StoreError::sled)?
+            .and_then(|v| codec::read_u64(&v)))
     }
 }
 
-fn run_flusher(db: sled::Db, mut sync: Option<FileSync>, rx: mpsc::Receiver<Vec<Staged>>) {
-    while let Ok(mut staged) = rx.recv() {
+/// Cuts the group's records (consecutive events from `first_seq`) into blocks.
+fn add_blocks(batch: &mut sled::Batch, first_seq: u64, records: &[Vec<u8>]) {
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, record) in records.iter().enumerate() {
+        bytes += record.len();
+        if bytes >= BLOCK_TARGET_BYTES || i + 1 == records.len() {
+            let block = codec::encode_block(&records[start..=i]);
+            batch.insert(&codec::log_key(first_seq + start as u64)[..], block);
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+}
+
+fn run_flusher(
+    db: sled::Db,
+    mut sync: Option<FileSync>,
+    rx: mpsc::Receiver<Applied>,
+    progress: Arc<Progress>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut last_seq = first.last_seq;
+        let mut staged = first.staged;
         while let Ok(more) = rx.try_recv() {
-            staged.extend(more);
+            last_seq = last_seq.max(more.last_seq);
+            staged.extend(more.staged);
         }
         let durable =
             db.flush()
@@ -318,6 +433,8 @@ fn run_flusher(db: sled::Db, mut sync: Option<FileSync>, rx: mpsc::Receiver<Vec<
                 });
         match durable {
             Ok(()) => {
+                progress.durable.fetch_max(last_seq, Ordering::AcqRel);
+                progress.notify();
                 for s in staged {
                     let _ = s.reply.send(Ok(s.report));
                 }
@@ -391,9 +508,12 @@ impl FileSync {
                 continue;
             };
             if id > self.synced_blob {
-                File::open(entry.path())
-                    .and_then(|f| f.sync_data())
-                    .map_err(|err| format!("fdatasync of blob {id}: {err}"))?;
+                match File::open(entry.path()).and_then(|f| f.sync_data()) {
+                    Ok(()) => {}
+                    // sled removed it meanwhile: its page was rewritten elsewhere.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(format!("fdatasync of blob {id}: {err}")),
+                }
                 newest = newest.max(id);
             }
         }

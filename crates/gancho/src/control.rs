@@ -1,11 +1,12 @@
 //! The control socket: how listing commands reach the store while the daemon holds it.
 //!
 //! sled lets one process open a store. While the daemon runs, `gancho events` and friends send
-//! one JSON line to `DATA_DIR/gancho.sock` and read one JSON line back; with the daemon
+//! one JSON line to `DATA_DIR/gancho.sock` and read one JSON document back, to the end of the
+//! stream; with the daemon
 //! stopped, they open the store themselves. The socket is created with mode 0600 inside the
 //! data folder (mode 0700), so only the service's user and root can use it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -109,8 +110,9 @@ fn ask_daemon(mut stream: UnixStream, request: &Request) -> anyhow::Result<Respo
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line)?;
+    // The answer runs to the end of the stream: payloads are kept as sent, new lines included.
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
+    stream.read_to_string(&mut reply)?;
     if reply.is_empty() {
         bail!("the daemon closed the connection without answering");
     }
@@ -183,8 +185,7 @@ async fn serve_one(stream: tokio::net::UnixStream, store: Store) -> anyhow::Resu
         Ok(request) => tokio::task::spawn_blocking(move || answer(&store, &request)).await?,
         Err(err) => Response::Error(format!("bad request: {err}")),
     };
-    let mut bytes = serde_json::to_vec(&response)?;
-    bytes.push(b'\n');
+    let bytes = serde_json::to_vec(&response)?;
     write.write_all(&bytes).await?;
     write.shutdown().await?;
     Ok(())

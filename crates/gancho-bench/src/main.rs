@@ -1,0 +1,255 @@
+//! `gancho-bench`: measures gancho's ingest path on this machine.
+//!
+//! It starts the real `gancho` binary (the release build beside this one) on a temp data
+//! folder, and a do-nothing actix-web endpoint in this process that parses the same JSON and
+//! answers 200: the ceiling any durable webhook server could reach here. A load generator with
+//! hand-written HTTP/1.1 keep-alive connections (so the client costs as little CPU as possible)
+//! posts realistic, all-distinct Mailjet events to both, single events and grouped arrays, and
+//! reports events/s and latency percentiles. A micro-benchmark then splits one event's cost into
+//! parsing, adapting (keys, hashing), and storing (sled apply, flush, fdatasync).
+//!
+//! It is a measuring tool, not part of the product: it must not be linked into the daemon.
+
+mod load;
+mod micro;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use crate::load::{LoadReport, LoadSpec, Target};
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator and micro-benchmarks for gancho's ingest path")]
+struct Args {
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// How long each load phase measures, after its warm-up.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warm-up before each phase, not counted.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Events per grouped request.
+    #[arg(long, default_value_t = 100)]
+    group: usize,
+    /// The gancho binary; default: `gancho` beside this binary.
+    #[arg(long)]
+    gancho: Option<PathBuf>,
+    /// Turn the store's fdatasync off (crash-safe only) to measure what it costs.
+    #[arg(long)]
+    no_fsync: bool,
+    /// Skip the load phases, run the micro-benchmark only.
+    #[arg(long)]
+    micro_only: bool,
+    /// Load an already running gancho at this address (source `mailjet` with the bench's
+    /// credentials) with grouped requests only when `--group` > 1, else single events; for
+    /// profiling it from outside.
+    #[arg(long)]
+    attach: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!(
+        "# gancho-bench: {} connections, {:?} per phase after {:?} warm-up, fsync {}",
+        args.connections,
+        args.duration,
+        args.warmup,
+        if args.no_fsync { "off" } else { "on" }
+    );
+    if let Some(addr) = args.attach {
+        let spec = LoadSpec {
+            connections: args.connections,
+            duration: args.duration,
+            warmup: args.warmup,
+            group: args.group,
+        };
+        let r = load::run(&Target::gancho(addr), &spec)?;
+        println!(
+            "{addr}: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+            r.events_per_sec(),
+            r.percentile_ms(50.0),
+            r.percentile_ms(99.0),
+            r.errors
+        );
+        return Ok(());
+    }
+    if !args.micro_only {
+        run_load(&args)?;
+    }
+    micro::run(!args.no_fsync)?;
+    Ok(())
+}
+
+fn run_load(args: &Args) -> anyhow::Result<()> {
+    let ceiling = load::start_ceiling()?;
+    let dir = tempfile::tempdir()?;
+    let gancho = Gancho::start(args, dir.path())?;
+    let spec = |group: usize| LoadSpec {
+        connections: args.connections,
+        duration: args.duration,
+        warmup: args.warmup,
+        group,
+    };
+    let rows: Vec<(&str, LoadReport)> = vec![
+        (
+            "ceiling: do-nothing actix-web, single events",
+            load::run(&Target::ceiling(ceiling), &spec(1))?,
+        ),
+        (
+            "gancho, single events",
+            load::run(&Target::gancho(gancho.addr), &spec(1))?,
+        ),
+        (
+            "ceiling: do-nothing actix-web, grouped",
+            load::run(&Target::ceiling(ceiling), &spec(args.group))?,
+        ),
+        (
+            "gancho, grouped",
+            load::run(&Target::gancho(gancho.addr), &spec(args.group))?,
+        ),
+    ];
+    let stored = gancho.stop()?;
+    let acknowledged: u64 = rows
+        .iter()
+        .filter(|(name, _)| name.starts_with("gancho"))
+        .map(|(_, r)| r.events_total)
+        .sum();
+    println!();
+    println!(
+        "| phase | events/request | requests/s | events/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, r) in &rows {
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            r.group,
+            r.requests_per_sec(),
+            r.events_per_sec(),
+            r.percentile_ms(50.0),
+            r.percentile_ms(90.0),
+            r.percentile_ms(99.0),
+            r.percentile_ms(100.0),
+            r.errors
+        );
+    }
+    let single_ratio = rows[1].1.events_per_sec() / rows[0].1.events_per_sec();
+    println!();
+    println!(
+        "gancho single events reach {:.0}% of the ceiling measured in the same run",
+        single_ratio * 100.0
+    );
+    println!(
+        "events acknowledged by gancho (warm-up included): {acknowledged}; events in its store after the run: {stored}"
+    );
+    if stored < acknowledged {
+        bail!("gancho stored fewer events than it acknowledged");
+    }
+    Ok(())
+}
+
+/// The real daemon, started from its release binary.
+struct Gancho {
+    child: Child,
+    addr: SocketAddr,
+    config: PathBuf,
+    bin: PathBuf,
+}
+
+impl Gancho {
+    fn start(args: &Args, dir: &Path) -> anyhow::Result<Gancho> {
+        let bin = match &args.gancho {
+            Some(bin) => bin.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("no folder for the bench binary")?
+                .join("gancho"),
+        };
+        if !bin.exists() {
+            bail!(
+                "{} not found: build it with `cargo build --release -p gancho`",
+                bin.display()
+            );
+        }
+        let config = dir.join("gancho.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[store]\nfsync = {}\n\
+                 [sources.mailjet]\nkind = \"mailjet\"\n\
+                 basic_auth = {{ user = \"{}\", password = \"{}\" }}\n",
+                dir.join("data").display().to_string(),
+                !args.no_fsync,
+                load::USER,
+                load::PASSWORD,
+            ),
+        )?;
+        let mut child = Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("GANCHO_LOG", "warn,gancho=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let Some(line) = lines.next() else {
+                bail!("gancho exited before it was ready");
+            };
+            let line = line?;
+            if line.contains("gancho is ready")
+                && let Some(rest) = line.split("listen=").nth(1)
+            {
+                break rest.split(' ').next().unwrap_or_default().parse()?;
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Gancho {
+            child,
+            addr,
+            config,
+            bin,
+        })
+    }
+
+    /// Stops the daemon with SIGTERM and returns the sequence number of the last event it
+    /// stored: with all-distinct events and no deletions, the number of events stored.
+    fn stop(mut self) -> anyhow::Result<u64> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("gancho exited with {status}");
+        }
+        let out = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["events", "--json", "--limit", "1"])
+            .output()?;
+        if !out.status.success() {
+            bail!("gancho events: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+        Ok(events.first().and_then(|e| e["seq"].as_u64()).unwrap_or(0))
+    }
+}
+
+impl Drop for Gancho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

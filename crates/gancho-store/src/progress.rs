@@ -1,0 +1,60 @@
+//! How far the log has come: durable up to here, indexed up to here. Shared by the writer, the
+//! flusher, the indexer and readers, and waited on through one condition variable.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Every event with a seq at or below this is on disk.
+    pub(crate) durable: AtomicU64,
+    /// Every event with a seq at or below this is in the dedup index and the query indexes.
+    pub(crate) indexed: AtomicU64,
+    /// The store is shutting down: background threads finish what they hold and stop.
+    pub(crate) stopping: AtomicBool,
+    lock: Mutex<()>,
+    changed: Condvar,
+}
+
+impl Progress {
+    pub(crate) fn new(durable: u64, indexed: u64) -> Progress {
+        Progress {
+            durable: AtomicU64::new(durable),
+            indexed: AtomicU64::new(indexed),
+            ..Progress::default()
+        }
+    }
+
+    /// Wakes everyone waiting for progress.
+    pub(crate) fn notify(&self) {
+        // Taking the lock orders this wake-up after a waiter's check of its condition.
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
+
+    /// Waits until `ready()` holds, or the timeout passes; returns whether it holds.
+    pub(crate) fn wait_until(&self, ready: impl Fn() -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if ready() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.notify();
+    }
+}
