@@ -36,6 +36,11 @@ impl EventId {
         EventId(format!("h:{:032x}", hasher.digest128()))
     }
 
+    /// An id as [`EventId::as_str`] gave it, read back from storage.
+    pub fn from_stored(id: &str) -> EventId {
+        EventId(id.to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

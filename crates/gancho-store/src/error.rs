@@ -19,6 +19,9 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("the store was written by schema version {found}, this build reads version {expected}")]
     Schema { found: u32, expected: u32 },
+    /// An event too large to be stored (a field over 64 KiB).
+    #[error("event too large: {0}")]
+    TooLarge(String),
     /// The writer thread has stopped (the store is shutting down).
     #[error("the store is shutting down")]
     Closed,

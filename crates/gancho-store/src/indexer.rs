@@ -82,10 +82,10 @@ fn index_range(events: &sled::Tree, from: u64, to: u64) -> Result<(), StoreError
     let mut n = 0u64;
     let mut failed = None;
     codec::for_each_record(events, from, to, |seq, record| {
-        let view = codec::decode_index_view(seq, record)?;
+        let view = codec::view_record(seq, record)?;
         events
             .insert(
-                codec::dedup_key(&view.source, &view.id),
+                codec::dedup_key(view.source, view.id),
                 &seq.to_be_bytes()[..],
             )
             .map_err(StoreError::sled)?;

@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use gancho_core::NewEvent;
 use tokio::sync::oneshot;
 use tracing::{debug, error};
+use xxhash_rust::xxh3::xxh3_128;
 
 use crate::codec;
 use crate::progress::Progress;
@@ -34,9 +35,9 @@ use crate::{Quarantined, StoreError};
 const MAX_GROUP: usize = 1024;
 /// A group stops taking submissions once it holds this many events, to bound its memory.
 const MAX_GROUP_EVENTS: usize = 20_000;
-/// A log block is closed once its records pass this size. sled writes values over a quarter
-/// of a segment (128 KiB) to files of their own; blocks stay well below that.
-const BLOCK_TARGET_BYTES: usize = 16 * 1024;
+/// A log block is closed once its records pass this size (before compression). Larger blocks
+/// compress better and cost sled fewer inserts; reading one event decompresses its block.
+const BLOCK_TARGET_BYTES: usize = 32 * 1024;
 
 /// What one request asks the store to keep: the events it yielded, and the items that could not
 /// be made into events, which go to the quarantine. A submission is applied all or nothing.
@@ -65,6 +66,8 @@ pub(crate) struct Prepared {
 
 struct PreparedEvent {
     dedup_key: Vec<u8>,
+    /// A 128-bit hash of `dedup_key`, how `pending` knows it without keeping a copy.
+    dedup_hash: u128,
     record: Vec<u8>,
 }
 
@@ -72,8 +75,10 @@ impl Prepared {
     fn new(submission: Submission) -> Result<Prepared, StoreError> {
         let mut events = Vec::with_capacity(submission.events.len());
         for event in &submission.events {
+            let dedup_key = codec::dedup_key(&event.source, event.id.as_str());
             events.push(PreparedEvent {
-                dedup_key: codec::dedup_key(&event.source, &event.id),
+                dedup_hash: xxh3_128(&dedup_key),
+                dedup_key,
                 record: codec::encode_event(event)?,
             });
         }
@@ -219,10 +224,12 @@ struct Writer {
     events: sled::Tree,
     next_seq: u64,
     next_qid: u64,
-    /// Dedup keys of events in the log but not yet in the dedup index, with their seq.
-    pending: HashMap<Vec<u8>, u64>,
+    /// Dedup keys (as 128-bit hashes) of events in the log but not yet in the dedup index, with
+    /// their seq. A hash collision would make one event a duplicate of another: at 2^-128 per
+    /// pair, far below the odds of a disk error.
+    pending: HashMap<u128, u64>,
     /// The same keys in seq order, to drop them once indexed.
-    pending_order: VecDeque<(u64, Vec<u8>)>,
+    pending_order: VecDeque<(u64, u128)>,
     progress: Arc<Progress>,
 }
 
@@ -244,9 +251,9 @@ impl Writer {
         let indexed = self.progress.indexed.load(Ordering::Acquire);
         let (pending, order) = (&mut self.pending, &mut self.pending_order);
         codec::for_each_record(&self.events, indexed + 1, last_seq, |seq, record| {
-            let view = codec::decode_index_view(seq, record)?;
-            let key = codec::dedup_key(&view.source, &view.id);
-            pending.insert(key.clone(), seq);
+            let view = codec::view_record(seq, record)?;
+            let key = xxh3_128(&codec::dedup_key(view.source, view.id));
+            pending.insert(key, seq);
             order.push_back((seq, key));
             Ok(())
         })?;
@@ -343,15 +350,15 @@ impl Writer {
     ) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport::default();
         let mut new_records = Vec::with_capacity(submission.events.len());
-        let mut new_ids: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut new_ids: Vec<(u128, u64)> = Vec::new();
         let mut seq = self.next_seq;
         for event in submission.events {
-            if let Some(existing) = self.seen(&event.dedup_key, &new_ids)? {
+            if let Some(existing) = self.seen(&event, &new_ids)? {
                 report.duplicates.push(existing);
                 continue;
             }
             new_records.push(event.record);
-            new_ids.push((event.dedup_key, seq));
+            new_ids.push((event.dedup_hash, seq));
             report.stored.push(seq);
             seq += 1;
         }
@@ -372,7 +379,7 @@ impl Writer {
             batch.insert(&key[..], value);
         }
         for (key, seq) in new_ids {
-            self.pending.insert(key.clone(), seq);
+            self.pending.insert(key, seq);
             self.pending_order.push_back((seq, key));
         }
         self.next_seq = seq;
@@ -381,16 +388,20 @@ impl Writer {
     }
 
     /// The seq of the event already stored (or staged) under this dedup key, if any.
-    fn seen(&self, key: &[u8], staged: &[(Vec<u8>, u64)]) -> Result<Option<u64>, StoreError> {
-        if let Some((_, seq)) = staged.iter().find(|(k, _)| k == key) {
+    fn seen(
+        &self,
+        event: &PreparedEvent,
+        staged: &[(u128, u64)],
+    ) -> Result<Option<u64>, StoreError> {
+        if let Some((_, seq)) = staged.iter().find(|(k, _)| *k == event.dedup_hash) {
             return Ok(Some(*seq));
         }
-        if let Some(seq) = self.pending.get(key) {
+        if let Some(seq) = self.pending.get(&event.dedup_hash) {
             return Ok(Some(*seq));
         }
         Ok(self
             .events
-            .get(key)
+            .get(&event.dedup_key)
             .map_err(StoreError::sled)?
             .and_then(|v| codec::read_u64(&v)))
     }
