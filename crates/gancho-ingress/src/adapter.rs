@@ -6,7 +6,7 @@
 //! retried for ever.
 
 use chrono::{DateTime, Utc};
-use gancho_core::{EventId, Keys, MAX_KEY_LEN, NewEvent, key_text, parse_event_time};
+use gancho_core::{EventId, Keys, MAX_KEY_LEN, NewEvent, TimeError, key_text, parse_event_time};
 use gancho_store::{Rejected, Submission};
 use serde::Deserialize;
 use serde_json::Value;
@@ -129,46 +129,75 @@ struct Parts {
     keys: Keys,
 }
 
-/// The fields of a Mailjet event gancho reads; the rest of the payload is skipped unparsed.
+/// The fields of a Mailjet event gancho reads, borrowed as raw JSON text; the rest of the
+/// payload is skipped unparsed.
 #[derive(Deserialize)]
-struct MailjetFields {
-    event: Option<Value>,
-    time: Option<Value>,
-    email: Option<Value>,
-    #[serde(rename = "MessageID")]
-    message_id: Option<Value>,
+struct MailjetFields<'a> {
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    time: Option<&'a RawValue>,
+    #[serde(borrow)]
+    email: Option<&'a RawValue>,
+    #[serde(borrow, rename = "MessageID")]
+    message_id: Option<&'a RawValue>,
     /// Older payloads carry the message id only here, as a string.
-    mj_message_id: Option<Value>,
-    mj_campaign_id: Option<Value>,
-    #[serde(rename = "CustomID")]
-    custom_id: Option<Value>,
+    #[serde(borrow)]
+    mj_message_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    mj_campaign_id: Option<&'a RawValue>,
+    #[serde(borrow, rename = "CustomID")]
+    custom_id: Option<&'a RawValue>,
+}
+
+/// The text of a scalar given as raw JSON: a string's contents, or a number's digits exactly as
+/// sent. `None` for null, empty strings, and anything else.
+fn raw_key_text(raw: &RawValue) -> Result<Option<String>, String> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text).map_err(|err| err.to_string())?;
+            Ok((!s.is_empty()).then_some(s))
+        }
+        Some(b'-' | b'0'..=b'9') => Ok(Some(text.to_owned())),
+        Some(b't' | b'f') => Ok(Some(text.to_owned())),
+        _ => Ok(None),
+    }
 }
 
 fn mailjet(text: &str) -> Result<Parts, String> {
-    let fields: MailjetFields = serde_json::from_str(text).map_err(|err| err.to_string())?;
+    let fields: MailjetFields<'_> = serde_json::from_str(text).map_err(|err| err.to_string())?;
     let kind = match fields.event {
-        Some(Value::String(s)) => event_type(&s)?,
-        Some(other) => {
+        Some(raw) if raw.get().starts_with('"') => {
+            let s: String = serde_json::from_str(raw.get()).map_err(|err| err.to_string())?;
+            event_type(&s)?
+        }
+        Some(raw) if raw.get() != "null" => {
             return Err(format!(
                 "field `event` must be a string, found {}",
-                json_type(&other)
+                raw_type(raw.get())
             ));
         }
-        None => return Err("missing field `event`".to_owned()),
+        _ => return Err("missing field `event`".to_owned()),
     };
     let time = match fields.time {
-        Some(t) => parse_event_time(&t).map_err(|err| format!("field `time`: {err}"))?,
-        None => return Err("missing field `time`".to_owned()),
+        Some(raw) if raw.get() != "null" => {
+            mailjet_time(raw.get()).map_err(|err| format!("field `time`: {err}"))?
+        }
+        _ => return Err("missing field `time`".to_owned()),
     };
     let mut keys = Keys::new();
-    let message_id = fields.message_id.or(fields.mj_message_id);
+    let message_id = match fields.message_id {
+        Some(raw) if raw.get() != "null" => Some(raw),
+        _ => fields.mj_message_id,
+    };
     for (name, value) in [
         ("email", fields.email),
         ("MessageID", message_id),
         ("mj_campaign_id", fields.mj_campaign_id),
         ("CustomID", fields.custom_id),
     ] {
-        if let Some(text) = value.as_ref().and_then(key_text) {
+        if let Some(text) = value.map(raw_key_text).transpose()?.flatten() {
             keys.insert(name.to_owned(), checked_key(name, text)?);
         }
     }
@@ -178,6 +207,17 @@ fn mailjet(text: &str) -> Result<Parts, String> {
         time: Some(time),
         keys,
     })
+}
+
+/// Mailjet sends Unix seconds as an integer: read those directly, anything else the long way.
+fn mailjet_time(text: &str) -> Result<DateTime<Utc>, TimeError> {
+    if let Ok(secs) = text.parse::<i64>()
+        && let Some(t) = DateTime::from_timestamp(secs, 0)
+    {
+        return Ok(t);
+    }
+    let value: Value = serde_json::from_str(text).map_err(|_| TimeError::Unparsable(text.to_owned()))?;
+    parse_event_time(&value)
 }
 
 fn json(spec: &JsonSpec, text: &str, received: DateTime<Utc>) -> Result<Parts, String> {
