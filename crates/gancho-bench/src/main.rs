@@ -48,6 +48,9 @@ struct Args {
     /// Skip the load phases, run the micro-benchmark only.
     #[arg(long)]
     micro_only: bool,
+    /// Skip the micro-benchmark.
+    #[arg(long)]
+    load_only: bool,
     /// Load an already running gancho at this address (source `mailjet` with the bench's
     /// credentials) with grouped requests only when `--group` > 1, else single events; for
     /// profiling it from outside.
@@ -84,7 +87,9 @@ fn main() -> anyhow::Result<()> {
     if !args.micro_only {
         run_load(&args)?;
     }
-    micro::run(!args.no_fsync)?;
+    if !args.load_only {
+        micro::run(!args.no_fsync)?;
+    }
     Ok(())
 }
 

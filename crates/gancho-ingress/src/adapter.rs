@@ -216,7 +216,8 @@ fn mailjet_time(text: &str) -> Result<DateTime<Utc>, TimeError> {
     {
         return Ok(t);
     }
-    let value: Value = serde_json::from_str(text).map_err(|_| TimeError::Unparsable(text.to_owned()))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|_| TimeError::Unparsable(text.to_owned()))?;
     parse_event_time(&value)
 }
 

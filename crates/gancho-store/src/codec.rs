@@ -1,12 +1,13 @@
-//! The layout of the `events` tree. Everything that must commit together lives in this one
-//! tree under a one-byte prefix, because a sled batch is atomic within one tree:
+//! The layout of the store: the `events` tree of the log database holds `M`, `L` and `Q`; the
+//! `index` tree of the index database holds `D`, `T`, `K` and the `indexed` watermark:
 //!
 //! | prefix | key                                          | value                          | written by |
 //! |--------|----------------------------------------------|--------------------------------|------------|
 //! | `M`    | `schema`                                     | u32 BE version                 | open       |
-//! | `M`    | `indexed`                                    | u64 BE: log indexed up to here | indexer    |
+//! | `M`    | `commit`                                     | last seq, last quarantine id   | writer     |
 //! | `L`    | seq u64 BE of the block's first event        | a block of events              | writer     |
 //! | `Q`    | quarantine id u64 BE                         | item, JSON                     | writer     |
+//! | `M`    | `indexed` (index database)                   | u64 BE: log indexed up to here | indexer    |
 //! | `D`    | source, event id                             | seq u64 BE                     | indexer    |
 //! | `T`    | source, type, time, seq                      | empty                          | indexer    |
 //! | `K`    | source, type, key name, key value, time, seq | empty                          | indexer    |
@@ -28,6 +29,8 @@ use crate::{Quarantined, StoreError};
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 const SCHEMA_KEY: &[u8] = b"Mschema";
 pub(crate) const INDEXED_KEY: &[u8] = b"Mindexed";
+/// The commit record: the last seq and quarantine id of the last group written whole.
+pub(crate) const COMMIT_KEY: &[u8] = b"Mcommit";
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const QUARANTINE: u8 = b'Q';
 const DEDUP: u8 = b'D';
@@ -332,6 +335,50 @@ pub(crate) fn last_seq(tree: &sled::Tree) -> Result<u64, StoreError> {
         }
         None => Ok(0),
     }
+}
+
+pub(crate) fn encode_commit(last_seq: u64, last_qid: u64) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&last_seq.to_be_bytes());
+    value[8..].copy_from_slice(&last_qid.to_be_bytes());
+    value
+}
+
+/// The last group written whole, as (last seq, last quarantine id), if any group was.
+pub(crate) fn read_commit(tree: &sled::Tree) -> Result<Option<(u64, u64)>, StoreError> {
+    match tree.get(COMMIT_KEY).map_err(StoreError::sled)? {
+        None => Ok(None),
+        Some(v) => match (
+            v.get(..8).and_then(read_u64),
+            v.get(8..16).and_then(read_u64),
+        ) {
+            (Some(seq), Some(qid)) => Ok(Some((seq, qid))),
+            _ => Err(StoreError::Corrupt {
+                key: "commit".to_owned(),
+                reason: "not two u64".to_owned(),
+            }),
+        },
+    }
+}
+
+/// Removes what follows the last commit record: the blocks and quarantined items of a group
+/// that a crash interrupted. Nothing of it was acknowledged.
+pub(crate) fn discard_uncommitted(tree: &sled::Tree) -> Result<usize, StoreError> {
+    let (seq, qid) = read_commit(tree)?.unwrap_or((0, 0));
+    let mut removed = 0;
+    for (prefix, after) in [
+        (LOG, log_key(seq + 1)),
+        (QUARANTINE, quarantine_key(qid + 1)),
+    ] {
+        for entry in tree
+            .range(after.to_vec()..=vec![prefix, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        {
+            let (key, _) = entry.map_err(StoreError::sled)?;
+            tree.remove(key).map_err(StoreError::sled)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 pub(crate) fn indexed_seq(tree: &sled::Tree) -> Result<u64, StoreError> {

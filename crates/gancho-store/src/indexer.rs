@@ -3,9 +3,14 @@
 //! Indexing is taken off the acknowledgement path because sled costs about 10 µs per insert and
 //! a Mailjet event needs six index entries (its id, its type, four keys): done before the 200, it
 //! would cap ingest near 10k events/s. Done here, a burst is acknowledged as fast as the log
-//! takes it and indexed right after. Each batch of index entries commits atomically with the
-//! `indexed` watermark, so after a crash the indexer resumes exactly where its last batch ended;
-//! readers merge the unindexed tail of the log into their answers, so they are never stale.
+//! takes it and indexed right after. The indexes live in a sled database of their own, so this
+//! thread's writes neither lengthen the log's group-commit flushes nor take sled's batch lock
+//! from the log's writer.
+//!
+//! Each batch of index entries is made durable before the `indexed` watermark moves past it: the writer drops an id from its `pending` map only
+//! once the dedup index holds it, and after a crash the indexer resumes exactly after its last
+//! durable batch. Readers merge the unindexed tail of the log into their answers, so they are
+//! never stale.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,42 +21,103 @@ use tracing::{debug, error};
 use crate::StoreError;
 use crate::codec;
 use crate::progress::Progress;
+use crate::writer::FileSync;
 
-/// Events indexed per sled batch.
+/// Events indexed per batch.
 const BATCH_EVENTS: u64 = 2048;
 
-pub(crate) fn run(events: sled::Tree, progress: Arc<Progress>) {
-    lower_priority();
-    let mut indexed = progress.indexed.load(Ordering::Acquire);
-    loop {
-        progress.wait_until(
-            || {
-                progress.stopping.load(Ordering::Acquire)
-                    || progress.durable.load(Ordering::Acquire) > indexed
-            },
-            Duration::from_secs(1),
-        );
-        if progress.stopping.load(Ordering::Acquire) {
-            break;
-        }
-        let durable = progress.durable.load(Ordering::Acquire);
-        if durable <= indexed {
-            continue;
-        }
-        let to = durable.min(indexed + BATCH_EVENTS);
-        match index_range(&events, indexed + 1, to) {
-            Ok(()) => {
-                indexed = to;
-                progress.indexed.store(to, Ordering::Release);
-                progress.notify();
+pub(crate) struct Indexer {
+    /// The log tree, read.
+    pub(crate) events: sled::Tree,
+    pub(crate) index_db: sled::Db,
+    pub(crate) index: sled::Tree,
+    pub(crate) sync: Option<FileSync>,
+    pub(crate) progress: Arc<Progress>,
+}
+
+impl Indexer {
+    pub(crate) fn run(mut self) {
+        lower_priority();
+        let progress = Arc::clone(&self.progress);
+        let mut indexed = progress.indexed.load(Ordering::Acquire);
+        loop {
+            progress.wait_until(
+                || {
+                    progress.stopping.load(Ordering::Acquire)
+                        || progress.durable.load(Ordering::Acquire) > indexed
+                },
+                Duration::from_secs(1),
+            );
+            if progress.stopping.load(Ordering::Acquire) {
+                break;
             }
-            Err(err) => {
-                error!(error = %err, from = indexed + 1, to, "indexing failed; retrying in 1 s");
-                std::thread::sleep(Duration::from_secs(1));
+            let durable = progress.durable.load(Ordering::Acquire);
+            if durable <= indexed {
+                continue;
+            }
+            let to = durable.min(indexed + BATCH_EVENTS);
+            match self.index_range(indexed + 1, to) {
+                Ok(()) => {
+                    indexed = to;
+                    progress.indexed.store(to, Ordering::Release);
+                    progress.notify();
+                }
+                Err(err) => {
+                    error!(error = %err, from = indexed + 1, to, "indexing failed; retrying in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
         }
+        debug!(indexed, "indexer stopped");
     }
-    debug!(indexed, "indexer stopped");
+
+    /// Indexes the events `from..=to`, then durably moves the watermark to `to`.
+    ///
+    /// Plain inserts, not a sled batch, for the reason `Writer::write_group` gives. Entries are
+    /// idempotent, and the watermark is written after them and made durable with them, so after
+    /// a crash the indexer redoes at most the batch it was in.
+    fn index_range(&mut self, from: u64, to: u64) -> Result<(), StoreError> {
+        let index = &self.index;
+        let mut n = 0u64;
+        codec::for_each_record(&self.events, from, to, |seq, record| {
+            let view = codec::view_record(seq, record)?;
+            index
+                .insert(
+                    codec::dedup_key(view.source, view.id),
+                    &seq.to_be_bytes()[..],
+                )
+                .map_err(StoreError::sled)?;
+            let mut failed = None;
+            codec::index_keys(&view, |key| {
+                if let Err(err) = index.insert(key, &[][..]) {
+                    failed.get_or_insert(err);
+                }
+            });
+            if let Some(err) = failed {
+                return Err(StoreError::sled(err));
+            }
+            n += 1;
+            Ok(())
+        })?;
+        if n != to - from + 1 {
+            return Err(StoreError::Corrupt {
+                key: format!("L{from}..L{to}"),
+                reason: format!("{} events expected, {n} found", to - from + 1),
+            });
+        }
+        self.index_db.flush().map_err(StoreError::sled)?;
+        if let Some(sync) = &mut self.sync {
+            sync.sync().map_err(StoreError::Engine)?;
+        }
+        self.index
+            .insert(codec::INDEXED_KEY, &to.to_be_bytes()[..])
+            .map_err(StoreError::sled)?;
+        self.index_db.flush().map_err(StoreError::sled)?;
+        if let Some(sync) = &mut self.sync {
+            sync.sync().map_err(StoreError::Engine)?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs this thread only when a core would otherwise be idle (Linux `SCHED_IDLE`): under a
@@ -70,44 +136,4 @@ fn lower_priority() {
     ) {
         tracing::warn!(error = ?err, "could not lower the indexer's priority; it competes with ingest");
     }
-}
-
-/// Indexes the events `from..=to`, then moves the watermark to `to`.
-///
-/// The entries are plain inserts, not one sled batch: a batch takes sled's global write lock
-/// for as long as it applies (about 100 ms for 2048 events), which would stall the writer's
-/// group commits behind it. Entries are idempotent, and the watermark is written after them
-/// (sled recovers a prefix of its log), so a crash in between only means re-indexing.
-fn index_range(events: &sled::Tree, from: u64, to: u64) -> Result<(), StoreError> {
-    let mut n = 0u64;
-    let mut failed = None;
-    codec::for_each_record(events, from, to, |seq, record| {
-        let view = codec::view_record(seq, record)?;
-        events
-            .insert(
-                codec::dedup_key(view.source, view.id),
-                &seq.to_be_bytes()[..],
-            )
-            .map_err(StoreError::sled)?;
-        codec::index_keys(&view, |key| {
-            if let Err(err) = events.insert(key, &[][..]) {
-                failed.get_or_insert(err);
-            }
-        });
-        if let Some(err) = failed.take() {
-            return Err(StoreError::sled(err));
-        }
-        n += 1;
-        Ok(())
-    })?;
-    if n != to - from + 1 {
-        return Err(StoreError::Corrupt {
-            key: format!("L{from}..L{to}"),
-            reason: format!("{} events expected, {n} found", to - from + 1),
-        });
-    }
-    events
-        .insert(codec::INDEXED_KEY, &to.to_be_bytes()[..])
-        .map_err(StoreError::sled)?;
-    Ok(())
 }

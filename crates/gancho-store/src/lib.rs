@@ -65,8 +65,14 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    db: sled::Db,
+    /// The log database: log blocks, quarantine, schema. Flushed (and synced) by group commit.
+    log_db: sled::Db,
     events: sled::Tree,
+    /// The index database: dedup and query indexes and the indexer's watermark. A database of
+    /// its own so that the indexer's many small writes neither lengthen the group-commit
+    /// flushes of the log nor contend with its writer for sled's batch lock.
+    index_db: sled::Db,
+    index: sled::Tree,
     appender: Appender,
     progress: Arc<Progress>,
     threads: Mutex<Option<Threads>>,
@@ -108,22 +114,68 @@ impl Store {
             what: format!("creating {}", path.display()),
             source,
         })?;
-        let db = open_db(path, config.cache_capacity)?;
-        let events = db.open_tree("events").map_err(StoreError::sled)?;
+        let (log_path, index_path) = (path.join("log"), path.join("index"));
+        // The log gets three quarters of the cache: recent blocks are read by the indexer and
+        // by queries; index pages are small.
+        let log_db = open_db(&log_path, config.cache_capacity / 4 * 3)?;
+        let events = log_db.open_tree("events").map_err(StoreError::sled)?;
         codec::check_schema(&events)?;
-        let sync = if config.fsync {
-            Some(writer::FileSync::open(path)?)
+        let discarded = codec::discard_uncommitted(&events)?;
+        if discarded > 0 {
+            tracing::warn!(
+                discarded,
+                "discarded the unacknowledged tail of a group a crash interrupted"
+            );
+            log_db.flush().map_err(StoreError::sled)?;
+        }
+        let index_db = open_db(&index_path, config.cache_capacity / 4)?;
+        let index = index_db.open_tree("index").map_err(StoreError::sled)?;
+        let (log_sync, index_sync) = if config.fsync {
+            (
+                Some(writer::FileSync::open(&log_path)?),
+                Some(writer::FileSync::open(&index_path)?),
+            )
         } else {
-            None
+            (None, None)
         };
         let last_seq = codec::last_seq(&events)?;
-        let progress = Arc::new(Progress::new(last_seq, codec::indexed_seq(&events)?));
-        let started = writer::start(db.clone(), events.clone(), sync, Arc::clone(&progress))?;
+        let mut indexed = codec::indexed_seq(&index)?;
+        if indexed > last_seq {
+            // Only possible with fsync off after a power loss: the log lost its newest events
+            // but the index kept entries for them. Those seqs will be reused, so the index is
+            // rebuilt from the log.
+            tracing::warn!(
+                indexed,
+                last_seq,
+                "the index is ahead of the log; rebuilding it"
+            );
+            // Not `Tree::clear`: plain removals keep sled off its global lock (see writer.rs).
+            for key in index.iter().keys() {
+                index
+                    .remove(key.map_err(StoreError::sled)?)
+                    .map_err(StoreError::sled)?;
+            }
+            indexed = 0;
+        }
+        let progress = Arc::new(Progress::new(last_seq, indexed));
+        let started = writer::start(
+            log_db.clone(),
+            events.clone(),
+            index.clone(),
+            log_sync,
+            Arc::clone(&progress),
+        )?;
         let indexer = {
-            let (events, progress) = (events.clone(), Arc::clone(&progress));
+            let indexer = indexer::Indexer {
+                events: events.clone(),
+                index_db: index_db.clone(),
+                index: index.clone(),
+                sync: index_sync,
+                progress: Arc::clone(&progress),
+            };
             std::thread::Builder::new()
                 .name("gancho-indexer".to_owned())
-                .spawn(move || indexer::run(events, progress))
+                .spawn(move || indexer.run())
                 .map_err(|source| StoreError::Io {
                     what: "starting the indexer thread".to_owned(),
                     source,
@@ -132,8 +184,10 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                db,
+                log_db,
                 events,
+                index_db,
+                index,
                 appender: started.appender,
                 progress,
                 threads: Mutex::new(Some(Threads {
@@ -188,7 +242,7 @@ impl Store {
     /// Events matching the query, in log order (oldest first), the newest `query.limit` of them.
     pub fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
-        query::run(&self.inner.events, query, indexed)
+        query::run(&self.inner.events, &self.inner.index, query, indexed)
     }
 
     /// Quarantined items, oldest first, the newest `limit` of them.
@@ -214,7 +268,8 @@ impl Store {
             self.inner.progress.stop();
             join(threads.indexer, "indexer");
         }
-        self.inner.db.flush().map_err(StoreError::sled)?;
+        self.inner.log_db.flush().map_err(StoreError::sled)?;
+        self.inner.index_db.flush().map_err(StoreError::sled)?;
         Ok(())
     }
 }

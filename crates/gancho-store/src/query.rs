@@ -33,6 +33,7 @@ pub struct KeyFilter {
 /// may be missing from the indexes, so they are read from the log's tail and merged in.
 pub(crate) fn run(
     tree: &sled::Tree,
+    index: &sled::Tree,
     query: &EventQuery,
     indexed: u64,
 ) -> Result<Vec<Event>, StoreError> {
@@ -47,10 +48,12 @@ pub(crate) fn run(
                 Some(key) => codec::key_prefix(source, kind, &key.name, &key.value),
                 None => codec::type_prefix(source, kind),
             };
-            let mut found: BTreeMap<u64, Event> = by_index(tree, &prefix, query.since, limit)?
-                .into_iter()
-                .map(|e| (e.seq, e))
-                .collect();
+            let mut found: BTreeMap<u64, Event> =
+                by_index(tree, index, &prefix, query.since, limit)?
+                    .into_iter()
+                    .filter(|e| matches(e, query))
+                    .map(|e| (e.seq, e))
+                    .collect();
             let last = codec::last_seq(tree)?;
             codec::for_each_record(tree, indexed + 1, last, |seq, record| {
                 let event = codec::decode_event(seq, record)?;
@@ -73,6 +76,7 @@ pub(crate) fn run(
 /// Reads the newest `limit` entries of one index prefix at or after `since`.
 fn by_index(
     tree: &sled::Tree,
+    index: &sled::Tree,
     prefix: &[u8],
     since: Option<DateTime<Utc>>,
     limit: usize,
@@ -82,8 +86,8 @@ fn by_index(
         start.extend_from_slice(&codec::time_key(time_to_millis(since)));
     }
     let entries = match prefix_end(prefix) {
-        Some(end) => tree.range(start..end),
-        None => tree.range(start..),
+        Some(end) => index.range(start..end),
+        None => index.range(start..),
     };
     let mut events = Vec::new();
     for entry in entries.rev().take(limit) {

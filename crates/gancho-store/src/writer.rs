@@ -1,8 +1,8 @@
 //! Group commit: one writer thread stages and applies, one flusher thread makes durable.
 //!
-//! The writer takes every submission waiting in its queue, deduplicates each event, and applies
-//! the whole group as one sled batch (atomic in one tree): the group's events as one or a few log
-//! blocks, and its quarantined items. It then hands the group's replies to the flusher and goes
+//! The writer takes every submission waiting in its queue, deduplicates each event, and writes
+//! the whole group: its quarantined items, its events as one or a few log blocks, and a commit
+//! record (see `Writer::write_group` for why that, and not a sled batch, makes it atomic). It then hands the group's replies to the flusher and goes
 //! on with the next group while the flusher flushes: while one group reaches the disk, the next
 //! is being applied. The flusher takes every group handed to it so far, flushes once,
 //! `fdatasync`s once, and only then answers the waiting callers. No caller is answered before
@@ -183,6 +183,7 @@ pub(crate) struct Started {
 pub(crate) fn start(
     db: sled::Db,
     events: sled::Tree,
+    index: sled::Tree,
     sync: Option<FileSync>,
     progress: Arc<Progress>,
 ) -> Result<Started, StoreError> {
@@ -190,6 +191,7 @@ pub(crate) fn start(
     let next_qid = codec::last_id(&events, codec::QUARANTINE)? + 1;
     let mut writer = Writer {
         events,
+        index,
         next_seq: last_seq + 1,
         next_qid,
         pending: HashMap::new(),
@@ -222,6 +224,8 @@ pub(crate) fn start(
 
 struct Writer {
     events: sled::Tree,
+    /// Read for the dedup index only.
+    index: sled::Tree,
     next_seq: u64,
     next_qid: u64,
     /// Dedup keys (as 128-bit hashes) of events in the log but not yet in the dedup index, with
@@ -297,14 +301,14 @@ impl Writer {
             self.prune_pending();
             let (seq_before, qid_before, pending_before) =
                 (self.next_seq, self.next_qid, self.pending_order.len());
-            let mut batch = sled::Batch::default();
+            let mut writes = Vec::new();
             let mut records = Vec::new();
             let mut staged = Vec::with_capacity(jobs.len());
             for job in jobs {
                 match job {
                     Job::Shutdown => stop = true,
                     Job::Append(submission, reply) => {
-                        match self.stage(submission, &mut records, &mut batch) {
+                        match self.stage(submission, &mut records, &mut writes) {
                             Ok(report) => staged.push(Staged { reply, report }),
                             Err(err) => {
                                 let _ = reply.send(Err(err));
@@ -316,9 +320,13 @@ impl Writer {
             if staged.is_empty() {
                 continue;
             }
-            add_blocks(&mut batch, seq_before, &records);
-            if let Err(err) = self.events.apply_batch(batch) {
-                error!(error = %err, "applying a batch of events failed");
+            add_blocks(&mut writes, seq_before, &records);
+            writes.push((
+                codec::COMMIT_KEY.to_vec(),
+                codec::encode_commit(self.next_seq - 1, self.next_qid - 1).to_vec(),
+            ));
+            if let Err(err) = self.write_group(&writes) {
+                error!(error = %err, "writing a group of events failed");
                 (self.next_seq, self.next_qid) = (seq_before, qid_before);
                 for (_, key) in self.pending_order.drain(pending_before..) {
                     self.pending.remove(&key);
@@ -326,6 +334,13 @@ impl Writer {
                 let reason = err.to_string();
                 for s in staged {
                     let _ = s.reply.send(Err(StoreError::Engine(reason.clone())));
+                }
+                if let Err(err) = self.undo_group(&writes) {
+                    // Keys of a failed group might remain; refuse further writes rather than
+                    // reuse their sequence numbers. A restart discards everything after the
+                    // last commit record.
+                    error!(error = %err, "could not undo a failed group; the store stops accepting events until restarted");
+                    break;
                 }
                 continue;
             }
@@ -341,12 +356,37 @@ impl Writer {
         debug!("store writer stopped");
     }
 
+    /// Writes a group's keys in order, the commit record last.
+    ///
+    /// Plain inserts, not a sled batch: the first `apply_batch` in a process switches every
+    /// later sled operation, in every database, to a global read-write lock, which the indexer
+    /// would then hold against this thread. Atomicity comes from the commit record instead:
+    /// sled recovers a prefix of its writes, and `Store::open` discards whatever follows the
+    /// last commit record, so a group is either all there after a crash or not at all.
+    fn write_group(&self, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        for (key, value) in writes {
+            self.events
+                .insert(&key[..], &value[..])
+                .map_err(StoreError::sled)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what a failed group may have written, the commit record excepted (it was
+    /// written last, so it was not).
+    fn undo_group(&self, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        for (key, _) in writes.iter().filter(|(k, _)| k != codec::COMMIT_KEY) {
+            self.events.remove(&key[..]).map_err(StoreError::sled)?;
+        }
+        Ok(())
+    }
+
     /// Adds one submission to the group. Nothing is added unless the whole submission is.
     fn stage(
         &mut self,
         submission: Prepared,
         records: &mut Vec<Vec<u8>>,
-        batch: &mut sled::Batch,
+        writes: &mut Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport::default();
         let mut new_records = Vec::with_capacity(submission.events.len());
@@ -376,7 +416,7 @@ impl Writer {
         // Nothing can fail from here on: commit the submission to the group.
         records.extend(new_records);
         for (key, value) in quarantined {
-            batch.insert(&key[..], value);
+            writes.push((key.to_vec(), value));
         }
         for (key, seq) in new_ids {
             self.pending.insert(key, seq);
@@ -400,7 +440,7 @@ impl Writer {
             return Ok(Some(*seq));
         }
         Ok(self
-            .events
+            .index
             .get(&event.dedup_key)
             .map_err(StoreError::sled)?
             .and_then(|v| codec::read_u64(&v)))
@@ -408,14 +448,14 @@ impl Writer {
 }
 
 /// Cuts the group's records (consecutive events from `first_seq`) into blocks.
-fn add_blocks(batch: &mut sled::Batch, first_seq: u64, records: &[Vec<u8>]) {
+fn add_blocks(writes: &mut Vec<(Vec<u8>, Vec<u8>)>, first_seq: u64, records: &[Vec<u8>]) {
     let mut start = 0;
     let mut bytes = 0;
     for (i, record) in records.iter().enumerate() {
         bytes += record.len();
         if bytes >= BLOCK_TARGET_BYTES || i + 1 == records.len() {
             let block = codec::encode_block(&records[start..=i]);
-            batch.insert(&codec::log_key(first_seq + start as u64)[..], block);
+            writes.push((codec::log_key(first_seq + start as u64).to_vec(), block));
             start = i + 1;
             bytes = 0;
         }
@@ -500,7 +540,7 @@ impl FileSync {
         Ok(sync)
     }
 
-    fn sync(&mut self) -> Result<(), String> {
+    pub(crate) fn sync(&mut self) -> Result<(), String> {
         self.log_file
             .sync_data()
             .map_err(|err| format!("fdatasync: {err}"))?;
