@@ -6,8 +6,8 @@
 //! times arrive on the events.
 //!
 //! A key design decision made here is that all appends go through one writer thread and one
-//! flusher thread ([`Appender`]): the writer deduplicates and applies each group of requests as
-//! one atomic sled batch (so nothing is ever half-stored), and the flusher makes every applied
+//! flusher thread ([`Appender`]): the writer deduplicates and writes each group of requests
+//! atomically (a commit record closes it, so nothing is ever half-stored), and the flusher makes every applied
 //! group durable with one flush (and, by default, one `fdatasync`) shared by all the requests
 //! that arrived meanwhile. This is group commit: durability costs one flush per group, not per
 //! request, and it also avoids sled 0.34's deadlock under concurrent `flush_async` calls.

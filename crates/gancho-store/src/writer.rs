@@ -2,8 +2,8 @@
 //!
 //! The writer takes every submission waiting in its queue, deduplicates each event, and writes
 //! the whole group: its quarantined items, its events as one or a few log blocks, and a commit
-//! record (see `Writer::write_group` for why that, and not a sled batch, makes it atomic). It then hands the group's replies to the flusher and goes
-//! on with the next group while the flusher flushes: while one group reaches the disk, the next
+//! record (see `Writer::write_group` for why that, and not a sled batch, makes it atomic). It
+//! then hands the group's replies to the flusher and goes on with the next group while the flusher flushes: while one group reaches the disk, the next
 //! is being applied. The flusher takes every group handed to it so far, flushes once,
 //! `fdatasync`s once, and only then answers the waiting callers. No caller is answered before
 //! its events are durable.
