@@ -174,6 +174,32 @@ fn a_json_source_reads_type_time_id_and_keys_from_its_pointers() {
 }
 
 #[test]
+fn status_reports_how_far_the_log_is_durable_and_indexed() {
+    let setup = Setup::standard();
+    let daemon = setup.start();
+    assert_eq!(
+        daemon
+            .post_mailjet(&fixture("mailjet/grouped_v2_sent.json"))
+            .status,
+        200
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = daemon.request(&Request::get("/status")).json();
+        assert_eq!(status["durable"], 2);
+        if status["indexed"] == 2 {
+            assert_eq!(status["index_lag"], 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never indexed: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn healthz_answers_once_the_store_is_open() {
     let setup = Setup::standard();
     let daemon = setup.start();

@@ -103,23 +103,22 @@ fn run_load(args: &Args) -> anyhow::Result<()> {
         warmup: args.warmup,
         group,
     };
+    let mut lags = Vec::new();
+    let ceiling_single = load::run(&Target::ceiling(ceiling), &spec(1))?;
+    let gancho_single = load::run(&Target::gancho(gancho.addr), &spec(1))?;
+    lags.push(("single events", gancho.status()?));
+    let ceiling_grouped = load::run(&Target::ceiling(ceiling), &spec(args.group))?;
+    let gancho_grouped = load::run(&Target::gancho(gancho.addr), &spec(args.group))?;
+    lags.push(("grouped", gancho.status()?));
+    let catch_up = gancho.wait_indexed(Duration::from_secs(300))?;
     let rows: Vec<(&str, LoadReport)> = vec![
         (
             "ceiling: do-nothing actix-web, single events",
-            load::run(&Target::ceiling(ceiling), &spec(1))?,
+            ceiling_single,
         ),
-        (
-            "gancho, single events",
-            load::run(&Target::gancho(gancho.addr), &spec(1))?,
-        ),
-        (
-            "ceiling: do-nothing actix-web, grouped",
-            load::run(&Target::ceiling(ceiling), &spec(args.group))?,
-        ),
-        (
-            "gancho, grouped",
-            load::run(&Target::gancho(gancho.addr), &spec(args.group))?,
-        ),
+        ("gancho, single events", gancho_single),
+        ("ceiling: do-nothing actix-web, grouped", ceiling_grouped),
+        ("gancho, grouped", gancho_grouped),
     ];
     let stored = gancho.stop()?;
     let acknowledged: u64 = rows
@@ -154,6 +153,20 @@ fn run_load(args: &Args) -> anyhow::Result<()> {
     println!(
         "events acknowledged by gancho (warm-up included): {acknowledged}; events in its store after the run: {stored}"
     );
+    for (phase, (durable, indexed)) in &lags {
+        println!(
+            "index lag at the end of the {phase} phase: {} events (durable {durable}, indexed {indexed})",
+            durable - indexed
+        );
+    }
+    match catch_up {
+        Some((events, took)) => println!(
+            "with the load stopped, the indexer caught up {events} events in {:.1} s: {:.0} events/s",
+            took.as_secs_f64(),
+            events as f64 / took.as_secs_f64().max(1e-9)
+        ),
+        None => println!("the indexer did not catch up within 300 s"),
+    }
     if stored < acknowledged {
         bail!("gancho stored fewer events than it acknowledged");
     }
@@ -226,6 +239,36 @@ impl Gancho {
             config,
             bin,
         })
+    }
+
+    /// `GET /status`: (durable, indexed).
+    fn status(&self) -> anyhow::Result<(u64, u64)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.addr)?;
+        stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        let body = text.split("\r\n\r\n").nth(1).context("no body")?;
+        let status: serde_json::Value = serde_json::from_str(body)?;
+        let field = |name: &str| status[name].as_u64().context("bad /status");
+        Ok((field("durable")?, field("indexed")?))
+    }
+
+    /// Waits until the index catches up with the log; returns how many events that took and
+    /// how long, or `None` on timeout.
+    fn wait_indexed(&self, timeout: Duration) -> anyhow::Result<Option<(u64, Duration)>> {
+        let start = std::time::Instant::now();
+        let (_, first) = self.status()?;
+        loop {
+            let (durable, indexed) = self.status()?;
+            if indexed >= durable {
+                return Ok(Some((indexed - first, start.elapsed())));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops the daemon with SIGTERM and returns the sequence number of the last event it

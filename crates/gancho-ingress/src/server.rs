@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use gancho_core::Clock;
-use gancho_store::{Appender, StoreError};
+use gancho_store::{Appender, Store, StoreError};
 use serde_json::json;
 use tracing::{debug, warn};
 
@@ -40,6 +40,7 @@ struct State {
     sources: HashMap<String, Source>,
     max_body_bytes: usize,
     appender: Appender,
+    store: Store,
     clock: Arc<dyn Clock>,
 }
 
@@ -86,7 +87,7 @@ impl IngressServer {
     pub fn start(
         listener: TcpListener,
         config: IngressConfig,
-        appender: Appender,
+        store: Store,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<IngressServer> {
         let local_addr = listener.local_addr()?;
@@ -100,7 +101,8 @@ impl IngressServer {
                 .map(|s| (s.name.clone(), s))
                 .collect(),
             max_body_bytes: config.max_body_bytes,
-            appender,
+            appender: store.appender(),
+            store,
             clock,
         });
         let mut server = HttpServer::new(move || {
@@ -108,6 +110,7 @@ impl IngressServer {
                 .app_data(state.clone())
                 .route("/hooks/{source}", web::post().to(hook))
                 .route("/healthz", web::get().to(healthz))
+                .route("/status", web::get().to(status))
                 .default_service(web::to(not_found))
         })
         .disable_signals()
@@ -136,6 +139,17 @@ impl IngressServer {
 async fn healthz() -> HttpResponse {
     // The store is opened before the server binds, so answering at all means it is open.
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// How far the log is durable and indexed: `indexed` trailing `durable` by more than a few
+/// thousand events for long means indexing cannot keep up with the incoming rate.
+async fn status(state: web::Data<State>) -> HttpResponse {
+    let log = state.store.status();
+    HttpResponse::Ok().json(json!({
+        "durable": log.durable,
+        "indexed": log.indexed,
+        "index_lag": log.durable.saturating_sub(log.indexed),
+    }))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

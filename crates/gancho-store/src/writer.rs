@@ -475,13 +475,19 @@ fn run_flusher(
             last_seq = last_seq.max(more.last_seq);
             staged.extend(more.staged);
         }
-        let durable =
-            db.flush()
-                .map_err(|err| format!("flush: {err}"))
-                .and_then(|_| match &mut sync {
-                    Some(sync) => sync.sync(),
-                    None => Ok(()),
-                });
+        let started = std::time::Instant::now();
+        let flushed = db.flush().map_err(|err| format!("flush: {err}"));
+        let flush_time = started.elapsed();
+        let durable = flushed.and_then(|_| match &mut sync {
+            Some(sync) => sync.sync(),
+            None => Ok(()),
+        });
+        tracing::trace!(
+            requests = staged.len(),
+            flush_us = flush_time.as_micros() as u64,
+            sync_us = (started.elapsed() - flush_time).as_micros() as u64,
+            "group commit"
+        );
         match durable {
             Ok(()) => {
                 progress.durable.fetch_max(last_seq, Ordering::AcqRel);

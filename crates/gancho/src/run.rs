@@ -37,7 +37,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let server = IngressServer::start(
         listener,
         config.ingress.clone(),
-        store.appender(),
+        store.clone(),
         Arc::new(SystemClock),
     )
     .context("starting the HTTP server")?;
