@@ -115,9 +115,9 @@ impl Store {
             source,
         })?;
         let (log_path, index_path) = (path.join("log"), path.join("index"));
-        // The log gets three quarters of the cache: recent blocks are read by the indexer and
-        // by queries; index pages are small.
-        let log_db = open_db(&log_path, config.cache_capacity / 4 * 3)?;
+        // The index gets three quarters of the cache: dedup lookups and index inserts land all
+        // over its key space, while the log is written at its end and read near it.
+        let log_db = open_db(&log_path, config.cache_capacity / 4)?;
         let events = log_db.open_tree("events").map_err(StoreError::sled)?;
         codec::check_schema(&events)?;
         let discarded = codec::discard_uncommitted(&events)?;
@@ -128,7 +128,7 @@ impl Store {
             );
             log_db.flush().map_err(StoreError::sled)?;
         }
-        let index_db = open_db(&index_path, config.cache_capacity / 4)?;
+        let index_db = open_db(&index_path, config.cache_capacity / 4 * 3)?;
         let index = index_db.open_tree("index").map_err(StoreError::sled)?;
         let (log_sync, index_sync) = if config.fsync {
             (
