@@ -14,6 +14,9 @@ use serde_json::value::RawValue;
 
 /// The longest event type accepted, in bytes.
 const MAX_TYPE_LEN: usize = 256;
+/// The most items one body may carry. Providers batch tens to hundreds; a body of a million
+/// tiny invalid items would otherwise become a million quarantine rows.
+pub const MAX_ITEMS: usize = 10_000;
 
 /// How a source's payloads are read.
 #[derive(Debug, Clone)]
@@ -46,6 +49,8 @@ pub enum BodyError {
     NotAnObjectOrArray(&'static str),
     #[error("invalid event: {0}")]
     InvalidEvent(String),
+    #[error("the body holds {0} items; at most {MAX_ITEMS} are accepted in one request")]
+    TooManyItems(usize),
 }
 
 /// Turns a body into what the store should keep.
@@ -65,6 +70,9 @@ pub fn submission_from(
     match body.trim_start().as_bytes().first() {
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_str(body).map_err(not_json)?;
+            if items.len() > MAX_ITEMS {
+                return Err(BodyError::TooManyItems(items.len()));
+            }
             submission.events.reserve(items.len());
             for item in items {
                 match event_from(source, kind, item, received) {
@@ -385,6 +393,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, BodyError::NotJson(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_body_with_too_many_items_is_refused_whole() {
+        let body = format!("[{}]", vec!["1"; MAX_ITEMS + 1].join(","));
+        let err = submission_from("mailjet", &SourceKind::Mailjet, &body, now()).unwrap_err();
+        assert_eq!(err, BodyError::TooManyItems(MAX_ITEMS + 1));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! come from the injected [`gancho_core::Clock`]). A key design decision made here is that a
 //! request is answered by what the store did with it: 200 means every event in it is on disk
 //! (or was already) and every invalid item of a batch is in the quarantine; any other status
-//! means nothing of it was stored, so the provider's retry is always safe.
+//! means nothing of it was acknowledged, so the provider's retry is always safe.
 
 mod adapter;
 mod auth;

@@ -136,9 +136,15 @@ impl IngressServer {
     }
 }
 
-async fn healthz() -> HttpResponse {
+async fn healthz(state: web::Data<State>) -> HttpResponse {
     // The store is opened before the server binds, so answering at all means it is open.
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+    match state.store.failure() {
+        None => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
+        Some(reason) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store failed: {reason}"),
+        ),
+    }
 }
 
 /// How far the log is durable and indexed: `indexed` trailing `durable` by more than a few
@@ -209,8 +215,14 @@ async fn hook(
         Err(err @ BodyError::NotJson(_)) => return error(StatusCode::BAD_REQUEST, err.to_string()),
         Err(err) => return error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()),
     };
-    for rejected in &submission.rejected {
-        warn!(source = %source.name, reason = %rejected.reason, "item quarantined");
+    if let Some(first) = submission.rejected.first() {
+        // One line per request, however many items it carried.
+        warn!(
+            source = %source.name,
+            items = submission.rejected.len(),
+            first_reason = %first.reason,
+            "items quarantined"
+        );
     }
     match state.appender.append(submission).await {
         Ok(report) => {
@@ -231,6 +243,9 @@ async fn hook(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down; retry later",
         ),
+        Err(err @ StoreError::TooLarge(_)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
+        }
         Err(err) => {
             warn!(source = %source.name, error = %err, "storing webhook failed");
             error(

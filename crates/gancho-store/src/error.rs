@@ -22,6 +22,10 @@ pub enum StoreError {
     /// An event too large to be stored (a field over 64 KiB).
     #[error("event too large: {0}")]
     TooLarge(String),
+    /// The store could not make events durable and stopped accepting them; the process should
+    /// restart.
+    #[error("the store failed and stopped accepting events: {0}")]
+    Failed(String),
     /// The writer thread has stopped (the store is shutting down).
     #[error("the store is shutting down")]
     Closed,

@@ -227,6 +227,12 @@ impl Store {
         }
     }
 
+    /// Why the store stopped accepting events, if it failed (a flush or fdatasync error). The
+    /// daemon should then exit so that its supervisor restarts it.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.progress.failure()
+    }
+
     /// Waits until the indexes hold every event up to `seq`, or the timeout passes; returns
     /// whether they do.
     pub fn wait_indexed(&self, seq: u64, timeout: Duration) -> bool {
@@ -242,7 +248,14 @@ impl Store {
     /// Events matching the query, in log order (oldest first), the newest `query.limit` of them.
     pub fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
-        query::run(&self.inner.events, &self.inner.index, query, indexed)
+        let durable = self.inner.progress.durable.load(Ordering::Acquire);
+        query::run(
+            &self.inner.events,
+            &self.inner.index,
+            query,
+            indexed,
+            durable,
+        )
     }
 
     /// Quarantined items, oldest first, the newest `limit` of them.

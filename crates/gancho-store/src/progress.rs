@@ -13,6 +13,8 @@ pub(crate) struct Progress {
     pub(crate) indexed: AtomicU64,
     /// The store is shutting down: background threads finish what they hold and stop.
     pub(crate) stopping: AtomicBool,
+    /// Why the store stopped accepting events, if it failed.
+    failure: Mutex<Option<String>>,
     lock: Mutex<()>,
     changed: Condvar,
 }
@@ -51,6 +53,19 @@ impl Progress {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Records that the store cannot go on (the first reason is kept).
+    pub(crate) fn fail(&self, reason: &str) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure.get_or_insert_with(|| reason.to_owned());
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn stop(&self) {

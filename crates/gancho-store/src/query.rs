@@ -29,13 +29,17 @@ pub struct KeyFilter {
     pub value: String,
 }
 
-/// Answers a query. `indexed` is the indexer's watermark when the query began: events after it
-/// may be missing from the indexes, so they are read from the log's tail and merged in.
+/// Answers a query: the newest `limit` matching events by sequence number, oldest first.
+///
+/// Only durable events are seen (`durable`). `indexed` is the indexer's watermark when the query
+/// began: events after it may be missing from the indexes, so they are read from the log's tail
+/// and merged in.
 pub(crate) fn run(
     tree: &sled::Tree,
     index: &sled::Tree,
     query: &EventQuery,
     indexed: u64,
+    durable: u64,
 ) -> Result<Vec<Event>, StoreError> {
     let limit = if query.limit == 0 {
         usize::MAX
@@ -48,23 +52,31 @@ pub(crate) fn run(
                 Some(key) => codec::key_prefix(source, kind, &key.name, &key.value),
                 None => codec::type_prefix(source, kind),
             };
-            let mut found: BTreeMap<u64, Event> =
-                by_index(tree, index, &prefix, query.since, limit)?
-                    .into_iter()
-                    .filter(|e| matches(e, query))
-                    .map(|e| (e.seq, e))
-                    .collect();
-            let last = codec::last_seq(tree)?;
-            codec::for_each_record(tree, indexed + 1, last, |seq, record| {
+            // Index keys are in time order; the answer is by seq. Collect the seqs (cheap: no
+            // event is read), keep the newest, then read only those.
+            let mut seqs = indexed_seqs(index, &prefix, query.since, durable)?;
+            seqs.sort_unstable();
+            seqs.dedup();
+            if seqs.len() > limit {
+                seqs.drain(..seqs.len() - limit);
+            }
+            let mut found: BTreeMap<u64, Event> = BTreeMap::new();
+            for seq in seqs {
+                let event = read_event(tree, seq)?;
+                if matches(&event, query) {
+                    found.insert(seq, event);
+                }
+            }
+            codec::for_each_record(tree, indexed + 1, durable, |seq, record| {
                 let event = codec::decode_event(seq, record)?;
                 if matches(&event, query) {
-                    found.insert(event.seq, event);
+                    found.insert(seq, event);
                 }
                 Ok(())
             })?;
             found.into_values().collect()
         }
-        _ => by_log(tree, query, limit)?,
+        _ => by_log(tree, query, limit, durable)?,
     };
     events.sort_by_key(|e| e.seq);
     if events.len() > limit {
@@ -73,14 +85,13 @@ pub(crate) fn run(
     Ok(events)
 }
 
-/// Reads the newest `limit` entries of one index prefix at or after `since`.
-fn by_index(
-    tree: &sled::Tree,
+/// The seqs of one index prefix at or after `since`, up to `durable`.
+fn indexed_seqs(
     index: &sled::Tree,
     prefix: &[u8],
     since: Option<DateTime<Utc>>,
-    limit: usize,
-) -> Result<Vec<Event>, StoreError> {
+    durable: u64,
+) -> Result<Vec<u64>, StoreError> {
     let mut start = prefix.to_vec();
     if let Some(since) = since {
         start.extend_from_slice(&codec::time_key(time_to_millis(since)));
@@ -89,16 +100,18 @@ fn by_index(
         Some(end) => index.range(start..end),
         None => index.range(start..),
     };
-    let mut events = Vec::new();
-    for entry in entries.rev().take(limit) {
+    let mut seqs = Vec::new();
+    for entry in entries {
         let (key, _) = entry.map_err(StoreError::sled)?;
         let seq = codec::seq_of_index_key(&key).ok_or_else(|| StoreError::Corrupt {
             key: format!("{key:?}"),
             reason: "index key without a sequence number".to_owned(),
         })?;
-        events.push(read_event(tree, seq)?);
+        if seq <= durable {
+            seqs.push(seq);
+        }
     }
-    Ok(events)
+    Ok(seqs)
 }
 
 fn read_event(tree: &sled::Tree, seq: u64) -> Result<Event, StoreError> {
@@ -112,15 +125,26 @@ fn read_event(tree: &sled::Tree, seq: u64) -> Result<Event, StoreError> {
 }
 
 /// Walks the log from the newest event back.
-fn by_log(tree: &sled::Tree, query: &EventQuery, limit: usize) -> Result<Vec<Event>, StoreError> {
+fn by_log(
+    tree: &sled::Tree,
+    query: &EventQuery,
+    limit: usize,
+    durable: u64,
+) -> Result<Vec<Event>, StoreError> {
     let mut events = Vec::new();
-    for entry in tree.scan_prefix([codec::LOG]).rev() {
+    for entry in tree
+        .range(codec::log_key(0)..=codec::log_key(durable))
+        .rev()
+    {
         let (key, value) = entry.map_err(StoreError::sled)?;
         let block = codec::Block::parse(&key, &value)?;
         let records: Vec<_> = block.records().collect();
         for (seq, record) in records.into_iter().rev() {
             if events.len() >= limit {
                 return Ok(events);
+            }
+            if seq > durable {
+                continue;
             }
             let event = codec::decode_event(seq, record)?;
             if matches(&event, query) {

@@ -423,3 +423,32 @@ fn a_group_cut_short_by_a_crash_is_discarded_whole() {
         .unwrap();
     assert_eq!(report.stored, vec![2]);
 }
+
+#[test]
+fn limit_keeps_the_newest_by_seq_even_when_event_times_run_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // A late delivery: seq 2 happened before seq 1.
+    store
+        .appender()
+        .append_blocking(Submission {
+            events: vec![
+                event("open", 10_000, "a@x", 1),
+                event("open", 9_000, "a@x", 2),
+            ],
+            rejected: vec![],
+        })
+        .unwrap();
+    let q = EventQuery {
+        source: Some("mailjet".into()),
+        kind: Some("open".into()),
+        key: None,
+        since: None,
+        limit: 1,
+    };
+    let before: Vec<u64> = store.events(&q).unwrap().iter().map(|e| e.seq).collect();
+    assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+    let after: Vec<u64> = store.events(&q).unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(before, vec![2]);
+    assert_eq!(after, vec![2]);
+}

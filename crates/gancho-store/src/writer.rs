@@ -291,7 +291,7 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(job) => {
                         if let Job::Append(sub, _) = &job {
-                            n_events += sub.events.len();
+                            n_events += sub.events.len() + sub.quarantined.len();
                         }
                         jobs.push(job);
                     }
@@ -339,7 +339,9 @@ impl Writer {
                     // Keys of a failed group might remain; refuse further writes rather than
                     // reuse their sequence numbers. A restart discards everything after the
                     // last commit record.
-                    error!(error = %err, "could not undo a failed group; the store stops accepting events until restarted");
+                    error!(error = %err, "could not undo a failed group; the store stops");
+                    self.progress
+                        .fail(&format!("undoing a failed group: {err}"));
                     break;
                 }
                 continue;
@@ -351,6 +353,16 @@ impl Writer {
             if flush_tx.send(applied).is_err() {
                 error!("the flusher thread is gone; stopping the writer");
                 break;
+            }
+        }
+        // Whoever is still waiting is told; later appends fail on the closed channel.
+        let reason = self
+            .progress
+            .failure()
+            .unwrap_or_else(|| "stopped".to_owned());
+        while let Ok(job) = rx.try_recv() {
+            if let Job::Append(_, reply) = job {
+                let _ = reply.send(Err(StoreError::Failed(reason.clone())));
             }
         }
         debug!("store writer stopped");
@@ -497,13 +509,16 @@ fn run_flusher(
                 }
             }
             Err(reason) => {
-                // The events are applied but not known to be on disk. The callers are told it
-                // failed, so the providers retry; a retry finds the event by its id and is
-                // answered once a later flush succeeds.
-                error!(error = %reason, "making events durable failed");
+                // The events are written but not known to be on disk, and after a failed
+                // fdatasync the kernel may have dropped them while marking them clean: a later
+                // sync succeeding proves nothing. The store stops accepting events; the daemon
+                // exits and is restarted, and the restart keeps only what reached the disk.
+                error!(error = %reason, "making events durable failed; the store stops");
+                progress.fail(&reason);
                 for s in staged {
-                    let _ = s.reply.send(Err(StoreError::Engine(reason.clone())));
+                    let _ = s.reply.send(Err(StoreError::Failed(reason.clone())));
                 }
+                break;
             }
         }
     }
@@ -521,8 +536,10 @@ fn run_flusher(
 pub(crate) struct FileSync {
     log_file: File,
     blobs_dir: PathBuf,
-    /// The highest blob id (sled names blob files by log position) already synced.
-    synced_blob: u64,
+    /// Each blob file (sled names them by log position) with the size it had when synced. A
+    /// blob is synced again whenever its size changed: sled may still be writing one while it
+    /// is listed, and its page becomes part of a later flush.
+    synced_blobs: HashMap<u64, u64>,
 }
 
 impl FileSync {
@@ -540,7 +557,7 @@ impl FileSync {
         let mut sync = FileSync {
             log_file,
             blobs_dir: path.join("blobs"),
-            synced_blob: 0,
+            synced_blobs: HashMap::new(),
         };
         sync.sync().map_err(StoreError::Engine)?;
         Ok(sync)
@@ -555,7 +572,8 @@ impl FileSync {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(err) => return Err(format!("listing {}: {err}", self.blobs_dir.display())),
         };
-        let mut newest = self.synced_blob;
+        let mut present = HashMap::with_capacity(self.synced_blobs.len());
+        let mut synced_any = false;
         for entry in entries.flatten() {
             let Some(id) = entry
                 .file_name()
@@ -564,22 +582,26 @@ impl FileSync {
             else {
                 continue;
             };
-            if id > self.synced_blob {
-                match File::open(entry.path()).and_then(|f| f.sync_data()) {
-                    Ok(()) => {}
-                    // sled removed it meanwhile: its page was rewritten elsewhere.
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            let Ok(file) = File::open(entry.path()) else {
+                // sled removed it meanwhile: its page was rewritten elsewhere.
+                continue;
+            };
+            let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            if self.synced_blobs.get(&id) != Some(&size) {
+                match file.sync_data() {
+                    Ok(()) => synced_any = true,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(err) => return Err(format!("fdatasync of blob {id}: {err}")),
                 }
-                newest = newest.max(id);
             }
+            present.insert(id, size);
         }
-        if newest > self.synced_blob {
+        if synced_any {
             File::open(&self.blobs_dir)
                 .and_then(|dir| dir.sync_all())
                 .map_err(|err| format!("syncing {}: {err}", self.blobs_dir.display()))?;
-            self.synced_blob = newest;
         }
+        self.synced_blobs = present;
         Ok(())
     }
 }

@@ -264,6 +264,12 @@ fn validate_source(
             if field.is_empty() { "" } else { "." }
         )
     };
+    if name.len() > 64 {
+        return Err(fail(
+            &key(""),
+            "a source name may be at most 64 bytes long".to_owned(),
+        ));
+    }
     if name.is_empty()
         || !name
             .bytes()
@@ -310,8 +316,17 @@ fn validate_source(
             if let Some(p) = &section.id {
                 check_pointer(p, &key("id"), fail)?;
             }
+            if section.keys.len() > 64 {
+                return Err(fail(&key("keys"), "at most 64 correlation keys".to_owned()));
+            }
             let mut keys = Vec::with_capacity(section.keys.len());
             for (key_name, pointer) in section.keys {
+                if key_name.is_empty() || key_name.len() > 256 {
+                    return Err(fail(
+                        &key(&format!("keys.{key_name}")),
+                        "a key name must be 1 to 256 bytes long".to_owned(),
+                    ));
+                }
                 check_pointer(&pointer, &key(&format!("keys.{key_name}")), fail)?;
                 keys.push((key_name, pointer));
             }

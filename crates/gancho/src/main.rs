@@ -143,7 +143,12 @@ fn list_events(
     json: bool,
 ) -> anyhow::Result<()> {
     let since = match since {
-        Some(d) => Some(Utc::now() - chrono::Duration::from_std(d).context("--since is too long")?),
+        Some(d) => Some(
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| Utc::now().checked_sub_signed(d))
+                .context("--since reaches before the earliest representable time")?,
+        ),
         None => None,
     };
     let request = Request::Events(Query {

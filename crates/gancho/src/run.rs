@@ -12,7 +12,7 @@ use gancho_core::SystemClock;
 use gancho_ingress::IngressServer;
 use gancho_store::Store;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::control::ControlSocket;
@@ -51,10 +51,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let handle = server.handle();
     let mut served = std::pin::pin!(server.wait());
+    let store_failed = watch_store(store.clone());
     let stopped_early = tokio::select! {
         result = &mut served => Some(result),
         _ = sigterm.recv() => { info!("SIGTERM: stopping"); None }
         _ = sigint.recv() => { info!("SIGINT: stopping"); None }
+        reason = store_failed => { error!(%reason, "the store failed: stopping so the service restarts"); None }
     };
     let served_result = match stopped_early {
         Some(result) => result,
@@ -73,8 +75,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     stored?;
     served_result.context("serving HTTP")?;
+    if let Some(reason) = store.failure() {
+        anyhow::bail!("the store failed: {reason}");
+    }
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Resolves once the store reports a failure (it then refuses events): the daemon stops and
+/// exits non-zero, and systemd restarts it on a store that keeps only what reached the disk.
+async fn watch_store(store: Store) -> String {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Some(reason) = store.failure() {
+            return reason;
+        }
+    }
 }
 
 /// Creates the data folder readable by its owner only: it holds the events and the control
