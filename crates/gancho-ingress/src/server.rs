@@ -243,6 +243,10 @@ async fn hook(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down; retry later",
         ),
+        Err(StoreError::Busy) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests are waiting for the disk; retry later",
+        ),
         Err(err @ StoreError::TooLarge(_)) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
         }

@@ -26,6 +26,9 @@ pub enum StoreError {
     /// restart.
     #[error("the store failed and stopped accepting events: {0}")]
     Failed(String),
+    /// Too many submissions are waiting for the disk: retry later.
+    #[error("the store is busy; retry later")]
+    Busy,
     /// The writer thread has stopped (the store is shutting down).
     #[error("the store is shutting down")]
     Closed,

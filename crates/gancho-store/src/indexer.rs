@@ -31,6 +31,9 @@ const BATCH_EVENTS: u64 = 2048;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// ... or after this many events, whichever comes first.
 const CHECKPOINT_EVENTS: u64 = 200_000;
+/// Past this many unindexed events, the indexer leaves idle priority until it is back under a
+/// tenth of it.
+const MAX_IDLE_LAG: u64 = 500_000;
 
 pub(crate) struct Indexer {
     /// The log tree, read.
@@ -43,7 +46,10 @@ pub(crate) struct Indexer {
 
 impl Indexer {
     pub(crate) fn run(mut self) {
-        lower_priority();
+        let mut idle_priority = set_priority(true);
+        // Leaving SCHED_IDLE needs RLIMIT_NICE room an unprivileged service may lack: if that
+        // is refused once, it is not tried again.
+        let mut can_boost = true;
         let progress = Arc::clone(&self.progress);
         let mut indexed = progress.indexed.load(Ordering::Acquire);
         let mut checkpointed = indexed;
@@ -58,6 +64,15 @@ impl Indexer {
             );
             let stopping = progress.stopping.load(Ordering::Acquire);
             let durable = progress.durable.load(Ordering::Acquire);
+            // At idle priority the indexer yields to every busy process on the host, not only to
+            // gancho's ingest; past a large lag it competes normally until it has caught up.
+            let lag = durable.saturating_sub(indexed);
+            if idle_priority && can_boost && lag > MAX_IDLE_LAG {
+                idle_priority = !set_priority(false);
+                can_boost = !idle_priority;
+            } else if !idle_priority && lag < MAX_IDLE_LAG / 10 {
+                idle_priority = set_priority(true);
+            }
             if !stopping && durable > indexed {
                 let to = durable.min(indexed + BATCH_EVENTS);
                 match self.index_range(indexed + 1, to) {
@@ -138,20 +153,32 @@ impl Indexer {
     }
 }
 
-/// Runs this thread only when a core would otherwise be idle (Linux `SCHED_IDLE`): under a
-/// burst, acknowledging webhooks comes first, and indexing catches up as soon as the burst
-/// ends. A provider that waits too long for its 200 retries, which only adds load.
-fn lower_priority() {
+/// With `idle`, runs this thread only when a core would otherwise be idle (Linux `SCHED_IDLE`):
+/// under a burst, acknowledging webhooks comes first, and indexing catches up as soon as the
+/// burst ends (a provider that waits too long for its 200 retries, which only adds load).
+/// Without, back to the normal policy. Returns whether the policy was set.
+fn set_priority(idle: bool) -> bool {
     use thread_priority::unix::{
         NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
         thread_native_id,
     };
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(err) = set_thread_priority_and_policy(
+    let policy = ThreadSchedulePolicy::Normal(if idle {
+        NormalThreadSchedulePolicy::Idle
+    } else {
+        NormalThreadSchedulePolicy::Other
+    });
+    match set_thread_priority_and_policy(
         thread_native_id(),
         thread_priority::ThreadPriority::Min,
         policy,
     ) {
-        tracing::warn!(error = ?err, "could not lower the indexer's priority; it competes with ingest");
+        Ok(()) => {
+            debug!(idle, "indexer priority set");
+            true
+        }
+        Err(err) => {
+            tracing::warn!(error = ?err, idle, "could not change the indexer's priority");
+            false
+        }
     }
 }

@@ -274,8 +274,7 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(threads) = threads {
-            // The writer may already be gone; then there is nothing to stop.
-            let _ = self.inner.appender.send(writer::Job::Shutdown);
+            self.inner.appender.send_shutdown();
             join(threads.writer, "writer");
             join(threads.flusher, "flusher");
             self.inner.progress.stop();

@@ -31,6 +31,8 @@ use crate::codec;
 use crate::progress::Progress;
 use crate::{Quarantined, StoreError};
 
+/// Submissions waiting for the writer, at most; more are refused with [`StoreError::Busy`].
+const QUEUE_CAPACITY: usize = 8192;
 /// At most this many submissions are applied as one group.
 const MAX_GROUP: usize = 1024;
 /// A group stops taking submissions once it holds this many events, to bound its memory.
@@ -130,7 +132,7 @@ impl std::fmt::Debug for Job {
 /// The handle through which events are appended. Cheap to clone and to share between threads.
 #[derive(Debug, Clone)]
 pub struct Appender {
-    tx: Arc<Mutex<mpsc::Sender<Job>>>,
+    tx: Arc<Mutex<mpsc::SyncSender<Job>>>,
 }
 
 impl Appender {
@@ -166,9 +168,22 @@ impl Appender {
         Ok(reply_rx)
     }
 
+    /// Asks the writer to stop after what is queued, waiting for room in the queue if need be.
+    pub(crate) fn send_shutdown(&self) {
+        if let Ok(tx) = self.tx.lock() {
+            // The writer may already be gone; then there is nothing to stop.
+            let _ = tx.send(Job::Shutdown);
+        }
+    }
+
+    /// Queues a job without waiting: a full queue means the disk cannot keep up, and the caller
+    /// is told to come back later rather than made to hold its memory in a growing queue.
     pub(crate) fn send(&self, job: Job) -> Result<(), StoreError> {
         let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
-        tx.send(job).map_err(|_| StoreError::Closed)
+        tx.try_send(job).map_err(|err| match err {
+            mpsc::TrySendError::Full(_) => StoreError::Busy,
+            mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
+        })
     }
 }
 
@@ -199,7 +214,7 @@ pub(crate) fn start(
         progress: Arc::clone(&progress),
     };
     writer.load_pending(last_seq)?;
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
     let (flush_tx, flush_rx) = mpsc::channel();
     let spawn_err = |source| StoreError::Io {
         what: "starting a store thread".to_owned(),
