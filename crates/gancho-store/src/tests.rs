@@ -24,6 +24,17 @@ fn event(kind: &str, at: i64, email: &str, n: u64) -> NewEvent {
     }
 }
 
+/// Appends events (no rejected items) and waits until they are durable.
+fn append(store: &Store, events: Vec<NewEvent>) -> AppendReport {
+    store
+        .appender()
+        .append_blocking(Submission {
+            events,
+            rejected: vec![],
+        })
+        .unwrap()
+}
+
 fn open(dir: &std::path::Path) -> Store {
     Store::open(dir, &StoreConfig::default()).unwrap()
 }
@@ -32,13 +43,10 @@ fn open(dir: &std::path::Path) -> Store {
 fn appended_events_get_increasing_seqs_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let report = store
-        .appender()
-        .append_blocking(Submission {
-            events: vec![event("sent", 100, "a@x", 1), event("open", 200, "a@x", 2)],
-            rejected: vec![],
-        })
-        .unwrap();
+    let report = append(
+        &store,
+        vec![event("sent", 100, "a@x", 1), event("open", 200, "a@x", 2)],
+    );
     assert_eq!(report.stored, vec![1, 2]);
     store.shutdown().unwrap();
     drop(store);
@@ -47,13 +55,7 @@ fn appended_events_get_increasing_seqs_and_survive_reopen() {
     assert_eq!(store.last_seq().unwrap(), 2);
     let got = store.get(2).unwrap().unwrap();
     assert_eq!(got.kind, "open");
-    let report = store
-        .appender()
-        .append_blocking(Submission {
-            events: vec![event("click", 300, "a@x", 3)],
-            rejected: vec![],
-        })
-        .unwrap();
+    let report = append(&store, vec![event("click", 300, "a@x", 3)]);
     assert_eq!(report.stored, vec![3]);
 }
 
@@ -260,13 +262,7 @@ fn a_restart_before_indexing_loses_neither_dedup_nor_query_answers() {
         .collect();
     {
         let store = open(dir.path());
-        store
-            .appender()
-            .append_blocking(Submission {
-                events: events.clone(),
-                rejected: vec![],
-            })
-            .unwrap();
+        append(&store, events.clone());
         store.shutdown().unwrap();
     }
     forget_indexes(dir.path());
@@ -286,13 +282,7 @@ fn a_restart_before_indexing_loses_neither_dedup_nor_query_answers() {
     let got: Vec<u64> = store.events(&q).unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(got, want);
     // The pending ids were rebuilt from the log: every event is a duplicate now.
-    let report = store
-        .appender()
-        .append_blocking(Submission {
-            events: events.clone(),
-            rejected: vec![],
-        })
-        .unwrap();
+    let report = append(&store, events.clone());
     assert!(report.stored.is_empty());
     assert_eq!(report.duplicates.len(), 300);
     // And the indexer rebuilds the indexes.
@@ -340,13 +330,10 @@ fn an_index_ahead_of_the_log_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store
-            .appender()
-            .append_blocking(Submission {
-                events: vec![event("open", 1, "a@x", 1), event("open", 2, "b@x", 2)],
-                rejected: vec![],
-            })
-            .unwrap();
+        append(
+            &store,
+            vec![event("open", 1, "a@x", 1), event("open", 2, "b@x", 2)],
+        );
         assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
         store.shutdown().unwrap();
     }
@@ -362,13 +349,7 @@ fn an_index_ahead_of_the_log_is_rebuilt() {
     let store = open(dir.path());
     assert_eq!(store.last_seq().unwrap(), 0);
     // The lost events are not taken for duplicates of themselves: the retry stores them.
-    let report = store
-        .appender()
-        .append_blocking(Submission {
-            events: vec![event("open", 2, "b@x", 2)],
-            rejected: vec![],
-        })
-        .unwrap();
+    let report = append(&store, vec![event("open", 2, "b@x", 2)]);
     assert_eq!(report.stored, vec![1]);
     assert!(store.wait_indexed(1, std::time::Duration::from_secs(10)));
     let q = EventQuery {
@@ -389,13 +370,7 @@ fn a_group_cut_short_by_a_crash_is_discarded_whole() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store
-            .appender()
-            .append_blocking(Submission {
-                events: vec![event("open", 1, "a@x", 1)],
-                rejected: vec![],
-            })
-            .unwrap();
+        append(&store, vec![event("open", 1, "a@x", 1)]);
         store.shutdown().unwrap();
     }
     // What a crash in the middle of the next group leaves: a block and a quarantined item
@@ -414,13 +389,7 @@ fn a_group_cut_short_by_a_crash_is_discarded_whole() {
     let store = open(dir.path());
     assert_eq!(store.last_seq().unwrap(), 1);
     assert!(store.quarantine(0).unwrap().is_empty());
-    let report = store
-        .appender()
-        .append_blocking(Submission {
-            events: vec![event("open", 2, "b@x", 2)],
-            rejected: vec![],
-        })
-        .unwrap();
+    let report = append(&store, vec![event("open", 2, "b@x", 2)]);
     assert_eq!(report.stored, vec![2]);
 }
 
@@ -429,16 +398,13 @@ fn limit_keeps_the_newest_by_seq_even_when_event_times_run_backwards() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     // A late delivery: seq 2 happened before seq 1.
-    store
-        .appender()
-        .append_blocking(Submission {
-            events: vec![
-                event("open", 10_000, "a@x", 1),
-                event("open", 9_000, "a@x", 2),
-            ],
-            rejected: vec![],
-        })
-        .unwrap();
+    append(
+        &store,
+        vec![
+            event("open", 10_000, "a@x", 1),
+            event("open", 9_000, "a@x", 2),
+        ],
+    );
     let q = EventQuery {
         source: Some("mailjet".into()),
         kind: Some("open".into()),
