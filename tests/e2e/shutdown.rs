@@ -53,3 +53,24 @@ fn sigterm_finishes_in_flight_requests_and_exits_0() {
     // Nothing else was received after the stop began: the port is closed.
     assert!(Request::post("/hooks/bank", b"{}").send(addr).is_err());
 }
+
+#[test]
+fn the_service_manager_is_told_when_gancho_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let setup = Setup::standard();
+    // Stands where systemd's notification socket would be (`Type=notify`).
+    let path = setup.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let daemon = setup.start_with_env(&[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // Ready means ready: the port answers.
+    assert_eq!(daemon.request(&Request::get("/healthz")).status, 200);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let n = socket.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}

@@ -68,7 +68,12 @@ impl Setup {
     }
 
     pub fn start(&self) -> Daemon {
-        Daemon::start(self)
+        Daemon::start(self, &[])
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start(self, env)
     }
 
     /// Runs a `gancho` command with this config.
@@ -134,13 +139,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(setup: &Setup) -> Daemon {
+    fn start(setup: &Setup, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(gancho_bin())
             .arg("--config")
             .arg(&setup.config)
             .arg("run")
             .env("GANCHO_LOG", "info")
             .env_remove("GANCHO_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

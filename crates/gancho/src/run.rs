@@ -49,6 +49,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         fsync = config.store.fsync,
         "gancho is ready"
     );
+    // Under systemd (`Type=notify`): the unit is started once events can be received.
+    notify(&[sd_notify::NotifyState::Ready]);
     let handle = server.handle();
     let mut served = std::pin::pin!(server.wait());
     let store_failed = watch_store(store.clone());
@@ -58,6 +60,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ = sigint.recv() => { info!("SIGINT: stopping"); None }
         reason = store_failed => { error!(%reason, "the store failed: stopping so the service restarts"); None }
     };
+    notify(&[sd_notify::NotifyState::Stopping]);
     let served_result = match stopped_early {
         Some(result) => result,
         None => {
@@ -80,6 +83,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Tells the service manager, if there is one (`NOTIFY_SOCKET`), how the daemon is doing.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!(error = %err, "could not notify the service manager");
+    }
 }
 
 /// Resolves once the store reports a failure (it then refuses events): the daemon stops and
