@@ -17,9 +17,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use gancho_core::NewEvent;
@@ -132,7 +132,8 @@ impl std::fmt::Debug for Job {
 /// The handle through which events are appended. Cheap to clone and to share between threads.
 #[derive(Debug, Clone)]
 pub struct Appender {
-    tx: Arc<Mutex<mpsc::SyncSender<Job>>>,
+    // `SyncSender` is `Sync` and cheap to clone: no lock on the ingest path.
+    tx: mpsc::SyncSender<Job>,
 }
 
 impl Appender {
@@ -170,17 +171,14 @@ impl Appender {
 
     /// Asks the writer to stop after what is queued, waiting for room in the queue if need be.
     pub(crate) fn send_shutdown(&self) {
-        if let Ok(tx) = self.tx.lock() {
-            // The writer may already be gone; then there is nothing to stop.
-            let _ = tx.send(Job::Shutdown);
-        }
+        // The writer may already be gone; then there is nothing to stop.
+        let _ = self.tx.send(Job::Shutdown);
     }
 
     /// Queues a job without waiting: a full queue means the disk cannot keep up, and the caller
     /// is told to come back later rather than made to hold its memory in a growing queue.
     pub(crate) fn send(&self, job: Job) -> Result<(), StoreError> {
-        let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
-        tx.try_send(job).map_err(|err| match err {
+        self.tx.try_send(job).map_err(|err| match err {
             mpsc::TrySendError::Full(_) => StoreError::Busy,
             mpsc::TrySendError::Disconnected(_) => StoreError::Closed,
         })
@@ -229,9 +227,7 @@ pub(crate) fn start(
         .spawn(move || run_flusher(db, sync, flush_rx, progress))
         .map_err(spawn_err)?;
     Ok(Started {
-        appender: Appender {
-            tx: Arc::new(Mutex::new(tx)),
-        },
+        appender: Appender { tx },
         writer,
         flusher,
     })
