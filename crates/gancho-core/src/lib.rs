@@ -7,10 +7,14 @@
 //! where one exists and otherwise from a canonical hash of its content, so that every path that
 //! appends to the log (webhooks now, timers and cron ticks later) deduplicates the same way.
 
+mod action;
 mod clock;
 mod event;
 mod time;
 
+pub use action::{
+    Action, ActionRequest, EmailAction, HttpAction, InvalidAction, SmsAction, action_id,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{Event, EventId, Keys, NewEvent, key_text};
 pub use time::{TimeError, millis_to_time, parse_event_time, time_to_millis};

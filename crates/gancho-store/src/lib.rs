@@ -1,5 +1,6 @@
 //! The durable store of gancho: the event log with its sequence numbers, the dedup index, the
-//! index by (source, type, correlation key, event time), and the quarantine of rejected items.
+//! index by (source, type, correlation key, event time), the quarantine of rejected items, and
+//! the engine's state (cursor, rule state, timers, outbox; see [`EngineState`]).
 //!
 //! Only this crate knows sled; no sled type appears in its public API, so another engine can
 //! replace it. It knows nothing of HTTP, scripts or actions, and it never reads the wall clock:
@@ -20,6 +21,7 @@ mod error;
 mod indexer;
 mod progress;
 mod query;
+mod state;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -31,7 +33,8 @@ use std::time::Duration;
 use gancho_core::Event;
 
 pub use error::StoreError;
-pub use query::{EventQuery, KeyFilter};
+pub use query::{EventQuery, KeyFilter, Order, Window};
+pub use state::{Change, EngineState, Expectation, StateValue, Timer};
 pub use writer::{AppendReport, Appender, Rejected, Submission};
 
 use crate::progress::Progress;
@@ -73,6 +76,9 @@ struct Inner {
     /// flushes of the log nor contend with its writer for sled's batch lock.
     index_db: sled::Db,
     index: sled::Tree,
+    /// The engine's database: cursor, rule state, timers, outbox (see `state.rs`).
+    engine: EngineState,
+    engine_db: sled::Db,
     appender: Appender,
     progress: Arc<Progress>,
     threads: Mutex<Option<Threads>>,
@@ -115,8 +121,8 @@ impl Store {
             source,
         })?;
         let (log_path, index_path) = (path.join("log"), path.join("index"));
-        // The index gets three quarters of the cache: dedup lookups and index inserts land all
-        // over its key space, while the log is written at its end and read near it.
+        // The index gets half of the cache: dedup lookups and index inserts land all over its
+        // key space, while the log is written at its end and read near it.
         let log_db = open_db(&log_path, config.cache_capacity / 4)?;
         let events = log_db.open_tree("events").map_err(StoreError::sled)?;
         codec::check_schema(&events)?;
@@ -128,7 +134,10 @@ impl Store {
             );
             log_db.flush().map_err(StoreError::sled)?;
         }
-        let index_db = open_db(&index_path, config.cache_capacity / 4 * 3)?;
+        let index_db = open_db(&index_path, config.cache_capacity / 2)?;
+        let engine_path = path.join("engine");
+        let engine_db = open_db(&engine_path, config.cache_capacity / 4)?;
+        let engine = EngineState::open(engine_db.clone(), &engine_path, config.fsync)?;
         let index = index_db.open_tree("index").map_err(StoreError::sled)?;
         let (log_sync, index_sync) = if config.fsync {
             (
@@ -188,6 +197,8 @@ impl Store {
                 events,
                 index_db,
                 index,
+                engine,
+                engine_db,
                 appender: started.appender,
                 progress,
                 threads: Mutex::new(Some(Threads {
@@ -258,6 +269,56 @@ impl Store {
         )
     }
 
+    /// The engine's durable state.
+    pub fn engine_state(&self) -> &EngineState {
+        &self.inner.engine
+    }
+
+    /// Every event with a seq in `from..=to` (durable ones only), in log order.
+    pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        let to = to.min(self.inner.progress.durable.load(Ordering::Acquire));
+        let mut events = Vec::new();
+        codec::for_each_record(&self.inner.events, from.max(1), to, |seq, record| {
+            events.push(codec::decode_event(seq, record)?);
+            Ok(())
+        })?;
+        Ok(events)
+    }
+
+    /// The (event time ms, seq) of the events in a window, in `order`, at most `limit`, from the
+    /// indexes (O(log n + k)); events the indexer has not reached yet are read from the log.
+    pub fn window(
+        &self,
+        window: &Window,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
+        let durable = self.inner.progress.durable.load(Ordering::Acquire);
+        let window = Window {
+            max_seq: window.max_seq.min(durable),
+            ..window.clone()
+        };
+        query::window(
+            &self.inner.events,
+            &self.inner.index,
+            &window,
+            order,
+            limit,
+            indexed,
+        )
+    }
+
+    /// How many events a window holds, counting no further than `cap`.
+    pub fn count(&self, window: &Window, cap: usize) -> Result<usize, StoreError> {
+        Ok(self.window(window, Order::Oldest, cap)?.len())
+    }
+
+    /// The event with this seq, which must be in the log.
+    pub fn event(&self, seq: u64) -> Result<Event, StoreError> {
+        query::read_event_at(&self.inner.events, seq)
+    }
+
     /// Quarantined items, oldest first, the newest `limit` of them.
     pub fn quarantine(&self, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
         query::quarantine(&self.inner.events, limit)
@@ -282,6 +343,7 @@ impl Store {
         }
         self.inner.log_db.flush().map_err(StoreError::sled)?;
         self.inner.index_db.flush().map_err(StoreError::sled)?;
+        self.inner.engine_db.flush().map_err(StoreError::sled)?;
         Ok(())
     }
 }

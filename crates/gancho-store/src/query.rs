@@ -187,3 +187,128 @@ pub(crate) fn quarantine(tree: &sled::Tree, limit: usize) -> Result<Vec<Quaranti
     items.reverse();
     Ok(items)
 }
+
+/// A window over the indexes: events of one (source, type), with these key values, whose event
+/// time is in `from_ms..=to_ms`, among the first `max_seq` of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub source: String,
+    pub kind: String,
+    /// Every one must be equal. Empty: every event of the type.
+    pub keys: Vec<(String, String)>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Events after this seq are not seen: a rule sees the history as it was when its event was
+    /// appended, so processing an event again sees the same history.
+    pub max_seq: u64,
+}
+
+/// Which end of a window to take from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Earliest event time first.
+    Oldest,
+    /// Latest event time first.
+    Newest,
+}
+
+/// The (time, seq) of the matching events, in `order`, at most `limit`.
+pub(crate) fn window(
+    tree: &sled::Tree,
+    index: &sled::Tree,
+    window: &Window,
+    order: Order,
+    limit: usize,
+    indexed: u64,
+) -> Result<Vec<(i64, u64)>, StoreError> {
+    if window.from_ms > window.to_ms || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let (scan_prefix, others) = match window.keys.split_first() {
+        None => (codec::type_prefix(&window.source, &window.kind), &[][..]),
+        Some(((name, value), others)) => (
+            codec::key_prefix(&window.source, &window.kind, name, value),
+            others,
+        ),
+    };
+    // Other keys: the seqs each allows, in the same time range.
+    let mut allowed: Vec<std::collections::HashSet<u64>> = Vec::with_capacity(others.len());
+    for (name, value) in others {
+        let prefix = codec::key_prefix(&window.source, &window.kind, name, value);
+        let mut set = std::collections::HashSet::new();
+        for entry in time_range(index, &prefix, window.from_ms, window.to_ms) {
+            let (key, _) = entry.map_err(StoreError::sled)?;
+            set.insert(index_time_seq(&key)?.1);
+        }
+        allowed.push(set);
+    }
+    let tail = window.max_seq > indexed;
+    let mut found = Vec::new();
+    let range = time_range(index, &scan_prefix, window.from_ms, window.to_ms);
+    let entries: Box<dyn Iterator<Item = _>> = match order {
+        Order::Oldest => Box::new(range),
+        Order::Newest => Box::new(range.rev()),
+    };
+    for entry in entries {
+        let (key, _) = entry.map_err(StoreError::sled)?;
+        let (time, seq) = index_time_seq(&key)?;
+        if seq > window.max_seq || !allowed.iter().all(|set| set.contains(&seq)) {
+            continue;
+        }
+        found.push((time, seq));
+        if !tail && found.len() >= limit {
+            return Ok(found);
+        }
+    }
+    if tail {
+        // Events not indexed yet: read from the log.
+        codec::for_each_record(tree, indexed + 1, window.max_seq, |seq, record| {
+            let view = codec::view_record(seq, record)?;
+            let matches = view.source == window.source
+                && view.kind == window.kind
+                && (window.from_ms..=window.to_ms).contains(&view.time_ms)
+                && window
+                    .keys
+                    .iter()
+                    .all(|(n, v)| view.keys.iter().any(|(kn, kv)| kn == n && kv == v));
+            if matches {
+                found.push((view.time_ms, seq));
+            }
+            Ok(())
+        })?;
+        found.sort_unstable();
+        found.dedup();
+        if order == Order::Newest {
+            found.reverse();
+        }
+        found.truncate(limit);
+    }
+    Ok(found)
+}
+
+fn time_range(index: &sled::Tree, prefix: &[u8], from_ms: i64, to_ms: i64) -> sled::Iter {
+    let mut start = prefix.to_vec();
+    start.extend_from_slice(&codec::time_key(from_ms));
+    let mut end = prefix.to_vec();
+    end.extend_from_slice(&codec::time_key(to_ms));
+    end.extend_from_slice(&[0xff; 8]);
+    index.range(start..=end)
+}
+
+fn index_time_seq(key: &[u8]) -> Result<(i64, u64), StoreError> {
+    let bad = || StoreError::Corrupt {
+        key: format!("{key:?}"),
+        reason: "index key without time and sequence number".to_owned(),
+    };
+    let n = key.len();
+    let time = key
+        .get(n.checked_sub(16).ok_or_else(bad)?..n - 8)
+        .and_then(codec::read_u64)
+        .ok_or_else(bad)?;
+    let seq = codec::read_u64(&key[n - 8..]).ok_or_else(bad)?;
+    Ok(((time ^ (1 << 63)) as i64, seq))
+}
+
+pub(crate) fn read_event_at(tree: &sled::Tree, seq: u64) -> Result<Event, StoreError> {
+    read_event(tree, seq)
+}

@@ -1,0 +1,617 @@
+//! The script API: the rhai engine with gancho's host functions, and its sandbox.
+//!
+//! Every function that reads time reads the event's time, never the wall clock (rhai's own
+//! `timestamp` is compiled out with `no_time`). Functions that decide something (state, timers,
+//! actions) stage a change in the run's [`Pending`](crate::ctx::Pending); the engine commits it.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::str::FromStr as _;
+
+use chrono::{TimeZone as _, Utc};
+use gancho_core::{
+    Action, ActionRequest, EmailAction, HttpAction, SmsAction, action_id, millis_to_time,
+};
+use gancho_store::{Expectation, Order, StateValue, Timer, Window};
+use rhai::{Dynamic, EvalAltResult, INT, ImmutableString, Map};
+
+use crate::ctx::Ctx;
+use crate::dynamic;
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+/// Limits of the sandbox. A rule that passes one is stopped for that event.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// rhai operations per run (an infinite loop stops here).
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_expr_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// Window queries per run.
+    pub max_queries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_operations: 1_000_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 10_000,
+            max_queries: 1_000,
+        }
+    }
+}
+
+/// The most events `events(...)` returns.
+pub const MAX_LIST: usize = 1_000;
+
+/// A window relative to the event's time (`back`, `ahead`, `between`) or absolute (`span`).
+#[derive(Debug, Clone, Copy)]
+struct WindowSpec {
+    from: i64,
+    to: i64,
+    absolute: bool,
+}
+
+fn err<T>(message: impl Into<String>) -> Res<T> {
+    Err(message.into().into())
+}
+
+/// A rhai engine with the sandbox's limits and no host functions: what `gancho check` compiles
+/// with, so compile errors are the same as in the daemon.
+pub(crate) fn sandbox(limits: &Limits) -> rhai::Engine {
+    let mut engine = rhai::Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth / 2)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_functions(256)
+        .set_max_variables(1024)
+        .set_fail_on_invalid_map_property(false);
+    engine.disable_symbol("eval");
+    engine.on_print(|text| tracing::info!(target: "gancho::rule", "{text}"));
+    engine.on_debug(|text, _, pos| tracing::debug!(target: "gancho::rule", %pos, "{text}"));
+    engine
+}
+
+/// The engine rules run in: the sandbox plus gancho's functions, bound to `ctx`.
+pub(crate) fn build(limits: &Limits, ctx: &Rc<RefCell<Ctx>>) -> rhai::Engine {
+    let mut engine = sandbox(limits);
+    register_time(&mut engine);
+    register_queries(&mut engine, ctx);
+    register_state(&mut engine, ctx);
+    register_timers(&mut engine, ctx);
+    register_actions(&mut engine, ctx);
+    engine
+}
+
+fn scaled(n: INT, unit: INT) -> Res<INT> {
+    n.checked_mul(unit)
+        .map_or_else(|| err("duration overflows"), Ok)
+}
+
+fn parse_tz(name: &str) -> Res<chrono_tz::Tz> {
+    chrono_tz::Tz::from_str(name).map_or_else(|_| err(format!("unknown time zone {name:?}")), Ok)
+}
+
+fn format_in<Tz: chrono::TimeZone>(ms: INT, format: &str, tz: &Tz) -> Res<String>
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let time = millis_to_time(ms).with_timezone(tz);
+    let mut out = String::new();
+    match write!(out, "{}", time.format(format)) {
+        Ok(()) => Ok(out),
+        Err(_) => err(format!("bad time format {format:?}")),
+    }
+}
+
+fn register_time(engine: &mut rhai::Engine) {
+    engine.register_fn("seconds", |n: INT| scaled(n, 1_000));
+    engine.register_fn("minutes", |n: INT| scaled(n, 60_000));
+    engine.register_fn("hours", |n: INT| scaled(n, 3_600_000));
+    engine.register_fn("days", |n: INT| scaled(n, 86_400_000));
+    engine.register_fn("format_time", |ms: INT, format: &str| {
+        format_in(ms, format, &Utc)
+    });
+    engine.register_fn("format_time", |ms: INT, format: &str, tz: &str| {
+        format_in(ms, format, &parse_tz(tz)?)
+    });
+    engine.register_fn("start_of_day", |ms: INT, tz: &str| -> Res<INT> {
+        let tz = parse_tz(tz)?;
+        let date = millis_to_time(ms).with_timezone(&tz).date_naive();
+        let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+        // A zone may skip midnight (a daylight-saving change at 00:00): take the first instant
+        // of the day that exists.
+        let local = (0..=120)
+            .find_map(|m| {
+                tz.from_local_datetime(&(midnight + chrono::Duration::minutes(m)))
+                    .earliest()
+            })
+            .map_or_else(|| err("no start of day"), Ok)?;
+        Ok(local.timestamp_millis())
+    });
+    engine.register_type_with_name::<WindowSpec>("Window");
+    engine.register_fn("back", |d: INT| window(-d, 0, false));
+    engine.register_fn("ahead", |d: INT| window(0, d, false));
+    engine.register_fn("between", |from: INT, to: INT| window(from, to, false));
+    engine.register_fn("span", |from: INT, to: INT| window(from, to, true));
+}
+
+fn window(from: INT, to: INT, absolute: bool) -> Res<WindowSpec> {
+    if from > to {
+        return err(format!("a window must end after it starts ({from} > {to})"));
+    }
+    Ok(WindowSpec { from, to, absolute })
+}
+
+/// Turns a script's (type, keys, window) into a store window for the running event.
+fn resolve(ctx: &mut Ctx, ty: &str, keys: &Map, window: &Dynamic) -> Res<Window> {
+    let Some((source, kind)) = ty.split_once('.') else {
+        return err(format!("{ty:?} is not an event type (`source.type`)"));
+    };
+    let mut pairs = Vec::with_capacity(keys.len());
+    for (name, value) in keys {
+        if let Some(known) = ctx.source_keys.as_ref().and_then(|k| k.get(source)) {
+            if !known.contains(name.as_str()) {
+                return err(format!(
+                    "{name:?} is not a correlation key of source {source:?} (keys: {})",
+                    known.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        pairs.push((name.to_string(), dynamic::key_text(value)?));
+    }
+    let max_queries = ctx.max_queries;
+    let run = ctx.run()?;
+    run.queries += 1;
+    if run.queries > max_queries {
+        return err(format!("more than {max_queries} window queries in one run"));
+    }
+    let t = run.time_ms;
+    let (from_ms, to_ms) = if let Ok(d) = window.as_int() {
+        if d < 0 {
+            return err("a look-back window must not be negative (use ahead(...))");
+        }
+        (t.saturating_sub(d), t)
+    } else if let Some(w) = window.clone().try_cast::<WindowSpec>() {
+        if w.absolute {
+            (w.from, w.to)
+        } else {
+            (t.saturating_add(w.from), t.saturating_add(w.to))
+        }
+    } else {
+        return err(format!(
+            "a window is a duration or back/ahead/between/span(...), not {}",
+            window.type_name()
+        ));
+    };
+    Ok(Window {
+        source: source.to_owned(),
+        kind: kind.to_owned(),
+        keys: pairs,
+        from_ms,
+        to_ms,
+        max_seq: run.seq,
+    })
+}
+
+fn run_query(
+    ctx: &Rc<RefCell<Ctx>>,
+    ty: &str,
+    keys: &Map,
+    window: &Dynamic,
+    order: Order,
+    limit: usize,
+) -> Res<Vec<(i64, u64)>> {
+    let (store, w) = {
+        let mut ctx = ctx.borrow_mut();
+        let w = resolve(&mut ctx, ty, keys, window)?;
+        (ctx.store.clone(), w)
+    };
+    store
+        .window(&w, order, limit)
+        .map_or_else(|e| err(format!("window query: {e}")), Ok)
+}
+
+fn load_event(ctx: &Rc<RefCell<Ctx>>, seq: u64) -> Res<Dynamic> {
+    let store = ctx.borrow().store.clone();
+    let event = store
+        .event(seq)
+        .map_or_else(|e| err(format!("reading event {seq}: {e}")), Ok)?;
+    dynamic::event_map(&event)
+        .map(Dynamic::from_map)
+        .map_or_else(|e| err(format!("event {seq}: {e}")), Ok)
+}
+
+fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
+    let c = ctx.clone();
+    let count = move |ty: &str, keys: Map, w: Dynamic| -> Res<INT> {
+        let found = run_query(&c, ty, &keys, &w, Order::Oldest, usize::MAX)?;
+        Ok(INT::try_from(found.len()).unwrap_or(INT::MAX))
+    };
+    let count2 = count.clone();
+    engine.register_fn("count", count);
+    engine.register_fn("count", move |ty: &str, w: Dynamic| {
+        count2(ty, Map::new(), w)
+    });
+
+    let c = ctx.clone();
+    let exists = move |ty: &str, keys: Map, w: Dynamic| -> Res<bool> {
+        Ok(!run_query(&c, ty, &keys, &w, Order::Oldest, 1)?.is_empty())
+    };
+    let exists2 = exists.clone();
+    engine.register_fn("exists", exists);
+    engine.register_fn("exists", move |ty: &str, w: Dynamic| {
+        exists2(ty, Map::new(), w)
+    });
+
+    for (name, order) in [("first", Order::Oldest), ("last", Order::Newest)] {
+        let c = ctx.clone();
+        let one = move |ty: &str, keys: Map, w: Dynamic| -> Res<Dynamic> {
+            match run_query(&c, ty, &keys, &w, order, 1)?.first() {
+                None => Ok(Dynamic::UNIT),
+                Some(&(_, seq)) => load_event(&c, seq),
+            }
+        };
+        let one2 = one.clone();
+        engine.register_fn(name, one);
+        engine.register_fn(name, move |ty: &str, w: Dynamic| one2(ty, Map::new(), w));
+    }
+
+    let c = ctx.clone();
+    engine.register_fn(
+        "events",
+        move |ty: &str, keys: Map, w: Dynamic, limit: INT| -> Res<rhai::Array> {
+            let limit = usize::try_from(limit).unwrap_or(0).min(MAX_LIST);
+            run_query(&c, ty, &keys, &w, Order::Oldest, limit)?
+                .into_iter()
+                .map(|(_, seq)| load_event(&c, seq))
+                .collect()
+        },
+    );
+}
+
+fn register_state(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
+    let c = ctx.clone();
+    engine.register_fn("get_state", move |key: &str| -> Res<Dynamic> {
+        let found = c.borrow_mut().state(key)?;
+        Ok(found.map_or(Dynamic::UNIT, |v| dynamic::from_json(&v.value)))
+    });
+    let c = ctx.clone();
+    let set = move |key: &str, value: Dynamic, ttl: Option<INT>| -> Res<()> {
+        let mut ctx = c.borrow_mut();
+        let expires_ms = match ttl {
+            None => None,
+            Some(ttl) if ttl > 0 => Some(ctx.run()?.time_ms.saturating_add(ttl)),
+            Some(_) => return err("a state TTL must be positive"),
+        };
+        let value = dynamic::to_json(&value)?;
+        ctx.put_state(key, Some(StateValue { value, expires_ms }))?;
+        Ok(())
+    };
+    let set2 = set.clone();
+    engine.register_fn("set_state", move |k: &str, v: Dynamic| set(k, v, None));
+    engine.register_fn("set_state", move |k: &str, v: Dynamic, ttl: INT| {
+        set2(k, v, Some(ttl))
+    });
+    let c = ctx.clone();
+    engine.register_fn("clear_state", move |key: &str| -> Res<()> {
+        Ok(c.borrow_mut().put_state(key, None)?)
+    });
+    let c = ctx.clone();
+    engine.register_fn("once", move |key: &str| -> Res<bool> {
+        let mut ctx = c.borrow_mut();
+        let key = format!("once:{key}");
+        if ctx.state(&key)?.is_some() {
+            return Ok(false);
+        }
+        ctx.put_state(
+            &key,
+            Some(StateValue {
+                value: serde_json::Value::Bool(true),
+                expires_ms: None,
+            }),
+        )?;
+        Ok(true)
+    });
+    let c = ctx.clone();
+    engine.register_fn("throttle", move |key: &str, every: INT| -> Res<bool> {
+        if every <= 0 {
+            return err("throttle: the period must be positive");
+        }
+        let mut ctx = c.borrow_mut();
+        let key = format!("throttle:{key}");
+        if ctx.state(&key)?.is_some() {
+            return Ok(false);
+        }
+        let now = ctx.run()?.time_ms;
+        ctx.put_state(
+            &key,
+            Some(StateValue {
+                value: serde_json::Value::from(now),
+                expires_ms: Some(now.saturating_add(every)),
+            }),
+        )?;
+        Ok(true)
+    });
+}
+
+fn check_callback(ctx: &mut Ctx, callback: &str) -> Res<()> {
+    if ctx.run()?.callbacks.contains(callback) {
+        Ok(())
+    } else {
+        err(format!(
+            "no function {callback}(x) with one parameter in this rule to call back"
+        ))
+    }
+}
+
+/// Sets (or replaces) the running rule's timer `name`.
+fn set_timer(
+    ctx: &mut Ctx,
+    name: String,
+    due_ms: i64,
+    callback: &str,
+    data: serde_json::Value,
+    expect: Option<Expectation>,
+) -> Res<()> {
+    check_callback(ctx, callback)?;
+    let run = ctx.run()?;
+    run.serial += 1;
+    let (rule, seq, serial) = (run.rule.clone(), run.seq, run.serial);
+    let old = ctx
+        .timer(&rule, &name)
+        .map_or_else(|e| err(e.to_string()), Ok)?;
+    let timer = Timer {
+        uid: format!("{rule}/{name}/{seq}.{serial}"),
+        rule,
+        name,
+        due_ms,
+        callback: callback.to_owned(),
+        data,
+        origin_seq: seq,
+        expect,
+    };
+    ctx.set_timer(old, Some(timer));
+    Ok(())
+}
+
+fn register_timers(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
+    let c = ctx.clone();
+    let after = move |name: &str, delay: INT, callback: &str, data: Dynamic| -> Res<()> {
+        if delay < 0 {
+            return err("after: the delay must not be negative");
+        }
+        let data = dynamic::to_json(&data)?;
+        let mut ctx = c.borrow_mut();
+        let due = ctx.run()?.time_ms.saturating_add(delay);
+        set_timer(&mut ctx, format!("timer:{name}"), due, callback, data, None)
+    };
+    let after2 = after.clone();
+    engine.register_fn("after", after);
+    engine.register_fn("after", move |name: &str, delay: INT, callback: &str| {
+        after2(name, delay, callback, Dynamic::UNIT)
+    });
+    let c = ctx.clone();
+    engine.register_fn("cancel", move |name: &str| -> Res<bool> {
+        let mut ctx = c.borrow_mut();
+        let rule = ctx.run()?.rule.clone();
+        let old = ctx
+            .timer(&rule, &format!("timer:{name}"))
+            .map_or_else(|e| err(e.to_string()), Ok)?;
+        let found = old.is_some();
+        ctx.set_timer(old, None);
+        Ok(found)
+    });
+    let c = ctx.clone();
+    engine.register_fn(
+        "expect",
+        move |ty: &str, keys: Map, within: INT, callback: &str| -> Res<bool> {
+            if within < 0 {
+                return err("expect: the window must not be negative");
+            }
+            let mut ctx = c.borrow_mut();
+            let w = resolve(
+                &mut ctx,
+                ty,
+                &keys,
+                &Dynamic::from(WindowSpec {
+                    from: 0,
+                    to: within,
+                    absolute: false,
+                }),
+            )?;
+            // Already there (webhooks arrive out of order): nothing to expect.
+            let found = ctx
+                .store
+                .window(&w, Order::Oldest, 1)
+                .map_or_else(|e| err(format!("window query: {e}")), Ok)?;
+            if !found.is_empty() {
+                return Ok(false);
+            }
+            let run = ctx.run()?;
+            let seq = run.seq;
+            let keys_text = serde_json::to_string(&w.keys).unwrap_or_default();
+            let name = format!("expect:{ty}:{keys_text}:{callback}");
+            let shape = (
+                w.source.clone(),
+                w.kind.clone(),
+                w.keys.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            );
+            let expect = Expectation {
+                source: w.source,
+                kind: w.kind,
+                keys: w.keys,
+                from_ms: w.from_ms,
+                to_ms: w.to_ms,
+            };
+            let due = expect.to_ms;
+            set_timer(
+                &mut ctx,
+                name,
+                due,
+                callback,
+                serde_json::json!({ "seq": seq }),
+                Some(expect),
+            )?;
+            ctx.new_shapes.push(shape);
+            Ok(true)
+        },
+    );
+}
+
+fn get_str(map: &Map, field: &str, channel: &str) -> Res<String> {
+    match map.get(field) {
+        Some(v) if v.is_string() => Ok(v.clone().into_string().unwrap_or_default()),
+        Some(v) => err(format!(
+            "{channel}: `{field}` must be a string, not {}",
+            v.type_name()
+        )),
+        None => err(format!("{channel}: `{field}` is missing")),
+    }
+}
+
+fn opt_str(map: &Map, field: &str, channel: &str) -> Res<Option<String>> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(v) if v.is_unit() => Ok(None),
+        Some(_) => get_str(map, field, channel).map(Some),
+    }
+}
+
+fn check_fields(map: &Map, allowed: &[&str], channel: &str) -> Res<()> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => err(format!(
+            "{channel}: unknown field `{k}` (fields: {})",
+            allowed.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn email_action(map: &Map) -> Res<Action> {
+    check_fields(map, &["to", "subject", "text", "html"], "email")?;
+    let to = match map.get("to") {
+        Some(v) if v.is_array() => v
+            .read_lock::<rhai::Array>()
+            .map(|a| {
+                a.iter()
+                    .map(|v| v.clone().into_string())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or(Ok(Vec::new()))
+            .map_or_else(|_| err("email: `to` must be strings"), Ok)?,
+        Some(v) if v.is_unit() => Vec::new(),
+        Some(_) => vec![get_str(map, "to", "email")?],
+        None => Vec::new(),
+    };
+    Ok(Action::Email(EmailAction {
+        to,
+        subject: get_str(map, "subject", "email")?,
+        text: get_str(map, "text", "email")?,
+        html: opt_str(map, "html", "email")?,
+    }))
+}
+
+fn sms_action(map: &Map) -> Res<Action> {
+    check_fields(map, &["to", "text"], "sms")?;
+    let to = match map.get("to") {
+        Some(v) if v.is_unit() => String::new(),
+        _ => get_str(map, "to", "sms")?,
+    };
+    Ok(Action::Sms(SmsAction {
+        to,
+        text: get_str(map, "text", "sms")?,
+    }))
+}
+
+fn http_action(map: &Map) -> Res<Action> {
+    check_fields(map, &["method", "url", "headers", "json", "body"], "http")?;
+    let mut headers = std::collections::BTreeMap::new();
+    if let Some(h) = map.get("headers") {
+        let h = h
+            .read_lock::<Map>()
+            .map_or_else(|| err("http: `headers` must be a map"), |h| Ok(h.clone()))?;
+        for (name, value) in &h {
+            headers.insert(name.to_string(), dynamic::key_text(value)?);
+        }
+    }
+    Ok(Action::Http(HttpAction {
+        method: opt_str(map, "method", "http")?
+            .unwrap_or_else(|| "POST".to_owned())
+            .to_ascii_uppercase(),
+        url: get_str(map, "url", "http")?,
+        headers,
+        json: map.get("json").map(dynamic::to_json).transpose()?,
+        body: opt_str(map, "body", "http")?,
+    }))
+}
+
+fn register_actions(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
+    type Build = fn(&Map) -> Res<Action>;
+    for (name, build) in [
+        ("email", email_action as Build),
+        ("sms", sms_action as Build),
+        ("http", http_action as Build),
+    ] {
+        let c = ctx.clone();
+        engine.register_fn(name, move |map: Map| -> Res<ImmutableString> {
+            let action = build(&map)?;
+            action.validate().map_or_else(|e| err(e.0), Ok)?;
+            let mut ctx = c.borrow_mut();
+            let run = ctx.run()?;
+            let position = run.position;
+            run.position += 1;
+            let request = ActionRequest {
+                id: action_id(&run.rule, run.seq, position),
+                rule: run.rule.clone(),
+                event_seq: run.seq,
+                position,
+                action,
+            };
+            let id = request.id.clone();
+            ctx.push_action(request)?;
+            Ok(id.into())
+        });
+    }
+    let c = ctx.clone();
+    engine.register_fn("log", move |value: Dynamic| {
+        let ctx = c.borrow();
+        let rule = ctx.run.as_ref().map_or("", |r| r.rule.as_str());
+        tracing::info!(target: "gancho::rule", rule, "{value}");
+    });
+    let c = ctx.clone();
+    engine.register_fn("code", move |prefix: &str, len: INT| -> Res<String> {
+        const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let len = usize::try_from(len).unwrap_or(0);
+        if !(4..=24).contains(&len) {
+            return err("code: the length must be 4 to 24");
+        }
+        let mut ctx = c.borrow_mut();
+        let run = ctx.run()?;
+        run.serial += 1;
+        let seed = format!("{}\u{0}{}\u{0}{}", run.rule, run.seq, run.serial);
+        let mut hash = xxhash_rust::xxh3::xxh3_128(seed.as_bytes());
+        let mut out = String::with_capacity(prefix.len() + 1 + len);
+        out.push_str(prefix);
+        if !prefix.is_empty() {
+            out.push('-');
+        }
+        for _ in 0..len {
+            out.push(char::from(ALPHABET[(hash % 32) as usize]));
+            hash /= 32;
+        }
+        Ok(out)
+    });
+}

@@ -1,0 +1,147 @@
+//! What host functions see while a rule runs: the store, the rule and event being processed,
+//! and the changes decided so far (this run's, then this batch's), which reads must see before
+//! the store's committed state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gancho_core::ActionRequest;
+use gancho_store::{Change, StateValue, Store, StoreError, Timer};
+
+/// Changes decided but not committed: a rule run's, merged into its batch's when the run
+/// succeeds (a run that fails leaves nothing behind).
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub(crate) changes: Vec<Change>,
+    pub(crate) state: HashMap<(String, String), Option<StateValue>>,
+    pub(crate) timers: HashMap<(String, String), Option<Timer>>,
+    pub(crate) actions: usize,
+}
+
+impl Pending {
+    pub(crate) fn merge(&mut self, run: Pending) {
+        self.changes.extend(run.changes);
+        self.state.extend(run.state);
+        self.timers.extend(run.timers);
+        self.actions += run.actions;
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// The rule run in progress.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) rule: String,
+    pub(crate) seq: u64,
+    pub(crate) time_ms: i64,
+    /// The next action's position (actions are numbered per rule and event).
+    pub(crate) position: u32,
+    /// A counter for timer uids and codes made in this run.
+    pub(crate) serial: u32,
+    pub(crate) queries: u32,
+    pub(crate) callbacks: std::collections::HashSet<String>,
+    pub(crate) pending: Pending,
+}
+
+/// Shared between the engine and the host functions (through `Rc<RefCell<_>>`).
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) store: Store,
+    /// The correlation keys each source has, where known: a query by any other key is an
+    /// error rather than a window that is always empty.
+    pub(crate) source_keys: Option<BTreeMap<String, BTreeSet<String>>>,
+    pub(crate) max_queries: u32,
+    pub(crate) run: Option<Run>,
+    pub(crate) batch: Pending,
+    /// New expectation shapes seen in this batch: (source, type) → key names.
+    pub(crate) new_shapes: Vec<(String, String, Vec<String>)>,
+}
+
+impl Ctx {
+    pub(crate) fn run(&mut self) -> Result<&mut Run, String> {
+        self.run
+            .as_mut()
+            .ok_or_else(|| "this function can only be called while a rule runs".to_owned())
+    }
+
+    pub(crate) fn state(&mut self, key: &str) -> Result<Option<StateValue>, String> {
+        let store = self.store.clone();
+        let run = self.run()?;
+        let id = (run.rule.clone(), key.to_owned());
+        let now = run.time_ms;
+        let found = match run.pending.state.get(&id) {
+            Some(v) => v.clone(),
+            None => match self.batch.state.get(&id) {
+                Some(v) => v.clone(),
+                None => store
+                    .engine_state()
+                    .state(&id.0, &id.1)
+                    .map_err(|e| e.to_string())?,
+            },
+        };
+        Ok(found.filter(|v| v.expires_ms.is_none_or(|at| now < at)))
+    }
+
+    pub(crate) fn put_state(&mut self, key: &str, value: Option<StateValue>) -> Result<(), String> {
+        let run = self.run()?;
+        let id = (run.rule.clone(), key.to_owned());
+        run.pending.changes.push(match &value {
+            Some(value) => Change::PutState {
+                rule: id.0.clone(),
+                key: id.1.clone(),
+                value: value.clone(),
+            },
+            None => Change::DeleteState {
+                rule: id.0.clone(),
+                key: id.1.clone(),
+            },
+        });
+        run.pending.state.insert(id, value);
+        Ok(())
+    }
+
+    /// A timer of the running rule, or of `rule` when given, as decided so far.
+    pub(crate) fn timer(&self, rule: &str, name: &str) -> Result<Option<Timer>, StoreError> {
+        let id = (rule.to_owned(), name.to_owned());
+        if let Some(run) = &self.run {
+            if let Some(t) = run.pending.timers.get(&id) {
+                return Ok(t.clone());
+            }
+        }
+        if let Some(t) = self.batch.timers.get(&id) {
+            return Ok(t.clone());
+        }
+        self.store.engine_state().timer(rule, name)
+    }
+
+    /// Stages a change to a timer in the current run, or in the batch when no rule runs.
+    pub(crate) fn set_timer(&mut self, old: Option<Timer>, new: Option<Timer>) {
+        let pending = match &mut self.run {
+            Some(run) => &mut run.pending,
+            None => &mut self.batch,
+        };
+        let Some(id) = new
+            .as_ref()
+            .or(old.as_ref())
+            .map(|t| (t.rule.clone(), t.name.clone()))
+        else {
+            return;
+        };
+        if let Some(old) = old {
+            pending.changes.push(Change::DeleteTimer(old));
+        }
+        if let Some(new) = &new {
+            pending.changes.push(Change::PutTimer(new.clone()));
+        }
+        pending.timers.insert(id, new);
+    }
+
+    pub(crate) fn push_action(&mut self, action: ActionRequest) -> Result<(), String> {
+        let run = self.run()?;
+        run.pending.changes.push(Change::PutAction(action));
+        run.pending.actions += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! JSON to rhai values and back, without an intermediate tree.
+//!
+//! Integers that fit an `i64` become rhai integers (Mailjet's 17-digit ids do); larger ones
+//! become strings of their exact digits rather than lossy floats.
+
+use std::fmt;
+
+use gancho_core::{Event, time_to_millis};
+use rhai::{Array, Dynamic, FLOAT, INT, Map};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+struct Dyn(Dynamic);
+
+impl<'de> de::Deserialize<'de> for Dyn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Dyn, D::Error> {
+        deserializer.deserialize_any(DynVisitor)
+    }
+}
+
+struct DynVisitor;
+
+impl<'de> Visitor<'de> for DynVisitor {
+    type Value = Dyn;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Dyn, E> {
+        Ok(Dyn(Dynamic::from_bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Dyn, E> {
+        Ok(Dyn(Dynamic::from_int(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Dyn, E> {
+        Ok(Dyn(match INT::try_from(v) {
+            Ok(v) => Dynamic::from_int(v),
+            Err(_) => Dynamic::from(v.to_string()),
+        }))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Dyn, E> {
+        Ok(Dyn(Dynamic::from_float(v as FLOAT)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Dyn, E> {
+        Ok(Dyn(Dynamic::from(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Dyn, E> {
+        Ok(Dyn(Dynamic::from(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Dyn, E> {
+        Ok(Dyn(Dynamic::UNIT))
+    }
+
+    fn visit_none<E>(self) -> Result<Dyn, E> {
+        Ok(Dyn(Dynamic::UNIT))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dyn, A::Error> {
+        let mut array = Array::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(Dyn(item)) = seq.next_element()? {
+            array.push(item);
+        }
+        Ok(Dyn(Dynamic::from_array(array)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Dyn, A::Error> {
+        let mut map = Map::new();
+        while let Some((key, Dyn(value))) = access.next_entry::<String, Dyn>()? {
+            map.insert(key.into(), value);
+        }
+        Ok(Dyn(Dynamic::from_map(map)))
+    }
+}
+
+/// Parses JSON text straight into a rhai value.
+pub(crate) fn from_json_text(text: &str) -> Result<Dynamic, serde_json::Error> {
+    serde_json::from_str::<Dyn>(text).map(|d| d.0)
+}
+
+/// A JSON value as a rhai value.
+pub(crate) fn from_json(value: &Value) -> Dynamic {
+    match value {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => Dynamic::from_bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Dynamic::from_int(i),
+            None if n.is_u64() => Dynamic::from(n.to_string()),
+            None => Dynamic::from_float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Dynamic::from(s.clone()),
+        Value::Array(items) => Dynamic::from_array(items.iter().map(from_json).collect()),
+        Value::Object(fields) => Dynamic::from_map(
+            fields
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A rhai value as JSON. Values JSON cannot hold (function pointers, custom types) are an
+/// error naming their type.
+pub(crate) fn to_json(value: &Dynamic) -> Result<Value, String> {
+    if value.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(f) = value.as_float() {
+        return serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{f} cannot be stored (not a finite number)"));
+    }
+    if value.is_string() {
+        return Ok(Value::String(
+            value.clone().into_string().unwrap_or_default(),
+        ));
+    }
+    if let Ok(c) = value.as_char() {
+        return Ok(Value::String(c.to_string()));
+    }
+    if value.is_array() {
+        let array = value.read_lock::<Array>().ok_or("array is locked")?;
+        return array
+            .iter()
+            .map(to_json)
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
+    }
+    if value.is_map() {
+        let map = value.read_lock::<Map>().ok_or("map is locked")?;
+        return map
+            .iter()
+            .map(|(k, v)| Ok((k.to_string(), to_json(v)?)))
+            .collect::<Result<_, String>>()
+            .map(Value::Object);
+    }
+    Err(format!(
+        "a value of type {} cannot be stored or sent",
+        value.type_name()
+    ))
+}
+
+/// A rhai value as the text of a correlation key: strings as they are, integers in decimal.
+pub(crate) fn key_text(value: &Dynamic) -> Result<String, String> {
+    if value.is_string() {
+        return Ok(value.clone().into_string().unwrap_or_default());
+    }
+    if let Ok(i) = value.as_int() {
+        return Ok(i.to_string());
+    }
+    if let Ok(b) = value.as_bool() {
+        return Ok(b.to_string());
+    }
+    if let Ok(f) = value.as_float() {
+        return Ok(Value::from(f).to_string());
+    }
+    Err(format!(
+        "a key value must be a string or a number, not {}",
+        value.type_name()
+    ))
+}
+
+/// The map a rule sees as `event`: the payload's fields, then gancho's own (`type`, `source`,
+/// `kind`, `time`, `received`, `id`, `seq`, `keys`), which win over payload fields of the same
+/// name; the payload as sent is also under `data`.
+pub(crate) fn event_map(event: &Event) -> Result<Map, serde_json::Error> {
+    let data = from_json_text(event.data.get())?;
+    let mut map = match data.read_lock::<Map>() {
+        Some(fields) => fields.clone(),
+        None => Map::new(),
+    };
+    map.insert("data".into(), data);
+    map.insert("type".into(), Dynamic::from(event.qualified_type()));
+    map.insert("source".into(), Dynamic::from(event.source.clone()));
+    map.insert("kind".into(), Dynamic::from(event.kind.clone()));
+    map.insert("time".into(), Dynamic::from_int(time_to_millis(event.time)));
+    map.insert(
+        "received".into(),
+        Dynamic::from_int(time_to_millis(event.received)),
+    );
+    map.insert("id".into(), Dynamic::from(event.id.as_str().to_owned()));
+    map.insert(
+        "seq".into(),
+        Dynamic::from_int(INT::try_from(event.seq).unwrap_or(INT::MAX)),
+    );
+    map.insert(
+        "keys".into(),
+        Dynamic::from_map(
+            event
+                .keys
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
+                .collect(),
+        ),
+    );
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_integers_stay_exact() {
+        let v = from_json_text(r#"{"a": 288230387505203290, "b": 18446744073709551615, "c": 1.5}"#)
+            .unwrap();
+        let map = v.cast::<Map>();
+        assert_eq!(map["a"].as_int().unwrap(), 288230387505203290);
+        assert_eq!(
+            map["b"].clone().into_string().unwrap(),
+            "18446744073709551615"
+        );
+        assert_eq!(map["c"].as_float().unwrap(), 1.5);
+    }
+
+    #[test]
+    fn round_trip() {
+        let text = r#"{"a":[1,"x",true,null,{"b":2.5}]}"#;
+        let v = from_json_text(text).unwrap();
+        assert_eq!(to_json(&v).unwrap().to_string(), text);
+    }
+}

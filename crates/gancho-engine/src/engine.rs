@@ -1,0 +1,761 @@
+//! The engine: walks the log from its cursor, runs the rules each event wakes, and commits
+//! their decisions with the cursor; appends timer firings and cron ticks to the log.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use gancho_core::{Clock, Event, EventId, NewEvent, millis_to_time, time_to_millis};
+use gancho_store::{Change, Order, Store, StoreError, Submission, Timer, Window};
+use rhai::{CallFnOptions, Dynamic, Scope};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::api::{self, Limits};
+use crate::ctx::{Ctx, Pending, Run};
+use crate::dynamic;
+use crate::rule::{self, Diagnostic, Rule};
+
+/// The source name of timer firings (`timer.NAME`) and cron ticks (`cron.RULE`).
+pub const TIMER_SOURCE: &str = "timer";
+pub const CRON_SOURCE: &str = "cron";
+
+/// What went wrong outside any one rule.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading the rules folder {path}: {source}")]
+    RulesDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub rules_dir: PathBuf,
+    pub limits: Limits,
+    /// Events processed and committed together, at most.
+    pub batch_size: usize,
+    /// Each source's correlation keys, when known (from the daemon's config).
+    pub source_keys: Option<BTreeMap<String, BTreeSet<String>>>,
+}
+
+impl EngineConfig {
+    pub fn new(rules_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            rules_dir: rules_dir.into(),
+            limits: Limits::default(),
+            batch_size: 1024,
+            source_keys: None,
+        }
+    }
+}
+
+/// A rule as operators see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub file: PathBuf,
+    /// A version of the rule is running.
+    pub loaded: bool,
+    /// The file on disk does not compile (the previous version, if any, keeps running).
+    pub error: Option<Diagnostic>,
+    pub on: Vec<String>,
+    pub every: Option<String>,
+    pub runs: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub actions: u64,
+}
+
+/// The engine as operators see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// The last log seq processed.
+    pub cursor: u64,
+    pub rules: Vec<RuleStatus>,
+}
+
+/// What one [`Engine::step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    pub processed: usize,
+    /// Timer firings and cron ticks appended to the log.
+    pub appended: usize,
+}
+
+/// What [`Engine::reload`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub loaded: Vec<String>,
+    pub removed: Vec<String>,
+    pub failed: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    runs: u64,
+    errors: u64,
+    last_error: Option<String>,
+    actions: u64,
+    logged_at: Option<Instant>,
+}
+
+/// The rule engine. Single-threaded (rhai's engine and the host functions' context are not
+/// shared): the daemon runs it on a thread of its own (see [`crate::spawn`]).
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    rhai: rhai::Engine,
+    ctx: Rc<RefCell<Ctx>>,
+    rules: BTreeMap<String, Rule>,
+    /// Files that failed to compile, by rule name, with their text's hash.
+    broken: BTreeMap<String, (u64, Diagnostic)>,
+    counters: HashMap<String, Counters>,
+    /// Qualified type → the rules it wakes; filled on first sight of a type, cleared on reload.
+    dispatch: HashMap<String, Rc<[String]>>,
+    /// (source, type) → the key-name sets expectations wait on.
+    shapes: HashMap<(String, String), BTreeSet<Vec<String>>>,
+    cursor: u64,
+    /// Timer uids appended to the log and not processed yet.
+    fired: HashSet<String>,
+    /// Rule → its next cron tick.
+    cron_next: HashMap<String, i64>,
+}
+
+impl Engine {
+    /// Opens the engine on a store and loads the rules. Broken rule files are reported in the
+    /// status and the log; they do not stop the engine.
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        let ctx = Rc::new(RefCell::new(Ctx {
+            store: store.clone(),
+            source_keys: config.source_keys.clone(),
+            max_queries: config.limits.max_queries,
+            run: None,
+            batch: Pending::default(),
+            new_shapes: Vec::new(),
+        }));
+        let rhai = api::build(&config.limits, &ctx);
+        let mut shapes: HashMap<(String, String), BTreeSet<Vec<String>>> = HashMap::new();
+        for (source, kind, names) in store.engine_state().expectation_shapes()? {
+            shapes.entry((source, kind)).or_default().insert(names);
+        }
+        let cursor = store.engine_state().cursor()?;
+        let mut engine = Engine {
+            store,
+            clock,
+            config,
+            rhai,
+            ctx,
+            rules: BTreeMap::new(),
+            broken: BTreeMap::new(),
+            counters: HashMap::new(),
+            dispatch: HashMap::new(),
+            shapes,
+            cursor,
+            fired: HashSet::new(),
+            cron_next: HashMap::new(),
+        };
+        engine.reload()?;
+        Ok(engine)
+    }
+
+    /// Reads the rules folder again: new and changed files are compiled and swapped in, broken
+    /// ones reported (their previous version keeps running), deleted ones stopped.
+    pub fn reload(&mut self) -> Result<ReloadReport, EngineError> {
+        let dir = self.config.rules_dir.clone();
+        let mut report = ReloadReport::default();
+        let files = rule_files(&dir)?;
+        let present: HashSet<String> = files.iter().map(|(name, _)| name.clone()).collect();
+        for (name, path) in files {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    let diag = Diagnostic {
+                        file: path.clone(),
+                        line: 1,
+                        column: 1,
+                        message: format!("cannot read: {err}"),
+                    };
+                    self.broken.insert(name, (0, diag.clone()));
+                    report.failed.push(diag);
+                    continue;
+                }
+            };
+            let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+            if self.rules.get(&name).is_some_and(|r| r.hash == hash) {
+                self.broken.remove(&name);
+                continue;
+            }
+            if self.broken.get(&name).is_some_and(|(h, _)| *h == hash) {
+                continue;
+            }
+            match rule::compile(&self.rhai, &path, &text) {
+                Ok(rule) => {
+                    info!(rule = %name, file = %path.display(), "rule loaded");
+                    self.broken.remove(&name);
+                    self.cron_next.remove(&name);
+                    self.rules.insert(name.clone(), rule);
+                    report.loaded.push(name);
+                }
+                Err(diag) => {
+                    warn!(rule = %name, "rule does not compile: {diag}");
+                    self.broken.insert(name, (hash, diag.clone()));
+                    report.failed.push(diag);
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .rules
+            .keys()
+            .chain(self.broken.keys())
+            .filter(|name| !present.contains(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if self.rules.remove(&name).is_some() {
+                info!(rule = %name, "rule file deleted: rule stopped");
+                report.removed.push(name.clone());
+            }
+            self.broken.remove(&name);
+            self.cron_next.remove(&name);
+        }
+        if !report.loaded.is_empty() || !report.removed.is_empty() {
+            self.dispatch.clear();
+        }
+        Ok(report)
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        let mut names: BTreeSet<&String> = self.rules.keys().collect();
+        names.extend(self.broken.keys());
+        let rules = names
+            .into_iter()
+            .map(|name| {
+                let rule = self.rules.get(name);
+                let counters = self.counters.get(name);
+                RuleStatus {
+                    name: name.clone(),
+                    file: rule
+                        .map(|r| r.path.clone())
+                        .or_else(|| self.broken.get(name).map(|(_, d)| d.file.clone()))
+                        .unwrap_or_default(),
+                    loaded: rule.is_some(),
+                    error: self.broken.get(name).map(|(_, d)| d.clone()),
+                    on: rule.map(|r| r.on_text.clone()).unwrap_or_default(),
+                    every: rule.and_then(|r| r.schedule.as_ref().map(|s| s.text.clone())),
+                    runs: counters.map_or(0, |c| c.runs),
+                    errors: counters.map_or(0, |c| c.errors),
+                    last_error: counters.and_then(|c| c.last_error.clone()),
+                    actions: counters.map_or(0, |c| c.actions),
+                }
+            })
+            .collect();
+        EngineStatus {
+            cursor: self.cursor,
+            rules,
+        }
+    }
+
+    /// The last log seq processed.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// One round: append due timer firings and cron ticks, then process the next batch of
+    /// indexed events and commit.
+    pub fn step(&mut self) -> Result<StepReport, EngineError> {
+        let appended = self.fire_due()?;
+        let processed = self.process_batch()?;
+        Ok(StepReport {
+            processed,
+            appended,
+        })
+    }
+
+    /// Steps until nothing is left to do now: every event indexed so far processed, every due
+    /// timer fired and processed. Waits up to `timeout` for the indexer between steps.
+    pub fn run_until_idle(&mut self, timeout: Duration) -> Result<usize, EngineError> {
+        let deadline = Instant::now() + timeout;
+        let mut total = 0;
+        loop {
+            let report = self.step()?;
+            total += report.processed;
+            let durable = self.store.status().durable;
+            if report.processed == 0 && report.appended == 0 && self.cursor >= durable {
+                return Ok(total);
+            }
+            if report.processed == 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(total);
+                }
+                self.store
+                    .wait_indexed(self.cursor + 1, left.min(Duration::from_millis(50)));
+            }
+        }
+    }
+
+    /// Appends the firing of every due timer and every due cron tick to the log.
+    fn fire_due(&mut self) -> Result<usize, EngineError> {
+        let now = self.clock.now();
+        let now_ms = time_to_millis(now);
+        let mut events = Vec::new();
+        for timer in self.store.engine_state().due_timers(now_ms, 1024)? {
+            if self.fired.contains(&timer.uid) {
+                continue;
+            }
+            let data = serde_json::json!({
+                "rule": timer.rule, "name": timer.name, "uid": timer.uid, "due": timer.due_ms,
+            });
+            events.push((
+                timer.uid.clone(),
+                new_event(
+                    TIMER_SOURCE,
+                    timer_kind(&timer.name),
+                    &format!("timer:{}", timer.uid),
+                    timer.due_ms,
+                    now,
+                    &data,
+                ),
+            ));
+        }
+        for (name, rule) in &self.rules {
+            let Some(schedule) = &rule.schedule else {
+                continue;
+            };
+            let next = match self.cron_next.get(name) {
+                Some(&next) => next,
+                None => {
+                    // First sight since start: catch up the last tick missed while down (one
+                    // late tick, not one per missed period), else wait for the next.
+                    let mark = self.store.engine_state().cron_mark(name)?;
+                    let missed = mark.and_then(|mark| {
+                        schedule
+                            .last_at_or_before(now_ms)
+                            .filter(|&last| last > mark)
+                    });
+                    let next = missed.or_else(|| schedule.next_after(now_ms));
+                    let Some(next) = next else { continue };
+                    self.cron_next.insert(name.clone(), next);
+                    if mark.is_none() {
+                        // Remember that the rule exists, so ticks missed from now on are
+                        // caught up after a restart.
+                        self.ctx.borrow_mut().batch.changes.push(Change::CronMark {
+                            rule: name.clone(),
+                            tick_ms: now_ms,
+                        });
+                    }
+                    next
+                }
+            };
+            if next > now_ms {
+                continue;
+            }
+            let data = serde_json::json!({ "rule": name, "tick": next });
+            events.push((
+                String::new(),
+                new_event(
+                    CRON_SOURCE,
+                    name.clone(),
+                    &format!("cron:{name}:{next}"),
+                    next,
+                    now,
+                    &data,
+                ),
+            ));
+            if let Some(after) = schedule.next_after(now_ms.max(next)) {
+                self.cron_next.insert(name.clone(), after);
+            } else {
+                self.cron_next.insert(name.clone(), i64::MAX);
+            }
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let n = events.len();
+        let mut submission = Submission::default();
+        for (uid, event) in events {
+            if !uid.is_empty() {
+                self.fired.insert(uid);
+            }
+            submission.events.push(event?);
+        }
+        self.store.appender().append_blocking(submission)?;
+        Ok(n)
+    }
+
+    /// Processes the events after the cursor that the indexer has reached, and commits.
+    fn process_batch(&mut self) -> Result<usize, EngineError> {
+        let bound = self.store.status().indexed;
+        let pending_marks = !self.ctx.borrow().batch.is_empty();
+        if self.cursor >= bound && !pending_marks {
+            return Ok(0);
+        }
+        let to = bound.min(self.cursor + self.config.batch_size as u64);
+        let events = self.store.read_range(self.cursor + 1, to)?;
+        for event in &events {
+            self.process(event);
+        }
+        let last = events.last().map_or(self.cursor, |e| e.seq);
+        let batch = std::mem::take(&mut self.ctx.borrow_mut().batch);
+        let shapes = std::mem::take(&mut self.ctx.borrow_mut().new_shapes);
+        if let Err(err) = self.store.engine_state().commit(&batch.changes, last) {
+            // Nothing of the batch is committed: it is processed again on the next step.
+            self.shapes_from_store()?;
+            return Err(err.into());
+        }
+        for (source, kind, names) in shapes {
+            self.shapes.entry((source, kind)).or_default().insert(names);
+        }
+        self.cursor = last;
+        Ok(events.len())
+    }
+
+    fn shapes_from_store(&mut self) -> Result<(), EngineError> {
+        self.shapes.clear();
+        for (source, kind, names) in self.store.engine_state().expectation_shapes()? {
+            self.shapes.entry((source, kind)).or_default().insert(names);
+        }
+        Ok(())
+    }
+
+    /// Runs what one event wakes. Errors in rules are counted and logged, never propagated.
+    fn process(&mut self, event: &Event) {
+        match event.source.as_str() {
+            TIMER_SOURCE => self.process_timer(event),
+            CRON_SOURCE => {
+                let rule = event.kind.clone();
+                if self.rules.get(&rule).is_some_and(|r| r.schedule.is_some()) {
+                    self.ctx.borrow_mut().batch.changes.push(Change::CronMark {
+                        rule: rule.clone(),
+                        tick_ms: time_to_millis(event.time),
+                    });
+                    self.run_rule(&rule, event, None);
+                }
+            }
+            _ => {
+                self.satisfy_expectations(event);
+                let qualified = event.qualified_type();
+                for rule in self.woken(&qualified).iter() {
+                    self.run_rule(rule, event, None);
+                }
+            }
+        }
+    }
+
+    fn woken(&mut self, qualified: &str) -> Rc<[String]> {
+        if let Some(rules) = self.dispatch.get(qualified) {
+            return rules.clone();
+        }
+        let rules: Rc<[String]> = self
+            .rules
+            .values()
+            .filter(|r| r.on.iter().any(|p| p.matches(qualified)))
+            .map(|r| r.name.clone())
+            .collect();
+        self.dispatch.insert(qualified.to_owned(), rules.clone());
+        rules
+    }
+
+    /// Cancels the expectations this event fulfils.
+    fn satisfy_expectations(&mut self, event: &Event) {
+        let Some(shapes) = self.shapes.get(&(event.source.clone(), event.kind.clone())) else {
+            return;
+        };
+        let time = time_to_millis(event.time);
+        let mut ctx = self.ctx.borrow_mut();
+        for names in shapes {
+            let Some(keys) = names
+                .iter()
+                .map(|n| event.keys.get(n).map(|v| (n.clone(), v.clone())))
+                .collect::<Option<Vec<_>>>()
+            else {
+                continue;
+            };
+            let stored =
+                match ctx
+                    .store
+                    .engine_state()
+                    .expectations(&event.source, &event.kind, &keys)
+                {
+                    Ok(found) => found,
+                    Err(err) => {
+                        warn!(seq = event.seq, error = %err, "reading expectations");
+                        continue;
+                    }
+                };
+            // Expectations set earlier in this batch are not in the store yet.
+            let in_batch: Vec<Timer> = ctx
+                .batch
+                .timers
+                .values()
+                .flatten()
+                .filter(|t| {
+                    t.expect.as_ref().is_some_and(|x| {
+                        x.source == event.source && x.kind == event.kind && x.keys == keys
+                    })
+                })
+                .cloned()
+                .collect();
+            for timer in stored.into_iter().chain(in_batch) {
+                let current = ctx.timer(&timer.rule, &timer.name).ok().flatten();
+                let Some(current) = current.filter(|c| c.uid == timer.uid) else {
+                    continue;
+                };
+                let Some(expect) = &current.expect else {
+                    continue;
+                };
+                if (expect.from_ms..=expect.to_ms).contains(&time) {
+                    ctx.set_timer(Some(current), None);
+                }
+            }
+        }
+    }
+
+    fn process_timer(&mut self, event: &Event) {
+        #[derive(Deserialize)]
+        struct Firing {
+            rule: String,
+            name: String,
+            uid: String,
+        }
+        let Ok(firing) = serde_json::from_str::<Firing>(event.data.get()) else {
+            warn!(
+                seq = event.seq,
+                "a timer event without rule, name and uid: skipped"
+            );
+            return;
+        };
+        self.fired.remove(&firing.uid);
+        let timer = {
+            let ctx = self.ctx.borrow();
+            match ctx.timer(&firing.rule, &firing.name) {
+                Ok(t) => t,
+                Err(err) => {
+                    warn!(seq = event.seq, error = %err, "reading a timer");
+                    return;
+                }
+            }
+        };
+        // Cancelled or set again since this firing was appended: nothing to do.
+        let Some(timer) = timer.filter(|t| t.uid == firing.uid) else {
+            return;
+        };
+        self.ctx.borrow_mut().set_timer(Some(timer.clone()), None);
+        if !self.rules.contains_key(&timer.rule) {
+            return;
+        }
+        let argument = match &timer.expect {
+            Some(expect) => {
+                // The fulfilling event may be stored and not yet seen (the engine runs behind
+                // the log): look again, up to this firing.
+                let window = Window {
+                    source: expect.source.clone(),
+                    kind: expect.kind.clone(),
+                    keys: expect.keys.clone(),
+                    from_ms: expect.from_ms,
+                    to_ms: expect.to_ms,
+                    max_seq: event.seq,
+                };
+                match self.store.window(&window, Order::Oldest, 1) {
+                    Ok(found) if !found.is_empty() => return,
+                    Ok(_) => {}
+                    Err(err) => {
+                        warn!(seq = event.seq, error = %err, "checking an expectation");
+                        return;
+                    }
+                }
+                let origin = timer.data.get("seq").and_then(serde_json::Value::as_u64);
+                match origin.map(|seq| self.store.event(seq)) {
+                    Some(Ok(origin)) => match dynamic::event_map(&origin) {
+                        Ok(map) => Dynamic::from_map(map),
+                        Err(_) => Dynamic::UNIT,
+                    },
+                    _ => Dynamic::UNIT,
+                }
+            }
+            None => {
+                let mut map = rhai::Map::new();
+                map.insert(
+                    "name".into(),
+                    Dynamic::from(timer.name.trim_start_matches("timer:").to_owned()),
+                );
+                map.insert("due".into(), Dynamic::from_int(timer.due_ms));
+                map.insert(
+                    "fired".into(),
+                    Dynamic::from_int(time_to_millis(event.received)),
+                );
+                map.insert("data".into(), dynamic::from_json(&timer.data));
+                Dynamic::from_map(map)
+            }
+        };
+        let rule = timer.rule.clone();
+        self.run_rule(&rule, event, Some((&timer.callback, argument)));
+    }
+
+    /// Runs a rule's body (or one of its functions) for an event; keeps its decisions if it
+    /// succeeds, drops them and counts the error if it fails.
+    fn run_rule(&mut self, name: &str, event: &Event, callback: Option<(&str, Dynamic)>) {
+        let Some(rule) = self.rules.get(name) else {
+            return;
+        };
+        let map = match dynamic::event_map(event) {
+            Ok(map) => map,
+            Err(err) => {
+                warn!(seq = event.seq, error = %err, "event payload is not JSON: skipped");
+                return;
+            }
+        };
+        self.ctx.borrow_mut().run = Some(Run {
+            rule: name.to_owned(),
+            seq: event.seq,
+            time_ms: time_to_millis(event.time),
+            position: 0,
+            serial: 0,
+            queries: 0,
+            callbacks: rule.callbacks.clone(),
+            pending: Pending::default(),
+        });
+        let mut scope = Scope::new();
+        scope.push_constant("event", map);
+        let result = match callback {
+            None => self.rhai.run_ast_with_scope(&mut scope, &rule.ast),
+            Some((function, argument)) => self
+                .rhai
+                .call_fn_with_options::<Dynamic>(
+                    CallFnOptions::new().eval_ast(false),
+                    &mut scope,
+                    &rule.ast,
+                    function,
+                    (argument,),
+                )
+                .map(drop),
+        };
+        let run = self.ctx.borrow_mut().run.take();
+        let counters = self.counters.entry(name.to_owned()).or_default();
+        counters.runs += 1;
+        match result {
+            Ok(()) => {
+                if let Some(run) = run {
+                    counters.actions += run.pending.actions as u64;
+                    self.ctx.borrow_mut().batch.merge(run.pending);
+                }
+            }
+            Err(error) => {
+                counters.errors += 1;
+                let message = format!("{}: event {}: {error}", rule.path.display(), event.seq);
+                let quiet = counters
+                    .logged_at
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(10));
+                if !quiet {
+                    warn!(rule = name, seq = event.seq, "rule failed: {message}");
+                    counters.logged_at = Some(Instant::now());
+                }
+                counters.last_error = Some(message);
+            }
+        }
+    }
+}
+
+fn timer_kind(name: &str) -> String {
+    if name.starts_with("expect:") {
+        "expect".to_owned()
+    } else {
+        name.trim_start_matches("timer:").to_owned()
+    }
+}
+
+fn new_event(
+    source: &str,
+    kind: String,
+    id: &str,
+    time_ms: i64,
+    received: chrono::DateTime<Utc>,
+    data: &serde_json::Value,
+) -> Result<NewEvent, EngineError> {
+    let data = serde_json::value::to_raw_value(data).map_err(|err| {
+        EngineError::Store(StoreError::Corrupt {
+            key: id.to_owned(),
+            reason: err.to_string(),
+        })
+    })?;
+    Ok(NewEvent {
+        id: EventId::from_provider(id),
+        source: source.to_owned(),
+        kind,
+        time: millis_to_time(time_ms),
+        received,
+        keys: Default::default(),
+        data,
+    })
+}
+
+/// The `.rhai` files of a folder, by rule name (files with other names are skipped).
+fn rule_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, EngineError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(EngineError::RulesDir {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rhai") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        files.push((name, path));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Compiles every rule in a folder without running anything: `gancho check`.
+pub fn check_dir(
+    dir: &Path,
+    limits: &Limits,
+) -> Result<Vec<(String, Result<(), Diagnostic>)>, EngineError> {
+    let engine = api::sandbox(limits);
+    let mut out = Vec::new();
+    for (name, path) in rule_files(dir)? {
+        let result = match std::fs::read_to_string(&path) {
+            Ok(text) => rule::compile(&engine, &path, &text).map(drop),
+            Err(err) => Err(Diagnostic {
+                file: path.clone(),
+                line: 1,
+                column: 1,
+                message: format!("cannot read: {err}"),
+            }),
+        };
+        out.push((name, result));
+    }
+    Ok(out)
+}
+
+/// The engine's status, shared with the thread that answers operators.
+pub type SharedStatus = Arc<Mutex<EngineStatus>>;

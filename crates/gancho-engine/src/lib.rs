@@ -1,0 +1,25 @@
+//! The rule engine of gancho: loads the `.rhai` rules of a folder (and reloads them when they
+//! change), walks the event log in order from a durable cursor, runs the rules each event wakes
+//! in a sandbox, and commits their decisions (state, timers, expectations, action requests)
+//! together with the cursor, so that after a crash an event is processed again from the same
+//! history and no decision is made twice. Timer firings and cron ticks are appended to the log
+//! as events, so they take the same path.
+//!
+//! Only this crate knows rhai. It must not deliver anything: actions go to the outbox, which
+//! another crate executes; it knows no HTTP server, no SMTP, and never reads the wall clock
+//! except through the injected [`gancho_core::Clock`]. Scripts see event time only.
+
+mod api;
+mod ctx;
+mod dynamic;
+mod engine;
+mod rule;
+mod thread;
+
+pub use api::{Limits, MAX_LIST};
+pub use engine::{
+    CRON_SOURCE, Engine, EngineConfig, EngineError, EngineStatus, ReloadReport, RuleStatus,
+    SharedStatus, StepReport, TIMER_SOURCE, check_dir,
+};
+pub use rule::Diagnostic;
+pub use thread::{EngineHandle, spawn};

@@ -1,0 +1,145 @@
+//! The engine's thread in the daemon: steps the engine as events arrive, reloads the rules
+//! folder every second, and stops between batches when asked.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gancho_core::Clock;
+use gancho_store::Store;
+use tracing::{error, info};
+
+use crate::engine::{Engine, EngineConfig, EngineError, EngineStatus, SharedStatus};
+
+/// How often the rules folder is read for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// The longest the thread sleeps with nothing to do (timers and cron ticks are checked then).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// The running engine thread.
+#[derive(Debug)]
+pub struct EngineHandle {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    status: SharedStatus,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// The engine's status as of its last step.
+    pub fn status(&self) -> EngineStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A handle on the status that can be sent elsewhere.
+    pub fn shared_status(&self) -> SharedStatus {
+        Arc::clone(&self.status)
+    }
+
+    /// Asks for the rules folder to be read now (SIGHUP).
+    pub fn reload(&self) {
+        self.reload.store(true, Ordering::Release);
+    }
+
+    /// Stops after the batch in progress is committed.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                error!("the engine thread panicked");
+            }
+        }
+    }
+}
+
+/// Starts the engine on a thread of its own. The rules are loaded before this returns, so a
+/// broken rule is reported at start.
+pub fn spawn(
+    store: Store,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+) -> Result<EngineHandle, EngineError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    let status: SharedStatus = Arc::new(Mutex::new(EngineStatus::default()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = {
+        let (stop, reload, status) = (stop.clone(), reload.clone(), status.clone());
+        std::thread::Builder::new()
+            .name("gancho-engine".to_owned())
+            .spawn(move || {
+                // rhai's engine is not Send: it is built on this thread.
+                let mut engine = match Engine::new(store.clone(), clock, config) {
+                    Ok(engine) => {
+                        let _ = ready_tx.send(Ok(()));
+                        engine
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return;
+                    }
+                };
+                run(&mut engine, &store, &stop, &reload, &status);
+            })
+            .map_err(|source| EngineError::RulesDir {
+                path: "(engine thread)".into(),
+                source,
+            })?
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(EngineHandle {
+            stop,
+            reload,
+            status,
+            thread: Some(thread),
+        }),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(EngineError::RulesDir {
+            path: "(engine thread)".into(),
+            source: std::io::Error::other("the engine thread stopped at start"),
+        }),
+    }
+}
+
+fn run(
+    engine: &mut Engine,
+    store: &Store,
+    stop: &AtomicBool,
+    reload: &AtomicBool,
+    status: &Mutex<EngineStatus>,
+) {
+    let mut reloaded = Instant::now();
+    let mut failing = false;
+    *status.lock().unwrap_or_else(|e| e.into_inner()) = engine.status();
+    while !stop.load(Ordering::Acquire) {
+        if reload.swap(false, Ordering::AcqRel) || reloaded.elapsed() >= RELOAD_EVERY {
+            reloaded = Instant::now();
+            if let Err(err) = engine.reload() {
+                error!(error = %err, "reading the rules folder");
+            }
+        }
+        match engine.step() {
+            Ok(report) => {
+                if failing {
+                    info!("the engine is processing again");
+                    failing = false;
+                }
+                if report.processed == 0 && report.appended == 0 {
+                    store.wait_indexed(engine.cursor() + 1, IDLE_WAIT);
+                }
+            }
+            Err(err) => {
+                if !failing {
+                    error!(error = %err, "the engine could not commit; retrying");
+                    failing = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        *status.lock().unwrap_or_else(|e| e.into_inner()) = engine.status();
+    }
+}

@@ -1,0 +1,526 @@
+//! The engine's durable state: its cursor in the log, per-rule state, timers and expectations,
+//! cron marks, and the outbox of decided actions. A sled database of its own (`store/engine`),
+//! written only by the engine thread.
+//!
+//! | prefix | key                                         | value                         |
+//! |--------|---------------------------------------------|-------------------------------|
+//! | `M`    | `cursor`                                    | u64 BE: log processed up to   |
+//! | `S`    | rule, key                                   | [`StateValue`], JSON          |
+//! | `A`    | rule, timer name                            | [`Timer`], JSON               |
+//! | `W`    | due time, rule, timer name                  | empty (timers by due time)    |
+//! | `X`    | source, type, n, (name, value)×n, rule, name| empty (expectations by match) |
+//! | `Y`    | source, type, n, name×n                     | empty (expectation shapes)    |
+//! | `O`    | event seq, rule, position                   | [`ActionRequest`], JSON       |
+//! | `R`    | rule                                        | i64 BE: last cron tick, ms    |
+//! | `J`    | batch number                                | journal of one commit         |
+//!
+//! **Atomic commits without sled transactions.** A commit (every change the engine decided for
+//! a batch of events, and the cursor past them) is first written as one journal record, one
+//! insert, which sled applies atomically; then its changes are applied with plain inserts and
+//! removes, and the previous batch's journal record is removed. sled recovers a prefix of the
+//! writes made before a crash, so at open either the journal record of the interrupted commit
+//! is there, and replaying it (its writes are idempotent) completes the commit, or it is not,
+//! and neither are any of its changes: the cursor is where it was and the batch is processed
+//! again from the same history. sled's `transaction` would do the same but puts every sled
+//! operation in the process behind one global lock (see `writer.rs`).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use gancho_core::ActionRequest;
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+use crate::codec::{self, read_u64};
+use crate::writer::FileSync;
+
+const CURSOR_KEY: &[u8] = b"Mcursor";
+const STATE: u8 = b'S';
+const TIMER: u8 = b'A';
+const DUE: u8 = b'W';
+const EXPECT: u8 = b'X';
+const SHAPE: u8 = b'Y';
+const OUTBOX: u8 = b'O';
+const CRON: u8 = b'R';
+const JOURNAL: u8 = b'J';
+
+/// A value of a rule's persistent state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateValue {
+    pub value: serde_json::Value,
+    /// In event time, ms: the value is gone for events at or after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
+}
+
+/// A durable timer: when it comes due, an event `timer.NAME` is appended to the log and, when
+/// the engine reaches it, the rule's `callback` runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timer {
+    pub rule: String,
+    pub name: String,
+    /// Unique per setting of the timer (a timer set again under its name gets a new uid): the
+    /// firing event's provider id, so a firing is appended to the log once.
+    pub uid: String,
+    /// In event time, ms.
+    pub due_ms: i64,
+    pub callback: String,
+    /// What the callback receives.
+    pub data: serde_json::Value,
+    /// The seq of the event whose processing set it.
+    pub origin_seq: u64,
+    /// Set for an expectation (`expect`): the event that would cancel it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expectation>,
+}
+
+/// "An event of this type with these keys, with an event time in `from_ms..=to_ms`."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expectation {
+    pub source: String,
+    pub kind: String,
+    /// Sorted by name.
+    pub keys: Vec<(String, String)>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// One change the engine decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    PutState {
+        rule: String,
+        key: String,
+        value: StateValue,
+    },
+    DeleteState {
+        rule: String,
+        key: String,
+    },
+    /// Sets a timer; the caller deletes the one it replaces first.
+    PutTimer(Timer),
+    /// Deletes this exact timer (and its due-time and expectation entries).
+    DeleteTimer(Timer),
+    PutAction(ActionRequest),
+    /// The last cron tick appended for a rule.
+    CronMark {
+        rule: String,
+        tick_ms: i64,
+    },
+}
+
+/// The engine's state database. Cheap to clone; used by one engine thread at a time.
+#[derive(Debug, Clone)]
+pub struct EngineState {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// `fdatasync` after each flush, when the store is configured so.
+    sync: Option<Arc<Mutex<FileSync>>>,
+}
+
+impl EngineState {
+    pub(crate) fn open(db: sled::Db, path: &Path, fsync: bool) -> Result<EngineState, StoreError> {
+        let tree = db.open_tree("engine").map_err(StoreError::sled)?;
+        let sync = if fsync {
+            Some(Arc::new(Mutex::new(FileSync::open(path)?)))
+        } else {
+            None
+        };
+        let state = EngineState { db, tree, sync };
+        state.recover()?;
+        Ok(state)
+    }
+
+    /// Replays the journal records a crash left, in order, then drops them.
+    fn recover(&self) -> Result<(), StoreError> {
+        let journals: Vec<_> = self
+            .tree
+            .scan_prefix([JOURNAL])
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::sled)?;
+        if journals.is_empty() {
+            return Ok(());
+        }
+        for (key, value) in &journals {
+            for (k, v) in decode_journal(value).ok_or_else(|| StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: "truncated journal record".to_owned(),
+            })? {
+                self.apply(k, v)?;
+            }
+        }
+        self.sync()?;
+        for (key, _) in &journals {
+            self.tree.remove(key).map_err(StoreError::sled)?;
+        }
+        self.sync()?;
+        tracing::info!(
+            replayed = journals.len(),
+            "completed the engine commit a crash interrupted"
+        );
+        Ok(())
+    }
+
+    fn apply(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => self.tree.insert(key, v).map(drop),
+            None => self.tree.remove(key).map(drop),
+        }
+        .map_err(StoreError::sled)
+    }
+
+    /// Makes every write so far durable: flush, and `fdatasync` when the store is configured so.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(StoreError::sled)?;
+        if let Some(sync) = &self.sync {
+            sync.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sync()
+                .map_err(StoreError::Engine)?;
+        }
+        Ok(())
+    }
+
+    /// The seq of the last event the engine processed, 0 for none.
+    pub fn cursor(&self) -> Result<u64, StoreError> {
+        match self.tree.get(CURSOR_KEY).map_err(StoreError::sled)? {
+            None => Ok(0),
+            Some(v) => read_u64(&v).ok_or_else(|| corrupt("cursor", "not a u64")),
+        }
+    }
+
+    pub fn state(&self, rule: &str, key: &str) -> Result<Option<StateValue>, StoreError> {
+        self.get_json(&state_key(rule, key))
+    }
+
+    pub fn timer(&self, rule: &str, name: &str) -> Result<Option<Timer>, StoreError> {
+        self.get_json(&timer_key(rule, name))
+    }
+
+    /// Timers due at or before `until_ms`, earliest first, at most `limit`.
+    pub fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<Timer>, StoreError> {
+        let mut end = vec![DUE];
+        end.extend_from_slice(&codec::time_key(until_ms));
+        end.push(0xff);
+        let mut timers = Vec::new();
+        for entry in self.tree.range(vec![DUE]..end).take(limit) {
+            let (key, _) = entry.map_err(StoreError::sled)?;
+            let mut fields = Fields::new(key.get(9..).unwrap_or_default());
+            let (Some(rule), Some(name)) = (fields.string(), fields.string()) else {
+                return Err(corrupt("due timer", "bad key"));
+            };
+            if let Some(timer) = self.timer(&rule, &name)? {
+                timers.push(timer);
+            }
+        }
+        Ok(timers)
+    }
+
+    /// The earliest due time of any timer.
+    pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        match self.tree.scan_prefix([DUE]).next() {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, _) = entry.map_err(StoreError::sled)?;
+                let raw = key
+                    .get(1..9)
+                    .and_then(read_u64)
+                    .ok_or_else(|| corrupt("due timer", "bad key"))?;
+                Ok(Some((raw ^ (1 << 63)) as i64))
+            }
+        }
+    }
+
+    /// Expectations waiting for an event of (source, type) with exactly these key values
+    /// (sorted by name).
+    pub fn expectations(
+        &self,
+        source: &str,
+        kind: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Timer>, StoreError> {
+        let prefix = expect_prefix(source, kind, keys);
+        let mut timers = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(StoreError::sled)?;
+            let mut fields = Fields::new(&key[prefix.len()..]);
+            let (Some(rule), Some(name)) = (fields.string(), fields.string()) else {
+                return Err(corrupt("expectation", "bad key"));
+            };
+            if let Some(timer) = self.timer(&rule, &name)? {
+                timers.push(timer);
+            }
+        }
+        Ok(timers)
+    }
+
+    /// Every (source, type, key names) some expectation ever waited on.
+    pub fn expectation_shapes(&self) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
+        let mut shapes = Vec::new();
+        for entry in self.tree.scan_prefix([SHAPE]) {
+            let (key, _) = entry.map_err(StoreError::sled)?;
+            let mut fields = Fields::new(&key[1..]);
+            let bad = || corrupt("expectation shape", "bad key");
+            let source = fields.string().ok_or_else(bad)?;
+            let kind = fields.string().ok_or_else(bad)?;
+            let n = fields.u32().ok_or_else(bad)?;
+            let names = (0..n)
+                .map(|_| fields.string().ok_or_else(bad))
+                .collect::<Result<_, _>>()?;
+            shapes.push((source, kind, names));
+        }
+        Ok(shapes)
+    }
+
+    pub fn cron_mark(&self, rule: &str) -> Result<Option<i64>, StoreError> {
+        let mut key = vec![CRON];
+        push_str(&mut key, rule);
+        match self.tree.get(key).map_err(StoreError::sled)? {
+            None => Ok(None),
+            Some(v) => read_u64(&v)
+                .map(|v| Some(v as i64))
+                .ok_or_else(|| corrupt("cron mark", "not a u64")),
+        }
+    }
+
+    /// Actions in the outbox in the order they were decided, the oldest `limit` (0: all).
+    pub fn outbox(&self, limit: usize) -> Result<Vec<ActionRequest>, StoreError> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        self.tree
+            .scan_prefix([OUTBOX])
+            .take(limit)
+            .map(|entry| {
+                let (_, value) = entry.map_err(StoreError::sled)?;
+                serde_json::from_slice(&value)
+                    .map_err(|err| corrupt("outbox item", &err.to_string()))
+            })
+            .collect()
+    }
+
+    /// Commits a batch: every change, and the cursor at `cursor`, atomically (see the module
+    /// documentation), then makes it durable.
+    pub fn commit(&self, changes: &[Change], cursor: u64) -> Result<(), StoreError> {
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(changes.len() + 1);
+        for change in changes {
+            encode_change(change, &mut writes)?;
+        }
+        writes.push((CURSOR_KEY.to_vec(), Some(cursor.to_be_bytes().to_vec())));
+        let previous = self
+            .tree
+            .scan_prefix([JOURNAL])
+            .keys()
+            .collect::<Result<Vec<_>, _>>();
+        let previous = previous.map_err(StoreError::sled)?;
+        let mut journal_key = vec![JOURNAL];
+        journal_key.extend_from_slice(&cursor.to_be_bytes());
+        self.tree
+            .insert(&journal_key, encode_journal(&writes))
+            .map_err(StoreError::sled)?;
+        for (key, value) in &writes {
+            self.apply(key, value.as_deref())?;
+        }
+        for key in previous {
+            if key.as_ref() != journal_key.as_slice() {
+                self.tree.remove(key).map_err(StoreError::sled)?;
+            }
+        }
+        self.sync()
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key).map_err(StoreError::sled)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|err| corrupt(&format!("{key:?}"), &err.to_string())),
+        }
+    }
+}
+
+fn corrupt(key: &str, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|err| corrupt("engine record", &err.to_string()))
+}
+
+fn encode_change(
+    change: &Change,
+    writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<(), StoreError> {
+    match change {
+        Change::PutState { rule, key, value } => {
+            writes.push((state_key(rule, key), Some(to_json(value)?)));
+        }
+        Change::DeleteState { rule, key } => writes.push((state_key(rule, key), None)),
+        Change::PutTimer(timer) => {
+            writes.push((timer_key(&timer.rule, &timer.name), Some(to_json(timer)?)));
+            writes.push((due_key(timer), Some(Vec::new())));
+            if let Some(expect) = &timer.expect {
+                writes.push((shape_key(expect), Some(Vec::new())));
+                writes.push((expect_key(timer, expect), Some(Vec::new())));
+            }
+        }
+        Change::DeleteTimer(timer) => {
+            writes.push((timer_key(&timer.rule, &timer.name), None));
+            writes.push((due_key(timer), None));
+            if let Some(expect) = &timer.expect {
+                writes.push((expect_key(timer, expect), None));
+            }
+        }
+        Change::PutAction(action) => {
+            let mut key = vec![OUTBOX];
+            key.extend_from_slice(&action.event_seq.to_be_bytes());
+            push_str(&mut key, &action.rule);
+            key.extend_from_slice(&action.position.to_be_bytes());
+            writes.push((key, Some(to_json(action)?)));
+        }
+        Change::CronMark { rule, tick_ms } => {
+            let mut key = vec![CRON];
+            push_str(&mut key, rule);
+            writes.push((key, Some((*tick_ms as u64).to_be_bytes().to_vec())));
+        }
+    }
+    Ok(())
+}
+
+fn state_key(rule: &str, key: &str) -> Vec<u8> {
+    let mut out = vec![STATE];
+    push_str(&mut out, rule);
+    push_str(&mut out, key);
+    out
+}
+
+fn timer_key(rule: &str, name: &str) -> Vec<u8> {
+    let mut out = vec![TIMER];
+    push_str(&mut out, rule);
+    push_str(&mut out, name);
+    out
+}
+
+fn due_key(timer: &Timer) -> Vec<u8> {
+    let mut out = vec![DUE];
+    out.extend_from_slice(&codec::time_key(timer.due_ms));
+    push_str(&mut out, &timer.rule);
+    push_str(&mut out, &timer.name);
+    out
+}
+
+fn expect_prefix(source: &str, kind: &str, keys: &[(String, String)]) -> Vec<u8> {
+    let mut out = vec![EXPECT];
+    push_str(&mut out, source);
+    push_str(&mut out, kind);
+    out.extend_from_slice(&(keys.len() as u32).to_be_bytes());
+    for (name, value) in keys {
+        push_str(&mut out, name);
+        push_str(&mut out, value);
+    }
+    out
+}
+
+fn expect_key(timer: &Timer, expect: &Expectation) -> Vec<u8> {
+    let mut out = expect_prefix(&expect.source, &expect.kind, &expect.keys);
+    push_str(&mut out, &timer.rule);
+    push_str(&mut out, &timer.name);
+    out
+}
+
+fn shape_key(expect: &Expectation) -> Vec<u8> {
+    let mut out = vec![SHAPE];
+    push_str(&mut out, &expect.source);
+    push_str(&mut out, &expect.kind);
+    out.extend_from_slice(&(expect.keys.len() as u32).to_be_bytes());
+    for (name, _) in &expect.keys {
+        push_str(&mut out, name);
+    }
+    out
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads length-prefixed fields back.
+struct Fields<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8]) -> Fields<'a> {
+        Fields { bytes }
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        let (head, rest) = self.bytes.split_at_checked(4)?;
+        self.bytes = rest;
+        Some(u32::from_be_bytes(head.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        let (head, rest) = self.bytes.split_at_checked(len)?;
+        self.bytes = rest;
+        String::from_utf8(head.to_vec()).ok()
+    }
+}
+
+/// `[n: u32]([key len: u32][key][0 | 1 (value len: u32)(value)])*`
+fn encode_journal(writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<u8> {
+    let size: usize = writes
+        .iter()
+        .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(4 + size);
+    out.extend_from_slice(&(writes.len() as u32).to_be_bytes());
+    for (key, value) in writes {
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(key);
+        match value {
+            None => out.push(0),
+            Some(value) => {
+                out.push(1);
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                out.extend_from_slice(value);
+            }
+        }
+    }
+    out
+}
+
+type JournalEntry<'a> = (&'a [u8], Option<&'a [u8]>);
+
+fn decode_journal(bytes: &[u8]) -> Option<Vec<JournalEntry<'_>>> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = bytes.split_at_checked(n)?;
+        *bytes = rest;
+        Some(head)
+    }
+    fn len(bytes: &mut &[u8]) -> Option<usize> {
+        usize::try_from(u32::from_be_bytes(take(bytes, 4)?.try_into().ok()?)).ok()
+    }
+    let mut bytes = bytes;
+    let n = len(&mut bytes)?;
+    let mut out = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let key_len = len(&mut bytes)?;
+        let key = take(&mut bytes, key_len)?;
+        let value = match take(&mut bytes, 1)? {
+            [0] => None,
+            _ => {
+                let value_len = len(&mut bytes)?;
+                Some(take(&mut bytes, value_len)?)
+            }
+        };
+        out.push((key, value));
+    }
+    Some(out)
+}
