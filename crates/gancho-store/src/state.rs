@@ -524,3 +524,114 @@ fn decode_journal(bytes: &[u8]) -> Option<Vec<JournalEntry<'_>>> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn open(path: &Path) -> EngineState {
+        let db = sled::Config::new().path(path).open().unwrap();
+        EngineState::open(db, path, false).unwrap()
+    }
+
+    fn put(rule: &str, key: &str, v: i64) -> Change {
+        Change::PutState {
+            rule: rule.to_owned(),
+            key: key.to_owned(),
+            value: StateValue {
+                value: serde_json::Value::from(v),
+                expires_ms: None,
+            },
+        }
+    }
+
+    fn value(state: &EngineState, key: &str) -> Option<serde_json::Value> {
+        state.state("r", key).unwrap().map(|v| v.value)
+    }
+
+    #[test]
+    fn a_commit_interrupted_after_its_journal_record_is_completed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine");
+        {
+            let state = open(&path);
+            state.commit(&[put("r", "a", 1)], 10).unwrap();
+            // A crash after the journal record and the first of the batch's writes.
+            let changes = [put("r", "a", 2), put("r", "b", 2)];
+            let mut writes = Vec::new();
+            for change in &changes {
+                encode_change(change, &mut writes).unwrap();
+            }
+            writes.push((CURSOR_KEY.to_vec(), Some(20u64.to_be_bytes().to_vec())));
+            let mut key = vec![JOURNAL];
+            key.extend_from_slice(&20u64.to_be_bytes());
+            state.tree.insert(key, encode_journal(&writes)).unwrap();
+            let (k, v) = &writes[0];
+            state.apply(k, v.as_deref()).unwrap();
+            state.db.flush().unwrap();
+        }
+        let state = open(&path);
+        assert_eq!(state.cursor().unwrap(), 20);
+        assert_eq!(value(&state, "a"), Some(2.into()));
+        assert_eq!(value(&state, "b"), Some(2.into()));
+        assert_eq!(state.tree.scan_prefix([JOURNAL]).count(), 0);
+    }
+
+    #[test]
+    fn timers_are_found_by_due_time_and_by_expectation_and_deleted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir.path().join("engine"));
+        let timer = |name: &str, due_ms: i64, keys: Option<&str>| Timer {
+            rule: "r".to_owned(),
+            name: name.to_owned(),
+            uid: format!("r/{name}/1.1"),
+            due_ms,
+            callback: "f".to_owned(),
+            data: serde_json::Value::Null,
+            origin_seq: 1,
+            expect: keys.map(|k| Expectation {
+                source: "mailjet".to_owned(),
+                kind: "open".to_owned(),
+                keys: vec![("MessageID".to_owned(), k.to_owned())],
+                from_ms: 0,
+                to_ms: due_ms,
+            }),
+        };
+        let (early, late) = (timer("early", -5, None), timer("late", 500, Some("42")));
+        state
+            .commit(
+                &[
+                    Change::PutTimer(late.clone()),
+                    Change::PutTimer(early.clone()),
+                ],
+                1,
+            )
+            .unwrap();
+        assert_eq!(state.next_due().unwrap(), Some(-5));
+        assert_eq!(state.due_timers(0, 10).unwrap(), [early.clone()]);
+        assert_eq!(state.due_timers(500, 10).unwrap(), [early, late.clone()]);
+        let keys = [("MessageID".to_owned(), "42".to_owned())];
+        assert_eq!(
+            state.expectations("mailjet", "open", &keys).unwrap(),
+            [late.clone()]
+        );
+        assert_eq!(
+            state.expectation_shapes().unwrap(),
+            [(
+                "mailjet".to_owned(),
+                "open".to_owned(),
+                vec!["MessageID".to_owned()]
+            )]
+        );
+        state.commit(&[Change::DeleteTimer(late)], 2).unwrap();
+        assert!(
+            state
+                .expectations("mailjet", "open", &keys)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(state.due_timers(1000, 10).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,276 @@
+//! The engine's behaviour apart from any one shipped rule: hot reload, the sandbox, errors,
+//! timers, and the atomicity of its commits.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use gancho_core::Action;
+use support::*;
+
+fn http_rule(tag: &str) -> String {
+    format!(
+        r#"const ON = ["mailjet.open"];
+http(#{{ url: "https://hooks.example.com/{tag}", json: #{{ email: event.email }} }});
+"#
+    )
+}
+
+fn urls(world: &World) -> Vec<String> {
+    world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            Action::Http(h) => Some(h.url),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn hot_reload_swaps_changed_rules_keeps_the_last_good_version_of_broken_ones_and_stops_deleted_ones()
+ {
+    let world = World::empty();
+    world.write_rule("notify.rhai", &http_rule("v1"));
+    world.write_rule("other.rhai", &http_rule("other"));
+    let mut engine = world.engine();
+    let mut n = 0;
+    let mut open = |world: &World| {
+        n += 1;
+        world.append(vec![mailjet("open", "a@example.com", n, t0())]);
+    };
+
+    open(&world);
+    run(&mut engine);
+    world.write_rule("notify.rhai", &http_rule("v2"));
+    let report = engine.reload().unwrap();
+    assert_eq!(report.loaded, ["notify"]);
+    open(&world);
+    run(&mut engine);
+
+    // Broken: a syntax error on line 2. v2 keeps running; the error names file, line, column.
+    world.write_rule("notify.rhai", "const ON = [\"mailjet.open\"];\nlet x = ;\n");
+    let report = engine.reload().unwrap();
+    assert_eq!(report.failed.len(), 1);
+    let diag = &report.failed[0];
+    assert!(diag.file.ends_with("notify.rhai"));
+    assert_eq!((diag.line, diag.column), (2, 9), "{diag}");
+    let status = engine.status();
+    let notify = status.rules.iter().find(|r| r.name == "notify").unwrap();
+    assert!(notify.loaded && notify.error.is_some());
+    open(&world);
+    run(&mut engine);
+
+    std::fs::remove_file(world.rules.join("notify.rhai")).unwrap();
+    let report = engine.reload().unwrap();
+    assert_eq!(report.removed, ["notify"]);
+    open(&world);
+    run(&mut engine);
+
+    // Per event, in the outbox's order (rules by name length, then name).
+    assert_eq!(
+        urls(&world),
+        [
+            "https://hooks.example.com/other",
+            "https://hooks.example.com/v1",
+            "https://hooks.example.com/other",
+            "https://hooks.example.com/v2",
+            "https://hooks.example.com/other",
+            "https://hooks.example.com/v2",
+            "https://hooks.example.com/other",
+        ]
+    );
+}
+
+#[test]
+fn a_runaway_rule_is_stopped_counted_and_named_while_a_healthy_one_runs() {
+    let world = World::empty();
+    world.write_rule("spin.rhai", "const ON = [\"mailjet.*\"];\nloop { }\n");
+    world.write_rule("healthy.rhai", &http_rule("ok"));
+    let mut engine = world.engine();
+    world.append(vec![
+        mailjet("open", "a@example.com", 1, t0()),
+        mailjet("open", "b@example.com", 2, t0()),
+    ]);
+    run(&mut engine);
+    assert_eq!(urls(&world).len(), 2);
+    let status = engine.status();
+    let spin = status.rules.iter().find(|r| r.name == "spin").unwrap();
+    assert_eq!((spin.runs, spin.errors), (2, 2));
+    let error = spin.last_error.as_deref().unwrap();
+    assert!(error.contains("spin.rhai"), "{error}");
+    assert!(error.to_lowercase().contains("operations"), "{error}");
+    assert_eq!(engine.cursor(), 2);
+}
+
+#[test]
+fn a_failing_rule_leaves_nothing_of_its_run_and_malformed_actions_are_rule_errors() {
+    let world = World::empty();
+    // The first action is fine, the second has no recipient: the run fails as a whole.
+    world.write_rule(
+        "half.rhai",
+        r#"const ON = ["mailjet.open"];
+set_state("seen", true);
+sms(#{ to: "+34600000001", text: "first" });
+email(#{ subject: "no recipient", text: "x" });
+"#,
+    );
+    world.write_rule(
+        "bad-url.rhai",
+        r#"const ON = ["mailjet.open"];
+http(#{ url: "not a url" });
+"#,
+    );
+    let mut engine = world.engine();
+    world.append(vec![mailjet("open", "a@example.com", 1, t0())]);
+    run(&mut engine);
+    assert!(world.outbox().is_empty());
+    assert!(
+        world
+            .store
+            .engine_state()
+            .state("half", "seen")
+            .unwrap()
+            .is_none()
+    );
+    let status = engine.status();
+    let half = status.rules.iter().find(|r| r.name == "half").unwrap();
+    assert!(
+        half.last_error
+            .as_deref()
+            .unwrap()
+            .contains("email: no recipient")
+    );
+    let bad = status.rules.iter().find(|r| r.name == "bad-url").unwrap();
+    assert!(bad.last_error.as_deref().unwrap().contains("bad url"));
+}
+
+#[test]
+fn the_sandbox_has_no_eval_no_import_and_no_wall_clock() {
+    let world = World::empty();
+    world.write_rule(
+        "eval.rhai",
+        "const ON = [\"mailjet.open\"];\neval(\"1\");\n",
+    );
+    world.write_rule(
+        "import.rhai",
+        "const ON = [\"mailjet.open\"];\nimport \"x\" as x;\n",
+    );
+    world.write_rule(
+        "clock.rhai",
+        "const ON = [\"mailjet.open\"];\nlet t = timestamp();\n",
+    );
+    world.write_rule("ok.rhai", &http_rule("ok"));
+    let mut engine = world.engine();
+    world.append(vec![mailjet("open", "a@example.com", 1, t0())]);
+    run(&mut engine);
+    assert_eq!(urls(&world).len(), 1);
+    let status = engine.status();
+    for name in ["eval", "import", "clock"] {
+        let rule = status.rules.iter().find(|r| r.name == name).unwrap();
+        assert!(
+            rule.error.is_some() || rule.errors == 1,
+            "{name} was not refused: {rule:?}"
+        );
+    }
+}
+
+#[test]
+fn timers_fire_with_their_data_and_due_time_and_can_be_cancelled() {
+    let world = World::empty();
+    world.write_rule(
+        "timers.rhai",
+        r#"const ON = ["mailjet.sent", "mailjet.open"];
+if event.kind == "sent" {
+    after("follow-up:" + event.email, hours(2), "follow_up", #{ email: event.email, n: 1 });
+} else {
+    cancel("follow-up:" + event.email);
+}
+fn follow_up(timer) {
+    http(#{ url: "https://hooks.example.com/t", json: #{
+        email: timer.data.email, due: timer.due, name: timer.name, late: timer.fired - timer.due } });
+}
+"#,
+    );
+    let mut engine = world.engine();
+    world.append(vec![
+        mailjet("sent", "a@example.com", 1, t0()),
+        mailjet("sent", "b@example.com", 2, t0()),
+    ]);
+    world.append(vec![mailjet("open", "b@example.com", 2, t0() + hours(1))]);
+    run(&mut engine);
+    world.clock.set(t0() + hours(3));
+    run(&mut engine);
+    let calls: Vec<_> = world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            Action::Http(h) => h.json,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let due = (t0() + hours(2)).timestamp_millis();
+    assert_eq!(
+        calls[0],
+        serde_json::json!({ "email": "a@example.com", "due": due,
+            "name": "follow-up:a@example.com", "late": 3_600_000 })
+    );
+}
+
+#[test]
+fn state_with_a_ttl_expires_in_event_time() {
+    let world = World::empty();
+    world.write_rule(
+        "ttl.rhai",
+        r#"const ON = ["mailjet.open"];
+if get_state("k") == () {
+    set_state("k", event.email, minutes(30));
+    sms(#{ to: "+34600000001", text: "set by " + event.email });
+}
+"#,
+    );
+    let mut engine = world.engine();
+    world.append(vec![
+        mailjet("open", "a@example.com", 1, t0()),
+        mailjet(
+            "open",
+            "b@example.com",
+            2,
+            t0() + chrono::Duration::minutes(29),
+        ),
+        mailjet(
+            "open",
+            "c@example.com",
+            3,
+            t0() + chrono::Duration::minutes(30),
+        ),
+    ]);
+    run(&mut engine);
+    let texts: Vec<_> = world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            Action::Sms(s) => Some(s.text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["set by a@example.com", "set by c@example.com"]);
+}
+
+#[test]
+fn processing_resumes_from_the_committed_cursor_after_a_restart() {
+    let world = World::empty();
+    world.write_rule("ok.rhai", &http_rule("ok"));
+    {
+        let mut engine = world.engine();
+        world.append(vec![mailjet("open", "a@example.com", 1, t0())]);
+        run(&mut engine);
+    }
+    let world = world.restart();
+    let mut engine = world.engine();
+    assert_eq!(engine.cursor(), 1);
+    world.append(vec![mailjet("open", "b@example.com", 2, t0())]);
+    run(&mut engine);
+    let ids: Vec<_> = world.outbox().into_iter().map(|a| a.event_seq).collect();
+    assert_eq!(ids, [1, 2]);
+}
