@@ -7,5 +7,6 @@
 mod bad_input;
 mod cli;
 mod crash;
+mod rules;
 mod shutdown;
 mod webhooks;

@@ -735,11 +735,11 @@ fn rule_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, EngineError> {
     Ok(files)
 }
 
+/// A rule's name and whether it compiles.
+pub type CheckResult = (String, Result<(), Diagnostic>);
+
 /// Compiles every rule in a folder without running anything: `gancho check`.
-pub fn check_dir(
-    dir: &Path,
-    limits: &Limits,
-) -> Result<Vec<(String, Result<(), Diagnostic>)>, EngineError> {
+pub fn check_dir(dir: &Path, limits: &Limits) -> Result<Vec<CheckResult>, EngineError> {
     let engine = api::sandbox(limits);
     let mut out = Vec::new();
     for (name, path) in rule_files(dir)? {

@@ -18,8 +18,8 @@ mod thread;
 
 pub use api::{Limits, MAX_LIST};
 pub use engine::{
-    CRON_SOURCE, Engine, EngineConfig, EngineError, EngineStatus, ReloadReport, RuleStatus,
-    SharedStatus, StepReport, TIMER_SOURCE, check_dir,
+    CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineStatus, ReloadReport,
+    RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir,
 };
 pub use rule::Diagnostic;
 pub use thread::{EngineHandle, spawn};

@@ -27,6 +27,19 @@ pub enum SourceKind {
     Json(JsonSpec),
 }
 
+/// The correlation keys of Mailjet events.
+const MAILJET_KEYS: [&str; 4] = ["email", "MessageID", "mj_campaign_id", "CustomID"];
+
+impl SourceKind {
+    /// The names of the correlation keys this kind of source extracts (and the store indexes).
+    pub fn key_names(&self) -> Vec<String> {
+        match self {
+            SourceKind::Mailjet => MAILJET_KEYS.iter().map(|k| (*k).to_owned()).collect(),
+            SourceKind::Json(spec) => spec.keys.iter().map(|(name, _)| name.clone()).collect(),
+        }
+    }
+}
+
 /// Where a generic JSON source keeps an event's parts, as JSON pointers (RFC 6901).
 #[derive(Debug, Clone)]
 pub struct JsonSpec {
@@ -199,6 +212,10 @@ fn mailjet(text: &str) -> Result<Parts, String> {
         Some(raw) if raw.get() != "null" => Some(raw),
         _ => fields.mj_message_id,
     };
+    debug_assert_eq!(
+        MAILJET_KEYS,
+        ["email", "MessageID", "mj_campaign_id", "CustomID"]
+    );
     for (name, value) in [
         ("email", fields.email),
         ("MessageID", message_id),

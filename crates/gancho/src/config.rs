@@ -156,6 +156,20 @@ impl Config {
     pub fn socket_path(&self) -> PathBuf {
         self.data_dir.join("gancho.sock")
     }
+
+    /// How the engine runs: the rules folder, and each source's correlation keys, so a rule
+    /// querying by a key its source does not have fails with a clear error.
+    pub fn engine(&self) -> gancho_engine::EngineConfig {
+        let mut engine = gancho_engine::EngineConfig::new(&self.rules_dir);
+        engine.source_keys = Some(
+            self.ingress
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.kind.key_names().into_iter().collect()))
+                .collect(),
+        );
+        engine
+    }
 }
 
 /// Reads and validates the config file, or the embedded defaults when `path` is `None`.

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use gancho_core::Event;
+use gancho_core::{ActionRequest, Event};
+use gancho_engine::{EngineStatus, SharedStatus};
 use gancho_store::{EventQuery, KeyFilter, Quarantined, Store, StoreConfig, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -28,7 +29,14 @@ const MAX_REQUEST: u64 = 64 * 1024;
 #[serde(rename_all = "snake_case")]
 pub enum Request {
     Events(Query),
-    Quarantine { limit: usize },
+    Quarantine {
+        limit: usize,
+    },
+    Outbox {
+        limit: usize,
+    },
+    /// The engine's status: only the running daemon has one.
+    Rules,
 }
 
 /// [`EventQuery`] on the wire.
@@ -62,13 +70,25 @@ impl Query {
 pub enum Response {
     Events(Vec<Event>),
     Quarantine(Vec<Quarantined>),
+    Outbox(Vec<ActionRequest>),
+    Rules(EngineStatus),
     Error(String),
 }
 
-fn answer(store: &Store, request: &Request) -> Response {
+fn answer(store: &Store, engine: Option<&SharedStatus>, request: &Request) -> Response {
     let result = match request {
         Request::Events(query) => store.events(&query.to_store()).map(Response::Events),
         Request::Quarantine { limit } => store.quarantine(*limit).map(Response::Quarantine),
+        Request::Outbox { limit } => store.engine_state().outbox(*limit).map(Response::Outbox),
+        Request::Rules => Ok(match engine {
+            Some(status) => {
+                Response::Rules(status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            }
+            None => Response::Error(
+                "the daemon is not running: `gancho check` compiles the rules without it"
+                    .to_owned(),
+            ),
+        }),
     };
     result.unwrap_or_else(|err| Response::Error(err.to_string()))
 }
@@ -98,7 +118,7 @@ pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result
                 ),
                 Err(err) => return Err(err).context("opening the store"),
             };
-            let response = answer(&store, request);
+            let response = answer(&store, None, request);
             store.shutdown().context("closing the store")?;
             Ok(response)
         }
@@ -155,7 +175,7 @@ impl ControlSocket {
     }
 
     /// Answers requests until the task is dropped.
-    pub async fn serve(self, store: Store) {
+    pub async fn serve(self, store: Store, engine: SharedStatus) {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -166,8 +186,9 @@ impl ControlSocket {
                 }
             };
             let store = store.clone();
+            let engine = engine.clone();
             tokio::spawn(async move {
-                if let Err(err) = serve_one(stream, store).await {
+                if let Err(err) = serve_one(stream, store, engine).await {
                     warn!(error = %err, "control request failed");
                 }
             });
@@ -175,14 +196,20 @@ impl ControlSocket {
     }
 }
 
-async fn serve_one(stream: tokio::net::UnixStream, store: Store) -> anyhow::Result<()> {
+async fn serve_one(
+    stream: tokio::net::UnixStream,
+    store: Store,
+    engine: SharedStatus,
+) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(read.take(MAX_REQUEST))
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => tokio::task::spawn_blocking(move || answer(&store, &request)).await?,
+        Ok(request) => {
+            tokio::task::spawn_blocking(move || answer(&store, Some(&engine), &request)).await?
+        }
         Err(err) => Response::Error(format!("bad request: {err}")),
     };
     let bytes = serde_json::to_vec(&response)?;

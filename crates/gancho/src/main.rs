@@ -1,5 +1,6 @@
 //! The `gancho` binary: reads the config, wires the store and the ingress together, handles
-//! signals, and serves the operator's commands (`run`, `events`, `quarantine`, `check-config`).
+//! signals, and serves the operator's commands (`run`, `events`, `quarantine`, `outbox`, `rules`,
+//! `check`, `check-config`).
 //!
 //! This is the only crate that handles signals, reads the environment for its config, or uses
 //! `anyhow`: errors from the library crates are typed and get their context here.
@@ -66,6 +67,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile every rule in the rules folder (or DIR) and report each; exit 1 if one fails.
+    Check {
+        /// The folder of `.rhai` rules; default: the config's `rules_dir`.
+        dir: Option<PathBuf>,
+    },
+    /// The rules the running daemon has loaded: what wakes them, runs, errors, last error.
+    Rules {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the actions rules decided, in the order they were decided.
+    Outbox {
+        /// At most this many (the oldest); 0 for all.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List items that sources sent but that were not valid events, with the reason.
     Quarantine {
         /// At most this many (the newest); 0 for all.
@@ -113,6 +134,13 @@ fn main() -> ExitCode {
             json,
         } => list_events(&config, source, kind, key, since, limit, json),
         Command::Quarantine { limit, json } => list_quarantine(&config, limit, json),
+        Command::Check { dir } => match check_rules(dir.as_deref().unwrap_or(&config.rules_dir)) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(err) => Err(err),
+        },
+        Command::Rules { json } => list_rules(&config, json),
+        Command::Outbox { limit, json } => list_outbox(&config, limit, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -211,6 +239,98 @@ fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<
                 q.item
             )?;
         }
+    }
+    Ok(())
+}
+
+/// `gancho check`: true when every rule compiles.
+fn check_rules(dir: &std::path::Path) -> anyhow::Result<bool> {
+    let results = gancho_engine::check_dir(dir, &gancho_engine::Limits::default())
+        .with_context(|| format!("checking {}", dir.display()))?;
+    let mut ok = true;
+    for (name, result) in &results {
+        match result {
+            Ok(()) => println!("ok     {name}"),
+            Err(diag) => {
+                ok = false;
+                println!("error  {diag}");
+            }
+        }
+    }
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    println!(
+        "{} rule(s) in {}, {failed} with errors",
+        results.len(),
+        dir.display()
+    );
+    Ok(ok)
+}
+
+fn list_rules(config: &Config, json: bool) -> anyhow::Result<()> {
+    let status = match control::ask(&config.socket_path(), &config.store_dir(), &Request::Rules)? {
+        Response::Rules(status) => status,
+        Response::Error(err) => anyhow::bail!("{err}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &status)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "engine at event {}", status.cursor)?;
+    for rule in &status.rules {
+        let wakes = match &rule.every {
+            Some(every) => format!("every {every}"),
+            None => rule.on.join(","),
+        };
+        writeln!(
+            out,
+            "{:<24} {:<8} runs={} errors={} actions={}  {}",
+            rule.name,
+            if rule.loaded { "loaded" } else { "broken" },
+            rule.runs,
+            rule.errors,
+            rule.actions,
+            wakes
+        )?;
+        if let Some(diag) = &rule.error {
+            writeln!(out, "    does not compile: {diag}")?;
+        }
+        if let Some(err) = &rule.last_error {
+            writeln!(out, "    last error: {err}")?;
+        }
+    }
+    Ok(())
+}
+
+fn list_outbox(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
+    let items = match control::ask(
+        &config.socket_path(),
+        &config.store_dir(),
+        &Request::Outbox { limit },
+    )? {
+        Response::Outbox(items) => items,
+        Response::Error(err) => anyhow::bail!("{err}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &items)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for item in &items {
+        let what = match &item.action {
+            gancho_core::Action::Email(e) => format!("email to {}: {}", e.to.join(", "), e.subject),
+            gancho_core::Action::Sms(s) => format!("sms to {}: {}", s.to, s.text),
+            gancho_core::Action::Http(h) => format!("http {} {}", h.method, h.url),
+        };
+        writeln!(
+            out,
+            "{}  event {:>8}  {:<20} {}",
+            item.id, item.event_seq, item.rule, what
+        )?;
     }
     Ok(())
 }

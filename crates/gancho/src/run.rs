@@ -1,8 +1,10 @@
 //! `gancho run`: the daemon's life from start to a clean stop.
 //!
-//! Start: open the store (it holds the data folder's lock), bind the control socket, bind the
-//! HTTP port, serve. Stop on SIGTERM or SIGINT, from the front: stop accepting and answer the
-//! requests in flight, then let the store make every accepted event durable, then exit 0.
+//! Start: open the store (it holds the data folder's lock), start the rule engine, bind the
+//! control socket, bind the HTTP port, serve. SIGHUP reloads the rules folder at once (it is
+//! also read every second). Stop on SIGTERM or SIGINT, from the front: stop accepting and
+//! answer the requests in flight, let the engine commit its batch, then let the store make
+//! every accepted event durable, then exit 0.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -24,23 +26,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     create_private_dir(&config.data_dir)?;
     let store_dir = config.store_dir();
     let store = Store::open(&store_dir, &config.store)
         .with_context(|| format!("opening the store at {}", store_dir.display()))?;
+    let clock: Arc<dyn gancho_core::Clock> = Arc::new(SystemClock);
+    // The engine loads the rules before the port opens: a broken rule is reported at start
+    // (and keeps being reported in `gancho rules`), but does not stop the daemon.
+    let engine = gancho_engine::spawn(store.clone(), clock.clone(), config.engine())
+        .context("starting the rule engine")?;
     let control = ControlSocket::bind(&config.socket_path())?;
-    let control_task = tokio::spawn(control.serve(store.clone()));
+    let control_task = tokio::spawn(control.serve(store.clone(), engine.shared_status()));
 
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
-    let server = IngressServer::start(
-        listener,
-        config.ingress.clone(),
-        store.clone(),
-        Arc::new(SystemClock),
-    )
-    .context("starting the HTTP server")?;
+    let server = IngressServer::start(listener, config.ingress.clone(), store.clone(), clock)
+        .context("starting the HTTP server")?;
     info!(
         listen = %server.local_addr(),
         data_dir = %config.data_dir.display(),
@@ -53,12 +56,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     notify(&[sd_notify::NotifyState::Ready]);
     let handle = server.handle();
     let mut served = std::pin::pin!(server.wait());
-    let store_failed = watch_store(store.clone());
-    let stopped_early = tokio::select! {
-        result = &mut served => Some(result),
-        _ = sigterm.recv() => { info!("SIGTERM: stopping"); None }
-        _ = sigint.recv() => { info!("SIGINT: stopping"); None }
-        reason = store_failed => { error!(%reason, "the store failed: stopping so the service restarts"); None }
+    let mut store_failed = std::pin::pin!(watch_store(store.clone()));
+    let stopped_early = loop {
+        tokio::select! {
+            result = &mut served => break Some(result),
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break None }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break None }
+            _ = sighup.recv() => { info!("SIGHUP: reloading the rules"); engine.reload() }
+            reason = &mut store_failed => {
+                error!(%reason, "the store failed: stopping so the service restarts");
+                break None
+            }
+        }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     let served_result = match stopped_early {
@@ -72,6 +81,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     control_task.abort();
     // The control socket's file goes with the task that owned it.
     let _ = control_task.await;
+    // The engine commits its batch in progress and stops before the store closes (it appends
+    // timer firings and cron ticks).
+    tokio::task::spawn_blocking(move || engine.stop())
+        .await
+        .context("stopping the engine")?;
     let stored = store.shutdown().context("flushing the store");
     if let Err(err) = &served_result {
         warn!(error = %err, "the HTTP server stopped with an error");
