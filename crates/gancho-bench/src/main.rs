@@ -10,6 +10,7 @@
 //!
 //! It is a measuring tool, not part of the product: it must not be linked into the daemon.
 
+mod engine;
 mod load;
 mod micro;
 
@@ -56,6 +57,16 @@ struct Args {
     /// profiling it from outside.
     #[arg(long)]
     attach: Option<SocketAddr>,
+    /// Measure the rule engine instead: throughput over a store of `--events` events with the
+    /// rules of `--rules`, and the cost of a window query.
+    #[arg(long)]
+    engine: bool,
+    /// Events in the engine benchmark's store.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// The shipped rules, for the engine benchmark.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +78,13 @@ fn main() -> anyhow::Result<()> {
         args.warmup,
         if args.no_fsync { "off" } else { "on" }
     );
+    if args.engine {
+        return engine::run(&engine::EngineBench {
+            events: args.events,
+            rules: args.rules.clone(),
+            fsync: !args.no_fsync,
+        });
+    }
     if let Some(addr) = args.attach {
         let spec = LoadSpec {
             connections: args.connections,

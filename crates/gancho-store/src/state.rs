@@ -12,19 +12,20 @@
 //! | `Y`    | source, type, n, name×n                     | empty (expectation shapes)    |
 //! | `O`    | event seq, rule, position                   | [`ActionRequest`], JSON       |
 //! | `R`    | rule                                        | i64 BE: last cron tick, ms    |
-//! | `J`    | batch number                                | journal of one commit         |
+//! | `J`    | commit number, chunk number (`u32::MAX`: marker) | journal of one commit    |
 //!
 //! **Atomic commits without sled transactions.** A commit (every change the engine decided for
-//! a batch of events, and the cursor past them) is first written as one journal record, one
-//! insert, which sled applies atomically; then its changes are applied with plain inserts and
-//! removes, and the previous batch's journal record is removed. sled recovers a prefix of the
-//! writes made before a crash, so at open either the journal record of the interrupted commit
-//! is there, and replaying it (its writes are idempotent) completes the commit, or it is not,
-//! and neither are any of its changes: the cursor is where it was and the batch is processed
-//! again from the same history. sled's `transaction` would do the same but puts every sled
+//! a batch of events, and the cursor past them) is first written as a journal: its writes in
+//! chunks of about 32 KiB, then a marker naming the number of chunks. Then its changes are
+//! applied with plain inserts and removes, and the previous commit's journal is removed. sled
+//! recovers a prefix of the writes made before a crash, so at open either the interrupted
+//! commit's marker is there, and replaying its chunks (idempotent writes) completes the commit,
+//! or it is not, and neither are any of its changes: the cursor is where it was and the batch
+//! is processed again from the same history. sled's `transaction` would do the same but puts every sled
 //! operation in the process behind one global lock (see `writer.rs`).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gancho_core::ActionRequest;
@@ -43,6 +44,22 @@ const SHAPE: u8 = b'Y';
 const OUTBOX: u8 = b'O';
 const CRON: u8 = b'R';
 const JOURNAL: u8 = b'J';
+/// The chunk number of a commit's marker, written after its last chunk.
+const MARKER: u32 = u32::MAX;
+const JOURNAL_CHUNK: usize = 32 * 1024;
+
+fn journal_key(commit: u64, chunk: u32) -> [u8; 13] {
+    let mut key = [JOURNAL; 13];
+    key[1..9].copy_from_slice(&commit.to_be_bytes());
+    key[9..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+fn journal_key_parts(key: &[u8]) -> Option<(u64, u32)> {
+    let commit = read_u64(key.get(1..9)?)?;
+    let chunk = u32::from_be_bytes(key.get(9..13)?.try_into().ok()?);
+    Some((commit, chunk))
+}
 
 /// A value of a rule's persistent state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +133,8 @@ pub struct EngineState {
     tree: sled::Tree,
     /// `fdatasync` after each flush, when the store is configured so.
     sync: Option<Arc<Mutex<FileSync>>>,
+    /// The next commit's number (journal records are keyed by it; none survive an open).
+    commits: Arc<AtomicU64>,
 }
 
 impl EngineState {
@@ -126,37 +145,69 @@ impl EngineState {
         } else {
             None
         };
-        let state = EngineState { db, tree, sync };
+        let state = EngineState {
+            db,
+            tree,
+            sync,
+            commits: Arc::new(AtomicU64::new(1)),
+        };
         state.recover()?;
         Ok(state)
     }
 
-    /// Replays the journal records a crash left, in order, then drops them.
+    /// Completes the commits a crash interrupted after their journal was written whole (its
+    /// marker is there), in order; drops journal chunks without a marker (their commit never
+    /// began to apply). Then removes every journal record.
     fn recover(&self) -> Result<(), StoreError> {
-        let journals: Vec<_> = self
+        let records: Vec<_> = self
             .tree
             .scan_prefix([JOURNAL])
             .collect::<Result<_, _>>()
             .map_err(StoreError::sled)?;
-        if journals.is_empty() {
+        if records.is_empty() {
             return Ok(());
         }
-        for (key, value) in &journals {
-            for (k, v) in decode_journal(value).ok_or_else(|| StoreError::Corrupt {
-                key: format!("{key:?}"),
-                reason: "truncated journal record".to_owned(),
-            })? {
-                self.apply(k, v)?;
+        let bad = |key: &[u8]| StoreError::Corrupt {
+            key: format!("{key:?}"),
+            reason: "bad journal record".to_owned(),
+        };
+        // Keys sort by commit number, then chunk, with the marker last.
+        let mut chunks: Vec<&[u8]> = Vec::new();
+        let mut replayed = 0;
+        for (key, value) in &records {
+            let (commit, chunk) = journal_key_parts(key).ok_or_else(|| bad(key))?;
+            if chunks.len() as u32 != chunk && chunk != MARKER {
+                chunks.clear();
+            }
+            if chunk == MARKER {
+                let n = value
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| bad(key))?;
+                if chunks.len() as u32 != n {
+                    return Err(bad(key));
+                }
+                for chunk in &chunks {
+                    for (k, v) in decode_journal(chunk).ok_or_else(|| bad(key))? {
+                        self.apply(k, v)?;
+                    }
+                }
+                replayed += 1;
+                chunks.clear();
+                tracing::debug!(commit, "replayed an engine commit");
+            } else {
+                chunks.push(value);
             }
         }
         self.sync()?;
-        for (key, _) in &journals {
+        for (key, _) in &records {
             self.tree.remove(key).map_err(StoreError::sled)?;
         }
         self.sync()?;
         tracing::info!(
-            replayed = journals.len(),
-            "completed the engine commit a crash interrupted"
+            replayed,
+            "completed the engine commits a crash interrupted"
         );
         Ok(())
     }
@@ -311,18 +362,33 @@ impl EngineState {
             .keys()
             .collect::<Result<Vec<_>, _>>();
         let previous = previous.map_err(StoreError::sled)?;
-        let mut journal_key = vec![JOURNAL];
-        journal_key.extend_from_slice(&cursor.to_be_bytes());
+        let commit = self.commits.fetch_add(1, Ordering::Relaxed);
+        // The journal in chunks of about 32 KiB: sled writes a page over a quarter of a segment
+        // to a file of its own, which one large record per commit would do every time.
+        let mut n = 0u32;
+        let mut start = 0;
+        while start < writes.len() {
+            let mut end = start;
+            let mut size = 0;
+            while end < writes.len() && (end == start || size < JOURNAL_CHUNK) {
+                let (k, v) = &writes[end];
+                size += 9 + k.len() + v.as_ref().map_or(0, Vec::len);
+                end += 1;
+            }
+            self.tree
+                .insert(journal_key(commit, n), encode_journal(&writes[start..end]))
+                .map_err(StoreError::sled)?;
+            n += 1;
+            start = end;
+        }
         self.tree
-            .insert(&journal_key, encode_journal(&writes))
+            .insert(journal_key(commit, MARKER), &n.to_be_bytes())
             .map_err(StoreError::sled)?;
         for (key, value) in &writes {
             self.apply(key, value.as_deref())?;
         }
         for key in previous {
-            if key.as_ref() != journal_key.as_slice() {
-                self.tree.remove(key).map_err(StoreError::sled)?;
-            }
+            self.tree.remove(key).map_err(StoreError::sled)?;
         }
         self.sync()
     }
@@ -565,9 +631,25 @@ mod tests {
                 encode_change(change, &mut writes).unwrap();
             }
             writes.push((CURSOR_KEY.to_vec(), Some(20u64.to_be_bytes().to_vec())));
-            let mut key = vec![JOURNAL];
-            key.extend_from_slice(&20u64.to_be_bytes());
-            state.tree.insert(key, encode_journal(&writes)).unwrap();
+            state
+                .tree
+                .insert(journal_key(99, 0), encode_journal(&writes[..1]))
+                .unwrap();
+            state
+                .tree
+                .insert(journal_key(99, 1), encode_journal(&writes[1..]))
+                .unwrap();
+            state
+                .tree
+                .insert(journal_key(99, MARKER), &2u32.to_be_bytes())
+                .unwrap();
+            // And a later commit that crashed before its marker: dropped, not applied.
+            let mut later = Vec::new();
+            encode_change(&put("r", "c", 3), &mut later).unwrap();
+            state
+                .tree
+                .insert(journal_key(100, 0), encode_journal(&later))
+                .unwrap();
             let (k, v) = &writes[0];
             state.apply(k, v.as_deref()).unwrap();
             state.db.flush().unwrap();
@@ -576,6 +658,7 @@ mod tests {
         assert_eq!(state.cursor().unwrap(), 20);
         assert_eq!(value(&state, "a"), Some(2.into()));
         assert_eq!(value(&state, "b"), Some(2.into()));
+        assert_eq!(value(&state, "c"), None);
         assert_eq!(state.tree.scan_prefix([JOURNAL]).count(), 0);
     }
 

@@ -186,10 +186,8 @@ fn list_events(
         since,
         limit,
     });
-    let events = match control::ask(&config.socket_path(), &config.store_dir(), &request)? {
-        Response::Events(events) => events,
-        Response::Error(err) => anyhow::bail!("{err}"),
-        other => anyhow::bail!("unexpected answer: {other:?}"),
+    let Response::Events(events) = ask(config, &request)? else {
+        anyhow::bail!("unexpected answer from the daemon");
     };
     let mut out = std::io::stdout().lock();
     if json {
@@ -213,14 +211,8 @@ fn list_events(
 }
 
 fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
-    let items = match control::ask(
-        &config.socket_path(),
-        &config.store_dir(),
-        &Request::Quarantine { limit },
-    )? {
-        Response::Quarantine(items) => items,
-        Response::Error(err) => anyhow::bail!("{err}"),
-        other => anyhow::bail!("unexpected answer: {other:?}"),
+    let Response::Quarantine(items) = ask(config, &Request::Quarantine { limit })? else {
+        anyhow::bail!("unexpected answer from the daemon");
     };
     let mut out = std::io::stdout().lock();
     if json {
@@ -267,17 +259,13 @@ fn check_rules(dir: &std::path::Path) -> anyhow::Result<bool> {
 }
 
 fn list_rules(config: &Config, json: bool) -> anyhow::Result<()> {
-    let status = match control::ask(&config.socket_path(), &config.store_dir(), &Request::Rules)? {
-        Response::Rules(status) => status,
-        Response::Error(err) => anyhow::bail!("{err}"),
-        other => anyhow::bail!("unexpected answer: {other:?}"),
+    let Response::Rules(status) = ask(config, &Request::Rules)? else {
+        anyhow::bail!("unexpected answer from the daemon");
     };
-    let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, &status)?;
-        writeln!(out)?;
-        return Ok(());
+        return print_json(&status);
     }
+    let mut out = std::io::stdout().lock();
     writeln!(out, "engine at event {}", status.cursor)?;
     for rule in &status.rules {
         let wakes = match &rule.every {
@@ -305,21 +293,13 @@ fn list_rules(config: &Config, json: bool) -> anyhow::Result<()> {
 }
 
 fn list_outbox(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
-    let items = match control::ask(
-        &config.socket_path(),
-        &config.store_dir(),
-        &Request::Outbox { limit },
-    )? {
-        Response::Outbox(items) => items,
-        Response::Error(err) => anyhow::bail!("{err}"),
-        other => anyhow::bail!("unexpected answer: {other:?}"),
+    let Response::Outbox(items) = ask(config, &Request::Outbox { limit })? else {
+        anyhow::bail!("unexpected answer from the daemon");
     };
-    let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, &items)?;
-        writeln!(out)?;
-        return Ok(());
+        return print_json(&items);
     }
+    let mut out = std::io::stdout().lock();
     for item in &items {
         let what = match &item.action {
             gancho_core::Action::Email(e) => format!("email to {}: {}", e.to.join(", "), e.subject),
@@ -332,5 +312,20 @@ fn list_outbox(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> 
             item.id, item.event_seq, item.rule, what
         )?;
     }
+    Ok(())
+}
+
+/// Asks the daemon (or the store); an error answer becomes an error.
+fn ask(config: &Config, request: &Request) -> anyhow::Result<Response> {
+    match control::ask(&config.socket_path(), &config.store_dir(), request)? {
+        Response::Error(err) => anyhow::bail!("{err}"),
+        other => Ok(other),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
     Ok(())
 }

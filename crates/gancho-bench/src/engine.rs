@@ -1,0 +1,205 @@
+//! The engine's throughput and the cost of a window query, on a store of realistic Mailjet
+//! traffic (`--engine`).
+//!
+//! Builds a store of N events (recipients get a `sent`; 60% open it, 15% click, 3% bounce,
+//! through the real Mailjet adapter), waits for the indexer, then runs the engine over the
+//! whole log from cursor 0: once with the shipped rules, once with 100 rules (the shipped ones
+//! and 95 more woken by every click). The clock stays at the campaign's start, so no reminder
+//! comes due while measuring. Then times window queries by key against the full store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{TimeZone as _, Utc};
+use gancho_core::ManualClock;
+use gancho_engine::{Engine, EngineConfig};
+use gancho_ingress::{SourceKind, submission_from};
+use gancho_store::{Order, Store, StoreConfig, Window};
+use hdrhistogram::Histogram;
+
+pub struct EngineBench {
+    pub events: usize,
+    pub rules: PathBuf,
+    pub fsync: bool,
+}
+
+fn open(path: &Path, fsync: bool) -> anyhow::Result<Store> {
+    Ok(Store::open(
+        path,
+        &StoreConfig {
+            fsync,
+            cache_capacity: 512 * 1024 * 1024,
+        },
+    )?)
+}
+
+/// A recipient's events: (type, seconds after the campaign start).
+fn recipient_events(i: u64) -> Vec<(&'static str, i64)> {
+    let sent = (i / 10) as i64;
+    let mut out = vec![("sent", sent)];
+    if i % 10 < 6 {
+        out.push(("open", sent + 60 + (i % 7200) as i64));
+    }
+    if i % 20 < 3 {
+        out.push(("click", sent + 120 + (i % 3600) as i64));
+    }
+    if i % 100 < 3 {
+        out.push(("bounce", sent + 5));
+    }
+    out
+}
+
+const T0: i64 = 1_793_520_000; // 2026-11-01T08:00:00Z
+
+fn body(kind: &str, i: u64, at: i64) -> String {
+    let hard = i % 2 == 0;
+    format!(
+        r#"{{"event":"{kind}","time":{},"MessageID":{},"Message_GUID":"1ab23cd4-e567-8901-2345-{i:012}","email":"user{i}@example.com","mj_campaign_id":7257,"mj_contact_id":{i},"customcampaign":"","CustomID":"spring-{}","Payload":"","hard_bounce":{hard},"error":"user unknown"}}"#,
+        T0 + at,
+        19_421_777_000_000_000 + i,
+        i % 1000
+    )
+}
+
+pub fn run(bench: &EngineBench) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("store");
+    let store = open(&path, bench.fsync)?;
+    let start = Instant::now();
+    let mut batch = Vec::new();
+    let mut total = 0;
+    let mut recipients = 0u64;
+    let now = Utc::now();
+    while total < bench.events {
+        for (kind, at) in recipient_events(recipients) {
+            batch.push(body(kind, recipients, at));
+            total += 1;
+        }
+        recipients += 1;
+        if batch.len() >= 1000 || total >= bench.events {
+            let text = format!("[{}]", batch.join(","));
+            let submission = submission_from("mailjet", &SourceKind::Mailjet, &text, now)?;
+            store.appender().append_blocking(submission)?;
+            batch.clear();
+        }
+    }
+    let appended = start.elapsed();
+    let last = store.status().durable;
+    while !store.wait_indexed(last, Duration::from_secs(1)) {}
+    let indexed = start.elapsed();
+    println!(
+        "store: {total} events ({recipients} recipients) appended in {:.1} s, indexed after {:.1} s",
+        appended.as_secs_f64(),
+        indexed.as_secs_f64()
+    );
+
+    let store = measure_engine(store, &path, "the 5 shipped rules", &bench.rules, bench.fsync)?;
+    let many = dir.path().join("rules-100");
+    std::fs::create_dir_all(&many)?;
+    for entry in std::fs::read_dir(&bench.rules)? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "rhai") {
+            std::fs::copy(&p, many.join(p.file_name().context("file name")?))?;
+        }
+    }
+    for i in 0..95 {
+        std::fs::write(
+            many.join(format!("extra-{i:02}.rhai")),
+            format!(
+                "const ON = [\"mailjet.click\"];\nif event.CustomID == \"campaign-{i}\" {{\n    http(#{{ url: \"https://hooks.example.com/{i}\", json: #{{ email: event.email }} }});\n}}\n"
+            ),
+        )?;
+    }
+    let store = measure_engine(
+        store,
+        &path,
+        "100 rules (95 more on every click)",
+        &many,
+        bench.fsync,
+    )?;
+    measure_queries(&store, recipients)?;
+    store.shutdown()?;
+    Ok(())
+}
+
+/// Runs a fresh engine (its state removed) over the whole log.
+fn measure_engine(
+    store: Store,
+    path: &Path,
+    label: &str,
+    rules: &Path,
+    fsync: bool,
+) -> anyhow::Result<Store> {
+    store.shutdown()?;
+    drop(store);
+    match std::fs::remove_dir_all(path.join("engine")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let store = open(path, fsync)?;
+    let clock = Arc::new(ManualClock::new(
+        Utc.timestamp_opt(T0, 0).single().context("time")?,
+    ));
+    let mut engine = Engine::new(store.clone(), clock, EngineConfig::new(rules))?;
+    let start = Instant::now();
+    let processed = engine.run_until_idle(Duration::from_secs(3600))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let outbox = store.engine_state().outbox(0)?.len();
+    let errors: u64 = engine.status().rules.iter().map(|r| r.errors).sum();
+    println!(
+        "engine, {label}: {processed} events in {elapsed:.1} s = {:.0} events/s; {outbox} actions decided, {errors} rule errors",
+        processed as f64 / elapsed
+    );
+    for rule in engine.status().rules {
+        if let Some(err) = rule.last_error {
+            println!("  {}: {} errors, last: {err}", rule.name, rule.errors);
+        }
+    }
+    drop(engine);
+    Ok(store)
+}
+
+fn measure_queries(store: &Store, recipients: u64) -> anyhow::Result<()> {
+    let max_seq = store.status().durable;
+    let n = 20_000u64;
+    let mut count = Histogram::<u64>::new(3)?;
+    let mut last = Histogram::<u64>::new(3)?;
+    let mut found = 0;
+    for k in 0..n {
+        // Spread over the whole store, not only its hot end.
+        let i = (k * 7_919) % recipients;
+        let at = T0 + (i / 10) as i64;
+        let window = Window {
+            source: "mailjet".to_owned(),
+            kind: "sent".to_owned(),
+            keys: vec![(
+                "MessageID".to_owned(),
+                (19_421_777_000_000_000 + i).to_string(),
+            )],
+            from_ms: (at - 86_400) * 1000,
+            to_ms: (at + 3600) * 1000,
+            max_seq,
+        };
+        let start = Instant::now();
+        let hits = store.count(&window, usize::MAX)?;
+        count.record(start.elapsed().as_nanos() as u64)?;
+        found += hits;
+        let start = Instant::now();
+        if let Some(&(_, seq)) = store.window(&window, Order::Newest, 1)?.first() {
+            std::hint::black_box(store.event(seq)?);
+        }
+        last.record(start.elapsed().as_nanos() as u64)?;
+    }
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "window query by key over {max_seq} events ({n} queries, {found} hits): count p50 {:.1} µs, p99 {:.1} µs; last (with the event read) p50 {:.1} µs, p99 {:.1} µs",
+        us(&count, 0.5),
+        us(&count, 0.99),
+        us(&last, 0.5),
+        us(&last, 0.99)
+    );
+    Ok(())
+}
