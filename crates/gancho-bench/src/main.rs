@@ -25,6 +25,10 @@ use clap::Parser;
 
 use crate::load::{LoadReport, LoadSpec, Target};
 
+/// The daemon's allocator, so in-process measurements (engine, micro-benchmarks) match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "Load generator and micro-benchmarks for gancho's ingest path")]
 struct Args {

@@ -41,7 +41,7 @@ pub(crate) struct Run {
     /// A counter for timer uids and codes made in this run.
     pub(crate) serial: u32,
     pub(crate) queries: u32,
-    pub(crate) callbacks: std::collections::HashSet<String>,
+    pub(crate) callbacks: std::rc::Rc<std::collections::HashSet<String>>,
     pub(crate) pending: Pending,
 }
 

@@ -413,8 +413,23 @@ impl Engine {
             self.process(event);
         }
         let last = events.last().map_or(self.cursor, |e| e.seq);
-        let batch = std::mem::take(&mut self.ctx.borrow_mut().batch);
-        let shapes = std::mem::take(&mut self.ctx.borrow_mut().new_shapes);
+        let mut batch = std::mem::take(&mut self.ctx.borrow_mut().batch);
+        let mut shapes = std::mem::take(&mut self.ctx.borrow_mut().new_shapes);
+        shapes.retain(|(source, kind, names)| {
+            !self
+                .shapes
+                .get(&(source.clone(), kind.clone()))
+                .is_some_and(|known| known.contains(names))
+        });
+        shapes.sort();
+        shapes.dedup();
+        for (source, kind, names) in &shapes {
+            batch.changes.push(Change::PutShape {
+                source: source.clone(),
+                kind: kind.clone(),
+                names: names.clone(),
+            });
+        }
         if let Err(err) = self.store.engine_state().commit(&batch.changes, last) {
             // Nothing of the batch is committed: it is processed again on the next step.
             self.shapes_from_store()?;
@@ -446,14 +461,23 @@ impl Engine {
                         rule: rule.clone(),
                         tick_ms: time_to_millis(event.time),
                     });
-                    self.run_rule(&rule, event, None);
+                    if let Some(map) = shared_event_map(event) {
+                        self.run_rule(&rule, event, &map, None);
+                    }
                 }
             }
             _ => {
                 self.satisfy_expectations(event);
                 let qualified = event.qualified_type();
-                for rule in self.woken(&qualified).iter() {
-                    self.run_rule(rule, event, None);
+                let woken = self.woken(&qualified);
+                if woken.is_empty() {
+                    return;
+                }
+                let Some(map) = shared_event_map(event) else {
+                    return;
+                };
+                for rule in woken.iter() {
+                    self.run_rule(rule, event, &map, None);
                 }
             }
         }
@@ -606,21 +630,22 @@ impl Engine {
             }
         };
         let rule = timer.rule.clone();
-        self.run_rule(&rule, event, Some((&timer.callback, argument)));
+        if let Some(map) = shared_event_map(event) {
+            self.run_rule(&rule, event, &map, Some((&timer.callback, argument)));
+        }
     }
 
     /// Runs a rule's body (or one of its functions) for an event; keeps its decisions if it
     /// succeeds, drops them and counts the error if it fails.
-    fn run_rule(&mut self, name: &str, event: &Event, callback: Option<(&str, Dynamic)>) {
+    fn run_rule(
+        &mut self,
+        name: &str,
+        event: &Event,
+        map: &Dynamic,
+        callback: Option<(&str, Dynamic)>,
+    ) {
         let Some(rule) = self.rules.get(name) else {
             return;
-        };
-        let map = match dynamic::event_map(event) {
-            Ok(map) => map,
-            Err(err) => {
-                warn!(seq = event.seq, error = %err, "event payload is not JSON: skipped");
-                return;
-            }
         };
         self.ctx.borrow_mut().run = Some(Run {
             rule: name.to_owned(),
@@ -629,11 +654,12 @@ impl Engine {
             position: 0,
             serial: 0,
             queries: 0,
-            callbacks: rule.callbacks.clone(),
+            callbacks: Rc::clone(&rule.callbacks),
             pending: Pending::default(),
         });
         let mut scope = Scope::new();
-        scope.push_constant("event", map);
+        // Shared: every rule the event wakes reads the same map, built once.
+        scope.push_constant_dynamic("event", map.clone());
         let result = match callback {
             None => self.rhai.run_ast_with_scope(&mut scope, &rule.ast),
             Some((function, argument)) => self
@@ -669,6 +695,18 @@ impl Engine {
                 }
                 counters.last_error = Some(message);
             }
+        }
+    }
+}
+
+/// The map rules see as `event`, built once per event and shared (read-only) by the rules it
+/// wakes.
+fn shared_event_map(event: &Event) -> Option<Dynamic> {
+    match dynamic::event_map(event) {
+        Ok(map) => Some(Dynamic::from_map(map).into_shared()),
+        Err(err) => {
+            warn!(seq = event.seq, error = %err, "event payload is not JSON: skipped");
+            None
         }
     }
 }

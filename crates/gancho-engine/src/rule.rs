@@ -113,7 +113,7 @@ pub(crate) struct Rule {
     pub(crate) on_text: Vec<String>,
     pub(crate) schedule: Option<Schedule>,
     /// Functions a timer or expectation may name as its callback (one parameter).
-    pub(crate) callbacks: HashSet<String>,
+    pub(crate) callbacks: std::rc::Rc<HashSet<String>>,
 }
 
 /// The rule name of a file: its name without `.rhai`.
@@ -227,7 +227,8 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
         .iter_functions()
         .filter(|f| f.params.len() == 1)
         .map(|f| f.name.to_owned())
-        .collect();
+        .collect::<HashSet<_>>()
+        .into();
     Ok(Rule {
         name,
         path: path.to_owned(),

@@ -16,6 +16,7 @@
 //! would otherwise set the ingest rate; queries merge in the log's unindexed tail, so their
 //! answers are always complete (see `indexer.rs`).
 
+mod cache;
 mod codec;
 mod error;
 mod indexer;
@@ -80,6 +81,8 @@ struct Inner {
     engine: EngineState,
     engine_db: sled::Db,
     appender: Appender,
+    /// Decompressed log blocks, for single-event reads.
+    blocks: cache::BlockCache,
     progress: Arc<Progress>,
     threads: Mutex<Option<Threads>>,
 }
@@ -200,6 +203,7 @@ impl Store {
                 engine,
                 engine_db,
                 appender: started.appender,
+                blocks: cache::BlockCache::new(256),
                 progress,
                 threads: Mutex::new(Some(Threads {
                     writer: started.writer,
@@ -221,10 +225,13 @@ impl Store {
 
     /// The event with this sequence number.
     pub fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        let Some((key, value)) = codec::find_block(&self.inner.events, seq)? else {
+        if seq > self.inner.progress.durable.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let Some(block) = self.inner.blocks.block(&self.inner.events, seq)? else {
             return Ok(None);
         };
-        match codec::Block::parse(&key, &value)?.record(seq) {
+        match block.record(seq) {
             Some(record) => codec::decode_event(seq, record).map(Some),
             None => Ok(None),
         }
@@ -316,7 +323,10 @@ impl Store {
 
     /// The event with this seq, which must be in the log.
     pub fn event(&self, seq: u64) -> Result<Event, StoreError> {
-        query::read_event_at(&self.inner.events, seq)
+        self.get(seq)?.ok_or_else(|| StoreError::Corrupt {
+            key: format!("L{seq}"),
+            reason: "event missing from the log".to_owned(),
+        })
     }
 
     /// Quarantined items, oldest first, the newest `limit` of them.

@@ -308,7 +308,3 @@ fn index_time_seq(key: &[u8]) -> Result<(i64, u64), StoreError> {
     let seq = codec::read_u64(&key[n - 8..]).ok_or_else(bad)?;
     Ok(((time ^ (1 << 63)) as i64, seq))
 }
-
-pub(crate) fn read_event_at(tree: &sled::Tree, seq: u64) -> Result<Event, StoreError> {
-    read_event(tree, seq)
-}

@@ -119,6 +119,14 @@ pub enum Change {
     /// Deletes this exact timer (and its due-time and expectation entries).
     DeleteTimer(Timer),
     PutAction(ActionRequest),
+    /// Records that expectations wait on events of (source, type) by these key names, so the
+    /// engine looks such events up ([`EngineState::expectation_shapes`]). Written once per
+    /// shape, not per expectation.
+    PutShape {
+        source: String,
+        kind: String,
+        names: Vec<String>,
+    },
     /// The last cron tick appended for a rule.
     CronMark {
         rule: String,
@@ -430,7 +438,6 @@ fn encode_change(
             writes.push((timer_key(&timer.rule, &timer.name), Some(to_json(timer)?)));
             writes.push((due_key(timer), Some(Vec::new())));
             if let Some(expect) = &timer.expect {
-                writes.push((shape_key(expect), Some(Vec::new())));
                 writes.push((expect_key(timer, expect), Some(Vec::new())));
             }
         }
@@ -448,6 +455,11 @@ fn encode_change(
             key.extend_from_slice(&action.position.to_be_bytes());
             writes.push((key, Some(to_json(action)?)));
         }
+        Change::PutShape {
+            source,
+            kind,
+            names,
+        } => writes.push((shape_key(source, kind, names), Some(Vec::new()))),
         Change::CronMark { rule, tick_ms } => {
             let mut key = vec![CRON];
             push_str(&mut key, rule);
@@ -498,12 +510,12 @@ fn expect_key(timer: &Timer, expect: &Expectation) -> Vec<u8> {
     out
 }
 
-fn shape_key(expect: &Expectation) -> Vec<u8> {
+fn shape_key(source: &str, kind: &str, names: &[String]) -> Vec<u8> {
     let mut out = vec![SHAPE];
-    push_str(&mut out, &expect.source);
-    push_str(&mut out, &expect.kind);
-    out.extend_from_slice(&(expect.keys.len() as u32).to_be_bytes());
-    for (name, _) in &expect.keys {
+    push_str(&mut out, source);
+    push_str(&mut out, kind);
+    out.extend_from_slice(&(names.len() as u32).to_be_bytes());
+    for name in names {
         push_str(&mut out, name);
     }
     out
@@ -688,6 +700,11 @@ mod tests {
                 &[
                     Change::PutTimer(late.clone()),
                     Change::PutTimer(early.clone()),
+                    Change::PutShape {
+                        source: "mailjet".to_owned(),
+                        kind: "open".to_owned(),
+                        names: vec!["MessageID".to_owned()],
+                    },
                 ],
                 1,
             )
