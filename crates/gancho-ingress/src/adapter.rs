@@ -28,7 +28,15 @@ pub enum SourceKind {
 }
 
 /// The correlation keys of Mailjet events.
-const MAILJET_KEYS: [&str; 4] = ["email", "MessageID", "mj_campaign_id", "CustomID"];
+/// `hard_bounce` (on `bounce` and `blocked` events) is a key so that rules can count hard
+/// bounces from the index, without reading every bounce.
+const MAILJET_KEYS: [&str; 5] = [
+    "email",
+    "MessageID",
+    "mj_campaign_id",
+    "CustomID",
+    "hard_bounce",
+];
 
 impl SourceKind {
     /// The names of the correlation keys this kind of source extracts (and the store indexes).
@@ -169,6 +177,8 @@ struct MailjetFields<'a> {
     mj_campaign_id: Option<&'a RawValue>,
     #[serde(borrow, rename = "CustomID")]
     custom_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    hard_bounce: Option<&'a RawValue>,
 }
 
 /// The text of a scalar given as raw JSON: a string's contents, or a number's digits exactly as
@@ -212,16 +222,14 @@ fn mailjet(text: &str) -> Result<Parts, String> {
         Some(raw) if raw.get() != "null" => Some(raw),
         _ => fields.mj_message_id,
     };
-    debug_assert_eq!(
-        MAILJET_KEYS,
-        ["email", "MessageID", "mj_campaign_id", "CustomID"]
-    );
-    for (name, value) in [
-        ("email", fields.email),
-        ("MessageID", message_id),
-        ("mj_campaign_id", fields.mj_campaign_id),
-        ("CustomID", fields.custom_id),
-    ] {
+    let values = [
+        fields.email,
+        message_id,
+        fields.mj_campaign_id,
+        fields.custom_id,
+        fields.hard_bounce,
+    ];
+    for (name, value) in MAILJET_KEYS.into_iter().zip(values) {
         if let Some(text) = value.map(raw_key_text).transpose()?.flatten() {
             keys.insert(name.to_owned(), checked_key(name, text)?);
         }

@@ -146,6 +146,12 @@ pub fn mailjet_with(
         at.timestamp()
     );
     let mut keys = Keys::new();
+    if let Some(hard) = ["true", "false"]
+        .into_iter()
+        .find(|h| extra.contains(&format!(r#""hard_bounce":{h}"#)))
+    {
+        keys.insert("hard_bounce".into(), hard.into());
+    }
     keys.insert("email".into(), email.into());
     keys.insert("MessageID".into(), message_id.to_string());
     keys.insert("mj_campaign_id".into(), "7".into());
