@@ -14,11 +14,22 @@ pub(crate) struct Pending {
     pub(crate) changes: Vec<Change>,
     pub(crate) state: HashMap<(String, String), Option<StateValue>>,
     pub(crate) timers: HashMap<(String, String), Option<Timer>>,
+    /// Expectations set in this batch, by what they wait for: (source, type, keys) → (rule,
+    /// name). The store does not have them yet.
+    pub(crate) expects: HashMap<(String, String, Vec<(String, String)>), Vec<(String, String)>>,
     pub(crate) actions: usize,
 }
 
 impl Pending {
     pub(crate) fn merge(&mut self, run: Pending) {
+        for (id, timer) in &run.timers {
+            if let Some(expect) = timer.as_ref().and_then(|t| t.expect.as_ref()) {
+                self.expects
+                    .entry((expect.source.clone(), expect.kind.clone(), expect.keys.clone()))
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
         self.changes.extend(run.changes);
         self.state.extend(run.state);
         self.timers.extend(run.timers);

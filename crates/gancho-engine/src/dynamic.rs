@@ -172,39 +172,40 @@ pub(crate) fn key_text(value: &Dynamic) -> Result<String, String> {
     ))
 }
 
-/// The map a rule sees as `event`: the payload's fields, then gancho's own (`type`, `source`,
-/// `kind`, `time`, `received`, `id`, `seq`, `keys`), which win over payload fields of the same
-/// name; the payload as sent is also under `data`.
+/// The map a rule sees as `event`: the payload's fields, and gancho's own (`type`, `source`,
+/// `kind`, `time`, `received`, `id`, `seq`, `keys`). A payload field that one of gancho's
+/// replaces stays readable as `payload_NAME` (Mailjet's own `time`, in seconds, is
+/// `event.payload_time`). A payload that is not an object is under `payload`.
 pub(crate) fn event_map(event: &Event) -> Result<Map, serde_json::Error> {
     let data = from_json_text(event.data.get())?;
-    let mut map = match data.read_lock::<Map>() {
-        Some(fields) => fields.clone(),
-        None => Map::new(),
+    let mut map = if data.is_map() {
+        data.cast::<Map>()
+    } else {
+        let mut map = Map::new();
+        map.insert("payload".into(), data);
+        map
     };
-    map.insert("data".into(), data);
-    map.insert("type".into(), Dynamic::from(event.qualified_type()));
-    map.insert("source".into(), Dynamic::from(event.source.clone()));
-    map.insert("kind".into(), Dynamic::from(event.kind.clone()));
-    map.insert("time".into(), Dynamic::from_int(time_to_millis(event.time)));
-    map.insert(
-        "received".into(),
-        Dynamic::from_int(time_to_millis(event.received)),
-    );
-    map.insert("id".into(), Dynamic::from(event.id.as_str().to_owned()));
-    map.insert(
-        "seq".into(),
-        Dynamic::from_int(INT::try_from(event.seq).unwrap_or(INT::MAX)),
-    );
-    map.insert(
-        "keys".into(),
-        Dynamic::from_map(
-            event
-                .keys
-                .iter()
-                .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
-                .collect(),
-        ),
-    );
+    let seq = INT::try_from(event.seq).unwrap_or(INT::MAX);
+    let keys: Map = event
+        .keys
+        .iter()
+        .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
+        .collect();
+    let ours = [
+        ("type", Dynamic::from(event.qualified_type())),
+        ("source", Dynamic::from(event.source.clone())),
+        ("kind", Dynamic::from(event.kind.clone())),
+        ("time", Dynamic::from_int(time_to_millis(event.time))),
+        ("received", Dynamic::from_int(time_to_millis(event.received))),
+        ("id", Dynamic::from(event.id.as_str().to_owned())),
+        ("seq", Dynamic::from_int(seq)),
+        ("keys", Dynamic::from_map(keys)),
+    ];
+    for (name, value) in ours {
+        if let Some(replaced) = map.insert(name.into(), value) {
+            map.insert(format!("payload_{name}").into(), replaced);
+        }
+    }
     Ok(map)
 }
 

@@ -53,7 +53,7 @@ impl EngineConfig {
         EngineConfig {
             rules_dir: rules_dir.into(),
             limits: Limits::default(),
-            batch_size: 1024,
+            batch_size: 4096,
             source_keys: None,
         }
     }
@@ -527,15 +527,11 @@ impl Engine {
             // Expectations set earlier in this batch are not in the store yet.
             let in_batch: Vec<Timer> = ctx
                 .batch
-                .timers
-                .values()
+                .expects
+                .get(&(event.source.clone(), event.kind.clone(), keys))
+                .into_iter()
                 .flatten()
-                .filter(|t| {
-                    t.expect.as_ref().is_some_and(|x| {
-                        x.source == event.source && x.kind == event.kind && x.keys == keys
-                    })
-                })
-                .cloned()
+                .filter_map(|(rule, name)| ctx.timer(rule, name).ok().flatten())
                 .collect();
             for timer in stored.into_iter().chain(in_batch) {
                 let current = ctx.timer(&timer.rule, &timer.name).ok().flatten();
