@@ -351,6 +351,7 @@ impl Store {
             self.inner.progress.stop();
             join(threads.indexer, "indexer");
         }
+        self.inner.engine.close();
         self.inner.log_db.flush().map_err(StoreError::sled)?;
         self.inner.index_db.flush().map_err(StoreError::sled)?;
         self.inner.engine_db.flush().map_err(StoreError::sled)?;

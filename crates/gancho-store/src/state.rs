@@ -25,8 +25,10 @@
 //! operation in the process behind one global lock (see `writer.rs`).
 
 use std::path::Path;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 
 use gancho_core::ActionRequest;
 use serde::{Deserialize, Serialize};
@@ -139,27 +141,66 @@ pub enum Change {
 pub struct EngineState {
     db: sled::Db,
     tree: sled::Tree,
-    /// `fdatasync` after each flush, when the store is configured so.
-    sync: Option<Arc<Mutex<FileSync>>>,
+    shared: Arc<Shared>,
     /// The next commit's number (journal records are keyed by it; none survive an open).
     commits: Arc<AtomicU64>,
+    applier: Arc<Mutex<Option<Applier>>>,
+}
+
+/// What the engine thread and the applier thread share.
+#[derive(Debug)]
+struct Shared {
+    /// `fdatasync` after each flush, when the store is configured so. The lock also keeps
+    /// flushes from running concurrently.
+    sync: Mutex<Option<FileSync>>,
+    /// Writes committed (their journal is written) but not yet applied to the tree, by key,
+    /// with the number of the commit that made them. Reads look here first.
+    overlay: Mutex<BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>>,
+    /// Why applying failed, if it did: commits are refused from then on.
+    failure: Mutex<Option<String>>,
+}
+
+type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+#[derive(Debug)]
+struct Applier {
+    jobs: mpsc::Sender<(u64, Arc<Writes>)>,
+    thread: JoinHandle<()>,
 }
 
 impl EngineState {
     pub(crate) fn open(db: sled::Db, path: &Path, fsync: bool) -> Result<EngineState, StoreError> {
         let tree = db.open_tree("engine").map_err(StoreError::sled)?;
         let sync = if fsync {
-            Some(Arc::new(Mutex::new(FileSync::open(path)?)))
+            Some(FileSync::open(path)?)
         } else {
             None
         };
+        let shared = Arc::new(Shared {
+            sync: Mutex::new(sync),
+            overlay: Mutex::new(BTreeMap::new()),
+            failure: Mutex::new(None),
+        });
         let state = EngineState {
             db,
             tree,
-            sync,
+            shared,
             commits: Arc::new(AtomicU64::new(1)),
+            applier: Arc::new(Mutex::new(None)),
         };
         state.recover()?;
+        let (jobs, rx) = mpsc::channel();
+        let thread = {
+            let (db, tree, shared) = (state.db.clone(), state.tree.clone(), state.shared.clone());
+            std::thread::Builder::new()
+                .name("gancho-state".to_owned())
+                .spawn(move || apply_loop(&db, &tree, &shared, &rx))
+                .map_err(|source| StoreError::Io {
+                    what: "starting the engine state thread".to_owned(),
+                    source,
+                })?
+        };
+        *lock(&state.applier) = Some(Applier { jobs, thread });
         Ok(state)
     }
 
@@ -230,19 +271,70 @@ impl EngineState {
 
     /// Makes every write so far durable: flush, and `fdatasync` when the store is configured so.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(StoreError::sled)?;
-        if let Some(sync) = &self.sync {
-            sync.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sync()
-                .map_err(StoreError::Engine)?;
+        sync(&self.db, &self.shared)
+    }
+
+    /// Waits until every commit is applied, makes it durable, and stops the applier thread.
+    pub(crate) fn close(&self) {
+        if let Some(applier) = lock(&self.applier).take() {
+            drop(applier.jobs);
+            if applier.thread.join().is_err() {
+                tracing::error!("the engine state thread panicked");
+            }
         }
-        Ok(())
+    }
+
+    /// A value, as committed (applied or not).
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some((_, value)) = lock(&self.shared.overlay).get(key) {
+            return Ok(value.clone());
+        }
+        // Applied values leave the overlay only after they are in the tree.
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(StoreError::sled)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The entries whose keys start with `prefix` and are below `end` (when given), as
+    /// committed, in key order, at most `limit`.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let in_range = |k: &[u8]| k.starts_with(prefix) && end.is_none_or(|e| k < e);
+        // The overlay first: an entry applied meanwhile is then in both, with the same value.
+        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = lock(&self.shared.overlay)
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| in_range(k))
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
+        let mut merged = BTreeMap::new();
+        for entry in self.tree.scan_prefix(prefix) {
+            let (k, v) = entry.map_err(StoreError::sled)?;
+            if !in_range(&k) {
+                break;
+            }
+            merged.insert(k.to_vec(), v.to_vec());
+            if merged.len() >= limit.saturating_add(pending.len()) {
+                break;
+            }
+        }
+        for (k, v) in pending {
+            match v {
+                Some(v) => merged.insert(k, v),
+                None => merged.remove(&k),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
     }
 
     /// The seq of the last event the engine processed, 0 for none.
     pub fn cursor(&self) -> Result<u64, StoreError> {
-        match self.tree.get(CURSOR_KEY).map_err(StoreError::sled)? {
+        match self.get(CURSOR_KEY)? {
             None => Ok(0),
             Some(v) => read_u64(&v).ok_or_else(|| corrupt("cursor", "not a u64")),
         }
@@ -262,8 +354,7 @@ impl EngineState {
         end.extend_from_slice(&codec::time_key(until_ms));
         end.push(0xff);
         let mut timers = Vec::new();
-        for entry in self.tree.range(vec![DUE]..end).take(limit) {
-            let (key, _) = entry.map_err(StoreError::sled)?;
+        for (key, _) in self.scan(&[DUE], Some(&end), limit)? {
             let mut fields = Fields::new(key.get(9..).unwrap_or_default());
             let (Some(rule), Some(name)) = (fields.string(), fields.string()) else {
                 return Err(corrupt("due timer", "bad key"));
@@ -277,10 +368,9 @@ impl EngineState {
 
     /// The earliest due time of any timer.
     pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        match self.tree.scan_prefix([DUE]).next() {
+        match self.scan(&[DUE], None, 1)?.into_iter().next() {
             None => Ok(None),
-            Some(entry) => {
-                let (key, _) = entry.map_err(StoreError::sled)?;
+            Some((key, _)) => {
                 let raw = key
                     .get(1..9)
                     .and_then(read_u64)
@@ -300,8 +390,7 @@ impl EngineState {
     ) -> Result<Vec<Timer>, StoreError> {
         let prefix = expect_prefix(source, kind, keys);
         let mut timers = Vec::new();
-        for entry in self.tree.scan_prefix(&prefix) {
-            let (key, _) = entry.map_err(StoreError::sled)?;
+        for (key, _) in self.scan(&prefix, None, usize::MAX)? {
             let mut fields = Fields::new(&key[prefix.len()..]);
             let (Some(rule), Some(name)) = (fields.string(), fields.string()) else {
                 return Err(corrupt("expectation", "bad key"));
@@ -316,8 +405,7 @@ impl EngineState {
     /// Every (source, type, key names) some expectation ever waited on.
     pub fn expectation_shapes(&self) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
         let mut shapes = Vec::new();
-        for entry in self.tree.scan_prefix([SHAPE]) {
-            let (key, _) = entry.map_err(StoreError::sled)?;
+        for (key, _) in self.scan(&[SHAPE], None, usize::MAX)? {
             let mut fields = Fields::new(&key[1..]);
             let bad = || corrupt("expectation shape", "bad key");
             let source = fields.string().ok_or_else(bad)?;
@@ -334,7 +422,7 @@ impl EngineState {
     pub fn cron_mark(&self, rule: &str) -> Result<Option<i64>, StoreError> {
         let mut key = vec![CRON];
         push_str(&mut key, rule);
-        match self.tree.get(key).map_err(StoreError::sled)? {
+        match self.get(&key)? {
             None => Ok(None),
             Some(v) => read_u64(&v)
                 .map(|v| Some(v as i64))
@@ -345,11 +433,9 @@ impl EngineState {
     /// Actions in the outbox in the order they were decided, the oldest `limit` (0: all).
     pub fn outbox(&self, limit: usize) -> Result<Vec<ActionRequest>, StoreError> {
         let limit = if limit == 0 { usize::MAX } else { limit };
-        self.tree
-            .scan_prefix([OUTBOX])
-            .take(limit)
-            .map(|entry| {
-                let (_, value) = entry.map_err(StoreError::sled)?;
+        self.scan(&[OUTBOX], None, limit)?
+            .into_iter()
+            .map(|(_, value)| {
                 serde_json::from_slice(&value)
                     .map_err(|err| corrupt("outbox item", &err.to_string()))
             })
@@ -357,19 +443,17 @@ impl EngineState {
     }
 
     /// Commits a batch: every change, and the cursor at `cursor`, atomically (see the module
-    /// documentation), then makes it durable.
+    /// documentation), and makes it durable. The changes are visible to reads at once; they
+    /// are applied to the tree by the applier thread.
     pub fn commit(&self, changes: &[Change], cursor: u64) -> Result<(), StoreError> {
-        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(changes.len() + 1);
+        if let Some(reason) = lock(&self.shared.failure).clone() {
+            return Err(StoreError::Failed(reason));
+        }
+        let mut writes: Writes = Vec::with_capacity(changes.len() + 1);
         for change in changes {
             encode_change(change, &mut writes)?;
         }
         writes.push((CURSOR_KEY.to_vec(), Some(cursor.to_be_bytes().to_vec())));
-        let previous = self
-            .tree
-            .scan_prefix([JOURNAL])
-            .keys()
-            .collect::<Result<Vec<_>, _>>();
-        let previous = previous.map_err(StoreError::sled)?;
         let commit = self.commits.fetch_add(1, Ordering::Relaxed);
         // The journal in chunks of about 32 KiB: sled writes a page over a quarter of a segment
         // to a file of its own, which one large record per commit would do every time.
@@ -392,11 +476,17 @@ impl EngineState {
         self.tree
             .insert(journal_key(commit, MARKER), &n.to_be_bytes())
             .map_err(StoreError::sled)?;
-        for (key, value) in &writes {
-            self.apply(key, value.as_deref())?;
+        {
+            let mut overlay = lock(&self.shared.overlay);
+            for (key, value) in &writes {
+                overlay.insert(key.clone(), (commit, value.clone()));
+            }
         }
-        for key in previous {
-            self.tree.remove(key).map_err(StoreError::sled)?;
+        let sent = lock(&self.applier)
+            .as_ref()
+            .map(|a| a.jobs.send((commit, Arc::new(writes))).is_ok());
+        if sent != Some(true) {
+            return Err(StoreError::Closed);
         }
         self.sync()
     }
@@ -405,13 +495,93 @@ impl EngineState {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        match self.tree.get(key).map_err(StoreError::sled)? {
+        match self.get(key)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
                 .map_err(|err| corrupt(&format!("{key:?}"), &err.to_string())),
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sync(db: &sled::Db, shared: &Shared) -> Result<(), StoreError> {
+    let mut file = lock(&shared.sync);
+    db.flush().map_err(StoreError::sled)?;
+    if let Some(file) = file.as_mut() {
+        file.sync().map_err(StoreError::Engine)?;
+    }
+    Ok(())
+}
+
+/// The applier thread: applies committed writes to the tree in commit order, takes them out of
+/// the overlay, and once they are durable removes the journal records that covered them.
+fn apply_loop(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    shared: &Shared,
+    jobs: &mpsc::Receiver<(u64, Arc<Writes>)>,
+) {
+    let mut applied = 0;
+    let mut journaled: Vec<u64> = Vec::new();
+    loop {
+        // Block for the next job, then take whatever else is queued: one flush for them all.
+        let mut batch = match jobs.recv() {
+            Ok(job) => vec![job],
+            Err(_) => Vec::new(),
+        };
+        let closing = batch.is_empty();
+        batch.extend(jobs.try_iter());
+        for (commit, writes) in &batch {
+            for (key, value) in writes.iter() {
+                let result = match value {
+                    Some(v) => tree.insert(key.as_slice(), v.as_slice()).map(drop),
+                    None => tree.remove(key.as_slice()).map(drop),
+                };
+                if let Err(err) = result {
+                    fail(shared, &format!("applying engine state: {err}"));
+                    return;
+                }
+            }
+            let mut overlay = lock(&shared.overlay);
+            for (key, _) in writes.iter() {
+                if overlay.get(key).is_some_and(|(c, _)| c == commit) {
+                    overlay.remove(key);
+                }
+            }
+            applied = *commit;
+            journaled.push(*commit);
+        }
+        if !journaled.is_empty() {
+            if let Err(err) = sync(db, shared) {
+                fail(shared, &err.to_string());
+                return;
+            }
+            // Durable: the journals of these commits are no longer needed.
+            for entry in tree.range(journal_key(0, 0)..=journal_key(applied, MARKER)) {
+                let removed = entry.and_then(|(key, _)| tree.remove(key));
+                if let Err(err) = removed {
+                    fail(shared, &format!("removing engine journal: {err}"));
+                    return;
+                }
+            }
+            journaled.clear();
+        }
+        if closing {
+            if let Err(err) = sync(db, shared) {
+                fail(shared, &err.to_string());
+            }
+            return;
+        }
+    }
+}
+
+fn fail(shared: &Shared, reason: &str) {
+    tracing::error!(reason, "the engine state store failed");
+    *lock(&shared.failure) = Some(reason.to_owned());
 }
 
 fn corrupt(key: &str, reason: &str) -> StoreError {
@@ -664,7 +834,7 @@ mod tests {
                 .unwrap();
             let (k, v) = &writes[0];
             state.apply(k, v.as_deref()).unwrap();
-            state.db.flush().unwrap();
+            state.close();
         }
         let state = open(&path);
         assert_eq!(state.cursor().unwrap(), 20);
