@@ -146,6 +146,8 @@ fn measure_engine(
     let mut engine = Engine::new(store.clone(), clock, EngineConfig::new(rules))?;
     let start = Instant::now();
     let processed = engine.run_until_idle(Duration::from_secs(3600))?;
+    // Until every decision is applied and on disk.
+    store.engine_state().wait_durable(Duration::from_secs(3600));
     let elapsed = start.elapsed().as_secs_f64();
     let outbox = store.engine_state().outbox(0)?.len();
     let errors: u64 = engine.status().rules.iter().map(|r| r.errors).sum();

@@ -49,6 +49,8 @@ const JOURNAL: u8 = b'J';
 /// The chunk number of a commit's marker, written after its last chunk.
 const MARKER: u32 = u32::MAX;
 const JOURNAL_CHUNK: usize = 32 * 1024;
+/// Commits queued for the applier, at most.
+const APPLY_QUEUE: usize = 4;
 
 fn journal_key(commit: u64, chunk: u32) -> [u8; 13] {
     let mut key = [JOURNAL; 13];
@@ -158,13 +160,16 @@ struct Shared {
     overlay: Mutex<BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>>,
     /// Why applying failed, if it did: commits are refused from then on.
     failure: Mutex<Option<String>>,
+    /// The number and cursor of the last commit applied and durable.
+    durable_commit: AtomicU64,
+    durable_cursor: AtomicU64,
 }
 
 type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 #[derive(Debug)]
 struct Applier {
-    jobs: mpsc::Sender<(u64, Arc<Writes>)>,
+    jobs: mpsc::SyncSender<(u64, Arc<Writes>)>,
     thread: JoinHandle<()>,
 }
 
@@ -180,6 +185,8 @@ impl EngineState {
             sync: Mutex::new(sync),
             overlay: Mutex::new(BTreeMap::new()),
             failure: Mutex::new(None),
+            durable_commit: AtomicU64::new(0),
+            durable_cursor: AtomicU64::new(0),
         });
         let state = EngineState {
             db,
@@ -189,7 +196,13 @@ impl EngineState {
             applier: Arc::new(Mutex::new(None)),
         };
         state.recover()?;
-        let (jobs, rx) = mpsc::channel();
+        state
+            .shared
+            .durable_cursor
+            .store(state.cursor()?, Ordering::Release);
+        // At most a few commits wait for the applier: beyond that, committing waits, so the
+        // overlay (memory) stays bounded when the engine outruns sled.
+        let (jobs, rx) = mpsc::sync_channel(APPLY_QUEUE);
         let thread = {
             let (db, tree, shared) = (state.db.clone(), state.tree.clone(), state.shared.clone());
             std::thread::Builder::new()
@@ -443,8 +456,10 @@ impl EngineState {
     }
 
     /// Commits a batch: every change, and the cursor at `cursor`, atomically (see the module
-    /// documentation), and makes it durable. The changes are visible to reads at once; they
-    /// are applied to the tree by the applier thread.
+    /// documentation). The changes are visible to reads at once; the applier thread applies
+    /// them to the tree and makes them durable shortly after ([`EngineState::durable_commit`]).
+    /// A crash before then loses the commit whole, and the engine processes its events again
+    /// from the same history, deciding the same.
     pub fn commit(&self, changes: &[Change], cursor: u64) -> Result<(), StoreError> {
         if let Some(reason) = lock(&self.shared.failure).clone() {
             return Err(StoreError::Failed(reason));
@@ -488,7 +503,26 @@ impl EngineState {
         if sent != Some(true) {
             return Err(StoreError::Closed);
         }
-        self.sync()
+        Ok(())
+    }
+
+    /// The cursor of the last commit that is durable: actions decided up to this seq survive
+    /// a crash, and only those may be carried out.
+    pub fn durable_cursor(&self) -> u64 {
+        self.shared.durable_cursor.load(Ordering::Acquire)
+    }
+
+    /// Waits until every commit made so far is durable.
+    pub fn wait_durable(&self, timeout: std::time::Duration) -> bool {
+        let target = self.commits.load(Ordering::Acquire).saturating_sub(1);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.shared.durable_commit.load(Ordering::Acquire) < target {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        true
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(
@@ -526,6 +560,7 @@ fn apply_loop(
     jobs: &mpsc::Receiver<(u64, Arc<Writes>)>,
 ) {
     let mut applied = 0;
+    let mut applied_cursor = 0;
     let mut journaled: Vec<u64> = Vec::new();
     loop {
         // Block for the next job, then take whatever else is queued: one flush for them all.
@@ -553,6 +588,9 @@ fn apply_loop(
                 }
             }
             applied = *commit;
+            if let Some((_, Some(cursor))) = writes.last() {
+                applied_cursor = read_u64(cursor).unwrap_or(applied_cursor);
+            }
             journaled.push(*commit);
         }
         if !journaled.is_empty() {
@@ -560,6 +598,10 @@ fn apply_loop(
                 fail(shared, &err.to_string());
                 return;
             }
+            shared.durable_commit.store(applied, Ordering::Release);
+            shared
+                .durable_cursor
+                .store(applied_cursor, Ordering::Release);
             // Durable: the journals of these commits are no longer needed.
             for entry in tree.range(journal_key(0, 0)..=journal_key(applied, MARKER)) {
                 let removed = entry.and_then(|(key, _)| tree.remove(key));
