@@ -179,3 +179,37 @@ fn check_passes_on_the_shipped_rules() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("5 rule(s)"), "{text}");
 }
+
+#[test]
+fn kill_9_while_the_engine_decides_makes_no_decision_twice_and_loses_none() {
+    let setup = Setup::standard();
+    install_shipped_rules(&setup);
+    let daemon = setup.start();
+    let t = 1_764_320_000;
+    const N: usize = 600;
+    let event = |kind: &str, i: usize, at: i64| {
+        format!(
+            r#"{{"event":"{kind}","time":{at},"MessageID":{},"email":"r{i}@example.com","mj_campaign_id":1}}"#,
+            19_000_000_000_000_000u64 + i as u64
+        )
+    };
+    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+        let items: Vec<String> = chunk
+            .iter()
+            .flat_map(|&i| [event("sent", i, t), event("open", i, t + 60)])
+            .collect();
+        let body = format!("[{}]", items.join(","));
+        assert_eq!(daemon.post_mailjet(body.as_bytes()).status, 200);
+    }
+    // Killed while the engine is somewhere in those 1,200 events.
+    daemon.kill();
+    let daemon = setup.start();
+    wait_for_engine(&setup);
+    let items = outbox(&setup);
+    let mut emails: Vec<_> = items.iter().map(|i| i["to"][0].as_str().unwrap()).collect();
+    emails.sort_unstable();
+    emails.dedup();
+    assert_eq!(emails.len(), N, "one discount per recipient");
+    assert_eq!(items.len(), N, "no decision made twice");
+    drop(daemon);
+}

@@ -95,7 +95,13 @@ pub fn run(bench: &EngineBench) -> anyhow::Result<()> {
         indexed.as_secs_f64()
     );
 
-    let store = measure_engine(store, &path, "the 5 shipped rules", &bench.rules, bench.fsync)?;
+    let store = measure_engine(
+        store,
+        &path,
+        "the 5 shipped rules",
+        &bench.rules,
+        bench.fsync,
+    )?;
     let many = dir.path().join("rules-100");
     std::fs::create_dir_all(&many)?;
     for entry in std::fs::read_dir(&bench.rules)? {

@@ -25,7 +25,11 @@ impl Pending {
         for (id, timer) in &run.timers {
             if let Some(expect) = timer.as_ref().and_then(|t| t.expect.as_ref()) {
                 self.expects
-                    .entry((expect.source.clone(), expect.kind.clone(), expect.keys.clone()))
+                    .entry((
+                        expect.source.clone(),
+                        expect.kind.clone(),
+                        expect.keys.clone(),
+                    ))
                     .or_default()
                     .push(id.clone());
             }

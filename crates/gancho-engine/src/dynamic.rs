@@ -196,7 +196,10 @@ pub(crate) fn event_map(event: &Event) -> Result<Map, serde_json::Error> {
         ("source", Dynamic::from(event.source.clone())),
         ("kind", Dynamic::from(event.kind.clone())),
         ("time", Dynamic::from_int(time_to_millis(event.time))),
-        ("received", Dynamic::from_int(time_to_millis(event.received))),
+        (
+            "received",
+            Dynamic::from_int(time_to_millis(event.received)),
+        ),
         ("id", Dynamic::from(event.id.as_str().to_owned())),
         ("seq", Dynamic::from_int(seq)),
         ("keys", Dynamic::from_map(keys)),

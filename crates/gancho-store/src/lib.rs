@@ -248,7 +248,10 @@ impl Store {
     /// Why the store stopped accepting events, if it failed (a flush or fdatasync error). The
     /// daemon should then exit so that its supervisor restarts it.
     pub fn failure(&self) -> Option<String> {
-        self.inner.progress.failure()
+        self.inner
+            .progress
+            .failure()
+            .or_else(|| self.inner.engine.failure())
     }
 
     /// Waits until the indexes hold every event up to `seq`, or the timeout passes; returns

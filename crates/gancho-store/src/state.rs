@@ -24,8 +24,8 @@
 //! is processed again from the same history. sled's `transaction` would do the same but puts every sled
 //! operation in the process behind one global lock (see `writer.rs`).
 
-use std::path::Path;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -267,10 +267,7 @@ impl EngineState {
             self.tree.remove(key).map_err(StoreError::sled)?;
         }
         self.sync()?;
-        tracing::info!(
-            replayed,
-            "completed the engine commits a crash interrupted"
-        );
+        tracing::info!(replayed, "completed the engine commits a crash interrupted");
         Ok(())
     }
 
@@ -504,6 +501,12 @@ impl EngineState {
             return Err(StoreError::Closed);
         }
         Ok(())
+    }
+
+    /// Why the engine state could not be applied or made durable, if so (the daemon then exits
+    /// and restarts, and the journal completes what was committed).
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failure).clone()
     }
 
     /// The cursor of the last commit that is durable: actions decided up to this seq survive
