@@ -461,8 +461,8 @@ impl Engine {
                         rule: rule.clone(),
                         tick_ms: time_to_millis(event.time),
                     });
-                    if let Some(map) = shared_event_map(event) {
-                        self.run_rule(&rule, event, &map, None);
+                    if let Some(map) = event_map(event) {
+                        self.run_rule(&rule, event, map, None);
                     }
                 }
             }
@@ -473,12 +473,16 @@ impl Engine {
                 if woken.is_empty() {
                     return;
                 }
-                let Some(map) = shared_event_map(event) else {
+                let Some(map) = event_map(event) else {
                     return;
                 };
-                for rule in woken.iter() {
-                    self.run_rule(rule, event, &map, None);
+                // Each rule gets its own copy (a rule's changes to it stay its own); the last
+                // gets the original.
+                let last = woken.len() - 1;
+                for rule in &woken[..last] {
+                    self.run_rule(rule, event, map.clone(), None);
                 }
+                self.run_rule(&woken[last], event, map, None);
             }
         }
     }
@@ -626,8 +630,8 @@ impl Engine {
             }
         };
         let rule = timer.rule.clone();
-        if let Some(map) = shared_event_map(event) {
-            self.run_rule(&rule, event, &map, Some((&timer.callback, argument)));
+        if let Some(map) = event_map(event) {
+            self.run_rule(&rule, event, map, Some((&timer.callback, argument)));
         }
     }
 
@@ -637,7 +641,7 @@ impl Engine {
         &mut self,
         name: &str,
         event: &Event,
-        map: &Dynamic,
+        map: Dynamic,
         callback: Option<(&str, Dynamic)>,
     ) {
         let Some(rule) = self.rules.get(name) else {
@@ -654,8 +658,7 @@ impl Engine {
             pending: Pending::default(),
         });
         let mut scope = Scope::new();
-        // Shared: every rule the event wakes reads the same map, built once.
-        scope.push_constant_dynamic("event", map.clone());
+        scope.push_constant_dynamic("event", map);
         let result = match callback {
             None => self.rhai.run_ast_with_scope(&mut scope, &rule.ast),
             Some((function, argument)) => self
@@ -695,11 +698,10 @@ impl Engine {
     }
 }
 
-/// The map rules see as `event`, built once per event and shared (read-only) by the rules it
-/// wakes.
-fn shared_event_map(event: &Event) -> Option<Dynamic> {
+/// The map rules see as `event`, built once per event.
+fn event_map(event: &Event) -> Option<Dynamic> {
     match dynamic::event_map(event) {
-        Ok(map) => Some(Dynamic::from_map(map).into_shared()),
+        Ok(map) => Some(Dynamic::from_map(map)),
         Err(err) => {
             warn!(seq = event.seq, error = %err, "event payload is not JSON: skipped");
             None

@@ -274,3 +274,39 @@ fn processing_resumes_from_the_committed_cursor_after_a_restart() {
     let ids: Vec<_> = world.outbox().into_iter().map(|a| a.event_seq).collect();
     assert_eq!(ids, [1, 2]);
 }
+
+#[test]
+fn a_rule_cannot_change_the_event_other_rules_see() {
+    let world = World::empty();
+    world.write_rule(
+        "a-assign.rhai",
+        "const ON = [\"mailjet.open\"];\nevent.email = \"changed\";\n",
+    );
+    world.write_rule(
+        "b-method.rhai",
+        "const ON = [\"mailjet.open\"];\nevent.keys.clear();\n",
+    );
+    world.write_rule(
+        "c-read.rhai",
+        r#"const ON = ["mailjet.open"];
+sms(#{ to: "+34600000001", text: event.email + " " + event.keys.len() });
+"#,
+    );
+    let mut engine = world.engine();
+    world.append(vec![mailjet("open", "a@example.com", 1, t0())]);
+    run(&mut engine);
+    let texts: Vec<_> = world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            Action::Sms(s) => Some(s.text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["a@example.com 3"]);
+    let status = engine.status();
+    for name in ["a-assign", "b-method"] {
+        let rule = status.rules.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(rule.errors, 1, "{rule:?}");
+    }
+}
