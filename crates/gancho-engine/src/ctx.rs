@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use gancho_core::ActionRequest;
 use gancho_store::{Change, StateValue, Store, StoreError, Timer};
 
+/// What an expectation waits for: (source, type, key values sorted by name).
+pub(crate) type Awaited = (String, String, Vec<(String, String)>);
+
 /// Changes decided but not committed: a rule run's, merged into its batch's when the run
 /// succeeds (a run that fails leaves nothing behind).
 #[derive(Debug, Default)]
@@ -16,7 +19,7 @@ pub(crate) struct Pending {
     pub(crate) timers: HashMap<(String, String), Option<Timer>>,
     /// Expectations set in this batch, by what they wait for: (source, type, keys) → (rule,
     /// name). The store does not have them yet.
-    pub(crate) expects: HashMap<(String, String, Vec<(String, String)>), Vec<(String, String)>>,
+    pub(crate) expects: HashMap<Awaited, Vec<(String, String)>>,
     pub(crate) actions: usize,
 }
 

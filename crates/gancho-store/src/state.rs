@@ -157,7 +157,7 @@ struct Shared {
     sync: Mutex<Option<FileSync>>,
     /// Writes committed (their journal is written) but not yet applied to the tree, by key,
     /// with the number of the commit that made them. Reads look here first.
-    overlay: Mutex<BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>>,
+    overlay: Mutex<Overlay>,
     /// Why applying failed, if it did: commits are refused from then on.
     failure: Mutex<Option<String>>,
     /// The number and cursor of the last commit applied and durable.
@@ -166,6 +166,9 @@ struct Shared {
 }
 
 type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// Key → (commit number, value or removal).
+type Overlay = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
+type Entry = (Vec<u8>, Vec<u8>);
 
 #[derive(Debug)]
 struct Applier {
@@ -314,7 +317,7 @@ impl EngineState {
         prefix: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let in_range = |k: &[u8]| k.starts_with(prefix) && end.is_none_or(|e| k < e);
         // The overlay first: an entry applied meanwhile is then in both, with the same value.
         let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = lock(&self.shared.overlay)
