@@ -15,6 +15,17 @@ http(#{{ url: "https://hooks.example.com/{tag}", json: #{{ email: event.email }}
     )
 }
 
+fn sms_texts(world: &World) -> Vec<String> {
+    world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            Action::Sms(s) => Some(s.text),
+            _ => None,
+        })
+        .collect()
+}
+
 fn urls(world: &World) -> Vec<String> {
     world
         .outbox()
@@ -246,14 +257,7 @@ if get_state("k") == () {
         ),
     ]);
     run(&mut engine);
-    let texts: Vec<_> = world
-        .outbox()
-        .into_iter()
-        .filter_map(|a| match a.action {
-            Action::Sms(s) => Some(s.text),
-            _ => None,
-        })
-        .collect();
+    let texts = sms_texts(&world);
     assert_eq!(texts, ["set by a@example.com", "set by c@example.com"]);
 }
 
@@ -295,14 +299,7 @@ sms(#{ to: "+34600000001", text: event.email + " " + event.keys.len() });
     let mut engine = world.engine();
     world.append(vec![mailjet("open", "a@example.com", 1, t0())]);
     run(&mut engine);
-    let texts: Vec<_> = world
-        .outbox()
-        .into_iter()
-        .filter_map(|a| match a.action {
-            Action::Sms(s) => Some(s.text),
-            _ => None,
-        })
-        .collect();
+    let texts = sms_texts(&world);
     assert_eq!(texts, ["a@example.com 3"]);
     let status = engine.status();
     for name in ["a-assign", "b-method"] {
