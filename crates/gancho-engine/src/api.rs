@@ -49,6 +49,9 @@ impl Default for Limits {
     }
 }
 
+/// The longest timer name `after` takes, in bytes (the name becomes the firing event's type).
+const MAX_TIMER_NAME: usize = 1024;
+
 /// The most events `events(...)` returns.
 pub const MAX_LIST: usize = 1_000;
 
@@ -104,11 +107,24 @@ fn parse_tz(name: &str) -> Res<chrono_tz::Tz> {
     chrono_tz::Tz::from_str(name).map_or_else(|_| err(format!("unknown time zone {name:?}")), Ok)
 }
 
+/// Times rules may format or convert: years 1 to 9999. Beyond them chrono's local-time
+/// conversions panic; an event can carry such a time (it is only a number to the store).
+const MIN_TIME_MS: INT = -62_135_596_800_000;
+const MAX_TIME_MS: INT = 253_402_300_799_999;
+
+fn in_range(ms: INT) -> Res<INT> {
+    if (MIN_TIME_MS..=MAX_TIME_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        err(format!("time {ms} ms is outside the years 1 to 9999"))
+    }
+}
+
 fn format_in<Tz: chrono::TimeZone>(ms: INT, format: &str, tz: &Tz) -> Res<String>
 where
     Tz::Offset: std::fmt::Display,
 {
-    let time = millis_to_time(ms).with_timezone(tz);
+    let time = millis_to_time(in_range(ms)?).with_timezone(tz);
     let mut out = String::new();
     match write!(out, "{}", time.format(format)) {
         Ok(()) => Ok(out),
@@ -129,6 +145,8 @@ fn register_time(engine: &mut rhai::Engine) {
     });
     engine.register_fn("start_of_day", |ms: INT, tz: &str| -> Res<INT> {
         let tz = parse_tz(tz)?;
+        // A day away from the range's ends, so the local date exists in every zone.
+        let ms = in_range(ms)?.clamp(MIN_TIME_MS + 86_400_000, MAX_TIME_MS - 86_400_000);
         let date = millis_to_time(ms).with_timezone(&tz).date_naive();
         let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
         // A zone may skip midnight (a daylight-saving change at 00:00): take the first instant
@@ -142,7 +160,10 @@ fn register_time(engine: &mut rhai::Engine) {
         Ok(local.timestamp_millis())
     });
     engine.register_type_with_name::<WindowSpec>("Window");
-    engine.register_fn("back", |d: INT| window(-d, 0, false));
+    engine.register_fn("back", |d: INT| match d.checked_neg() {
+        Some(from) => window(from, 0, false),
+        None => err("back: duration out of range"),
+    });
     engine.register_fn("ahead", |d: INT| window(0, d, false));
     engine.register_fn("between", |from: INT, to: INT| window(from, to, false));
     engine.register_fn("span", |from: INT, to: INT| window(from, to, true));
@@ -270,16 +291,18 @@ fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
     }
 
     let c = ctx.clone();
-    engine.register_fn(
-        "events",
-        move |ty: &str, keys: Map, w: Dynamic, limit: INT| -> Res<rhai::Array> {
-            let limit = usize::try_from(limit).unwrap_or(0).min(MAX_LIST);
-            run_query(&c, ty, &keys, &w, Order::Oldest, limit)?
-                .into_iter()
-                .map(|(_, seq)| load_event(&c, seq))
-                .collect()
-        },
-    );
+    let events = move |ty: &str, keys: Map, w: Dynamic, limit: INT| -> Res<rhai::Array> {
+        let limit = usize::try_from(limit).unwrap_or(0).min(MAX_LIST);
+        run_query(&c, ty, &keys, &w, Order::Oldest, limit)?
+            .into_iter()
+            .map(|(_, seq)| load_event(&c, seq))
+            .collect()
+    };
+    let events2 = events.clone();
+    engine.register_fn("events", events);
+    engine.register_fn("events", move |ty: &str, w: Dynamic, limit: INT| {
+        events2(ty, Map::new(), w, limit)
+    });
 }
 
 fn register_state(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
@@ -393,6 +416,12 @@ fn register_timers(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
         if delay < 0 {
             return err("after: the delay must not be negative");
         }
+        if name.len() > MAX_TIMER_NAME {
+            return err(format!(
+                "after: a timer name is at most {MAX_TIMER_NAME} bytes, this one has {}",
+                name.len()
+            ));
+        }
         let data = dynamic::to_json(&data)?;
         let mut ctx = c.borrow_mut();
         let due = ctx.run()?.time_ms.saturating_add(delay);
@@ -444,6 +473,13 @@ fn register_timers(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
             let seq = run.seq;
             let keys_text = serde_json::to_string(&w.keys).unwrap_or_default();
             let name = format!("expect:{ty}:{keys_text}:{callback}");
+            if name.len() > MAX_TIMER_NAME * 4 {
+                return err(format!(
+                    "expect: the type, keys and function name are {} bytes, at most {} are allowed",
+                    name.len(),
+                    MAX_TIMER_NAME * 4
+                ));
+            }
             let shape = (
                 w.source.clone(),
                 w.kind.clone(),

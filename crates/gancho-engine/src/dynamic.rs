@@ -108,6 +108,18 @@ pub(crate) fn from_json(value: &Value) -> Dynamic {
 /// A rhai value as JSON. Values JSON cannot hold (function pointers, custom types) are an
 /// error naming their type.
 pub(crate) fn to_json(value: &Dynamic) -> Result<Value, String> {
+    to_json_at(value, 0)
+}
+
+/// How deeply stored or sent values may nest: well inside what serde_json reads back (128).
+const MAX_DEPTH: usize = 64;
+
+fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "a value nested more than {MAX_DEPTH} levels deep cannot be stored or sent"
+        ));
+    }
     if value.is_unit() {
         return Ok(Value::Null);
     }
@@ -134,7 +146,7 @@ pub(crate) fn to_json(value: &Dynamic) -> Result<Value, String> {
         let array = value.read_lock::<Array>().ok_or("array is locked")?;
         return array
             .iter()
-            .map(to_json)
+            .map(|v| to_json_at(v, depth + 1))
             .collect::<Result<_, _>>()
             .map(Value::Array);
     }
@@ -142,7 +154,7 @@ pub(crate) fn to_json(value: &Dynamic) -> Result<Value, String> {
         let map = value.read_lock::<Map>().ok_or("map is locked")?;
         return map
             .iter()
-            .map(|(k, v)| Ok((k.to_string(), to_json(v)?)))
+            .map(|(k, v)| Ok((k.to_string(), to_json_at(v, depth + 1)?)))
             .collect::<Result<_, String>>()
             .map(Value::Object);
     }

@@ -20,6 +20,9 @@ use crate::ctx::{Ctx, Pending, Run};
 use crate::dynamic;
 use crate::rule::{self, Diagnostic, Rule};
 
+/// Event types whose rule lists are remembered, at most.
+const MAX_DISPATCH_TYPES: usize = 10_000;
+
 /// The source name of timer firings (`timer.NAME`) and cron ticks (`cron.RULE`).
 pub const TIMER_SOURCE: &str = "timer";
 pub const CRON_SOURCE: &str = "cron";
@@ -131,6 +134,9 @@ pub struct Engine {
     fired: HashSet<String>,
     /// Rule → its next cron tick.
     cron_next: HashMap<String, i64>,
+    fire_error_logged: Option<Instant>,
+    /// The rules folder has been read once (a missing folder is an error from then on).
+    loaded_once: bool,
 }
 
 impl Engine {
@@ -154,7 +160,17 @@ impl Engine {
         for (source, kind, names) in store.engine_state().expectation_shapes()? {
             shapes.entry((source, kind)).or_default().insert(names);
         }
-        let cursor = store.engine_state().cursor()?;
+        let mut cursor = store.engine_state().cursor()?;
+        let last = store.last_seq()?;
+        if cursor > last {
+            // Only with fsync off, after a power loss: the log lost its newest events, and
+            // their seqs will be reused by new events, which must be processed.
+            warn!(
+                cursor,
+                last, "the engine is ahead of the log; resuming at its end"
+            );
+            cursor = last;
+        }
         let mut engine = Engine {
             store,
             clock,
@@ -169,6 +185,8 @@ impl Engine {
             cursor,
             fired: HashSet::new(),
             cron_next: HashMap::new(),
+            fire_error_logged: None,
+            loaded_once: false,
         };
         engine.reload()?;
         Ok(engine)
@@ -179,7 +197,25 @@ impl Engine {
     pub fn reload(&mut self) -> Result<ReloadReport, EngineError> {
         let dir = self.config.rules_dir.clone();
         let mut report = ReloadReport::default();
-        let files = rule_files(&dir)?;
+        let files = match rule_files(&dir)? {
+            Some(files) => files,
+            // Gone while running (a deploy that replaces the folder): keep the rules running
+            // rather than stop them all and let events pass unseen.
+            None if self.loaded_once => {
+                return Err(EngineError::RulesDir {
+                    path: dir,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the folder is gone; the loaded rules keep running",
+                    ),
+                });
+            }
+            None => {
+                warn!(dir = %dir.display(), "no rules folder: no rules loaded");
+                Vec::new()
+            }
+        };
+        self.loaded_once = true;
         let present: HashSet<String> = files.iter().map(|(name, _)| name.clone()).collect();
         for (name, path) in files {
             let text = match std::fs::read_to_string(&path) {
@@ -209,7 +245,18 @@ impl Engine {
                 Ok(rule) => {
                     info!(rule = %name, file = %path.display(), "rule loaded");
                     self.broken.remove(&name);
-                    self.cron_next.remove(&name);
+                    // A rule changed while running has missed nothing: its schedule starts from
+                    // now. (At start, or for a new file, the first step catches up instead.)
+                    match (self.rules.contains_key(&name), &rule.schedule) {
+                        (true, Some(schedule)) => {
+                            let now = time_to_millis(self.clock.now());
+                            let next = schedule.next_after(now).unwrap_or(i64::MAX);
+                            self.cron_next.insert(name.clone(), next);
+                        }
+                        _ => {
+                            self.cron_next.remove(&name);
+                        }
+                    }
                     self.rules.insert(name.clone(), rule);
                     report.loaded.push(name);
                 }
@@ -280,7 +327,20 @@ impl Engine {
     /// One round: append due timer firings and cron ticks, then process the next batch of
     /// indexed events and commit.
     pub fn step(&mut self) -> Result<StepReport, EngineError> {
-        let appended = self.fire_due()?;
+        // A failure to fire (a busy store) must not hold up the processing of events.
+        let appended = match self.fire_due() {
+            Ok(n) => n,
+            Err(err) => {
+                if self
+                    .fire_error_logged
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+                {
+                    warn!(error = %err, "could not append due timers and cron ticks; retrying");
+                    self.fire_error_logged = Some(Instant::now());
+                }
+                0
+            }
+        };
         let processed = self.process_batch()?;
         Ok(StepReport {
             processed,
@@ -311,11 +371,14 @@ impl Engine {
         }
     }
 
-    /// Appends the firing of every due timer and every due cron tick to the log.
+    /// Appends the firing of every due timer and every due cron tick to the log. Nothing is
+    /// marked as fired unless the append succeeded, so a refused append (a busy store) is
+    /// retried at the next step.
     fn fire_due(&mut self) -> Result<usize, EngineError> {
         let now = self.clock.now();
         let now_ms = time_to_millis(now);
         let mut events = Vec::new();
+        let mut fired = Vec::new();
         for timer in self.store.engine_state().due_timers(now_ms, 1024)? {
             if self.fired.contains(&timer.uid) {
                 continue;
@@ -323,18 +386,25 @@ impl Engine {
             let data = serde_json::json!({
                 "rule": timer.rule, "name": timer.name, "uid": timer.uid, "due": timer.due_ms,
             });
-            events.push((
-                timer.uid.clone(),
-                new_event(
-                    TIMER_SOURCE,
-                    timer_kind(&timer.name),
-                    &format!("timer:{}", timer.uid),
-                    timer.due_ms,
-                    now,
-                    &data,
-                ),
-            ));
+            let id = format!("timer:{}", timer.uid);
+            match new_event(
+                TIMER_SOURCE,
+                timer_kind(&timer.name),
+                &id,
+                timer.due_ms,
+                now,
+                &data,
+            ) {
+                Ok(event) => {
+                    events.push(event);
+                    fired.push(timer.uid);
+                }
+                // Cannot happen with the limits `after` and `expect` enforce; never let one
+                // timer stop the others.
+                Err(err) => warn!(uid = %timer.uid, error = %err, "a timer cannot fire"),
+            }
         }
+        let mut cron_moves = Vec::new();
         for (name, rule) in &self.rules {
             let Some(schedule) = &rule.schedule else {
                 continue;
@@ -350,8 +420,10 @@ impl Engine {
                             .last_at_or_before(now_ms)
                             .filter(|&last| last > mark)
                     });
-                    let next = missed.or_else(|| schedule.next_after(now_ms));
-                    let Some(next) = next else { continue };
+                    // A schedule that never matches (31 February) waits for ever.
+                    let next = missed
+                        .or_else(|| schedule.next_after(now_ms))
+                        .unwrap_or(i64::MAX);
                     self.cron_next.insert(name.clone(), next);
                     if mark.is_none() {
                         // Remember that the rule exists, so ticks missed from now on are
@@ -368,35 +440,27 @@ impl Engine {
                 continue;
             }
             let data = serde_json::json!({ "rule": name, "tick": next });
-            events.push((
-                String::new(),
-                new_event(
-                    CRON_SOURCE,
-                    name.clone(),
-                    &format!("cron:{name}:{next}"),
-                    next,
-                    now,
-                    &data,
-                ),
-            ));
-            if let Some(after) = schedule.next_after(now_ms.max(next)) {
-                self.cron_next.insert(name.clone(), after);
-            } else {
-                self.cron_next.insert(name.clone(), i64::MAX);
-            }
+            events.push(new_event(
+                CRON_SOURCE,
+                name.clone(),
+                &format!("cron:{name}:{next}"),
+                next,
+                now,
+                &data,
+            )?);
+            let after = schedule.next_after(now_ms.max(next)).unwrap_or(i64::MAX);
+            cron_moves.push((name.clone(), after));
         }
         if events.is_empty() {
             return Ok(0);
         }
         let n = events.len();
-        let mut submission = Submission::default();
-        for (uid, event) in events {
-            if !uid.is_empty() {
-                self.fired.insert(uid);
-            }
-            submission.events.push(event?);
-        }
-        self.store.appender().append_blocking(submission)?;
+        self.store.appender().append_blocking(Submission {
+            events,
+            rejected: Vec::new(),
+        })?;
+        self.fired.extend(fired);
+        self.cron_next.extend(cron_moves);
         Ok(n)
     }
 
@@ -409,34 +473,35 @@ impl Engine {
         }
         let to = bound.min(self.cursor + self.config.batch_size as u64);
         let events = self.store.read_range(self.cursor + 1, to)?;
+        // Shapes of expectations set in this batch: known at once (a matching event later in
+        // the batch cancels them), stored with the commit.
+        let mut fresh = Vec::new();
         for event in &events {
             self.process(event);
+            let shapes = std::mem::take(&mut self.ctx.borrow_mut().new_shapes);
+            for (source, kind, names) in shapes {
+                let known = self
+                    .shapes
+                    .entry((source.clone(), kind.clone()))
+                    .or_default();
+                if known.insert(names.clone()) {
+                    fresh.push((source, kind, names));
+                }
+            }
         }
         let last = events.last().map_or(self.cursor, |e| e.seq);
         let mut batch = std::mem::take(&mut self.ctx.borrow_mut().batch);
-        let mut shapes = std::mem::take(&mut self.ctx.borrow_mut().new_shapes);
-        shapes.retain(|(source, kind, names)| {
-            !self
-                .shapes
-                .get(&(source.clone(), kind.clone()))
-                .is_some_and(|known| known.contains(names))
-        });
-        shapes.sort();
-        shapes.dedup();
-        for (source, kind, names) in &shapes {
+        for (source, kind, names) in fresh {
             batch.changes.push(Change::PutShape {
-                source: source.clone(),
-                kind: kind.clone(),
-                names: names.clone(),
+                source,
+                kind,
+                names,
             });
         }
         if let Err(err) = self.store.engine_state().commit(&batch.changes, last) {
             // Nothing of the batch is committed: it is processed again on the next step.
             self.shapes_from_store()?;
             return Err(err.into());
-        }
-        for (source, kind, names) in shapes {
-            self.shapes.entry((source, kind)).or_default().insert(names);
         }
         self.cursor = last;
         Ok(events.len())
@@ -497,6 +562,10 @@ impl Engine {
             .filter(|r| r.on.iter().any(|p| p.matches(qualified)))
             .map(|r| r.name.clone())
             .collect();
+        // Senders of a json source choose its types: keep the table bounded.
+        if self.dispatch.len() >= MAX_DISPATCH_TYPES {
+            self.dispatch.clear();
+        }
         self.dispatch.insert(qualified.to_owned(), rules.clone());
         rules
     }
@@ -618,7 +687,13 @@ impl Engine {
                 let mut map = rhai::Map::new();
                 map.insert(
                     "name".into(),
-                    Dynamic::from(timer.name.trim_start_matches("timer:").to_owned()),
+                    Dynamic::from(
+                        timer
+                            .name
+                            .strip_prefix("timer:")
+                            .unwrap_or(&timer.name)
+                            .to_owned(),
+                    ),
                 );
                 map.insert("due".into(), Dynamic::from_int(timer.due_ms));
                 map.insert(
@@ -659,10 +734,11 @@ impl Engine {
         });
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", map);
-        let result = match callback {
-            None => self.rhai.run_ast_with_scope(&mut scope, &rule.ast),
-            Some((function, argument)) => self
-                .rhai
+        // A panic in a host function or in rhai (a bug) fails this run, not the engine.
+        let rhai = &self.rhai;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match callback {
+            None => rhai.run_ast_with_scope(&mut scope, &rule.ast),
+            Some((function, argument)) => rhai
                 .call_fn_with_options::<Dynamic>(
                     CallFnOptions::new().eval_ast(false),
                     &mut scope,
@@ -671,7 +747,15 @@ impl Engine {
                     (argument,),
                 )
                 .map(drop),
-        };
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("internal error (a bug in gancho): {what}").into())
+        });
         let run = self.ctx.borrow_mut().run.take();
         let counters = self.counters.entry(name.to_owned()).or_default();
         counters.runs += 1;
@@ -713,7 +797,7 @@ fn timer_kind(name: &str) -> String {
     if name.starts_with("expect:") {
         "expect".to_owned()
     } else {
-        name.trim_start_matches("timer:").to_owned()
+        name.strip_prefix("timer:").unwrap_or(name).to_owned()
     }
 }
 
@@ -743,10 +827,10 @@ fn new_event(
 }
 
 /// The `.rhai` files of a folder, by rule name (files with other names are skipped).
-fn rule_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, EngineError> {
+fn rule_files(dir: &Path) -> Result<Option<Vec<(String, PathBuf)>>, EngineError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(EngineError::RulesDir {
                 path: dir.to_owned(),
@@ -768,7 +852,7 @@ fn rule_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, EngineError> {
         files.push((name, path));
     }
     files.sort();
-    Ok(files)
+    Ok(Some(files))
 }
 
 /// A rule's name and whether it compiles.
@@ -778,7 +862,13 @@ pub type CheckResult = (String, Result<(), Diagnostic>);
 pub fn check_dir(dir: &Path, limits: &Limits) -> Result<Vec<CheckResult>, EngineError> {
     let engine = api::sandbox(limits);
     let mut out = Vec::new();
-    for (name, path) in rule_files(dir)? {
+    let Some(files) = rule_files(dir)? else {
+        return Err(EngineError::RulesDir {
+            path: dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+        });
+    };
+    for (name, path) in files {
         let result = match std::fs::read_to_string(&path) {
             Ok(text) => rule::compile(&engine, &path, &text).map(drop),
             Err(err) => Err(Diagnostic {

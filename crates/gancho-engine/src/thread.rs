@@ -114,12 +114,18 @@ fn run(
 ) {
     let mut reloaded = Instant::now();
     let mut failing = false;
+    let mut reload_failing = false;
     *status.lock().unwrap_or_else(|e| e.into_inner()) = engine.status();
     while !stop.load(Ordering::Acquire) {
         if reload.swap(false, Ordering::AcqRel) || reloaded.elapsed() >= RELOAD_EVERY {
             reloaded = Instant::now();
-            if let Err(err) = engine.reload() {
-                error!(error = %err, "reading the rules folder");
+            match engine.reload() {
+                Err(err) if !reload_failing => {
+                    error!(error = %err, "reading the rules folder");
+                    reload_failing = true;
+                }
+                Err(_) => {}
+                Ok(_) => reload_failing = false,
             }
         }
         match engine.step() {

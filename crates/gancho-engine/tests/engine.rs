@@ -307,3 +307,32 @@ sms(#{ to: "+34600000001", text: event.email + " " + event.keys.len() });
         assert_eq!(rule.errors, 1, "{rule:?}");
     }
 }
+
+#[test]
+fn hostile_values_are_rule_errors_not_crashes() {
+    let world = World::empty();
+    // A time at the edge of what chrono can convert, a huge timer name, a deeply nested value.
+    world.write_rule(
+        "day.rhai",
+        "const ON = [\"mailjet.open\"];\nlet d = start_of_day(event.time, \"Europe/Madrid\");\nformat_time(8210298412799000, \"%Y\", \"Europe/Madrid\");\n",
+    );
+    world.write_rule(
+        "name.rhai",
+        "const ON = [\"mailjet.open\"];\nlet n = \"x\";\nfor i in 0..11 { n += n; }\nafter(n, hours(1), \"f\");\nfn f(t) {}\n",
+    );
+    world.write_rule(
+        "deep.rhai",
+        "const ON = [\"mailjet.open\"];\nlet v = 1;\nfor i in 0..200 { v = [v]; }\nset_state(\"v\", v);\n",
+    );
+    world.write_rule("ok.rhai", &http_rule("ok"));
+    let mut engine = world.engine();
+    let far = chrono::DateTime::<chrono::Utc>::MAX_UTC - chrono::Duration::days(2);
+    world.append(vec![mailjet("open", "a@example.com", 1, far)]);
+    run(&mut engine);
+    assert_eq!(urls(&world).len(), 1);
+    let status = engine.status();
+    for name in ["day", "name", "deep"] {
+        let rule = status.rules.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(rule.errors, 1, "{rule:?}");
+    }
+}

@@ -295,6 +295,12 @@ fn validate_source(
                 .to_owned(),
         ));
     }
+    if [gancho_engine::TIMER_SOURCE, gancho_engine::CRON_SOURCE].contains(&name) {
+        return Err(fail(
+            &key(""),
+            format!("the source name {name:?} is reserved for the engine's own events"),
+        ));
+    }
     let auth = match section.basic_auth {
         None => None,
         Some(auth) => Some(resolve_basic_auth(auth, &key("basic_auth"), fail)?),
@@ -490,6 +496,10 @@ mod tests {
             (
                 "[sources.\"a b\"]\nkind = \"mailjet\"\n",
                 "t.toml: sources.a b: a source name may hold only",
+            ),
+            (
+                "[sources.cron]\nkind = \"mailjet\"\n",
+                "t.toml: sources.cron: the source name \"cron\" is reserved",
             ),
             (
                 "shutdown_grace = \"soon\"",
