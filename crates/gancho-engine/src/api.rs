@@ -258,8 +258,15 @@ fn load_event(ctx: &Rc<RefCell<Ctx>>, seq: u64) -> Res<Dynamic> {
 fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
     let c = ctx.clone();
     let count = move |ty: &str, keys: Map, w: Dynamic| -> Res<INT> {
-        let found = run_query(&c, ty, &keys, &w, Order::Oldest, usize::MAX)?;
-        Ok(INT::try_from(found.len()).unwrap_or(INT::MAX))
+        let (store, w) = {
+            let mut ctx = c.borrow_mut();
+            let w = resolve(&mut ctx, ty, &keys, &w)?;
+            (ctx.store.clone(), w)
+        };
+        let n = store
+            .count(&w, usize::MAX)
+            .map_or_else(|e| err(format!("window query: {e}")), Ok)?;
+        Ok(INT::try_from(n).unwrap_or(INT::MAX))
     };
     let count2 = count.clone();
     engine.register_fn("count", count);

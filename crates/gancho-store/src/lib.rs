@@ -303,25 +303,28 @@ impl Store {
         order: Order,
         limit: usize,
     ) -> Result<Vec<(i64, u64)>, StoreError> {
+        self.run_window(window, (order, limit, true))
+            .map(|(found, _)| found)
+    }
+
+    /// How many events a window holds, counting no further than `cap`, without listing them.
+    pub fn count(&self, window: &Window, cap: usize) -> Result<usize, StoreError> {
+        self.run_window(window, (Order::Oldest, cap, false))
+            .map(|(_, count)| count)
+    }
+
+    fn run_window(
+        &self,
+        window: &Window,
+        how: (Order, usize, bool),
+    ) -> Result<(Vec<(i64, u64)>, usize), StoreError> {
         let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
         let durable = self.inner.progress.durable.load(Ordering::Acquire);
         let window = Window {
             max_seq: window.max_seq.min(durable),
             ..window.clone()
         };
-        query::window(
-            &self.inner.events,
-            &self.inner.index,
-            &window,
-            order,
-            limit,
-            indexed,
-        )
-    }
-
-    /// How many events a window holds, counting no further than `cap`.
-    pub fn count(&self, window: &Window, cap: usize) -> Result<usize, StoreError> {
-        Ok(self.window(window, Order::Oldest, cap)?.len())
+        query::window(&self.inner.events, &self.inner.index, &window, how, indexed)
     }
 
     /// The event with this seq, which must be in the log.

@@ -212,17 +212,18 @@ pub enum Order {
     Newest,
 }
 
-/// The (time, seq) of the matching events, in `order`, at most `limit`.
+/// The (time, seq) of the matching events, in `order`, at most `limit`, and how many there
+/// are (up to `limit`). With `keep` false only the count is made: no list is built, so
+/// counting a day of events costs no memory.
 pub(crate) fn window(
     tree: &sled::Tree,
     index: &sled::Tree,
     window: &Window,
-    order: Order,
-    limit: usize,
+    (order, limit, keep): (Order, usize, bool),
     indexed: u64,
-) -> Result<Vec<(i64, u64)>, StoreError> {
+) -> Result<(Vec<(i64, u64)>, usize), StoreError> {
     if window.from_ms > window.to_ms || limit == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let (scan_prefix, others) = match window.keys.split_first() {
         None => (codec::type_prefix(&window.source, &window.kind), &[][..]),
@@ -244,6 +245,7 @@ pub(crate) fn window(
     }
     let tail = window.max_seq > indexed;
     let mut found = Vec::new();
+    let mut count = 0;
     let range = time_range(index, &scan_prefix, window.from_ms, window.to_ms);
     let entries: Box<dyn Iterator<Item = _>> = match order {
         Order::Oldest => Box::new(range),
@@ -255,9 +257,12 @@ pub(crate) fn window(
         if seq > window.max_seq || !allowed.iter().all(|set| set.contains(&seq)) {
             continue;
         }
-        found.push((time, seq));
-        if !tail && found.len() >= limit {
-            return Ok(found);
+        if tail || keep {
+            found.push((time, seq));
+        }
+        count += 1;
+        if !tail && count >= limit {
+            return Ok((found, count));
         }
     }
     if tail {
@@ -282,8 +287,12 @@ pub(crate) fn window(
             found.reverse();
         }
         found.truncate(limit);
+        count = found.len();
+        if !keep {
+            found = Vec::new();
+        }
     }
-    Ok(found)
+    Ok((found, count))
 }
 
 fn time_range(index: &sled::Tree, prefix: &[u8], from_ms: i64, to_ms: i64) -> sled::Iter {
