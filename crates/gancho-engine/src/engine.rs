@@ -20,6 +20,27 @@ use crate::ctx::{Ctx, Pending, Run};
 use crate::dynamic;
 use crate::rule::{self, Diagnostic, Rule};
 
+/// The key-name sets expectations wait on, by source and type: looked up for every event, by
+/// `&str`, without building a key.
+#[derive(Debug, Default)]
+struct Shapes(HashMap<String, HashMap<String, BTreeSet<Vec<String>>>>);
+
+impl Shapes {
+    /// Adds a shape; true if it is new.
+    fn insert(&mut self, source: String, kind: String, names: Vec<String>) -> bool {
+        self.0
+            .entry(source)
+            .or_default()
+            .entry(kind)
+            .or_default()
+            .insert(names)
+    }
+
+    fn get(&self, source: &str, kind: &str) -> Option<&BTreeSet<Vec<String>>> {
+        self.0.get(source)?.get(kind)
+    }
+}
+
 /// Event types whose rule lists are remembered, at most.
 const MAX_DISPATCH_TYPES: usize = 10_000;
 
@@ -128,7 +149,7 @@ pub struct Engine {
     /// Qualified type → the rules it wakes; filled on first sight of a type, cleared on reload.
     dispatch: HashMap<String, Rc<[String]>>,
     /// (source, type) → the key-name sets expectations wait on.
-    shapes: HashMap<(String, String), BTreeSet<Vec<String>>>,
+    shapes: Shapes,
     cursor: u64,
     /// Timer uids appended to the log and not processed yet.
     fired: HashSet<String>,
@@ -156,9 +177,9 @@ impl Engine {
             new_shapes: Vec::new(),
         }));
         let rhai = api::build(&config.limits, &ctx);
-        let mut shapes: HashMap<(String, String), BTreeSet<Vec<String>>> = HashMap::new();
+        let mut shapes = Shapes::default();
         for (source, kind, names) in store.engine_state().expectation_shapes()? {
-            shapes.entry((source, kind)).or_default().insert(names);
+            shapes.insert(source, kind, names);
         }
         let mut cursor = store.engine_state().cursor()?;
         let last = store.last_seq()?;
@@ -480,11 +501,10 @@ impl Engine {
             self.process(event);
             let shapes = std::mem::take(&mut self.ctx.borrow_mut().new_shapes);
             for (source, kind, names) in shapes {
-                let known = self
+                if self
                     .shapes
-                    .entry((source.clone(), kind.clone()))
-                    .or_default();
-                if known.insert(names.clone()) {
+                    .insert(source.clone(), kind.clone(), names.clone())
+                {
                     fresh.push((source, kind, names));
                 }
             }
@@ -508,9 +528,9 @@ impl Engine {
     }
 
     fn shapes_from_store(&mut self) -> Result<(), EngineError> {
-        self.shapes.clear();
+        self.shapes = Shapes::default();
         for (source, kind, names) in self.store.engine_state().expectation_shapes()? {
-            self.shapes.entry((source, kind)).or_default().insert(names);
+            self.shapes.insert(source, kind, names);
         }
         Ok(())
     }
@@ -572,7 +592,7 @@ impl Engine {
 
     /// Cancels the expectations this event fulfils.
     fn satisfy_expectations(&mut self, event: &Event) {
-        let Some(shapes) = self.shapes.get(&(event.source.clone(), event.kind.clone())) else {
+        let Some(shapes) = self.shapes.get(&event.source, &event.kind) else {
             return;
         };
         let time = time_to_millis(event.time);

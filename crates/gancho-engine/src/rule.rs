@@ -84,20 +84,20 @@ pub(crate) struct Schedule {
 impl Schedule {
     /// The first tick strictly after `after_ms`.
     pub(crate) fn next_after(&self, after_ms: i64) -> Option<i64> {
-        let after = gancho_core::millis_to_time(after_ms).with_timezone(&self.tz);
-        self.cron
-            .find_next_occurrence(&after, false)
-            .ok()
-            .map(|t| t.timestamp_millis())
+        let after = self.local(after_ms);
+        let tick = self.cron.find_next_occurrence(&after, false).ok()?;
+        Some(tick.timestamp_millis())
     }
 
     /// The last tick at or before `at_ms`.
     pub(crate) fn last_at_or_before(&self, at_ms: i64) -> Option<i64> {
-        let at = gancho_core::millis_to_time(at_ms).with_timezone(&self.tz);
-        self.cron
-            .find_previous_occurrence(&at, true)
-            .ok()
-            .map(|t| t.timestamp_millis())
+        let at = self.local(at_ms);
+        let tick = self.cron.find_previous_occurrence(&at, true).ok()?;
+        Some(tick.timestamp_millis())
+    }
+
+    fn local(&self, ms: i64) -> chrono::DateTime<chrono_tz::Tz> {
+        gancho_core::millis_to_time(ms).with_timezone(&self.tz)
     }
 }
 
