@@ -59,6 +59,32 @@ pub struct HttpAction {
     pub body: Option<String>,
 }
 
+/// The channel an action goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    Email,
+    Sms,
+    Http,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Http => "http",
+        }
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why an action is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -77,6 +103,14 @@ pub fn action_id(rule: &str, seq: u64, position: u32) -> String {
 }
 
 impl Action {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Action::Email(_) => Channel::Email,
+            Action::Sms(_) => Channel::Sms,
+            Action::Http(_) => Channel::Http,
+        }
+    }
+
     /// Checks what can be checked without the network: recipients, URL, method, sizes.
     pub fn validate(&self) -> Result<(), InvalidAction> {
         match self {

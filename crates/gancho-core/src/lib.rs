@@ -13,7 +13,7 @@ mod event;
 mod time;
 
 pub use action::{
-    Action, ActionRequest, EmailAction, HttpAction, InvalidAction, SmsAction, action_id,
+    Action, ActionRequest, Channel, EmailAction, HttpAction, InvalidAction, SmsAction, action_id,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{Event, EventId, Keys, NewEvent, key_text};

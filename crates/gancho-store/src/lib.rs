@@ -20,6 +20,7 @@ mod cache;
 mod codec;
 mod error;
 mod indexer;
+mod outbox;
 mod progress;
 mod query;
 mod state;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use gancho_core::Event;
 
 pub use error::StoreError;
+pub use outbox::{Attempt, DeadLetter, Delivery, OutboxItem};
 pub use query::{EventQuery, KeyFilter, Order, Window};
 pub use state::{Change, EngineState, Expectation, StateValue, Timer};
 pub use writer::{AppendReport, Appender, Rejected, Submission};

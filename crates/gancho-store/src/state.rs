@@ -1,6 +1,7 @@
 //! The engine's durable state: its cursor in the log, per-rule state, timers and expectations,
 //! cron marks, and the outbox of decided actions. A sled database of its own (`store/engine`),
-//! written only by the engine thread.
+//! written by the engine thread, and by the actions executor for the outbox's delivery records
+//! (`outbox.rs`, other prefixes).
 //!
 //! | prefix | key                                         | value                         |
 //! |--------|---------------------------------------------|-------------------------------|
@@ -10,7 +11,7 @@
 //! | `W`    | due time, rule, timer name                  | empty (timers by due time)    |
 //! | `X`    | source, type, n, (name, value)×n, rule, name| empty (expectations by match) |
 //! | `Y`    | source, type, n, name×n                     | empty (expectation shapes)    |
-//! | `O`    | event seq, rule, position                   | [`ActionRequest`], JSON       |
+//! | `O`    | channel, event seq, rule, position          | [`ActionRequest`], JSON       |
 //! | `R`    | rule                                        | i64 BE: last cron tick, ms    |
 //! | `J`    | commit number, chunk number (`u32::MAX`: marker) | journal of one commit    |
 //!
@@ -43,7 +44,6 @@ const TIMER: u8 = b'A';
 const DUE: u8 = b'W';
 const EXPECT: u8 = b'X';
 const SHAPE: u8 = b'Y';
-const OUTBOX: u8 = b'O';
 const CRON: u8 = b'R';
 const JOURNAL: u8 = b'J';
 /// The chunk number of a commit's marker, written after its last chunk.
@@ -163,6 +163,8 @@ struct Shared {
     /// The number and cursor of the last commit applied and durable.
     durable_commit: AtomicU64,
     durable_cursor: AtomicU64,
+    /// Tells waiters (the actions executor) that the durable cursor moved.
+    durable_tx: tokio::sync::watch::Sender<u64>,
 }
 
 type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
@@ -190,6 +192,7 @@ impl EngineState {
             failure: Mutex::new(None),
             durable_commit: AtomicU64::new(0),
             durable_cursor: AtomicU64::new(0),
+            durable_tx: tokio::sync::watch::Sender::new(0),
         });
         let state = EngineState {
             db,
@@ -199,10 +202,10 @@ impl EngineState {
             applier: Arc::new(Mutex::new(None)),
         };
         state.recover()?;
-        state
-            .shared
-            .durable_cursor
-            .store(state.cursor()?, Ordering::Release);
+        state.migrate_outbox()?;
+        let cursor = state.cursor()?;
+        state.shared.durable_cursor.store(cursor, Ordering::Release);
+        state.shared.durable_tx.send_replace(cursor);
         // At most a few commits wait for the applier: beyond that, committing waits, so the
         // overlay (memory) stays bounded when the engine outruns sled.
         let (jobs, rx) = mpsc::sync_channel(APPLY_QUEUE);
@@ -276,6 +279,28 @@ impl EngineState {
         Ok(())
     }
 
+    /// Stores written before outbox keys began with their channel kept them by event seq
+    /// alone (`O`, seq, rule, position): such keys are moved under their channel.
+    fn migrate_outbox(&self) -> Result<(), StoreError> {
+        let mut moved = 0;
+        for entry in self.tree.scan_prefix([crate::outbox::OUTBOX]) {
+            let (key, value) = entry.map_err(StoreError::sled)?;
+            if key.get(1).is_some_and(|b| b"esh".contains(b)) {
+                continue;
+            }
+            let action: ActionRequest = serde_json::from_slice(&value)
+                .map_err(|err| corrupt("outbox item", &err.to_string()))?;
+            self.apply(&crate::outbox::outbox_key(&action), Some(&value))?;
+            self.apply(&key, None)?;
+            moved += 1;
+        }
+        if moved > 0 {
+            self.sync()?;
+            tracing::info!(moved, "moved outbox items to the per-channel layout");
+        }
+        Ok(())
+    }
+
     fn apply(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
         match value {
             Some(v) => self.tree.insert(key, v).map(drop),
@@ -314,7 +339,7 @@ impl EngineState {
 
     /// The entries whose keys start with `prefix` and are below `end` (when given), as
     /// committed, in key order, at most `limit`.
-    fn scan(
+    pub(crate) fn scan(
         &self,
         prefix: &[u8],
         end: Option<&[u8]>,
@@ -447,14 +472,20 @@ impl EngineState {
 
     /// Actions in the outbox in the order they were decided, the oldest `limit` (0: all).
     pub fn outbox(&self, limit: usize) -> Result<Vec<ActionRequest>, StoreError> {
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        self.scan(&[OUTBOX], None, limit)?
+        Ok(self
+            .pending_actions(limit)?
             .into_iter()
-            .map(|(_, value)| {
-                serde_json::from_slice(&value)
-                    .map_err(|err| corrupt("outbox item", &err.to_string()))
-            })
-            .collect()
+            .map(|item| item.action)
+            .collect())
+    }
+
+    /// Notified with the durable cursor each time it moves ([`EngineState::durable_cursor`]).
+    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.durable_tx.subscribe()
+    }
+
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
     }
 
     /// Commits a batch: every change, and the cursor at `cursor`, atomically (see the module
@@ -610,6 +641,7 @@ fn apply_loop(
             shared
                 .durable_cursor
                 .store(applied_cursor, Ordering::Release);
+            shared.durable_tx.send_replace(applied_cursor);
             // Durable: the journals of these commits are no longer needed.
             let keys = tree
                 .range(journal_key(0, 0)..=journal_key(applied, MARKER))
@@ -651,14 +683,14 @@ fn fail(shared: &Shared, reason: &str) {
     *lock(&shared.failure) = Some(reason.to_owned());
 }
 
-fn corrupt(key: &str, reason: &str) -> StoreError {
+pub(crate) fn corrupt(key: &str, reason: &str) -> StoreError {
     StoreError::Corrupt {
         key: key.to_owned(),
         reason: reason.to_owned(),
     }
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|err| corrupt("engine record", &err.to_string()))
 }
 
@@ -686,11 +718,7 @@ fn encode_change(
             }
         }
         Change::PutAction(action) => {
-            let mut key = vec![OUTBOX];
-            key.extend_from_slice(&action.event_seq.to_be_bytes());
-            push_str(&mut key, &action.rule);
-            key.extend_from_slice(&action.position.to_be_bytes());
-            writes.push((key, Some(to_json(action)?)));
+            writes.push((crate::outbox::outbox_key(action), Some(to_json(action)?)));
         }
         Change::PutShape {
             source,
@@ -758,7 +786,7 @@ fn shape_key(source: &str, kind: &str, names: &[String]) -> Vec<u8> {
     out
 }
 
-fn push_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s.as_bytes());

@@ -1,0 +1,504 @@
+//! The outbox as the actions executor sees it: decided actions waiting to be delivered, their
+//! delivery records (attempts, next attempt time), and dead letters. Same tree as the engine
+//! state (`state.rs`), other prefixes:
+//!
+//! | prefix | key                                      | value                                 |
+//! |--------|------------------------------------------|---------------------------------------|
+//! | `O`    | channel, event seq, rule, position       | [`ActionRequest`], JSON (the engine)  |
+//! | `P`    | the `O` key's suffix                     | [`Delivery`], JSON: tried, not done   |
+//! | `N`    | channel, next attempt time, suffix       | empty (items to retry, by time)       |
+//! | `Z`    | the `O` key's suffix                     | [`DeadLetter`], JSON                  |
+//!
+//! The engine only inserts `O` keys (in its commits); the executor only reads `O` keys at or
+//! below the durable cursor, which are applied and durable, and removes them once delivered.
+//! Its own writes are ordered so that a crash between two of them errs towards delivering
+//! again (with the same id), never towards losing an item: a delivered item's `O` key goes
+//! first, a dead letter is written before its `O` key goes. They are flushed by sled's own
+//! background flush (every 500 ms), not fsynced: a power loss can repeat a delivery.
+
+use gancho_core::{ActionRequest, Channel};
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+use crate::codec::{self, read_u64};
+use crate::state::{EngineState, corrupt, push_str, to_json};
+
+pub(crate) const OUTBOX: u8 = b'O';
+const DELIVERY: u8 = b'P';
+const NEXT: u8 = b'N';
+const DEAD: u8 = b'Z';
+
+pub(crate) fn channel_byte(channel: Channel) -> u8 {
+    match channel {
+        Channel::Email => b'e',
+        Channel::Sms => b's',
+        Channel::Http => b'h',
+    }
+}
+
+/// The `O` key of an action: channel first, so each channel is a range of its own.
+pub(crate) fn outbox_key(action: &ActionRequest) -> Vec<u8> {
+    let mut key = vec![OUTBOX, channel_byte(action.action.channel())];
+    key.extend_from_slice(&action.event_seq.to_be_bytes());
+    push_str(&mut key, &action.rule);
+    key.extend_from_slice(&action.position.to_be_bytes());
+    key
+}
+
+/// One failed (or deferred) try at delivering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it ended, ms since the epoch.
+    pub at_ms: i64,
+    /// What went wrong, as the peer said it.
+    pub error: String,
+    /// The peer refused for good (no retry).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
+}
+
+/// What is known of an item's delivery after it was first tried or deferred.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// When it was first tried or deferred, ms.
+    pub first_ms: i64,
+    /// When it is due next, ms.
+    pub next_ms: i64,
+    /// Failed tries, oldest first (deferrals, when the channel or destination was busy, are not
+    /// tries).
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// An item that failed for good or too often: kept until an operator puts it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub action: ActionRequest,
+    pub attempts: Vec<Attempt>,
+    pub dead_ms: i64,
+}
+
+/// An action waiting in the outbox, with its delivery record if it was tried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxItem {
+    /// The `O` key's suffix: channel, seq, rule, position. Sorts in decision order per channel.
+    pub key: Vec<u8>,
+    pub action: ActionRequest,
+    pub delivery: Option<Delivery>,
+}
+
+fn prefixed(prefix: u8, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + suffix.len());
+    key.push(prefix);
+    key.extend_from_slice(suffix);
+    key
+}
+
+fn next_key(channel_byte: u8, next_ms: i64, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10 + suffix.len());
+    key.push(NEXT);
+    key.push(channel_byte);
+    key.extend_from_slice(&codec::time_key(next_ms));
+    key.extend_from_slice(suffix);
+    key
+}
+
+/// The order of `O` keys within a channel: event seq, then rule (by its length-prefixed
+/// name), then position.
+fn decision_order(action: &ActionRequest) -> (u64, usize, &str, u32) {
+    (
+        action.event_seq,
+        action.rule.len(),
+        &action.rule,
+        action.position,
+    )
+}
+
+fn seq_of(suffix: &[u8]) -> Option<u64> {
+    read_u64(suffix.get(1..9)?)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|err| corrupt(what, &err.to_string()))
+}
+
+impl EngineState {
+    /// Items of `channel` never tried, decided at or below the durable cursor, after the item
+    /// `after` (a key suffix) in decision order, at most `limit`. Reads the tree only: what is
+    /// durable is applied.
+    pub fn fresh_actions(
+        &self,
+        channel: Channel,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let durable = self.durable_cursor();
+        let ch = channel_byte(channel);
+        let start = match after {
+            Some(suffix) => {
+                let mut key = prefixed(OUTBOX, suffix);
+                key.push(0);
+                key
+            }
+            None => vec![OUTBOX, ch],
+        };
+        let mut out = Vec::new();
+        for entry in self.tree().range(start..) {
+            let (key, value) = entry.map_err(StoreError::sled)?;
+            if key.get(..2) != Some(&[OUTBOX, ch][..]) {
+                break;
+            }
+            let suffix = &key[1..];
+            if seq_of(suffix).is_none_or(|seq| seq > durable) {
+                break;
+            }
+            if self
+                .tree()
+                .contains_key(prefixed(DELIVERY, suffix))
+                .map_err(StoreError::sled)?
+            {
+                continue;
+            }
+            out.push(OutboxItem {
+                key: suffix.to_vec(),
+                action: decode("outbox item", &value)?,
+                delivery: None,
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Items of `channel` tried or deferred before and due at `now_ms` or earlier, soonest
+    /// first, at most `limit`. Drops index entries a crash left stale.
+    pub fn due_actions(
+        &self,
+        channel: Channel,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let ch = channel_byte(channel);
+        let end = next_key(ch, now_ms.saturating_add(1), &[]);
+        let mut out = Vec::new();
+        for entry in self.tree().range(vec![NEXT, ch]..end) {
+            let (key, _) = entry.map_err(StoreError::sled)?;
+            let suffix = key.get(10..).unwrap_or_default();
+            let delivery: Option<Delivery> = self
+                .tree()
+                .get(prefixed(DELIVERY, suffix))
+                .map_err(StoreError::sled)?
+                .map(|v| decode("delivery record", &v))
+                .transpose()?;
+            let action = self
+                .tree()
+                .get(prefixed(OUTBOX, suffix))
+                .map_err(StoreError::sled)?;
+            let current = delivery
+                .as_ref()
+                .is_some_and(|d| next_key(ch, d.next_ms, suffix) == key.as_ref());
+            match (action, delivery) {
+                (Some(action), Some(delivery)) if current => out.push(OutboxItem {
+                    key: suffix.to_vec(),
+                    action: decode("outbox item", &action)?,
+                    delivery: Some(delivery),
+                }),
+                (None, delivery) => {
+                    // Delivered or buried, and a crash came before the rest was removed.
+                    self.remove(&key)?;
+                    if delivery.is_some() {
+                        self.remove(&prefixed(DELIVERY, suffix))?;
+                    }
+                }
+                _ => self.remove(&key)?,
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the soonest retry of `channel` is due, ms.
+    pub fn next_action_due(&self, channel: Channel) -> Result<Option<i64>, StoreError> {
+        let ch = channel_byte(channel);
+        match self
+            .tree()
+            .scan_prefix([NEXT, ch])
+            .keys()
+            .next()
+            .transpose()
+            .map_err(StoreError::sled)?
+        {
+            None => Ok(None),
+            Some(key) => {
+                let time = key
+                    .get(2..10)
+                    .and_then(read_u64)
+                    .ok_or_else(|| corrupt("outbox retry index", "a key without a time"))?;
+                Ok(Some((time ^ (1 << 63)) as i64))
+            }
+        }
+    }
+
+    /// The item was delivered: it leaves the outbox (and dead letters, should a crash have
+    /// left it in both).
+    pub fn action_delivered(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        self.remove(&prefixed(OUTBOX, &item.key))?;
+        self.clear_delivery(item)?;
+        self.remove(&prefixed(DEAD, &item.key))
+    }
+
+    /// The item is to be tried again at `delivery.next_ms`.
+    pub fn action_rescheduled(
+        &self,
+        item: &OutboxItem,
+        delivery: &Delivery,
+    ) -> Result<(), StoreError> {
+        let ch = item.key.first().copied().unwrap_or_default();
+        self.insert(&prefixed(DELIVERY, &item.key), &to_json(delivery)?)?;
+        self.insert(&next_key(ch, delivery.next_ms, &item.key), &[])?;
+        if let Some(old) = &item.delivery
+            && old.next_ms != delivery.next_ms
+        {
+            self.remove(&next_key(ch, old.next_ms, &item.key))?;
+        }
+        Ok(())
+    }
+
+    /// The item goes to dead letters with its attempts.
+    pub fn action_dead(
+        &self,
+        item: &OutboxItem,
+        attempts: Vec<Attempt>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let dead = DeadLetter {
+            action: item.action.clone(),
+            attempts,
+            dead_ms: now_ms,
+        };
+        self.insert(&prefixed(DEAD, &item.key), &to_json(&dead)?)?;
+        self.remove(&prefixed(OUTBOX, &item.key))?;
+        self.clear_delivery(item)
+    }
+
+    fn clear_delivery(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        if let Some(delivery) = &item.delivery {
+            let ch = item.key.first().copied().unwrap_or_default();
+            self.remove(&prefixed(DELIVERY, &item.key))?;
+            self.remove(&next_key(ch, delivery.next_ms, &item.key))?;
+        }
+        Ok(())
+    }
+
+    /// Items waiting in the outbox, delivered or not yet durable included, in decision order
+    /// (event seq, rule, position), the oldest `limit` (0: all), with their delivery records.
+    pub fn pending_actions(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut out = Vec::new();
+        for channel in Channel::ALL {
+            for (key, value) in self.scan(&[OUTBOX, channel_byte(channel)], None, limit)? {
+                let suffix = key.get(1..).unwrap_or_default().to_vec();
+                let delivery = self
+                    .tree()
+                    .get(prefixed(DELIVERY, &suffix))
+                    .map_err(StoreError::sled)?
+                    .map(|v| decode("delivery record", &v))
+                    .transpose()?;
+                out.push(OutboxItem {
+                    key: suffix,
+                    action: decode("outbox item", &value)?,
+                    delivery,
+                });
+            }
+        }
+        out.sort_by(|a, b| decision_order(&a.action).cmp(&decision_order(&b.action)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Dead letters, oldest decision first, at most `limit` (0: all).
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut out: Vec<DeadLetter> = self
+            .tree()
+            .scan_prefix([DEAD])
+            .values()
+            .map(|v| {
+                v.map_err(StoreError::sled)
+                    .and_then(|v| decode("dead letter", &v))
+            })
+            .collect::<Result<_, _>>()?;
+        out.sort_by(|a, b| decision_order(&a.action).cmp(&decision_order(&b.action)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Puts dead letters back in the outbox, due at once, with a fresh count of attempts: the
+    /// one whose action id is `id`, or all of them when `id` is `None`. Returns how many.
+    pub fn retry_dead(&self, id: Option<&str>, now_ms: i64) -> Result<usize, StoreError> {
+        let mut revived = 0;
+        for entry in self.tree().scan_prefix([DEAD]) {
+            let (key, value) = entry.map_err(StoreError::sled)?;
+            let dead: DeadLetter = decode("dead letter", &value)?;
+            if id.is_some_and(|id| id != dead.action.id) {
+                continue;
+            }
+            let suffix = key.get(1..).unwrap_or_default();
+            let item = OutboxItem {
+                key: suffix.to_vec(),
+                action: dead.action,
+                delivery: None,
+            };
+            // Due now through the retry index: the executor's scan of new items is past it.
+            let delivery = Delivery {
+                first_ms: now_ms,
+                next_ms: now_ms,
+                attempts: Vec::new(),
+            };
+            self.insert(&prefixed(OUTBOX, suffix), &to_json(&item.action)?)?;
+            self.action_rescheduled(&item, &delivery)?;
+            self.remove(&key)?;
+            revived += 1;
+        }
+        Ok(revived)
+    }
+
+    fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree()
+            .insert(key, value)
+            .map(drop)
+            .map_err(StoreError::sled)
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.tree().remove(key).map(drop).map_err(StoreError::sled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use gancho_core::{Action, HttpAction, SmsAction};
+
+    use super::*;
+    use crate::state::Change;
+
+    fn open(path: &std::path::Path) -> EngineState {
+        let db = sled::Config::new().path(path).open().unwrap();
+        EngineState::open(db, path, false).unwrap()
+    }
+
+    fn action(seq: u64, position: u32, http: bool) -> ActionRequest {
+        ActionRequest {
+            id: gancho_core::action_id("r", seq, position),
+            rule: "r".to_owned(),
+            event_seq: seq,
+            position,
+            action: if http {
+                Action::Http(HttpAction {
+                    method: "POST".to_owned(),
+                    url: "https://example.com/".to_owned(),
+                    headers: Default::default(),
+                    json: None,
+                    body: None,
+                })
+            } else {
+                Action::Sms(SmsAction {
+                    to: "+34600000001".to_owned(),
+                    text: "hi".to_owned(),
+                })
+            },
+        }
+    }
+
+    #[test]
+    fn items_flow_from_fresh_to_retry_to_dead_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir.path().join("engine"));
+        let changes: Vec<Change> = [action(1, 0, true), action(1, 1, false), action(2, 0, true)]
+            .into_iter()
+            .map(Change::PutAction)
+            .collect();
+        state.commit(&changes, 2).unwrap();
+        // Not durable yet: nothing to deliver, but listed.
+        assert_eq!(state.pending_actions(0).unwrap().len(), 3);
+        assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+        let fresh = state.fresh_actions(Channel::Http, None, 10).unwrap();
+        assert_eq!(fresh.len(), 2);
+        let after = state
+            .fresh_actions(Channel::Http, Some(&fresh[0].key), 10)
+            .unwrap();
+        assert_eq!(after, fresh[1..]);
+        assert_eq!(
+            state.fresh_actions(Channel::Sms, None, 10).unwrap().len(),
+            1
+        );
+
+        // The first fails: it is due again at 1000, and no longer new.
+        let first = &fresh[0];
+        let delivery = Delivery {
+            first_ms: 500,
+            next_ms: 1000,
+            attempts: vec![Attempt {
+                at_ms: 500,
+                error: "503".to_owned(),
+                permanent: false,
+            }],
+        };
+        state.action_rescheduled(first, &delivery).unwrap();
+        assert_eq!(
+            state.fresh_actions(Channel::Http, None, 10).unwrap().len(),
+            1
+        );
+        assert!(
+            state
+                .due_actions(Channel::Http, 999, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(state.next_action_due(Channel::Http).unwrap(), Some(1000));
+        let due = state.due_actions(Channel::Http, 1000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].delivery.as_ref(), Some(&delivery));
+
+        // Fails again, later; then for good.
+        let mut again = delivery.clone();
+        again.next_ms = 3000;
+        state.action_rescheduled(&due[0], &again).unwrap();
+        assert!(
+            state
+                .due_actions(Channel::Http, 2000, 10)
+                .unwrap()
+                .is_empty()
+        );
+        let due = state.due_actions(Channel::Http, 3000, 10).unwrap();
+        state
+            .action_dead(&due[0], again.attempts.clone(), 3000)
+            .unwrap();
+        assert_eq!(state.next_action_due(Channel::Http).unwrap(), None);
+        assert_eq!(state.pending_actions(0).unwrap().len(), 2);
+        let dead = state.dead_letters(0).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].action, first.action);
+
+        // Put back: due at once, then delivered.
+        assert_eq!(state.retry_dead(Some("nope"), 4000).unwrap(), 0);
+        assert_eq!(state.retry_dead(Some(&first.action.id), 4000).unwrap(), 1);
+        assert!(state.dead_letters(0).unwrap().is_empty());
+        let due = state.due_actions(Channel::Http, 4000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        state.action_delivered(&due[0]).unwrap();
+        assert!(
+            state
+                .due_actions(Channel::Http, i64::MAX - 1, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(state.pending_actions(0).unwrap().len(), 2);
+        state.close();
+    }
+}
