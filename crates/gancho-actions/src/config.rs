@@ -1,0 +1,155 @@
+//! How the actions are delivered, as the daemon's config file gave it (parsed and checked by
+//! the binary).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the executor needs.
+#[derive(Debug, Clone)]
+pub struct ActionsConfig {
+    /// Where the file transports write (`mail/*.eml`, `sms.jsonl`).
+    pub data_dir: PathBuf,
+    pub email: EmailConfig,
+    pub sms: SmsConfig,
+    pub http: HttpConfig,
+    pub retry: RetryPolicy,
+    /// How long a stop waits for sends in flight; what it abandons is sent again after the
+    /// next start.
+    pub shutdown_grace: Duration,
+}
+
+impl ActionsConfig {
+    /// Files for e-mail and SMS, any public HTTP host, default limits: what a fresh install
+    /// runs with.
+    pub fn local(data_dir: impl Into<PathBuf>) -> ActionsConfig {
+        ActionsConfig {
+            data_dir: data_dir.into(),
+            email: EmailConfig {
+                transport: EmailTransport::Files,
+                from: "gancho <gancho@localhost.localdomain>".to_owned(),
+                timeout: Duration::from_secs(30),
+                limits: ChannelLimits::new(4),
+            },
+            sms: SmsConfig {
+                provider: SmsProvider::File,
+                timeout: Duration::from_secs(15),
+                limits: ChannelLimits::new(4),
+            },
+            http: HttpConfig {
+                allow_hosts: Vec::new(),
+                allow_private: false,
+                timeout: Duration::from_secs(10),
+                signing_secret: None,
+                limits: ChannelLimits::new(32),
+                per_host: 8,
+            },
+            retry: RetryPolicy::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How many sends of a channel run at once, and how many start per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChannelLimits {
+    pub concurrency: usize,
+    /// Sends started per second at most; 0: no limit.
+    pub rate_per_sec: f64,
+}
+
+impl ChannelLimits {
+    pub fn new(concurrency: usize) -> ChannelLimits {
+        ChannelLimits {
+            concurrency,
+            rate_per_sec: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub transport: EmailTransport,
+    /// The default `From`, as `Shop <shop@example.com>`.
+    pub from: String,
+    /// Per SMTP command.
+    pub timeout: Duration,
+    pub limits: ChannelLimits,
+}
+
+#[derive(Debug, Clone)]
+pub enum EmailTransport {
+    /// `smtp://` (plain, `?tls=required` for STARTTLS, `?tls=opportunistic`) or `smtps://`
+    /// (implicit TLS), with credentials in the URL's user and password.
+    Smtp { url: String },
+    /// Each message as `data_dir/mail/ID.eml`.
+    Files,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmsConfig {
+    pub provider: SmsProvider,
+    pub timeout: Duration,
+    pub limits: ChannelLimits,
+}
+
+#[derive(Debug, Clone)]
+pub enum SmsProvider {
+    /// Twilio's Messages API.
+    Twilio {
+        base_url: String,
+        account_sid: String,
+        auth_token: String,
+        /// The sender number, or
+        from: Option<String>,
+        /// a messaging service (one of the two).
+        messaging_service_sid: Option<String>,
+    },
+    /// Vonage's SMS API.
+    Vonage {
+        base_url: String,
+        api_key: String,
+        api_secret: String,
+        from: String,
+    },
+    /// Each message as a JSON line in `data_dir/sms.jsonl`.
+    File,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Hosts a rule may call (`hooks.example.com`, or `*.example.com` for its subdomains);
+    /// empty: any host.
+    pub allow_hosts: Vec<String>,
+    /// Loopback, private, link-local and other non-public addresses are refused unless true.
+    pub allow_private: bool,
+    /// Whole request, connection included.
+    pub timeout: Duration,
+    /// `whsec_…`: signs every call the Standard Webhooks way.
+    pub signing_secret: Option<String>,
+    pub limits: ChannelLimits,
+    /// Calls to one host at once, at most: a slow host cannot take every slot of the channel.
+    pub per_host: usize,
+}
+
+/// When a failed send is tried again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// The first wait; it doubles with each failure (with jitter) up to `max`.
+    pub initial: Duration,
+    pub max: Duration,
+    /// Tries before the item goes to dead letters.
+    pub max_attempts: u32,
+    /// Age (since the first try) after which a failing item goes to dead letters.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(3600),
+            max_attempts: 15,
+            max_age: Some(Duration::from_secs(3 * 24 * 3600)),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! HTTP calls decided by rules: through the SSRF guard, with the action id as
+//! `Idempotency-Key`, optionally signed the Standard Webhooks way.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use gancho_core::{ActionRequest, HttpAction};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+use crate::HttpConfig;
+use crate::failure::{ActionsError, Failure};
+use crate::sign::Signer;
+use crate::ssrf::{Guard, Refused, resolver};
+
+/// Redirects followed at most (each checked by the guard).
+const MAX_REDIRECTS: usize = 5;
+
+#[derive(Debug)]
+pub(crate) struct HttpSender {
+    client: reqwest::Client,
+    guard: Guard,
+    signer: Option<Signer>,
+}
+
+impl HttpSender {
+    pub(crate) fn new(config: &HttpConfig) -> Result<HttpSender, ActionsError> {
+        let guard = Guard::new(&config.allow_hosts, config.allow_private);
+        let signer = config
+            .signing_secret
+            .as_deref()
+            .map(Signer::new)
+            .transpose()
+            .map_err(|err| ActionsError::Http(format!("signing_secret: {err}")))?;
+        let redirect_guard = guard.clone();
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(Refused(format!("more than {MAX_REDIRECTS} redirects")));
+            }
+            match redirect_guard.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(reason) => attempt.error(Refused(format!("redirect refused: {reason}"))),
+            }
+        });
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("gancho/", env!("CARGO_PKG_VERSION")))
+            .redirect(policy)
+            // A proxy would resolve names itself, past the guard.
+            .no_proxy()
+            .dns_resolver(resolver(config.allow_private))
+            .pool_max_idle_per_host(config.per_host.max(1))
+            .build()
+            .map_err(|err| ActionsError::Http(format!("building the client: {err}")))?;
+        Ok(HttpSender {
+            client,
+            guard,
+            signer,
+        })
+    }
+
+    /// The host (and port) of the call: calls are limited per destination.
+    pub(crate) fn destination(http: &HttpAction) -> String {
+        match url::Url::parse(&http.url) {
+            Ok(url) => format!(
+                "{}:{}",
+                url.host_str().unwrap_or_default(),
+                url.port_or_known_default().unwrap_or_default()
+            ),
+            Err(_) => http.url.clone(),
+        }
+    }
+
+    pub(crate) async fn send(
+        &self,
+        request: &ActionRequest,
+        http: &HttpAction,
+    ) -> Result<String, Failure> {
+        let url = url::Url::parse(&http.url)
+            .map_err(|err| Failure::permanent(format!("bad url {:?}: {err}", http.url)))?;
+        self.guard
+            .check_url(&url)
+            .map_err(|reason| Failure::permanent(format!("refused by the SSRF guard: {reason}")))?;
+        let method = reqwest::Method::from_bytes(http.method.as_bytes())
+            .map_err(|_| Failure::permanent(format!("bad method {:?}", http.method)))?;
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &http.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Failure::permanent(format!("bad header name {name:?}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| Failure::permanent(format!("bad value of header {name}")))?;
+            headers.insert(name, value);
+        }
+        let body: Vec<u8> = match (&http.json, &http.body) {
+            (Some(json), _) => {
+                if !headers.contains_key(CONTENT_TYPE) {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                serde_json::to_vec(json)
+                    .map_err(|err| Failure::permanent(format!("encoding the JSON body: {err}")))?
+            }
+            (None, Some(body)) => body.clone().into_bytes(),
+            (None, None) => Vec::new(),
+        };
+        let id = HeaderValue::from_str(&request.id)
+            .map_err(|_| Failure::permanent("the action id is not a header value"))?;
+        // The rule's own value wins: it is just as stable.
+        headers
+            .entry(HeaderName::from_static("idempotency-key"))
+            .or_insert(id.clone());
+        if let Some(signer) = &self.signer {
+            let timestamp = chrono::Utc::now().timestamp();
+            let signature = signer.sign(&request.id, timestamp, &body);
+            headers.insert(HeaderName::from_static("webhook-id"), id);
+            headers.insert(
+                HeaderName::from_static("webhook-timestamp"),
+                HeaderValue::from(timestamp),
+            );
+            headers.insert(
+                HeaderName::from_static("webhook-signature"),
+                HeaderValue::from_str(&signature)
+                    .map_err(|_| Failure::permanent("the signature is not a header value"))?,
+            );
+        }
+
+        let mut call = self.client.request(method, url).headers(headers);
+        if !body.is_empty() {
+            call = call.body(body);
+        }
+        let response = call.send().await.map_err(|err| request_failure(&err))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(format!("http {status}"));
+        }
+        let after = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        let text: String = text.chars().take(300).collect();
+        Err(status_failure(status, format!("http {status}: {text}")).after(after))
+    }
+}
+
+/// Whether a status is worth retrying: 408, 429 and 5xx are; other 4xx (and a redirect not
+/// followed) are not.
+pub(crate) fn status_failure(status: StatusCode, message: String) -> Failure {
+    if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        Failure::transient(message)
+    } else {
+        Failure::permanent(message)
+    }
+}
+
+fn request_failure(err: &reqwest::Error) -> Failure {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return Failure::permanent(refused.to_string());
+        }
+        source = cause.source();
+    }
+    // With its causes: reqwest's own text is often just "error sending request".
+    let mut message = format!("http: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if err.is_builder() {
+        Failure::permanent(message)
+    } else {
+        Failure::transient(message)
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = when.signed_duration_since(chrono::Utc::now());
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", HeaderValue::from_static("120"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(120)));
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        headers.insert("retry-after", HeaderValue::from_str(&later).unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(wait > Duration::from_secs(80) && wait <= Duration::from_secs(90));
+        headers.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn statuses_are_transient_or_permanent() {
+        let permanent = |code: u16| {
+            status_failure(StatusCode::from_u16(code).unwrap(), String::new()).permanent
+        };
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(!permanent(code), "{code}");
+        }
+        for code in [301, 400, 401, 403, 404, 410, 422] {
+            assert!(permanent(code), "{code}");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! SMS through a provider: Twilio's Messages API, Vonage's SMS API, or a local file.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use gancho_core::{ActionRequest, SmsAction};
+use serde::Deserialize;
+
+use crate::failure::{ActionsError, Failure};
+use crate::http::{retry_after, status_failure};
+use crate::{SmsConfig, SmsProvider};
+
+#[derive(Debug)]
+pub(crate) struct SmsSender {
+    provider: Provider,
+    destination: String,
+}
+
+#[derive(Debug)]
+enum Provider {
+    Twilio {
+        client: reqwest::Client,
+        url: String,
+        account_sid: String,
+        auth_token: String,
+        from: Option<String>,
+        messaging_service_sid: Option<String>,
+    },
+    Vonage {
+        client: reqwest::Client,
+        url: String,
+        api_key: String,
+        api_secret: String,
+        from: String,
+    },
+    /// Appends are serialized so lines never interleave.
+    File(Mutex<PathBuf>),
+}
+
+impl SmsSender {
+    pub(crate) fn new(
+        config: &SmsConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<SmsSender, ActionsError> {
+        let client = || {
+            reqwest::Client::builder()
+                .timeout(config.timeout)
+                .user_agent(concat!("gancho/", env!("CARGO_PKG_VERSION")))
+                .no_proxy()
+                .build()
+                .map_err(|err| ActionsError::Sms(format!("building the HTTP client: {err}")))
+        };
+        let base = |base_url: &str| {
+            url::Url::parse(base_url)
+                .map_err(|err| ActionsError::Sms(format!("base_url {base_url:?}: {err}")))
+                .map(|u| u.as_str().trim_end_matches('/').to_owned())
+        };
+        let (provider, destination) = match &config.provider {
+            SmsProvider::Twilio {
+                base_url,
+                account_sid,
+                auth_token,
+                from,
+                messaging_service_sid,
+            } => {
+                if from.is_none() == messaging_service_sid.is_none() {
+                    return Err(ActionsError::Sms(
+                        "twilio: give exactly one of from, messaging_service_sid".to_owned(),
+                    ));
+                }
+                let base = base(base_url)?;
+                (
+                    Provider::Twilio {
+                        client: client()?,
+                        url: format!("{base}/2010-04-01/Accounts/{account_sid}/Messages.json"),
+                        account_sid: account_sid.clone(),
+                        auth_token: auth_token.clone(),
+                        from: from.clone(),
+                        messaging_service_sid: messaging_service_sid.clone(),
+                    },
+                    format!("twilio {base}"),
+                )
+            }
+            SmsProvider::Vonage {
+                base_url,
+                api_key,
+                api_secret,
+                from,
+            } => {
+                let base = base(base_url)?;
+                (
+                    Provider::Vonage {
+                        client: client()?,
+                        url: format!("{base}/sms/json"),
+                        api_key: api_key.clone(),
+                        api_secret: api_secret.clone(),
+                        from: from.clone(),
+                    },
+                    format!("vonage {base}"),
+                )
+            }
+            SmsProvider::File => {
+                std::fs::create_dir_all(data_dir).map_err(|err| {
+                    ActionsError::Sms(format!("creating {}: {err}", data_dir.display()))
+                })?;
+                (
+                    Provider::File(Mutex::new(data_dir.join("sms.jsonl"))),
+                    "file".to_owned(),
+                )
+            }
+        };
+        Ok(SmsSender {
+            provider,
+            destination,
+        })
+    }
+
+    pub(crate) fn destination(&self) -> &str {
+        &self.destination
+    }
+
+    pub(crate) async fn send(
+        &self,
+        request: &ActionRequest,
+        sms: &SmsAction,
+    ) -> Result<String, Failure> {
+        match &self.provider {
+            Provider::Twilio {
+                client,
+                url,
+                account_sid,
+                auth_token,
+                from,
+                messaging_service_sid,
+            } => {
+                let mut form = vec![("To", sms.to.as_str()), ("Body", sms.text.as_str())];
+                if let Some(from) = from {
+                    form.push(("From", from));
+                }
+                if let Some(service) = messaging_service_sid {
+                    form.push(("MessagingServiceSid", service));
+                }
+                let response = client
+                    .post(url)
+                    .basic_auth(account_sid, Some(auth_token))
+                    .header("Idempotency-Key", &request.id)
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(|err| Failure::transient(format!("twilio: {err}")))?;
+                twilio_outcome(response).await
+            }
+            Provider::Vonage {
+                client,
+                url,
+                api_key,
+                api_secret,
+                from,
+            } => {
+                let to = sms.to.trim_start_matches('+');
+                let mut form = vec![
+                    ("api_key", api_key.as_str()),
+                    ("api_secret", api_secret.as_str()),
+                    ("from", from.as_str()),
+                    ("to", to),
+                    ("text", sms.text.as_str()),
+                    ("client-ref", request.id.as_str()),
+                ];
+                if !sms.text.is_ascii() {
+                    form.push(("type", "unicode"));
+                }
+                let response = client
+                    .post(url)
+                    .form(&form)
+                    .send()
+                    .await
+                    .map_err(|err| Failure::transient(format!("vonage: {err}")))?;
+                vonage_outcome(response).await
+            }
+            Provider::File(path) => {
+                let line = serde_json::json!({
+                    "id": request.id,
+                    "rule": request.rule,
+                    "to": sms.to,
+                    "text": sms.text,
+                    "at": chrono::Utc::now().to_rfc3339(),
+                });
+                let path = path.lock().unwrap_or_else(|e| e.into_inner());
+                let mut text = line.to_string();
+                text.push('\n');
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&*path)
+                    .and_then(|mut file| file.write_all(text.as_bytes()))
+                    .map_err(|err| {
+                        Failure::transient(format!("writing {}: {err}", path.display()))
+                    })?;
+                Ok(format!("written to {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Twilio's error body.
+#[derive(Debug, Deserialize)]
+struct TwilioError {
+    code: Option<i64>,
+    message: Option<String>,
+    more_info: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TwilioMessage {
+    sid: Option<String>,
+    status: Option<String>,
+}
+
+/// 2xx with the message's sid is success; an error body `{code, message, more_info, status}`
+/// is kept in the failure; 429 and 5xx are transient, other 4xx permanent.
+async fn twilio_outcome(response: reqwest::Response) -> Result<String, Failure> {
+    let status = response.status();
+    let after = retry_after(response.headers());
+    let body = response.bytes().await.unwrap_or_default();
+    if status.is_success() {
+        let message: TwilioMessage = serde_json::from_slice(&body).map_err(|err| {
+            Failure::transient(format!("twilio {status}: unreadable reply: {err}"))
+        })?;
+        return Ok(format!(
+            "twilio {} {}",
+            message.sid.unwrap_or_default(),
+            message.status.unwrap_or_default()
+        ));
+    }
+    let detail = match serde_json::from_slice::<TwilioError>(&body) {
+        Ok(err) => format!(
+            "{} {} ({})",
+            err.code.map_or_else(String::new, |c| c.to_string()),
+            err.message.unwrap_or_default(),
+            err.more_info.unwrap_or_default()
+        ),
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+    };
+    Err(status_failure(status, format!("twilio {status}: {detail}")).after(after))
+}
+
+#[derive(Debug, Deserialize)]
+struct VonageReply {
+    #[serde(default)]
+    messages: Vec<VonageMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct VonageMessage {
+    status: String,
+    #[serde(rename = "message-id")]
+    message_id: Option<String>,
+    #[serde(rename = "error-text")]
+    error_text: Option<String>,
+}
+
+/// Vonage answers 200 even on failure: every `messages[i].status` must be `"0"`. Statuses 1
+/// (throttled), 5 (internal error), 9 (quota) and 10 (too many binds) are worth retrying.
+async fn vonage_outcome(response: reqwest::Response) -> Result<String, Failure> {
+    let status = response.status();
+    let after = retry_after(response.headers());
+    let body = response.bytes().await.unwrap_or_default();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err(status_failure(status, format!("vonage {status}: {text}")).after(after));
+    }
+    let reply: VonageReply = serde_json::from_slice(&body)
+        .map_err(|err| Failure::transient(format!("vonage: unreadable reply: {err}")))?;
+    if reply.messages.is_empty() {
+        return Err(Failure::transient("vonage: a reply without messages"));
+    }
+    if let Some(failed) = reply.messages.iter().find(|m| m.status != "0") {
+        let message = format!(
+            "vonage status {}: {}",
+            failed.status,
+            failed.error_text.as_deref().unwrap_or("")
+        );
+        return Err(match failed.status.as_str() {
+            "1" | "5" | "9" | "10" => Failure::transient(message),
+            _ => Failure::permanent(message),
+        });
+    }
+    let ids: Vec<&str> = reply
+        .messages
+        .iter()
+        .filter_map(|m| m.message_id.as_deref())
+        .collect();
+    Ok(format!("vonage {}", ids.join(" ")))
+}
