@@ -4,6 +4,7 @@
 // Test code: a failed expectation is a failed test, helpers included.
 #![allow(clippy::unwrap_used)]
 
+mod actions;
 mod bad_input;
 mod cli;
 mod crash;

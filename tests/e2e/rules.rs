@@ -4,7 +4,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use gancho_testkit::{HttpReceiver, Reply, SmtpServer};
 use gancho_tests::Setup;
+
+fn smtp_config(smtp: &SmtpServer) -> String {
+    format!(
+        "[email]\nsmtp_url = \"{}\"\nfrom = \"Shop <shop@example.com>\"\n",
+        smtp.url()
+    )
+}
 
 fn install_shipped_rules(setup: &Setup) {
     let to = setup.dir.path().join("rules");
@@ -62,8 +70,9 @@ fn mailjet(event: &str, time: i64, email: &str) -> Vec<u8> {
 }
 
 #[test]
-fn sent_then_open_over_http_decides_one_discount_and_a_second_open_none() {
-    let setup = Setup::standard();
+fn sent_then_open_over_http_mails_one_discount_and_a_second_open_none() {
+    let smtp = SmtpServer::start();
+    let setup = Setup::standard_with(&smtp_config(&smtp));
     install_shipped_rules(&setup);
     let daemon = setup.start();
     // Recent times: with old ones the reminder of open-reminder.rhai would be due at once.
@@ -81,12 +90,13 @@ fn sent_then_open_over_http_decides_one_discount_and_a_second_open_none() {
         200
     );
     wait_for_engine(&setup);
-    let items = outbox(&setup);
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["rule"], "open-discount");
-    assert_eq!(items[0]["channel"], "email");
-    assert_eq!(items[0]["to"][0], "ana@example.com");
-    assert_eq!(items[0]["subject"], "10% off, just for you");
+    // The discount reaches the SMTP server.
+    let mails = smtp.wait_for_mails(1, Duration::from_secs(20));
+    assert_eq!(mails.len(), 1, "{:?}", smtp.transactions());
+    assert_eq!(mails[0].to, ["ana@example.com"]);
+    assert_eq!(mails[0].from, "shop@example.com");
+    assert_eq!(mails[0].header("Subject").unwrap(), "10% off, just for you");
+    assert!(mails[0].data.contains("WELCOME-"), "{}", mails[0].data);
 
     // The same open again (a provider retry), and a second open later: no new decision.
     assert_eq!(
@@ -102,22 +112,41 @@ fn sent_then_open_over_http_decides_one_discount_and_a_second_open_none() {
         200
     );
     wait_for_engine(&setup);
-    assert_eq!(outbox(&setup), items);
-
-    // The table form names the rule and the recipient.
-    let table = String::from_utf8(setup.command(&["outbox"]).stdout).unwrap();
-    assert!(
-        table.contains("open-discount") && table.contains("ana@example.com"),
-        "{table}"
-    );
+    wait_for_empty_outbox(&setup);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(smtp.mails().len(), 1, "no second discount");
     assert_eq!(daemon.terminate().code(), Some(0));
-    // With the daemon stopped, the outbox is read from the store directly.
-    assert_eq!(outbox(&setup), items);
+    // With the daemon stopped, the outbox is read from the store directly: delivered, empty.
+    assert!(outbox(&setup).is_empty());
+}
+
+fn wait_for_empty_outbox(setup: &Setup) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let items = outbox(setup);
+        if items.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outbox did not empty: {items:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
 fn a_rule_broken_while_the_daemon_runs_is_reported_with_its_line_and_the_others_keep_running() {
-    let setup = Setup::standard();
+    let twilio = HttpReceiver::start(|_| {
+        Reply::json(
+            201,
+            r#"{"sid":"SMaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","status":"queued"}"#,
+        )
+    });
+    let setup = Setup::standard_with(&format!(
+        "[sms]\nprovider = \"twilio\"\nbase_url = \"{}\"\naccount_sid = \"ACtest\"\nauth_token = \"token\"\nfrom = \"+15017122661\"\n",
+        twilio.url("")
+    ));
     install_shipped_rules(&setup);
     let daemon = setup.start();
     let broken = setup.dir.path().join("rules/open-discount.rhai");
@@ -153,14 +182,25 @@ fn a_rule_broken_while_the_daemon_runs_is_reported_with_its_line_and_the_others_
         daemon.log()
     );
 
-    // The other rules still decide: a bank withdrawal leads to an SMS.
+    // The other rules still decide: a bank withdrawal leads to one SMS, through Twilio.
     let withdrawal = br#"{"id":"w-1","kind":"withdrawal","at":1764320000,"account":"ES7612","phone":"+34600000001","amount":120,"currency":"EUR","atm":"Madrid, Gran Via 1"}"#;
     assert_eq!(daemon.post("bank", withdrawal).status, 200);
-    wait_for_engine(&setup);
-    let items = outbox(&setup);
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["channel"], "sms");
-    assert_eq!(items[0]["to"], "+34600000001");
+    let requests = twilio.wait_for(1, Duration::from_secs(20));
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].path,
+        "/2010-04-01/Accounts/ACtest/Messages.json"
+    );
+    let form = requests[0].form();
+    assert_eq!(form["To"], "+34600000001");
+    assert_eq!(form["From"], "+15017122661");
+    assert!(
+        form["Body"].contains("120") && form["Body"].contains("Gran Via"),
+        "{form:?}"
+    );
+    wait_for_empty_outbox(&setup);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(twilio.requests().len(), 1);
 
     // `gancho check` names file, line and column, and fails.
     let out = setup.command(&["check"]);
@@ -183,7 +223,8 @@ fn check_passes_on_the_shipped_rules() {
 
 #[test]
 fn kill_9_while_the_engine_decides_makes_no_decision_twice_and_loses_none() {
-    let setup = Setup::standard();
+    let smtp = SmtpServer::start();
+    let setup = Setup::standard_with(&smtp_config(&smtp));
     install_shipped_rules(&setup);
     let daemon = setup.start();
     // Recent times: with old ones the reminder of open-reminder.rhai would be due at once.
@@ -207,12 +248,20 @@ fn kill_9_while_the_engine_decides_makes_no_decision_twice_and_loses_none() {
     daemon.kill();
     let daemon = setup.start();
     wait_for_engine(&setup);
-    let items = outbox(&setup);
-    let mut emails: Vec<_> = items.iter().map(|i| i["to"][0].as_str().unwrap()).collect();
-    emails.sort_unstable();
-    emails.dedup();
-    assert_eq!(emails.len(), N, "one discount per recipient");
-    assert_eq!(items.len(), N, "no decision made twice");
+    wait_for_empty_outbox(&setup);
+    // One discount per recipient; a mail sent twice (killed mid-send) is the same message.
+    let mut ids: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for mail in smtp.mails() {
+        ids.entry(mail.to[0].clone())
+            .or_default()
+            .insert(mail.header("Message-ID").unwrap());
+    }
+    assert_eq!(ids.len(), N, "one discount per recipient, none lost");
+    assert!(
+        ids.values().all(|ids| ids.len() == 1),
+        "no decision made twice"
+    );
     drop(daemon);
 }
 

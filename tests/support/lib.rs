@@ -67,6 +67,11 @@ impl Setup {
         Setup::new(STANDARD_SOURCES)
     }
 
+    /// The standard sources and `extra` (such as an `[email]` section).
+    pub fn standard_with(extra: &str) -> Setup {
+        Setup::new(&format!("{STANDARD_SOURCES}\n{extra}"))
+    }
+
     pub fn start(&self) -> Daemon {
         Daemon::start(self, &[])
     }

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ActionsError;
+
 /// Everything the executor needs.
 #[derive(Debug, Clone)]
 pub struct ActionsConfig {
@@ -47,6 +49,106 @@ impl ActionsConfig {
             shutdown_grace: Duration::from_secs(10),
         }
     }
+}
+
+impl ActionsConfig {
+    /// Checks what can be checked before starting: addresses, URLs, secrets, limits. Errors
+    /// name the config key.
+    pub fn check(&self) -> Result<(), ActionsError> {
+        let fail = |key: &str, message: String| ActionsError::Config {
+            key: key.to_owned(),
+            message,
+        };
+        self.email
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|err| fail("email.from", format!("{:?}: {err}", self.email.from)))?;
+        if let EmailTransport::Smtp { url } = &self.email.transport {
+            // The URL may hold a password: never echo it.
+            let parsed = url::Url::parse(url)
+                .map_err(|err| fail("email.smtp_url", format!("not a URL: {err}")))?;
+            if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
+                return Err(fail(
+                    "email.smtp_url",
+                    "must be smtp://HOST[:PORT] or smtps://HOST[:PORT]".to_owned(),
+                ));
+            }
+            let tls = parsed
+                .query_pairs()
+                .find(|(k, _)| k == "tls")
+                .map(|(_, v)| v.into_owned());
+            if parsed.scheme() == "smtp"
+                && !matches!(tls.as_deref(), None | Some("required" | "opportunistic"))
+            {
+                return Err(fail(
+                    "email.smtp_url",
+                    "tls= takes required (STARTTLS) or opportunistic".to_owned(),
+                ));
+            }
+        }
+        match &self.sms.provider {
+            SmsProvider::Twilio {
+                base_url,
+                from,
+                messaging_service_sid,
+                ..
+            } => {
+                check_base_url(base_url).map_err(|m| fail("sms.base_url", m))?;
+                if from.is_none() == messaging_service_sid.is_none() {
+                    return Err(fail(
+                        "sms.from",
+                        "twilio needs exactly one of from, messaging_service_sid".to_owned(),
+                    ));
+                }
+            }
+            SmsProvider::Vonage { base_url, .. } => {
+                check_base_url(base_url).map_err(|m| fail("sms.base_url", m))?;
+            }
+            SmsProvider::File => {}
+        }
+        if let Some(secret) = &self.http.signing_secret {
+            crate::sign::Signer::new(secret).map_err(|m| fail("http.signing_secret", m))?;
+        }
+        for (key, limits) in [
+            ("email", self.email.limits),
+            ("sms", self.sms.limits),
+            ("http", self.http.limits),
+        ] {
+            if limits.concurrency == 0 {
+                return Err(fail(
+                    &format!("{key}.concurrency"),
+                    "must be at least 1".to_owned(),
+                ));
+            }
+            if !(limits.rate_per_sec >= 0.0 && limits.rate_per_sec.is_finite()) {
+                return Err(fail(
+                    &format!("{key}.rate_per_second"),
+                    "must be 0 (no limit) or a positive number".to_owned(),
+                ));
+            }
+        }
+        if self.http.per_host == 0 {
+            return Err(fail("http.per_host", "must be at least 1".to_owned()));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(fail("retry.max_attempts", "must be at least 1".to_owned()));
+        }
+        if self.retry.initial.is_zero() || self.retry.max < self.retry.initial {
+            return Err(fail(
+                "retry.max",
+                "initial must be above zero and max at least initial".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_base_url(base_url: &str) -> Result<(), String> {
+    let url = url::Url::parse(base_url).map_err(|err| format!("{base_url:?}: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{base_url:?} is not an http(s) URL"));
+    }
+    Ok(())
 }
 
 /// How many sends of a channel run at once, and how many start per second.

@@ -38,6 +38,9 @@ impl Failure {
 /// Why the executor could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionsError {
+    /// A config value that cannot work: the dotted key, and why.
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
     #[error("email: {0}")]
     Email(String),
     #[error("sms: {0}")]

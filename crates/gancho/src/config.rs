@@ -54,6 +54,112 @@ struct FileConfig {
     store: StoreSection,
     #[serde(default)]
     sources: BTreeMap<String, SourceSection>,
+    #[serde(default)]
+    email: EmailSection,
+    #[serde(default)]
+    sms: SmsSection,
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    retry: RetrySection,
+}
+
+/// Outgoing e-mail. Without `smtp_url`, messages are written to `DATA_DIR/mail/ID.eml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailSection {
+    /// `smtp://HOST:PORT` (plain; `?tls=required` for STARTTLS), `smtps://HOST:PORT`
+    /// (implicit TLS), with `USER:PASSWORD@` (percent-encoded) when the server wants them. Or
+    /// `smtp_url_env` / `smtp_url_file`.
+    smtp_url: Option<String>,
+    smtp_url_env: Option<String>,
+    smtp_url_file: Option<PathBuf>,
+    /// The `From` of every message. Default: `gancho <gancho@localhost.localdomain>`.
+    from: Option<String>,
+    /// Per SMTP command. Default: `30s`.
+    timeout: Option<String>,
+    /// Messages sent at once (pooled connections). Default: 4.
+    concurrency: Option<usize>,
+    /// Messages started per second at most; 0: no limit. Default: 0.
+    rate_per_second: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+enum ProviderName {
+    Twilio,
+    Vonage,
+    #[default]
+    File,
+}
+
+/// Outgoing SMS. Default provider `file`: messages are appended to `DATA_DIR/sms.jsonl`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmsSection {
+    #[serde(default)]
+    provider: ProviderName,
+    /// The provider's API root. Defaults: `https://api.twilio.com`, `https://rest.nexmo.com`.
+    base_url: Option<String>,
+    /// Twilio: the account, its auth token (or `auth_token_env` / `auth_token_file`), and the
+    /// sender: `from` or `messaging_service_sid`.
+    account_sid: Option<String>,
+    auth_token: Option<String>,
+    auth_token_env: Option<String>,
+    auth_token_file: Option<PathBuf>,
+    messaging_service_sid: Option<String>,
+    /// Twilio and Vonage: the sender number or name.
+    from: Option<String>,
+    /// Vonage: the API key and secret (or `api_secret_env` / `api_secret_file`).
+    api_key: Option<String>,
+    api_secret: Option<String>,
+    api_secret_env: Option<String>,
+    api_secret_file: Option<PathBuf>,
+    /// Per request. Default: `15s`.
+    timeout: Option<String>,
+    /// Default: 4.
+    concurrency: Option<usize>,
+    /// Default: 0 (no limit).
+    rate_per_second: Option<f64>,
+}
+
+/// Rules' HTTP calls.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    /// Hosts rules may call (`*.example.com` for subdomains); empty: any public host.
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    /// Allow loopback, private and link-local targets. Default: false.
+    #[serde(default)]
+    allow_private: bool,
+    /// Per call, connection included. Default: `10s`.
+    timeout: Option<String>,
+    /// `whsec_...`: sign calls the Standard Webhooks way. Or `signing_secret_env` /
+    /// `signing_secret_file`.
+    signing_secret: Option<String>,
+    signing_secret_env: Option<String>,
+    signing_secret_file: Option<PathBuf>,
+    /// Calls at once. Default: 32.
+    concurrency: Option<usize>,
+    /// Calls at once to one host. Default: 8.
+    per_host: Option<usize>,
+    /// Default: 0 (no limit).
+    rate_per_second: Option<f64>,
+}
+
+/// Retries of failed deliveries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrySection {
+    /// The first wait; doubles (with jitter) up to `max`. Default: `2s`.
+    initial: Option<String>,
+    /// Default: `1h`.
+    max: Option<String>,
+    /// Tries before dead letters. Default: 15.
+    max_attempts: Option<u32>,
+    /// Failing this long since the first try: dead letters. Default: `3d`.
+    max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +250,7 @@ pub struct Config {
     pub rules_dir: PathBuf,
     pub store: StoreConfig,
     pub ingress: IngressConfig,
+    pub actions: gancho_actions::ActionsConfig,
 }
 
 impl Config {
@@ -246,12 +353,14 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
     if file.store.cache_mb == 0 {
         return Err(fail("store.cache_mb", "must be at least 1".to_owned()));
     }
+    let actions = validate_actions(&file, &shutdown_grace, &fail)?;
     let mut sources = Vec::with_capacity(file.sources.len());
     for (name, section) in file.sources {
         sources.push(validate_source(&name, section, &fail)?);
     }
     Ok(Config {
         listen,
+        actions,
         data_dir: file.data_dir,
         rules_dir: file.rules_dir,
         store: StoreConfig {
@@ -265,6 +374,186 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
             shutdown_grace,
         },
     })
+}
+
+fn validate_actions(
+    file: &FileConfig,
+    shutdown_grace: &std::time::Duration,
+    fail: &impl Fn(&str, String) -> ConfigError,
+) -> Result<gancho_actions::ActionsConfig, ConfigError> {
+    use gancho_actions::{EmailTransport, SmsProvider};
+    let duration = |key: &str, text: &Option<String>, default: std::time::Duration| match text {
+        None => Ok(default),
+        Some(text) => {
+            humantime::parse_duration(text).map_err(|err| fail(key, format!("{text:?}: {err}")))
+        }
+    };
+    let mut actions = gancho_actions::ActionsConfig::local(&file.data_dir);
+    actions.shutdown_grace = *shutdown_grace;
+
+    let email = &file.email;
+    if let Some(url) = secret(
+        &email.smtp_url,
+        &email.smtp_url_env,
+        &email.smtp_url_file,
+        "email.smtp_url",
+        fail,
+    )? {
+        actions.email.transport = EmailTransport::Smtp { url };
+    }
+    if let Some(from) = &email.from {
+        actions.email.from = from.clone();
+    }
+    actions.email.timeout = duration("email.timeout", &email.timeout, actions.email.timeout)?;
+    limits(
+        &mut actions.email.limits,
+        email.concurrency,
+        email.rate_per_second,
+    );
+
+    let sms = &file.sms;
+    let required = |key: &str, value: &Option<String>| {
+        value.clone().ok_or_else(|| {
+            fail(
+                &format!("sms.{key}"),
+                format!("required for provider {:?}", sms.provider),
+            )
+        })
+    };
+    actions.sms.provider = match sms.provider {
+        ProviderName::File => SmsProvider::File,
+        ProviderName::Twilio => SmsProvider::Twilio {
+            base_url: sms
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.twilio.com".to_owned()),
+            account_sid: required("account_sid", &sms.account_sid)?,
+            auth_token: secret(
+                &sms.auth_token,
+                &sms.auth_token_env,
+                &sms.auth_token_file,
+                "sms.auth_token",
+                fail,
+            )?
+            .ok_or_else(|| fail("sms.auth_token", "required for provider twilio".to_owned()))?,
+            from: sms.from.clone(),
+            messaging_service_sid: sms.messaging_service_sid.clone(),
+        },
+        ProviderName::Vonage => SmsProvider::Vonage {
+            base_url: sms
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://rest.nexmo.com".to_owned()),
+            api_key: required("api_key", &sms.api_key)?,
+            api_secret: secret(
+                &sms.api_secret,
+                &sms.api_secret_env,
+                &sms.api_secret_file,
+                "sms.api_secret",
+                fail,
+            )?
+            .ok_or_else(|| fail("sms.api_secret", "required for provider vonage".to_owned()))?,
+            from: required("from", &sms.from)?,
+        },
+    };
+    actions.sms.timeout = duration("sms.timeout", &sms.timeout, actions.sms.timeout)?;
+    limits(
+        &mut actions.sms.limits,
+        sms.concurrency,
+        sms.rate_per_second,
+    );
+
+    let http = &file.http;
+    actions.http.allow_hosts = http.allow_hosts.clone();
+    actions.http.allow_private = http.allow_private;
+    actions.http.timeout = duration("http.timeout", &http.timeout, actions.http.timeout)?;
+    actions.http.signing_secret = secret(
+        &http.signing_secret,
+        &http.signing_secret_env,
+        &http.signing_secret_file,
+        "http.signing_secret",
+        fail,
+    )?;
+    limits(
+        &mut actions.http.limits,
+        http.concurrency,
+        http.rate_per_second,
+    );
+    if let Some(per_host) = http.per_host {
+        actions.http.per_host = per_host;
+    }
+
+    let retry = &file.retry;
+    actions.retry.initial = duration("retry.initial", &retry.initial, actions.retry.initial)?;
+    actions.retry.max = duration("retry.max", &retry.max, actions.retry.max)?;
+    if let Some(n) = retry.max_attempts {
+        actions.retry.max_attempts = n;
+    }
+    if retry.max_age.is_some() {
+        actions.retry.max_age = Some(duration(
+            "retry.max_age",
+            &retry.max_age,
+            Default::default(),
+        )?);
+    }
+    actions.check().map_err(|err| match err {
+        gancho_actions::ActionsError::Config { key, message } => fail(&key, message),
+        other => fail("(actions)", other.to_string()),
+    })?;
+    Ok(actions)
+}
+
+fn limits(
+    limits: &mut gancho_actions::ChannelLimits,
+    concurrency: Option<usize>,
+    rate: Option<f64>,
+) {
+    if let Some(n) = concurrency {
+        limits.concurrency = n;
+    }
+    if let Some(rate) = rate {
+        limits.rate_per_sec = rate;
+    }
+}
+
+/// A secret given as `KEY`, `KEY_env` (an environment variable) or `KEY_file` (a file; a
+/// trailing newline is ignored): at most one of them.
+fn secret(
+    value: &Option<String>,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    key: &str,
+    fail: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Option<String>, ConfigError> {
+    let found = match (value, env, file) {
+        (None, None, None) => return Ok(None),
+        (Some(value), None, None) => value.clone(),
+        (None, Some(var), None) => std::env::var(var).map_err(|_| {
+            fail(
+                &format!("{key}_env"),
+                format!("environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?,
+        (None, None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                fail(
+                    &format!("{key}_file"),
+                    format!("cannot read {}: {err}", path.display()),
+                )
+            })?;
+            text.trim_end_matches(['\r', '\n']).to_owned()
+        }
+        _ => {
+            return Err(fail(
+                key,
+                format!("give at most one of {key}, {key}_env, {key}_file"),
+            ));
+        }
+    };
+    if found.is_empty() {
+        return Err(fail(key, "is empty".to_owned()));
+    }
+    Ok(Some(found))
 }
 
 fn validate_source(
@@ -387,37 +676,19 @@ fn resolve_basic_auth(
     key: &str,
     fail: &impl Fn(&str, String) -> ConfigError,
 ) -> Result<BasicAuth, ConfigError> {
-    let password = match (
-        section.password,
-        section.password_env,
-        section.password_file,
-    ) {
-        (Some(password), None, None) => password,
-        (None, Some(var), None) => std::env::var(&var).map_err(|_| {
-            fail(
-                &format!("{key}.password_env"),
-                format!("environment variable {var} is not set (or not UTF-8)"),
-            )
-        })?,
-        (None, None, Some(path)) => {
-            let text = std::fs::read_to_string(&path).map_err(|err| {
-                fail(
-                    &format!("{key}.password_file"),
-                    format!("cannot read {}: {err}", path.display()),
-                )
-            })?;
-            text.trim_end_matches(['\r', '\n']).to_owned()
-        }
-        _ => {
-            return Err(fail(
-                key,
-                "give exactly one of password, password_env, password_file".to_owned(),
-            ));
-        }
-    };
-    if password.is_empty() {
-        return Err(fail(key, "the password is empty".to_owned()));
-    }
+    let password = secret(
+        &section.password,
+        &section.password_env,
+        &section.password_file,
+        &format!("{key}.password"),
+        fail,
+    )?
+    .ok_or_else(|| {
+        fail(
+            key,
+            "give exactly one of password, password_env, password_file".to_owned(),
+        )
+    })?;
     if section.user.contains(':') {
         return Err(fail(
             &format!("{key}.user"),
@@ -455,6 +726,59 @@ mod tests {
             .collect();
         assert_eq!(names, ["bank", "mailjet"]);
         assert!(config.ingress.sources.iter().all(|s| s.auth.is_some()));
+        let actions = &config.actions;
+        assert!(matches!(
+            &actions.email.transport,
+            gancho_actions::EmailTransport::Smtp { url } if url.starts_with("smtps://")
+        ));
+        assert!(matches!(
+            &actions.sms.provider,
+            gancho_actions::SmsProvider::Twilio { from: Some(_), .. }
+        ));
+        assert_eq!(actions.http.allow_hosts.len(), 2);
+        assert!(actions.http.signing_secret.is_some());
+        assert_eq!(actions.sms.limits.rate_per_sec, 1.0);
+        assert_eq!(actions.retry.max_attempts, 15);
+        assert_eq!(actions.retry.max, std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn action_sections_are_checked() {
+        for (text, expected) in [
+            (
+                "[email]\nsmtp_url = \"http://mail.example.com\"\n",
+                "email.smtp_url: must be smtp://",
+            ),
+            (
+                "[email]\nsmtp_url = \"smtp://mail.example.com?tls=maybe\"\n",
+                "email.smtp_url: tls= takes",
+            ),
+            ("[email]\nfrom = \"not an address\"\n", "email.from:"),
+            (
+                "[sms]\nprovider = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\n",
+                "sms.from: twilio needs exactly one of from, messaging_service_sid",
+            ),
+            (
+                "[sms]\nprovider = \"vonage\"\napi_key = \"k\"\nfrom = \"Shop\"\n",
+                "sms.api_secret: required for provider vonage",
+            ),
+            (
+                "[http]\nsigning_secret = \"whsec_!!\"\n",
+                "http.signing_secret:",
+            ),
+            (
+                "[http]\nper_host = 0\n",
+                "http.per_host: must be at least 1",
+            ),
+            ("[retry]\nmax = \"soon\"\n", "retry.max:"),
+            (
+                "[email]\nsmtp_url = \"smtp://a.example\"\nsmtp_url_env = \"X\"\n",
+                "email.smtp_url: give at most one of",
+            ),
+        ] {
+            let message = err(text);
+            assert!(message.contains(expected), "{text}: {message}");
+        }
     }
 
     fn err(text: &str) -> String {

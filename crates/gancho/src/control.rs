@@ -16,7 +16,10 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use gancho_core::{ActionRequest, Event};
 use gancho_engine::{EngineStatus, SharedStatus};
-use gancho_store::{EventQuery, KeyFilter, Quarantined, Store, StoreConfig, StoreError};
+use gancho_store::{
+    Attempt, DeadLetter, EventQuery, KeyFilter, OutboxItem, Quarantined, Store, StoreConfig,
+    StoreError,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
@@ -35,8 +38,41 @@ pub enum Request {
     Outbox {
         limit: usize,
     },
+    Dead {
+        limit: usize,
+    },
+    /// Puts dead letters back in the outbox: the one with this action id, or all.
+    DeadRetry {
+        id: Option<String>,
+    },
     /// The engine's status: only the running daemon has one.
     Rules,
+}
+
+/// An outbox item on the wire: the action, and its failed tries so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    #[serde(flatten)]
+    pub action: ActionRequest,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// When it is tried next, ms since the epoch; absent: as soon as it is durable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ms: Option<i64>,
+}
+
+impl From<OutboxItem> for Pending {
+    fn from(item: OutboxItem) -> Pending {
+        let (attempts, next_ms) = match item.delivery {
+            Some(d) => (d.attempts, Some(d.next_ms)),
+            None => (Vec::new(), None),
+        };
+        Pending {
+            action: item.action,
+            attempts,
+            next_ms,
+        }
+    }
 }
 
 /// [`EventQuery`] on the wire.
@@ -70,7 +106,9 @@ impl Query {
 pub enum Response {
     Events(Vec<Event>),
     Quarantine(Vec<Quarantined>),
-    Outbox(Vec<ActionRequest>),
+    Outbox(Vec<Pending>),
+    Dead(Vec<DeadLetter>),
+    Retried(usize),
     Rules(EngineStatus),
     Error(String),
 }
@@ -79,7 +117,18 @@ fn answer(store: &Store, engine: Option<&SharedStatus>, request: &Request) -> Re
     let result = match request {
         Request::Events(query) => store.events(&query.to_store()).map(Response::Events),
         Request::Quarantine { limit } => store.quarantine(*limit).map(Response::Quarantine),
-        Request::Outbox { limit } => store.engine_state().outbox(*limit).map(Response::Outbox),
+        Request::Outbox { limit } => store
+            .engine_state()
+            .pending_actions(*limit)
+            .map(|items| Response::Outbox(items.into_iter().map(Pending::from).collect())),
+        Request::Dead { limit } => store
+            .engine_state()
+            .dead_letters(*limit)
+            .map(Response::Dead),
+        Request::DeadRetry { id } => store
+            .engine_state()
+            .retry_dead(id.as_deref(), Utc::now().timestamp_millis())
+            .map(Response::Retried),
         Request::Rules => Ok(match engine {
             Some(status) => {
                 Response::Rules(status.lock().unwrap_or_else(|e| e.into_inner()).clone())

@@ -87,6 +87,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List dead letters: actions that failed for good or too often, with every try's error.
+    /// `gancho dead retry ID|--all` puts them back in the outbox.
+    Dead {
+        #[command(subcommand)]
+        retry: Option<DeadCommand>,
+        /// At most this many (the oldest); 0 for all.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List items that sources sent but that were not valid events, with the reason.
     Quarantine {
         /// At most this many (the newest); 0 for all.
@@ -95,6 +107,19 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadCommand {
+    /// Put dead letters back in the outbox, due at once, with a fresh count of tries.
+    Retry {
+        /// The action id (from `gancho dead`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -141,6 +166,15 @@ fn main() -> ExitCode {
         },
         Command::Rules { json } => list_rules(&config, json),
         Command::Outbox { limit, json } => list_outbox(&config, limit, json),
+        Command::Dead {
+            retry: Some(DeadCommand::Retry { id, .. }),
+            ..
+        } => retry_dead(&config, id),
+        Command::Dead {
+            retry: None,
+            limit,
+            json,
+        } => list_dead(&config, limit, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -301,16 +335,71 @@ fn list_outbox(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> 
     }
     let mut out = std::io::stdout().lock();
     for item in &items {
-        let what = match &item.action {
-            gancho_core::Action::Email(e) => format!("email to {}: {}", e.to.join(", "), e.subject),
-            gancho_core::Action::Sms(s) => format!("sms to {}: {}", s.to, s.text),
-            gancho_core::Action::Http(h) => format!("http {} {}", h.method, h.url),
-        };
         writeln!(
             out,
             "{}  event {:>8}  {:<20} {}",
-            item.id, item.event_seq, item.rule, what
+            item.action.id,
+            item.action.event_seq,
+            item.action.rule,
+            describe(&item.action.action)
         )?;
+        if let Some(last) = item.attempts.last() {
+            let next = item
+                .next_ms
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map_or_else(String::new, |t| format!(", next try {}", t.to_rfc3339()));
+            writeln!(
+                out,
+                "    {} failed tries{next}; last: {}",
+                item.attempts.len(),
+                last.error
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn describe(action: &gancho_core::Action) -> String {
+    match action {
+        gancho_core::Action::Email(e) => format!("email to {}: {}", e.to.join(", "), e.subject),
+        gancho_core::Action::Sms(s) => format!("sms to {}: {}", s.to, s.text),
+        gancho_core::Action::Http(h) => format!("http {} {}", h.method, h.url),
+    }
+}
+
+fn list_dead(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
+    let Response::Dead(letters) = ask(config, &Request::Dead { limit })? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    if json {
+        return print_json(&letters);
+    }
+    let mut out = std::io::stdout().lock();
+    for letter in &letters {
+        writeln!(
+            out,
+            "{}  event {:>8}  {:<20} {}",
+            letter.action.id,
+            letter.action.event_seq,
+            letter.action.rule,
+            describe(&letter.action.action)
+        )?;
+        for attempt in &letter.attempts {
+            let at = chrono::DateTime::from_timestamp_millis(attempt.at_ms)
+                .map_or_else(String::new, |t| t.to_rfc3339());
+            writeln!(out, "    {at}  {}", attempt.error)?;
+        }
+    }
+    Ok(())
+}
+
+fn retry_dead(config: &Config, id: Option<String>) -> anyhow::Result<()> {
+    let Response::Retried(n) = ask(config, &Request::DeadRetry { id: id.clone() })? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    match (id, n) {
+        (Some(id), 0) => anyhow::bail!("no dead letter with id {id}"),
+        _ => println!("{n} dead letter(s) put back in the outbox"),
     }
     Ok(())
 }

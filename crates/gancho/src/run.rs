@@ -1,10 +1,11 @@
 //! `gancho run`: the daemon's life from start to a clean stop.
 //!
-//! Start: open the store (it holds the data folder's lock), start the rule engine, bind the
-//! control socket, bind the HTTP port, serve. SIGHUP reloads the rules folder at once (it is
+//! Start: open the store (it holds the data folder's lock), start the rule engine and the
+//! actions executor, bind the control socket, bind the HTTP port, serve. SIGHUP reloads the rules folder at once (it is
 //! also read every second). Stop on SIGTERM or SIGINT, from the front: stop accepting and
-//! answer the requests in flight, let the engine commit its batch, then let the store make
-//! every accepted event durable, then exit 0.
+//! answer the requests in flight, let the engine commit its batch, let the sends in flight
+//! finish (up to the grace period), then let the store make every accepted event durable, then
+//! exit 0.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -37,6 +38,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // (and keeps being reported in `gancho rules`), but does not stop the daemon.
     let engine = gancho_engine::spawn(store.clone(), clock.clone(), config.engine())
         .context("starting the rule engine")?;
+    // Actions decided before a restart (and not delivered) go out from here on.
+    let actions = gancho_actions::spawn(&store, config.actions.clone())
+        .context("starting the actions executor")?;
     let control = ControlSocket::bind(&config.socket_path())?;
     let control_task = tokio::spawn(control.serve(store.clone(), engine.shared_status()));
 
@@ -86,6 +90,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || engine.stop())
         .await
         .context("stopping the engine")?;
+    // Sends in flight get the grace period; what is abandoned goes out after the next start.
+    tokio::task::spawn_blocking(move || actions.stop())
+        .await
+        .context("stopping the actions executor")?;
     let stored = store.shutdown().context("flushing the store");
     if let Err(err) = &served_result {
         warn!(error = %err, "the HTTP server stopped with an error");

@@ -1,0 +1,178 @@
+//! Actions through the real daemon: rules' HTTP calls reach a receiver, survive `kill -9`,
+//! fail into dead letters that `gancho dead retry` puts back, and stop at the SSRF guard.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use gancho_testkit::{HttpReceiver, Reply, wait_until};
+use gancho_tests::Setup;
+
+/// A rule that calls `url` for every bank event, with the event's id in the body.
+fn call_rule(setup: &Setup, url: &str) {
+    let rules = setup.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("notify.rhai"),
+        format!(
+            "const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{url}\", json: #{{ id: event.id }} }});\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn withdrawal(id: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"{id}","kind":"withdrawal","at":1764320000,"account":"ES76{id}","phone":"+34600000001","amount":20,"currency":"EUR","atm":"Madrid"}}"#
+    )
+    .into_bytes()
+}
+
+fn json_of(setup: &Setup, args: &[&str]) -> serde_json::Value {
+    let out = setup.command(args);
+    assert!(
+        out.status.success(),
+        "gancho {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const ALLOW_PRIVATE: &str = "[http]\nallow_private = true\n";
+
+#[test]
+fn kill_9_with_sends_in_flight_delivers_every_action_at_least_once_with_one_id_each() {
+    let receiver = HttpReceiver::start(|_| Reply::status(200).after(Duration::from_millis(150)));
+    let setup = Setup::standard_with(&format!("{ALLOW_PRIVATE}concurrency = 16\nper_host = 16\n"));
+    call_rule(&setup, &receiver.url("/hook"));
+    let daemon = setup.start();
+    const N: usize = 300;
+    for n in 0..N {
+        assert_eq!(
+            daemon.post("bank", &withdrawal(&format!("w{n}"))).status,
+            200
+        );
+    }
+    // Killed while the receiver is slowly taking calls: many are in flight.
+    let seen = wait_until(Duration::from_secs(30), || {
+        let n = receiver.requests().len();
+        (n >= 20).then_some(n)
+    });
+    assert!(seen.is_some(), "no calls came in:\n{}", daemon.log());
+    daemon.kill();
+    let before = receiver.requests().len();
+    assert!(
+        before < N,
+        "everything was sent before the kill: nothing was tested"
+    );
+
+    let daemon = setup.start();
+    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let done = wait_until(Duration::from_secs(60), || {
+        keys.clear();
+        for request in receiver.requests() {
+            let id = request.json()["id"].as_str().unwrap().to_owned();
+            keys.entry(id)
+                .or_default()
+                .insert(request.header("idempotency-key").unwrap().to_owned());
+        }
+        (keys.len() == N).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "{} of {N} delivered:\n{}",
+        keys.len(),
+        daemon.log()
+    );
+    assert!(
+        keys.values().all(|ids| ids.len() == 1),
+        "a repeated call must carry the same Idempotency-Key"
+    );
+    let repeats = receiver.requests().len() - N;
+    eprintln!("{before} calls before the kill; {repeats} repeated after the restart");
+    drop(daemon);
+}
+
+#[test]
+fn a_refused_call_goes_to_dead_letters_and_dead_retry_delivers_it() {
+    let receiver = HttpReceiver::start(|_| Reply::status(422).body("unknown account"));
+    let setup = Setup::standard_with(ALLOW_PRIVATE);
+    call_rule(&setup, &receiver.url("/hook"));
+    let daemon = setup.start();
+    assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
+
+    let dead = wait_until(Duration::from_secs(20), || {
+        let dead = json_of(&setup, &["dead", "--json"]);
+        (dead.as_array().unwrap().len() == 1).then_some(dead)
+    })
+    .unwrap_or_else(|| panic!("no dead letter:\n{}", daemon.log()));
+    let letter = &dead[0];
+    assert_eq!(letter["action"]["rule"], "notify");
+    let attempts = letter["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "a 422 is not retried");
+    let error = attempts[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("422") && error.contains("unknown account"),
+        "{error}"
+    );
+    let table = String::from_utf8(setup.command(&["dead"]).stdout).unwrap();
+    assert!(table.contains("unknown account"), "{table}");
+    assert!(
+        json_of(&setup, &["outbox", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Fixed on the receiver's side: put back, delivered once.
+    receiver.set_handler(|_| Reply::status(200));
+    let id = letter["action"]["id"].as_str().unwrap();
+    let out = setup.command(&["dead", "retry", "no-such-id"]);
+    assert!(!out.status.success());
+    let out = setup.command(&["dead", "retry", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests = receiver.wait_for(2, Duration::from_secs(20));
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].header("idempotency-key"), Some(id));
+    let empty = wait_until(Duration::from_secs(20), || {
+        json_of(&setup, &["dead", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+    assert!(empty.is_some());
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[test]
+fn the_ssrf_guard_stops_a_rules_call_to_loopback_unless_allowed() {
+    let receiver = HttpReceiver::ok();
+    // No [http] section: private targets are refused.
+    let setup = Setup::standard();
+    call_rule(&setup, &receiver.url("/hook"));
+    let daemon = setup.start();
+    assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
+    let dead = wait_until(Duration::from_secs(20), || {
+        let dead = json_of(&setup, &["dead", "--json"]);
+        (dead.as_array().unwrap().len() == 1).then_some(dead)
+    })
+    .unwrap();
+    let error = dead[0]["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("SSRF guard"), "{error}");
+    assert!(receiver.requests().is_empty());
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // Allowed by config: the call goes through.
+    let allowed = Setup::standard_with(ALLOW_PRIVATE);
+    call_rule(&allowed, &receiver.url("/hook"));
+    let daemon = allowed.start();
+    let started = Instant::now();
+    assert_eq!(daemon.post("bank", &withdrawal("w2")).status, 200);
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(20)).len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(daemon);
+}
