@@ -120,10 +120,11 @@ impl ActionsConfig {
                     "must be at least 1".to_owned(),
                 ));
             }
-            if !(limits.rate_per_sec >= 0.0 && limits.rate_per_sec.is_finite()) {
+            let rate = limits.rate_per_sec;
+            if !(rate == 0.0 || (0.001..=1_000_000.0).contains(&rate)) {
                 return Err(fail(
                     &format!("{key}.rate_per_second"),
-                    "must be 0 (no limit) or a positive number".to_owned(),
+                    "must be 0 (no limit) or from 0.001 to 1000000".to_owned(),
                 ));
             }
         }

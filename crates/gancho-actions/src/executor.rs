@@ -2,29 +2,33 @@
 //! order, then retries as they come due), and sends each in a task of its own, within the
 //! channel's concurrency and rate, and the destination's.
 //!
-//! A destination (the SMTP server, the SMS provider, an HTTP host) that is busy (its share of
-//! sends in flight) or failing (five transient failures in a row, or a `Retry-After`) gets no
-//! new sends for a while: its items are deferred, without counting a try, so they cannot hold
-//! the channel's slots while other destinations wait.
+//! Each destination (the SMTP server, the SMS provider, an HTTP host) has its own share of
+//! the channel's sends (`per_host` for HTTP) and a backlog in memory: the keys of its items
+//! read from the store and not yet sent. The lane reads on past a slow destination's items
+//! (they wait in its backlog, not in the way), so one slow host delays only its own items.
+//! A destination that is failing (five transient failures in a row, or a `Retry-After`), or
+//! whose backlog is full, gets its items deferred in the store for a while, without counting
+//! a try. What a lane holds in memory is bounded; beyond that it stops reading.
 //!
 //! Everything runs on one thread with a single-threaded tokio runtime: sends are I/O, and the
 //! store calls between them take microseconds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gancho_core::{Action, ActionRequest, Channel};
 use gancho_store::{Attempt, Delivery, EngineState, OutboxItem, Store};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::email::EmailSender;
 use crate::failure::{ActionsError, Failure};
 use crate::http::HttpSender;
 use crate::sms::SmsSender;
-use crate::{ActionsConfig, ChannelLimits, RetryPolicy};
+use crate::{ActionsConfig, RetryPolicy};
 
 /// Items read from the store at a time, per lane.
 const BATCH: usize = 256;
@@ -34,12 +38,50 @@ const BREAKER_THRESHOLD: u32 = 5;
 const BREAKER_MAX: Duration = Duration::from_secs(60);
 /// How long a busy destination's items wait before they are looked at again.
 const BUSY_WAIT: Duration = Duration::from_millis(500);
+/// Items a lane holds in memory (keys in backlogs, and sends in flight); it reads no more
+/// from the store until it holds fewer.
+const MAX_HELD: usize = 200_000;
+/// Keys one destination's backlog holds; more items for it are deferred in the store.
+const MAX_BACKLOG: usize = 50_000;
+
+/// Releases a held item from its lane when dropped, with its outcome: after a send, or if
+/// the send task panics.
+struct Release {
+    lane: Arc<Lane>,
+    destination: String,
+    outcome: Outcome,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.lane.release(&self.destination, &self.outcome);
+        self.lane.room.notify_one();
+        self.lane.pump(&self.destination);
+    }
+}
+
+/// How one held item left the lane.
+#[derive(Debug)]
+enum Outcome {
+    Sent,
+    Failed(Failure),
+    /// Not sent: deferred, gone, or left for the next start.
+    Left,
+}
 
 /// The running executor.
 #[derive(Debug)]
 pub struct ActionsHandle {
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for ActionsHandle {
+    /// Dropped without [`ActionsHandle::stop`] (the daemon failed to start): the lanes stop
+    /// and the thread ends on its own.
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
 }
 
 impl ActionsHandle {
@@ -91,18 +133,31 @@ pub fn spawn(store: &Store, config: ActionsConfig) -> Result<ActionsHandle, Acti
                 ),
             };
             let concurrency = limits.concurrency.max(1);
+            // SMTP's timeout is per command; a message takes several.
+            let send_timeout = match channel {
+                Channel::Email => timeout.saturating_mul(4),
+                _ => timeout.saturating_add(Duration::from_secs(5)),
+            };
             Arc::new(Lane {
                 channel,
                 state: store.engine_state().clone(),
                 senders: senders.clone(),
                 policy: config.retry.clone(),
-                limits,
                 per_destination: per_destination.clamp(1, concurrency),
-                // A send that takes longer than this is taken for lost (and tried again).
-                lease: timeout * 2 + Duration::from_secs(30),
+                // A held retry comes due again after this only if the process died holding it.
+                lease: send_timeout
+                    .saturating_mul(2)
+                    .saturating_add(Duration::from_secs(30)),
+                send_timeout,
+                interval: (limits.rate_per_sec > 0.0)
+                    .then(|| Duration::try_from_secs_f64(1.0 / limits.rate_per_sec).ok())
+                    .flatten(),
                 slots: Arc::new(Semaphore::new(concurrency)),
                 concurrency,
-                destinations: Mutex::new(HashMap::new()),
+                held: Mutex::new(Held::default()),
+                room: Notify::new(),
+                next_start: Mutex::new(Instant::now()),
+                stopping: AtomicBool::new(false),
             })
         })
         .collect();
@@ -129,10 +184,15 @@ async fn run(lanes: Vec<Arc<Lane>>, mut stop: watch::Receiver<bool>, grace: Dura
             break;
         }
     }
+    for lane in &lanes {
+        // Queued items not yet sending are left for the next start.
+        lane.stopping.store(true, Ordering::Release);
+    }
     for handle in loops {
         let _ = handle.await;
     }
-    // The sends in flight hold the lanes' slots: all slots back means all sends done.
+    // A send holds a slot: all slots back means no send in flight (items still waiting for
+    // a slot see `stopping` and leave).
     let drained = tokio::time::timeout(grace, async {
         for lane in &lanes {
             let _ = lane.slots.acquire_many(lane.concurrency as u32).await;
@@ -183,14 +243,23 @@ impl Senders {
     }
 }
 
-/// What the lane knows of one destination.
+/// What the lane holds of one destination: the keys of its items waiting in memory, its
+/// sends in flight, and its health.
 #[derive(Debug, Default)]
 struct Destination {
+    backlog: VecDeque<Vec<u8>>,
     in_flight: usize,
     /// Transient failures in a row.
     failures: u32,
     /// No new sends before this.
     closed_until: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    destinations: HashMap<String, Destination>,
+    /// Items in backlogs or in flight, all destinations.
+    total: usize,
 }
 
 #[derive(Debug)]
@@ -199,12 +268,37 @@ struct Lane {
     state: EngineState,
     senders: Arc<Senders>,
     policy: RetryPolicy,
-    limits: ChannelLimits,
     per_destination: usize,
     lease: Duration,
+    /// Sends in flight, all destinations.
     slots: Arc<Semaphore>,
     concurrency: usize,
-    destinations: Mutex<HashMap<String, Destination>>,
+    held: Mutex<Held>,
+    /// Told when the lane holds fewer items than [`MAX_HELD`].
+    room: Notify,
+    /// The channel's rate limit, as the time between send starts.
+    interval: Option<Duration>,
+    /// When the next send may start, under the rate limit.
+    next_start: Mutex<Instant>,
+    /// The longest a whole send may take.
+    send_timeout: Duration,
+    stopping: AtomicBool,
+}
+
+/// Drops what the lane knows of a destination with nothing held and nothing against it (no
+/// failures, or a pause that is over), so the map holds only busy and failing destinations.
+fn forget_if_idle(destinations: &mut HashMap<String, Destination>, destination: &str) {
+    let now = Instant::now();
+    if destinations.get(destination).is_some_and(|d| {
+        d.in_flight == 0
+            && d.backlog.is_empty()
+            && match d.closed_until {
+                None => d.failures == 0,
+                Some(until) => until <= now,
+            }
+    }) {
+        destinations.remove(destination);
+    }
 }
 
 fn now_ms() -> i64 {
@@ -215,23 +309,41 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+fn jitter(wait: Duration) -> Duration {
+    wait.mul_f64(1.0 + 0.2 * fastrand::f64())
+}
+
 impl Lane {
     async fn run(self: Arc<Lane>, mut stop: watch::Receiver<bool>) {
         let mut durable = self.state.durable_watch();
         // New items are read after this key; retries come through the store's retry index.
         let mut after: Option<Vec<u8>> = None;
-        let mut next_start = Instant::now();
-        let interval = (self.limits.rate_per_sec > 0.0)
-            .then(|| Duration::from_secs_f64(1.0 / self.limits.rate_per_sec));
-        'lanes: loop {
+        loop {
             if *stop.borrow() {
                 break;
             }
+            if self.held().total >= MAX_HELD {
+                tokio::select! {
+                    _ = self.room.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
             let items = match self.next_items(after.as_deref()) {
-                Ok(items) => items,
+                Ok((items, last)) => {
+                    if last.is_some() {
+                        after = last;
+                    }
+                    items
+                }
                 Err(err) => {
                     error!(channel = %self.channel, error = %err, "reading the outbox");
-                    Vec::new()
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
                 }
             };
             if items.is_empty() {
@@ -249,92 +361,158 @@ impl Lane {
                 continue;
             }
             for item in items {
-                if item.delivery.is_none() {
-                    after = Some(item.key.clone());
-                }
-                let permit = tokio::select! {
-                    permit = self.slots.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break 'lanes,
-                    },
-                    _ = stop.changed() => break 'lanes,
-                };
-                if let Some(interval) = interval {
-                    let start = next_start.max(Instant::now());
-                    next_start = start + interval;
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(start.into()) => {}
-                        _ = stop.changed() => break 'lanes,
-                    }
-                }
-                self.dispatch(item, permit);
+                self.enqueue(item);
             }
         }
         debug!(channel = %self.channel, "lane stopped");
     }
 
-    /// Retries that are due, then new items.
+    /// Retries that are due, then new items, and the key to read new items on from.
     fn next_items(
         &self,
         after: Option<&[u8]>,
-    ) -> Result<Vec<OutboxItem>, gancho_store::StoreError> {
+    ) -> Result<(Vec<OutboxItem>, Option<Vec<u8>>), gancho_store::StoreError> {
         let mut items = self.state.due_actions(self.channel, now_ms(), BATCH)?;
+        let mut last = None;
         if items.len() < BATCH {
-            items.extend(
+            let (fresh, fresh_last) =
                 self.state
-                    .fresh_actions(self.channel, after, BATCH - items.len())?,
-            );
+                    .fresh_actions(self.channel, after, BATCH - items.len())?;
+            items.extend(fresh);
+            last = fresh_last;
         }
-        Ok(items)
+        Ok((items, last))
     }
 
-    fn destinations(&self) -> std::sync::MutexGuard<'_, HashMap<String, Destination>> {
-        self.destinations.lock().unwrap_or_else(|e| e.into_inner())
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends the item in a task of its own, or defers it when its destination is busy or
-    /// failing.
-    fn dispatch(self: &Arc<Lane>, mut item: OutboxItem, permit: OwnedSemaphorePermit) {
+    /// Puts the item in its destination's backlog, or defers it in the store when the
+    /// destination is failing or its backlog is full.
+    fn enqueue(self: &Arc<Lane>, item: OutboxItem) {
         let destination = self.senders.destination(&item.action);
-        let now = Instant::now();
-        let refused = {
-            let mut destinations = self.destinations();
-            let d = destinations.entry(destination.clone()).or_default();
-            match d.closed_until {
-                Some(until) if until > now => Some(until - now),
-                _ if d.in_flight >= self.per_destination => Some(BUSY_WAIT),
-                _ => {
-                    d.in_flight += 1;
-                    None
-                }
-            }
-        };
-        if let Some(wait) = refused {
-            let wait = wait.mul_f64(1.0 + 0.2 * fastrand::f64());
+        if let Some(wait) = self.closed_for(&destination) {
             self.defer(&item, wait);
             return;
         }
+        if self
+            .held()
+            .destinations
+            .get(&destination)
+            .is_some_and(|d| d.backlog.len() >= MAX_BACKLOG)
+        {
+            self.defer(&item, jitter(BUSY_WAIT));
+            return;
+        }
         if let Some(delivery) = &item.delivery {
-            // A retry stays in the retry index while it is sent, due again only if this
-            // process dies before it records the outcome.
+            // A retry leaves the retry index while the lane holds it (so the next read does
+            // not return it again), due again only if this process dies first.
             let mut leased = delivery.clone();
             leased.next_ms = now_ms().saturating_add(millis(self.lease));
-            match self.state.action_rescheduled(&item, &leased) {
-                Ok(()) => item.delivery = Some(leased),
-                Err(err) => {
-                    error!(id = %item.action.id, error = %err, "recording a send");
-                    self.release(&destination, None);
-                    return;
-                }
+            if let Err(err) = self.state.action_rescheduled(&item, &leased) {
+                error!(id = %item.action.id, error = %err, "holding a retry");
+                return;
             }
         }
-        let lane = self.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let result = lane.senders.send(&item.action).await;
-            lane.record(&destination, item, result, started.elapsed());
-            drop(permit);
-        });
+        {
+            let mut held = self.held();
+            held.total += 1;
+            held.destinations
+                .entry(destination.clone())
+                .or_default()
+                .backlog
+                .push_back(item.key);
+        }
+        self.pump(&destination);
+    }
+
+    /// Starts sends for the destination while it has items and room in its share.
+    fn pump(self: &Arc<Lane>, destination: &str) {
+        loop {
+            let key = {
+                let mut held = self.held();
+                let Some(d) = held.destinations.get_mut(destination) else {
+                    return;
+                };
+                if d.in_flight >= self.per_destination {
+                    return;
+                }
+                let Some(key) = d.backlog.pop_front() else {
+                    return;
+                };
+                d.in_flight += 1;
+                key
+            };
+            let lane = self.clone();
+            let destination = destination.to_owned();
+            tokio::spawn(async move { lane.send(destination, key).await });
+        }
+    }
+
+    /// Sends one held item, records the outcome, and lets the destination's next item go.
+    async fn send(self: Arc<Lane>, destination: String, key: Vec<u8>) {
+        // Releases the item even if the send panics.
+        let mut guard = Release {
+            lane: self.clone(),
+            destination,
+            outcome: Outcome::Left,
+        };
+        if let Ok(_slot) = self.slots.clone().acquire_owned().await {
+            guard.outcome = self.send_with_slot(&guard.destination, &key).await;
+        }
+    }
+
+    async fn send_with_slot(&self, destination: &str, key: &[u8]) -> Outcome {
+        if self.stopping.load(Ordering::Acquire) {
+            // Left in the outbox: sent after the next start.
+            return Outcome::Left;
+        }
+        let item = match self.state.action_item(key) {
+            Ok(Some(item)) => item,
+            // Delivered or buried meanwhile (a dead letter put back and sent twice over).
+            Ok(None) => return Outcome::Left,
+            Err(err) => {
+                error!(channel = %self.channel, error = %err, "reading an outbox item");
+                return Outcome::Left;
+            }
+        };
+        if let Some(wait) = self.closed_for(destination) {
+            // The destination began failing while this waited.
+            self.defer(&item, wait);
+            return Outcome::Left;
+        }
+        // The channel's rate counts sends only, not items deferred.
+        if let Some(interval) = self.interval {
+            let start = {
+                let mut next = self.next_start.lock().unwrap_or_else(|e| e.into_inner());
+                let start = (*next).max(Instant::now());
+                *next = start + interval;
+                start
+            };
+            tokio::time::sleep_until(start.into()).await;
+        }
+        let started = Instant::now();
+        let result =
+            match tokio::time::timeout(self.send_timeout, self.senders.send(&item.action)).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::transient(format!(
+                    "no answer within {:?}",
+                    self.send_timeout
+                ))),
+            };
+        self.record(item, &result, started.elapsed());
+        match result {
+            Ok(_) => Outcome::Sent,
+            Err(failure) => Outcome::Failed(failure),
+        }
+    }
+
+    /// How long the destination is left alone, if it is.
+    fn closed_for(&self, destination: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let until = self.held().destinations.get(destination)?.closed_until?;
+        (until > now).then(|| jitter(until - now))
     }
 
     /// Puts an item aside for `wait` without counting a try.
@@ -351,19 +529,22 @@ impl Lane {
         }
     }
 
-    fn release(&self, destination: &str, failure: Option<&Failure>) {
-        let mut destinations = self.destinations();
-        let Some(d) = destinations.get_mut(destination) else {
+    /// The item leaves the lane; its outcome tells the destination's health.
+    fn release(&self, destination: &str, outcome: &Outcome) {
+        let mut held = self.held();
+        held.total = held.total.saturating_sub(1);
+        let Some(d) = held.destinations.get_mut(destination) else {
             return;
         };
         d.in_flight = d.in_flight.saturating_sub(1);
-        match failure {
-            None => {
+        match outcome {
+            Outcome::Left => {}
+            Outcome::Sent => {
                 d.failures = 0;
                 d.closed_until = None;
             }
-            Some(f) if f.permanent => {}
-            Some(f) => {
+            Outcome::Failed(f) if f.permanent => {}
+            Outcome::Failed(f) => {
                 d.failures += 1;
                 let pause = match f.retry_after {
                     Some(asked) => Some(asked.min(self.policy.max)),
@@ -388,18 +569,13 @@ impl Lane {
                 }
             }
         }
+        forget_if_idle(&mut held.destinations, destination);
     }
 
     /// Records the outcome of a send: delivered, to be retried, or dead.
-    fn record(
-        &self,
-        destination: &str,
-        item: OutboxItem,
-        result: Result<String, Failure>,
-        took: Duration,
-    ) {
+    fn record(&self, item: OutboxItem, result: &Result<String, Failure>, took: Duration) {
         let action = &item.action;
-        let recorded = match &result {
+        let recorded = match result {
             Ok(receipt) => {
                 debug!(
                     id = %action.id,
@@ -416,7 +592,6 @@ impl Lane {
         if let Err(err) = recorded {
             error!(id = %action.id, error = %err, "recording a delivery outcome");
         }
-        self.release(destination, result.as_ref().err());
     }
 
     fn failed(&self, item: &OutboxItem, failure: &Failure) -> Result<(), gancho_store::StoreError> {

@@ -13,8 +13,8 @@ use crate::failure::{ActionsError, Failure};
 use crate::sign::Signer;
 use crate::ssrf::{Guard, Refused, resolver};
 
-/// Redirects followed at most (each checked by the guard).
-const MAX_REDIRECTS: usize = 5;
+/// The most of a failure's reply body read (and kept, 300 characters of it).
+const MAX_ERROR_BODY: usize = 4096;
 
 #[derive(Debug)]
 pub(crate) struct HttpSender {
@@ -32,21 +32,13 @@ impl HttpSender {
             .map(Signer::new)
             .transpose()
             .map_err(|err| ActionsError::Http(format!("signing_secret: {err}")))?;
-        let redirect_guard = guard.clone();
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                return attempt.error(Refused(format!("more than {MAX_REDIRECTS} redirects")));
-            }
-            match redirect_guard.check_url(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(reason) => attempt.error(Refused(format!("redirect refused: {reason}"))),
-            }
-        });
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("gancho/", env!("CARGO_PKG_VERSION")))
-            .redirect(policy)
+            // Not followed: a redirect would carry the rule's headers, the signature and the
+            // body to another host. A 3xx is a permanent failure naming the new location.
+            .redirect(reqwest::redirect::Policy::none())
             // A proxy would resolve names itself, past the guard.
             .no_proxy()
             .dns_resolver(resolver(config.allow_private))
@@ -135,9 +127,19 @@ impl HttpSender {
             return Ok(format!("http {status}"));
         }
         let after = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        let text: String = text.chars().take(300).collect();
-        Err(status_failure(status, format!("http {status}: {text}")).after(after))
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            return Err(Failure::permanent(format!(
+                "http {status}: redirects are not followed (Location: {location})"
+            )));
+        }
+        let text = read_capped(response, MAX_ERROR_BODY).await;
+        Err(status_failure(status, format!("http {status}: {}", excerpt(&text))).after(after))
     }
 }
 
@@ -175,6 +177,26 @@ fn request_failure(err: &reqwest::Error) -> Failure {
     } else {
         Failure::transient(message)
     }
+}
+
+/// Reads at most `limit` bytes of a reply's body: a peer cannot make a failure costly by
+/// streaming a large one.
+pub(crate) async fn read_capped(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())])
+            }
+            _ => break,
+        }
+    }
+    body
+}
+
+/// The first 300 characters of a body, for an error message.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(300).collect()
 }
 
 /// `Retry-After` as seconds or as an HTTP date.

@@ -8,7 +8,10 @@ use gancho_core::{ActionRequest, SmsAction};
 use serde::Deserialize;
 
 use crate::failure::{ActionsError, Failure};
-use crate::http::{retry_after, status_failure};
+use crate::http::{excerpt, read_capped, retry_after, status_failure};
+
+/// The most of a provider's reply read.
+const MAX_REPLY: usize = 64 * 1024;
 use crate::{SmsConfig, SmsProvider};
 
 #[derive(Debug)]
@@ -217,21 +220,26 @@ struct TwilioMessage {
     status: Option<String>,
 }
 
-/// 2xx with the message's sid is success; an error body `{code, message, more_info, status}`
-/// is kept in the failure; 429 and 5xx are transient, other 4xx permanent.
+/// 2xx is success (the message's sid is logged; an unreadable 2xx body is still success: the
+/// message was accepted, and sending it again would send it twice); an error body
+/// `{code, message, more_info, status}` is kept in the failure; 429 and 5xx are transient, and
+/// so are 401 and 403 (credentials being rotated), other 4xx permanent.
 async fn twilio_outcome(response: reqwest::Response) -> Result<String, Failure> {
     let status = response.status();
     let after = retry_after(response.headers());
-    let body = response.bytes().await.unwrap_or_default();
+    let body = read_capped(response, MAX_REPLY).await;
     if status.is_success() {
-        let message: TwilioMessage = serde_json::from_slice(&body).map_err(|err| {
-            Failure::transient(format!("twilio {status}: unreadable reply: {err}"))
-        })?;
-        return Ok(format!(
-            "twilio {} {}",
-            message.sid.unwrap_or_default(),
-            message.status.unwrap_or_default()
-        ));
+        return Ok(match serde_json::from_slice::<TwilioMessage>(&body) {
+            Ok(message) => format!(
+                "twilio {} {}",
+                message.sid.unwrap_or_default(),
+                message.status.unwrap_or_default()
+            ),
+            Err(err) => {
+                tracing::warn!(%status, error = %err, "twilio accepted a message with an unreadable reply");
+                format!("twilio {status}")
+            }
+        });
     }
     let detail = match serde_json::from_slice::<TwilioError>(&body) {
         Ok(err) => format!(
@@ -240,9 +248,9 @@ async fn twilio_outcome(response: reqwest::Response) -> Result<String, Failure> 
             err.message.unwrap_or_default(),
             err.more_info.unwrap_or_default()
         ),
-        Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+        Err(_) => excerpt(&body),
     };
-    Err(status_failure(status, format!("twilio {status}: {detail}")).after(after))
+    Err(provider_failure(status, format!("twilio {status}: {detail}")).after(after))
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,20 +268,40 @@ struct VonageMessage {
     error_text: Option<String>,
 }
 
+/// An error status from a provider: as for any HTTP call, except that 401 and 403 (bad
+/// credentials, usually being rotated) are retried rather than sending every SMS to dead
+/// letters.
+fn provider_failure(status: reqwest::StatusCode, message: String) -> Failure {
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        Failure::transient(message)
+    } else {
+        status_failure(status, message)
+    }
+}
+
 /// Vonage answers 200 even on failure: every `messages[i].status` must be `"0"`. Statuses 1
-/// (throttled), 5 (internal error), 9 (quota) and 10 (too many binds) are worth retrying.
+/// (throttled), 4 (invalid credentials), 5 (internal error), 9 (quota) and 10 (too many binds)
+/// are worth retrying. A 200 whose body cannot be read counts as sent (sending again could
+/// send twice).
 async fn vonage_outcome(response: reqwest::Response) -> Result<String, Failure> {
     let status = response.status();
     let after = retry_after(response.headers());
-    let body = response.bytes().await.unwrap_or_default();
+    let body = read_capped(response, MAX_REPLY).await;
     if !status.is_success() {
-        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-        return Err(status_failure(status, format!("vonage {status}: {text}")).after(after));
+        return Err(
+            provider_failure(status, format!("vonage {status}: {}", excerpt(&body))).after(after),
+        );
     }
-    let reply: VonageReply = serde_json::from_slice(&body)
-        .map_err(|err| Failure::transient(format!("vonage: unreadable reply: {err}")))?;
+    let reply: VonageReply = match serde_json::from_slice(&body) {
+        Ok(reply) => reply,
+        Err(err) => {
+            tracing::warn!(error = %err, "vonage answered 200 with an unreadable reply");
+            return Ok(format!("vonage {status}"));
+        }
+    };
     if reply.messages.is_empty() {
-        return Err(Failure::transient("vonage: a reply without messages"));
+        tracing::warn!("vonage answered 200 without messages");
+        return Ok(format!("vonage {status}"));
     }
     if let Some(failed) = reply.messages.iter().find(|m| m.status != "0") {
         let message = format!(
@@ -282,7 +310,7 @@ async fn vonage_outcome(response: reqwest::Response) -> Result<String, Failure> 
             failed.error_text.as_deref().unwrap_or("")
         );
         return Err(match failed.status.as_str() {
-            "1" | "5" | "9" | "10" => Failure::transient(message),
+            "1" | "4" | "5" | "9" | "10" => Failure::transient(message),
             _ => Failure::permanent(message),
         });
     }

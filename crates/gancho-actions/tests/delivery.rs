@@ -503,3 +503,24 @@ fn a_slow_host_does_not_stall_the_others() {
     assert!(slow.requests().len() <= 2, "more than per_host at once");
     executor.stop();
 }
+
+#[test]
+fn redirects_are_not_followed() {
+    let target = HttpReceiver::ok();
+    let location = target.url("/elsewhere");
+    let receiver = HttpReceiver::start(move |_| Reply::status(307).header("Location", &location));
+    let mut world = World::new();
+    world.decide(vec![http(&receiver.url("/x"), serde_json::json!({}))]);
+    let executor = world.start();
+    let dead = wait_until(WAIT, || Some(world.dead()).filter(|d| !d.is_empty())).unwrap();
+    executor.stop();
+    let error = &dead[0].attempts[0].error;
+    assert!(
+        error.contains("307") && error.contains("/elsewhere"),
+        "{error}"
+    );
+    assert!(
+        target.requests().is_empty(),
+        "the signature and body stay with their host"
+    );
+}

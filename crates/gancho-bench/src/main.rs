@@ -10,6 +10,7 @@
 //!
 //! It is a measuring tool, not part of the product: it must not be linked into the daemon.
 
+mod actions;
 mod engine;
 mod load;
 mod micro;
@@ -71,6 +72,19 @@ struct Args {
     /// The shipped rules, for the engine benchmark.
     #[arg(long, default_value = "rules")]
     rules: PathBuf,
+    /// Measure the actions instead: delivery throughput to a local HTTP receiver and SMTP
+    /// server, and webhook-to-HTTP-action latency through the daemon at `--rate`.
+    #[arg(long)]
+    actions: bool,
+    /// Events per second posted in the actions latency phase.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// HTTP actions delivered in each throughput phase.
+    #[arg(long, default_value_t = 20_000)]
+    http_actions: usize,
+    /// E-mail actions delivered in each throughput phase.
+    #[arg(long, default_value_t = 5_000)]
+    email_actions: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +101,18 @@ fn main() -> anyhow::Result<()> {
             events: args.events,
             rules: args.rules.clone(),
             fsync: !args.no_fsync,
+        });
+    }
+    if args.actions {
+        return actions::run(&actions::ActionsBench {
+            http_actions: args.http_actions,
+            email_actions: args.email_actions,
+            rate: args.rate,
+            duration: args.duration,
+            warmup: args.warmup,
+            connections: args.connections,
+            fsync: !args.no_fsync,
+            gancho: gancho_bin(&args)?,
         });
     }
     if let Some(addr) = args.attach {
@@ -195,6 +221,24 @@ fn run_load(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gancho binary: `--gancho`, or the one beside this binary.
+fn gancho_bin(args: &Args) -> anyhow::Result<PathBuf> {
+    let bin = match &args.gancho {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no folder for the bench binary")?
+            .join("gancho"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p gancho`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// The real daemon, started from its release binary.
 struct Gancho {
     child: Child,
@@ -205,32 +249,23 @@ struct Gancho {
 
 impl Gancho {
     fn start(args: &Args, dir: &Path) -> anyhow::Result<Gancho> {
-        let bin = match &args.gancho {
-            Some(bin) => bin.clone(),
-            None => std::env::current_exe()?
-                .parent()
-                .context("no folder for the bench binary")?
-                .join("gancho"),
-        };
-        if !bin.exists() {
-            bail!(
-                "{} not found: build it with `cargo build --release -p gancho`",
-                bin.display()
-            );
-        }
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[store]\nfsync = {}\n\
+             [sources.mailjet]\nkind = \"mailjet\"\n\
+             basic_auth = {{ user = \"{}\", password = \"{}\" }}\n",
+            dir.join("data").display().to_string(),
+            !args.no_fsync,
+            load::USER,
+            load::PASSWORD,
+        );
+        Gancho::start_with(&gancho_bin(args)?, dir, &config)
+    }
+
+    /// Starts `bin` with this config text (written to `dir/gancho.toml`).
+    fn start_with(bin: &Path, dir: &Path, config_text: &str) -> anyhow::Result<Gancho> {
+        let bin = bin.to_owned();
         let config = dir.join("gancho.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n[store]\nfsync = {}\n\
-                 [sources.mailjet]\nkind = \"mailjet\"\n\
-                 basic_auth = {{ user = \"{}\", password = \"{}\" }}\n",
-                dir.join("data").display().to_string(),
-                !args.no_fsync,
-                load::USER,
-                load::PASSWORD,
-            ),
-        )?;
+        std::fs::write(&config, config_text)?;
         let mut child = Command::new(&bin)
             .arg("--config")
             .arg(&config)

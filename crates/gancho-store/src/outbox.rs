@@ -11,10 +11,13 @@
 //!
 //! The engine only inserts `O` keys (in its commits); the executor only reads `O` keys at or
 //! below the durable cursor, which are applied and durable, and removes them once delivered.
-//! Its own writes are ordered so that a crash between two of them errs towards delivering
-//! again (with the same id), never towards losing an item: a delivered item's `O` key goes
-//! first, a dead letter is written before its `O` key goes. They are flushed by sled's own
-//! background flush (every 500 ms), not fsynced: a power loss can repeat a delivery.
+//! Updates of several keys hold one lock (lanes and `gancho dead retry` run on different
+//! threads) and are ordered so that a crash between two writes errs towards delivering again
+//! (with the same id), never towards losing an item: a delivered item's `O` key goes first; a
+//! dead letter is written before its `O` key goes; a new retry-index key is written before the
+//! delivery record that names it; a revived item gets its delivery record before its `O` key.
+//! They are flushed by sled's own background flush (every 500 ms), not fsynced: a crash of the
+//! process within that time, or a power loss, can repeat a delivery.
 
 use gancho_core::{ActionRequest, Channel};
 use serde::{Deserialize, Serialize};
@@ -124,14 +127,15 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 
 impl EngineState {
     /// Items of `channel` never tried, decided at or below the durable cursor, after the item
-    /// `after` (a key suffix) in decision order, at most `limit`. Reads the tree only: what is
-    /// durable is applied.
+    /// `after` (a key suffix) in decision order, at most `limit`; and the key of the last item
+    /// looked at (tried items are looked at and skipped), to read on from. Reads the tree only:
+    /// what is durable is applied.
     pub fn fresh_actions(
         &self,
         channel: Channel,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<OutboxItem>, StoreError> {
+    ) -> Result<(Vec<OutboxItem>, Option<Vec<u8>>), StoreError> {
         let durable = self.durable_cursor();
         let ch = channel_byte(channel);
         let start = match after {
@@ -143,6 +147,7 @@ impl EngineState {
             None => vec![OUTBOX, ch],
         };
         let mut out = Vec::new();
+        let mut last = None;
         for entry in self.tree().range(start..) {
             let (key, value) = entry.map_err(StoreError::sled)?;
             if key.get(..2) != Some(&[OUTBOX, ch][..]) {
@@ -152,6 +157,7 @@ impl EngineState {
             if seq_of(suffix).is_none_or(|seq| seq > durable) {
                 break;
             }
+            last = Some(suffix.to_vec());
             if self
                 .tree()
                 .contains_key(prefixed(DELIVERY, suffix))
@@ -168,7 +174,7 @@ impl EngineState {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, last))
     }
 
     /// Items of `channel` tried or deferred before and due at `now_ms` or earlier, soonest
@@ -181,6 +187,7 @@ impl EngineState {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let ch = channel_byte(channel);
         let end = next_key(ch, now_ms.saturating_add(1), &[]);
+        let _outbox = crate::state::lock(&self.outbox_lock);
         let mut out = Vec::new();
         for entry in self.tree().range(vec![NEXT, ch]..end) {
             let (key, _) = entry.map_err(StoreError::sled)?;
@@ -220,6 +227,29 @@ impl EngineState {
         Ok(out)
     }
 
+    /// The item of this key (an [`OutboxItem::key`]) as it is now, with its delivery record;
+    /// `None` once it left the outbox.
+    pub fn action_item(&self, key: &[u8]) -> Result<Option<OutboxItem>, StoreError> {
+        let Some(action) = self
+            .tree()
+            .get(prefixed(OUTBOX, key))
+            .map_err(StoreError::sled)?
+        else {
+            return Ok(None);
+        };
+        let delivery = self
+            .tree()
+            .get(prefixed(DELIVERY, key))
+            .map_err(StoreError::sled)?
+            .map(|v| decode("delivery record", &v))
+            .transpose()?;
+        Ok(Some(OutboxItem {
+            key: key.to_vec(),
+            action: decode("outbox item", &action)?,
+            delivery,
+        }))
+    }
+
     /// When the soonest retry of `channel` is due, ms.
     pub fn next_action_due(&self, channel: Channel) -> Result<Option<i64>, StoreError> {
         let ch = channel_byte(channel);
@@ -245,6 +275,7 @@ impl EngineState {
     /// The item was delivered: it leaves the outbox (and dead letters, should a crash have
     /// left it in both).
     pub fn action_delivered(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        let _outbox = crate::state::lock(&self.outbox_lock);
         self.remove(&prefixed(OUTBOX, &item.key))?;
         self.clear_delivery(item)?;
         self.remove(&prefixed(DEAD, &item.key))
@@ -256,9 +287,16 @@ impl EngineState {
         item: &OutboxItem,
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
+        let _outbox = crate::state::lock(&self.outbox_lock);
+        self.reschedule(item, delivery)
+    }
+
+    fn reschedule(&self, item: &OutboxItem, delivery: &Delivery) -> Result<(), StoreError> {
         let ch = item.key.first().copied().unwrap_or_default();
-        self.insert(&prefixed(DELIVERY, &item.key), &to_json(delivery)?)?;
+        // The index key first: a crash before the record leaves it stale (dropped), never a
+        // record naming a key that is not there.
         self.insert(&next_key(ch, delivery.next_ms, &item.key), &[])?;
+        self.insert(&prefixed(DELIVERY, &item.key), &to_json(delivery)?)?;
         if let Some(old) = &item.delivery
             && old.next_ms != delivery.next_ms
         {
@@ -279,6 +317,7 @@ impl EngineState {
             attempts,
             dead_ms: now_ms,
         };
+        let _outbox = crate::state::lock(&self.outbox_lock);
         self.insert(&prefixed(DEAD, &item.key), &to_json(&dead)?)?;
         self.remove(&prefixed(OUTBOX, &item.key))?;
         self.clear_delivery(item)
@@ -293,7 +332,7 @@ impl EngineState {
         Ok(())
     }
 
-    /// Items waiting in the outbox, delivered or not yet durable included, in decision order
+    /// Items waiting in the outbox, not yet durable ones included, in decision order
     /// (event seq, rule, position), the oldest `limit` (0: all), with their delivery records.
     pub fn pending_actions(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let limit = if limit == 0 { usize::MAX } else { limit };
@@ -336,9 +375,11 @@ impl EngineState {
         Ok(out)
     }
 
-    /// Puts dead letters back in the outbox, due at once, with a fresh count of attempts: the
-    /// one whose action id is `id`, or all of them when `id` is `None`. Returns how many.
+    /// Puts dead letters back in the outbox, due at once, with a fresh count of attempts (the
+    /// earlier ones are logged as it happens): the one whose action id is `id`, or all of them
+    /// when `id` is `None`. Returns how many.
     pub fn retry_dead(&self, id: Option<&str>, now_ms: i64) -> Result<usize, StoreError> {
+        let _outbox = crate::state::lock(&self.outbox_lock);
         let mut revived = 0;
         for entry in self.tree().scan_prefix([DEAD]) {
             let (key, value) = entry.map_err(StoreError::sled)?;
@@ -349,7 +390,7 @@ impl EngineState {
             let suffix = key.get(1..).unwrap_or_default();
             let item = OutboxItem {
                 key: suffix.to_vec(),
-                action: dead.action,
+                action: dead.action.clone(),
                 delivery: None,
             };
             // Due now through the retry index: the executor's scan of new items is past it.
@@ -358,8 +399,16 @@ impl EngineState {
                 next_ms: now_ms,
                 attempts: Vec::new(),
             };
+            tracing::info!(
+                id = %item.action.id,
+                rule = %item.action.rule,
+                earlier_tries = dead.attempts.len(),
+                "a dead letter is put back in the outbox"
+            );
+            // Its record first: an `O` key without one would look new to a lane reading the
+            // outbox from its start.
+            self.reschedule(&item, &delivery)?;
             self.insert(&prefixed(OUTBOX, suffix), &to_json(&item.action)?)?;
-            self.action_rescheduled(&item, &delivery)?;
             self.remove(&key)?;
             revived += 1;
         }
@@ -386,11 +435,7 @@ mod tests {
 
     use super::*;
     use crate::state::Change;
-
-    fn open(path: &std::path::Path) -> EngineState {
-        let db = sled::Config::new().path(path).open().unwrap();
-        EngineState::open(db, path, false).unwrap()
-    }
+    use crate::state::tests::open;
 
     fn action(seq: u64, position: u32, http: bool) -> ActionRequest {
         ActionRequest {
@@ -427,14 +472,15 @@ mod tests {
         // Not durable yet: nothing to deliver, but listed.
         assert_eq!(state.pending_actions(0).unwrap().len(), 3);
         assert!(state.wait_durable(std::time::Duration::from_secs(10)));
-        let fresh = state.fresh_actions(Channel::Http, None, 10).unwrap();
+        let (fresh, last) = state.fresh_actions(Channel::Http, None, 10).unwrap();
         assert_eq!(fresh.len(), 2);
-        let after = state
+        assert_eq!(last.as_ref(), Some(&fresh[1].key));
+        let (after, _) = state
             .fresh_actions(Channel::Http, Some(&fresh[0].key), 10)
             .unwrap();
         assert_eq!(after, fresh[1..]);
         assert_eq!(
-            state.fresh_actions(Channel::Sms, None, 10).unwrap().len(),
+            state.fresh_actions(Channel::Sms, None, 10).unwrap().0.len(),
             1
         );
 
@@ -450,10 +496,10 @@ mod tests {
             }],
         };
         state.action_rescheduled(first, &delivery).unwrap();
-        assert_eq!(
-            state.fresh_actions(Channel::Http, None, 10).unwrap().len(),
-            1
-        );
+        // Looked at and skipped: the reader can read on past it.
+        let (fresh_now, last) = state.fresh_actions(Channel::Http, None, 10).unwrap();
+        assert_eq!(last.as_ref(), Some(&fresh[1].key));
+        assert_eq!(fresh_now.len(), 1);
         assert!(
             state
                 .due_actions(Channel::Http, 999, 10)

@@ -138,7 +138,8 @@ pub enum Change {
     },
 }
 
-/// The engine's state database. Cheap to clone; used by one engine thread at a time.
+/// The engine's state database. Cheap to clone; committed to by one engine thread at a time,
+/// read by the control socket, and its outbox worked by the actions executor.
 #[derive(Debug, Clone)]
 pub struct EngineState {
     db: sled::Db,
@@ -147,6 +148,8 @@ pub struct EngineState {
     /// The next commit's number (journal records are keyed by it; none survive an open).
     commits: Arc<AtomicU64>,
     applier: Arc<Mutex<Option<Applier>>>,
+    /// Serializes the outbox's multi-key updates (executor lanes, `gancho dead retry`).
+    pub(crate) outbox_lock: Arc<Mutex<()>>,
 }
 
 /// What the engine thread and the applier thread share.
@@ -200,6 +203,7 @@ impl EngineState {
             shared,
             commits: Arc::new(AtomicU64::new(1)),
             applier: Arc::new(Mutex::new(None)),
+            outbox_lock: Arc::new(Mutex::new(())),
         };
         state.recover()?;
         state.migrate_outbox()?;
@@ -577,7 +581,7 @@ impl EngineState {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -869,13 +873,14 @@ fn decode_journal(bytes: &[u8]) -> Option<Vec<JournalEntry<'_>>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
 
-    fn open(path: &Path) -> EngineState {
-        let db = sled::Config::new().path(path).open().unwrap();
+    pub(crate) fn open(path: &Path) -> EngineState {
+        // A store closed in this process lets go of its lock shortly after (sled's own thread).
+        let db = crate::open_db(path, 16 << 20).unwrap();
         EngineState::open(db, path, false).unwrap()
     }
 

@@ -125,6 +125,7 @@ impl HttpReceiver {
         let shared = state.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                let _ = stream.set_nodelay(true);
                 let state = shared.clone();
                 std::thread::spawn(move || {
                     let _ = serve(stream, &state);

@@ -83,6 +83,7 @@ impl SmtpServer {
         let shared = state.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                let _ = stream.set_nodelay(true);
                 let state = shared.clone();
                 std::thread::spawn(move || {
                     let _ = serve(stream, &state);

@@ -389,7 +389,9 @@ fn validate_actions(
         }
     };
     let mut actions = gancho_actions::ActionsConfig::local(&file.data_dir);
-    actions.shutdown_grace = *shutdown_grace;
+    // Sends in flight get at most 10 s of the stop after the HTTP server's grace, so the whole
+    // stop stays within the unit's TimeoutStopSec; what is abandoned is sent after the restart.
+    actions.shutdown_grace = (*shutdown_grace).min(std::time::Duration::from_secs(10));
 
     let email = &file.email;
     if let Some(url) = secret(
