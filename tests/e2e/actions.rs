@@ -27,16 +27,6 @@ fn withdrawal(id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn json_of(setup: &Setup, args: &[&str]) -> serde_json::Value {
-    let out = setup.command(args);
-    assert!(
-        out.status.success(),
-        "gancho {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 const ALLOW_PRIVATE: &str = "[http]\nallow_private = true\n";
 
 #[test]
@@ -101,7 +91,7 @@ fn a_refused_call_goes_to_dead_letters_and_dead_retry_delivers_it() {
     assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
 
     let dead = wait_until(Duration::from_secs(20), || {
-        let dead = json_of(&setup, &["dead", "--json"]);
+        let dead = setup.json(&["dead", "--json"]);
         (dead.as_array().unwrap().len() == 1).then_some(dead)
     })
     .unwrap_or_else(|| panic!("no dead letter:\n{}", daemon.log()));
@@ -117,7 +107,8 @@ fn a_refused_call_goes_to_dead_letters_and_dead_retry_delivers_it() {
     let table = String::from_utf8(setup.command(&["dead"]).stdout).unwrap();
     assert!(table.contains("unknown account"), "{table}");
     assert!(
-        json_of(&setup, &["outbox", "--json"])
+        setup
+            .json(&["outbox", "--json"])
             .as_array()
             .unwrap()
             .is_empty()
@@ -138,7 +129,8 @@ fn a_refused_call_goes_to_dead_letters_and_dead_retry_delivers_it() {
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[1].header("idempotency-key"), Some(id));
     let empty = wait_until(Duration::from_secs(20), || {
-        json_of(&setup, &["dead", "--json"])
+        setup
+            .json(&["dead", "--json"])
             .as_array()
             .unwrap()
             .is_empty()
@@ -157,7 +149,7 @@ fn the_ssrf_guard_stops_a_rules_call_to_loopback_unless_allowed() {
     let daemon = setup.start();
     assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
     let dead = wait_until(Duration::from_secs(20), || {
-        let dead = json_of(&setup, &["dead", "--json"]);
+        let dead = setup.json(&["dead", "--json"]);
         (dead.as_array().unwrap().len() == 1).then_some(dead)
     })
     .unwrap();

@@ -26,18 +26,9 @@ fn install_shipped_rules(setup: &Setup) {
     }
 }
 
-fn json_of(setup: &Setup, args: &[&str]) -> serde_json::Value {
-    let out = setup.command(args);
-    assert!(
-        out.status.success(),
-        "gancho {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn outbox(setup: &Setup) -> Vec<serde_json::Value> {
-    json_of(setup, &["outbox", "--json", "--limit", "0"])
+    setup
+        .json(&["outbox", "--json", "--limit", "0"])
         .as_array()
         .unwrap()
         .clone()
@@ -53,7 +44,7 @@ fn wait_for_engine(setup: &Setup) {
         .unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = json_of(setup, &["rules", "--json"]);
+        let status = setup.json(&["rules", "--json"]);
         if status["cursor"].as_u64().unwrap() >= last {
             return;
         }
@@ -157,7 +148,7 @@ fn a_rule_broken_while_the_daemon_runs_is_reported_with_its_line_and_the_others_
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let rule = loop {
-        let status = json_of(&setup, &["rules", "--json"]);
+        let status = setup.json(&["rules", "--json"]);
         let rule = status["rules"]
             .as_array()
             .unwrap()

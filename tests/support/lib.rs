@@ -81,6 +81,18 @@ impl Setup {
         Daemon::start(self, env)
     }
 
+    /// Runs a `gancho` command with this config, which must succeed, and parses its JSON
+    /// output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.command(args);
+        assert!(
+            out.status.success(),
+            "gancho {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Runs a `gancho` command with this config.
     pub fn command(&self, args: &[&str]) -> Output {
         Command::new(gancho_bin())

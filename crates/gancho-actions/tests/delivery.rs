@@ -524,3 +524,85 @@ fn redirects_are_not_followed() {
         "the signature and body stay with their host"
     );
 }
+
+#[test]
+fn a_failure_that_lasts_ends_in_dead_letters_after_max_attempts_with_every_try() {
+    let receiver = HttpReceiver::start(|_| Reply::status(502).body("bad gateway"));
+    let mut world = World::new();
+    world.config.retry.max_attempts = 3;
+    world.decide(vec![http(&receiver.url("/x"), serde_json::json!({}))]);
+    let executor = world.start();
+    let dead = wait_until(WAIT, || Some(world.dead()).filter(|d| !d.is_empty())).unwrap();
+    executor.stop();
+    assert_eq!(receiver.requests().len(), 3);
+    let attempts = &dead[0].attempts;
+    assert_eq!(attempts.len(), 3);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| !a.permanent && a.error.contains("502"))
+    );
+    assert!(attempts.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    assert_eq!(world.pending(), 0);
+}
+
+#[test]
+fn the_channel_rate_limit_spaces_sends() {
+    let receiver = HttpReceiver::ok();
+    let mut world = World::new();
+    world.config.http.limits.rate_per_sec = 20.0;
+    world.decide(
+        (0..6)
+            .map(|n| http(&receiver.url(&format!("/{n}")), serde_json::json!({})))
+            .collect(),
+    );
+    let executor = world.start();
+    let requests = receiver.wait_for(6, WAIT);
+    executor.stop();
+    assert_eq!(requests.len(), 6);
+    // 20/s: starts 50 ms apart, so six take at least 250 ms from the first to the last.
+    let spread = requests[5].at - requests[0].at;
+    assert!(spread >= Duration::from_millis(240), "{spread:?}");
+}
+
+#[test]
+fn stop_waits_for_a_send_in_flight_within_the_grace_period() {
+    let receiver = HttpReceiver::start(|_| Reply::status(200).after(Duration::from_millis(800)));
+    let mut world = World::new();
+    world.config.shutdown_grace = Duration::from_secs(10);
+    world.decide(vec![http(&receiver.url("/x"), serde_json::json!({}))]);
+    let executor = world.start();
+    assert_eq!(receiver.wait_for(1, WAIT).len(), 1);
+    executor.stop();
+    // The reply came within the grace period: delivered, not left for the next start.
+    assert_eq!(world.pending(), 0);
+}
+
+#[test]
+fn a_send_abandoned_at_stop_is_sent_again_after_the_restart() {
+    let receiver = HttpReceiver::start(|_| Reply::status(200).after(Duration::from_secs(5)));
+    let mut world = World::new();
+    world.config.shutdown_grace = Duration::from_millis(300);
+    let decided = world.decide(vec![http(&receiver.url("/x"), serde_json::json!({}))]);
+    let executor = world.start();
+    assert_eq!(receiver.wait_for(1, WAIT).len(), 1);
+    let stopping = Instant::now();
+    executor.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stop waited past its grace"
+    );
+    assert_eq!(world.pending(), 1, "abandoned, not lost");
+
+    receiver.set_handler(|_| Reply::status(200));
+    let executor = world.start();
+    let requests = receiver.wait_for(2, WAIT);
+    world.wait_settled();
+    executor.stop();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header("idempotency-key") == Some(decided[0].id.as_str()))
+    );
+}

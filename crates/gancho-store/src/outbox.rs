@@ -165,11 +165,18 @@ impl EngineState {
             {
                 continue;
             }
-            out.push(OutboxItem {
-                key: suffix.to_vec(),
-                action: decode("outbox item", &value)?,
-                delivery: None,
-            });
+            match decode("outbox item", &value) {
+                Ok(action) => out.push(OutboxItem {
+                    key: suffix.to_vec(),
+                    action,
+                    delivery: None,
+                }),
+                // Left where it is (an operator can still read it), never in the way of the
+                // items behind it.
+                Err(err) => {
+                    tracing::error!(error = %err, "skipping an outbox item that cannot be read")
+                }
+            }
             if out.len() >= limit {
                 break;
             }
@@ -192,12 +199,22 @@ impl EngineState {
         for entry in self.tree().range(vec![NEXT, ch]..end) {
             let (key, _) = entry.map_err(StoreError::sled)?;
             let suffix = key.get(10..).unwrap_or_default();
-            let delivery: Option<Delivery> = self
+            let delivery: Option<Delivery> = match self
                 .tree()
                 .get(prefixed(DELIVERY, suffix))
                 .map_err(StoreError::sled)?
                 .map(|v| decode("delivery record", &v))
-                .transpose()?;
+                .transpose()
+            {
+                Ok(delivery) => delivery,
+                Err(err) => {
+                    // Its tries are lost; the item itself is tried afresh after a restart.
+                    tracing::error!(error = %err, "dropping a delivery record that cannot be read");
+                    self.remove(&prefixed(DELIVERY, suffix))?;
+                    self.remove(&key)?;
+                    continue;
+                }
+            };
             let action = self
                 .tree()
                 .get(prefixed(OUTBOX, suffix))
@@ -206,11 +223,20 @@ impl EngineState {
                 .as_ref()
                 .is_some_and(|d| next_key(ch, d.next_ms, suffix) == key.as_ref());
             match (action, delivery) {
-                (Some(action), Some(delivery)) if current => out.push(OutboxItem {
-                    key: suffix.to_vec(),
-                    action: decode("outbox item", &action)?,
-                    delivery: Some(delivery),
-                }),
+                (Some(action), Some(delivery)) if current => {
+                    match decode::<ActionRequest>("outbox item", &action) {
+                        Ok(action) => out.push(OutboxItem {
+                            key: suffix.to_vec(),
+                            action,
+                            delivery: Some(delivery),
+                        }),
+                        Err(err) => {
+                            // Out of the retry index, so it is not due again and again.
+                            tracing::error!(error = %err, "setting aside an outbox item that cannot be read");
+                            self.remove(&key)?;
+                        }
+                    }
+                }
                 (None, delivery) => {
                     // Delivered or buried, and a crash came before the rest was removed.
                     self.remove(&key)?;

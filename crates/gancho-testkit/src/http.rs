@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,24 +114,12 @@ impl std::fmt::Debug for HttpReceiver {
 
 impl HttpReceiver {
     /// Answers every request with what `handler` returns.
-    #[allow(clippy::unwrap_used)]
     pub fn start(handler: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> HttpReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
             handler: Arc::new(handler),
         }));
-        let shared = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = stream.set_nodelay(true);
-                let state = shared.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &state);
-                });
-            }
-        });
+        let addr = crate::listen(state.clone(), serve);
         HttpReceiver { addr, state }
     }
 
@@ -163,11 +151,7 @@ impl HttpReceiver {
 
     /// Waits until at least `n` requests came in.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        crate::wait_until(timeout, || {
-            let requests = self.requests();
-            (requests.len() >= n).then_some(requests)
-        })
-        .unwrap_or_else(|| self.requests())
+        crate::wait_for_len(n, timeout, || self.requests())
     }
 }
 

@@ -14,6 +14,35 @@ pub use smtp::{Mail, SmtpServer, Transaction};
 
 use std::time::{Duration, Instant};
 
+/// Binds a loopback port and serves each connection on a thread of its own with `serve`.
+#[allow(clippy::unwrap_used)]
+fn listen<S: Send + Sync + 'static>(
+    state: std::sync::Arc<S>,
+    serve: fn(std::net::TcpStream, &S) -> std::io::Result<()>,
+) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let _ = serve(stream, &state);
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until `list` has at least `n` entries, and returns them (fewer on timeout).
+fn wait_for_len<T>(n: usize, timeout: Duration, list: impl Fn() -> Vec<T>) -> Vec<T> {
+    wait_until(timeout, || {
+        let items = list();
+        (items.len() >= n).then_some(items)
+    })
+    .unwrap_or_else(list)
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

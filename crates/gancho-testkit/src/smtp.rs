@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,21 +75,9 @@ impl Default for SmtpServer {
 }
 
 impl SmtpServer {
-    #[allow(clippy::unwrap_used)]
     pub fn start() -> SmtpServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = stream.set_nodelay(true);
-                let state = shared.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &state);
-                });
-            }
-        });
+        let addr = crate::listen(state.clone(), serve);
         SmtpServer { addr, state }
     }
 
@@ -134,11 +122,7 @@ impl SmtpServer {
 
     /// Waits until at least `n` messages were accepted.
     pub fn wait_for_mails(&self, n: usize, timeout: Duration) -> Vec<Mail> {
-        crate::wait_until(timeout, || {
-            let mails = self.mails();
-            (mails.len() >= n).then_some(mails)
-        })
-        .unwrap_or_else(|| self.mails())
+        crate::wait_for_len(n, timeout, || self.mails())
     }
 }
 
