@@ -31,6 +31,7 @@ impl ActionsConfig {
                 from: "gancho <gancho@localhost.localdomain>".to_owned(),
                 timeout: Duration::from_secs(30),
                 limits: ChannelLimits::new(4),
+                ca_file: None,
             },
             sms: SmsConfig {
                 provider: SmsProvider::File,
@@ -64,28 +65,10 @@ impl ActionsConfig {
             .parse::<lettre::message::Mailbox>()
             .map_err(|err| fail("email.from", format!("{:?}: {err}", self.email.from)))?;
         if let EmailTransport::Smtp { url } = &self.email.transport {
-            // The URL may hold a password: never echo it.
-            let parsed = url::Url::parse(url)
-                .map_err(|err| fail("email.smtp_url", format!("not a URL: {err}")))?;
-            if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
-                return Err(fail(
-                    "email.smtp_url",
-                    "must be smtp://HOST[:PORT] or smtps://HOST[:PORT]".to_owned(),
-                ));
-            }
-            let tls = parsed
-                .query_pairs()
-                .find(|(k, _)| k == "tls")
-                .map(|(_, v)| v.into_owned());
-            if parsed.scheme() == "smtp"
-                && !matches!(tls.as_deref(), None | Some("required" | "opportunistic"))
-            {
-                return Err(fail(
-                    "email.smtp_url",
-                    "tls= takes required (STARTTLS) or opportunistic".to_owned(),
-                ));
-            }
+            // The URL may hold a password: errors never echo it.
+            crate::email::SmtpTarget::parse(url).map_err(|m| fail("email.smtp_url", m))?;
         }
+        crate::email::read_ca(self.email.ca_file.as_deref())?;
         match &self.sms.provider {
             SmsProvider::Twilio {
                 base_url,
@@ -177,6 +160,9 @@ pub struct EmailConfig {
     /// Per SMTP command.
     pub timeout: Duration,
     pub limits: ChannelLimits,
+    /// A PEM file of the CA that signed the SMTP server's certificate: then only it is
+    /// trusted (a private relay). Absent: the system's trust store.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

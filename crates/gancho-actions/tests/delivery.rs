@@ -13,7 +13,7 @@ use gancho_actions::{
 };
 use gancho_core::{Action, ActionRequest, EmailAction, HttpAction, SmsAction, action_id};
 use gancho_store::{Change, Store, StoreConfig};
-use gancho_testkit::{HttpReceiver, Reply, SmtpServer, wait_until};
+use gancho_testkit::{HttpReceiver, Reply, SmtpServer, SmtpTls, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -605,4 +605,47 @@ fn a_send_abandoned_at_stop_is_sent_again_after_the_restart() {
             .iter()
             .all(|r| r.header("idempotency-key") == Some(decided[0].id.as_str()))
     );
+}
+
+#[test]
+fn email_goes_over_implicit_tls_and_starttls_to_a_server_of_a_private_ca() {
+    for mode in [SmtpTls::Implicit, SmtpTls::StartTls] {
+        let smtp = SmtpServer::start_tls(mode);
+        let mut world = World::new();
+        let ca = world.dir.path().join("ca.pem");
+        std::fs::write(&ca, smtp.ca_pem().unwrap()).unwrap();
+        world.config.email.ca_file = Some(ca);
+        let url = smtp.url().replacen("://", "://shop:s3cret@", 1);
+        world.config.email.transport = EmailTransport::Smtp { url };
+        world.decide(vec![email("ana@example.com", "Hi", None)]);
+        let executor = world.start();
+        let mails = smtp.wait_for_mails(1, WAIT);
+        world.wait_settled();
+        executor.stop();
+        assert_eq!(mails.len(), 1, "{mode:?}: {:?}", world.dead());
+        assert!(mails[0].tls, "{mode:?}: sent in the clear");
+        assert_eq!(mails[0].user.as_deref(), Some("shop"));
+    }
+}
+
+#[test]
+fn a_server_certificate_no_trusted_ca_signed_is_refused() {
+    let smtp = SmtpServer::start_tls(SmtpTls::Implicit);
+    let mut world = World::new();
+    // The system's trust store does not know the test CA.
+    world.config.email.transport = EmailTransport::Smtp { url: smtp.url() };
+    world.config.retry.max_attempts = 1;
+    world.decide(vec![email("ana@example.com", "Hi", None)]);
+    let executor = match gancho_actions::spawn(&world.store, world.config.clone()) {
+        Ok(executor) => executor,
+        // A machine without a system trust store refuses TLS from the start, which is fine.
+        Err(err) => {
+            assert!(err.to_string().contains("CA certificates"), "{err}");
+            return;
+        }
+    };
+    let dead = wait_until(WAIT, || Some(world.dead()).filter(|d| !d.is_empty())).unwrap();
+    executor.stop();
+    assert!(smtp.mails().is_empty());
+    assert!(dead[0].attempts[0].error.contains("smtp"), "{dead:?}");
 }

@@ -10,7 +10,7 @@ mod http;
 mod smtp;
 
 pub use http::{HttpReceiver, Received, Reply, form};
-pub use smtp::{Mail, SmtpServer, Transaction};
+pub use smtp::{Mail, SmtpServer, SmtpTls, Transaction};
 
 use std::time::{Duration, Instant};
 

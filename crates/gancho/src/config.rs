@@ -74,6 +74,8 @@ struct EmailSection {
     smtp_url: Option<String>,
     smtp_url_env: Option<String>,
     smtp_url_file: Option<PathBuf>,
+    /// The CA (PEM) that signed a private relay's certificate; then only it is trusted.
+    ca_file: Option<PathBuf>,
     /// The `From` of every message. Default: `gancho <gancho@localhost.localdomain>`.
     from: Option<String>,
     /// Per SMTP command. Default: `30s`.
@@ -406,6 +408,7 @@ fn validate_actions(
     if let Some(from) = &email.from {
         actions.email.from = from.clone();
     }
+    actions.email.ca_file = email.ca_file.clone();
     actions.email.timeout = duration("email.timeout", &email.timeout, actions.email.timeout)?;
     limits(
         &mut actions.email.limits,
