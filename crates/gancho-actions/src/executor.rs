@@ -577,14 +577,26 @@ impl Lane {
         let action = &item.action;
         let recorded = match result {
             Ok(receipt) => {
-                debug!(
-                    id = %action.id,
-                    rule = %action.rule,
-                    channel = %self.channel,
-                    took_ms = took.as_millis() as u64,
-                    receipt,
-                    "delivered"
-                );
+                match item.delivery.as_ref().filter(|d| !d.attempts.is_empty()) {
+                    // Its failed tries leave the store with it: the log keeps them.
+                    Some(delivery) => info!(
+                        id = %action.id,
+                        rule = %action.rule,
+                        channel = %self.channel,
+                        failed_tries = delivery.attempts.len(),
+                        first_error = %delivery.attempts[0].error,
+                        receipt,
+                        "delivered after failed tries"
+                    ),
+                    None => debug!(
+                        id = %action.id,
+                        rule = %action.rule,
+                        channel = %self.channel,
+                        took_ms = took.as_millis() as u64,
+                        receipt,
+                        "delivered"
+                    ),
+                }
                 self.state.action_delivered(&item)
             }
             Err(failure) => self.failed(&item, failure),

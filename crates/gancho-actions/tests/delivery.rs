@@ -649,3 +649,45 @@ fn a_server_certificate_no_trusted_ca_signed_is_refused() {
     assert!(smtp.mails().is_empty());
     assert!(dead[0].attempts[0].error.contains("smtp"), "{dead:?}");
 }
+
+#[test]
+fn a_call_past_its_timeout_is_retried_and_a_raw_body_goes_as_is() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let receiver = HttpReceiver::start(move |_| {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::status(200).after(Duration::from_secs(3))
+        } else {
+            Reply::status(200)
+        }
+    });
+    let mut world = World::new();
+    world.config.http.timeout = Duration::from_millis(300);
+    world.decide(vec![Action::Http(HttpAction {
+        method: "PUT".to_owned(),
+        url: receiver.url("/raw"),
+        headers: BTreeMap::from([("Content-Type".to_owned(), "text/csv".to_owned())]),
+        json: None,
+        body: Some("a,b\n1,2\n".to_owned()),
+    })]);
+    let executor = world.start();
+    // While it waits for its second try, the outbox says the first timed out.
+    let seen = wait_until(WAIT, || {
+        world
+            .store
+            .engine_state()
+            .pending_actions(0)
+            .unwrap()
+            .first()
+            .and_then(|i| i.delivery.clone())
+            .filter(|d| !d.attempts.is_empty())
+    })
+    .unwrap();
+    assert!(seen.attempts[0].error.contains("timed out"), "{seen:?}");
+    let requests = receiver.wait_for(2, WAIT);
+    world.wait_settled();
+    executor.stop();
+    assert_eq!(requests[1].method, "PUT");
+    assert_eq!(requests[1].header("content-type"), Some("text/csv"));
+    assert_eq!(requests[1].text(), "a,b\n1,2\n");
+}
