@@ -250,7 +250,7 @@ fn load_event(ctx: &Rc<RefCell<Ctx>>, seq: u64) -> Res<Dynamic> {
     let event = store
         .event(seq)
         .map_or_else(|e| err(format!("reading event {seq}: {e}")), Ok)?;
-    dynamic::event_map(&event)
+    dynamic::event_map(&event, None)
         .map(Dynamic::from_map)
         .map_or_else(|e| err(format!("event {seq}: {e}")), Ok)
 }

@@ -3,6 +3,7 @@
 //! Integers that fit an `i64` become rhai integers (Mailjet's 17-digit ids do); larger ones
 //! become strings of their exact digits rather than lossy floats.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use gancho_core::{Event, time_to_millis};
@@ -82,6 +83,56 @@ impl<'de> Visitor<'de> for DynVisitor {
 /// Parses JSON text straight into a rhai value.
 pub(crate) fn from_json_text(text: &str) -> Result<Dynamic, serde_json::Error> {
     serde_json::from_str::<Dyn>(text).map(|d| d.0)
+}
+
+/// A JSON object as a rhai map of only the wanted keys; the other values are parsed (so the
+/// text is still checked) but not built.
+struct FilteredVisitor<'a>(&'a HashSet<String>);
+
+impl<'de> Visitor<'de> for FilteredVisitor<'_> {
+    type Value = Map;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Map, A::Error> {
+        let mut map = Map::new();
+        while let Some(Key(key)) = access.next_key::<Key<'de>>()? {
+            if self.0.contains(key.as_ref()) {
+                let Dyn(value) = access.next_value()?;
+                map.insert(key.as_ref().into(), value);
+            } else {
+                access.next_value::<de::IgnoredAny>()?;
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// A map key, borrowed from the text when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key<'de>, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 /// A JSON value as a rhai value.
@@ -188,14 +239,31 @@ pub(crate) fn key_text(value: &Dynamic) -> Result<String, String> {
 /// `kind`, `time`, `received`, `id`, `seq`, `keys`). A payload field that one of gancho's
 /// replaces stays readable as `payload_NAME` (Mailjet's own `time`, in seconds, is
 /// `event.payload_time`). A payload that is not an object is under `payload`.
-pub(crate) fn event_map(event: &Event) -> Result<Map, serde_json::Error> {
-    let data = from_json_text(event.data.get())?;
-    let mut map = if data.is_map() {
-        data.cast::<Map>()
-    } else {
-        let mut map = Map::new();
-        map.insert("payload".into(), data);
-        map
+///
+/// With `wanted`, only the payload's fields of those names are built (the rules reading this
+/// event read no others: see `rule::event_fields`); gancho's own fields are always there.
+pub(crate) fn event_map(
+    event: &Event,
+    wanted: Option<&HashSet<String>>,
+) -> Result<Map, serde_json::Error> {
+    let text = event.data.get();
+    let mut map = match wanted {
+        Some(wanted) if text.trim_start().starts_with('{') => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let map = de.deserialize_map(FilteredVisitor(wanted))?;
+            de.end()?;
+            map
+        }
+        _ => {
+            let data = from_json_text(text)?;
+            if data.is_map() {
+                data.cast::<Map>()
+            } else {
+                let mut map = Map::new();
+                map.insert("payload".into(), data);
+                map
+            }
+        }
     };
     let seq = INT::try_from(event.seq).unwrap_or(INT::MAX);
     let keys: Map = event
@@ -239,6 +307,33 @@ mod tests {
             "18446744073709551615"
         );
         assert_eq!(map["c"].as_float().unwrap(), 1.5);
+    }
+
+    #[test]
+    fn a_narrowed_map_holds_the_wanted_fields_and_ours() {
+        let event = Event {
+            seq: 7,
+            source: "mailjet".to_owned(),
+            kind: "open".to_owned(),
+            time: chrono::DateTime::from_timestamp(1_764_320_000, 0).unwrap(),
+            received: chrono::DateTime::from_timestamp(1_764_320_001, 0).unwrap(),
+            id: gancho_core::EventId::from_provider("x"),
+            keys: Default::default(),
+            data: serde_json::value::RawValue::from_string(
+                r#"{"email":"a@b.c","type":"t","geo":{"x":[1,2]},"esc\u0061ped":1}"#.to_owned(),
+            )
+            .unwrap(),
+        };
+        let wanted: HashSet<String> = ["email", "type", "escaped"].map(str::to_owned).into();
+        let map = event_map(&event, Some(&wanted)).unwrap();
+        assert_eq!(map["email"].clone().into_string().unwrap(), "a@b.c");
+        assert!(!map.contains_key("geo"));
+        assert_eq!(map["escaped"].as_int().unwrap(), 1);
+        assert_eq!(map["payload_type"].clone().into_string().unwrap(), "t");
+        assert_eq!(map["type"].clone().into_string().unwrap(), "mailjet.open");
+        assert_eq!(map["seq"].as_int().unwrap(), 7);
+        let full = event_map(&event, None).unwrap();
+        assert!(full.contains_key("geo"));
     }
 
     #[test]

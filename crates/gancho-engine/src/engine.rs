@@ -147,7 +147,7 @@ pub struct Engine {
     broken: BTreeMap<String, (u64, Diagnostic)>,
     counters: HashMap<String, Counters>,
     /// Qualified type → the rules it wakes; filled on first sight of a type, cleared on reload.
-    dispatch: HashMap<String, Rc<[String]>>,
+    dispatch: HashMap<String, Woken>,
     /// (source, type) → the key-name sets expectations wait on.
     shapes: Shapes,
     cursor: u64,
@@ -546,7 +546,7 @@ impl Engine {
                         rule: rule.clone(),
                         tick_ms: time_to_millis(event.time),
                     });
-                    if let Some(map) = event_map(event) {
+                    if let Some(map) = event_map(event, None) {
                         self.run_rule(&rule, event, map, None);
                     }
                 }
@@ -554,11 +554,14 @@ impl Engine {
             _ => {
                 self.satisfy_expectations(event);
                 let qualified = event.qualified_type();
-                let woken = self.woken(&qualified);
+                let Woken {
+                    rules: woken,
+                    fields,
+                } = self.woken(&qualified);
                 if woken.is_empty() {
                     return;
                 }
-                let Some(map) = event_map(event) else {
+                let Some(map) = event_map(event, fields.as_deref()) else {
                     return;
                 };
                 // Each rule gets its own copy (a rule's changes to it stay its own); the last
@@ -572,22 +575,33 @@ impl Engine {
         }
     }
 
-    fn woken(&mut self, qualified: &str) -> Rc<[String]> {
-        if let Some(rules) = self.dispatch.get(qualified) {
-            return rules.clone();
+    fn woken(&mut self, qualified: &str) -> Woken {
+        if let Some(woken) = self.dispatch.get(qualified) {
+            return woken.clone();
         }
-        let rules: Rc<[String]> = self
+        let matching: Vec<&Rule> = self
             .rules
             .values()
             .filter(|r| r.on.iter().any(|p| p.matches(qualified)))
-            .map(|r| r.name.clone())
             .collect();
+        // The fields of `event` these rules read: all if one of them may read any.
+        let mut fields = Some(HashSet::new());
+        for rule in &matching {
+            match (&mut fields, &rule.fields) {
+                (Some(all), Some(its)) => all.extend(its.iter().cloned()),
+                _ => fields = None,
+            }
+        }
+        let woken = Woken {
+            rules: matching.iter().map(|r| r.name.clone()).collect(),
+            fields: fields.map(Rc::new),
+        };
         // Senders of a json source choose its types: keep the table bounded.
         if self.dispatch.len() >= MAX_DISPATCH_TYPES {
             self.dispatch.clear();
         }
-        self.dispatch.insert(qualified.to_owned(), rules.clone());
-        rules
+        self.dispatch.insert(qualified.to_owned(), woken.clone());
+        woken
     }
 
     /// Cancels the expectations this event fulfils.
@@ -696,7 +710,7 @@ impl Engine {
                 }
                 let origin = timer.data.get("seq").and_then(serde_json::Value::as_u64);
                 match origin.map(|seq| self.store.event(seq)) {
-                    Some(Ok(origin)) => match dynamic::event_map(&origin) {
+                    Some(Ok(origin)) => match dynamic::event_map(&origin, None) {
                         Ok(map) => Dynamic::from_map(map),
                         Err(_) => Dynamic::UNIT,
                     },
@@ -725,7 +739,7 @@ impl Engine {
             }
         };
         let rule = timer.rule.clone();
-        if let Some(map) = event_map(event) {
+        if let Some(map) = event_map(event, None) {
             self.run_rule(&rule, event, map, Some((&timer.callback, argument)));
         }
     }
@@ -802,9 +816,16 @@ impl Engine {
     }
 }
 
+/// The rules an event type wakes, and the fields of `event` they read (`None`: any).
+#[derive(Debug, Clone)]
+struct Woken {
+    rules: Rc<[String]>,
+    fields: Option<Rc<HashSet<String>>>,
+}
+
 /// The map rules see as `event`, built once per event.
-fn event_map(event: &Event) -> Option<Dynamic> {
-    match dynamic::event_map(event) {
+fn event_map(event: &Event, wanted: Option<&HashSet<String>>) -> Option<Dynamic> {
+    match dynamic::event_map(event, wanted) {
         Ok(map) => Some(Dynamic::from_map(map)),
         Err(err) => {
             warn!(seq = event.seq, error = %err, "event payload is not JSON: skipped");

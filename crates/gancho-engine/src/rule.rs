@@ -114,6 +114,42 @@ pub(crate) struct Rule {
     pub(crate) schedule: Option<Schedule>,
     /// Functions a timer or expectation may name as its callback (one parameter).
     pub(crate) callbacks: std::rc::Rc<HashSet<String>>,
+    /// The fields of `event` the rule reads, when it reads it only as `event.NAME`; `None`
+    /// when it may read any (the map it gets then holds every field).
+    pub(crate) fields: Option<HashSet<String>>,
+}
+
+/// The names a script reads as `event.NAME` (or `event?.NAME`), if every use of the word
+/// `event` in it is such a read; `None` otherwise (passed to a function, indexed with `[]`,
+/// assigned, or named in a back-quoted string, whose `${…}` may hold code): a scan of the
+/// text without its comments and double-quoted strings, so it errs on the side of the whole
+/// map.
+pub(crate) fn event_fields(text: &str) -> Option<HashSet<String>> {
+    let code = without_comments_and_strings(text);
+    let text = code.as_str();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = text.as_bytes();
+    let mut fields = HashSet::new();
+    let mut from = 0;
+    while let Some(found) = text[from..].find("event") {
+        let start = from + found;
+        let end = start + "event".len();
+        from = end;
+        if (start > 0 && ident(bytes[start - 1])) || bytes.get(end).is_some_and(|b| ident(*b)) {
+            continue;
+        }
+        let rest = text[end..].trim_start();
+        let rest = rest
+            .strip_prefix("?.")
+            .or_else(|| rest.strip_prefix('.'))?
+            .trim_start();
+        let name_len = rest.bytes().take_while(|b| ident(*b)).count();
+        if name_len == 0 {
+            return None;
+        }
+        fields.insert(rest[..name_len].to_owned());
+    }
+    Some(fields)
 }
 
 /// The rule name of a file: its name without `.rhai`.
@@ -238,6 +274,15 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
         on_text,
         schedule,
         callbacks,
+        // A payload field named like one of gancho's is read as `payload_NAME`.
+        fields: event_fields(text).map(|mut fields| {
+            let unprefixed: Vec<String> = fields
+                .iter()
+                .filter_map(|f| f.strip_prefix("payload_").map(str::to_owned))
+                .collect();
+            fields.extend(unprefixed);
+            fields
+        }),
     })
 }
 
@@ -250,4 +295,117 @@ fn strings(value: &Dynamic) -> Option<Vec<String>> {
         .iter()
         .map(|v| v.clone().into_string().ok())
         .collect()
+}
+
+/// The text with comments (`//`, nested `/* */`) and the insides of double-quoted strings
+/// blanked out; back-quoted strings are kept (their `${…}` is code).
+fn without_comments_and_strings(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (b'/', Some(b'/')) => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    out.push(b' ');
+                    i += 1;
+                }
+            }
+            (b'/', Some(b'*')) => {
+                let mut depth = 0;
+                while i < bytes.len() {
+                    match (bytes[i], bytes.get(i + 1)) {
+                        (b'/', Some(b'*')) => {
+                            depth += 1;
+                            out.extend_from_slice(b"  ");
+                            i += 2;
+                        }
+                        (b'*', Some(b'/')) => {
+                            depth -= 1;
+                            out.extend_from_slice(b"  ");
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {
+                            out.push(b' ');
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            (b'"', _) => {
+                out.push(b'"');
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    let skip = if bytes[i] == b'\\' { 2 } else { 1 };
+                    out.extend(std::iter::repeat_n(b' ', skip.min(bytes.len() - i)));
+                    i += skip;
+                }
+                if i < bytes.len() {
+                    out.push(b'"');
+                    i += 1;
+                }
+            }
+            // Character literals and back-quoted strings are copied as they are (a '"' must
+            // not open a string; `${…}` is code, and `//` inside is not a comment).
+            (quote @ (b'\'' | b'`'), _) => {
+                out.push(quote);
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    let skip = if bytes[i] == b'\\' { 2 } else { 1 };
+                    out.extend_from_slice(&bytes[i..(i + skip).min(bytes.len())]);
+                    i += skip;
+                }
+                if i < bytes.len() {
+                    out.push(quote);
+                    i += 1;
+                }
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII bytes were replaced, by ASCII spaces; anything else was copied whole or
+    // blanked whole (multi-byte characters inside comments and strings become spaces).
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod field_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::event_fields;
+
+    #[test]
+    fn only_dotted_reads_of_event_narrow_its_fields() {
+        let fields = event_fields(
+            "const ON = [\"mailjet.open\"];\nif event.email != () && event ?. keys.MessageID > 0 {\n  let eventual = 1;\n  email(#{ to: event.email });\n}\n",
+        )
+        .unwrap();
+        let mut names: Vec<_> = fields.into_iter().collect();
+        names.sort();
+        assert_eq!(names, ["email", "keys"]);
+        // Comments and plain strings do not count; back-quoted strings do.
+        let fields = event_fields(
+            "// every event\n/* an event /* nested event */ */ log(\"the \\\"event\\\" \"); log(event.a);",
+        )
+        .unwrap();
+        assert_eq!(fields.into_iter().collect::<Vec<_>>(), ["a"]);
+        for whole in [
+            "log(event);",
+            "let x = event[\"a\"];",
+            "log(`the ${event}`);",
+            "let q = '\"'; log(event);",
+            "log(`a // ${event}`);",
+            "let e = event; e.x",
+            "event.",
+        ] {
+            assert_eq!(event_fields(whole), None, "{whole}");
+        }
+        assert_eq!(event_fields("log(1);").unwrap().len(), 0);
+    }
 }
