@@ -297,8 +297,9 @@ fn strings(value: &Dynamic) -> Option<Vec<String>> {
         .collect()
 }
 
-/// The text with comments (`//`, nested `/* */`) and the insides of double-quoted strings
-/// blanked out; back-quoted strings are kept (their `${…}` is code).
+/// The text with comments (`//`, nested `/* */`) and the insides of double-quoted and raw
+/// (`#"…"#`) strings blanked out; character literals and back-quoted strings are kept (their
+/// `${…}` is code).
 fn without_comments_and_strings(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -334,6 +335,22 @@ fn without_comments_and_strings(text: &str) -> String {
                         }
                     }
                 }
+            }
+            // A raw string: `#"…"#`, with as many `#` on both sides; no escapes inside.
+            (b'#', Some(b'#' | b'"')) if bytes[i..].iter().find(|b| **b != b'#') == Some(&b'"') => {
+                let hashes = bytes[i..].iter().take_while(|b| **b == b'#').count();
+                out.extend(std::iter::repeat_n(b'#', hashes));
+                out.push(b'"');
+                i += hashes + 1;
+                let mut closing = vec![b'"'];
+                closing.extend(std::iter::repeat_n(b'#', hashes));
+                while i < bytes.len() && !bytes[i..].starts_with(&closing) {
+                    out.push(b' ');
+                    i += 1;
+                }
+                let end = (i + closing.len()).min(bytes.len());
+                out.extend_from_slice(&bytes[i..end]);
+                i = end;
             }
             (b'"', _) => {
                 out.push(b'"');
@@ -401,6 +418,8 @@ mod field_tests {
             "log(`the ${event}`);",
             "let q = '\"'; log(event);",
             "log(`a // ${event}`);",
+            "log(#\"a\\\"#); log(event);",
+            "log(##\"x \"# y\"##); log(event);",
             "let e = event; e.x",
             "event.",
         ] {
