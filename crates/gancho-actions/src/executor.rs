@@ -13,7 +13,7 @@
 //! Everything runs on one thread with a single-threaded tokio runtime: sends are I/O, and the
 //! store calls between them take microseconds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -49,11 +49,13 @@ const MAX_BACKLOG: usize = 50_000;
 struct Release {
     lane: Arc<Lane>,
     destination: String,
+    key: Vec<u8>,
     outcome: Outcome,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
+        self.lane.held().keys.remove(&self.key);
         self.lane.release(&self.destination, &self.outcome);
         self.lane.room.notify_one();
         self.lane.pump(&self.destination);
@@ -260,6 +262,8 @@ struct Held {
     destinations: HashMap<String, Destination>,
     /// Items in backlogs or in flight, all destinations.
     total: usize,
+    /// Their keys: an item is held once, even if its lease runs out while it waits.
+    keys: HashSet<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -392,6 +396,18 @@ impl Lane {
     /// destination is failing or its backlog is full.
     fn enqueue(self: &Arc<Lane>, item: OutboxItem) {
         let destination = self.senders.destination(&item.action);
+        let already = self.held().keys.contains(&item.key);
+        if already {
+            // Its lease ran out while it waited here: lease it again, keep one copy.
+            if let Some(delivery) = &item.delivery {
+                let mut leased = delivery.clone();
+                leased.next_ms = now_ms().saturating_add(millis(self.lease));
+                if let Err(err) = self.state.action_rescheduled(&item, &leased) {
+                    error!(id = %item.action.id, error = %err, "holding a retry");
+                }
+            }
+            return;
+        }
         if let Some(wait) = self.closed_for(&destination) {
             self.defer(&item, wait);
             return;
@@ -407,7 +423,8 @@ impl Lane {
         }
         if let Some(delivery) = &item.delivery {
             // A retry leaves the retry index while the lane holds it (so the next read does
-            // not return it again), due again only if this process dies first.
+            // not return it again), due again only if this process dies first, or if it
+            // waits longer than the lease (then it is leased again, and not held twice).
             let mut leased = delivery.clone();
             leased.next_ms = now_ms().saturating_add(millis(self.lease));
             if let Err(err) = self.state.action_rescheduled(&item, &leased) {
@@ -417,6 +434,9 @@ impl Lane {
         }
         {
             let mut held = self.held();
+            if !held.keys.insert(item.key.clone()) {
+                return;
+            }
             held.total += 1;
             held.destinations
                 .entry(destination.clone())
@@ -456,10 +476,11 @@ impl Lane {
         let mut guard = Release {
             lane: self.clone(),
             destination,
+            key,
             outcome: Outcome::Left,
         };
         if let Ok(_slot) = self.slots.clone().acquire_owned().await {
-            guard.outcome = self.send_with_slot(&guard.destination, &key).await;
+            guard.outcome = self.send_with_slot(&guard.destination, &guard.key).await;
         }
     }
 
