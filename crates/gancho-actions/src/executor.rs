@@ -156,6 +156,10 @@ pub fn spawn(store: &Store, config: ActionsConfig) -> Result<ActionsHandle, Acti
                     .flatten(),
                 slots: Arc::new(Semaphore::new(concurrency)),
                 concurrency,
+                max_backlog: match channel {
+                    Channel::Http => MAX_BACKLOG,
+                    Channel::Email | Channel::Sms => MAX_HELD,
+                },
                 held: Mutex::new(Held::default()),
                 room: Notify::new(),
                 next_start: Mutex::new(Instant::now()),
@@ -277,6 +281,9 @@ struct Lane {
     /// Sends in flight, all destinations.
     slots: Arc<Semaphore>,
     concurrency: usize,
+    /// Keys one destination's backlog may hold: for e-mail and SMS (one destination each) as
+    /// many as the lane holds, so a long backlog waits in memory instead of being deferred.
+    max_backlog: usize,
     held: Mutex<Held>,
     /// Told when the lane holds fewer items than [`MAX_HELD`].
     room: Notify,
@@ -364,9 +371,22 @@ impl Lane {
                 }
                 continue;
             }
+            let mut failed = false;
             for item in items {
-                self.enqueue(item);
+                if !self.enqueue(item) {
+                    failed = true;
+                    break;
+                }
             }
+            if failed {
+                // The store refused a write: do not spin on the same items.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+            // Let the sends just started, and the other lanes, run.
+            tokio::task::yield_now().await;
         }
         debug!(channel = %self.channel, "lane stopped");
     }
@@ -394,7 +414,8 @@ impl Lane {
 
     /// Puts the item in its destination's backlog, or defers it in the store when the
     /// destination is failing or its backlog is full.
-    fn enqueue(self: &Arc<Lane>, item: OutboxItem) {
+    /// False when the store failed to record a lease or a deferral.
+    fn enqueue(self: &Arc<Lane>, item: OutboxItem) -> bool {
         let destination = self.senders.destination(&item.action);
         let already = self.held().keys.contains(&item.key);
         if already {
@@ -404,22 +425,21 @@ impl Lane {
                 leased.next_ms = now_ms().saturating_add(millis(self.lease));
                 if let Err(err) = self.state.action_rescheduled(&item, &leased) {
                     error!(id = %item.action.id, error = %err, "holding a retry");
+                    return false;
                 }
             }
-            return;
+            return true;
         }
         if let Some(wait) = self.closed_for(&destination) {
-            self.defer(&item, wait);
-            return;
+            return self.defer(&item, wait);
         }
         if self
             .held()
             .destinations
             .get(&destination)
-            .is_some_and(|d| d.backlog.len() >= MAX_BACKLOG)
+            .is_some_and(|d| d.backlog.len() >= self.max_backlog)
         {
-            self.defer(&item, jitter(BUSY_WAIT));
-            return;
+            return self.defer(&item, jitter(BUSY_WAIT));
         }
         if let Some(delivery) = &item.delivery {
             // A retry leaves the retry index while the lane holds it (so the next read does
@@ -429,13 +449,13 @@ impl Lane {
             leased.next_ms = now_ms().saturating_add(millis(self.lease));
             if let Err(err) = self.state.action_rescheduled(&item, &leased) {
                 error!(id = %item.action.id, error = %err, "holding a retry");
-                return;
+                return false;
             }
         }
         {
             let mut held = self.held();
             if !held.keys.insert(item.key.clone()) {
-                return;
+                return true;
             }
             held.total += 1;
             held.destinations
@@ -445,6 +465,7 @@ impl Lane {
                 .push_back(item.key);
         }
         self.pump(&destination);
+        true
     }
 
     /// Starts sends for the destination while it has items and room in its share.
@@ -480,7 +501,8 @@ impl Lane {
             outcome: Outcome::Left,
         };
         if let Ok(_slot) = self.slots.clone().acquire_owned().await {
-            guard.outcome = self.send_with_slot(&guard.destination, &guard.key).await;
+            // Boxed: a task waiting for its slot stays small (the send's state is large).
+            guard.outcome = Box::pin(self.send_with_slot(&guard.destination, &guard.key)).await;
         }
     }
 
@@ -512,6 +534,13 @@ impl Lane {
                 start
             };
             tokio::time::sleep_until(start.into()).await;
+            if self.stopping.load(Ordering::Acquire) {
+                return Outcome::Left;
+            }
+            if let Some(wait) = self.closed_for(destination) {
+                self.defer(&item, wait);
+                return Outcome::Left;
+            }
         }
         let started = Instant::now();
         let result =
@@ -537,7 +566,7 @@ impl Lane {
     }
 
     /// Puts an item aside for `wait` without counting a try.
-    fn defer(&self, item: &OutboxItem, wait: Duration) {
+    fn defer(&self, item: &OutboxItem, wait: Duration) -> bool {
         let now = now_ms();
         let mut delivery = item.delivery.clone().unwrap_or(Delivery {
             first_ms: now,
@@ -545,8 +574,12 @@ impl Lane {
             attempts: Vec::new(),
         });
         delivery.next_ms = now.saturating_add(millis(wait));
-        if let Err(err) = self.state.action_rescheduled(item, &delivery) {
-            error!(id = %item.action.id, error = %err, "deferring an action");
+        match self.state.action_rescheduled(item, &delivery) {
+            Ok(()) => true,
+            Err(err) => {
+                error!(id = %item.action.id, error = %err, "deferring an action");
+                false
+            }
         }
     }
 

@@ -144,7 +144,9 @@ pub(crate) fn event_fields(text: &str) -> Option<HashSet<String>> {
             .or_else(|| rest.strip_prefix('.'))?
             .trim_start();
         let name_len = rest.bytes().take_while(|b| ident(*b)).count();
-        if name_len == 0 {
+        // `event.NAME(…)` is a method call on the whole map (`get`, `keys`, a script's own
+        // function reading `this`): it needs every field.
+        if name_len == 0 || rest[name_len..].trim_start().starts_with('(') {
             return None;
         }
         fields.insert(rest[..name_len].to_owned());
@@ -365,9 +367,22 @@ fn without_comments_and_strings(text: &str) -> String {
                     i += 1;
                 }
             }
-            // Character literals and back-quoted strings are copied as they are (a '"' must
-            // not open a string; `${…}` is code, and `//` inside is not a comment).
-            (quote @ (b'\'' | b'`'), _) => {
+            // A back-quoted string is copied as it is (`${…}` is code; `//` inside is not a
+            // comment); rhai reads it verbatim: no backslash escapes.
+            (b'`', _) => {
+                out.push(b'`');
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'`' {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+                if i < bytes.len() {
+                    out.push(b'`');
+                    i += 1;
+                }
+            }
+            // A character literal is copied as it is (a '"' must not open a string).
+            (quote @ b'\'', _) => {
                 out.push(quote);
                 i += 1;
                 while i < bytes.len() && bytes[i] != quote {
@@ -419,6 +434,10 @@ mod field_tests {
             "let q = '\"'; log(event);",
             "log(`a // ${event}`);",
             "log(#\"a\\\"#); log(event);",
+            "log(event.get(\"email\"));",
+            "log(event.keys());",
+            "fn f() { this.x } log(event.f());",
+            "let root = `C:\\data\\`; let glob = `logs/*`; let all = event; log(all.amount);",
             "log(##\"x \"# y\"##); log(event);",
             "let e = event; e.x",
             "event.",
