@@ -366,17 +366,22 @@ impl EngineState {
         for channel in Channel::ALL {
             for (key, value) in self.scan(&[OUTBOX, channel_byte(channel)], None, limit)? {
                 let suffix = key.get(1..).unwrap_or_default().to_vec();
+                // Unreadable records are listed as far as they can be, never fail the list.
                 let delivery = self
                     .tree()
                     .get(prefixed(DELIVERY, &suffix))
                     .map_err(StoreError::sled)?
-                    .map(|v| decode("delivery record", &v))
-                    .transpose()?;
-                out.push(OutboxItem {
-                    key: suffix,
-                    action: decode("outbox item", &value)?,
-                    delivery,
-                });
+                    .and_then(|v| decode("delivery record", &v).ok());
+                match decode("outbox item", &value) {
+                    Ok(action) => out.push(OutboxItem {
+                        key: suffix,
+                        action,
+                        delivery,
+                    }),
+                    Err(err) => {
+                        tracing::error!(error = %err, "an outbox item that cannot be read");
+                    }
+                }
             }
         }
         out.sort_by(|a, b| decision_order(&a.action).cmp(&decision_order(&b.action)));
@@ -387,15 +392,17 @@ impl EngineState {
     /// Dead letters, oldest decision first, at most `limit` (0: all).
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let limit = if limit == 0 { usize::MAX } else { limit };
-        let mut out: Vec<DeadLetter> = self
-            .tree()
-            .scan_prefix([DEAD])
-            .values()
-            .map(|v| {
-                v.map_err(StoreError::sled)
-                    .and_then(|v| decode("dead letter", &v))
-            })
-            .collect::<Result<_, _>>()?;
+        let mut out: Vec<DeadLetter> = Vec::new();
+        for value in self.tree().scan_prefix([DEAD]).values() {
+            let value = value.map_err(StoreError::sled)?;
+            // One unreadable letter does not hide the others.
+            match decode("dead letter", &value) {
+                Ok(dead) => out.push(dead),
+                Err(err) => {
+                    tracing::error!(error = %err, "skipping a dead letter that cannot be read")
+                }
+            }
+        }
         out.sort_by(|a, b| decision_order(&a.action).cmp(&decision_order(&b.action)));
         out.truncate(limit);
         Ok(out)
@@ -409,7 +416,13 @@ impl EngineState {
         let mut revived = 0;
         for entry in self.tree().scan_prefix([DEAD]) {
             let (key, value) = entry.map_err(StoreError::sled)?;
-            let dead: DeadLetter = decode("dead letter", &value)?;
+            let dead: DeadLetter = match decode("dead letter", &value) {
+                Ok(dead) => dead,
+                Err(err) => {
+                    tracing::error!(error = %err, "skipping a dead letter that cannot be read");
+                    continue;
+                }
+            };
             if id.is_some_and(|id| id != dead.action.id) {
                 continue;
             }
@@ -556,6 +569,10 @@ mod tests {
         let dead = state.dead_letters(0).unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].action, first.action);
+
+        // An unreadable letter beside it hides nothing.
+        state.insert(&[DEAD, b'h', 0xff], b"not json").unwrap();
+        assert_eq!(state.dead_letters(0).unwrap().len(), 1);
 
         // Put back: due at once, then delivered.
         assert_eq!(state.retry_dead(Some("nope"), 4000).unwrap(), 0);
