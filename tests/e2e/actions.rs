@@ -27,6 +27,14 @@ fn withdrawal(id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Waits for `gancho dead --json` to list exactly one dead letter.
+fn one_dead_letter(setup: &Setup) -> Option<serde_json::Value> {
+    wait_until(Duration::from_secs(20), || {
+        let dead = setup.json(&["dead", "--json"]);
+        (dead.as_array().unwrap().len() == 1).then_some(dead)
+    })
+}
+
 const ALLOW_PRIVATE: &str = "[http]\nallow_private = true\n";
 
 #[test]
@@ -90,11 +98,8 @@ fn a_refused_call_goes_to_dead_letters_and_dead_retry_delivers_it() {
     let daemon = setup.start();
     assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
 
-    let dead = wait_until(Duration::from_secs(20), || {
-        let dead = setup.json(&["dead", "--json"]);
-        (dead.as_array().unwrap().len() == 1).then_some(dead)
-    })
-    .unwrap_or_else(|| panic!("no dead letter:\n{}", daemon.log()));
+    let dead =
+        one_dead_letter(&setup).unwrap_or_else(|| panic!("no dead letter:\n{}", daemon.log()));
     let letter = &dead[0];
     assert_eq!(letter["action"]["rule"], "notify");
     let attempts = letter["attempts"].as_array().unwrap();
@@ -148,11 +153,7 @@ fn the_ssrf_guard_stops_a_rules_call_to_loopback_unless_allowed() {
     call_rule(&setup, &receiver.url("/hook"));
     let daemon = setup.start();
     assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
-    let dead = wait_until(Duration::from_secs(20), || {
-        let dead = setup.json(&["dead", "--json"]);
-        (dead.as_array().unwrap().len() == 1).then_some(dead)
-    })
-    .unwrap();
+    let dead = one_dead_letter(&setup).unwrap();
     let error = dead[0]["attempts"][0]["error"].as_str().unwrap();
     assert!(error.contains("SSRF guard"), "{error}");
     assert!(receiver.requests().is_empty());

@@ -420,15 +420,7 @@ impl Lane {
         let already = self.held().keys.contains(&item.key);
         if already {
             // Its lease ran out while it waited here: lease it again, keep one copy.
-            if let Some(delivery) = &item.delivery {
-                let mut leased = delivery.clone();
-                leased.next_ms = now_ms().saturating_add(millis(self.lease));
-                if let Err(err) = self.state.action_rescheduled(&item, &leased) {
-                    error!(id = %item.action.id, error = %err, "holding a retry");
-                    return false;
-                }
-            }
-            return true;
+            return self.lease(&item);
         }
         if let Some(wait) = self.closed_for(&destination) {
             return self.defer(&item, wait);
@@ -441,16 +433,8 @@ impl Lane {
         {
             return self.defer(&item, jitter(BUSY_WAIT));
         }
-        if let Some(delivery) = &item.delivery {
-            // A retry leaves the retry index while the lane holds it (so the next read does
-            // not return it again), due again only if this process dies first, or if it
-            // waits longer than the lease (then it is leased again, and not held twice).
-            let mut leased = delivery.clone();
-            leased.next_ms = now_ms().saturating_add(millis(self.lease));
-            if let Err(err) = self.state.action_rescheduled(&item, &leased) {
-                error!(id = %item.action.id, error = %err, "holding a retry");
-                return false;
-            }
+        if !self.lease(&item) {
+            return false;
         }
         {
             let mut held = self.held();
@@ -466,6 +450,25 @@ impl Lane {
         }
         self.pump(&destination);
         true
+    }
+
+    /// A retry leaves the retry index while the lane holds it (so the next read does not
+    /// return it again), due again only if this process dies first, or if it waits longer
+    /// than the lease (then it is leased again, and not held twice). False when the store
+    /// failed to record it; a new item (no delivery record) needs no lease.
+    fn lease(&self, item: &OutboxItem) -> bool {
+        let Some(delivery) = &item.delivery else {
+            return true;
+        };
+        let mut leased = delivery.clone();
+        leased.next_ms = now_ms().saturating_add(millis(self.lease));
+        match self.state.action_rescheduled(item, &leased) {
+            Ok(()) => true,
+            Err(err) => {
+                error!(id = %item.action.id, error = %err, "holding a retry");
+                false
+            }
+        }
     }
 
     /// Starts sends for the destination while it has items and room in its share.
