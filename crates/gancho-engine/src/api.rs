@@ -13,7 +13,7 @@ use chrono::{TimeZone as _, Utc};
 use gancho_core::{
     Action, ActionRequest, EmailAction, HttpAction, SmsAction, action_id, millis_to_time,
 };
-use gancho_store::{Expectation, Order, StateValue, Timer, Window};
+use gancho_store::{ExpectShape, Expectation, Order, StateValue, Timer, Window, expectation_name};
 use rhai::{Dynamic, EvalAltResult, INT, ImmutableString, Map};
 
 use crate::ctx::Ctx;
@@ -478,8 +478,12 @@ fn register_timers(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
             }
             let run = ctx.run()?;
             let seq = run.seq;
-            let keys_text = serde_json::to_string(&w.keys).unwrap_or_default();
-            let name = format!("expect:{ty}:{keys_text}:{callback}");
+            let keys: Vec<(&str, &str)> = w
+                .keys
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let name = expectation_name(&w.source, &w.kind, &keys, callback);
             if name.len() > MAX_TIMER_NAME * 4 {
                 return err(format!(
                     "expect: the type, keys and function name are {} bytes, at most {} are allowed",
@@ -487,11 +491,13 @@ fn register_timers(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
                     MAX_TIMER_NAME * 4
                 ));
             }
-            let shape = (
-                w.source.clone(),
-                w.kind.clone(),
-                w.keys.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-            );
+            let shape = ExpectShape {
+                source: w.source.clone(),
+                kind: w.kind.clone(),
+                names: w.keys.iter().map(|(n, _)| n.clone()).collect(),
+                rule: run.rule.clone(),
+                callback: callback.to_owned(),
+            };
             let expect = Expectation {
                 source: w.source,
                 kind: w.kind,

@@ -5,10 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gancho_core::ActionRequest;
-use gancho_store::{Change, StateValue, Store, StoreError, Timer};
-
-/// What an expectation waits for: (source, type, key values sorted by name).
-pub(crate) type Awaited = (String, String, Vec<(String, String)>);
+use gancho_store::{Change, ExpectShape, StateValue, Store, StoreError, Timer};
 
 /// Changes decided but not committed: a rule run's, merged into its batch's when the run
 /// succeeds (a run that fails leaves nothing behind).
@@ -17,26 +14,11 @@ pub(crate) struct Pending {
     pub(crate) changes: Vec<Change>,
     pub(crate) state: HashMap<(String, String), Option<StateValue>>,
     pub(crate) timers: HashMap<(String, String), Option<Timer>>,
-    /// Expectations set in this batch, by what they wait for: (source, type, keys) → (rule,
-    /// name). The store does not have them yet.
-    pub(crate) expects: HashMap<Awaited, Vec<(String, String)>>,
     pub(crate) actions: usize,
 }
 
 impl Pending {
     pub(crate) fn merge(&mut self, run: Pending) {
-        for (id, timer) in &run.timers {
-            if let Some(expect) = timer.as_ref().and_then(|t| t.expect.as_ref()) {
-                self.expects
-                    .entry((
-                        expect.source.clone(),
-                        expect.kind.clone(),
-                        expect.keys.clone(),
-                    ))
-                    .or_default()
-                    .push(id.clone());
-            }
-        }
         self.changes.extend(run.changes);
         self.state.extend(run.state);
         self.timers.extend(run.timers);
@@ -73,8 +55,8 @@ pub(crate) struct Ctx {
     pub(crate) max_queries: u32,
     pub(crate) run: Option<Run>,
     pub(crate) batch: Pending,
-    /// New expectation shapes seen in this batch: (source, type) → key names.
-    pub(crate) new_shapes: Vec<(String, String, Vec<String>)>,
+    /// Expectation shapes set by this batch's runs (new or not).
+    pub(crate) new_shapes: Vec<ExpectShape>,
 }
 
 impl Ctx {

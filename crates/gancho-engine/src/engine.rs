@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gancho_core::{Clock, Event, EventId, NewEvent, millis_to_time, time_to_millis};
-use gancho_store::{Change, Order, Store, StoreError, Submission, Timer, Window};
+use gancho_store::{
+    Change, ExpectShape, Order, Store, StoreError, Submission, Window, expectation_name,
+};
 use rhai::{CallFnOptions, Dynamic, Scope};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -20,23 +22,23 @@ use crate::ctx::{Ctx, Pending, Run};
 use crate::dynamic;
 use crate::rule::{self, Diagnostic, Rule};
 
-/// The key-name sets expectations wait on, by source and type: looked up for every event, by
-/// `&str`, without building a key.
+/// The shapes expectations wait on, by source and type: looked up for every event, by `&str`,
+/// without building a key.
 #[derive(Debug, Default)]
-struct Shapes(HashMap<String, HashMap<String, BTreeSet<Vec<String>>>>);
+struct Shapes(HashMap<String, HashMap<String, BTreeSet<ExpectShape>>>);
 
 impl Shapes {
     /// Adds a shape; true if it is new.
-    fn insert(&mut self, source: String, kind: String, names: Vec<String>) -> bool {
+    fn insert(&mut self, shape: ExpectShape) -> bool {
         self.0
-            .entry(source)
+            .entry(shape.source.clone())
             .or_default()
-            .entry(kind)
+            .entry(shape.kind.clone())
             .or_default()
-            .insert(names)
+            .insert(shape)
     }
 
-    fn get(&self, source: &str, kind: &str) -> Option<&BTreeSet<Vec<String>>> {
+    fn get(&self, source: &str, kind: &str) -> Option<&BTreeSet<ExpectShape>> {
         self.0.get(source)?.get(kind)
     }
 }
@@ -178,8 +180,8 @@ impl Engine {
         }));
         let rhai = api::build(&config.limits, &ctx);
         let mut shapes = Shapes::default();
-        for (source, kind, names) in store.engine_state().expectation_shapes()? {
-            shapes.insert(source, kind, names);
+        for shape in store.engine_state().expectation_shapes()? {
+            shapes.insert(shape);
         }
         let mut cursor = store.engine_state().cursor()?;
         let last = store.last_seq()?;
@@ -500,23 +502,16 @@ impl Engine {
         for event in &events {
             self.process(event);
             let shapes = std::mem::take(&mut self.ctx.borrow_mut().new_shapes);
-            for (source, kind, names) in shapes {
-                if self
-                    .shapes
-                    .insert(source.clone(), kind.clone(), names.clone())
-                {
-                    fresh.push((source, kind, names));
+            for shape in shapes {
+                if self.shapes.insert(shape.clone()) {
+                    fresh.push(shape);
                 }
             }
         }
         let last = events.last().map_or(self.cursor, |e| e.seq);
         let mut batch = std::mem::take(&mut self.ctx.borrow_mut().batch);
-        for (source, kind, names) in fresh {
-            batch.changes.push(Change::PutShape {
-                source,
-                kind,
-                names,
-            });
+        for shape in fresh {
+            batch.changes.push(Change::PutShape(shape));
         }
         if let Err(err) = self.store.engine_state().commit(&batch.changes, last) {
             // Nothing of the batch is committed: it is processed again on the next step.
@@ -529,8 +524,8 @@ impl Engine {
 
     fn shapes_from_store(&mut self) -> Result<(), EngineError> {
         self.shapes = Shapes::default();
-        for (source, kind, names) in self.store.engine_state().expectation_shapes()? {
-            self.shapes.insert(source, kind, names);
+        for shape in self.store.engine_state().expectation_shapes()? {
+            self.shapes.insert(shape);
         }
         Ok(())
     }
@@ -604,53 +599,40 @@ impl Engine {
         woken
     }
 
-    /// Cancels the expectations this event fulfils.
+    /// Cancels the expectations this event fulfils: for each shape waiting on its type, the
+    /// one timer its key values name.
     fn satisfy_expectations(&mut self, event: &Event) {
         let Some(shapes) = self.shapes.get(&event.source, &event.kind) else {
             return;
         };
         let time = time_to_millis(event.time);
         let mut ctx = self.ctx.borrow_mut();
-        for names in shapes {
-            let Some(keys) = names
+        for shape in shapes {
+            let Some(keys) = shape
+                .names
                 .iter()
-                .map(|n| event.keys.get(n).map(|v| (n.clone(), v.clone())))
+                .map(|n| event.keys.get(n).map(|v| (n.as_str(), v.as_str())))
                 .collect::<Option<Vec<_>>>()
             else {
                 continue;
             };
-            let stored =
-                match ctx
-                    .store
-                    .engine_state()
-                    .expectations(&event.source, &event.kind, &keys)
-                {
-                    Ok(found) => found,
-                    Err(err) => {
-                        warn!(seq = event.seq, error = %err, "reading expectations");
-                        continue;
-                    }
-                };
-            // Expectations set earlier in this batch are not in the store yet.
-            let in_batch: Vec<Timer> = ctx
-                .batch
-                .expects
-                .get(&(event.source.clone(), event.kind.clone(), keys))
-                .into_iter()
-                .flatten()
-                .filter_map(|(rule, name)| ctx.timer(rule, name).ok().flatten())
-                .collect();
-            for timer in stored.into_iter().chain(in_batch) {
-                let current = ctx.timer(&timer.rule, &timer.name).ok().flatten();
-                let Some(current) = current.filter(|c| c.uid == timer.uid) else {
+            let name = expectation_name(&event.source, &event.kind, &keys, &shape.callback);
+            let current = match ctx.timer(&shape.rule, &name) {
+                Ok(found) => found,
+                Err(err) => {
+                    warn!(seq = event.seq, error = %err, "reading an expectation");
                     continue;
-                };
-                let Some(expect) = &current.expect else {
-                    continue;
-                };
-                if (expect.from_ms..=expect.to_ms).contains(&time) {
-                    ctx.set_timer(Some(current), None);
                 }
+            };
+            let Some(current) = current else {
+                continue;
+            };
+            if current
+                .expect
+                .as_ref()
+                .is_some_and(|e| (e.from_ms..=e.to_ms).contains(&time))
+            {
+                ctx.set_timer(Some(current), None);
             }
         }
     }

@@ -37,7 +37,9 @@ use gancho_core::Event;
 pub use error::StoreError;
 pub use outbox::{Attempt, DeadLetter, Delivery, OutboxItem};
 pub use query::{EventQuery, KeyFilter, Order, Window};
-pub use state::{Change, EngineState, Expectation, StateValue, Timer};
+pub use state::{
+    Change, EngineState, ExpectShape, Expectation, StateValue, Timer, expectation_name,
+};
 pub use writer::{AppendReport, Appender, Rejected, Submission};
 
 use crate::progress::Progress;

@@ -9,8 +9,7 @@
 //! | `S`    | rule, key                                   | [`StateValue`], JSON          |
 //! | `A`    | rule, timer name                            | [`Timer`], JSON               |
 //! | `W`    | due time, rule, timer name                  | empty (timers by due time)    |
-//! | `X`    | source, type, n, (name, value)×n, rule, name| empty (expectations by match) |
-//! | `Y`    | source, type, n, name×n                     | empty (expectation shapes)    |
+//! | `E`    | source, type, n, name×n, rule, callback     | empty ([`ExpectShape`]s)      |
 //! | `O`    | channel, event seq, rule, position          | [`ActionRequest`], JSON       |
 //! | `R`    | rule                                        | i64 BE: last cron tick, ms    |
 //! | `J`    | commit number, chunk number (`u32::MAX`: marker) | journal of one commit    |
@@ -42,8 +41,11 @@ const CURSOR_KEY: &[u8] = b"Mcursor";
 const STATE: u8 = b'S';
 const TIMER: u8 = b'A';
 const DUE: u8 = b'W';
-const EXPECT: u8 = b'X';
-const SHAPE: u8 = b'Y';
+const SHAPE: u8 = b'E';
+/// Layouts before expectation timers were named from their shape: an entry per expectation
+/// (`X`: source, type, n, (name, value)×n, rule, timer name) and shapes without rule (`Y`).
+const OLD_EXPECT: u8 = b'X';
+const OLD_SHAPE: u8 = b'Y';
 const CRON: u8 = b'R';
 const JOURNAL: u8 = b'J';
 /// The chunk number of a commit's marker, written after its last chunk.
@@ -106,6 +108,26 @@ pub struct Expectation {
     pub to_ms: i64,
 }
 
+/// What a rule's expectations wait on: events of (source, type) carrying the keys `names`
+/// (sorted), else `callback` runs. Recorded once per shape; with an event's key values it names
+/// the only timer that event can cancel ([`expectation_name`]), so finding the expectations an
+/// event fulfils takes one lookup per shape, not a scan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExpectShape {
+    pub source: String,
+    pub kind: String,
+    pub names: Vec<String>,
+    pub rule: String,
+    pub callback: String,
+}
+
+/// The timer name of an expectation of events of (source, type) with these key values (sorted
+/// by name) that calls `callback`: a rule has at most one such expectation at a time.
+pub fn expectation_name(source: &str, kind: &str, keys: &[(&str, &str)], callback: &str) -> String {
+    let keys = serde_json::to_string(keys).unwrap_or_default();
+    format!("expect:{source}.{kind}:{keys}:{callback}")
+}
+
 /// One change the engine decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -120,17 +142,13 @@ pub enum Change {
     },
     /// Sets a timer; the caller deletes the one it replaces first.
     PutTimer(Timer),
-    /// Deletes this exact timer (and its due-time and expectation entries).
+    /// Deletes this exact timer (and its due-time entry).
     DeleteTimer(Timer),
     PutAction(ActionRequest),
-    /// Records that expectations wait on events of (source, type) by these key names, so the
-    /// engine looks such events up ([`EngineState::expectation_shapes`]). Written once per
-    /// shape, not per expectation.
-    PutShape {
-        source: String,
-        kind: String,
-        names: Vec<String>,
-    },
+    /// Records that a rule's expectations wait on events of this shape, so the engine looks
+    /// such events up ([`EngineState::expectation_shapes`]). Written once per shape, not per
+    /// expectation.
+    PutShape(ExpectShape),
     /// The last cron tick appended for a rule.
     CronMark {
         rule: String,
@@ -207,6 +225,7 @@ impl EngineState {
         };
         state.recover()?;
         state.migrate_outbox()?;
+        state.migrate_expectations()?;
         let cursor = state.cursor()?;
         state.shared.durable_cursor.store(cursor, Ordering::Release);
         state.shared.durable_tx.send_replace(cursor);
@@ -303,6 +322,64 @@ impl EngineState {
             tracing::info!(moved, "moved outbox items to the per-channel layout");
         }
         Ok(())
+    }
+
+    /// Stores written before expectation timers were named from their shape kept an entry per
+    /// expectation (`X`) and shapes without their rule (`Y`): each `X` entry becomes its
+    /// rule's shape (`E`), then the old entries go.
+    fn migrate_expectations(&self) -> Result<(), StoreError> {
+        let mut old = Vec::new();
+        let mut shapes = std::collections::BTreeSet::new();
+        for entry in self.tree.scan_prefix([OLD_EXPECT]) {
+            let (key, _) = entry.map_err(StoreError::sled)?;
+            if let Some(shape) = self.old_expectation_shape(&key[1..])? {
+                shapes.insert(shape);
+            }
+            old.push(key);
+        }
+        for entry in self.tree.scan_prefix([OLD_SHAPE]) {
+            old.push(entry.map_err(StoreError::sled)?.0);
+        }
+        if old.is_empty() {
+            return Ok(());
+        }
+        for shape in &shapes {
+            self.apply(&shape_key(shape), Some(&[]))?;
+        }
+        self.sync()?;
+        for key in &old {
+            self.apply(key, None)?;
+        }
+        self.sync()?;
+        tracing::info!(
+            shapes = shapes.len(),
+            "moved expectations to the per-rule shape layout"
+        );
+        Ok(())
+    }
+
+    /// The shape of an old expectation entry (source, type, n, (name, value)×n, rule, timer
+    /// name), from its timer; `None` when the timer is gone.
+    fn old_expectation_shape(&self, key: &[u8]) -> Result<Option<ExpectShape>, StoreError> {
+        let bad = || corrupt("expectation", "bad key");
+        let mut fields = Fields::new(key);
+        let source = fields.string().ok_or_else(bad)?;
+        let kind = fields.string().ok_or_else(bad)?;
+        let n = fields.u32().ok_or_else(bad)?;
+        let mut names = Vec::new();
+        for _ in 0..n {
+            names.push(fields.string().ok_or_else(bad)?);
+            fields.string().ok_or_else(bad)?;
+        }
+        let rule = fields.string().ok_or_else(bad)?;
+        let name = fields.string().ok_or_else(bad)?;
+        Ok(self.timer(&rule, &name)?.map(|timer| ExpectShape {
+            source,
+            kind,
+            names,
+            rule,
+            callback: timer.callback,
+        }))
     }
 
     fn apply(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
@@ -424,41 +501,13 @@ impl EngineState {
         }
     }
 
-    /// Expectations waiting for an event of (source, type) with exactly these key values
-    /// (sorted by name).
-    pub fn expectations(
-        &self,
-        source: &str,
-        kind: &str,
-        keys: &[(String, String)],
-    ) -> Result<Vec<Timer>, StoreError> {
-        let prefix = expect_prefix(source, kind, keys);
-        let mut timers = Vec::new();
-        for (key, _) in self.scan(&prefix, None, usize::MAX)? {
-            let mut fields = Fields::new(&key[prefix.len()..]);
-            let (Some(rule), Some(name)) = (fields.string(), fields.string()) else {
-                return Err(corrupt("expectation", "bad key"));
-            };
-            if let Some(timer) = self.timer(&rule, &name)? {
-                timers.push(timer);
-            }
-        }
-        Ok(timers)
-    }
-
-    /// Every (source, type, key names) some expectation ever waited on.
-    pub fn expectation_shapes(&self) -> Result<Vec<(String, String, Vec<String>)>, StoreError> {
+    /// Every shape some expectation ever waited on.
+    pub fn expectation_shapes(&self) -> Result<Vec<ExpectShape>, StoreError> {
         let mut shapes = Vec::new();
         for (key, _) in self.scan(&[SHAPE], None, usize::MAX)? {
-            let mut fields = Fields::new(&key[1..]);
-            let bad = || corrupt("expectation shape", "bad key");
-            let source = fields.string().ok_or_else(bad)?;
-            let kind = fields.string().ok_or_else(bad)?;
-            let n = fields.u32().ok_or_else(bad)?;
-            let names = (0..n)
-                .map(|_| fields.string().ok_or_else(bad))
-                .collect::<Result<_, _>>()?;
-            shapes.push((source, kind, names));
+            shapes.push(
+                parse_shape(&key[1..]).ok_or_else(|| corrupt("expectation shape", "bad key"))?,
+            );
         }
         Ok(shapes)
     }
@@ -710,25 +759,15 @@ fn encode_change(
         Change::PutTimer(timer) => {
             writes.push((timer_key(&timer.rule, &timer.name), Some(to_json(timer)?)));
             writes.push((due_key(timer), Some(Vec::new())));
-            if let Some(expect) = &timer.expect {
-                writes.push((expect_key(timer, expect), Some(Vec::new())));
-            }
         }
         Change::DeleteTimer(timer) => {
             writes.push((timer_key(&timer.rule, &timer.name), None));
             writes.push((due_key(timer), None));
-            if let Some(expect) = &timer.expect {
-                writes.push((expect_key(timer, expect), None));
-            }
         }
         Change::PutAction(action) => {
             writes.push((crate::outbox::outbox_key(action), Some(to_json(action)?)));
         }
-        Change::PutShape {
-            source,
-            kind,
-            names,
-        } => writes.push((shape_key(source, kind, names), Some(Vec::new()))),
+        Change::PutShape(shape) => writes.push((shape_key(shape), Some(Vec::new()))),
         Change::CronMark { rule, tick_ms } => {
             let mut key = vec![CRON];
             push_str(&mut key, rule);
@@ -760,34 +799,33 @@ fn due_key(timer: &Timer) -> Vec<u8> {
     out
 }
 
-fn expect_prefix(source: &str, kind: &str, keys: &[(String, String)]) -> Vec<u8> {
-    let mut out = vec![EXPECT];
-    push_str(&mut out, source);
-    push_str(&mut out, kind);
-    out.extend_from_slice(&(keys.len() as u32).to_be_bytes());
-    for (name, value) in keys {
-        push_str(&mut out, name);
-        push_str(&mut out, value);
-    }
-    out
-}
-
-fn expect_key(timer: &Timer, expect: &Expectation) -> Vec<u8> {
-    let mut out = expect_prefix(&expect.source, &expect.kind, &expect.keys);
-    push_str(&mut out, &timer.rule);
-    push_str(&mut out, &timer.name);
-    out
-}
-
-fn shape_key(source: &str, kind: &str, names: &[String]) -> Vec<u8> {
+fn shape_key(shape: &ExpectShape) -> Vec<u8> {
     let mut out = vec![SHAPE];
-    push_str(&mut out, source);
-    push_str(&mut out, kind);
-    out.extend_from_slice(&(names.len() as u32).to_be_bytes());
-    for name in names {
+    push_str(&mut out, &shape.source);
+    push_str(&mut out, &shape.kind);
+    out.extend_from_slice(&(shape.names.len() as u32).to_be_bytes());
+    for name in &shape.names {
         push_str(&mut out, name);
     }
+    push_str(&mut out, &shape.rule);
+    push_str(&mut out, &shape.callback);
     out
+}
+
+/// A shape key without its prefix byte.
+fn parse_shape(key: &[u8]) -> Option<ExpectShape> {
+    let mut fields = Fields::new(key);
+    let source = fields.string()?;
+    let kind = fields.string()?;
+    let n = fields.u32()?;
+    let names = (0..n).map(|_| fields.string()).collect::<Option<_>>()?;
+    Some(ExpectShape {
+        source,
+        kind,
+        names,
+        rule: fields.string()?,
+        callback: fields.string()?,
+    })
 }
 
 pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -944,11 +982,18 @@ pub(crate) mod tests {
         assert_eq!(state.tree.scan_prefix([JOURNAL]).count(), 0);
     }
 
-    #[test]
-    fn timers_are_found_by_due_time_and_by_expectation_and_deleted_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = open(&dir.path().join("engine"));
-        let timer = |name: &str, due_ms: i64, keys: Option<&str>| Timer {
+    fn shape() -> ExpectShape {
+        ExpectShape {
+            source: "mailjet".to_owned(),
+            kind: "open".to_owned(),
+            names: vec!["MessageID".to_owned()],
+            rule: "r".to_owned(),
+            callback: "f".to_owned(),
+        }
+    }
+
+    fn expect_timer(name: &str, due_ms: i64, keys: Option<&str>) -> Timer {
+        Timer {
             rule: "r".to_owned(),
             name: name.to_owned(),
             uid: format!("r/{name}/1.1"),
@@ -963,18 +1008,23 @@ pub(crate) mod tests {
                 from_ms: 0,
                 to_ms: due_ms,
             }),
-        };
-        let (early, late) = (timer("early", -5, None), timer("late", 500, Some("42")));
+        }
+    }
+
+    #[test]
+    fn timers_are_found_by_due_time_and_by_name_and_deleted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(&dir.path().join("engine"));
+        let name = expectation_name("mailjet", "open", &[("MessageID", "42")], "f");
+        assert_eq!(name, r#"expect:mailjet.open:[["MessageID","42"]]:f"#);
+        let early = expect_timer("early", -5, None);
+        let late = expect_timer(&name, 500, Some("42"));
         state
             .commit(
                 &[
                     Change::PutTimer(late.clone()),
                     Change::PutTimer(early.clone()),
-                    Change::PutShape {
-                        source: "mailjet".to_owned(),
-                        kind: "open".to_owned(),
-                        names: vec!["MessageID".to_owned()],
-                    },
+                    Change::PutShape(shape()),
                 ],
                 1,
             )
@@ -985,26 +1035,46 @@ pub(crate) mod tests {
             std::slice::from_ref(&early)
         );
         assert_eq!(state.due_timers(500, 10).unwrap(), [early, late.clone()]);
-        let keys = [("MessageID".to_owned(), "42".to_owned())];
-        assert_eq!(
-            state.expectations("mailjet", "open", &keys).unwrap(),
-            std::slice::from_ref(&late)
-        );
-        assert_eq!(
-            state.expectation_shapes().unwrap(),
-            [(
-                "mailjet".to_owned(),
-                "open".to_owned(),
-                vec!["MessageID".to_owned()]
-            )]
-        );
+        assert_eq!(state.timer("r", &name).unwrap(), Some(late.clone()));
+        assert_eq!(state.expectation_shapes().unwrap(), [shape()]);
         state.commit(&[Change::DeleteTimer(late)], 2).unwrap();
-        assert!(
-            state
-                .expectations("mailjet", "open", &keys)
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(state.timer("r", &name).unwrap(), None);
         assert_eq!(state.due_timers(1000, 10).unwrap().len(), 1);
+        assert_eq!(state.scan(&[DUE], None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn expectations_of_the_old_layout_become_shapes_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine");
+        let name = expectation_name("mailjet", "open", &[("MessageID", "42")], "f");
+        let timer = expect_timer(&name, 500, Some("42"));
+        {
+            let state = open(&path);
+            state.commit(&[Change::PutTimer(timer.clone())], 1).unwrap();
+            state.close();
+            // What the old layout wrote besides the timer: its expectation entry and shape.
+            let mut x = vec![OLD_EXPECT];
+            push_str(&mut x, "mailjet");
+            push_str(&mut x, "open");
+            x.extend_from_slice(&1u32.to_be_bytes());
+            push_str(&mut x, "MessageID");
+            push_str(&mut x, "42");
+            push_str(&mut x, "r");
+            push_str(&mut x, &name);
+            let mut y = vec![OLD_SHAPE];
+            push_str(&mut y, "mailjet");
+            push_str(&mut y, "open");
+            y.extend_from_slice(&1u32.to_be_bytes());
+            push_str(&mut y, "MessageID");
+            state.tree.insert(x, &[]).unwrap();
+            state.tree.insert(y, &[]).unwrap();
+            state.sync().unwrap();
+        }
+        let state = open(&path);
+        assert_eq!(state.expectation_shapes().unwrap(), [shape()]);
+        assert_eq!(state.timer("r", &name).unwrap(), Some(timer));
+        assert_eq!(state.tree.scan_prefix([OLD_EXPECT]).count(), 0);
+        assert_eq!(state.tree.scan_prefix([OLD_SHAPE]).count(), 0);
     }
 }
