@@ -77,7 +77,7 @@ impl World {
             .collect();
         let changes: Vec<Change> = requests.iter().cloned().map(Change::PutAction).collect();
         let state = self.store.engine_state();
-        state.commit(&changes, self.seq).unwrap();
+        state.commit(changes, self.seq).unwrap();
         assert!(state.wait_durable(WAIT));
         requests
     }

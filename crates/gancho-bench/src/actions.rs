@@ -192,7 +192,7 @@ fn deliver(
                 })
             })
             .collect();
-        state.commit(&changes, *seqs.last().context("empty batch")?)?;
+        state.commit(changes, *seqs.last().context("empty batch")?)?;
         if batch % 16 == 15 {
             state.wait_durable(Duration::from_secs(60));
         }

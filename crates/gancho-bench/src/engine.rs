@@ -23,6 +23,8 @@ pub struct EngineBench {
     pub events: usize,
     pub rules: PathBuf,
     pub fsync: bool,
+    pub store: Option<PathBuf>,
+    pub shipped_only: bool,
 }
 
 fn open(path: &Path, fsync: bool) -> anyhow::Result<Store> {
@@ -65,8 +67,73 @@ fn body(kind: &str, i: u64, at: i64) -> String {
 
 pub fn run(bench: &EngineBench) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("store");
-    let store = open(&path, bench.fsync)?;
+    let path = match &bench.store {
+        Some(kept) => kept.clone(),
+        None => dir.path().join("store"),
+    };
+    let reuse = bench.store.is_some() && path.join("log").exists();
+    let store = if reuse {
+        let store = open(&path, bench.fsync)?;
+        println!(
+            "store: reusing {} ({} events)",
+            path.display(),
+            store.status().durable
+        );
+        store
+    } else {
+        build_store(&path, bench)?
+    };
+    let store = measure_engine(
+        store,
+        &path,
+        "the 5 shipped rules",
+        &bench.rules,
+        bench.fsync,
+    )?;
+    if bench.shipped_only {
+        store.shutdown()?;
+        return Ok(());
+    }
+    let many = dir.path().join("rules-100");
+    std::fs::create_dir_all(&many)?;
+    for entry in std::fs::read_dir(&bench.rules)? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "rhai") {
+            std::fs::copy(&p, many.join(p.file_name().context("file name")?))?;
+        }
+    }
+    for i in 0..95 {
+        std::fs::write(
+            many.join(format!("extra-{i:02}.rhai")),
+            format!(
+                "const ON = [\"mailjet.click\"];\nif event.CustomID == \"campaign-{i}\" {{\n    http(#{{ url: \"https://hooks.example.com/{i}\", json: #{{ email: event.email }} }});\n}}\n"
+            ),
+        )?;
+    }
+    let store = measure_engine(
+        store,
+        &path,
+        "100 rules (95 more on every click)",
+        &many,
+        bench.fsync,
+    )?;
+    measure_queries(&store, recipients_for(bench.events))?;
+    store.shutdown()?;
+    Ok(())
+}
+
+/// The recipients a store of `events` events has.
+fn recipients_for(events: usize) -> u64 {
+    let (mut total, mut recipients) = (0, 0);
+    while total < events {
+        total += recipient_events(recipients).len();
+        recipients += 1;
+    }
+    recipients
+}
+
+fn build_store(path: &Path, bench: &EngineBench) -> anyhow::Result<Store> {
+    let store = open(path, bench.fsync)?;
     let start = Instant::now();
     let mut batch = Vec::new();
     let mut total = 0;
@@ -95,39 +162,7 @@ pub fn run(bench: &EngineBench) -> anyhow::Result<()> {
         indexed.as_secs_f64()
     );
 
-    let store = measure_engine(
-        store,
-        &path,
-        "the 5 shipped rules",
-        &bench.rules,
-        bench.fsync,
-    )?;
-    let many = dir.path().join("rules-100");
-    std::fs::create_dir_all(&many)?;
-    for entry in std::fs::read_dir(&bench.rules)? {
-        let p = entry?.path();
-        if p.extension().is_some_and(|e| e == "rhai") {
-            std::fs::copy(&p, many.join(p.file_name().context("file name")?))?;
-        }
-    }
-    for i in 0..95 {
-        std::fs::write(
-            many.join(format!("extra-{i:02}.rhai")),
-            format!(
-                "const ON = [\"mailjet.click\"];\nif event.CustomID == \"campaign-{i}\" {{\n    http(#{{ url: \"https://hooks.example.com/{i}\", json: #{{ email: event.email }} }});\n}}\n"
-            ),
-        )?;
-    }
-    let store = measure_engine(
-        store,
-        &path,
-        "100 rules (95 more on every click)",
-        &many,
-        bench.fsync,
-    )?;
-    measure_queries(&store, recipients)?;
-    store.shutdown()?;
-    Ok(())
+    Ok(store)
 }
 
 /// Runs a fresh engine (its state removed) over the whole log.
@@ -145,21 +180,33 @@ fn measure_engine(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
+    // A daemon that has been writing its store finds it in the page cache; a fresh open here
+    // might not (this machine's cache is shared): read it once so both runs start alike.
+    warm_page_cache(path)?;
     let store = open(path, fsync)?;
     let clock = Arc::new(ManualClock::new(
         Utc.timestamp_opt(T0, 0).single().context("time")?,
     ));
     let mut engine = Engine::new(store.clone(), clock, EngineConfig::new(rules))?;
     let start = Instant::now();
+    let cpu_before = thread_cpu();
     let processed = engine.run_until_idle(Duration::from_secs(3600))?;
     // Until every decision is applied and on disk.
     store.engine_state().wait_durable(Duration::from_secs(3600));
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_delta(&cpu_before, &thread_cpu());
     let outbox = store.engine_state().outbox(0)?.len();
     let errors: u64 = engine.status().rules.iter().map(|r| r.errors).sum();
     println!(
         "engine, {label}: {processed} events in {elapsed:.1} s = {:.0} events/s; {outbox} actions decided, {errors} rule errors",
         processed as f64 / elapsed
+    );
+    println!(
+        "  CPU seconds by thread: {}",
+        cpu.iter()
+            .map(|(name, secs)| format!("{name} {secs:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for rule in engine.status().rules {
         if let Some(err) = rule.last_error {
@@ -168,6 +215,57 @@ fn measure_engine(
     }
     drop(engine);
     Ok(store)
+}
+
+/// Reads every file of the store once.
+fn warm_page_cache(path: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            warm_page_cache(&entry.path())?;
+        } else {
+            std::io::copy(&mut std::fs::File::open(entry.path())?, &mut std::io::sink())?;
+        }
+    }
+    Ok(())
+}
+
+/// CPU seconds used so far by this process's threads, summed by thread name (Linux only;
+/// empty elsewhere).
+fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... utime stime: fields 14 and 15, counted after the ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n);
+        // Numbered sled threads count as one.
+        let name = name.trim_end_matches(|c: char| c.is_ascii_digit()).to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    out
+}
+
+fn cpu_delta(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, secs)| (name.clone(), secs - before.get(name).unwrap_or(&0.0)))
+        .filter(|(_, secs)| *secs >= 0.05)
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
 }
 
 fn measure_queries(store: &Store, recipients: u64) -> anyhow::Result<()> {

@@ -72,6 +72,13 @@ struct Args {
     /// The shipped rules, for the engine benchmark.
     #[arg(long, default_value = "rules")]
     rules: PathBuf,
+    /// Keep the engine benchmark's event store in this folder, and reuse it when it is there
+    /// (built with the same `--events`), to compare engine changes without rebuilding it.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Engine benchmark: measure only the shipped rules (no 100-rule run, no window queries).
+    #[arg(long)]
+    shipped_only: bool,
     /// Measure the actions instead: delivery throughput to a local HTTP receiver and SMTP
     /// server, and webhook-to-HTTP-action latency through the daemon at `--rate`.
     #[arg(long)]
@@ -100,6 +107,8 @@ fn main() -> anyhow::Result<()> {
         return engine::run(&engine::EngineBench {
             events: args.events,
             rules: args.rules.clone(),
+            store: args.store.clone(),
+            shipped_only: args.shipped_only,
             fsync: !args.no_fsync,
         });
     }

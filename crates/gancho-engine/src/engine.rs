@@ -513,7 +513,7 @@ impl Engine {
         for shape in fresh {
             batch.changes.push(Change::PutShape(shape));
         }
-        if let Err(err) = self.store.engine_state().commit(&batch.changes, last) {
+        if let Err(err) = self.store.engine_state().commit(batch.changes, last) {
             // Nothing of the batch is committed: it is processed again on the next step.
             self.shapes_from_store()?;
             return Err(err.into());

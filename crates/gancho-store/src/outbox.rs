@@ -507,7 +507,7 @@ mod tests {
             .into_iter()
             .map(Change::PutAction)
             .collect();
-        state.commit(&changes, 2).unwrap();
+        state.commit(changes, 2).unwrap();
         // Not durable yet: nothing to deliver, but listed.
         assert_eq!(state.pending_actions(0).unwrap().len(), 3);
         assert!(state.wait_durable(std::time::Duration::from_secs(10)));

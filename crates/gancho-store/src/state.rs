@@ -17,13 +17,17 @@
 //! **Atomic commits without sled transactions.** A commit (every change the engine decided for
 //! a batch of events, and the cursor past them) is first written as a journal: its writes in
 //! chunks of about 32 KiB, then a marker naming the number of chunks. Then its changes are
-//! applied with plain inserts and removes, and the previous commit's journal is removed. sled
+//! applied with plain inserts and removes, and once they are durable the journal is removed.
+//! The engine thread only stages a commit (its keys, and its records as they are, in an
+//! in-memory overlay that reads consult first); the applier thread encodes it, writes the
+//! journal and applies it. sled
 //! recovers a prefix of the writes made before a crash, so at open either the interrupted
 //! commit's marker is there, and replaying its chunks (idempotent writes) completes the commit,
 //! or it is not, and neither are any of its changes: the cursor is where it was and the batch
 //! is processed again from the same history. sled's `transaction` would do the same but puts every sled
 //! operation in the process behind one global lock (see `writer.rs`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,14 +192,66 @@ struct Shared {
     durable_tx: tokio::sync::watch::Sender<u64>,
 }
 
-type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// A committed value: bytes, or a record kept as it is until the applier thread encodes it,
+/// so the engine thread neither encodes it nor, reading it back from the overlay, decodes it.
+#[derive(Debug, Clone)]
+enum Slot {
+    Removed,
+    Bytes(Vec<u8>),
+    Timer(Arc<Timer>),
+    State(Arc<StateValue>),
+    Action(Arc<ActionRequest>),
+}
+
+impl Slot {
+    /// The bytes stored for it, `None` for a removal.
+    fn encode(&self) -> Result<Option<Cow<'_, [u8]>>, StoreError> {
+        Ok(Some(match self {
+            Slot::Removed => return Ok(None),
+            Slot::Bytes(bytes) => Cow::Borrowed(bytes.as_slice()),
+            Slot::Timer(timer) => Cow::Owned(to_json(&**timer)?),
+            Slot::State(value) => Cow::Owned(to_json(&**value)?),
+            Slot::Action(action) => Cow::Owned(to_json(&**action)?),
+        }))
+    }
+}
+
+/// A record the overlay may hold as it is.
+trait Record: serde::de::DeserializeOwned {
+    fn from_slot(slot: &Slot) -> Option<Self>;
+}
+
+impl Record for Timer {
+    fn from_slot(slot: &Slot) -> Option<Timer> {
+        match slot {
+            Slot::Timer(timer) => Some((**timer).clone()),
+            _ => None,
+        }
+    }
+}
+
+impl Record for StateValue {
+    fn from_slot(slot: &Slot) -> Option<StateValue> {
+        match slot {
+            Slot::State(value) => Some((**value).clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A commit's writes as staged by the engine thread, the cursor last.
+type Staged = Vec<(Vec<u8>, Slot)>;
+/// A write, encoded: key, and value or removal.
+type Write<'a> = (&'a [u8], Option<Cow<'a, [u8]>>);
+/// A staged commit, encoded.
+type Writes<'a> = Vec<Write<'a>>;
 /// Key → (commit number, value or removal).
-type Overlay = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
+type Overlay = BTreeMap<Vec<u8>, (u64, Slot)>;
 type Entry = (Vec<u8>, Vec<u8>);
 
 #[derive(Debug)]
 struct Applier {
-    jobs: mpsc::SyncSender<(u64, Arc<Writes>)>,
+    jobs: mpsc::SyncSender<(u64, Staged)>,
     thread: JoinHandle<()>,
 }
 
@@ -407,8 +463,11 @@ impl EngineState {
 
     /// A value, as committed (applied or not).
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some((_, value)) = lock(&self.shared.overlay).get(key) {
-            return Ok(value.clone());
+        let staged = lock(&self.shared.overlay)
+            .get(key)
+            .map(|(_, slot)| slot.clone());
+        if let Some(slot) = staged {
+            return Ok(slot.encode()?.map(Cow::into_owned));
         }
         // Applied values leave the overlay only after they are in the tree.
         Ok(self
@@ -428,7 +487,7 @@ impl EngineState {
     ) -> Result<Vec<Entry>, StoreError> {
         let in_range = |k: &[u8]| k.starts_with(prefix) && end.is_none_or(|e| k < e);
         // The overlay first: an entry applied meanwhile is then in both, with the same value.
-        let pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = lock(&self.shared.overlay)
+        let pending: Vec<(Vec<u8>, Slot)> = lock(&self.shared.overlay)
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| in_range(k))
             .map(|(k, (_, v))| (k.clone(), v.clone()))
@@ -445,8 +504,8 @@ impl EngineState {
             }
         }
         for (k, v) in pending {
-            match v {
-                Some(v) => merged.insert(k, v),
+            match v.encode()? {
+                Some(v) => merged.insert(k, v.into_owned()),
                 None => merged.remove(&k),
             };
         }
@@ -462,11 +521,11 @@ impl EngineState {
     }
 
     pub fn state(&self, rule: &str, key: &str) -> Result<Option<StateValue>, StoreError> {
-        self.get_json(&state_key(rule, key))
+        self.get_record(&state_key(rule, key))
     }
 
     pub fn timer(&self, rule: &str, name: &str) -> Result<Option<Timer>, StoreError> {
-        self.get_json(&timer_key(rule, name))
+        self.get_record(&timer_key(rule, name))
     }
 
     /// Timers due at or before `until_ms`, earliest first, at most `limit`.
@@ -546,46 +605,28 @@ impl EngineState {
     /// them to the tree and makes them durable shortly after ([`EngineState::durable_commit`]).
     /// A crash before then loses the commit whole, and the engine processes its events again
     /// from the same history, deciding the same.
-    pub fn commit(&self, changes: &[Change], cursor: u64) -> Result<(), StoreError> {
+    pub fn commit(&self, changes: Vec<Change>, cursor: u64) -> Result<(), StoreError> {
         if let Some(reason) = lock(&self.shared.failure).clone() {
             return Err(StoreError::Failed(reason));
         }
-        let mut writes: Writes = Vec::with_capacity(changes.len() + 1);
+        let mut staged: Staged = Vec::with_capacity(changes.len() * 2 + 1);
         for change in changes {
-            encode_change(change, &mut writes)?;
+            stage_change(change, &mut staged);
         }
-        writes.push((CURSOR_KEY.to_vec(), Some(cursor.to_be_bytes().to_vec())));
+        staged.push((
+            CURSOR_KEY.to_vec(),
+            Slot::Bytes(cursor.to_be_bytes().to_vec()),
+        ));
         let commit = self.commits.fetch_add(1, Ordering::Relaxed);
-        // The journal in chunks of about 32 KiB: sled writes a page over a quarter of a segment
-        // to a file of its own, which one large record per commit would do every time.
-        let mut n = 0u32;
-        let mut start = 0;
-        while start < writes.len() {
-            let mut end = start;
-            let mut size = 0;
-            while end < writes.len() && (end == start || size < JOURNAL_CHUNK) {
-                let (k, v) = &writes[end];
-                size += 9 + k.len() + v.as_ref().map_or(0, Vec::len);
-                end += 1;
-            }
-            self.tree
-                .insert(journal_key(commit, n), encode_journal(&writes[start..end]))
-                .map_err(StoreError::sled)?;
-            n += 1;
-            start = end;
-        }
-        self.tree
-            .insert(journal_key(commit, MARKER), &n.to_be_bytes())
-            .map_err(StoreError::sled)?;
         {
             let mut overlay = lock(&self.shared.overlay);
-            for (key, value) in &writes {
-                overlay.insert(key.clone(), (commit, value.clone()));
+            for (key, slot) in &staged {
+                overlay.insert(key.clone(), (commit, slot.clone()));
             }
         }
         let sent = lock(&self.applier)
             .as_ref()
-            .map(|a| a.jobs.send((commit, Arc::new(writes))).is_ok());
+            .map(|a| a.jobs.send((commit, staged)).is_ok());
         if sent != Some(true) {
             return Err(StoreError::Closed);
         }
@@ -617,10 +658,19 @@ impl EngineState {
         true
     }
 
-    fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
+    fn get_record<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        let staged = lock(&self.shared.overlay)
+            .get(key)
+            .map(|(_, slot)| slot.clone());
+        match staged {
+            Some(Slot::Removed) => return Ok(None),
+            Some(slot) => {
+                if let Some(record) = T::from_slot(&slot) {
+                    return Ok(Some(record));
+                }
+            }
+            None => {}
+        }
         match self.get(key)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
@@ -649,7 +699,7 @@ fn apply_loop(
     db: &sled::Db,
     tree: &sled::Tree,
     shared: &Shared,
-    jobs: &mpsc::Receiver<(u64, Arc<Writes>)>,
+    jobs: &mpsc::Receiver<(u64, Staged)>,
 ) {
     let mut applied = 0;
     let mut applied_cursor = 0;
@@ -662,25 +712,31 @@ fn apply_loop(
         };
         let closing = batch.is_empty();
         batch.extend(jobs.try_iter());
-        for (commit, writes) in &batch {
-            for (key, value) in writes.iter() {
-                let result = match value {
-                    Some(v) => tree.insert(key.as_slice(), v.as_slice()).map(drop),
-                    None => tree.remove(key.as_slice()).map(drop),
-                };
-                if let Err(err) = result {
-                    fail(shared, &format!("applying engine state: {err}"));
-                    return;
+        for (commit, staged) in &batch {
+            let written = encode_writes(staged).and_then(|writes| {
+                write_journal(tree, *commit, &writes)?;
+                for (key, value) in &writes {
+                    match value {
+                        Some(v) => tree.insert(key, v.as_ref()).map(drop),
+                        None => tree.remove(key).map(drop),
+                    }
+                    .map_err(StoreError::sled)?;
                 }
+                Ok(())
+            });
+            if let Err(err) = written {
+                fail(shared, &format!("applying engine state: {err}"));
+                return;
             }
             let mut overlay = lock(&shared.overlay);
-            for (key, _) in writes.iter() {
+            for (key, _) in staged {
                 if overlay.get(key).is_some_and(|(c, _)| c == commit) {
                     overlay.remove(key);
                 }
             }
+            drop(overlay);
             applied = *commit;
-            if let Some((_, Some(cursor))) = writes.last() {
+            if let Some((_, Slot::Bytes(cursor))) = staged.last() {
                 applied_cursor = read_u64(cursor).unwrap_or(applied_cursor);
             }
             journaled.push(*commit);
@@ -717,6 +773,38 @@ fn apply_loop(
     }
 }
 
+/// A staged commit's writes, encoded.
+fn encode_writes(staged: &Staged) -> Result<Writes<'_>, StoreError> {
+    staged
+        .iter()
+        .map(|(key, slot)| Ok((key.as_slice(), slot.encode()?)))
+        .collect()
+}
+
+/// Writes a commit's journal: its writes in chunks of about 32 KiB (sled writes a page over a
+/// quarter of a segment to a file of its own, which one large record per commit would do every
+/// time), then the marker.
+fn write_journal(tree: &sled::Tree, commit: u64, writes: &Writes<'_>) -> Result<(), StoreError> {
+    let mut n = 0u32;
+    let mut start = 0;
+    while start < writes.len() {
+        let mut end = start;
+        let mut size = 0;
+        while end < writes.len() && (end == start || size < JOURNAL_CHUNK) {
+            let (k, v) = &writes[end];
+            size += 9 + k.len() + v.as_ref().map_or(0, |v| v.len());
+            end += 1;
+        }
+        tree.insert(journal_key(commit, n), encode_journal(&writes[start..end]))
+            .map_err(StoreError::sled)?;
+        n += 1;
+        start = end;
+    }
+    tree.insert(journal_key(commit, MARKER), &n.to_be_bytes())
+        .map_err(StoreError::sled)?;
+    Ok(())
+}
+
 /// Removes journal records, each commit's marker before its chunks: a crash in between leaves
 /// chunks without a marker (dropped at open), never a marker without its chunks.
 fn remove_journal(
@@ -747,34 +835,36 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|err| corrupt("engine record", &err.to_string()))
 }
 
-fn encode_change(
-    change: &Change,
-    writes: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
-) -> Result<(), StoreError> {
+fn stage_change(change: Change, staged: &mut Staged) {
     match change {
         Change::PutState { rule, key, value } => {
-            writes.push((state_key(rule, key), Some(to_json(value)?)));
+            staged.push((state_key(&rule, &key), Slot::State(Arc::new(value))));
         }
-        Change::DeleteState { rule, key } => writes.push((state_key(rule, key), None)),
+        Change::DeleteState { rule, key } => staged.push((state_key(&rule, &key), Slot::Removed)),
         Change::PutTimer(timer) => {
-            writes.push((timer_key(&timer.rule, &timer.name), Some(to_json(timer)?)));
-            writes.push((due_key(timer), Some(Vec::new())));
+            staged.push((due_key(&timer), Slot::Bytes(Vec::new())));
+            staged.push((
+                timer_key(&timer.rule, &timer.name),
+                Slot::Timer(Arc::new(timer)),
+            ));
         }
         Change::DeleteTimer(timer) => {
-            writes.push((timer_key(&timer.rule, &timer.name), None));
-            writes.push((due_key(timer), None));
+            staged.push((timer_key(&timer.rule, &timer.name), Slot::Removed));
+            staged.push((due_key(&timer), Slot::Removed));
         }
         Change::PutAction(action) => {
-            writes.push((crate::outbox::outbox_key(action), Some(to_json(action)?)));
+            staged.push((
+                crate::outbox::outbox_key(&action),
+                Slot::Action(Arc::new(action)),
+            ));
         }
-        Change::PutShape(shape) => writes.push((shape_key(shape), Some(Vec::new()))),
+        Change::PutShape(shape) => staged.push((shape_key(&shape), Slot::Bytes(Vec::new()))),
         Change::CronMark { rule, tick_ms } => {
             let mut key = vec![CRON];
-            push_str(&mut key, rule);
-            writes.push((key, Some((*tick_ms as u64).to_be_bytes().to_vec())));
+            push_str(&mut key, &rule);
+            staged.push((key, Slot::Bytes((tick_ms as u64).to_be_bytes().to_vec())));
         }
     }
-    Ok(())
 }
 
 fn state_key(rule: &str, key: &str) -> Vec<u8> {
@@ -859,10 +949,10 @@ impl<'a> Fields<'a> {
 }
 
 /// `[n: u32]([key len: u32][key][0 | 1 (value len: u32)(value)])*`
-fn encode_journal(writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Vec<u8> {
+fn encode_journal(writes: &[Write<'_>]) -> Vec<u8> {
     let size: usize = writes
         .iter()
-        .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, |v| v.len()))
         .sum();
     let mut out = Vec::with_capacity(4 + size);
     out.extend_from_slice(&(writes.len() as u32).to_be_bytes());
@@ -943,14 +1033,17 @@ pub(crate) mod tests {
         let path = dir.path().join("engine");
         {
             let state = open(&path);
-            state.commit(&[put("r", "a", 1)], 10).unwrap();
+            state.commit(vec![put("r", "a", 1)], 10).unwrap();
             // A crash after the journal record and the first of the batch's writes.
-            let changes = [put("r", "a", 2), put("r", "b", 2)];
-            let mut writes = Vec::new();
-            for change in &changes {
-                encode_change(change, &mut writes).unwrap();
+            let mut staged = Vec::new();
+            for change in [put("r", "a", 2), put("r", "b", 2)] {
+                stage_change(change, &mut staged);
             }
-            writes.push((CURSOR_KEY.to_vec(), Some(20u64.to_be_bytes().to_vec())));
+            staged.push((
+                CURSOR_KEY.to_vec(),
+                Slot::Bytes(20u64.to_be_bytes().to_vec()),
+            ));
+            let writes = encode_writes(&staged).unwrap();
             state
                 .tree
                 .insert(journal_key(99, 0), encode_journal(&writes[..1]))
@@ -965,10 +1058,13 @@ pub(crate) mod tests {
                 .unwrap();
             // And a later commit that crashed before its marker: dropped, not applied.
             let mut later = Vec::new();
-            encode_change(&put("r", "c", 3), &mut later).unwrap();
+            stage_change(put("r", "c", 3), &mut later);
             state
                 .tree
-                .insert(journal_key(100, 0), encode_journal(&later))
+                .insert(
+                    journal_key(100, 0),
+                    encode_journal(&encode_writes(&later).unwrap()),
+                )
                 .unwrap();
             let (k, v) = &writes[0];
             state.apply(k, v.as_deref()).unwrap();
@@ -1021,7 +1117,7 @@ pub(crate) mod tests {
         let late = expect_timer(&name, 500, Some("42"));
         state
             .commit(
-                &[
+                vec![
                     Change::PutTimer(late.clone()),
                     Change::PutTimer(early.clone()),
                     Change::PutShape(shape()),
@@ -1037,7 +1133,7 @@ pub(crate) mod tests {
         assert_eq!(state.due_timers(500, 10).unwrap(), [early, late.clone()]);
         assert_eq!(state.timer("r", &name).unwrap(), Some(late.clone()));
         assert_eq!(state.expectation_shapes().unwrap(), [shape()]);
-        state.commit(&[Change::DeleteTimer(late)], 2).unwrap();
+        state.commit(vec![Change::DeleteTimer(late)], 2).unwrap();
         assert_eq!(state.timer("r", &name).unwrap(), None);
         assert_eq!(state.due_timers(1000, 10).unwrap().len(), 1);
         assert_eq!(state.scan(&[DUE], None, 10).unwrap().len(), 1);
@@ -1051,7 +1147,9 @@ pub(crate) mod tests {
         let timer = expect_timer(&name, 500, Some("42"));
         {
             let state = open(&path);
-            state.commit(&[Change::PutTimer(timer.clone())], 1).unwrap();
+            state
+                .commit(vec![Change::PutTimer(timer.clone())], 1)
+                .unwrap();
             state.close();
             // What the old layout wrote besides the timer: its expectation entry and shape.
             let mut x = vec![OLD_EXPECT];
