@@ -224,7 +224,10 @@ fn warm_page_cache(path: &Path) -> anyhow::Result<()> {
         if entry.file_type()?.is_dir() {
             warm_page_cache(&entry.path())?;
         } else {
-            std::io::copy(&mut std::fs::File::open(entry.path())?, &mut std::io::sink())?;
+            std::io::copy(
+                &mut std::fs::File::open(entry.path())?,
+                &mut std::io::sink(),
+            )?;
         }
     }
     Ok(())
@@ -247,9 +250,16 @@ fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
         };
         let name = head.split_once('(').map_or("", |(_, n)| n);
         // Numbered sled threads count as one.
-        let name = name.trim_end_matches(|c: char| c.is_ascii_digit()).to_owned();
+        let name = name
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_owned();
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         *out.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
     }
     out

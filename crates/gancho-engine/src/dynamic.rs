@@ -240,8 +240,48 @@ pub(crate) fn key_text(value: &Dynamic) -> Result<String, String> {
 /// replaces stays readable as `payload_NAME` (Mailjet's own `time`, in seconds, is
 /// `event.payload_time`). A payload that is not an object is under `payload`.
 ///
-/// With `wanted`, only the payload's fields of those names are built (the rules reading this
-/// event read no others: see `rule::event_fields`); gancho's own fields are always there.
+/// With `wanted` (see [`wanted_fields`]), only the fields of those names are built, the
+/// payload's and gancho's own: the rules reading this event read no others
+/// (`rule::event_fields`).
+/// gancho's own fields of `event`, and how each is made.
+type MakeField = fn(&Event) -> Dynamic;
+const OWN_FIELDS: [(&str, MakeField); 8] = [
+    ("type", |e| Dynamic::from(e.qualified_type())),
+    ("source", |e| Dynamic::from(e.source.clone())),
+    ("kind", |e| Dynamic::from(e.kind.clone())),
+    ("time", |e| Dynamic::from_int(time_to_millis(e.time))),
+    ("received", |e| {
+        Dynamic::from_int(time_to_millis(e.received))
+    }),
+    ("id", |e| Dynamic::from(e.id.as_str().to_owned())),
+    ("seq", |e| {
+        Dynamic::from_int(INT::try_from(e.seq).unwrap_or(INT::MAX))
+    }),
+    ("keys", |e| {
+        Dynamic::from_map(
+            e.keys
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
+                .collect(),
+        )
+    }),
+];
+
+/// The fields [`event_map`] builds for rules that read these names as `event.NAME`: a payload
+/// field shadowed by one of gancho's own (`payload_NAME`) is built under its own name first.
+pub(crate) fn wanted_fields(names: impl IntoIterator<Item = String>) -> HashSet<String> {
+    let mut wanted = HashSet::new();
+    for name in names {
+        if let Some(own) = name.strip_prefix("payload_") {
+            if OWN_FIELDS.iter().any(|(n, _)| *n == own) {
+                wanted.insert(own.to_owned());
+            }
+        }
+        wanted.insert(name);
+    }
+    wanted
+}
+
 pub(crate) fn event_map(
     event: &Event,
     wanted: Option<&HashSet<String>>,
@@ -265,28 +305,14 @@ pub(crate) fn event_map(
             }
         }
     };
-    let seq = INT::try_from(event.seq).unwrap_or(INT::MAX);
-    let keys: Map = event
-        .keys
-        .iter()
-        .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
-        .collect();
-    let ours = [
-        ("type", Dynamic::from(event.qualified_type())),
-        ("source", Dynamic::from(event.source.clone())),
-        ("kind", Dynamic::from(event.kind.clone())),
-        ("time", Dynamic::from_int(time_to_millis(event.time))),
-        (
-            "received",
-            Dynamic::from_int(time_to_millis(event.received)),
-        ),
-        ("id", Dynamic::from(event.id.as_str().to_owned())),
-        ("seq", Dynamic::from_int(seq)),
-        ("keys", Dynamic::from_map(keys)),
-    ];
-    for (name, value) in ours {
-        if let Some(replaced) = map.insert(name.into(), value) {
-            map.insert(format!("payload_{name}").into(), replaced);
+    for (name, make) in OWN_FIELDS {
+        if wanted.is_none_or(|w| w.contains(name)) {
+            if let Some(replaced) = map.insert(name.into(), make(event)) {
+                map.insert(format!("payload_{name}").into(), replaced);
+            }
+        } else if let Some(payload) = map.remove(name) {
+            // Built only because the rules read it as `payload_NAME` (see `wanted_fields`).
+            map.insert(format!("payload_{name}").into(), payload);
         }
     }
     Ok(map)
@@ -310,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn a_narrowed_map_holds_the_wanted_fields_and_ours() {
+    fn a_narrowed_map_holds_only_the_wanted_fields() {
         let event = Event {
             seq: 7,
             source: "mailjet".to_owned(),
@@ -324,13 +350,17 @@ mod tests {
             )
             .unwrap(),
         };
-        let wanted: HashSet<String> = ["email", "type", "escaped"].map(str::to_owned).into();
+        let wanted = wanted_fields(["email", "payload_type", "escaped"].map(str::to_owned));
         let map = event_map(&event, Some(&wanted)).unwrap();
         assert_eq!(map["email"].clone().into_string().unwrap(), "a@b.c");
         assert!(!map.contains_key("geo"));
         assert_eq!(map["escaped"].as_int().unwrap(), 1);
         assert_eq!(map["payload_type"].clone().into_string().unwrap(), "t");
         assert_eq!(map["type"].clone().into_string().unwrap(), "mailjet.open");
+        // gancho's own fields too are built only when read.
+        assert!(!map.contains_key("seq"));
+        let map = event_map(&event, Some(&wanted_fields(["seq".to_owned()]))).unwrap();
+        assert_eq!(map.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["seq"]);
         assert_eq!(map["seq"].as_int().unwrap(), 7);
         let full = event_map(&event, None).unwrap();
         assert!(full.contains_key("geo"));

@@ -589,7 +589,7 @@ impl Engine {
         }
         let woken = Woken {
             rules: matching.iter().map(|r| r.name.clone()).collect(),
-            fields: fields.map(Rc::new),
+            fields: fields.map(|f| Rc::new(dynamic::wanted_fields(f))),
         };
         // Senders of a json source choose its types: keep the table bounded.
         if self.dispatch.len() >= MAX_DISPATCH_TYPES {
