@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::api::{self, Limits};
 use crate::ctx::{Ctx, Pending, Run};
 use crate::dynamic;
+use crate::prefetch::Reader;
 use crate::rule::{self, Diagnostic, Rule};
 
 /// The shapes expectations wait on, by source and type: looked up for every event, by `&str`,
@@ -153,6 +154,8 @@ pub struct Engine {
     /// (source, type) → the key-name sets expectations wait on.
     shapes: Shapes,
     cursor: u64,
+    /// Reads the next batch while this one runs.
+    reader: Reader,
     /// Timer uids appended to the log and not processed yet.
     fired: HashSet<String>,
     /// Rule → its next cron tick.
@@ -194,6 +197,7 @@ impl Engine {
             );
             cursor = last;
         }
+        let reader = Reader::new(store.clone());
         let mut engine = Engine {
             store,
             clock,
@@ -206,6 +210,7 @@ impl Engine {
             dispatch: HashMap::new(),
             shapes,
             cursor,
+            reader,
             fired: HashSet::new(),
             cron_next: HashMap::new(),
             fire_error_logged: None,
@@ -495,7 +500,12 @@ impl Engine {
             return Ok(0);
         }
         let to = bound.min(self.cursor + self.config.batch_size as u64);
-        let events = self.store.read_range(self.cursor + 1, to)?;
+        let events = self.reader.read(self.cursor + 1, to)?;
+        if let Some(last) = events.last() {
+            let next = last.seq + 1;
+            self.reader
+                .read_ahead(next, bound.min(last.seq + self.config.batch_size as u64));
+        }
         // Shapes of expectations set in this batch: known at once (a matching event later in
         // the batch cancels them), stored with the commit.
         let mut fresh = Vec::new();

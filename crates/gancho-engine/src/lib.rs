@@ -13,6 +13,7 @@ mod api;
 mod ctx;
 mod dynamic;
 mod engine;
+mod prefetch;
 mod rule;
 mod thread;
 
