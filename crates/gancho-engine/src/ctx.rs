@@ -2,13 +2,16 @@
 //! and the changes decided so far (this run's, then this batch's), which reads must see before
 //! the store's committed state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use gancho_core::ActionRequest;
 use gancho_store::{Change, ExpectShape, StateValue, Store, StoreError, Timer};
 
 /// Changes decided but not committed: a rule run's, merged into its batch's when the run
 /// succeeds (a run that fails leaves nothing behind).
+/// Keyed by (rule, key or timer name) with a fast hasher: looked up several times per event.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     pub(crate) changes: Vec<Change>,
@@ -104,16 +107,23 @@ impl Ctx {
 
     /// A timer of the running rule, or of `rule` when given, as decided so far.
     pub(crate) fn timer(&self, rule: &str, name: &str) -> Result<Option<Timer>, StoreError> {
+        match self.staged_timer(rule, name) {
+            Some(staged) => Ok(staged),
+            None => self.store.engine_state().timer(rule, name),
+        }
+    }
+
+    /// A timer changed by this run or batch: `Some(None)` if deleted, `None` if unchanged.
+    pub(crate) fn staged_timer(&self, rule: &str, name: &str) -> Option<Option<Timer>> {
         let id = (rule.to_owned(), name.to_owned());
-        if let Some(run) = &self.run {
-            if let Some(t) = run.pending.timers.get(&id) {
-                return Ok(t.clone());
-            }
+        if let Some(t) = self
+            .run
+            .as_ref()
+            .and_then(|run| run.pending.timers.get(&id))
+        {
+            return Some(t.clone());
         }
-        if let Some(t) = self.batch.timers.get(&id) {
-            return Ok(t.clone());
-        }
-        self.store.engine_state().timer(rule, name)
+        self.batch.timers.get(&id).cloned()
     }
 
     /// Stages a change to a timer in the current run, or in the batch when no rule runs.

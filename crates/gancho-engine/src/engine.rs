@@ -783,7 +783,12 @@ impl Engine {
             Err(format!("internal error (a bug in gancho): {what}").into())
         });
         let run = self.ctx.borrow_mut().run.take();
-        let counters = self.counters.entry(name.to_owned()).or_default();
+        if !self.counters.contains_key(name) {
+            self.counters.insert(name.to_owned(), Counters::default());
+        }
+        let Some(counters) = self.counters.get_mut(name) else {
+            return;
+        };
         counters.runs += 1;
         match result {
             Ok(()) => {

@@ -229,6 +229,46 @@ fn follow_up(timer) {
 }
 
 #[test]
+fn a_timer_set_again_fires_once_at_its_new_time() {
+    let world = World::empty();
+    world.write_rule(
+        "nudge.rhai",
+        r#"const ON = ["mailjet.sent", "mailjet.click"];
+after("nudge:" + event.email, hours(2), "nudge");
+fn nudge(timer) {
+    http(#{ url: "https://hooks.example.com/n", json: #{ due: timer.due } });
+}
+"#,
+    );
+    let mut engine = world.engine();
+    world.append(vec![mailjet("sent", "a@example.com", 1, t0())]);
+    run(&mut engine);
+    // Set again from a later batch: the first setting is in the store by then.
+    world.append(vec![mailjet("click", "a@example.com", 1, t0() + hours(1))]);
+    run(&mut engine);
+    world
+        .clock
+        .set(t0() + hours(2) + chrono::Duration::minutes(30));
+    run(&mut engine);
+    assert!(world.outbox().is_empty(), "{:?}", world.outbox());
+    world.clock.set(t0() + hours(4));
+    run(&mut engine);
+    run(&mut engine);
+    let dues: Vec<_> = world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            Action::Http(h) => h.json,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dues,
+        [serde_json::json!({ "due": (t0() + hours(3)).timestamp_millis() })]
+    );
+}
+
+#[test]
 fn state_with_a_ttl_expires_in_event_time() {
     let world = World::empty();
     world.write_rule(

@@ -144,7 +144,9 @@ pub enum Change {
         rule: String,
         key: String,
     },
-    /// Sets a timer; the caller deletes the one it replaces first.
+    /// Sets a timer, replacing the rule's timer of the same name. The replaced timer's entry by
+    /// due time stays unless it is deleted too ([`Change::DeleteTimer`]); [`EngineState::due_timers`]
+    /// drops it when it comes up.
     PutTimer(Timer),
     /// Deletes this exact timer (and its due-time entry).
     DeleteTimer(Timer),
@@ -535,12 +537,22 @@ impl EngineState {
         end.push(0xff);
         let mut timers = Vec::new();
         for (key, _) in self.scan(&[DUE], Some(&end), limit)? {
+            let due = key
+                .get(1..9)
+                .and_then(read_u64)
+                .map(|raw| (raw ^ (1 << 63)) as i64);
             let mut fields = Fields::new(key.get(9..).unwrap_or_default());
-            let (Some(rule), Some(name)) = (fields.string(), fields.string()) else {
+            let (Some(due), Some(rule), Some(name)) = (due, fields.string(), fields.string())
+            else {
                 return Err(corrupt("due timer", "bad key"));
             };
-            if let Some(timer) = self.timer(&rule, &name)? {
-                timers.push(timer);
+            match self.timer(&rule, &name)? {
+                Some(timer) if timer.due_ms == due => timers.push(timer),
+                // The entry of a timer since set again for another time, or deleted: nothing
+                // refers to it, so it can go at any time, outside any commit.
+                _ => {
+                    self.tree.remove(&key).map_err(StoreError::sled)?;
+                }
             }
         }
         Ok(timers)
@@ -1137,6 +1149,17 @@ pub(crate) mod tests {
         assert_eq!(state.timer("r", &name).unwrap(), None);
         assert_eq!(state.due_timers(1000, 10).unwrap().len(), 1);
         assert_eq!(state.scan(&[DUE], None, 10).unwrap().len(), 1);
+        // Set again for later without deleting it: its old entry by due time is dropped when
+        // it comes up, and the timer is due at its new time only.
+        let moved = Timer {
+            due_ms: 700,
+            ..expect_timer("early", -5, None)
+        };
+        state.commit(vec![Change::PutTimer(moved.clone())], 3).unwrap();
+        assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+        assert_eq!(state.due_timers(0, 10).unwrap(), []);
+        assert_eq!(state.scan(&[DUE], None, 10).unwrap().len(), 1);
+        assert_eq!(state.due_timers(700, 10).unwrap(), [moved]);
     }
 
     #[test]
