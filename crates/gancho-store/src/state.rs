@@ -1155,7 +1155,9 @@ pub(crate) mod tests {
             due_ms: 700,
             ..expect_timer("early", -5, None)
         };
-        state.commit(vec![Change::PutTimer(moved.clone())], 3).unwrap();
+        state
+            .commit(vec![Change::PutTimer(moved.clone())], 3)
+            .unwrap();
         assert!(state.wait_durable(std::time::Duration::from_secs(10)));
         assert_eq!(state.due_timers(0, 10).unwrap(), []);
         assert_eq!(state.scan(&[DUE], None, 10).unwrap().len(), 1);
