@@ -400,9 +400,11 @@ fn set_timer(
     let run = ctx.run()?;
     run.serial += 1;
     let (rule, seq, serial) = (run.rule.clone(), run.seq, run.serial);
-    // A timer set earlier in this batch is deleted with its due-time entry; one in the store is
-    // overwritten without reading it (its entry by due time is dropped when it comes up).
-    let old = ctx.staged_timer(&rule, &name).flatten();
+    // The timer it replaces goes with its entry by due time (left behind, a debounce-style
+    // rule setting a long timer on every event would grow the store).
+    let old = ctx
+        .timer(&rule, &name)
+        .map_or_else(|e| err(e.to_string()), Ok)?;
     let timer = Timer {
         uid: format!("{rule}/{name}/{seq}.{serial}"),
         rule,

@@ -235,14 +235,6 @@ pub(crate) fn key_text(value: &Dynamic) -> Result<String, String> {
     ))
 }
 
-/// The map a rule sees as `event`: the payload's fields, and gancho's own (`type`, `source`,
-/// `kind`, `time`, `received`, `id`, `seq`, `keys`). A payload field that one of gancho's
-/// replaces stays readable as `payload_NAME` (Mailjet's own `time`, in seconds, is
-/// `event.payload_time`). A payload that is not an object is under `payload`.
-///
-/// With `wanted` (see [`wanted_fields`]), only the fields of those names are built, the
-/// payload's and gancho's own: the rules reading this event read no others
-/// (`rule::event_fields`).
 /// gancho's own fields of `event`, and how each is made.
 type MakeField = fn(&Event) -> Dynamic;
 const OWN_FIELDS: [(&str, MakeField); 8] = [
@@ -282,6 +274,14 @@ pub(crate) fn wanted_fields(names: impl IntoIterator<Item = String>) -> HashSet<
     wanted
 }
 
+/// The map a rule sees as `event`: the payload's fields, and gancho's own (`type`, `source`,
+/// `kind`, `time`, `received`, `id`, `seq`, `keys`). A payload field that one of gancho's
+/// replaces stays readable as `payload_NAME` (Mailjet's own `time`, in seconds, is
+/// `event.payload_time`). A payload that is not an object is under `payload`.
+///
+/// With `wanted` (see [`wanted_fields`]), only the fields of those names are built, the
+/// payload's and gancho's own: the rules reading this event read no others
+/// (`rule::event_fields`).
 pub(crate) fn event_map(
     event: &Event,
     wanted: Option<&HashSet<String>>,

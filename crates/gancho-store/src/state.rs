@@ -20,7 +20,8 @@
 //! applied with plain inserts and removes, and once they are durable the journal is removed.
 //! The engine thread only stages a commit (its keys, and its records as they are, in an
 //! in-memory overlay that reads consult first); the applier thread encodes it, writes the
-//! journal and applies it. sled
+//! journal and applies it. One write happens outside commits: [`EngineState::due_timers`]
+//! removes a due-time entry that no applied timer refers to (garbage either way). sled
 //! recovers a prefix of the writes made before a crash, so at open either the interrupted
 //! commit's marker is there, and replaying its chunks (idempotent writes) completes the commit,
 //! or it is not, and neither are any of its changes: the cursor is where it was and the batch
@@ -144,9 +145,8 @@ pub enum Change {
         rule: String,
         key: String,
     },
-    /// Sets a timer, replacing the rule's timer of the same name. The replaced timer's entry by
-    /// due time stays unless it is deleted too ([`Change::DeleteTimer`]); [`EngineState::due_timers`]
-    /// drops it when it comes up.
+    /// Sets a timer; the caller deletes the one it replaces first ([`Change::DeleteTimer`]).
+    /// A due-time entry left behind is skipped, and dropped, by [`EngineState::due_timers`].
     PutTimer(Timer),
     /// Deletes this exact timer (and its due-time entry).
     DeleteTimer(Timer),
@@ -182,8 +182,9 @@ struct Shared {
     /// `fdatasync` after each flush, when the store is configured so. The lock also keeps
     /// flushes from running concurrently.
     sync: Mutex<Option<FileSync>>,
-    /// Writes committed (their journal is written) but not yet applied to the tree, by key,
-    /// with the number of the commit that made them. Reads look here first.
+    /// Writes committed (handed to the applier, which writes their journal, then applies
+    /// them) but not yet applied to the tree, by key, with the number of the commit that made
+    /// them. Reads look here first.
     overlay: Mutex<Overlay>,
     /// Why applying failed, if it did: commits are refused from then on.
     failure: Mutex<Option<String>>,
@@ -530,7 +531,9 @@ impl EngineState {
         self.get_record(&timer_key(rule, name))
     }
 
-    /// Timers due at or before `until_ms`, earliest first, at most `limit`.
+    /// Timers due at or before `until_ms`, earliest first, at most `limit`. Call it from the
+    /// thread that commits (the engine's): it drops entries no timer refers to, which a commit
+    /// made meanwhile from another thread could make refer to one again.
     pub fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<Timer>, StoreError> {
         let mut end = vec![DUE];
         end.extend_from_slice(&codec::time_key(until_ms));
@@ -548,10 +551,18 @@ impl EngineState {
             };
             match self.timer(&rule, &name)? {
                 Some(timer) if timer.due_ms == due => timers.push(timer),
-                // The entry of a timer since set again for another time, or deleted: nothing
-                // refers to it, so it can go at any time, outside any commit.
+                // An entry no timer refers to (left by a store written before timers were
+                // replaced whole, or by a crash between writes): it goes, outside any commit,
+                // but only when that verdict rests on applied state. While a commit touching
+                // the timer is staged, it may not survive a crash, and the entry with it.
                 _ => {
-                    self.tree.remove(&key).map_err(StoreError::sled)?;
+                    let staged = {
+                        let overlay = lock(&self.shared.overlay);
+                        overlay.contains_key(&key) || overlay.contains_key(&timer_key(&rule, &name))
+                    };
+                    if !staged {
+                        self.tree.remove(&key).map_err(StoreError::sled)?;
+                    }
                 }
             }
         }
