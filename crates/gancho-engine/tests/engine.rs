@@ -26,6 +26,18 @@ fn sms_texts(world: &World) -> Vec<String> {
         .collect()
 }
 
+/// The JSON bodies of the HTTP actions in the outbox.
+fn http_bodies(world: &World) -> Vec<serde_json::Value> {
+    world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            Action::Http(h) => h.json,
+            _ => None,
+        })
+        .collect()
+}
+
 fn urls(world: &World) -> Vec<String> {
     world
         .outbox()
@@ -211,14 +223,7 @@ fn follow_up(timer) {
     run(&mut engine);
     world.clock.set(t0() + hours(3));
     run(&mut engine);
-    let calls: Vec<_> = world
-        .outbox()
-        .into_iter()
-        .filter_map(|a| match a.action {
-            Action::Http(h) => h.json,
-            _ => None,
-        })
-        .collect();
+    let calls = http_bodies(&world);
     assert_eq!(calls.len(), 1, "{calls:?}");
     let due = (t0() + hours(2)).timestamp_millis();
     assert_eq!(
@@ -254,14 +259,7 @@ fn nudge(timer) {
     world.clock.set(t0() + hours(4));
     run(&mut engine);
     run(&mut engine);
-    let dues: Vec<_> = world
-        .outbox()
-        .into_iter()
-        .filter_map(|a| match a.action {
-            Action::Http(h) => h.json,
-            _ => None,
-        })
-        .collect();
+    let dues = http_bodies(&world);
     assert_eq!(
         dues,
         [serde_json::json!({ "due": (t0() + hours(3)).timestamp_millis() })]
