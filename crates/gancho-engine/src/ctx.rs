@@ -107,23 +107,16 @@ impl Ctx {
 
     /// A timer of the running rule, or of `rule` when given, as decided so far.
     pub(crate) fn timer(&self, rule: &str, name: &str) -> Result<Option<Timer>, StoreError> {
-        match self.staged_timer(rule, name) {
-            Some(staged) => Ok(staged),
-            None => self.store.engine_state().timer(rule, name),
-        }
-    }
-
-    /// A timer changed by this run or batch: `Some(None)` if deleted, `None` if unchanged.
-    pub(crate) fn staged_timer(&self, rule: &str, name: &str) -> Option<Option<Timer>> {
         let id = (rule.to_owned(), name.to_owned());
-        if let Some(t) = self
+        let staged = self
             .run
             .as_ref()
             .and_then(|run| run.pending.timers.get(&id))
-        {
-            return Some(t.clone());
+            .or_else(|| self.batch.timers.get(&id));
+        match staged {
+            Some(timer) => Ok(timer.clone()),
+            None => self.store.engine_state().timer(rule, name),
         }
-        self.batch.timers.get(&id).cloned()
     }
 
     /// Stages a change to a timer in the current run, or in the batch when no rule runs.

@@ -305,14 +305,13 @@ pub(crate) fn event_map(
             }
         }
     };
+    // A payload field of an own field's name is built only when that name is wanted
+    // (`wanted_fields`), so it is always shadowed here.
     for (name, make) in OWN_FIELDS {
         if wanted.is_none_or(|w| w.contains(name)) {
             if let Some(replaced) = map.insert(name.into(), make(event)) {
                 map.insert(format!("payload_{name}").into(), replaced);
             }
-        } else if let Some(payload) = map.remove(name) {
-            // Built only because the rules read it as `payload_NAME` (see `wanted_fields`).
-            map.insert(format!("payload_{name}").into(), payload);
         }
     }
     Ok(map)
