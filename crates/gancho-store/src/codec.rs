@@ -34,8 +34,8 @@ pub(crate) const COMMIT_KEY: &[u8] = b"Mcommit";
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const QUARANTINE: u8 = b'Q';
 const DEDUP: u8 = b'D';
-const BY_TYPE: u8 = b'T';
-const BY_KEY: u8 = b'K';
+pub(crate) const BY_TYPE: u8 = b'T';
+pub(crate) const BY_KEY: u8 = b'K';
 
 pub(crate) fn check_schema(tree: &sled::Tree) -> Result<(), StoreError> {
     match tree.get(SCHEMA_KEY).map_err(StoreError::sled)? {

@@ -1,16 +1,16 @@
 //! The indexer: follows the durable log and writes the dedup index and the query indexes.
 //!
-//! Indexing is taken off the acknowledgement path because sled costs about 10 µs per insert and
-//! a Mailjet event needs six index entries (its id, its type, four keys): done before the 200, it
-//! would cap ingest near 10k events/s. Done here, a burst is acknowledged as fast as the log
-//! takes it and indexed right after. The indexes live in a sled database of their own, so this
-//! thread's writes neither lengthen the log's group-commit flushes nor take sled's batch lock
-//! from the log's writer.
+//! Indexing is taken off the acknowledgement path so that a burst is acknowledged as fast as the
+//! log takes it and indexed right after. The indexes are sorted runs (see `index.rs`): each batch
+//! of events becomes a memory run that readers see at once, and a checkpoint writes the memory
+//! runs out as one disk run in a sled database of the indexes' own (so these writes neither
+//! lengthen the log's group-commit flushes nor take sled's locks from the log's writer). When it
+//! has caught up, the indexer merges runs of one size tier.
 //!
-//! Two watermarks: the in-memory one moves after each batch is written (the writer then drops
-//! those ids from its `pending` map, since the dedup index holds them); the persisted one moves
-//! at each checkpoint, once the entries are durable, and a restart resumes from it. Readers
-//! merge the unindexed tail of the log into their answers, so they are never stale.
+//! Two watermarks: the in-memory one moves after each batch (the writer then drops those ids from
+//! its `pending` map, since the dedup index holds them); the persisted one moves at each
+//! checkpoint, with the disk run, and a restart resumes from it. Readers merge the unindexed tail
+//! of the log into their answers, so they are never stale.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,17 +20,22 @@ use tracing::{debug, error};
 
 use crate::StoreError;
 use crate::codec;
+use crate::index::{Entry, IndexWriter};
 use crate::progress::Progress;
-use crate::writer::FileSync;
 
-/// Events indexed per batch, between two looks at the log's progress.
+/// Events indexed per batch (one memory run), between two looks at the log's progress.
 const BATCH_EVENTS: u64 = 2048;
-/// How often the indexes are made durable and the persisted watermark moves. Syncing the index
-/// database after every batch would put an fdatasync every few milliseconds on the disk that
-/// the log's group commits wait on (measured: a third of single-event throughput).
+/// How often the memory runs are written out, the indexes made durable and the persisted
+/// watermark moved. Syncing the index database after every batch would put an fdatasync every
+/// few milliseconds on the disk that the log's group commits wait on (measured: a third of
+/// single-event throughput).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
-/// ... or after this many events, whichever comes first.
-const CHECKPOINT_EVENTS: u64 = 200_000;
+/// ... or once this many memory runs wait (32k events: every reader looks at each of them, and
+/// they hold about 100 bytes per entry), whichever comes first.
+const CHECKPOINT_RUNS: usize = 16;
+/// Runs are merged only while the indexer trails the log by less than this: a merge is never
+/// urgent, catching up is.
+const MERGE_MAX_LAG: u64 = 4 * BATCH_EVENTS;
 /// Past this many unindexed events, the indexer leaves idle priority until it is back under a
 /// tenth of it.
 const MAX_IDLE_LAG: u64 = 500_000;
@@ -38,9 +43,7 @@ const MAX_IDLE_LAG: u64 = 500_000;
 pub(crate) struct Indexer {
     /// The log tree, read.
     pub(crate) events: sled::Tree,
-    pub(crate) index_db: sled::Db,
-    pub(crate) index: sled::Tree,
-    pub(crate) sync: Option<FileSync>,
+    pub(crate) index: IndexWriter,
     pub(crate) progress: Arc<Progress>,
 }
 
@@ -89,11 +92,14 @@ impl Indexer {
                 }
             }
             let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-                || indexed - checkpointed >= CHECKPOINT_EVENTS
+                || self.index.memory_runs() >= CHECKPOINT_RUNS
                 || stopping;
             if indexed > checkpointed && due {
-                match self.checkpoint(indexed) {
-                    Ok(()) => checkpointed = indexed,
+                match self.index.checkpoint(indexed) {
+                    Ok(()) => {
+                        checkpointed = indexed;
+                        debug!(indexed, runs = self.index.disk_runs(), "index checkpoint");
+                    }
                     Err(err) => error!(error = %err, "index checkpoint failed"),
                 }
                 last_checkpoint = Instant::now();
@@ -101,32 +107,34 @@ impl Indexer {
             if stopping {
                 break;
             }
+            let lag = progress
+                .durable
+                .load(Ordering::Acquire)
+                .saturating_sub(indexed);
+            if lag < MERGE_MAX_LAG && self.index.wants_merge() {
+                let stop = || progress.stopping.load(Ordering::Acquire);
+                if let Err(err) = self.index.merge_step(stop) {
+                    error!(error = %err, "merging index runs failed");
+                }
+            }
+            if let Err(err) = self.index.collect_garbage() {
+                error!(error = %err, "deleting merged index runs failed");
+            }
         }
         debug!(indexed, checkpointed, "indexer stopped");
     }
 
-    /// Writes the entries of the events `from..=to` into the indexes. Plain inserts, not a sled
-    /// batch, for the reason `Writer::write_group` gives; entries are idempotent.
+    /// Adds the entries of the events `from..=to` to the indexes, as one memory run.
     fn index_range(&mut self, from: u64, to: u64) -> Result<(), StoreError> {
-        let index = &self.index;
+        let mut entries: Vec<Entry> = Vec::with_capacity(8 * (to + 1 - from) as usize);
         let mut n = 0u64;
         codec::for_each_record(&self.events, from, to, |seq, record| {
             let view = codec::view_record(seq, record)?;
-            index
-                .insert(
-                    codec::dedup_key(view.source, view.id),
-                    &seq.to_be_bytes()[..],
-                )
-                .map_err(StoreError::sled)?;
-            let mut failed = None;
-            codec::index_keys(&view, |key| {
-                if let Err(err) = index.insert(key, &[][..]) {
-                    failed.get_or_insert(err);
-                }
-            });
-            if let Some(err) = failed {
-                return Err(StoreError::sled(err));
-            }
+            entries.push((
+                codec::dedup_key(view.source, view.id),
+                seq.to_be_bytes().to_vec(),
+            ));
+            codec::index_keys(&view, |key| entries.push((key, Vec::new())));
             n += 1;
             Ok(())
         })?;
@@ -136,19 +144,7 @@ impl Indexer {
                 reason: format!("{} events expected, {n} found", to - from + 1),
             });
         }
-        Ok(())
-    }
-
-    /// Makes the entries written so far durable, then records `to` as the watermark a restart
-    /// resumes from. Until the next checkpoint, a crash only means re-indexing since this one.
-    fn checkpoint(&mut self, to: u64) -> Result<(), StoreError> {
-        self.index_db.flush().map_err(StoreError::sled)?;
-        if let Some(sync) = &mut self.sync {
-            sync.sync().map_err(StoreError::Engine)?;
-        }
-        self.index
-            .insert(codec::INDEXED_KEY, &to.to_be_bytes()[..])
-            .map_err(StoreError::sled)?;
+        self.index.add(entries);
         Ok(())
     }
 }

@@ -19,6 +19,7 @@
 mod cache;
 mod codec;
 mod error;
+mod index;
 mod indexer;
 mod outbox;
 mod progress;
@@ -80,7 +81,7 @@ struct Inner {
     /// its own so that the indexer's many small writes neither lengthen the group-commit
     /// flushes of the log nor contend with its writer for sled's batch lock.
     index_db: sled::Db,
-    index: sled::Tree,
+    index: Arc<index::Index>,
     /// The engine's database: cursor, rule state, timers, outbox (see `state.rs`).
     engine: EngineState,
     engine_db: sled::Db,
@@ -127,9 +128,18 @@ impl Store {
             what: format!("creating {}", path.display()),
             source,
         })?;
-        let (log_path, index_path) = (path.join("log"), path.join("index"));
-        // The index gets half of the cache: dedup lookups and index inserts land all over its
-        // key space, while the log is written at its end and read near it.
+        let (log_path, index_path) = (path.join("log"), path.join("indexes"));
+        let old_index = path.join("index");
+        if old_index.is_dir() {
+            // The indexes of an earlier layout (one sled key per entry): rebuilt from the log.
+            tracing::info!(path = %old_index.display(), "removing indexes of an earlier layout; they are rebuilt from the log");
+            std::fs::remove_dir_all(&old_index).map_err(|source| StoreError::Io {
+                what: format!("removing {}", old_index.display()),
+                source,
+            })?;
+        }
+        // The index gets half of the cache: dedup lookups land all over its key space, while
+        // the log is written at its end and read near it.
         let log_db = open_db(&log_path, config.cache_capacity / 4)?;
         let events = log_db.open_tree("events").map_err(StoreError::sled)?;
         codec::check_schema(&events)?;
@@ -145,7 +155,7 @@ impl Store {
         let engine_path = path.join("engine");
         let engine_db = open_db(&engine_path, config.cache_capacity / 4)?;
         let engine = EngineState::open(engine_db.clone(), &engine_path, config.fsync)?;
-        let index = index_db.open_tree("index").map_err(StoreError::sled)?;
+        let index_tree = index_db.open_tree("index").map_err(StoreError::sled)?;
         let (log_sync, index_sync) = if config.fsync {
             (
                 Some(writer::FileSync::open(&log_path)?),
@@ -155,38 +165,31 @@ impl Store {
             (None, None)
         };
         let last_seq = codec::last_seq(&events)?;
-        let mut indexed = codec::indexed_seq(&index)?;
-        if indexed > last_seq {
+        if codec::indexed_seq(&index_tree)? > last_seq {
             // Only possible with fsync off after a power loss: the log lost its newest events
             // but the index kept entries for them. Those seqs will be reused, so the index is
             // rebuilt from the log.
-            tracing::warn!(
-                indexed,
-                last_seq,
-                "the index is ahead of the log; rebuilding it"
-            );
+            tracing::warn!(last_seq, "the index is ahead of the log; rebuilding it");
             // Not `Tree::clear`: plain removals keep sled off its global lock (see writer.rs).
-            for key in index.iter().keys() {
-                index
+            for key in index_tree.iter().keys() {
+                index_tree
                     .remove(key.map_err(StoreError::sled)?)
                     .map_err(StoreError::sled)?;
             }
-            indexed = 0;
         }
+        let (index, index_writer, indexed) = index::open(index_db.clone(), index_sync)?;
         let progress = Arc::new(Progress::new(last_seq, indexed));
         let started = writer::start(
             log_db.clone(),
             events.clone(),
-            index.clone(),
+            Arc::clone(&index),
             log_sync,
             Arc::clone(&progress),
         )?;
         let indexer = {
             let indexer = indexer::Indexer {
                 events: events.clone(),
-                index_db: index_db.clone(),
-                index: index.clone(),
-                sync: index_sync,
+                index: index_writer,
                 progress: Arc::clone(&progress),
             };
             std::thread::Builder::new()

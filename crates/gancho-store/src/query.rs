@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use gancho_core::{Event, time_to_millis};
 
 use crate::codec;
+use crate::index::{Index, Scan};
 use crate::{Quarantined, StoreError};
 
 /// Which events to list. With a source and a type the store answers from its indexes (by key
@@ -36,7 +37,7 @@ pub struct KeyFilter {
 /// and merged in.
 pub(crate) fn run(
     tree: &sled::Tree,
-    index: &sled::Tree,
+    index: &Index,
     query: &EventQuery,
     indexed: u64,
     durable: u64,
@@ -87,7 +88,7 @@ pub(crate) fn run(
 
 /// The seqs of one index prefix at or after `since`, up to `durable`.
 fn indexed_seqs(
-    index: &sled::Tree,
+    index: &Index,
     prefix: &[u8],
     since: Option<DateTime<Utc>>,
     durable: u64,
@@ -96,13 +97,11 @@ fn indexed_seqs(
     if let Some(since) = since {
         start.extend_from_slice(&codec::time_key(time_to_millis(since)));
     }
-    let entries = match prefix_end(prefix) {
-        Some(end) => index.range(start..end),
-        None => index.range(start..),
-    };
+    let mut end = prefix.to_vec();
+    end.extend_from_slice(&[0xff; 16]);
     let mut seqs = Vec::new();
-    for entry in entries {
-        let (key, _) = entry.map_err(StoreError::sled)?;
+    for entry in index.scan(prefix, &start, &end, false) {
+        let (key, _) = entry?;
         let seq = codec::seq_of_index_key(&key).ok_or_else(|| StoreError::Corrupt {
             key: format!("{key:?}"),
             reason: "index key without a sequence number".to_owned(),
@@ -165,18 +164,6 @@ fn matches(event: &Event, query: &EventQuery) -> bool {
             .is_none_or(|k| event.keys.get(&k.name) == Some(&k.value))
 }
 
-/// The smallest key greater than every key that starts with `prefix`, if there is one.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 pub(crate) fn quarantine(tree: &sled::Tree, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
     let limit = if limit == 0 { usize::MAX } else { limit };
     let mut items = Vec::new();
@@ -217,7 +204,7 @@ pub enum Order {
 /// counting a day of events costs no memory.
 pub(crate) fn window(
     tree: &sled::Tree,
-    index: &sled::Tree,
+    index: &Index,
     window: &Window,
     (order, limit, keep): (Order, usize, bool),
     indexed: u64,
@@ -237,8 +224,8 @@ pub(crate) fn window(
     for (name, value) in others {
         let prefix = codec::key_prefix(&window.source, &window.kind, name, value);
         let mut set = std::collections::HashSet::new();
-        for entry in time_range(index, &prefix, window.from_ms, window.to_ms) {
-            let (key, _) = entry.map_err(StoreError::sled)?;
+        for entry in time_range(index, &prefix, window.from_ms, window.to_ms, false) {
+            let (key, _) = entry?;
             set.insert(index_time_seq(&key)?.1);
         }
         allowed.push(set);
@@ -246,13 +233,15 @@ pub(crate) fn window(
     let tail = window.max_seq > indexed;
     let mut found = Vec::new();
     let mut count = 0;
-    let range = time_range(index, &scan_prefix, window.from_ms, window.to_ms);
-    let entries: Box<dyn Iterator<Item = _>> = match order {
-        Order::Oldest => Box::new(range),
-        Order::Newest => Box::new(range.rev()),
-    };
+    let entries = time_range(
+        index,
+        &scan_prefix,
+        window.from_ms,
+        window.to_ms,
+        order == Order::Newest,
+    );
     for entry in entries {
-        let (key, _) = entry.map_err(StoreError::sled)?;
+        let (key, _) = entry?;
         let (time, seq) = index_time_seq(&key)?;
         if seq > window.max_seq || !allowed.iter().all(|set| set.contains(&seq)) {
             continue;
@@ -295,13 +284,13 @@ pub(crate) fn window(
     Ok((found, count))
 }
 
-fn time_range(index: &sled::Tree, prefix: &[u8], from_ms: i64, to_ms: i64) -> sled::Iter {
+fn time_range(index: &Index, prefix: &[u8], from_ms: i64, to_ms: i64, newest_first: bool) -> Scan {
     let mut start = prefix.to_vec();
     start.extend_from_slice(&codec::time_key(from_ms));
     let mut end = prefix.to_vec();
     end.extend_from_slice(&codec::time_key(to_ms));
     end.extend_from_slice(&[0xff; 8]);
-    index.range(start..=end)
+    index.scan(prefix, &start, &end, newest_first)
 }
 
 fn index_time_seq(key: &[u8]) -> Result<(i64, u64), StoreError> {

@@ -220,7 +220,7 @@ fn appends_after_shutdown_fail_cleanly() {
 
 /// Removes the index database, as if the process had died before the indexer ran.
 fn forget_indexes(dir: &std::path::Path) {
-    std::fs::remove_dir_all(dir.join("index")).unwrap();
+    std::fs::remove_dir_all(dir.join("indexes")).unwrap();
 }
 
 #[test]

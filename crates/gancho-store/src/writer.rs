@@ -28,6 +28,7 @@ use tracing::{debug, error};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::codec;
+use crate::index::Index;
 use crate::progress::Progress;
 use crate::{Quarantined, StoreError};
 
@@ -196,7 +197,7 @@ pub(crate) struct Started {
 pub(crate) fn start(
     db: sled::Db,
     events: sled::Tree,
-    index: sled::Tree,
+    index: Arc<Index>,
     sync: Option<FileSync>,
     progress: Arc<Progress>,
 ) -> Result<Started, StoreError> {
@@ -236,7 +237,7 @@ pub(crate) fn start(
 struct Writer {
     events: sled::Tree,
     /// Read for the dedup index only.
-    index: sled::Tree,
+    index: Arc<Index>,
     next_seq: u64,
     next_qid: u64,
     /// Dedup keys (as 128-bit hashes) of events in the log but not yet in the dedup index, with
@@ -464,8 +465,7 @@ impl Writer {
         }
         Ok(self
             .index
-            .get(&event.dedup_key)
-            .map_err(StoreError::sled)?
+            .get(&event.dedup_key)?
             .and_then(|v| codec::read_u64(&v)))
     }
 }
