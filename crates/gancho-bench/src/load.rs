@@ -96,6 +96,11 @@ fn mailjet_event(out: &mut String, n: u64) {
     );
 }
 
+/// Numbers the next events from `n` on (so that they differ from those of an earlier run).
+pub fn number_events_from(n: u64) {
+    NEXT_EVENT.fetch_max(n, Ordering::Relaxed);
+}
+
 pub fn body(group: usize) -> String {
     let mut body = String::with_capacity(450 * group + 2);
     if group == 1 {

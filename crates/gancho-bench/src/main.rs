@@ -137,6 +137,9 @@ fn main() -> anyhow::Result<()> {
             warmup: args.warmup,
             group: args.group,
         };
+        // Events distinct from those an earlier run posted (the bench numbers them from 0).
+        let (durable, _) = fetch_status(addr)?;
+        load::number_events_from(durable);
         let r = load::run(&Target::gancho(addr), &spec)?;
         println!(
             "{addr}: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
@@ -340,15 +343,7 @@ impl Gancho {
 
     /// `GET /status`: (durable, indexed).
     fn status(&self) -> anyhow::Result<(u64, u64)> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(self.addr)?;
-        stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text)?;
-        let body = text.split("\r\n\r\n").nth(1).context("no body")?;
-        let status: serde_json::Value = serde_json::from_str(body)?;
-        let field = |name: &str| status[name].as_u64().context("bad /status");
-        Ok((field("durable")?, field("indexed")?))
+        fetch_status(self.addr)
     }
 
     /// Waits until the index catches up with the log; returns how many events that took and
@@ -397,4 +392,17 @@ impl Drop for Gancho {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /status` of a gancho: (durable, indexed).
+fn fetch_status(addr: SocketAddr) -> anyhow::Result<(u64, u64)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let body = text.split("\r\n\r\n").nth(1).context("no body")?;
+    let status: serde_json::Value = serde_json::from_str(body)?;
+    let field = |name: &str| status[name].as_u64().context("bad /status");
+    Ok((field("durable")?, field("indexed")?))
 }

@@ -1,5 +1,6 @@
 //! The layout of the store: the `events` tree of the log database holds `M`, `L` and `Q`; the
-//! `index` tree of the index database holds `D`, `T`, `K` and the `indexed` watermark:
+//! index entries `D`, `T` and `K` live in the sorted runs of the index database (`index.rs` has
+//! how runs are stored), beside the `indexed` watermark:
 //!
 //! | prefix | key                                          | value                          | written by |
 //! |--------|----------------------------------------------|--------------------------------|------------|
@@ -8,8 +9,8 @@
 //! | `L`    | seq u64 BE of the block's first event        | a block of events              | writer     |
 //! | `Q`    | quarantine id u64 BE                         | item, JSON                     | writer     |
 //! | `M`    | `indexed` (index database)                   | u64 BE: log indexed up to here | indexer    |
-//! | `D`    | source, event id                             | seq u64 BE                     | indexer    |
-//! | `T`    | source, type, time, seq                      | empty                          | indexer    |
+//! | `D`    | source, event id (an entry of a run)         | seq u64 BE                     | indexer    |
+//! | `T`    | source, type, time, seq (an entry of a run)  | empty                          | indexer    |
 //! | `K`    | source, type, key name, key value, time, seq | empty                          | indexer    |
 //!
 //! The log is stored in blocks of consecutive events, one or a few per group commit, because

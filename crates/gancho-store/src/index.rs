@@ -22,17 +22,23 @@
 //! | key                                  | value                                          |
 //! |--------------------------------------|------------------------------------------------|
 //! | `Mindexed`                           | u64 BE: the runs hold every event up to it     |
-//! | `R`, run id u64 BE                   | the run's record: entries, filter              |
+//! | `R`, run id u64 BE                   | the run's record: sizes, last seq, time span   |
+//! | `F`, run id u64 BE, chunk u32 BE     | 64 KiB of the run's Bloom filter               |
 //! | `B`, run id u64 BE, block's last key | a block of the run's entries                   |
 //!
 //! Crash safety rests on sled recovering a prefix of its writes (as the log does): a run's
-//! blocks are written before its record, and a merged run's record before the records of the
-//! runs it replaces are removed; blocks whose run has no record are deleted at open. A run
-//! written but not yet covered by the watermark only holds entries that re-indexing writes
-//! again: equal entries are merged into one wherever runs meet.
+//! blocks and filter are written before its record, and a merged run's record before the
+//! records of the runs it replaces are removed; keys of a run without a record are deleted at
+//! open. A run records the last seq it indexes: one past the watermark (a crash between the run
+//! and the watermark, or a power loss with fsync off that cost the log its tail) is deleted at
+//! open and indexed again. Equal entries in several runs are one entry to readers.
+//!
+//! A merge is done a slice at a time between batches, so indexing never waits long for one;
+//! while the indexer trails the log it only merges once there are more than a few dozen runs.
+//! A scan also skips runs whose event times miss its window.
 
 use std::cmp::Ordering;
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -48,6 +54,7 @@ pub(crate) type Entry = (Vec<u8>, Vec<u8>);
 
 const RUN: u8 = b'R';
 const BLOCK: u8 = b'B';
+const FILTER: u8 = b'F';
 /// A block is closed once its encoded entries pass this size.
 const BLOCK_BYTES: usize = 4096;
 /// Runs in one size tier that trigger a merge of that tier.
@@ -70,41 +77,49 @@ pub(crate) fn filter_prefix(key: &[u8]) -> &[u8] {
 // ---------------------------------------------------------------------------------------------
 // Bloom filter
 
+/// A blocked Bloom filter: each key sets [`BLOOM_PROBES`] bits in one 512-bit block (one cache
+/// line), so a lookup costs one cache miss.
 #[derive(Debug, Clone)]
 struct Bloom {
+    /// A multiple of 8 words; never empty.
     words: Vec<u64>,
 }
+
+const BLOOM_BLOCK_WORDS: usize = 8;
 
 impl Bloom {
     fn for_keys(n: u64) -> Bloom {
         let bits = usize::try_from(n)
-            .unwrap_or(usize::MAX / 2)
-            .saturating_mul(BLOOM_BITS_PER_KEY)
-            .max(64);
+            .unwrap_or(usize::MAX)
+            .saturating_mul(BLOOM_BITS_PER_KEY);
+        let blocks = bits.div_ceil(64 * BLOOM_BLOCK_WORDS).max(1);
         Bloom {
-            words: vec![0; bits.div_ceil(64)],
+            words: vec![0; blocks * BLOOM_BLOCK_WORDS],
         }
     }
 
-    /// Probe `i` of `hash`: a word and the bit in it (double hashing).
-    fn probe(&self, hash: u64, i: u64) -> (usize, u64) {
-        let n = self.words.len() as u64 * 64;
-        let step = hash.rotate_left(32) | 1;
-        let bit = hash.wrapping_add(i.wrapping_mul(step)) % n;
-        ((bit / 64) as usize, 1u64 << (bit % 64))
+    /// The block of `hash` (its first word), and the bits within it, 9 bits of a second hash
+    /// each.
+    fn probes(&self, hash: u64) -> (usize, u64) {
+        let blocks = (self.words.len() / BLOOM_BLOCK_WORDS) as u128;
+        let block = ((u128::from(hash) * blocks) >> 64) as usize;
+        let bits = (hash ^ (hash >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (block * BLOOM_BLOCK_WORDS, bits)
     }
 
     fn insert(&mut self, hash: u64) {
-        for i in 0..u64::from(BLOOM_PROBES) {
-            let (word, mask) = self.probe(hash, i);
-            self.words[word] |= mask;
+        let (first, bits) = self.probes(hash);
+        for i in 0..BLOOM_PROBES {
+            let bit = (bits >> (9 * i)) & 511;
+            self.words[first + (bit / 64) as usize] |= 1 << (bit % 64);
         }
     }
 
     fn may_contain(&self, hash: u64) -> bool {
-        (0..u64::from(BLOOM_PROBES)).all(|i| {
-            let (word, mask) = self.probe(hash, i);
-            self.words[word] & mask != 0
+        let (first, bits) = self.probes(hash);
+        (0..BLOOM_PROBES).all(|i| {
+            let bit = (bits >> (9 * i)) & 511;
+            self.words[first + (bit / 64) as usize] & (1 << (bit % 64)) != 0
         })
     }
 }
@@ -185,6 +200,8 @@ struct Block {
     n: usize,
     /// Where the entries start.
     data: usize,
+    /// Where the first key (entry 0's suffix) lies in `bytes`.
+    first: Range<usize>,
     /// The run it belongs to, for error messages.
     run: u64,
 }
@@ -201,17 +218,28 @@ impl Block {
             .and_then(|x| x.checked_add(4))
             .filter(|&d| d <= bytes.len() && n > 0)
             .ok_or_else(|| corrupt(run, "block shorter than its offsets"))?;
-        Ok(Block {
+        let mut block = Block {
             bytes,
             n,
             data,
+            first: 0..0,
             run,
-        })
+        };
+        let (shared, first, _) = block.ranges(0)?;
+        if shared != 0 {
+            return Err(corrupt(run, "a block's first key shares a prefix"));
+        }
+        block.first = first;
+        Ok(block)
     }
 
-    /// Entry `i`: the length of the first key's prefix it shares, its key's suffix, its value.
-    fn parts(&self, i: usize) -> Result<(usize, &[u8], &[u8]), StoreError> {
+    /// Entry `i`: the length of the first key's prefix it shares, and where its key's suffix
+    /// and its value lie.
+    fn ranges(&self, i: usize) -> Result<(usize, Range<usize>, Range<usize>), StoreError> {
         let bad = || corrupt(self.run, "entry out of its block");
+        if i >= self.n {
+            return Err(bad());
+        }
         let at = 4 + 4 * i;
         let offset = self
             .bytes
@@ -219,30 +247,34 @@ impl Block {
             .and_then(read_u32)
             .ok_or_else(bad)? as usize;
         let mut r = self.data.checked_add(offset).ok_or_else(bad)?;
-        let mut take = |len: usize| -> Result<&[u8], StoreError> {
-            let slice = self.bytes.get(r..r.checked_add(len).ok_or_else(bad)?);
-            r += len;
-            slice.ok_or_else(bad)
+        let mut take = |len: usize| -> Result<Range<usize>, StoreError> {
+            let end = r.checked_add(len).filter(|&e| e <= self.bytes.len());
+            let range = r..end.ok_or_else(bad)?;
+            r = range.end;
+            Ok(range)
         };
-        let shared = read_u32(take(4)?).ok_or_else(bad)? as usize;
-        let suffix_len = read_u32(take(4)?).ok_or_else(bad)? as usize;
+        let word = |range: Range<usize>| read_u32(&self.bytes[range]).map(|n| n as usize);
+        let shared = word(take(4)?).ok_or_else(bad)?;
+        let suffix_len = word(take(4)?).ok_or_else(bad)?;
         let suffix = take(suffix_len)?;
-        let value_len = read_u32(take(4)?).ok_or_else(bad)? as usize;
+        let value_len = word(take(4)?).ok_or_else(bad)?;
         let value = take(value_len)?;
+        if shared > self.first.len() && i > 0 {
+            return Err(corrupt(self.run, "shared prefix longer than the first key"));
+        }
         Ok((shared, suffix, value))
     }
 
-    fn first_key(&self) -> Result<&[u8], StoreError> {
-        self.parts(0).map(|(_, key, _)| key)
+    /// Entry `i`'s key as the shared head of the first key and its own suffix.
+    fn key_parts(&self, i: usize) -> Result<(&[u8], &[u8]), StoreError> {
+        let (shared, suffix, _) = self.ranges(i)?;
+        let head = &self.bytes[self.first.start..self.first.start + shared];
+        Ok((head, &self.bytes[suffix]))
     }
 
     /// Compares entry `i`'s key with `target`, without building the key.
     fn cmp(&self, i: usize, target: &[u8]) -> Result<Ordering, StoreError> {
-        let (shared, suffix, _) = self.parts(i)?;
-        let head = self
-            .first_key()?
-            .get(..shared)
-            .ok_or_else(|| corrupt(self.run, "shared prefix longer than the first key"))?;
+        let (head, suffix) = self.key_parts(i)?;
         let n = head.len().min(target.len());
         match head[..n].cmp(&target[..n]) {
             Ordering::Equal => {}
@@ -258,16 +290,17 @@ impl Block {
         Ok(suffix.cmp(&target[head.len()..]))
     }
 
+    fn value(&self, i: usize) -> Result<&[u8], StoreError> {
+        let (_, _, value) = self.ranges(i)?;
+        Ok(&self.bytes[value])
+    }
+
     fn entry(&self, i: usize) -> Result<Entry, StoreError> {
-        let (shared, suffix, value) = self.parts(i)?;
-        let head = self
-            .first_key()?
-            .get(..shared)
-            .ok_or_else(|| corrupt(self.run, "shared prefix longer than the first key"))?;
-        let mut key = Vec::with_capacity(shared + suffix.len());
+        let (head, suffix) = self.key_parts(i)?;
+        let mut key = Vec::with_capacity(head.len() + suffix.len());
         key.extend_from_slice(head);
         key.extend_from_slice(suffix);
-        Ok((key, value.to_vec()))
+        Ok((key, self.value(i)?.to_vec()))
     }
 
     /// The first entry whose key is at least (`strict`: more than) `target`.
@@ -307,6 +340,13 @@ fn run_key(id: u64) -> [u8; 9] {
     key
 }
 
+fn filter_key(id: u64, chunk: u32) -> [u8; 13] {
+    let mut key = [FILTER; 13];
+    key[1..9].copy_from_slice(&id.to_be_bytes());
+    key[9..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
 fn block_key(id: u64, last: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + last.len());
     key.push(BLOCK);
@@ -315,13 +355,62 @@ fn block_key(id: u64, last: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The bounds of all of a run's blocks.
-fn run_blocks(id: u64) -> (Vec<u8>, Bound<Vec<u8>>) {
+/// The bounds of all of a run's keys under one prefix (`BLOCK` or `FILTER`).
+fn run_range(prefix: u8, id: u64) -> (Vec<u8>, Bound<Vec<u8>>) {
+    let mut start = vec![prefix];
+    start.extend_from_slice(&id.to_be_bytes());
     let end = match id.checked_add(1) {
-        Some(next) => Bound::Excluded(block_key(next, &[])),
-        None => Bound::Excluded(vec![BLOCK + 1]),
+        Some(next) => {
+            let mut end = vec![prefix];
+            end.extend_from_slice(&next.to_be_bytes());
+            Bound::Excluded(end)
+        }
+        None => Bound::Excluded(vec![prefix + 1]),
     };
-    (block_key(id, &[]), end)
+    (start, end)
+}
+
+/// The event time of a query entry (`T`, `K`), as its 8 key bytes (byte order is time order).
+fn entry_time(key: &[u8]) -> Option<[u8; 8]> {
+    match key.first() {
+        Some(&codec::BY_TYPE | &codec::BY_KEY) if key.len() > 16 => {
+            key[key.len() - 16..key.len() - 8].try_into().ok()
+        }
+        _ => None,
+    }
+}
+
+/// The event times a run's query entries span, as time keys; `None` when it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct TimeSpan(Option<([u8; 8], [u8; 8])>);
+
+impl TimeSpan {
+    fn add(&mut self, time: [u8; 8]) {
+        self.0 = Some(match self.0 {
+            None => (time, time),
+            Some((lo, hi)) => (lo.min(time), hi.max(time)),
+        });
+    }
+
+    /// Whether a scan over `from..=to` may find entries here.
+    fn meets(&self, from: &[u8; 8], to: &[u8; 8]) -> bool {
+        self.0.is_some_and(|(lo, hi)| &hi >= from && &lo <= to)
+    }
+}
+
+/// The time range a scan covers: the time bytes right after its prefix in `lo` and `hi`.
+fn scan_times(prefix: &[u8], lo: &[u8], hi: &[u8]) -> Option<([u8; 8], [u8; 8])> {
+    let at = prefix.len();
+    let from = lo
+        .get(at..at + 8)
+        .and_then(|t| t.try_into().ok())
+        .unwrap_or([0; 8]);
+    let to = hi
+        .get(at..at + 8)
+        .and_then(|t| t.try_into().ok())
+        .unwrap_or([0xff; 8]);
+    // Only query entries carry times; a dedup key scan (no time) skips nothing.
+    matches!(prefix.first(), Some(&codec::BY_TYPE | &codec::BY_KEY)).then_some((from, to))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,6 +421,7 @@ fn run_blocks(id: u64) -> (Vec<u8>, Bound<Vec<u8>>) {
 struct MemRun {
     entries: Vec<Entry>,
     bloom: Bloom,
+    times: TimeSpan,
 }
 
 impl MemRun {
@@ -339,21 +429,36 @@ impl MemRun {
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         entries.dedup_by(|a, b| a.0 == b.0);
         let mut bloom = Bloom::for_keys(entries.len() as u64);
+        let mut times = TimeSpan::default();
         for (key, _) in &entries {
             bloom.insert(hash(filter_prefix(key)));
+            if let Some(time) = entry_time(key) {
+                times.add(time);
+            }
         }
-        MemRun { entries, bloom }
+        MemRun {
+            entries,
+            bloom,
+            times,
+        }
     }
 }
 
-/// A run in sled: its id, size, and filter.
+/// A run in sled: its id, its size, the events it indexes, and its filter.
 #[derive(Debug)]
 struct DiskRun {
     id: u64,
     entries: u64,
+    /// Distinct filter prefixes.
     distinct: u64,
+    /// It holds the entries of events up to this seq, none later.
+    max_seq: u64,
+    times: TimeSpan,
     bloom: Bloom,
 }
+
+/// Filter words per `F` key: 64 KiB values, written once.
+const FILTER_CHUNK_WORDS: usize = 8192;
 
 impl DiskRun {
     fn tier(&self) -> u32 {
@@ -361,45 +466,97 @@ impl DiskRun {
         (64 - self.entries.leading_zeros()) / 2
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(21 + 8 * self.bloom.words.len());
-        out.push(RUN_RECORD_V1);
-        out.extend_from_slice(&self.entries.to_be_bytes());
-        out.extend_from_slice(&self.distinct.to_be_bytes());
-        out.extend_from_slice(&len32(self.bloom.words.len()).to_be_bytes());
-        for word in &self.bloom.words {
-            out.extend_from_slice(&word.to_le_bytes());
+    /// Writes the filter (in chunks), then the record, which makes the run live.
+    fn write(&self, tree: &sled::Tree) -> Result<(), StoreError> {
+        for (i, chunk) in self.bloom.words.chunks(FILTER_CHUNK_WORDS).enumerate() {
+            let mut bytes = Vec::with_capacity(8 * chunk.len());
+            for word in chunk {
+                bytes.extend_from_slice(&word.to_le_bytes());
+            }
+            tree.insert(filter_key(self.id, len32(i)), bytes)
+                .map_err(StoreError::sled)?;
         }
-        out
+        let mut record = Vec::with_capacity(46);
+        record.push(RUN_RECORD_V1);
+        record.extend_from_slice(&self.entries.to_be_bytes());
+        record.extend_from_slice(&self.distinct.to_be_bytes());
+        record.extend_from_slice(&self.max_seq.to_be_bytes());
+        match self.times.0 {
+            Some((lo, hi)) => {
+                record.push(1);
+                record.extend_from_slice(&lo);
+                record.extend_from_slice(&hi);
+            }
+            None => record.push(0),
+        }
+        record.extend_from_slice(&len32(self.bloom.words.len()).to_be_bytes());
+        tree.insert(run_key(self.id), record)
+            .map_err(StoreError::sled)?;
+        Ok(())
     }
 
-    fn decode(id: u64, bytes: &[u8]) -> Result<DiskRun, StoreError> {
+    fn read(tree: &sled::Tree, id: u64, record: &[u8]) -> Result<DiskRun, StoreError> {
         let bad = || corrupt(id, "unreadable run record");
-        if bytes.first() != Some(&RUN_RECORD_V1) {
+        if record.first() != Some(&RUN_RECORD_V1) {
             return Err(bad());
         }
-        let entries = bytes.get(1..9).and_then(codec::read_u64).ok_or_else(bad)?;
-        let distinct = bytes.get(9..17).and_then(codec::read_u64).ok_or_else(bad)?;
-        let n = bytes.get(17..21).and_then(read_u32).ok_or_else(bad)? as usize;
-        let words = bytes
-            .get(21..)
-            .filter(|w| w.len() == n * 8)
-            .ok_or_else(bad)?;
-        if n == 0 {
+        let u64_at = |at: usize| record.get(at..at + 8).and_then(codec::read_u64);
+        let entries = u64_at(1).ok_or_else(bad)?;
+        let distinct = u64_at(9).ok_or_else(bad)?;
+        let max_seq = u64_at(17).ok_or_else(bad)?;
+        let (times, at) = match record.get(25) {
+            Some(0) => (TimeSpan(None), 26),
+            Some(1) => {
+                let time = |at: usize| record.get(at..at + 8).and_then(|t| t.try_into().ok());
+                let span = time(26).zip(time(34)).ok_or_else(bad)?;
+                (TimeSpan(Some(span)), 42)
+            }
+            _ => return Err(bad()),
+        };
+        let n = record.get(at..at + 4).and_then(read_u32).ok_or_else(bad)? as usize;
+        if n == 0 || n % BLOOM_BLOCK_WORDS != 0 || distinct > entries {
             return Err(bad());
         }
-        let words = words
-            .chunks_exact(8)
-            .map(|w| w.try_into().map(u64::from_le_bytes))
-            .collect::<Result<Vec<u64>, _>>()
-            .map_err(|_| bad())?;
+        let mut words = Vec::with_capacity(n.min(1 << 24));
+        let (start, end) = run_range(FILTER, id);
+        for item in tree.range((Bound::Included(start), end)) {
+            let (_, bytes) = item.map_err(StoreError::sled)?;
+            if bytes.len() % 8 != 0 {
+                return Err(bad());
+            }
+            for word in bytes.chunks_exact(8) {
+                let word: [u8; 8] = word.try_into().map_err(|_| bad())?;
+                words.push(u64::from_le_bytes(word));
+            }
+        }
+        if words.len() != n {
+            return Err(corrupt(id, "run filter of the wrong size"));
+        }
         Ok(DiskRun {
             id,
             entries,
             distinct,
+            max_seq,
+            times,
             bloom: Bloom { words },
         })
     }
+}
+
+/// Deletes a run whole: its record first (so that it is never half there), then its filter and
+/// blocks. Returns how many keys went.
+fn delete_run(tree: &sled::Tree, id: u64) -> Result<usize, StoreError> {
+    tree.remove(run_key(id)).map_err(StoreError::sled)?;
+    let mut n = 0;
+    for prefix in [FILTER, BLOCK] {
+        let (start, end) = run_range(prefix, id);
+        for key in tree.range((Bound::Included(start), end)).keys() {
+            tree.remove(key.map_err(StoreError::sled)?)
+                .map_err(StoreError::sled)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// What readers see: the memory runs (oldest first) and the disk runs.
@@ -422,7 +579,7 @@ pub(crate) struct Index {
 impl Index {
     /// The value of `key`, looked up whole (dedup entries).
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let view = self.view.load_full();
+        let view = self.view.load();
         let h = hash(filter_prefix(key));
         for run in view.mem.iter().rev() {
             if run.bloom.may_contain(h)
@@ -435,7 +592,7 @@ impl Index {
             if !run.bloom.may_contain(h) {
                 continue;
             }
-            let (_, end) = run_blocks(run.id);
+            let (_, end) = run_range(BLOCK, run.id);
             let first = self
                 .tree
                 .range((Bound::Included(block_key(run.id, key)), end))
@@ -446,7 +603,7 @@ impl Index {
                 let block = Block::parse(run.id, bytes)?;
                 let i = block.seek(key, false)?;
                 if i < block.n && block.cmp(i, key)? == Ordering::Equal {
-                    return Ok(Some(block.entry(i)?.1));
+                    return Ok(Some(block.value(i)?.to_vec()));
                 }
             }
         }
@@ -454,13 +611,16 @@ impl Index {
     }
 
     /// The entries with keys in `lo..=hi`, in key order (`reverse`: descending), every one of
-    /// which has `prefix` as its [`filter_prefix`].
+    /// which has `prefix` as its [`filter_prefix`]. Runs whose filter cannot hold `prefix`, or
+    /// whose event times miss those of the scan, are not read.
     pub(crate) fn scan(&self, prefix: &[u8], lo: &[u8], hi: &[u8], reverse: bool) -> Scan {
-        let view = self.view.load_full();
+        let view = self.view.load();
         let h = hash(prefix);
+        let times = scan_times(prefix, lo, hi);
+        let meets = |span: &TimeSpan| times.is_none_or(|(from, to)| span.meets(&from, &to));
         let mut sources = Vec::new();
         for run in &view.mem {
-            if run.bloom.may_contain(h) {
+            if meets(&run.times) && run.bloom.may_contain(h) {
                 let start = run.entries.partition_point(|(k, _)| k[..] < *lo);
                 let end = run.entries.partition_point(|(k, _)| k[..] <= *hi);
                 if start < end {
@@ -473,7 +633,7 @@ impl Index {
             }
         }
         for run in &view.disk {
-            if run.bloom.may_contain(h) {
+            if meets(&run.times) && run.bloom.may_contain(h) {
                 sources.push(Source::Disk(Box::new(DiskScan::new(
                     &self.tree,
                     run,
@@ -592,7 +752,12 @@ impl Iterator for Scan {
             if self.last.as_deref() == Some(&entry.0[..]) {
                 continue;
             }
-            self.last = Some(entry.0.clone());
+            if self.sources.len() > 1 {
+                // Equal entries can only come from different runs.
+                let last = self.last.get_or_insert_with(Vec::new);
+                last.clear();
+                last.extend_from_slice(&entry.0);
+            }
             return Some(Ok(entry));
         }
     }
@@ -634,7 +799,7 @@ impl DiskScan {
         reverse: bool,
     ) -> DiskScan {
         let run = keep.id;
-        let (start, end) = run_blocks(run);
+        let (start, end) = run_range(BLOCK, run);
         let mut failed = None;
         let blocks = if reverse {
             // From the block that holds `hi` (the first whose last key is at least `hi`) down.
@@ -751,21 +916,31 @@ impl DiskScan {
 // Writing
 
 /// Writes one run's blocks as its entries come, in key order.
-struct RunBuilder<'a> {
-    tree: &'a sled::Tree,
+struct RunBuilder {
+    tree: sled::Tree,
     id: u64,
     block: BlockBuilder,
     entries: u64,
     distinct: u64,
     bloom: Bloom,
+    times: TimeSpan,
     prev_prefix: Vec<u8>,
-    prev_key: Option<Vec<u8>>,
+    prev_key: Vec<u8>,
 }
 
-impl<'a> RunBuilder<'a> {
+impl std::fmt::Debug for RunBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunBuilder")
+            .field("id", &self.id)
+            .field("entries", &self.entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunBuilder {
     /// `distinct_bound`: at least the number of distinct filter prefixes it will hold (sizes
     /// its filter).
-    fn new(tree: &'a sled::Tree, id: u64, distinct_bound: u64) -> RunBuilder<'a> {
+    fn new(tree: sled::Tree, id: u64, distinct_bound: u64) -> RunBuilder {
         RunBuilder {
             tree,
             id,
@@ -773,13 +948,14 @@ impl<'a> RunBuilder<'a> {
             entries: 0,
             distinct: 0,
             bloom: Bloom::for_keys(distinct_bound),
+            times: TimeSpan::default(),
             prev_prefix: Vec::new(),
-            prev_key: None,
+            prev_key: Vec::new(),
         }
     }
 
     fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        if self.prev_key.as_deref() == Some(key) {
+        if self.entries > 0 && self.prev_key == key {
             return Ok(());
         }
         let prefix = filter_prefix(key);
@@ -789,7 +965,11 @@ impl<'a> RunBuilder<'a> {
             self.prev_prefix.clear();
             self.prev_prefix.extend_from_slice(prefix);
         }
-        self.prev_key = Some(key.to_vec());
+        if let Some(time) = entry_time(key) {
+            self.times.add(time);
+        }
+        self.prev_key.clear();
+        self.prev_key.extend_from_slice(key);
         self.entries += 1;
         self.block.add(key, value);
         if self.block.is_full() {
@@ -806,8 +986,9 @@ impl<'a> RunBuilder<'a> {
         Ok(())
     }
 
-    /// Writes the last block and the run's record; `None` for a run with no entries.
-    fn finish(mut self) -> Result<Option<DiskRun>, StoreError> {
+    /// Writes the last block, the filter and the run's record (which makes it live); `None`
+    /// for a run with no entries.
+    fn finish(mut self, max_seq: u64) -> Result<Option<DiskRun>, StoreError> {
         if !self.block.is_empty() {
             self.write_block()?;
         }
@@ -818,13 +999,21 @@ impl<'a> RunBuilder<'a> {
             id: self.id,
             entries: self.entries,
             distinct: self.distinct,
+            max_seq,
+            times: self.times,
             bloom: self.bloom,
         };
-        self.tree
-            .insert(run_key(run.id), run.encode())
-            .map_err(StoreError::sled)?;
+        run.write(&self.tree)?;
         Ok(Some(run))
     }
+}
+
+/// A merge in progress: advanced a slice at a time, so that indexing goes on between slices.
+#[derive(Debug)]
+struct Merge {
+    runs: Vec<Arc<DiskRun>>,
+    scan: Scan,
+    builder: RunBuilder,
 }
 
 /// Changes the indexes: owned by the indexer thread.
@@ -835,55 +1024,74 @@ pub(crate) struct IndexWriter {
     sync: Option<FileSync>,
     mem: Vec<Arc<MemRun>>,
     disk: Vec<Arc<DiskRun>>,
-    /// Runs merged away whose blocks are deleted once no reader holds them.
+    /// Runs merged away whose keys are deleted once no reader holds them.
     retired: Vec<Arc<DiskRun>>,
+    merge: Option<Merge>,
     next_id: u64,
 }
 
 /// Opens the indexes of the index database: returns the reader side, the writer side and the
-/// watermark of the last checkpoint. Deletes the blocks of runs a crash left without a record.
+/// watermark of the last checkpoint. Deletes what a crash left of runs: keys of runs without a
+/// record, and runs past the watermark (possible with fsync off: their events may be lost from
+/// the log, and their seqs reused). A [`StoreError::Corrupt`] means the index database should
+/// be rebuilt.
 pub(crate) fn open(
     db: sled::Db,
     sync: Option<FileSync>,
 ) -> Result<(Arc<Index>, IndexWriter, u64), StoreError> {
     let tree = db.open_tree("index").map_err(StoreError::sled)?;
+    let indexed = codec::indexed_seq(&tree)?;
     let mut disk = Vec::new();
+    let mut next_id = 1u64;
     for item in tree.scan_prefix([RUN]) {
         let (key, value) = item.map_err(StoreError::sled)?;
         let id = key
             .get(1..)
             .and_then(codec::read_u64)
             .ok_or_else(|| corrupt(0, "run record with a bad key"))?;
-        disk.push(Arc::new(DiskRun::decode(id, &value)?));
-    }
-    let mut next_id = disk.iter().map(|r| r.id + 1).max().unwrap_or(1);
-    // Blocks of runs without a record: a run cut short by a crash, or one merged away.
-    let mut at = vec![BLOCK];
-    let mut orphans = 0;
-    loop {
-        let found = tree
-            .range(at.clone()..vec![BLOCK + 1])
-            .next()
-            .transpose()
-            .map_err(StoreError::sled)?;
-        let Some((key, _)) = found else { break };
-        let id = key
-            .get(1..9)
-            .and_then(codec::read_u64)
-            .ok_or_else(|| corrupt(0, "block with a bad key"))?;
         next_id = next_id.max(id.saturating_add(1));
-        if !disk.iter().any(|r| r.id == id) {
-            orphans += delete_blocks(&tree, id)?;
+        let run = DiskRun::read(&tree, id, &value)?;
+        if run.max_seq > indexed {
+            info!(
+                run = id,
+                max_seq = run.max_seq,
+                indexed,
+                "deleting an index run past the watermark"
+            );
+            delete_run(&tree, id)?;
+        } else {
+            disk.push(Arc::new(run));
         }
-        match id.checked_add(1) {
-            Some(next) => at = block_key(next, &[]),
-            None => break,
+    }
+    // Keys of runs without a record: a run cut short by a crash, or one merged away.
+    let mut orphans = 0;
+    for prefix in [FILTER, BLOCK] {
+        let mut at = vec![prefix];
+        loop {
+            let found = tree
+                .range(at.clone()..vec![prefix + 1])
+                .next()
+                .transpose()
+                .map_err(StoreError::sled)?;
+            let Some((key, _)) = found else { break };
+            let id = key
+                .get(1..9)
+                .and_then(codec::read_u64)
+                .ok_or_else(|| corrupt(0, "run key without a run id"))?;
+            next_id = next_id.max(id.saturating_add(1));
+            if !disk.iter().any(|r| r.id == id) {
+                orphans += delete_run(&tree, id)?;
+            }
+            let (_, end) = run_range(prefix, id);
+            match end {
+                Bound::Excluded(next) if next.len() == 9 => at = next,
+                _ => break,
+            }
         }
     }
     if orphans > 0 {
-        info!(blocks = orphans, "deleted index blocks a crash left behind");
+        info!(keys = orphans, "deleted index keys a crash left behind");
     }
-    let indexed = codec::indexed_seq(&tree)?;
     let index = Arc::new(Index {
         tree,
         view: ArcSwap::from_pointee(View {
@@ -898,20 +1106,10 @@ pub(crate) fn open(
         mem: Vec::new(),
         disk,
         retired: Vec::new(),
+        merge: None,
         next_id,
     };
     Ok((index, writer, indexed))
-}
-
-fn delete_blocks(tree: &sled::Tree, id: u64) -> Result<usize, StoreError> {
-    let (start, end) = run_blocks(id);
-    let mut n = 0;
-    for key in tree.range((Bound::Included(start), end)).keys() {
-        tree.remove(key.map_err(StoreError::sled)?)
-            .map_err(StoreError::sled)?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 impl IndexWriter {
@@ -929,6 +1127,11 @@ impl IndexWriter {
         self.mem.len()
     }
 
+    /// Disk runs.
+    pub(crate) fn disk_runs(&self) -> usize {
+        self.disk.len()
+    }
+
     fn publish(&self) {
         self.index.view.store(Arc::new(View {
             mem: self.mem.clone(),
@@ -937,40 +1140,67 @@ impl IndexWriter {
     }
 
     /// Writes the memory runs out as one disk run and records `indexed` as the watermark a
-    /// restart resumes from; both are durable when this returns.
+    /// restart resumes from; both are durable when this returns. On failure the memory runs
+    /// stay, for the next checkpoint.
     pub(crate) fn checkpoint(&mut self, indexed: u64) -> Result<(), StoreError> {
-        let tree = self.index.tree.clone();
         let mut run = None;
         if !self.mem.is_empty() {
-            let bound = self.mem.iter().map(|r| r.entries.len() as u64).sum();
             let id = self.take_id();
-            let mut builder = RunBuilder::new(&tree, id, bound);
-            let mut merge = Scan::new(
-                self.mem
-                    .iter()
-                    .map(|run| Source::Mem {
-                        run: Arc::clone(run),
-                        start: 0,
-                        end: run.entries.len(),
-                    })
-                    .collect(),
-                false,
-            );
-            for entry in &mut merge {
-                let (key, value) = entry?;
-                builder.add(&key, &value)?;
+            let written = self.write_memory_runs(id, indexed);
+            match written {
+                Ok(written) => run = written,
+                Err(err) => {
+                    self.discard(id);
+                    return Err(err);
+                }
             }
-            run = builder.finish()?;
         }
-        tree.insert(codec::INDEXED_KEY, &indexed.to_be_bytes()[..])
-            .map_err(StoreError::sled)?;
-        self.make_durable()?;
+        let tree = &self.index.tree;
+        let durable = tree
+            .insert(codec::INDEXED_KEY, &indexed.to_be_bytes()[..])
+            .map_err(StoreError::sled)
+            .and_then(|_| self.make_durable());
+        if let Err(err) = durable {
+            if let Some(run) = run {
+                self.discard(run.id);
+            }
+            return Err(err);
+        }
         if let Some(run) = run {
             self.disk.push(Arc::new(run));
         }
         self.mem.clear();
         self.publish();
         Ok(())
+    }
+
+    fn write_memory_runs(&self, id: u64, indexed: u64) -> Result<Option<DiskRun>, StoreError> {
+        let bound = self.mem.iter().map(|r| r.entries.len() as u64).sum();
+        let mut builder = RunBuilder::new(self.index.tree.clone(), id, bound);
+        let merge = Scan::new(
+            self.mem
+                .iter()
+                .map(|run| Source::Mem {
+                    run: Arc::clone(run),
+                    start: 0,
+                    end: run.entries.len(),
+                })
+                .collect(),
+            false,
+        );
+        for entry in merge {
+            let (key, value) = entry?;
+            builder.add(&key, &value)?;
+        }
+        builder.finish(indexed)
+    }
+
+    /// Deletes what was written of a run that is not live (best effort: what stays is deleted
+    /// at the next open).
+    fn discard(&self, id: u64) {
+        if let Err(err) = delete_run(&self.index.tree, id) {
+            tracing::warn!(run = id, error = %err, "could not delete an unfinished index run");
+        }
     }
 
     fn take_id(&mut self) -> u64 {
@@ -987,9 +1217,9 @@ impl IndexWriter {
         Ok(())
     }
 
-    /// Whether some size tier holds enough runs to be merged.
-    pub(crate) fn wants_merge(&self) -> bool {
-        self.merge_candidates().is_some()
+    /// Whether merging has work: a merge under way, or a size tier full enough to start one.
+    pub(crate) fn merge_pending(&self) -> bool {
+        self.merge.is_some() || self.merge_candidates().is_some()
     }
 
     /// The runs of the smallest tier that holds at least [`MERGE_WIDTH`] of them.
@@ -1009,73 +1239,141 @@ impl IndexWriter {
         })
     }
 
-    /// Merges the runs of one size tier into one run, if a tier is full. Gives up (deleting what
-    /// it wrote) as soon as `stop()` says so. Returns whether it merged.
-    pub(crate) fn merge_step(&mut self, stop: impl Fn() -> bool) -> Result<bool, StoreError> {
-        let Some(runs) = self.merge_candidates() else {
+    /// Advances the merge under way by up to `budget` entries, first starting one if a size
+    /// tier is full. Returns whether a merge finished.
+    pub(crate) fn merge_step(&mut self, budget: usize) -> Result<bool, StoreError> {
+        if self.merge.is_none() {
+            let Some(runs) = self.merge_candidates() else {
+                return Ok(false);
+            };
+            let id = self.take_id();
+            // Sized from the filters that exist (not from counts read from disk).
+            let bound = runs
+                .iter()
+                .map(|r| {
+                    r.distinct
+                        .min((r.bloom.words.len() * 64 / BLOOM_BITS_PER_KEY) as u64)
+                })
+                .fold(0u64, u64::saturating_add);
+            let tree = self.index.tree.clone();
+            let scan = Scan::new(
+                runs.iter()
+                    .map(|run| Source::Disk(Box::new(DiskScan::new(&tree, run, &[], None, false))))
+                    .collect(),
+                false,
+            );
+            self.merge = Some(Merge {
+                runs,
+                scan,
+                builder: RunBuilder::new(tree, id, bound),
+            });
+        }
+        let Some(merge) = self.merge.as_mut() else {
             return Ok(false);
         };
-        let tree = self.index.tree.clone();
-        let id = self.take_id();
-        let bound = runs.iter().map(|r| r.distinct).sum();
-        let mut builder = RunBuilder::new(&tree, id, bound);
-        let mut merge = Scan::new(
-            runs.iter()
-                .map(|run| Source::Disk(Box::new(DiskScan::new(&tree, run, &[], None, false))))
-                .collect(),
-            false,
-        );
-        let mut n = 0u64;
-        for entry in &mut merge {
-            let (key, value) = entry?;
-            builder.add(&key, &value)?;
-            n += 1;
-            if n % 4096 == 0 && stop() {
-                drop(builder);
-                delete_blocks(&tree, id)?;
-                return Ok(false);
+        let mut done = true;
+        let mut failed = None;
+        for _ in 0..budget.max(1) {
+            match merge.scan.next() {
+                Some(Ok((key, value))) => {
+                    if let Err(err) = merge.builder.add(&key, &value) {
+                        failed = Some(err);
+                        break;
+                    }
+                }
+                Some(Err(err)) => {
+                    failed = Some(err);
+                    break;
+                }
+                None => {
+                    done = true;
+                    break;
+                }
+            }
+            done = false;
+        }
+        if let Some(err) = failed {
+            self.abandon_merge();
+            return Err(err);
+        }
+        if !done {
+            return Ok(false);
+        }
+        let Some(Merge { runs, builder, .. }) = self.merge.take() else {
+            return Ok(false);
+        };
+        let id = builder.id;
+        let max_seq = runs.iter().map(|r| r.max_seq).max().unwrap_or(0);
+        let merged = match builder.finish(max_seq) {
+            Ok(merged) => merged,
+            Err(err) => {
+                self.discard(id);
+                return Err(err);
+            }
+        };
+        // The merged run is live; now the ones it replaces go. A crash (or an error) in
+        // between leaves some of them live too, which only means entries found twice and
+        // merged into one.
+        let mut removed = Vec::new();
+        let mut failed = None;
+        for run in &runs {
+            match self.index.tree.remove(run_key(run.id)) {
+                Ok(_) => removed.push(Arc::clone(run)),
+                Err(err) => {
+                    failed = Some(StoreError::sled(err));
+                    break;
+                }
             }
         }
-        let merged = builder.finish()?;
-        // The new run's record is written; now the old ones go. A crash in between leaves
-        // both, which only means entries found twice and merged into one.
-        for run in &runs {
-            tree.remove(run_key(run.id)).map_err(StoreError::sled)?;
-        }
-        self.make_durable()?;
+        let durable = self.make_durable();
         debug!(
-            runs = runs.len(),
+            runs = removed.len(),
             entries = merged.as_ref().map_or(0, |r| r.entries),
             "merged index runs"
         );
-        self.disk.retain(|r| !runs.iter().any(|old| old.id == r.id));
+        self.disk
+            .retain(|r| !removed.iter().any(|old| old.id == r.id));
         if let Some(merged) = merged {
             self.disk.push(Arc::new(merged));
         }
         self.publish();
-        self.retired.extend(runs);
-        Ok(true)
+        // Their keys are deleted once durable: until then a crash could bring a record back.
+        if durable.is_ok() {
+            self.retired.extend(removed);
+        }
+        match failed {
+            Some(err) => Err(err),
+            None => durable.map(|()| true),
+        }
     }
 
-    /// Deletes the blocks of merged-away runs that no reader holds any more.
+    /// Gives up the merge under way, deleting what it wrote.
+    pub(crate) fn abandon_merge(&mut self) {
+        if let Some(merge) = self.merge.take() {
+            let id = merge.builder.id;
+            drop(merge);
+            self.discard(id);
+        }
+    }
+
+    /// Deletes the keys of merged-away runs that no reader holds any more.
     pub(crate) fn collect_garbage(&mut self) -> Result<(), StoreError> {
+        let mut result = Ok(());
         let mut keep = Vec::new();
         for run in std::mem::take(&mut self.retired) {
             // The published view no longer has it: once this is the last handle, no reader can
             // reach it.
-            if Arc::strong_count(&run) == 1 {
-                delete_blocks(&self.index.tree, run.id)?;
+            if result.is_ok() && Arc::strong_count(&run) == 1 {
+                if let Err(err) = delete_run(&self.index.tree, run.id) {
+                    result = Err(err);
+                    keep.push(run);
+                }
             } else {
                 keep.push(run);
             }
         }
         self.retired = keep;
-        Ok(())
-    }
-
-    /// Disk runs, for logs.
-    pub(crate) fn disk_runs(&self) -> usize {
-        self.disk.len()
+        result
     }
 }
 
@@ -1248,12 +1546,19 @@ mod tests {
             writer.checkpoint(batch + 1).unwrap();
         }
         assert_eq!(writer.disk_runs(), MERGE_WIDTH);
-        assert!(writer.wants_merge());
+        assert!(writer.merge_pending());
         // A reader holding a scan keeps the old runs' blocks alive.
         let mut held = index.scan(&prefix("m"), &bounds("m").0, &bounds("m").1, false);
-        assert!(writer.merge_step(|| false).unwrap());
+        // A slice at a time: readers see the old runs until the merge is done.
+        let mut steps = 0;
+        while !writer.merge_step(500).unwrap() {
+            steps += 1;
+            assert_eq!(writer.disk_runs(), MERGE_WIDTH);
+            assert_eq!(scan_seqs(&index, "m", false).len(), 4000);
+        }
+        assert!(steps >= 7, "{steps} steps");
         assert_eq!(writer.disk_runs(), 1);
-        assert!(!writer.wants_merge());
+        assert!(!writer.merge_pending());
         writer.collect_garbage().unwrap();
         assert_eq!(held.by_ref().count(), 4000);
         drop(held);
@@ -1262,7 +1567,7 @@ mod tests {
         assert_eq!(all.len(), 4000);
         let blocks = db.open_tree("index").unwrap().scan_prefix([BLOCK]).count();
         // Only the merged run's blocks are left.
-        let (start, end) = run_blocks(writer.disk.first().unwrap().id);
+        let (start, end) = run_range(BLOCK, writer.disk.first().unwrap().id);
         let merged_blocks = db
             .open_tree("index")
             .unwrap()
@@ -1285,8 +1590,12 @@ mod tests {
                 writer.checkpoint(batch + 1).unwrap();
             }
             // Stopped halfway: what it wrote is deleted.
-            assert!(!writer.merge_step(|| true).unwrap());
+            assert!(!writer.merge_step(5000).unwrap());
+            writer.abandon_merge();
             assert_eq!(writer.disk_runs(), MERGE_WIDTH);
+            // Another half-done merge, left as a crash would leave it.
+            assert!(!writer.merge_step(5000).unwrap());
+            drop(writer);
             // Blocks of a run with no record, as a crash would leave them.
             let tree = db.open_tree("index").unwrap();
             tree.insert(block_key(999, b"zzz"), &b"garbage"[..])
@@ -1300,5 +1609,26 @@ mod tests {
         let tree = db.open_tree("index").unwrap();
         assert!(tree.get(block_key(999, b"zzz")).unwrap().is_none());
         assert!(writer.next_id > 999);
+    }
+
+    #[test]
+    fn a_run_past_the_watermark_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, _index, mut writer, _) = open_in(dir.path());
+            writer.add((0..10).map(|s| (key("w", s, s), vec![])).collect());
+            writer.checkpoint(10).unwrap();
+            writer.add((10..20).map(|s| (key("w", s, s), vec![])).collect());
+            writer.checkpoint(20).unwrap();
+            // As if the watermark of the second checkpoint had not reached the disk.
+            let tree = db.open_tree("index").unwrap();
+            tree.insert(codec::INDEXED_KEY, &10u64.to_be_bytes()[..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let (_db, index, writer, indexed) = open_in(dir.path());
+        assert_eq!(indexed, 10);
+        assert_eq!(writer.disk_runs(), 1);
+        assert_eq!(scan_seqs(&index, "w", false), (0..10).collect::<Vec<u64>>());
     }
 }

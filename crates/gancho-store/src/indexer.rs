@@ -33,9 +33,15 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// ... or once this many memory runs wait (32k events: every reader looks at each of them, and
 /// they hold about 100 bytes per entry), whichever comes first.
 const CHECKPOINT_RUNS: usize = 16;
-/// Runs are merged only while the indexer trails the log by less than this: a merge is never
-/// urgent, catching up is.
+/// Runs are merged while the indexer trails the log by less than this (a merge is never urgent,
+/// catching up is) ...
 const MERGE_MAX_LAG: u64 = 4 * BATCH_EVENTS;
+/// ... or once there are more disk runs than this: every lookup asks each run's filter.
+const MERGE_ANYWAY_RUNS: usize = 24;
+/// Entries merged between two batches: a slice takes some tens of milliseconds.
+const MERGE_SLICE: usize = 100_000;
+/// After a failed merge, the next one waits this long.
+const MERGE_BACKOFF: Duration = Duration::from_secs(10);
 /// Past this many unindexed events, the indexer leaves idle priority until it is back under a
 /// tenth of it.
 const MAX_IDLE_LAG: u64 = 500_000;
@@ -57,13 +63,19 @@ impl Indexer {
         let mut indexed = progress.indexed.load(Ordering::Acquire);
         let mut checkpointed = indexed;
         let mut last_checkpoint = Instant::now();
+        let mut merge_after = Instant::now();
         loop {
+            let merging = self.index.merge_pending() && Instant::now() >= merge_after;
             progress.wait_until(
                 || {
                     progress.stopping.load(Ordering::Acquire)
                         || progress.durable.load(Ordering::Acquire) > indexed
                 },
-                CHECKPOINT_EVERY,
+                if merging {
+                    Duration::ZERO
+                } else {
+                    CHECKPOINT_EVERY
+                },
             );
             let stopping = progress.stopping.load(Ordering::Acquire);
             let durable = progress.durable.load(Ordering::Acquire);
@@ -105,16 +117,22 @@ impl Indexer {
                 last_checkpoint = Instant::now();
             }
             if stopping {
+                self.index.abandon_merge();
                 break;
             }
             let lag = progress
                 .durable
                 .load(Ordering::Acquire)
                 .saturating_sub(indexed);
-            if lag < MERGE_MAX_LAG && self.index.wants_merge() {
-                let stop = || progress.stopping.load(Ordering::Acquire);
-                if let Err(err) = self.index.merge_step(stop) {
-                    error!(error = %err, "merging index runs failed");
+            let may_merge = lag < MERGE_MAX_LAG || self.index.disk_runs() > MERGE_ANYWAY_RUNS;
+            if merging && may_merge {
+                match self.index.merge_step(MERGE_SLICE) {
+                    Ok(true) => debug!(runs = self.index.disk_runs(), "index runs merged"),
+                    Ok(false) => {}
+                    Err(err) => {
+                        error!(error = %err, "merging index runs failed; retrying in 10 s");
+                        merge_after = Instant::now() + MERGE_BACKOFF;
+                    }
                 }
             }
             if let Err(err) = self.index.collect_garbage() {

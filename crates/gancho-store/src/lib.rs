@@ -156,13 +156,16 @@ impl Store {
         let engine_db = open_db(&engine_path, config.cache_capacity / 4)?;
         let engine = EngineState::open(engine_db.clone(), &engine_path, config.fsync)?;
         let index_tree = index_db.open_tree("index").map_err(StoreError::sled)?;
-        let (log_sync, index_sync) = if config.fsync {
-            (
-                Some(writer::FileSync::open(&log_path)?),
-                Some(writer::FileSync::open(&index_path)?),
-            )
+        let log_sync = if config.fsync {
+            Some(writer::FileSync::open(&log_path)?)
         } else {
-            (None, None)
+            None
+        };
+        let index_sync = || -> Result<Option<writer::FileSync>, StoreError> {
+            match config.fsync {
+                true => writer::FileSync::open(&index_path).map(Some),
+                false => Ok(None),
+            }
         };
         let last_seq = codec::last_seq(&events)?;
         if codec::indexed_seq(&index_tree)? > last_seq {
@@ -170,14 +173,17 @@ impl Store {
             // but the index kept entries for them. Those seqs will be reused, so the index is
             // rebuilt from the log.
             tracing::warn!(last_seq, "the index is ahead of the log; rebuilding it");
-            // Not `Tree::clear`: plain removals keep sled off its global lock (see writer.rs).
-            for key in index_tree.iter().keys() {
-                index_tree
-                    .remove(key.map_err(StoreError::sled)?)
-                    .map_err(StoreError::sled)?;
-            }
+            clear(&index_tree)?;
         }
-        let (index, index_writer, indexed) = index::open(index_db.clone(), index_sync)?;
+        let (index, index_writer, indexed) = match index::open(index_db.clone(), index_sync()?) {
+            Err(err @ StoreError::Corrupt { .. }) => {
+                // The indexes are derived from the log: rebuild rather than refuse to start.
+                tracing::error!(error = %err, "the indexes are damaged; rebuilding them from the log");
+                clear(&index_tree)?;
+                index::open(index_db.clone(), index_sync()?)?
+            }
+            other => other?,
+        };
         let progress = Arc::new(Progress::new(last_seq, indexed));
         let started = writer::start(
             log_db.clone(),
@@ -400,6 +406,16 @@ fn sled_config(path: &Path, cache_capacity: u64) -> sled::Config {
         // sled writes a page larger than a quarter of a segment to a file of its own, and a
         // leaf holds up to 16 log blocks: 4 MiB segments keep such leaves in the log.
         .segment_size(4 * 1024 * 1024)
+}
+
+/// Empties a tree with plain removals: not `Tree::clear`, which would put sled behind its global
+/// lock (see writer.rs).
+fn clear(tree: &sled::Tree) -> Result<(), StoreError> {
+    for key in tree.iter().keys() {
+        tree.remove(key.map_err(StoreError::sled)?)
+            .map_err(StoreError::sled)?;
+    }
+    Ok(())
 }
 
 fn join(thread: JoinHandle<()>, name: &str) {
