@@ -274,15 +274,33 @@ pub(crate) fn decode_event(seq: u64, bytes: &[u8]) -> Result<Event, StoreError> 
     })
 }
 
-/// The by-type and by-key index keys of one event.
-pub(crate) fn index_keys(view: &RecordView<'_>, mut push: impl FnMut(Vec<u8>)) {
-    let mut by_type = type_prefix(view.source, view.kind);
-    push_time_seq(&mut by_type, view.time_ms, view.seq);
-    push(by_type);
+/// The index entries of one event, each built in `scratch` and handed to `push` as (key,
+/// value): its dedup entry (value: its seq), its by-type entry and one by-key entry per key.
+pub(crate) fn index_entries(
+    view: &RecordView<'_>,
+    scratch: &mut Vec<u8>,
+    mut push: impl FnMut(&[u8], &[u8]),
+) {
+    scratch.clear();
+    scratch.push(DEDUP);
+    push_str(scratch, view.source);
+    push_str(scratch, view.id);
+    push(scratch, &view.seq.to_be_bytes());
+    scratch.clear();
+    scratch.push(BY_TYPE);
+    push_str(scratch, view.source);
+    push_str(scratch, view.kind);
+    push_time_seq(scratch, view.time_ms, view.seq);
+    push(scratch, &[]);
     for (name, value) in &view.keys {
-        let mut by_key = key_prefix(view.source, view.kind, name, value);
-        push_time_seq(&mut by_key, view.time_ms, view.seq);
-        push(by_key);
+        scratch.clear();
+        scratch.push(BY_KEY);
+        push_str(scratch, view.source);
+        push_str(scratch, view.kind);
+        push_str(scratch, name);
+        push_str(scratch, value);
+        push_time_seq(scratch, view.time_ms, view.seq);
+        push(scratch, &[]);
     }
 }
 
@@ -599,12 +617,11 @@ mod tests {
         view_record(1, bytes).unwrap().data.len()
     }
 
-    #[test]
-    fn records_round_trip_and_truncation_is_an_error() {
+    fn withdrawal() -> NewEvent {
         let mut keys = gancho_core::Keys::new();
         keys.insert("email".into(), "a@x".into());
         keys.insert("MessageID".into(), "19421777835146491".into());
-        let event = NewEvent {
+        NewEvent {
             id: EventId::from_provider("w-1"),
             source: "bank".into(),
             kind: "withdrawal".into(),
@@ -612,7 +629,12 @@ mod tests {
             received: millis_to_time(1_764_320_001_000),
             keys,
             data: RawValue::from_string(r#"{"id":"w-1", "n": 19421777835146491}"#.into()).unwrap(),
-        };
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_truncation_is_an_error() {
+        let event = withdrawal();
         let bytes = encode_event(&event).unwrap();
         let back = decode_event(9, &bytes).unwrap();
         assert_eq!(back, Event::new(9, event));
@@ -620,6 +642,29 @@ mod tests {
         for cut in 0..header {
             assert!(view_record(9, &bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn index_entries_have_the_prefixes_queries_scan() {
+        let bytes = encode_event(&withdrawal()).unwrap();
+        let view = view_record(7, &bytes).unwrap();
+        let mut got = Vec::new();
+        index_entries(&view, &mut Vec::new(), |k, v| {
+            got.push((k.to_vec(), v.to_vec()))
+        });
+        let mut by_type = type_prefix(view.source, view.kind);
+        push_time_seq(&mut by_type, view.time_ms, 7);
+        let mut want = vec![
+            (dedup_key(view.source, view.id), 7u64.to_be_bytes().to_vec()),
+            (by_type, vec![]),
+        ];
+        for (name, value) in &view.keys {
+            let mut key = key_prefix(view.source, view.kind, name, value);
+            push_time_seq(&mut key, view.time_ms, 7);
+            want.push((key, vec![]));
+        }
+        assert_eq!(view.keys.len(), 2);
+        assert_eq!(got, want);
     }
 
     #[test]

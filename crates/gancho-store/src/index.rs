@@ -40,6 +40,7 @@
 use std::cmp::Ordering;
 use std::ops::{Bound, Range};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use arc_swap::ArcSwap;
 use tracing::{debug, info};
@@ -63,6 +64,10 @@ const MERGE_WIDTH: usize = 4;
 const BLOOM_BITS_PER_KEY: usize = 10;
 const BLOOM_PROBES: u32 = 7;
 const RUN_RECORD_V1: u8 = 1;
+/// Distinct filter prefixes the memory runs' filter is sized for: those of the entries one
+/// checkpoint holds (the indexer's `CHECKPOINT_ENTRIES`), with room; past it, false positives
+/// only grow.
+const MEMORY_BLOOM_KEYS: u64 = 400_000;
 
 /// The part of an index key a Bloom filter holds: every scan stays within one such prefix.
 /// Query entries (`T`, `K`) end with time and seq (16 bytes), which a scan ranges over; dedup
@@ -120,6 +125,49 @@ impl Bloom {
         (0..BLOOM_PROBES).all(|i| {
             let bit = (bits >> (9 * i)) & 511;
             self.words[first + (bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
+    }
+}
+
+/// The Bloom filter of the memory runs together: one for all of them, so that merging runs
+/// rebuilds nothing and a lookup asks one filter. Bits are only ever set, by the indexer,
+/// before it publishes the runs that hold the keys; a new one starts at each checkpoint.
+#[derive(Debug)]
+struct SharedBloom {
+    words: Vec<AtomicU64>,
+}
+
+impl SharedBloom {
+    fn for_keys(n: u64) -> SharedBloom {
+        let words = Bloom::for_keys(n).words.len();
+        SharedBloom {
+            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn probes(&self, hash: u64) -> (usize, u64) {
+        let blocks = (self.words.len() / BLOOM_BLOCK_WORDS) as u128;
+        let block = ((u128::from(hash) * blocks) >> 64) as usize;
+        let bits = (hash ^ (hash >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (block * BLOOM_BLOCK_WORDS, bits)
+    }
+
+    fn insert(&self, hash: u64) {
+        let (first, bits) = self.probes(hash);
+        for i in 0..BLOOM_PROBES {
+            let bit = (bits >> (9 * i)) & 511;
+            self.words[first + (bit / 64) as usize]
+                .fetch_or(1 << (bit % 64), AtomicOrdering::Relaxed);
+        }
+    }
+
+    fn may_contain(&self, hash: u64) -> bool {
+        let (first, bits) = self.probes(hash);
+        (0..BLOOM_PROBES).all(|i| {
+            let bit = (bits >> (9 * i)) & 511;
+            self.words[first + (bit / 64) as usize].load(AtomicOrdering::Relaxed)
+                & (1 << (bit % 64))
+                != 0
         })
     }
 }
@@ -295,14 +343,6 @@ impl Block {
         Ok(&self.bytes[value])
     }
 
-    fn entry(&self, i: usize) -> Result<Entry, StoreError> {
-        let (head, suffix) = self.key_parts(i)?;
-        let mut key = Vec::with_capacity(head.len() + suffix.len());
-        key.extend_from_slice(head);
-        key.extend_from_slice(suffix);
-        Ok((key, self.value(i)?.to_vec()))
-    }
-
     /// The first entry whose key is at least (`strict`: more than) `target`.
     fn seek(&self, target: &[u8], strict: bool) -> Result<usize, StoreError> {
         let (mut lo, mut hi) = (0, self.n);
@@ -416,31 +456,138 @@ fn scan_times(prefix: &[u8], lo: &[u8], hi: &[u8]) -> Option<([u8; 8], [u8; 8])>
 // ---------------------------------------------------------------------------------------------
 // Runs
 
+/// The entries of one batch, as the indexer collects them: keys and values back to back in one
+/// buffer (no allocation per entry).
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    data: Vec<u8>,
+    slots: Vec<Slot>,
+}
+
+/// Where an entry lies in its run's buffer.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    at: usize,
+    key_len: u32,
+    value_len: u32,
+}
+
+impl Batch {
+    pub(crate) fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.slots.push(Slot {
+            at: self.data.len(),
+            key_len: len32(key.len()),
+            value_len: len32(value.len()),
+        });
+        self.data.extend_from_slice(key);
+        self.data.extend_from_slice(value);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+impl FromIterator<Entry> for Batch {
+    fn from_iter<I: IntoIterator<Item = Entry>>(entries: I) -> Batch {
+        let mut batch = Batch::default();
+        for (key, value) in entries {
+            batch.push(&key, &value);
+        }
+        batch
+    }
+}
+
 /// Entries of recent batches, not yet written out: sorted, unique keys.
 #[derive(Debug)]
 struct MemRun {
-    entries: Vec<Entry>,
-    bloom: Bloom,
+    data: Vec<u8>,
+    slots: Vec<Slot>,
     times: TimeSpan,
 }
 
 impl MemRun {
-    fn new(mut entries: Vec<Entry>) -> MemRun {
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        entries.dedup_by(|a, b| a.0 == b.0);
-        let mut bloom = Bloom::for_keys(entries.len() as u64);
+    /// Sorts a batch into a run, putting its keys in `bloom`.
+    fn new(batch: Batch, bloom: &SharedBloom) -> MemRun {
+        let Batch { data, mut slots } = batch;
+        let key = |slot: &Slot| &data[slot.at..slot.at + slot.key_len as usize];
+        slots.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        slots.dedup_by(|a, b| key(a) == key(b));
         let mut times = TimeSpan::default();
-        for (key, _) in &entries {
+        for slot in &slots {
+            let key = key(slot);
             bloom.insert(hash(filter_prefix(key)));
             if let Some(time) = entry_time(key) {
                 times.add(time);
             }
         }
+        MemRun { data, slots, times }
+    }
+
+    /// One run of the entries of both (equal entries once).
+    fn merge(older: &MemRun, newer: &MemRun) -> MemRun {
+        let mut batch = Batch {
+            data: Vec::with_capacity(older.data.len() + newer.data.len()),
+            slots: Vec::with_capacity(older.len() + newer.len()),
+        };
+        let (mut i, mut j) = (0, 0);
+        while i < older.len() || j < newer.len() {
+            let take_older = j >= newer.len() || (i < older.len() && older.key(i) <= newer.key(j));
+            if take_older {
+                if j < newer.len() && older.key(i) == newer.key(j) {
+                    j += 1;
+                }
+                batch.push(older.key(i), older.value(i));
+                i += 1;
+            } else {
+                batch.push(newer.key(j), newer.value(j));
+                j += 1;
+            }
+        }
+        let times = match (older.times.0, newer.times.0) {
+            (Some((a, b)), Some((c, d))) => TimeSpan(Some((a.min(c), b.max(d)))),
+            (x, y) => TimeSpan(x.or(y)),
+        };
         MemRun {
-            entries,
-            bloom,
+            data: batch.data,
+            slots: batch.slots,
             times,
         }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        let slot = self.slots[i];
+        &self.data[slot.at..slot.at + slot.key_len as usize]
+    }
+
+    fn value(&self, i: usize) -> &[u8] {
+        let slot = self.slots[i];
+        let start = slot.at + slot.key_len as usize;
+        &self.data[start..start + slot.value_len as usize]
+    }
+
+    /// The first entry whose key is at least (`strict`: more than) `target`.
+    fn seek(&self, target: &[u8], strict: bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let before = match self.key(mid).cmp(target) {
+                Ordering::Less => true,
+                Ordering::Equal => strict,
+                Ordering::Greater => false,
+            };
+            if before {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 }
 
@@ -560,9 +707,11 @@ fn delete_run(tree: &sled::Tree, id: u64) -> Result<usize, StoreError> {
 }
 
 /// What readers see: the memory runs (oldest first) and the disk runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct View {
     mem: Vec<Arc<MemRun>>,
+    /// The filter of the memory runs.
+    mem_bloom: Arc<SharedBloom>,
     disk: Vec<Arc<DiskRun>>,
 }
 
@@ -581,11 +730,12 @@ impl Index {
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let view = self.view.load();
         let h = hash(filter_prefix(key));
-        for run in view.mem.iter().rev() {
-            if run.bloom.may_contain(h)
-                && let Ok(i) = run.entries.binary_search_by(|(k, _)| k[..].cmp(key))
-            {
-                return Ok(Some(run.entries[i].1.clone()));
+        if view.mem_bloom.may_contain(h) {
+            for run in view.mem.iter().rev() {
+                let i = run.seek(key, false);
+                if i < run.len() && run.key(i) == key {
+                    return Ok(Some(run.value(i).to_vec()));
+                }
             }
         }
         for run in view.disk.iter().rev() {
@@ -619,15 +769,17 @@ impl Index {
         let times = scan_times(prefix, lo, hi);
         let meets = |span: &TimeSpan| times.is_none_or(|(from, to)| span.meets(&from, &to));
         let mut sources = Vec::new();
+        let in_memory = view.mem_bloom.may_contain(h);
         for run in &view.mem {
-            if meets(&run.times) && run.bloom.may_contain(h) {
-                let start = run.entries.partition_point(|(k, _)| k[..] < *lo);
-                let end = run.entries.partition_point(|(k, _)| k[..] <= *hi);
+            if in_memory && meets(&run.times) {
+                let start = run.seek(lo, false);
+                let end = run.seek(hi, true);
                 if start < end {
                     sources.push(Source::Mem {
                         run: Arc::clone(run),
                         start,
                         end,
+                        at: None,
                     });
                 }
             }
@@ -647,14 +799,18 @@ impl Index {
     }
 }
 
-/// A merge, in key order, of the scans of several runs; equal entries come out once.
+/// A merge, in key order, of the scans of several runs; equal entries come out once. A cursor
+/// ([`Scan::advance`], [`Scan::key`]) that copies nothing, and an iterator of owned entries.
 #[derive(Debug)]
 pub(crate) struct Scan {
     sources: Vec<Source>,
-    heads: Vec<Option<Entry>>,
+    /// Whether each source is on an entry.
+    live: Vec<bool>,
     reverse: bool,
-    last: Option<Vec<u8>>,
-    failed: Option<StoreError>,
+    /// The source of the current entry.
+    current: Option<usize>,
+    /// The previous entry's key, to pass over equal entries of other runs.
+    last: Vec<u8>,
     started: bool,
 }
 
@@ -662,30 +818,45 @@ pub(crate) struct Scan {
 enum Source {
     Mem {
         run: Arc<MemRun>,
-        /// The entries left are `start..end`.
+        /// The entries not visited yet are `start..end`.
         start: usize,
         end: usize,
+        /// The entry it is on.
+        at: Option<usize>,
     },
     Disk(Box<DiskScan>),
 }
 
 impl Source {
-    fn next(&mut self, reverse: bool) -> Option<Result<Entry, StoreError>> {
+    /// Moves to the next entry; false once there is none.
+    fn advance(&mut self, reverse: bool) -> Result<bool, StoreError> {
         match self {
-            Source::Mem { run, start, end } => {
+            Source::Mem { start, end, at, .. } => {
                 if start >= end {
-                    return None;
+                    *at = None;
+                    return Ok(false);
                 }
-                let i = if reverse {
+                *at = Some(if reverse {
                     *end -= 1;
                     *end
                 } else {
                     *start += 1;
                     *start - 1
-                };
-                Some(Ok(run.entries[i].clone()))
+                });
+                Ok(true)
             }
-            Source::Disk(scan) => scan.next(),
+            Source::Disk(scan) => scan.advance(),
+        }
+    }
+
+    /// The entry it is on (after `advance` returned true).
+    fn entry(&self) -> (&[u8], &[u8]) {
+        match self {
+            Source::Mem { run, at, .. } => match at {
+                Some(i) => (run.key(*i), run.value(*i)),
+                None => (&[], &[]),
+            },
+            Source::Disk(scan) => scan.entry(),
         }
     }
 }
@@ -693,48 +864,38 @@ impl Source {
 impl Scan {
     fn new(sources: Vec<Source>, reverse: bool) -> Scan {
         Scan {
-            heads: Vec::with_capacity(sources.len()),
+            live: vec![false; sources.len()],
             sources,
             reverse,
-            last: None,
-            failed: None,
+            current: None,
+            last: Vec::new(),
             started: false,
         }
     }
 
-    fn pull(&mut self, i: usize) -> Option<Entry> {
-        match self.sources[i].next(self.reverse)? {
-            Ok(entry) => Some(entry),
-            Err(err) => {
-                self.failed.get_or_insert(err);
-                None
-            }
-        }
-    }
-}
-
-impl Iterator for Scan {
-    type Item = Result<Entry, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// Moves to the next entry; false at the end.
+    pub(crate) fn advance(&mut self) -> Result<bool, StoreError> {
         if !self.started {
             self.started = true;
-            for i in 0..self.sources.len() {
-                let head = self.pull(i);
-                self.heads.push(head);
+            for (source, live) in self.sources.iter_mut().zip(&mut self.live) {
+                *live = source.advance(self.reverse)?;
             }
+        } else if let Some(i) = self.current.take() {
+            self.last.clear();
+            self.last.extend_from_slice(self.sources[i].entry().0);
+            self.live[i] = self.sources[i].advance(self.reverse)?;
         }
         loop {
-            if let Some(err) = self.failed.take() {
-                self.heads.clear();
-                return Some(Err(err));
-            }
             let mut best: Option<usize> = None;
-            for (i, head) in self.heads.iter().enumerate() {
-                let Some((key, _)) = head else { continue };
-                let better = match best.and_then(|b| self.heads[b].as_ref()) {
+            for i in 0..self.sources.len() {
+                if !self.live[i] {
+                    continue;
+                }
+                let better = match best {
                     None => true,
-                    Some((best_key, _)) => {
+                    Some(b) => {
+                        let (key, best_key) =
+                            (self.sources[i].entry().0, self.sources[b].entry().0);
                         if self.reverse {
                             key > best_key
                         } else {
@@ -746,19 +907,47 @@ impl Iterator for Scan {
                     best = Some(i);
                 }
             }
-            let i = best?;
-            let next = self.pull(i);
-            let entry = std::mem::replace(&mut self.heads[i], next)?;
-            if self.last.as_deref() == Some(&entry.0[..]) {
+            let Some(i) = best else {
+                return Ok(false);
+            };
+            if self.sources.len() > 1
+                && !self.last.is_empty()
+                && self.sources[i].entry().0 == &self.last[..]
+            {
+                // The same entry from another run.
+                self.live[i] = self.sources[i].advance(self.reverse)?;
                 continue;
             }
-            if self.sources.len() > 1 {
-                // Equal entries can only come from different runs.
-                let last = self.last.get_or_insert_with(Vec::new);
-                last.clear();
-                last.extend_from_slice(&entry.0);
+            self.current = Some(i);
+            return Ok(true);
+        }
+    }
+
+    /// The entry it is on: (key, value).
+    pub(crate) fn entry(&self) -> (&[u8], &[u8]) {
+        match self.current {
+            Some(i) => self.sources[i].entry(),
+            None => (&[], &[]),
+        }
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.advance() {
+            Ok(true) => {
+                let (key, value) = self.entry();
+                Some(Ok((key.to_vec(), value.to_vec())))
             }
-            return Some(Ok(entry));
+            Ok(false) => None,
+            Err(err) => {
+                // Nothing after an error.
+                self.live.iter_mut().for_each(|live| *live = false);
+                self.current = None;
+                Some(Err(err))
+            }
         }
     }
 }
@@ -775,6 +964,9 @@ struct DiskScan {
     blocks: sled::Iter,
     /// The block being read and the next entry to read in it (reverse: one past it).
     current: Option<(Block, usize)>,
+    /// The entry it is on: its key, and where its value lies in the current block.
+    key: Vec<u8>,
+    value: Range<usize>,
     done: bool,
     /// An error met while setting up, returned by the first `next`.
     failed: Option<StoreError>,
@@ -831,19 +1023,38 @@ impl DiskScan {
             reverse,
             blocks,
             current: None,
+            key: Vec::new(),
+            value: 0..0,
             done: false,
             failed,
         }
     }
 
-    fn next(&mut self) -> Option<Result<Entry, StoreError>> {
+    /// The entry it is on (after `advance` returned true).
+    fn entry(&self) -> (&[u8], &[u8]) {
+        match &self.current {
+            Some((block, _)) => (&self.key, &block.bytes[self.value.clone()]),
+            None => (&[], &[]),
+        }
+    }
+
+    /// Moves to the next entry within the bounds; false once there is none.
+    fn advance(&mut self) -> Result<bool, StoreError> {
         if let Some(err) = self.failed.take() {
             self.done = true;
-            return Some(Err(err));
+            return Err(err);
         }
+        let result = self.step();
+        if !matches!(result, Ok(true)) {
+            self.done = true;
+        }
+        result
+    }
+
+    fn step(&mut self) -> Result<bool, StoreError> {
         loop {
             if self.done {
-                return None;
+                return Ok(false);
             }
             if let Some((block, at)) = &mut self.current {
                 let index = if self.reverse {
@@ -858,25 +1069,18 @@ impl DiskScan {
                     })
                 };
                 if let Some(i) = index {
-                    let entry = match block.entry(i) {
-                        Ok(entry) => entry,
-                        Err(err) => {
-                            self.done = true;
-                            return Some(Err(err));
-                        }
-                    };
+                    let (head, suffix) = block.key_parts(i)?;
+                    self.key.clear();
+                    self.key.extend_from_slice(head);
+                    self.key.extend_from_slice(suffix);
+                    self.value = block.ranges(i)?.2;
                     let past = if self.reverse {
-                        entry.0 < self.lo
+                        self.key < self.lo
                     } else {
-                        self.hi.as_ref().is_some_and(|hi| entry.0 > *hi)
+                        self.hi.as_ref().is_some_and(|hi| self.key > *hi)
                     };
-                    if past {
-                        self.done = true;
-                        return None;
-                    }
-                    return Some(Ok(entry));
+                    return Ok(!past);
                 }
-                self.current = None;
             }
             let next = if self.reverse {
                 self.blocks.next_back()
@@ -884,30 +1088,19 @@ impl DiskScan {
                 self.blocks.next()
             };
             let Some(next) = next else {
-                self.done = true;
-                return None;
+                return Ok(false);
             };
-            let positioned = next
-                .map_err(StoreError::sled)
-                .and_then(|(_, bytes)| Block::parse(self.run, bytes))
-                .and_then(|block| {
-                    let at = if self.reverse {
-                        match &self.hi {
-                            Some(hi) => block.seek(hi, true)?,
-                            None => block.n,
-                        }
-                    } else {
-                        block.seek(&self.lo, false)?
-                    };
-                    Ok((block, at))
-                });
-            match positioned {
-                Ok(current) => self.current = Some(current),
-                Err(err) => {
-                    self.done = true;
-                    return Some(Err(err));
+            let (_, bytes) = next.map_err(StoreError::sled)?;
+            let block = Block::parse(self.run, bytes)?;
+            let at = if self.reverse {
+                match &self.hi {
+                    Some(hi) => block.seek(hi, true)?,
+                    None => block.n,
                 }
-            }
+            } else {
+                block.seek(&self.lo, false)?
+            };
+            self.current = Some((block, at));
         }
     }
 }
@@ -1023,6 +1216,8 @@ pub(crate) struct IndexWriter {
     db: sled::Db,
     sync: Option<FileSync>,
     mem: Vec<Arc<MemRun>>,
+    mem_bloom: Arc<SharedBloom>,
+    mem_entries: usize,
     disk: Vec<Arc<DiskRun>>,
     /// Runs merged away whose keys are deleted once no reader holds them.
     retired: Vec<Arc<DiskRun>>,
@@ -1092,10 +1287,12 @@ pub(crate) fn open(
     if orphans > 0 {
         info!(keys = orphans, "deleted index keys a crash left behind");
     }
+    let mem_bloom = Arc::new(SharedBloom::for_keys(MEMORY_BLOOM_KEYS));
     let index = Arc::new(Index {
         tree,
         view: ArcSwap::from_pointee(View {
             mem: Vec::new(),
+            mem_bloom: Arc::clone(&mem_bloom),
             disk: disk.clone(),
         }),
     });
@@ -1104,6 +1301,8 @@ pub(crate) fn open(
         db,
         sync,
         mem: Vec::new(),
+        mem_bloom,
+        mem_entries: 0,
         disk,
         retired: Vec::new(),
         merge: None,
@@ -1114,17 +1313,29 @@ pub(crate) fn open(
 
 impl IndexWriter {
     /// Adds a batch of entries; readers see them when this returns.
-    pub(crate) fn add(&mut self, entries: Vec<Entry>) {
-        if entries.is_empty() {
+    pub(crate) fn add(&mut self, batch: Batch) {
+        if batch.len() == 0 {
             return;
         }
-        self.mem.push(Arc::new(MemRun::new(entries)));
+        let mut run = MemRun::new(batch, &self.mem_bloom);
+        // Batches are small when the indexer keeps up (one per group commit): merge runs of
+        // about one size, so that their sizes halve from the oldest on and readers look at a
+        // few of them only.
+        while let Some(last) = self.mem.last() {
+            if last.len() > 2 * run.len() {
+                break;
+            }
+            run = MemRun::merge(last, &run);
+            self.mem.pop();
+        }
+        self.mem_entries = self.mem.iter().map(|r| r.len()).sum::<usize>() + run.len();
+        self.mem.push(Arc::new(run));
         self.publish();
     }
 
-    /// Batches added since the last checkpoint.
-    pub(crate) fn memory_runs(&self) -> usize {
-        self.mem.len()
+    /// Entries added since the last checkpoint.
+    pub(crate) fn memory_entries(&self) -> usize {
+        self.mem_entries
     }
 
     /// Disk runs.
@@ -1135,6 +1346,7 @@ impl IndexWriter {
     fn publish(&self) {
         self.index.view.store(Arc::new(View {
             mem: self.mem.clone(),
+            mem_bloom: Arc::clone(&self.mem_bloom),
             disk: self.disk.clone(),
         }));
     }
@@ -1170,27 +1382,30 @@ impl IndexWriter {
             self.disk.push(Arc::new(run));
         }
         self.mem.clear();
+        self.mem_entries = 0;
+        self.mem_bloom = Arc::new(SharedBloom::for_keys(MEMORY_BLOOM_KEYS));
         self.publish();
         Ok(())
     }
 
     fn write_memory_runs(&self, id: u64, indexed: u64) -> Result<Option<DiskRun>, StoreError> {
-        let bound = self.mem.iter().map(|r| r.entries.len() as u64).sum();
+        let bound = self.mem.iter().map(|r| r.len() as u64).sum();
         let mut builder = RunBuilder::new(self.index.tree.clone(), id, bound);
-        let merge = Scan::new(
+        let mut merge = Scan::new(
             self.mem
                 .iter()
                 .map(|run| Source::Mem {
                     run: Arc::clone(run),
                     start: 0,
-                    end: run.entries.len(),
+                    end: run.len(),
+                    at: None,
                 })
                 .collect(),
             false,
         );
-        for entry in merge {
-            let (key, value) = entry?;
-            builder.add(&key, &value)?;
+        while merge.advance()? {
+            let (key, value) = merge.entry();
+            builder.add(key, value)?;
         }
         builder.finish(indexed)
     }
@@ -1274,19 +1489,20 @@ impl IndexWriter {
         let mut done = true;
         let mut failed = None;
         for _ in 0..budget.max(1) {
-            match merge.scan.next() {
-                Some(Ok((key, value))) => {
-                    if let Err(err) = merge.builder.add(&key, &value) {
+            match merge.scan.advance() {
+                Ok(true) => {
+                    let (key, value) = merge.scan.entry();
+                    if let Err(err) = merge.builder.add(key, value) {
                         failed = Some(err);
                         break;
                     }
                 }
-                Some(Err(err)) => {
-                    failed = Some(err);
+                Ok(false) => {
+                    done = true;
                     break;
                 }
-                None => {
-                    done = true;
+                Err(err) => {
+                    failed = Some(err);
                     break;
                 }
             }
@@ -1433,7 +1649,9 @@ mod tests {
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(block.seek(k, false).unwrap(), i);
             assert_eq!(block.seek(k, true).unwrap(), i + 1);
-            assert_eq!(block.entry(i).unwrap(), (k.clone(), vec![i as u8]));
+            let (head, suffix) = block.key_parts(i).unwrap();
+            assert_eq!([head, suffix].concat(), *k);
+            assert_eq!(block.value(i).unwrap(), &[i as u8]);
         }
         // Between two keys, and before and after all of them.
         assert_eq!(block.seek(&key("abc", 3, 0), false).unwrap(), 2);
@@ -1630,5 +1848,31 @@ mod tests {
         assert_eq!(indexed, 10);
         assert_eq!(writer.disk_runs(), 1);
         assert_eq!(scan_seqs(&index, "w", false), (0..10).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn small_batches_are_merged_in_memory_and_stay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, index, mut writer, _) = open_in(dir.path());
+        // Overlapping batches of 15 entries, as when the indexer keeps up with single events.
+        for start in (0..1000u64).step_by(10) {
+            writer.add(
+                (start..start + 15)
+                    .map(|s| (key("s", s, s), vec![]))
+                    .collect(),
+            );
+        }
+        assert!(writer.mem.len() <= 12, "{} memory runs", writer.mem.len());
+        assert_eq!(
+            scan_seqs(&index, "s", false),
+            (0..1005).collect::<Vec<u64>>()
+        );
+        assert!(writer.memory_entries() >= 1005);
+        writer.checkpoint(1).unwrap();
+        assert_eq!(writer.memory_entries(), 0);
+        assert_eq!(
+            scan_seqs(&index, "s", true),
+            (0..1005).rev().collect::<Vec<u64>>()
+        );
     }
 }

@@ -20,19 +20,24 @@ use tracing::{debug, error};
 
 use crate::StoreError;
 use crate::codec;
-use crate::index::{Entry, IndexWriter};
+use crate::index::{Batch, IndexWriter};
 use crate::progress::Progress;
 
 /// Events indexed per batch (one memory run), between two looks at the log's progress.
 const BATCH_EVENTS: u64 = 2048;
+/// A batch smaller than [`BATCH_EVENTS`] waits this long for more events: when the indexer keeps
+/// up, every group commit (a few events) would otherwise make a batch of its own, and sorting
+/// and merging many tiny runs costs more than the entries themselves. It delays what the
+/// engine sees by as much, at most.
+const BATCH_WAIT: Duration = Duration::from_millis(10);
 /// How often the memory runs are written out, the indexes made durable and the persisted
 /// watermark moved. Syncing the index database after every batch would put an fdatasync every
 /// few milliseconds on the disk that the log's group commits wait on (measured: a third of
 /// single-event throughput).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
-/// ... or once this many memory runs wait (32k events: every reader looks at each of them, and
-/// they hold about 100 bytes per entry), whichever comes first.
-const CHECKPOINT_RUNS: usize = 16;
+/// ... or once this many entries wait in memory (about 33,000 Mailjet events, some 20 MB),
+/// whichever comes first.
+const CHECKPOINT_ENTRIES: usize = 200_000;
 /// Runs are merged while the indexer trails the log by less than this (a merge is never urgent,
 /// catching up is) ...
 const MERGE_MAX_LAG: u64 = 4 * BATCH_EVENTS;
@@ -64,6 +69,8 @@ impl Indexer {
         let mut checkpointed = indexed;
         let mut last_checkpoint = Instant::now();
         let mut merge_after = Instant::now();
+        // When the oldest event not indexed yet was first seen.
+        let mut waiting_since: Option<Instant> = None;
         loop {
             let merging = self.index.merge_pending() && Instant::now() >= merge_after;
             progress.wait_until(
@@ -88,7 +95,24 @@ impl Indexer {
             } else if !idle_priority && lag < MAX_IDLE_LAG / 10 {
                 idle_priority = set_priority(true);
             }
+            let gather = durable > indexed && lag < BATCH_EVENTS && !stopping;
+            if gather {
+                let since = *waiting_since.get_or_insert_with(Instant::now);
+                let left = BATCH_WAIT.saturating_sub(since.elapsed());
+                if !left.is_zero() {
+                    progress.wait_until(
+                        || {
+                            progress.stopping.load(Ordering::Acquire)
+                                || progress.durable.load(Ordering::Acquire)
+                                    >= indexed + BATCH_EVENTS
+                        },
+                        left,
+                    );
+                }
+            }
+            let durable = progress.durable.load(Ordering::Acquire);
             if !stopping && durable > indexed {
+                waiting_since = None;
                 let to = durable.min(indexed + BATCH_EVENTS);
                 match self.index_range(indexed + 1, to) {
                     Ok(()) => {
@@ -104,7 +128,7 @@ impl Indexer {
                 }
             }
             let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-                || self.index.memory_runs() >= CHECKPOINT_RUNS
+                || self.index.memory_entries() >= CHECKPOINT_ENTRIES
                 || stopping;
             if indexed > checkpointed && due {
                 match self.index.checkpoint(indexed) {
@@ -144,15 +168,12 @@ impl Indexer {
 
     /// Adds the entries of the events `from..=to` to the indexes, as one memory run.
     fn index_range(&mut self, from: u64, to: u64) -> Result<(), StoreError> {
-        let mut entries: Vec<Entry> = Vec::with_capacity(8 * (to + 1 - from) as usize);
+        let mut batch = Batch::default();
+        let mut scratch = Vec::with_capacity(256);
         let mut n = 0u64;
         codec::for_each_record(&self.events, from, to, |seq, record| {
             let view = codec::view_record(seq, record)?;
-            entries.push((
-                codec::dedup_key(view.source, view.id),
-                seq.to_be_bytes().to_vec(),
-            ));
-            codec::index_keys(&view, |key| entries.push((key, Vec::new())));
+            codec::index_entries(&view, &mut scratch, |key, value| batch.push(key, value));
             n += 1;
             Ok(())
         })?;
@@ -162,7 +183,7 @@ impl Indexer {
                 reason: format!("{} events expected, {n} found", to - from + 1),
             });
         }
-        self.index.add(entries);
+        self.index.add(batch);
         Ok(())
     }
 }
