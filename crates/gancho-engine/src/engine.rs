@@ -500,11 +500,19 @@ impl Engine {
             return Ok(0);
         }
         let to = bound.min(self.cursor + self.config.batch_size as u64);
-        let events = self.reader.read(self.cursor + 1, to)?;
-        if let Some(last) = events.last() {
-            let next = last.seq + 1;
-            self.reader
-                .read_ahead(next, bound.min(last.seq + self.config.batch_size as u64));
+        // With no rules and no expectations, only the engine's own events (timers whose rule
+        // went away) need anything done.
+        let own_only = self.rules.is_empty() && self.shapes.0.is_empty();
+        let (events, read_to) = self.reader.read(self.cursor + 1, to, own_only)?;
+        // The read may stop short of `to`, never of `self.cursor + 1`.
+        let read_to = read_to.max(events.last().map_or(0, |e| e.seq));
+        if read_to < bound {
+            let next = read_to + 1;
+            self.reader.read_ahead(
+                next,
+                bound.min(read_to + self.config.batch_size as u64),
+                own_only,
+            );
         }
         // Shapes of expectations set in this batch: known at once (a matching event later in
         // the batch cancels them), stored with the commit.
@@ -518,7 +526,7 @@ impl Engine {
                 }
             }
         }
-        let last = events.last().map_or(self.cursor, |e| e.seq);
+        let last = read_to.max(self.cursor);
         let mut batch = std::mem::take(&mut self.ctx.borrow_mut().batch);
         for shape in fresh {
             batch.changes.push(Change::PutShape(shape));
@@ -528,8 +536,9 @@ impl Engine {
             self.shapes_from_store()?;
             return Err(err.into());
         }
+        let processed = (last - self.cursor) as usize;
         self.cursor = last;
-        Ok(events.len())
+        Ok(processed)
     }
 
     fn shapes_from_store(&mut self) -> Result<(), EngineError> {

@@ -374,3 +374,44 @@ fn hostile_values_are_rule_errors_not_crashes() {
         assert_eq!(rule.errors, 1, "{rule:?}");
     }
 }
+
+#[test]
+fn with_no_rules_left_the_engine_passes_over_events_and_still_clears_a_timer_that_fires() {
+    let world = World::empty();
+    world.write_rule(
+        "nudge.rhai",
+        r#"const ON = ["mailjet.sent"];
+after("nudge:" + event.email, hours(2), "nudge");
+fn nudge(timer) {
+    http(#{ url: "https://hooks.example.com/n", json: #{} });
+}
+"#,
+    );
+    let mut engine = world.engine();
+    world.append(vec![mailjet("sent", "a@example.com", 1, t0())]);
+    run(&mut engine);
+    std::fs::remove_file(world.rules.join("nudge.rhai")).unwrap();
+    assert_eq!(engine.reload().unwrap().removed, ["nudge"]);
+    // Events no rule wants, then the timer comes due: it fires (an event of the log), and with
+    // its rule gone it is dropped, not acted on.
+    for n in 2..50 {
+        world.append(vec![mailjet("open", "b@example.com", n, t0())]);
+    }
+    world.clock.set(t0() + hours(3));
+    run(&mut engine);
+    run(&mut engine);
+    let last = world.store.last_seq().unwrap();
+    assert_eq!(last, 50, "49 webhooks and one timer firing");
+    assert_eq!(engine.status().cursor, last);
+    assert!(world.outbox().is_empty());
+    // Dropped for good: no timer is left to fire.
+    let far = (t0() + hours(1000)).timestamp_millis();
+    assert!(
+        world
+            .store
+            .engine_state()
+            .due_timers(far, 10)
+            .unwrap()
+            .is_empty()
+    );
+}

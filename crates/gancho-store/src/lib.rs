@@ -299,10 +299,24 @@ impl Store {
 
     /// Every event with a seq in `from..=to` (durable ones only), in log order.
     pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        self.read_range_where(from, to, |_, _| true)
+    }
+
+    /// The events with a seq in `from..=to` (durable ones only) whose (source, type) `keep`
+    /// accepts, in log order; the others are not decoded.
+    pub fn read_range_where(
+        &self,
+        from: u64,
+        to: u64,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<Event>, StoreError> {
         let to = to.min(self.inner.progress.durable.load(Ordering::Acquire));
         let mut events = Vec::new();
         codec::for_each_record(&self.inner.events, from.max(1), to, |seq, record| {
-            events.push(codec::decode_event(seq, record)?);
+            let view = codec::view_record(seq, record)?;
+            if keep(view.source, view.kind) {
+                events.push(codec::decode_event(seq, record)?);
+            }
             Ok(())
         })?;
         Ok(events)
