@@ -58,6 +58,35 @@ fn each_bad_request_gets_its_status_and_reason_and_stores_nothing() {
         "unknown source \"nope\"",
     );
 
+    assert_refused(
+        &daemon,
+        &setup,
+        Request {
+            path: "/hooks/mailjet/more".to_owned(),
+            ..authed(&open)
+        },
+        404,
+        "no route",
+    );
+    assert_refused(
+        &daemon,
+        &setup,
+        Request::post("/hooks/", &open),
+        404,
+        "no route",
+    );
+    let response = daemon.request(&Request::get("/hooks/mailjet"));
+    assert_eq!(response.status, 405, "{}", response.body);
+    assert_eq!(response.header("allow"), Some("POST"));
+    // A percent-encoded name is decoded.
+    assert_refused(
+        &daemon,
+        &setup,
+        Request::post("/hooks/no%20pe", &open),
+        404,
+        "unknown source \"no pe\"",
+    );
+
     let response = daemon.request(&Request::post("/hooks/mailjet", &open));
     assert_eq!(
         response.header("www-authenticate"),

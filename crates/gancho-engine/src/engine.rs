@@ -44,6 +44,9 @@ impl Shapes {
     }
 }
 
+/// A batch that decides nothing commits its cursor only if the last commit is this old.
+const IDLE_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
 /// Event types whose rule lists are remembered, at most.
 const MAX_DISPATCH_TYPES: usize = 10_000;
 
@@ -158,6 +161,8 @@ pub struct Engine {
     reader: Reader,
     /// Timer uids appended to the log and not processed yet.
     fired: HashSet<String>,
+    /// When the cursor was last committed.
+    cursor_committed: Instant,
     /// Rule → its next cron tick.
     cron_next: HashMap<String, i64>,
     fire_error_logged: Option<Instant>,
@@ -212,6 +217,7 @@ impl Engine {
             cursor,
             reader,
             fired: HashSet::new(),
+            cursor_committed: Instant::now(),
             cron_next: HashMap::new(),
             fire_error_logged: None,
             loaded_once: false,
@@ -531,13 +537,21 @@ impl Engine {
         for shape in fresh {
             batch.changes.push(Change::PutShape(shape));
         }
+        let processed = (last - self.cursor) as usize;
+        if batch.changes.is_empty() && self.cursor_committed.elapsed() < IDLE_COMMIT_EVERY {
+            // Nothing decided: the cursor alone is committed at most this often (each commit
+            // is a flush and an fdatasync). A crash before then processes these events again,
+            // which decides nothing again.
+            self.cursor = last;
+            return Ok(processed);
+        }
         if let Err(err) = self.store.engine_state().commit(batch.changes, last) {
             // Nothing of the batch is committed: it is processed again on the next step.
             self.shapes_from_store()?;
             return Err(err.into());
         }
-        let processed = (last - self.cursor) as usize;
         self.cursor = last;
+        self.cursor_committed = Instant::now();
         Ok(processed)
     }
 
