@@ -25,11 +25,14 @@ use crate::progress::Progress;
 
 /// Events indexed per batch (one memory run), between two looks at the log's progress.
 const BATCH_EVENTS: u64 = 2048;
-/// A batch smaller than [`BATCH_EVENTS`] waits this long for more events: when the indexer keeps
-/// up, every group commit (a few events) would otherwise make a batch of its own, and sorting
-/// and merging many tiny runs costs more than the entries themselves. It delays what the
-/// engine sees by as much, at most.
+/// Under a high rate of events, a batch smaller than [`BATCH_EVENTS`] waits this long for more:
+/// when the indexer keeps up, every group commit (a few events) would otherwise make a batch of
+/// its own, and sorting and merging many tiny runs costs more than the entries themselves. It
+/// delays what the engine sees by as much, at most.
 const BATCH_WAIT: Duration = Duration::from_millis(10);
+/// ... the rate (events per second, measured over the last second) from which batches wait.
+/// Below it the CPU is not short, and the engine sees every event as soon as it can.
+const BATCH_WAIT_RATE: u64 = 5_000;
 /// How often the memory runs are written out, the indexes made durable and the persisted
 /// watermark moved. Syncing the index database after every batch would put an fdatasync every
 /// few milliseconds on the disk that the log's group commits wait on (measured: a third of
@@ -71,6 +74,8 @@ impl Indexer {
         let mut merge_after = Instant::now();
         // When the oldest event not indexed yet was first seen.
         let mut waiting_since: Option<Instant> = None;
+        // The incoming rate: events indexed since `rate_since`, and the rate of the last second.
+        let (mut rate_since, mut rate_events, mut busy) = (Instant::now(), 0u64, false);
         loop {
             let merging = self.index.merge_pending() && Instant::now() >= merge_after;
             progress.wait_until(
@@ -95,7 +100,12 @@ impl Indexer {
             } else if !idle_priority && lag < MAX_IDLE_LAG / 10 {
                 idle_priority = set_priority(true);
             }
-            let gather = durable > indexed && lag < BATCH_EVENTS && !stopping;
+            if rate_since.elapsed() >= Duration::from_secs(1) {
+                busy = rate_events as f64 / rate_since.elapsed().as_secs_f64()
+                    > BATCH_WAIT_RATE as f64;
+                (rate_since, rate_events) = (Instant::now(), 0);
+            }
+            let gather = busy && durable > indexed && lag < BATCH_EVENTS && !stopping;
             if gather {
                 let since = *waiting_since.get_or_insert_with(Instant::now);
                 let left = BATCH_WAIT.saturating_sub(since.elapsed());
@@ -116,6 +126,7 @@ impl Indexer {
                 let to = durable.min(indexed + BATCH_EVENTS);
                 match self.index_range(indexed + 1, to) {
                     Ok(()) => {
+                        rate_events += to - indexed;
                         indexed = to;
                         progress.indexed.store(to, Ordering::Release);
                         progress.notify();
