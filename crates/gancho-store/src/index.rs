@@ -103,30 +103,27 @@ impl Bloom {
         }
     }
 
-    /// The block of `hash` (its first word), and the bits within it, 9 bits of a second hash
-    /// each.
-    fn probes(&self, hash: u64) -> (usize, u64) {
-        let blocks = (self.words.len() / BLOOM_BLOCK_WORDS) as u128;
-        let block = ((u128::from(hash) * blocks) >> 64) as usize;
-        let bits = (hash ^ (hash >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (block * BLOOM_BLOCK_WORDS, bits)
-    }
-
     fn insert(&mut self, hash: u64) {
-        let (first, bits) = self.probes(hash);
-        for i in 0..BLOOM_PROBES {
-            let bit = (bits >> (9 * i)) & 511;
-            self.words[first + (bit / 64) as usize] |= 1 << (bit % 64);
+        for (word, mask) in probes(self.words.len(), hash) {
+            self.words[word] |= mask;
         }
     }
 
     fn may_contain(&self, hash: u64) -> bool {
-        let (first, bits) = self.probes(hash);
-        (0..BLOOM_PROBES).all(|i| {
-            let bit = (bits >> (9 * i)) & 511;
-            self.words[first + (bit / 64) as usize] & (1 << (bit % 64)) != 0
-        })
+        probes(self.words.len(), hash).all(|(word, mask)| self.words[word] & mask != 0)
     }
+}
+
+/// The bits a key sets in a blocked filter of `words` words: [`BLOOM_PROBES`] (word, mask)
+/// pairs, all in the block of `hash`, each bit chosen by 9 bits of a second hash.
+fn probes(words: usize, hash: u64) -> impl Iterator<Item = (usize, u64)> {
+    let blocks = (words / BLOOM_BLOCK_WORDS) as u128;
+    let first = ((u128::from(hash) * blocks) >> 64) as usize * BLOOM_BLOCK_WORDS;
+    let bits = (hash ^ (hash >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..BLOOM_PROBES).map(move |i| {
+        let bit = (bits >> (9 * i)) & 511;
+        (first + (bit / 64) as usize, 1u64 << (bit % 64))
+    })
 }
 
 /// The Bloom filter of the memory runs together: one for all of them, so that merging runs
@@ -145,30 +142,15 @@ impl SharedBloom {
         }
     }
 
-    fn probes(&self, hash: u64) -> (usize, u64) {
-        let blocks = (self.words.len() / BLOOM_BLOCK_WORDS) as u128;
-        let block = ((u128::from(hash) * blocks) >> 64) as usize;
-        let bits = (hash ^ (hash >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (block * BLOOM_BLOCK_WORDS, bits)
-    }
-
     fn insert(&self, hash: u64) {
-        let (first, bits) = self.probes(hash);
-        for i in 0..BLOOM_PROBES {
-            let bit = (bits >> (9 * i)) & 511;
-            self.words[first + (bit / 64) as usize]
-                .fetch_or(1 << (bit % 64), AtomicOrdering::Relaxed);
+        for (word, mask) in probes(self.words.len(), hash) {
+            self.words[word].fetch_or(mask, AtomicOrdering::Relaxed);
         }
     }
 
     fn may_contain(&self, hash: u64) -> bool {
-        let (first, bits) = self.probes(hash);
-        (0..BLOOM_PROBES).all(|i| {
-            let bit = (bits >> (9 * i)) & 511;
-            self.words[first + (bit / 64) as usize].load(AtomicOrdering::Relaxed)
-                & (1 << (bit % 64))
-                != 0
-        })
+        probes(self.words.len(), hash)
+            .all(|(word, mask)| self.words[word].load(AtomicOrdering::Relaxed) & mask != 0)
     }
 }
 
@@ -345,22 +327,32 @@ impl Block {
 
     /// The first entry whose key is at least (`strict`: more than) `target`.
     fn seek(&self, target: &[u8], strict: bool) -> Result<usize, StoreError> {
-        let (mut lo, mut hi) = (0, self.n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let before = match self.cmp(mid, target)? {
-                Ordering::Less => true,
-                Ordering::Equal => strict,
-                Ordering::Greater => false,
-            };
-            if before {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        Ok(lo)
+        first_not_before(self.n, strict, |i| self.cmp(i, target))
     }
+}
+
+/// Binary search over `n` sorted entries: the first whose comparison with a target (`cmp(i)`:
+/// entry `i` against it) is not `Less` (`strict`: is `Greater`).
+fn first_not_before<E>(
+    n: usize,
+    strict: bool,
+    mut cmp: impl FnMut(usize) -> Result<Ordering, E>,
+) -> Result<usize, E> {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let before = match cmp(mid)? {
+            Ordering::Less => true,
+            Ordering::Equal => strict,
+            Ordering::Greater => false,
+        };
+        if before {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
 }
 
 fn read_u32(bytes: &[u8]) -> Option<u32> {
@@ -573,21 +565,13 @@ impl MemRun {
 
     /// The first entry whose key is at least (`strict`: more than) `target`.
     fn seek(&self, target: &[u8], strict: bool) -> usize {
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let before = match self.key(mid).cmp(target) {
-                Ordering::Less => true,
-                Ordering::Equal => strict,
-                Ordering::Greater => false,
-            };
-            if before {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+        let found = first_not_before(self.len(), strict, |i| {
+            Ok::<_, std::convert::Infallible>(self.key(i).cmp(target))
+        });
+        match found {
+            Ok(i) => i,
+            Err(never) => match never {},
         }
-        lo
     }
 }
 
@@ -1751,18 +1735,19 @@ mod tests {
         }
     }
 
+    /// Fills one size tier: [`MERGE_WIDTH`] disk runs of `n` entries each under prefix `p`.
+    fn fill_a_tier(writer: &mut IndexWriter, p: &str, n: u64) {
+        for batch in 0..MERGE_WIDTH as u64 {
+            writer.add((0..n).map(|i| (key(p, i, batch * n + i), vec![])).collect());
+            writer.checkpoint(batch + 1).unwrap();
+        }
+    }
+
     #[test]
     fn runs_of_a_tier_are_merged_and_their_blocks_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let (db, index, mut writer, _) = open_in(dir.path());
-        for batch in 0..MERGE_WIDTH as u64 {
-            writer.add(
-                (0..1000)
-                    .map(|i| (key("m", i, batch * 1000 + i), vec![]))
-                    .collect(),
-            );
-            writer.checkpoint(batch + 1).unwrap();
-        }
+        fill_a_tier(&mut writer, "m", 1000);
         assert_eq!(writer.disk_runs(), MERGE_WIDTH);
         assert!(writer.merge_pending());
         // A reader holding a scan keeps the old runs' blocks alive.
@@ -1799,14 +1784,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (db, _index, mut writer, _) = open_in(dir.path());
-            for batch in 0..MERGE_WIDTH as u64 {
-                writer.add(
-                    (0..3000)
-                        .map(|i| (key("o", i, batch * 3000 + i), vec![]))
-                        .collect(),
-                );
-                writer.checkpoint(batch + 1).unwrap();
-            }
+            fill_a_tier(&mut writer, "o", 3000);
             // Stopped halfway: what it wrote is deleted.
             assert!(!writer.merge_step(5000).unwrap());
             writer.abandon_merge();

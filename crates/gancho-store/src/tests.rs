@@ -325,18 +325,21 @@ fn events_spread_over_many_blocks_are_each_readable() {
     assert_eq!(store.last_seq().unwrap(), 500);
 }
 
+/// A store in `dir` with two opens (a@x, b@x), indexed, closed.
+fn store_two_opens_indexed(dir: &std::path::Path) {
+    let store = open(dir);
+    append(
+        &store,
+        vec![event("open", 1, "a@x", 1), event("open", 2, "b@x", 2)],
+    );
+    assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+    store.shutdown().unwrap();
+}
+
 #[test]
 fn an_index_ahead_of_the_log_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path());
-        append(
-            &store,
-            vec![event("open", 1, "a@x", 1), event("open", 2, "b@x", 2)],
-        );
-        assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
-        store.shutdown().unwrap();
-    }
+    store_two_opens_indexed(dir.path());
     // Lose the log's newest block, as a power loss with fsync off could.
     {
         let db = sled_config(&dir.path().join("log"), 64 << 20)
@@ -491,15 +494,7 @@ fn damaged_indexes_are_rebuilt_from_the_log_and_an_old_layout_is_replaced() {
         since: None,
         limit: 0,
     };
-    {
-        let store = open(dir.path());
-        append(
-            &store,
-            vec![event("open", 1, "a@x", 1), event("open", 2, "b@x", 2)],
-        );
-        assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
-        store.shutdown().unwrap();
-    }
+    store_two_opens_indexed(dir.path());
     // Damage every run record, and leave an index folder of the earlier layout beside.
     {
         let db = sled_config(&dir.path().join("indexes"), 64 << 20)
