@@ -161,8 +161,9 @@ pub struct Engine {
     reader: Reader,
     /// Timer uids appended to the log and not processed yet.
     fired: HashSet<String>,
-    /// When the cursor was last committed.
+    /// When the cursor was last committed, and where it was.
     cursor_committed: Instant,
+    committed_cursor: u64,
     /// Rule → its next cron tick.
     cron_next: HashMap<String, i64>,
     fire_error_logged: Option<Instant>,
@@ -218,6 +219,7 @@ impl Engine {
             reader,
             fired: HashSet::new(),
             cursor_committed: Instant::now(),
+            committed_cursor: cursor,
             cron_next: HashMap::new(),
             fire_error_logged: None,
             loaded_once: false,
@@ -356,6 +358,18 @@ impl Engine {
     /// The last log seq processed.
     pub fn cursor(&self) -> u64 {
         self.cursor
+    }
+
+    /// Commits the cursor if batches that decided nothing moved it since the last commit (they
+    /// commit it at most once a second): call it before stopping, so a restart does not
+    /// process those events again (under rules that may have changed meanwhile).
+    pub fn commit_cursor(&mut self) -> Result<(), EngineError> {
+        if self.cursor > self.committed_cursor && self.ctx.borrow().batch.is_empty() {
+            self.store.engine_state().commit(Vec::new(), self.cursor)?;
+            self.committed_cursor = self.cursor;
+            self.cursor_committed = Instant::now();
+        }
+        Ok(())
     }
 
     /// One round: append due timer firings and cron ticks, then process the next batch of
@@ -552,6 +566,7 @@ impl Engine {
         }
         self.cursor = last;
         self.cursor_committed = Instant::now();
+        self.committed_cursor = last;
         Ok(processed)
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gancho_core::Clock;
 use gancho_store::Store;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::engine::{Engine, EngineConfig, EngineError, EngineStatus, SharedStatus};
 
@@ -147,5 +147,8 @@ fn run(
             }
         }
         *status.lock().unwrap_or_else(|e| e.into_inner()) = engine.status();
+    }
+    if let Err(err) = engine.commit_cursor() {
+        warn!(error = %err, "could not commit the engine's cursor at stop");
     }
 }

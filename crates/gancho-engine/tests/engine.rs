@@ -414,4 +414,9 @@ fn nudge(timer) {
             .unwrap()
             .is_empty()
     );
+    // Batches that decided nothing commit the cursor lazily; at stop it is committed.
+    engine.commit_cursor().unwrap();
+    let state = world.store.engine_state();
+    assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+    assert_eq!(state.cursor().unwrap(), last);
 }

@@ -710,7 +710,9 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// The value of `key`, looked up whole (dedup entries).
+    /// The value of `key`, looked up whole (dedup entries). Equal keys in several runs always
+    /// carry equal values (an event id's seq never changes; query entries have none), so
+    /// which run answers, here or in a scan or a merge, does not matter.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let view = self.view.load();
         let h = hash(filter_prefix(key));
@@ -1352,16 +1354,17 @@ impl IndexWriter {
             }
         }
         let tree = &self.index.tree;
-        let durable = tree
-            .insert(codec::INDEXED_KEY, &indexed.to_be_bytes()[..])
-            .map_err(StoreError::sled)
-            .and_then(|_| self.make_durable());
-        if let Err(err) = durable {
+        if let Err(err) = tree.insert(codec::INDEXED_KEY, &indexed.to_be_bytes()[..]) {
             if let Some(run) = run {
                 self.discard(run.id);
             }
-            return Err(err);
+            return Err(StoreError::sled(err));
         }
+        // From here the run stays, durable or not: sled's own periodic flush may already have
+        // written the watermark, and without the run those events would be missing from the
+        // indexes after a crash. If neither reaches the disk, the run is past the watermark at
+        // the next open, which deletes it.
+        let durable = self.make_durable();
         if let Some(run) = run {
             self.disk.push(Arc::new(run));
         }
@@ -1369,7 +1372,7 @@ impl IndexWriter {
         self.mem_entries = 0;
         self.mem_bloom = Arc::new(SharedBloom::for_keys(MEMORY_BLOOM_KEYS));
         self.publish();
-        Ok(())
+        durable
     }
 
     fn write_memory_runs(&self, id: u64, indexed: u64) -> Result<Option<DiskRun>, StoreError> {

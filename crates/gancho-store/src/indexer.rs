@@ -50,6 +50,11 @@ const MERGE_ANYWAY_RUNS: usize = 24;
 const MERGE_SLICE: usize = 100_000;
 /// After a failed merge, the next one waits this long.
 const MERGE_BACKOFF: Duration = Duration::from_secs(10);
+/// After a failed checkpoint, the next one waits this long ...
+const CHECKPOINT_BACKOFF: Duration = Duration::from_secs(5);
+/// ... and past this many entries in memory, indexing waits for a checkpoint to succeed
+/// (readers merge the unindexed tail of the log meanwhile), so memory stays bounded.
+const MAX_MEMORY_ENTRIES: usize = 4 * CHECKPOINT_ENTRIES;
 /// Past this many unindexed events, the indexer leaves idle priority until it is back under a
 /// tenth of it.
 const MAX_IDLE_LAG: u64 = 500_000;
@@ -72,6 +77,7 @@ impl Indexer {
         let mut checkpointed = indexed;
         let mut last_checkpoint = Instant::now();
         let mut merge_after = Instant::now();
+        let mut checkpoint_after = Instant::now();
         // When the oldest event not indexed yet was first seen.
         let mut waiting_since: Option<Instant> = None;
         // The incoming rate: events indexed since `rate_since`, and the rate of the last second.
@@ -121,7 +127,8 @@ impl Indexer {
                 }
             }
             let durable = progress.durable.load(Ordering::Acquire);
-            if !stopping && durable > indexed {
+            let full = self.index.memory_entries() >= MAX_MEMORY_ENTRIES;
+            if !stopping && durable > indexed && !full {
                 waiting_since = None;
                 let to = durable.min(indexed + BATCH_EVENTS);
                 match self.index_range(indexed + 1, to) {
@@ -141,15 +148,24 @@ impl Indexer {
             let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY
                 || self.index.memory_entries() >= CHECKPOINT_ENTRIES
                 || stopping;
-            if indexed > checkpointed && due {
+            if indexed > checkpointed && due && (Instant::now() >= checkpoint_after || stopping) {
                 match self.index.checkpoint(indexed) {
                     Ok(()) => {
                         checkpointed = indexed;
                         debug!(indexed, runs = self.index.disk_runs(), "index checkpoint");
                     }
-                    Err(err) => error!(error = %err, "index checkpoint failed"),
+                    Err(err) => {
+                        error!(error = %err, "index checkpoint failed; retrying in 5 s");
+                        checkpoint_after = Instant::now() + CHECKPOINT_BACKOFF;
+                    }
                 }
                 last_checkpoint = Instant::now();
+            } else if full {
+                // Waiting for the next try of a failed checkpoint: nothing else to do.
+                progress.wait_until(
+                    || progress.stopping.load(Ordering::Acquire),
+                    checkpoint_after.saturating_duration_since(Instant::now()),
+                );
             }
             if stopping {
                 self.index.abandon_merge();

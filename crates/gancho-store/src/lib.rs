@@ -168,11 +168,18 @@ impl Store {
             }
         };
         let last_seq = codec::last_seq(&events)?;
-        if codec::indexed_seq(&index_tree)? > last_seq {
-            // Only possible with fsync off after a power loss: the log lost its newest events
-            // but the index kept entries for them. Those seqs will be reused, so the index is
-            // rebuilt from the log.
-            tracing::warn!(last_seq, "the index is ahead of the log; rebuilding it");
+        let watermark = match codec::indexed_seq(&index_tree) {
+            Err(StoreError::Corrupt { .. }) => None,
+            other => Some(other?),
+        };
+        if watermark.is_none_or(|indexed| indexed > last_seq) {
+            // Ahead: only possible with fsync off after a power loss (the log lost its newest
+            // events but the index kept entries for them, and those seqs will be reused). Or
+            // the watermark is unreadable. Either way the index is rebuilt from the log.
+            tracing::warn!(
+                last_seq,
+                "the index is ahead of the log or damaged; rebuilding it"
+            );
             clear(&index_tree)?;
         }
         let (index, index_writer, indexed) = match index::open(index_db.clone(), index_sync()?) {

@@ -517,3 +517,21 @@ fn damaged_indexes_are_rebuilt_from_the_log_and_an_old_layout_is_replaced() {
     let report = append(&store, vec![event("open", 2, "b@x", 2)]);
     assert!(report.stored.is_empty());
 }
+
+#[test]
+fn an_unreadable_index_watermark_means_a_rebuild_not_a_refusal_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    {
+        let db = sled_config(&dir.path().join("indexes"), 64 << 20)
+            .open()
+            .unwrap();
+        let tree = db.open_tree("index").unwrap();
+        tree.insert(codec::INDEXED_KEY, &b"bad"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(dir.path());
+    assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+    let report = append(&store, vec![event("open", 1, "a@x", 1)]);
+    assert!(report.stored.is_empty(), "dedup holds after the rebuild");
+}
