@@ -30,6 +30,8 @@ use crate::{Quarantined, StoreError};
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 const SCHEMA_KEY: &[u8] = b"Mschema";
 pub(crate) const INDEXED_KEY: &[u8] = b"Mindexed";
+/// In the index database: the indexes were found damaged; the next open rebuilds them.
+pub(crate) const REBUILD_KEY: &[u8] = b"Mrebuild";
 /// The commit record: the last seq and quarantine id of the last group written whole.
 pub(crate) const COMMIT_KEY: &[u8] = b"Mcommit";
 pub(crate) const LOG: u8 = b'L';

@@ -355,6 +355,21 @@ fn first_not_before<E>(
     Ok(lo)
 }
 
+/// Marks the indexes for a rebuild at the next open, when a read found them damaged (they are
+/// derived from the log, so nothing is lost). Best effort: the error is reported anyway.
+fn condemn(tree: &sled::Tree, err: &StoreError) {
+    if !matches!(err, StoreError::Corrupt { .. }) {
+        return;
+    }
+    tracing::error!(error = %err, "the indexes are damaged; they are rebuilt at the next start");
+    let marked = tree
+        .insert(codec::REBUILD_KEY, err.to_string().as_bytes())
+        .and_then(|_| tree.flush());
+    if let Err(err) = marked {
+        tracing::error!(error = %err, "could not mark the indexes for a rebuild");
+    }
+}
+
 fn read_u32(bytes: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }
@@ -736,10 +751,20 @@ impl Index {
                 .transpose()
                 .map_err(StoreError::sled)?;
             if let Some((_, bytes)) = first {
-                let block = Block::parse(run.id, bytes)?;
-                let i = block.seek(key, false)?;
-                if i < block.n && block.cmp(i, key)? == Ordering::Equal {
-                    return Ok(Some(block.value(i)?.to_vec()));
+                let found = Block::parse(run.id, bytes).and_then(|block| {
+                    let i = block.seek(key, false)?;
+                    if i < block.n && block.cmp(i, key)? == Ordering::Equal {
+                        return Ok(Some(block.value(i)?.to_vec()));
+                    }
+                    Ok(None)
+                });
+                match found {
+                    Ok(None) => {}
+                    Ok(Some(value)) => return Ok(Some(value)),
+                    Err(err) => {
+                        condemn(&self.tree, &err);
+                        return Err(err);
+                    }
                 }
             }
         }
@@ -941,6 +966,8 @@ impl Iterator for Scan {
 /// A scan of one disk run, block by block.
 struct DiskScan {
     run: u64,
+    /// For marking the indexes for a rebuild if a block is damaged.
+    tree: sled::Tree,
     /// Held so that a merge does not delete the run's blocks under this scan.
     _keep: Arc<DiskRun>,
     lo: Vec<u8>,
@@ -1003,6 +1030,7 @@ impl DiskScan {
         };
         DiskScan {
             run,
+            tree: tree.clone(),
             _keep: Arc::clone(keep),
             lo: lo.to_vec(),
             hi: hi.map(<[u8]>::to_vec),
@@ -1033,6 +1061,9 @@ impl DiskScan {
         let result = self.step();
         if !matches!(result, Ok(true)) {
             self.done = true;
+        }
+        if let Err(err) = &result {
+            condemn(&self.tree, err);
         }
         result
     }

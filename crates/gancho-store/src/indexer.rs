@@ -180,6 +180,11 @@ impl Indexer {
                 match self.index.merge_step(MERGE_SLICE) {
                     Ok(true) => debug!(runs = self.index.disk_runs(), "index runs merged"),
                     Ok(false) => {}
+                    Err(err @ StoreError::Corrupt { .. }) => {
+                        // Marked for a rebuild (see `index.rs`): stop, the restart rebuilds.
+                        progress.fail(&format!("the indexes are damaged: {err}"));
+                        merge_after = Instant::now() + MERGE_BACKOFF;
+                    }
                     Err(err) => {
                         error!(error = %err, "merging index runs failed; retrying in 10 s");
                         merge_after = Instant::now() + MERGE_BACKOFF;

@@ -172,10 +172,14 @@ impl Store {
             Err(StoreError::Corrupt { .. }) => None,
             other => Some(other?),
         };
-        if watermark.is_none_or(|indexed| indexed > last_seq) {
+        let condemned = index_tree
+            .contains_key(codec::REBUILD_KEY)
+            .map_err(StoreError::sled)?;
+        if condemned || watermark.is_none_or(|indexed| indexed > last_seq) {
             // Ahead: only possible with fsync off after a power loss (the log lost its newest
             // events but the index kept entries for them, and those seqs will be reused). Or
-            // the watermark is unreadable. Either way the index is rebuilt from the log.
+            // the watermark is unreadable, or a read found the indexes damaged. Either way the
+            // index is rebuilt from the log.
             tracing::warn!(
                 last_seq,
                 "the index is ahead of the log or damaged; rebuilding it"

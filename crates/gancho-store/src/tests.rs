@@ -535,3 +535,38 @@ fn an_unreadable_index_watermark_means_a_rebuild_not_a_refusal_to_start() {
     let report = append(&store, vec![event("open", 1, "a@x", 1)]);
     assert!(report.stored.is_empty(), "dedup holds after the rebuild");
 }
+
+#[test]
+fn a_damaged_index_block_fails_the_store_and_the_next_start_rebuilds_the_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    // Damage every block of every run (open reads only run records and filters).
+    {
+        let db = sled_config(&dir.path().join("indexes"), 64 << 20)
+            .open()
+            .unwrap();
+        let tree = db.open_tree("index").unwrap();
+        let blocks: Vec<_> = tree.scan_prefix(b"B").keys().map(|k| k.unwrap()).collect();
+        assert!(!blocks.is_empty());
+        for key in blocks {
+            tree.insert(key, &[0, 0, 0, 9][..]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    {
+        let store = open(dir.path());
+        // A retry of a stored event: its dedup lookup reads a damaged block.
+        let refused = store.appender().append_blocking(Submission {
+            events: vec![event("open", 1, "a@x", 1)],
+            rejected: vec![],
+        });
+        assert!(refused.is_err());
+        assert!(store.failure().is_some_and(|r| r.contains("damaged")));
+        store.shutdown().unwrap();
+    }
+    let store = open(dir.path());
+    assert!(store.failure().is_none());
+    assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+    let report = append(&store, vec![event("open", 1, "a@x", 1)]);
+    assert!(report.stored.is_empty(), "dedup holds after the rebuild");
+}

@@ -463,10 +463,17 @@ impl Writer {
         if let Some(seq) = self.pending.get(&event.dedup_hash) {
             return Ok(Some(*seq));
         }
-        Ok(self
-            .index
-            .get(&event.dedup_key)?
-            .and_then(|v| codec::read_u64(&v)))
+        match self.index.get(&event.dedup_key) {
+            Ok(found) => Ok(found.and_then(|v| codec::read_u64(&v))),
+            Err(err @ StoreError::Corrupt { .. }) => {
+                // Dedup cannot be exact any more: stop, and the restart rebuilds the indexes
+                // (`Index::get` marked them).
+                self.progress
+                    .fail(&format!("the dedup index is damaged: {err}"));
+                Err(err)
+            }
+            Err(err) => Err(err),
+        }
     }
 }
 
