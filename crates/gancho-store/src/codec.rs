@@ -79,18 +79,14 @@ pub(crate) fn quarantine_key(id: u64) -> [u8; 9] {
 
 pub(crate) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + source.len() + id.len());
-    key.push(DEDUP);
-    push_str(&mut key, source);
-    push_str(&mut key, id);
+    write_key(&mut key, DEDUP, &[source, id]);
     key
 }
 
 /// The prefix of the by-type index for one (source, type).
 pub(crate) fn type_prefix(source: &str, kind: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + source.len() + kind.len() + 16);
-    key.push(BY_TYPE);
-    push_str(&mut key, source);
-    push_str(&mut key, kind);
+    write_key(&mut key, BY_TYPE, &[source, kind]);
     key
 }
 
@@ -98,12 +94,17 @@ pub(crate) fn type_prefix(source: &str, kind: &str) -> Vec<u8> {
 pub(crate) fn key_prefix(source: &str, kind: &str, name: &str, value: &str) -> Vec<u8> {
     let mut key =
         Vec::with_capacity(17 + source.len() + kind.len() + name.len() + value.len() + 16);
-    key.push(BY_KEY);
-    push_str(&mut key, source);
-    push_str(&mut key, kind);
-    push_str(&mut key, name);
-    push_str(&mut key, value);
+    write_key(&mut key, BY_KEY, &[source, kind, name, value]);
     key
+}
+
+/// Replaces what `key` holds with a key of this prefix byte and these (length-prefixed) fields.
+fn write_key(key: &mut Vec<u8>, prefix: u8, fields: &[&str]) {
+    key.clear();
+    key.push(prefix);
+    for field in fields {
+        push_str(key, field);
+    }
 }
 
 /// Appends (time, seq) to an index prefix, making the full index key.
@@ -255,7 +256,12 @@ impl<'a> Reader<'a> {
 }
 
 pub(crate) fn decode_event(seq: u64, bytes: &[u8]) -> Result<Event, StoreError> {
-    let view = view_record(seq, bytes)?;
+    event_from_view(view_record(seq, bytes)?)
+}
+
+/// The event a record view shows, owned.
+pub(crate) fn event_from_view(view: RecordView<'_>) -> Result<Event, StoreError> {
+    let seq = view.seq;
     let data = RawValue::from_string(view.data.to_owned()).map_err(|err| StoreError::Corrupt {
         key: format!("L{seq}"),
         reason: format!("payload: {err}"),
@@ -283,24 +289,13 @@ pub(crate) fn index_entries(
     scratch: &mut Vec<u8>,
     mut push: impl FnMut(&[u8], &[u8]),
 ) {
-    scratch.clear();
-    scratch.push(DEDUP);
-    push_str(scratch, view.source);
-    push_str(scratch, view.id);
+    write_key(scratch, DEDUP, &[view.source, view.id]);
     push(scratch, &view.seq.to_be_bytes());
-    scratch.clear();
-    scratch.push(BY_TYPE);
-    push_str(scratch, view.source);
-    push_str(scratch, view.kind);
+    write_key(scratch, BY_TYPE, &[view.source, view.kind]);
     push_time_seq(scratch, view.time_ms, view.seq);
     push(scratch, &[]);
     for (name, value) in &view.keys {
-        scratch.clear();
-        scratch.push(BY_KEY);
-        push_str(scratch, view.source);
-        push_str(scratch, view.kind);
-        push_str(scratch, name);
-        push_str(scratch, value);
+        write_key(scratch, BY_KEY, &[view.source, view.kind, name, value]);
         push_time_seq(scratch, view.time_ms, view.seq);
         push(scratch, &[]);
     }

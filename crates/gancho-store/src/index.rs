@@ -439,6 +439,14 @@ impl TimeSpan {
         });
     }
 
+    /// The span of both.
+    fn join(self, other: TimeSpan) -> TimeSpan {
+        match (self.0, other.0) {
+            (Some((a, b)), Some((c, d))) => TimeSpan(Some((a.min(c), b.max(d)))),
+            (x, y) => TimeSpan(x.or(y)),
+        }
+    }
+
     /// Whether a scan over `from..=to` may find entries here.
     fn meets(&self, from: &[u8; 8], to: &[u8; 8]) -> bool {
         self.0.is_some_and(|(lo, hi)| &hi >= from && &lo <= to)
@@ -552,10 +560,7 @@ impl MemRun {
                 j += 1;
             }
         }
-        let times = match (older.times.0, newer.times.0) {
-            (Some((a, b)), Some((c, d))) => TimeSpan(Some((a.min(c), b.max(d)))),
-            (x, y) => TimeSpan(x.or(y)),
-        };
+        let times = older.times.join(newer.times);
         MemRun {
             data: batch.data,
             slots: batch.slots,

@@ -326,7 +326,7 @@ impl Store {
         codec::for_each_record(&self.inner.events, from.max(1), to, |seq, record| {
             let view = codec::view_record(seq, record)?;
             if keep(view.source, view.kind) {
-                events.push(codec::decode_event(seq, record)?);
+                events.push(codec::event_from_view(view)?);
             }
             Ok(())
         })?;

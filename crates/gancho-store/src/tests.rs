@@ -336,6 +336,23 @@ fn store_two_opens_indexed(dir: &std::path::Path) {
     store.shutdown().unwrap();
 }
 
+/// Overwrites, in the closed store in `dir`, every index key starting with `prefix` with
+/// `value`; returns how many there were.
+fn overwrite_index_keys(dir: &std::path::Path, prefix: &[u8], value: &[u8]) -> usize {
+    let db = sled_config(&dir.join("indexes"), 64 << 20).open().unwrap();
+    let tree = db.open_tree("index").unwrap();
+    let keys: Vec<_> = tree
+        .scan_prefix(prefix)
+        .keys()
+        .map(|k| k.unwrap())
+        .collect();
+    for key in &keys {
+        tree.insert(key, value).unwrap();
+    }
+    db.flush().unwrap();
+    keys.len()
+}
+
 #[test]
 fn an_index_ahead_of_the_log_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
@@ -496,18 +513,7 @@ fn damaged_indexes_are_rebuilt_from_the_log_and_an_old_layout_is_replaced() {
     };
     store_two_opens_indexed(dir.path());
     // Damage every run record, and leave an index folder of the earlier layout beside.
-    {
-        let db = sled_config(&dir.path().join("indexes"), 64 << 20)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("index").unwrap();
-        let runs: Vec<_> = tree.scan_prefix(b"R").keys().map(|k| k.unwrap()).collect();
-        assert!(!runs.is_empty());
-        for key in runs {
-            tree.insert(key, &b"\x07garbage"[..]).unwrap();
-        }
-        db.flush().unwrap();
-    }
+    assert!(overwrite_index_keys(dir.path(), b"R", b"\x07garbage") > 0);
     std::fs::create_dir_all(dir.path().join("index")).unwrap();
     let store = open(dir.path());
     assert!(!dir.path().join("index").exists());
@@ -522,14 +528,10 @@ fn damaged_indexes_are_rebuilt_from_the_log_and_an_old_layout_is_replaced() {
 fn an_unreadable_index_watermark_means_a_rebuild_not_a_refusal_to_start() {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
-    {
-        let db = sled_config(&dir.path().join("indexes"), 64 << 20)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("index").unwrap();
-        tree.insert(codec::INDEXED_KEY, &b"bad"[..]).unwrap();
-        db.flush().unwrap();
-    }
+    assert_eq!(
+        overwrite_index_keys(dir.path(), codec::INDEXED_KEY, b"bad"),
+        1
+    );
     let store = open(dir.path());
     assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
     let report = append(&store, vec![event("open", 1, "a@x", 1)]);
@@ -541,18 +543,7 @@ fn a_damaged_index_block_fails_the_store_and_the_next_start_rebuilds_the_indexes
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
     // Damage every block of every run (open reads only run records and filters).
-    {
-        let db = sled_config(&dir.path().join("indexes"), 64 << 20)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("index").unwrap();
-        let blocks: Vec<_> = tree.scan_prefix(b"B").keys().map(|k| k.unwrap()).collect();
-        assert!(!blocks.is_empty());
-        for key in blocks {
-            tree.insert(key, &[0, 0, 0, 9][..]).unwrap();
-        }
-        db.flush().unwrap();
-    }
+    assert!(overwrite_index_keys(dir.path(), b"B", &[0, 0, 0, 9]) > 0);
     {
         let store = open(dir.path());
         // A retry of a stored event: its dedup lookup reads a damaged block.
