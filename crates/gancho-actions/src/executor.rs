@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gancho_core::{Action, ActionRequest, Channel};
-use gancho_store::{Attempt, Delivery, EngineState, OutboxItem, Store};
+use chrono::{DateTime, Utc};
+use gancho_core::{Action, ActionRequest, Channel, Clock};
+use gancho_state::{Attempt, Delivery, Outbox, OutboxItem};
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
@@ -99,8 +100,13 @@ impl ActionsHandle {
     }
 }
 
-/// Starts delivering the outbox of `store` on a thread of its own.
-pub fn spawn(store: &Store, config: ActionsConfig) -> Result<ActionsHandle, ActionsError> {
+/// Starts delivering `outbox` on a thread of its own; `clock` stamps tries and decides what is
+/// due.
+pub fn spawn(
+    outbox: &Outbox,
+    clock: Arc<dyn Clock>,
+    config: ActionsConfig,
+) -> Result<ActionsHandle, ActionsError> {
     crate::install_crypto();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -142,7 +148,8 @@ pub fn spawn(store: &Store, config: ActionsConfig) -> Result<ActionsHandle, Acti
             };
             Arc::new(Lane {
                 channel,
-                state: store.engine_state().clone(),
+                state: outbox.clone(),
+                clock: clock.clone(),
                 senders: senders.clone(),
                 policy: config.retry.clone(),
                 per_destination: per_destination.clamp(1, concurrency),
@@ -235,7 +242,7 @@ impl Senders {
         }
     }
 
-    async fn send(&self, request: &ActionRequest) -> Result<String, Failure> {
+    async fn send(&self, request: &ActionRequest, now: DateTime<Utc>) -> Result<String, Failure> {
         // Checked when the rule decided it; checked again here, as the store is not trusted.
         request
             .action
@@ -243,8 +250,8 @@ impl Senders {
             .map_err(|err| Failure::permanent(err.to_string()))?;
         match &request.action {
             Action::Email(email) => self.email.send(request, email).await,
-            Action::Sms(sms) => self.sms.send(request, sms).await,
-            Action::Http(http) => self.http.send(request, http).await,
+            Action::Sms(sms) => self.sms.send(request, sms, now).await,
+            Action::Http(http) => self.http.send(request, http, now).await,
         }
     }
 }
@@ -273,7 +280,8 @@ struct Held {
 #[derive(Debug)]
 struct Lane {
     channel: Channel,
-    state: EngineState,
+    state: Outbox,
+    clock: Arc<dyn Clock>,
     senders: Arc<Senders>,
     policy: RetryPolicy,
     per_destination: usize,
@@ -312,10 +320,6 @@ fn forget_if_idle(destinations: &mut HashMap<String, Destination>, destination: 
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -325,6 +329,10 @@ fn jitter(wait: Duration) -> Duration {
 }
 
 impl Lane {
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
     async fn run(self: Arc<Lane>, mut stop: watch::Receiver<bool>) {
         let mut durable = self.state.durable_watch();
         // New items are read after this key; retries come through the store's retry index.
@@ -360,7 +368,7 @@ impl Lane {
             if items.is_empty() {
                 let wait = match self.state.next_action_due(self.channel) {
                     Ok(Some(due)) => Duration::from_millis(
-                        u64::try_from((due - now_ms()).clamp(0, 1000)).unwrap_or(1000),
+                        u64::try_from((due - self.now_ms()).clamp(0, 1000)).unwrap_or(1000),
                     ),
                     _ => Duration::from_secs(1),
                 };
@@ -395,8 +403,8 @@ impl Lane {
     fn next_items(
         &self,
         after: Option<&[u8]>,
-    ) -> Result<(Vec<OutboxItem>, Option<Vec<u8>>), gancho_store::StoreError> {
-        let mut items = self.state.due_actions(self.channel, now_ms(), BATCH)?;
+    ) -> Result<(Vec<OutboxItem>, Option<Vec<u8>>), gancho_state::Error> {
+        let mut items = self.state.due_actions(self.channel, self.now_ms(), BATCH)?;
         let mut last = None;
         if items.len() < BATCH {
             let (fresh, fresh_last) =
@@ -461,7 +469,7 @@ impl Lane {
             return true;
         };
         let mut leased = delivery.clone();
-        leased.next_ms = now_ms().saturating_add(millis(self.lease));
+        leased.next_ms = self.now_ms().saturating_add(millis(self.lease));
         match self.state.action_rescheduled(item, &leased) {
             Ok(()) => true,
             Err(err) => {
@@ -546,14 +554,18 @@ impl Lane {
             }
         }
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(self.send_timeout, self.senders.send(&item.action)).await {
-                Ok(result) => result,
-                Err(_) => Err(Failure::transient(format!(
-                    "no answer within {:?}",
-                    self.send_timeout
-                ))),
-            };
+        let result = match tokio::time::timeout(
+            self.send_timeout,
+            self.senders.send(&item.action, self.clock.now()),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(Failure::transient(format!(
+                "no answer within {:?}",
+                self.send_timeout
+            ))),
+        };
         self.record(item, &result, started.elapsed());
         match result {
             Ok(_) => Outcome::Sent,
@@ -570,7 +582,7 @@ impl Lane {
 
     /// Puts an item aside for `wait` without counting a try.
     fn defer(&self, item: &OutboxItem, wait: Duration) -> bool {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut delivery = item.delivery.clone().unwrap_or(Delivery {
             first_ms: now,
             next_ms: now,
@@ -663,9 +675,9 @@ impl Lane {
         }
     }
 
-    fn failed(&self, item: &OutboxItem, failure: &Failure) -> Result<(), gancho_store::StoreError> {
+    fn failed(&self, item: &OutboxItem, failure: &Failure) -> Result<(), gancho_state::Error> {
         let action = &item.action;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut delivery = item.delivery.clone().unwrap_or(Delivery {
             first_ms: now,
             next_ms: now,

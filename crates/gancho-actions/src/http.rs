@@ -4,6 +4,7 @@
 use std::error::Error as _;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use gancho_core::{ActionRequest, HttpAction};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -64,10 +65,12 @@ impl HttpSender {
         }
     }
 
+    /// Makes the call; `now` stamps its signature and reads an HTTP-date `Retry-After`.
     pub(crate) async fn send(
         &self,
         request: &ActionRequest,
         http: &HttpAction,
+        now: DateTime<Utc>,
     ) -> Result<String, Failure> {
         let url = url::Url::parse(&http.url)
             .map_err(|err| Failure::permanent(format!("bad url {:?}: {err}", http.url)))?;
@@ -103,7 +106,7 @@ impl HttpSender {
             .entry(HeaderName::from_static("idempotency-key"))
             .or_insert(id.clone());
         if let Some(signer) = &self.signer {
-            let timestamp = chrono::Utc::now().timestamp();
+            let timestamp = now.timestamp();
             let signature = signer.sign(&request.id, timestamp, &body);
             headers.insert(HeaderName::from_static("webhook-id"), id);
             headers.insert(
@@ -126,7 +129,7 @@ impl HttpSender {
         if status.is_success() {
             return Ok(format!("http {status}"));
         }
-        let after = retry_after(response.headers());
+        let after = retry_after(response.headers(), now);
         if status.is_redirection() {
             let location = response
                 .headers()
@@ -199,8 +202,8 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(300).collect()
 }
 
-/// `Retry-After` as seconds or as an HTTP date.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` as seconds or as an HTTP date (a wait from `now`).
+pub(crate) fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
@@ -210,7 +213,7 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = when.signed_duration_since(chrono::Utc::now());
+    let wait = when.signed_duration_since(now);
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
@@ -222,6 +225,10 @@ mod tests {
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let retry_after = |headers: &HeaderMap| super::retry_after(headers, now);
         let mut headers = HeaderMap::new();
         assert_eq!(retry_after(&headers), None);
         headers.insert("retry-after", HeaderValue::from_static("120"));
@@ -231,10 +238,10 @@ mod tests {
             HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
         );
         assert_eq!(retry_after(&headers), Some(Duration::ZERO));
-        let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        let later = (now + chrono::Duration::seconds(90)).to_rfc2822();
         headers.insert("retry-after", HeaderValue::from_str(&later).unwrap());
         let wait = retry_after(&headers).unwrap();
-        assert!(wait > Duration::from_secs(80) && wait <= Duration::from_secs(90));
+        assert_eq!(wait, Duration::from_secs(90));
         headers.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
     }

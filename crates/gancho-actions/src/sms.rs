@@ -4,6 +4,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use gancho_core::{ActionRequest, SmsAction};
 use serde::Deserialize;
 
@@ -123,10 +124,12 @@ impl SmsSender {
         &self.destination
     }
 
+    /// Sends the message; `now` reads an HTTP-date `Retry-After` and stamps file lines.
     pub(crate) async fn send(
         &self,
         request: &ActionRequest,
         sms: &SmsAction,
+        now: DateTime<Utc>,
     ) -> Result<String, Failure> {
         match &self.provider {
             Provider::Twilio {
@@ -152,7 +155,7 @@ impl SmsSender {
                     .send()
                     .await
                     .map_err(|err| Failure::transient(format!("twilio: {err}")))?;
-                twilio_outcome(response).await
+                twilio_outcome(response, now).await
             }
             Provider::Vonage {
                 client,
@@ -179,7 +182,7 @@ impl SmsSender {
                     .send()
                     .await
                     .map_err(|err| Failure::transient(format!("vonage: {err}")))?;
-                vonage_outcome(response).await
+                vonage_outcome(response, now).await
             }
             Provider::File(path) => {
                 let line = serde_json::json!({
@@ -187,7 +190,7 @@ impl SmsSender {
                     "rule": request.rule,
                     "to": sms.to,
                     "text": sms.text,
-                    "at": chrono::Utc::now().to_rfc3339(),
+                    "at": now.to_rfc3339(),
                 });
                 let path = path.lock().unwrap_or_else(|e| e.into_inner());
                 let mut text = line.to_string();
@@ -224,9 +227,12 @@ struct TwilioMessage {
 /// message was accepted, and sending it again would send it twice); an error body
 /// `{code, message, more_info, status}` is kept in the failure; 429 and 5xx are transient, and
 /// so are 401 and 403 (credentials being rotated), other 4xx permanent.
-async fn twilio_outcome(response: reqwest::Response) -> Result<String, Failure> {
+async fn twilio_outcome(
+    response: reqwest::Response,
+    now: DateTime<Utc>,
+) -> Result<String, Failure> {
     let status = response.status();
-    let after = retry_after(response.headers());
+    let after = retry_after(response.headers(), now);
     let body = read_capped(response, MAX_REPLY).await;
     if status.is_success() {
         return Ok(match serde_json::from_slice::<TwilioMessage>(&body) {
@@ -283,9 +289,12 @@ fn provider_failure(status: reqwest::StatusCode, message: String) -> Failure {
 /// (throttled), 4 (invalid credentials), 5 (internal error), 9 (quota) and 10 (too many binds)
 /// are worth retrying. A 200 whose body cannot be read counts as sent (sending again could
 /// send twice).
-async fn vonage_outcome(response: reqwest::Response) -> Result<String, Failure> {
+async fn vonage_outcome(
+    response: reqwest::Response,
+    now: DateTime<Utc>,
+) -> Result<String, Failure> {
     let status = response.status();
-    let after = retry_after(response.headers());
+    let after = retry_after(response.headers(), now);
     let body = read_capped(response, MAX_REPLY).await;
     if !status.is_success() {
         return Err(

@@ -5,14 +5,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use gancho_actions::{
     ActionsConfig, ActionsHandle, EmailTransport, RetryPolicy, SmsProvider, sign_webhook,
 };
-use gancho_core::{Action, ActionRequest, EmailAction, HttpAction, SmsAction, action_id};
-use gancho_store::{Change, Store, StoreConfig};
+use gancho_core::{
+    Action, ActionRequest, EmailAction, HttpAction, SmsAction, SystemClock, action_id,
+};
+use gancho_state::{Change, DeadLetter, EngineState, StoreConfig};
 use gancho_testkit::{HttpReceiver, Reply, SmtpServer, SmtpTls, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -26,7 +29,7 @@ fn fixture(path: &str) -> String {
 
 struct World {
     dir: tempfile::TempDir,
-    store: Store,
+    store: EngineState,
     config: ActionsConfig,
     seq: u64,
 }
@@ -34,7 +37,7 @@ struct World {
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
+        let store = EngineState::open(
             &dir.path().join("store"),
             &StoreConfig {
                 fsync: false,
@@ -76,29 +79,34 @@ impl World {
             })
             .collect();
         let changes: Vec<Change> = requests.iter().cloned().map(Change::PutAction).collect();
-        let state = self.store.engine_state();
+        let state = &self.store;
         state.commit(changes, self.seq).unwrap();
         assert!(state.wait_durable(WAIT));
         requests
     }
 
     fn start(&self) -> ActionsHandle {
-        gancho_actions::spawn(&self.store, self.config.clone()).unwrap()
+        gancho_actions::spawn(
+            &self.store.outbox(),
+            Arc::new(SystemClock),
+            self.config.clone(),
+        )
+        .unwrap()
     }
 
     fn pending(&self) -> usize {
-        self.store.engine_state().pending_actions(0).unwrap().len()
+        self.store.outbox().pending_actions(0).unwrap().len()
     }
 
-    fn dead(&self) -> Vec<gancho_store::DeadLetter> {
-        self.store.engine_state().dead_letters(0).unwrap()
+    fn dead(&self) -> Vec<DeadLetter> {
+        self.store.outbox().dead_letters(0).unwrap()
     }
 
     fn wait_settled(&self) {
         assert!(
             wait_until(WAIT, || (self.pending() == 0).then_some(())).is_some(),
             "the outbox did not empty: {:?}",
-            self.store.engine_state().pending_actions(0).unwrap()
+            self.store.outbox().pending_actions(0).unwrap()
         );
     }
 }
@@ -205,7 +213,7 @@ fn smtp_451_twice_then_250_delivers_once_after_three_tries() {
     let executor = world.start();
     // While it waits for its third try, the outbox shows why it failed.
     let seen = wait_until(WAIT, || {
-        let items = world.store.engine_state().pending_actions(0).unwrap();
+        let items = world.store.outbox().pending_actions(0).unwrap();
         items
             .first()
             .and_then(|i| i.delivery.clone())
@@ -438,7 +446,7 @@ fn a_400_goes_to_dead_letters_and_dead_retry_delivers_it_once_fixed() {
     assert!(dead[0].attempts[0].error.contains("bad coupon"));
 
     receiver.set_handler(|_| Reply::status(204));
-    let state = world.store.engine_state();
+    let state = world.store.outbox();
     assert_eq!(
         state
             .retry_dead(Some(&decided[0].id), chrono::Utc::now().timestamp_millis())
@@ -636,7 +644,11 @@ fn a_server_certificate_no_trusted_ca_signed_is_refused() {
     world.config.email.transport = EmailTransport::Smtp { url: smtp.url() };
     world.config.retry.max_attempts = 1;
     world.decide(vec![email("ana@example.com", "Hi", None)]);
-    let executor = match gancho_actions::spawn(&world.store, world.config.clone()) {
+    let executor = match gancho_actions::spawn(
+        &world.store.outbox(),
+        Arc::new(SystemClock),
+        world.config.clone(),
+    ) {
         Ok(executor) => executor,
         // A machine without a system trust store refuses TLS from the start, which is fine.
         Err(err) => {
@@ -675,7 +687,7 @@ fn a_call_past_its_timeout_is_retried_and_a_raw_body_goes_as_is() {
     let seen = wait_until(WAIT, || {
         world
             .store
-            .engine_state()
+            .outbox()
             .pending_actions(0)
             .unwrap()
             .first()

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context, bail};
 use gancho_actions::{ActionsConfig, EmailTransport};
+use gancho_core::SystemClock;
 use gancho_core::{Action, ActionRequest, EmailAction, HttpAction, action_id};
-use gancho_store::{Change, Store, StoreConfig};
+use gancho_state::{Change, EngineState};
+use gancho_store::StoreConfig;
 use hdrhistogram::Histogram;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -171,14 +173,13 @@ fn deliver(
     done: impl Fn() -> bool,
 ) -> anyhow::Result<Duration> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(
+    let state = EngineState::open(
         &dir.path().join("store"),
         &StoreConfig {
             fsync,
             cache_capacity: 256 << 20,
         },
     )?;
-    let state = store.engine_state();
     for (batch, seqs) in (1..=n as u64).collect::<Vec<_>>().chunks(4096).enumerate() {
         let changes: Vec<Change> = seqs
             .iter()
@@ -203,7 +204,7 @@ fn deliver(
     let mut config = ActionsConfig::local(dir.path());
     configure(&mut config);
     let started = Instant::now();
-    let executor = gancho_actions::spawn(&store, config)?;
+    let executor = gancho_actions::spawn(&state.outbox(), Arc::new(SystemClock), config)?;
     while !done() {
         if started.elapsed() > Duration::from_secs(600) {
             bail!("delivery did not finish in 10 minutes");
@@ -212,7 +213,7 @@ fn deliver(
     }
     let took = started.elapsed();
     executor.stop();
-    store.shutdown()?;
+    state.close();
     Ok(took)
 }
 

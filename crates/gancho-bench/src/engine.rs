@@ -16,6 +16,7 @@ use chrono::{TimeZone as _, Utc};
 use gancho_core::ManualClock;
 use gancho_engine::{Engine, EngineConfig};
 use gancho_ingress::{SourceKind, submission_from};
+use gancho_state::EngineState;
 use gancho_store::{Order, Store, StoreConfig, Window};
 use hdrhistogram::Histogram;
 
@@ -27,14 +28,15 @@ pub struct EngineBench {
     pub shipped_only: bool,
 }
 
+fn config(fsync: bool) -> StoreConfig {
+    StoreConfig {
+        fsync,
+        cache_capacity: 512 * 1024 * 1024,
+    }
+}
+
 fn open(path: &Path, fsync: bool) -> anyhow::Result<Store> {
-    Ok(Store::open(
-        path,
-        &StoreConfig {
-            fsync,
-            cache_capacity: 512 * 1024 * 1024,
-        },
-    )?)
+    Ok(Store::open(path, &config(fsync))?)
 }
 
 /// A recipient's events: (type, seconds after the campaign start).
@@ -184,18 +186,24 @@ fn measure_engine(
     // might not (this machine's cache is shared): read it once so both runs start alike.
     warm_page_cache(path)?;
     let store = open(path, fsync)?;
+    let state = EngineState::open(path, &config(fsync))?;
     let clock = Arc::new(ManualClock::new(
         Utc.timestamp_opt(T0, 0).single().context("time")?,
     ));
-    let mut engine = Engine::new(store.clone(), clock, EngineConfig::new(rules))?;
+    let mut engine = Engine::new(
+        store.clone(),
+        state.clone(),
+        clock,
+        EngineConfig::new(rules),
+    )?;
     let start = Instant::now();
     let cpu_before = thread_cpu();
     let processed = engine.run_until_idle(Duration::from_secs(3600))?;
     // Until every decision is applied and on disk.
-    store.engine_state().wait_durable(Duration::from_secs(3600));
+    state.wait_durable(Duration::from_secs(3600));
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_delta(&cpu_before, &thread_cpu());
-    let outbox = store.engine_state().outbox(0)?.len();
+    let outbox = state.decided_actions(0)?.len();
     let errors: u64 = engine.status().rules.iter().map(|r| r.errors).sum();
     println!(
         "engine, {label}: {processed} events in {elapsed:.1} s = {:.0} events/s; {outbox} actions decided, {errors} rule errors",

@@ -13,7 +13,8 @@ use chrono::{TimeZone as _, Utc};
 use gancho_core::{
     Action, ActionRequest, EmailAction, HttpAction, SmsAction, action_id, millis_to_time,
 };
-use gancho_store::{ExpectShape, Expectation, Order, StateValue, Timer, Window, expectation_name};
+use gancho_state::{ExpectShape, Expectation, StateValue, Timer, expectation_name};
+use gancho_store::{Order, Window};
 use rhai::{Dynamic, EvalAltResult, INT, ImmutableString, Map};
 
 use crate::ctx::Ctx;

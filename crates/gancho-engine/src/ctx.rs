@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::HashMap;
 
 use gancho_core::ActionRequest;
-use gancho_store::{Change, ExpectShape, StateValue, Store, StoreError, Timer};
+use gancho_state::{Change, EngineState, ExpectShape, StateValue, Timer};
+use gancho_store::{Store, StoreError};
 
 /// Changes decided but not committed: a rule run's, merged into its batch's when the run
 /// succeeds (a run that fails leaves nothing behind).
@@ -52,6 +53,8 @@ pub(crate) struct Run {
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) store: Store,
+    /// The engine's committed state: rule state, timers, expectations.
+    pub(crate) state: EngineState,
     /// The correlation keys each source has, where known: a query by any other key is an
     /// error rather than a window that is always empty.
     pub(crate) source_keys: Option<BTreeMap<String, BTreeSet<String>>>,
@@ -70,7 +73,7 @@ impl Ctx {
     }
 
     pub(crate) fn state(&mut self, key: &str) -> Result<Option<StateValue>, String> {
-        let store = self.store.clone();
+        let state = self.state.clone();
         let run = self.run()?;
         let id = (run.rule.clone(), key.to_owned());
         let now = run.time_ms;
@@ -78,10 +81,7 @@ impl Ctx {
             Some(v) => v.clone(),
             None => match self.batch.state.get(&id) {
                 Some(v) => v.clone(),
-                None => store
-                    .engine_state()
-                    .state(&id.0, &id.1)
-                    .map_err(|e| e.to_string())?,
+                None => state.state(&id.0, &id.1).map_err(|e| e.to_string())?,
             },
         };
         Ok(found.filter(|v| v.expires_ms.is_none_or(|at| now < at)))
@@ -115,7 +115,7 @@ impl Ctx {
             .or_else(|| self.batch.timers.get(&id));
         match staged {
             Some(timer) => Ok(timer.clone()),
-            None => self.store.engine_state().timer(rule, name),
+            None => self.state.timer(rule, name),
         }
     }
 

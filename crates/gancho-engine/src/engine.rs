@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gancho_core::{Clock, Event, EventId, NewEvent, millis_to_time, time_to_millis};
-use gancho_store::{
-    Change, ExpectShape, Order, Store, StoreError, Submission, Window, expectation_name,
-};
+use gancho_state::{Change, EngineState, ExpectShape, expectation_name};
+use gancho_store::{Order, Store, StoreError, Submission, Window};
 use rhai::{CallFnOptions, Dynamic, Scope};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -144,6 +143,7 @@ struct Counters {
 #[derive(Debug)]
 pub struct Engine {
     store: Store,
+    state: EngineState,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     rhai: rhai::Engine,
@@ -172,15 +172,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the engine on a store and loads the rules. Broken rule files are reported in the
-    /// status and the log; they do not stop the engine.
+    /// Opens the engine on the log (`store`) and its state (`state`) and loads the rules.
+    /// Broken rule files are reported in the status and the log; they do not stop the engine.
     pub fn new(
         store: Store,
+        state: EngineState,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
     ) -> Result<Engine, EngineError> {
         let ctx = Rc::new(RefCell::new(Ctx {
             store: store.clone(),
+            state: state.clone(),
             source_keys: config.source_keys.clone(),
             max_queries: config.limits.max_queries,
             run: None,
@@ -189,10 +191,10 @@ impl Engine {
         }));
         let rhai = api::build(&config.limits, &ctx);
         let mut shapes = Shapes::default();
-        for shape in store.engine_state().expectation_shapes()? {
+        for shape in state.expectation_shapes()? {
             shapes.insert(shape);
         }
-        let mut cursor = store.engine_state().cursor()?;
+        let mut cursor = state.cursor()?;
         let last = store.last_seq()?;
         if cursor > last {
             // Only with fsync off, after a power loss: the log lost its newest events, and
@@ -206,6 +208,7 @@ impl Engine {
         let reader = Reader::new(store.clone());
         let mut engine = Engine {
             store,
+            state,
             clock,
             config,
             rhai,
@@ -365,7 +368,7 @@ impl Engine {
     /// process those events again (under rules that may have changed meanwhile).
     pub fn commit_cursor(&mut self) -> Result<(), EngineError> {
         if self.cursor > self.committed_cursor && self.ctx.borrow().batch.is_empty() {
-            self.store.engine_state().commit(Vec::new(), self.cursor)?;
+            self.state.commit(Vec::new(), self.cursor)?;
             self.committed_cursor = self.cursor;
             self.cursor_committed = Instant::now();
         }
@@ -427,7 +430,7 @@ impl Engine {
         let now_ms = time_to_millis(now);
         let mut events = Vec::new();
         let mut fired = Vec::new();
-        for timer in self.store.engine_state().due_timers(now_ms, 1024)? {
+        for timer in self.state.due_timers(now_ms, 1024)? {
             if self.fired.contains(&timer.uid) {
                 continue;
             }
@@ -462,7 +465,7 @@ impl Engine {
                 None => {
                     // First sight since start: catch up the last tick missed while down (one
                     // late tick, not one per missed period), else wait for the next.
-                    let mark = self.store.engine_state().cron_mark(name)?;
+                    let mark = self.state.cron_mark(name)?;
                     let missed = mark.and_then(|mark| {
                         schedule
                             .last_at_or_before(now_ms)
@@ -559,7 +562,7 @@ impl Engine {
             self.cursor = last;
             return Ok(processed);
         }
-        if let Err(err) = self.store.engine_state().commit(batch.changes, last) {
+        if let Err(err) = self.state.commit(batch.changes, last) {
             // Nothing of the batch is committed: it is processed again on the next step.
             self.shapes_from_store()?;
             return Err(err.into());
@@ -572,7 +575,7 @@ impl Engine {
 
     fn shapes_from_store(&mut self) -> Result<(), EngineError> {
         self.shapes = Shapes::default();
-        for shape in self.store.engine_state().expectation_shapes()? {
+        for shape in self.state.expectation_shapes()? {
             self.shapes.insert(shape);
         }
         Ok(())

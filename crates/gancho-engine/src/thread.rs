@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gancho_core::Clock;
+use gancho_state::EngineState;
 use gancho_store::Store;
 use tracing::{error, info, warn};
 
@@ -60,6 +61,7 @@ impl EngineHandle {
 /// broken rule is reported at start.
 pub fn spawn(
     store: Store,
+    state: EngineState,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
 ) -> Result<EngineHandle, EngineError> {
@@ -73,7 +75,7 @@ pub fn spawn(
             .name("gancho-engine".to_owned())
             .spawn(move || {
                 // rhai's engine is not Send: it is built on this thread.
-                let mut engine = match Engine::new(store.clone(), clock, config) {
+                let mut engine = match Engine::new(store.clone(), state, clock, config) {
                     Ok(engine) => {
                         let _ = ready_tx.send(Ok(()));
                         engine

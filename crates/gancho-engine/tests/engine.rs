@@ -147,14 +147,7 @@ http(#{ url: "not a url" });
     world.append(vec![mailjet("open", "a@example.com", 1, t0())]);
     run(&mut engine);
     assert!(world.outbox().is_empty());
-    assert!(
-        world
-            .store
-            .engine_state()
-            .state("half", "seen")
-            .unwrap()
-            .is_none()
-    );
+    assert!(world.state.state("half", "seen").unwrap().is_none());
     let status = engine.status();
     let half = status.rules.iter().find(|r| r.name == "half").unwrap();
     assert!(
@@ -406,17 +399,10 @@ fn nudge(timer) {
     assert!(world.outbox().is_empty());
     // Dropped for good: no timer is left to fire.
     let far = (t0() + hours(1000)).timestamp_millis();
-    assert!(
-        world
-            .store
-            .engine_state()
-            .due_timers(far, 10)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(world.state.due_timers(far, 10).unwrap().is_empty());
     // Batches that decided nothing commit the cursor lazily; at stop it is committed.
     engine.commit_cursor().unwrap();
-    let state = world.store.engine_state();
+    let state = world.state;
     assert!(state.wait_durable(std::time::Duration::from_secs(10)));
     assert_eq!(state.cursor().unwrap(), last);
 }

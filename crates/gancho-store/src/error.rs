@@ -1,5 +1,3 @@
-use std::path::Path;
-
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -17,8 +15,17 @@ pub enum StoreError {
     /// A record on disk could not be decoded: a bug, or a store written by another version.
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
-    #[error("the store was written by schema version {found}, this build reads version {expected}")]
-    Schema { found: u32, expected: u32 },
+    /// The database was written in a format this build cannot read: by a newer build, or one
+    /// older than the oldest it migrates.
+    #[error(
+        "the {database} database is in format {found}; this build reads formats {oldest} to {current}"
+    )]
+    Format {
+        database: &'static str,
+        found: u32,
+        oldest: u32,
+        current: u32,
+    },
     /// An event too large to be stored (a field over 64 KiB).
     #[error("event too large: {0}")]
     TooLarge(String),
@@ -32,31 +39,4 @@ pub enum StoreError {
     /// The writer thread has stopped (the store is shutting down).
     #[error("the store is shutting down")]
     Closed,
-}
-
-impl StoreError {
-    pub(crate) fn sled(err: sled::Error) -> StoreError {
-        match err {
-            sled::Error::Io(source) => StoreError::Io {
-                what: "storage engine I/O".to_owned(),
-                source,
-            },
-            other => StoreError::Engine(other.to_string()),
-        }
-    }
-
-    pub(crate) fn from_open(path: &Path, err: sled::Error) -> StoreError {
-        match err {
-            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked {
-                    path: path.display().to_string(),
-                }
-            }
-            sled::Error::Io(source) => StoreError::Io {
-                what: format!("opening store at {}", path.display()),
-                source,
-            },
-            other => StoreError::Engine(format!("opening store at {}: {other}", path.display())),
-        }
-    }
 }

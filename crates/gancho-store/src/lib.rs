@@ -1,10 +1,11 @@
 //! The durable store of gancho: the event log with its sequence numbers, the dedup index, the
-//! index by (source, type, correlation key, event time), the quarantine of rejected items, and
-//! the engine's state (cursor, rule state, timers, outbox; see [`EngineState`]).
+//! index by (source, type, correlation key, event time), and the quarantine of rejected items.
+//! The log and its indexes live together because they share dedup and the `indexed` watermark;
+//! the engine's state and the outbox are another crate's (`gancho-state`), on the same [`kv`].
 //!
-//! Only this crate knows sled; no sled type appears in its public API, so another engine can
-//! replace it. It knows nothing of HTTP, scripts or actions, and it never reads the wall clock:
-//! times arrive on the events.
+//! Only this crate knows sled, and within it only [`kv`]: no sled type appears in its public
+//! API, so another engine can replace it. It knows nothing of HTTP, scripts or actions, and it
+//! never reads the wall clock: times arrive on the events.
 //!
 //! A key design decision made here is that all appends go through one writer thread and one
 //! flusher thread ([`Appender`]): the writer deduplicates and writes each group of requests
@@ -16,16 +17,13 @@
 //! would otherwise set the ingest rate; queries merge in the log's unindexed tail, so their
 //! answers are always complete (see `indexer.rs`).
 
-mod cache;
-mod codec;
 mod error;
+pub mod format;
 mod index;
-mod indexer;
-mod outbox;
+pub mod keys;
+pub mod kv;
+mod log;
 mod progress;
-mod query;
-mod state;
-mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -36,13 +34,11 @@ use std::time::Duration;
 use gancho_core::Event;
 
 pub use error::StoreError;
-pub use outbox::{Attempt, DeadLetter, Delivery, OutboxItem};
-pub use query::{EventQuery, KeyFilter, Order, Window};
-pub use state::{
-    Change, EngineState, ExpectShape, Expectation, StateValue, Timer, expectation_name,
-};
-pub use writer::{AppendReport, Appender, Rejected, Submission};
+pub use log::query::{EventQuery, KeyFilter, Order, Window};
+pub use log::writer::{AppendReport, Appender, Rejected, Submission};
 
+use crate::kv::{Db, FileSync, Tree};
+use crate::log::{cache, codec, query, writer};
 use crate::progress::Progress;
 
 /// How the store is opened.
@@ -51,8 +47,16 @@ pub struct StoreConfig {
     /// After sled's flush, also `fdatasync` the log file, so an acknowledged event survives a
     /// power loss and not only a crash of the process. Default: true.
     pub fsync: bool,
-    /// sled's page cache, in bytes. Default: 256 MiB.
+    /// sled's page cache, in bytes, for all the databases of the store folder together (the
+    /// log and its indexes here, the engine's in `gancho-state`). Default: 256 MiB.
     pub cache_capacity: u64,
+}
+
+impl StoreConfig {
+    /// The share of the cache the engine's database gets.
+    pub fn engine_cache(&self) -> u64 {
+        self.cache_capacity / 4
+    }
 }
 
 impl Default for StoreConfig {
@@ -75,16 +79,13 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     /// The log database: log blocks, quarantine, schema. Flushed (and synced) by group commit.
-    log_db: sled::Db,
-    events: sled::Tree,
+    log_db: Db,
+    events: Tree,
     /// The index database: dedup and query indexes and the indexer's watermark. A database of
     /// its own so that the indexer's many small writes neither lengthen the group-commit
     /// flushes of the log nor contend with its writer for sled's batch lock.
-    index_db: sled::Db,
+    index_db: Db,
     index: Arc<index::Index>,
-    /// The engine's database: cursor, rule state, timers, outbox (see `state.rs`).
-    engine: EngineState,
-    engine_db: sled::Db,
     appender: Appender,
     /// Decompressed log blocks, for single-event reads.
     blocks: cache::BlockCache,
@@ -129,52 +130,38 @@ impl Store {
             source,
         })?;
         let (log_path, index_path) = (path.join("log"), path.join("indexes"));
-        let old_index = path.join("index");
-        if old_index.is_dir() {
-            // The indexes of an earlier layout (one sled key per entry): rebuilt from the log.
-            tracing::info!(path = %old_index.display(), "removing indexes of an earlier layout; they are rebuilt from the log");
-            std::fs::remove_dir_all(&old_index).map_err(|source| StoreError::Io {
-                what: format!("removing {}", old_index.display()),
-                source,
-            })?;
-        }
         // The index gets half of the cache: dedup lookups land all over its key space, while
         // the log is written at its end and read near it.
-        let log_db = open_db(&log_path, config.cache_capacity / 4)?;
-        let events = log_db.open_tree("events").map_err(StoreError::sled)?;
-        codec::check_schema(&events)?;
+        let log_db = Db::open(&log_path, config.cache_capacity / 4)?;
+        let events = log_db.tree("events")?;
+        codec::FORMAT.upgrade(&log_db, &events)?;
         let discarded = codec::discard_uncommitted(&events)?;
         if discarded > 0 {
             tracing::warn!(
                 discarded,
                 "discarded the unacknowledged tail of a group a crash interrupted"
             );
-            log_db.flush().map_err(StoreError::sled)?;
+            log_db.flush()?;
         }
-        let index_db = open_db(&index_path, config.cache_capacity / 2)?;
-        let engine_path = path.join("engine");
-        let engine_db = open_db(&engine_path, config.cache_capacity / 4)?;
-        let engine = EngineState::open(engine_db.clone(), &engine_path, config.fsync)?;
-        let index_tree = index_db.open_tree("index").map_err(StoreError::sled)?;
+        let index_db = Db::open(&index_path, config.cache_capacity / 2)?;
+        let index_tree = index_db.tree("index")?;
         let log_sync = if config.fsync {
-            Some(writer::FileSync::open(&log_path)?)
+            Some(FileSync::open(&log_path)?)
         } else {
             None
         };
-        let index_sync = || -> Result<Option<writer::FileSync>, StoreError> {
+        let index_sync = || -> Result<Option<FileSync>, StoreError> {
             match config.fsync {
-                true => writer::FileSync::open(&index_path).map(Some),
+                true => FileSync::open(&index_path).map(Some),
                 false => Ok(None),
             }
         };
         let last_seq = codec::last_seq(&events)?;
-        let watermark = match codec::indexed_seq(&index_tree) {
+        let watermark = match index::indexed_seq(&index_tree) {
             Err(StoreError::Corrupt { .. }) => None,
             other => Some(other?),
         };
-        let condemned = index_tree
-            .contains_key(codec::REBUILD_KEY)
-            .map_err(StoreError::sled)?;
+        let condemned = index_tree.contains_key(index::REBUILD_KEY)?;
         if condemned || watermark.is_none_or(|indexed| indexed > last_seq) {
             // Ahead: only possible with fsync off after a power loss (the log lost its newest
             // events but the index kept entries for them, and those seqs will be reused). Or
@@ -184,14 +171,29 @@ impl Store {
                 last_seq,
                 "the index is ahead of the log or damaged; rebuilding it"
             );
-            clear(&index_tree)?;
+            index_tree.remove_all()?;
         }
-        let (index, index_writer, indexed) = match index::open(index_db.clone(), index_sync()?) {
+        match index::FORMAT.upgrade(&index_db, &index_tree) {
+            // Derived from the log: indexes of a format this build cannot read are rebuilt.
+            Err(StoreError::Format { found, .. }) => {
+                tracing::warn!(found, "the indexes are in another format; rebuilding them");
+                index_tree.remove_all()?;
+                index::FORMAT.upgrade(&index_db, &index_tree)?;
+            }
+            other => drop(other?),
+        }
+        let rule = keys::KEY_RULE;
+        let (index, index_writer, indexed) = match index::open(
+            index_db.clone(),
+            rule,
+            index_sync()?,
+        ) {
             Err(err @ StoreError::Corrupt { .. }) => {
                 // The indexes are derived from the log: rebuild rather than refuse to start.
                 tracing::error!(error = %err, "the indexes are damaged; rebuilding them from the log");
-                clear(&index_tree)?;
-                index::open(index_db.clone(), index_sync()?)?
+                index_tree.remove_all()?;
+                index::FORMAT.upgrade(&index_db, &index_tree)?;
+                index::open(index_db.clone(), rule, index_sync()?)?
             }
             other => other?,
         };
@@ -204,7 +206,7 @@ impl Store {
             Arc::clone(&progress),
         )?;
         let indexer = {
-            let indexer = indexer::Indexer {
+            let indexer = index::indexer::Indexer {
                 events: events.clone(),
                 index: index_writer,
                 progress: Arc::clone(&progress),
@@ -224,8 +226,6 @@ impl Store {
                 events,
                 index_db,
                 index,
-                engine,
-                engine_db,
                 appender: started.appender,
                 blocks: cache::BlockCache::new(256),
                 progress,
@@ -272,10 +272,7 @@ impl Store {
     /// Why the store stopped accepting events, if it failed (a flush or fdatasync error). The
     /// daemon should then exit so that its supervisor restarts it.
     pub fn failure(&self) -> Option<String> {
-        self.inner
-            .progress
-            .failure()
-            .or_else(|| self.inner.engine.failure())
+        self.inner.progress.failure()
     }
 
     /// Waits until the indexes hold every event up to `seq`, or the timeout passes; returns
@@ -301,11 +298,6 @@ impl Store {
             indexed,
             durable,
         )
-    }
-
-    /// The engine's durable state.
-    pub fn engine_state(&self) -> &EngineState {
-        &self.inner.engine
     }
 
     /// Every event with a seq in `from..=to` (durable ones only), in log order.
@@ -395,52 +387,10 @@ impl Store {
             self.inner.progress.stop();
             join(threads.indexer, "indexer");
         }
-        self.inner.engine.close();
-        self.inner.log_db.flush().map_err(StoreError::sled)?;
-        self.inner.index_db.flush().map_err(StoreError::sled)?;
-        self.inner.engine_db.flush().map_err(StoreError::sled)?;
+        self.inner.log_db.flush()?;
+        self.inner.index_db.flush()?;
         Ok(())
     }
-}
-
-/// Opens sled, retrying a lock held for a moment: a store closed in this process releases its
-/// lock only when sled's own background thread lets go of it, shortly after.
-fn open_db(path: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
-    let mut attempts = 0;
-    loop {
-        match sled_config(path, cache_capacity).open() {
-            Ok(db) => return Ok(db),
-            Err(err) => match StoreError::from_open(path, err) {
-                StoreError::Locked { .. } if attempts < 20 => {
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                other => return Err(other),
-            },
-        }
-    }
-}
-
-/// How sled is configured. Its segment size is fixed when a store is created: change it and
-/// existing stores no longer open.
-fn sled_config(path: &Path, cache_capacity: u64) -> sled::Config {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(cache_capacity)
-        .mode(sled::Mode::HighThroughput)
-        // sled writes a page larger than a quarter of a segment to a file of its own, and a
-        // leaf holds up to 16 log blocks: 4 MiB segments keep such leaves in the log.
-        .segment_size(4 * 1024 * 1024)
-}
-
-/// Empties a tree with plain removals: not `Tree::clear`, which would put sled behind its global
-/// lock (see writer.rs).
-fn clear(tree: &sled::Tree) -> Result<(), StoreError> {
-    for key in tree.iter().keys() {
-        tree.remove(key.map_err(StoreError::sled)?)
-            .map_err(StoreError::sled)?;
-    }
-    Ok(())
 }
 
 fn join(thread: JoinHandle<()>, name: &str) {

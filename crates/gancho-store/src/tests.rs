@@ -4,6 +4,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::*;
+use crate::kv::Db;
 
 fn raw(value: serde_json::Value) -> Box<RawValue> {
     RawValue::from_string(value.to_string()).unwrap()
@@ -199,10 +200,7 @@ fn a_second_process_is_told_the_store_is_locked() {
     let _store = open(dir.path());
     // sled's lock is per process (an flock on the file), so a second open in this process
     // would succeed; spawn nothing here and only check the error mapping.
-    let err = StoreError::from_open(
-        dir.path(),
-        sled::Error::Io(std::io::Error::other("could not acquire lock on \"db\"")),
-    );
+    let err = kv::lock_error_for_test(dir.path());
     assert!(matches!(err, StoreError::Locked { .. }));
 }
 
@@ -339,8 +337,8 @@ fn store_two_opens_indexed(dir: &std::path::Path) {
 /// Overwrites, in the closed store in `dir`, every index key starting with `prefix` with
 /// `value`; returns how many there were.
 fn overwrite_index_keys(dir: &std::path::Path, prefix: &[u8], value: &[u8]) -> usize {
-    let db = sled_config(&dir.join("indexes"), 64 << 20).open().unwrap();
-    let tree = db.open_tree("index").unwrap();
+    let db = Db::open(&dir.join("indexes"), 64 << 20).unwrap();
+    let tree = db.tree("index").unwrap();
     let keys: Vec<_> = tree
         .scan_prefix(prefix)
         .keys()
@@ -359,10 +357,8 @@ fn an_index_ahead_of_the_log_is_rebuilt() {
     store_two_opens_indexed(dir.path());
     // Lose the log's newest block, as a power loss with fsync off could.
     {
-        let db = sled_config(&dir.path().join("log"), 64 << 20)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("events").unwrap();
+        let db = Db::open(&dir.path().join("log"), 64 << 20).unwrap();
+        let tree = db.tree("events").unwrap();
         tree.remove(codec::log_key(1)).unwrap();
         db.flush().unwrap();
     }
@@ -396,10 +392,8 @@ fn a_group_cut_short_by_a_crash_is_discarded_whole() {
     // What a crash in the middle of the next group leaves: a block and a quarantined item
     // written, the commit record not.
     {
-        let db = sled_config(&dir.path().join("log"), 64 << 20)
-            .open()
-            .unwrap();
-        let tree = db.open_tree("events").unwrap();
+        let db = Db::open(&dir.path().join("log"), 64 << 20).unwrap();
+        let tree = db.tree("events").unwrap();
         let record = codec::encode_event(&event("open", 2, "b@x", 2)).unwrap();
         tree.insert(codec::log_key(2), codec::encode_block(&[record]))
             .unwrap();
@@ -499,7 +493,7 @@ fn windows_select_by_type_keys_time_and_seq_and_count_without_listing() {
 }
 
 #[test]
-fn damaged_indexes_are_rebuilt_from_the_log_and_an_old_layout_is_replaced() {
+fn damaged_indexes_are_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let by_email = |email: &str| EventQuery {
         source: Some("mailjet".into()),
@@ -512,11 +506,9 @@ fn damaged_indexes_are_rebuilt_from_the_log_and_an_old_layout_is_replaced() {
         limit: 0,
     };
     store_two_opens_indexed(dir.path());
-    // Damage every run record, and leave an index folder of the earlier layout beside.
+    // Damage every run record.
     assert!(overwrite_index_keys(dir.path(), b"R", b"\x07garbage") > 0);
-    std::fs::create_dir_all(dir.path().join("index")).unwrap();
     let store = open(dir.path());
-    assert!(!dir.path().join("index").exists());
     assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
     assert_eq!(store.events(&by_email("a@x")).unwrap().len(), 1);
     // Dedup holds across the rebuild.
@@ -529,7 +521,7 @@ fn an_unreadable_index_watermark_means_a_rebuild_not_a_refusal_to_start() {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
     assert_eq!(
-        overwrite_index_keys(dir.path(), codec::INDEXED_KEY, b"bad"),
+        overwrite_index_keys(dir.path(), index::INDEXED_KEY, b"bad"),
         1
     );
     let store = open(dir.path());

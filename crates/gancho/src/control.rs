@@ -15,12 +15,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use gancho_core::{ActionRequest, Event};
+use gancho_core::{Clock, SystemClock};
 use gancho_engine::{EngineStatus, SharedStatus};
-use gancho_store::{
-    Attempt, DeadLetter, EventQuery, KeyFilter, OutboxItem, Quarantined, Store, StoreConfig,
-    StoreError,
-};
+use gancho_state::{Attempt, DeadLetter, OutboxItem};
+use gancho_store::{EventQuery, KeyFilter, Quarantined, StoreConfig, StoreError};
 use serde::{Deserialize, Serialize};
+
+use crate::data::Data;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
@@ -113,21 +114,17 @@ pub enum Response {
     Error(String),
 }
 
-fn answer(store: &Store, engine: Option<&SharedStatus>, request: &Request) -> Response {
+fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Response {
+    let outbox = data.state.outbox();
     let result = match request {
-        Request::Events(query) => store.events(&query.to_store()).map(Response::Events),
-        Request::Quarantine { limit } => store.quarantine(*limit).map(Response::Quarantine),
-        Request::Outbox { limit } => store
-            .engine_state()
+        Request::Events(query) => data.store.events(&query.to_store()).map(Response::Events),
+        Request::Quarantine { limit } => data.store.quarantine(*limit).map(Response::Quarantine),
+        Request::Outbox { limit } => outbox
             .pending_actions(*limit)
             .map(|items| Response::Outbox(items.into_iter().map(Pending::from).collect())),
-        Request::Dead { limit } => store
-            .engine_state()
-            .dead_letters(*limit)
-            .map(Response::Dead),
-        Request::DeadRetry { id } => store
-            .engine_state()
-            .retry_dead(id.as_deref(), Utc::now().timestamp_millis())
+        Request::Dead { limit } => outbox.dead_letters(*limit).map(Response::Dead),
+        Request::DeadRetry { id } => outbox
+            .retry_dead(id.as_deref(), SystemClock.now().timestamp_millis())
             .map(Response::Retried),
         Request::Rules => Ok(match engine {
             Some(status) => {
@@ -159,16 +156,16 @@ pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result
                 fsync: false,
                 cache_capacity: 64 * 1024 * 1024,
             };
-            let store = match Store::open(store_dir, &config) {
-                Ok(store) => store,
+            let data = match Data::open(store_dir, &config) {
+                Ok(data) => data,
                 Err(StoreError::Locked { path }) => bail!(
                     "the store at {path} is held by a running daemon, but its control socket {} does not answer",
                     socket.display()
                 ),
                 Err(err) => return Err(err).context("opening the store"),
             };
-            let response = answer(&store, None, request);
-            store.shutdown().context("closing the store")?;
+            let response = answer(&data, None, request);
+            data.shutdown().context("closing the store")?;
             Ok(response)
         }
     }
@@ -224,7 +221,7 @@ impl ControlSocket {
     }
 
     /// Answers requests until the task is dropped.
-    pub async fn serve(self, store: Store, engine: SharedStatus) {
+    pub async fn serve(self, data: Data, engine: SharedStatus) {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -234,10 +231,10 @@ impl ControlSocket {
                     continue;
                 }
             };
-            let store = store.clone();
+            let data = data.clone();
             let engine = engine.clone();
             tokio::spawn(async move {
-                if let Err(err) = serve_one(stream, store, engine).await {
+                if let Err(err) = serve_one(stream, data, engine).await {
                     warn!(error = %err, "control request failed");
                 }
             });
@@ -247,7 +244,7 @@ impl ControlSocket {
 
 async fn serve_one(
     stream: tokio::net::UnixStream,
-    store: Store,
+    data: Data,
     engine: SharedStatus,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -257,7 +254,7 @@ async fn serve_one(
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
-            tokio::task::spawn_blocking(move || answer(&store, Some(&engine), &request)).await?
+            tokio::task::spawn_blocking(move || answer(&data, Some(&engine), &request)).await?
         }
         Err(err) => Response::Error(format!("bad request: {err}")),
     };

@@ -7,6 +7,7 @@
 
 mod config;
 mod control;
+mod data;
 mod run;
 
 use std::io::{IsTerminal as _, Write as _};

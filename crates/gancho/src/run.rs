@@ -13,12 +13,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use gancho_core::SystemClock;
 use gancho_ingress::IngressServer;
-use gancho_store::Store;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::control::ControlSocket;
+use crate::data::Data;
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     gancho_ingress::block_on(serve(config))
@@ -31,18 +31,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     create_private_dir(&config.data_dir)?;
     let store_dir = config.store_dir();
-    let store = Store::open(&store_dir, &config.store)
+    let data = Data::open(&store_dir, &config.store)
         .with_context(|| format!("opening the store at {}", store_dir.display()))?;
+    let store = data.store.clone();
     let clock: Arc<dyn gancho_core::Clock> = Arc::new(SystemClock);
     // The engine loads the rules before the port opens: a broken rule is reported at start
     // (and keeps being reported in `gancho rules`), but does not stop the daemon.
-    let engine = gancho_engine::spawn(store.clone(), clock.clone(), config.engine())
-        .context("starting the rule engine")?;
+    let engine = gancho_engine::spawn(
+        store.clone(),
+        data.state.clone(),
+        clock.clone(),
+        config.engine(),
+    )
+    .context("starting the rule engine")?;
     // Actions decided before a restart (and not delivered) go out from here on.
-    let actions = gancho_actions::spawn(&store, config.actions.clone())
-        .context("starting the actions executor")?;
+    let actions =
+        gancho_actions::spawn(&data.state.outbox(), clock.clone(), config.actions.clone())
+            .context("starting the actions executor")?;
     let control = ControlSocket::bind(&config.socket_path())?;
-    let control_task = tokio::spawn(control.serve(store.clone(), engine.shared_status()));
+    let control_task = tokio::spawn(control.serve(data.clone(), engine.shared_status()));
 
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
@@ -60,7 +67,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     notify(&[sd_notify::NotifyState::Ready]);
     let handle = server.handle();
     let mut served = std::pin::pin!(server.wait());
-    let mut store_failed = std::pin::pin!(watch_store(store.clone()));
+    let mut store_failed = std::pin::pin!(watch_store(data.clone()));
     let stopped_early = loop {
         tokio::select! {
             result = &mut served => break Some(result),
@@ -94,13 +101,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || actions.stop())
         .await
         .context("stopping the actions executor")?;
-    let stored = store.shutdown().context("flushing the store");
+    let stored = data.shutdown().context("flushing the store");
     if let Err(err) = &served_result {
         warn!(error = %err, "the HTTP server stopped with an error");
     }
     stored?;
     served_result.context("serving HTTP")?;
-    if let Some(reason) = store.failure() {
+    if let Some(reason) = data.failure() {
         anyhow::bail!("the store failed: {reason}");
     }
     info!("stopped cleanly");
@@ -116,11 +123,11 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 
 /// Resolves once the store reports a failure (it then refuses events): the daemon stops and
 /// exits non-zero, and systemd restarts it on a store that keeps only what reached the disk.
-async fn watch_store(store: Store) -> String {
+async fn watch_store(data: Data) -> String {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tick.tick().await;
-        if let Some(reason) = store.failure() {
+        if let Some(reason) = data.failure() {
             return reason;
         }
     }

@@ -8,11 +8,13 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone as _, Utc};
 use gancho_core::{Action, ActionRequest, EventId, Keys, ManualClock, NewEvent};
 use gancho_engine::{Engine, EngineConfig};
+use gancho_state::EngineState;
 use gancho_store::{Store, StoreConfig, Submission};
 
 pub struct World {
     pub dir: tempfile::TempDir,
     pub store: Store,
+    pub state: EngineState,
     pub clock: Arc<ManualClock>,
     pub rules: PathBuf,
 }
@@ -39,9 +41,10 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let rules = dir.path().join("rules");
         std::fs::create_dir_all(&rules).unwrap();
-        let store = open_store(dir.path());
+        let (store, state) = open_store(dir.path());
         World {
             store,
+            state,
             clock: Arc::new(ManualClock::new(t0())),
             rules,
             dir,
@@ -60,6 +63,7 @@ impl World {
     pub fn engine(&self) -> Engine {
         Engine::new(
             self.store.clone(),
+            self.state.clone(),
             self.clock.clone(),
             EngineConfig::new(&self.rules),
         )
@@ -71,13 +75,17 @@ impl World {
         let World {
             dir,
             store,
+            state,
             clock,
             rules,
         } = self;
+        state.close();
         store.shutdown().unwrap();
-        drop(store);
+        drop((store, state));
+        let (store, state) = open_store(dir.path());
         World {
-            store: open_store(dir.path()),
+            store,
+            state,
             dir,
             clock,
             rules,
@@ -97,7 +105,7 @@ impl World {
     }
 
     pub fn outbox(&self) -> Vec<ActionRequest> {
-        self.store.engine_state().outbox(0).unwrap()
+        self.state.decided_actions(0).unwrap()
     }
 
     pub fn emails_to(&self, to: &str) -> Vec<ActionRequest> {
@@ -112,15 +120,16 @@ pub fn run(engine: &mut Engine) -> usize {
     engine.run_until_idle(Duration::from_secs(10)).unwrap()
 }
 
-fn open_store(path: &Path) -> Store {
-    Store::open(
-        &path.join("store"),
-        &StoreConfig {
-            fsync: false,
-            cache_capacity: 16 * 1024 * 1024,
-        },
+fn open_store(path: &Path) -> (Store, EngineState) {
+    let config = StoreConfig {
+        fsync: false,
+        cache_capacity: 16 * 1024 * 1024,
+    };
+    let dir = path.join("store");
+    (
+        Store::open(&dir, &config).unwrap(),
+        EngineState::open(&dir, &config).unwrap(),
     )
-    .unwrap()
 }
 
 pub fn shipped(name: &str) -> PathBuf {

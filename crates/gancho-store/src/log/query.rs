@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use gancho_core::{Event, time_to_millis};
 
-use crate::codec;
+use super::codec;
 use crate::index::{Index, Scan};
+use crate::keys;
+use crate::kv::Tree;
 use crate::{Quarantined, StoreError};
 
 /// Which events to list. With a source and a type the store answers from its indexes (by key
@@ -36,7 +38,7 @@ pub struct KeyFilter {
 /// began: events after it may be missing from the indexes, so they are read from the log's tail
 /// and merged in.
 pub(crate) fn run(
-    tree: &sled::Tree,
+    tree: &Tree,
     index: &Index,
     query: &EventQuery,
     indexed: u64,
@@ -50,8 +52,8 @@ pub(crate) fn run(
     let mut events = match (&query.source, &query.kind) {
         (Some(source), Some(kind)) => {
             let prefix = match &query.key {
-                Some(key) => codec::key_prefix(source, kind, &key.name, &key.value),
-                None => codec::type_prefix(source, kind),
+                Some(key) => keys::key_prefix(source, kind, &key.name, &key.value),
+                None => keys::type_prefix(source, kind),
             };
             // Index keys are in time order; the answer is by seq. Collect the seqs (cheap: no
             // event is read), keep the newest, then read only those.
@@ -95,14 +97,14 @@ fn indexed_seqs(
 ) -> Result<Vec<u64>, StoreError> {
     let mut start = prefix.to_vec();
     if let Some(since) = since {
-        start.extend_from_slice(&codec::time_key(time_to_millis(since)));
+        start.extend_from_slice(&keys::time_key(time_to_millis(since)));
     }
     let mut end = prefix.to_vec();
     end.extend_from_slice(&[0xff; 16]);
     let mut seqs = Vec::new();
     for entry in index.scan(prefix, &start, &end, false) {
         let (key, _) = entry?;
-        let seq = codec::seq_of_index_key(&key).ok_or_else(|| StoreError::Corrupt {
+        let seq = keys::seq_of_index_key(&key).ok_or_else(|| StoreError::Corrupt {
             key: format!("{key:?}"),
             reason: "index key without a sequence number".to_owned(),
         })?;
@@ -113,7 +115,7 @@ fn indexed_seqs(
     Ok(seqs)
 }
 
-fn read_event(tree: &sled::Tree, seq: u64) -> Result<Event, StoreError> {
+fn read_event(tree: &Tree, seq: u64) -> Result<Event, StoreError> {
     let missing = || StoreError::Corrupt {
         key: format!("L{seq}"),
         reason: "indexed event missing from the log".to_owned(),
@@ -125,7 +127,7 @@ fn read_event(tree: &sled::Tree, seq: u64) -> Result<Event, StoreError> {
 
 /// Walks the log from the newest event back.
 fn by_log(
-    tree: &sled::Tree,
+    tree: &Tree,
     query: &EventQuery,
     limit: usize,
     durable: u64,
@@ -135,7 +137,7 @@ fn by_log(
         .range(codec::log_key(0)..=codec::log_key(durable))
         .rev()
     {
-        let (key, value) = entry.map_err(StoreError::sled)?;
+        let (key, value) = entry?;
         let block = codec::Block::parse(&key, &value)?;
         let records: Vec<_> = block.records().collect();
         for (seq, record) in records.into_iter().rev() {
@@ -164,11 +166,11 @@ fn matches(event: &Event, query: &EventQuery) -> bool {
             .is_none_or(|k| event.keys.get(&k.name) == Some(&k.value))
 }
 
-pub(crate) fn quarantine(tree: &sled::Tree, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
+pub(crate) fn quarantine(tree: &Tree, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
     let limit = if limit == 0 { usize::MAX } else { limit };
     let mut items = Vec::new();
     for entry in tree.scan_prefix([codec::QUARANTINE]).rev().take(limit) {
-        let (_, bytes) = entry.map_err(StoreError::sled)?;
+        let (_, bytes) = entry?;
         items.push(codec::decode_quarantined(&bytes)?);
     }
     items.reverse();
@@ -203,7 +205,7 @@ pub enum Order {
 /// are (up to `limit`). With `keep` false only the count is made: no list is built, so
 /// counting a day of events costs no memory.
 pub(crate) fn window(
-    tree: &sled::Tree,
+    tree: &Tree,
     index: &Index,
     window: &Window,
     (order, limit, keep): (Order, usize, bool),
@@ -213,16 +215,16 @@ pub(crate) fn window(
         return Ok((Vec::new(), 0));
     }
     let (scan_prefix, others) = match window.keys.split_first() {
-        None => (codec::type_prefix(&window.source, &window.kind), &[][..]),
+        None => (keys::type_prefix(&window.source, &window.kind), &[][..]),
         Some(((name, value), others)) => (
-            codec::key_prefix(&window.source, &window.kind, name, value),
+            keys::key_prefix(&window.source, &window.kind, name, value),
             others,
         ),
     };
     // Other keys: the seqs each allows, in the same time range.
     let mut allowed: Vec<std::collections::HashSet<u64>> = Vec::with_capacity(others.len());
     for (name, value) in others {
-        let prefix = codec::key_prefix(&window.source, &window.kind, name, value);
+        let prefix = keys::key_prefix(&window.source, &window.kind, name, value);
         let mut set = std::collections::HashSet::new();
         for entry in time_range(index, &prefix, window.from_ms, window.to_ms, false) {
             let (key, _) = entry?;
@@ -286,9 +288,9 @@ pub(crate) fn window(
 
 fn time_range(index: &Index, prefix: &[u8], from_ms: i64, to_ms: i64, newest_first: bool) -> Scan {
     let mut start = prefix.to_vec();
-    start.extend_from_slice(&codec::time_key(from_ms));
+    start.extend_from_slice(&keys::time_key(from_ms));
     let mut end = prefix.to_vec();
-    end.extend_from_slice(&codec::time_key(to_ms));
+    end.extend_from_slice(&keys::time_key(to_ms));
     end.extend_from_slice(&[0xff; 8]);
     index.scan(prefix, &start, &end, newest_first)
 }
@@ -301,8 +303,8 @@ fn index_time_seq(key: &[u8]) -> Result<(i64, u64), StoreError> {
     let n = key.len();
     let time = key
         .get(n.checked_sub(16).ok_or_else(bad)?..n - 8)
-        .and_then(codec::read_u64)
+        .and_then(keys::read_u64)
         .ok_or_else(bad)?;
-    let seq = codec::read_u64(&key[n - 8..]).ok_or_else(bad)?;
+    let seq = keys::read_u64(&key[n - 8..]).ok_or_else(bad)?;
     Ok(((time ^ (1 << 63)) as i64, seq))
 }

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use super::codec::{self, Block};
 use crate::StoreError;
-use crate::codec::{self, Block};
+use crate::kv::Tree;
 
 #[derive(Debug)]
 pub(crate) struct BlockCache {
@@ -38,11 +39,7 @@ impl BlockCache {
     }
 
     /// The block holding `seq`, from the cache or the tree.
-    pub(crate) fn block(
-        &self,
-        tree: &sled::Tree,
-        seq: u64,
-    ) -> Result<Option<Arc<Block>>, StoreError> {
+    pub(crate) fn block(&self, tree: &Tree, seq: u64) -> Result<Option<Arc<Block>>, StoreError> {
         {
             let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, block)) = inner.blocks.range(..=seq).next_back() {

@@ -15,8 +15,6 @@
 //! watermark), so an id is always in at least one of the two places the writer looks.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -27,8 +25,10 @@ use tokio::sync::oneshot;
 use tracing::{debug, error};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::codec;
+use super::codec;
 use crate::index::Index;
+use crate::keys::{dedup_key, read_u64};
+use crate::kv::{Db, FileSync, Tree};
 use crate::progress::Progress;
 use crate::{Quarantined, StoreError};
 
@@ -78,7 +78,7 @@ impl Prepared {
     fn new(submission: Submission) -> Result<Prepared, StoreError> {
         let mut events = Vec::with_capacity(submission.events.len());
         for event in &submission.events {
-            let dedup_key = codec::dedup_key(&event.source, event.id.as_str());
+            let dedup_key = dedup_key(&event.source, event.id.as_str());
             events.push(PreparedEvent {
                 dedup_hash: xxh3_128(&dedup_key),
                 dedup_key,
@@ -195,8 +195,8 @@ pub(crate) struct Started {
 }
 
 pub(crate) fn start(
-    db: sled::Db,
-    events: sled::Tree,
+    db: Db,
+    events: Tree,
     index: Arc<Index>,
     sync: Option<FileSync>,
     progress: Arc<Progress>,
@@ -225,7 +225,7 @@ pub(crate) fn start(
         .map_err(spawn_err)?;
     let flusher = std::thread::Builder::new()
         .name("gancho-flusher".to_owned())
-        .spawn(move || run_flusher(db, sync, flush_rx, progress))
+        .spawn(move || super::flusher::run_flusher(db, sync, flush_rx, progress))
         .map_err(spawn_err)?;
     Ok(Started {
         appender: Appender { tx },
@@ -235,7 +235,7 @@ pub(crate) fn start(
 }
 
 struct Writer {
-    events: sled::Tree,
+    events: Tree,
     /// Read for the dedup index only.
     index: Arc<Index>,
     next_seq: u64,
@@ -250,15 +250,15 @@ struct Writer {
 }
 
 /// A submission staged into the group's batch, waiting for the flush.
-struct Staged {
-    reply: ReplyTx,
-    report: AppendReport,
+pub(super) struct Staged {
+    pub(super) reply: ReplyTx,
+    pub(super) report: AppendReport,
 }
 
 /// A group applied to the tree, on its way to the disk.
-struct Applied {
-    staged: Vec<Staged>,
-    last_seq: u64,
+pub(super) struct Applied {
+    pub(super) staged: Vec<Staged>,
+    pub(super) last_seq: u64,
 }
 
 impl Writer {
@@ -268,7 +268,7 @@ impl Writer {
         let (pending, order) = (&mut self.pending, &mut self.pending_order);
         codec::for_each_record(&self.events, indexed + 1, last_seq, |seq, record| {
             let view = codec::view_record(seq, record)?;
-            let key = xxh3_128(&codec::dedup_key(view.source, view.id));
+            let key = xxh3_128(&dedup_key(view.source, view.id));
             pending.insert(key, seq);
             order.push_back((seq, key));
             Ok(())
@@ -389,9 +389,7 @@ impl Writer {
     /// last commit record, so a group is either all there after a crash or not at all.
     fn write_group(&self, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
         for (key, value) in writes {
-            self.events
-                .insert(&key[..], &value[..])
-                .map_err(StoreError::sled)?;
+            self.events.insert(&key[..], &value[..])?;
         }
         Ok(())
     }
@@ -400,7 +398,7 @@ impl Writer {
     /// written last, so it was not).
     fn undo_group(&self, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
         for (key, _) in writes.iter().filter(|(k, _)| k != codec::COMMIT_KEY) {
-            self.events.remove(&key[..]).map_err(StoreError::sled)?;
+            self.events.remove(&key[..])?;
         }
         Ok(())
     }
@@ -464,7 +462,7 @@ impl Writer {
             return Ok(Some(*seq));
         }
         match self.index.get(&event.dedup_key) {
-            Ok(found) => Ok(found.and_then(|v| codec::read_u64(&v))),
+            Ok(found) => Ok(found.and_then(|v| read_u64(&v))),
             Err(err @ StoreError::Corrupt { .. }) => {
                 // Dedup cannot be exact any more: stop, and the restart rebuilds the indexes
                 // (`Index::get` marked them).
@@ -489,137 +487,5 @@ fn add_blocks(writes: &mut Vec<(Vec<u8>, Vec<u8>)>, first_seq: u64, records: &[V
             start = i + 1;
             bytes = 0;
         }
-    }
-}
-
-fn run_flusher(
-    db: sled::Db,
-    mut sync: Option<FileSync>,
-    rx: mpsc::Receiver<Applied>,
-    progress: Arc<Progress>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut last_seq = first.last_seq;
-        let mut staged = first.staged;
-        while let Ok(more) = rx.try_recv() {
-            last_seq = last_seq.max(more.last_seq);
-            staged.extend(more.staged);
-        }
-        let started = std::time::Instant::now();
-        let flushed = db.flush().map_err(|err| format!("flush: {err}"));
-        let flush_time = started.elapsed();
-        let durable = flushed.and_then(|_| match &mut sync {
-            Some(sync) => sync.sync(),
-            None => Ok(()),
-        });
-        tracing::trace!(
-            requests = staged.len(),
-            flush_us = flush_time.as_micros() as u64,
-            sync_us = (started.elapsed() - flush_time).as_micros() as u64,
-            "group commit"
-        );
-        match durable {
-            Ok(()) => {
-                progress.durable.fetch_max(last_seq, Ordering::AcqRel);
-                progress.notify();
-                for s in staged {
-                    let _ = s.reply.send(Ok(s.report));
-                }
-            }
-            Err(reason) => {
-                // The events are written but not known to be on disk, and after a failed
-                // fdatasync the kernel may have dropped them while marking them clean: a later
-                // sync succeeding proves nothing. The store stops accepting events; the daemon
-                // exits and is restarted, and the restart keeps only what reached the disk.
-                error!(error = %reason, "making events durable failed; the store stops");
-                progress.fail(&reason);
-                for s in staged {
-                    let _ = s.reply.send(Err(StoreError::Failed(reason.clone())));
-                }
-                break;
-            }
-        }
-    }
-    debug!("store flusher stopped");
-}
-
-/// What must reach the disk, beyond sled's flush, for an event to survive a power loss.
-///
-/// sled's flush writes its log file with `sync_file_range`, which neither waits for the disk's
-/// cache nor persists the file's size: `fdatasync` does both. sled also writes pages larger
-/// than a quarter of a segment (128 KiB by default: a large event with its node) to files of
-/// their own under `blobs/`, and never syncs them; each new blob file and the folder that names
-/// it are synced too.
-#[derive(Debug)]
-pub(crate) struct FileSync {
-    log_file: File,
-    blobs_dir: PathBuf,
-    /// Each blob file (sled names them by log position) with the size it had when synced. A
-    /// blob is synced again whenever its size changed: sled may still be writing one while it
-    /// is listed, and its page becomes part of a later flush.
-    synced_blobs: HashMap<u64, u64>,
-}
-
-impl FileSync {
-    pub(crate) fn open(path: &Path) -> Result<FileSync, StoreError> {
-        let io_err = |what: String| move |source| StoreError::Io { what, source };
-        let log_path = path.join("db");
-        let log_file = File::open(&log_path).map_err(io_err(format!(
-            "opening {} for fdatasync",
-            log_path.display()
-        )))?;
-        // The store's files may have just been created: make their names durable too.
-        File::open(path)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_err(format!("syncing folder {}", path.display())))?;
-        let mut sync = FileSync {
-            log_file,
-            blobs_dir: path.join("blobs"),
-            synced_blobs: HashMap::new(),
-        };
-        sync.sync().map_err(StoreError::Engine)?;
-        Ok(sync)
-    }
-
-    pub(crate) fn sync(&mut self) -> Result<(), String> {
-        self.log_file
-            .sync_data()
-            .map_err(|err| format!("fdatasync: {err}"))?;
-        let entries = match std::fs::read_dir(&self.blobs_dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(format!("listing {}: {err}", self.blobs_dir.display())),
-        };
-        let mut present = HashMap::with_capacity(self.synced_blobs.len());
-        let mut synced_any = false;
-        for entry in entries.flatten() {
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let Ok(file) = File::open(entry.path()) else {
-                // sled removed it meanwhile: its page was rewritten elsewhere.
-                continue;
-            };
-            let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-            if self.synced_blobs.get(&id) != Some(&size) {
-                match file.sync_data() {
-                    Ok(()) => synced_any = true,
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(err) => return Err(format!("fdatasync of blob {id}: {err}")),
-                }
-            }
-            present.insert(id, size);
-        }
-        if synced_any {
-            File::open(&self.blobs_dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(|err| format!("syncing {}: {err}", self.blobs_dir.display()))?;
-        }
-        self.synced_blobs = present;
-        Ok(())
     }
 }

@@ -1,68 +1,39 @@
-//! The layout of the store: the `events` tree of the log database holds `M`, `L` and `Q`; the
-//! index entries `D`, `T` and `K` live in the sorted runs of the index database (`index.rs` has
-//! how runs are stored), beside the `indexed` watermark:
+//! The log's formats: the `events` tree of the log database holds `M`, `L` and `Q` (the index
+//! entries' layouts are in `keys.rs`, how runs are stored in `index/`):
 //!
-//! | prefix | key                                          | value                          | written by |
-//! |--------|----------------------------------------------|--------------------------------|------------|
-//! | `M`    | `schema`                                     | u32 BE version                 | open       |
-//! | `M`    | `commit`                                     | last seq, last quarantine id   | writer     |
-//! | `L`    | seq u64 BE of the block's first event        | a block of events              | writer     |
-//! | `Q`    | quarantine id u64 BE                         | item, JSON                     | writer     |
-//! | `M`    | `indexed` (index database)                   | u64 BE: log indexed up to here | indexer    |
-//! | `D`    | source, event id (an entry of a run)         | seq u64 BE                     | indexer    |
-//! | `T`    | source, type, time, seq (an entry of a run)  | empty                          | indexer    |
-//! | `K`    | source, type, key name, key value, time, seq | empty                          | indexer    |
+//! | prefix | key                                   | value                          | written by |
+//! |--------|---------------------------------------|--------------------------------|------------|
+//! | `M`    | `schema`                              | u32 BE format version          | open       |
+//! | `M`    | `commit`                              | last seq, last quarantine id   | writer     |
+//! | `L`    | seq u64 BE of the block's first event | a block of events              | writer     |
+//! | `Q`    | quarantine id u64 BE                  | item, JSON                     | writer     |
 //!
 //! The log is stored in blocks of consecutive events, one or a few per group commit, because
 //! sled costs about 10 µs per insert whatever its size: one insert per event would cap ingest
 //! near 70k events/s before any index. A block is `[n: u32][end offset of each record: u32 × n]
 //! [records]`, each record one event as JSON, so one event is read without decoding its block.
-//!
-//! Strings in keys are length-prefixed (u32 BE), so a value containing any byte cannot run into
-//! the next field, and a prefix of whole fields selects exactly the entries whose fields are
-//! equal. Times are milliseconds with the sign bit flipped, so byte order is time order.
 
 use gancho_core::{Event, EventId, NewEvent, millis_to_time, time_to_millis};
 use serde_json::value::RawValue;
 
+use crate::format::Format;
+use crate::keys::{read_u32, read_u64};
+use crate::kv::{Bytes, Tree};
 use crate::{Quarantined, StoreError};
 
-pub(crate) const SCHEMA_VERSION: u32 = 1;
-const SCHEMA_KEY: &[u8] = b"Mschema";
-pub(crate) const INDEXED_KEY: &[u8] = b"Mindexed";
-/// In the index database: the indexes were found damaged; the next open rebuilds them.
-pub(crate) const REBUILD_KEY: &[u8] = b"Mrebuild";
+/// The log database's format (see `format.rs`): version 1 is the layout above, from the
+/// first release on.
+pub(crate) const FORMAT: Format = Format {
+    name: "log",
+    key: b"Mschema",
+    current: 1,
+    oldest: 1,
+    steps: &[],
+};
 /// The commit record: the last seq and quarantine id of the last group written whole.
 pub(crate) const COMMIT_KEY: &[u8] = b"Mcommit";
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const QUARANTINE: u8 = b'Q';
-const DEDUP: u8 = b'D';
-pub(crate) const BY_TYPE: u8 = b'T';
-pub(crate) const BY_KEY: u8 = b'K';
-
-pub(crate) fn check_schema(tree: &sled::Tree) -> Result<(), StoreError> {
-    match tree.get(SCHEMA_KEY).map_err(StoreError::sled)? {
-        None => {
-            tree.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
-                .map_err(StoreError::sled)?;
-            Ok(())
-        }
-        Some(v) => {
-            let found = read_u32(&v).ok_or_else(|| StoreError::Corrupt {
-                key: "schema".to_owned(),
-                reason: "not a u32".to_owned(),
-            })?;
-            if found == SCHEMA_VERSION {
-                Ok(())
-            } else {
-                Err(StoreError::Schema {
-                    found,
-                    expected: SCHEMA_VERSION,
-                })
-            }
-        }
-    }
-}
 
 /// The key of the block whose first event has this sequence number.
 pub(crate) fn log_key(seq: u64) -> [u8; 9] {
@@ -75,68 +46,6 @@ pub(crate) fn quarantine_key(id: u64) -> [u8; 9] {
     let mut key = [QUARANTINE; 9];
     key[1..].copy_from_slice(&id.to_be_bytes());
     key
-}
-
-pub(crate) fn dedup_key(source: &str, id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9 + source.len() + id.len());
-    write_key(&mut key, DEDUP, &[source, id]);
-    key
-}
-
-/// The prefix of the by-type index for one (source, type).
-pub(crate) fn type_prefix(source: &str, kind: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9 + source.len() + kind.len() + 16);
-    write_key(&mut key, BY_TYPE, &[source, kind]);
-    key
-}
-
-/// The prefix of the by-key index for one (source, type, key name, key value).
-pub(crate) fn key_prefix(source: &str, kind: &str, name: &str, value: &str) -> Vec<u8> {
-    let mut key =
-        Vec::with_capacity(17 + source.len() + kind.len() + name.len() + value.len() + 16);
-    write_key(&mut key, BY_KEY, &[source, kind, name, value]);
-    key
-}
-
-/// Replaces what `key` holds with a key of this prefix byte and these (length-prefixed) fields.
-fn write_key(key: &mut Vec<u8>, prefix: u8, fields: &[&str]) {
-    key.clear();
-    key.push(prefix);
-    for field in fields {
-        push_str(key, field);
-    }
-}
-
-/// Appends (time, seq) to an index prefix, making the full index key.
-pub(crate) fn push_time_seq(key: &mut Vec<u8>, time_ms: i64, seq: u64) {
-    key.extend_from_slice(&time_key(time_ms));
-    key.extend_from_slice(&seq.to_be_bytes());
-}
-
-pub(crate) fn time_key(time_ms: i64) -> [u8; 8] {
-    ((time_ms as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// The sequence number at the end of an index key.
-pub(crate) fn seq_of_index_key(key: &[u8]) -> Option<u64> {
-    let tail = key.len().checked_sub(8)?;
-    read_u64(&key[tail..])
-}
-
-fn push_str(key: &mut Vec<u8>, s: &str) {
-    // Key values are capped well below 4 GiB by the adapters (gancho_core::MAX_KEY_LEN);
-    // saturate rather than wrap if a caller ever passes more.
-    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
-    key.extend_from_slice(&len.to_be_bytes());
-    key.extend_from_slice(s.as_bytes());
-}
-
-pub(crate) fn read_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-fn read_u32(bytes: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }
 
 /// The record format's version, its first byte.
@@ -282,25 +191,6 @@ pub(crate) fn event_from_view(view: RecordView<'_>) -> Result<Event, StoreError>
     })
 }
 
-/// The index entries of one event, each built in `scratch` and handed to `push` as (key,
-/// value): its dedup entry (value: its seq), its by-type entry and one by-key entry per key.
-pub(crate) fn index_entries(
-    view: &RecordView<'_>,
-    scratch: &mut Vec<u8>,
-    mut push: impl FnMut(&[u8], &[u8]),
-) {
-    write_key(scratch, DEDUP, &[view.source, view.id]);
-    push(scratch, &view.seq.to_be_bytes());
-    write_key(scratch, BY_TYPE, &[view.source, view.kind]);
-    push_time_seq(scratch, view.time_ms, view.seq);
-    push(scratch, &[]);
-    for (name, value) in &view.keys {
-        write_key(scratch, BY_KEY, &[view.source, view.kind, name, value]);
-        push_time_seq(scratch, view.time_ms, view.seq);
-        push(scratch, &[]);
-    }
-}
-
 pub(crate) fn encode_quarantined(item: &Quarantined) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(item).map_err(|err| StoreError::Corrupt {
         key: format!("Q{}", item.id),
@@ -316,13 +206,8 @@ pub(crate) fn decode_quarantined(bytes: &[u8]) -> Result<Quarantined, StoreError
 }
 
 /// The highest id under a one-byte prefix whose keys are `prefix ++ u64 BE`, 0 if none.
-pub(crate) fn last_id(tree: &sled::Tree, prefix: u8) -> Result<u64, StoreError> {
-    match tree
-        .scan_prefix([prefix])
-        .next_back()
-        .transpose()
-        .map_err(StoreError::sled)?
-    {
+pub(crate) fn last_id(tree: &Tree, prefix: u8) -> Result<u64, StoreError> {
+    match tree.scan_prefix([prefix]).next_back().transpose()? {
         Some((key, _)) => read_u64(&key[1..]).ok_or_else(|| StoreError::Corrupt {
             key: format!("{key:?}"),
             reason: "not a sequence key".to_owned(),
@@ -332,13 +217,8 @@ pub(crate) fn last_id(tree: &sled::Tree, prefix: u8) -> Result<u64, StoreError> 
 }
 
 /// The sequence number of the newest event in the log, 0 if it is empty.
-pub(crate) fn last_seq(tree: &sled::Tree) -> Result<u64, StoreError> {
-    match tree
-        .scan_prefix([LOG])
-        .next_back()
-        .transpose()
-        .map_err(StoreError::sled)?
-    {
+pub(crate) fn last_seq(tree: &Tree) -> Result<u64, StoreError> {
+    match tree.scan_prefix([LOG]).next_back().transpose()? {
         Some((key, value)) => {
             let first = key.get(1..).and_then(read_u64);
             match (first, block_len(&value)) {
@@ -361,8 +241,8 @@ pub(crate) fn encode_commit(last_seq: u64, last_qid: u64) -> [u8; 16] {
 }
 
 /// The last group written whole, as (last seq, last quarantine id), if any group was.
-pub(crate) fn read_commit(tree: &sled::Tree) -> Result<Option<(u64, u64)>, StoreError> {
-    match tree.get(COMMIT_KEY).map_err(StoreError::sled)? {
+pub(crate) fn read_commit(tree: &Tree) -> Result<Option<(u64, u64)>, StoreError> {
+    match tree.get(COMMIT_KEY)? {
         None => Ok(None),
         Some(v) => match (
             v.get(..8).and_then(read_u64),
@@ -379,7 +259,7 @@ pub(crate) fn read_commit(tree: &sled::Tree) -> Result<Option<(u64, u64)>, Store
 
 /// Removes what follows the last commit record: the blocks and quarantined items of a group
 /// that a crash interrupted. Nothing of it was acknowledged.
-pub(crate) fn discard_uncommitted(tree: &sled::Tree) -> Result<usize, StoreError> {
+pub(crate) fn discard_uncommitted(tree: &Tree) -> Result<usize, StoreError> {
     let (seq, qid) = read_commit(tree)?.unwrap_or((0, 0));
     let mut removed = 0;
     for (prefix, after) in [
@@ -389,22 +269,12 @@ pub(crate) fn discard_uncommitted(tree: &sled::Tree) -> Result<usize, StoreError
         for entry in tree
             .range(after.to_vec()..=vec![prefix, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
         {
-            let (key, _) = entry.map_err(StoreError::sled)?;
-            tree.remove(key).map_err(StoreError::sled)?;
+            let (key, _) = entry?;
+            tree.remove(key)?;
             removed += 1;
         }
     }
     Ok(removed)
-}
-
-pub(crate) fn indexed_seq(tree: &sled::Tree) -> Result<u64, StoreError> {
-    match tree.get(INDEXED_KEY).map_err(StoreError::sled)? {
-        Some(v) => read_u64(&v).ok_or_else(|| StoreError::Corrupt {
-            key: "indexed".to_owned(),
-            reason: "not a u64".to_owned(),
-        }),
-        None => Ok(0),
-    }
 }
 
 /// The block format's version, its first byte: LZ4-compressed records.
@@ -503,15 +373,11 @@ impl Block {
 }
 
 /// The block holding `seq`, if any, as its (key, value).
-pub(crate) fn find_block(
-    tree: &sled::Tree,
-    seq: u64,
-) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+pub(crate) fn find_block(tree: &Tree, seq: u64) -> Result<Option<(Bytes, Bytes)>, StoreError> {
     let found = tree
         .range(log_key(0)..=log_key(seq))
         .next_back()
-        .transpose()
-        .map_err(StoreError::sled)?;
+        .transpose()?;
     match found {
         Some((key, value)) => {
             let first = key.get(1..).and_then(read_u64).unwrap_or(u64::MAX);
@@ -530,7 +396,7 @@ pub(crate) fn find_block(
 
 /// Calls `f` on every event record with a sequence number in `from..=to`, in order.
 pub(crate) fn for_each_record(
-    tree: &sled::Tree,
+    tree: &Tree,
     from: u64,
     to: u64,
     mut f: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
@@ -544,7 +410,7 @@ pub(crate) fn for_each_record(
         None => log_key(from).to_vec(),
     };
     for entry in tree.range(start..=log_key(to).to_vec()) {
-        let (key, value) = entry.map_err(StoreError::sled)?;
+        let (key, value) = entry?;
         let block = Block::parse(&key, &value)?;
         for (seq, record) in block.records() {
             if seq > to {
@@ -561,6 +427,7 @@ pub(crate) fn for_each_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{dedup_key, index_entries, key_prefix, push_time_seq, time_key, type_prefix};
 
     #[test]
     fn time_keys_sort_like_times() {

@@ -1,6 +1,6 @@
-//! The outbox as the actions executor sees it: decided actions waiting to be delivered, their
-//! delivery records (attempts, next attempt time), and dead letters. Same tree as the engine
-//! state (`state.rs`), other prefixes:
+//! The outbox as the actions executor sees it ([`Outbox`]): decided actions waiting to be
+//! delivered, their delivery records (attempts, next attempt time), and dead letters. Same tree
+//! as the engine state (`schema.rs`), other prefixes:
 //!
 //! | prefix | key                                      | value                                 |
 //! |--------|------------------------------------------|---------------------------------------|
@@ -20,23 +20,36 @@
 //! process within that time, or a power loss, can repeat a delivery.
 
 use gancho_core::{ActionRequest, Channel};
+use gancho_store::StoreError;
+use gancho_store::keys::{read_u64, time_key};
+use gancho_store::kv::Tree;
 use serde::{Deserialize, Serialize};
 
-use crate::StoreError;
-use crate::codec::{self, read_u64};
-use crate::state::{EngineState, corrupt, push_str, to_json};
+use crate::EngineState;
+use crate::applier::lock;
+use crate::schema::{corrupt, push_str, to_json};
 
 pub(crate) const OUTBOX: u8 = b'O';
 const DELIVERY: u8 = b'P';
 const NEXT: u8 = b'N';
 const DEAD: u8 = b'Z';
 
+/// The byte that stands for a channel in every outbox key: the one table of them, which the
+/// key layout and the migrations use. The match is exhaustive, so a new channel cannot be
+/// added without its byte; `channel_bytes_are_distinct` checks that no two share one.
 pub(crate) fn channel_byte(channel: Channel) -> u8 {
     match channel {
         Channel::Email => b'e',
         Channel::Sms => b's',
         Channel::Http => b'h',
     }
+}
+
+/// Whether `byte` stands for a channel.
+pub(crate) fn channel_byte_known(byte: u8) -> bool {
+    Channel::ALL
+        .iter()
+        .any(|&channel| channel_byte(channel) == byte)
 }
 
 /// The `O` key of an action: channel first, so each channel is a range of its own.
@@ -101,7 +114,7 @@ fn next_key(channel_byte: u8, next_ms: i64, suffix: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(10 + suffix.len());
     key.push(NEXT);
     key.push(channel_byte);
-    key.extend_from_slice(&codec::time_key(next_ms));
+    key.extend_from_slice(&time_key(next_ms));
     key.extend_from_slice(suffix);
     key
 }
@@ -125,7 +138,39 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
     serde_json::from_slice(bytes).map_err(|err| corrupt(what, &err.to_string()))
 }
 
+/// The outbox, as the actions executor and operators work it: what is due, what was
+/// delivered, rescheduled or buried, and dead letters put back. It can neither commit a decision
+/// nor move the engine's cursor: a crate given an `Outbox` decides nothing.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    state: EngineState,
+}
+
 impl EngineState {
+    /// The outbox of this database.
+    pub fn outbox(&self) -> Outbox {
+        Outbox {
+            state: self.clone(),
+        }
+    }
+}
+
+impl Outbox {
+    fn tree(&self) -> &Tree {
+        &self.state.tree
+    }
+
+    /// The cursor of the engine's last durable commit: only actions decided at or below it
+    /// may be carried out.
+    pub fn durable_cursor(&self) -> u64 {
+        self.state.durable_cursor()
+    }
+
+    /// Notified with the durable cursor each time it moves.
+    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.durable_watch()
+    }
+
     /// Items of `channel` never tried, decided at or below the durable cursor, after the item
     /// `after` (a key suffix) in decision order, at most `limit`; and the key of the last item
     /// looked at (tried items are looked at and skipped), to read on from. Reads the tree only:
@@ -149,7 +194,7 @@ impl EngineState {
         let mut out = Vec::new();
         let mut last = None;
         for entry in self.tree().range(start..) {
-            let (key, value) = entry.map_err(StoreError::sled)?;
+            let (key, value) = entry?;
             if key.get(..2) != Some(&[OUTBOX, ch][..]) {
                 break;
             }
@@ -158,11 +203,7 @@ impl EngineState {
                 break;
             }
             last = Some(suffix.to_vec());
-            if self
-                .tree()
-                .contains_key(prefixed(DELIVERY, suffix))
-                .map_err(StoreError::sled)?
-            {
+            if self.tree().contains_key(prefixed(DELIVERY, suffix))? {
                 continue;
             }
             match decode("outbox item", &value) {
@@ -194,15 +235,14 @@ impl EngineState {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let ch = channel_byte(channel);
         let end = next_key(ch, now_ms.saturating_add(1), &[]);
-        let _outbox = crate::state::lock(&self.outbox_lock);
+        let _outbox = lock(&self.state.outbox_lock);
         let mut out = Vec::new();
         for entry in self.tree().range(vec![NEXT, ch]..end) {
-            let (key, _) = entry.map_err(StoreError::sled)?;
+            let (key, _) = entry?;
             let suffix = key.get(10..).unwrap_or_default();
             let delivery: Option<Delivery> = match self
                 .tree()
-                .get(prefixed(DELIVERY, suffix))
-                .map_err(StoreError::sled)?
+                .get(prefixed(DELIVERY, suffix))?
                 .map(|v| decode("delivery record", &v))
                 .transpose()
             {
@@ -215,10 +255,7 @@ impl EngineState {
                     continue;
                 }
             };
-            let action = self
-                .tree()
-                .get(prefixed(OUTBOX, suffix))
-                .map_err(StoreError::sled)?;
+            let action = self.tree().get(prefixed(OUTBOX, suffix))?;
             let current = delivery
                 .as_ref()
                 .is_some_and(|d| next_key(ch, d.next_ms, suffix) == key.as_ref());
@@ -256,17 +293,12 @@ impl EngineState {
     /// The item of this key (an [`OutboxItem::key`]) as it is now, with its delivery record;
     /// `None` once it left the outbox.
     pub fn action_item(&self, key: &[u8]) -> Result<Option<OutboxItem>, StoreError> {
-        let Some(action) = self
-            .tree()
-            .get(prefixed(OUTBOX, key))
-            .map_err(StoreError::sled)?
-        else {
+        let Some(action) = self.tree().get(prefixed(OUTBOX, key))? else {
             return Ok(None);
         };
         let delivery = self
             .tree()
-            .get(prefixed(DELIVERY, key))
-            .map_err(StoreError::sled)?
+            .get(prefixed(DELIVERY, key))?
             .map(|v| decode("delivery record", &v))
             .transpose()?;
         Ok(Some(OutboxItem {
@@ -284,8 +316,7 @@ impl EngineState {
             .scan_prefix([NEXT, ch])
             .keys()
             .next()
-            .transpose()
-            .map_err(StoreError::sled)?
+            .transpose()?
         {
             None => Ok(None),
             Some(key) => {
@@ -301,7 +332,7 @@ impl EngineState {
     /// The item was delivered: it leaves the outbox (and dead letters, should a crash have
     /// left it in both).
     pub fn action_delivered(&self, item: &OutboxItem) -> Result<(), StoreError> {
-        let _outbox = crate::state::lock(&self.outbox_lock);
+        let _outbox = lock(&self.state.outbox_lock);
         self.remove(&prefixed(OUTBOX, &item.key))?;
         self.clear_delivery(item)?;
         self.remove(&prefixed(DEAD, &item.key))
@@ -313,7 +344,7 @@ impl EngineState {
         item: &OutboxItem,
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
-        let _outbox = crate::state::lock(&self.outbox_lock);
+        let _outbox = lock(&self.state.outbox_lock);
         self.reschedule(item, delivery)
     }
 
@@ -343,7 +374,7 @@ impl EngineState {
             attempts,
             dead_ms: now_ms,
         };
-        let _outbox = crate::state::lock(&self.outbox_lock);
+        let _outbox = lock(&self.state.outbox_lock);
         self.insert(&prefixed(DEAD, &item.key), &to_json(&dead)?)?;
         self.remove(&prefixed(OUTBOX, &item.key))?;
         self.clear_delivery(item)
@@ -364,13 +395,15 @@ impl EngineState {
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut out = Vec::new();
         for channel in Channel::ALL {
-            for (key, value) in self.scan(&[OUTBOX, channel_byte(channel)], None, limit)? {
+            for (key, value) in self
+                .state
+                .scan(&[OUTBOX, channel_byte(channel)], None, limit)?
+            {
                 let suffix = key.get(1..).unwrap_or_default().to_vec();
                 // Unreadable records are listed as far as they can be, never fail the list.
                 let delivery = self
                     .tree()
-                    .get(prefixed(DELIVERY, &suffix))
-                    .map_err(StoreError::sled)?
+                    .get(prefixed(DELIVERY, &suffix))?
                     .and_then(|v| decode("delivery record", &v).ok());
                 match decode("outbox item", &value) {
                     Ok(action) => out.push(OutboxItem {
@@ -394,7 +427,7 @@ impl EngineState {
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut out: Vec<DeadLetter> = Vec::new();
         for value in self.tree().scan_prefix([DEAD]).values() {
-            let value = value.map_err(StoreError::sled)?;
+            let value = value?;
             // One unreadable letter does not hide the others.
             match decode("dead letter", &value) {
                 Ok(dead) => out.push(dead),
@@ -412,10 +445,10 @@ impl EngineState {
     /// earlier ones are logged as it happens): the one whose action id is `id`, or all of them
     /// when `id` is `None`. Returns how many.
     pub fn retry_dead(&self, id: Option<&str>, now_ms: i64) -> Result<usize, StoreError> {
-        let _outbox = crate::state::lock(&self.outbox_lock);
+        let _outbox = lock(&self.state.outbox_lock);
         let mut revived = 0;
         for entry in self.tree().scan_prefix([DEAD]) {
-            let (key, value) = entry.map_err(StoreError::sled)?;
+            let (key, value) = entry?;
             let dead: DeadLetter = match decode("dead letter", &value) {
                 Ok(dead) => dead,
                 Err(err) => {
@@ -455,14 +488,11 @@ impl EngineState {
     }
 
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tree()
-            .insert(key, value)
-            .map(drop)
-            .map_err(StoreError::sled)
+        self.tree().insert(key, value)
     }
 
     fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.tree().remove(key).map(drop).map_err(StoreError::sled)
+        self.tree().remove(key)
     }
 }
 
@@ -473,8 +503,8 @@ mod tests {
     use gancho_core::{Action, HttpAction, SmsAction};
 
     use super::*;
-    use crate::state::Change;
-    use crate::state::tests::open;
+    use crate::Change;
+    use crate::tests::open;
 
     fn action(seq: u64, position: u32, http: bool) -> ActionRequest {
         ActionRequest {
@@ -502,24 +532,29 @@ mod tests {
     #[test]
     fn items_flow_from_fresh_to_retry_to_dead_and_back() {
         let dir = tempfile::tempdir().unwrap();
-        let state = open(&dir.path().join("engine"));
+        let state = open(dir.path());
+        let outbox = state.outbox();
         let changes: Vec<Change> = [action(1, 0, true), action(1, 1, false), action(2, 0, true)]
             .into_iter()
             .map(Change::PutAction)
             .collect();
         state.commit(changes, 2).unwrap();
         // Not durable yet: nothing to deliver, but listed.
-        assert_eq!(state.pending_actions(0).unwrap().len(), 3);
+        assert_eq!(outbox.pending_actions(0).unwrap().len(), 3);
         assert!(state.wait_durable(std::time::Duration::from_secs(10)));
-        let (fresh, last) = state.fresh_actions(Channel::Http, None, 10).unwrap();
+        let (fresh, last) = outbox.fresh_actions(Channel::Http, None, 10).unwrap();
         assert_eq!(fresh.len(), 2);
         assert_eq!(last.as_ref(), Some(&fresh[1].key));
-        let (after, _) = state
+        let (after, _) = outbox
             .fresh_actions(Channel::Http, Some(&fresh[0].key), 10)
             .unwrap();
         assert_eq!(after, fresh[1..]);
         assert_eq!(
-            state.fresh_actions(Channel::Sms, None, 10).unwrap().0.len(),
+            outbox
+                .fresh_actions(Channel::Sms, None, 10)
+                .unwrap()
+                .0
+                .len(),
             1
         );
 
@@ -534,60 +569,70 @@ mod tests {
                 permanent: false,
             }],
         };
-        state.action_rescheduled(first, &delivery).unwrap();
+        outbox.action_rescheduled(first, &delivery).unwrap();
         // Looked at and skipped: the reader can read on past it.
-        let (fresh_now, last) = state.fresh_actions(Channel::Http, None, 10).unwrap();
+        let (fresh_now, last) = outbox.fresh_actions(Channel::Http, None, 10).unwrap();
         assert_eq!(last.as_ref(), Some(&fresh[1].key));
         assert_eq!(fresh_now.len(), 1);
         assert!(
-            state
+            outbox
                 .due_actions(Channel::Http, 999, 10)
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(state.next_action_due(Channel::Http).unwrap(), Some(1000));
-        let due = state.due_actions(Channel::Http, 1000, 10).unwrap();
+        assert_eq!(outbox.next_action_due(Channel::Http).unwrap(), Some(1000));
+        let due = outbox.due_actions(Channel::Http, 1000, 10).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].delivery.as_ref(), Some(&delivery));
 
         // Fails again, later; then for good.
         let mut again = delivery.clone();
         again.next_ms = 3000;
-        state.action_rescheduled(&due[0], &again).unwrap();
+        outbox.action_rescheduled(&due[0], &again).unwrap();
         assert!(
-            state
+            outbox
                 .due_actions(Channel::Http, 2000, 10)
                 .unwrap()
                 .is_empty()
         );
-        let due = state.due_actions(Channel::Http, 3000, 10).unwrap();
-        state
+        let due = outbox.due_actions(Channel::Http, 3000, 10).unwrap();
+        outbox
             .action_dead(&due[0], again.attempts.clone(), 3000)
             .unwrap();
-        assert_eq!(state.next_action_due(Channel::Http).unwrap(), None);
-        assert_eq!(state.pending_actions(0).unwrap().len(), 2);
-        let dead = state.dead_letters(0).unwrap();
+        assert_eq!(outbox.next_action_due(Channel::Http).unwrap(), None);
+        assert_eq!(outbox.pending_actions(0).unwrap().len(), 2);
+        let dead = outbox.dead_letters(0).unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].action, first.action);
 
         // An unreadable letter beside it hides nothing.
-        state.insert(&[DEAD, b'h', 0xff], b"not json").unwrap();
-        assert_eq!(state.dead_letters(0).unwrap().len(), 1);
+        outbox.insert(&[DEAD, b'h', 0xff], b"not json").unwrap();
+        assert_eq!(outbox.dead_letters(0).unwrap().len(), 1);
 
         // Put back: due at once, then delivered.
-        assert_eq!(state.retry_dead(Some("nope"), 4000).unwrap(), 0);
-        assert_eq!(state.retry_dead(Some(&first.action.id), 4000).unwrap(), 1);
-        assert!(state.dead_letters(0).unwrap().is_empty());
-        let due = state.due_actions(Channel::Http, 4000, 10).unwrap();
+        assert_eq!(outbox.retry_dead(Some("nope"), 4000).unwrap(), 0);
+        assert_eq!(outbox.retry_dead(Some(&first.action.id), 4000).unwrap(), 1);
+        assert!(outbox.dead_letters(0).unwrap().is_empty());
+        let due = outbox.due_actions(Channel::Http, 4000, 10).unwrap();
         assert_eq!(due.len(), 1);
-        state.action_delivered(&due[0]).unwrap();
+        outbox.action_delivered(&due[0]).unwrap();
         assert!(
-            state
+            outbox
                 .due_actions(Channel::Http, i64::MAX - 1, 10)
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(state.pending_actions(0).unwrap().len(), 2);
+        assert_eq!(outbox.pending_actions(0).unwrap().len(), 2);
         state.close();
+    }
+
+    #[test]
+    fn channel_bytes_are_distinct_and_known() {
+        let bytes: std::collections::BTreeSet<u8> =
+            Channel::ALL.iter().map(|&c| channel_byte(c)).collect();
+        assert_eq!(bytes.len(), Channel::ALL.len());
+        assert!(bytes.iter().all(|&b| channel_byte_known(b)));
+        // An old-layout key's second byte is the top byte of a seq.
+        assert!(!channel_byte_known(0));
     }
 }

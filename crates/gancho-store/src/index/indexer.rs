@@ -1,7 +1,7 @@
 //! The indexer: follows the durable log and writes the dedup index and the query indexes.
 //!
 //! Indexing is taken off the acknowledgement path so that a burst is acknowledged as fast as the
-//! log takes it and indexed right after. The indexes are sorted runs (see `index.rs`): each batch
+//! log takes it and indexed right after. The indexes are sorted runs (see `index/mod.rs`): each batch
 //! of events becomes a memory run that readers see at once, and a checkpoint writes the memory
 //! runs out as one disk run in a sled database of the indexes' own (so these writes neither
 //! lengthen the log's group-commit flushes nor take sled's locks from the log's writer). When it
@@ -18,56 +18,31 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
 
+use super::policy::Pacing;
+use super::{Batch, IndexWriter};
 use crate::StoreError;
-use crate::codec;
-use crate::index::{Batch, IndexWriter};
+use crate::keys;
+use crate::kv::Tree;
+use crate::log::codec;
 use crate::progress::Progress;
 
-/// Events indexed per batch (one memory run), between two looks at the log's progress.
-const BATCH_EVENTS: u64 = 2048;
-/// Under a high rate of events, a batch smaller than [`BATCH_EVENTS`] waits this long for more:
-/// when the indexer keeps up, every group commit (a few events) would otherwise make a batch of
-/// its own, and sorting and merging many tiny runs costs more than the entries themselves. It
-/// delays what the engine sees by as much, at most.
-const BATCH_WAIT: Duration = Duration::from_millis(10);
-/// ... the rate (events per second, measured over the last second) from which batches wait.
-/// Below it the CPU is not short, and the engine sees every event as soon as it can.
-const BATCH_WAIT_RATE: u64 = 5_000;
-/// How often the memory runs are written out, the indexes made durable and the persisted
-/// watermark moved. Syncing the index database after every batch would put an fdatasync every
-/// few milliseconds on the disk that the log's group commits wait on (measured: a third of
-/// single-event throughput).
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
-/// ... or once this many entries wait in memory (about 33,000 Mailjet events, some 20 MB),
-/// whichever comes first.
-const CHECKPOINT_ENTRIES: usize = 200_000;
-/// Runs are merged while the indexer trails the log by less than this (a merge is never urgent,
-/// catching up is) ...
-const MERGE_MAX_LAG: u64 = 4 * BATCH_EVENTS;
-/// ... or once there are more disk runs than this: every lookup asks each run's filter.
-const MERGE_ANYWAY_RUNS: usize = 24;
 /// Entries merged between two batches: a slice takes some tens of milliseconds.
 const MERGE_SLICE: usize = 100_000;
 /// After a failed merge, the next one waits this long.
 const MERGE_BACKOFF: Duration = Duration::from_secs(10);
-/// After a failed checkpoint, the next one waits this long ...
+/// After a failed checkpoint, the next one waits this long.
 const CHECKPOINT_BACKOFF: Duration = Duration::from_secs(5);
-/// ... and past this many entries in memory, indexing waits for a checkpoint to succeed
-/// (readers merge the unindexed tail of the log meanwhile), so memory stays bounded.
-const MAX_MEMORY_ENTRIES: usize = 4 * CHECKPOINT_ENTRIES;
-/// Past this many unindexed events, the indexer leaves idle priority until it is back under a
-/// tenth of it.
-const MAX_IDLE_LAG: u64 = 500_000;
 
 pub(crate) struct Indexer {
     /// The log tree, read.
-    pub(crate) events: sled::Tree,
+    pub(crate) events: Tree,
     pub(crate) index: IndexWriter,
     pub(crate) progress: Arc<Progress>,
 }
 
 impl Indexer {
     pub(crate) fn run(mut self) {
+        let pacing = Pacing::DEFAULT;
         let mut idle_priority = set_priority(true);
         // Leaving SCHED_IDLE needs RLIMIT_NICE room an unprivileged service may lack: if that
         // is refused once, it is not tried again.
@@ -92,7 +67,7 @@ impl Indexer {
                 if merging {
                     Duration::ZERO
                 } else {
-                    CHECKPOINT_EVERY
+                    pacing.checkpoint_every
                 },
             );
             let stopping = progress.stopping.load(Ordering::Acquire);
@@ -100,37 +75,37 @@ impl Indexer {
             // At idle priority the indexer yields to every busy process on the host, not only to
             // gancho's ingest; past a large lag it competes normally until it has caught up.
             let lag = durable.saturating_sub(indexed);
-            if idle_priority && can_boost && lag > MAX_IDLE_LAG {
-                idle_priority = !set_priority(false);
-                can_boost = !idle_priority;
-            } else if !idle_priority && lag < MAX_IDLE_LAG / 10 {
-                idle_priority = set_priority(true);
+            match pacing.priority(idle_priority, can_boost, lag) {
+                Some(false) => {
+                    idle_priority = !set_priority(false);
+                    can_boost = !idle_priority;
+                }
+                Some(true) => idle_priority = set_priority(true),
+                None => {}
             }
             if rate_since.elapsed() >= Duration::from_secs(1) {
-                busy = rate_events as f64 / rate_since.elapsed().as_secs_f64()
-                    > BATCH_WAIT_RATE as f64;
+                busy = pacing.busy(rate_events, rate_since.elapsed());
                 (rate_since, rate_events) = (Instant::now(), 0);
             }
-            let gather = busy && durable > indexed && lag < BATCH_EVENTS && !stopping;
-            if gather {
+            if pacing.gather(busy, lag, stopping) {
                 let since = *waiting_since.get_or_insert_with(Instant::now);
-                let left = BATCH_WAIT.saturating_sub(since.elapsed());
+                let left = pacing.batch_wait.saturating_sub(since.elapsed());
                 if !left.is_zero() {
                     progress.wait_until(
                         || {
                             progress.stopping.load(Ordering::Acquire)
                                 || progress.durable.load(Ordering::Acquire)
-                                    >= indexed + BATCH_EVENTS
+                                    >= indexed + pacing.batch_events
                         },
                         left,
                     );
                 }
             }
             let durable = progress.durable.load(Ordering::Acquire);
-            let full = self.index.memory_entries() >= MAX_MEMORY_ENTRIES;
+            let full = pacing.memory_full(self.index.memory_entries());
             if !stopping && durable > indexed && !full {
                 waiting_since = None;
-                let to = durable.min(indexed + BATCH_EVENTS);
+                let to = durable.min(indexed + pacing.batch_events);
                 match self.index_range(indexed + 1, to) {
                     Ok(()) => {
                         rate_events += to - indexed;
@@ -145,9 +120,11 @@ impl Indexer {
                     }
                 }
             }
-            let due = last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-                || self.index.memory_entries() >= CHECKPOINT_ENTRIES
-                || stopping;
+            let due = pacing.checkpoint_due(
+                last_checkpoint.elapsed(),
+                self.index.memory_entries(),
+                stopping,
+            );
             if indexed > checkpointed && due && (Instant::now() >= checkpoint_after || stopping) {
                 match self.index.checkpoint(indexed) {
                     Ok(()) => {
@@ -175,13 +152,12 @@ impl Indexer {
                 .durable
                 .load(Ordering::Acquire)
                 .saturating_sub(indexed);
-            let may_merge = lag < MERGE_MAX_LAG || self.index.disk_runs() > MERGE_ANYWAY_RUNS;
-            if merging && may_merge {
+            if merging && pacing.may_merge(lag, self.index.disk_runs()) {
                 match self.index.merge_step(MERGE_SLICE) {
                     Ok(true) => debug!(runs = self.index.disk_runs(), "index runs merged"),
                     Ok(false) => {}
                     Err(err @ StoreError::Corrupt { .. }) => {
-                        // Marked for a rebuild (see `index.rs`): stop, the restart rebuilds.
+                        // Marked for a rebuild (see `index/mod.rs`): stop, the restart rebuilds.
                         progress.fail(&format!("the indexes are damaged: {err}"));
                         merge_after = Instant::now() + MERGE_BACKOFF;
                     }
@@ -205,7 +181,7 @@ impl Indexer {
         let mut n = 0u64;
         codec::for_each_record(&self.events, from, to, |seq, record| {
             let view = codec::view_record(seq, record)?;
-            codec::index_entries(&view, &mut scratch, |key, value| batch.push(key, value));
+            keys::index_entries(&view, &mut scratch, |key, value| batch.push(key, value));
             n += 1;
             Ok(())
         })?;

@@ -1,0 +1,326 @@
+//! The engine's durable state: its cursor in the log, per-rule state, timers and expectations,
+//! cron marks, and the outbox of decided actions. A sled database of its own (`store/engine`),
+//! written by the engine thread, and by the actions executor for the outbox's delivery records
+//! (`outbox.rs`, other prefixes).
+//!
+//! | prefix | key                                         | value                         |
+//! |--------|---------------------------------------------|-------------------------------|
+//! | `M`    | `cursor`                                    | u64 BE: log processed up to   |
+//! | `S`    | rule, key                                   | [`StateValue`], JSON          |
+//! | `A`    | rule, timer name                            | [`Timer`], JSON               |
+//! | `W`    | due time, rule, timer name                  | empty (timers by due time)    |
+//! | `E`    | source, type, n, name×n, rule, callback     | empty ([`ExpectShape`]s)      |
+//! | `O`    | channel, event seq, rule, position          | [`ActionRequest`], JSON       |
+//! | `R`    | rule                                        | i64 BE: last cron tick, ms    |
+//! | `J`    | commit number, chunk number (`u32::MAX`: marker) | journal of one commit    |
+//!
+//! **Atomic commits without sled transactions.** A commit (every change the engine decided for
+//! a batch of events, and the cursor past them) is first written as a journal: its writes in
+//! chunks of about 32 KiB, then a marker naming the number of chunks. Then its changes are
+//! applied with plain inserts and removes, and once they are durable the journal is removed.
+//! The engine thread only stages a commit (its keys, and its records as they are, in an
+//! in-memory overlay that reads consult first); the applier thread encodes it, writes the
+//! journal and applies it. One write happens outside commits: [`EngineState::due_timers`]
+//! removes a due-time entry that no applied timer refers to (garbage either way). sled
+//! recovers a prefix of the writes made before a crash, so at open either the interrupted
+//! commit's marker is there, and replaying its chunks (idempotent writes) completes the commit,
+//! or it is not, and neither are any of its changes: the cursor is where it was and the batch
+//! is processed again from the same history. sled's `transaction` would do the same but puts every sled
+//! operation in the process behind one global lock (see `writer.rs`).
+//!
+//! This crate owns the engine's database (`store/engine`); the log and its indexes are
+//! `gancho-store`'s, and it reaches the disk only through `gancho_store::kv`. It decides
+//! nothing: the engine hands it changes, and the actions executor gets an [`Outbox`] handle,
+//! which can mark deliveries but not commit a decision. It never reads the wall clock: times
+//! arrive with the calls.
+//!
+//! Modules: `schema` (records and key layouts), `overlay` (committed, not yet applied writes),
+//! `journal` (atomic commits and their recovery), `applier` (the thread that applies and
+//! syncs), `migrate` (format versions), `outbox` (the executor's view).
+
+mod applier;
+mod journal;
+mod migrate;
+mod outbox;
+mod overlay;
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use gancho_core::ActionRequest;
+use gancho_store::StoreError;
+use gancho_store::keys::read_u64;
+use gancho_store::kv::{Db, FileSync, Tree};
+
+use crate::applier::{APPLY_QUEUE, Applier, Shared, apply_loop, lock, sync};
+use crate::overlay::{Slot, Staged};
+use crate::schema::{
+    CRON, CURSOR_KEY, DUE, Fields, SHAPE, corrupt, parse_shape, push_str, stage_change, state_key,
+    timer_key,
+};
+
+pub use crate::outbox::{Attempt, DeadLetter, Delivery, Outbox, OutboxItem};
+pub use crate::schema::{Change, ExpectShape, Expectation, StateValue, Timer, expectation_name};
+pub use gancho_store::StoreConfig;
+pub use gancho_store::StoreError as Error;
+
+/// The engine's state database. Cheap to clone; committed to by one engine thread at a time,
+/// read by the control socket, and its outbox worked by the actions executor.
+#[derive(Debug, Clone)]
+pub struct EngineState {
+    db: Db,
+    tree: Tree,
+    shared: Arc<Shared>,
+    /// The next commit's number (journal records are keyed by it; none survive an open).
+    commits: Arc<AtomicU64>,
+    applier: Arc<Mutex<Option<Applier>>>,
+    /// Serializes the outbox's multi-key updates (executor lanes, `gancho dead retry`).
+    pub(crate) outbox_lock: Arc<Mutex<()>>,
+}
+
+impl EngineState {
+    /// Opens (or creates) the engine's database in `store_dir/engine`, replays the commit a
+    /// crash interrupted, brings an earlier format up to date, and starts the applier thread.
+    /// Fails with [`StoreError::Locked`] when another process has it open.
+    pub fn open(store_dir: &Path, config: &StoreConfig) -> Result<EngineState, StoreError> {
+        let path = store_dir.join("engine");
+        let db = Db::open(&path, config.engine_cache())?;
+        EngineState::open_db(db, &path, config.fsync)
+    }
+
+    fn open_db(db: Db, path: &Path, fsync: bool) -> Result<EngineState, StoreError> {
+        let tree = db.tree("engine")?;
+        let sync = if fsync {
+            Some(FileSync::open(path)?)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared {
+            sync: Mutex::new(sync),
+            overlay: Mutex::new(BTreeMap::new()),
+            failure: Mutex::new(None),
+            durable_commit: AtomicU64::new(0),
+            durable_cursor: AtomicU64::new(0),
+            durable_tx: tokio::sync::watch::Sender::new(0),
+        });
+        let state = EngineState {
+            db,
+            tree,
+            shared,
+            commits: Arc::new(AtomicU64::new(1)),
+            applier: Arc::new(Mutex::new(None)),
+            outbox_lock: Arc::new(Mutex::new(())),
+        };
+        state.recover()?;
+        migrate::FORMAT.upgrade(&state.db, &state.tree)?;
+        let cursor = state.cursor()?;
+        state.shared.durable_cursor.store(cursor, Ordering::Release);
+        state.shared.durable_tx.send_replace(cursor);
+        // At most a few commits wait for the applier: beyond that, committing waits, so the
+        // overlay (memory) stays bounded when the engine outruns sled.
+        let (jobs, rx) = mpsc::sync_channel(APPLY_QUEUE);
+        let thread = {
+            let (db, tree, shared) = (state.db.clone(), state.tree.clone(), state.shared.clone());
+            std::thread::Builder::new()
+                .name("gancho-state".to_owned())
+                .spawn(move || apply_loop(&db, &tree, &shared, &rx))
+                .map_err(|source| StoreError::Io {
+                    what: "starting the engine state thread".to_owned(),
+                    source,
+                })?
+        };
+        *lock(&state.applier) = Some(Applier { jobs, thread });
+        Ok(state)
+    }
+
+    fn apply(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => self.tree.insert(key, v),
+            None => self.tree.remove(key),
+        }
+    }
+
+    /// Makes every write so far durable: flush, and `fdatasync` when the store is configured so.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        sync(&self.db, &self.shared)
+    }
+
+    /// Waits until every commit is applied, makes it durable, and stops the applier thread.
+    pub fn close(&self) {
+        if let Some(applier) = lock(&self.applier).take() {
+            drop(applier.jobs);
+            if applier.thread.join().is_err() {
+                tracing::error!("the engine state thread panicked");
+            }
+        }
+    }
+
+    /// The seq of the last event the engine processed, 0 for none.
+    pub fn cursor(&self) -> Result<u64, StoreError> {
+        match self.get(CURSOR_KEY)? {
+            None => Ok(0),
+            Some(v) => read_u64(&v).ok_or_else(|| corrupt("cursor", "not a u64")),
+        }
+    }
+
+    pub fn state(&self, rule: &str, key: &str) -> Result<Option<StateValue>, StoreError> {
+        self.get_record(&state_key(rule, key))
+    }
+
+    pub fn timer(&self, rule: &str, name: &str) -> Result<Option<Timer>, StoreError> {
+        self.get_record(&timer_key(rule, name))
+    }
+
+    /// Timers due at or before `until_ms`, earliest first, at most `limit`. Call it from the
+    /// thread that commits (the engine's): it drops entries no timer refers to, which a commit
+    /// made meanwhile from another thread could make refer to one again.
+    pub fn due_timers(&self, until_ms: i64, limit: usize) -> Result<Vec<Timer>, StoreError> {
+        let mut end = vec![DUE];
+        end.extend_from_slice(&gancho_store::keys::time_key(until_ms));
+        end.push(0xff);
+        let mut timers = Vec::new();
+        for (key, _) in self.scan(&[DUE], Some(&end), limit)? {
+            let due = key
+                .get(1..9)
+                .and_then(read_u64)
+                .map(|raw| (raw ^ (1 << 63)) as i64);
+            let mut fields = Fields::new(key.get(9..).unwrap_or_default());
+            let (Some(due), Some(rule), Some(name)) = (due, fields.string(), fields.string())
+            else {
+                return Err(corrupt("due timer", "bad key"));
+            };
+            match self.timer(&rule, &name)? {
+                Some(timer) if timer.due_ms == due => timers.push(timer),
+                // An entry no timer refers to (left by a store written before timers were
+                // replaced whole, or by a crash between writes): it goes, outside any commit,
+                // but only when that verdict rests on applied state. While a commit touching
+                // the timer is staged, it may not survive a crash, and the entry with it.
+                _ => {
+                    let staged = {
+                        let overlay = lock(&self.shared.overlay);
+                        overlay.contains_key(&key) || overlay.contains_key(&timer_key(&rule, &name))
+                    };
+                    if !staged {
+                        self.tree.remove(&key)?;
+                    }
+                }
+            }
+        }
+        Ok(timers)
+    }
+
+    /// The earliest due time of any timer.
+    pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        match self.scan(&[DUE], None, 1)?.into_iter().next() {
+            None => Ok(None),
+            Some((key, _)) => {
+                let raw = key
+                    .get(1..9)
+                    .and_then(read_u64)
+                    .ok_or_else(|| corrupt("due timer", "bad key"))?;
+                Ok(Some((raw ^ (1 << 63)) as i64))
+            }
+        }
+    }
+
+    /// Every shape some expectation ever waited on.
+    pub fn expectation_shapes(&self) -> Result<Vec<ExpectShape>, StoreError> {
+        let mut shapes = Vec::new();
+        for (key, _) in self.scan(&[SHAPE], None, usize::MAX)? {
+            shapes.push(
+                parse_shape(&key[1..]).ok_or_else(|| corrupt("expectation shape", "bad key"))?,
+            );
+        }
+        Ok(shapes)
+    }
+
+    pub fn cron_mark(&self, rule: &str) -> Result<Option<i64>, StoreError> {
+        let mut key = vec![CRON];
+        push_str(&mut key, rule);
+        match self.get(&key)? {
+            None => Ok(None),
+            Some(v) => read_u64(&v)
+                .map(|v| Some(v as i64))
+                .ok_or_else(|| corrupt("cron mark", "not a u64")),
+        }
+    }
+
+    /// Actions in the outbox in the order they were decided, the oldest `limit` (0: all).
+    pub fn decided_actions(&self, limit: usize) -> Result<Vec<ActionRequest>, StoreError> {
+        Ok(self
+            .outbox()
+            .pending_actions(limit)?
+            .into_iter()
+            .map(|item| item.action)
+            .collect())
+    }
+
+    /// Notified with the durable cursor each time it moves ([`EngineState::durable_cursor`]).
+    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.durable_tx.subscribe()
+    }
+
+    /// Commits a batch: every change, and the cursor at `cursor`, atomically (see the module
+    /// documentation). The changes are visible to reads at once; the applier thread applies
+    /// them to the tree and makes them durable shortly after ([`EngineState::durable_commit`]).
+    /// A crash before then loses the commit whole, and the engine processes its events again
+    /// from the same history, deciding the same.
+    pub fn commit(&self, changes: Vec<Change>, cursor: u64) -> Result<(), StoreError> {
+        if let Some(reason) = lock(&self.shared.failure).clone() {
+            return Err(StoreError::Failed(reason));
+        }
+        let mut staged: Staged = Vec::with_capacity(changes.len() * 2 + 1);
+        for change in changes {
+            stage_change(change, &mut staged);
+        }
+        staged.push((
+            CURSOR_KEY.to_vec(),
+            Slot::Bytes(cursor.to_be_bytes().to_vec()),
+        ));
+        let commit = self.commits.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut overlay = lock(&self.shared.overlay);
+            for (key, slot) in &staged {
+                overlay.insert(key.clone(), (commit, slot.clone()));
+            }
+        }
+        let sent = lock(&self.applier)
+            .as_ref()
+            .map(|a| a.jobs.send((commit, staged)).is_ok());
+        if sent != Some(true) {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Why the engine state could not be applied or made durable, if so (the daemon then exits
+    /// and restarts, and the journal completes what was committed).
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failure).clone()
+    }
+
+    /// The cursor of the last commit that is durable: actions decided up to this seq survive
+    /// a crash, and only those may be carried out.
+    pub fn durable_cursor(&self) -> u64 {
+        self.shared.durable_cursor.load(Ordering::Acquire)
+    }
+
+    /// Waits until every commit made so far is durable.
+    pub fn wait_durable(&self, timeout: std::time::Duration) -> bool {
+        let target = self.commits.load(Ordering::Acquire).saturating_sub(1);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.shared.durable_commit.load(Ordering::Acquire) < target {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

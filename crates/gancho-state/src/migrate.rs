@@ -1,0 +1,179 @@
+//! The engine database's format and its numbered migrations (the mechanism is
+//! `gancho_store::format`). Each step runs once, when a store of the version before it is
+//! opened, after the journal of an interrupted commit has been replayed.
+//!
+//! | version | layout                                                                        |
+//! |---------|-------------------------------------------------------------------------------|
+//! | 0       | before versions: outbox keys `O` + seq (no channel), one `X` entry per        |
+//! |         | expectation and `Y` shapes without their rule                                 |
+//! | 1       | `O` + channel byte + seq, expectation shapes `E` (see `schema.rs`)            |
+
+use std::collections::BTreeSet;
+
+use gancho_core::ActionRequest;
+use gancho_store::StoreError;
+use gancho_store::format::{Format, Step};
+use gancho_store::kv::Tree;
+
+use crate::outbox::{OUTBOX, channel_byte_known, outbox_key};
+use crate::schema::{ExpectShape, Fields, Timer, corrupt, shape_key, timer_key};
+
+/// An entry per expectation in version 0: source, type, n, (name, value)×n, rule, timer name.
+const OLD_EXPECT: u8 = b'X';
+/// Shapes without their rule in version 0.
+const OLD_SHAPE: u8 = b'Y';
+
+pub(crate) const FORMAT: Format = Format {
+    name: "engine",
+    key: b"Mformat",
+    current: 1,
+    oldest: 0,
+    steps: &[Step {
+        what: "outbox keys by channel; expectations found by their shape",
+        run: step_1,
+    }],
+};
+
+/// Version 0 to 1. Idempotent: a crash in it runs it again at the next open.
+fn step_1(tree: &Tree) -> Result<(), StoreError> {
+    outbox_by_channel(tree)?;
+    expectations_by_shape(tree)
+}
+
+/// Version 0 kept outbox keys by event seq alone (`O`, seq, rule, position): each moves under
+/// its channel. A key whose second byte is already a channel byte (from the channel table) is
+/// in the new layout and stays: an old key's second byte is the top byte of a seq, 0 in
+/// practice. This runs only on a version 0 store, so a channel added later can never be taken
+/// for the old layout.
+fn outbox_by_channel(tree: &Tree) -> Result<(), StoreError> {
+    let mut moved = 0;
+    for entry in tree.scan_prefix([OUTBOX]) {
+        let (key, value) = entry?;
+        if key.get(1).copied().is_some_and(channel_byte_known) {
+            continue;
+        }
+        let action: ActionRequest = serde_json::from_slice(&value)
+            .map_err(|err| corrupt("outbox item", &err.to_string()))?;
+        let new_key = outbox_key(&action);
+        if new_key.as_slice() == key.as_ref() {
+            continue;
+        }
+        // The new key first: a crash in between leaves the item twice, and the step, run
+        // again, moves the old one onto the same key.
+        tree.insert(&new_key, value)?;
+        tree.remove(&key)?;
+        moved += 1;
+    }
+    if moved > 0 {
+        tracing::info!(moved, "moved outbox items to the per-channel layout");
+    }
+    Ok(())
+}
+
+/// Version 0 kept an entry per expectation (`X`) and shapes without their rule (`Y`): each
+/// `X` entry becomes its rule's shape (`E`), then the old entries go.
+fn expectations_by_shape(tree: &Tree) -> Result<(), StoreError> {
+    let mut old = Vec::new();
+    let mut shapes = BTreeSet::new();
+    for entry in tree.scan_prefix([OLD_EXPECT]) {
+        let (key, _) = entry?;
+        if let Some(shape) = old_expectation_shape(tree, &key[1..])? {
+            shapes.insert(shape);
+        }
+        old.push(key);
+    }
+    for entry in tree.scan_prefix([OLD_SHAPE]) {
+        old.push(entry?.0);
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    for shape in &shapes {
+        tree.insert(shape_key(shape), &[][..])?;
+    }
+    tree.flush()?;
+    for key in &old {
+        tree.remove(key)?;
+    }
+    tracing::info!(
+        shapes = shapes.len(),
+        "moved expectations to the per-rule shape layout"
+    );
+    Ok(())
+}
+
+/// The shape of an old expectation entry (source, type, n, (name, value)×n, rule, timer
+/// name), from its timer; `None` when the timer is gone.
+fn old_expectation_shape(tree: &Tree, key: &[u8]) -> Result<Option<ExpectShape>, StoreError> {
+    let bad = || corrupt("expectation", "bad key");
+    let mut fields = Fields::new(key);
+    let source = fields.string().ok_or_else(bad)?;
+    let kind = fields.string().ok_or_else(bad)?;
+    let n = fields.u32().ok_or_else(bad)?;
+    let mut names = Vec::new();
+    for _ in 0..n {
+        names.push(fields.string().ok_or_else(bad)?);
+        fields.string().ok_or_else(bad)?;
+    }
+    let rule = fields.string().ok_or_else(bad)?;
+    let name = fields.string().ok_or_else(bad)?;
+    let timer: Option<Timer> = match tree.get(timer_key(&rule, &name))? {
+        None => None,
+        Some(v) => {
+            Some(serde_json::from_slice(&v).map_err(|err| corrupt("timer", &err.to_string()))?)
+        }
+    };
+    Ok(timer.map(|timer| ExpectShape {
+        source,
+        kind,
+        names,
+        rule,
+        callback: timer.callback,
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Stores of version 0, written the way the earlier builds wrote them.
+
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::schema::push_str;
+
+    /// Writes an `X` entry and a `Y` shape of an expectation on `MessageID` = 42 of rule `r`
+    /// whose timer is `name`.
+    pub(crate) fn write_old_expectation(tree: &Tree, name: &str) {
+        let mut x = vec![OLD_EXPECT];
+        push_str(&mut x, "mailjet");
+        push_str(&mut x, "open");
+        x.extend_from_slice(&1u32.to_be_bytes());
+        push_str(&mut x, "MessageID");
+        push_str(&mut x, "42");
+        push_str(&mut x, "r");
+        push_str(&mut x, name);
+        let mut y = vec![OLD_SHAPE];
+        push_str(&mut y, "mailjet");
+        push_str(&mut y, "open");
+        y.extend_from_slice(&1u32.to_be_bytes());
+        push_str(&mut y, "MessageID");
+        tree.insert(x, &[][..]).unwrap();
+        tree.insert(y, &[][..]).unwrap();
+    }
+
+    /// Writes an outbox item under its version 0 key (`O`, seq, rule, position).
+    pub(crate) fn write_old_outbox_item(tree: &Tree, action: &ActionRequest) {
+        let mut key = vec![OUTBOX];
+        key.extend_from_slice(&action.event_seq.to_be_bytes());
+        push_str(&mut key, &action.rule);
+        key.extend_from_slice(&action.position.to_be_bytes());
+        tree.insert(key, serde_json::to_vec(action).unwrap())
+            .unwrap();
+    }
+
+    pub(crate) fn has_prefix(tree: &Tree, prefix: u8) -> bool {
+        tree.scan_prefix([prefix]).next().is_some()
+    }
+
+    pub(crate) const OLD_PREFIXES: [u8; 2] = [OLD_EXPECT, OLD_SHAPE];
+}

@@ -1,0 +1,284 @@
+#![allow(clippy::unwrap_used)]
+
+use gancho_core::{Action, Channel, SmsAction};
+
+use super::*;
+use crate::applier::encode_writes;
+use crate::journal::{JOURNAL, MARKER, encode_journal, journal_key};
+use crate::migrate::tests::{
+    OLD_PREFIXES, has_prefix, write_old_expectation, write_old_outbox_item,
+};
+
+/// Opens the engine database of the store folder `dir`, without fsync.
+pub(crate) fn open(dir: &Path) -> EngineState {
+    // A store closed in this process lets go of its lock shortly after (sled's own thread).
+    let config = StoreConfig {
+        fsync: false,
+        cache_capacity: 64 << 20,
+    };
+    EngineState::open(dir, &config).unwrap()
+}
+
+fn put(rule: &str, key: &str, v: i64) -> Change {
+    Change::PutState {
+        rule: rule.to_owned(),
+        key: key.to_owned(),
+        value: StateValue {
+            value: serde_json::Value::from(v),
+            expires_ms: None,
+        },
+    }
+}
+
+fn value(state: &EngineState, key: &str) -> Option<serde_json::Value> {
+    state.state("r", key).unwrap().map(|v| v.value)
+}
+
+#[test]
+fn a_commit_interrupted_after_its_journal_record_is_completed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    {
+        let state = open(&path);
+        state.commit(vec![put("r", "a", 1)], 10).unwrap();
+        // A crash after the journal record and the first of the batch's writes.
+        let mut staged = Vec::new();
+        for change in [put("r", "a", 2), put("r", "b", 2)] {
+            stage_change(change, &mut staged);
+        }
+        staged.push((
+            CURSOR_KEY.to_vec(),
+            Slot::Bytes(20u64.to_be_bytes().to_vec()),
+        ));
+        let writes = encode_writes(&staged).unwrap();
+        state
+            .tree
+            .insert(journal_key(99, 0), encode_journal(&writes[..1]))
+            .unwrap();
+        state
+            .tree
+            .insert(journal_key(99, 1), encode_journal(&writes[1..]))
+            .unwrap();
+        state
+            .tree
+            .insert(journal_key(99, MARKER), &2u32.to_be_bytes())
+            .unwrap();
+        // And a later commit that crashed before its marker: dropped, not applied.
+        let mut later = Vec::new();
+        stage_change(put("r", "c", 3), &mut later);
+        state
+            .tree
+            .insert(
+                journal_key(100, 0),
+                encode_journal(&encode_writes(&later).unwrap()),
+            )
+            .unwrap();
+        let (k, v) = &writes[0];
+        state.apply(k, v.as_deref()).unwrap();
+        state.close();
+    }
+    let state = open(&path);
+    assert_eq!(state.cursor().unwrap(), 20);
+    assert_eq!(value(&state, "a"), Some(2.into()));
+    assert_eq!(value(&state, "b"), Some(2.into()));
+    assert_eq!(value(&state, "c"), None);
+    assert_eq!(state.tree.scan_prefix([JOURNAL]).count(), 0);
+}
+
+fn shape() -> ExpectShape {
+    ExpectShape {
+        source: "mailjet".to_owned(),
+        kind: "open".to_owned(),
+        names: vec!["MessageID".to_owned()],
+        rule: "r".to_owned(),
+        callback: "f".to_owned(),
+    }
+}
+
+fn expect_timer(name: &str, due_ms: i64, keys: Option<&str>) -> Timer {
+    Timer {
+        rule: "r".to_owned(),
+        name: name.to_owned(),
+        uid: format!("r/{name}/1.1"),
+        due_ms,
+        callback: "f".to_owned(),
+        data: serde_json::Value::Null,
+        origin_seq: 1,
+        expect: keys.map(|k| Expectation {
+            source: "mailjet".to_owned(),
+            kind: "open".to_owned(),
+            keys: vec![("MessageID".to_owned(), k.to_owned())],
+            from_ms: 0,
+            to_ms: due_ms,
+        }),
+    }
+}
+
+#[test]
+fn timers_are_found_by_due_time_and_by_name_and_deleted_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    let name = expectation_name("mailjet", "open", &[("MessageID", "42")], "f");
+    assert_eq!(name, r#"expect:mailjet.open:[["MessageID","42"]]:f"#);
+    let early = expect_timer("early", -5, None);
+    let late = expect_timer(&name, 500, Some("42"));
+    state
+        .commit(
+            vec![
+                Change::PutTimer(late.clone()),
+                Change::PutTimer(early.clone()),
+                Change::PutShape(shape()),
+            ],
+            1,
+        )
+        .unwrap();
+    assert_eq!(state.next_due().unwrap(), Some(-5));
+    assert_eq!(
+        state.due_timers(0, 10).unwrap(),
+        std::slice::from_ref(&early)
+    );
+    assert_eq!(state.due_timers(500, 10).unwrap(), [early, late.clone()]);
+    assert_eq!(state.timer("r", &name).unwrap(), Some(late.clone()));
+    assert_eq!(state.expectation_shapes().unwrap(), [shape()]);
+    state.commit(vec![Change::DeleteTimer(late)], 2).unwrap();
+    assert_eq!(state.timer("r", &name).unwrap(), None);
+    assert_eq!(state.due_timers(1000, 10).unwrap().len(), 1);
+    assert_eq!(state.scan(&[DUE], None, 10).unwrap().len(), 1);
+    // Set again for later without deleting it: its old entry by due time is dropped when
+    // it comes up, and the timer is due at its new time only.
+    let moved = Timer {
+        due_ms: 700,
+        ..expect_timer("early", -5, None)
+    };
+    state
+        .commit(vec![Change::PutTimer(moved.clone())], 3)
+        .unwrap();
+    assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+    assert_eq!(state.due_timers(0, 10).unwrap(), []);
+    assert_eq!(state.scan(&[DUE], None, 10).unwrap().len(), 1);
+    assert_eq!(state.due_timers(700, 10).unwrap(), [moved]);
+}
+
+/// Makes the closed engine database of `dir` a store written before formats had versions.
+fn forget_format(dir: &Path) {
+    let db = Db::open(&dir.join("engine"), 16 << 20).unwrap();
+    let tree = db.tree("engine").unwrap();
+    tree.remove(migrate::FORMAT.key).unwrap();
+    db.flush().unwrap();
+}
+
+fn sms(seq: u64, position: u32) -> ActionRequest {
+    ActionRequest {
+        id: gancho_core::action_id("r", seq, position),
+        rule: "r".to_owned(),
+        event_seq: seq,
+        position,
+        action: Action::Sms(SmsAction {
+            to: "+34600000001".to_owned(),
+            text: "hi".to_owned(),
+        }),
+    }
+}
+
+#[test]
+fn a_store_of_format_0_is_migrated_once_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = expectation_name("mailjet", "open", &[("MessageID", "42")], "f");
+    let timer = expect_timer(&name, 500, Some("42"));
+    let (old, current) = (sms(1, 0), sms(2, 0));
+    {
+        let state = open(dir.path());
+        state
+            .commit(
+                vec![
+                    Change::PutTimer(timer.clone()),
+                    Change::PutAction(current.clone()),
+                ],
+                2,
+            )
+            .unwrap();
+        // What the layouts of version 0 wrote besides: an expectation entry and a shape
+        // without its rule, and an outbox key without its channel.
+        write_old_expectation(&state.tree, &name);
+        write_old_outbox_item(&state.tree, &old);
+        state.close();
+    }
+    forget_format(dir.path());
+    for _ in 0..2 {
+        let state = open(dir.path());
+        assert_eq!(state.expectation_shapes().unwrap(), [shape()]);
+        assert_eq!(state.timer("r", &name).unwrap(), Some(timer.clone()));
+        assert!(!OLD_PREFIXES.iter().any(|&p| has_prefix(&state.tree, p)));
+        assert_eq!(
+            state.decided_actions(0).unwrap(),
+            [old.clone(), current.clone()]
+        );
+        assert_eq!(
+            state.tree.get(migrate::FORMAT.key).unwrap().as_deref(),
+            Some(&1u32.to_be_bytes()[..])
+        );
+        state.close();
+    }
+}
+
+#[test]
+fn no_outbox_item_is_lost_at_open_whatever_its_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut items: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    {
+        let state = open(dir.path());
+        let actions: Vec<Change> = (1..=3).map(|seq| Change::PutAction(sms(seq, 0))).collect();
+        state.commit(actions, 3).unwrap();
+        assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+        // An item of a channel this build does not know (one a later build adds), under a
+        // byte no channel has: a format upgrade must not take it for an old layout.
+        let mut key = vec![b'O', b'x'];
+        key.extend_from_slice(&4u64.to_be_bytes());
+        state.tree.insert(&key, &b"{}"[..]).unwrap();
+        for entry in state.tree.scan_prefix([b'O']) {
+            let (k, v) = entry.unwrap();
+            items.push((k.to_vec(), v.to_vec()));
+        }
+        state.close();
+    }
+    assert_eq!(items.len(), 4);
+    for channel in Channel::ALL {
+        assert!(outbox::channel_byte_known(outbox::channel_byte(channel)));
+    }
+    for _ in 0..3 {
+        let state = open(dir.path());
+        let now: Vec<(Vec<u8>, Vec<u8>)> = state
+            .tree
+            .scan_prefix([b'O'])
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        assert_eq!(now, items);
+        state.close();
+    }
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).close();
+    {
+        let db = Db::open(&dir.path().join("engine"), 16 << 20).unwrap();
+        let tree = db.tree("engine").unwrap();
+        tree.insert(migrate::FORMAT.key, &2u32.to_be_bytes()[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let config = StoreConfig {
+        fsync: false,
+        cache_capacity: 16 << 20,
+    };
+    let err = EngineState::open(dir.path(), &config).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("engine database is in format 2; this build reads formats 0 to 1"),
+        "{err}"
+    );
+}

@@ -1,0 +1,214 @@
+//! Disk blocks of a run: `[n: u32][offset of each entry: u32 × n][entries]`, an entry being
+//! `[shared: u32][suffix length: u32][suffix][value length: u32][value]`: its key is the first
+//! `shared` bytes of the block's first key (held whole by entry 0), then the suffix. Any entry
+//! decodes on its own, so a block is binary-searched in place without decoding it.
+
+use std::cmp::Ordering;
+use std::ops::Range;
+
+use super::{corrupt, read_u32};
+use crate::StoreError;
+use crate::kv::Bytes;
+
+/// A block is closed once its encoded entries pass this size.
+const BLOCK_BYTES: usize = 4096;
+
+// ---------------------------------------------------------------------------------------------
+// Blocks: `[n: u32][offset of each entry: u32 × n][entries]`, an entry being
+// `[shared: u32][suffix length: u32][suffix][value length: u32][value]`: its key is the first
+// `shared` bytes of the block's first key (held whole by entry 0), then the suffix. Any entry
+// decodes on its own, so a block is binary-searched without decoding it.
+
+#[derive(Debug, Default)]
+pub(super) struct BlockBuilder {
+    offsets: Vec<u32>,
+    data: Vec<u8>,
+    first: Vec<u8>,
+    last: Vec<u8>,
+}
+
+impl BlockBuilder {
+    pub(super) fn add(&mut self, key: &[u8], value: &[u8]) {
+        let shared = if self.offsets.is_empty() {
+            self.first = key.to_vec();
+            0
+        } else {
+            self.first
+                .iter()
+                .zip(key)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        self.offsets.push(len32(self.data.len()));
+        self.data.extend_from_slice(&len32(shared).to_be_bytes());
+        self.data
+            .extend_from_slice(&len32(key.len() - shared).to_be_bytes());
+        self.data.extend_from_slice(&key[shared..]);
+        self.data
+            .extend_from_slice(&len32(value.len()).to_be_bytes());
+        self.data.extend_from_slice(value);
+        self.last.clear();
+        self.last.extend_from_slice(key);
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.data.len() >= BLOCK_BYTES
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// The encoded block and its last key; the builder is empty again.
+    pub(super) fn finish(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let mut out = Vec::with_capacity(4 + 4 * self.offsets.len() + self.data.len());
+        out.extend_from_slice(&len32(self.offsets.len()).to_be_bytes());
+        for offset in &self.offsets {
+            out.extend_from_slice(&offset.to_be_bytes());
+        }
+        out.extend_from_slice(&self.data);
+        self.offsets.clear();
+        self.data.clear();
+        (out, std::mem::take(&mut self.last))
+    }
+}
+
+/// Index keys are capped far below 4 GiB (`gancho_core::MAX_KEY_LEN`); saturate rather than wrap.
+pub(super) fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A decoded view of a block held by sled.
+#[derive(Debug, Clone)]
+pub(super) struct Block {
+    pub(super) bytes: Bytes,
+    pub(super) n: usize,
+    /// Where the entries start.
+    data: usize,
+    /// Where the first key (entry 0's suffix) lies in `bytes`.
+    first: Range<usize>,
+    /// The run it belongs to, for error messages.
+    run: u64,
+}
+
+impl Block {
+    pub(super) fn parse(run: u64, bytes: Bytes) -> Result<Block, StoreError> {
+        let n = bytes
+            .get(..4)
+            .and_then(read_u32)
+            .map(|n| n as usize)
+            .ok_or_else(|| corrupt(run, "block without a count"))?;
+        let data = n
+            .checked_mul(4)
+            .and_then(|x| x.checked_add(4))
+            .filter(|&d| d <= bytes.len() && n > 0)
+            .ok_or_else(|| corrupt(run, "block shorter than its offsets"))?;
+        let mut block = Block {
+            bytes,
+            n,
+            data,
+            first: 0..0,
+            run,
+        };
+        let (shared, first, _) = block.ranges(0)?;
+        if shared != 0 {
+            return Err(corrupt(run, "a block's first key shares a prefix"));
+        }
+        block.first = first;
+        Ok(block)
+    }
+
+    /// Entry `i`: the length of the first key's prefix it shares, and where its key's suffix
+    /// and its value lie.
+    pub(super) fn ranges(
+        &self,
+        i: usize,
+    ) -> Result<(usize, Range<usize>, Range<usize>), StoreError> {
+        let bad = || corrupt(self.run, "entry out of its block");
+        if i >= self.n {
+            return Err(bad());
+        }
+        let at = 4 + 4 * i;
+        let offset = self
+            .bytes
+            .get(at..at + 4)
+            .and_then(read_u32)
+            .ok_or_else(bad)? as usize;
+        let mut r = self.data.checked_add(offset).ok_or_else(bad)?;
+        let mut take = |len: usize| -> Result<Range<usize>, StoreError> {
+            let end = r.checked_add(len).filter(|&e| e <= self.bytes.len());
+            let range = r..end.ok_or_else(bad)?;
+            r = range.end;
+            Ok(range)
+        };
+        let word = |range: Range<usize>| read_u32(&self.bytes[range]).map(|n| n as usize);
+        let shared = word(take(4)?).ok_or_else(bad)?;
+        let suffix_len = word(take(4)?).ok_or_else(bad)?;
+        let suffix = take(suffix_len)?;
+        let value_len = word(take(4)?).ok_or_else(bad)?;
+        let value = take(value_len)?;
+        if shared > self.first.len() && i > 0 {
+            return Err(corrupt(self.run, "shared prefix longer than the first key"));
+        }
+        Ok((shared, suffix, value))
+    }
+
+    /// Entry `i`'s key as the shared head of the first key and its own suffix.
+    pub(super) fn key_parts(&self, i: usize) -> Result<(&[u8], &[u8]), StoreError> {
+        let (shared, suffix, _) = self.ranges(i)?;
+        let head = &self.bytes[self.first.start..self.first.start + shared];
+        Ok((head, &self.bytes[suffix]))
+    }
+
+    /// Compares entry `i`'s key with `target`, without building the key.
+    pub(super) fn cmp(&self, i: usize, target: &[u8]) -> Result<Ordering, StoreError> {
+        let (head, suffix) = self.key_parts(i)?;
+        let n = head.len().min(target.len());
+        match head[..n].cmp(&target[..n]) {
+            Ordering::Equal => {}
+            other => return Ok(other),
+        }
+        if target.len() <= head.len() {
+            return Ok(if head.len() + suffix.len() > target.len() {
+                Ordering::Greater
+            } else {
+                Ordering::Equal
+            });
+        }
+        Ok(suffix.cmp(&target[head.len()..]))
+    }
+
+    pub(super) fn value(&self, i: usize) -> Result<&[u8], StoreError> {
+        let (_, _, value) = self.ranges(i)?;
+        Ok(&self.bytes[value])
+    }
+
+    /// The first entry whose key is at least (`strict`: more than) `target`.
+    pub(super) fn seek(&self, target: &[u8], strict: bool) -> Result<usize, StoreError> {
+        first_not_before(self.n, strict, |i| self.cmp(i, target))
+    }
+}
+
+/// Binary search over `n` sorted entries: the first whose comparison with a target (`cmp(i)`:
+/// entry `i` against it) is not `Less` (`strict`: is `Greater`).
+pub(super) fn first_not_before<E>(
+    n: usize,
+    strict: bool,
+    mut cmp: impl FnMut(usize) -> Result<Ordering, E>,
+) -> Result<usize, E> {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let before = match cmp(mid)? {
+            Ordering::Less => true,
+            Ordering::Equal => strict,
+            Ordering::Greater => false,
+        };
+        if before {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}

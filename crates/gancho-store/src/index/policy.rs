@@ -1,0 +1,233 @@
+//! Decisions of the indexes, as pure functions of what they are given, so that each is a table
+//! of cases in a unit test: which runs to merge, and how the indexer paces itself (when a batch
+//! waits for more events, when to checkpoint, when a merge may run, at which priority). The
+//! callers act on them; nothing here reads a clock or touches a run.
+
+use std::time::Duration;
+
+/// Runs in one size tier that trigger a merge of that tier.
+pub(crate) const MERGE_WIDTH: usize = 4;
+
+/// A run's size tier: size classes of factor 4 by entry count.
+pub(crate) fn tier(entries: u64) -> u32 {
+    (64 - entries.leading_zeros()) / 2
+}
+
+/// Which disk runs (given by their entry counts, oldest first) to merge next: those of the
+/// smallest tier that holds at least [`MERGE_WIDTH`] runs, oldest first, at most twice that
+/// many. `None` when no tier is full.
+pub(crate) fn merge_choice(sizes: &[u64]) -> Option<Vec<usize>> {
+    let mut tiers: Vec<u32> = sizes.iter().map(|&n| tier(n)).collect();
+    tiers.sort_unstable();
+    tiers.dedup();
+    tiers.into_iter().find_map(|t| {
+        let runs: Vec<usize> = (0..sizes.len())
+            .filter(|&i| tier(sizes[i]) == t)
+            .take(2 * MERGE_WIDTH)
+            .collect();
+        (runs.len() >= MERGE_WIDTH).then_some(runs)
+    })
+}
+
+/// How the indexer paces itself; the daemon's values are [`Pacing::DEFAULT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pacing {
+    /// Events indexed per batch (one memory run), between two looks at the log's progress.
+    pub(crate) batch_events: u64,
+    /// Under a high rate of events, a batch smaller than `batch_events` waits this long for
+    /// more: when the indexer keeps up, every group commit (a few events) would otherwise make a
+    /// batch of its own, and sorting and merging many tiny runs costs more than the entries
+    /// themselves. It delays what the engine sees by as much, at most.
+    pub(crate) batch_wait: Duration,
+    /// ... the rate (events per second, measured over the last second) from which batches
+    /// wait. Below it the CPU is not short, and the engine sees every event as soon as it can.
+    pub(crate) batch_wait_rate: u64,
+    /// How often the memory runs are written out, the indexes made durable and the persisted
+    /// watermark moved. Syncing the index database after every batch would put an fdatasync
+    /// every few milliseconds on the disk that the log's group commits wait on (measured: a
+    /// third of single-event throughput).
+    pub(crate) checkpoint_every: Duration,
+    /// ... or once this many entries wait in memory (about 33,000 Mailjet events, some 20 MB),
+    /// whichever comes first.
+    pub(crate) checkpoint_entries: usize,
+    /// Past this many entries in memory (after a failed checkpoint), indexing waits for a
+    /// checkpoint to succeed (readers merge the unindexed tail of the log meanwhile), so
+    /// memory stays bounded.
+    pub(crate) max_memory_entries: usize,
+    /// Runs are merged while the indexer trails the log by less than this (a merge is never
+    /// urgent, catching up is) ...
+    pub(crate) merge_max_lag: u64,
+    /// ... or once there are more disk runs than this: every lookup asks each run's filter.
+    pub(crate) merge_anyway_runs: usize,
+    /// Past this many unindexed events, the indexer leaves idle priority until it is back
+    /// under a tenth of it.
+    pub(crate) max_idle_lag: u64,
+}
+
+impl Pacing {
+    pub(crate) const DEFAULT: Pacing = Pacing {
+        batch_events: 2048,
+        batch_wait: Duration::from_millis(10),
+        batch_wait_rate: 5_000,
+        checkpoint_every: Duration::from_secs(5),
+        checkpoint_entries: 200_000,
+        max_memory_entries: 800_000,
+        merge_max_lag: 4 * 2048,
+        merge_anyway_runs: 24,
+        max_idle_lag: 500_000,
+    };
+
+    /// Whether the incoming rate (`events` over `elapsed`) is high enough for batches to wait.
+    pub(crate) fn busy(&self, events: u64, elapsed: Duration) -> bool {
+        let secs = elapsed.as_secs_f64();
+        secs > 0.0 && events as f64 / secs > self.batch_wait_rate as f64
+    }
+
+    /// Whether a batch should wait for more events before it is indexed: only when busy, and
+    /// when there is something to index but less than a batch.
+    pub(crate) fn gather(&self, busy: bool, lag: u64, stopping: bool) -> bool {
+        busy && lag > 0 && lag < self.batch_events && !stopping
+    }
+
+    /// Whether a checkpoint is due: its period passed, memory holds enough entries, or the
+    /// store is stopping.
+    pub(crate) fn checkpoint_due(
+        &self,
+        since_last: Duration,
+        entries: usize,
+        stopping: bool,
+    ) -> bool {
+        since_last >= self.checkpoint_every || entries >= self.checkpoint_entries || stopping
+    }
+
+    /// Whether indexing must wait for a checkpoint first (memory is full).
+    pub(crate) fn memory_full(&self, entries: usize) -> bool {
+        entries >= self.max_memory_entries
+    }
+
+    /// Whether a merge slice may run now: caught up enough, or too many runs.
+    pub(crate) fn may_merge(&self, lag: u64, disk_runs: usize) -> bool {
+        lag < self.merge_max_lag || disk_runs > self.merge_anyway_runs
+    }
+
+    /// The priority the indexer should move to, if any: `Some(false)` leaves idle priority
+    /// (past `max_idle_lag`, when it may), `Some(true)` goes back to it (under a tenth of it).
+    pub(crate) fn priority(&self, idle: bool, can_boost: bool, lag: u64) -> Option<bool> {
+        if idle && can_boost && lag > self.max_idle_lag {
+            Some(false)
+        } else if !idle && lag < self.max_idle_lag / 10 {
+            Some(true)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_are_size_classes_of_factor_four() {
+        for (entries, expected) in [(0, 0), (1, 0), (3, 1), (4, 1), (15, 2), (16, 2), (64, 3)] {
+            assert_eq!(tier(entries), expected, "{entries} entries");
+        }
+    }
+
+    #[test]
+    fn the_smallest_full_tier_is_merged_oldest_first() {
+        let cases: &[(&[u64], Option<&[usize]>)] = &[
+            (&[], None),
+            (&[100, 100, 100], None),
+            (&[100, 100, 100, 100], Some(&[0, 1, 2, 3])),
+            // Two full tiers: the smaller one goes first.
+            (
+                &[5000, 100, 5000, 100, 5000, 100, 5000, 100],
+                Some(&[1, 3, 5, 7]),
+            ),
+            // Sizes of one tier, not equal sizes.
+            (&[128, 200, 300, 511], Some(&[0, 1, 2, 3])),
+            // At most twice the width.
+            (&[9; 10], Some(&[0, 1, 2, 3, 4, 5, 6, 7])),
+            // A tier with fewer runs than the width waits, even beside a big one.
+            (&[1 << 20, 10, 10, 10], None),
+        ];
+        for (sizes, expected) in cases {
+            assert_eq!(merge_choice(sizes).as_deref(), *expected, "sizes {sizes:?}");
+        }
+    }
+
+    #[test]
+    fn batches_wait_only_when_busy_and_short_of_a_batch() {
+        let p = Pacing::DEFAULT;
+        let cases = [
+            // (busy, lag, stopping, gather)
+            (false, 10, false, false),
+            (true, 0, false, false),
+            (true, 10, false, true),
+            (true, 2047, false, true),
+            (true, 2048, false, false),
+            (true, 10, true, false),
+        ];
+        for (busy, lag, stopping, expected) in cases {
+            assert_eq!(
+                p.gather(busy, lag, stopping),
+                expected,
+                "{busy} {lag} {stopping}"
+            );
+        }
+        assert!(!p.busy(5_000, Duration::from_secs(1)));
+        assert!(p.busy(5_001, Duration::from_secs(1)));
+        assert!(!p.busy(1_000_000, Duration::ZERO));
+    }
+
+    #[test]
+    fn checkpoints_come_by_time_by_size_or_at_stop() {
+        let p = Pacing::DEFAULT;
+        let cases = [
+            (Duration::from_secs(1), 10, false, false),
+            (Duration::from_secs(5), 10, false, true),
+            (Duration::from_secs(1), 200_000, false, true),
+            (Duration::ZERO, 0, true, true),
+        ];
+        for (since, entries, stopping, expected) in cases {
+            assert_eq!(p.checkpoint_due(since, entries, stopping), expected);
+        }
+        assert!(!p.memory_full(799_999));
+        assert!(p.memory_full(800_000));
+    }
+
+    #[test]
+    fn merges_wait_while_behind_unless_runs_pile_up() {
+        let p = Pacing::DEFAULT;
+        let cases = [
+            (0, 5, true),
+            (8191, 5, true),
+            (8192, 5, false),
+            (1 << 20, 25, true),
+        ];
+        for (lag, runs, expected) in cases {
+            assert_eq!(p.may_merge(lag, runs), expected, "lag {lag} runs {runs}");
+        }
+    }
+
+    #[test]
+    fn priority_leaves_idle_past_the_lag_and_returns_under_a_tenth() {
+        let p = Pacing::DEFAULT;
+        let cases = [
+            // (idle, can_boost, lag, change)
+            (true, true, 500_000, None),
+            (true, true, 500_001, Some(false)),
+            (true, false, 900_000, None),
+            (false, true, 60_000, None),
+            (false, true, 49_999, Some(true)),
+        ];
+        for (idle, can_boost, lag, expected) in cases {
+            assert_eq!(
+                p.priority(idle, can_boost, lag),
+                expected,
+                "{idle} {can_boost} {lag}"
+            );
+        }
+    }
+}

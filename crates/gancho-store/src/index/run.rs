@@ -1,0 +1,280 @@
+//! Disk runs: a run's blocks (`B` + run id + the block's last key), its Bloom filter in 64 KiB
+//! chunks (`F` + run id + chunk) and its record (`R` + run id: entry counts, last seq, event-time
+//! span, filter size). The record is written last and makes the run live; a run is deleted
+//! record first, so it is never half there.
+
+use std::ops::Bound;
+
+use super::block::{BlockBuilder, len32};
+use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, hash};
+use super::{KeyRule, corrupt, read_u32};
+use crate::StoreError;
+use crate::keys::read_u64;
+use crate::kv::Tree;
+
+pub(super) const RUN: u8 = b'R';
+pub(super) const BLOCK: u8 = b'B';
+pub(super) const FILTER: u8 = b'F';
+const RUN_RECORD_V1: u8 = 1;
+
+#[derive(Debug)]
+pub(super) struct DiskRun {
+    pub(super) id: u64,
+    pub(super) entries: u64,
+    /// Distinct filter prefixes.
+    pub(super) distinct: u64,
+    /// It holds the entries of events up to this seq, none later.
+    pub(super) max_seq: u64,
+    pub(super) times: TimeSpan,
+    pub(super) bloom: Bloom,
+}
+
+/// Filter words per `F` key: 64 KiB values, written once.
+const FILTER_CHUNK_WORDS: usize = 8192;
+
+impl DiskRun {
+    /// Writes the filter (in chunks), then the record, which makes the run live.
+    pub(super) fn write(&self, tree: &Tree) -> Result<(), StoreError> {
+        for (i, chunk) in self.bloom.words.chunks(FILTER_CHUNK_WORDS).enumerate() {
+            let mut bytes = Vec::with_capacity(8 * chunk.len());
+            for word in chunk {
+                bytes.extend_from_slice(&word.to_le_bytes());
+            }
+            tree.insert(filter_key(self.id, len32(i)), bytes)?;
+        }
+        let mut record = Vec::with_capacity(46);
+        record.push(RUN_RECORD_V1);
+        record.extend_from_slice(&self.entries.to_be_bytes());
+        record.extend_from_slice(&self.distinct.to_be_bytes());
+        record.extend_from_slice(&self.max_seq.to_be_bytes());
+        match self.times.0 {
+            Some((lo, hi)) => {
+                record.push(1);
+                record.extend_from_slice(&lo);
+                record.extend_from_slice(&hi);
+            }
+            None => record.push(0),
+        }
+        record.extend_from_slice(&len32(self.bloom.words.len()).to_be_bytes());
+        tree.insert(run_key(self.id), record)?;
+        Ok(())
+    }
+
+    pub(super) fn read(tree: &Tree, id: u64, record: &[u8]) -> Result<DiskRun, StoreError> {
+        let bad = || corrupt(id, "unreadable run record");
+        if record.first() != Some(&RUN_RECORD_V1) {
+            return Err(bad());
+        }
+        let u64_at = |at: usize| record.get(at..at + 8).and_then(read_u64);
+        let entries = u64_at(1).ok_or_else(bad)?;
+        let distinct = u64_at(9).ok_or_else(bad)?;
+        let max_seq = u64_at(17).ok_or_else(bad)?;
+        let (times, at) = match record.get(25) {
+            Some(0) => (TimeSpan(None), 26),
+            Some(1) => {
+                let time = |at: usize| record.get(at..at + 8).and_then(|t| t.try_into().ok());
+                let span = time(26).zip(time(34)).ok_or_else(bad)?;
+                (TimeSpan(Some(span)), 42)
+            }
+            _ => return Err(bad()),
+        };
+        let n = record.get(at..at + 4).and_then(read_u32).ok_or_else(bad)? as usize;
+        if n == 0 || n % BLOOM_BLOCK_WORDS != 0 || distinct > entries {
+            return Err(bad());
+        }
+        let mut words = Vec::with_capacity(n.min(1 << 24));
+        let (start, end) = run_range(FILTER, id);
+        for item in tree.range((Bound::Included(start), end)) {
+            let (_, bytes) = item?;
+            if bytes.len() % 8 != 0 {
+                return Err(bad());
+            }
+            for word in bytes.chunks_exact(8) {
+                let word: [u8; 8] = word.try_into().map_err(|_| bad())?;
+                words.push(u64::from_le_bytes(word));
+            }
+        }
+        if words.len() != n {
+            return Err(corrupt(id, "run filter of the wrong size"));
+        }
+        Ok(DiskRun {
+            id,
+            entries,
+            distinct,
+            max_seq,
+            times,
+            bloom: Bloom { words },
+        })
+    }
+}
+
+/// Deletes a run whole: its record first (so that it is never half there), then its filter and
+/// blocks. Returns how many keys went.
+pub(super) fn delete_run(tree: &Tree, id: u64) -> Result<usize, StoreError> {
+    tree.remove(run_key(id))?;
+    let mut n = 0;
+    for prefix in [FILTER, BLOCK] {
+        let (start, end) = run_range(prefix, id);
+        for key in tree.range((Bound::Included(start), end)).keys() {
+            tree.remove(key?)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Writes one run's blocks as its entries come, in key order.
+pub(super) struct RunBuilder {
+    tree: Tree,
+    pub(super) id: u64,
+    rule: KeyRule,
+    block: BlockBuilder,
+    entries: u64,
+    distinct: u64,
+    bloom: Bloom,
+    times: TimeSpan,
+    prev_prefix: Vec<u8>,
+    prev_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for RunBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunBuilder")
+            .field("id", &self.id)
+            .field("entries", &self.entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunBuilder {
+    /// `distinct_bound`: at least the number of distinct filter prefixes it will hold (sizes
+    /// its filter).
+    pub(super) fn new(tree: Tree, id: u64, rule: KeyRule, distinct_bound: u64) -> RunBuilder {
+        RunBuilder {
+            tree,
+            id,
+            rule,
+            block: BlockBuilder::default(),
+            entries: 0,
+            distinct: 0,
+            bloom: Bloom::for_keys(distinct_bound),
+            times: TimeSpan::default(),
+            prev_prefix: Vec::new(),
+            prev_key: Vec::new(),
+        }
+    }
+
+    pub(super) fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if self.entries > 0 && self.prev_key == key {
+            return Ok(());
+        }
+        let prefix = self.rule.filter_prefix(key);
+        if self.entries == 0 || prefix != &self.prev_prefix[..] {
+            self.distinct += 1;
+            self.bloom.insert(hash(prefix));
+            self.prev_prefix.clear();
+            self.prev_prefix.extend_from_slice(prefix);
+        }
+        if let Some(time) = self.rule.time(key) {
+            self.times.add(time);
+        }
+        self.prev_key.clear();
+        self.prev_key.extend_from_slice(key);
+        self.entries += 1;
+        self.block.add(key, value);
+        if self.block.is_full() {
+            self.write_block()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn write_block(&mut self) -> Result<(), StoreError> {
+        let (bytes, last) = self.block.finish();
+        self.tree.insert(block_key(self.id, &last), bytes)?;
+        Ok(())
+    }
+
+    /// Writes the last block, the filter and the run's record (which makes it live); `None`
+    /// for a run with no entries.
+    pub(super) fn finish(mut self, max_seq: u64) -> Result<Option<DiskRun>, StoreError> {
+        if !self.block.is_empty() {
+            self.write_block()?;
+        }
+        if self.entries == 0 {
+            return Ok(None);
+        }
+        let run = DiskRun {
+            id: self.id,
+            entries: self.entries,
+            distinct: self.distinct,
+            max_seq,
+            times: self.times,
+            bloom: self.bloom,
+        };
+        run.write(&self.tree)?;
+        Ok(Some(run))
+    }
+}
+
+/// A merge in progress: advanced a slice at a time, so that indexing goes on between slices.
+pub(super) fn run_key(id: u64) -> [u8; 9] {
+    let mut key = [RUN; 9];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub(super) fn filter_key(id: u64, chunk: u32) -> [u8; 13] {
+    let mut key = [FILTER; 13];
+    key[1..9].copy_from_slice(&id.to_be_bytes());
+    key[9..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+pub(super) fn block_key(id: u64, last: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + last.len());
+    key.push(BLOCK);
+    key.extend_from_slice(&id.to_be_bytes());
+    key.extend_from_slice(last);
+    key
+}
+
+/// The bounds of all of a run's keys under one prefix (`BLOCK` or `FILTER`).
+pub(super) fn run_range(prefix: u8, id: u64) -> (Vec<u8>, Bound<Vec<u8>>) {
+    let mut start = vec![prefix];
+    start.extend_from_slice(&id.to_be_bytes());
+    let end = match id.checked_add(1) {
+        Some(next) => {
+            let mut end = vec![prefix];
+            end.extend_from_slice(&next.to_be_bytes());
+            Bound::Excluded(end)
+        }
+        None => Bound::Excluded(vec![prefix + 1]),
+    };
+    (start, end)
+}
+
+/// The event times a run's query entries span, as time keys; `None` when it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct TimeSpan(pub(super) Option<([u8; 8], [u8; 8])>);
+
+impl TimeSpan {
+    pub(super) fn add(&mut self, time: [u8; 8]) {
+        self.0 = Some(match self.0 {
+            None => (time, time),
+            Some((lo, hi)) => (lo.min(time), hi.max(time)),
+        });
+    }
+
+    /// The span of both.
+    pub(super) fn join(self, other: TimeSpan) -> TimeSpan {
+        match (self.0, other.0) {
+            (Some((a, b)), Some((c, d))) => TimeSpan(Some((a.min(c), b.max(d)))),
+            (x, y) => TimeSpan(x.or(y)),
+        }
+    }
+
+    /// Whether a scan over `from..=to` may find entries here.
+    pub(super) fn meets(&self, from: &[u8; 8], to: &[u8; 8]) -> bool {
+        self.0.is_some_and(|(lo, hi)| &hi >= from && &lo <= to)
+    }
+}

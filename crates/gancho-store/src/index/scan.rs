@@ -1,0 +1,324 @@
+//! Scans: cursors over the runs, merged in key order. Readers and merges both walk runs this
+//! way, without a copy per entry.
+
+use std::ops::{Bound, Range};
+use std::sync::Arc;
+
+use super::block::Block;
+use super::memory::MemRun;
+use super::run::{BLOCK, DiskRun, block_key, run_range};
+use super::{Entry, condemn};
+use crate::StoreError;
+use crate::kv::{Iter, Tree};
+
+/// A merge, in key order, of the scans of several runs; equal entries come out once. A cursor
+/// ([`Scan::advance`], [`Scan::key`]) that copies nothing, and an iterator of owned entries.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    sources: Vec<Source>,
+    /// Whether each source is on an entry.
+    live: Vec<bool>,
+    reverse: bool,
+    /// The source of the current entry.
+    current: Option<usize>,
+    /// The previous entry's key, to pass over equal entries of other runs.
+    last: Vec<u8>,
+    started: bool,
+}
+
+#[derive(Debug)]
+pub(super) enum Source {
+    Mem {
+        run: Arc<MemRun>,
+        /// The entries not visited yet are `start..end`.
+        start: usize,
+        end: usize,
+        /// The entry it is on.
+        at: Option<usize>,
+    },
+    Disk(Box<DiskScan>),
+}
+
+impl Source {
+    /// Moves to the next entry; false once there is none.
+    pub(super) fn advance(&mut self, reverse: bool) -> Result<bool, StoreError> {
+        match self {
+            Source::Mem { start, end, at, .. } => {
+                if start >= end {
+                    *at = None;
+                    return Ok(false);
+                }
+                *at = Some(if reverse {
+                    *end -= 1;
+                    *end
+                } else {
+                    *start += 1;
+                    *start - 1
+                });
+                Ok(true)
+            }
+            Source::Disk(scan) => scan.advance(),
+        }
+    }
+
+    /// The entry it is on (after `advance` returned true).
+    pub(super) fn entry(&self) -> (&[u8], &[u8]) {
+        match self {
+            Source::Mem { run, at, .. } => match at {
+                Some(i) => (run.key(*i), run.value(*i)),
+                None => (&[], &[]),
+            },
+            Source::Disk(scan) => scan.entry(),
+        }
+    }
+}
+
+impl Scan {
+    pub(super) fn new(sources: Vec<Source>, reverse: bool) -> Scan {
+        Scan {
+            live: vec![false; sources.len()],
+            sources,
+            reverse,
+            current: None,
+            last: Vec::new(),
+            started: false,
+        }
+    }
+
+    /// Moves to the next entry; false at the end.
+    pub(crate) fn advance(&mut self) -> Result<bool, StoreError> {
+        if !self.started {
+            self.started = true;
+            for (source, live) in self.sources.iter_mut().zip(&mut self.live) {
+                *live = source.advance(self.reverse)?;
+            }
+        } else if let Some(i) = self.current.take() {
+            self.last.clear();
+            self.last.extend_from_slice(self.sources[i].entry().0);
+            self.live[i] = self.sources[i].advance(self.reverse)?;
+        }
+        loop {
+            let mut best: Option<usize> = None;
+            for i in 0..self.sources.len() {
+                if !self.live[i] {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some(b) => {
+                        let (key, best_key) =
+                            (self.sources[i].entry().0, self.sources[b].entry().0);
+                        if self.reverse {
+                            key > best_key
+                        } else {
+                            key < best_key
+                        }
+                    }
+                };
+                if better {
+                    best = Some(i);
+                }
+            }
+            let Some(i) = best else {
+                return Ok(false);
+            };
+            if self.sources.len() > 1
+                && !self.last.is_empty()
+                && self.sources[i].entry().0 == &self.last[..]
+            {
+                // The same entry from another run.
+                self.live[i] = self.sources[i].advance(self.reverse)?;
+                continue;
+            }
+            self.current = Some(i);
+            return Ok(true);
+        }
+    }
+
+    /// The entry it is on: (key, value).
+    pub(crate) fn entry(&self) -> (&[u8], &[u8]) {
+        match self.current {
+            Some(i) => self.sources[i].entry(),
+            None => (&[], &[]),
+        }
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.advance() {
+            Ok(true) => {
+                let (key, value) = self.entry();
+                Some(Ok((key.to_vec(), value.to_vec())))
+            }
+            Ok(false) => None,
+            Err(err) => {
+                // Nothing after an error.
+                self.live.iter_mut().for_each(|live| *live = false);
+                self.current = None;
+                Some(Err(err))
+            }
+        }
+    }
+}
+
+/// A scan of one disk run, block by block.
+pub(super) struct DiskScan {
+    run: u64,
+    /// For marking the indexes for a rebuild if a block is damaged.
+    tree: Tree,
+    /// Held so that a merge does not delete the run's blocks under this scan.
+    _keep: Arc<DiskRun>,
+    lo: Vec<u8>,
+    hi: Option<Vec<u8>>,
+    reverse: bool,
+    /// The blocks to read, from their far end when `reverse`.
+    blocks: Iter,
+    /// The block being read and the next entry to read in it (reverse: one past it).
+    current: Option<(Block, usize)>,
+    /// The entry it is on: its key, and where its value lies in the current block.
+    key: Vec<u8>,
+    value: Range<usize>,
+    done: bool,
+    /// An error met while setting up, returned by the first `next`.
+    failed: Option<StoreError>,
+}
+
+impl std::fmt::Debug for DiskScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskScan")
+            .field("run", &self.run)
+            .field("reverse", &self.reverse)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiskScan {
+    pub(super) fn new(
+        tree: &Tree,
+        keep: &Arc<DiskRun>,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        reverse: bool,
+    ) -> DiskScan {
+        let run = keep.id;
+        let (start, end) = run_range(BLOCK, run);
+        let mut failed = None;
+        let blocks = if reverse {
+            // From the block that holds `hi` (the first whose last key is at least `hi`) down.
+            let top = match hi {
+                Some(hi) => match tree
+                    .range((Bound::Included(block_key(run, hi)), end.clone()))
+                    .next()
+                    .transpose()
+                {
+                    Ok(Some((key, _))) => Bound::Included(key.to_vec()),
+                    Ok(None) => end,
+                    Err(err) => {
+                        failed = Some(err);
+                        end
+                    }
+                },
+                None => end,
+            };
+            tree.range((Bound::Included(start), top))
+        } else {
+            // From the first block whose last key is at least `lo`.
+            tree.range((Bound::Included(block_key(run, lo)), end))
+        };
+        DiskScan {
+            run,
+            tree: tree.clone(),
+            _keep: Arc::clone(keep),
+            lo: lo.to_vec(),
+            hi: hi.map(<[u8]>::to_vec),
+            reverse,
+            blocks,
+            current: None,
+            key: Vec::new(),
+            value: 0..0,
+            done: false,
+            failed,
+        }
+    }
+
+    /// The entry it is on (after `advance` returned true).
+    pub(super) fn entry(&self) -> (&[u8], &[u8]) {
+        match &self.current {
+            Some((block, _)) => (&self.key, &block.bytes[self.value.clone()]),
+            None => (&[], &[]),
+        }
+    }
+
+    /// Moves to the next entry within the bounds; false once there is none.
+    pub(super) fn advance(&mut self) -> Result<bool, StoreError> {
+        if let Some(err) = self.failed.take() {
+            self.done = true;
+            return Err(err);
+        }
+        let result = self.step();
+        if !matches!(result, Ok(true)) {
+            self.done = true;
+        }
+        if let Err(err) = &result {
+            condemn(&self.tree, err);
+        }
+        result
+    }
+
+    pub(super) fn step(&mut self) -> Result<bool, StoreError> {
+        loop {
+            if self.done {
+                return Ok(false);
+            }
+            if let Some((block, at)) = &mut self.current {
+                let index = if self.reverse {
+                    (*at > 0).then(|| {
+                        *at -= 1;
+                        *at
+                    })
+                } else {
+                    (*at < block.n).then(|| {
+                        *at += 1;
+                        *at - 1
+                    })
+                };
+                if let Some(i) = index {
+                    let (head, suffix) = block.key_parts(i)?;
+                    self.key.clear();
+                    self.key.extend_from_slice(head);
+                    self.key.extend_from_slice(suffix);
+                    self.value = block.ranges(i)?.2;
+                    let past = if self.reverse {
+                        self.key < self.lo
+                    } else {
+                        self.hi.as_ref().is_some_and(|hi| self.key > *hi)
+                    };
+                    return Ok(!past);
+                }
+            }
+            let next = if self.reverse {
+                self.blocks.next_back()
+            } else {
+                self.blocks.next()
+            };
+            let Some(next) = next else {
+                return Ok(false);
+            };
+            let (_, bytes) = next?;
+            let block = Block::parse(self.run, bytes)?;
+            let at = if self.reverse {
+                match &self.hi {
+                    Some(hi) => block.seek(hi, true)?,
+                    None => block.n,
+                }
+            } else {
+                block.seek(&self.lo, false)?
+            };
+            self.current = Some((block, at));
+        }
+    }
+}

@@ -1,0 +1,281 @@
+#![allow(clippy::unwrap_used)]
+
+use super::block::{Block, BlockBuilder};
+use super::bloom::{Bloom, hash};
+use super::policy::MERGE_WIDTH;
+use super::*;
+use crate::keys::{BY_KEY, KEY_RULE, read_u64};
+use crate::kv::{Bytes, Db};
+use xxhash_rust::xxh3::xxh3_64;
+
+fn key(prefix: &str, time: u64, seq: u64) -> Vec<u8> {
+    let mut key = vec![BY_KEY];
+    key.extend_from_slice(prefix.as_bytes());
+    key.extend_from_slice(&time.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn prefix(p: &str) -> Vec<u8> {
+    let mut key = vec![BY_KEY];
+    key.extend_from_slice(p.as_bytes());
+    key
+}
+
+fn bounds(p: &str) -> (Vec<u8>, Vec<u8>) {
+    let lo = prefix(p);
+    let mut hi = prefix(p);
+    hi.extend_from_slice(&[0xff; 16]);
+    (lo, hi)
+}
+
+fn scan_seqs(index: &Index, p: &str, reverse: bool) -> Vec<u64> {
+    let (lo, hi) = bounds(p);
+    index
+        .scan(&prefix(p), &lo, &hi, reverse)
+        .map(|e| {
+            let (k, _) = e.unwrap();
+            read_u64(&k[k.len() - 8..]).unwrap()
+        })
+        .collect()
+}
+
+fn open_in(dir: &std::path::Path) -> (Db, Arc<Index>, IndexWriter, u64) {
+    let db = Db::open(dir, 16 << 20).unwrap();
+    let (index, writer, indexed) = open(db.clone(), KEY_RULE, None).unwrap();
+    (db, index, writer, indexed)
+}
+
+#[test]
+fn blocks_find_every_key_and_no_other() {
+    let mut builder = BlockBuilder::default();
+    let keys: Vec<Vec<u8>> = (0..200u64).map(|i| key("abc", i * 2, i)).collect();
+    for (i, k) in keys.iter().enumerate() {
+        builder.add(k, &[i as u8]);
+    }
+    let (bytes, last) = builder.finish();
+    assert_eq!(&last, keys.last().unwrap());
+    let block = Block::parse(1, Bytes::from(bytes)).unwrap();
+    assert_eq!(block.n, 200);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(block.seek(k, false).unwrap(), i);
+        assert_eq!(block.seek(k, true).unwrap(), i + 1);
+        let (head, suffix) = block.key_parts(i).unwrap();
+        assert_eq!([head, suffix].concat(), *k);
+        assert_eq!(block.value(i).unwrap(), &[i as u8]);
+    }
+    // Between two keys, and before and after all of them.
+    assert_eq!(block.seek(&key("abc", 3, 0), false).unwrap(), 2);
+    assert_eq!(block.seek(&prefix("ab"), false).unwrap(), 0);
+    assert_eq!(block.seek(&prefix("abd"), false).unwrap(), 200);
+    assert!(Block::parse(1, Bytes::from(&[0, 0, 0, 9][..])).is_err());
+}
+
+#[test]
+fn bloom_filters_hold_what_was_put_in() {
+    let mut bloom = Bloom::for_keys(1000);
+    for i in 0..1000u64 {
+        bloom.insert(hash(&i.to_be_bytes()));
+    }
+    assert!((0..1000u64).all(|i| bloom.may_contain(hash(&i.to_be_bytes()))));
+    let false_positives = (1000..101_000u64)
+        .filter(|i| bloom.may_contain(hash(&i.to_be_bytes())))
+        .count();
+    assert!(false_positives < 3000, "{false_positives} false positives");
+}
+
+#[test]
+fn scans_merge_memory_and_disk_runs_in_order_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, index, mut writer, indexed) = open_in(dir.path());
+    assert_eq!(indexed, 0);
+    // Three batches, the second one written out, all interleaved in key order; another
+    // prefix beside them, and one entry present twice (re-indexed).
+    writer.add(
+        (0..100)
+            .step_by(3)
+            .map(|s| (key("a", s, s), vec![]))
+            .collect(),
+    );
+    writer.add(
+        (1..100)
+            .step_by(3)
+            .map(|s| (key("a", s, s), vec![]))
+            .collect(),
+    );
+    writer.checkpoint(10).unwrap();
+    writer.add(
+        (2..100)
+            .step_by(3)
+            .chain([3])
+            .map(|s| (key("a", s, s), vec![]))
+            .chain((0..50).map(|s| (key("b", s, s), vec![])))
+            .collect(),
+    );
+    let forward = scan_seqs(&index, "a", false);
+    assert_eq!(forward, (0..100).collect::<Vec<u64>>());
+    let backward = scan_seqs(&index, "a", true);
+    assert_eq!(backward, (0..100).rev().collect::<Vec<u64>>());
+    assert_eq!(scan_seqs(&index, "b", false).len(), 50);
+    assert!(scan_seqs(&index, "c", false).is_empty());
+    // A time range inside one prefix.
+    let mut lo = prefix("a");
+    lo.extend_from_slice(&10u64.to_be_bytes());
+    let mut hi = prefix("a");
+    hi.extend_from_slice(&20u64.to_be_bytes());
+    hi.extend_from_slice(&[0xff; 8]);
+    let got: Vec<u64> = index
+        .scan(&prefix("a"), &lo, &hi, true)
+        .map(|e| read_u64(&e.unwrap().0[10..18]).unwrap())
+        .collect();
+    assert_eq!(got, (10..=20).rev().collect::<Vec<u64>>());
+}
+
+#[test]
+fn dedup_entries_are_found_in_every_kind_of_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, index, mut writer, _) = open_in(dir.path());
+    let dedup = |i: u64| {
+        let mut k = vec![b'D'];
+        k.extend_from_slice(&xxh3_64(&i.to_be_bytes()).to_be_bytes());
+        k
+    };
+    writer.add(
+        (0..5000)
+            .map(|i| (dedup(i), i.to_be_bytes().to_vec()))
+            .collect(),
+    );
+    writer.checkpoint(5000).unwrap();
+    writer.add(
+        (5000..6000)
+            .map(|i| (dedup(i), i.to_be_bytes().to_vec()))
+            .collect(),
+    );
+    for i in [0, 1, 2500, 4999, 5000, 5999] {
+        assert_eq!(
+            index.get(&dedup(i)).unwrap(),
+            Some(i.to_be_bytes().to_vec())
+        );
+    }
+    for i in 6000..7000 {
+        assert_eq!(index.get(&dedup(i)).unwrap(), None);
+    }
+}
+
+/// Fills one size tier: [`MERGE_WIDTH`] disk runs of `n` entries each under prefix `p`.
+fn fill_a_tier(writer: &mut IndexWriter, p: &str, n: u64) {
+    for batch in 0..MERGE_WIDTH as u64 {
+        writer.add((0..n).map(|i| (key(p, i, batch * n + i), vec![])).collect());
+        writer.checkpoint(batch + 1).unwrap();
+    }
+}
+
+#[test]
+fn runs_of_a_tier_are_merged_and_their_blocks_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, index, mut writer, _) = open_in(dir.path());
+    fill_a_tier(&mut writer, "m", 1000);
+    assert_eq!(writer.disk_runs(), MERGE_WIDTH);
+    assert!(writer.merge_pending());
+    // A reader holding a scan keeps the old runs' blocks alive.
+    let mut held = index.scan(&prefix("m"), &bounds("m").0, &bounds("m").1, false);
+    // A slice at a time: readers see the old runs until the merge is done.
+    let mut steps = 0;
+    while !writer.merge_step(500).unwrap() {
+        steps += 1;
+        assert_eq!(writer.disk_runs(), MERGE_WIDTH);
+        assert_eq!(scan_seqs(&index, "m", false).len(), 4000);
+    }
+    assert!(steps >= 7, "{steps} steps");
+    assert_eq!(writer.disk_runs(), 1);
+    assert!(!writer.merge_pending());
+    writer.collect_garbage().unwrap();
+    assert_eq!(held.by_ref().count(), 4000);
+    drop(held);
+    writer.collect_garbage().unwrap();
+    let all = scan_seqs(&index, "m", false);
+    assert_eq!(all.len(), 4000);
+    let blocks = db.tree("index").unwrap().scan_prefix([BLOCK]).count();
+    // Only the merged run's blocks are left.
+    let (start, end) = run_range(BLOCK, writer.disk.first().unwrap().id);
+    let merged_blocks = db
+        .tree("index")
+        .unwrap()
+        .range((Bound::Included(start), end))
+        .count();
+    assert_eq!(blocks, merged_blocks);
+}
+
+#[test]
+fn a_merge_cut_short_and_orphan_blocks_leave_the_answers_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (db, _index, mut writer, _) = open_in(dir.path());
+        fill_a_tier(&mut writer, "o", 3000);
+        // Stopped halfway: what it wrote is deleted.
+        assert!(!writer.merge_step(5000).unwrap());
+        writer.abandon_merge();
+        assert_eq!(writer.disk_runs(), MERGE_WIDTH);
+        // Another half-done merge, left as a crash would leave it.
+        assert!(!writer.merge_step(5000).unwrap());
+        drop(writer);
+        // Blocks of a run with no record, as a crash would leave them.
+        let tree = db.tree("index").unwrap();
+        tree.insert(block_key(999, b"zzz"), &b"garbage"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (db, index, writer, indexed) = open_in(dir.path());
+    assert_eq!(indexed, MERGE_WIDTH as u64);
+    assert_eq!(writer.disk_runs(), MERGE_WIDTH);
+    assert_eq!(scan_seqs(&index, "o", false).len(), 3000 * MERGE_WIDTH);
+    let tree = db.tree("index").unwrap();
+    assert!(tree.get(block_key(999, b"zzz")).unwrap().is_none());
+    assert!(writer.next_id > 999);
+}
+
+#[test]
+fn a_run_past_the_watermark_is_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (db, _index, mut writer, _) = open_in(dir.path());
+        writer.add((0..10).map(|s| (key("w", s, s), vec![])).collect());
+        writer.checkpoint(10).unwrap();
+        writer.add((10..20).map(|s| (key("w", s, s), vec![])).collect());
+        writer.checkpoint(20).unwrap();
+        // As if the watermark of the second checkpoint had not reached the disk.
+        let tree = db.tree("index").unwrap();
+        tree.insert(INDEXED_KEY, &10u64.to_be_bytes()[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let (_db, index, writer, indexed) = open_in(dir.path());
+    assert_eq!(indexed, 10);
+    assert_eq!(writer.disk_runs(), 1);
+    assert_eq!(scan_seqs(&index, "w", false), (0..10).collect::<Vec<u64>>());
+}
+
+#[test]
+fn small_batches_are_merged_in_memory_and_stay_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, index, mut writer, _) = open_in(dir.path());
+    // Overlapping batches of 15 entries, as when the indexer keeps up with single events.
+    for start in (0..1000u64).step_by(10) {
+        writer.add(
+            (start..start + 15)
+                .map(|s| (key("s", s, s), vec![]))
+                .collect(),
+        );
+    }
+    assert!(writer.mem.len() <= 12, "{} memory runs", writer.mem.len());
+    assert_eq!(
+        scan_seqs(&index, "s", false),
+        (0..1005).collect::<Vec<u64>>()
+    );
+    assert!(writer.memory_entries() >= 1005);
+    writer.checkpoint(1).unwrap();
+    assert_eq!(writer.memory_entries(), 0);
+    assert_eq!(
+        scan_seqs(&index, "s", true),
+        (0..1005).rev().collect::<Vec<u64>>()
+    );
+}

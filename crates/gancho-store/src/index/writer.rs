@@ -1,0 +1,422 @@
+//! The writer side of the indexes, owned by the indexer thread: adds batches as memory runs,
+//! checkpoints them into disk runs with the watermark, merges disk runs a slice at a time, and
+//! deletes merged-away runs once no reader holds them. What to merge is decided by `policy`.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tracing::{debug, info};
+
+use super::bloom::{BLOOM_BITS_PER_KEY, SharedBloom};
+use super::memory::{Batch, MemRun};
+use super::run::{BLOCK, DiskRun, FILTER, RUN, RunBuilder, delete_run, run_key, run_range};
+use super::scan::{DiskScan, Scan, Source};
+use super::{INDEXED_KEY, Index, KeyRule, View, corrupt, policy};
+use crate::StoreError;
+use crate::keys::read_u64;
+use crate::kv::{Db, FileSync, Tree};
+
+/// Distinct filter prefixes the memory runs' filter is sized for: those of the entries one
+/// checkpoint holds (the indexer's `CHECKPOINT_ENTRIES`), with room; past it, false positives
+/// only grow.
+const MEMORY_BLOOM_KEYS: u64 = 400_000;
+
+#[derive(Debug)]
+struct Merge {
+    runs: Vec<Arc<DiskRun>>,
+    scan: Scan,
+    builder: RunBuilder,
+}
+
+/// Changes the indexes: owned by the indexer thread.
+#[derive(Debug)]
+pub(crate) struct IndexWriter {
+    pub(super) index: Arc<Index>,
+    pub(super) db: Db,
+    pub(super) sync: Option<FileSync>,
+    pub(super) mem: Vec<Arc<MemRun>>,
+    pub(super) mem_bloom: Arc<SharedBloom>,
+    pub(super) mem_entries: usize,
+    pub(super) disk: Vec<Arc<DiskRun>>,
+    /// Runs merged away whose keys are deleted once no reader holds them.
+    pub(super) retired: Vec<Arc<DiskRun>>,
+    merge: Option<Merge>,
+    pub(super) next_id: u64,
+}
+
+/// Opens the indexes of the index database: returns the reader side, the writer side and the
+/// watermark of the last checkpoint. Deletes what a crash left of runs: keys of runs without a
+/// record, and runs past the watermark (possible with fsync off: their events may be lost from
+/// the log, and their seqs reused). A [`StoreError::Corrupt`] means the index database should
+/// be rebuilt.
+pub(crate) fn open(
+    db: Db,
+    rule: KeyRule,
+    sync: Option<FileSync>,
+) -> Result<(Arc<Index>, IndexWriter, u64), StoreError> {
+    let tree = db.tree("index")?;
+    let indexed = indexed_seq(&tree)?;
+    let mut disk = Vec::new();
+    let mut next_id = 1u64;
+    for item in tree.scan_prefix([RUN]) {
+        let (key, value) = item?;
+        let id = key
+            .get(1..)
+            .and_then(read_u64)
+            .ok_or_else(|| corrupt(0, "run record with a bad key"))?;
+        next_id = next_id.max(id.saturating_add(1));
+        let run = DiskRun::read(&tree, id, &value)?;
+        if run.max_seq > indexed {
+            info!(
+                run = id,
+                max_seq = run.max_seq,
+                indexed,
+                "deleting an index run past the watermark"
+            );
+            delete_run(&tree, id)?;
+        } else {
+            disk.push(Arc::new(run));
+        }
+    }
+    // Keys of runs without a record: a run cut short by a crash, or one merged away.
+    let mut orphans = 0;
+    for prefix in [FILTER, BLOCK] {
+        let mut at = vec![prefix];
+        loop {
+            let found = tree
+                .range(at.clone()..vec![prefix + 1])
+                .next()
+                .transpose()?;
+            let Some((key, _)) = found else { break };
+            let id = key
+                .get(1..9)
+                .and_then(read_u64)
+                .ok_or_else(|| corrupt(0, "run key without a run id"))?;
+            next_id = next_id.max(id.saturating_add(1));
+            if !disk.iter().any(|r| r.id == id) {
+                orphans += delete_run(&tree, id)?;
+            }
+            let (_, end) = run_range(prefix, id);
+            match end {
+                Bound::Excluded(next) if next.len() == 9 => at = next,
+                _ => break,
+            }
+        }
+    }
+    if orphans > 0 {
+        info!(keys = orphans, "deleted index keys a crash left behind");
+    }
+    let mem_bloom = Arc::new(SharedBloom::for_keys(MEMORY_BLOOM_KEYS));
+    let index = Arc::new(Index {
+        tree,
+        rule,
+        view: ArcSwap::from_pointee(View {
+            mem: Vec::new(),
+            mem_bloom: Arc::clone(&mem_bloom),
+            disk: disk.clone(),
+        }),
+    });
+    let writer = IndexWriter {
+        index: Arc::clone(&index),
+        db,
+        sync,
+        mem: Vec::new(),
+        mem_bloom,
+        mem_entries: 0,
+        disk,
+        retired: Vec::new(),
+        merge: None,
+        next_id,
+    };
+    Ok((index, writer, indexed))
+}
+
+impl IndexWriter {
+    /// Adds a batch of entries; readers see them when this returns.
+    pub(crate) fn add(&mut self, batch: Batch) {
+        if batch.len() == 0 {
+            return;
+        }
+        let mut run = MemRun::new(batch, &self.mem_bloom, self.index.rule);
+        // Batches are small when the indexer keeps up (one per group commit): merge runs of
+        // about one size, so that their sizes halve from the oldest on and readers look at a
+        // few of them only.
+        while let Some(last) = self.mem.last() {
+            if last.len() > 2 * run.len() {
+                break;
+            }
+            run = MemRun::merge(last, &run);
+            self.mem.pop();
+        }
+        self.mem_entries = self.mem.iter().map(|r| r.len()).sum::<usize>() + run.len();
+        self.mem.push(Arc::new(run));
+        self.publish();
+    }
+
+    /// Entries added since the last checkpoint.
+    pub(crate) fn memory_entries(&self) -> usize {
+        self.mem_entries
+    }
+
+    /// Disk runs.
+    pub(crate) fn disk_runs(&self) -> usize {
+        self.disk.len()
+    }
+
+    fn publish(&self) {
+        self.index.view.store(Arc::new(View {
+            mem: self.mem.clone(),
+            mem_bloom: Arc::clone(&self.mem_bloom),
+            disk: self.disk.clone(),
+        }));
+    }
+
+    /// Writes the memory runs out as one disk run and records `indexed` as the watermark a
+    /// restart resumes from; both are durable when this returns. On failure the memory runs
+    /// stay, for the next checkpoint.
+    pub(crate) fn checkpoint(&mut self, indexed: u64) -> Result<(), StoreError> {
+        let mut run = None;
+        if !self.mem.is_empty() {
+            let id = self.take_id();
+            let written = self.write_memory_runs(id, indexed);
+            match written {
+                Ok(written) => run = written,
+                Err(err) => {
+                    self.discard(id);
+                    return Err(err);
+                }
+            }
+        }
+        let tree = &self.index.tree;
+        if let Err(err) = tree.insert(INDEXED_KEY, &indexed.to_be_bytes()[..]) {
+            if let Some(run) = run {
+                self.discard(run.id);
+            }
+            return Err(err);
+        }
+        // From here the run stays, durable or not: sled's own periodic flush may already have
+        // written the watermark, and without the run those events would be missing from the
+        // indexes after a crash. If neither reaches the disk, the run is past the watermark at
+        // the next open, which deletes it.
+        let durable = self.make_durable();
+        if let Some(run) = run {
+            self.disk.push(Arc::new(run));
+        }
+        self.mem.clear();
+        self.mem_entries = 0;
+        self.mem_bloom = Arc::new(SharedBloom::for_keys(MEMORY_BLOOM_KEYS));
+        self.publish();
+        durable
+    }
+
+    fn write_memory_runs(&self, id: u64, indexed: u64) -> Result<Option<DiskRun>, StoreError> {
+        let bound = self.mem.iter().map(|r| r.len() as u64).sum();
+        let mut builder = RunBuilder::new(self.index.tree.clone(), id, self.index.rule, bound);
+        let mut merge = Scan::new(
+            self.mem
+                .iter()
+                .map(|run| Source::Mem {
+                    run: Arc::clone(run),
+                    start: 0,
+                    end: run.len(),
+                    at: None,
+                })
+                .collect(),
+            false,
+        );
+        while merge.advance()? {
+            let (key, value) = merge.entry();
+            builder.add(key, value)?;
+        }
+        builder.finish(indexed)
+    }
+
+    /// Deletes what was written of a run that is not live (best effort: what stays is deleted
+    /// at the next open).
+    fn discard(&self, id: u64) {
+        if let Err(err) = delete_run(&self.index.tree, id) {
+            tracing::warn!(run = id, error = %err, "could not delete an unfinished index run");
+        }
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn make_durable(&mut self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        if let Some(sync) = &mut self.sync {
+            sync.sync().map_err(StoreError::Engine)?;
+        }
+        Ok(())
+    }
+
+    /// Whether merging has work: a merge under way, or a size tier full enough to start one.
+    pub(crate) fn merge_pending(&self) -> bool {
+        self.merge.is_some() || self.merge_candidates().is_some()
+    }
+
+    /// The runs to merge next, as [`policy::merge_choice`] picks them.
+    fn merge_candidates(&self) -> Option<Vec<Arc<DiskRun>>> {
+        let sizes: Vec<u64> = self.disk.iter().map(|r| r.entries).collect();
+        let chosen = policy::merge_choice(&sizes)?;
+        Some(
+            chosen
+                .into_iter()
+                .map(|i| Arc::clone(&self.disk[i]))
+                .collect(),
+        )
+    }
+
+    /// Advances the merge under way by up to `budget` entries, first starting one if a size
+    /// tier is full. Returns whether a merge finished.
+    pub(crate) fn merge_step(&mut self, budget: usize) -> Result<bool, StoreError> {
+        if self.merge.is_none() {
+            let Some(runs) = self.merge_candidates() else {
+                return Ok(false);
+            };
+            let id = self.take_id();
+            // Sized from the filters that exist (not from counts read from disk).
+            let bound = runs
+                .iter()
+                .map(|r| {
+                    r.distinct
+                        .min((r.bloom.words.len() * 64 / BLOOM_BITS_PER_KEY) as u64)
+                })
+                .fold(0u64, u64::saturating_add);
+            let tree = self.index.tree.clone();
+            let scan = Scan::new(
+                runs.iter()
+                    .map(|run| Source::Disk(Box::new(DiskScan::new(&tree, run, &[], None, false))))
+                    .collect(),
+                false,
+            );
+            self.merge = Some(Merge {
+                runs,
+                scan,
+                builder: RunBuilder::new(tree, id, self.index.rule, bound),
+            });
+        }
+        let Some(merge) = self.merge.as_mut() else {
+            return Ok(false);
+        };
+        let mut done = true;
+        let mut failed = None;
+        for _ in 0..budget.max(1) {
+            match merge.scan.advance() {
+                Ok(true) => {
+                    let (key, value) = merge.scan.entry();
+                    if let Err(err) = merge.builder.add(key, value) {
+                        failed = Some(err);
+                        break;
+                    }
+                }
+                Ok(false) => {
+                    done = true;
+                    break;
+                }
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+            done = false;
+        }
+        if let Some(err) = failed {
+            self.abandon_merge();
+            return Err(err);
+        }
+        if !done {
+            return Ok(false);
+        }
+        let Some(Merge { runs, builder, .. }) = self.merge.take() else {
+            return Ok(false);
+        };
+        let id = builder.id;
+        let max_seq = runs.iter().map(|r| r.max_seq).max().unwrap_or(0);
+        let merged = match builder.finish(max_seq) {
+            Ok(merged) => merged,
+            Err(err) => {
+                self.discard(id);
+                return Err(err);
+            }
+        };
+        // The merged run is live; now the ones it replaces go. A crash (or an error) in
+        // between leaves some of them live too, which only means entries found twice and
+        // merged into one.
+        let mut removed = Vec::new();
+        let mut failed = None;
+        for run in &runs {
+            match self.index.tree.remove(run_key(run.id)) {
+                Ok(_) => removed.push(Arc::clone(run)),
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        let durable = self.make_durable();
+        debug!(
+            runs = removed.len(),
+            entries = merged.as_ref().map_or(0, |r| r.entries),
+            "merged index runs"
+        );
+        self.disk
+            .retain(|r| !removed.iter().any(|old| old.id == r.id));
+        if let Some(merged) = merged {
+            self.disk.push(Arc::new(merged));
+        }
+        self.publish();
+        // Their keys are deleted once durable: until then a crash could bring a record back.
+        if durable.is_ok() {
+            self.retired.extend(removed);
+        }
+        match failed {
+            Some(err) => Err(err),
+            None => durable.map(|()| true),
+        }
+    }
+
+    /// Gives up the merge under way, deleting what it wrote.
+    pub(crate) fn abandon_merge(&mut self) {
+        if let Some(merge) = self.merge.take() {
+            let id = merge.builder.id;
+            drop(merge);
+            self.discard(id);
+        }
+    }
+
+    /// Deletes the keys of merged-away runs that no reader holds any more.
+    pub(crate) fn collect_garbage(&mut self) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        let mut keep = Vec::new();
+        for run in std::mem::take(&mut self.retired) {
+            // The published view no longer has it: once this is the last handle, no reader can
+            // reach it.
+            if result.is_ok() && Arc::strong_count(&run) == 1 {
+                if let Err(err) = delete_run(&self.index.tree, run.id) {
+                    result = Err(err);
+                    keep.push(run);
+                }
+            } else {
+                keep.push(run);
+            }
+        }
+        self.retired = keep;
+        result
+    }
+}
+
+/// The watermark of the last checkpoint, 0 for none.
+pub(crate) fn indexed_seq(tree: &Tree) -> Result<u64, StoreError> {
+    match tree.get(INDEXED_KEY)? {
+        Some(v) => read_u64(&v).ok_or_else(|| StoreError::Corrupt {
+            key: "indexed".to_owned(),
+            reason: "not a u64".to_owned(),
+        }),
+        None => Ok(0),
+    }
+}

@@ -1,0 +1,297 @@
+//! The key-value engine underneath every database of gancho: the one module that names sled.
+//!
+//! The rest of the store (and `gancho-state`) says what it stores; this module says how. It
+//! offers only the operations whose crash behaviour the stores' protocols rely on: point reads
+//! and writes, ordered iteration, flush, and [`FileSync`]. It deliberately has no batch, no
+//! transaction and no `clear`: the first `apply_batch` or `transaction` in a process puts every
+//! later sled operation, in every database, behind one global read-write lock (sled 0.34's
+//! `concurrency_control`), and `Tree::clear` takes that lock too. [`Tree::remove_all`] empties a
+//! tree with plain removals instead. clippy's `disallowed-methods` refuses the sled calls
+//! outside this module as well.
+//!
+//! Atomicity of a group of writes comes from the callers' protocols (a commit record last, a
+//! journal with a marker), which rest on one property of sled kept here: after a crash it
+//! recovers a prefix of the writes made before it, in order.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::StoreError;
+
+/// A value or key as the engine returns it: cheap to clone, derefs to `[u8]`.
+pub type Bytes = sled::IVec;
+
+/// One database: a folder with its own log, page cache and lock.
+#[derive(Debug, Clone)]
+pub struct Db {
+    db: sled::Db,
+}
+
+/// An ordered map of bytes to bytes within a [`Db`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    tree: sled::Tree,
+}
+
+/// Entries in key order (or reversed), each a `Result`: a read may fail midway.
+pub struct Iter {
+    iter: sled::Iter,
+}
+
+impl std::fmt::Debug for Iter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Iter").finish_non_exhaustive()
+    }
+}
+
+fn error(err: sled::Error) -> StoreError {
+    match err {
+        sled::Error::Io(source) => StoreError::Io {
+            what: "storage engine I/O".to_owned(),
+            source,
+        },
+        other => StoreError::Engine(other.to_string()),
+    }
+}
+
+fn open_error(path: &Path, err: sled::Error) -> StoreError {
+    match err {
+        sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                path: path.display().to_string(),
+            }
+        }
+        sled::Error::Io(source) => StoreError::Io {
+            what: format!("opening store at {}", path.display()),
+            source,
+        },
+        other => StoreError::Engine(format!("opening store at {}: {other}", path.display())),
+    }
+}
+
+/// How a lock held by another process is reported (sled's error, mapped).
+#[cfg(test)]
+pub(crate) fn lock_error_for_test(path: &Path) -> StoreError {
+    open_error(
+        path,
+        sled::Error::Io(std::io::Error::other("could not acquire lock on \"db\"")),
+    )
+}
+
+impl Db {
+    /// Opens (or creates) the database in `path` with a page cache of `cache_capacity` bytes,
+    /// retrying a lock held for a moment: a database closed in this process releases its lock
+    /// only when sled's own background thread lets go of it, shortly after. Fails with
+    /// [`StoreError::Locked`] when another process has it open.
+    pub fn open(path: &Path, cache_capacity: u64) -> Result<Db, StoreError> {
+        let mut attempts = 0;
+        loop {
+            match config(path, cache_capacity).open() {
+                Ok(db) => return Ok(Db { db }),
+                Err(err) => match open_error(path, err) {
+                    StoreError::Locked { .. } if attempts < 20 => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+    }
+
+    /// The tree of this name, created if missing.
+    pub fn tree(&self, name: &str) -> Result<Tree, StoreError> {
+        self.db
+            .open_tree(name)
+            .map(|tree| Tree { tree })
+            .map_err(error)
+    }
+
+    /// Writes every write so far to the database's log file (`sync_file_range`: not a
+    /// guarantee against power loss; [`FileSync`] gives that).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(drop).map_err(error)
+    }
+
+    /// The bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(error)
+    }
+}
+
+/// How sled is configured. Its segment size is fixed when a database is created: change it and
+/// existing stores no longer open.
+fn config(path: &Path, cache_capacity: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_capacity)
+        .mode(sled::Mode::HighThroughput)
+        // sled writes a page larger than a quarter of a segment to a file of its own, and a
+        // leaf holds up to 16 log blocks: 4 MiB segments keep such leaves in the log.
+        .segment_size(4 * 1024 * 1024)
+}
+
+impl Tree {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, StoreError> {
+        self.tree.get(key).map_err(error)
+    }
+
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        self.tree.contains_key(key).map_err(error)
+    }
+
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl Into<Bytes>) -> Result<(), StoreError> {
+        self.tree.insert(key, value).map(drop).map_err(error)
+    }
+
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
+        self.tree.remove(key).map(drop).map_err(error)
+    }
+
+    pub fn iter(&self) -> Iter {
+        Iter {
+            iter: self.tree.iter(),
+        }
+    }
+
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        Iter {
+            iter: self.tree.range(range),
+        }
+    }
+
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        Iter {
+            iter: self.tree.scan_prefix(prefix),
+        }
+    }
+
+    /// Writes every write so far in the tree's database to its log file (as [`Db::flush`]).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush().map(drop).map_err(error)
+    }
+
+    /// The entry with the greatest key.
+    pub fn last(&self) -> Result<Option<(Bytes, Bytes)>, StoreError> {
+        self.tree.last().map_err(error)
+    }
+
+    /// Removes every entry, one plain removal at a time (see the module documentation for why
+    /// not sled's `clear`).
+    pub fn remove_all(&self) -> Result<(), StoreError> {
+        for key in self.iter().keys() {
+            self.remove(key?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Iter {
+    pub fn keys(self) -> impl DoubleEndedIterator<Item = Result<Bytes, StoreError>> {
+        self.map(|entry| entry.map(|(key, _)| key))
+    }
+
+    pub fn values(self) -> impl DoubleEndedIterator<Item = Result<Bytes, StoreError>> {
+        self.map(|entry| entry.map(|(_, value)| value))
+    }
+}
+
+impl Iterator for Iter {
+    type Item = Result<(Bytes, Bytes), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.iter.next().map(|entry| entry.map_err(error))
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.iter.next_back().map(|entry| entry.map_err(error))
+    }
+}
+
+/// What must reach the disk, beyond sled's flush, for a write to survive a power loss.
+///
+/// sled's flush writes its log file with `sync_file_range`, which neither waits for the disk's
+/// cache nor persists the file's size: `fdatasync` does both. sled also writes pages larger
+/// than a quarter of a segment (128 KiB by default: a large event with its node) to files of
+/// their own under `blobs/`, and never syncs them; each new blob file and the folder that names
+/// it are synced too. This knows sled's file layout (`db`, `blobs/`), which is why it lives here.
+#[derive(Debug)]
+pub struct FileSync {
+    log_file: File,
+    blobs_dir: PathBuf,
+    /// Each blob file (sled names them by log position) with the size it had when synced. A
+    /// blob is synced again whenever its size changed: sled may still be writing one while it
+    /// is listed, and its page becomes part of a later flush.
+    synced_blobs: HashMap<u64, u64>,
+}
+
+impl FileSync {
+    /// For the database in `path` (opened already).
+    pub fn open(path: &Path) -> Result<FileSync, StoreError> {
+        let io_err = |what: String| move |source| StoreError::Io { what, source };
+        let log_path = path.join("db");
+        let log_file = File::open(&log_path).map_err(io_err(format!(
+            "opening {} for fdatasync",
+            log_path.display()
+        )))?;
+        // The store's files may have just been created: make their names durable too.
+        File::open(path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_err(format!("syncing folder {}", path.display())))?;
+        let mut sync = FileSync {
+            log_file,
+            blobs_dir: path.join("blobs"),
+            synced_blobs: HashMap::new(),
+        };
+        sync.sync().map_err(StoreError::Engine)?;
+        Ok(sync)
+    }
+
+    /// `fdatasync`s the log file and every blob file new or grown since the last call.
+    pub fn sync(&mut self) -> Result<(), String> {
+        self.log_file
+            .sync_data()
+            .map_err(|err| format!("fdatasync: {err}"))?;
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(format!("listing {}: {err}", self.blobs_dir.display())),
+        };
+        let mut present = HashMap::with_capacity(self.synced_blobs.len());
+        let mut synced_any = false;
+        for entry in entries.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let Ok(file) = File::open(entry.path()) else {
+                // sled removed it meanwhile: its page was rewritten elsewhere.
+                continue;
+            };
+            let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            if self.synced_blobs.get(&id) != Some(&size) {
+                match file.sync_data() {
+                    Ok(()) => synced_any = true,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(format!("fdatasync of blob {id}: {err}")),
+                }
+            }
+            present.insert(id, size);
+        }
+        if synced_any {
+            File::open(&self.blobs_dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|err| format!("syncing {}: {err}", self.blobs_dir.display()))?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+}

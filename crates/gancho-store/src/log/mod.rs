@@ -1,0 +1,11 @@
+//! The event log: appended by one writer thread in groups, made durable by one flusher thread,
+//! read in blocks. `writer` (group commit, dedup), `flusher` (flush + `fdatasync`, answers),
+//! `codec` (records, blocks, the commit record, the log database's format), `cache`
+//! (decompressed blocks for single-event reads), `query` (listings and windows, from the indexes
+//! with the log's unindexed tail merged in).
+
+pub(crate) mod cache;
+pub(crate) mod codec;
+mod flusher;
+pub(crate) mod query;
+pub(crate) mod writer;
