@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use gancho_core::{Clock as _, SystemClock};
 use gancho_tests::{Setup, fixture};
 
 #[test]
@@ -60,10 +61,7 @@ fn events_are_listed_through_the_socket_and_directly_alike() {
 fn since_filters_by_event_time() {
     let setup = Setup::standard();
     let daemon = setup.start();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = u64::try_from(SystemClock.now().timestamp()).unwrap();
     let old = format!(
         r#"{{"kind":"withdrawal","at":{},"id":"old","account":"A"}}"#,
         now - 3 * 3600

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use gancho_core::{Clock as _, SystemClock};
 use gancho_testkit::{HttpReceiver, Reply, SmtpServer};
 use gancho_tests::Setup;
 
@@ -257,8 +258,5 @@ fn kill_9_while_the_engine_decides_makes_no_decision_twice_and_loses_none() {
 }
 
 fn now_secs() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    i64::try_from(now.as_secs()).unwrap()
+    SystemClock.now().timestamp()
 }

@@ -13,7 +13,7 @@ use gancho_actions::{
     ActionsConfig, ActionsHandle, EmailTransport, RetryPolicy, SmsProvider, sign_webhook,
 };
 use gancho_core::{
-    Action, ActionRequest, EmailAction, HttpAction, SmsAction, SystemClock, action_id,
+    Action, ActionRequest, Clock as _, EmailAction, HttpAction, SmsAction, SystemClock, action_id,
 };
 use gancho_state::{Change, DeadLetter, EngineState, StoreConfig};
 use gancho_testkit::{HttpReceiver, Reply, SmtpServer, SmtpTls, wait_until};
@@ -404,7 +404,7 @@ fn http_calls_carry_the_id_and_a_valid_signature() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((timestamp - chrono::Utc::now().timestamp()).abs() < 60);
+    assert!((timestamp - SystemClock.now().timestamp()).abs() < 60);
     let expected = sign_webhook(secret, &decided[0].id, timestamp, &request.body).unwrap();
     assert_eq!(request.header("webhook-signature"), Some(expected.as_str()));
 }
@@ -449,7 +449,7 @@ fn a_400_goes_to_dead_letters_and_dead_retry_delivers_it_once_fixed() {
     let state = world.store.outbox();
     assert_eq!(
         state
-            .retry_dead(Some(&decided[0].id), chrono::Utc::now().timestamp_millis())
+            .retry_dead(Some(&decided[0].id), SystemClock.now().timestamp_millis())
             .unwrap(),
         1
     );

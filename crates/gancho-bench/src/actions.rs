@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context, bail};
 use gancho_actions::{ActionsConfig, EmailTransport};
-use gancho_core::SystemClock;
-use gancho_core::{Action, ActionRequest, EmailAction, HttpAction, action_id};
+use gancho_core::{
+    Action, ActionRequest, Clock as _, EmailAction, HttpAction, SystemClock, action_id,
+};
 use gancho_state::{Change, EngineState};
 use gancho_store::StoreConfig;
 use hdrhistogram::Histogram;
@@ -48,7 +49,7 @@ struct Received {
 }
 
 fn now_us() -> u64 {
-    u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0)
+    u64::try_from(SystemClock.now().timestamp_micros()).unwrap_or(0)
 }
 
 async fn receive(body: web::Bytes, seen: web::Data<Arc<Received>>) -> HttpResponse {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{TimeZone as _, Utc};
-use gancho_core::ManualClock;
+use gancho_core::{Clock as _, ManualClock, SystemClock};
 use gancho_engine::{Engine, EngineConfig};
 use gancho_ingress::{SourceKind, submission_from};
 use gancho_state::EngineState;
@@ -140,7 +140,7 @@ fn build_store(path: &Path, bench: &EngineBench) -> anyhow::Result<Store> {
     let mut batch = Vec::new();
     let mut total = 0;
     let mut recipients = 0u64;
-    let now = Utc::now();
+    let now = SystemClock.now();
     while total < bench.events {
         for (kind, at) in recipient_events(recipients) {
             batch.push(body(kind, recipients, at));

@@ -2,8 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use gancho_core::EventId;
+use gancho_core::{Clock as _, EventId, SystemClock};
 use gancho_ingress::{SourceKind, submission_from};
 use gancho_store::{Store, StoreConfig, Submission};
 
@@ -30,7 +29,7 @@ pub fn run(fsync: bool) -> anyhow::Result<()> {
     }
     let hash = per_op(N, start.elapsed());
 
-    let now = Utc::now();
+    let now = SystemClock.now();
     let start = Instant::now();
     let mut submissions = Vec::with_capacity(bodies.len());
     for b in &bodies {

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use clap::{Parser, Subcommand};
+use gancho_core::{Clock as _, SystemClock};
 
 use crate::config::Config;
 use crate::control::{Query, Request, Response};
@@ -209,7 +209,7 @@ fn list_events(
         Some(d) => Some(
             chrono::Duration::from_std(d)
                 .ok()
-                .and_then(|d| Utc::now().checked_sub_signed(d))
+                .and_then(|d| SystemClock.now().checked_sub_signed(d))
                 .context("--since reaches before the earliest representable time")?,
         ),
         None => None,
