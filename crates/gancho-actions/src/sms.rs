@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use gancho_core::{ActionRequest, SmsAction};
+use gancho_core::{ActionRequest, SecretString, SmsAction};
 use serde::Deserialize;
 
 use crate::failure::{ActionsError, Failure};
@@ -12,6 +12,7 @@ use crate::http::{excerpt, read_capped, retry_after, status_failure};
 
 /// The most of a provider's reply read.
 const MAX_REPLY: usize = 64 * 1024;
+use crate::config::exposed;
 use crate::{SmsConfig, SmsProvider};
 
 #[derive(Debug)]
@@ -26,7 +27,7 @@ enum Provider {
         client: reqwest::Client,
         url: String,
         account_sid: String,
-        auth_token: String,
+        auth_token: SecretString,
         from: Option<String>,
         messaging_service_sid: Option<String>,
     },
@@ -34,7 +35,7 @@ enum Provider {
         client: reqwest::Client,
         url: String,
         api_key: String,
-        api_secret: String,
+        api_secret: SecretString,
         from: String,
     },
     /// Appends are serialized so lines never interleave.
@@ -78,7 +79,7 @@ impl SmsSender {
                         client: client()?,
                         url: format!("{base}/2010-04-01/Accounts/{account_sid}/Messages.json"),
                         account_sid: account_sid.clone(),
-                        auth_token: auth_token.clone(),
+                        auth_token: exposed(auth_token, "sms.auth_token")?.into(),
                         from: from.clone(),
                         messaging_service_sid: messaging_service_sid.clone(),
                     },
@@ -97,7 +98,7 @@ impl SmsSender {
                         client: client()?,
                         url: format!("{base}/sms/json"),
                         api_key: api_key.clone(),
-                        api_secret: api_secret.clone(),
+                        api_secret: exposed(api_secret, "sms.api_secret")?.into(),
                         from: from.clone(),
                     },
                     format!("vonage {base}"),
@@ -146,7 +147,7 @@ impl SmsSender {
                 }
                 let response = client
                     .post(url)
-                    .basic_auth(account_sid, Some(auth_token))
+                    .basic_auth(account_sid, Some(auth_token.expose()))
                     .header("Idempotency-Key", &request.id)
                     .form(&form)
                     .send()
@@ -164,7 +165,7 @@ impl SmsSender {
                 let to = sms.to.trim_start_matches('+');
                 let mut form = vec![
                     ("api_key", api_key.as_str()),
-                    ("api_secret", api_secret.as_str()),
+                    ("api_secret", api_secret.expose()),
                     ("from", from.as_str()),
                     ("to", to),
                     ("text", sms.text.as_str()),

@@ -11,8 +11,10 @@
 
 mod adapter;
 mod auth;
+mod config;
 mod server;
 
 pub use adapter::{BodyError, JsonSpec, SourceKind, submission_from};
 pub use auth::BasicAuth;
+pub use config::{BasicAuthConfig, KindName, SourceConfig};
 pub use server::{IngressConfig, IngressHandle, IngressServer, Source, block_on};
