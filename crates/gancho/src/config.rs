@@ -53,7 +53,8 @@ struct FileConfig {
     data_dir: PathBuf,
     /// Folder of the `.rhai` rules. Default: `"rules"`. Example: `"/etc/gancho/rules"`.
     rules_dir: PathBuf,
-    /// The largest webhook body accepted, in bytes; larger ones get 413. Default: 1048576.
+    /// The largest webhook body accepted, in bytes; larger ones get 413. Default: 1048576
+    /// (1 MiB). Example: 4194304.
     max_body_bytes: u64,
     /// HTTP worker threads; 0 means one per core. Default: 0. Example: 4.
     http_workers: usize,
