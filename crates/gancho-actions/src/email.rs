@@ -39,6 +39,7 @@ impl EmailSender {
             .map_err(|err| ActionsError::Email(format!("from {:?}: {err}", config.from)))?;
         let (transport, destination) = match &config.transport {
             EmailTransport::Smtp { url } => {
+                let url = crate::config::exposed(url, "email.smtp_url")?;
                 let target = SmtpTarget::parse(url).map_err(|message| ActionsError::Config {
                     key: "email.smtp_url".to_owned(),
                     message,

@@ -29,10 +29,13 @@ impl HttpSender {
         let guard = Guard::new(&config.allow_hosts, config.allow_private);
         let signer = config
             .signing_secret
-            .as_deref()
-            .map(Signer::new)
-            .transpose()
-            .map_err(|err| ActionsError::Http(format!("signing_secret: {err}")))?;
+            .as_ref()
+            .map(|secret| {
+                let secret = crate::config::exposed(secret, "http.signing_secret")?;
+                Signer::new(secret)
+                    .map_err(|err| ActionsError::Http(format!("signing_secret: {err}")))
+            })
+            .transpose()?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))

@@ -9,6 +9,9 @@
 //! decision). Delivery is at least once: every message carries the action's stable id
 //! (`Idempotency-Key`, `webhook-id`, `Message-ID`, Vonage's `client-ref`) so a receiver can
 //! drop the rare repeat.
+//!
+//! It owns the `[email]`, `[sms]`, `[http]` and `[retry]` sections of the config file: their
+//! types deserialize from the file with their defaults, and the binary only composes them.
 
 mod config;
 mod email;

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use gancho_core::{ActionRequest, SmsAction};
+use gancho_core::{ActionRequest, SecretString, SmsAction};
 use serde::Deserialize;
 
+use crate::config::exposed;
 use crate::failure::{ActionsError, Failure};
 use crate::http::{excerpt, read_capped, retry_after, status_failure};
+use crate::{SmsConfig, SmsProvider};
 
 /// The most of a provider's reply read.
 const MAX_REPLY: usize = 64 * 1024;
-use crate::{SmsConfig, SmsProvider};
 
 #[derive(Debug)]
 pub(crate) struct SmsSender {
@@ -27,7 +28,7 @@ enum Provider {
         client: reqwest::Client,
         url: String,
         account_sid: String,
-        auth_token: String,
+        auth_token: SecretString,
         from: Option<String>,
         messaging_service_sid: Option<String>,
     },
@@ -35,7 +36,7 @@ enum Provider {
         client: reqwest::Client,
         url: String,
         api_key: String,
-        api_secret: String,
+        api_secret: SecretString,
         from: String,
     },
     /// Appends are serialized so lines never interleave.
@@ -79,7 +80,7 @@ impl SmsSender {
                         client: client()?,
                         url: format!("{base}/2010-04-01/Accounts/{account_sid}/Messages.json"),
                         account_sid: account_sid.clone(),
-                        auth_token: auth_token.clone(),
+                        auth_token: exposed(auth_token, "sms.auth_token")?.into(),
                         from: from.clone(),
                         messaging_service_sid: messaging_service_sid.clone(),
                     },
@@ -98,7 +99,7 @@ impl SmsSender {
                         client: client()?,
                         url: format!("{base}/sms/json"),
                         api_key: api_key.clone(),
-                        api_secret: api_secret.clone(),
+                        api_secret: exposed(api_secret, "sms.api_secret")?.into(),
                         from: from.clone(),
                     },
                     format!("vonage {base}"),
@@ -149,7 +150,7 @@ impl SmsSender {
                 }
                 let response = client
                     .post(url)
-                    .basic_auth(account_sid, Some(auth_token))
+                    .basic_auth(account_sid, Some(auth_token.expose()))
                     .header("Idempotency-Key", &request.id)
                     .form(&form)
                     .send()
@@ -167,7 +168,7 @@ impl SmsSender {
                 let to = sms.to.trim_start_matches('+');
                 let mut form = vec![
                     ("api_key", api_key.as_str()),
-                    ("api_secret", api_secret.as_str()),
+                    ("api_secret", api_secret.expose()),
                     ("from", from.as_str()),
                     ("to", to),
                     ("text", sms.text.as_str()),

@@ -142,7 +142,7 @@ fn email_goes_over_smtp_with_the_exact_message() {
     let smtp = SmtpServer::start();
     let mut world = World::new();
     world.config.email.transport = EmailTransport::Smtp {
-        url: format!("smtp://shop:s3cret@{}", smtp.addr()),
+        url: format!("smtp://shop:s3cret@{}", smtp.addr()).into(),
     };
     world.config.email.from = "Shop <shop@example.com>".to_owned();
     let decided = world.decide(vec![
@@ -208,7 +208,9 @@ fn smtp_451_twice_then_250_delivers_once_after_three_tries() {
         (451, "4.7.1 greylisted, try again"),
     ]);
     let mut world = World::new();
-    world.config.email.transport = EmailTransport::Smtp { url: smtp.url() };
+    world.config.email.transport = EmailTransport::Smtp {
+        url: smtp.url().into(),
+    };
     world.decide(vec![email("ana@example.com", "Hi", None)]);
     let executor = world.start();
     // While it waits for its third try, the outbox shows why it failed.
@@ -236,7 +238,9 @@ fn smtp_550_is_a_dead_letter_at_once() {
     let smtp = SmtpServer::start();
     smtp.refuse_next(&[(550, "5.1.1 no such user")]);
     let mut world = World::new();
-    world.config.email.transport = EmailTransport::Smtp { url: smtp.url() };
+    world.config.email.transport = EmailTransport::Smtp {
+        url: smtp.url().into(),
+    };
     world.decide(vec![email("nobody@example.com", "Hi", None)]);
     let executor = world.start();
     let dead = wait_until(WAIT, || Some(world.dead()).filter(|d| !d.is_empty())).unwrap();
@@ -289,7 +293,7 @@ fn sms_goes_through_twilio_and_its_errors_are_kept() {
     world.config.sms.provider = SmsProvider::Twilio {
         base_url: server.url(""),
         account_sid: "ACtest".to_owned(),
-        auth_token: "token".to_owned(),
+        auth_token: "token".into(),
         from: Some("+15017122661".to_owned()),
         messaging_service_sid: None,
     };
@@ -340,7 +344,7 @@ fn sms_goes_through_vonage_whose_200_can_be_a_failure() {
     world.config.sms.provider = SmsProvider::Vonage {
         base_url: server.url("/"),
         api_key: "key".to_owned(),
-        api_secret: "secret".to_owned(),
+        api_secret: "secret".into(),
         from: "Shop".to_owned(),
     };
     let decided = world.decide(vec![
@@ -376,7 +380,7 @@ fn http_calls_carry_the_id_and_a_valid_signature() {
     let receiver = HttpReceiver::ok();
     let mut world = World::new();
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    world.config.http.signing_secret = Some(secret.to_owned());
+    world.config.http.signing_secret = Some(secret.into());
     let decided = world.decide(vec![http(
         &receiver.url("/hooks/discount?x=1"),
         serde_json::json!({"email": "ana@example.com", "id": 19421777835146490u64}),
@@ -624,7 +628,7 @@ fn email_goes_over_implicit_tls_and_starttls_to_a_server_of_a_private_ca() {
         std::fs::write(&ca, smtp.ca_pem().unwrap()).unwrap();
         world.config.email.ca_file = Some(ca);
         let url = smtp.url().replacen("://", "://shop:s3cret@", 1);
-        world.config.email.transport = EmailTransport::Smtp { url };
+        world.config.email.transport = EmailTransport::Smtp { url: url.into() };
         world.decide(vec![email("ana@example.com", "Hi", None)]);
         let executor = world.start();
         let mails = smtp.wait_for_mails(1, WAIT);
@@ -641,7 +645,9 @@ fn a_server_certificate_no_trusted_ca_signed_is_refused() {
     let smtp = SmtpServer::start_tls(SmtpTls::Implicit);
     let mut world = World::new();
     // The system's trust store does not know the test CA.
-    world.config.email.transport = EmailTransport::Smtp { url: smtp.url() };
+    world.config.email.transport = EmailTransport::Smtp {
+        url: smtp.url().into(),
+    };
     world.config.retry.max_attempts = 1;
     world.decide(vec![email("ana@example.com", "Hi", None)]);
     let executor = match gancho_actions::spawn(

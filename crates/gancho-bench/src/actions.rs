@@ -150,7 +150,9 @@ pub fn run(bench: &ActionsBench) -> anyhow::Result<()> {
             n,
             &email,
             |config| {
-                config.email.transport = EmailTransport::Smtp { url: smtp.url() };
+                config.email.transport = EmailTransport::Smtp {
+                    url: smtp.url().into(),
+                };
                 config.email.limits.concurrency = concurrency;
             },
             || smtp.mails().len() - before >= n,

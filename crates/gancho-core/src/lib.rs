@@ -1,5 +1,6 @@
 //! The domain types every other gancho crate speaks: [`Event`], [`NewEvent`], the correlation
-//! [`Keys`], event ids and event time, and the [`Clock`] through which time is read.
+//! [`Keys`], event ids and event time, the [`Clock`] through which time is read, and what the
+//! crates' config sections are made of ([`config`]: secrets that redact themselves, durations).
 //!
 //! This crate does no I/O and knows no storage engine, HTTP server or script engine: it is the
 //! vocabulary, not the machinery. A key design decision made here is that an event's identity
@@ -9,6 +10,7 @@
 
 mod action;
 mod clock;
+pub mod config;
 mod event;
 mod time;
 
@@ -16,6 +18,7 @@ pub use action::{
     Action, ActionRequest, Channel, EmailAction, HttpAction, InvalidAction, SmsAction, action_id,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{KeyError, Secret, SecretString};
 pub use event::{Event, EventId, Keys, NewEvent, key_text};
 pub use time::{TimeError, millis_to_time, parse_event_time, time_to_millis};
 

@@ -8,11 +8,16 @@
 //! request is answered by what the store did with it: 200 means every event in it is on disk
 //! (or was already) and every invalid item of a batch is in the quarantine; any other status
 //! means nothing of it was acknowledged, so the provider's retry is always safe.
+//!
+//! It also owns the `[sources.NAME]` sections of the config file ([`SourceConfig`]), beside the
+//! adapters that read their JSON pointers.
 
 mod adapter;
 mod auth;
+mod config;
 mod server;
 
 pub use adapter::{BodyError, JsonSpec, SourceKind, submission_from};
 pub use auth::BasicAuth;
+pub use config::{BasicAuthConfig, KindName, SourceConfig};
 pub use server::{IngressConfig, IngressHandle, IngressServer, Source, block_on};

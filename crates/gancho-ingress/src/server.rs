@@ -36,6 +36,18 @@ pub struct IngressConfig {
     pub shutdown_grace: Duration,
 }
 
+impl Default for IngressConfig {
+    /// No sources, bodies up to 1 MiB, a worker per core, 30 s for requests in flight.
+    fn default() -> IngressConfig {
+        IngressConfig {
+            sources: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            workers: 0,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
 struct State {
     sources: HashMap<String, Source>,
     max_body_bytes: usize,

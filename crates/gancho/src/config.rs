@@ -1,19 +1,33 @@
-//! The config file: its TOML shape, its defaults, and its validation into what the crates need.
+//! The config file: the binary's own keys, composed with the sections the crates own, then
+//! checked as a whole.
 //!
-//! The whole file is read and checked before anything binds a port or opens the store. Every
-//! error names the key it is about, in one line, so an operator can fix it without guessing.
+//! Each crate defines the `Deserialize` type of its section with its defaults and docs
+//! (`[email]`, `[sms]`, `[http]`, `[retry]` in `gancho-actions`, `[sources.NAME]` in
+//! `gancho-ingress`); this module adds the top-level keys and `[store]`, reads the secrets given
+//! as `KEY_env` or `KEY_file` (only the binary reads the environment), and checks what spans
+//! sections. The whole file is read and checked before anything binds a port or opens the
+//! store. Every error names the key it is about, in one line, so an operator can fix it
+//! without guessing.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use gancho_ingress::{BasicAuth, IngressConfig, JsonSpec, Source, SourceKind};
+use gancho_actions::{ActionsConfig, EmailConfig, HttpConfig, RetryPolicy, SmsConfig};
+use gancho_core::config::duration;
+use gancho_core::{KeyError, Secret};
+use gancho_ingress::{IngressConfig, SourceConfig};
 use gancho_store::StoreConfig;
 use serde::Deserialize;
 
-/// The config used when neither `--config` nor `GANCHO_CONFIG` names a file: listen on
-/// loopback, keep data in `./data`, and accept the two example sources.
+/// The config used when neither `--config` nor `GANCHO_CONFIG` names a file: the defaults
+/// (listen on loopback, data in `./data`) and the two example sources.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Sends in flight get at most this much of a stop after the HTTP server's grace, so the whole
+/// stop stays within the unit's `TimeoutStopSec`; what is abandoned is sent after the restart.
+const ACTIONS_GRACE: Duration = Duration::from_secs(10);
 
 /// A config key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -26,225 +40,80 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// The config file as written. Every field documents its unit, default and an example;
-/// `deploy/gancho.toml` shows them all.
+/// The config file as written. `deploy/gancho.toml` shows every key; the sections' keys are
+/// documented on their types in the crates that own them.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct FileConfig {
-    /// Address and port the webhook server listens on. Default: `127.0.0.1:8080`.
-    #[serde(default = "default_listen")]
+    /// Address and port the webhook server listens on. Default: `"127.0.0.1:8080"`.
+    /// Example: `"0.0.0.0:8080"`.
     listen: String,
     /// Folder of the store and the control socket, created if missing. Relative paths are
-    /// relative to the working directory. Default: `data`.
-    #[serde(default = "default_data_dir")]
+    /// relative to the working directory. Default: `"data"`. Example: `"/var/lib/gancho"`.
     data_dir: PathBuf,
-    /// Folder of the `.rhai` rules. Default: `rules`.
-    #[serde(default = "default_rules_dir")]
+    /// Folder of the `.rhai` rules. Default: `"rules"`. Example: `"/etc/gancho/rules"`.
     rules_dir: PathBuf,
-    /// The largest webhook body accepted, in bytes; larger ones get 413. Default: 1048576.
-    #[serde(default = "default_max_body_bytes")]
+    /// The largest webhook body accepted, in bytes; larger ones get 413. Default: 1048576
+    /// (1 MiB). Example: 4194304.
     max_body_bytes: u64,
-    /// HTTP worker threads; 0 means one per core. Default: 0.
-    #[serde(default)]
+    /// HTTP worker threads; 0 means one per core. Default: 0. Example: 4.
     http_workers: usize,
-    /// How long a stop waits for requests in flight, as `30s`, `1m`. Default: `30s`.
-    #[serde(default = "default_shutdown_grace")]
-    shutdown_grace: String,
-    #[serde(default)]
+    /// How long a stop waits for requests in flight. Default: `"30s"`. Example: `"1m"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    shutdown_grace: Duration,
     store: StoreSection,
-    #[serde(default)]
-    sources: BTreeMap<String, SourceSection>,
-    #[serde(default)]
-    email: EmailSection,
-    #[serde(default)]
-    sms: SmsSection,
-    #[serde(default)]
-    http: HttpSection,
-    #[serde(default)]
-    retry: RetrySection,
+    sources: BTreeMap<String, SourceConfig>,
+    email: EmailConfig,
+    sms: SmsConfig,
+    http: HttpConfig,
+    retry: RetryPolicy,
 }
 
-/// Outgoing e-mail. Without `smtp_url`, messages are written to `DATA_DIR/mail/ID.eml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmailSection {
-    /// `smtp://HOST:PORT` (plain; `?tls=required` for STARTTLS), `smtps://HOST:PORT`
-    /// (implicit TLS), with `USER:PASSWORD@` (percent-encoded) when the server wants them. Or
-    /// `smtp_url_env` / `smtp_url_file`.
-    smtp_url: Option<String>,
-    smtp_url_env: Option<String>,
-    smtp_url_file: Option<PathBuf>,
-    /// The CA (PEM) that signed a private relay's certificate; then only it is trusted.
-    ca_file: Option<PathBuf>,
-    /// The `From` of every message. Default: `gancho <gancho@localhost.localdomain>`.
-    from: Option<String>,
-    /// Per SMTP command. Default: `30s`.
-    timeout: Option<String>,
-    /// Messages sent at once (pooled connections). Default: 4.
-    concurrency: Option<usize>,
-    /// Messages started per second at most; 0: no limit. Default: 0.
-    rate_per_second: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-enum ProviderName {
-    Twilio,
-    Vonage,
-    #[default]
-    File,
-}
-
-/// Outgoing SMS. Default provider `file`: messages are appended to `DATA_DIR/sms.jsonl`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SmsSection {
-    #[serde(default)]
-    provider: ProviderName,
-    /// The provider's API root. Defaults: `https://api.twilio.com`, `https://rest.nexmo.com`.
-    base_url: Option<String>,
-    /// Twilio: the account, its auth token (or `auth_token_env` / `auth_token_file`), and the
-    /// sender: `from` or `messaging_service_sid`.
-    account_sid: Option<String>,
-    auth_token: Option<String>,
-    auth_token_env: Option<String>,
-    auth_token_file: Option<PathBuf>,
-    messaging_service_sid: Option<String>,
-    /// Twilio and Vonage: the sender number or name.
-    from: Option<String>,
-    /// Vonage: the API key and secret (or `api_secret_env` / `api_secret_file`).
-    api_key: Option<String>,
-    api_secret: Option<String>,
-    api_secret_env: Option<String>,
-    api_secret_file: Option<PathBuf>,
-    /// Per request. Default: `15s`.
-    timeout: Option<String>,
-    /// Default: 4.
-    concurrency: Option<usize>,
-    /// Default: 0 (no limit).
-    rate_per_second: Option<f64>,
-}
-
-/// Rules' HTTP calls.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpSection {
-    /// Hosts rules may call (`*.example.com` for subdomains); empty: any public host.
-    #[serde(default)]
-    allow_hosts: Vec<String>,
-    /// Allow loopback, private and link-local targets. Default: false.
-    #[serde(default)]
-    allow_private: bool,
-    /// Per call, connection included. Default: `10s`.
-    timeout: Option<String>,
-    /// `whsec_...`: sign calls the Standard Webhooks way. Or `signing_secret_env` /
-    /// `signing_secret_file`.
-    signing_secret: Option<String>,
-    signing_secret_env: Option<String>,
-    signing_secret_file: Option<PathBuf>,
-    /// Calls at once. Default: 32.
-    concurrency: Option<usize>,
-    /// Calls at once to one host. Default: 8.
-    per_host: Option<usize>,
-    /// Default: 0 (no limit).
-    rate_per_second: Option<f64>,
-}
-
-/// Retries of failed deliveries.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetrySection {
-    /// The first wait; doubles (with jitter) up to `max`. Default: `2s`.
-    initial: Option<String>,
-    /// Default: `1h`.
-    max: Option<String>,
-    /// Tries before dead letters. Default: 15.
-    max_attempts: Option<u32>,
-    /// Failing this long since the first try: dead letters. Default: `3d`.
-    max_age: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoreSection {
-    /// `fdatasync` after each group flush, so an acknowledged event survives a power loss; off,
-    /// it survives a crash of the process only. Default: true.
-    #[serde(default = "yes")]
-    fsync: bool,
-    /// The store's page cache, in MiB. Default: 256.
-    #[serde(default = "default_cache_mb")]
-    cache_mb: u64,
-}
-
-impl Default for StoreSection {
-    fn default() -> StoreSection {
-        StoreSection {
-            fsync: true,
-            cache_mb: default_cache_mb(),
+impl Default for FileConfig {
+    fn default() -> FileConfig {
+        let ingress = IngressConfig::default();
+        FileConfig {
+            listen: "127.0.0.1:8080".to_owned(),
+            data_dir: PathBuf::from("data"),
+            rules_dir: PathBuf::from("rules"),
+            max_body_bytes: ingress.max_body_bytes as u64,
+            http_workers: ingress.workers,
+            shutdown_grace: ingress.shutdown_grace,
+            store: StoreSection::default(),
+            sources: BTreeMap::new(),
+            email: EmailConfig::default(),
+            sms: SmsConfig::default(),
+            http: HttpConfig::default(),
+            retry: RetryPolicy::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-enum KindName {
-    Mailjet,
-    Json,
-}
-
+/// `[store]`. The store's own `StoreConfig` counts its cache in bytes; the file in MiB.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SourceSection {
-    /// `mailjet` or `json`.
-    kind: KindName,
-    /// HTTP basic credentials the sender must present.
-    basic_auth: Option<BasicAuthSection>,
-    /// json only: JSON pointer to the event type, as `/kind`.
-    #[serde(rename = "type")]
-    type_pointer: Option<String>,
-    /// json only: JSON pointer to the event time (RFC 3339 or Unix seconds); absent: receipt.
-    time: Option<String>,
-    /// json only: JSON pointer to the provider's event id; absent: a hash of the content.
-    id: Option<String>,
-    /// json only: correlation keys, name to JSON pointer.
-    #[serde(default)]
-    keys: BTreeMap<String, String>,
+#[serde(default, deny_unknown_fields)]
+struct StoreSection {
+    /// `fdatasync` after each group flush, so an acknowledged event survives a power loss; off,
+    /// it survives a crash of the process only. Default: true.
+    fsync: bool,
+    /// The store's page cache, in MiB. Default: 256. Example: 1024.
+    cache_mb: u64,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BasicAuthSection {
-    user: String,
-    /// The password itself; or `password_env`, an environment variable holding it; or
-    /// `password_file`, a file holding it (a trailing newline is ignored). Exactly one.
-    password: Option<String>,
-    password_env: Option<String>,
-    password_file: Option<PathBuf>,
+const MIB: u64 = 1024 * 1024;
+
+impl Default for StoreSection {
+    fn default() -> StoreSection {
+        let store = StoreConfig::default();
+        StoreSection {
+            fsync: store.fsync,
+            cache_mb: store.cache_capacity / MIB,
+        }
+    }
 }
 
-fn default_listen() -> String {
-    "127.0.0.1:8080".to_owned()
-}
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("data")
-}
-fn default_rules_dir() -> PathBuf {
-    PathBuf::from("rules")
-}
-fn default_max_body_bytes() -> u64 {
-    1024 * 1024
-}
-fn default_shutdown_grace() -> String {
-    "30s".to_owned()
-}
-fn default_cache_mb() -> u64 {
-    256
-}
-fn yes() -> bool {
-    true
-}
-
-/// The validated config.
+/// The validated config. Its `Debug` shows no secret: they are `Secret`s, and `BasicAuth`
+/// redacts its password.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -252,7 +121,7 @@ pub struct Config {
     pub rules_dir: PathBuf,
     pub store: StoreConfig,
     pub ingress: IngressConfig,
-    pub actions: gancho_actions::ActionsConfig,
+    pub actions: ActionsConfig,
 }
 
 impl Config {
@@ -299,28 +168,48 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 /// Parses and validates config text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let deserializer = toml::Deserializer::new(text);
-    let file: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let line = err.inner().span().map(|span| {
-            1 + text.as_bytes()[..span.start.min(text.len())]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-        });
-        let path = err.path().to_string();
-        ConfigError {
-            origin: match line {
-                Some(line) => format!("{origin}:{line}"),
-                None => origin.to_owned(),
-            },
-            key: if path == "." {
-                "(file)".to_owned()
-            } else {
-                path
-            },
-            message: err.inner().message().trim().to_owned(),
-        }
-    })?;
+    let file: FileConfig = serde_path_to_error::deserialize(deserializer)
+        .map_err(|err| deserialize_error(&err, text, origin))?;
     validate(file, origin)
+}
+
+/// A TOML or section error as one line: the file and line, the dotted key, the message. A
+/// section's [`KeyError`] arrives as text and names a key within the section.
+fn deserialize_error(
+    err: &serde_path_to_error::Error<toml::de::Error>,
+    text: &str,
+    origin: &str,
+) -> ConfigError {
+    let line = err.inner().span().map(|span| {
+        1 + text.as_bytes()[..span.start.min(text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+    });
+    let path = err.path().to_string();
+    let message = err.inner().message().trim();
+    let (key, message) = match KeyError::parse(message) {
+        Some((key, message)) => (join_key(&path, key), message),
+        None if path == "." => ("(file)".to_owned(), message),
+        None => (path, message),
+    };
+    ConfigError {
+        origin: match line {
+            Some(line) => format!("{origin}:{line}"),
+            None => origin.to_owned(),
+        },
+        key,
+        message: message.to_owned(),
+    }
+}
+
+/// `section.key`, or the one that is not empty.
+fn join_key(section: &str, key: &str) -> String {
+    match (section, key) {
+        (".", key) | ("", key) => key.to_owned(),
+        (section, "") => section.to_owned(),
+        (section, key) => format!("{section}.{key}"),
+    }
 }
 
 fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
@@ -338,12 +227,6 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
             ),
         )
     })?;
-    let shutdown_grace = humantime::parse_duration(&file.shutdown_grace).map_err(|err| {
-        fail(
-            "shutdown_grace",
-            format!("{:?}: {err}", file.shutdown_grace),
-        )
-    })?;
     if file.data_dir.as_os_str().is_empty() {
         return Err(fail("data_dir", "must not be empty".to_owned()));
     }
@@ -355,11 +238,40 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
     if file.store.cache_mb == 0 {
         return Err(fail("store.cache_mb", "must be at least 1".to_owned()));
     }
-    let actions = validate_actions(&file, &shutdown_grace, &fail)?;
-    let mut sources = Vec::with_capacity(file.sources.len());
-    for (name, section) in file.sources {
-        sources.push(validate_source(&name, section, &fail)?);
+
+    let mut actions = ActionsConfig {
+        data_dir: file.data_dir.clone(),
+        email: file.email,
+        sms: file.sms,
+        http: file.http,
+        retry: file.retry,
+        shutdown_grace: file.shutdown_grace.min(ACTIONS_GRACE),
+    };
+    for (key, secret) in actions.secrets_mut() {
+        read_secret(secret, key, &fail)?;
     }
+    actions.check().map_err(|err| match err {
+        gancho_actions::ActionsError::Config { key, message } => fail(&key, message),
+        other => fail("(actions)", other.to_string()),
+    })?;
+
+    let mut sources = Vec::with_capacity(file.sources.len());
+    for (name, mut section) in file.sources {
+        let fail_in =
+            |err: KeyError| fail(&join_key(&format!("sources.{name}"), &err.key), err.message);
+        SourceConfig::check_name(&name).map_err(fail_in)?;
+        if [gancho_engine::TIMER_SOURCE, gancho_engine::CRON_SOURCE].contains(&name.as_str()) {
+            return Err(fail(
+                &format!("sources.{name}"),
+                format!("the source name {name:?} is reserved for the engine's own events"),
+            ));
+        }
+        for (key, secret) in section.secrets_mut() {
+            read_secret(secret, &format!("sources.{name}.{key}"), &fail)?;
+        }
+        sources.push(section.into_source(&name).map_err(fail_in)?);
+    }
+
     Ok(Config {
         listen,
         actions,
@@ -367,180 +279,34 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
         rules_dir: file.rules_dir,
         store: StoreConfig {
             fsync: file.store.fsync,
-            cache_capacity: file.store.cache_mb.saturating_mul(1024 * 1024),
+            cache_capacity: file.store.cache_mb.saturating_mul(MIB),
         },
         ingress: IngressConfig {
             sources,
             max_body_bytes,
             workers: file.http_workers,
-            shutdown_grace,
+            shutdown_grace: file.shutdown_grace,
         },
     })
 }
 
-fn validate_actions(
-    file: &FileConfig,
-    shutdown_grace: &std::time::Duration,
-    fail: &impl Fn(&str, String) -> ConfigError,
-) -> Result<gancho_actions::ActionsConfig, ConfigError> {
-    use gancho_actions::{EmailTransport, SmsProvider};
-    let duration = |key: &str, text: &Option<String>, default: std::time::Duration| match text {
-        None => Ok(default),
-        Some(text) => {
-            humantime::parse_duration(text).map_err(|err| fail(key, format!("{text:?}: {err}")))
-        }
-    };
-    let mut actions = gancho_actions::ActionsConfig::local(&file.data_dir);
-    // Sends in flight get at most 10 s of the stop after the HTTP server's grace, so the whole
-    // stop stays within the unit's TimeoutStopSec; what is abandoned is sent after the restart.
-    actions.shutdown_grace = (*shutdown_grace).min(std::time::Duration::from_secs(10));
-
-    let email = &file.email;
-    if let Some(url) = secret(
-        &email.smtp_url,
-        &email.smtp_url_env,
-        &email.smtp_url_file,
-        "email.smtp_url",
-        fail,
-    )? {
-        actions.email.transport = EmailTransport::Smtp { url };
-    }
-    if let Some(from) = &email.from {
-        actions.email.from = from.clone();
-    }
-    actions.email.ca_file = email.ca_file.clone();
-    actions.email.timeout = duration("email.timeout", &email.timeout, actions.email.timeout)?;
-    limits(
-        &mut actions.email.limits,
-        email.concurrency,
-        email.rate_per_second,
-    );
-
-    let sms = &file.sms;
-    let required = |key: &str, value: &Option<String>| {
-        value.clone().ok_or_else(|| {
-            fail(
-                &format!("sms.{key}"),
-                format!("required for provider {:?}", sms.provider),
-            )
-        })
-    };
-    actions.sms.provider = match sms.provider {
-        ProviderName::File => SmsProvider::File,
-        ProviderName::Twilio => SmsProvider::Twilio {
-            base_url: sms
-                .base_url
-                .clone()
-                .unwrap_or_else(|| "https://api.twilio.com".to_owned()),
-            account_sid: required("account_sid", &sms.account_sid)?,
-            auth_token: secret(
-                &sms.auth_token,
-                &sms.auth_token_env,
-                &sms.auth_token_file,
-                "sms.auth_token",
-                fail,
-            )?
-            .ok_or_else(|| fail("sms.auth_token", "required for provider twilio".to_owned()))?,
-            from: sms.from.clone(),
-            messaging_service_sid: sms.messaging_service_sid.clone(),
-        },
-        ProviderName::Vonage => SmsProvider::Vonage {
-            base_url: sms
-                .base_url
-                .clone()
-                .unwrap_or_else(|| "https://rest.nexmo.com".to_owned()),
-            api_key: required("api_key", &sms.api_key)?,
-            api_secret: secret(
-                &sms.api_secret,
-                &sms.api_secret_env,
-                &sms.api_secret_file,
-                "sms.api_secret",
-                fail,
-            )?
-            .ok_or_else(|| fail("sms.api_secret", "required for provider vonage".to_owned()))?,
-            from: required("from", &sms.from)?,
-        },
-    };
-    actions.sms.timeout = duration("sms.timeout", &sms.timeout, actions.sms.timeout)?;
-    limits(
-        &mut actions.sms.limits,
-        sms.concurrency,
-        sms.rate_per_second,
-    );
-
-    let http = &file.http;
-    actions.http.allow_hosts = http.allow_hosts.clone();
-    actions.http.allow_private = http.allow_private;
-    actions.http.timeout = duration("http.timeout", &http.timeout, actions.http.timeout)?;
-    actions.http.signing_secret = secret(
-        &http.signing_secret,
-        &http.signing_secret_env,
-        &http.signing_secret_file,
-        "http.signing_secret",
-        fail,
-    )?;
-    limits(
-        &mut actions.http.limits,
-        http.concurrency,
-        http.rate_per_second,
-    );
-    if let Some(per_host) = http.per_host {
-        actions.http.per_host = per_host;
-    }
-
-    let retry = &file.retry;
-    actions.retry.initial = duration("retry.initial", &retry.initial, actions.retry.initial)?;
-    actions.retry.max = duration("retry.max", &retry.max, actions.retry.max)?;
-    if let Some(n) = retry.max_attempts {
-        actions.retry.max_attempts = n;
-    }
-    if retry.max_age.is_some() {
-        actions.retry.max_age = Some(duration(
-            "retry.max_age",
-            &retry.max_age,
-            Default::default(),
-        )?);
-    }
-    actions.check().map_err(|err| match err {
-        gancho_actions::ActionsError::Config { key, message } => fail(&key, message),
-        other => fail("(actions)", other.to_string()),
-    })?;
-    Ok(actions)
-}
-
-fn limits(
-    limits: &mut gancho_actions::ChannelLimits,
-    concurrency: Option<usize>,
-    rate: Option<f64>,
-) {
-    if let Some(n) = concurrency {
-        limits.concurrency = n;
-    }
-    if let Some(rate) = rate {
-        limits.rate_per_sec = rate;
-    }
-}
-
-/// A secret given as `KEY`, `KEY_env` (an environment variable) or `KEY_file` (a file; a
-/// trailing newline is ignored): at most one of them.
-fn secret(
-    value: &Option<String>,
-    env: &Option<String>,
-    file: &Option<PathBuf>,
+/// Reads a secret given as `KEY_env` (an environment variable) or `KEY_file` (a file; a
+/// trailing newline is ignored) and puts its value in place. Errors never echo a value.
+fn read_secret(
+    secret: &mut Secret,
     key: &str,
     fail: &impl Fn(&str, String) -> ConfigError,
-) -> Result<Option<String>, ConfigError> {
-    let found = match (value, env, file) {
-        (None, None, None) => return Ok(None),
-        (Some(value), None, None) => value.clone(),
-        (None, Some(var), None) => std::env::var(var).map_err(|_| {
+) -> Result<(), ConfigError> {
+    let value = match secret {
+        Secret::Value(value) => value.expose().to_owned(),
+        Secret::Env(var) => std::env::var(&*var).map_err(|_| {
             fail(
                 &format!("{key}_env"),
                 format!("environment variable {var} is not set (or not UTF-8)"),
             )
         })?,
-        (None, None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|err| {
+        Secret::File(path) => {
+            let text = std::fs::read_to_string(&*path).map_err(|err| {
                 fail(
                     &format!("{key}_file"),
                     format!("cannot read {}: {err}", path.display()),
@@ -548,162 +314,12 @@ fn secret(
             })?;
             text.trim_end_matches(['\r', '\n']).to_owned()
         }
-        _ => {
-            return Err(fail(
-                key,
-                format!("give at most one of {key}, {key}_env, {key}_file"),
-            ));
-        }
     };
-    if found.is_empty() {
+    if value.is_empty() {
         return Err(fail(key, "is empty".to_owned()));
     }
-    Ok(Some(found))
-}
-
-fn validate_source(
-    name: &str,
-    section: SourceSection,
-    fail: &impl Fn(&str, String) -> ConfigError,
-) -> Result<Source, ConfigError> {
-    let key = |field: &str| {
-        format!(
-            "sources.{name}{}{field}",
-            if field.is_empty() { "" } else { "." }
-        )
-    };
-    if name.len() > 64 {
-        return Err(fail(
-            &key(""),
-            "a source name may be at most 64 bytes long".to_owned(),
-        ));
-    }
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(fail(
-            &key(""),
-            "a source name may hold only letters, digits, '-' and '_' (it is part of the URL)"
-                .to_owned(),
-        ));
-    }
-    if [gancho_engine::TIMER_SOURCE, gancho_engine::CRON_SOURCE].contains(&name) {
-        return Err(fail(
-            &key(""),
-            format!("the source name {name:?} is reserved for the engine's own events"),
-        ));
-    }
-    let auth = match section.basic_auth {
-        None => None,
-        Some(auth) => Some(resolve_basic_auth(auth, &key("basic_auth"), fail)?),
-    };
-    let kind = match section.kind {
-        KindName::Mailjet => {
-            for (field, set) in [
-                ("type", section.type_pointer.is_some()),
-                ("time", section.time.is_some()),
-                ("id", section.id.is_some()),
-                ("keys", !section.keys.is_empty()),
-            ] {
-                if set {
-                    return Err(fail(
-                        &key(field),
-                        "only sources of kind \"json\" take JSON pointers; mailjet's fields are fixed".to_owned(),
-                    ));
-                }
-            }
-            SourceKind::Mailjet
-        }
-        KindName::Json => {
-            let Some(kind_pointer) = section.type_pointer else {
-                return Err(fail(
-                    &key("type"),
-                    "required for kind \"json\": a JSON pointer to the event type, such as \"/type\"".to_owned(),
-                ));
-            };
-            check_pointer(&kind_pointer, &key("type"), fail)?;
-            if let Some(p) = &section.time {
-                check_pointer(p, &key("time"), fail)?;
-            }
-            if let Some(p) = &section.id {
-                check_pointer(p, &key("id"), fail)?;
-            }
-            if section.keys.len() > 64 {
-                return Err(fail(&key("keys"), "at most 64 correlation keys".to_owned()));
-            }
-            let mut keys = Vec::with_capacity(section.keys.len());
-            for (key_name, pointer) in section.keys {
-                if key_name.is_empty() || key_name.len() > 256 {
-                    return Err(fail(
-                        &key(&format!("keys.{key_name}")),
-                        "a key name must be 1 to 256 bytes long".to_owned(),
-                    ));
-                }
-                check_pointer(&pointer, &key(&format!("keys.{key_name}")), fail)?;
-                keys.push((key_name, pointer));
-            }
-            SourceKind::Json(JsonSpec {
-                kind: kind_pointer,
-                time: section.time,
-                id: section.id,
-                keys,
-            })
-        }
-    };
-    Ok(Source {
-        name: name.to_owned(),
-        kind,
-        auth,
-    })
-}
-
-fn check_pointer(
-    pointer: &str,
-    key: &str,
-    fail: &impl Fn(&str, String) -> ConfigError,
-) -> Result<(), ConfigError> {
-    if pointer.starts_with('/') {
-        Ok(())
-    } else {
-        Err(fail(
-            key,
-            format!(
-                "{pointer:?} is not a JSON pointer; pointers start with '/', as \"/{pointer}\""
-            ),
-        ))
-    }
-}
-
-fn resolve_basic_auth(
-    section: BasicAuthSection,
-    key: &str,
-    fail: &impl Fn(&str, String) -> ConfigError,
-) -> Result<BasicAuth, ConfigError> {
-    let password = secret(
-        &section.password,
-        &section.password_env,
-        &section.password_file,
-        &format!("{key}.password"),
-        fail,
-    )?
-    .ok_or_else(|| {
-        fail(
-            key,
-            "give exactly one of password, password_env, password_file".to_owned(),
-        )
-    })?;
-    if section.user.contains(':') {
-        return Err(fail(
-            &format!("{key}.user"),
-            "a basic-auth user cannot contain ':'".to_owned(),
-        ));
-    }
-    Ok(BasicAuth {
-        user: section.user,
-        password,
-    })
+    *secret = Secret::Value(value.into());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -720,31 +336,217 @@ mod tests {
 
     #[test]
     fn the_deploy_example_parses_with_every_key() {
-        // SAFETY of the test: the example reads a password from this variable.
         let text = include_str!("../../../deploy/gancho.toml");
         let config = parse(text, "deploy/gancho.toml").unwrap();
-        let names: Vec<_> = config
-            .ingress
-            .sources
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/gancho"));
+        assert_eq!(config.rules_dir, PathBuf::from("/etc/gancho/rules"));
+        assert!(config.store.fsync);
+        assert_eq!(config.store.cache_capacity, 256 * MIB);
+
+        let ingress = &config.ingress;
+        assert_eq!(ingress.max_body_bytes, 1048576);
+        assert_eq!(ingress.workers, 0);
+        assert_eq!(ingress.shutdown_grace, Duration::from_secs(30));
+        let names: Vec<_> = ingress.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["bank", "mailjet"]);
-        assert!(config.ingress.sources.iter().all(|s| s.auth.is_some()));
+        let bank = &ingress.sources[0];
+        assert_eq!(bank.auth.as_ref().unwrap().user, "bank");
+        assert_eq!(bank.auth.as_ref().unwrap().password, "change-me-too");
+        let gancho_ingress::SourceKind::Json(spec) = &bank.kind else {
+            panic!("bank is not a json source: {:?}", bank.kind);
+        };
+        assert_eq!(spec.kind, "/kind");
+        assert_eq!(spec.time.as_deref(), Some("/at"));
+        assert_eq!(spec.id.as_deref(), Some("/id"));
+        assert_eq!(spec.keys, [("account".to_owned(), "/account".to_owned())]);
+        let mailjet = &ingress.sources[1];
+        assert!(matches!(mailjet.kind, gancho_ingress::SourceKind::Mailjet));
+        assert_eq!(mailjet.auth.as_ref().unwrap().user, "mailjet");
+
         let actions = &config.actions;
+        assert_eq!(actions.shutdown_grace, Duration::from_secs(10));
         assert!(matches!(
             &actions.email.transport,
-            gancho_actions::EmailTransport::Smtp { url } if url.starts_with("smtps://")
+            gancho_actions::EmailTransport::Smtp { url }
+                if url.expose().is_some_and(|url| url.starts_with("smtps://"))
         ));
-        assert!(matches!(
-            &actions.sms.provider,
-            gancho_actions::SmsProvider::Twilio { from: Some(_), .. }
-        ));
-        assert_eq!(actions.http.allow_hosts.len(), 2);
-        assert!(actions.http.signing_secret.is_some());
+        assert_eq!(actions.email.from, "Shop <shop@example.com>");
+        assert_eq!(actions.email.timeout, Duration::from_secs(30));
+        assert_eq!(actions.email.limits.concurrency, 4);
+        assert_eq!(actions.email.limits.rate_per_sec, 0.0);
+        assert_eq!(actions.email.ca_file, None);
+
+        let gancho_actions::SmsProvider::Twilio {
+            base_url,
+            account_sid,
+            auth_token,
+            from,
+            messaging_service_sid,
+        } = &actions.sms.provider
+        else {
+            panic!("not twilio: {:?}", actions.sms.provider);
+        };
+        assert_eq!(base_url, "https://api.twilio.com");
+        assert_eq!(account_sid, "ACaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(auth_token.expose(), Some("change-me"));
+        assert_eq!(from.as_deref(), Some("+15017122661"));
+        assert_eq!(messaging_service_sid, &None);
+        assert_eq!(actions.sms.timeout, Duration::from_secs(15));
+        assert_eq!(actions.sms.limits.concurrency, 4);
         assert_eq!(actions.sms.limits.rate_per_sec, 1.0);
+
+        assert_eq!(
+            actions.http.allow_hosts,
+            ["hooks.example.com", "*.shop.example"]
+        );
+        assert!(!actions.http.allow_private);
+        assert_eq!(actions.http.timeout, Duration::from_secs(10));
+        assert_eq!(
+            actions
+                .http
+                .signing_secret
+                .as_ref()
+                .and_then(Secret::expose),
+            Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        );
+        assert_eq!(actions.http.limits.concurrency, 32);
+        assert_eq!(actions.http.per_host, 8);
+        assert_eq!(actions.http.limits.rate_per_sec, 0.0);
+
+        assert_eq!(actions.retry.initial, Duration::from_secs(2));
+        assert_eq!(actions.retry.max, Duration::from_secs(3600));
         assert_eq!(actions.retry.max_attempts, 15);
-        assert_eq!(actions.retry.max, std::time::Duration::from_secs(3600));
+        assert_eq!(
+            actions.retry.max_age,
+            Some(Duration::from_secs(3 * 24 * 3600))
+        );
+    }
+
+    #[test]
+    fn the_deploy_example_states_the_defaults() {
+        // Every key of the example that is not a site's choice (paths, sources, credentials)
+        // holds its default, as its comments say.
+        let example = parse(include_str!("../../../deploy/gancho.toml"), "deploy").unwrap();
+        let defaults = parse("", "t").unwrap();
+        assert_eq!(example.listen, defaults.listen);
+        assert_eq!(example.store.fsync, defaults.store.fsync);
+        assert_eq!(example.store.cache_capacity, defaults.store.cache_capacity);
+        assert_eq!(
+            example.ingress.max_body_bytes,
+            defaults.ingress.max_body_bytes
+        );
+        assert_eq!(example.ingress.workers, defaults.ingress.workers);
+        assert_eq!(
+            example.ingress.shutdown_grace,
+            defaults.ingress.shutdown_grace
+        );
+        assert_eq!(
+            example.actions.email.timeout,
+            defaults.actions.email.timeout
+        );
+        assert_eq!(example.actions.email.limits, defaults.actions.email.limits);
+        assert_eq!(example.actions.sms.timeout, defaults.actions.sms.timeout);
+        assert_eq!(example.actions.http.timeout, defaults.actions.http.timeout);
+        assert_eq!(example.actions.http.limits, defaults.actions.http.limits);
+        assert_eq!(
+            example.actions.http.per_host,
+            defaults.actions.http.per_host
+        );
+        assert_eq!(example.actions.retry, defaults.actions.retry);
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let text = include_str!("../../../deploy/gancho.toml");
+        let config = parse(text, "deploy/gancho.toml").unwrap();
+        let debug = format!("{config:?}");
+        for secret in [
+            "change-me",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "smtps://shop%40example.com",
+        ] {
+            assert!(text.contains(secret));
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("<redacted>"));
+    }
+
+    #[test]
+    fn section_errors_carry_the_line_and_hide_secret_values() {
+        for (text, want) in [
+            (
+                "listen = \"127.0.0.1:0\"\n[email]\ntimeout = \"soon\"\n",
+                "t.toml:3: email.timeout: \"soon\": ",
+            ),
+            (
+                "[retry]\ninitial = \"1s\"\nmax_age = \"2 fortnights\"\n",
+                "t.toml:3: retry.max_age: \"2 fortnights\": ",
+            ),
+            (
+                "\n[sms]\nprovider = \"twilio\"\nauth_token = \"t\"\nfrom = \"+1\"\n",
+                "t.toml:2: sms.account_sid: required for provider twilio",
+            ),
+            (
+                "[sms]\nprovider = \"twilio\"\nacount_sid = \"AC1\"\n",
+                "t.toml:3: sms.acount_sid: unknown field `acount_sid`",
+            ),
+            (
+                "[sms]\nprovider = \"pigeon\"\n",
+                "t.toml:2: sms.provider: unknown variant `pigeon`",
+            ),
+            (
+                "[sms]\nprovider = \"twilio\"\nbase_url = \"ftp://x\"\n",
+                "t.toml:1: sms.base_url: \"ftp://x\" is not an http(s) URL",
+            ),
+            (
+                "[http]\nsigning_secret = 12345\n",
+                "t.toml:2: http.signing_secret: invalid type: integer, expected a string",
+            ),
+            (
+                "[sources.m]\nkind = \"mailjet\"\nbasic_auth = { user = \"u\", password = 12345 }\n",
+                "t.toml:3: sources.m.basic_auth.password: invalid type: integer",
+            ),
+            (
+                "[sources.m]\nkind = \"mailjet\"\nbasic_auth = { user = \"u\", password = \"p\", password_env = \"P\" }\n",
+                "t.toml:3: sources.m.basic_auth.password: give at most one of password, password_env, password_file",
+            ),
+        ] {
+            let got = err(text);
+            assert!(got.starts_with(want), "{text:?}\n got: {got}\nwant: {want}");
+            assert!(!got.contains("12345"), "{got}");
+            assert!(!got.contains('\n'), "{got:?} is not one line");
+        }
+    }
+
+    #[test]
+    fn secrets_are_read_from_the_environment_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-a-file\r\n").unwrap();
+        // Cargo sets CARGO_PKG_NAME for the tests it runs, as it does for the build.
+        let text = format!(
+            "[sms]\nprovider = \"twilio\"\naccount_sid = \"AC1\"\nauth_token_file = {:?}\nfrom = \"+1\"\n\
+             [sources.m]\nkind = \"mailjet\"\nbasic_auth = {{ user = \"u\", password_env = \"CARGO_PKG_NAME\" }}\n",
+            file.display().to_string(),
+        );
+        let config = parse(&text, "t").unwrap();
+        let gancho_actions::SmsProvider::Twilio { auth_token, .. } = &config.actions.sms.provider
+        else {
+            panic!("not twilio: {:?}", config.actions.sms.provider);
+        };
+        assert_eq!(auth_token.expose(), Some("from-a-file"));
+        let auth = config.ingress.sources[0].auth.as_ref().unwrap();
+        assert_eq!(auth.password, env!("CARGO_PKG_NAME"));
+
+        let missing = dir.path().join("missing").display().to_string();
+        let got = err(&format!("[email]\nsmtp_url_file = {missing:?}\n"));
+        assert!(
+            got.starts_with("t.toml: email.smtp_url_file: cannot read "),
+            "{got}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        assert!(err(&text).starts_with("t.toml: sms.auth_token: is empty"));
     }
 
     #[test]
@@ -832,7 +634,7 @@ mod tests {
             ),
             (
                 "shutdown_grace = \"soon\"",
-                "t.toml: shutdown_grace: \"soon\"",
+                "t.toml:1: shutdown_grace: \"soon\"",
             ),
             (
                 "[store]\nfsync = \"yes\"\n",

@@ -1,0 +1,228 @@
+//! The `[sources.NAME]` sections of the config file, and their checks into a [`Source`].
+//!
+//! A source's section lives here, beside the adapters that read its JSON pointers, so a key,
+//! its meaning and its checks change together; the binary only composes the sections. What the
+//! file cannot spell (a wrong type, an unknown key, a password given two ways) fails while the
+//! file is read, with its line; what depends on other keys (the pointers a kind takes, the
+//! password once the binary has read it) is checked by [`SourceConfig::into_source`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use gancho_core::{KeyError, Secret, SecretString};
+use serde::Deserialize;
+
+use crate::adapter::{JsonSpec, SourceKind};
+use crate::auth::BasicAuth;
+use crate::server::Source;
+
+/// The most correlation keys a json source may name.
+const MAX_KEYS: usize = 64;
+
+/// One `[sources.NAME]` section: `POST /hooks/NAME` is read by this kind of adapter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `"mailjet"` (Mailjet's Event API; its fields are fixed) or `"json"` (any JSON object or
+    /// array of objects, read with the pointers below). Required.
+    pub kind: KindName,
+    /// The HTTP basic credentials the sender must present. Default: none (anyone who can reach
+    /// the port may post). Example: `{ user = "mailjet", password_env = "MAILJET_HOOK_PASSWORD" }`.
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// json only (required): JSON pointer to the event type, a string or a number.
+    /// Example: `"/kind"`.
+    #[serde(rename = "type")]
+    pub type_pointer: Option<String>,
+    /// json only: JSON pointer to the event time (RFC 3339 or Unix seconds). Default: none (the
+    /// time of receipt). Example: `"/at"`.
+    pub time: Option<String>,
+    /// json only: JSON pointer to the provider's event id, used to store a retried delivery
+    /// once. Default: none (a hash of the content). Example: `"/id"`.
+    pub id: Option<String>,
+    /// json only: correlation keys, name to JSON pointer; rules join events on them and the
+    /// store indexes them. At most 64. Default: none. Example: `{ account = "/account" }`.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+/// The kinds of source, as `kind` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KindName {
+    Mailjet,
+    Json,
+}
+
+/// `basic_auth = { user = "...", password = "..." }`, the password given in exactly one way.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "BasicAuthSection")]
+pub struct BasicAuthConfig {
+    pub user: String,
+    /// `None` when none of the three keys is given, which [`SourceConfig::into_source`] refuses.
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasicAuthSection {
+    /// The user the sender presents; without ':'. Example: `"mailjet"`.
+    user: String,
+    /// The password itself (keep the file mode 0600); or `password_env`, an environment
+    /// variable holding it (systemd: `Environment=` or `EnvironmentFile=`); or `password_file`,
+    /// a file holding it (a trailing newline is ignored). Exactly one.
+    password: Option<SecretString>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+impl TryFrom<BasicAuthSection> for BasicAuthConfig {
+    type Error = KeyError;
+
+    fn try_from(section: BasicAuthSection) -> Result<BasicAuthConfig, KeyError> {
+        Ok(BasicAuthConfig {
+            user: section.user,
+            password: Secret::from_keys(
+                "password",
+                section.password,
+                section.password_env,
+                section.password_file,
+            )?,
+        })
+    }
+}
+
+impl SourceConfig {
+    /// The source's secrets, with their keys within the section, so the binary can read those
+    /// given as `KEY_env` or `KEY_file`.
+    pub fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
+        match &mut self.basic_auth {
+            Some(BasicAuthConfig {
+                password: Some(password),
+                ..
+            }) => vec![("basic_auth.password", password)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether `name` can be a source's name: it is part of the URL, `/hooks/NAME`.
+    pub fn check_name(name: &str) -> Result<(), KeyError> {
+        if name.len() > 64 {
+            return Err(KeyError::new(
+                "",
+                "a source name may be at most 64 bytes long",
+            ));
+        }
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(KeyError::new(
+                "",
+                "a source name may hold only letters, digits, '-' and '_' (it is part of the URL)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The source `name` as the server runs it. Errors name the key within the section (empty
+    /// for the name itself).
+    pub fn into_source(self, name: &str) -> Result<Source, KeyError> {
+        SourceConfig::check_name(name)?;
+        let auth = self.basic_auth.map(basic_auth).transpose()?;
+        let kind = match self.kind {
+            KindName::Mailjet => {
+                for (field, set) in [
+                    ("type", self.type_pointer.is_some()),
+                    ("time", self.time.is_some()),
+                    ("id", self.id.is_some()),
+                    ("keys", !self.keys.is_empty()),
+                ] {
+                    if set {
+                        return Err(KeyError::new(
+                            field,
+                            "only sources of kind \"json\" take JSON pointers; mailjet's fields are fixed",
+                        ));
+                    }
+                }
+                SourceKind::Mailjet
+            }
+            KindName::Json => {
+                let Some(kind_pointer) = self.type_pointer else {
+                    return Err(KeyError::new(
+                        "type",
+                        "required for kind \"json\": a JSON pointer to the event type, such as \"/type\"",
+                    ));
+                };
+                check_pointer(&kind_pointer, "type")?;
+                if let Some(pointer) = &self.time {
+                    check_pointer(pointer, "time")?;
+                }
+                if let Some(pointer) = &self.id {
+                    check_pointer(pointer, "id")?;
+                }
+                if self.keys.len() > MAX_KEYS {
+                    return Err(KeyError::new("keys", "at most 64 correlation keys"));
+                }
+                let mut keys = Vec::with_capacity(self.keys.len());
+                for (key_name, pointer) in self.keys {
+                    let key = format!("keys.{key_name}");
+                    if key_name.is_empty() || key_name.len() > 256 {
+                        return Err(KeyError::new(key, "a key name must be 1 to 256 bytes long"));
+                    }
+                    check_pointer(&pointer, &key)?;
+                    keys.push((key_name, pointer));
+                }
+                SourceKind::Json(JsonSpec {
+                    kind: kind_pointer,
+                    time: self.time,
+                    id: self.id,
+                    keys,
+                })
+            }
+        };
+        Ok(Source {
+            name: name.to_owned(),
+            kind,
+            auth,
+        })
+    }
+}
+
+fn basic_auth(config: BasicAuthConfig) -> Result<BasicAuth, KeyError> {
+    let Some(password) = config.password else {
+        return Err(KeyError::new(
+            "basic_auth",
+            "give exactly one of password, password_env, password_file",
+        ));
+    };
+    let Some(password) = password.expose() else {
+        return Err(KeyError::new(
+            "basic_auth.password",
+            "the secret was not read from its variable or file",
+        ));
+    };
+    if config.user.contains(':') {
+        return Err(KeyError::new(
+            "basic_auth.user",
+            "a basic-auth user cannot contain ':'",
+        ));
+    }
+    Ok(BasicAuth {
+        user: config.user,
+        password: password.to_owned(),
+    })
+}
+
+fn check_pointer(pointer: &str, key: &str) -> Result<(), KeyError> {
+    if pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(KeyError::new(
+            key,
+            format!(
+                "{pointer:?} is not a JSON pointer; pointers start with '/', as \"/{pointer}\""
+            ),
+        ))
+    }
+}
