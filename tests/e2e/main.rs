@@ -10,4 +10,5 @@ mod cli;
 mod crash;
 mod rules;
 mod shutdown;
+mod tidy;
 mod webhooks;

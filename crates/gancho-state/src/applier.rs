@@ -12,7 +12,7 @@ use gancho_store::keys::read_u64;
 use gancho_store::kv::{Db, FileSync, Tree};
 
 use crate::journal::{MARKER, journal_key, remove_journal, write_journal};
-use crate::overlay::{Overlay, Slot, Staged, Writes};
+use crate::overlay::{Overlay, Slot, Staged, Writes, lock};
 
 /// Commits queued for the applier, at most.
 pub(crate) const APPLY_QUEUE: usize = 4;
@@ -40,10 +40,6 @@ pub(crate) struct Shared {
 pub(crate) struct Applier {
     pub(crate) jobs: mpsc::SyncSender<(u64, Staged)>,
     pub(crate) thread: JoinHandle<()>,
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn sync(db: &Db, shared: &Shared) -> Result<(), StoreError> {

@@ -10,7 +10,6 @@ use gancho_store::StoreError;
 use gancho_store::keys::read_u64;
 use gancho_store::kv::{Bytes, Tree};
 
-use crate::EngineState;
 use crate::overlay::{Write, Writes};
 
 pub(crate) const JOURNAL: u8 = b'J';
@@ -31,58 +30,62 @@ pub(crate) fn journal_key_parts(key: &[u8]) -> Option<(u64, u32)> {
     Some((commit, chunk))
 }
 
-impl EngineState {
-    /// Completes the commits a crash interrupted after their journal was written whole (its
-    /// marker is there), in order; drops journal chunks without a marker (their commit never
-    /// began to apply). Then removes every journal record.
-    pub(crate) fn recover(&self) -> Result<(), StoreError> {
-        let records: Vec<_> = self.tree.scan_prefix([JOURNAL]).collect::<Result<_, _>>()?;
-        if records.is_empty() {
-            return Ok(());
+/// Completes the commits a crash interrupted after their journal was written whole (its
+/// marker is there), in order; drops journal chunks without a marker (their commit never
+/// began to apply). Then removes every journal record.
+pub(crate) fn recover(
+    tree: &Tree,
+    sync: impl Fn() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let records: Vec<_> = tree.scan_prefix([JOURNAL]).collect::<Result<_, _>>()?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    let bad = |key: &[u8]| StoreError::Corrupt {
+        key: format!("{key:?}"),
+        reason: "bad journal record".to_owned(),
+    };
+    // Keys sort by commit number, then chunk, with the marker last.
+    let mut chunks: Vec<&[u8]> = Vec::new();
+    let mut replayed = 0;
+    for (key, value) in &records {
+        let (commit, chunk) = journal_key_parts(key).ok_or_else(|| bad(key))?;
+        if chunks.len() as u32 != chunk && chunk != MARKER {
+            chunks.clear();
         }
-        let bad = |key: &[u8]| StoreError::Corrupt {
-            key: format!("{key:?}"),
-            reason: "bad journal record".to_owned(),
-        };
-        // Keys sort by commit number, then chunk, with the marker last.
-        let mut chunks: Vec<&[u8]> = Vec::new();
-        let mut replayed = 0;
-        for (key, value) in &records {
-            let (commit, chunk) = journal_key_parts(key).ok_or_else(|| bad(key))?;
-            if chunks.len() as u32 != chunk && chunk != MARKER {
+        if chunk == MARKER {
+            let n = value
+                .as_ref()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| bad(key))?;
+            if chunks.len() as u32 != n {
+                // Chunks go only when the commit is already durable (markers are removed
+                // first, but a store written before that order may lack some): nothing to do.
+                tracing::warn!(commit, "an engine journal without all its chunks: skipped");
                 chunks.clear();
+                continue;
             }
-            if chunk == MARKER {
-                let n = value
-                    .as_ref()
-                    .try_into()
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| bad(key))?;
-                if chunks.len() as u32 != n {
-                    // Chunks go only when the commit is already durable (markers are removed
-                    // first, but a store written before that order may lack some): nothing to do.
-                    tracing::warn!(commit, "an engine journal without all its chunks: skipped");
-                    chunks.clear();
-                    continue;
-                }
-                for chunk in &chunks {
-                    for (k, v) in decode_journal(chunk).ok_or_else(|| bad(key))? {
-                        self.apply(k, v)?;
+            for chunk in &chunks {
+                for (k, v) in decode_journal(chunk).ok_or_else(|| bad(key))? {
+                    match v {
+                        Some(v) => tree.insert(k, v)?,
+                        None => tree.remove(k)?,
                     }
                 }
-                replayed += 1;
-                chunks.clear();
-                tracing::debug!(commit, "replayed an engine commit");
-            } else {
-                chunks.push(value);
             }
+            replayed += 1;
+            chunks.clear();
+            tracing::debug!(commit, "replayed an engine commit");
+        } else {
+            chunks.push(value);
         }
-        self.sync()?;
-        remove_journal(&self.tree, records.into_iter().map(|(key, _)| key))?;
-        self.sync()?;
-        tracing::info!(replayed, "completed the engine commits a crash interrupted");
-        Ok(())
     }
+    sync()?;
+    remove_journal(tree, records.into_iter().map(|(key, _)| key))?;
+    sync()?;
+    tracing::info!(replayed, "completed the engine commits a crash interrupted");
+    Ok(())
 }
 
 /// Writes a commit's journal: its writes in chunks of about 32 KiB (sled writes a page over a

@@ -55,11 +55,11 @@ use gancho_store::StoreError;
 use gancho_store::keys::read_u64;
 use gancho_store::kv::{Db, FileSync, Tree};
 
-use crate::applier::{APPLY_QUEUE, Applier, Shared, apply_loop, lock, sync};
-use crate::overlay::{Slot, Staged};
+use crate::applier::{APPLY_QUEUE, Applier, Shared, apply_loop, sync};
+use crate::overlay::{Entry, Record, get, get_record, scan, stage_change};
+use crate::overlay::{Slot, Staged, lock};
 use crate::schema::{
-    CRON, CURSOR_KEY, DUE, Fields, SHAPE, corrupt, parse_shape, push_str, stage_change, state_key,
-    timer_key,
+    CRON, CURSOR_KEY, DUE, Fields, SHAPE, corrupt, parse_shape, push_str, state_key, timer_key,
 };
 
 pub use crate::outbox::{Attempt, DeadLetter, Delivery, Outbox, OutboxItem};
@@ -78,7 +78,7 @@ pub struct EngineState {
     commits: Arc<AtomicU64>,
     applier: Arc<Mutex<Option<Applier>>>,
     /// Serializes the outbox's multi-key updates (executor lanes, `gancho dead retry`).
-    pub(crate) outbox_lock: Arc<Mutex<()>>,
+    outbox_lock: Arc<Mutex<()>>,
 }
 
 impl EngineState {
@@ -114,7 +114,7 @@ impl EngineState {
             applier: Arc::new(Mutex::new(None)),
             outbox_lock: Arc::new(Mutex::new(())),
         };
-        state.recover()?;
+        journal::recover(&state.tree, || state.sync())?;
         migrate::FORMAT.upgrade(&state.db, &state.tree)?;
         let cursor = state.cursor()?;
         state.shared.durable_cursor.store(cursor, Ordering::Release);
@@ -136,10 +136,32 @@ impl EngineState {
         Ok(state)
     }
 
-    fn apply(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
-        match value {
-            Some(v) => self.tree.insert(key, v),
-            None => self.tree.remove(key),
+    /// A value, as committed (applied or not).
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        get(&self.shared.overlay, &self.tree, key)
+    }
+
+    /// The entries whose keys start with `prefix` and are below `end` (when given), as
+    /// committed, in key order, at most `limit`.
+    pub(crate) fn scan(
+        &self,
+        prefix: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        scan(&self.shared.overlay, &self.tree, prefix, end, limit)
+    }
+
+    fn get_record<T: Record>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        get_record(&self.shared.overlay, &self.tree, key)
+    }
+
+    /// The outbox of this database, as the actions executor and operators work it.
+    pub fn outbox(&self) -> Outbox {
+        Outbox {
+            tree: self.tree.clone(),
+            shared: Arc::clone(&self.shared),
+            lock: Arc::clone(&self.outbox_lock),
         }
     }
 

@@ -15,8 +15,10 @@ use gancho_store::StoreError;
 use gancho_store::format::{Format, Step};
 use gancho_store::kv::Tree;
 
-use crate::outbox::{OUTBOX, channel_byte_known, outbox_key};
-use crate::schema::{ExpectShape, Fields, Timer, corrupt, shape_key, timer_key};
+use crate::schema::{
+    ExpectShape, Fields, OUTBOX, Timer, channel_byte_known, corrupt, outbox_key, shape_key,
+    timer_key,
+};
 
 /// An entry per expectation in version 0: source, type, n, (name, value)×n, rule, timer name.
 const OLD_EXPECT: u8 = b'X';

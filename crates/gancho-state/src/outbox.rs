@@ -19,47 +19,18 @@
 //! They are flushed by sled's own background flush (every 500 ms), not fsynced: a crash of the
 //! process within that time, or a power loss, can repeat a delivery.
 
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
 use gancho_core::{ActionRequest, Channel};
 use gancho_store::StoreError;
 use gancho_store::keys::{read_u64, time_key};
 use gancho_store::kv::Tree;
 use serde::{Deserialize, Serialize};
 
-use crate::EngineState;
-use crate::applier::lock;
-use crate::schema::{corrupt, push_str, to_json};
-
-pub(crate) const OUTBOX: u8 = b'O';
-const DELIVERY: u8 = b'P';
-const NEXT: u8 = b'N';
-const DEAD: u8 = b'Z';
-
-/// The byte that stands for a channel in every outbox key: the one table of them, which the
-/// key layout and the migrations use. The match is exhaustive, so a new channel cannot be
-/// added without its byte; `channel_bytes_are_distinct` checks that no two share one.
-pub(crate) fn channel_byte(channel: Channel) -> u8 {
-    match channel {
-        Channel::Email => b'e',
-        Channel::Sms => b's',
-        Channel::Http => b'h',
-    }
-}
-
-/// Whether `byte` stands for a channel.
-pub(crate) fn channel_byte_known(byte: u8) -> bool {
-    Channel::ALL
-        .iter()
-        .any(|&channel| channel_byte(channel) == byte)
-}
-
-/// The `O` key of an action: channel first, so each channel is a range of its own.
-pub(crate) fn outbox_key(action: &ActionRequest) -> Vec<u8> {
-    let mut key = vec![OUTBOX, channel_byte(action.action.channel())];
-    key.extend_from_slice(&action.event_seq.to_be_bytes());
-    push_str(&mut key, &action.rule);
-    key.extend_from_slice(&action.position.to_be_bytes());
-    key
-}
+use crate::applier::Shared;
+use crate::overlay::{lock, scan};
+use crate::schema::{DEAD, DELIVERY, NEXT, OUTBOX, channel_byte, corrupt, to_json};
 
 /// One failed (or deferred) try at delivering.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,32 +114,26 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 /// nor move the engine's cursor: a crate given an `Outbox` decides nothing.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    state: EngineState,
-}
-
-impl EngineState {
-    /// The outbox of this database.
-    pub fn outbox(&self) -> Outbox {
-        Outbox {
-            state: self.clone(),
-        }
-    }
+    pub(crate) tree: Tree,
+    pub(crate) shared: Arc<Shared>,
+    /// Serializes the outbox's multi-key updates (executor lanes, `gancho dead retry`).
+    pub(crate) lock: Arc<Mutex<()>>,
 }
 
 impl Outbox {
     fn tree(&self) -> &Tree {
-        &self.state.tree
+        &self.tree
     }
 
     /// The cursor of the engine's last durable commit: only actions decided at or below it
     /// may be carried out.
     pub fn durable_cursor(&self) -> u64 {
-        self.state.durable_cursor()
+        self.shared.durable_cursor.load(Ordering::Acquire)
     }
 
     /// Notified with the durable cursor each time it moves.
     pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.state.durable_watch()
+        self.shared.durable_tx.subscribe()
     }
 
     /// Items of `channel` never tried, decided at or below the durable cursor, after the item
@@ -235,7 +200,7 @@ impl Outbox {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let ch = channel_byte(channel);
         let end = next_key(ch, now_ms.saturating_add(1), &[]);
-        let _outbox = lock(&self.state.outbox_lock);
+        let _outbox = lock(&self.lock);
         let mut out = Vec::new();
         for entry in self.tree().range(vec![NEXT, ch]..end) {
             let (key, _) = entry?;
@@ -332,7 +297,7 @@ impl Outbox {
     /// The item was delivered: it leaves the outbox (and dead letters, should a crash have
     /// left it in both).
     pub fn action_delivered(&self, item: &OutboxItem) -> Result<(), StoreError> {
-        let _outbox = lock(&self.state.outbox_lock);
+        let _outbox = lock(&self.lock);
         self.remove(&prefixed(OUTBOX, &item.key))?;
         self.clear_delivery(item)?;
         self.remove(&prefixed(DEAD, &item.key))
@@ -344,7 +309,7 @@ impl Outbox {
         item: &OutboxItem,
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
-        let _outbox = lock(&self.state.outbox_lock);
+        let _outbox = lock(&self.lock);
         self.reschedule(item, delivery)
     }
 
@@ -374,7 +339,7 @@ impl Outbox {
             attempts,
             dead_ms: now_ms,
         };
-        let _outbox = lock(&self.state.outbox_lock);
+        let _outbox = lock(&self.lock);
         self.insert(&prefixed(DEAD, &item.key), &to_json(&dead)?)?;
         self.remove(&prefixed(OUTBOX, &item.key))?;
         self.clear_delivery(item)
@@ -395,10 +360,8 @@ impl Outbox {
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut out = Vec::new();
         for channel in Channel::ALL {
-            for (key, value) in self
-                .state
-                .scan(&[OUTBOX, channel_byte(channel)], None, limit)?
-            {
+            let prefix = [OUTBOX, channel_byte(channel)];
+            for (key, value) in scan(&self.shared.overlay, &self.tree, &prefix, None, limit)? {
                 let suffix = key.get(1..).unwrap_or_default().to_vec();
                 // Unreadable records are listed as far as they can be, never fail the list.
                 let delivery = self
@@ -445,7 +408,7 @@ impl Outbox {
     /// earlier ones are logged as it happens): the one whose action id is `id`, or all of them
     /// when `id` is `None`. Returns how many.
     pub fn retry_dead(&self, id: Option<&str>, now_ms: i64) -> Result<usize, StoreError> {
-        let _outbox = lock(&self.state.outbox_lock);
+        let _outbox = lock(&self.lock);
         let mut revived = 0;
         for entry in self.tree().scan_prefix([DEAD]) {
             let (key, value) = entry?;
@@ -504,6 +467,7 @@ mod tests {
 
     use super::*;
     use crate::Change;
+    use crate::schema::channel_byte_known;
     use crate::tests::open;
 
     fn action(seq: u64, position: u32, http: bool) -> ActionRequest {

@@ -15,15 +15,11 @@
 //! `P`, `N` and `Z` (delivery records, retry index, dead letters) are the outbox's
 //! (`outbox.rs`).
 
-use std::sync::Arc;
-
-use gancho_core::ActionRequest;
+use gancho_core::{ActionRequest, Channel};
 use gancho_store::StoreError;
 pub(crate) use gancho_store::keys::push_str;
 use gancho_store::keys::time_key;
 use serde::{Deserialize, Serialize};
-
-use crate::overlay::{Slot, Staged};
 
 pub(crate) const CURSOR_KEY: &[u8] = b"Mcursor";
 pub(crate) const STATE: u8 = b'S';
@@ -133,38 +129,6 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|err| corrupt("engine record", &err.to_string()))
 }
 
-pub(crate) fn stage_change(change: Change, staged: &mut Staged) {
-    match change {
-        Change::PutState { rule, key, value } => {
-            staged.push((state_key(&rule, &key), Slot::State(Arc::new(value))));
-        }
-        Change::DeleteState { rule, key } => staged.push((state_key(&rule, &key), Slot::Removed)),
-        Change::PutTimer(timer) => {
-            staged.push((due_key(&timer), Slot::Bytes(Vec::new())));
-            staged.push((
-                timer_key(&timer.rule, &timer.name),
-                Slot::Timer(Arc::new(timer)),
-            ));
-        }
-        Change::DeleteTimer(timer) => {
-            staged.push((timer_key(&timer.rule, &timer.name), Slot::Removed));
-            staged.push((due_key(&timer), Slot::Removed));
-        }
-        Change::PutAction(action) => {
-            staged.push((
-                crate::outbox::outbox_key(&action),
-                Slot::Action(Arc::new(action)),
-            ));
-        }
-        Change::PutShape(shape) => staged.push((shape_key(&shape), Slot::Bytes(Vec::new()))),
-        Change::CronMark { rule, tick_ms } => {
-            let mut key = vec![CRON];
-            push_str(&mut key, &rule);
-            staged.push((key, Slot::Bytes((tick_ms as u64).to_be_bytes().to_vec())));
-        }
-    }
-}
-
 pub(crate) fn state_key(rule: &str, key: &str) -> Vec<u8> {
     let mut out = vec![STATE];
     push_str(&mut out, rule);
@@ -238,4 +202,36 @@ impl<'a> Fields<'a> {
         self.bytes = rest;
         String::from_utf8(head.to_vec()).ok()
     }
+}
+
+pub(crate) const OUTBOX: u8 = b'O';
+pub(crate) const DELIVERY: u8 = b'P';
+pub(crate) const NEXT: u8 = b'N';
+pub(crate) const DEAD: u8 = b'Z';
+
+/// The byte that stands for a channel in every outbox key: the one table of them, which the
+/// key layout and the migrations use. The match is exhaustive, so a new channel cannot be
+/// added without its byte; `channel_bytes_are_distinct` checks that no two share one.
+pub(crate) fn channel_byte(channel: Channel) -> u8 {
+    match channel {
+        Channel::Email => b'e',
+        Channel::Sms => b's',
+        Channel::Http => b'h',
+    }
+}
+
+/// Whether `byte` stands for a channel.
+pub(crate) fn channel_byte_known(byte: u8) -> bool {
+    Channel::ALL
+        .iter()
+        .any(|&channel| channel_byte(channel) == byte)
+}
+
+/// The `O` key of an action: channel first, so each channel is a range of its own.
+pub(crate) fn outbox_key(action: &ActionRequest) -> Vec<u8> {
+    let mut key = vec![OUTBOX, channel_byte(action.action.channel())];
+    key.extend_from_slice(&action.event_seq.to_be_bytes());
+    push_str(&mut key, &action.rule);
+    key.extend_from_slice(&action.position.to_be_bytes());
+    key
 }

@@ -74,7 +74,7 @@ fn a_commit_interrupted_after_its_journal_record_is_completed_at_open() {
             )
             .unwrap();
         let (k, v) = &writes[0];
-        state.apply(k, v.as_deref()).unwrap();
+        state.tree.insert(k, v.as_deref().unwrap()).unwrap();
         state.close();
     }
     let state = open(&path);
@@ -243,7 +243,7 @@ fn no_outbox_item_is_lost_at_open_whatever_its_channel() {
     }
     assert_eq!(items.len(), 4);
     for channel in Channel::ALL {
-        assert!(outbox::channel_byte_known(outbox::channel_byte(channel)));
+        assert!(schema::channel_byte_known(schema::channel_byte(channel)));
     }
     for _ in 0..3 {
         let state = open(dir.path());

@@ -8,7 +8,7 @@
 //! A store written by a newer build (a version above the current one) is refused, never
 //! "migrated" backwards.
 
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::kv::{Db, Tree};
 
 /// One database's format: where its version is kept, the current version, and the steps from

@@ -14,9 +14,8 @@
 //! the part before time and seq in its Bloom filters.
 
 use crate::index::KeyRule;
-use crate::log::codec::RecordView;
 
-const DEDUP: u8 = b'D';
+pub(crate) const DEDUP: u8 = b'D';
 pub(crate) const BY_TYPE: u8 = b'T';
 pub(crate) const BY_KEY: u8 = b'K';
 
@@ -47,7 +46,7 @@ pub(crate) fn key_prefix(source: &str, kind: &str, name: &str, value: &str) -> V
 }
 
 /// Replaces what `key` holds with a key of this prefix byte and these (length-prefixed) fields.
-fn write_key(key: &mut Vec<u8>, prefix: u8, fields: &[&str]) {
+pub(crate) fn write_key(key: &mut Vec<u8>, prefix: u8, fields: &[&str]) {
     key.clear();
     key.push(prefix);
     for field in fields {
@@ -85,23 +84,4 @@ pub fn read_u64(bytes: &[u8]) -> Option<u64> {
 
 pub(crate) fn read_u32(bytes: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.try_into().ok()?))
-}
-
-/// The index entries of one event, each built in `scratch` and handed to `push` as (key,
-/// value): its dedup entry (value: its seq), its by-type entry and one by-key entry per key.
-pub(crate) fn index_entries(
-    view: &RecordView<'_>,
-    scratch: &mut Vec<u8>,
-    mut push: impl FnMut(&[u8], &[u8]),
-) {
-    write_key(scratch, DEDUP, &[view.source, view.id]);
-    push(scratch, &view.seq.to_be_bytes());
-    write_key(scratch, BY_TYPE, &[view.source, view.kind]);
-    push_time_seq(scratch, view.time_ms, view.seq);
-    push(scratch, &[]);
-    for (name, value) in &view.keys {
-        write_key(scratch, BY_KEY, &[view.source, view.kind, name, value]);
-        push_time_seq(scratch, view.time_ms, view.seq);
-        push(scratch, &[]);
-    }
 }

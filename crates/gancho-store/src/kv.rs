@@ -19,7 +19,7 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::StoreError;
+use crate::error::StoreError;
 
 /// A value or key as the engine returns it: cheap to clone, derefs to `[u8]`.
 pub type Bytes = sled::IVec;

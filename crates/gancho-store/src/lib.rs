@@ -34,6 +34,7 @@ use std::time::Duration;
 use gancho_core::Event;
 
 pub use error::StoreError;
+pub use log::codec::Quarantined;
 pub use log::query::{EventQuery, KeyFilter, Order, Window};
 pub use log::writer::{AppendReport, Appender, Rejected, Submission};
 
@@ -107,18 +108,6 @@ pub struct LogStatus {
     pub durable: u64,
     /// Every event up to this seq is in the indexes; the rest are indexed shortly.
     pub indexed: u64,
-}
-
-/// A quarantined item: something a source sent that could not be made into an event, kept with
-/// the reason so an operator can see it (and, later, replay it).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Quarantined {
-    pub id: u64,
-    pub source: String,
-    pub received: chrono::DateTime<chrono::Utc>,
-    pub reason: String,
-    /// The item exactly as it was sent.
-    pub item: Box<serde_json::value::RawValue>,
 }
 
 impl Store {

@@ -6,8 +6,9 @@
 use std::cmp::Ordering;
 use std::ops::Range;
 
-use super::{corrupt, read_u32};
-use crate::StoreError;
+use super::layout::corrupt;
+use crate::error::StoreError;
+use crate::keys::read_u32;
 use crate::kv::Bytes;
 
 /// A block is closed once its encoded entries pass this size.

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error};
 
+use super::memory::Batch;
 use super::policy::Pacing;
-use super::{Batch, IndexWriter};
-use crate::StoreError;
-use crate::keys;
+use super::writer::IndexWriter;
+use crate::error::StoreError;
+use crate::keys::{BY_KEY, BY_TYPE, DEDUP, push_time_seq, write_key};
 use crate::kv::Tree;
-use crate::log::codec;
+use crate::log::codec::{self, RecordView};
 use crate::progress::Progress;
 
 /// Entries merged between two batches: a slice takes some tens of milliseconds.
@@ -181,7 +182,7 @@ impl Indexer {
         let mut n = 0u64;
         codec::for_each_record(&self.events, from, to, |seq, record| {
             let view = codec::view_record(seq, record)?;
-            keys::index_entries(&view, &mut scratch, |key, value| batch.push(key, value));
+            index_entries(&view, &mut scratch, |key, value| batch.push(key, value));
             n += 1;
             Ok(())
         })?;
@@ -193,6 +194,25 @@ impl Indexer {
         }
         self.index.add(batch);
         Ok(())
+    }
+}
+
+/// The index entries of one event, each built in `scratch` and handed to `push` as (key,
+/// value): its dedup entry (value: its seq), its by-type entry and one by-key entry per key.
+pub(crate) fn index_entries(
+    view: &RecordView<'_>,
+    scratch: &mut Vec<u8>,
+    mut push: impl FnMut(&[u8], &[u8]),
+) {
+    write_key(scratch, DEDUP, &[view.source, view.id]);
+    push(scratch, &view.seq.to_be_bytes());
+    write_key(scratch, BY_TYPE, &[view.source, view.kind]);
+    push_time_seq(scratch, view.time_ms, view.seq);
+    push(scratch, &[]);
+    for (name, value) in &view.keys {
+        write_key(scratch, BY_KEY, &[view.source, view.kind, name, value]);
+        push_time_seq(scratch, view.time_ms, view.seq);
+        push(scratch, &[]);
     }
 }
 
@@ -223,5 +243,38 @@ fn set_priority(idle: bool) -> bool {
             tracing::warn!(error = ?err, idle, "could not change the indexer's priority");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::keys::{dedup_key, key_prefix, type_prefix};
+    use crate::log::codec::tests::withdrawal;
+    use crate::log::codec::{encode_event, view_record};
+
+    #[test]
+    fn index_entries_have_the_prefixes_queries_scan() {
+        let bytes = encode_event(&withdrawal()).unwrap();
+        let view = view_record(7, &bytes).unwrap();
+        let mut got = Vec::new();
+        index_entries(&view, &mut Vec::new(), |k, v| {
+            got.push((k.to_vec(), v.to_vec()))
+        });
+        let mut by_type = type_prefix(view.source, view.kind);
+        push_time_seq(&mut by_type, view.time_ms, 7);
+        let mut want = vec![
+            (dedup_key(view.source, view.id), 7u64.to_be_bytes().to_vec()),
+            (by_type, vec![]),
+        ];
+        for (name, value) in &view.keys {
+            let mut key = key_prefix(view.source, view.kind, name, value);
+            push_time_seq(&mut key, view.time_ms, 7);
+            want.push((key, vec![]));
+        }
+        assert_eq!(view.keys.len(), 2);
+        assert_eq!(got, want);
     }
 }

@@ -2,11 +2,9 @@
 //! readers see at once; runs of about one size are merged, so there are a few. A checkpoint
 //! writes them out as one disk run.
 
-#[cfg(test)]
-use super::Entry;
-use super::KeyRule;
 use super::block::{first_not_before, len32};
 use super::bloom::{SharedBloom, hash};
+use super::rule::KeyRule;
 use super::run::TimeSpan;
 
 /// The entries of one batch, as the indexer collects them: keys and values back to back in one
@@ -42,8 +40,8 @@ impl Batch {
 }
 
 #[cfg(test)]
-impl FromIterator<Entry> for Batch {
-    fn from_iter<I: IntoIterator<Item = Entry>>(entries: I) -> Batch {
+impl FromIterator<(Vec<u8>, Vec<u8>)> for Batch {
+    fn from_iter<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(entries: I) -> Batch {
         let mut batch = Batch::default();
         for (key, value) in entries {
             batch.push(&key, &value);

@@ -7,14 +7,12 @@ use std::ops::Bound;
 
 use super::block::{BlockBuilder, len32};
 use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, hash};
-use super::{KeyRule, corrupt, read_u32};
-use crate::StoreError;
-use crate::keys::read_u64;
+use super::layout::{BLOCK, FILTER, block_key, corrupt, filter_key, run_key, run_range};
+use super::rule::KeyRule;
+use crate::error::StoreError;
+use crate::keys::{read_u32, read_u64};
 use crate::kv::Tree;
 
-pub(super) const RUN: u8 = b'R';
-pub(super) const BLOCK: u8 = b'B';
-pub(super) const FILTER: u8 = b'F';
 const RUN_RECORD_V1: u8 = 1;
 
 #[derive(Debug)]
@@ -217,42 +215,6 @@ impl RunBuilder {
 }
 
 /// A merge in progress: advanced a slice at a time, so that indexing goes on between slices.
-pub(super) fn run_key(id: u64) -> [u8; 9] {
-    let mut key = [RUN; 9];
-    key[1..].copy_from_slice(&id.to_be_bytes());
-    key
-}
-
-pub(super) fn filter_key(id: u64, chunk: u32) -> [u8; 13] {
-    let mut key = [FILTER; 13];
-    key[1..9].copy_from_slice(&id.to_be_bytes());
-    key[9..].copy_from_slice(&chunk.to_be_bytes());
-    key
-}
-
-pub(super) fn block_key(id: u64, last: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9 + last.len());
-    key.push(BLOCK);
-    key.extend_from_slice(&id.to_be_bytes());
-    key.extend_from_slice(last);
-    key
-}
-
-/// The bounds of all of a run's keys under one prefix (`BLOCK` or `FILTER`).
-pub(super) fn run_range(prefix: u8, id: u64) -> (Vec<u8>, Bound<Vec<u8>>) {
-    let mut start = vec![prefix];
-    start.extend_from_slice(&id.to_be_bytes());
-    let end = match id.checked_add(1) {
-        Some(next) => {
-            let mut end = vec![prefix];
-            end.extend_from_slice(&next.to_be_bytes());
-            Bound::Excluded(end)
-        }
-        None => Bound::Excluded(vec![prefix + 1]),
-    };
-    (start, end)
-}
-
 /// The event times a run's query entries span, as time keys; `None` when it has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct TimeSpan(pub(super) Option<([u8; 8], [u8; 8])>);

@@ -5,11 +5,14 @@ use std::ops::{Bound, Range};
 use std::sync::Arc;
 
 use super::block::Block;
+use super::layout::{BLOCK, block_key, condemn, run_range};
 use super::memory::MemRun;
-use super::run::{BLOCK, DiskRun, block_key, run_range};
-use super::{Entry, condemn};
-use crate::StoreError;
+use super::run::DiskRun;
+use crate::error::StoreError;
 use crate::kv::{Iter, Tree};
+
+/// An index entry: its key and (for dedup entries) its value.
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
 
 /// A merge, in key order, of the scans of several runs; equal entries come out once. A cursor
 /// ([`Scan::advance`], [`Scan::key`]) that copies nothing, and an iterator of owned entries.

@@ -2,7 +2,12 @@
 
 use super::block::{Block, BlockBuilder};
 use super::bloom::{Bloom, hash};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::layout::{BLOCK, INDEXED_KEY, block_key, run_range};
 use super::policy::MERGE_WIDTH;
+use super::writer::IndexWriter;
 use super::*;
 use crate::keys::{BY_KEY, KEY_RULE, read_u64};
 use crate::kv::{Bytes, Db};

@@ -9,11 +9,14 @@ use arc_swap::ArcSwap;
 use tracing::{debug, info};
 
 use super::bloom::{BLOOM_BITS_PER_KEY, SharedBloom};
+use super::layout::{BLOCK, FILTER, INDEXED_KEY, RUN, corrupt, run_key, run_range};
 use super::memory::{Batch, MemRun};
-use super::run::{BLOCK, DiskRun, FILTER, RUN, RunBuilder, delete_run, run_key, run_range};
+use super::policy;
+use super::reader::{Index, View};
+use super::rule::KeyRule;
+use super::run::{DiskRun, RunBuilder, delete_run};
 use super::scan::{DiskScan, Scan, Source};
-use super::{INDEXED_KEY, Index, KeyRule, View, corrupt, policy};
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::keys::read_u64;
 use crate::kv::{Db, FileSync, Tree};
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use super::codec::{self, Block};
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::kv::Tree;
 
 #[derive(Debug)]

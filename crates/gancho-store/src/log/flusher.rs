@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use tracing::{debug, error};
 
 use super::writer::Applied;
-use crate::StoreError;
+use crate::error::StoreError;
 use crate::kv::{Db, FileSync};
 use crate::progress::Progress;
 

@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 use gancho_core::{Event, time_to_millis};
 
 use super::codec;
+use super::codec::Quarantined;
+use crate::error::StoreError;
 use crate::index::{Index, Scan};
 use crate::keys;
 use crate::kv::Tree;
-use crate::{Quarantined, StoreError};
 
 /// Which events to list. With a source and a type the store answers from its indexes (by key
 /// when a key is given); otherwise it walks the log from the newest event back.

@@ -26,11 +26,12 @@ use tracing::{debug, error};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::codec;
+use super::codec::Quarantined;
+use crate::error::StoreError;
 use crate::index::Index;
 use crate::keys::{dedup_key, read_u64};
 use crate::kv::{Db, FileSync, Tree};
 use crate::progress::Progress;
-use crate::{Quarantined, StoreError};
 
 /// Submissions waiting for the writer, at most; more are refused with [`StoreError::Busy`].
 const QUEUE_CAPACITY: usize = 8192;

@@ -1,0 +1,122 @@
+//! The indexes as readers see them: a snapshot of the runs behind an `ArcSwap`, so readers
+//! share no lock with the idle-priority indexer. A point lookup asks the runs whose Bloom filter
+//! may hold its key; a scan stays within one filter prefix, skips the runs that cannot hold it
+//! or whose event times miss its window, and merges the others in key order.
+
+use std::cmp::Ordering;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::block::Block;
+use super::bloom::{SharedBloom, hash};
+use super::layout::{BLOCK, block_key, condemn, run_range};
+use super::memory::MemRun;
+use super::rule::KeyRule;
+use super::run::{DiskRun, TimeSpan};
+use super::scan::{DiskScan, Scan, Source};
+use crate::error::StoreError;
+use crate::kv::Tree;
+
+/// What readers see: the memory runs (oldest first) and the disk runs.
+#[derive(Debug)]
+pub(crate) struct View {
+    pub(super) mem: Vec<Arc<MemRun>>,
+    /// The filter of the memory runs.
+    pub(super) mem_bloom: Arc<SharedBloom>,
+    pub(super) disk: Vec<Arc<DiskRun>>,
+}
+
+/// The indexes, for readers. The [`IndexWriter`] is the only one that changes them.
+#[derive(Debug)]
+pub(crate) struct Index {
+    pub(super) tree: Tree,
+    pub(super) rule: KeyRule,
+    pub(super) view: ArcSwap<View>,
+}
+
+impl Index {
+    /// The value of `key`, looked up whole (dedup entries). Equal keys in several runs always
+    /// carry equal values (an event id's seq never changes; query entries have none), so
+    /// which run answers, here or in a scan or a merge, does not matter.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let view = self.view.load();
+        let h = hash(self.rule.filter_prefix(key));
+        if view.mem_bloom.may_contain(h) {
+            for run in view.mem.iter().rev() {
+                let i = run.seek(key, false);
+                if i < run.len() && run.key(i) == key {
+                    return Ok(Some(run.value(i).to_vec()));
+                }
+            }
+        }
+        for run in view.disk.iter().rev() {
+            if !run.bloom.may_contain(h) {
+                continue;
+            }
+            let (_, end) = run_range(BLOCK, run.id);
+            let first = self
+                .tree
+                .range((Bound::Included(block_key(run.id, key)), end))
+                .next()
+                .transpose()?;
+            if let Some((_, bytes)) = first {
+                let found = Block::parse(run.id, bytes).and_then(|block| {
+                    let i = block.seek(key, false)?;
+                    if i < block.n && block.cmp(i, key)? == Ordering::Equal {
+                        return Ok(Some(block.value(i)?.to_vec()));
+                    }
+                    Ok(None)
+                });
+                match found {
+                    Ok(None) => {}
+                    Ok(Some(value)) => return Ok(Some(value)),
+                    Err(err) => {
+                        condemn(&self.tree, &err);
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The entries with keys in `lo..=hi`, in key order (`reverse`: descending), every one of
+    /// which has `prefix` as its filter prefix ([`KeyRule`]). Runs whose filter cannot hold `prefix`, or
+    /// whose event times miss those of the scan, are not read.
+    pub(crate) fn scan(&self, prefix: &[u8], lo: &[u8], hi: &[u8], reverse: bool) -> Scan {
+        let view = self.view.load();
+        let h = hash(prefix);
+        let times = self.rule.scan_times(prefix, lo, hi);
+        let meets = |span: &TimeSpan| times.is_none_or(|(from, to)| span.meets(&from, &to));
+        let mut sources = Vec::new();
+        let in_memory = view.mem_bloom.may_contain(h);
+        for run in &view.mem {
+            if in_memory && meets(&run.times) {
+                let start = run.seek(lo, false);
+                let end = run.seek(hi, true);
+                if start < end {
+                    sources.push(Source::Mem {
+                        run: Arc::clone(run),
+                        start,
+                        end,
+                        at: None,
+                    });
+                }
+            }
+        }
+        for run in &view.disk {
+            if meets(&run.times) && run.bloom.may_contain(h) {
+                sources.push(Source::Disk(Box::new(DiskScan::new(
+                    &self.tree,
+                    run,
+                    lo,
+                    Some(hi),
+                    reverse,
+                ))));
+            }
+        }
+        Scan::new(sources, reverse)
+    }
+}
