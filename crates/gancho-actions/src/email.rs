@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use gancho_core::{ActionRequest, EmailAction};
+use chrono::{DateTime, Utc};
+use gancho_core::{Action, ActionRequest, EmailAction};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
@@ -12,6 +13,7 @@ use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsPar
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
+use crate::channel::{Deliver, SendFuture, Settings, wrong_channel};
 use crate::failure::{ActionsError, Failure};
 use crate::{EmailConfig, EmailTransport};
 
@@ -20,6 +22,7 @@ pub(crate) struct EmailSender {
     transport: Transport,
     from: Mailbox,
     destination: String,
+    settings: Settings,
 }
 
 #[derive(Debug)]
@@ -63,15 +66,18 @@ impl EmailSender {
             transport,
             from,
             destination,
+            settings: Settings {
+                limits: config.limits,
+                // SMTP's timeout is per command; a message takes several.
+                send_timeout: config.timeout.saturating_mul(4),
+                per_destination: config.limits.concurrency,
+                single_destination: true,
+            },
         })
     }
 
     /// One destination for the whole channel: the SMTP server (or the folder).
-    pub(crate) fn destination(&self) -> &str {
-        &self.destination
-    }
-
-    pub(crate) async fn send(
+    async fn send_email(
         &self,
         request: &ActionRequest,
         email: &EmailAction,
@@ -97,6 +103,25 @@ impl EmailSender {
                 Ok(format!("written to {}", path.display()))
             }
         }
+    }
+}
+
+impl Deliver for EmailSender {
+    fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    fn destination(&self, _: &Action) -> String {
+        self.destination.clone()
+    }
+
+    fn send<'a>(&'a self, request: &'a ActionRequest, _: DateTime<Utc>) -> SendFuture<'a> {
+        Box::pin(async move {
+            match &request.action {
+                Action::Email(email) => self.send_email(request, email).await,
+                _ => Err(wrong_channel(request, "an e-mail")),
+            }
+        })
     }
 }
 

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use gancho_core::{Action, ActionRequest, Channel, Clock};
+use gancho_core::{Channel, Clock};
 use gancho_state::{Attempt, Delivery, Outbox, OutboxItem};
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::channel::Deliver;
 use crate::email::EmailSender;
 use crate::failure::{ActionsError, Failure};
 use crate::http::HttpSender;
@@ -112,47 +112,23 @@ pub fn spawn(
         .enable_all()
         .build()
         .map_err(ActionsError::Thread)?;
-    let senders = {
-        let _entered = runtime.enter();
-        Arc::new(Senders {
-            email: EmailSender::new(&config.email, &config.data_dir)?,
-            sms: SmsSender::new(&config.sms, &config.data_dir)?,
-            http: HttpSender::new(&config.http)?,
-        })
-    };
     let lanes: Vec<Arc<Lane>> = Channel::ALL
         .into_iter()
         .map(|channel| {
-            let (limits, timeout, per_destination) = match channel {
-                Channel::Email => (
-                    config.email.limits,
-                    config.email.timeout,
-                    config.email.limits.concurrency,
-                ),
-                Channel::Sms => (
-                    config.sms.limits,
-                    config.sms.timeout,
-                    config.sms.limits.concurrency,
-                ),
-                Channel::Http => (
-                    config.http.limits,
-                    config.http.timeout,
-                    config.http.per_host,
-                ),
+            let deliverer = {
+                let _entered = runtime.enter();
+                deliverer(channel, &config)?
             };
+            let settings = deliverer.settings();
+            let (limits, send_timeout) = (settings.limits, settings.send_timeout);
             let concurrency = limits.concurrency.max(1);
-            // SMTP's timeout is per command; a message takes several.
-            let send_timeout = match channel {
-                Channel::Email => timeout.saturating_mul(4),
-                _ => timeout.saturating_add(Duration::from_secs(5)),
-            };
-            Arc::new(Lane {
+            Ok(Arc::new(Lane {
                 channel,
                 state: outbox.clone(),
                 clock: clock.clone(),
-                senders: senders.clone(),
+                deliverer,
                 policy: config.retry.clone(),
-                per_destination: per_destination.clamp(1, concurrency),
+                per_destination: settings.per_destination.clamp(1, concurrency),
                 // A held retry comes due again after this only if the process died holding it.
                 lease: send_timeout
                     .saturating_mul(2)
@@ -163,17 +139,17 @@ pub fn spawn(
                     .flatten(),
                 slots: Arc::new(Semaphore::new(concurrency)),
                 concurrency,
-                max_backlog: match channel {
-                    Channel::Http => MAX_BACKLOG,
-                    Channel::Email | Channel::Sms => MAX_HELD,
+                max_backlog: match settings.single_destination {
+                    true => MAX_HELD,
+                    false => MAX_BACKLOG,
                 },
                 held: Mutex::new(Held::default()),
                 room: Notify::new(),
                 next_start: Mutex::new(Instant::now()),
                 stopping: AtomicBool::new(false),
-            })
+            }))
         })
-        .collect();
+        .collect::<Result<_, ActionsError>>()?;
     let (stop, stopped) = watch::channel(false);
     let grace = config.shutdown_grace;
     let thread = std::thread::Builder::new()
@@ -226,34 +202,14 @@ async fn run(lanes: Vec<Arc<Lane>>, mut stop: watch::Receiver<bool>, grace: Dura
     }
 }
 
-#[derive(Debug)]
-struct Senders {
-    email: EmailSender,
-    sms: SmsSender,
-    http: HttpSender,
-}
-
-impl Senders {
-    fn destination(&self, request: &ActionRequest) -> String {
-        match &request.action {
-            Action::Email(_) => self.email.destination().to_owned(),
-            Action::Sms(_) => self.sms.destination().to_owned(),
-            Action::Http(http) => HttpSender::destination(http),
-        }
-    }
-
-    async fn send(&self, request: &ActionRequest, now: DateTime<Utc>) -> Result<String, Failure> {
-        // Checked when the rule decided it; checked again here, as the store is not trusted.
-        request
-            .action
-            .validate()
-            .map_err(|err| Failure::permanent(err.to_string()))?;
-        match &request.action {
-            Action::Email(email) => self.email.send(request, email).await,
-            Action::Sms(sms) => self.sms.send(request, sms, now).await,
-            Action::Http(http) => self.http.send(request, http, now).await,
-        }
-    }
+/// The type that delivers a channel's actions, from its config section: the one place the
+/// executor tells channels apart.
+fn deliverer(channel: Channel, config: &ActionsConfig) -> Result<Arc<dyn Deliver>, ActionsError> {
+    Ok(match channel {
+        Channel::Email => Arc::new(EmailSender::new(&config.email, &config.data_dir)?),
+        Channel::Sms => Arc::new(SmsSender::new(&config.sms, &config.data_dir)?),
+        Channel::Http => Arc::new(HttpSender::new(&config.http)?),
+    })
 }
 
 /// What the lane holds of one destination: the keys of its items waiting in memory, its
@@ -282,7 +238,7 @@ struct Lane {
     channel: Channel,
     state: Outbox,
     clock: Arc<dyn Clock>,
-    senders: Arc<Senders>,
+    deliverer: Arc<dyn Deliver>,
     policy: RetryPolicy,
     per_destination: usize,
     lease: Duration,
@@ -424,7 +380,7 @@ impl Lane {
     /// destination is failing or its backlog is full.
     /// False when the store failed to record a lease or a deferral.
     fn enqueue(self: &Arc<Lane>, item: OutboxItem) -> bool {
-        let destination = self.senders.destination(&item.action);
+        let destination = self.deliverer.destination(&item.action.action);
         let already = self.held().keys.contains(&item.key);
         if already {
             // Its lease ran out while it waited here: lease it again, keep one copy.
@@ -554,12 +510,15 @@ impl Lane {
             }
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(
-            self.send_timeout,
-            self.senders.send(&item.action, self.clock.now()),
-        )
-        .await
-        {
+        // Checked when the rule decided it; checked again here, as the store is not trusted.
+        let send = async {
+            item.action
+                .action
+                .validate()
+                .map_err(|err| Failure::permanent(err.to_string()))?;
+            self.deliverer.send(&item.action, self.clock.now()).await
+        };
+        let result = match tokio::time::timeout(self.send_timeout, send).await {
             Ok(result) => result,
             Err(_) => Err(Failure::transient(format!(
                 "no answer within {:?}",

@@ -5,11 +5,12 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use gancho_core::{ActionRequest, HttpAction};
+use gancho_core::{Action, ActionRequest, HttpAction};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 use crate::HttpConfig;
+use crate::channel::{Deliver, SendFuture, Settings, wrong_channel};
 use crate::failure::{ActionsError, Failure};
 use crate::sign::Signer;
 use crate::ssrf::{Guard, Refused, resolver};
@@ -22,6 +23,7 @@ pub(crate) struct HttpSender {
     client: reqwest::Client,
     guard: Guard,
     signer: Option<Signer>,
+    settings: Settings,
 }
 
 impl HttpSender {
@@ -53,11 +55,17 @@ impl HttpSender {
             client,
             guard,
             signer,
+            settings: Settings {
+                limits: config.limits,
+                send_timeout: config.timeout.saturating_add(Duration::from_secs(5)),
+                per_destination: config.per_host,
+                single_destination: false,
+            },
         })
     }
 
     /// The host (and port) of the call: calls are limited per destination.
-    pub(crate) fn destination(http: &HttpAction) -> String {
+    fn host(http: &HttpAction) -> String {
         match url::Url::parse(&http.url) {
             Ok(url) => format!(
                 "{}:{}",
@@ -69,7 +77,7 @@ impl HttpSender {
     }
 
     /// Makes the call; `now` stamps its signature and reads an HTTP-date `Retry-After`.
-    pub(crate) async fn send(
+    async fn call(
         &self,
         request: &ActionRequest,
         http: &HttpAction,
@@ -146,6 +154,28 @@ impl HttpSender {
         }
         let text = read_capped(response, MAX_ERROR_BODY).await;
         Err(status_failure(status, format!("http {status}: {}", excerpt(&text))).after(after))
+    }
+}
+
+impl Deliver for HttpSender {
+    fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    fn destination(&self, action: &Action) -> String {
+        match action {
+            Action::Http(http) => HttpSender::host(http),
+            _ => String::new(),
+        }
+    }
+
+    fn send<'a>(&'a self, request: &'a ActionRequest, now: DateTime<Utc>) -> SendFuture<'a> {
+        Box::pin(async move {
+            match &request.action {
+                Action::Http(http) => self.call(request, http, now).await,
+                _ => Err(wrong_channel(request, "an HTTP call")),
+            }
+        })
     }
 }
 

@@ -13,6 +13,7 @@
 //! It owns the `[email]`, `[sms]`, `[http]` and `[retry]` sections of the config file: their
 //! types deserialize from the file with their defaults, and the binary only composes them.
 
+mod channel;
 mod config;
 mod email;
 mod executor;

@@ -3,11 +3,13 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use gancho_core::{ActionRequest, SecretString, SmsAction};
+use gancho_core::{Action, ActionRequest, SecretString, SmsAction};
 use serde::Deserialize;
 
+use crate::channel::{Deliver, SendFuture, Settings, wrong_channel};
 use crate::config::exposed;
 use crate::failure::{ActionsError, Failure};
 use crate::http::{excerpt, read_capped, retry_after, status_failure};
@@ -20,6 +22,7 @@ const MAX_REPLY: usize = 64 * 1024;
 pub(crate) struct SmsSender {
     provider: Provider,
     destination: String,
+    settings: Settings,
 }
 
 #[derive(Debug)]
@@ -118,15 +121,17 @@ impl SmsSender {
         Ok(SmsSender {
             provider,
             destination,
+            settings: Settings {
+                limits: config.limits,
+                send_timeout: config.timeout.saturating_add(Duration::from_secs(5)),
+                per_destination: config.limits.concurrency,
+                single_destination: true,
+            },
         })
     }
 
-    pub(crate) fn destination(&self) -> &str {
-        &self.destination
-    }
-
     /// Sends the message; `now` reads an HTTP-date `Retry-After` and stamps file lines.
-    pub(crate) async fn send(
+    async fn send_sms(
         &self,
         request: &ActionRequest,
         sms: &SmsAction,
@@ -207,6 +212,25 @@ impl SmsSender {
                 Ok(format!("written to {}", path.display()))
             }
         }
+    }
+}
+
+impl Deliver for SmsSender {
+    fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    fn destination(&self, _: &Action) -> String {
+        self.destination.clone()
+    }
+
+    fn send<'a>(&'a self, request: &'a ActionRequest, now: DateTime<Utc>) -> SendFuture<'a> {
+        Box::pin(async move {
+            match &request.action {
+                Action::Sms(sms) => self.send_sms(request, sms, now).await,
+                _ => Err(wrong_channel(request, "an SMS")),
+            }
+        })
     }
 }
 
