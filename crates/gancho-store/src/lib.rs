@@ -42,8 +42,10 @@ use crate::kv::{Db, FileSync, Tree};
 use crate::log::{cache, codec, query, writer};
 use crate::progress::Progress;
 
-/// How the store is opened.
-#[derive(Debug, Clone)]
+/// How the store is opened: the `[store]` section of the config file, whose keys are those of
+/// [`StoreSection`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(try_from = "StoreSection")]
 pub struct StoreConfig {
     /// After sled's flush, also `fdatasync` the log file, so an acknowledged event survives a
     /// power loss and not only a crash of the process. Default: true.
@@ -51,6 +53,43 @@ pub struct StoreConfig {
     /// sled's page cache, in bytes, for all the databases of the store folder together (the
     /// log and its indexes here, the engine's in `gancho-state`). Default: 256 MiB.
     pub cache_capacity: u64,
+}
+
+/// `[store]` as written in the config file (the store counts its cache in bytes, the file in MiB).
+#[derive(Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `fdatasync` after each group flush, so an acknowledged event survives a power loss; off,
+    /// it survives a crash of the process only. Default: true. Example: false.
+    pub fsync: bool,
+    /// The page cache of the store's databases together, in MiB. Default: 256. Example: 1024.
+    pub cache_mb: u64,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Default for StoreSection {
+    fn default() -> StoreSection {
+        let store = StoreConfig::default();
+        StoreSection {
+            fsync: store.fsync,
+            cache_mb: store.cache_capacity / MIB,
+        }
+    }
+}
+
+impl TryFrom<StoreSection> for StoreConfig {
+    type Error = gancho_core::KeyError;
+
+    fn try_from(section: StoreSection) -> Result<StoreConfig, gancho_core::KeyError> {
+        if section.cache_mb == 0 {
+            return Err(gancho_core::KeyError::new("cache_mb", "must be at least 1"));
+        }
+        Ok(StoreConfig {
+            fsync: section.fsync,
+            cache_capacity: section.cache_mb.saturating_mul(MIB),
+        })
+    }
 }
 
 impl StoreConfig {

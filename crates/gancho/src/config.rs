@@ -61,7 +61,7 @@ struct FileConfig {
     /// How long a stop waits for requests in flight. Default: `"30s"`. Example: `"1m"`.
     #[serde(deserialize_with = "duration::deserialize")]
     shutdown_grace: Duration,
-    store: StoreSection,
+    store: StoreConfig,
     sources: BTreeMap<String, SourceConfig>,
     email: EmailConfig,
     sms: SmsConfig,
@@ -79,35 +79,12 @@ impl Default for FileConfig {
             max_body_bytes: ingress.max_body_bytes as u64,
             http_workers: ingress.workers,
             shutdown_grace: ingress.shutdown_grace,
-            store: StoreSection::default(),
+            store: StoreConfig::default(),
             sources: BTreeMap::new(),
             email: EmailConfig::default(),
             sms: SmsConfig::default(),
             http: HttpConfig::default(),
             retry: RetryPolicy::default(),
-        }
-    }
-}
-
-/// `[store]`. The store's own `StoreConfig` counts its cache in bytes; the file in MiB.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct StoreSection {
-    /// `fdatasync` after each group flush, so an acknowledged event survives a power loss; off,
-    /// it survives a crash of the process only. Default: true.
-    fsync: bool,
-    /// The store's page cache, in MiB. Default: 256. Example: 1024.
-    cache_mb: u64,
-}
-
-const MIB: u64 = 1024 * 1024;
-
-impl Default for StoreSection {
-    fn default() -> StoreSection {
-        let store = StoreConfig::default();
-        StoreSection {
-            fsync: store.fsync,
-            cache_mb: store.cache_capacity / MIB,
         }
     }
 }
@@ -235,9 +212,6 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
     }
     let max_body_bytes = usize::try_from(file.max_body_bytes)
         .map_err(|_| fail("max_body_bytes", "too large for this machine".to_owned()))?;
-    if file.store.cache_mb == 0 {
-        return Err(fail("store.cache_mb", "must be at least 1".to_owned()));
-    }
 
     let mut actions = ActionsConfig {
         data_dir: file.data_dir.clone(),
@@ -277,10 +251,7 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
         actions,
         data_dir: file.data_dir,
         rules_dir: file.rules_dir,
-        store: StoreConfig {
-            fsync: file.store.fsync,
-            cache_capacity: file.store.cache_mb.saturating_mul(MIB),
-        },
+        store: file.store,
         ingress: IngressConfig {
             sources,
             max_body_bytes,
@@ -342,7 +313,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/gancho"));
         assert_eq!(config.rules_dir, PathBuf::from("/etc/gancho/rules"));
         assert!(config.store.fsync);
-        assert_eq!(config.store.cache_capacity, 256 * MIB);
+        assert_eq!(config.store.cache_capacity, 256 * 1024 * 1024);
 
         let ingress = &config.ingress;
         assert_eq!(ingress.max_body_bytes, 1048576);
@@ -639,6 +610,10 @@ mod tests {
             (
                 "[store]\nfsync = \"yes\"\n",
                 "t.toml:2: store.fsync: invalid type",
+            ),
+            (
+                "[store]\ncache_mb = 0\n",
+                "t.toml:1: store.cache_mb: must be at least 1",
             ),
         ];
         for (text, want) in cases {
