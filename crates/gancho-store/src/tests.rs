@@ -4,6 +4,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::*;
+use crate::format::Format;
 use crate::kv::Db;
 
 fn raw(value: serde_json::Value) -> Box<RawValue> {
@@ -552,4 +553,80 @@ fn a_damaged_index_block_fails_the_store_and_the_next_start_rebuilds_the_indexes
     assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
     let report = append(&store, vec![event("open", 1, "a@x", 1)]);
     assert!(report.stored.is_empty(), "dedup holds after the rebuild");
+}
+
+/// Sets (or, with `None`, removes) a database's format version in the closed store in `dir`.
+fn set_format(dir: &std::path::Path, db: &str, tree: &str, format: &Format, to: Option<u32>) {
+    let db = Db::open(&dir.join(db), 16 << 20).unwrap();
+    let tree = db.tree(tree).unwrap();
+    match to {
+        Some(version) => tree.insert(format.key, &version.to_be_bytes()[..]).unwrap(),
+        None => tree.remove(format.key).unwrap(),
+    }
+    db.flush().unwrap();
+}
+
+#[test]
+fn indexes_of_format_0_are_kept_and_marked_with_their_version() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    // Written before formats had versions: the same layout, no version key.
+    set_format(dir.path(), "indexes", "index", &index::FORMAT, None);
+    // A key no layout has: a rebuild (which empties the tree) would take it away.
+    {
+        let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+        db.tree("index")
+            .unwrap()
+            .insert(b"Zmark", &b""[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    store_two_opens_indexed(dir.path());
+    let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+    let tree = db.tree("index").unwrap();
+    assert!(
+        tree.contains_key(b"Zmark").unwrap(),
+        "the indexes were rebuilt"
+    );
+    assert_eq!(
+        tree.get(index::FORMAT.key).unwrap().as_deref(),
+        Some(&1u32.to_be_bytes()[..])
+    );
+}
+
+#[test]
+fn a_log_of_a_newer_format_is_refused_and_newer_indexes_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    set_format(dir.path(), "indexes", "index", &index::FORMAT, Some(9));
+    {
+        let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+        db.tree("index")
+            .unwrap()
+            .insert(b"Zmark", &b""[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let store = open(dir.path());
+        assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+        let report = append(&store, vec![event("open", 1, "a@x", 1)]);
+        assert!(report.stored.is_empty(), "dedup holds after the rebuild");
+        store.shutdown().unwrap();
+    }
+    {
+        let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+        let tree = db.tree("index").unwrap();
+        assert!(!tree.contains_key(b"Zmark").unwrap(), "not rebuilt");
+        assert_eq!(
+            tree.get(index::FORMAT.key).unwrap().as_deref(),
+            Some(&1u32.to_be_bytes()[..])
+        );
+    }
+    set_format(dir.path(), "log", "events", &codec::FORMAT, Some(2));
+    let err = Store::open(dir.path(), &StoreConfig::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the log database is in format 2; this build reads formats 1 to 1"
+    );
 }
