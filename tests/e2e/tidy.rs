@@ -152,6 +152,44 @@ fn no_two_files_of_a_crate_import_each_other() {
     );
 }
 
+/// "Actions decide nothing": the executor is handed an `Outbox`, which cannot commit a decision;
+/// this keeps the crate from reaching for the engine's state some other way.
+#[test]
+fn the_actions_crate_uses_only_the_outbox_of_the_engine_state() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/gancho-actions/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed = ["Outbox", "OutboxItem", "Attempt", "Delivery", "Error"];
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (at, _) in text.match_indices("gancho_state::") {
+            let rest = &text[at + "gancho_state::".len()..];
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(list) => list[..list.find('}').unwrap_or(0)]
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![
+                    rest.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .next()
+                        .unwrap_or(""),
+                ],
+            };
+            for name in names {
+                if !name.is_empty() && !allowed.contains(&name) {
+                    found.push(format!("{}: gancho_state::{name}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the actions crate reaches past the outbox:\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn the_checker_sees_an_import_cycle() {
     let dir = tempfile::tempdir().unwrap();
