@@ -57,6 +57,13 @@ struct Args {
     /// Turn the store's fdatasync off (crash-safe only) to measure what it costs.
     #[arg(long)]
     no_fsync: bool,
+    /// The daemon's `[store] cache_mb`; default: its own default.
+    #[arg(long)]
+    cache_mb: Option<u64>,
+    /// Load phases: the daemon runs the rules of `--rules` (by default it runs none, so the
+    /// phases measure ingest alone).
+    #[arg(long)]
+    with_rules: bool,
     /// Skip the load phases, run the micro-benchmark only.
     #[arg(long)]
     micro_only: bool,
@@ -163,6 +170,10 @@ fn run_load(args: &Args) -> anyhow::Result<()> {
     let ceiling = load::start_ceiling()?;
     let dir = tempfile::tempdir()?;
     let gancho = Gancho::start(args, dir.path())?;
+    // What a daemon holds once it is up, before any request.
+    std::thread::sleep(Duration::from_secs(2));
+    let at_start = gancho.memory()?;
+    println!("gancho RSS after start: {:.1} MB", mb(at_start.rss_kb));
     let spec = |group: usize| LoadSpec {
         connections: args.connections,
         duration: args.duration,
@@ -181,21 +192,28 @@ fn run_load(args: &Args) -> anyhow::Result<()> {
         )?;
         primed_events = primed.events_total;
         gancho.wait_indexed(Duration::from_secs(300))?;
+        let memory = gancho.memory()?;
         println!(
-            "primed gancho with {} single events over {} ({:.0} events/s)",
+            "primed gancho with {} single events over {} ({:.0} events/s); RSS {:.1} MB, peak {:.1} MB",
             primed.events_total,
             humantime::format_duration(args.prime),
-            primed.events_per_sec()
+            primed.events_per_sec(),
+            mb(memory.rss_kb),
+            mb(memory.peak_kb)
         );
     }
     let mut lags = Vec::new();
     let ceiling_single = load::run(&Target::ceiling(ceiling), &spec(1))?;
     let gancho_single = load::run(&Target::gancho(gancho.addr), &spec(1))?;
     lags.push(("single events", gancho.status()?));
+    let memory_single = gancho.memory()?;
     let ceiling_grouped = load::run(&Target::ceiling(ceiling), &spec(args.group))?;
     let gancho_grouped = load::run(&Target::gancho(gancho.addr), &spec(args.group))?;
     lags.push(("grouped", gancho.status()?));
+    let memory_grouped = gancho.memory()?;
     let catch_up = gancho.wait_indexed(Duration::from_secs(300))?;
+    let memory_end = gancho.memory()?;
+    let sizes = store_sizes(&dir.path().join("data").join("store"));
     let rows: Vec<(&str, LoadReport)> = vec![
         (
             "ceiling: do-nothing actix-web, single events",
@@ -238,6 +256,25 @@ fn run_load(args: &Args) -> anyhow::Result<()> {
     );
     println!(
         "events acknowledged by gancho (warm-up included): {acknowledged}; events in its store after the run: {stored}"
+    );
+    for (phase, memory) in [
+        ("single events", memory_single),
+        ("grouped", memory_grouped),
+        ("catch-up", memory_end),
+    ] {
+        println!(
+            "gancho RSS at the end of the {phase} phase: {:.1} MB (peak so far {:.1} MB)",
+            mb(memory.rss_kb),
+            mb(memory.peak_kb)
+        );
+    }
+    println!(
+        "store on disk after the run: {}",
+        sizes
+            .iter()
+            .map(|(name, bytes)| format!("{name} {:.1} MB", *bytes as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for (phase, (durable, indexed)) in &lags {
         println!(
@@ -291,8 +328,16 @@ impl Gancho {
         // engine and the actions have benchmarks of their own.
         let rules = dir.join("rules");
         std::fs::create_dir_all(&rules)?;
+        let rules = match args.with_rules {
+            true => std::fs::canonicalize(&args.rules)?,
+            false => rules,
+        };
+        let cache = match args.cache_mb {
+            Some(mb) => format!("cache_mb = {mb}\n"),
+            None => String::new(),
+        };
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nrules_dir = {:?}\n[store]\nfsync = {}\n\
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nrules_dir = {:?}\n[store]\nfsync = {}\n{cache}\
              [sources.mailjet]\nkind = \"mailjet\"\n\
              basic_auth = {{ user = \"{}\", password = \"{}\" }}\n",
             dir.join("data").display().to_string(),
@@ -341,6 +386,23 @@ impl Gancho {
         })
     }
 
+    /// The daemon's resident memory now and at its peak (`VmRSS`, `VmHWM`).
+    fn memory(&self) -> anyhow::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kb| kb.parse().ok())
+                .with_context(|| format!("no {name} in /proc/PID/status"))
+        };
+        Ok(Memory {
+            rss_kb: field("VmRSS:")?,
+            peak_kb: field("VmHWM:")?,
+        })
+    }
+
     /// `GET /status`: (durable, indexed).
     fn status(&self) -> anyhow::Result<(u64, u64)> {
         fetch_status(self.addr)
@@ -385,6 +447,38 @@ impl Gancho {
         let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
         Ok(events.first().and_then(|e| e["seq"].as_u64()).unwrap_or(0))
     }
+}
+
+/// A process's resident memory, kB.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    rss_kb: u64,
+    peak_kb: u64,
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// The bytes each database folder under `store` takes on disk.
+fn store_sizes(store: &Path) -> Vec<(String, u64)> {
+    fn size(path: &Path) -> u64 {
+        match std::fs::read_dir(path) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum(),
+            Err(_) => 0,
+        }
+    }
+    ["log", "indexes", "engine"]
+        .into_iter()
+        .map(|name| (name.to_owned(), size(&store.join(name))))
+        .collect()
 }
 
 impl Drop for Gancho {
