@@ -1,42 +1,28 @@
 //! The engine's durable state: its cursor in the log, per-rule state, timers and expectations,
-//! cron marks, and the outbox of decided actions. A sled database of its own (`store/engine`),
-//! written by the engine thread, and by the actions executor for the outbox's delivery records
-//! (`outbox.rs`, other prefixes).
+//! cron marks, and the outbox of decided actions with their delivery records and dead letters.
+//! A sled database of its own (`store/engine`; its key layout is in `schema.rs`), written by the
+//! engine's commits and, for the outbox's delivery records, by the actions executor.
 //!
-//! | prefix | key                                         | value                         |
-//! |--------|---------------------------------------------|-------------------------------|
-//! | `M`    | `cursor`                                    | u64 BE: log processed up to   |
-//! | `S`    | rule, key                                   | [`StateValue`], JSON          |
-//! | `A`    | rule, timer name                            | [`Timer`], JSON               |
-//! | `W`    | due time, rule, timer name                  | empty (timers by due time)    |
-//! | `E`    | source, type, n, name×n, rule, callback     | empty ([`ExpectShape`]s)      |
-//! | `O`    | channel, event seq, rule, position          | [`ActionRequest`], JSON       |
-//! | `R`    | rule                                        | i64 BE: last cron tick, ms    |
-//! | `J`    | commit number, chunk number (`u32::MAX`: marker) | journal of one commit    |
+//! This crate owns that database; the log and its indexes are `gancho-store`'s, and it reaches
+//! the disk only through `gancho_store::kv`. It decides nothing: the engine hands it changes,
+//! and the actions executor gets an [`Outbox`] handle, which can mark deliveries but cannot
+//! commit a decision. It never reads the wall clock: times arrive with the calls.
 //!
-//! **Atomic commits without sled transactions.** A commit (every change the engine decided for
-//! a batch of events, and the cursor past them) is first written as a journal: its writes in
-//! chunks of about 32 KiB, then a marker naming the number of chunks. Then its changes are
-//! applied with plain inserts and removes, and once they are durable the journal is removed.
-//! The engine thread only stages a commit (its keys, and its records as they are, in an
-//! in-memory overlay that reads consult first); the applier thread encodes it, writes the
-//! journal and applies it. One write happens outside commits: [`EngineState::due_timers`]
-//! removes a due-time entry that no applied timer refers to (garbage either way). sled
-//! recovers a prefix of the writes made before a crash, so at open either the interrupted
-//! commit's marker is there, and replaying its chunks (idempotent writes) completes the commit,
-//! or it is not, and neither are any of its changes: the cursor is where it was and the batch
-//! is processed again from the same history. sled's `transaction` would do the same but puts every sled
-//! operation in the process behind one global lock (see `writer.rs`).
+//! A key design decision made here is **atomic commits without sled transactions**. A commit
+//! (every change the engine decided for a batch of events, and the cursor past them) is staged
+//! by the engine thread in an in-memory overlay that every read consults first; the applier
+//! thread encodes it, writes it as a journal (chunks, then a marker), applies it with plain
+//! writes, makes it durable and removes the journal. sled recovers a prefix of the writes made
+//! before a crash, so at open either the interrupted commit's marker is there and replaying it
+//! completes the commit, or neither it nor any of its changes are, and the engine processes the
+//! batch again from the same history. sled's `transaction` would do the same but puts every sled
+//! operation in the process behind one global lock. One write happens outside commits:
+//! [`EngineState::due_timers`] removes a due-time entry that no applied timer refers to.
 //!
-//! This crate owns the engine's database (`store/engine`); the log and its indexes are
-//! `gancho-store`'s, and it reaches the disk only through `gancho_store::kv`. It decides
-//! nothing: the engine hands it changes, and the actions executor gets an [`Outbox`] handle,
-//! which can mark deliveries but not commit a decision. It never reads the wall clock: times
-//! arrive with the calls.
-//!
-//! Modules: `schema` (records and key layouts), `overlay` (committed, not yet applied writes),
-//! `journal` (atomic commits and their recovery), `applier` (the thread that applies and
-//! syncs), `migrate` (format versions), `outbox` (the executor's view).
+//! Modules, in layers (each uses only those before it): `schema` (records, key layouts, the
+//! channel table), `overlay` (committed, not yet applied writes), `journal` (a commit's journal
+//! and its recovery), `applier` (the thread that applies and syncs), `migrate` (format
+//! versions), `outbox` (the executor's view).
 
 mod applier;
 mod journal;
@@ -56,8 +42,7 @@ use gancho_store::keys::read_u64;
 use gancho_store::kv::{Db, FileSync, Tree};
 
 use crate::applier::{APPLY_QUEUE, Applier, Shared, apply_loop, sync};
-use crate::overlay::{Entry, Record, get, get_record, scan, stage_change};
-use crate::overlay::{Slot, Staged, lock};
+use crate::overlay::{Entry, Record, Slot, Staged, get, get_record, lock, scan, stage_change};
 use crate::schema::{
     CRON, CURSOR_KEY, DUE, Fields, SHAPE, corrupt, parse_shape, push_str, state_key, timer_key,
 };

@@ -15,7 +15,7 @@
 //! request, and it also avoids sled 0.34's deadlock under concurrent `flush_async` calls.
 //! The indexes are written behind the log by an indexer thread, because sled's cost per insert
 //! would otherwise set the ingest rate; queries merge in the log's unindexed tail, so their
-//! answers are always complete (see `indexer.rs`).
+//! answers are always complete (see `index/indexer.rs`).
 
 mod error;
 pub mod format;
