@@ -50,8 +50,9 @@ pub struct StoreConfig {
     /// After sled's flush, also `fdatasync` the log file, so an acknowledged event survives a
     /// power loss and not only a crash of the process. Default: true.
     pub fsync: bool,
-    /// sled's page cache, in bytes, for all the databases of the store folder together (the
-    /// log and its indexes here, the engine's in `gancho-state`). Default: 256 MiB.
+    /// The memory budget, in bytes, of every cache of the store folder together: the page
+    /// caches of its three databases (the log and its indexes here, the engine's in
+    /// `gancho-state`) and the indexes' memory tier. Default: 64 MiB. See the shares below.
     pub cache_capacity: u64,
 }
 
@@ -62,7 +63,8 @@ pub struct StoreSection {
     /// `fdatasync` after each group flush, so an acknowledged event survives a power loss; off,
     /// it survives a crash of the process only. Default: true. Example: false.
     pub fsync: bool,
-    /// The page cache of the store's databases together, in MiB. Default: 256. Example: 1024.
+    /// The memory budget of the store's caches together, in MiB: the page caches of its
+    /// databases and the indexes' memory tier. Default: 64. Example: 256.
     pub cache_mb: u64,
 }
 
@@ -92,10 +94,30 @@ impl TryFrom<StoreSection> for StoreConfig {
     }
 }
 
+/// How the budget is shared. The indexes' memory tier gets half: it holds the entries of the
+/// last seconds of events until a checkpoint writes them out, and a smaller one means more,
+/// smaller runs to merge. The index database's page cache gets a quarter: dedup lookups land all
+/// over its key space. The log (written at its end, read near it) and the engine's database get
+/// an eighth each.
 impl StoreConfig {
-    /// The share of the cache the engine's database gets.
+    /// The page cache of the engine's database.
     pub fn engine_cache(&self) -> u64 {
+        self.cache_capacity / 8
+    }
+
+    /// The page cache of the log's database.
+    pub fn log_cache(&self) -> u64 {
+        self.cache_capacity / 8
+    }
+
+    /// The page cache of the index database.
+    pub fn index_cache(&self) -> u64 {
         self.cache_capacity / 4
+    }
+
+    /// The indexes' memory tier: entries added since the last checkpoint.
+    pub fn memory_tier(&self) -> u64 {
+        self.cache_capacity / 2
     }
 }
 
@@ -103,7 +125,7 @@ impl Default for StoreConfig {
     fn default() -> StoreConfig {
         StoreConfig {
             fsync: true,
-            cache_capacity: 256 * 1024 * 1024,
+            cache_capacity: 64 * 1024 * 1024,
         }
     }
 }
@@ -158,9 +180,7 @@ impl Store {
             source,
         })?;
         let (log_path, index_path) = (path.join("log"), path.join("indexes"));
-        // The index gets half of the cache: dedup lookups land all over its key space, while
-        // the log is written at its end and read near it.
-        let log_db = Db::open(&log_path, config.cache_capacity / 4)?;
+        let log_db = Db::open(&log_path, config.log_cache())?;
         let events = log_db.tree("events")?;
         codec::FORMAT.upgrade(&log_db, &events)?;
         let discarded = codec::discard_uncommitted(&events)?;
@@ -171,7 +191,7 @@ impl Store {
             );
             log_db.flush()?;
         }
-        let index_db = Db::open(&index_path, config.cache_capacity / 2)?;
+        let index_db = Db::open(&index_path, config.index_cache())?;
         let index_tree = index_db.tree("index")?;
         let log_sync = if config.fsync {
             Some(FileSync::open(&log_path)?)
@@ -238,6 +258,7 @@ impl Store {
                 events: events.clone(),
                 index: index_writer,
                 progress: Arc::clone(&progress),
+                pacing: index::Pacing::for_memory(config.memory_tier()),
             };
             std::thread::Builder::new()
                 .name("gancho-indexer".to_owned())

@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/gancho"));
         assert_eq!(config.rules_dir, PathBuf::from("/etc/gancho/rules"));
         assert!(config.store.fsync);
-        assert_eq!(config.store.cache_capacity, 256 * 1024 * 1024);
+        assert_eq!(config.store.cache_capacity, 64 * 1024 * 1024);
 
         let ingress = &config.ingress;
         assert_eq!(ingress.max_body_bytes, 1048576);

@@ -39,11 +39,12 @@ pub(crate) struct Indexer {
     pub(crate) events: Tree,
     pub(crate) index: IndexWriter,
     pub(crate) progress: Arc<Progress>,
+    pub(crate) pacing: Pacing,
 }
 
 impl Indexer {
     pub(crate) fn run(mut self) {
-        let pacing = Pacing::DEFAULT;
+        let pacing = self.pacing;
         let mut idle_priority = set_priority(true);
         // Leaving SCHED_IDLE needs RLIMIT_NICE room an unprivileged service may lack: if that
         // is refused once, it is not tried again.
@@ -103,7 +104,7 @@ impl Indexer {
                 }
             }
             let durable = progress.durable.load(Ordering::Acquire);
-            let full = pacing.memory_full(self.index.memory_entries());
+            let full = pacing.memory_full(self.index.memory_bytes());
             if !stopping && durable > indexed && !full {
                 waiting_since = None;
                 let to = durable.min(indexed + pacing.batch_events);
@@ -123,7 +124,7 @@ impl Indexer {
             }
             let due = pacing.checkpoint_due(
                 last_checkpoint.elapsed(),
-                self.index.memory_entries(),
+                self.index.memory_bytes(),
                 stopping,
             );
             if indexed > checkpointed && due && (Instant::now() >= checkpoint_after || stopping) {

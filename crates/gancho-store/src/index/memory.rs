@@ -108,6 +108,11 @@ impl MemRun {
         self.slots.len()
     }
 
+    /// The memory its entries take: their bytes and their places.
+    pub(super) fn bytes(&self) -> usize {
+        self.data.len() + self.slots.len() * std::mem::size_of::<Slot>()
+    }
+
     pub(super) fn key(&self, i: usize) -> &[u8] {
         let slot = self.slots[i];
         &self.data[slot.at..slot.at + slot.key_len as usize]

@@ -47,13 +47,13 @@ pub(crate) struct Pacing {
     /// every few milliseconds on the disk that the log's group commits wait on (measured: a
     /// third of single-event throughput).
     pub(crate) checkpoint_every: Duration,
-    /// ... or once this many entries wait in memory (about 33,000 Mailjet events, some 20 MB),
-    /// whichever comes first.
-    pub(crate) checkpoint_entries: usize,
-    /// Past this many entries in memory (after a failed checkpoint), indexing waits for a
-    /// checkpoint to succeed (readers merge the unindexed tail of the log meanwhile), so
-    /// memory stays bounded.
-    pub(crate) max_memory_entries: usize,
+    /// ... or once the memory tier takes this many bytes (half its budget: with the default
+    /// budget about 16 MB, some 200,000 entries or 33,000 Mailjet events), whichever comes first.
+    pub(crate) checkpoint_bytes: usize,
+    /// Past this many bytes in memory (after a failed checkpoint: the memory tier's whole
+    /// budget), indexing waits for a checkpoint to succeed (readers merge the unindexed tail of
+    /// the log meanwhile), so memory stays bounded.
+    pub(crate) max_memory_bytes: usize,
     /// Runs are merged while the indexer trails the log by less than this (a merge is never
     /// urgent, catching up is) ...
     pub(crate) merge_max_lag: u64,
@@ -70,12 +70,23 @@ impl Pacing {
         batch_wait: Duration::from_millis(10),
         batch_wait_rate: 5_000,
         checkpoint_every: Duration::from_secs(5),
-        checkpoint_entries: 200_000,
-        max_memory_entries: 800_000,
+        checkpoint_bytes: 16 << 20,
+        max_memory_bytes: 32 << 20,
         merge_max_lag: 4 * 2048,
         merge_anyway_runs: 24,
         max_idle_lag: 500_000,
     };
+
+    /// The pacing for a memory tier of `budget` bytes: checkpoints at half of it, and indexing
+    /// waits for one past all of it.
+    pub(crate) fn for_memory(budget: u64) -> Pacing {
+        let budget = usize::try_from(budget).unwrap_or(usize::MAX).max(1 << 20);
+        Pacing {
+            checkpoint_bytes: budget / 2,
+            max_memory_bytes: budget,
+            ..Pacing::DEFAULT
+        }
+    }
 
     /// Whether the incoming rate (`events` over `elapsed`) is high enough for batches to wait.
     pub(crate) fn busy(&self, events: u64, elapsed: Duration) -> bool {
@@ -89,20 +100,20 @@ impl Pacing {
         busy && lag > 0 && lag < self.batch_events && !stopping
     }
 
-    /// Whether a checkpoint is due: its period passed, memory holds enough entries, or the
-    /// store is stopping.
+    /// Whether a checkpoint is due: its period passed, memory holds enough, or the store is
+    /// stopping.
     pub(crate) fn checkpoint_due(
         &self,
         since_last: Duration,
-        entries: usize,
+        bytes: usize,
         stopping: bool,
     ) -> bool {
-        since_last >= self.checkpoint_every || entries >= self.checkpoint_entries || stopping
+        since_last >= self.checkpoint_every || bytes >= self.checkpoint_bytes || stopping
     }
 
     /// Whether indexing must wait for a checkpoint first (memory is full).
-    pub(crate) fn memory_full(&self, entries: usize) -> bool {
-        entries >= self.max_memory_entries
+    pub(crate) fn memory_full(&self, bytes: usize) -> bool {
+        bytes >= self.max_memory_bytes
     }
 
     /// Whether a merge slice may run now: caught up enough, or too many runs.
@@ -187,14 +198,23 @@ mod tests {
         let cases = [
             (Duration::from_secs(1), 10, false, false),
             (Duration::from_secs(5), 10, false, true),
-            (Duration::from_secs(1), 200_000, false, true),
+            (Duration::from_secs(1), 16 << 20, false, true),
+            (Duration::from_secs(1), (16 << 20) - 1, false, false),
             (Duration::ZERO, 0, true, true),
         ];
-        for (since, entries, stopping, expected) in cases {
-            assert_eq!(p.checkpoint_due(since, entries, stopping), expected);
+        for (since, bytes, stopping, expected) in cases {
+            assert_eq!(p.checkpoint_due(since, bytes, stopping), expected);
         }
-        assert!(!p.memory_full(799_999));
-        assert!(p.memory_full(800_000));
+        assert!(!p.memory_full((32 << 20) - 1));
+        assert!(p.memory_full(32 << 20));
+        // The budget sets both; a tiny one is raised to a floor of 1 MiB.
+        let small = Pacing::for_memory(8 << 20);
+        assert_eq!(
+            (small.checkpoint_bytes, small.max_memory_bytes),
+            (4 << 20, 8 << 20)
+        );
+        assert_eq!(Pacing::for_memory(0).max_memory_bytes, 1 << 20);
+        assert_eq!(Pacing::for_memory(32 << 20), Pacing::DEFAULT);
     }
 
     #[test]

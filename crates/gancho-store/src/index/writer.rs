@@ -21,7 +21,7 @@ use crate::keys::read_u64;
 use crate::kv::{Db, FileSync, Tree};
 
 /// Distinct filter prefixes the memory runs' filter is sized for: those of the entries one
-/// checkpoint holds (the indexer's `CHECKPOINT_ENTRIES`), with room; past it, false positives
+/// checkpoint holds (some 200,000 with the default budget), with room; past it, false positives
 /// only grow.
 const MEMORY_BLOOM_KEYS: u64 = 400_000;
 
@@ -40,7 +40,7 @@ pub(crate) struct IndexWriter {
     pub(super) sync: Option<FileSync>,
     pub(super) mem: Vec<Arc<MemRun>>,
     pub(super) mem_bloom: Arc<SharedBloom>,
-    pub(super) mem_entries: usize,
+    pub(super) mem_bytes: usize,
     pub(super) disk: Vec<Arc<DiskRun>>,
     /// Runs merged away whose keys are deleted once no reader holds them.
     pub(super) retired: Vec<Arc<DiskRun>>,
@@ -126,7 +126,7 @@ pub(crate) fn open(
         sync,
         mem: Vec::new(),
         mem_bloom,
-        mem_entries: 0,
+        mem_bytes: 0,
         disk,
         retired: Vec::new(),
         merge: None,
@@ -152,14 +152,14 @@ impl IndexWriter {
             run = MemRun::merge(last, &run);
             self.mem.pop();
         }
-        self.mem_entries = self.mem.iter().map(|r| r.len()).sum::<usize>() + run.len();
+        self.mem_bytes = self.mem.iter().map(|r| r.bytes()).sum::<usize>() + run.bytes();
         self.mem.push(Arc::new(run));
         self.publish();
     }
 
-    /// Entries added since the last checkpoint.
-    pub(crate) fn memory_entries(&self) -> usize {
-        self.mem_entries
+    /// The memory the entries added since the last checkpoint take.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.mem_bytes
     }
 
     /// Disk runs.
@@ -207,7 +207,7 @@ impl IndexWriter {
             self.disk.push(Arc::new(run));
         }
         self.mem.clear();
-        self.mem_entries = 0;
+        self.mem_bytes = 0;
         self.mem_bloom = Arc::new(SharedBloom::for_keys(MEMORY_BLOOM_KEYS));
         self.publish();
         durable
