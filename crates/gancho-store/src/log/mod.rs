@@ -7,5 +7,6 @@
 pub(crate) mod cache;
 pub(crate) mod codec;
 mod flusher;
+mod pending;
 pub(crate) mod query;
 pub(crate) mod writer;

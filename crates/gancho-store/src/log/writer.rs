@@ -14,7 +14,6 @@
 //! writer drops it from `pending` (it only drops ids at or below the indexer's published
 //! watermark), so an id is always in at least one of the two places the writer looks.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -27,6 +26,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::codec;
 use super::codec::Quarantined;
+use super::pending::Pending;
 use crate::error::StoreError;
 use crate::index::Index;
 use crate::keys::{dedup_key, read_u64};
@@ -209,8 +209,7 @@ pub(crate) fn start(
         index,
         next_seq: last_seq + 1,
         next_qid,
-        pending: HashMap::new(),
-        pending_order: VecDeque::new(),
+        pending: Pending::new(last_seq + 1),
         progress: Arc::clone(&progress),
     };
     writer.load_pending(last_seq)?;
@@ -242,11 +241,8 @@ struct Writer {
     next_seq: u64,
     next_qid: u64,
     /// Dedup keys (as 128-bit hashes) of events in the log but not yet in the dedup index, with
-    /// their seq. A hash collision would make one event a duplicate of another: at 2^-128 per
-    /// pair, far below the odds of a disk error.
-    pending: HashMap<u128, u64>,
-    /// The same keys in seq order, to drop them once indexed.
-    pending_order: VecDeque<(u64, u128)>,
+    /// their seq.
+    pending: Pending,
     progress: Arc<Progress>,
 }
 
@@ -266,12 +262,10 @@ impl Writer {
     /// Fills `pending` with the events the indexer has not reached (after a restart).
     fn load_pending(&mut self, last_seq: u64) -> Result<(), StoreError> {
         let indexed = self.progress.indexed.load(Ordering::Acquire);
-        let (pending, order) = (&mut self.pending, &mut self.pending_order);
+        let pending = &mut self.pending;
         codec::for_each_record(&self.events, indexed + 1, last_seq, |seq, record| {
             let view = codec::view_record(seq, record)?;
-            let key = xxh3_128(&dedup_key(view.source, view.id));
-            pending.insert(key, seq);
-            order.push_back((seq, key));
+            pending.push(seq, xxh3_128(&dedup_key(view.source, view.id)));
             Ok(())
         })?;
         debug!(
@@ -284,14 +278,7 @@ impl Writer {
     /// Drops from `pending` the ids the indexer has written to the dedup index.
     fn prune_pending(&mut self) {
         let indexed = self.progress.indexed.load(Ordering::Acquire);
-        while let Some((seq, _)) = self.pending_order.front() {
-            if *seq > indexed {
-                break;
-            }
-            if let Some((_, key)) = self.pending_order.pop_front() {
-                self.pending.remove(&key);
-            }
-        }
+        self.pending.drop_through(indexed);
     }
 
     fn run(mut self, rx: mpsc::Receiver<Job>, flush_tx: mpsc::Sender<Applied>) {
@@ -313,7 +300,7 @@ impl Writer {
             }
             self.prune_pending();
             let (seq_before, qid_before, pending_before) =
-                (self.next_seq, self.next_qid, self.pending_order.len());
+                (self.next_seq, self.next_qid, self.pending.len());
             let mut writes = Vec::new();
             let mut records = Vec::new();
             let mut staged = Vec::with_capacity(jobs.len());
@@ -341,9 +328,7 @@ impl Writer {
             if let Err(err) = self.write_group(&writes) {
                 error!(error = %err, "writing a group of events failed");
                 (self.next_seq, self.next_qid) = (seq_before, qid_before);
-                for (_, key) in self.pending_order.drain(pending_before..) {
-                    self.pending.remove(&key);
-                }
+                self.pending.truncate(pending_before);
                 let reason = err.to_string();
                 for s in staged {
                     let _ = s.reply.send(Err(StoreError::Engine(reason.clone())));
@@ -442,8 +427,7 @@ impl Writer {
             writes.push((key.to_vec(), value));
         }
         for (key, seq) in new_ids {
-            self.pending.insert(key, seq);
-            self.pending_order.push_back((seq, key));
+            self.pending.push(seq, key);
         }
         self.next_seq = seq;
         self.next_qid = qid;
@@ -459,8 +443,8 @@ impl Writer {
         if let Some((_, seq)) = staged.iter().find(|(k, _)| *k == event.dedup_hash) {
             return Ok(Some(*seq));
         }
-        if let Some(seq) = self.pending.get(&event.dedup_hash) {
-            return Ok(Some(*seq));
+        if let Some(seq) = self.pending.get(event.dedup_hash) {
+            return Ok(Some(seq));
         }
         match self.index.get(&event.dedup_key) {
             Ok(found) => Ok(found.and_then(|v| read_u64(&v))),

@@ -1,0 +1,206 @@
+//! The dedup ids of events in the log but not yet in the dedup index: the writer's half of exact
+//! dedup (see `writer.rs`). It holds one id per event the indexer trails by, which under a
+//! burst is millions, so its entries are kept small.
+//!
+//! An id is a 128-bit hash of the event's dedup key (a collision would make one event a
+//! duplicate of another: at 2^-128 per pair, far below the odds of a disk error). Its low half
+//! keys a map to the event's seq; the whole id sits in a queue in seq order, where the seq finds
+//! it to check the high half. Seqs are contiguous, so the queue needs no seq of its own. Two ids
+//! that share a low half (about one pair in 2^64) put the second in a small overflow map, so the
+//! answer stays exact. That is some 40 bytes an event instead of the 80-100 of a map and a queue
+//! of whole ids with their seqs (both 16-byte aligned).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes a `u64` that is already a hash, as itself.
+#[derive(Debug, Default)]
+pub(super) struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type ByLow = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
+
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// Low half of an id → its seq.
+    by_low: ByLow,
+    /// Ids whose low half another pending id has, whole → seq.
+    overflow: HashMap<u128, u64>,
+    /// Ids as (low, high) halves, in seq order from `first`.
+    ids: VecDeque<(u64, u64)>,
+    /// The seq of `ids[0]` (the next seq when empty).
+    first: u64,
+}
+
+fn halves(id: u128) -> (u64, u64) {
+    (id as u64, (id >> 64) as u64)
+}
+
+impl Pending {
+    /// Empty, the next event being `next_seq`.
+    pub(super) fn new(next_seq: u64) -> Pending {
+        Pending {
+            first: next_seq,
+            ..Pending::default()
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The seq after the last one held.
+    fn end(&self) -> u64 {
+        self.first + self.ids.len() as u64
+    }
+
+    /// Adds the id of event `seq`, which must be the seq after the last one added.
+    pub(super) fn push(&mut self, seq: u64, id: u128) {
+        if self.ids.is_empty() {
+            self.first = seq;
+        }
+        debug_assert_eq!(seq, self.end());
+        let (low, high) = halves(id);
+        match self.by_low.get(&low) {
+            Some(&other) if self.high_of(other) != Some(high) => {
+                self.overflow.insert(id, seq);
+            }
+            _ => {
+                self.by_low.insert(low, seq);
+            }
+        }
+        self.ids.push_back((low, high));
+    }
+
+    fn high_of(&self, seq: u64) -> Option<u64> {
+        let at = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.ids.get(at).map(|&(_, high)| high)
+    }
+
+    /// The seq of the event with this id, if it is held.
+    pub(super) fn get(&self, id: u128) -> Option<u64> {
+        let (low, high) = halves(id);
+        if let Some(&seq) = self.by_low.get(&low)
+            && self.high_of(seq) == Some(high)
+        {
+            return Some(seq);
+        }
+        self.overflow.get(&id).copied()
+    }
+
+    /// Drops the ids of events up to `indexed` (the dedup index holds them now), oldest first.
+    pub(super) fn drop_through(&mut self, indexed: u64) {
+        while self.first <= indexed {
+            let Some(id) = self.ids.pop_front() else {
+                break;
+            };
+            let seq = self.first;
+            self.first += 1;
+            self.forget(seq, id);
+        }
+        if self.ids.is_empty() {
+            self.first = self.first.max(indexed.saturating_add(1));
+        }
+        self.shrink();
+    }
+
+    /// Drops the newest ids, down to `len` of them (a group that failed to be written).
+    pub(super) fn truncate(&mut self, len: usize) {
+        while self.ids.len() > len {
+            let Some(id) = self.ids.pop_back() else {
+                break;
+            };
+            let seq = self.end();
+            self.forget(seq, id);
+        }
+    }
+
+    /// Removes the map entry of event `seq`, whose id's halves are `(low, high)`.
+    fn forget(&mut self, seq: u64, (low, high): (u64, u64)) {
+        if self.by_low.get(&low) == Some(&seq) {
+            self.by_low.remove(&low);
+        } else if !self.overflow.is_empty() {
+            self.overflow
+                .remove(&((u128::from(high) << 64) | u128::from(low)));
+        }
+    }
+
+    /// Gives memory back once a backlog is gone: a map sized for a burst of millions would
+    /// otherwise stay that size.
+    fn shrink(&mut self) {
+        if self.by_low.capacity() > 4096 && self.by_low.len() < self.by_low.capacity() / 4 {
+            self.by_low.shrink_to(self.by_low.len() * 2);
+        }
+        if self.ids.capacity() > 4096 && self.ids.len() < self.ids.capacity() / 4 {
+            self.ids.shrink_to(self.ids.len() * 2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(low: u64, high: u64) -> u128 {
+        (u128::from(high) << 64) | u128::from(low)
+    }
+
+    #[test]
+    fn ids_are_found_until_indexed_and_collisions_of_a_half_stay_exact() {
+        let mut pending = Pending::new(10);
+        pending.push(10, id(1, 1));
+        pending.push(11, id(2, 2));
+        // Same low half as seq 10's, another high half: another event.
+        pending.push(12, id(1, 9));
+        assert_eq!(pending.get(id(1, 1)), Some(10));
+        assert_eq!(pending.get(id(1, 9)), Some(12));
+        assert_eq!(pending.get(id(2, 2)), Some(11));
+        assert_eq!(pending.get(id(2, 3)), None);
+        assert_eq!(pending.get(id(3, 1)), None);
+        pending.drop_through(10);
+        assert_eq!(pending.get(id(1, 1)), None);
+        assert_eq!(pending.get(id(1, 9)), Some(12));
+        assert_eq!(pending.len(), 2);
+        // A failed group is taken back.
+        pending.push(13, id(4, 4));
+        pending.truncate(2);
+        assert_eq!(pending.get(id(4, 4)), None);
+        pending.drop_through(12);
+        assert_eq!(pending.len(), 0);
+        assert!(pending.by_low.is_empty() && pending.overflow.is_empty());
+        // Empty, it starts again at the next seq.
+        pending.push(13, id(5, 5));
+        assert_eq!(pending.get(id(5, 5)), Some(13));
+    }
+
+    #[test]
+    fn a_backlog_of_many_ids_gives_its_memory_back() {
+        let mut pending = Pending::new(1);
+        let spread =
+            |seq: u64| u128::from(seq).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        for seq in 1..=100_000u64 {
+            pending.push(seq, spread(seq));
+        }
+        let big = pending.by_low.capacity();
+        pending.drop_through(99_990);
+        assert_eq!(pending.len(), 10);
+        assert!(pending.by_low.capacity() < big / 100);
+        assert_eq!(pending.get(spread(100_000)), Some(100_000));
+        assert_eq!(pending.get(spread(5)), None);
+    }
+}
