@@ -566,21 +566,24 @@ fn set_format(dir: &std::path::Path, db: &str, tree: &str, format: &Format, to: 
     db.flush().unwrap();
 }
 
+/// Puts a key no layout has in the closed store's index database: a rebuild (which empties the
+/// tree) takes it away.
+fn mark_indexes(dir: &std::path::Path) {
+    let db = Db::open(&dir.join("indexes"), 16 << 20).unwrap();
+    db.tree("index")
+        .unwrap()
+        .insert(b"Zmark", &b""[..])
+        .unwrap();
+    db.flush().unwrap();
+}
+
 #[test]
 fn indexes_of_format_0_are_kept_and_marked_with_their_version() {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
     // Written before formats had versions: the same layout, no version key.
     set_format(dir.path(), "indexes", "index", &index::FORMAT, None);
-    // A key no layout has: a rebuild (which empties the tree) would take it away.
-    {
-        let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
-        db.tree("index")
-            .unwrap()
-            .insert(b"Zmark", &b""[..])
-            .unwrap();
-        db.flush().unwrap();
-    }
+    mark_indexes(dir.path());
     store_two_opens_indexed(dir.path());
     let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
     let tree = db.tree("index").unwrap();
@@ -599,14 +602,7 @@ fn a_log_of_a_newer_format_is_refused_and_newer_indexes_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
     set_format(dir.path(), "indexes", "index", &index::FORMAT, Some(9));
-    {
-        let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
-        db.tree("index")
-            .unwrap()
-            .insert(b"Zmark", &b""[..])
-            .unwrap();
-        db.flush().unwrap();
-    }
+    mark_indexes(dir.path());
     {
         let store = open(dir.path());
         assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
