@@ -7,8 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use gancho_core::{Action, ActionRequest};
+use gancho_core::{Action, ActionRequest, Clock};
 
 use crate::config::ChannelLimits;
 use crate::failure::Failure;
@@ -39,9 +38,9 @@ pub(crate) trait Deliver: Send + Sync + std::fmt::Debug {
     /// against (the SMTP relay, the SMS provider, an HTTP host:port).
     fn destination(&self, action: &Action) -> String;
 
-    /// Delivers it; `now` stamps what needs a time (a signature, a file line) and reads an
-    /// HTTP-date `Retry-After`.
-    fn send<'a>(&'a self, request: &'a ActionRequest, now: DateTime<Utc>) -> SendFuture<'a>;
+    /// Delivers it; `clock` stamps what needs a time (a signature, a file line) and, read when
+    /// the reply comes, measures an HTTP-date `Retry-After` from then.
+    fn send<'a>(&'a self, request: &'a ActionRequest, clock: &'a dyn Clock) -> SendFuture<'a>;
 }
 
 /// The failure for an action handed to another channel's type (a bug, or a damaged record).

@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-use chrono::{DateTime, Utc};
-use gancho_core::{Action, ActionRequest, EmailAction};
+use gancho_core::{Action, ActionRequest, Clock, EmailAction};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
@@ -115,7 +114,7 @@ impl Deliver for EmailSender {
         self.destination.clone()
     }
 
-    fn send<'a>(&'a self, request: &'a ActionRequest, _: DateTime<Utc>) -> SendFuture<'a> {
+    fn send<'a>(&'a self, request: &'a ActionRequest, _: &'a dyn Clock) -> SendFuture<'a> {
         Box::pin(async move {
             match &request.action {
                 Action::Email(email) => self.send_email(request, email).await,

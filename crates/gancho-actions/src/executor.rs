@@ -516,7 +516,7 @@ impl Lane {
                 .action
                 .validate()
                 .map_err(|err| Failure::permanent(err.to_string()))?;
-            self.deliverer.send(&item.action, self.clock.now()).await
+            self.deliverer.send(&item.action, &*self.clock).await
         };
         let result = match tokio::time::timeout(self.send_timeout, send).await {
             Ok(result) => result,

@@ -5,7 +5,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use gancho_core::{Action, ActionRequest, HttpAction};
+use gancho_core::{Action, ActionRequest, Clock, HttpAction};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
@@ -76,12 +76,13 @@ impl HttpSender {
         }
     }
 
-    /// Makes the call; `now` stamps its signature and reads an HTTP-date `Retry-After`.
+    /// Makes the call; `clock` stamps its signature and, read when the reply comes, measures an
+    /// HTTP-date `Retry-After`.
     async fn call(
         &self,
         request: &ActionRequest,
         http: &HttpAction,
-        now: DateTime<Utc>,
+        clock: &dyn Clock,
     ) -> Result<String, Failure> {
         let url = url::Url::parse(&http.url)
             .map_err(|err| Failure::permanent(format!("bad url {:?}: {err}", http.url)))?;
@@ -117,7 +118,7 @@ impl HttpSender {
             .entry(HeaderName::from_static("idempotency-key"))
             .or_insert(id.clone());
         if let Some(signer) = &self.signer {
-            let timestamp = now.timestamp();
+            let timestamp = clock.now().timestamp();
             let signature = signer.sign(&request.id, timestamp, &body);
             headers.insert(HeaderName::from_static("webhook-id"), id);
             headers.insert(
@@ -140,7 +141,7 @@ impl HttpSender {
         if status.is_success() {
             return Ok(format!("http {status}"));
         }
-        let after = retry_after(response.headers(), now);
+        let after = retry_after(response.headers(), clock.now());
         if status.is_redirection() {
             let location = response
                 .headers()
@@ -169,10 +170,10 @@ impl Deliver for HttpSender {
         }
     }
 
-    fn send<'a>(&'a self, request: &'a ActionRequest, now: DateTime<Utc>) -> SendFuture<'a> {
+    fn send<'a>(&'a self, request: &'a ActionRequest, clock: &'a dyn Clock) -> SendFuture<'a> {
         Box::pin(async move {
             match &request.action {
-                Action::Http(http) => self.call(request, http, now).await,
+                Action::Http(http) => self.call(request, http, clock).await,
                 _ => Err(wrong_channel(request, "an HTTP call")),
             }
         })

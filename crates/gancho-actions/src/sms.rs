@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use gancho_core::{Action, ActionRequest, SecretString, SmsAction};
+use gancho_core::{Action, ActionRequest, Clock, SecretString, SmsAction};
 use serde::Deserialize;
 
 use crate::channel::{Deliver, SendFuture, Settings, wrong_channel};
@@ -130,12 +130,13 @@ impl SmsSender {
         })
     }
 
-    /// Sends the message; `now` reads an HTTP-date `Retry-After` and stamps file lines.
+    /// Sends the message; `clock` stamps file lines and, read when the reply comes, measures an
+    /// HTTP-date `Retry-After`.
     async fn send_sms(
         &self,
         request: &ActionRequest,
         sms: &SmsAction,
-        now: DateTime<Utc>,
+        clock: &dyn Clock,
     ) -> Result<String, Failure> {
         match &self.provider {
             Provider::Twilio {
@@ -161,7 +162,7 @@ impl SmsSender {
                     .send()
                     .await
                     .map_err(|err| Failure::transient(format!("twilio: {err}")))?;
-                twilio_outcome(response, now).await
+                twilio_outcome(response, clock.now()).await
             }
             Provider::Vonage {
                 client,
@@ -188,7 +189,7 @@ impl SmsSender {
                     .send()
                     .await
                     .map_err(|err| Failure::transient(format!("vonage: {err}")))?;
-                vonage_outcome(response, now).await
+                vonage_outcome(response, clock.now()).await
             }
             Provider::File(path) => {
                 let line = serde_json::json!({
@@ -196,7 +197,7 @@ impl SmsSender {
                     "rule": request.rule,
                     "to": sms.to,
                     "text": sms.text,
-                    "at": now.to_rfc3339(),
+                    "at": clock.now().to_rfc3339(),
                 });
                 let path = path.lock().unwrap_or_else(|e| e.into_inner());
                 let mut text = line.to_string();
@@ -224,10 +225,10 @@ impl Deliver for SmsSender {
         self.destination.clone()
     }
 
-    fn send<'a>(&'a self, request: &'a ActionRequest, now: DateTime<Utc>) -> SendFuture<'a> {
+    fn send<'a>(&'a self, request: &'a ActionRequest, clock: &'a dyn Clock) -> SendFuture<'a> {
         Box::pin(async move {
             match &request.action {
-                Action::Sms(sms) => self.send_sms(request, sms, now).await,
+                Action::Sms(sms) => self.send_sms(request, sms, clock).await,
                 _ => Err(wrong_channel(request, "an SMS")),
             }
         })

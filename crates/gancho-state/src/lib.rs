@@ -100,7 +100,7 @@ impl EngineState {
             outbox_lock: Arc::new(Mutex::new(())),
         };
         journal::recover(&state.tree, || state.sync())?;
-        migrate::FORMAT.upgrade(&state.db, &state.tree)?;
+        migrate::FORMAT.upgrade(&state.tree, &mut || state.sync())?;
         let cursor = state.cursor()?;
         state.shared.durable_cursor.store(cursor, Ordering::Release);
         state.shared.durable_tx.send_replace(cursor);

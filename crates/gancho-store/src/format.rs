@@ -3,13 +3,14 @@
 //! steps, each run once, in order, at open. Nothing sniffs a layout at every open: a layout is
 //! whatever its version says.
 //!
-//! A step that changes data writes its changes, makes them durable, then records its version,
-//! so a crash in a step runs that step again at the next open: each step must be idempotent.
+//! A step that changes data writes its changes, makes them durable (the caller's `sync`: a
+//! flush, and an `fdatasync` when the store is configured so), then records its version, so a
+//! crash in a step runs that step again at the next open: each step must be idempotent.
 //! A store written by a newer build (a version above the current one) is refused, never
 //! "migrated" backwards.
 
 use crate::error::StoreError;
-use crate::kv::{Db, Tree};
+use crate::kv::Tree;
 
 /// One database's format: where its version is kept, the current version, and the steps from
 /// each earlier version it can still read.
@@ -36,9 +37,14 @@ pub struct Step {
 }
 
 impl Format {
-    /// Brings `tree` (of database `db`) to the current version. An empty tree is a new
-    /// database: it gets the current version without any step. `Ok(Some(from))` when steps ran.
-    pub fn upgrade(&self, db: &Db, tree: &Tree) -> Result<Option<u32>, StoreError> {
+    /// Brings `tree` to the current version, making each step durable with `sync`. An empty
+    /// tree is a new database: it gets the current version without any step. `Ok(Some(from))`
+    /// when steps ran.
+    pub fn upgrade(
+        &self,
+        tree: &Tree,
+        sync: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<Option<u32>, StoreError> {
         let found = match tree.get(self.key)? {
             Some(v) => Some(v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
                 StoreError::Corrupt {
@@ -83,9 +89,9 @@ impl Format {
                 "migrating the store"
             );
             (step.run)(tree)?;
-            db.flush()?;
+            sync()?;
             tree.insert(self.key, &(version + 1).to_be_bytes())?;
-            db.flush()?;
+            sync()?;
         }
         Ok(Some(found))
     }

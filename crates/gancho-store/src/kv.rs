@@ -116,6 +116,15 @@ impl Db {
         self.db.flush().map(drop).map_err(error)
     }
 
+    /// Makes every write so far durable: a flush, then `file`'s `fdatasync` when there is one.
+    pub fn make_durable(&self, file: Option<&mut FileSync>) -> Result<(), StoreError> {
+        self.flush()?;
+        if let Some(file) = file {
+            file.sync().map_err(StoreError::Engine)?;
+        }
+        Ok(())
+    }
+
     /// The bytes the database takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(error)

@@ -182,22 +182,22 @@ impl Store {
         let (log_path, index_path) = (path.join("log"), path.join("indexes"));
         let log_db = Db::open(&log_path, config.log_cache())?;
         let events = log_db.tree("events")?;
-        codec::FORMAT.upgrade(&log_db, &events)?;
+        let mut log_sync = if config.fsync {
+            Some(FileSync::open(&log_path)?)
+        } else {
+            None
+        };
+        codec::FORMAT.upgrade(&events, &mut || log_db.make_durable(log_sync.as_mut()))?;
         let discarded = codec::discard_uncommitted(&events)?;
         if discarded > 0 {
             tracing::warn!(
                 discarded,
                 "discarded the unacknowledged tail of a group a crash interrupted"
             );
-            log_db.flush()?;
+            log_db.make_durable(log_sync.as_mut())?;
         }
         let index_db = Db::open(&index_path, config.index_cache())?;
         let index_tree = index_db.tree("index")?;
-        let log_sync = if config.fsync {
-            Some(FileSync::open(&log_path)?)
-        } else {
-            None
-        };
         let index_sync = || -> Result<Option<FileSync>, StoreError> {
             match config.fsync {
                 true => FileSync::open(&index_path).map(Some),
@@ -221,27 +221,34 @@ impl Store {
             );
             index_tree.remove_all()?;
         }
-        match index::FORMAT.upgrade(&index_db, &index_tree) {
+        let mut index_file = index_sync()?;
+        let mut index_durable = || index_db.make_durable(index_file.as_mut());
+        match index::FORMAT.upgrade(&index_tree, &mut index_durable) {
             // Derived from the log: indexes of a format this build cannot read are rebuilt.
             Err(StoreError::Format { found, .. }) => {
                 tracing::warn!(found, "the indexes are in another format; rebuilding them");
                 index_tree.remove_all()?;
-                index::FORMAT.upgrade(&index_db, &index_tree)?;
+                index::FORMAT.upgrade(&index_tree, &mut index_durable)?;
             }
             other => drop(other?),
         }
-        let rule = keys::KEY_RULE;
+        let (rule, pacing) = (
+            keys::KEY_RULE,
+            index::Pacing::for_memory(config.memory_tier()),
+        );
+        let filter_keys = pacing.memory_filter_keys();
         let (index, index_writer, indexed) = match index::open(
             index_db.clone(),
             rule,
             index_sync()?,
+            filter_keys,
         ) {
             Err(err @ StoreError::Corrupt { .. }) => {
                 // The indexes are derived from the log: rebuild rather than refuse to start.
                 tracing::error!(error = %err, "the indexes are damaged; rebuilding them from the log");
                 index_tree.remove_all()?;
-                index::FORMAT.upgrade(&index_db, &index_tree)?;
-                index::open(index_db.clone(), rule, index_sync()?)?
+                index::FORMAT.upgrade(&index_tree, &mut index_durable)?;
+                index::open(index_db.clone(), rule, index_sync()?, filter_keys)?
             }
             other => other?,
         };
@@ -258,7 +265,7 @@ impl Store {
                 events: events.clone(),
                 index: index_writer,
                 progress: Arc::clone(&progress),
-                pacing: index::Pacing::for_memory(config.memory_tier()),
+                pacing,
             };
             std::thread::Builder::new()
                 .name("gancho-indexer".to_owned())

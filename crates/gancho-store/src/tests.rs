@@ -623,6 +623,6 @@ fn a_log_of_a_newer_format_is_refused_and_newer_indexes_are_rebuilt() {
     let err = Store::open(dir.path(), &StoreConfig::default()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "the log database is in format 2; this build reads formats 1 to 1"
+        "the log database is in format 2; this build reads formats 0 to 1"
     );
 }

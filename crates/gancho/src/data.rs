@@ -19,8 +19,16 @@ impl Data {
     /// second process).
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<Data, StoreError> {
         let store = Store::open(dir, config)?;
-        let state = EngineState::open(dir, config)?;
-        Ok(Data { store, state })
+        match EngineState::open(dir, config) {
+            Ok(state) => Ok(Data { store, state }),
+            Err(err) => {
+                // The log's threads are running: stop them, so the databases are let go.
+                if let Err(shutdown) = store.shutdown() {
+                    tracing::warn!(error = %shutdown, "closing the log after the engine's database failed to open");
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Why either store stopped accepting work, if one failed.

@@ -77,15 +77,24 @@ impl Pacing {
         max_idle_lag: 500_000,
     };
 
-    /// The pacing for a memory tier of `budget` bytes: checkpoints at half of it, and indexing
-    /// waits for one past all of it.
+    /// The pacing for a memory tier of `budget` bytes (at least 8 MiB: a checkpoint every few
+    /// thousand events would put an `fdatasync` of the index database every few milliseconds on
+    /// the disk the log's group commits wait on): checkpoints at half of it, and indexing waits
+    /// for one past all of it.
     pub(crate) fn for_memory(budget: u64) -> Pacing {
-        let budget = usize::try_from(budget).unwrap_or(usize::MAX).max(1 << 20);
+        let budget = usize::try_from(budget).unwrap_or(usize::MAX).max(8 << 20);
         Pacing {
             checkpoint_bytes: budget / 2,
             max_memory_bytes: budget,
             ..Pacing::DEFAULT
         }
+    }
+
+    /// Distinct filter prefixes the memory tier's Bloom filter is sized for: those of the
+    /// entries one checkpoint holds (an entry takes some 70 bytes), with room; past it, false
+    /// positives only grow.
+    pub(crate) fn memory_filter_keys(&self) -> u64 {
+        (self.checkpoint_bytes / 40) as u64
     }
 
     /// Whether the incoming rate (`events` over `elapsed`) is high enough for batches to wait.
@@ -207,13 +216,13 @@ mod tests {
         }
         assert!(!p.memory_full((32 << 20) - 1));
         assert!(p.memory_full(32 << 20));
-        // The budget sets both; a tiny one is raised to a floor of 1 MiB.
+        // The budget sets both; a tiny one is raised to a floor of 8 MiB.
         let small = Pacing::for_memory(8 << 20);
         assert_eq!(
             (small.checkpoint_bytes, small.max_memory_bytes),
             (4 << 20, 8 << 20)
         );
-        assert_eq!(Pacing::for_memory(0).max_memory_bytes, 1 << 20);
+        assert_eq!(Pacing::for_memory(0).max_memory_bytes, 8 << 20);
         assert_eq!(Pacing::for_memory(32 << 20), Pacing::DEFAULT);
     }
 

@@ -20,11 +20,6 @@ use crate::error::StoreError;
 use crate::keys::read_u64;
 use crate::kv::{Db, FileSync, Tree};
 
-/// Distinct filter prefixes the memory runs' filter is sized for: those of the entries one
-/// checkpoint holds (some 200,000 with the default budget), with room; past it, false positives
-/// only grow.
-const MEMORY_BLOOM_KEYS: u64 = 400_000;
-
 #[derive(Debug)]
 struct Merge {
     runs: Vec<Arc<DiskRun>>,
@@ -41,6 +36,8 @@ pub(crate) struct IndexWriter {
     pub(super) mem: Vec<Arc<MemRun>>,
     pub(super) mem_bloom: Arc<SharedBloom>,
     pub(super) mem_bytes: usize,
+    /// Distinct keys a new memory filter is sized for.
+    mem_filter_keys: u64,
     pub(super) disk: Vec<Arc<DiskRun>>,
     /// Runs merged away whose keys are deleted once no reader holds them.
     pub(super) retired: Vec<Arc<DiskRun>>,
@@ -57,6 +54,7 @@ pub(crate) fn open(
     db: Db,
     rule: KeyRule,
     sync: Option<FileSync>,
+    mem_filter_keys: u64,
 ) -> Result<(Arc<Index>, IndexWriter, u64), StoreError> {
     let tree = db.tree("index")?;
     let indexed = indexed_seq(&tree)?;
@@ -110,7 +108,7 @@ pub(crate) fn open(
     if orphans > 0 {
         info!(keys = orphans, "deleted index keys a crash left behind");
     }
-    let mem_bloom = Arc::new(SharedBloom::for_keys(MEMORY_BLOOM_KEYS));
+    let mem_bloom = Arc::new(SharedBloom::for_keys(mem_filter_keys));
     let index = Arc::new(Index {
         tree,
         rule,
@@ -127,6 +125,7 @@ pub(crate) fn open(
         mem: Vec::new(),
         mem_bloom,
         mem_bytes: 0,
+        mem_filter_keys,
         disk,
         retired: Vec::new(),
         merge: None,
@@ -208,7 +207,7 @@ impl IndexWriter {
         }
         self.mem.clear();
         self.mem_bytes = 0;
-        self.mem_bloom = Arc::new(SharedBloom::for_keys(MEMORY_BLOOM_KEYS));
+        self.mem_bloom = Arc::new(SharedBloom::for_keys(self.mem_filter_keys));
         self.publish();
         durable
     }

@@ -11,29 +11,11 @@
 //! of whole ids with their seqs (both 16-byte aligned).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// Hashes a `u64` that is already a hash, as itself.
-#[derive(Debug, Default)]
-pub(super) struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type ByLow = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
+/// Keyed by the std's randomly seeded hasher, not by the id's bits as they are: the id is an
+/// unseeded hash of what a webhook sent, so an attacker could pick ids that share a bucket and
+/// make every lookup walk one long chain on the writer thread.
+type ByLow = HashMap<u64, u64>;
 
 #[derive(Debug, Default)]
 pub(super) struct Pending {
