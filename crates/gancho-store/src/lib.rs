@@ -23,6 +23,7 @@ mod index;
 pub mod keys;
 pub mod kv;
 mod log;
+mod migrate;
 mod progress;
 
 use std::path::{Path, PathBuf};
@@ -187,7 +188,7 @@ impl Store {
         } else {
             None
         };
-        codec::FORMAT.upgrade(&events, &mut || log_db.make_durable(log_sync.as_mut()))?;
+        migrate::LOG.upgrade(&events, &mut || log_db.make_durable(log_sync.as_mut()))?;
         let discarded = codec::discard_uncommitted(&events)?;
         if discarded > 0 {
             tracing::warn!(
@@ -223,12 +224,12 @@ impl Store {
         }
         let mut index_file = index_sync()?;
         let mut index_durable = || index_db.make_durable(index_file.as_mut());
-        match index::FORMAT.upgrade(&index_tree, &mut index_durable) {
+        match migrate::INDEX.upgrade(&index_tree, &mut index_durable) {
             // Derived from the log: indexes of a format this build cannot read are rebuilt.
             Err(StoreError::Format { found, .. }) => {
                 tracing::warn!(found, "the indexes are in another format; rebuilding them");
                 index_tree.remove_all()?;
-                index::FORMAT.upgrade(&index_tree, &mut index_durable)?;
+                migrate::INDEX.upgrade(&index_tree, &mut index_durable)?;
             }
             other => drop(other?),
         }
@@ -247,7 +248,7 @@ impl Store {
                 // The indexes are derived from the log: rebuild rather than refuse to start.
                 tracing::error!(error = %err, "the indexes are damaged; rebuilding them from the log");
                 index_tree.remove_all()?;
-                index::FORMAT.upgrade(&index_tree, &mut index_durable)?;
+                migrate::INDEX.upgrade(&index_tree, &mut index_durable)?;
                 index::open(index_db.clone(), rule, index_sync()?, filter_keys)?
             }
             other => other?,

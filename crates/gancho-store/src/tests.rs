@@ -582,7 +582,7 @@ fn indexes_of_format_0_are_kept_and_marked_with_their_version() {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
     // Written before formats had versions: the same layout, no version key.
-    set_format(dir.path(), "indexes", "index", &index::FORMAT, None);
+    set_format(dir.path(), "indexes", "index", &migrate::INDEX, None);
     mark_indexes(dir.path());
     store_two_opens_indexed(dir.path());
     let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
@@ -592,7 +592,7 @@ fn indexes_of_format_0_are_kept_and_marked_with_their_version() {
         "the indexes were rebuilt"
     );
     assert_eq!(
-        tree.get(index::FORMAT.key).unwrap().as_deref(),
+        tree.get(migrate::INDEX.key).unwrap().as_deref(),
         Some(&1u32.to_be_bytes()[..])
     );
 }
@@ -601,7 +601,7 @@ fn indexes_of_format_0_are_kept_and_marked_with_their_version() {
 fn a_log_of_a_newer_format_is_refused_and_newer_indexes_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
-    set_format(dir.path(), "indexes", "index", &index::FORMAT, Some(9));
+    set_format(dir.path(), "indexes", "index", &migrate::INDEX, Some(9));
     mark_indexes(dir.path());
     {
         let store = open(dir.path());
@@ -615,14 +615,32 @@ fn a_log_of_a_newer_format_is_refused_and_newer_indexes_are_rebuilt() {
         let tree = db.tree("index").unwrap();
         assert!(!tree.contains_key(b"Zmark").unwrap(), "not rebuilt");
         assert_eq!(
-            tree.get(index::FORMAT.key).unwrap().as_deref(),
+            tree.get(migrate::INDEX.key).unwrap().as_deref(),
             Some(&1u32.to_be_bytes()[..])
         );
     }
-    set_format(dir.path(), "log", "events", &codec::FORMAT, Some(2));
+    set_format(dir.path(), "log", "events", &migrate::LOG, Some(2));
     let err = Store::open(dir.path(), &StoreConfig::default()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "the log database is in format 2; this build reads formats 0 to 1"
+    );
+}
+
+#[test]
+fn a_log_of_format_0_opens_whole_and_gets_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    set_format(dir.path(), "log", "events", &migrate::LOG, None);
+    let store = open(dir.path());
+    assert_eq!(store.last_seq().unwrap(), 2);
+    assert_eq!(store.read_range(1, 2).unwrap().len(), 2);
+    store.shutdown().unwrap();
+    drop(store);
+    let db = Db::open(&dir.path().join("log"), 16 << 20).unwrap();
+    let tree = db.tree("events").unwrap();
+    assert_eq!(
+        tree.get(migrate::LOG.key).unwrap().as_deref(),
+        Some(&1u32.to_be_bytes()[..])
     );
 }

@@ -2,7 +2,7 @@
 //!
 //! | key                                  | value                                          |
 //! |--------------------------------------|------------------------------------------------|
-//! | `Mformat`                            | u32 BE: the format version ([`FORMAT`])        |
+//! | `Mformat`                            | u32 BE: the format version (`migrate.rs`)        |
 //! | `Mindexed`                           | u64 BE: the runs hold every event up to it     |
 //! | `Mrebuild`                           | why the indexes are to be rebuilt at next open |
 //! | `R`, run id u64 BE                   | the run's record: sizes, last seq, time span   |
@@ -12,7 +12,6 @@
 use std::ops::Bound;
 
 use crate::error::StoreError;
-use crate::format::{Format, Step};
 use crate::kv::Tree;
 
 pub(super) const RUN: u8 = b'R';
@@ -23,20 +22,6 @@ pub(super) const FILTER: u8 = b'F';
 pub(crate) const INDEXED_KEY: &[u8] = b"Mindexed";
 /// The indexes were found damaged; the next open rebuilds them.
 pub(crate) const REBUILD_KEY: &[u8] = b"Mrebuild";
-
-/// The index database's format (see `format.rs`). Version 1: sorted runs as described above.
-/// Indexes are derived from the log, so one this build cannot read is rebuilt rather than
-/// refused (see `Store::open`).
-pub(crate) const FORMAT: Format = Format {
-    name: "index",
-    key: b"Mformat",
-    current: 1,
-    oldest: 0,
-    steps: &[Step {
-        what: "version 0 had this layout but no version key: record it",
-        run: |_| Ok(()),
-    }],
-};
 
 /// Marks the indexes for a rebuild at the next open, when a read found them damaged (they are
 /// derived from the log, so nothing is lost). Best effort: the error is reported anyway.

@@ -51,7 +51,7 @@ mod writer;
 
 #[cfg(test)]
 pub(crate) use self::layout::INDEXED_KEY;
-pub(crate) use self::layout::{FORMAT, REBUILD_KEY};
+pub(crate) use self::layout::REBUILD_KEY;
 pub(crate) use self::policy::Pacing;
 pub(crate) use self::reader::Index;
 pub(crate) use self::rule::KeyRule;

@@ -17,7 +17,6 @@ use gancho_core::{Event, EventId, NewEvent, millis_to_time, time_to_millis};
 use serde_json::value::RawValue;
 
 use crate::error::StoreError;
-use crate::format::{Format, Step};
 use crate::keys::{read_u32, read_u64};
 use crate::kv::{Bytes, Tree};
 
@@ -33,19 +32,6 @@ pub struct Quarantined {
     pub item: Box<serde_json::value::RawValue>,
 }
 
-/// The log database's format (see `format.rs`): version 1 is the layout above, from the
-/// first release on (every store of it wrote its version key before its first event; a log
-/// without one is taken as version 0 of the same layout).
-pub(crate) const FORMAT: Format = Format {
-    name: "log",
-    key: b"Mschema",
-    current: 1,
-    oldest: 0,
-    steps: &[Step {
-        what: "the same layout without a version key: record it",
-        run: |_| Ok(()),
-    }],
-};
 /// The commit record: the last seq and quarantine id of the last group written whole.
 pub(crate) const COMMIT_KEY: &[u8] = b"Mcommit";
 pub(crate) const LOG: u8 = b'L';

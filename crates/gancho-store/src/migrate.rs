@@ -1,0 +1,39 @@
+//! The formats of the store's two databases and their numbered migrations (the mechanism is
+//! `format.rs`; the engine's database has its own, in `gancho-state`). Each step runs once,
+//! when a database of the version before it is opened.
+//!
+//! | database | version | layout |
+//! |---|---|---|
+//! | log | 0 | version 1's, without its version key (never written by a release) |
+//! | log | 1 | `log/codec.rs`: blocks, quarantine, commit record |
+//! | indexes | 0 | version 1's, without its version key (stores before versions) |
+//! | indexes | 1 | `index/layout.rs`: sorted runs |
+//!
+//! The indexes are derived from the log: one of a format this build cannot read is rebuilt
+//! rather than refused (`Store::open`).
+
+use crate::format::{Format, Step};
+
+/// The log database's format, keyed `Mschema` in its `events` tree.
+pub(crate) const LOG: Format = Format {
+    name: "log",
+    key: b"Mschema",
+    current: 1,
+    oldest: 0,
+    steps: &[Step {
+        what: "the same layout without a version key: record it",
+        run: |_| Ok(()),
+    }],
+};
+
+/// The index database's format, keyed `Mformat` in its `index` tree.
+pub(crate) const INDEX: Format = Format {
+    name: "index",
+    key: b"Mformat",
+    current: 1,
+    oldest: 0,
+    steps: &[Step {
+        what: "the same layout without a version key: record it",
+        run: |_| Ok(()),
+    }],
+};
