@@ -22,16 +22,21 @@ use hdrhistogram::Histogram;
 
 pub struct EngineBench {
     pub events: usize,
+    /// The stores' `cache_mb`; default 512.
+    pub cache_mb: Option<u64>,
     pub rules: PathBuf,
     pub fsync: bool,
     pub store: Option<PathBuf>,
     pub shipped_only: bool,
 }
 
+/// The budget of the stores the engine bench opens: `--cache-mb`, else 512 MiB.
+static CACHE_MB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(512);
+
 fn config(fsync: bool) -> StoreConfig {
     StoreConfig {
         fsync,
-        cache_capacity: 512 * 1024 * 1024,
+        cache_capacity: CACHE_MB.load(std::sync::atomic::Ordering::Relaxed) * 1024 * 1024,
     }
 }
 
@@ -68,6 +73,9 @@ fn body(kind: &str, i: u64, at: i64) -> String {
 }
 
 pub fn run(bench: &EngineBench) -> anyhow::Result<()> {
+    if let Some(mb) = bench.cache_mb {
+        CACHE_MB.store(mb, std::sync::atomic::Ordering::Relaxed);
+    }
     let dir = tempfile::tempdir()?;
     let path = match &bench.store {
         Some(kept) => kept.clone(),
@@ -222,6 +230,8 @@ fn measure_engine(
         }
     }
     drop(engine);
+    // The next measurement removes the engine's database: let go of it first.
+    state.close();
     Ok(store)
 }
 

@@ -119,6 +119,7 @@ fn main() -> anyhow::Result<()> {
     if args.engine {
         return engine::run(&engine::EngineBench {
             events: args.events,
+            cache_mb: args.cache_mb,
             rules: args.rules.clone(),
             store: args.store.clone(),
             shipped_only: args.shipped_only,
