@@ -92,6 +92,10 @@ struct Args {
     /// Engine benchmark: measure only the shipped rules (no 100-rule run, no window queries).
     #[arg(long)]
     shipped_only: bool,
+    /// Print what the databases of a stopped store folder hold (live bytes by key prefix, and
+    /// what LZ4 would make of the index blocks) against their size on disk, and exit.
+    #[arg(long)]
+    store_stats: Option<PathBuf>,
     /// Measure the actions instead: delivery throughput to a local HTTP receiver and SMTP
     /// server, and webhook-to-HTTP-action latency through the daemon at `--rate`.
     #[arg(long)]
@@ -116,6 +120,9 @@ fn main() -> anyhow::Result<()> {
         args.warmup,
         if args.no_fsync { "off" } else { "on" }
     );
+    if let Some(dir) = &args.store_stats {
+        return store_stats(dir);
+    }
     if args.engine {
         return engine::run(&engine::EngineBench {
             events: args.events,
@@ -500,4 +507,63 @@ fn fetch_status(addr: SocketAddr) -> anyhow::Result<(u64, u64)> {
     let status: serde_json::Value = serde_json::from_str(body)?;
     let field = |name: &str| status[name].as_u64().context("bad /status");
     Ok((field("durable")?, field("indexed")?))
+}
+
+/// Live bytes by first key byte in each database of a store folder, beside its size on disk;
+/// for the index database also what LZ4 would make of its blocks (`B` values).
+fn store_stats(dir: &Path) -> anyhow::Result<()> {
+    use gancho_store::kv::Db;
+    for (name, tree) in [
+        ("log", "events"),
+        ("indexes", "index"),
+        ("engine", "engine"),
+    ] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let db = Db::open(&path, 16 << 20)?;
+        let tree = db.tree(tree)?;
+        let mut by_prefix: std::collections::BTreeMap<u8, (u64, u64)> = Default::default();
+        let (mut raw, mut compressed) = (0u64, 0u64);
+        for entry in tree.iter() {
+            let (key, value) = entry?;
+            let slot = by_prefix
+                .entry(key.first().copied().unwrap_or(0))
+                .or_default();
+            slot.0 += 1;
+            slot.1 += (key.len() + value.len()) as u64;
+            if name == "indexes" && key.first() == Some(&b'B') {
+                raw += value.len() as u64;
+                compressed += lz4_flex::compress_prepend_size(&value).len() as u64;
+            }
+        }
+        let live: u64 = by_prefix.values().map(|(_, bytes)| bytes).sum();
+        let on_disk = store_sizes(dir)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, bytes)| bytes);
+        println!(
+            "{name}: {:.1} MB on disk, {:.1} MB live ({:.0} % garbage)",
+            on_disk as f64 / 1e6,
+            live as f64 / 1e6,
+            100.0 * (1.0 - live as f64 / on_disk.max(1) as f64)
+        );
+        for (prefix, (keys, bytes)) in by_prefix {
+            println!(
+                "  {}: {keys} keys, {:.1} MB",
+                char::from(prefix),
+                bytes as f64 / 1e6
+            );
+        }
+        if raw > 0 {
+            println!(
+                "  index blocks: {:.1} MB, {:.1} MB with LZ4 ({:.2}x)",
+                raw as f64 / 1e6,
+                compressed as f64 / 1e6,
+                raw as f64 / compressed.max(1) as f64
+            );
+        }
+    }
+    Ok(())
 }
