@@ -1,31 +1,33 @@
-//! The engine: walks the log from its cursor, runs the rules each event wakes, and commits
-//! their decisions with the cursor; appends timer firings and cron ticks to the log.
+//! The [`Engine`]: loads the rules, walks the log from its cursor in batches, wakes the rules
+//! each event's type names (dispatch, cached per type), runs them, and commits their decisions
+//! with the cursor. Its own events (timer firings, cron ticks) are `timers.rs`'.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use gancho_core::{Clock, Event, EventId, NewEvent, millis_to_time, time_to_millis};
-use gancho_state::{Change, EngineState, ExpectShape, expectation_name};
-use gancho_store::{Order, Store, StoreError, Submission, Window};
+use gancho_core::{Clock, Event, time_to_millis};
+use gancho_state::{Change, EngineState, ExpectShape};
+use gancho_store::Store;
 use rhai::{CallFnOptions, Dynamic, Scope};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::api::{self, Limits};
+use crate::api;
 use crate::ctx::{Ctx, Pending, Run};
 use crate::dynamic;
 use crate::prefetch::Reader;
 use crate::rule::{self, Diagnostic, Rule};
 
+use super::config::{CRON_SOURCE, EngineConfig, EngineError, TIMER_SOURCE};
+use super::load::rule_files;
+use super::status::{Counters, EngineStatus, ReloadReport, RuleStatus, StepReport};
+
 /// The shapes expectations wait on, by source and type: looked up for every event, by `&str`,
 /// without building a key.
 #[derive(Debug, Default)]
-struct Shapes(HashMap<String, HashMap<String, BTreeSet<ExpectShape>>>);
+pub(super) struct Shapes(HashMap<String, HashMap<String, BTreeSet<ExpectShape>>>);
 
 impl Shapes {
     /// Adds a shape; true if it is new.
@@ -38,7 +40,7 @@ impl Shapes {
             .insert(shape)
     }
 
-    fn get(&self, source: &str, kind: &str) -> Option<&BTreeSet<ExpectShape>> {
+    pub(super) fn get(&self, source: &str, kind: &str) -> Option<&BTreeSet<ExpectShape>> {
         self.0.get(source)?.get(kind)
     }
 }
@@ -49,123 +51,34 @@ const IDLE_COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// Event types whose rule lists are remembered, at most.
 const MAX_DISPATCH_TYPES: usize = 10_000;
 
-/// The source name of timer firings (`timer.NAME`) and cron ticks (`cron.RULE`).
-pub const TIMER_SOURCE: &str = "timer";
-pub const CRON_SOURCE: &str = "cron";
-
-/// What went wrong outside any one rule.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("reading the rules folder {path}: {source}")]
-    RulesDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// How the engine runs.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    pub rules_dir: PathBuf,
-    pub limits: Limits,
-    /// Events processed and committed together, at most.
-    pub batch_size: usize,
-    /// Each source's correlation keys, when known (from the daemon's config).
-    pub source_keys: Option<BTreeMap<String, BTreeSet<String>>>,
-}
-
-impl EngineConfig {
-    pub fn new(rules_dir: impl Into<PathBuf>) -> EngineConfig {
-        EngineConfig {
-            rules_dir: rules_dir.into(),
-            limits: Limits::default(),
-            batch_size: 4096,
-            source_keys: None,
-        }
-    }
-}
-
-/// A rule as operators see it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleStatus {
-    pub name: String,
-    pub file: PathBuf,
-    /// A version of the rule is running.
-    pub loaded: bool,
-    /// The file on disk does not compile (the previous version, if any, keeps running).
-    pub error: Option<Diagnostic>,
-    pub on: Vec<String>,
-    pub every: Option<String>,
-    pub runs: u64,
-    pub errors: u64,
-    pub last_error: Option<String>,
-    pub actions: u64,
-}
-
-/// The engine as operators see it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineStatus {
-    /// The last log seq processed.
-    pub cursor: u64,
-    pub rules: Vec<RuleStatus>,
-}
-
-/// What one [`Engine::step`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StepReport {
-    pub processed: usize,
-    /// Timer firings and cron ticks appended to the log.
-    pub appended: usize,
-}
-
-/// What [`Engine::reload`] changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReloadReport {
-    pub loaded: Vec<String>,
-    pub removed: Vec<String>,
-    pub failed: Vec<Diagnostic>,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    runs: u64,
-    errors: u64,
-    last_error: Option<String>,
-    actions: u64,
-    logged_at: Option<Instant>,
-}
-
 /// The rule engine. Single-threaded (rhai's engine and the host functions' context are not
 /// shared): the daemon runs it on a thread of its own (see [`crate::spawn`]).
 #[derive(Debug)]
 pub struct Engine {
-    store: Store,
-    state: EngineState,
-    clock: Arc<dyn Clock>,
+    pub(super) store: Store,
+    pub(super) state: EngineState,
+    pub(super) clock: Arc<dyn Clock>,
     config: EngineConfig,
     rhai: rhai::Engine,
-    ctx: Rc<RefCell<Ctx>>,
-    rules: BTreeMap<String, Rule>,
+    pub(super) ctx: Rc<RefCell<Ctx>>,
+    pub(super) rules: BTreeMap<String, Rule>,
     /// Files that failed to compile, by rule name, with their text's hash.
     broken: BTreeMap<String, (u64, Diagnostic)>,
     counters: HashMap<String, Counters>,
     /// Qualified type → the rules it wakes; filled on first sight of a type, cleared on reload.
     dispatch: HashMap<String, Woken>,
     /// (source, type) → the key-name sets expectations wait on.
-    shapes: Shapes,
+    pub(super) shapes: Shapes,
     cursor: u64,
     /// Reads the next batch while this one runs.
     reader: Reader,
     /// Timer uids appended to the log and not processed yet.
-    fired: HashSet<String>,
+    pub(super) fired: HashSet<String>,
     /// When the cursor was last committed, and where it was.
     cursor_committed: Instant,
     committed_cursor: u64,
     /// Rule → its next cron tick.
-    cron_next: HashMap<String, i64>,
+    pub(super) cron_next: HashMap<String, i64>,
     fire_error_logged: Option<Instant>,
     /// The rules folder has been read once (a missing folder is an error from then on).
     loaded_once: bool,
@@ -422,99 +335,6 @@ impl Engine {
         }
     }
 
-    /// Appends the firing of every due timer and every due cron tick to the log. Nothing is
-    /// marked as fired unless the append succeeded, so a refused append (a busy store) is
-    /// retried at the next step.
-    fn fire_due(&mut self) -> Result<usize, EngineError> {
-        let now = self.clock.now();
-        let now_ms = time_to_millis(now);
-        let mut events = Vec::new();
-        let mut fired = Vec::new();
-        for timer in self.state.due_timers(now_ms, 1024)? {
-            if self.fired.contains(&timer.uid) {
-                continue;
-            }
-            let data = serde_json::json!({
-                "rule": timer.rule, "name": timer.name, "uid": timer.uid, "due": timer.due_ms,
-            });
-            let id = format!("timer:{}", timer.uid);
-            match new_event(
-                TIMER_SOURCE,
-                timer_kind(&timer.name),
-                &id,
-                timer.due_ms,
-                now,
-                &data,
-            ) {
-                Ok(event) => {
-                    events.push(event);
-                    fired.push(timer.uid);
-                }
-                // Cannot happen with the limits `after` and `expect` enforce; never let one
-                // timer stop the others.
-                Err(err) => warn!(uid = %timer.uid, error = %err, "a timer cannot fire"),
-            }
-        }
-        let mut cron_moves = Vec::new();
-        for (name, rule) in &self.rules {
-            let Some(schedule) = &rule.schedule else {
-                continue;
-            };
-            let next = match self.cron_next.get(name) {
-                Some(&next) => next,
-                None => {
-                    // First sight since start: catch up the last tick missed while down (one
-                    // late tick, not one per missed period), else wait for the next.
-                    let mark = self.state.cron_mark(name)?;
-                    let missed = mark.and_then(|mark| {
-                        schedule
-                            .last_at_or_before(now_ms)
-                            .filter(|&last| last > mark)
-                    });
-                    // A schedule that never matches (31 February) waits for ever.
-                    let next = missed
-                        .or_else(|| schedule.next_after(now_ms))
-                        .unwrap_or(i64::MAX);
-                    self.cron_next.insert(name.clone(), next);
-                    if mark.is_none() {
-                        // Remember that the rule exists, so ticks missed from now on are
-                        // caught up after a restart.
-                        self.ctx.borrow_mut().batch.changes.push(Change::CronMark {
-                            rule: name.clone(),
-                            tick_ms: now_ms,
-                        });
-                    }
-                    next
-                }
-            };
-            if next > now_ms {
-                continue;
-            }
-            let data = serde_json::json!({ "rule": name, "tick": next });
-            events.push(new_event(
-                CRON_SOURCE,
-                name.clone(),
-                &format!("cron:{name}:{next}"),
-                next,
-                now,
-                &data,
-            )?);
-            let after = schedule.next_after(now_ms.max(next)).unwrap_or(i64::MAX);
-            cron_moves.push((name.clone(), after));
-        }
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let n = events.len();
-        self.store.appender().append_blocking(Submission {
-            events,
-            rejected: Vec::new(),
-        })?;
-        self.fired.extend(fired);
-        self.cron_next.extend(cron_moves);
-        Ok(n)
-    }
-
     /// Processes the events after the cursor that the indexer has reached, and commits.
     fn process_batch(&mut self) -> Result<usize, EngineError> {
         let bound = self.store.status().indexed;
@@ -650,136 +470,9 @@ impl Engine {
         woken
     }
 
-    /// Cancels the expectations this event fulfils: for each shape waiting on its type, the
-    /// one timer its key values name.
-    fn satisfy_expectations(&mut self, event: &Event) {
-        let Some(shapes) = self.shapes.get(&event.source, &event.kind) else {
-            return;
-        };
-        let time = time_to_millis(event.time);
-        let mut ctx = self.ctx.borrow_mut();
-        for shape in shapes {
-            let Some(keys) = shape
-                .names
-                .iter()
-                .map(|n| event.keys.get(n).map(|v| (n.as_str(), v.as_str())))
-                .collect::<Option<Vec<_>>>()
-            else {
-                continue;
-            };
-            let name = expectation_name(&event.source, &event.kind, &keys, &shape.callback);
-            let current = match ctx.timer(&shape.rule, &name) {
-                Ok(found) => found,
-                Err(err) => {
-                    warn!(seq = event.seq, error = %err, "reading an expectation");
-                    continue;
-                }
-            };
-            let Some(current) = current else {
-                continue;
-            };
-            if current
-                .expect
-                .as_ref()
-                .is_some_and(|e| (e.from_ms..=e.to_ms).contains(&time))
-            {
-                ctx.set_timer(Some(current), None);
-            }
-        }
-    }
-
-    fn process_timer(&mut self, event: &Event) {
-        #[derive(Deserialize)]
-        struct Firing {
-            rule: String,
-            name: String,
-            uid: String,
-        }
-        let Ok(firing) = serde_json::from_str::<Firing>(event.data.get()) else {
-            warn!(
-                seq = event.seq,
-                "a timer event without rule, name and uid: skipped"
-            );
-            return;
-        };
-        self.fired.remove(&firing.uid);
-        let timer = {
-            let ctx = self.ctx.borrow();
-            match ctx.timer(&firing.rule, &firing.name) {
-                Ok(t) => t,
-                Err(err) => {
-                    warn!(seq = event.seq, error = %err, "reading a timer");
-                    return;
-                }
-            }
-        };
-        // Cancelled or set again since this firing was appended: nothing to do.
-        let Some(timer) = timer.filter(|t| t.uid == firing.uid) else {
-            return;
-        };
-        self.ctx.borrow_mut().set_timer(Some(timer.clone()), None);
-        if !self.rules.contains_key(&timer.rule) {
-            return;
-        }
-        let argument = match &timer.expect {
-            Some(expect) => {
-                // The fulfilling event may be stored and not yet seen (the engine runs behind
-                // the log): look again, up to this firing.
-                let window = Window {
-                    source: expect.source.clone(),
-                    kind: expect.kind.clone(),
-                    keys: expect.keys.clone(),
-                    from_ms: expect.from_ms,
-                    to_ms: expect.to_ms,
-                    max_seq: event.seq,
-                };
-                match self.store.window(&window, Order::Oldest, 1) {
-                    Ok(found) if !found.is_empty() => return,
-                    Ok(_) => {}
-                    Err(err) => {
-                        warn!(seq = event.seq, error = %err, "checking an expectation");
-                        return;
-                    }
-                }
-                let origin = timer.data.get("seq").and_then(serde_json::Value::as_u64);
-                match origin.map(|seq| self.store.event(seq)) {
-                    Some(Ok(origin)) => match dynamic::event_map(&origin, None) {
-                        Ok(map) => Dynamic::from_map(map),
-                        Err(_) => Dynamic::UNIT,
-                    },
-                    _ => Dynamic::UNIT,
-                }
-            }
-            None => {
-                let mut map = rhai::Map::new();
-                map.insert(
-                    "name".into(),
-                    Dynamic::from(
-                        timer
-                            .name
-                            .strip_prefix("timer:")
-                            .unwrap_or(&timer.name)
-                            .to_owned(),
-                    ),
-                );
-                map.insert("due".into(), Dynamic::from_int(timer.due_ms));
-                map.insert(
-                    "fired".into(),
-                    Dynamic::from_int(time_to_millis(event.received)),
-                );
-                map.insert("data".into(), dynamic::from_json(&timer.data));
-                Dynamic::from_map(map)
-            }
-        };
-        let rule = timer.rule.clone();
-        if let Some(map) = event_map(event, None) {
-            self.run_rule(&rule, event, map, Some((&timer.callback, argument)));
-        }
-    }
-
     /// Runs a rule's body (or one of its functions) for an event; keeps its decisions if it
     /// succeeds, drops them and counts the error if it fails.
-    fn run_rule(
+    pub(super) fn run_rule(
         &mut self,
         name: &str,
         event: &Event,
@@ -862,7 +555,7 @@ struct Woken {
 }
 
 /// The map rules see as `event`, built once per event.
-fn event_map(event: &Event, wanted: Option<&HashSet<String>>) -> Option<Dynamic> {
+pub(super) fn event_map(event: &Event, wanted: Option<&HashSet<String>>) -> Option<Dynamic> {
     match dynamic::event_map(event, wanted) {
         Ok(map) => Some(Dynamic::from_map(map)),
         Err(err) => {
@@ -871,96 +564,3 @@ fn event_map(event: &Event, wanted: Option<&HashSet<String>>) -> Option<Dynamic>
         }
     }
 }
-
-fn timer_kind(name: &str) -> String {
-    if name.starts_with("expect:") {
-        "expect".to_owned()
-    } else {
-        name.strip_prefix("timer:").unwrap_or(name).to_owned()
-    }
-}
-
-fn new_event(
-    source: &str,
-    kind: String,
-    id: &str,
-    time_ms: i64,
-    received: chrono::DateTime<Utc>,
-    data: &serde_json::Value,
-) -> Result<NewEvent, EngineError> {
-    let data = serde_json::value::to_raw_value(data).map_err(|err| {
-        EngineError::Store(StoreError::Corrupt {
-            key: id.to_owned(),
-            reason: err.to_string(),
-        })
-    })?;
-    Ok(NewEvent {
-        id: EventId::from_provider(id),
-        source: source.to_owned(),
-        kind,
-        time: millis_to_time(time_ms),
-        received,
-        keys: Default::default(),
-        data,
-    })
-}
-
-/// The `.rhai` files of a folder, by rule name (files with other names are skipped).
-fn rule_files(dir: &Path) -> Result<Option<Vec<(String, PathBuf)>>, EngineError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(EngineError::RulesDir {
-                path: dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut files = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("rhai") {
-            continue;
-        }
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        files.push((name, path));
-    }
-    files.sort();
-    Ok(Some(files))
-}
-
-/// A rule's name and whether it compiles.
-pub type CheckResult = (String, Result<(), Diagnostic>);
-
-/// Compiles every rule in a folder without running anything: `gancho check`.
-pub fn check_dir(dir: &Path, limits: &Limits) -> Result<Vec<CheckResult>, EngineError> {
-    let engine = api::sandbox(limits);
-    let mut out = Vec::new();
-    let Some(files) = rule_files(dir)? else {
-        return Err(EngineError::RulesDir {
-            path: dir.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
-        });
-    };
-    for (name, path) in files {
-        let result = match std::fs::read_to_string(&path) {
-            Ok(text) => rule::compile(&engine, &path, &text).map(drop),
-            Err(err) => Err(Diagnostic {
-                file: path.clone(),
-                line: 1,
-                column: 1,
-                message: format!("cannot read: {err}"),
-            }),
-        };
-        out.push((name, result));
-    }
-    Ok(out)
-}
-
-/// The engine's status, shared with the thread that answers operators.
-pub type SharedStatus = Arc<Mutex<EngineStatus>>;

@@ -1,0 +1,64 @@
+//! The rules folder: its `.rhai` files by rule name, and `gancho check`'s compile of each.
+
+use std::path::{Path, PathBuf};
+
+use super::config::EngineError;
+use crate::api::{self, Limits};
+use crate::rule::{self, Diagnostic};
+
+/// The `.rhai` files of a folder, by rule name (files with other names are skipped).
+pub(super) fn rule_files(dir: &Path) -> Result<Option<Vec<(String, PathBuf)>>, EngineError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(EngineError::RulesDir {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rhai") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        files.push((name, path));
+    }
+    files.sort();
+    Ok(Some(files))
+}
+
+/// A rule's name and whether it compiles.
+pub type CheckResult = (String, Result<(), Diagnostic>);
+
+/// Compiles every rule in a folder without running anything: `gancho check`.
+pub fn check_dir(dir: &Path, limits: &Limits) -> Result<Vec<CheckResult>, EngineError> {
+    let engine = api::sandbox(limits);
+    let mut out = Vec::new();
+    let Some(files) = rule_files(dir)? else {
+        return Err(EngineError::RulesDir {
+            path: dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+        });
+    };
+    for (name, path) in files {
+        let result = match std::fs::read_to_string(&path) {
+            Ok(text) => rule::compile(&engine, &path, &text).map(drop),
+            Err(err) => Err(Diagnostic {
+                file: path.clone(),
+                line: 1,
+                column: 1,
+                message: format!("cannot read: {err}"),
+            }),
+        };
+        out.push((name, result));
+    }
+    Ok(out)
+}

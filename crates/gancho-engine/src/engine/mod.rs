@@ -1,0 +1,17 @@
+//! The engine: walks the log from its cursor, runs the rules each event wakes, and commits
+//! their decisions with the cursor; appends timer firings and cron ticks to the log.
+//!
+//! `config` (how it runs, its errors, the names of its own sources), `status` (what operators
+//! see of it), `load` (the rules folder), `walk` (the [`Engine`]: batches, dispatch, rule runs),
+//! `timers` (timer firings, cron ticks, and the expectations events fulfil).
+
+mod config;
+mod load;
+mod status;
+mod timers;
+mod walk;
+
+pub use config::{CRON_SOURCE, EngineConfig, EngineError, TIMER_SOURCE};
+pub use load::{CheckResult, check_dir};
+pub use status::{EngineStatus, ReloadReport, RuleStatus, SharedStatus, StepReport};
+pub use walk::Engine;
