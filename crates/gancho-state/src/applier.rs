@@ -43,12 +43,7 @@ pub(crate) struct Applier {
 }
 
 pub(crate) fn sync(db: &Db, shared: &Shared) -> Result<(), StoreError> {
-    let mut file = lock(&shared.sync);
-    db.flush()?;
-    if let Some(file) = file.as_mut() {
-        file.sync().map_err(StoreError::Engine)?;
-    }
-    Ok(())
+    db.make_durable(lock(&shared.sync).as_mut())
 }
 
 /// The applier thread: applies committed writes to the tree in commit order, takes them out of

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use gancho_core::ActionRequest;
 use gancho_store::StoreError;
-use gancho_store::keys::read_u64;
+use gancho_store::keys::{read_time, read_u64};
 use gancho_store::kv::{Db, FileSync, Tree};
 
 use crate::applier::{APPLY_QUEUE, Applier, Shared, apply_loop, sync};
@@ -190,10 +190,7 @@ impl EngineState {
         end.push(0xff);
         let mut timers = Vec::new();
         for (key, _) in self.scan(&[DUE], Some(&end), limit)? {
-            let due = key
-                .get(1..9)
-                .and_then(read_u64)
-                .map(|raw| (raw ^ (1 << 63)) as i64);
+            let due = key.get(1..9).and_then(read_time);
             let mut fields = Fields::new(key.get(9..).unwrap_or_default());
             let (Some(due), Some(rule), Some(name)) = (due, fields.string(), fields.string())
             else {
@@ -224,11 +221,11 @@ impl EngineState {
         match self.scan(&[DUE], None, 1)?.into_iter().next() {
             None => Ok(None),
             Some((key, _)) => {
-                let raw = key
+                let due = key
                     .get(1..9)
-                    .and_then(read_u64)
+                    .and_then(read_time)
                     .ok_or_else(|| corrupt("due timer", "bad key"))?;
-                Ok(Some((raw ^ (1 << 63)) as i64))
+                Ok(Some(due))
             }
         }
     }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use gancho_core::{ActionRequest, Channel};
 use gancho_store::StoreError;
-use gancho_store::keys::{read_u64, time_key};
+use gancho_store::keys::{read_time, read_u64, time_key};
 use gancho_store::kv::Tree;
 use serde::{Deserialize, Serialize};
 
@@ -287,9 +287,9 @@ impl Outbox {
             Some(key) => {
                 let time = key
                     .get(2..10)
-                    .and_then(read_u64)
+                    .and_then(read_time)
                     .ok_or_else(|| corrupt("outbox retry index", "a key without a time"))?;
-                Ok(Some((time ^ (1 << 63)) as i64))
+                Ok(Some(time))
             }
         }
     }

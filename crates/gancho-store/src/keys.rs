@@ -64,6 +64,11 @@ pub fn time_key(time_ms: i64) -> [u8; 8] {
     ((time_ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// The time (ms) a [`time_key`] holds, read from the 8 bytes it was written as.
+pub fn read_time(bytes: &[u8]) -> Option<i64> {
+    read_u64(bytes).map(|raw| (raw ^ (1 << 63)) as i64)
+}
+
 /// The sequence number at the end of an index key.
 pub(crate) fn seq_of_index_key(key: &[u8]) -> Option<u64> {
     let tail = key.len().checked_sub(8)?;

@@ -249,11 +249,7 @@ impl IndexWriter {
     }
 
     fn make_durable(&mut self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        if let Some(sync) = &mut self.sync {
-            sync.sync().map_err(StoreError::Engine)?;
-        }
-        Ok(())
+        self.db.make_durable(self.sync.as_mut())
     }
 
     /// Whether merging has work: a merge under way, or a size tier full enough to start one.

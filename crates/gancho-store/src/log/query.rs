@@ -304,8 +304,8 @@ fn index_time_seq(key: &[u8]) -> Result<(i64, u64), StoreError> {
     let n = key.len();
     let time = key
         .get(n.checked_sub(16).ok_or_else(bad)?..n - 8)
-        .and_then(keys::read_u64)
+        .and_then(keys::read_time)
         .ok_or_else(bad)?;
     let seq = keys::read_u64(&key[n - 8..]).ok_or_else(bad)?;
-    Ok(((time ^ (1 << 63)) as i64, seq))
+    Ok((time, seq))
 }
