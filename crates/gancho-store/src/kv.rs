@@ -124,11 +124,6 @@ impl Db {
         }
         Ok(())
     }
-
-    /// The bytes the database takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(error)
-    }
 }
 
 /// How sled is configured. Its segment size is fixed when a database is created: change it and
@@ -181,11 +176,6 @@ impl Tree {
     /// Writes every write so far in the tree's database to its log file (as [`Db::flush`]).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.tree.flush().map(drop).map_err(error)
-    }
-
-    /// The entry with the greatest key.
-    pub fn last(&self) -> Result<Option<(Bytes, Bytes)>, StoreError> {
-        self.tree.last().map_err(error)
     }
 
     /// Removes every entry, one plain removal at a time (see the module documentation for why
