@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::support::Setup;
 use gancho_testkit::{HttpReceiver, Reply, wait_until};
-use gancho_tests::Setup;
 
 /// A rule that calls `url` for every bank event, with the event's id in the body.
 fn call_rule(setup: &Setup, url: &str) {

@@ -1,6 +1,6 @@
 //! Every kind of bad input gets its status and a reason, and leaves nothing stored.
 
-use gancho_tests::{Daemon, MAILJET_PASSWORD, MAILJET_USER, Request, Setup, fixture};
+use crate::support::{Daemon, MAILJET_PASSWORD, MAILJET_USER, Request, Setup, fixture};
 use serde_json::json;
 
 fn small_limit() -> Setup {

@@ -3,8 +3,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use crate::support::{Setup, fixture};
 use gancho_core::{Clock as _, SystemClock};
-use gancho_tests::{Setup, fixture};
 
 #[test]
 fn events_are_listed_through_the_socket_and_directly_alike() {

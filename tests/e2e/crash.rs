@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gancho_tests::{MAILJET_PASSWORD, MAILJET_USER, Request, Setup};
+use crate::support::{MAILJET_PASSWORD, MAILJET_USER, Request, Setup};
 
 const CLIENTS: u64 = 8;
 

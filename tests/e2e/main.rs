@@ -1,14 +1,20 @@
 //! End-to-end tests: the real `gancho` binary, real HTTP over loopback, a real store in a temp
-//! folder. One test binary, modules by subject.
+//! folder. One test binary, modules by subject. It is a test target of the `gancho` package
+//! (`crates/gancho/Cargo.toml`), so cargo builds the binary it runs before it, with the same
+//! features (fail points included).
 
 // Test code: a failed expectation is a failed test, helpers included.
 #![allow(clippy::unwrap_used)]
 
 mod actions;
+// Shared helpers; some serve only a few of the tests.
 mod bad_input;
 mod cli;
 mod crash;
 mod rules;
 mod shutdown;
+#[allow(dead_code)]
+#[path = "../support/lib.rs"]
+mod support;
 mod tidy;
 mod webhooks;

@@ -1,12 +1,11 @@
 //! Rules through the real daemon: webhooks in, decisions in the outbox; `gancho check` and
 //! `gancho rules`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::Setup;
 use gancho_core::{Clock as _, SystemClock};
 use gancho_testkit::{HttpReceiver, Reply, SmtpServer};
-use gancho_tests::Setup;
 
 fn smtp_config(smtp: &SmtpServer) -> String {
     format!(
@@ -18,7 +17,7 @@ fn smtp_config(smtp: &SmtpServer) -> String {
 fn install_shipped_rules(setup: &Setup) {
     let to = setup.dir.path().join("rules");
     std::fs::create_dir_all(&to).unwrap();
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    let from = crate::support::repo_root().join("rules");
     for entry in std::fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "rhai") {
@@ -206,7 +205,7 @@ fn a_rule_broken_while_the_daemon_runs_is_reported_with_its_line_and_the_others_
 #[test]
 fn check_passes_on_the_shipped_rules() {
     let setup = Setup::standard();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    let shipped = crate::support::repo_root().join("rules");
     let out = setup.command(&["check", shipped.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use gancho_tests::{Request, Setup};
+use crate::support::{Request, Setup};
 
 #[test]
 fn sigterm_finishes_in_flight_requests_and_exits_0() {

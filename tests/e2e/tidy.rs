@@ -122,9 +122,7 @@ fn imports(src: &Path, file: &Path) -> BTreeSet<PathBuf> {
 
 #[test]
 fn no_two_files_of_a_crate_import_each_other() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("crates");
+    let root = crate::support::repo_root().join("crates");
     let mut cycles = Vec::new();
     for entry in std::fs::read_dir(&root).unwrap() {
         let src = entry.unwrap().path().join("src");
@@ -156,7 +154,7 @@ fn no_two_files_of_a_crate_import_each_other() {
 /// this keeps the crate from reaching for the engine's state some other way.
 #[test]
 fn the_actions_crate_uses_only_the_outbox_of_the_engine_state() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/gancho-actions/src");
+    let src = crate::support::repo_root().join("crates/gancho-actions/src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let allowed = ["Outbox", "OutboxItem", "Attempt", "Delivery", "Error"];

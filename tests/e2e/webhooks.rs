@@ -1,4 +1,4 @@
-use gancho_tests::{Request, Setup, fixture};
+use crate::support::{Request, Setup, fixture};
 use serde_json::{Value, json};
 
 const SINGLE_FIXTURES: [(&str, &str); 7] = [

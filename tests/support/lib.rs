@@ -12,30 +12,24 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// The `gancho` binary: `GANCHO_BIN`, or the one cargo built beside this test binary (the
-/// `gancho` package has integration tests of its own, so `cargo test --workspace` builds it
-/// before any test runs).
+/// The `gancho` binary: `GANCHO_BIN`, or the one cargo built for this test (the e2e tests are a
+/// test target of the `gancho` package, so cargo builds the binary first, and builds it again
+/// when its code changed).
 pub fn gancho_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("GANCHO_BIN") {
-        return PathBuf::from(path);
+    match std::env::var_os("GANCHO_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_gancho")),
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/e2e-<hash> -> target/<profile>/gancho
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("gancho");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test --workspace` (or `cargo build -p gancho`) first",
-        bin.display()
-    );
-    bin
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Mailjet fixtures copied from `shared/fixtures/mailjet`.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
+    let path = repo_root().join("tests/fixtures").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 

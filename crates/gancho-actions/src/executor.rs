@@ -509,6 +509,12 @@ impl Lane {
                 return Outcome::Left;
             }
         }
+        if item.delivery.is_some() {
+            // Tests hold a retry here (`pause`) until they let it go.
+            gancho_core::fail_point!("actions.send.retry");
+        }
+        // Leased and about to go: a crash here must not lose the item.
+        gancho_core::fail_point!("actions.send.before");
         let started = Instant::now();
         // Checked when the rule decided it; checked again here, as the store is not trusted.
         let send = async {
@@ -525,6 +531,8 @@ impl Lane {
                 self.send_timeout
             ))),
         };
+        // Sent, not yet recorded: a crash here repeats the send, with the same id.
+        gancho_core::fail_point!("actions.send.after");
         self.record(item, &result, started.elapsed());
         match result {
             Ok(_) => Outcome::Sent,

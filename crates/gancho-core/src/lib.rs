@@ -12,6 +12,7 @@ mod action;
 mod clock;
 pub mod config;
 mod event;
+pub mod failpoint;
 mod time;
 
 pub use action::{

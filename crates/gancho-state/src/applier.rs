@@ -68,7 +68,12 @@ pub(crate) fn apply_loop(
         for (commit, staged) in &batch {
             let written = encode_writes(staged).and_then(|writes| {
                 write_journal(tree, *commit, &writes)?;
-                for (key, value) in &writes {
+                // Held here (`pause`), a commit is provably in flight: journaled, not applied.
+                gancho_core::fail_point!("state.apply.before_writes");
+                for (i, (key, value)) in writes.iter().enumerate() {
+                    if i == writes.len() / 2 {
+                        gancho_core::fail_point!("state.apply.halfway");
+                    }
                     match value {
                         Some(v) => tree.insert(key, v.as_ref()).map(drop),
                         None => tree.remove(key).map(drop),
@@ -94,6 +99,7 @@ pub(crate) fn apply_loop(
             journaled.push(*commit);
         }
         if !journaled.is_empty() {
+            gancho_core::fail_point!("state.apply.before_sync");
             if let Err(err) = sync(db, shared) {
                 fail(shared, &err.to_string());
                 return;

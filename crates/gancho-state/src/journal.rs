@@ -110,6 +110,8 @@ pub(crate) fn write_journal(
         n += 1;
         start = end;
     }
+    // The chunks written, the marker that makes them a commit to complete not yet.
+    gancho_core::fail_point!("state.journal.before_marker");
     tree.insert(journal_key(commit, MARKER), &n.to_be_bytes())?;
     Ok(())
 }
@@ -123,6 +125,7 @@ pub(crate) fn remove_journal(
     let (markers, chunks): (Vec<_>, Vec<_>) =
         keys.partition(|key| journal_key_parts(key).is_some_and(|(_, chunk)| chunk == MARKER));
     for key in markers.into_iter().chain(chunks) {
+        gancho_core::fail_point!("state.journal.remove");
         tree.remove(key)?;
     }
     Ok(())

@@ -299,6 +299,7 @@ impl Outbox {
     pub fn action_delivered(&self, item: &OutboxItem) -> Result<(), StoreError> {
         let _outbox = lock(&self.lock);
         self.remove(&prefixed(OUTBOX, &item.key))?;
+        gancho_core::fail_point!("outbox.delivered.after_item");
         self.clear_delivery(item)?;
         self.remove(&prefixed(DEAD, &item.key))
     }
@@ -318,7 +319,9 @@ impl Outbox {
         // The index key first: a crash before the record leaves it stale (dropped), never a
         // record naming a key that is not there.
         self.insert(&next_key(ch, delivery.next_ms, &item.key), &[])?;
+        gancho_core::fail_point!("outbox.reschedule.after_index");
         self.insert(&prefixed(DELIVERY, &item.key), &to_json(delivery)?)?;
+        gancho_core::fail_point!("outbox.reschedule.after_record");
         if let Some(old) = &item.delivery
             && old.next_ms != delivery.next_ms
         {
@@ -341,7 +344,9 @@ impl Outbox {
         };
         let _outbox = lock(&self.lock);
         self.insert(&prefixed(DEAD, &item.key), &to_json(&dead)?)?;
+        gancho_core::fail_point!("outbox.dead.after_letter");
         self.remove(&prefixed(OUTBOX, &item.key))?;
+        gancho_core::fail_point!("outbox.dead.after_item");
         self.clear_delivery(item)
     }
 
@@ -349,6 +354,7 @@ impl Outbox {
         if let Some(delivery) = &item.delivery {
             let ch = item.key.first().copied().unwrap_or_default();
             self.remove(&prefixed(DELIVERY, &item.key))?;
+            gancho_core::fail_point!("outbox.clear.after_record");
             self.remove(&next_key(ch, delivery.next_ms, &item.key))?;
         }
         Ok(())
@@ -444,6 +450,7 @@ impl Outbox {
             // outbox from its start.
             self.reschedule(&item, &delivery)?;
             self.insert(&prefixed(OUTBOX, suffix), &to_json(&item.action)?)?;
+            gancho_core::fail_point!("outbox.revive.after_item");
             self.remove(&key)?;
             revived += 1;
         }

@@ -28,6 +28,9 @@ pub type Bytes = sled::IVec;
 #[derive(Debug, Clone)]
 pub struct Db {
     db: sled::Db,
+    /// In test builds, a `crash` fail point flushes this database before the process exits
+    /// (`gancho_core::failpoint`); a no-op otherwise.
+    _crash_flush: std::sync::Arc<gancho_core::failpoint::CrashHook>,
 }
 
 /// An ordered map of bytes to bytes within a [`Db`]. Cheap to clone.
@@ -90,7 +93,16 @@ impl Db {
         let mut attempts = 0;
         loop {
             match config(path, cache_capacity).open() {
-                Ok(db) => return Ok(Db { db }),
+                Ok(db) => {
+                    let flushed = db.clone();
+                    let hook = gancho_core::failpoint::on_crash(Box::new(move || {
+                        let _ = flushed.flush();
+                    }));
+                    return Ok(Db {
+                        db,
+                        _crash_flush: std::sync::Arc::new(hook),
+                    });
+                }
                 Err(err) => match open_error(path, err) {
                     StoreError::Locked { .. } if attempts < 20 => {
                         attempts += 1;

@@ -457,4 +457,6 @@ fn join(thread: JoinHandle<()>, name: &str) {
 }
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod tests;

@@ -27,7 +27,7 @@ fn event(kind: &str, at: i64, email: &str, n: u64) -> NewEvent {
 }
 
 /// Appends events (no rejected items) and waits until they are durable.
-fn append(store: &Store, events: Vec<NewEvent>) -> AppendReport {
+pub(crate) fn append(store: &Store, events: Vec<NewEvent>) -> AppendReport {
     store
         .appender()
         .append_blocking(Submission {
@@ -37,7 +37,7 @@ fn append(store: &Store, events: Vec<NewEvent>) -> AppendReport {
         .unwrap()
 }
 
-fn open(dir: &std::path::Path) -> Store {
+pub(crate) fn open(dir: &std::path::Path) -> Store {
     Store::open(dir, &StoreConfig::default()).unwrap()
 }
 

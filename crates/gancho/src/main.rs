@@ -134,6 +134,16 @@ fn parse_key(text: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // Test builds only: named crash points (`gancho_core::failpoint`), set by the tests that
+    // start this binary. A build without them refuses the variable rather than ignore it.
+    if let Some(spec) = std::env::var_os("GANCHO_FAILPOINTS") {
+        let spec = spec.to_string_lossy();
+        if let Err(err) = gancho_core::failpoint::configure(&spec) {
+            eprintln!("gancho: GANCHO_FAILPOINTS: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        tracing::warn!(points = %spec, "fail points are set");
+    }
     let config = match config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {

@@ -54,6 +54,8 @@ impl DiskRun {
             None => record.push(0),
         }
         record.extend_from_slice(&len32(self.bloom.words.len()).to_be_bytes());
+        // Blocks and filter written, the record that makes them a run not yet.
+        gancho_core::fail_point!("index.run.before_record");
         tree.insert(run_key(self.id), record)?;
         Ok(())
     }

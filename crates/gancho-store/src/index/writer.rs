@@ -190,6 +190,7 @@ impl IndexWriter {
                 }
             }
         }
+        gancho_core::fail_point!("index.checkpoint.before_watermark");
         let tree = &self.index.tree;
         if let Err(err) = tree.insert(INDEXED_KEY, &indexed.to_be_bytes()[..]) {
             if let Some(run) = run {
@@ -201,6 +202,7 @@ impl IndexWriter {
         // written the watermark, and without the run those events would be missing from the
         // indexes after a crash. If neither reaches the disk, the run is past the watermark at
         // the next open, which deletes it.
+        gancho_core::fail_point!("index.checkpoint.before_sync");
         let durable = self.make_durable();
         if let Some(run) = run {
             self.disk.push(Arc::new(run));
@@ -348,6 +350,8 @@ impl IndexWriter {
         let mut removed = Vec::new();
         let mut failed = None;
         for run in &runs {
+            // Hit before each removal: `1*off->crash` stops between the first and the second.
+            gancho_core::fail_point!("index.merge.remove_record");
             match self.index.tree.remove(run_key(run.id)) {
                 Ok(_) => removed.push(Arc::clone(run)),
                 Err(err) => {
@@ -395,6 +399,7 @@ impl IndexWriter {
             // The published view no longer has it: once this is the last handle, no reader can
             // reach it.
             if result.is_ok() && Arc::strong_count(&run) == 1 {
+                gancho_core::fail_point!("index.gc.delete_run");
                 if let Err(err) = delete_run(&self.index.tree, run.id) {
                     result = Err(err);
                     keep.push(run);

@@ -29,10 +29,7 @@ pub(super) fn run_flusher(
         let started = std::time::Instant::now();
         let flushed = db.flush().map_err(|err| format!("flush: {err}"));
         let flush_time = started.elapsed();
-        let durable = flushed.and_then(|_| match &mut sync {
-            Some(sync) => sync.sync(),
-            None => Ok(()),
-        });
+        let durable = flushed.and_then(|_| sync_log(&mut sync));
         tracing::trace!(
             requests = staged.len(),
             flush_us = flush_time.as_micros() as u64,
@@ -62,4 +59,17 @@ pub(super) fn run_flusher(
         }
     }
     debug!("store flusher stopped");
+}
+
+/// The `fdatasync` of a group commit. `log.fdatasync` makes it fail in test builds, as a full
+/// disk or a failing device would.
+fn sync_log(sync: &mut Option<FileSync>) -> Result<(), String> {
+    gancho_core::fail_point!(
+        "log.fdatasync",
+        "fdatasync: injected failure (fail point log.fdatasync)".to_owned()
+    );
+    match sync {
+        Some(sync) => sync.sync(),
+        None => Ok(()),
+    }
 }

@@ -375,6 +375,10 @@ impl Writer {
     /// last commit record, so a group is either all there after a crash or not at all.
     fn write_group(&self, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
         for (key, value) in writes {
+            if key[..] == codec::COMMIT_KEY[..] {
+                // Every key of the group written but the commit record that makes it count.
+                gancho_core::fail_point!("log.group.before_commit_record");
+            }
             self.events.insert(&key[..], &value[..])?;
         }
         Ok(())
