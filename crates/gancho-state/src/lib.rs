@@ -327,4 +327,6 @@ impl EngineState {
 }
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod tests;
