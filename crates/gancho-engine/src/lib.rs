@@ -15,6 +15,7 @@ mod dynamic;
 mod engine;
 mod prefetch;
 mod rule;
+mod schedule;
 mod thread;
 
 pub use api::{Limits, MAX_LIST};

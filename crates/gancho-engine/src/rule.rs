@@ -7,6 +7,8 @@ use std::str::FromStr as _;
 
 use rhai::{AST, Dynamic};
 
+pub(crate) use crate::schedule::Schedule;
+
 /// A problem with a rule file, located in it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostic {
@@ -71,34 +73,6 @@ pub(crate) fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// A cron schedule in a time zone.
-#[derive(Debug, Clone)]
-pub(crate) struct Schedule {
-    pub(crate) text: String,
-    pub(crate) cron: croner::Cron,
-    pub(crate) tz: chrono_tz::Tz,
-}
-
-impl Schedule {
-    /// The first tick strictly after `after_ms`.
-    pub(crate) fn next_after(&self, after_ms: i64) -> Option<i64> {
-        let after = self.local(after_ms);
-        let tick = self.cron.find_next_occurrence(&after, false).ok()?;
-        Some(tick.timestamp_millis())
-    }
-
-    /// The last tick at or before `at_ms`.
-    pub(crate) fn last_at_or_before(&self, at_ms: i64) -> Option<i64> {
-        let at = self.local(at_ms);
-        let tick = self.cron.find_previous_occurrence(&at, true).ok()?;
-        Some(tick.timestamp_millis())
-    }
-
-    fn local(&self, ms: i64) -> chrono::DateTime<chrono_tz::Tz> {
-        gancho_core::millis_to_time(ms).with_timezone(&self.tz)
-    }
 }
 
 /// A compiled rule.

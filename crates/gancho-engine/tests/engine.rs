@@ -406,3 +406,140 @@ fn nudge(timer) {
     assert!(state.wait_durable(std::time::Duration::from_secs(10)));
     assert_eq!(state.cursor().unwrap(), last);
 }
+
+/// A cron rule that calls `https://ticks.example.com/NAME` with its tick.
+fn tick_rule(world: &World, name: &str, every: &str, zone: &str) {
+    world.write_rule(
+        &format!("{name}.rhai"),
+        &format!(
+            "const EVERY = \"{every}\";\nconst TZ = \"{zone}\";\nhttp(#{{ url: \"https://ticks.example.com/{name}\", json: #{{ tick: event.tick }} }});\n"
+        ),
+    );
+}
+
+/// The ticks rule `name` has acted on, as UTC times, in order.
+fn ticks_of(world: &World, name: &str) -> Vec<String> {
+    let url = format!("https://ticks.example.com/{name}");
+    let mut ticks: Vec<i64> = world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            Action::Http(h) if h.url == url => h.json?["tick"].as_i64(),
+            _ => None,
+        })
+        .collect();
+    ticks.sort();
+    ticks
+        .into_iter()
+        .map(|ms| {
+            gancho_core::millis_to_time(ms)
+                .format("%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .collect()
+}
+
+fn utc(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text).unwrap().into()
+}
+
+#[test]
+fn cron_catches_up_one_tick_for_three_missed_while_stopped() {
+    let world = World::empty();
+    tick_rule(&world, "every10", "0 */10 * * * *", "UTC");
+    world.clock.set(utc("2026-11-02T10:00:05Z"));
+    let mut engine = world.engine();
+    run(&mut engine);
+    world.clock.set(utc("2026-11-02T10:10:00.250Z"));
+    run(&mut engine);
+    assert_eq!(ticks_of(&world, "every10"), ["11-02 10:10:00"]);
+    // Stopped over 10:20, 10:30 and 10:40.
+    drop(engine);
+    let world = world.restart();
+    world.clock.set(utc("2026-11-02T10:45:30Z"));
+    let mut engine = world.engine();
+    run(&mut engine);
+    assert_eq!(
+        ticks_of(&world, "every10"),
+        ["11-02 10:10:00", "11-02 10:40:00"],
+        "one late tick, the last one missed"
+    );
+    world.clock.set(utc("2026-11-02T10:49:59Z"));
+    run(&mut engine);
+    world.clock.set(utc("2026-11-02T10:50:00Z"));
+    run(&mut engine);
+    assert_eq!(
+        ticks_of(&world, "every10"),
+        ["11-02 10:10:00", "11-02 10:40:00", "11-02 10:50:00"]
+    );
+}
+
+/// Runs the engine every minute of `from..to` (UTC) with an every-20-minutes rule and a
+/// fixed-time rule in `zone`; the first must tick every 20 minutes of real time, the second at
+/// `fixed_ticks`.
+fn ticks_through_a_change(zone: &str, fixed: &str, from: &str, to: &str, fixed_ticks: &[&str]) {
+    let world = World::empty();
+    tick_rule(&world, "every20", "0 */20 * * * *", zone);
+    tick_rule(&world, "fixed", fixed, zone);
+    let (from, to) = (utc(from), utc(to));
+    world.clock.set(from);
+    let mut engine = world.engine();
+    let mut now = from;
+    while now <= to {
+        world.clock.set(now);
+        run(&mut engine);
+        now += chrono::Duration::minutes(1);
+    }
+    let mut want = Vec::new();
+    let mut t = from + chrono::Duration::minutes(20);
+    while t <= to {
+        want.push(t.format("%m-%d %H:%M:%S").to_string());
+        t += chrono::Duration::minutes(20);
+    }
+    assert_eq!(
+        ticks_of(&world, "every20"),
+        want,
+        "{zone}: every 20 minutes"
+    );
+    assert_eq!(ticks_of(&world, "fixed"), fixed_ticks, "{zone}: {fixed}");
+}
+
+#[test]
+fn cron_in_madrid_skips_the_spring_gap_and_ticks_through_the_repeated_autumn_hour() {
+    // 29 March: 02:00 local (01:00 UTC) becomes 03:00. 02:30 does not exist: it runs at 03:00.
+    ticks_through_a_change(
+        "Europe/Madrid",
+        "0 30 2 * * *",
+        "2026-03-28T23:00:00Z",
+        "2026-03-29T03:00:00Z",
+        &["03-29 01:00:00"],
+    );
+    // 25 October: 03:00 local (01:00 UTC) becomes 02:00 again. 02:30 runs once, the first time.
+    ticks_through_a_change(
+        "Europe/Madrid",
+        "0 30 2 * * *",
+        "2026-10-24T23:00:00Z",
+        "2026-10-25T03:00:00Z",
+        &["10-25 00:30:00"],
+    );
+}
+
+#[test]
+fn cron_in_new_york_skips_the_spring_gap_and_ticks_through_the_repeated_autumn_hour() {
+    // 8 March: 02:00 local (07:00 UTC) becomes 03:00; 02:30 runs at 03:00.
+    ticks_through_a_change(
+        "America/New_York",
+        "0 30 2 * * *",
+        "2026-03-08T05:00:00Z",
+        "2026-03-08T09:00:00Z",
+        &["03-08 07:00:00"],
+    );
+    // 1 November: 02:00 local (06:00 UTC) becomes 01:00 again; 01:30 runs once, the first time.
+    ticks_through_a_change(
+        "America/New_York",
+        "0 30 1 * * *",
+        "2026-11-01T04:00:00Z",
+        "2026-11-01T08:00:00Z",
+        &["11-01 05:30:00"],
+    );
+}

@@ -23,6 +23,13 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// [`Engine::run_until_idle`](crate::Engine::run_until_idle) gave up: work was left.
+    #[error("not idle after {waited:?}: the engine is at event {cursor}, the log at {durable}")]
+    NotIdle {
+        waited: std::time::Duration,
+        cursor: u64,
+        durable: u64,
+    },
 }
 
 /// How the engine runs.

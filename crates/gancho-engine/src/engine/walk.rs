@@ -312,8 +312,9 @@ impl Engine {
         })
     }
 
-    /// Steps until nothing is left to do now: every event indexed so far processed, every due
-    /// timer fired and processed. Waits up to `timeout` for the indexer between steps.
+    /// Steps until nothing is left to do now: every durable event processed, every due timer
+    /// fired and processed; returns how many events that was. Waits up to `timeout` for the
+    /// indexer between steps, and fails with [`EngineError::NotIdle`] if work is left then.
     pub fn run_until_idle(&mut self, timeout: Duration) -> Result<usize, EngineError> {
         let deadline = Instant::now() + timeout;
         let mut total = 0;
@@ -327,7 +328,11 @@ impl Engine {
             if report.processed == 0 {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Ok(total);
+                    return Err(EngineError::NotIdle {
+                        waited: timeout,
+                        cursor: self.cursor,
+                        durable,
+                    });
                 }
                 self.store
                     .wait_indexed(self.cursor + 1, left.min(Duration::from_millis(50)));
