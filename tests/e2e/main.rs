@@ -11,6 +11,7 @@ mod actions;
 mod bad_input;
 mod cli;
 mod crash;
+mod invariants;
 mod rules;
 mod shutdown;
 #[allow(dead_code)]

@@ -212,50 +212,6 @@ fn check_passes_on_the_shipped_rules() {
     assert!(text.contains("5 rule(s)"), "{text}");
 }
 
-#[test]
-fn kill_9_while_the_engine_decides_makes_no_decision_twice_and_loses_none() {
-    let smtp = SmtpServer::start();
-    let setup = Setup::standard_with(&smtp_config(&smtp));
-    install_shipped_rules(&setup);
-    let daemon = setup.start();
-    // Recent times: with old ones the reminder of open-reminder.rhai would be due at once.
-    let t = now_secs() - 7200;
-    const N: usize = 600;
-    let event = |kind: &str, i: usize, at: i64| {
-        format!(
-            r#"{{"event":"{kind}","time":{at},"MessageID":{},"email":"r{i}@example.com","mj_campaign_id":1}}"#,
-            19_000_000_000_000_000u64 + i as u64
-        )
-    };
-    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
-        let items: Vec<String> = chunk
-            .iter()
-            .flat_map(|&i| [event("sent", i, t), event("open", i, t + 60)])
-            .collect();
-        let body = format!("[{}]", items.join(","));
-        assert_eq!(daemon.post_mailjet(body.as_bytes()).status, 200);
-    }
-    // Killed while the engine is somewhere in those 1,200 events.
-    daemon.kill();
-    let daemon = setup.start();
-    wait_for_engine(&setup);
-    wait_for_empty_outbox(&setup);
-    // One discount per recipient; a mail sent twice (killed mid-send) is the same message.
-    let mut ids: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        Default::default();
-    for mail in smtp.mails() {
-        ids.entry(mail.to[0].clone())
-            .or_default()
-            .insert(mail.header("Message-ID").unwrap());
-    }
-    assert_eq!(ids.len(), N, "one discount per recipient, none lost");
-    assert!(
-        ids.values().all(|ids| ids.len() == 1),
-        "no decision made twice"
-    );
-    drop(daemon);
-}
-
 fn now_secs() -> i64 {
     SystemClock.now().timestamp()
 }

@@ -201,6 +201,12 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Waits for the daemon to exit by itself.
+    pub fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        wait_with_timeout(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("gancho did not exit:\n{}", self.log()))
+    }
+
     /// `kill -9`.
     pub fn kill(mut self) {
         let _ = self.child.kill();

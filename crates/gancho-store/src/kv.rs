@@ -75,15 +75,6 @@ fn open_error(path: &Path, err: sled::Error) -> StoreError {
     }
 }
 
-/// How a lock held by another process is reported (sled's error, mapped).
-#[cfg(test)]
-pub(crate) fn lock_error_for_test(path: &Path) -> StoreError {
-    open_error(
-        path,
-        sled::Error::Io(std::io::Error::other("could not acquire lock on \"db\"")),
-    )
-}
-
 impl Db {
     /// Opens (or creates) the database in `path` with a page cache of `cache_capacity` bytes,
     /// retrying a lock held for a moment: a database closed in this process releases its lock

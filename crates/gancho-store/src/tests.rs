@@ -196,16 +196,6 @@ fn quarantine_keeps_item_and_reason_with_the_events_of_the_same_submission() {
 }
 
 #[test]
-fn a_second_process_is_told_the_store_is_locked() {
-    let dir = tempfile::tempdir().unwrap();
-    let _store = open(dir.path());
-    // sled's lock is per process (an flock on the file), so a second open in this process
-    // would succeed; spawn nothing here and only check the error mapping.
-    let err = kv::lock_error_for_test(dir.path());
-    assert!(matches!(err, StoreError::Locked { .. }));
-}
-
-#[test]
 fn appends_after_shutdown_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

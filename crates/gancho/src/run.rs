@@ -76,6 +76,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             _ = sighup.recv() => { info!("SIGHUP: reloading the rules"); engine.reload() }
             reason = &mut store_failed => {
                 error!(%reason, "the store failed: stopping so the service restarts");
+                // Tests hold the stop here (`sleep`) to see what a client sees meanwhile.
+                gancho_core::fail_point!("run.store_failed");
                 break None
             }
         }

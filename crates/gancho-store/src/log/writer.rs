@@ -298,6 +298,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if self.progress.failure().is_some() {
+                // The store failed: nothing more is written (what the failed flush left may or
+                // may not be on disk; a later group must not be).
+                for job in jobs {
+                    if let Job::Append(_, reply) = job {
+                        let _ = reply.send(Err(StoreError::Failed(
+                            self.progress.failure().unwrap_or_default(),
+                        )));
+                    }
+                }
+                break;
+            }
             self.prune_pending();
             let (seq_before, qid_before, pending_before) =
                 (self.next_seq, self.next_qid, self.pending.len());

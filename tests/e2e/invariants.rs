@@ -1,0 +1,362 @@
+//! The invariants that lose data or send twice when they break, proven on the real binary with
+//! crashes at chosen points (`GANCHO_FAILPOINTS`, compiled into test builds only): each test
+//! waits for a positive sign that the daemon is where the test wants it before it strikes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Request, Setup, gancho_bin, wait_with_timeout};
+use gancho_testkit::{SmtpServer, wait_until};
+
+fn smtp_config(smtp: &SmtpServer) -> String {
+    format!(
+        "[email]\nsmtp_url = \"{}\"\nfrom = \"Bank <alerts@bank.example.com>\"\n",
+        smtp.url()
+    )
+}
+
+fn write_rule(setup: &Setup, name: &str, text: &str) {
+    let rules = setup.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join(name), text).unwrap();
+}
+
+fn withdrawal(id: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"{id}","kind":"withdrawal","at":1764320000,"account":"ES76{id}","amount":20}}"#
+    )
+    .into_bytes()
+}
+
+fn outbox_len(setup: &Setup) -> usize {
+    setup
+        .json(&["outbox", "--json", "--limit", "0"])
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// Waits for a line of the daemon's log; panics with the log if it does not come.
+fn wait_for_log(daemon: &crate::support::Daemon, text: &str, timeout: Duration) {
+    let found = wait_until(timeout, || daemon.log().contains(text).then_some(()));
+    assert!(found.is_some(), "no {text:?} in the log:\n{}", daemon.log());
+}
+
+#[test]
+fn kill_9_while_an_email_waits_in_backoff_after_a_451_delivers_it_once_with_the_same_message_id() {
+    let smtp = SmtpServer::start();
+    smtp.refuse_next(&[(451, "4.7.1 greylisted, try again later")]);
+    let setup = Setup::standard_with(&format!(
+        "{}\n[retry]\ninitial = \"1s\"\n",
+        smtp_config(&smtp)
+    ));
+    write_rule(
+        &setup,
+        "alert.rhai",
+        "const ON = [\"bank.withdrawal\"];\nemail(#{ to: \"owner@example.com\", subject: \"Withdrawal\", text: event.id });\n",
+    );
+    // The retry is held before it is sent: the item provably waits in the outbox, tried once.
+    let daemon = setup.start_with_env(&[("GANCHO_FAILPOINTS", "actions.send.retry=pause")]);
+    assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
+    wait_for_log(
+        &daemon,
+        "fail point actions.send.retry: paused",
+        Duration::from_secs(30),
+    );
+    let refused = smtp.transactions();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].code, 451);
+    daemon.kill();
+
+    let daemon = setup.start();
+    let mails = smtp.wait_for_mails(1, Duration::from_secs(30));
+    assert_eq!(
+        mails.len(),
+        1,
+        "{:?}\n{}",
+        smtp.transactions(),
+        daemon.log()
+    );
+    // Delivered and recorded so: nothing is left to send again.
+    let empty = wait_until(Duration::from_secs(30), || {
+        (outbox_len(&setup) == 0).then_some(())
+    });
+    assert!(
+        empty.is_some(),
+        "the outbox did not empty:\n{}",
+        daemon.log()
+    );
+    assert_eq!(smtp.mails().len(), 1, "delivered once");
+    assert_eq!(
+        mails[0].header("Message-ID"),
+        refused[0].mail.header("Message-ID"),
+        "the retry is the same message"
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    assert_eq!(smtp.mails().len(), 1);
+}
+
+#[test]
+fn kill_9_with_an_engine_commit_held_in_flight_applies_every_decision_once() {
+    let smtp = SmtpServer::start();
+    let setup = Setup::standard_with(&smtp_config(&smtp));
+    let rules = setup.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::copy(
+        crate::support::repo_root().join("rules/open-discount.rhai"),
+        rules.join("open-discount.rhai"),
+    )
+    .unwrap();
+    // The applier stops halfway through the first commit's writes, its journal written: a
+    // commit provably in flight, and the engine's next ones queued behind it.
+    let daemon = setup.start_with_env(&[("GANCHO_FAILPOINTS", "state.apply.halfway=pause")]);
+    const N: usize = 200;
+    let event = |kind: &str, i: usize, at: i64| {
+        format!(
+            r#"{{"event":"{kind}","time":{at},"MessageID":{},"email":"r{i}@example.com","mj_campaign_id":1}}"#,
+            19_000_000_000_000_000u64 + i as u64
+        )
+    };
+    let t = 1_764_320_000;
+    // Every recipient opens three times, in three requests: their opens fall in several
+    // batches, so a decision applied twice would show as a second discount.
+    for round in 0..4 {
+        let items: Vec<String> = (0..N)
+            .map(|i| match round {
+                0 => event("sent", i, t),
+                r => event("open", i, t + 60 * r as i64),
+            })
+            .collect();
+        let body = format!("[{}]", items.join(","));
+        assert_eq!(daemon.post_mailjet(body.as_bytes()).status, 200);
+    }
+    wait_for_log(
+        &daemon,
+        "fail point state.apply.halfway: paused",
+        Duration::from_secs(30),
+    );
+    assert!(
+        smtp.mails().is_empty(),
+        "nothing is sent before it is durable"
+    );
+    daemon.kill();
+
+    let daemon = setup.start();
+    let done = wait_until(Duration::from_secs(60), || {
+        let status = setup.json(&["rules", "--json"]);
+        (status["cursor"].as_u64() == Some(4 * N as u64) && outbox_len(&setup) == 0).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "the engine did not finish:\n{}",
+        daemon.log()
+    );
+    let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for mail in smtp.mails() {
+        ids.entry(mail.to[0].clone())
+            .or_default()
+            .insert(mail.header("Message-ID").unwrap());
+    }
+    assert_eq!(ids.len(), N, "one discount per recipient, none lost");
+    assert!(
+        ids.values().all(|ids| ids.len() == 1),
+        "a decision made twice: {:?}",
+        ids.iter().find(|(_, ids)| ids.len() > 1)
+    );
+    assert_eq!(smtp.mails().len(), N, "each discount sent once");
+}
+
+#[test]
+fn a_failed_fdatasync_answers_503_fails_healthz_exits_non_zero_and_loses_nothing_acknowledged() {
+    let setup = Setup::standard();
+    // Five group commits succeed, the sixth's fdatasync fails; the daemon then holds its stop
+    // for a while, so the test can see what clients see meanwhile.
+    let daemon = setup.start_with_env(&[(
+        "GANCHO_FAILPOINTS",
+        "log.fdatasync=5*off->error;run.store_failed=sleep(5000)",
+    )]);
+    for i in 0..5 {
+        let response = daemon.post("bank", &withdrawal(&format!("w{i}")));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let failed = daemon.post("bank", &withdrawal("w5"));
+    assert_eq!(failed.status, 503, "{}", failed.body);
+    let health = daemon.request(&Request::get("/healthz"));
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(health.body.contains("fdatasync"), "{}", health.body);
+    let refused = daemon.post("bank", &withdrawal("w6"));
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let log = daemon.log();
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "exit status {status}:\n{log}");
+
+    let daemon = setup.start();
+    let ids: BTreeSet<String> = setup
+        .events(&["--source", "bank"])
+        .iter()
+        .map(|e| e["data"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    for i in 0..5 {
+        assert!(
+            ids.contains(&format!("w{i}")),
+            "acknowledged w{i} is missing: {ids:?}"
+        );
+    }
+    assert!(
+        !ids.contains("w6"),
+        "an event refused after the failure was stored"
+    );
+    // The provider retries what got 503: stored once, whether the failed group reached the disk.
+    assert_eq!(daemon.post("bank", &withdrawal("w5")).status, 200);
+    assert_eq!(setup.events(&["--source", "bank"]).len(), 6);
+}
+
+/// `n` Mailjet opens from `from` on, to 5,000 recipients, as one grouped body.
+fn opens(from: usize, n: usize) -> Vec<u8> {
+    let items: Vec<String> = (from..from + n)
+        .map(|i| {
+            format!(
+                r#"{{"event":"open","time":{},"MessageID":{},"email":"r{}@example.com","mj_campaign_id":3}}"#,
+                1_764_000_000 + i,
+                19_100_000_000_000_000u64 + i as u64,
+                i % 5000
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(",")).into_bytes()
+}
+
+#[test]
+fn a_crash_in_the_middle_of_rebuilding_the_indexes_of_100000_events_resumes_and_completes() {
+    const N: usize = 100_000;
+    let setup = Setup::standard();
+    let daemon = setup.start();
+    for from in (0..N).step_by(1000) {
+        assert_eq!(daemon.post_mailjet(&opens(from, 1000)).status, 200);
+    }
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // docs/operations.md: "stop gancho, delete `store/indexes/`, and start it again".
+    std::fs::remove_dir_all(setup.dir.path().join("data/store/indexes")).unwrap();
+
+    // The rebuild crashes in its second checkpoint, after the first run is durable.
+    let mut child = Command::new(gancho_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("run")
+        .env(
+            "GANCHO_FAILPOINTS",
+            "index.checkpoint.before_sync=1*off->crash",
+        )
+        .env_remove("GANCHO_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(300)).expect("no crash");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(86), "{stderr}");
+    assert!(
+        stderr.contains("fail point index.checkpoint.before_sync: crash"),
+        "{stderr}"
+    );
+
+    let daemon = setup.start();
+    let started = Instant::now();
+    let caught_up = wait_until(Duration::from_secs(300), || {
+        let status = daemon.request(&Request::get("/status"));
+        let status: serde_json::Value = serde_json::from_str(&status.body).ok()?;
+        (status["durable"].as_u64() == Some(N as u64) && status["index_lag"].as_u64() == Some(0))
+            .then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "the indexes did not catch up:\n{}",
+        daemon.log()
+    );
+    eprintln!("rebuild finished {:?} after the restart", started.elapsed());
+    // By type and key, through the indexes: each recipient has 20 opens, each found once.
+    for r in [0, 1, 2_499, 4_999] {
+        let email = format!("email=r{r}@example.com");
+        let found = setup.events(&["--source", "mailjet", "--type", "open", "--key", &email]);
+        assert_eq!(found.len(), N / 5000, "{email}");
+    }
+    // Dedup holds: the provider's retry of the first and last batches stores nothing.
+    assert_eq!(daemon.post_mailjet(&opens(0, 1000)).status, 200);
+    assert_eq!(daemon.post_mailjet(&opens(N - 1000, 1000)).status, 200);
+    let status = daemon.request(&Request::get("/status"));
+    let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    assert_eq!(
+        status["durable"].as_u64(),
+        Some(N as u64),
+        "a duplicate was stored"
+    );
+}
+
+#[test]
+fn cron_catches_up_one_tick_for_three_missed_while_the_daemon_was_stopped() {
+    let setup = Setup::standard();
+    write_rule(
+        &setup,
+        "tick.rhai",
+        "const EVERY = \"*/2 * * * * *\";\nlet n = 1;\n",
+    );
+    let ticks = |setup: &Setup| -> Vec<i64> {
+        let mut ticks: Vec<i64> = setup
+            .events(&["--source", "cron"])
+            .iter()
+            .map(|e| e["data"]["tick"].as_i64().unwrap())
+            .collect();
+        ticks.sort();
+        ticks
+    };
+    let daemon = setup.start();
+    let first = wait_until(Duration::from_secs(30), || {
+        let t = ticks(&setup);
+        (!t.is_empty()).then_some(t)
+    });
+    assert!(first.is_some(), "no tick:\n{}", daemon.log());
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let stopped = ticks(&setup);
+    let last_before = *stopped.last().unwrap();
+    // Stopped over at least three ticks.
+    std::thread::sleep(Duration::from_millis(7_000));
+    let daemon = setup.start();
+    // Two ticks after the restart: the catch-up and the next one on time.
+    let after = wait_until(Duration::from_secs(30), || {
+        let t = ticks(&setup);
+        (t.len() >= stopped.len() + 2).then_some(t)
+    });
+    let after = after.unwrap_or_else(|| panic!("no ticks after the restart:\n{}", daemon.log()));
+    let new: Vec<i64> = after[stopped.len()..].to_vec();
+    assert!(
+        new.iter().all(|t| t % 2000 == 0),
+        "ticks on the scheduled second: {new:?}"
+    );
+    // One late tick for the missed ones (the last missed), then every two seconds.
+    assert!(new[0] >= last_before + 6_000, "{last_before} then {new:?}");
+    assert_eq!(new[1] - new[0], 2_000, "{new:?}");
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_folder_is_told_the_store_is_in_use() {
+    let setup = Setup::standard();
+    let daemon = setup.start();
+    let out = Command::new(gancho_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("run")
+        .env_remove("GANCHO_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    // The first daemon is unharmed.
+    assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
