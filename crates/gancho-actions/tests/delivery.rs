@@ -200,8 +200,40 @@ fn email_goes_over_smtp_with_the_exact_message() {
     assert!(world.dead().is_empty());
 }
 
+/// Where the executor holds a retry before sending it, in test builds.
+const HOLD_RETRY: &str = "actions.send.retry";
+
+/// Runs `test` alone in a process of its own with the first retry held
+/// (`actions.send.retry`: fail points are global to a process) until it releases it.
+fn with_a_retry_held(name: &str, test: impl FnOnce()) {
+    let dir = tempfile::tempdir().unwrap();
+    gancho_testkit::crash::run_in_child(module_path!(), name, dir.path(), |_| {
+        gancho_core::failpoint::set(HOLD_RETRY, "1*pause").unwrap();
+        test();
+    });
+}
+
+/// The item's delivery record once its first retry is held: what the outbox shows meanwhile.
+fn held_retry(world: &World) -> gancho_state::Delivery {
+    assert!(
+        gancho_core::failpoint::wait_hits(HOLD_RETRY, 1, WAIT),
+        "no retry came"
+    );
+    let items = world.store.outbox().pending_actions(0).unwrap();
+    let delivery = items[0].delivery.clone().unwrap();
+    gancho_core::failpoint::release(HOLD_RETRY);
+    delivery
+}
+
 #[test]
 fn smtp_451_twice_then_250_delivers_once_after_three_tries() {
+    with_a_retry_held(
+        "smtp_451_twice_then_250_delivers_once_after_three_tries",
+        smtp_451_twice_then_250,
+    );
+}
+
+fn smtp_451_twice_then_250() {
     let smtp = SmtpServer::start();
     smtp.refuse_next(&[
         (451, "4.7.1 greylisted, try again"),
@@ -213,15 +245,9 @@ fn smtp_451_twice_then_250_delivers_once_after_three_tries() {
     };
     world.decide(vec![email("ana@example.com", "Hi", None)]);
     let executor = world.start();
-    // While it waits for its third try, the outbox shows why it failed.
-    let seen = wait_until(WAIT, || {
-        let items = world.store.outbox().pending_actions(0).unwrap();
-        items
-            .first()
-            .and_then(|i| i.delivery.clone())
-            .filter(|d| !d.attempts.is_empty())
-    })
-    .unwrap();
+    // While it waits for its second try, the outbox shows why it failed.
+    let seen = held_retry(&world);
+    assert_eq!(seen.attempts.len(), 1, "{seen:?}");
     assert!(seen.attempts[0].error.contains("451"), "{seen:?}");
     assert!(!seen.attempts[0].permanent);
     let mails = smtp.wait_for_mails(1, WAIT);
@@ -670,6 +696,13 @@ fn a_server_certificate_no_trusted_ca_signed_is_refused() {
 
 #[test]
 fn a_call_past_its_timeout_is_retried_and_a_raw_body_goes_as_is() {
+    with_a_retry_held(
+        "a_call_past_its_timeout_is_retried_and_a_raw_body_goes_as_is",
+        a_call_past_its_timeout,
+    );
+}
+
+fn a_call_past_its_timeout() {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = calls.clone();
     let receiver = HttpReceiver::start(move |_| {
@@ -690,17 +723,7 @@ fn a_call_past_its_timeout_is_retried_and_a_raw_body_goes_as_is() {
     })]);
     let executor = world.start();
     // While it waits for its second try, the outbox says the first timed out.
-    let seen = wait_until(WAIT, || {
-        world
-            .store
-            .outbox()
-            .pending_actions(0)
-            .unwrap()
-            .first()
-            .and_then(|i| i.delivery.clone())
-            .filter(|d| !d.attempts.is_empty())
-    })
-    .unwrap();
+    let seen = held_retry(&world);
     assert!(seen.attempts[0].error.contains("timed out"), "{seen:?}");
     let requests = receiver.wait_for(2, WAIT);
     world.wait_settled();

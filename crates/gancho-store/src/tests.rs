@@ -215,32 +215,42 @@ fn forget_indexes(dir: &std::path::Path) {
 #[test]
 fn dedup_holds_before_during_and_after_indexing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let appender = store.appender();
-    let e = event("open", 200, "a@x", 1);
-    let first = appender
-        .append_blocking(Submission {
-            events: vec![e.clone()],
-            rejected: vec![],
-        })
-        .unwrap();
-    // Maybe indexed already, maybe not: either way a duplicate.
-    let again = appender
-        .append_blocking(Submission {
-            events: vec![e.clone()],
-            rejected: vec![],
-        })
-        .unwrap();
-    assert_eq!(again.duplicates, first.stored);
-    assert!(store.wait_indexed(1, std::time::Duration::from_secs(10)));
-    let after = appender
-        .append_blocking(Submission {
-            events: vec![e],
-            rejected: vec![],
-        })
-        .unwrap();
-    assert_eq!(after.duplicates, first.stored);
-    assert_eq!(store.status().indexed, 1);
+    // In a process of its own: the fail point that holds the indexer is global.
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "dedup_holds_before_during_and_after_indexing",
+        dir.path(),
+        |dir| {
+            let point = "index.batch.before_publish";
+            gancho_core::failpoint::set(point, "pause").unwrap();
+            let store = open(dir);
+            let appender = store.appender();
+            let e = event("open", 200, "a@x", 1);
+            let append = |e: &NewEvent| {
+                appender
+                    .append_blocking(Submission {
+                        events: vec![e.clone()],
+                        rejected: vec![],
+                    })
+                    .unwrap()
+            };
+            let first = append(&e);
+            assert_eq!(first.stored, vec![1]);
+            // The indexer holds the batch with the event: read, not yet in the indexes.
+            assert!(gancho_core::failpoint::wait_hits(
+                point,
+                1,
+                Duration::from_secs(30)
+            ));
+            assert_eq!(store.status().indexed, 0);
+            assert_eq!(append(&e).duplicates, first.stored, "during indexing");
+            gancho_core::failpoint::release(point);
+            assert!(store.wait_indexed(1, Duration::from_secs(30)));
+            assert_eq!(append(&e).duplicates, first.stored, "after indexing");
+            assert_eq!(store.status().indexed, 1);
+            store.shutdown().unwrap();
+        },
+    );
 }
 
 #[test]
@@ -427,7 +437,20 @@ fn limit_keeps_the_newest_by_seq_even_when_event_times_run_backwards() {
 #[test]
 fn windows_select_by_type_keys_time_and_seq_and_count_without_listing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    // In a process of its own: the fail point that holds the indexer is global.
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "windows_select_by_type_keys_time_and_seq_and_count_without_listing",
+        dir.path(),
+        windows_in,
+    );
+}
+
+const HOLD: &str = "index.batch.before_publish";
+
+fn windows_in(dir: &std::path::Path) {
+    gancho_core::failpoint::set(HOLD, "pause").unwrap();
+    let store = open(dir);
     let mut events: Vec<NewEvent> = (0..10)
         .map(|i| {
             event(
@@ -454,7 +477,16 @@ fn windows_select_by_type_keys_time_and_seq_and_count_without_listing() {
     // Before and after indexing: the unindexed tail is read from the log, the answer is equal.
     for indexed in [false, true] {
         if indexed {
-            assert!(store.wait_indexed(11, Duration::from_secs(10)));
+            gancho_core::failpoint::release(HOLD);
+            assert!(store.wait_indexed(11, Duration::from_secs(30)));
+        } else {
+            // The indexer holds the batch: every answer comes from the log's tail.
+            assert!(gancho_core::failpoint::wait_hits(
+                HOLD,
+                1,
+                Duration::from_secs(30)
+            ));
+            assert_eq!(store.status().indexed, 0);
         }
         let all = window(&[], 1_000, 1_009, 100);
         assert_eq!(store.count(&all, usize::MAX).unwrap(), 10);

@@ -193,6 +193,8 @@ impl Indexer {
                 reason: format!("{} events expected, {n} found", to - from + 1),
             });
         }
+        // Tests hold a batch here (`pause`): read from the log, not yet seen by readers.
+        gancho_core::fail_point!("index.batch.before_publish");
         self.index.add(batch);
         Ok(())
     }
