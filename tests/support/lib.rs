@@ -61,6 +61,11 @@ impl Setup {
         Setup::new(STANDARD_SOURCES)
     }
 
+    /// Top-level keys `top` (before any section), then the standard sources.
+    pub fn standard_with_top(top: &str) -> Setup {
+        Setup::new(&format!("{top}\n{STANDARD_SOURCES}"))
+    }
+
     /// The standard sources and `extra` (such as an `[email]` section).
     pub fn standard_with(extra: &str) -> Setup {
         Setup::new(&format!("{STANDARD_SOURCES}\n{extra}"))
@@ -199,6 +204,11 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the daemon to exit by itself.

@@ -24,7 +24,7 @@
 //! - `panic`: the thread panics;
 //! - `pause`: the thread waits until the point is [`release`]d or reconfigured, after printing
 //!   `fail point NAME: paused` to stderr so a test watching the log knows it is there;
-//! - `sleep(MS)`: the thread sleeps.
+//! - `sleep(MS)`: the thread sleeps, after printing `fail point NAME: sleeping MS ms`.
 
 use std::fmt;
 
@@ -270,6 +270,7 @@ mod imp {
             Action::Error => true,
             Action::Sleep(ms) => {
                 drop(registry);
+                eprintln!("fail point {name}: sleeping {ms} ms");
                 std::thread::sleep(Duration::from_millis(ms));
                 false
             }

@@ -257,6 +257,8 @@ async fn hook(req: HttpRequest, payload: web::Payload, state: web::Data<State>) 
             "items quarantined"
         );
     }
+    // Tests keep a request in flight here (`sleep`: it blocks this worker, which is the point).
+    gancho_core::fail_point!("ingress.before_append");
     match state.appender.append(submission).await {
         Ok(report) => {
             debug!(
