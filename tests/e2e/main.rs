@@ -12,6 +12,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod invariants;
+mod operations;
 mod rules;
 mod shutdown;
 #[allow(dead_code)]

@@ -104,7 +104,6 @@ fn sent_then_open_over_http_mails_one_discount_and_a_second_open_none() {
     );
     wait_for_engine(&setup);
     wait_for_empty_outbox(&setup);
-    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(smtp.mails().len(), 1, "no second discount");
     assert_eq!(daemon.terminate().code(), Some(0));
     // With the daemon stopped, the outbox is read from the store directly: delivered, empty.
@@ -190,7 +189,6 @@ fn a_rule_broken_while_the_daemon_runs_is_reported_with_its_line_and_the_others_
         "{form:?}"
     );
     wait_for_empty_outbox(&setup);
-    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(twilio.requests().len(), 1);
 
     // `gancho check` names file, line and column, and fails.
