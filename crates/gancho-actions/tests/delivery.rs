@@ -732,3 +732,44 @@ fn a_call_past_its_timeout() {
     assert_eq!(requests[1].header("content-type"), Some("text/csv"));
     assert_eq!(requests[1].text(), "a,b\n1,2\n");
 }
+
+#[test]
+fn nothing_is_sent_for_an_action_above_the_durable_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    // Alone in a process: it holds the engine state's applier with a (global) fail point.
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "nothing_is_sent_for_an_action_above_the_durable_cursor",
+        dir.path(),
+        |_| {
+            use gancho_core::failpoint;
+            let receiver = HttpReceiver::ok();
+            let world = World::new();
+            // The commit's writes are in the tree, its sync not done: the executor can read the
+            // item, and must not send it, since a crash now would undo the decision.
+            failpoint::set("state.apply.before_sync", "pause").unwrap();
+            let action = ActionRequest {
+                id: action_id("test", 1, 0),
+                rule: "test".to_owned(),
+                event_seq: 1,
+                position: 0,
+                action: http(&receiver.url("/x"), serde_json::json!({})),
+            };
+            world
+                .store
+                .commit(vec![Change::PutAction(action)], 1)
+                .unwrap();
+            assert!(failpoint::wait_hits("state.apply.before_sync", 1, WAIT));
+            assert_eq!(world.store.durable_cursor(), 0);
+            let executor = world.start();
+            // Every lane has read the outbox twice since: the item was there to be seen.
+            let read = failpoint::hits("outbox.fresh_actions");
+            assert!(failpoint::wait_hits("outbox.fresh_actions", read + 6, WAIT));
+            assert!(receiver.requests().is_empty(), "sent before it was durable");
+            failpoint::release("state.apply.before_sync");
+            assert_eq!(receiver.wait_for(1, WAIT).len(), 1);
+            world.wait_settled();
+            executor.stop();
+        },
+    );
+}

@@ -146,6 +146,8 @@ impl Outbox {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<OutboxItem>, Option<Vec<u8>>), StoreError> {
+        // Counted by tests: proof that a lane looked.
+        gancho_core::fail_point!("outbox.fresh_actions");
         let durable = self.durable_cursor();
         let ch = channel_byte(channel);
         let start = match after {
