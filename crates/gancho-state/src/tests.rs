@@ -282,3 +282,44 @@ fn a_store_of_a_newer_format_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn reads_see_a_commit_before_the_applier_has_written_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Alone in a process: it holds the applier with a (global) fail point.
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "reads_see_a_commit_before_the_applier_has_written_it",
+        dir.path(),
+        |dir| {
+            let point = "state.apply.before_writes";
+            gancho_core::failpoint::set(point, "pause").unwrap();
+            let state = open(dir);
+            state.commit(vec![put("r", "a", 1)], 7).unwrap();
+            assert!(gancho_core::failpoint::wait_hits(
+                point,
+                1,
+                std::time::Duration::from_secs(30)
+            ));
+            // Journaled, not written: the overlay answers.
+            assert_eq!(state.durable_cursor(), 0);
+            assert_eq!(state.cursor().unwrap(), 7);
+            assert_eq!(value(&state, "a"), Some(serde_json::Value::from(1)));
+            state
+                .commit(
+                    vec![Change::DeleteState {
+                        rule: "r".to_owned(),
+                        key: "a".to_owned(),
+                    }],
+                    8,
+                )
+                .unwrap();
+            assert_eq!(value(&state, "a"), None, "a delete is seen too");
+            gancho_core::failpoint::release(point);
+            assert!(state.wait_durable(std::time::Duration::from_secs(30)));
+            assert_eq!(state.durable_cursor(), 8);
+            assert_eq!(value(&state, "a"), None);
+            state.close();
+        },
+    );
+}

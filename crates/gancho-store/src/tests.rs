@@ -666,3 +666,48 @@ fn a_log_of_format_0_opens_whole_and_gets_its_version() {
         Some(&1u32.to_be_bytes()[..])
     );
 }
+
+#[test]
+fn readers_see_no_event_before_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    // Alone in a process: it holds the flusher with a (global) fail point.
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "readers_see_no_event_before_it_is_durable",
+        dir.path(),
+        |dir| {
+            let point = "log.fdatasync";
+            let store = open(dir);
+            append(&store, vec![event("open", 100, "a@x", 1)]);
+            gancho_core::failpoint::set(point, "pause").unwrap();
+            // Written and flushed, its fdatasync held: not durable, so not acknowledged.
+            let appender = store.appender();
+            let pending = std::thread::spawn(move || {
+                appender.append_blocking(Submission {
+                    events: vec![event("open", 200, "b@x", 2)],
+                    rejected: vec![],
+                })
+            });
+            assert!(gancho_core::failpoint::wait_hits(
+                point,
+                1,
+                Duration::from_secs(30)
+            ));
+            assert_eq!(store.status().durable, 1);
+            assert!(store.get(2).unwrap().is_none(), "read before it is durable");
+            let all = EventQuery {
+                source: None,
+                kind: None,
+                key: None,
+                since: None,
+                limit: 0,
+            };
+            assert_eq!(store.events(&all).unwrap().len(), 1);
+            assert_eq!(store.read_range(1, 10).unwrap().len(), 1);
+            gancho_core::failpoint::release(point);
+            assert_eq!(pending.join().unwrap().unwrap().stored, vec![2]);
+            assert_eq!(store.events(&all).unwrap().len(), 2);
+            store.shutdown().unwrap();
+        },
+    );
+}
