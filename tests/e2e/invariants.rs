@@ -360,3 +360,58 @@ fn a_second_daemon_on_the_same_data_folder_is_told_the_store_is_in_use() {
     assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+/// A rule that calls `url` for every bank event.
+fn call_rule(setup: &Setup, url: &str) {
+    write_rule(
+        setup,
+        "notify.rhai",
+        &format!(
+            "const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{url}\", json: #{{ id: event.id }} }});\n"
+        ),
+    );
+}
+
+#[test]
+fn a_crash_after_a_send_repeats_it_with_the_same_id_and_one_before_it_sends_it_once() {
+    let receiver = gancho_testkit::HttpReceiver::ok();
+    let setup = Setup::standard_with("[http]\nallow_private = true\n");
+    call_rule(&setup, &receiver.url("/hook"));
+    // Sent, then the process dies before it records the delivery.
+    let daemon = setup.start_with_env(&[("GANCHO_FAILPOINTS", "actions.send.after=crash")]);
+    assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(86));
+    assert_eq!(receiver.requests().len(), 1);
+    // Restarted: sent again, with the same id, and recorded.
+    let daemon = setup.start();
+    let requests = receiver.wait_for(2, Duration::from_secs(30));
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[0].header("idempotency-key"),
+        requests[1].header("idempotency-key")
+    );
+    let empty = wait_until(Duration::from_secs(30), || {
+        (outbox_len(&setup) == 0).then_some(())
+    });
+    assert!(empty.is_some(), "{}", daemon.log());
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // Decided and about to be sent when the process dies: sent once, after the restart.
+    let daemon = setup.start_with_env(&[("GANCHO_FAILPOINTS", "actions.send.before=crash")]);
+    assert_eq!(daemon.post("bank", &withdrawal("w2")).status, 200);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(86));
+    assert_eq!(
+        receiver.requests().len(),
+        2,
+        "nothing sent before the crash"
+    );
+    let daemon = setup.start();
+    assert_eq!(receiver.wait_for(3, Duration::from_secs(30)).len(), 3);
+    let empty = wait_until(Duration::from_secs(30), || {
+        (outbox_len(&setup) == 0).then_some(())
+    });
+    assert!(empty.is_some(), "{}", daemon.log());
+    assert_eq!(receiver.requests().len(), 3, "sent once");
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
