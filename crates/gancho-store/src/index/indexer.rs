@@ -57,6 +57,8 @@ impl Indexer {
         let mut checkpoint_after = Instant::now();
         // When the oldest event not indexed yet was first seen.
         let mut waiting_since: Option<Instant> = None;
+        // The durable seq the indexer works towards and since when: how long events wait.
+        let mut behind: Option<(u64, Instant)> = None;
         // The incoming rate: events indexed since `rate_since`, and the rate of the last second.
         let (mut rate_since, mut rate_events, mut busy) = (Instant::now(), 0u64, false);
         loop {
@@ -75,9 +77,16 @@ impl Indexer {
             let stopping = progress.stopping.load(Ordering::Acquire);
             let durable = progress.durable.load(Ordering::Acquire);
             // At idle priority the indexer yields to every busy process on the host, not only to
-            // gancho's ingest; past a large lag it competes normally until it has caught up.
+            // gancho's ingest; past a large lag, or once events have waited a few seconds, it
+            // competes normally until it has caught up.
             let lag = durable.saturating_sub(indexed);
-            match pacing.priority(idle_priority, can_boost, lag) {
+            behind = match behind {
+                Some((target, since)) if indexed < target => Some((target, since)),
+                _ if lag > 0 => Some((durable, Instant::now())),
+                _ => None,
+            };
+            let waited = behind.map_or(Duration::ZERO, |(_, since)| since.elapsed());
+            match pacing.priority(idle_priority, can_boost, lag, waited) {
                 Some(false) => {
                     idle_priority = !set_priority(false);
                     can_boost = !idle_priority;
@@ -228,15 +237,24 @@ fn set_priority(idle: bool) -> bool {
         NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
         thread_native_id,
     };
-    let policy = ThreadSchedulePolicy::Normal(if idle {
-        NormalThreadSchedulePolicy::Idle
+    let (policy, priority) = if idle {
+        (
+            NormalThreadSchedulePolicy::Idle,
+            thread_priority::ThreadPriority::Min,
+        )
     } else {
-        NormalThreadSchedulePolicy::Other
-    });
+        // Nice 0, like the other threads. `Min` would be nice 19 under SCHED_OTHER, which busy
+        // processes starve almost as much as SCHED_IDLE. The crate maps 0..=99 onto nice 19..-20:
+        // 46 to 48 are nice 0 (a test below reads it back).
+        let nice_0 = thread_priority::ThreadPriorityValue::try_from(47u8)
+            .map(thread_priority::ThreadPriority::Crossplatform)
+            .unwrap_or(thread_priority::ThreadPriority::Min);
+        (NormalThreadSchedulePolicy::Other, nice_0)
+    };
     match set_thread_priority_and_policy(
         thread_native_id(),
-        thread_priority::ThreadPriority::Min,
-        policy,
+        priority,
+        ThreadSchedulePolicy::Normal(policy),
     ) {
         Ok(()) => {
             debug!(idle, "indexer priority set");
@@ -279,5 +297,29 @@ mod tests {
         }
         assert_eq!(view.keys.len(), 2);
         assert_eq!(got, want);
+    }
+
+    /// This thread's scheduling policy and nice value, as the kernel sees them.
+    fn policy_and_nice() -> (u64, i64) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command (which may hold spaces) start after its closing ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        // Field 19 (nice) and 41 (policy) of proc(5), counted from 3 here.
+        (fields[38].parse().unwrap(), fields[16].parse().unwrap())
+    }
+
+    #[test]
+    fn the_indexer_leaves_idle_priority_for_nice_0_not_19() {
+        std::thread::spawn(|| {
+            assert!(super::set_priority(true));
+            assert_eq!(policy_and_nice().0, 5, "SCHED_IDLE");
+            if super::set_priority(false) {
+                assert_eq!(policy_and_nice(), (0, 0), "SCHED_OTHER at nice 0");
+            } else {
+                eprintln!("skipped: this process may not leave SCHED_IDLE (RLIMIT_NICE)");
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
