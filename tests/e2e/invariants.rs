@@ -415,3 +415,103 @@ fn a_crash_after_a_send_repeats_it_with_the_same_id_and_one_before_it_sends_it_o
     assert_eq!(receiver.requests().len(), 3, "sent once");
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+/// The daemon's cron in `zone` through a night of a clock change, its clock started at `from`
+/// (UTC) and run 600 times faster (`GANCHO_TEST_CLOCK`): an every-20-minutes rule must tick
+/// every 20 minutes of real time up to `to`, with no gap and no repeat, and a fixed-time rule
+/// exactly at `fixed_ticks`.
+fn cron_through_a_change(zone: &str, fixed: &str, from: &str, to: &str, fixed_ticks: &[&str]) {
+    let setup = Setup::standard();
+    for (name, every) in [("every20", "0 */20 * * * *"), ("fixed", fixed)] {
+        write_rule(
+            &setup,
+            &format!("{name}.rhai"),
+            &format!("const EVERY = \"{every}\";\nconst TZ = \"{zone}\";\nlet n = 1;\n"),
+        );
+    }
+    let ms = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let utc = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%H:%M")
+            .to_string()
+    };
+    let (from_ms, to_ms) = (ms(from), ms(to));
+    let daemon = setup.start_with_env(&[("GANCHO_TEST_CLOCK", &format!("{from}x600"))]);
+    let ticks = |rule: &str| -> Vec<i64> {
+        let mut ticks: Vec<i64> = setup
+            .events(&["--source", "cron", "--type", rule])
+            .iter()
+            .map(|e| e["data"]["tick"].as_i64().unwrap())
+            .collect();
+        ticks.sort();
+        ticks
+    };
+    let reached = wait_until(Duration::from_secs(120), || {
+        ticks("every20").contains(&to_ms).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "{zone}: no tick at {to}:\n{}",
+        daemon.log()
+    );
+    let every20 = ticks("every20");
+    // Started at least an hour (six seconds) before the change, so nothing of it is missed.
+    assert!(
+        every20[0] <= from_ms + 3_600_000,
+        "{zone}: the daemon started too late to see the change: {:?}",
+        every20.iter().map(|&t| utc(t)).collect::<Vec<_>>()
+    );
+    assert!(
+        every20.windows(2).all(|w| w[1] - w[0] == 1_200_000),
+        "{zone}: not every 20 minutes: {:?}",
+        every20.iter().map(|&t| utc(t)).collect::<Vec<_>>()
+    );
+    let fixed: Vec<String> = ticks("fixed").into_iter().map(utc).collect();
+    assert_eq!(fixed, fixed_ticks, "{zone}: {fixed_ticks:?} UTC");
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[test]
+fn cron_follows_madrid_through_both_clock_changes() {
+    // 29 March 2026: 02:00 (01:00 UTC) becomes 03:00; 02:30 does not exist, it runs at 03:00.
+    cron_through_a_change(
+        "Europe/Madrid",
+        "0 30 2 * * *",
+        "2026-03-28T23:30:00Z",
+        "2026-03-29T01:40:00Z",
+        &["01:00"],
+    );
+    // 25 October: 03:00 (01:00 UTC) becomes 02:00 again; 02:30 runs once, the first time.
+    cron_through_a_change(
+        "Europe/Madrid",
+        "0 30 2 * * *",
+        "2026-10-24T23:30:00Z",
+        "2026-10-25T01:40:00Z",
+        &["00:30"],
+    );
+}
+
+#[test]
+fn cron_follows_new_york_through_both_clock_changes() {
+    // 8 March 2026: 02:00 (07:00 UTC) becomes 03:00; 02:30 runs at 03:00.
+    cron_through_a_change(
+        "America/New_York",
+        "0 30 2 * * *",
+        "2026-03-08T05:30:00Z",
+        "2026-03-08T07:40:00Z",
+        &["07:00"],
+    );
+    // 1 November: 02:00 (06:00 UTC) becomes 01:00 again; 01:30 runs once, the first time.
+    cron_through_a_change(
+        "America/New_York",
+        "0 30 1 * * *",
+        "2026-11-01T04:30:00Z",
+        "2026-11-01T06:40:00Z",
+        &["05:30"],
+    );
+}

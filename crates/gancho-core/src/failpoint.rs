@@ -381,3 +381,54 @@ pub fn on_crash(flush: Box<dyn Fn() + Send>) -> CrashHook {
     drop(flush);
     CrashHook {}
 }
+
+/// A clock for the daemon under test (`GANCHO_TEST_CLOCK`): it starts at a given instant and
+/// runs `speed` times faster than the wall clock, so a test sees the night of a
+/// daylight-saving change pass in seconds. Test builds only.
+#[cfg(feature = "failpoints")]
+#[derive(Debug)]
+pub struct WarpClock {
+    start: chrono::DateTime<chrono::Utc>,
+    started: std::time::Instant,
+    speed: f64,
+}
+
+#[cfg(feature = "failpoints")]
+impl crate::Clock for WarpClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let elapsed = self.started.elapsed().as_secs_f64() * self.speed;
+        let ms = (elapsed * 1000.0) as i64;
+        self.start + chrono::Duration::milliseconds(ms)
+    }
+}
+
+/// Reads `START[xSPEED]` (RFC 3339, then a speed factor, 1 by default) into a [`WarpClock`].
+#[cfg(feature = "failpoints")]
+pub fn test_clock(spec: &str) -> Result<std::sync::Arc<dyn crate::Clock>, FailPointError> {
+    let (start, speed) = match spec.split_once('x') {
+        Some((start, speed)) => (start, speed),
+        None => (spec, "1"),
+    };
+    let start = chrono::DateTime::parse_from_rfc3339(start.trim())
+        .map_err(|err| FailPointError(format!("test clock {start:?}: {err}")))?
+        .with_timezone(&chrono::Utc);
+    let speed: f64 = speed
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| FailPointError(format!("test clock speed {speed:?}")))?;
+    Ok(std::sync::Arc::new(WarpClock {
+        start,
+        started: std::time::Instant::now(),
+        speed,
+    }))
+}
+
+/// A test clock (this build has none: asking for one is an error).
+#[cfg(not(feature = "failpoints"))]
+pub fn test_clock(_spec: &str) -> Result<std::sync::Arc<dyn crate::Clock>, FailPointError> {
+    Err(FailPointError(
+        "this build has no test clock (it is compiled into test builds only)".to_owned(),
+    ))
+}

@@ -144,6 +144,21 @@ fn main() -> ExitCode {
         }
         tracing::warn!(points = %spec, "fail points are set");
     }
+    // Test builds only: the daemon's clock starts at an instant and may run faster.
+    let clock: std::sync::Arc<dyn gancho_core::Clock> = match std::env::var_os("GANCHO_TEST_CLOCK")
+    {
+        None => std::sync::Arc::new(SystemClock),
+        Some(spec) => match gancho_core::failpoint::test_clock(&spec.to_string_lossy()) {
+            Ok(clock) => {
+                tracing::warn!(clock = ?clock, "a test clock is set");
+                clock
+            }
+            Err(err) => {
+                eprintln!("gancho: GANCHO_TEST_CLOCK: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
     let config = match config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -152,7 +167,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run::run(config),
+        Command::Run => run::run(config, clock),
         Command::CheckConfig => {
             println!(
                 "config ok: {} source(s), listening on {}",

@@ -11,7 +11,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use gancho_core::SystemClock;
 use gancho_ingress::IngressServer;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -20,11 +19,13 @@ use crate::config::Config;
 use crate::control::ControlSocket;
 use crate::data::Data;
 
-pub fn run(config: Config) -> anyhow::Result<()> {
-    gancho_ingress::block_on(serve(config))
+/// Runs the daemon until it is told to stop. `clock` is the wall clock, except in tests of the
+/// binary (`GANCHO_TEST_CLOCK`).
+pub fn run(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Result<()> {
+    gancho_ingress::block_on(serve(config, clock))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -34,7 +35,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let data = Data::open(&store_dir, &config.store)
         .with_context(|| format!("opening the store at {}", store_dir.display()))?;
     let store = data.store.clone();
-    let clock: Arc<dyn gancho_core::Clock> = Arc::new(SystemClock);
     // The engine loads the rules before the port opens: a broken rule is reported at start
     // (and keeps being reported in `gancho rules`), but does not stop the daemon.
     let engine = gancho_engine::spawn(
