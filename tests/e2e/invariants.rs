@@ -295,49 +295,66 @@ fn a_crash_in_the_middle_of_rebuilding_the_indexes_of_100000_events_resumes_and_
     );
 }
 
+/// The cron ticks appended for `rule`, ms, in order.
+fn cron_tick_ms(setup: &Setup, rule: &str) -> Vec<i64> {
+    let mut ticks: Vec<i64> = setup
+        .events(&["--source", "cron", "--type", rule])
+        .iter()
+        .map(|e| e["data"]["tick"].as_i64().unwrap())
+        .collect();
+    ticks.sort();
+    ticks
+}
+
+/// The cron ticks appended for `rule`, as times of day (UTC), in order.
+fn cron_ticks(setup: &Setup, rule: &str) -> Vec<String> {
+    cron_tick_ms(setup, rule)
+        .into_iter()
+        .map(|ms| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap()
+                .format("%H:%M:%S%.3f")
+                .to_string()
+        })
+        .collect()
+}
+
 #[test]
-fn cron_catches_up_one_tick_for_three_missed_while_the_daemon_was_stopped() {
+fn cron_catches_up_one_tick_for_the_many_missed_while_the_daemon_was_stopped() {
     let setup = Setup::standard();
     write_rule(
         &setup,
         "tick.rhai",
-        "const EVERY = \"*/2 * * * * *\";\nlet n = 1;\n",
+        "const EVERY = \"*/30 * * * * *\";\nlet n = 1;\n",
     );
-    let ticks = |setup: &Setup| -> Vec<i64> {
-        let mut ticks: Vec<i64> = setup
-            .events(&["--source", "cron"])
-            .iter()
-            .map(|e| e["data"]["tick"].as_i64().unwrap())
-            .collect();
-        ticks.sort();
-        ticks
-    };
-    let daemon = setup.start();
-    let first = wait_until(Duration::from_secs(30), || {
-        let t = ticks(&setup);
+    // The daemon's clock (GANCHO_TEST_CLOCK, test builds) runs ten times faster: a tick every
+    // 3 s.
+    let daemon = setup.start_with_env(&[("GANCHO_TEST_CLOCK", "2026-11-30T10:00:05Zx10")]);
+    let first = wait_until(Duration::from_secs(60), || {
+        let t = cron_ticks(&setup, "tick");
         (!t.is_empty()).then_some(t)
     });
-    assert!(first.is_some(), "no tick:\n{}", daemon.log());
+    assert_eq!(
+        first,
+        Some(vec!["10:00:30.000".to_owned()]),
+        "{}",
+        daemon.log()
+    );
     assert_eq!(daemon.terminate().code(), Some(0));
-    let stopped = ticks(&setup);
-    let last_before = *stopped.last().unwrap();
-    // Stopped over at least three ticks.
-    std::thread::sleep(Duration::from_millis(7_000));
-    let daemon = setup.start();
-    // Two ticks after the restart: the catch-up and the next one on time.
-    let after = wait_until(Duration::from_secs(30), || {
-        let t = ticks(&setup);
-        (t.len() >= stopped.len() + 2).then_some(t)
+    assert_eq!(cron_ticks(&setup, "tick"), ["10:00:30.000"]);
+    // Started again half an hour later by its clock: 58 ticks were missed.
+    let daemon = setup.start_with_env(&[("GANCHO_TEST_CLOCK", "2026-11-30T10:30:05Zx10")]);
+    let after = wait_until(Duration::from_secs(60), || {
+        let t = cron_ticks(&setup, "tick");
+        (t.len() >= 3).then_some(t)
     });
     let after = after.unwrap_or_else(|| panic!("no ticks after the restart:\n{}", daemon.log()));
-    let new: Vec<i64> = after[stopped.len()..].to_vec();
-    assert!(
-        new.iter().all(|t| t % 2000 == 0),
-        "ticks on the scheduled second: {new:?}"
+    // One late tick, the last one missed (10:30:00, before the start), then on schedule.
+    assert_eq!(
+        after[..3],
+        ["10:00:30.000", "10:30:00.000", "10:30:30.000"],
+        "{after:?}"
     );
-    // One late tick for the missed ones (the last missed), then every two seconds.
-    assert!(new[0] >= last_before + 6_000, "{last_before} then {new:?}");
-    assert_eq!(new[1] - new[0], 2_000, "{new:?}");
     assert_eq!(daemon.terminate().code(), Some(0));
 }
 
@@ -417,7 +434,7 @@ fn a_crash_after_a_send_repeats_it_with_the_same_id_and_one_before_it_sends_it_o
 }
 
 /// The daemon's cron in `zone` through a night of a clock change, its clock started at `from`
-/// (UTC) and run 600 times faster (`GANCHO_TEST_CLOCK`): an every-20-minutes rule must tick
+/// (UTC) and run 300 times faster (`GANCHO_TEST_CLOCK`): an every-20-minutes rule must tick
 /// every 20 minutes of real time up to `to`, with no gap and no repeat, and a fixed-time rule
 /// exactly at `fixed_ticks`.
 fn cron_through_a_change(zone: &str, fixed: &str, from: &str, to: &str, fixed_ticks: &[&str]) {
@@ -441,16 +458,8 @@ fn cron_through_a_change(zone: &str, fixed: &str, from: &str, to: &str, fixed_ti
             .to_string()
     };
     let (from_ms, to_ms) = (ms(from), ms(to));
-    let daemon = setup.start_with_env(&[("GANCHO_TEST_CLOCK", &format!("{from}x600"))]);
-    let ticks = |rule: &str| -> Vec<i64> {
-        let mut ticks: Vec<i64> = setup
-            .events(&["--source", "cron", "--type", rule])
-            .iter()
-            .map(|e| e["data"]["tick"].as_i64().unwrap())
-            .collect();
-        ticks.sort();
-        ticks
-    };
+    let daemon = setup.start_with_env(&[("GANCHO_TEST_CLOCK", &format!("{from}x300"))]);
+    let ticks = |rule: &str| cron_tick_ms(&setup, rule);
     let reached = wait_until(Duration::from_secs(120), || {
         ticks("every20").contains(&to_ms).then_some(())
     });
@@ -460,7 +469,7 @@ fn cron_through_a_change(zone: &str, fixed: &str, from: &str, to: &str, fixed_ti
         daemon.log()
     );
     let every20 = ticks("every20");
-    // Started at least an hour (six seconds) before the change, so nothing of it is missed.
+    // Started at least an hour (twelve seconds) before the change, so nothing of it is missed.
     assert!(
         every20[0] <= from_ms + 3_600_000,
         "{zone}: the daemon started too late to see the change: {:?}",
@@ -476,42 +485,57 @@ fn cron_through_a_change(zone: &str, fixed: &str, from: &str, to: &str, fixed_ti
     assert_eq!(daemon.terminate().code(), Some(0));
 }
 
+/// Both nights of a zone at once, each on a daemon of its own.
+fn both_changes(zone: &'static str, spring: [&'static str; 4], autumn: [&'static str; 4]) {
+    let nights: Vec<_> = [spring, autumn]
+        .into_iter()
+        .map(|[fixed, from, to, tick]| {
+            std::thread::spawn(move || cron_through_a_change(zone, fixed, from, to, &[tick]))
+        })
+        .collect();
+    for night in nights {
+        night.join().unwrap();
+    }
+}
+
 #[test]
 fn cron_follows_madrid_through_both_clock_changes() {
-    // 29 March 2026: 02:00 (01:00 UTC) becomes 03:00; 02:30 does not exist, it runs at 03:00.
-    cron_through_a_change(
+    both_changes(
         "Europe/Madrid",
-        "0 30 2 * * *",
-        "2026-03-28T23:30:00Z",
-        "2026-03-29T01:40:00Z",
-        &["01:00"],
-    );
-    // 25 October: 03:00 (01:00 UTC) becomes 02:00 again; 02:30 runs once, the first time.
-    cron_through_a_change(
-        "Europe/Madrid",
-        "0 30 2 * * *",
-        "2026-10-24T23:30:00Z",
-        "2026-10-25T01:40:00Z",
-        &["00:30"],
+        // 29 March 2026: 02:00 (01:00 UTC) becomes 03:00; 02:30 does not exist, it runs at 03:00.
+        [
+            "0 30 2 * * *",
+            "2026-03-28T23:30:00Z",
+            "2026-03-29T01:40:00Z",
+            "01:00",
+        ],
+        // 25 October: 03:00 (01:00 UTC) becomes 02:00 again; 02:30 runs once, the first time.
+        [
+            "0 30 2 * * *",
+            "2026-10-24T23:30:00Z",
+            "2026-10-25T01:40:00Z",
+            "00:30",
+        ],
     );
 }
 
 #[test]
 fn cron_follows_new_york_through_both_clock_changes() {
-    // 8 March 2026: 02:00 (07:00 UTC) becomes 03:00; 02:30 runs at 03:00.
-    cron_through_a_change(
+    both_changes(
         "America/New_York",
-        "0 30 2 * * *",
-        "2026-03-08T05:30:00Z",
-        "2026-03-08T07:40:00Z",
-        &["07:00"],
-    );
-    // 1 November: 02:00 (06:00 UTC) becomes 01:00 again; 01:30 runs once, the first time.
-    cron_through_a_change(
-        "America/New_York",
-        "0 30 1 * * *",
-        "2026-11-01T04:30:00Z",
-        "2026-11-01T06:40:00Z",
-        &["05:30"],
+        // 8 March 2026: 02:00 (07:00 UTC) becomes 03:00; 02:30 runs at 03:00.
+        [
+            "0 30 2 * * *",
+            "2026-03-08T05:30:00Z",
+            "2026-03-08T07:40:00Z",
+            "07:00",
+        ],
+        // 1 November: 02:00 (06:00 UTC) becomes 01:00 again; 01:30 runs once, the first time.
+        [
+            "0 30 1 * * *",
+            "2026-11-01T04:30:00Z",
+            "2026-11-01T06:40:00Z",
+            "05:30",
+        ],
     );
 }

@@ -9,9 +9,10 @@ use gancho_testkit::wait_until;
 fn sigterm_finishes_in_flight_requests_and_exits_0() {
     const CLIENTS: usize = 4;
     let setup = Setup::standard_with_top(&format!("http_workers = {}", CLIENTS + 1));
-    // Each request waits 3 s in its handler before it is appended: in flight when SIGTERM comes.
+    // Each request waits 10 s in its handler before it is appended: in flight when SIGTERM
+    // comes, and still while the test checks that no new connection is taken.
     let mut daemon =
-        setup.start_with_env(&[("GANCHO_FAILPOINTS", "ingress.before_append=sleep(3000)")]);
+        setup.start_with_env(&[("GANCHO_FAILPOINTS", "ingress.before_append=sleep(10000)")]);
     let addr = daemon.addr;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|n| {

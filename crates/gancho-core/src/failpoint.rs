@@ -19,10 +19,11 @@
 //! - `crash`: every open database is flushed (the hooks of [`on_crash`]), then the process exits
 //!   at once with [`CRASH_EXIT_CODE`], running no destructor: the writes made before the point
 //!   are on disk and none after it, the worst case for a protocol that orders its writes;
-//! - `kill`: the process exits at once without flushing, as `kill -9` would leave it;
+//! - `kill`: the process exits at once (`exit`, no destructor runs) without flushing: what the
+//!   databases had written to their files survives, as after `kill -9`;
 //! - `error`: the point's error branch is taken (`fail_point!(NAME, ERROR)` returns `Err`);
 //! - `panic`: the thread panics;
-//! - `pause`: the thread waits until the point is [`release`]d or reconfigured, after printing
+//! - `pause`: the thread waits until this point is [`release`]d, removed or set again, after printing
 //!   `fail point NAME: paused` to stderr so a test watching the log knows it is there;
 //! - `sleep(MS)`: the thread sleeps, after printing `fail point NAME: sleeping MS ms`.
 
@@ -112,8 +113,8 @@ mod imp {
     struct Registry {
         points: HashMap<String, Vec<Task>>,
         hits: HashMap<String, u64>,
-        /// Bumped by every change, so a paused thread knows to look again.
-        generation: u64,
+        /// Bumped by every change of a point, so a thread paused there knows to look again.
+        epochs: HashMap<String, u64>,
         hooks: Vec<(u64, Box<dyn Fn() + Send>)>,
     }
 
@@ -186,7 +187,7 @@ mod imp {
         let tasks = parse_tasks(actions)?;
         let mut registry = lock();
         registry.points.insert(name.to_owned(), tasks);
-        registry.generation += 1;
+        *registry.epochs.entry(name.to_owned()).or_default() += 1;
         ANY.store(true, Ordering::Release);
         global().changed.notify_all();
         Ok(())
@@ -207,7 +208,7 @@ mod imp {
     pub fn remove(name: &str) {
         let mut registry = lock();
         registry.points.remove(name);
-        registry.generation += 1;
+        *registry.epochs.entry(name.to_owned()).or_default() += 1;
         global().changed.notify_all();
     }
 
@@ -251,7 +252,13 @@ mod imp {
 
     impl Drop for CrashHook {
         fn drop(&mut self) {
-            lock().hooks.retain(|(id, _)| *id != self.id);
+            // The hook may hold the last handle of a database, whose drop flushes: drop it
+            // after the lock is released.
+            let mut registry = lock();
+            let at = registry.hooks.iter().position(|(id, _)| *id == self.id);
+            let hook = at.map(|at| registry.hooks.remove(at));
+            drop(registry);
+            drop(hook);
         }
     }
 
@@ -279,6 +286,8 @@ mod imp {
                 panic!("fail point {name}");
             }
             Action::Kill => {
+                // No destructor runs and nothing is flushed (exit handlers run, and gancho has
+                // none that write).
                 eprintln!("fail point {name}: kill");
                 std::process::exit(CRASH_EXIT_CODE);
             }
@@ -291,8 +300,9 @@ mod imp {
             }
             Action::Pause => {
                 eprintln!("fail point {name}: paused");
-                let generation = registry.generation;
-                while registry.generation == generation {
+                let epoch = |r: &Registry| r.epochs.get(name).copied().unwrap_or(0);
+                let paused_at = epoch(&registry);
+                while epoch(&registry) == paused_at {
                     registry = global()
                         .changed
                         .wait(registry)
@@ -356,6 +366,10 @@ mod imp {
             set("test.pause", "pause").unwrap();
             let worker = std::thread::spawn(|| hit("test.pause"));
             assert!(wait_hits("test.pause", 1, Duration::from_secs(10)));
+            // Another point's change does not let it go.
+            set("test.other", "off").unwrap();
+            remove("test.other");
+            std::thread::sleep(Duration::from_millis(50));
             assert!(!worker.is_finished());
             release("test.pause");
             assert_eq!(worker.join().ok(), Some(false));
@@ -397,8 +411,11 @@ pub struct WarpClock {
 impl crate::Clock for WarpClock {
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         let elapsed = self.started.elapsed().as_secs_f64() * self.speed;
+        // `as` saturates: a speed too great for the calendar stops at its end.
         let ms = (elapsed * 1000.0) as i64;
-        self.start + chrono::Duration::milliseconds(ms)
+        self.start
+            .checked_add_signed(chrono::Duration::milliseconds(ms))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
     }
 }
 

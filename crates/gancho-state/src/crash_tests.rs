@@ -64,14 +64,29 @@ fn present(state: &EngineState, rule: &str, n: u32, cursor: u64) -> (u32, u32) {
     (values, ids.len() as u32)
 }
 
+/// What a restart must find of the commit a crash interrupted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Found {
+    Whole,
+    Nothing,
+    /// Whole or nothing, depending on what reached the file (`kill` flushes nothing).
+    WholeOrNothing,
+}
+
 /// A first commit made durable, then a second stopped at `point`; after the restart the second
-/// is there whole (`completed`) or not at all, the first whole, and no journal is left.
-fn crash_in_a_commit(test: &str, point: &'static str, actions: &'static str, completed: bool) {
+/// is there as `found` says, the first whole, and no journal is left.
+fn crash_in_a_commit(test: &str, point: &'static str, actions: &'static str, found: Found) {
     let dir = tempfile::tempdir().unwrap();
     crash_in_child(module_path!(), test, dir.path(), |dir| {
         let state = open(dir);
         state.commit(big_commit("first", 40, 10), 10).unwrap();
         assert!(state.wait_durable(Duration::from_secs(30)));
+        // The first commit's journal goes just after it is durable: wait, so that the point
+        // counts only the second commit's steps.
+        let gone = gancho_testkit::wait_until(Duration::from_secs(30), || {
+            (state.tree.scan_prefix([crate::journal::JOURNAL]).count() == 0).then_some(())
+        });
+        assert!(gone.is_some(), "the first commit's journal stayed");
         failpoint::set(point, actions).unwrap();
         state.commit(big_commit("second", 80, 20), 20).unwrap();
         state.wait_durable(Duration::from_secs(30));
@@ -84,17 +99,13 @@ fn crash_in_a_commit(test: &str, point: &'static str, actions: &'static str, com
         (40, 40),
         "the first commit"
     );
-    let (cursor, whole) = if completed {
-        (20, (80, 80))
-    } else {
-        (10, (0, 0))
-    };
-    assert_eq!(state.cursor().unwrap(), cursor);
-    assert_eq!(
-        present(&state, "second", 80, 20),
-        whole,
-        "the second commit"
-    );
+    let cursor = state.cursor().unwrap();
+    let second = present(&state, "second", 80, 20);
+    match (found, cursor) {
+        (Found::Whole | Found::WholeOrNothing, 20) => assert_eq!(second, (80, 80)),
+        (Found::Nothing | Found::WholeOrNothing, 10) => assert_eq!(second, (0, 0)),
+        _ => panic!("{found:?}: cursor {cursor}, second commit {second:?}"),
+    }
     let journal = state.tree.scan_prefix([crate::journal::JOURNAL]).count();
     assert_eq!(journal, 0, "journal records left after open");
     state.close();
@@ -106,7 +117,7 @@ fn crash_before_a_journals_marker_loses_the_commit_whole() {
         "crash_before_a_journals_marker_loses_the_commit_whole",
         "state.journal.before_marker",
         "crash",
-        false,
+        Found::Nothing,
     );
 }
 
@@ -116,7 +127,7 @@ fn crash_after_a_journals_marker_completes_the_commit() {
         "crash_after_a_journals_marker_completes_the_commit",
         "state.apply.before_writes",
         "crash",
-        true,
+        Found::Whole,
     );
 }
 
@@ -126,7 +137,7 @@ fn crash_halfway_through_a_commits_writes_completes_it() {
         "crash_halfway_through_a_commits_writes_completes_it",
         "state.apply.halfway",
         "crash",
-        true,
+        Found::Whole,
     );
 }
 
@@ -136,7 +147,7 @@ fn crash_before_a_commits_sync_keeps_it_whole() {
         "crash_before_a_commits_sync_keeps_it_whole",
         "state.apply.before_sync",
         "crash",
-        true,
+        Found::Whole,
     );
 }
 
@@ -148,7 +159,50 @@ fn crash_between_removing_a_marker_and_its_chunks_keeps_the_commit() {
         "crash_between_removing_a_marker_and_its_chunks_keeps_the_commit",
         "state.journal.remove",
         "1*off->crash",
-        true,
+        Found::Whole,
+    );
+}
+
+// `kill` flushes nothing: what the engine database had written to its file is what a crash
+// leaves, some prefix of the commit's writes. Whatever it is, the commit is whole or absent.
+
+#[test]
+fn kill_before_a_journals_marker_leaves_the_commit_whole_or_absent() {
+    crash_in_a_commit(
+        "kill_before_a_journals_marker_leaves_the_commit_whole_or_absent",
+        "state.journal.before_marker",
+        "kill",
+        Found::WholeOrNothing,
+    );
+}
+
+#[test]
+fn kill_before_a_commits_writes_leaves_it_whole_or_absent() {
+    crash_in_a_commit(
+        "kill_before_a_commits_writes_leaves_it_whole_or_absent",
+        "state.apply.before_writes",
+        "kill",
+        Found::WholeOrNothing,
+    );
+}
+
+#[test]
+fn kill_halfway_through_a_commits_writes_leaves_it_whole_or_absent() {
+    crash_in_a_commit(
+        "kill_halfway_through_a_commits_writes_leaves_it_whole_or_absent",
+        "state.apply.halfway",
+        "kill",
+        Found::WholeOrNothing,
+    );
+}
+
+#[test]
+fn kill_before_a_commits_sync_leaves_it_whole_or_absent() {
+    crash_in_a_commit(
+        "kill_before_a_commits_sync_leaves_it_whole_or_absent",
+        "state.apply.before_sync",
+        "kill",
+        Found::WholeOrNothing,
     );
 }
 

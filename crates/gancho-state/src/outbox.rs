@@ -147,7 +147,17 @@ impl Outbox {
         limit: usize,
     ) -> Result<(Vec<OutboxItem>, Option<Vec<u8>>), StoreError> {
         // Counted by tests: proof that a lane looked.
-        gancho_core::fail_point!("outbox.fresh_actions");
+        match channel {
+            Channel::Email => {
+                gancho_core::fail_point!("outbox.fresh_actions.email");
+            }
+            Channel::Sms => {
+                gancho_core::fail_point!("outbox.fresh_actions.sms");
+            }
+            Channel::Http => {
+                gancho_core::fail_point!("outbox.fresh_actions.http");
+            }
+        }
         let durable = self.durable_cursor();
         let ch = channel_byte(channel);
         let start = match after {

@@ -136,21 +136,25 @@ impl Pacing {
         lag < self.merge_max_lag || disk_runs > self.merge_anyway_runs
     }
 
-    /// The priority the indexer should move to, if any: `Some(false)` leaves idle priority
-    /// (past `max_idle_lag`, or once events have waited `max_idle_wait` — `waited`: how long
-    /// the events durable when the indexer last caught up have been waiting — when it may),
-    /// `Some(true)` goes back to it (under a tenth of the lag, and nothing waiting long).
+    /// The priority the indexer should move to, if any. `Some(false)` leaves idle priority
+    /// (when it may): past `max_idle_lag`, or once it has been behind the log for
+    /// `max_idle_wait` (`waited`) while gancho itself is not `busy` ingesting, since then what
+    /// holds it back is another process. `Some(true)` goes back to idle priority once it has
+    /// caught up (under a tenth of the lag, and not behind for long: `waited` starts again
+    /// only when it has caught up).
     pub(crate) fn priority(
         &self,
         idle: bool,
         can_boost: bool,
         lag: u64,
         waited: Duration,
+        busy: bool,
     ) -> Option<bool> {
-        let starved = lag > 0 && waited > self.max_idle_wait;
+        let long = waited > self.max_idle_wait;
+        let starved = !busy && lag > 0 && long;
         if idle && can_boost && (lag > self.max_idle_lag || starved) {
             Some(false)
-        } else if !idle && lag < self.max_idle_lag / 10 && !starved {
+        } else if !idle && lag < self.max_idle_lag / 10 && !long {
             Some(true)
         } else {
             None
@@ -256,29 +260,31 @@ mod tests {
     }
 
     #[test]
-    fn priority_leaves_idle_past_the_lag_or_the_wait_and_returns_under_a_tenth() {
+    fn priority_leaves_idle_past_the_lag_or_a_wait_not_its_own_and_returns_once_caught_up() {
         let p = Pacing::DEFAULT;
         let (now, long) = (Duration::ZERO, Duration::from_secs(6));
         let cases = [
-            // (idle, can_boost, lag, waited, change)
-            (true, true, 500_000, now, None),
-            (true, true, 500_001, now, Some(false)),
-            (true, false, 900_000, now, None),
-            (false, true, 60_000, now, None),
-            (false, true, 49_999, now, Some(true)),
-            // Held back by other processes: events waiting 6 s.
-            (true, true, 10, long, Some(false)),
-            (true, true, 10, Duration::from_secs(5), None),
-            (true, false, 10, long, None),
-            (true, true, 0, long, None),
-            (false, true, 10, long, None),
-            (false, true, 0, long, Some(true)),
+            // (idle, can_boost, lag, waited, busy, change)
+            (true, true, 500_000, now, true, None),
+            (true, true, 500_001, now, true, Some(false)),
+            (true, false, 900_000, now, false, None),
+            (false, true, 60_000, now, false, None),
+            (false, true, 49_999, now, false, Some(true)),
+            // Behind for 6 s while gancho is not busy: another process holds it back.
+            (true, true, 10, long, false, Some(false)),
+            (true, true, 10, Duration::from_secs(5), false, None),
+            (true, false, 10, long, false, None),
+            // ... but not during gancho's own burst: acknowledging comes first.
+            (true, true, 10, long, true, None),
+            // Boosted, it stays so until it has caught up.
+            (false, true, 10, long, false, None),
+            (false, true, 0, now, false, Some(true)),
         ];
-        for (idle, can_boost, lag, waited, expected) in cases {
+        for (idle, can_boost, lag, waited, busy, expected) in cases {
             assert_eq!(
-                p.priority(idle, can_boost, lag, waited),
+                p.priority(idle, can_boost, lag, waited, busy),
                 expected,
-                "{idle} {can_boost} {lag} {waited:?}"
+                "{idle} {can_boost} {lag} {waited:?} {busy}"
             );
         }
     }

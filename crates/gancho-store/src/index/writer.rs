@@ -350,7 +350,7 @@ impl IndexWriter {
         let mut removed = Vec::new();
         let mut failed = None;
         for run in &runs {
-            // Hit before each removal: `1*off->crash` stops between the first and the second.
+            // Hit before each removal: `N*off->crash` stops after the first N.
             gancho_core::fail_point!("index.merge.remove_record");
             match self.index.tree.remove(run_key(run.id)) {
                 Ok(_) => removed.push(Arc::clone(run)),
