@@ -3,7 +3,7 @@
 //! waits for a positive sign that the daemon is where the test wants it before it strikes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{Request, Setup, gancho_bin, wait_with_timeout};
@@ -240,20 +240,12 @@ fn a_crash_in_the_middle_of_rebuilding_the_indexes_of_100000_events_resumes_and_
     std::fs::remove_dir_all(setup.dir.path().join("data/store/indexes")).unwrap();
 
     // The rebuild crashes in its second checkpoint, after the first run is durable.
-    let mut child = Command::new(gancho_bin())
-        .arg("--config")
-        .arg(&setup.config)
-        .arg("run")
-        .env(
-            "GANCHO_FAILPOINTS",
-            "index.checkpoint.before_sync=1*off->crash",
-        )
-        .env_remove("GANCHO_CONFIG")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(gancho_bin());
+    command.arg("--config").arg(&setup.config).arg("run").env(
+        "GANCHO_FAILPOINTS",
+        "index.checkpoint.before_sync=1*off->crash",
+    );
+    let mut child = crate::support::as_daemon(&mut command).spawn().unwrap();
     let status = wait_with_timeout(&mut child, Duration::from_secs(300)).expect("no crash");
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();

@@ -11,6 +11,7 @@ mod actions;
 mod bad_input;
 mod cli;
 mod crash;
+mod hostile;
 mod invariants;
 mod operations;
 mod rules;

@@ -27,6 +27,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Sets up `command` (which runs the daemon) as the tests start it: none of the caller's
+/// `GANCHO_CONFIG` or systemd socket, no stdout, stderr piped.
+pub fn as_daemon(command: &mut Command) -> &mut Command {
+    command
+        .env_remove("GANCHO_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+}
+
 /// Mailjet fixtures copied from `shared/fixtures/mailjet`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = repo_root().join("tests/fixtures").join(name);

@@ -34,16 +34,24 @@ pub struct IngressConfig {
     pub workers: usize,
     /// How long a graceful stop waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// How long a request's body may take to arrive, from the end of its head; past it the
+    /// answer is 408 and the connection closes.
+    pub body_timeout: Duration,
+    /// Connections open at once, at most (the rest wait in the kernel's accept queue).
+    pub max_connections: usize,
 }
 
 impl Default for IngressConfig {
-    /// No sources, bodies up to 1 MiB, a worker per core, 30 s for requests in flight.
+    /// No sources, bodies up to 1 MiB arriving within 10 s, a worker per core, 10,000
+    /// connections, 30 s for requests in flight.
     fn default() -> IngressConfig {
         IngressConfig {
             sources: Vec::new(),
             max_body_bytes: 1024 * 1024,
             workers: 0,
             shutdown_grace: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -51,6 +59,7 @@ impl Default for IngressConfig {
 struct State {
     sources: HashMap<String, Source>,
     max_body_bytes: usize,
+    body_timeout: Duration,
     appender: Appender,
     store: Store,
     clock: Arc<dyn Clock>,
@@ -113,6 +122,7 @@ impl IngressServer {
                 .map(|s| (s.name.clone(), s))
                 .collect(),
             max_body_bytes: config.max_body_bytes,
+            body_timeout: config.body_timeout,
             appender: store.appender(),
             store,
             clock,
@@ -129,9 +139,14 @@ impl IngressServer {
         })
         .disable_signals()
         .shutdown_timeout(config.shutdown_grace.as_secs().max(1));
-        if config.workers > 0 {
-            server = server.workers(config.workers);
-        }
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // actix-web counts connections per worker.
+        server = server
+            .workers(workers)
+            .max_connections(config.max_connections.div_ceil(workers).max(1));
         let server = server.listen(listener)?.run();
         Ok(IngressServer { server, local_addr })
     }
@@ -229,7 +244,7 @@ async fn hook(req: HttpRequest, payload: web::Payload, state: web::Data<State>) 
     if let Err(reason) = check_content_type(&req) {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
     }
-    let body = match read_body(&req, payload, state.max_body_bytes).await {
+    let body = match read_body(&req, payload, state.max_body_bytes, state.body_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -321,9 +336,12 @@ async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    timeout: Duration,
 ) -> Result<web::BytesMut, HttpResponse> {
+    use futures_util::StreamExt as _;
+    let deadline = std::time::Instant::now() + timeout;
     let too_large = || {
-        error(
+        closing(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body is larger than the limit of {limit} bytes"),
         )
@@ -334,17 +352,65 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
+        drain(&mut payload, deadline).await;
         return Err(too_large());
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
-    use futures_util::StreamExt as _;
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|err| error(StatusCode::BAD_REQUEST, format!("reading body: {err}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    // Memory is taken as the bytes arrive: a declared length reserves nothing up front.
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY));
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|err| error(StatusCode::BAD_REQUEST, format!("reading body: {err}")))?;
+            if body.len() + chunk.len() > limit {
+                drain(&mut payload, deadline).await;
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
+        Ok(())
+    };
+    match actix_web::rt::time::timeout(left(deadline), read).await {
+        Ok(Ok(())) => Ok(body),
+        Ok(Err(response)) => Err(response),
+        Err(_) => Err(closing(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {}",
+                humantime::format_duration(timeout)
+            ),
+        )),
     }
-    Ok(body)
+}
+
+/// The most a request's body may reserve before its bytes arrive.
+const INITIAL_BODY_CAPACITY: usize = 16 * 1024;
+
+/// What is read and thrown away of a refused body, at most, so that a client that sends its
+/// whole body before it reads the answer gets the answer rather than a reset.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Reads and drops the rest of a body (up to [`DRAIN_LIMIT`], until `deadline`).
+async fn drain(payload: &mut web::Payload, deadline: std::time::Instant) {
+    use futures_util::StreamExt as _;
+    let mut drained = 0usize;
+    let _ = actix_web::rt::time::timeout(left(deadline), async {
+        while let Some(Ok(chunk)) = payload.next().await {
+            drained += chunk.len();
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn left(deadline: std::time::Instant) -> Duration {
+    deadline.saturating_duration_since(std::time::Instant::now())
+}
+
+/// An error answer after which the connection is closed (its body was not read whole).
+fn closing(status: StatusCode, reason: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status)
+        .force_close()
+        .json(json!({ "error": reason.into() }))
 }

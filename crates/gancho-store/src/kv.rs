@@ -255,11 +255,18 @@ impl FileSync {
     }
 
     /// `fdatasync`s the log file and every blob file new or grown since the last call.
+    ///
+    /// Running out of file descriptors or memory for a moment is not a failure of the device:
+    /// what needs one (listing `blobs/`, opening a blob) is tried again until it succeeds, so
+    /// the callers wait rather than the store failing for good.
     pub fn sync(&mut self) -> Result<(), String> {
         self.log_file
             .sync_data()
             .map_err(|err| format!("fdatasync: {err}"))?;
-        let entries = match std::fs::read_dir(&self.blobs_dir) {
+        let listed = patiently(&format!("listing {}", self.blobs_dir.display()), || {
+            std::fs::read_dir(&self.blobs_dir)
+        });
+        let entries = match listed {
             Ok(entries) => entries,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(err) => return Err(format!("listing {}: {err}", self.blobs_dir.display())),
@@ -274,9 +281,11 @@ impl FileSync {
             else {
                 continue;
             };
-            let Ok(file) = File::open(entry.path()) else {
+            let file = match patiently("opening a blob", || File::open(entry.path())) {
+                Ok(file) => file,
                 // sled removed it meanwhile: its page was rewritten elsewhere.
-                continue;
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(format!("opening blob {id}: {err}")),
             };
             let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
             if self.synced_blobs.get(&id) != Some(&size) {
@@ -289,11 +298,40 @@ impl FileSync {
             present.insert(id, size);
         }
         if synced_any {
-            File::open(&self.blobs_dir)
+            patiently("opening blobs/", || File::open(&self.blobs_dir))
                 .and_then(|dir| dir.sync_all())
                 .map_err(|err| format!("syncing {}: {err}", self.blobs_dir.display()))?;
         }
         self.synced_blobs = present;
         Ok(())
+    }
+}
+
+/// Whether an error is the process or the system running short of a resource for a moment
+/// (descriptors, memory), not a failure of the device.
+fn is_shortage(err: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOMEM on Linux.
+    matches!(err.raw_os_error(), Some(24 | 23 | 12))
+}
+
+/// Runs `op`, trying again while it fails for a shortage (backing off to a second between
+/// tries, with a warning every ten seconds); any other error is returned.
+fn patiently<T>(what: &str, mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut wait = Duration::from_millis(5);
+    let mut waited = Duration::ZERO;
+    let mut warned = Duration::ZERO;
+    loop {
+        match op() {
+            Err(err) if is_shortage(&err) => {
+                if waited >= warned {
+                    tracing::warn!(error = %err, what, waited = ?waited, "short of a resource; trying again");
+                    warned = waited + Duration::from_secs(10);
+                }
+                std::thread::sleep(wait);
+                waited += wait;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
     }
 }

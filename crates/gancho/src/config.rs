@@ -61,6 +61,12 @@ struct FileConfig {
     /// How long a stop waits for requests in flight. Default: `"30s"`. Example: `"1m"`.
     #[serde(deserialize_with = "duration::deserialize")]
     shutdown_grace: Duration,
+    /// How long a request's body may take to arrive; a slower one gets 408 and its connection
+    /// is closed. Default: `"10s"`. Example: `"30s"`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    body_timeout: Duration,
+    /// Connections open at once, at most; more wait to be accepted. Default: 10000.
+    max_connections: usize,
     store: StoreConfig,
     sources: BTreeMap<String, SourceConfig>,
     email: EmailConfig,
@@ -79,6 +85,8 @@ impl Default for FileConfig {
             max_body_bytes: ingress.max_body_bytes as u64,
             http_workers: ingress.workers,
             shutdown_grace: ingress.shutdown_grace,
+            body_timeout: ingress.body_timeout,
+            max_connections: ingress.max_connections,
             store: StoreConfig::default(),
             sources: BTreeMap::new(),
             email: EmailConfig::default(),
@@ -212,6 +220,12 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
     }
     let max_body_bytes = usize::try_from(file.max_body_bytes)
         .map_err(|_| fail("max_body_bytes", "too large for this machine".to_owned()))?;
+    if file.body_timeout.is_zero() {
+        return Err(fail("body_timeout", "must be longer than 0s".to_owned()));
+    }
+    if file.max_connections == 0 {
+        return Err(fail("max_connections", "must be at least 1".to_owned()));
+    }
 
     let mut actions = ActionsConfig {
         data_dir: file.data_dir.clone(),
@@ -257,6 +271,8 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
             max_body_bytes,
             workers: file.http_workers,
             shutdown_grace: file.shutdown_grace,
+            body_timeout: file.body_timeout,
+            max_connections: file.max_connections,
         },
     })
 }
