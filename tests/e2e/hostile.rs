@@ -219,3 +219,33 @@ fn running_out_of_file_descriptors_for_a_while_does_not_fail_the_store() {
     assert_eq!(status.code(), Some(0), "{}", log.lock().unwrap());
     assert_eq!(setup.events(&["--source", "bank"]).len(), 3);
 }
+
+#[test]
+fn a_rule_nesting_a_value_as_deep_as_an_event_asks_fails_for_that_event_only() {
+    let setup = Setup::standard();
+    let rules = setup.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("nest.rhai"),
+        "const ON = [\"bank.*\"];\nlet a = [];\nfor i in 0..event.n { a = [a]; }\n",
+    )
+    .unwrap();
+    let daemon = setup.start();
+    for (id, n) in [("w1", 10_000), ("w2", 1_000_000)] {
+        let body =
+            format!(r#"{{"id":"{id}","kind":"withdrawal","at":1764320000,"account":"A","n":{n}}}"#);
+        assert_eq!(daemon.post("bank", body.as_bytes()).status, 200);
+    }
+    // Both runs end (one may finish, the other cannot), and the daemon goes on.
+    let done = wait_until(Duration::from_secs(60), || {
+        let status = setup.json(&["rules", "--json"]);
+        (status["cursor"].as_u64() == Some(2)).then_some(status)
+    });
+    let status =
+        done.unwrap_or_else(|| panic!("the engine did not get past them:\n{}", daemon.log()));
+    let rule = &status["rules"][0];
+    assert_eq!(rule["runs"], 2, "{rule}");
+    assert!(rule["errors"].as_u64().unwrap() >= 1, "{rule}");
+    assert_eq!(daemon.post("bank", &withdrawal("w3")).status, 200);
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

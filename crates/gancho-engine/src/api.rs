@@ -34,6 +34,10 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Window queries per run.
     pub max_queries: u32,
+    /// Wall time per run. rhai checks the sizes of a value after each operation by walking
+    /// all of it, so a rule that grows a value step by step costs the square of its size
+    /// (a nest 100,000 deep: some 5e9 steps) in what counts as few operations.
+    pub max_run_time: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +50,7 @@ impl Default for Limits {
             max_array_size: 100_000,
             max_map_size: 50_000,
             max_queries: 1_000,
+            max_run_time: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -91,6 +96,21 @@ pub(crate) fn sandbox(limits: &Limits) -> rhai::Engine {
 /// The engine rules run in: the sandbox plus gancho's functions, bound to `ctx`.
 pub(crate) fn build(limits: &Limits, ctx: &Rc<RefCell<Ctx>>) -> rhai::Engine {
     let mut engine = sandbox(limits);
+    let max_run_time = limits.max_run_time;
+    let watched = Rc::clone(ctx);
+    engine.on_progress(move |ops| {
+        if ops % 1024 != 0 {
+            return None;
+        }
+        let ctx = watched.try_borrow().ok()?;
+        let started = ctx.run.as_ref()?.started;
+        (started.elapsed() > max_run_time).then(|| {
+            Dynamic::from(format!(
+                "the run took longer than {}",
+                humantime::format_duration(max_run_time)
+            ))
+        })
+    });
     register_time(&mut engine);
     register_queries(&mut engine, ctx);
     register_state(&mut engine, ctx);

@@ -47,6 +47,8 @@ pub(crate) struct Run {
     pub(crate) queries: u32,
     pub(crate) callbacks: std::rc::Rc<std::collections::HashSet<String>>,
     pub(crate) pending: Pending,
+    /// When the run began (for `Limits::max_run_time`).
+    pub(crate) started: std::time::Instant,
 }
 
 /// Shared between the engine and the host functions (through `Rc<RefCell<_>>`).

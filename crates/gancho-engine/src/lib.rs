@@ -24,4 +24,4 @@ pub use engine::{
     RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir,
 };
 pub use rule::Diagnostic;
-pub use thread::{EngineHandle, spawn};
+pub use thread::{ENGINE_STACK, EngineHandle, spawn};

@@ -15,6 +15,8 @@ use crate::engine::{Engine, EngineConfig, EngineError, EngineStatus, SharedStatu
 
 /// How often the rules folder is read for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// The engine thread's stack: deep enough for the deepest value the sandbox's limits allow.
+pub const ENGINE_STACK: usize = 256 << 20;
 /// The longest the thread sleeps with nothing to do (timers and cron ticks are checked then).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -73,6 +75,9 @@ pub fn spawn(
         let (stop, reload, status) = (stop.clone(), reload.clone(), status.clone());
         std::thread::Builder::new()
             .name("gancho-engine".to_owned())
+            // rhai walks a value's nesting recursively (to size it, to drop it): the array
+            // limit allows 100,000 levels. Only the pages used are ever mapped.
+            .stack_size(ENGINE_STACK)
             .spawn(move || {
                 // rhai's engine is not Send: it is built on this thread.
                 let mut engine = match Engine::new(store.clone(), state, clock, config) {

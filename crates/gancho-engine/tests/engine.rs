@@ -543,3 +543,55 @@ fn cron_in_new_york_skips_the_spring_gap_and_ticks_through_the_repeated_autumn_h
         &["11-01 05:30:00"],
     );
 }
+
+#[test]
+fn a_rule_that_nests_a_value_deeply_fails_for_that_event_and_the_others_run() {
+    // On a thread with the engine thread's stack, as in the daemon (a test thread's 2 MiB
+    // overflow at 10,000 levels).
+    std::thread::Builder::new()
+        .stack_size(gancho_engine::ENGINE_STACK)
+        .spawn(|| {
+            let world = World::empty();
+            let nest = |name: &str, n: u64| {
+                world.write_rule(
+                    &format!("{name}.rhai"),
+                    &format!(
+                        "const ON = [\"mailjet.open\"];\nlet a = [];\nfor i in 0..{n} {{ a = [a]; }}\nhttp(#{{ url: \"https://h.example.com/{name}\", json: #{{ a: a }} }});\n"
+                    ),
+                );
+            };
+            // 10,000 levels built whole (time enough given), then refused as an action's
+            // value (64 levels at most): the engine's stack takes the walks over it.
+            nest("nest10k", 10_000);
+            world.write_rule("notify.rhai", &http_rule("ok"));
+            let mut config = gancho_engine::EngineConfig::new(&world.rules);
+            config.limits.max_run_time = std::time::Duration::from_secs(600);
+            let errors = |engine: &gancho_engine::Engine, name: &str| {
+                let status = engine.status();
+                let rule = status.rules.iter().find(|r| r.name == name).cloned().unwrap();
+                (rule.errors, rule.last_error.unwrap_or_default())
+            };
+            let mut engine = world.engine_with(config);
+            world.append(vec![mailjet("open", "a@example.com", 1, t0())]);
+            run(&mut engine);
+            let (n, error) = errors(&engine, "nest10k");
+            assert_eq!(n, 1, "{error}");
+            assert!(error.contains("64"), "{error}");
+            // A million levels: stopped by the run's time limit (the default, 1 s).
+            std::fs::remove_file(world.rules.join("nest10k.rhai")).unwrap();
+            nest("nest1m", 1_000_000);
+            let mut engine = world.engine();
+            world.append(vec![mailjet("open", "b@example.com", 2, t0())]);
+            run(&mut engine);
+            assert_eq!(
+                urls(&world),
+                ["https://hooks.example.com/ok", "https://hooks.example.com/ok"]
+            );
+            let (n, error) = errors(&engine, "nest1m");
+            assert_eq!(n, 1, "{error}");
+            assert!(error.contains("longer than 1s"), "{error}");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}

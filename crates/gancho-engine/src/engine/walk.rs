@@ -496,6 +496,7 @@ impl Engine {
             queries: 0,
             callbacks: Rc::clone(&rule.callbacks),
             pending: Pending::default(),
+            started: Instant::now(),
         });
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", map);
@@ -538,6 +539,13 @@ impl Engine {
             }
             Err(error) => {
                 counters.errors += 1;
+                let error = match *error {
+                    // Stopped by the engine (`Limits::max_run_time`): say why, not only that.
+                    rhai::EvalAltResult::ErrorTerminated(ref why, pos) => {
+                        format!("stopped: {why} ({pos})")
+                    }
+                    ref other => other.to_string(),
+                };
                 let message = format!("{}: event {}: {error}", rule.path.display(), event.seq);
                 let quiet = counters
                     .logged_at

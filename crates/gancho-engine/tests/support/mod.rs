@@ -61,11 +61,16 @@ impl World {
     }
 
     pub fn engine(&self) -> Engine {
+        self.engine_with(EngineConfig::new(&self.rules))
+    }
+
+    /// An engine with a config of the test's own (other limits).
+    pub fn engine_with(&self, config: EngineConfig) -> Engine {
         Engine::new(
             self.store.clone(),
             self.state.clone(),
             self.clock.clone(),
-            EngineConfig::new(&self.rules),
+            config,
         )
         .unwrap()
     }
