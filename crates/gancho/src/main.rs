@@ -134,11 +134,6 @@ fn parse_key(text: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    if gancho_core::failpoint::enabled() {
-        // `cargo test` (or `cargo build --all-targets`) builds the binary with its test
-        // features; the one to install comes from `cargo build --release -p gancho`.
-        tracing::warn!("this is a test build: fail points and a test clock can be set");
-    }
     // Test builds only: named crash points (`gancho_core::failpoint`), set by the tests that
     // start this binary. A build without them refuses the variable rather than ignore it.
     if let Some(spec) = std::env::var_os("GANCHO_FAILPOINTS") {
@@ -172,7 +167,14 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run::run(config, clock),
+        Command::Run => {
+            if gancho_core::failpoint::enabled() {
+                // `cargo test` (or `cargo build --all-targets`) builds the binary with its test
+                // features; the one to install comes from `cargo build --release -p gancho`.
+                tracing::warn!("this is a test build: fail points and a test clock can be set");
+            }
+            run::run(config, clock)
+        }
         Command::CheckConfig => {
             println!(
                 "config ok: {} source(s), listening on {}",
