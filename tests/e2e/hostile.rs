@@ -249,3 +249,53 @@ fn a_rule_nesting_a_value_as_deep_as_an_event_asks_fails_for_that_event_only() {
     assert_eq!(daemon.post("bank", &withdrawal("w3")).status, 200);
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+#[test]
+fn terminal_escapes_in_posted_data_reach_the_operator_escaped() {
+    let receiver = gancho_testkit::HttpReceiver::start(|_| {
+        gancho_testkit::Reply::status(400).body("bad \u{1b}]0;pwned\u{7} request")
+    });
+    let setup = Setup::standard_with("[http]\nallow_private = true\n");
+    let rules = setup.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("echo.rhai"),
+        format!(
+            "const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{}\", json: #{{}} }});\nthrow event.kind;\n",
+            receiver.url("/x")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("call.rhai"),
+        format!(
+            "const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{}\", json: #{{}} }});\n",
+            receiver.url("/x")
+        ),
+    )
+    .unwrap();
+    let daemon = setup.start();
+    let body = r#"{"id":"w1","kind":"withdrawal\u001b[2J","at":1764320000,"account":"\u001b]0;title\u0007"}"#;
+    assert_eq!(daemon.post("bank", body.as_bytes()).status, 200);
+    let dead = wait_until(Duration::from_secs(30), || {
+        let dead = setup.json(&["dead", "--json"]);
+        (dead.as_array().unwrap().len() == 1).then_some(())
+    });
+    assert!(dead.is_some(), "{}", daemon.log());
+    for args in [&["events"][..], &["rules"], &["dead"]] {
+        let out = setup.command(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{args:?} printed a raw escape: {text:?}"
+        );
+        let escaped = match args[0] {
+            "events" => "withdrawal\\u{1b}[2J",
+            "rules" => "withdrawal\\u{1b}[2J",
+            _ => "\\u{1b}]0;pwned\\u{7}",
+        };
+        assert!(text.contains(escaped), "{args:?}: {text}");
+    }
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

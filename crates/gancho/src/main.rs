@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod data;
 mod run;
+mod text;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use gancho_core::{Clock as _, SystemClock};
 
 use crate::config::Config;
 use crate::control::{Query, Request, Response};
+use crate::text::shown;
 
 /// mimalloc instead of glibc's allocator: the ingest path allocates and frees small buffers on
 /// several threads, where glibc's malloc spent a tenth of all CPU time in the benchmark.
@@ -262,14 +264,18 @@ fn list_events(
         writeln!(out)?;
     } else {
         for e in &events {
-            let keys: Vec<String> = e.keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let keys: Vec<String> = e
+                .keys
+                .iter()
+                .map(|(k, v)| format!("{}={}", shown(k), shown(v)))
+                .collect();
             writeln!(
                 out,
                 "{:>8}  {}  {}.{}  {}",
                 e.seq,
                 e.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                e.source,
-                e.kind,
+                shown(&e.source),
+                shown(&e.kind),
                 keys.join(" ")
             )?;
         }
@@ -293,9 +299,9 @@ fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<
                 q.id,
                 q.received
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                q.source,
-                q.reason,
-                q.item
+                shown(&q.source),
+                shown(&q.reason),
+                shown(q.item.get())
             )?;
         }
     }
@@ -312,7 +318,7 @@ fn check_rules(dir: &std::path::Path) -> anyhow::Result<bool> {
             Ok(()) => println!("ok     {name}"),
             Err(diag) => {
                 ok = false;
-                println!("error  {diag}");
+                println!("error  {}", shown(&diag.to_string()));
             }
         }
     }
@@ -342,18 +348,18 @@ fn list_rules(config: &Config, json: bool) -> anyhow::Result<()> {
         writeln!(
             out,
             "{:<24} {:<8} runs={} errors={} actions={}  {}",
-            rule.name,
+            shown(&rule.name),
             if rule.loaded { "loaded" } else { "broken" },
             rule.runs,
             rule.errors,
             rule.actions,
-            wakes
+            shown(&wakes)
         )?;
         if let Some(diag) = &rule.error {
-            writeln!(out, "    does not compile: {diag}")?;
+            writeln!(out, "    does not compile: {}", shown(&diag.to_string()))?;
         }
         if let Some(err) = &rule.last_error {
-            writeln!(out, "    last error: {err}")?;
+            writeln!(out, "    last error: {}", shown(err))?;
         }
     }
     Ok(())
@@ -373,8 +379,8 @@ fn list_outbox(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> 
             "{}  event {:>8}  {:<20} {}",
             item.action.id,
             item.action.event_seq,
-            item.action.rule,
-            describe(&item.action.action)
+            shown(&item.action.rule),
+            shown(&describe(&item.action.action))
         )?;
         if let Some(last) = item.attempts.last() {
             let next = item
@@ -385,7 +391,7 @@ fn list_outbox(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> 
                 out,
                 "    {} failed tries{next}; last: {}",
                 item.attempts.len(),
-                last.error
+                shown(&last.error)
             )?;
         }
     }
@@ -414,13 +420,13 @@ fn list_dead(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
             "{}  event {:>8}  {:<20} {}",
             letter.action.id,
             letter.action.event_seq,
-            letter.action.rule,
-            describe(&letter.action.action)
+            shown(&letter.action.rule),
+            shown(&describe(&letter.action.action))
         )?;
         for attempt in &letter.attempts {
             let at = chrono::DateTime::from_timestamp_millis(attempt.at_ms)
                 .map_or_else(String::new, |t| t.to_rfc3339());
-            writeln!(out, "    {at}  {}", attempt.error)?;
+            writeln!(out, "    {at}  {}", shown(&attempt.error))?;
         }
     }
     Ok(())
