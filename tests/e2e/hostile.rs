@@ -95,6 +95,19 @@ fn a_client_that_sends_a_too_large_body_before_reading_gets_the_413_not_a_reset(
     assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
 }
 
+/// The daemon started by a shell after `setup_shell` (a `ulimit`, a `umask`), which it
+/// inherits across `exec`.
+fn daemon_after(setup: &Setup, setup_shell: &str) -> std::process::Child {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("{setup_shell} && exec \"$0\" --config \"$1\" run"))
+        .arg(gancho_bin())
+        .arg(&setup.config)
+        .env("GANCHO_LOG", "info");
+    crate::support::as_daemon(&mut command).spawn().unwrap()
+}
+
 /// Open descriptors of a process.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -137,14 +150,7 @@ fn connections_past_max_connections_wait_to_be_accepted() {
 fn running_out_of_file_descriptors_for_a_while_does_not_fail_the_store() {
     let setup = Setup::standard_with_top("body_timeout = \"60s\"");
     // The daemon under a low descriptor limit (`ulimit -n`, inherited across exec).
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg("ulimit -n 128 && exec \"$0\" --config \"$1\" run")
-        .arg(gancho_bin())
-        .arg(&setup.config)
-        .env("GANCHO_LOG", "info");
-    let mut child = crate::support::as_daemon(&mut command).spawn().unwrap();
+    let mut child = daemon_after(&setup, "ulimit -n 128");
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let stderr = child.stderr.take().unwrap();
     let sink = log.clone();
@@ -298,4 +304,34 @@ fn terminal_escapes_in_posted_data_reach_the_operator_escaped() {
         assert!(text.contains(escaped), "{args:?}: {text}");
     }
     assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[test]
+fn the_data_folder_and_its_files_are_the_daemons_own_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let setup = Setup::standard();
+    let data = setup.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(data.join("left.txt"), b"x").unwrap();
+    std::fs::set_permissions(
+        data.join("left.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // Started under a permissive umask.
+    let mut child = daemon_after(&setup, "umask 000");
+    let db = data.join("store/log/db");
+    let ready = wait_until(Duration::from_secs(30), || {
+        data.join("gancho.sock").exists().then_some(())
+    });
+    assert!(ready.is_some() && db.exists());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("left.txt")), 0o600);
+    assert_eq!(mode(&db), 0o600, "a store file");
+    assert_eq!(mode(&data.join("store")), 0o700);
+    crate::support::signal(child.id(), "TERM");
+    let status = crate::support::wait_with_timeout(&mut child, Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(0));
 }

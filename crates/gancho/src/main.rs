@@ -135,6 +135,9 @@ fn parse_key(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Whatever gancho creates (the store's files, mail, the socket) is its own: 0600 and 0700,
+    // whatever the umask it was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     init_logging();
     // Test builds only: named crash points (`gancho_core::failpoint`), set by the tests that
     // start this binary. A build without them refuses the variable rather than ignore it.

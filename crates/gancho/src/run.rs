@@ -137,11 +137,51 @@ async fn watch_store(data: Data) -> String {
 
 /// Creates the data folder readable by its owner only: it holds the events and the control
 /// socket.
+/// A data folder that exists already but is open to others is tightened to 0700 (with a
+/// warning): it holds every event, the outbox and the control socket.
 fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
     if !path.exists() {
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o777 != 0o700 {
+        if mode & 0o077 != 0 {
+            warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the data folder was open to others: now 0700");
+        }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", path.display()))?;
     }
+    // Files left by an earlier start under a looser umask.
+    restrict_tree(path, 4);
     Ok(())
+}
+
+/// Takes group and other permissions off what is under `dir` (`depth` levels down), best
+/// effort: a file that cannot be changed is logged, never a reason not to start.
+fn restrict_tree(dir: &std::path::Path, depth: u32) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            let tight = std::fs::Permissions::from_mode(mode & 0o700);
+            if let Err(err) = std::fs::set_permissions(&path, tight) {
+                warn!(path = %path.display(), error = %err, "could not restrict a data file");
+            }
+        }
+        if meta.is_dir() && depth > 0 {
+            restrict_tree(&path, depth - 1);
+        }
+    }
 }
