@@ -112,9 +112,6 @@ impl ActionsConfig {
         if self.http.per_host == 0 {
             return Err(fail("http.per_host", "must be at least 1".to_owned()));
         }
-        if self.retry.max_attempts == 0 {
-            return Err(fail("retry.max_attempts", "must be at least 1".to_owned()));
-        }
         if self.retry.initial.is_zero() || self.retry.max < self.retry.initial {
             return Err(fail(
                 "retry.max",
@@ -505,7 +502,8 @@ pub struct RetryPolicy {
     /// The longest wait between tries. Default: `"1h"`. Example: `"30m"`.
     #[serde(deserialize_with = "duration::deserialize")]
     pub max: Duration,
-    /// Tries before the item goes to dead letters. Default: 15. Example: 5.
+    /// Tries before the item goes to dead letters; 0: no cap, `max_age` alone ends the
+    /// retries (an SMTP outage of a day is retried through). Default: 0. Example: 20.
     pub max_attempts: u32,
     /// Age (since the first try) after which a failing item goes to dead letters.
     /// Default: `"3d"`. Example: `"12h"`.
@@ -518,7 +516,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             initial: Duration::from_secs(2),
             max: Duration::from_secs(3600),
-            max_attempts: 15,
+            max_attempts: 0,
             max_age: Some(Duration::from_secs(3 * 24 * 3600)),
         }
     }

@@ -28,6 +28,7 @@ use crate::channel::Deliver;
 use crate::email::EmailSender;
 use crate::failure::{ActionsError, Failure};
 use crate::http::HttpSender;
+use crate::retry::AfterFailure;
 use crate::sms::SmsSender;
 use crate::{ActionsConfig, RetryPolicy};
 
@@ -656,31 +657,28 @@ impl Lane {
             permanent: failure.permanent,
         });
         let tries = u32::try_from(delivery.attempts.len()).unwrap_or(u32::MAX);
-        let too_old = self
-            .policy
-            .max_age
-            .is_some_and(|age| now.saturating_sub(delivery.first_ms) >= millis(age));
-        if failure.permanent || tries >= self.policy.max_attempts || too_old {
-            let why = if failure.permanent {
-                "refused for good"
-            } else if too_old {
-                "failing for too long"
-            } else {
-                "too many failed tries"
-            };
-            error!(
+        let fate = self.policy.after_failure(
+            delivery.first_ms,
+            now,
+            tries,
+            failure.permanent,
+            failure.retry_after,
+            fastrand::f64(),
+        );
+        let wait = match fate {
+            AfterFailure::Retry(wait) => wait,
+            AfterFailure::Dead(why) => {
+                error!(
                 id = %action.id,
                 rule = %action.rule,
                 channel = %self.channel,
                 tries,
                 error = %failure,
                 "{why}: moved to dead letters (`gancho dead`)"
-            );
-            return self.state.action_dead(item, delivery.attempts, now);
-        }
-        let wait = self
-            .policy
-            .delay(tries, failure.retry_after, fastrand::f64());
+                );
+                return self.state.action_dead(item, delivery.attempts, now);
+            }
+        };
         delivery.next_ms = now.saturating_add(millis(wait));
         warn!(
             id = %action.id,

@@ -403,7 +403,7 @@ mod tests {
 
         assert_eq!(actions.retry.initial, Duration::from_secs(2));
         assert_eq!(actions.retry.max, Duration::from_secs(3600));
-        assert_eq!(actions.retry.max_attempts, 15);
+        assert_eq!(actions.retry.max_attempts, 0);
         assert_eq!(
             actions.retry.max_age,
             Some(Duration::from_secs(3 * 24 * 3600))
