@@ -19,11 +19,24 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public_v4(v4);
             }
             let s = v6.segments();
+            let v4 = |hi: u16, lo: u16| {
+                Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
             if s[0] == 0x2002 {
                 // 6to4: the IPv4 address is in the next 32 bits.
-                let v4 =
-                    Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
-                return is_public_v4(v4);
+                return is_public_v4(v4(s[1], s[2]));
+            }
+            if s[0] == 0x2001 && s[1] == 0 {
+                // Teredo: the server's IPv4 address, then the client's, inverted, last.
+                return is_public_v4(v4(s[2], s[3])) && is_public_v4(v4(!s[6], !s[7]));
+            }
+            if s[..6] == [0x0064, 0xff9b, 0, 0, 0, 0] {
+                // NAT64's well-known prefix: the IPv4 address it translates to, last.
+                return is_public_v4(v4(s[6], s[7]));
+            }
+            if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+                // IPv4-translated (`::ffff:0:a.b.c.d`, SIIT).
+                return is_public_v4(v4(s[6], s[7]));
             }
             !(v6.is_loopback()
                 || v6.is_unspecified()
@@ -32,7 +45,7 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 (both prefixes): hides an IPv4
+                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64's local-use prefix: a local network
                 || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
                 || is_v4_compatible(v6))
         }
@@ -197,6 +210,13 @@ mod tests {
             "2002:a9fe:a9fe::1",
             "100::1",
             "192.88.99.1",
+            // Teredo: server 65.54.227.120, client 10.0.0.1 (inverted); or server private.
+            "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+            "2001:0:a00:1:8000:63bf:a2cb:5a63",
+            // NAT64 of 10.0.0.1, SIIT of 127.0.0.1, mapped 0.0.0.0/8.
+            "64:ff9b::a00:1",
+            "::ffff:0:7f00:1",
+            "::ffff:0.1.2.3",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
@@ -205,6 +225,10 @@ mod tests {
             "1.1.1.1",
             "2606:4700:4700::1111",
             "2002:5db8:d822::1",
+            // Teredo: server 65.54.227.120, client 93.52.165.156 (inverted).
+            "2001:0:4136:e378:8000:63bf:a2cb:5a63",
+            // NAT64 of 93.184.216.34.
+            "64:ff9b::5db8:d822",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
