@@ -113,6 +113,7 @@ pub fn spawn(
         .enable_all()
         .build()
         .map_err(ActionsError::Thread)?;
+    let recorded = Arc::new(AtomicBool::new(false));
     let lanes: Vec<Arc<Lane>> = Channel::ALL
         .into_iter()
         .map(|channel| {
@@ -148,6 +149,7 @@ pub fn spawn(
                 room: Notify::new(),
                 next_start: Mutex::new(Instant::now()),
                 stopping: AtomicBool::new(false),
+                recorded: recorded.clone(),
             }))
         })
         .collect::<Result<_, ActionsError>>()?;
@@ -155,7 +157,10 @@ pub fn spawn(
     let grace = config.shutdown_grace;
     let thread = std::thread::Builder::new()
         .name("gancho-actions".to_owned())
-        .spawn(move || runtime.block_on(run(lanes, stopped, grace)))
+        .spawn({
+            let outbox = outbox.clone();
+            move || runtime.block_on(run(lanes, outbox, recorded, stopped, grace))
+        })
         .map_err(ActionsError::Thread)?;
     Ok(ActionsHandle {
         stop,
@@ -163,7 +168,41 @@ pub fn spawn(
     })
 }
 
-async fn run(lanes: Vec<Arc<Lane>>, mut stop: watch::Receiver<bool>, grace: Duration) {
+/// How often recorded outcomes are written to the file, at most: a `kill -9` repeats the
+/// deliveries recorded in the last this-long (and those in flight), not the last 500 ms of
+/// sled's own background flush.
+const OUTCOME_FLUSH: Duration = Duration::from_millis(20);
+
+/// Flushes the outbox's recorded outcomes in small groups until `stop`.
+async fn flush_outcomes(
+    outbox: Outbox,
+    recorded: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(OUTCOME_FLUSH) => {}
+            _ = stop.changed() => return,
+        }
+        if recorded.swap(false, Ordering::AcqRel) {
+            let outbox = outbox.clone();
+            match tokio::task::spawn_blocking(move || outbox.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => error!(error = %err, "flushing delivery outcomes"),
+                Err(err) => error!(error = %err, "flushing delivery outcomes"),
+            }
+        }
+    }
+}
+
+async fn run(
+    lanes: Vec<Arc<Lane>>,
+    outbox: Outbox,
+    recorded: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let flusher = tokio::spawn(flush_outcomes(outbox.clone(), recorded, stop.clone()));
     let loops: Vec<_> = lanes
         .iter()
         .map(|lane| tokio::spawn(lane.clone().run(stop.clone())))
@@ -200,6 +239,10 @@ async fn run(lanes: Vec<Arc<Lane>>, mut stop: watch::Receiver<bool>, grace: Dura
         );
     } else {
         info!("stopped delivering actions");
+    }
+    flusher.abort();
+    if let Err(err) = outbox.flush() {
+        error!(error = %err, "flushing delivery outcomes");
     }
 }
 
@@ -259,6 +302,8 @@ struct Lane {
     /// The longest a whole send may take.
     send_timeout: Duration,
     stopping: AtomicBool,
+    /// Set when an outcome is recorded: the flusher writes it out soon (`OUTCOME_FLUSH`).
+    recorded: Arc<AtomicBool>,
 }
 
 /// Drops what the lane knows of a destination with nothing held and nothing against it (no
@@ -641,6 +686,7 @@ impl Lane {
         if let Err(err) = recorded {
             error!(id = %action.id, error = %err, "recording a delivery outcome");
         }
+        self.recorded.store(true, Ordering::Release);
     }
 
     fn failed(&self, item: &OutboxItem, failure: &Failure) -> Result<(), gancho_state::Error> {

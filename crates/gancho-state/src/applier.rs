@@ -104,12 +104,11 @@ pub(crate) fn apply_loop(
                 fail(shared, &err.to_string());
                 return;
             }
-            shared.durable_commit.store(applied, Ordering::Release);
-            shared
-                .durable_cursor
-                .store(applied_cursor, Ordering::Release);
-            shared.durable_tx.send_replace(applied_cursor);
-            // Durable: the journals of these commits are no longer needed.
+            // Durable: the journals of these commits are no longer needed. They go before the
+            // durable cursor is published: the executor acts on these commits only after that
+            // (it removes a delivered item's key), and sled keeps a prefix of its writes, so a
+            // crash can never keep the executor's removal and lose the journal's, whose replay
+            // would bring a delivered item back.
             let keys = tree
                 .range(journal_key(0, 0)..=journal_key(applied, MARKER))
                 .keys()
@@ -119,6 +118,11 @@ pub(crate) fn apply_loop(
                 fail(shared, &format!("removing engine journal: {err}"));
                 return;
             }
+            shared.durable_commit.store(applied, Ordering::Release);
+            shared
+                .durable_cursor
+                .store(applied_cursor, Ordering::Release);
+            shared.durable_tx.send_replace(applied_cursor);
             journaled.clear();
         }
         if closing {
