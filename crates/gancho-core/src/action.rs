@@ -11,8 +11,10 @@ use xxhash_rust::xxh3::xxh3_128;
 /// One action a rule decided, as it waits in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionRequest {
-    /// Stable across reprocessing: derived from (rule, event seq, position), see [`action_id`].
-    /// Receivers get it as `Idempotency-Key` / `webhook-id` / `Message-ID`.
+    /// Stable across reprocessing: the engine derives it from (rule, event seq, position) with a
+    /// MAC keyed by the store's secret, so it cannot be guessed from outside ([`action_id`] is
+    /// the unkeyed form, for tests and benchmarks). Receivers get it as `Idempotency-Key` /
+    /// `webhook-id` / `Message-ID`.
     pub id: String,
     pub rule: String,
     /// The log event whose processing decided it (a webhook, a timer firing or a cron tick).

@@ -10,9 +10,7 @@ use std::rc::Rc;
 use std::str::FromStr as _;
 
 use chrono::{TimeZone as _, Utc};
-use gancho_core::{
-    Action, ActionRequest, EmailAction, HttpAction, SmsAction, action_id, millis_to_time,
-};
+use gancho_core::{Action, ActionRequest, EmailAction, HttpAction, SmsAction, millis_to_time};
 use gancho_state::{ExpectShape, Expectation, StateValue, Timer, expectation_name};
 use gancho_store::{Order, Window};
 use rhai::{Dynamic, EvalAltResult, INT, ImmutableString, Map};
@@ -642,11 +640,12 @@ fn register_actions(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
             let action = build(&map)?;
             action.validate().map_or_else(|e| err(e.0), Ok)?;
             let mut ctx = c.borrow_mut();
+            let secret = ctx.state.secret().bytes().to_owned();
             let run = ctx.run()?;
             let position = run.position;
             run.position += 1;
             let request = ActionRequest {
-                id: action_id(&run.rule, run.seq, position),
+                id: keyed_action_id(&secret, &run.rule, run.seq, position),
                 rule: run.rule.clone(),
                 event_seq: run.seq,
                 position,
@@ -671,10 +670,11 @@ fn register_actions(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
             return err("code: the length must be 4 to 24");
         }
         let mut ctx = c.borrow_mut();
+        let secret = ctx.state.secret().bytes().to_owned();
         let run = ctx.run()?;
         run.serial += 1;
-        let seed = format!("{}\u{0}{}\u{0}{}", run.rule, run.seq, run.serial);
-        let mut hash = xxhash_rust::xxh3::xxh3_128(seed.as_bytes());
+        let seed = format!("code\u{0}{}\u{0}{}\u{0}{}", run.rule, run.seq, run.serial);
+        let mut hash = mac(&secret, &seed);
         let mut out = String::with_capacity(prefix.len() + 1 + len);
         out.push_str(prefix);
         if !prefix.is_empty() {
@@ -686,4 +686,27 @@ fn register_actions(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
         }
         Ok(out)
     });
+}
+
+/// HMAC-SHA256 of `text` under the store's secret, its first 128 bits: what a rule's `code()`
+/// and an action's id are made of, so that nobody without the store can compute them from the
+/// rule's name and an event's seq (which `/status` shows). The same store gives the same
+/// answer when it processes an event again.
+fn mac(secret: &[u8; 32], text: &str) -> u128 {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, text.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&tag.as_ref()[..16]);
+    u128::from_be_bytes(first)
+}
+
+/// An action's id: stable for (rule, event seq, position) within a store, unguessable outside.
+fn keyed_action_id(secret: &[u8; 32], rule: &str, seq: u64, position: u32) -> String {
+    format!(
+        "{:032x}",
+        mac(
+            secret,
+            &format!("action\u{0}{rule}\u{0}{seq}\u{0}{position}")
+        )
+    )
 }

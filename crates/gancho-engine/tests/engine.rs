@@ -595,3 +595,28 @@ fn a_rule_that_nests_a_value_deeply_fails_for_that_event_and_the_others_run() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn codes_and_action_ids_depend_on_the_store_not_only_on_the_rule_and_event() {
+    let decide = |world: &World| {
+        world.write_rule(
+            "code.rhai",
+            "const ON = [\"mailjet.open\"];\nhttp(#{ url: \"https://h.example.com/c\", json: #{ code: code(\"WELCOME\", 8) } });\n",
+        );
+        let mut engine = world.engine();
+        world.append(vec![mailjet("open", "a@example.com", 1, t0())]);
+        run(&mut engine);
+        let actions = world.outbox();
+        assert_eq!(actions.len(), 1);
+        let code = http_bodies(world)[0]["code"].as_str().unwrap().to_owned();
+        (code, actions[0].id.clone())
+    };
+    let (a, b) = (World::empty(), World::empty());
+    let (code_a, id_a) = decide(&a);
+    let (code_b, id_b) = decide(&b);
+    assert!(code_a.starts_with("WELCOME-") && code_a.len() == "WELCOME-".len() + 8);
+    assert_ne!(code_a, code_b, "same rule, same event, two stores");
+    assert_ne!(id_a, id_b);
+    // Nor is it the unkeyed hash of the rule and seq anyone could compute.
+    assert_ne!(id_a, gancho_core::action_id("code", 1, 0));
+}

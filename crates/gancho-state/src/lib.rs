@@ -64,7 +64,28 @@ pub struct EngineState {
     applier: Arc<Mutex<Option<Applier>>>,
     /// Serializes the outbox's multi-key updates (executor lanes, `gancho dead retry`).
     outbox_lock: Arc<Mutex<()>>,
+    /// This store's secret key (see [`EngineState::secret`]).
+    secret: Arc<StoreSecret>,
 }
+
+/// 32 random bytes made at a store's first open and kept in it: the key of the MACs that
+/// make rules' codes and action ids unguessable from outside. Its `Debug` shows nothing.
+pub struct StoreSecret([u8; 32]);
+
+impl StoreSecret {
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoreSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreSecret(<redacted>)")
+    }
+}
+
+/// Where the secret is kept in the engine's tree.
+const SECRET_KEY: &[u8] = b"Msecret";
 
 impl EngineState {
     /// Opens (or creates) the engine's database in `store_dir/engine`, replays the commit a
@@ -98,9 +119,14 @@ impl EngineState {
             commits: Arc::new(AtomicU64::new(1)),
             applier: Arc::new(Mutex::new(None)),
             outbox_lock: Arc::new(Mutex::new(())),
+            secret: Arc::new(StoreSecret([0; 32])),
         };
         journal::recover(&state.tree, || state.sync())?;
         migrate::FORMAT.upgrade(&state.tree, &mut || state.sync())?;
+        let state = EngineState {
+            secret: Arc::new(state.load_secret()?),
+            ..state
+        };
         let cursor = state.cursor()?;
         state.shared.durable_cursor.store(cursor, Ordering::Release);
         state.shared.durable_tx.send_replace(cursor);
@@ -119,6 +145,28 @@ impl EngineState {
         };
         *lock(&state.applier) = Some(Applier { jobs, thread });
         Ok(state)
+    }
+
+    /// The store's secret, made (from the system's random source) and made durable at its
+    /// first open.
+    fn load_secret(&self) -> Result<StoreSecret, StoreError> {
+        if let Some(bytes) = self.tree.get(SECRET_KEY)? {
+            return <[u8; 32]>::try_from(&bytes[..])
+                .map(StoreSecret)
+                .map_err(|_| schema::corrupt("Msecret", "not 32 bytes"));
+        }
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(
+            |_| StoreError::Engine("no random source for the store's secret".to_owned()),
+        )?;
+        self.tree.insert(SECRET_KEY, &bytes[..])?;
+        self.sync()?;
+        Ok(StoreSecret(bytes))
+    }
+
+    /// The store's secret key: the same for the life of the store, different for every store.
+    pub fn secret(&self) -> &StoreSecret {
+        &self.secret
     }
 
     /// A value, as committed (applied or not).

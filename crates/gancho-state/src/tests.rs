@@ -323,3 +323,23 @@ fn reads_see_a_commit_before_the_applier_has_written_it() {
         },
     );
 }
+
+#[test]
+fn a_store_keeps_its_secret_and_two_stores_have_different_ones() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = open(a.path());
+    let secret = *first.secret().bytes();
+    first.close();
+    drop(first);
+    let again = open(a.path());
+    assert_eq!(*again.secret().bytes(), secret, "kept across a restart");
+    assert_eq!(format!("{:?}", again.secret()), "StoreSecret(<redacted>)");
+    let other = open(b.path());
+    assert_ne!(
+        *other.secret().bytes(),
+        secret,
+        "another store, another secret"
+    );
+    again.close();
+    other.close();
+}
