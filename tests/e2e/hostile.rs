@@ -335,3 +335,49 @@ fn the_data_folder_and_its_files_are_the_daemons_own_whatever_the_umask() {
     let status = crate::support::wait_with_timeout(&mut child, Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Bytes of the files under `dir`.
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            folder_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+#[test]
+fn a_flood_of_invalid_items_costs_about_its_own_bytes() {
+    let setup = Setup::standard();
+    let daemon = setup.start();
+    assert_eq!(daemon.post("bank", &withdrawal("w0")).status, 200);
+    let log = setup.dir.path().join("data/store/log");
+    let before = folder_bytes(&log);
+    // 10,000 items without a type: about 1 MB.
+    let items: Vec<String> = (0..10_000)
+        .map(|i| format!(r#"{{"id":"bad-{i}","at":1764320000,"account":"ES7600000000000000{i:05}","note":"no kind here, {i:06}"}}"#))
+        .collect();
+    let body = format!("[{}]", items.join(","));
+    let answer = daemon.post("bank", body.as_bytes());
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer.body.contains(r#""quarantined":10000"#),
+        "{}",
+        answer.body
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let grown = folder_bytes(&log).saturating_sub(before);
+    eprintln!("{} bytes posted, the log grew by {grown}", body.len());
+    // One record for the request (it was 172 MB for 1 MB, a record per item).
+    assert!(
+        grown < 16 << 20,
+        "the log grew by {grown} bytes for {}",
+        body.len()
+    );
+    let listed = setup.quarantine();
+    assert_eq!(listed.len(), 10_000);
+}

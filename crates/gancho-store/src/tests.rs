@@ -711,3 +711,65 @@ fn readers_see_no_event_before_it_is_durable() {
         },
     );
 }
+
+#[test]
+fn a_requests_invalid_items_make_one_quarantine_record_with_the_first_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let rejected = |n: usize, tag: &str| -> Vec<Rejected> {
+        (0..n)
+            .map(|i| Rejected {
+                source: "mailjet".into(),
+                received: Utc.timestamp_opt(5, 0).unwrap(),
+                reason: format!("{tag} item {i} is bad"),
+                item: raw(json!({"n": i})),
+            })
+            .collect()
+    };
+    let report = store
+        .appender()
+        .append_blocking(Submission {
+            events: vec![event("open", 1, "a@x", 1)],
+            rejected: rejected(150, "first"),
+        })
+        .unwrap();
+    assert_eq!(report.quarantined.len(), 150);
+    let second = store
+        .appender()
+        .append_blocking(Submission {
+            events: vec![],
+            rejected: rejected(2, "second"),
+        })
+        .unwrap();
+    assert_eq!(second.quarantined, vec![2, 2]);
+    store.shutdown().unwrap();
+    drop(store);
+    // Two values in the log, not 152.
+    {
+        let db = Db::open(&dir.path().join("log"), 8 << 20).unwrap();
+        let tree = db.tree("events").unwrap();
+        assert_eq!(tree.scan_prefix([codec::QUARANTINE]).count(), 2);
+    }
+    let store = open(dir.path());
+    let all = store.quarantine(0).unwrap();
+    assert_eq!(all.len(), 152);
+    assert_eq!(all[0].reason, "first item 0 is bad");
+    assert_eq!(all[99].reason, "first item 99 is bad");
+    assert!(
+        all[100]
+            .reason
+            .contains("not kept: item 101 of the request's 150"),
+        "{}",
+        all[100].reason
+    );
+    assert_eq!(all[149].item.get(), r#"{"n":149}"#);
+    assert_eq!(
+        (all[150].id, all[151].reason.as_str()),
+        (2, "second item 1 is bad")
+    );
+    // The newest, across records.
+    let newest = store.quarantine(3).unwrap();
+    assert_eq!(newest.len(), 3);
+    assert_eq!(newest[0].item.get(), r#"{"n":149}"#);
+    assert_eq!(newest[2].reason, "second item 1 is bad");
+}

@@ -193,18 +193,82 @@ pub(crate) fn event_from_view(view: RecordView<'_>) -> Result<Event, StoreError>
     })
 }
 
-pub(crate) fn encode_quarantined(item: &Quarantined) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(item).map_err(|err| StoreError::Corrupt {
-        key: format!("Q{}", item.id),
+/// How many of one request's invalid items keep their reason in its quarantine record.
+pub(crate) const MAX_REASONS: usize = 100;
+
+/// One request's invalid items, as stored: one record per request, so that an array of 10,000
+/// invalid items costs one sled value of about its own size, not 10,000.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct QuarantineRecord {
+    source: String,
+    received: chrono::DateTime<chrono::Utc>,
+    items: Vec<StoredItem>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredItem {
+    /// Kept for the first [`MAX_REASONS`] items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    item: Box<serde_json::value::RawValue>,
+}
+
+/// The record of one request's invalid items (all from one source, received together).
+pub(crate) fn encode_quarantine_record(items: &[Quarantined]) -> Result<Vec<u8>, StoreError> {
+    let Some(first) = items.first() else {
+        return Ok(Vec::new());
+    };
+    let record = QuarantineRecord {
+        source: first.source.clone(),
+        received: first.received,
+        items: items
+            .iter()
+            .enumerate()
+            .map(|(i, q)| StoredItem {
+                reason: (i < MAX_REASONS).then(|| q.reason.clone()),
+                item: q.item.clone(),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&record).map_err(|err| StoreError::Corrupt {
+        key: "quarantine".to_owned(),
         reason: format!("encoding: {err}"),
     })
 }
 
-pub(crate) fn decode_quarantined(bytes: &[u8]) -> Result<Quarantined, StoreError> {
-    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
-        key: "quarantine".to_owned(),
-        reason: err.to_string(),
-    })
+/// The items of the quarantine value under id `id`, each with that id.
+pub(crate) fn decode_quarantine(id: u64, bytes: &[u8]) -> Result<Vec<Quarantined>, StoreError> {
+    // A request's record, or (stores written before records) one item. Tried in turn: serde's
+    // untagged enums cannot hold a `RawValue`.
+    let record = match serde_json::from_slice::<QuarantineRecord>(bytes) {
+        Ok(record) => record,
+        Err(err) => {
+            return serde_json::from_slice::<Quarantined>(bytes)
+                .map(|item| vec![item])
+                .map_err(|_| StoreError::Corrupt {
+                    key: format!("Q{id}"),
+                    reason: err.to_string(),
+                });
+        }
+    };
+    let n = record.items.len();
+    Ok(record
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(i, stored)| Quarantined {
+            id,
+            source: record.source.clone(),
+            received: record.received,
+            reason: stored.reason.unwrap_or_else(|| {
+                format!(
+                    "(not kept: item {} of the request's {n} invalid items; the first {MAX_REASONS} keep theirs)",
+                    i + 1
+                )
+            }),
+            item: stored.item,
+        })
+        .collect())
 }
 
 /// The highest id under a one-byte prefix whose keys are `prefix ++ u64 BE`, 0 if none.

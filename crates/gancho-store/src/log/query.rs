@@ -170,9 +170,15 @@ fn matches(event: &Event, query: &EventQuery) -> bool {
 pub(crate) fn quarantine(tree: &Tree, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
     let limit = if limit == 0 { usize::MAX } else { limit };
     let mut items = Vec::new();
-    for entry in tree.scan_prefix([codec::QUARANTINE]).rev().take(limit) {
-        let (_, bytes) = entry?;
-        items.push(codec::decode_quarantined(&bytes)?);
+    for entry in tree.scan_prefix([codec::QUARANTINE]).rev() {
+        if items.len() >= limit {
+            break;
+        }
+        let (key, bytes) = entry?;
+        let id = key.get(1..).and_then(crate::keys::read_u64).unwrap_or(0);
+        // Newest first for now: the record's items from its last.
+        let record = codec::decode_quarantine(id, &bytes)?;
+        items.extend(record.into_iter().rev().take(limit - items.len()));
     }
     items.reverse();
     Ok(items)

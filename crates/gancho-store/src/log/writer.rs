@@ -111,7 +111,8 @@ pub struct AppendReport {
     pub stored: Vec<u64>,
     /// Sequence numbers of the events already stored earlier, which were skipped.
     pub duplicates: Vec<u64>,
-    /// Ids of the items put in quarantine.
+    /// The quarantine record's id, once per item put in quarantine (a request's invalid items
+    /// share one record).
     pub quarantined: Vec<u64>,
 }
 
@@ -427,14 +428,14 @@ impl Writer {
             seq += 1;
         }
         let mut qid = self.next_qid;
-        let mut quarantined = Vec::with_capacity(submission.quarantined.len());
-        for mut item in submission.quarantined {
-            item.id = qid;
+        let mut quarantined = Vec::with_capacity(1);
+        if !submission.quarantined.is_empty() {
+            // One record for the request's invalid items, under one id.
             quarantined.push((
                 codec::quarantine_key(qid),
-                codec::encode_quarantined(&item)?,
+                codec::encode_quarantine_record(&submission.quarantined)?,
             ));
-            report.quarantined.push(qid);
+            report.quarantined = vec![qid; submission.quarantined.len()];
             qid += 1;
         }
         // Nothing can fail from here on: commit the submission to the group.
