@@ -42,6 +42,7 @@ impl World {
             &StoreConfig {
                 fsync: false,
                 cache_capacity: 16 << 20,
+                ..StoreConfig::default()
             },
         )
         .unwrap();

@@ -181,6 +181,7 @@ fn deliver(
         &StoreConfig {
             fsync,
             cache_capacity: 256 << 20,
+            ..StoreConfig::default()
         },
     )?;
     for (batch, seqs) in (1..=n as u64).collect::<Vec<_>>().chunks(4096).enumerate() {

@@ -37,6 +37,7 @@ fn config(fsync: bool) -> StoreConfig {
     StoreConfig {
         fsync,
         cache_capacity: CACHE_MB.load(std::sync::atomic::Ordering::Relaxed) * 1024 * 1024,
+        ..StoreConfig::default()
     }
 }
 

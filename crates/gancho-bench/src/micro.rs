@@ -50,6 +50,7 @@ pub fn run(fsync: bool) -> anyhow::Result<()> {
     let config = StoreConfig {
         fsync,
         cache_capacity: 256 * 1024 * 1024,
+        ..StoreConfig::default()
     };
     let store = Store::open(dir.path(), &config)?;
     let appender = store.appender();

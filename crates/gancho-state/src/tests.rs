@@ -15,6 +15,7 @@ pub(crate) fn open(dir: &Path) -> EngineState {
     let config = StoreConfig {
         fsync: false,
         cache_capacity: 64 << 20,
+        ..StoreConfig::default()
     };
     EngineState::open(dir, &config).unwrap()
 }
@@ -274,6 +275,7 @@ fn a_store_of_a_newer_format_is_refused() {
     let config = StoreConfig {
         fsync: false,
         cache_capacity: 16 << 20,
+        ..StoreConfig::default()
     };
     let err = EngineState::open(dir.path(), &config).unwrap_err();
     assert!(

@@ -55,6 +55,9 @@ pub struct StoreConfig {
     /// caches of its three databases (the log and its indexes here, the engine's in
     /// `gancho-state`) and the indexes' memory tier. Default: 64 MiB. See the shares below.
     pub cache_capacity: u64,
+    /// The most the quarantine keeps, in bytes of its records; past it the oldest records go
+    /// (and are counted). Default: 256 MiB.
+    pub quarantine_max_bytes: u64,
 }
 
 /// `[store]` as written in the config file (the store counts its cache in bytes, the file in MiB).
@@ -67,6 +70,9 @@ pub struct StoreSection {
     /// The memory budget of the store's caches together, in MiB: the page caches of its
     /// databases and the indexes' memory tier. Default: 64. Example: 256.
     pub cache_mb: u64,
+    /// The most the quarantine keeps, in MiB; past it its oldest records are dropped (and
+    /// counted in the log). Default: 256. Example: 1024.
+    pub quarantine_max_mb: u64,
 }
 
 const MIB: u64 = 1024 * 1024;
@@ -77,6 +83,7 @@ impl Default for StoreSection {
         StoreSection {
             fsync: store.fsync,
             cache_mb: store.cache_capacity / MIB,
+            quarantine_max_mb: store.quarantine_max_bytes / MIB,
         }
     }
 }
@@ -88,9 +95,16 @@ impl TryFrom<StoreSection> for StoreConfig {
         if section.cache_mb == 0 {
             return Err(gancho_core::KeyError::new("cache_mb", "must be at least 1"));
         }
+        if section.quarantine_max_mb == 0 {
+            return Err(gancho_core::KeyError::new(
+                "quarantine_max_mb",
+                "must be at least 1",
+            ));
+        }
         Ok(StoreConfig {
             fsync: section.fsync,
             cache_capacity: section.cache_mb.saturating_mul(MIB),
+            quarantine_max_bytes: section.quarantine_max_mb.saturating_mul(MIB),
         })
     }
 }
@@ -127,6 +141,7 @@ impl Default for StoreConfig {
         StoreConfig {
             fsync: true,
             cache_capacity: 64 * 1024 * 1024,
+            quarantine_max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -260,6 +275,7 @@ impl Store {
             Arc::clone(&index),
             log_sync,
             Arc::clone(&progress),
+            config.quarantine_max_bytes,
         )?;
         let indexer = {
             let indexer = index::indexer::Indexer {
@@ -420,6 +436,16 @@ impl Store {
             key: format!("L{seq}"),
             reason: "event missing from the log".to_owned(),
         })
+    }
+
+    /// How many quarantine records were dropped, ever, to keep it under `quarantine_max_bytes`.
+    pub fn quarantine_dropped(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .inner
+            .events
+            .get(log::codec::QUARANTINE_DROPPED_KEY)?
+            .and_then(|v| keys::read_u64(&v[..]))
+            .unwrap_or(0))
     }
 
     /// Quarantined items, oldest first, the newest `limit` of them.

@@ -773,3 +773,43 @@ fn a_requests_invalid_items_make_one_quarantine_record_with_the_first_reasons() 
     assert_eq!(newest[0].item.get(), r#"{"n":149}"#);
     assert_eq!(newest[2].reason, "second item 1 is bad");
 }
+
+#[test]
+fn past_its_cap_the_quarantine_drops_its_oldest_records_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        quarantine_max_bytes: 20_000,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.path(), &config).unwrap();
+    // Ten requests of 40 invalid items (about 4 KB each).
+    for r in 0..10 {
+        let rejected = (0..40)
+            .map(|i| Rejected {
+                source: "mailjet".into(),
+                received: Utc.timestamp_opt(5, 0).unwrap(),
+                reason: "bad".into(),
+                item: raw(json!({"request": r, "n": i, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"})),
+            })
+            .collect();
+        store
+            .appender()
+            .append_blocking(Submission {
+                events: vec![],
+                rejected,
+            })
+            .unwrap();
+    }
+    let kept = store.quarantine(0).unwrap();
+    let dropped = store.quarantine_dropped().unwrap();
+    assert!(dropped >= 5, "{dropped} dropped");
+    assert_eq!(kept.len() as u64, (10 - dropped) * 40);
+    // The newest stay.
+    assert!(kept.last().unwrap().item.get().contains(r#""request":9"#));
+    store.shutdown().unwrap();
+    drop(store);
+    // After a restart the cap still holds, and so does the count.
+    let store = Store::open(dir.path(), &config).unwrap();
+    assert_eq!(store.quarantine_dropped().unwrap(), dropped);
+    assert_eq!(store.quarantine(0).unwrap().len(), kept.len());
+}

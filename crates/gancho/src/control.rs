@@ -155,6 +155,7 @@ pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result
             let config = StoreConfig {
                 fsync: false,
                 cache_capacity: 64 * 1024 * 1024,
+                ..StoreConfig::default()
             };
             let data = match Data::open(store_dir, &config) {
                 Ok(data) => data,

@@ -129,6 +129,7 @@ fn open_store(path: &Path) -> (Store, EngineState) {
     let config = StoreConfig {
         fsync: false,
         cache_capacity: 16 * 1024 * 1024,
+        ..StoreConfig::default()
     };
     let dir = path.join("store");
     (

@@ -36,6 +36,8 @@ pub struct Quarantined {
 pub(crate) const COMMIT_KEY: &[u8] = b"Mcommit";
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const QUARANTINE: u8 = b'Q';
+/// How many quarantine records were dropped for the cap, ever (u64 BE).
+pub(crate) const QUARANTINE_DROPPED_KEY: &[u8] = b"Mqdropped";
 
 /// The key of the block whose first event has this sequence number.
 pub(crate) fn log_key(seq: u64) -> [u8; 9] {

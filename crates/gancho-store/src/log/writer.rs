@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use chrono::{DateTime, Utc};
 use gancho_core::NewEvent;
 use tokio::sync::oneshot;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::codec;
@@ -202,9 +202,18 @@ pub(crate) fn start(
     index: Arc<Index>,
     sync: Option<FileSync>,
     progress: Arc<Progress>,
+    quarantine_max: u64,
 ) -> Result<Started, StoreError> {
     let last_seq = codec::last_seq(&events)?;
     let next_qid = codec::last_id(&events, codec::QUARANTINE)? + 1;
+    // The quarantine's records, oldest first, with their sizes (one pass at open).
+    let mut quarantine = std::collections::VecDeque::new();
+    for entry in events.scan_prefix([codec::QUARANTINE]) {
+        let (key, value) = entry?;
+        if let Some(id) = key.get(1..).and_then(crate::keys::read_u64) {
+            quarantine.push_back((id, value.len() as u64));
+        }
+    }
     let mut writer = Writer {
         events,
         index,
@@ -212,6 +221,9 @@ pub(crate) fn start(
         next_qid,
         pending: Pending::new(last_seq + 1),
         progress: Arc::clone(&progress),
+        quarantine_bytes: quarantine.iter().map(|(_, n)| n).sum(),
+        quarantine,
+        quarantine_max,
     };
     writer.load_pending(last_seq)?;
     let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
@@ -245,6 +257,11 @@ struct Writer {
     /// their seq.
     pending: Pending,
     progress: Arc<Progress>,
+    /// The quarantine's records (id, bytes), oldest first, and their total, kept under
+    /// `quarantine_max` by dropping the oldest.
+    quarantine: std::collections::VecDeque<(u64, u64)>,
+    quarantine_bytes: u64,
+    quarantine_max: u64,
 }
 
 /// A submission staged into the group's batch, waiting for the flush.
@@ -357,6 +374,15 @@ impl Writer {
                 }
                 continue;
             }
+            for (key, value) in &writes {
+                if key.first() == Some(&codec::QUARANTINE)
+                    && let Some(id) = key.get(1..).and_then(crate::keys::read_u64)
+                {
+                    self.quarantine.push_back((id, value.len() as u64));
+                    self.quarantine_bytes += value.len() as u64;
+                }
+            }
+            self.cap_quarantine();
             let applied = Applied {
                 staged,
                 last_seq: self.next_seq - 1,
@@ -377,6 +403,42 @@ impl Writer {
             }
         }
         debug!("store writer stopped");
+    }
+
+    /// Drops the oldest quarantine records while the quarantine holds more than its cap, and
+    /// counts them (`Mqdropped`). Best effort: a record left by a failed removal goes later.
+    fn cap_quarantine(&mut self) {
+        let mut dropped = 0u64;
+        while self.quarantine_bytes > self.quarantine_max && self.quarantine.len() > 1 {
+            let Some((id, bytes)) = self.quarantine.pop_front() else {
+                break;
+            };
+            if let Err(err) = self.events.remove(&codec::quarantine_key(id)[..]) {
+                warn!(error = %err, "dropping an old quarantine record");
+                self.quarantine.push_front((id, bytes));
+                break;
+            }
+            self.quarantine_bytes -= bytes;
+            dropped += 1;
+        }
+        if dropped > 0 {
+            let total = self
+                .events
+                .get(codec::QUARANTINE_DROPPED_KEY)
+                .ok()
+                .flatten()
+                .and_then(|v| crate::keys::read_u64(&v))
+                .unwrap_or(0)
+                + dropped;
+            let _ = self
+                .events
+                .insert(codec::QUARANTINE_DROPPED_KEY, &total.to_be_bytes()[..]);
+            warn!(
+                dropped,
+                total,
+                "the quarantine is full ([store] quarantine_max_mb): its oldest records were dropped"
+            );
+        }
     }
 
     /// Writes a group's keys in order, the commit record last.
