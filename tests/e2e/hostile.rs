@@ -97,7 +97,7 @@ fn a_client_that_sends_a_too_large_body_before_reading_gets_the_413_not_a_reset(
 
 /// The daemon started by a shell after `setup_shell` (a `ulimit`, a `umask`), which it
 /// inherits across `exec`.
-fn daemon_after(setup: &Setup, setup_shell: &str) -> std::process::Child {
+fn daemon_after(setup: &Setup, setup_shell: &str) -> crate::support::Reaped {
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -105,7 +105,7 @@ fn daemon_after(setup: &Setup, setup_shell: &str) -> std::process::Child {
         .arg(gancho_bin())
         .arg(&setup.config)
         .env("GANCHO_LOG", "info");
-    crate::support::as_daemon(&mut command).spawn().unwrap()
+    crate::support::Reaped(crate::support::as_daemon(&mut command).spawn().unwrap())
 }
 
 /// Open descriptors of a process.
@@ -221,7 +221,7 @@ fn running_out_of_file_descriptors_for_a_while_does_not_fail_the_store() {
     assert_eq!(health.status, 200, "{}", health.body);
     assert!(matches!(child.try_wait(), Ok(None)), "the daemon exited");
     crate::support::signal(child.id(), "TERM");
-    let status = crate::support::wait_with_timeout(&mut child, Duration::from_secs(30)).unwrap();
+    let status = crate::support::wait_with_timeout(&mut child.0, Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0), "{}", log.lock().unwrap());
     assert_eq!(setup.events(&["--source", "bank"]).len(), 3);
 }
@@ -332,7 +332,7 @@ fn the_data_folder_and_its_files_are_the_daemons_own_whatever_the_umask() {
     assert_eq!(mode(&db), 0o600, "a store file");
     assert_eq!(mode(&data.join("store")), 0o700);
     crate::support::signal(child.id(), "TERM");
-    let status = crate::support::wait_with_timeout(&mut child, Duration::from_secs(30)).unwrap();
+    let status = crate::support::wait_with_timeout(&mut child.0, Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0));
 }
 

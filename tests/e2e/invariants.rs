@@ -245,8 +245,9 @@ fn a_crash_in_the_middle_of_rebuilding_the_indexes_of_100000_events_resumes_and_
         "GANCHO_FAILPOINTS",
         "index.checkpoint.before_sync=1*off->crash",
     );
-    let mut child = crate::support::as_daemon(&mut command).spawn().unwrap();
-    let status = wait_with_timeout(&mut child, Duration::from_secs(300)).expect("no crash");
+    let mut child =
+        crate::support::Reaped(crate::support::as_daemon(&mut command).spawn().unwrap());
+    let status = wait_with_timeout(&mut child.0, Duration::from_secs(300)).expect("no crash");
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(86), "{stderr}");

@@ -27,6 +27,31 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A child process that is killed (and reaped) when dropped, so a failing test leaves no
+/// daemon behind.
+#[derive(Debug)]
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sets up `command` (which runs the daemon) as the tests start it: none of the caller's
 /// `GANCHO_CONFIG` or systemd socket, no stdout, stderr piped.
 pub fn as_daemon(command: &mut Command) -> &mut Command {
