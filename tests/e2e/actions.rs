@@ -4,28 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::support::Setup;
+use crate::support::{Setup, call_rule, withdrawal};
 use gancho_testkit::{HttpReceiver, Reply, wait_until};
-
-/// A rule that calls `url` for every bank event, with the event's id in the body.
-fn call_rule(setup: &Setup, url: &str) {
-    let rules = setup.dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(
-        rules.join("notify.rhai"),
-        format!(
-            "const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{url}\", json: #{{ id: event.id }} }});\n"
-        ),
-    )
-    .unwrap();
-}
-
-fn withdrawal(id: &str) -> Vec<u8> {
-    format!(
-        r#"{{"id":"{id}","kind":"withdrawal","at":1764320000,"account":"ES76{id}","phone":"+34600000001","amount":20,"currency":"EUR","atm":"Madrid"}}"#
-    )
-    .into_bytes()
-}
 
 /// Waits for `gancho dead --json` to list exactly one dead letter.
 fn one_dead_letter(setup: &Setup) -> Option<serde_json::Value> {

@@ -6,13 +6,8 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Request, Setup, gancho_bin};
+use crate::support::{Request, Setup, gancho_bin, withdrawal};
 use gancho_testkit::wait_until;
-
-fn withdrawal(id: &str) -> Vec<u8> {
-    format!(r#"{{"id":"{id}","kind":"withdrawal","at":1764320000,"account":"ES76{id}"}}"#)
-        .into_bytes()
-}
 
 /// Reads what the server sends until it closes the connection.
 fn read_to_close(stream: &mut TcpStream) -> String {

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Request, Setup, gancho_bin, wait_with_timeout};
+use crate::support::{
+    Request, Setup, call_rule, gancho_bin, wait_with_timeout, withdrawal, write_rule,
+};
 use gancho_testkit::{SmtpServer, wait_until};
 
 fn smtp_config(smtp: &SmtpServer) -> String {
@@ -14,19 +16,6 @@ fn smtp_config(smtp: &SmtpServer) -> String {
         "[email]\nsmtp_url = \"{}\"\nfrom = \"Bank <alerts@bank.example.com>\"\n",
         smtp.url()
     )
-}
-
-fn write_rule(setup: &Setup, name: &str, text: &str) {
-    let rules = setup.dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(rules.join(name), text).unwrap();
-}
-
-fn withdrawal(id: &str) -> Vec<u8> {
-    format!(
-        r#"{{"id":"{id}","kind":"withdrawal","at":1764320000,"account":"ES76{id}","amount":20}}"#
-    )
-    .into_bytes()
 }
 
 fn outbox_len(setup: &Setup) -> usize {
@@ -369,17 +358,6 @@ fn a_second_daemon_on_the_same_data_folder_is_told_the_store_is_in_use() {
     // The first daemon is unharmed.
     assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
     assert_eq!(daemon.terminate().code(), Some(0));
-}
-
-/// A rule that calls `url` for every bank event.
-fn call_rule(setup: &Setup, url: &str) {
-    write_rule(
-        setup,
-        "notify.rhai",
-        &format!(
-            "const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{url}\", json: #{{ id: event.id }} }});\n"
-        ),
-    );
 }
 
 #[test]

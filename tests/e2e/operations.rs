@@ -5,26 +5,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Request, Setup, gancho_bin, repo_root, signal};
+use crate::support::{Request, Setup, call_rule, gancho_bin, repo_root, signal, withdrawal};
 use gancho_testkit::{HttpReceiver, Reply, wait_until};
-
-fn withdrawal(id: &str) -> Vec<u8> {
-    format!(
-        r#"{{"id":"{id}","kind":"withdrawal","at":1764320000,"account":"ES76{id}","amount":20}}"#
-    )
-    .into_bytes()
-}
-
-/// A rule that calls `url` for every bank event.
-fn call_rule(setup: &Setup, url: &str) {
-    let rules = setup.dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(
-        rules.join("notify.rhai"),
-        format!("const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{url}\", json: #{{ id: event.id }} }});\n"),
-    )
-    .unwrap();
-}
 
 fn json_len(setup: &Setup, args: &[&str]) -> usize {
     setup.json(args).as_array().unwrap().len()

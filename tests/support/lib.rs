@@ -62,6 +62,32 @@ pub fn as_daemon(command: &mut Command) -> &mut Command {
         .stderr(Stdio::piped())
 }
 
+/// A withdrawal for the standard `bank` source.
+pub fn withdrawal(id: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"{id}","kind":"withdrawal","at":1764320000,"account":"ES76{id}","phone":"+34600000001","amount":20,"currency":"EUR","atm":"Madrid"}}"#
+    )
+    .into_bytes()
+}
+
+/// Writes a rule file into the setup's rules folder.
+pub fn write_rule(setup: &Setup, name: &str, text: &str) {
+    let rules = setup.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join(name), text).unwrap();
+}
+
+/// A rule that calls `url` for every bank event, with the event's id in the body.
+pub fn call_rule(setup: &Setup, url: &str) {
+    write_rule(
+        setup,
+        "notify.rhai",
+        &format!(
+            "const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{url}\", json: #{{ id: event.id }} }});\n"
+        ),
+    );
+}
+
 /// Mailjet fixtures copied from `shared/fixtures/mailjet`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = repo_root().join("tests/fixtures").join(name);

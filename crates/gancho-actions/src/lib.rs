@@ -19,6 +19,7 @@ mod email;
 mod executor;
 mod failure;
 mod http;
+mod lane;
 mod retry;
 mod sign;
 mod sms;

@@ -1,4 +1,5 @@
-//! The script API: the rhai engine with gancho's host functions, and its sandbox.
+//! The script API: the rhai engine with gancho's host functions (the sandbox they run in is
+//! `sandbox.rs`).
 //!
 //! Every function that reads time reads the event's time, never the wall clock (rhai's own
 //! `timestamp` is compiled out with `no_time`). Functions that decide something (state, timers,
@@ -17,41 +18,9 @@ use rhai::{Dynamic, EvalAltResult, INT, ImmutableString, Map};
 
 use crate::ctx::Ctx;
 use crate::dynamic;
+use crate::sandbox::{Limits, sandbox, watch_run_time};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
-
-/// Limits of the sandbox. A rule that passes one is stopped for that event.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// rhai operations per run (an infinite loop stops here).
-    pub max_operations: u64,
-    pub max_call_levels: usize,
-    pub max_expr_depth: usize,
-    pub max_string_size: usize,
-    pub max_array_size: usize,
-    pub max_map_size: usize,
-    /// Window queries per run.
-    pub max_queries: u32,
-    /// Wall time per run. rhai checks the sizes of a value after each operation by walking
-    /// all of it, so a rule that grows a value step by step costs the square of its size
-    /// (a nest 100,000 deep: some 5e9 steps) in what counts as few operations.
-    pub max_run_time: std::time::Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_operations: 1_000_000,
-            max_call_levels: 32,
-            max_expr_depth: 64,
-            max_string_size: 1 << 20,
-            max_array_size: 100_000,
-            max_map_size: 50_000,
-            max_queries: 1_000,
-            max_run_time: std::time::Duration::from_secs(1),
-        }
-    }
-}
 
 /// The longest timer name `after` takes, in bytes (the name becomes the firing event's type).
 const MAX_TIMER_NAME: usize = 1024;
@@ -71,44 +40,10 @@ fn err<T>(message: impl Into<String>) -> Res<T> {
     Err(message.into().into())
 }
 
-/// A rhai engine with the sandbox's limits and no host functions: what `gancho check` compiles
-/// with, so compile errors are the same as in the daemon.
-pub(crate) fn sandbox(limits: &Limits) -> rhai::Engine {
-    let mut engine = rhai::Engine::new();
-    engine
-        .set_max_operations(limits.max_operations)
-        .set_max_call_levels(limits.max_call_levels)
-        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth / 2)
-        .set_max_string_size(limits.max_string_size)
-        .set_max_array_size(limits.max_array_size)
-        .set_max_map_size(limits.max_map_size)
-        .set_max_functions(256)
-        .set_max_variables(1024)
-        .set_fail_on_invalid_map_property(false);
-    engine.disable_symbol("eval");
-    engine.on_print(|text| tracing::info!(target: "gancho::rule", "{text}"));
-    engine.on_debug(|text, _, pos| tracing::debug!(target: "gancho::rule", %pos, "{text}"));
-    engine
-}
-
 /// The engine rules run in: the sandbox plus gancho's functions, bound to `ctx`.
 pub(crate) fn build(limits: &Limits, ctx: &Rc<RefCell<Ctx>>) -> rhai::Engine {
     let mut engine = sandbox(limits);
-    let max_run_time = limits.max_run_time;
-    let watched = Rc::clone(ctx);
-    engine.on_progress(move |ops| {
-        if ops % 1024 != 0 {
-            return None;
-        }
-        let ctx = watched.try_borrow().ok()?;
-        let started = ctx.run.as_ref()?.started;
-        (started.elapsed() > max_run_time).then(|| {
-            Dynamic::from(format!(
-                "the run took longer than {}",
-                humantime::format_duration(max_run_time)
-            ))
-        })
-    });
+    watch_run_time(&mut engine, limits, ctx);
     register_time(&mut engine);
     register_queries(&mut engine, ctx);
     register_state(&mut engine, ctx);

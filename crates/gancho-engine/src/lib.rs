@@ -15,13 +15,15 @@ mod dynamic;
 mod engine;
 mod prefetch;
 mod rule;
+mod sandbox;
 mod schedule;
 mod thread;
 
-pub use api::{Limits, MAX_LIST};
+pub use api::MAX_LIST;
 pub use engine::{
     CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineStatus, ReloadReport,
     RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir,
 };
 pub use rule::Diagnostic;
+pub use sandbox::Limits;
 pub use thread::{ENGINE_STACK, EngineHandle, spawn};

@@ -485,4 +485,6 @@ fn join(thread: JoinHandle<()>, name: &str) {
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod recovery_tests;
+#[cfg(test)]
 mod tests;

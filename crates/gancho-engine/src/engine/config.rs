@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use gancho_store::StoreError;
 
-use crate::api::Limits;
+use crate::sandbox::Limits;
 
 /// The source name of timer firings (`timer.NAME`) and cron ticks (`cron.RULE`).
 pub const TIMER_SOURCE: &str = "timer";

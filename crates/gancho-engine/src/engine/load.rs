@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use super::config::EngineError;
-use crate::api::{self, Limits};
 use crate::rule::{self, Diagnostic};
+use crate::sandbox::{self, Limits};
 
 /// The `.rhai` files of a folder, by rule name (files with other names are skipped).
 pub(super) fn rule_files(dir: &Path) -> Result<Option<Vec<(String, PathBuf)>>, EngineError> {
@@ -40,7 +40,7 @@ pub type CheckResult = (String, Result<(), Diagnostic>);
 
 /// Compiles every rule in a folder without running anything: `gancho check`.
 pub fn check_dir(dir: &Path, limits: &Limits) -> Result<Vec<CheckResult>, EngineError> {
-    let engine = api::sandbox(limits);
+    let engine = sandbox::sandbox(limits);
     let mut out = Vec::new();
     let Some(files) = rule_files(dir)? else {
         return Err(EngineError::RulesDir {

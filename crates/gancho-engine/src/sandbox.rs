@@ -1,0 +1,83 @@
+//! The sandbox rules run in: rhai's limits (operations, depth, sizes), no `eval`, print and
+//! debug to the log, and a wall-time limit per run. `no_module` and `no_time` are compiled in
+//! (`Cargo.toml`), so no script reads a file or the clock.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use rhai::Dynamic;
+
+use crate::ctx::Ctx;
+
+/// Limits of the sandbox. A rule that passes one is stopped for that event.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// rhai operations per run (an infinite loop stops here).
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_expr_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// Window queries per run.
+    pub max_queries: u32,
+    /// Wall time per run. rhai checks the sizes of a value after each operation by walking
+    /// all of it, so a rule that grows a value step by step costs the square of its size
+    /// (a nest 100,000 deep: some 5e9 steps) in what counts as few operations.
+    pub max_run_time: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_operations: 1_000_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 50_000,
+            max_queries: 1_000,
+            max_run_time: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// A rhai engine with the sandbox's limits and no host functions: what `gancho check` compiles
+/// with, so compile errors are the same as in the daemon.
+pub(crate) fn sandbox(limits: &Limits) -> rhai::Engine {
+    let mut engine = rhai::Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth / 2)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_functions(256)
+        .set_max_variables(1024)
+        .set_fail_on_invalid_map_property(false);
+    engine.disable_symbol("eval");
+    engine.on_print(|text| tracing::info!(target: "gancho::rule", "{text}"));
+    engine.on_debug(|text, _, pos| tracing::debug!(target: "gancho::rule", %pos, "{text}"));
+    engine
+}
+
+/// Stops a run of `engine` once it has taken longer than `limits.max_run_time` (checked every
+/// 1,024 operations, between them: rhai's own size checks run inside one).
+pub(crate) fn watch_run_time(engine: &mut rhai::Engine, limits: &Limits, ctx: &Rc<RefCell<Ctx>>) {
+    let max_run_time = limits.max_run_time;
+    let watched = Rc::clone(ctx);
+    engine.on_progress(move |ops| {
+        if ops % 1024 != 0 {
+            return None;
+        }
+        let ctx = watched.try_borrow().ok()?;
+        let started = ctx.run.as_ref()?.started;
+        (started.elapsed() > max_run_time).then(|| {
+            Dynamic::from(format!(
+                "the run took longer than {}",
+                humantime::format_duration(max_run_time)
+            ))
+        })
+    });
+}

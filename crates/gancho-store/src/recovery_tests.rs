@@ -1,0 +1,217 @@
+//! What opening a store does with indexes that are damaged, ahead of the log or of another
+//! format, and with a log of another format.
+
+use super::*;
+use crate::format::Format;
+use crate::kv::Db;
+use crate::tests::{append, event, open};
+
+/// A store in `dir` with two opens (a@x, b@x), indexed, closed.
+fn store_two_opens_indexed(dir: &std::path::Path) {
+    let store = open(dir);
+    append(
+        &store,
+        vec![event("open", 1, "a@x", 1), event("open", 2, "b@x", 2)],
+    );
+    assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+    store.shutdown().unwrap();
+}
+
+/// Overwrites, in the closed store in `dir`, every index key starting with `prefix` with
+/// `value`; returns how many there were.
+fn overwrite_index_keys(dir: &std::path::Path, prefix: &[u8], value: &[u8]) -> usize {
+    let db = Db::open(&dir.join("indexes"), 64 << 20).unwrap();
+    let tree = db.tree("index").unwrap();
+    let keys: Vec<_> = tree
+        .scan_prefix(prefix)
+        .keys()
+        .map(|k| k.unwrap())
+        .collect();
+    for key in &keys {
+        tree.insert(key, value).unwrap();
+    }
+    db.flush().unwrap();
+    keys.len()
+}
+
+#[test]
+fn an_index_ahead_of_the_log_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    // Lose the log's newest block, as a power loss with fsync off could.
+    {
+        let db = Db::open(&dir.path().join("log"), 64 << 20).unwrap();
+        let tree = db.tree("events").unwrap();
+        tree.remove(codec::log_key(1)).unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.last_seq().unwrap(), 0);
+    // The lost events are not taken for duplicates of themselves: the retry stores them.
+    let report = append(&store, vec![event("open", 2, "b@x", 2)]);
+    assert_eq!(report.stored, vec![1]);
+    assert!(store.wait_indexed(1, std::time::Duration::from_secs(10)));
+    let q = EventQuery {
+        source: Some("mailjet".into()),
+        kind: Some("open".into()),
+        key: Some(KeyFilter {
+            name: "email".into(),
+            value: "a@x".into(),
+        }),
+        since: None,
+        limit: 0,
+    };
+    assert!(store.events(&q).unwrap().is_empty());
+}
+
+#[test]
+fn damaged_indexes_are_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let by_email = |email: &str| EventQuery {
+        source: Some("mailjet".into()),
+        kind: Some("open".into()),
+        key: Some(KeyFilter {
+            name: "email".into(),
+            value: email.into(),
+        }),
+        since: None,
+        limit: 0,
+    };
+    store_two_opens_indexed(dir.path());
+    // Damage every run record.
+    assert!(overwrite_index_keys(dir.path(), b"R", b"\x07garbage") > 0);
+    let store = open(dir.path());
+    assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+    assert_eq!(store.events(&by_email("a@x")).unwrap().len(), 1);
+    // Dedup holds across the rebuild.
+    let report = append(&store, vec![event("open", 2, "b@x", 2)]);
+    assert!(report.stored.is_empty());
+}
+
+#[test]
+fn an_unreadable_index_watermark_means_a_rebuild_not_a_refusal_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    assert_eq!(
+        overwrite_index_keys(dir.path(), index::INDEXED_KEY, b"bad"),
+        1
+    );
+    let store = open(dir.path());
+    assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+    let report = append(&store, vec![event("open", 1, "a@x", 1)]);
+    assert!(report.stored.is_empty(), "dedup holds after the rebuild");
+}
+
+#[test]
+fn a_damaged_index_block_fails_the_store_and_the_next_start_rebuilds_the_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    // Damage every block of every run (open reads only run records and filters).
+    assert!(overwrite_index_keys(dir.path(), b"B", &[0, 0, 0, 9]) > 0);
+    {
+        let store = open(dir.path());
+        // A retry of a stored event: its dedup lookup reads a damaged block.
+        let refused = store.appender().append_blocking(Submission {
+            events: vec![event("open", 1, "a@x", 1)],
+            rejected: vec![],
+        });
+        assert!(refused.is_err());
+        assert!(store.failure().is_some_and(|r| r.contains("damaged")));
+        store.shutdown().unwrap();
+    }
+    let store = open(dir.path());
+    assert!(store.failure().is_none());
+    assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+    let report = append(&store, vec![event("open", 1, "a@x", 1)]);
+    assert!(report.stored.is_empty(), "dedup holds after the rebuild");
+}
+
+/// Sets (or, with `None`, removes) a database's format version in the closed store in `dir`.
+fn set_format(dir: &std::path::Path, db: &str, tree: &str, format: &Format, to: Option<u32>) {
+    let db = Db::open(&dir.join(db), 16 << 20).unwrap();
+    let tree = db.tree(tree).unwrap();
+    match to {
+        Some(version) => tree.insert(format.key, &version.to_be_bytes()[..]).unwrap(),
+        None => tree.remove(format.key).unwrap(),
+    }
+    db.flush().unwrap();
+}
+
+/// Puts a key no layout has in the closed store's index database: a rebuild (which empties the
+/// tree) takes it away.
+fn mark_indexes(dir: &std::path::Path) {
+    let db = Db::open(&dir.join("indexes"), 16 << 20).unwrap();
+    db.tree("index")
+        .unwrap()
+        .insert(b"Zmark", &b""[..])
+        .unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn indexes_of_format_0_are_kept_and_marked_with_their_version() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    // Written before formats had versions: the same layout, no version key.
+    set_format(dir.path(), "indexes", "index", &migrate::INDEX, None);
+    mark_indexes(dir.path());
+    store_two_opens_indexed(dir.path());
+    let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+    let tree = db.tree("index").unwrap();
+    assert!(
+        tree.contains_key(b"Zmark").unwrap(),
+        "the indexes were rebuilt"
+    );
+    assert_eq!(
+        tree.get(migrate::INDEX.key).unwrap().as_deref(),
+        Some(&1u32.to_be_bytes()[..])
+    );
+}
+
+#[test]
+fn a_log_of_a_newer_format_is_refused_and_newer_indexes_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    set_format(dir.path(), "indexes", "index", &migrate::INDEX, Some(9));
+    mark_indexes(dir.path());
+    {
+        let store = open(dir.path());
+        assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+        let report = append(&store, vec![event("open", 1, "a@x", 1)]);
+        assert!(report.stored.is_empty(), "dedup holds after the rebuild");
+        store.shutdown().unwrap();
+    }
+    {
+        let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+        let tree = db.tree("index").unwrap();
+        assert!(!tree.contains_key(b"Zmark").unwrap(), "not rebuilt");
+        assert_eq!(
+            tree.get(migrate::INDEX.key).unwrap().as_deref(),
+            Some(&1u32.to_be_bytes()[..])
+        );
+    }
+    set_format(dir.path(), "log", "events", &migrate::LOG, Some(2));
+    let err = Store::open(dir.path(), &StoreConfig::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the log database is in format 2; this build reads formats 0 to 1"
+    );
+}
+
+#[test]
+fn a_log_of_format_0_opens_whole_and_gets_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    set_format(dir.path(), "log", "events", &migrate::LOG, None);
+    let store = open(dir.path());
+    assert_eq!(store.last_seq().unwrap(), 2);
+    assert_eq!(store.read_range(1, 2).unwrap().len(), 2);
+    store.shutdown().unwrap();
+    drop(store);
+    let db = Db::open(&dir.path().join("log"), 16 << 20).unwrap();
+    let tree = db.tree("events").unwrap();
+    assert_eq!(
+        tree.get(migrate::LOG.key).unwrap().as_deref(),
+        Some(&1u32.to_be_bytes()[..])
+    );
+}
