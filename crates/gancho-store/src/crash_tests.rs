@@ -119,7 +119,8 @@ fn check_log_and_indexes(dir: &Path, expected: &[NewEvent]) {
 fn assert_open_deletes_orphans(dir: &Path) {
     let db = crate::kv::Db::open(&dir.join("indexes"), 8 << 20).unwrap();
     let tree = db.tree("index").unwrap();
-    let opened = crate::index::open(db, crate::keys::KEY_RULE, None, 1 << 16).unwrap();
+    let opened =
+        crate::index::open(db, crate::keys::KEY_RULE, None, 1 << 16, Default::default()).unwrap();
     drop(opened);
     // The index database's prefixes (`index/layout.rs`): R run records, B blocks, F filters,
     // each followed by the run's id.
@@ -242,7 +243,8 @@ fn crash_in_merge(test: &str, point: &'static str, actions: &'static str) {
             drop(store);
             let db = crate::kv::Db::open(&dir.join("indexes"), 64 << 20).unwrap();
             let (_index, mut writer, _) =
-                crate::index::open(db, crate::keys::KEY_RULE, None, 1 << 16).unwrap();
+                crate::index::open(db, crate::keys::KEY_RULE, None, 1 << 16, Default::default())
+                    .unwrap();
             if writer.merge_pending() {
                 failpoint::set(point, actions).unwrap();
                 while !writer.merge_step(10_000).unwrap() {}

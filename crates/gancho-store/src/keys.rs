@@ -22,6 +22,10 @@ pub(crate) const BY_KEY: u8 = b'K';
 /// How the index tells timed entries (`T`, `K`) from dedup entries.
 pub(crate) const KEY_RULE: KeyRule = KeyRule {
     timed: |key| matches!(key.first(), Some(&BY_TYPE | &BY_KEY)),
+    seq: |key, value| match key.first() {
+        Some(&BY_TYPE | &BY_KEY) => seq_of_index_key(key),
+        _ => read_u64(value),
+    },
 };
 
 pub(crate) fn dedup_key(source: &str, id: &str) -> Vec<u8> {

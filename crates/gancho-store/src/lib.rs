@@ -25,6 +25,7 @@ pub mod kv;
 mod log;
 mod migrate;
 mod progress;
+mod purged;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -36,6 +37,7 @@ use gancho_core::Event;
 
 pub use error::StoreError;
 pub use log::codec::Quarantined;
+pub use log::prune::{PruneReport, PruneRequest};
 pub use log::query::{EventQuery, KeyFilter, Order, Window};
 pub use log::writer::{AppendReport, Appender, Rejected, Submission};
 
@@ -166,7 +168,8 @@ struct Inner {
     index: Arc<index::Index>,
     appender: Appender,
     /// Decompressed log blocks, for single-event reads.
-    blocks: cache::BlockCache,
+    blocks: Arc<cache::BlockCache>,
+    pruner: log::prune::Pruner,
     progress: Arc<Progress>,
     threads: Mutex<Option<Threads>>,
 }
@@ -220,7 +223,8 @@ impl Store {
                 false => Ok(None),
             }
         };
-        let last_seq = codec::last_seq(&events)?;
+        let (last_seq, _) = codec::log_end(&events)?;
+        let purged = Arc::new(log::prune::read_purged(&events)?);
         let watermark = match index::indexed_seq(&index_tree) {
             Err(StoreError::Corrupt { .. }) => None,
             other => Some(other?),
@@ -258,17 +262,22 @@ impl Store {
             rule,
             index_sync()?,
             filter_keys,
+            Arc::clone(&purged),
         ) {
             Err(err @ StoreError::Corrupt { .. }) => {
                 // The indexes are derived from the log: rebuild rather than refuse to start.
                 tracing::error!(error = %err, "the indexes are damaged; rebuilding them from the log");
                 index_tree.remove_all()?;
                 migrate::INDEX.upgrade(&index_tree, &mut index_durable)?;
-                index::open(index_db.clone(), rule, index_sync()?, filter_keys)?
+                index::open(index_db.clone(), rule, index_sync()?, filter_keys, purged)?
             }
             other => other?,
         };
         let progress = Arc::new(Progress::new(last_seq, indexed));
+        let prune_sync = match config.fsync {
+            true => Some(FileSync::open(&log_path)?),
+            false => None,
+        };
         let started = writer::start(
             log_db.clone(),
             events.clone(),
@@ -292,6 +301,16 @@ impl Store {
                     source,
                 })?
         };
+        let blocks = Arc::new(cache::BlockCache::new(256));
+        let pruner = log::prune::Pruner {
+            db: log_db.clone(),
+            tree: events.clone(),
+            index: Arc::clone(&index),
+            blocks: Arc::clone(&blocks),
+            quarantine: started.quarantine,
+            sync: Mutex::new(prune_sync),
+            running: Mutex::new(()),
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -300,7 +319,8 @@ impl Store {
                 index_db,
                 index,
                 appender: started.appender,
-                blocks: cache::BlockCache::new(256),
+                blocks,
+                pruner,
                 progress,
                 threads: Mutex::new(Some(Threads {
                     writer: started.writer,
@@ -322,7 +342,9 @@ impl Store {
 
     /// The event with this sequence number.
     pub fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        if seq > self.inner.progress.durable.load(Ordering::Acquire) {
+        if seq > self.inner.progress.durable.load(Ordering::Acquire)
+            || self.inner.index.purged().contains(seq)
+        {
             return Ok(None);
         }
         let Some(block) = self.inner.blocks.block(&self.inner.events, seq)? else {
@@ -357,7 +379,19 @@ impl Store {
 
     /// The sequence number of the newest event, 0 for an empty log.
     pub fn last_seq(&self) -> Result<u64, StoreError> {
-        codec::last_seq(&self.inner.events)
+        codec::log_end(&self.inner.events).map(|(seq, _)| seq)
+    }
+
+    /// Deletes what is past its retention (see [`PruneRequest`]): events from the log and the
+    /// indexes (whose runs are written again without them in the background), quarantine
+    /// records. One prune runs at a time; ingest and reads go on meanwhile.
+    pub fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StoreError> {
+        self.inner.pruner.prune(request)
+    }
+
+    /// How many events were pruned, ever.
+    pub fn pruned(&self) -> u64 {
+        self.inner.index.purged().total()
     }
 
     /// Events matching the query, in log order (oldest first), the newest `query.limit` of them.
@@ -388,7 +422,11 @@ impl Store {
     ) -> Result<Vec<Event>, StoreError> {
         let to = to.min(self.inner.progress.durable.load(Ordering::Acquire));
         let mut events = Vec::new();
+        let purged = self.inner.index.purged();
         codec::for_each_record(&self.inner.events, from.max(1), to, |seq, record| {
+            if purged.contains(seq) {
+                return Ok(());
+            }
             let view = codec::view_record(seq, record)?;
             if keep(view.source, view.kind) {
                 events.push(codec::event_from_view(view)?);
@@ -485,6 +523,8 @@ fn join(thread: JoinHandle<()>, name: &str) {
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod prune_tests;
+#[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -29,6 +29,13 @@ pub(crate) fn merge_choice(sizes: &[u64]) -> Option<Vec<usize>> {
     })
 }
 
+/// Whether a run whose entries are of events in a span of `span` seqs, `garbage` of which were
+/// pruned since it was written, is worth writing again without them: once they are a quarter
+/// of it, so the indexes hold at most about a third more than the events they index.
+pub(crate) fn worth_rewriting(span: u64, garbage: u64) -> bool {
+    garbage > 0 && garbage.saturating_mul(4) >= span
+}
+
 /// How the indexer paces itself; the daemon's values are [`Pacing::DEFAULT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pacing {
@@ -170,6 +177,23 @@ mod tests {
     fn tiers_are_size_classes_of_factor_four() {
         for (entries, expected) in [(0, 0), (1, 0), (3, 1), (4, 1), (15, 2), (16, 2), (64, 3)] {
             assert_eq!(tier(entries), expected, "{entries} entries");
+        }
+    }
+
+    #[test]
+    fn a_run_is_written_again_once_a_quarter_of_it_was_pruned() {
+        for (span, garbage, expected) in [
+            (100, 0, false),
+            (100, 24, false),
+            (100, 25, true),
+            (1, 1, true),
+            (u64::MAX, u64::MAX, true),
+        ] {
+            assert_eq!(
+                worth_rewriting(span, garbage),
+                expected,
+                "{garbage} of {span}"
+            );
         }
     }
 

@@ -18,6 +18,7 @@ use super::run::{DiskRun, TimeSpan};
 use super::scan::{DiskScan, Scan, Source};
 use crate::error::StoreError;
 use crate::kv::Tree;
+use crate::purged::Purged;
 
 /// What readers see: the memory runs (oldest first) and the disk runs.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub(crate) struct Index {
     pub(super) tree: Tree,
     pub(super) rule: KeyRule,
     pub(super) view: ArcSwap<View>,
+    /// Events pruned from the log: their entries are not seen (and not written again).
+    pub(super) purged: ArcSwap<Purged>,
 }
 
 impl Index {
@@ -41,6 +44,23 @@ impl Index {
     /// carry equal values (an event id's seq never changes; query entries have none), so
     /// which run answers, here or in a scan or a merge, does not matter.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = self.get_any(key)?;
+        let purged = self.purged.load();
+        Ok(found
+            .filter(|value| !(self.rule.seq)(key, value).is_some_and(|seq| purged.contains(seq))))
+    }
+
+    /// Publishes the set of pruned events: readers pass over their entries from now on.
+    pub(crate) fn set_purged(&self, purged: Arc<Purged>) {
+        self.purged.store(purged);
+    }
+
+    /// The set of pruned events readers pass over.
+    pub(crate) fn purged(&self) -> Arc<Purged> {
+        self.purged.load_full()
+    }
+
+    fn get_any(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let view = self.view.load();
         let h = hash(self.rule.filter_prefix(key));
         if view.mem_bloom.may_contain(h) {
@@ -117,6 +137,6 @@ impl Index {
                 ))));
             }
         }
-        Scan::new(sources, reverse)
+        Scan::new(sources, reverse).skipping(self.purged.load_full(), self.rule)
     }
 }

@@ -9,6 +9,9 @@
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyRule {
     pub(crate) timed: fn(&[u8]) -> bool,
+    /// The seq of the event an entry (key, value) belongs to: pruned events' entries are
+    /// skipped by readers and dropped when a run is written.
+    pub(crate) seq: fn(&[u8], &[u8]) -> Option<u64>,
 }
 
 impl KeyRule {

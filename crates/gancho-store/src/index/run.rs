@@ -12,8 +12,12 @@ use super::rule::KeyRule;
 use crate::error::StoreError;
 use crate::keys::{read_u32, read_u64};
 use crate::kv::Tree;
+use crate::purged::Purged;
 
 const RUN_RECORD_V1: u8 = 1;
+/// Version 1 and then the run's lowest seq and how many seqs of its span were pruned when it
+/// was written (for runs of version 1: 1 and 0).
+const RUN_RECORD_V2: u8 = 2;
 
 #[derive(Debug)]
 pub(super) struct DiskRun {
@@ -23,6 +27,11 @@ pub(super) struct DiskRun {
     pub(super) distinct: u64,
     /// It holds the entries of events up to this seq, none later.
     pub(super) max_seq: u64,
+    /// Its entries are of events from this seq on.
+    pub(super) min_seq: u64,
+    /// How many seqs in `min_seq..=max_seq` had been pruned when it was written: those pruned
+    /// since then are its garbage (`IndexWriter` rewrites a run when it is a quarter of it).
+    pub(super) purged_at_write: u64,
     pub(super) times: TimeSpan,
     pub(super) bloom: Bloom,
 }
@@ -40,8 +49,8 @@ impl DiskRun {
             }
             tree.insert(filter_key(self.id, len32(i)), bytes)?;
         }
-        let mut record = Vec::with_capacity(46);
-        record.push(RUN_RECORD_V1);
+        let mut record = Vec::with_capacity(62);
+        record.push(RUN_RECORD_V2);
         record.extend_from_slice(&self.entries.to_be_bytes());
         record.extend_from_slice(&self.distinct.to_be_bytes());
         record.extend_from_slice(&self.max_seq.to_be_bytes());
@@ -54,6 +63,8 @@ impl DiskRun {
             None => record.push(0),
         }
         record.extend_from_slice(&len32(self.bloom.words.len()).to_be_bytes());
+        record.extend_from_slice(&self.min_seq.to_be_bytes());
+        record.extend_from_slice(&self.purged_at_write.to_be_bytes());
         // Blocks and filter written, the record that makes them a run not yet.
         gancho_core::fail_point!("index.run.before_record");
         tree.insert(run_key(self.id), record)?;
@@ -62,7 +73,8 @@ impl DiskRun {
 
     pub(super) fn read(tree: &Tree, id: u64, record: &[u8]) -> Result<DiskRun, StoreError> {
         let bad = || corrupt(id, "unreadable run record");
-        if record.first() != Some(&RUN_RECORD_V1) {
+        let version = record.first().copied();
+        if version != Some(RUN_RECORD_V1) && version != Some(RUN_RECORD_V2) {
             return Err(bad());
         }
         let u64_at = |at: usize| record.get(at..at + 8).and_then(read_u64);
@@ -79,6 +91,13 @@ impl DiskRun {
             _ => return Err(bad()),
         };
         let n = record.get(at..at + 4).and_then(read_u32).ok_or_else(bad)? as usize;
+        let (min_seq, purged_at_write) = match version {
+            Some(RUN_RECORD_V2) => (
+                u64_at(at + 4).ok_or_else(bad)?,
+                u64_at(at + 12).ok_or_else(bad)?,
+            ),
+            _ => (1, 0),
+        };
         if n == 0 || n % BLOOM_BLOCK_WORDS != 0 || distinct > entries {
             return Err(bad());
         }
@@ -102,6 +121,8 @@ impl DiskRun {
             entries,
             distinct,
             max_seq,
+            min_seq,
+            purged_at_write,
             times,
             bloom: Bloom { words },
         })
@@ -133,6 +154,7 @@ pub(super) struct RunBuilder {
     distinct: u64,
     bloom: Bloom,
     times: TimeSpan,
+    min_seq: u64,
     prev_prefix: Vec<u8>,
     prev_key: Vec<u8>,
 }
@@ -159,6 +181,7 @@ impl RunBuilder {
             distinct: 0,
             bloom: Bloom::for_keys(distinct_bound),
             times: TimeSpan::default(),
+            min_seq: u64::MAX,
             prev_prefix: Vec::new(),
             prev_key: Vec::new(),
         }
@@ -178,6 +201,9 @@ impl RunBuilder {
         if let Some(time) = self.rule.time(key) {
             self.times.add(time);
         }
+        if let Some(seq) = (self.rule.seq)(key, value) {
+            self.min_seq = self.min_seq.min(seq);
+        }
         self.prev_key.clear();
         self.prev_key.extend_from_slice(key);
         self.entries += 1;
@@ -195,8 +221,12 @@ impl RunBuilder {
     }
 
     /// Writes the last block, the filter and the run's record (which makes it live); `None`
-    /// for a run with no entries.
-    pub(super) fn finish(mut self, max_seq: u64) -> Result<Option<DiskRun>, StoreError> {
+    /// for a run with no entries. `purged`: the pruned events its entries were filtered by.
+    pub(super) fn finish(
+        mut self,
+        max_seq: u64,
+        purged: &Purged,
+    ) -> Result<Option<DiskRun>, StoreError> {
         if !self.block.is_empty() {
             self.write_block()?;
         }
@@ -208,6 +238,8 @@ impl RunBuilder {
             entries: self.entries,
             distinct: self.distinct,
             max_seq,
+            min_seq: self.min_seq.min(max_seq),
+            purged_at_write: purged.count_in(self.min_seq.min(max_seq), max_seq),
             times: self.times,
             bloom: self.bloom,
         };

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use super::block::Block;
 use super::layout::{BLOCK, block_key, condemn, run_range};
 use super::memory::MemRun;
+use super::rule::KeyRule;
 use super::run::DiskRun;
 use crate::error::StoreError;
 use crate::kv::{Iter, Tree};
+use crate::purged::Purged;
 
 /// An index entry: its key and (for dedup entries) its value.
 pub(crate) type Entry = (Vec<u8>, Vec<u8>);
@@ -27,6 +29,8 @@ pub(crate) struct Scan {
     /// The previous entry's key, to pass over equal entries of other runs.
     last: Vec<u8>,
     started: bool,
+    /// Entries of these events are passed over: they were pruned.
+    purged: Option<(Arc<Purged>, KeyRule)>,
 }
 
 #[derive(Debug)]
@@ -85,7 +89,16 @@ impl Scan {
             current: None,
             last: Vec::new(),
             started: false,
+            purged: None,
         }
+    }
+
+    /// Passes over the entries of pruned events, whose seq `rule` reads.
+    pub(super) fn skipping(mut self, purged: Arc<Purged>, rule: KeyRule) -> Scan {
+        if !purged.is_empty() {
+            self.purged = Some((purged, rule));
+        }
+        self
     }
 
     /// Moves to the next entry; false at the end.
@@ -132,6 +145,13 @@ impl Scan {
                 // The same entry from another run.
                 self.live[i] = self.sources[i].advance(self.reverse)?;
                 continue;
+            }
+            if let Some((purged, rule)) = &self.purged {
+                let (key, value) = self.sources[i].entry();
+                if (rule.seq)(key, value).is_some_and(|seq| purged.contains(seq)) {
+                    self.live[i] = self.sources[i].advance(self.reverse)?;
+                    continue;
+                }
             }
             self.current = Some(i);
             return Ok(true);

@@ -47,7 +47,8 @@ fn scan_seqs(index: &Index, p: &str, reverse: bool) -> Vec<u64> {
 
 fn open_in(dir: &std::path::Path) -> (Db, Arc<Index>, IndexWriter, u64) {
     let db = Db::open(dir, 16 << 20).unwrap();
-    let (index, writer, indexed) = open(db.clone(), KEY_RULE, None, 400_000).unwrap();
+    let (index, writer, indexed) =
+        open(db.clone(), KEY_RULE, None, 400_000, Default::default()).unwrap();
     (db, index, writer, indexed)
 }
 

@@ -19,12 +19,15 @@ use super::scan::{DiskScan, Scan, Source};
 use crate::error::StoreError;
 use crate::keys::read_u64;
 use crate::kv::{Db, FileSync, Tree};
+use crate::purged::Purged;
 
 #[derive(Debug)]
 struct Merge {
     runs: Vec<Arc<DiskRun>>,
     scan: Scan,
     builder: RunBuilder,
+    /// The pruned events the scan passes over.
+    purged: Arc<Purged>,
 }
 
 /// Changes the indexes: owned by the indexer thread.
@@ -55,6 +58,7 @@ pub(crate) fn open(
     rule: KeyRule,
     sync: Option<FileSync>,
     mem_filter_keys: u64,
+    purged: Arc<Purged>,
 ) -> Result<(Arc<Index>, IndexWriter, u64), StoreError> {
     let tree = db.tree("index")?;
     let indexed = indexed_seq(&tree)?;
@@ -117,6 +121,7 @@ pub(crate) fn open(
             mem_bloom: Arc::clone(&mem_bloom),
             disk: disk.clone(),
         }),
+        purged: ArcSwap::new(purged),
     });
     let writer = IndexWriter {
         index: Arc::clone(&index),
@@ -215,6 +220,7 @@ impl IndexWriter {
     }
 
     fn write_memory_runs(&self, id: u64, indexed: u64) -> Result<Option<DiskRun>, StoreError> {
+        let purged = self.index.purged();
         let bound = self.mem.iter().map(|r| r.len() as u64).sum();
         let mut builder = RunBuilder::new(self.index.tree.clone(), id, self.index.rule, bound);
         let mut merge = Scan::new(
@@ -228,12 +234,13 @@ impl IndexWriter {
                 })
                 .collect(),
             false,
-        );
+        )
+        .skipping(Arc::clone(&purged), self.index.rule);
         while merge.advance()? {
             let (key, value) = merge.entry();
             builder.add(key, value)?;
         }
-        builder.finish(indexed)
+        builder.finish(indexed, &purged)
     }
 
     /// Deletes what was written of a run that is not live (best effort: what stays is deleted
@@ -259,16 +266,33 @@ impl IndexWriter {
         self.merge.is_some() || self.merge_candidates().is_some()
     }
 
-    /// The runs to merge next, as [`policy::merge_choice`] picks them.
+    /// The runs to merge next, as [`policy::merge_choice`] picks them; else a run to write
+    /// again without the entries of pruned events, once they are a quarter of its span
+    /// ([`policy::worth_rewriting`]).
     fn merge_candidates(&self) -> Option<Vec<Arc<DiskRun>>> {
         let sizes: Vec<u64> = self.disk.iter().map(|r| r.entries).collect();
-        let chosen = policy::merge_choice(&sizes)?;
-        Some(
-            chosen
-                .into_iter()
-                .map(|i| Arc::clone(&self.disk[i]))
-                .collect(),
-        )
+        if let Some(chosen) = policy::merge_choice(&sizes) {
+            return Some(
+                chosen
+                    .into_iter()
+                    .map(|i| Arc::clone(&self.disk[i]))
+                    .collect(),
+            );
+        }
+        let purged = self.index.purged.load();
+        if purged.is_empty() {
+            return None;
+        }
+        self.disk
+            .iter()
+            .find(|run| {
+                let pruned = purged.count_in(run.min_seq, run.max_seq);
+                policy::worth_rewriting(
+                    run.max_seq.saturating_sub(run.min_seq) + 1,
+                    pruned.saturating_sub(run.purged_at_write),
+                )
+            })
+            .map(|run| vec![Arc::clone(run)])
     }
 
     /// Advances the merge under way by up to `budget` entries, first starting one if a size
@@ -288,16 +312,19 @@ impl IndexWriter {
                 })
                 .fold(0u64, u64::saturating_add);
             let tree = self.index.tree.clone();
+            let purged = self.index.purged();
             let scan = Scan::new(
                 runs.iter()
                     .map(|run| Source::Disk(Box::new(DiskScan::new(&tree, run, &[], None, false))))
                     .collect(),
                 false,
-            );
+            )
+            .skipping(Arc::clone(&purged), self.index.rule);
             self.merge = Some(Merge {
                 runs,
                 scan,
                 builder: RunBuilder::new(tree, id, self.index.rule, bound),
+                purged,
             });
         }
         let Some(merge) = self.merge.as_mut() else {
@@ -332,12 +359,18 @@ impl IndexWriter {
         if !done {
             return Ok(false);
         }
-        let Some(Merge { runs, builder, .. }) = self.merge.take() else {
+        let Some(Merge {
+            runs,
+            builder,
+            purged,
+            ..
+        }) = self.merge.take()
+        else {
             return Ok(false);
         };
         let id = builder.id;
         let max_seq = runs.iter().map(|r| r.max_seq).max().unwrap_or(0);
-        let merged = match builder.finish(max_seq) {
+        let merged = match builder.finish(max_seq, &purged) {
             Ok(merged) => merged,
             Err(err) => {
                 self.discard(id);

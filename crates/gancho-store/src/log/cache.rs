@@ -1,7 +1,8 @@
 //! A small cache of decompressed log blocks, for reading single events (`Store::event`): the
 //! engine reads the events its rules ask for (`last`, `first`, `events`), which are often in a
 //! few recent blocks, and decompressing a 32 KiB block costs more than the rest of a query.
-//! Blocks never change once written, so a cached one is never stale.
+//! A block changes only when a prune empties some of its records: the prune forgets it here,
+//! and reads check the pruned set first, so a copy cached meanwhile shows nothing pruned.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,14 @@ impl BlockCache {
         BlockCache {
             inner: Mutex::new(Inner::default()),
             capacity,
+        }
+    }
+
+    /// Drops the block whose first event has this seq (a prune changed it).
+    pub(crate) fn forget(&self, first_seq: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.blocks.remove(&first_seq).is_some() {
+            inner.order.retain(|&seq| seq != first_seq);
         }
     }
 

@@ -301,6 +301,17 @@ pub(crate) fn last_seq(tree: &Tree) -> Result<u64, StoreError> {
     }
 }
 
+/// The last seq and quarantine id ever given: the commit record's, or the newest keys' (a
+/// store from before commit records). Never less than either, so pruning the newest block or
+/// quarantine record cannot make a number be given twice.
+pub(crate) fn log_end(tree: &Tree) -> Result<(u64, u64), StoreError> {
+    let (seq, qid) = read_commit(tree)?.unwrap_or((0, 0));
+    Ok((
+        seq.max(last_seq(tree)?),
+        qid.max(last_id(tree, QUARANTINE)?),
+    ))
+}
+
 pub(crate) fn encode_commit(last_seq: u64, last_qid: u64) -> [u8; 16] {
     let mut value = [0u8; 16];
     value[..8].copy_from_slice(&last_seq.to_be_bytes());
@@ -416,8 +427,14 @@ impl Block {
         })
     }
 
-    /// The record of the event with this sequence number, if the block holds it.
+    /// The record of the event with this sequence number, if the block holds it (a pruned
+    /// event's record is empty: the block keeps its place, so the seqs after it stay theirs).
     pub(crate) fn record(&self, seq: u64) -> Option<&[u8]> {
+        self.slot(seq).filter(|record| !record.is_empty())
+    }
+
+    /// Whatever is at `seq`'s place: its record, or nothing for a pruned event.
+    pub(crate) fn slot(&self, seq: u64) -> Option<&[u8]> {
         if seq < self.first_seq || seq - self.first_seq >= self.n as u64 {
             return None;
         }
@@ -431,7 +448,12 @@ impl Block {
         self.inner.get(4 * self.n + start..4 * self.n + end)
     }
 
-    /// Every (seq, record) of the block, in order.
+    /// How many places the block has (pruned events included).
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Every (seq, record) of the block, in order, pruned events left out.
     pub(crate) fn records(&self) -> impl DoubleEndedIterator<Item = (u64, &[u8])> + '_ {
         (0..self.n as u64).filter_map(move |i| {
             let seq = self.first_seq + i;
@@ -506,26 +528,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_block_gives_back_each_record() {
+    fn a_block_gives_back_each_record_and_an_empty_one_is_a_pruned_event() {
         let records = vec![b"a".to_vec(), b"".to_vec(), b"ccc".to_vec()];
         let value = encode_block(&records);
         let key = log_key(7);
         let block = Block::parse(&key, &value).unwrap();
         assert_eq!(block.record(6), None);
         assert_eq!(block.record(7), Some(&b"a"[..]));
-        assert_eq!(block.record(8), Some(&b""[..]));
+        assert_eq!(block.record(8), None);
+        assert_eq!(block.slot(8), Some(&b""[..]));
         assert_eq!(block.record(9), Some(&b"ccc"[..]));
         assert_eq!(block.record(10), None);
         let all: Vec<_> = block.records().map(|(s, r)| (s, r.to_vec())).collect();
         assert_eq!(block_len(&value), Some(3));
-        assert_eq!(
-            all,
-            vec![
-                (7, records[0].clone()),
-                (8, vec![]),
-                (9, records[2].clone())
-            ]
-        );
+        assert_eq!(all, vec![(7, records[0].clone()), (9, records[2].clone())]);
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! read in blocks. `writer` (group commit, dedup), `flusher` (flush + `fdatasync`, answers),
 //! `codec` (records, blocks, the commit record, the log database's format), `cache`
 //! (decompressed blocks for single-event reads), `query` (listings and windows, from the indexes
-//! with the log's unindexed tail merged in).
+//! with the log's unindexed tail merged in), `prune` (retention: pruned events and old
+//! quarantine records).
 
 pub(crate) mod cache;
 pub(crate) mod codec;
 mod flusher;
 mod pending;
+pub(crate) mod prune;
 pub(crate) mod query;
 pub(crate) mod writer;

@@ -11,6 +11,7 @@ use crate::error::StoreError;
 use crate::index::{Index, Scan};
 use crate::keys;
 use crate::kv::Tree;
+use crate::purged::Purged;
 
 /// Which events to list. With a source and a type the store answers from its indexes (by key
 /// when a key is given); otherwise it walks the log from the newest event back.
@@ -66,12 +67,21 @@ pub(crate) fn run(
             }
             let mut found: BTreeMap<u64, Event> = BTreeMap::new();
             for seq in seqs {
-                let event = read_event(tree, seq)?;
+                let event = match read_event(tree, seq) {
+                    Ok(event) => event,
+                    // Pruned since the scan saw it.
+                    Err(_) if index.purged().contains(seq) => continue,
+                    Err(err) => return Err(err),
+                };
                 if matches(&event, query) {
                     found.insert(seq, event);
                 }
             }
+            let purged = index.purged();
             codec::for_each_record(tree, indexed + 1, durable, |seq, record| {
+                if purged.contains(seq) {
+                    return Ok(());
+                }
                 let event = codec::decode_event(seq, record)?;
                 if matches(&event, query) {
                     found.insert(seq, event);
@@ -80,7 +90,7 @@ pub(crate) fn run(
             })?;
             found.into_values().collect()
         }
-        _ => by_log(tree, query, limit, durable)?,
+        _ => by_log(tree, query, limit, durable, &index.purged())?,
     };
     events.sort_by_key(|e| e.seq);
     if events.len() > limit {
@@ -132,6 +142,7 @@ fn by_log(
     query: &EventQuery,
     limit: usize,
     durable: u64,
+    purged: &Purged,
 ) -> Result<Vec<Event>, StoreError> {
     let mut events = Vec::new();
     for entry in tree
@@ -145,7 +156,7 @@ fn by_log(
             if events.len() >= limit {
                 return Ok(events);
             }
-            if seq > durable {
+            if seq > durable || purged.contains(seq) {
                 continue;
             }
             let event = codec::decode_event(seq, record)?;
@@ -265,7 +276,11 @@ pub(crate) fn window(
     }
     if tail {
         // Events not indexed yet: read from the log.
+        let purged = index.purged();
         codec::for_each_record(tree, indexed + 1, window.max_seq, |seq, record| {
+            if purged.contains(seq) {
+                return Ok(());
+            }
             let view = codec::view_record(seq, record)?;
             let matches = view.source == window.source
                 && view.kind == window.kind

@@ -14,9 +14,9 @@
 //! writer drops it from `pending` (it only drops ids at or below the indexer's published
 //! watermark), so an id is always in at least one of the two places the writer looks.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use gancho_core::NewEvent;
@@ -194,6 +194,16 @@ pub(crate) struct Started {
     pub(crate) appender: Appender,
     pub(crate) writer: std::thread::JoinHandle<()>,
     pub(crate) flusher: std::thread::JoinHandle<()>,
+    /// The quarantine's records, shared with pruning.
+    pub(crate) quarantine: Arc<Mutex<QuarantineBook>>,
+}
+
+/// The quarantine's records (id, bytes), oldest first, and their total: the writer adds to it
+/// and keeps it under its cap by dropping the oldest; pruning drops those past their retention.
+#[derive(Debug, Default)]
+pub(crate) struct QuarantineBook {
+    pub(crate) records: std::collections::VecDeque<(u64, u64)>,
+    pub(crate) bytes: u64,
 }
 
 pub(crate) fn start(
@@ -204,25 +214,25 @@ pub(crate) fn start(
     progress: Arc<Progress>,
     quarantine_max: u64,
 ) -> Result<Started, StoreError> {
-    let last_seq = codec::last_seq(&events)?;
-    let next_qid = codec::last_id(&events, codec::QUARANTINE)? + 1;
+    let (last_seq, last_qid) = codec::log_end(&events)?;
     // The quarantine's records, oldest first, with their sizes (one pass at open).
-    let mut quarantine = std::collections::VecDeque::new();
+    let mut book = QuarantineBook::default();
     for entry in events.scan_prefix([codec::QUARANTINE]) {
         let (key, value) = entry?;
         if let Some(id) = key.get(1..).and_then(crate::keys::read_u64) {
-            quarantine.push_back((id, value.len() as u64));
+            book.records.push_back((id, value.len() as u64));
+            book.bytes += value.len() as u64;
         }
     }
+    let quarantine = Arc::new(Mutex::new(book));
     let mut writer = Writer {
         events,
         index,
         next_seq: last_seq + 1,
-        next_qid,
+        next_qid: last_qid + 1,
         pending: Pending::new(last_seq + 1),
         progress: Arc::clone(&progress),
-        quarantine_bytes: quarantine.iter().map(|(_, n)| n).sum(),
-        quarantine,
+        quarantine: Arc::clone(&quarantine),
         quarantine_max,
     };
     writer.load_pending(last_seq)?;
@@ -244,6 +254,7 @@ pub(crate) fn start(
         appender: Appender { tx },
         writer,
         flusher,
+        quarantine,
     })
 }
 
@@ -257,10 +268,8 @@ struct Writer {
     /// their seq.
     pending: Pending,
     progress: Arc<Progress>,
-    /// The quarantine's records (id, bytes), oldest first, and their total, kept under
-    /// `quarantine_max` by dropping the oldest.
-    quarantine: std::collections::VecDeque<(u64, u64)>,
-    quarantine_bytes: u64,
+    /// The quarantine's records, kept under `quarantine_max` by dropping the oldest.
+    quarantine: Arc<Mutex<QuarantineBook>>,
     quarantine_max: u64,
 }
 
@@ -281,7 +290,11 @@ impl Writer {
     fn load_pending(&mut self, last_seq: u64) -> Result<(), StoreError> {
         let indexed = self.progress.indexed.load(Ordering::Acquire);
         let pending = &mut self.pending;
+        let purged = self.index.purged();
         codec::for_each_record(&self.events, indexed + 1, last_seq, |seq, record| {
+            if purged.contains(seq) {
+                return Ok(());
+            }
             let view = codec::view_record(seq, record)?;
             pending.push(seq, xxh3_128(&dedup_key(view.source, view.id)));
             Ok(())
@@ -374,12 +387,15 @@ impl Writer {
                 }
                 continue;
             }
-            for (key, value) in &writes {
-                if key.first() == Some(&codec::QUARANTINE)
-                    && let Some(id) = key.get(1..).and_then(crate::keys::read_u64)
-                {
-                    self.quarantine.push_back((id, value.len() as u64));
-                    self.quarantine_bytes += value.len() as u64;
+            {
+                let mut book = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+                for (key, value) in &writes {
+                    if key.first() == Some(&codec::QUARANTINE)
+                        && let Some(id) = key.get(1..).and_then(crate::keys::read_u64)
+                    {
+                        book.records.push_back((id, value.len() as u64));
+                        book.bytes += value.len() as u64;
+                    }
                 }
             }
             self.cap_quarantine();
@@ -409,18 +425,20 @@ impl Writer {
     /// counts them (`Mqdropped`). Best effort: a record left by a failed removal goes later.
     fn cap_quarantine(&mut self) {
         let mut dropped = 0u64;
-        while self.quarantine_bytes > self.quarantine_max && self.quarantine.len() > 1 {
-            let Some((id, bytes)) = self.quarantine.pop_front() else {
+        let mut book = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+        while book.bytes > self.quarantine_max && book.records.len() > 1 {
+            let Some((id, bytes)) = book.records.pop_front() else {
                 break;
             };
             if let Err(err) = self.events.remove(&codec::quarantine_key(id)[..]) {
                 warn!(error = %err, "dropping an old quarantine record");
-                self.quarantine.push_front((id, bytes));
+                book.records.push_front((id, bytes));
                 break;
             }
-            self.quarantine_bytes -= bytes;
+            book.bytes -= bytes;
             dropped += 1;
         }
+        drop(book);
         if dropped > 0 {
             let total = self
                 .events

@@ -1,0 +1,252 @@
+//! Retention: what a prune deletes, what it keeps, and that the space is used again.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+
+use super::tests::{append, event, open};
+use super::*;
+
+const DAY: i64 = 86_400;
+
+fn all_of(store: &Store, kind: &str) -> Vec<u64> {
+    let query = EventQuery {
+        source: Some("mailjet".into()),
+        kind: Some(kind.into()),
+        ..EventQuery::default()
+    };
+    store
+        .events(&query)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+fn window_count(store: &Store, kind: &str, email: &str) -> usize {
+    let window = Window {
+        source: "mailjet".into(),
+        kind: kind.into(),
+        keys: vec![("email".into(), email.into())],
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
+        max_seq: u64::MAX,
+    };
+    store.count(&window, usize::MAX).unwrap()
+}
+
+fn request(before_s: i64, processed: u64, keep: &[u64]) -> PruneRequest {
+    PruneRequest {
+        events_before_ms: Some(before_s * 1000),
+        processed,
+        keep: keep.iter().copied().collect::<HashSet<u64>>(),
+        quarantine_before_ms: None,
+    }
+}
+
+#[test]
+fn a_prune_deletes_old_processed_events_from_reads_indexes_and_dedup_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Seqs 1-4 are 40 days old, 5 is recent; 6 is old but not processed yet.
+    let old: Vec<_> = (0..4).map(|n| event("open", 10 * DAY, "a@x", n)).collect();
+    append(&store, old.clone());
+    append(&store, vec![event("open", 50 * DAY, "a@x", 10)]);
+    append(&store, vec![event("open", 10 * DAY, "a@x", 11)]);
+    assert!(store.wait_indexed(6, Duration::from_secs(10)));
+
+    // Seq 2 is referenced by a pending timer.
+    let report = store.prune(&request(20 * DAY, 5, &[2])).unwrap();
+    assert_eq!((report.events, report.kept), (3, 1), "{report:?}");
+    let check = |store: &Store| {
+        for seq in [1, 3, 4] {
+            assert!(store.get(seq).unwrap().is_none(), "{seq} is still readable");
+        }
+        for seq in [2, 5, 6] {
+            assert!(store.get(seq).unwrap().is_some(), "{seq} went");
+        }
+        assert_eq!(all_of(store, "open"), vec![2, 5, 6]);
+        assert_eq!(window_count(store, "open", "a@x"), 3);
+        let walked = store.events(&EventQuery::default()).unwrap();
+        assert_eq!(
+            walked.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 5, 6]
+        );
+    };
+    check(&store);
+    assert_eq!(store.pruned(), 3);
+    store.shutdown().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    check(&store);
+
+    // A pruned event's id is forgotten: posted again, it is a new event; a kept one is not.
+    let again = append(&store, vec![old[0].clone(), old[1].clone()]);
+    assert_eq!(again.stored, vec![7], "{again:?}");
+    assert_eq!(again.duplicates, vec![2]);
+    // Pruning again removes nothing more; the unprocessed one goes once processed.
+    assert_eq!(store.prune(&request(20 * DAY, 6, &[2])).unwrap().events, 1);
+    assert!(store.get(6).unwrap().is_none());
+}
+
+#[test]
+fn pruning_every_event_never_gives_a_seq_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for n in 0..3 {
+        append(&store, vec![event("open", DAY, "a@x", n)]);
+    }
+    assert!(store.wait_indexed(3, Duration::from_secs(10)));
+    let report = store.prune(&request(2 * DAY, 3, &[])).unwrap();
+    assert_eq!((report.events, report.blocks_deleted), (3, 3), "{report:?}");
+    assert_eq!(store.last_seq().unwrap(), 3);
+    store.shutdown().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.last_seq().unwrap(), 3);
+    let report = append(&store, vec![event("open", DAY, "a@x", 9)]);
+    assert_eq!(report.stored, vec![4]);
+    assert_eq!(all_of(&store, "open"), vec![4]);
+}
+
+#[test]
+fn quarantine_records_past_their_retention_go_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for (at, tag) in [(100, "old"), (200, "older than the cutoff"), (900, "new")] {
+        store
+            .appender()
+            .append_blocking(Submission {
+                events: vec![],
+                rejected: vec![Rejected {
+                    source: "mailjet".into(),
+                    received: Utc.timestamp_opt(at, 0).unwrap(),
+                    reason: tag.into(),
+                    item: serde_json::value::RawValue::from_string(json!({"at": at}).to_string())
+                        .unwrap(),
+                }],
+            })
+            .unwrap();
+    }
+    let report = store
+        .prune(&PruneRequest {
+            quarantine_before_ms: Some(500_000),
+            ..PruneRequest::default()
+        })
+        .unwrap();
+    assert_eq!(report.quarantine_records, 2);
+    let left = store.quarantine(0).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].reason, "new");
+}
+
+/// Bytes of the files under `dir`.
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += match meta.is_dir() {
+            true => folder_bytes(&entry.path()),
+            false => meta.len(),
+        };
+    }
+    total
+}
+
+#[test]
+fn the_space_of_pruned_events_is_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let round = |store: &Store, round: u64| {
+        // 100,000 events in groups of 200, each 40 days older than the last round's prune.
+        for group in 0..500 {
+            let events = (0..200)
+                .map(|i| {
+                    let n = round * 1_000_000 + group * 1000 + i;
+                    event("open", DAY, &format!("u{}@x", n % 5000), n)
+                })
+                .collect();
+            append(store, events);
+        }
+        let last = store.last_seq().unwrap();
+        assert!(store.wait_indexed(last, Duration::from_secs(60)));
+        last
+    };
+    let last = round(&store, 1);
+    let report = store.prune(&request(40 * DAY, last, &[])).unwrap();
+    assert_eq!(report.events, 100_000);
+    // The index runs are written again without the pruned entries, in the background.
+    store.shutdown().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    std::thread::sleep(Duration::from_secs(3));
+    let before = folder_bytes(dir.path());
+    let last = round(&store, 2);
+    store.prune(&request(40 * DAY, last, &[])).unwrap();
+    store.shutdown().unwrap();
+    drop(store);
+    let after = folder_bytes(dir.path());
+    eprintln!("after the first prune: {before} bytes; after a second round: {after}");
+    assert!(
+        after < before + before * 3 / 10,
+        "the data folder grew from {before} to {after} bytes"
+    );
+}
+
+/// A store of 300 events a day old, seqs 1-300, indexed.
+fn store_of_old_events(dir: &std::path::Path) -> Store {
+    let store = open(dir);
+    for group in 0..6 {
+        let events = (0..50)
+            .map(|i| event("open", DAY, &format!("u{i}@x"), group * 50 + i))
+            .collect();
+        append(&store, events);
+    }
+    assert!(store.wait_indexed(300, Duration::from_secs(10)));
+    store
+}
+
+/// After a crash at `point` in a prune of seqs 1-200, the events are all there or all gone
+/// for readers, and a prune finishes the job.
+fn crash_in_a_prune(test: &str, point: &str, gone_after_crash: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    gancho_testkit::crash::crash_in_child(module_path!(), test, dir.path(), |dir| {
+        let store = store_of_old_events(dir);
+        gancho_core::failpoint::set(point, "crash").unwrap();
+        store.prune(&request(2 * DAY, 200, &[])).unwrap();
+    });
+    let store = open(dir.path());
+    let left = |store: &Store| all_of(store, "open").len();
+    assert_eq!(left(&store), if gone_after_crash { 100 } else { 300 });
+    for seq in [1, 200] {
+        assert_eq!(store.get(seq).unwrap().is_none(), gone_after_crash, "{seq}");
+    }
+    let report = store.prune(&request(2 * DAY, 200, &[])).unwrap();
+    assert_eq!(report.events, if gone_after_crash { 0 } else { 200 });
+    assert!(report.blocks_deleted > 0, "{report:?}");
+    assert_eq!(left(&store), 100);
+    assert_eq!(store.get(201).unwrap().map(|e| e.seq), Some(201));
+    let walked = store.events(&EventQuery::default()).unwrap();
+    assert_eq!(walked.first().map(|e| e.seq), Some(201));
+}
+
+#[test]
+fn crash_before_a_prunes_set_is_durable_prunes_nothing() {
+    crash_in_a_prune(
+        "crash_before_a_prunes_set_is_durable_prunes_nothing",
+        "prune.before_set",
+        false,
+    );
+}
+
+#[test]
+fn crash_between_a_prunes_set_and_its_blocks_leaves_the_events_gone() {
+    crash_in_a_prune(
+        "crash_between_a_prunes_set_and_its_blocks_leaves_the_events_gone",
+        "prune.before_blocks",
+        true,
+    );
+}
