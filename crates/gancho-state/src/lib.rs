@@ -29,6 +29,7 @@ mod journal;
 mod migrate;
 mod outbox;
 mod overlay;
+mod retention;
 mod schema;
 
 use std::collections::BTreeMap;

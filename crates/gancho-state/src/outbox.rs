@@ -122,7 +122,7 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    fn tree(&self) -> &Tree {
+    pub(crate) fn tree(&self) -> &Tree {
         &self.tree
     }
 

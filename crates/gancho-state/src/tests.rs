@@ -345,3 +345,85 @@ fn a_store_keeps_its_secret_and_two_stores_have_different_ones() {
     again.close();
     other.close();
 }
+
+#[test]
+fn pending_timers_name_the_events_they_refer_to_committed_or_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    let mut plain = expect_timer("t1", 1_000, None);
+    plain.origin_seq = 7;
+    let mut expecting = expect_timer("t2", 2_000, Some("m1"));
+    expecting.origin_seq = 9;
+    expecting.data = serde_json::json!({"seq": 4});
+    state
+        .commit(vec![Change::PutTimer(plain.clone())], 10)
+        .unwrap();
+    assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+    state
+        .commit(vec![Change::PutTimer(expecting.clone())], 11)
+        .unwrap();
+    let seqs = state.referenced_seqs().unwrap();
+    assert_eq!(seqs, [7, 9, 4].into_iter().collect());
+    state
+        .commit(
+            vec![Change::DeleteTimer(plain), Change::DeleteTimer(expecting)],
+            12,
+        )
+        .unwrap();
+    assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+    assert!(state.referenced_seqs().unwrap().is_empty());
+}
+
+#[test]
+fn state_long_expired_goes_and_the_rest_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    let with_ttl = |key: &str, expires_ms: Option<i64>| Change::PutState {
+        rule: "r".to_owned(),
+        key: key.to_owned(),
+        value: StateValue {
+            value: serde_json::Value::from(1),
+            expires_ms,
+        },
+    };
+    state
+        .commit(
+            vec![
+                with_ttl("old", Some(100)),
+                with_ttl("throttle:x", Some(500)),
+                with_ttl("fresh", Some(5_000)),
+                with_ttl("forever", None),
+            ],
+            1,
+        )
+        .unwrap();
+    assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+    assert_eq!(state.drop_expired_state(1_000).unwrap(), 2);
+    let present = |key: &str| state.tree.get(state_key("r", key)).unwrap().is_some();
+    assert!(!present("old") && !present("throttle:x"));
+    assert!(present("fresh") && present("forever"));
+}
+
+#[test]
+fn dead_letters_past_their_retention_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    let outbox = state.outbox();
+    state
+        .commit(
+            vec![
+                Change::PutAction(sms(1, 0)),
+                Change::PutAction(sms(2, 0)),
+            ],
+            2,
+        )
+        .unwrap();
+    assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+    let items = outbox.pending_actions(0).unwrap();
+    outbox.action_dead(&items[0], Vec::new(), 1_000).unwrap();
+    outbox.action_dead(&items[1], Vec::new(), 9_000).unwrap();
+    assert_eq!(outbox.prune_dead(5_000).unwrap(), 1);
+    let left = outbox.dead_letters(0).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].dead_ms, 9_000);
+}
