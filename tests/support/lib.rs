@@ -103,15 +103,21 @@ pub struct Setup {
 
 impl Setup {
     /// `extra` is appended to a config that listens on a free port and keeps its data in the
-    /// temp folder.
+    /// temp folder (and keeps every event, unless `extra` has a `[store]` section).
     pub fn new(extra: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("gancho.toml");
-        let text = format!(
+        let mut text = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nrules_dir = {:?}\n{extra}\n",
             dir.path().join("data").display().to_string(),
             dir.path().join("rules").display().to_string(),
         );
+        // The tests' events carry fixed times, long past by the default retention (30 days):
+        // the daemon's first prune, a minute after it starts, would delete them under a slow
+        // test. Tests of retention set their own `[store]`.
+        if !extra.contains("[store]") {
+            text.push_str("\n[store]\nretention = \"0\"\n");
+        }
         std::fs::write(&config, text).expect("writing config");
         Setup { dir, config }
     }

@@ -509,6 +509,10 @@ pub struct RetryPolicy {
     /// Default: `"3d"`. Example: `"12h"`.
     #[serde(deserialize_with = "duration::option::deserialize")]
     pub max_age: Option<Duration>,
+    /// How long dead letters are kept (since they died); `"0"` keeps them for ever. Default:
+    /// `"30d"`. Example: `"90d"`.
+    #[serde(deserialize_with = "duration::retention::deserialize")]
+    pub dead_retention: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -518,6 +522,7 @@ impl Default for RetryPolicy {
             max: Duration::from_secs(3600),
             max_attempts: 0,
             max_age: Some(Duration::from_secs(3 * 24 * 3600)),
+            dead_retention: Some(Duration::from_secs(30 * 24 * 3600)),
         }
     }
 }

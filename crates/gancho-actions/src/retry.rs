@@ -71,6 +71,7 @@ mod tests {
             max: Duration::from_secs(3600),
             max_attempts: 15,
             max_age: None,
+            dead_retention: None,
         }
     }
 

@@ -53,6 +53,7 @@ impl World {
             max: Duration::from_secs(5),
             max_attempts: 5,
             max_age: None,
+            dead_retention: None,
         };
         config.shutdown_grace = Duration::from_secs(2);
         World {

@@ -206,6 +206,18 @@ pub mod duration {
         deserializer.deserialize_str(DurationVisitor)
     }
 
+    /// For a retention (`Option<Duration>`): `"0"` (or any zero duration) keeps everything,
+    /// `None`; any other duration is `Some`.
+    pub mod retention {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(deserializer).map(|d| (!d.is_zero()).then_some(d))
+        }
+    }
+
     /// For an `Option<Duration>` field: given means `Some`.
     pub mod option {
         use super::*;

@@ -142,6 +142,9 @@ fn run(
                     failing = false;
                 }
                 if report.processed == 0 && report.appended == 0 {
+                    if let Err(err) = engine.commit_idle_cursor() {
+                        warn!(error = %err, "could not commit the engine's cursor");
+                    }
                     store.wait_indexed(engine.cursor() + 1, IDLE_WAIT);
                 }
             }

@@ -411,10 +411,7 @@ fn dead_letters_past_their_retention_go() {
     let outbox = state.outbox();
     state
         .commit(
-            vec![
-                Change::PutAction(sms(1, 0)),
-                Change::PutAction(sms(2, 0)),
-            ],
+            vec![Change::PutAction(sms(1, 0)), Change::PutAction(sms(2, 0))],
             2,
         )
         .unwrap();

@@ -60,6 +60,10 @@ pub struct StoreConfig {
     /// The most the quarantine keeps, in bytes of its records; past it the oldest records go
     /// (and are counted). Default: 256 MiB.
     pub quarantine_max_bytes: u64,
+    /// How long events are kept, by event time (`None`: for ever). Default: 30 days.
+    pub retention: Option<Duration>,
+    /// How long quarantined items are kept, by arrival (`None`: for ever). Default: 7 days.
+    pub quarantine_retention: Option<Duration>,
 }
 
 /// `[store]` as written in the config file (the store counts its cache in bytes, the file in MiB).
@@ -75,9 +79,19 @@ pub struct StoreSection {
     /// The most the quarantine keeps, in MiB; past it its oldest records are dropped (and
     /// counted in the log). Default: 256. Example: 1024.
     pub quarantine_max_mb: u64,
+    /// Events whose event time is older than this are deleted once the engine has processed
+    /// them and no pending timer refers to them; `"0"` keeps everything. Default: `"30d"`.
+    /// Example: `"90d"`.
+    #[serde(deserialize_with = "gancho_core::config::duration::retention::deserialize")]
+    pub retention: Option<Duration>,
+    /// Quarantined items older than this (since they arrived) are deleted; `"0"` keeps them
+    /// (up to `quarantine_max_mb`). Default: `"7d"`. Example: `"30d"`.
+    #[serde(deserialize_with = "gancho_core::config::duration::retention::deserialize")]
+    pub quarantine_retention: Option<Duration>,
 }
 
 const MIB: u64 = 1024 * 1024;
+const DAY: u64 = 24 * 3600;
 
 impl Default for StoreSection {
     fn default() -> StoreSection {
@@ -86,6 +100,8 @@ impl Default for StoreSection {
             fsync: store.fsync,
             cache_mb: store.cache_capacity / MIB,
             quarantine_max_mb: store.quarantine_max_bytes / MIB,
+            retention: store.retention,
+            quarantine_retention: store.quarantine_retention,
         }
     }
 }
@@ -107,6 +123,8 @@ impl TryFrom<StoreSection> for StoreConfig {
             fsync: section.fsync,
             cache_capacity: section.cache_mb.saturating_mul(MIB),
             quarantine_max_bytes: section.quarantine_max_mb.saturating_mul(MIB),
+            retention: section.retention,
+            quarantine_retention: section.quarantine_retention,
         })
     }
 }
@@ -144,6 +162,8 @@ impl Default for StoreConfig {
             fsync: true,
             cache_capacity: 64 * 1024 * 1024,
             quarantine_max_bytes: 256 * 1024 * 1024,
+            retention: Some(Duration::from_secs(30 * DAY)),
+            quarantine_retention: Some(Duration::from_secs(7 * DAY)),
         }
     }
 }
@@ -387,6 +407,11 @@ impl Store {
     /// records. One prune runs at a time; ingest and reads go on meanwhile.
     pub fn prune(&self, request: &PruneRequest) -> Result<PruneReport, StoreError> {
         self.inner.pruner.prune(request)
+    }
+
+    /// Whether index runs wait to be written again without the entries of pruned events.
+    pub fn index_rewrites_pending(&self) -> bool {
+        self.inner.index.rewrites_pending()
     }
 
     /// How many events were pruned, ever.

@@ -22,6 +22,7 @@ use gancho_store::{EventQuery, KeyFilter, Quarantined, StoreConfig, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Data;
+use crate::prune::{Pruned, Retention};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
@@ -48,6 +49,10 @@ pub enum Request {
     },
     /// The engine's status: only the running daemon has one.
     Rules,
+    /// Deletes what is past its retention now.
+    Prune {
+        retention: Retention,
+    },
 }
 
 /// An outbox item on the wire: the action, and its failed tries so far.
@@ -111,6 +116,7 @@ pub enum Response {
     Dead(Vec<DeadLetter>),
     Retried(usize),
     Rules(EngineStatus),
+    Pruned(Pruned),
     Error(String),
 }
 
@@ -126,6 +132,9 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
         Request::DeadRetry { id } => outbox
             .retry_dead(id.as_deref(), SystemClock.now().timestamp_millis())
             .map(Response::Retried),
+        Request::Prune { retention } => {
+            crate::prune::prune(data, retention, SystemClock.now()).map(Response::Pruned)
+        }
         Request::Rules => Ok(match engine {
             Some(status) => {
                 Response::Rules(status.lock().unwrap_or_else(|e| e.into_inner()).clone())

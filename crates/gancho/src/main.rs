@@ -8,6 +8,7 @@
 mod config;
 mod control;
 mod data;
+mod prune;
 mod run;
 mod text;
 
@@ -99,6 +100,13 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete now what is past its retention (`[store] retention`, `quarantine_retention`,
+    /// `[retry] dead_retention`; the daemon also does it every hour), and print what went.
+    Prune {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -204,6 +212,7 @@ fn main() -> ExitCode {
         },
         Command::Rules { json } => list_rules(&config, json),
         Command::Outbox { limit, json } => list_outbox(&config, limit, json),
+        Command::Prune { json } => prune_now(&config, json),
         Command::Dead {
             retry: Some(DeadCommand::Retry { id, .. }),
             ..
@@ -432,6 +441,27 @@ fn list_dead(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
             writeln!(out, "    {at}  {}", shown(&attempt.error))?;
         }
     }
+    Ok(())
+}
+
+fn prune_now(config: &Config, json: bool) -> anyhow::Result<()> {
+    let retention = prune::Retention::of(config);
+    let Response::Pruned(pruned) = ask(config, &Request::Prune { retention })? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    if json {
+        return print_json(&pruned);
+    }
+    println!(
+        "pruned {} event(s) ({} kept for pending timers; {} block(s) deleted, {} rewritten), {} quarantine record(s), {} dead letter(s), {} expired state value(s)",
+        pruned.events,
+        pruned.kept,
+        pruned.blocks_deleted,
+        pruned.blocks_rewritten,
+        pruned.quarantine_records,
+        pruned.dead_letters,
+        pruned.expired_state
+    );
     Ok(())
 }
 

@@ -50,6 +50,11 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
             .context("starting the actions executor")?;
     let control = ControlSocket::bind(&config.socket_path())?;
     let control_task = tokio::spawn(control.serve(data.clone(), engine.shared_status()));
+    let prune_task = tokio::spawn(crate::prune::every_hour(
+        data.clone(),
+        crate::prune::Retention::of(&config),
+        clock.clone(),
+    ));
 
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
@@ -92,6 +97,8 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
         }
     };
     control_task.abort();
+    // A prune under way finishes on its blocking thread; none starts after this.
+    prune_task.abort();
     // The control socket's file goes with the task that owned it.
     let _ = control_task.await;
     // The engine commits its batch in progress and stops before the store closes (it appends

@@ -288,6 +288,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Commits the cursor once the engine is idle and its last commit is a second old, so that
+    /// the durable cursor (which retention and the actions follow) catches up without waiting
+    /// for the next event.
+    pub fn commit_idle_cursor(&mut self) -> Result<(), EngineError> {
+        if self.cursor_committed.elapsed() >= IDLE_COMMIT_EVERY {
+            self.commit_cursor()?;
+        }
+        Ok(())
+    }
+
     /// One round: append due timer firings and cron ticks, then process the next batch of
     /// indexed events and commit.
     pub fn step(&mut self) -> Result<StepReport, EngineError> {

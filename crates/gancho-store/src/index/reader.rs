@@ -55,6 +55,19 @@ impl Index {
         self.purged.store(purged);
     }
 
+    /// Whether some disk run holds enough entries of pruned events to be written again (the
+    /// indexer does it when it has nothing else to do).
+    pub(crate) fn rewrites_pending(&self) -> bool {
+        let purged = self.purged.load();
+        self.view.load().disk.iter().any(|run| {
+            let pruned = purged.count_in(run.min_seq, run.max_seq);
+            super::policy::worth_rewriting(
+                run.max_seq.saturating_sub(run.min_seq) + 1,
+                pruned.saturating_sub(run.purged_at_write),
+            )
+        })
+    }
+
     /// The set of pruned events readers pass over.
     pub(crate) fn purged(&self) -> Arc<Purged> {
         self.purged.load_full()
