@@ -248,8 +248,7 @@ fn a_crash_in_the_middle_of_rebuilding_the_indexes_of_100000_events_resumes_and_
     let daemon = setup.start();
     let started = Instant::now();
     let caught_up = wait_until(Duration::from_secs(300), || {
-        let status = daemon.request(&Request::get("/status"));
-        let status: serde_json::Value = serde_json::from_str(&status.body).ok()?;
+        let status = setup.json(&["status", "--json"]);
         (status["durable"].as_u64() == Some(N as u64) && status["index_lag"].as_u64() == Some(0))
             .then_some(())
     });
@@ -268,8 +267,7 @@ fn a_crash_in_the_middle_of_rebuilding_the_indexes_of_100000_events_resumes_and_
     // Dedup holds: the provider's retry of the first and last batches stores nothing.
     assert_eq!(daemon.post_mailjet(&opens(0, 1000)).status, 200);
     assert_eq!(daemon.post_mailjet(&opens(N - 1000, 1000)).status, 200);
-    let status = daemon.request(&Request::get("/status"));
-    let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let status = setup.json(&["status", "--json"]);
     assert_eq!(
         status["durable"].as_u64(),
         Some(N as u64),

@@ -174,7 +174,7 @@ fn a_json_source_reads_type_time_id_and_keys_from_its_pointers() {
 }
 
 #[test]
-fn status_reports_how_far_the_log_is_durable_and_indexed() {
+fn gancho_status_reports_how_far_the_log_is_durable_indexed_and_processed_and_http_does_not() {
     let setup = Setup::standard();
     let daemon = setup.start();
     assert_eq!(
@@ -185,7 +185,7 @@ fn status_reports_how_far_the_log_is_durable_and_indexed() {
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let status = daemon.request(&Request::get("/status")).json();
+        let status = setup.json(&["status", "--json"]);
         assert_eq!(status["durable"], 2);
         if status["indexed"] == 2 {
             assert_eq!(status["index_lag"], 0);
@@ -197,6 +197,28 @@ fn status_reports_how_far_the_log_is_durable_and_indexed() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // The engine (no rules) moves past them too, and its cursor becomes durable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while setup.json(&["status", "--json"])["engine_cursor"] != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine stayed behind"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The status is the operator's: the public listener serves only hooks and /healthz.
+    for path in ["/status", "/admin/status", "/metrics"] {
+        assert_eq!(daemon.request(&Request::get(path)).status, 404, "{path}");
+    }
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // With the daemon stopped, the command reads the store itself.
+    let status = setup.json(&["status", "--json"]);
+    assert_eq!(
+        (status["durable"].as_u64(), status["engine_cursor"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let text = setup.command(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("engine cursor  2 (lag 0)"));
 }
 
 #[test]

@@ -233,7 +233,7 @@ fn latency(bench: &ActionsBench, receiver: SocketAddr, seen: &Arc<Received>) -> 
         ),
     )?;
     let config = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nrules_dir = {:?}\n[store]\nfsync = {}\n\
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nrules_dir = {:?}\n[store]\nretention = \"0\"\nfsync = {}\n\
          [sources.bank]\nkind = \"json\"\ntype = \"/kind\"\nid = \"/id\"\nkeys = {{ account = \"/account\" }}\n\
          [http]\nallow_private = true\n",
         dir.path().join("data").display().to_string(),

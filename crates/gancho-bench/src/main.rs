@@ -14,6 +14,7 @@ mod actions;
 mod engine;
 mod load;
 mod micro;
+mod prune;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -96,6 +97,10 @@ struct Args {
     /// what LZ4 would make of the index blocks) against their size on disk, and exit.
     #[arg(long)]
     store_stats: Option<PathBuf>,
+    /// Measure ingest while retention deletes: single events alone, then while `gancho
+    /// prune` runs, after priming with `--prime` of grouped events older than the retention.
+    #[arg(long)]
+    prune: bool,
     /// Measure the actions instead: delivery throughput to a local HTTP receiver and SMTP
     /// server, and webhook-to-HTTP-action latency through the daemon at `--rate`.
     #[arg(long)]
@@ -145,6 +150,9 @@ fn main() -> anyhow::Result<()> {
             gancho: gancho_bin(&args)?,
         });
     }
+    if args.prune {
+        return prune::run(&args);
+    }
     if let Some(addr) = args.attach {
         let spec = LoadSpec {
             connections: args.connections,
@@ -152,9 +160,12 @@ fn main() -> anyhow::Result<()> {
             warmup: args.warmup,
             group: args.group,
         };
-        // Events distinct from those an earlier run posted (the bench numbers them from 0).
-        let (durable, _) = fetch_status(addr)?;
-        load::number_events_from(durable);
+        // Events distinct from those an earlier run posted (the bench numbers them from 0):
+        // numbered from the clock, 10,000 a second since the run before (and their event
+        // times stay within a few years of the bench's base time).
+        let now = gancho_core::Clock::now(&gancho_core::SystemClock);
+        let seconds = u64::try_from(now.timestamp()).unwrap_or(0) % 1_000_000;
+        load::number_events_from(seconds * 10_000);
         let r = load::run(&Target::gancho(addr), &spec)?;
         println!(
             "{addr}: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
@@ -345,7 +356,7 @@ impl Gancho {
             None => String::new(),
         };
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nrules_dir = {:?}\n[store]\nfsync = {}\n{cache}\
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nrules_dir = {:?}\n[store]\nretention = \"0\"\nfsync = {}\n{cache}\
              [sources.mailjet]\nkind = \"mailjet\"\n\
              basic_auth = {{ user = \"{}\", password = \"{}\" }}\n",
             dir.join("data").display().to_string(),
@@ -411,9 +422,24 @@ impl Gancho {
         })
     }
 
-    /// `GET /status`: (durable, indexed).
+    /// `gancho status`: (durable, indexed).
     fn status(&self) -> anyhow::Result<(u64, u64)> {
-        fetch_status(self.addr)
+        fetch_status(&self.bin, &self.config)
+    }
+
+    /// Waits until the engine has processed (durably) every event in the log.
+    fn wait_processed(&self, timeout: Duration) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            let status = status_json(&self.bin, &self.config)?;
+            if status["engine_cursor"].as_u64() >= status["durable"].as_u64() {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!("the engine did not catch up within {timeout:?}: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits until the index catches up with the log; returns how many events that took and
@@ -496,16 +522,23 @@ impl Drop for Gancho {
     }
 }
 
-/// `GET /status` of a gancho: (durable, indexed).
-fn fetch_status(addr: SocketAddr) -> anyhow::Result<(u64, u64)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let body = text.split("\r\n\r\n").nth(1).context("no body")?;
-    let status: serde_json::Value = serde_json::from_str(body)?;
-    let field = |name: &str| status[name].as_u64().context("bad /status");
+/// `gancho status --json` of the daemon whose config is `config`.
+fn status_json(bin: &Path, config: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .args(["status", "--json"])
+        .output()?;
+    if !out.status.success() {
+        bail!("gancho status: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `gancho status --json` of the daemon whose config is `config`: (durable, indexed).
+fn fetch_status(bin: &Path, config: &Path) -> anyhow::Result<(u64, u64)> {
+    let status = status_json(bin, config)?;
+    let field = |name: &str| status[name].as_u64().context("bad `gancho status`");
     Ok((field("durable")?, field("indexed")?))
 }
 

@@ -134,7 +134,6 @@ impl IngressServer {
                 // a path parameter with a regex, a measurable part of a small webhook's cost.
                 .service(web::scope("/hooks").default_service(web::to(hook)))
                 .route("/healthz", web::get().to(healthz))
-                .route("/status", web::get().to(status))
                 .default_service(web::to(not_found))
         })
         .disable_signals()
@@ -178,15 +177,6 @@ async fn healthz(state: web::Data<State>) -> HttpResponse {
 
 /// How far the log is durable and indexed: `indexed` trailing `durable` by more than a few
 /// thousand events for long means indexing cannot keep up with the incoming rate.
-async fn status(state: web::Data<State>) -> HttpResponse {
-    let log = state.store.status();
-    HttpResponse::Ok().json(json!({
-        "durable": log.durable,
-        "indexed": log.indexed,
-        "index_lag": log.durable.saturating_sub(log.indexed),
-    }))
-}
-
 async fn not_found(req: HttpRequest) -> HttpResponse {
     error(
         StatusCode::NOT_FOUND,

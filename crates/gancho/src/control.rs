@@ -53,6 +53,25 @@ pub enum Request {
     Prune {
         retention: Retention,
     },
+    /// How far the log is durable, indexed and processed.
+    Status,
+}
+
+/// What `gancho status` shows: how far each stage has come.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Every event up to this seq is on disk.
+    pub durable: u64,
+    /// ... in the indexes.
+    pub indexed: u64,
+    pub index_lag: u64,
+    /// ... processed by the rules, durably.
+    pub engine_cursor: u64,
+    pub engine_lag: u64,
+    /// Events deleted by retention, ever.
+    pub pruned: u64,
+    /// Quarantine records dropped for its cap, ever.
+    pub quarantine_dropped: u64,
 }
 
 /// An outbox item on the wire: the action, and its failed tries so far.
@@ -117,6 +136,7 @@ pub enum Response {
     Retried(usize),
     Rules(EngineStatus),
     Pruned(Pruned),
+    Status(Status),
     Error(String),
 }
 
@@ -132,6 +152,7 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
         Request::DeadRetry { id } => outbox
             .retry_dead(id.as_deref(), SystemClock.now().timestamp_millis())
             .map(Response::Retried),
+        Request::Status => status(data).map(Response::Status),
         Request::Prune { retention } => {
             crate::prune::prune(data, retention, SystemClock.now()).map(Response::Pruned)
         }
@@ -146,6 +167,20 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
         }),
     };
     result.unwrap_or_else(|err| Response::Error(err.to_string()))
+}
+
+fn status(data: &Data) -> Result<Status, StoreError> {
+    let log = data.store.status();
+    let engine_cursor = data.state.durable_cursor();
+    Ok(Status {
+        durable: log.durable,
+        indexed: log.indexed,
+        index_lag: log.durable.saturating_sub(log.indexed),
+        engine_cursor,
+        engine_lag: log.durable.saturating_sub(engine_cursor),
+        pruned: data.store.pruned(),
+        quarantine_dropped: data.store.quarantine_dropped()?,
+    })
 }
 
 /// Asks the running daemon, or opens the store when no daemon answers.

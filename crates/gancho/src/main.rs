@@ -103,6 +103,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// How far the log is durable, indexed and processed by the rules, and what retention
+    /// and the quarantine's cap deleted.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete now what is past its retention (`[store] retention`, `quarantine_retention`,
     /// `[retry] dead_retention`; the daemon also does it every hour), and print what went.
     Prune {
@@ -213,6 +220,7 @@ fn main() -> ExitCode {
         Command::Rules { json } => list_rules(&config, json),
         Command::Outbox { limit, json } => list_outbox(&config, limit, json),
         Command::Prune { json } => prune_now(&config, json),
+        Command::Status { json } => show_status(&config, json),
         Command::Dead {
             retry: Some(DeadCommand::Retry { id, .. }),
             ..
@@ -441,6 +449,30 @@ fn list_dead(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
             writeln!(out, "    {at}  {}", shown(&attempt.error))?;
         }
     }
+    Ok(())
+}
+
+fn show_status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let Response::Status(status) = ask(config, &Request::Status)? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    if json {
+        return print_json(&status);
+    }
+    println!("durable        {}", status.durable);
+    println!(
+        "indexed        {} (lag {})",
+        status.indexed, status.index_lag
+    );
+    println!(
+        "engine cursor  {} (lag {})",
+        status.engine_cursor, status.engine_lag
+    );
+    println!("pruned         {} event(s), ever", status.pruned);
+    println!(
+        "quarantine     {} record(s) dropped for its cap, ever",
+        status.quarantine_dropped
+    );
     Ok(())
 }
 
