@@ -14,6 +14,7 @@ mod crash;
 mod hostile;
 mod invariants;
 mod operations;
+mod poison;
 mod retention;
 mod rules;
 mod shutdown;

@@ -23,6 +23,7 @@
 //!   databases had written to their files survives, as after `kill -9`;
 //! - `error`: the point's error branch is taken (`fail_point!(NAME, ERROR)` returns `Err`);
 //! - `panic`: the thread panics;
+//! - `abort`: the process aborts (`SIGABRT`), as a stack overflow or a failed allocation does;
 //! - `pause`: the thread waits until this point is [`release`]d, removed or set again, after printing
 //!   `fail point NAME: paused` to stderr so a test watching the log knows it is there;
 //! - `sleep(MS)`: the thread sleeps, after printing `fail point NAME: sleeping MS ms`.
@@ -69,6 +70,10 @@ macro_rules! fail_point {
             return Err($err);
         }
     };
+    // A name made at run time (`fail_point!(dyn format!(...))`), for a point per event type.
+    (dyn $name:expr) => {
+        let _ = $crate::failpoint::hit(&$name);
+    };
 }
 
 /// Marks a crash point (this build has none: it expands to nothing).
@@ -77,6 +82,7 @@ macro_rules! fail_point {
 macro_rules! fail_point {
     ($name:literal) => {};
     ($name:literal, $err:expr) => {};
+    (dyn $name:expr) => {};
 }
 
 #[cfg(feature = "failpoints")]
@@ -98,6 +104,7 @@ mod imp {
         Kill,
         Error,
         Panic,
+        Abort,
         Pause,
         Sleep(u64),
     }
@@ -150,6 +157,7 @@ mod imp {
             "kill" => Action::Kill,
             "error" | "return" => Action::Error,
             "panic" => Action::Panic,
+            "abort" => Action::Abort,
             "pause" => Action::Pause,
             _ => {
                 let ms = text
@@ -284,6 +292,10 @@ mod imp {
             Action::Panic => {
                 drop(registry);
                 panic!("fail point {name}");
+            }
+            Action::Abort => {
+                eprintln!("fail point {name}: abort");
+                std::process::abort();
             }
             Action::Kill => {
                 // No destructor runs and nothing is flushed (exit handlers run, and gancho has

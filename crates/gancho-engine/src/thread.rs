@@ -90,7 +90,17 @@ pub fn spawn(
                         return;
                     }
                 };
-                run(&mut engine, &store, &stop, &reload, &status);
+                // Rule runs catch their own panics; one that escapes the engine (a bug) ends
+                // the process, so that its supervisor restarts it, rather than leave a daemon
+                // that takes events and never acts on them. Every write is crash-safe, and a
+                // run that does it again and again is set aside (`careful.rs`).
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&mut engine, &store, &stop, &reload, &status)
+                }));
+                if ran.is_err() {
+                    error!("the engine thread panicked; the process exits to be restarted");
+                    std::process::exit(70);
+                }
             })
             .map_err(|source| EngineError::RulesDir {
                 path: "(engine thread)".into(),
@@ -158,7 +168,13 @@ fn run(
         }
         *status.lock().unwrap_or_else(|e| e.into_inner()) = engine.status();
     }
-    if let Err(err) = engine.commit_cursor() {
-        warn!(error = %err, "could not commit the engine's cursor at stop");
+    match engine.commit_cursor() {
+        Err(err) => warn!(error = %err, "could not commit the engine's cursor at stop"),
+        // A clean stop: the next start processes as usual.
+        Ok(()) => {
+            if let Err(err) = engine.end_life() {
+                warn!(error = %err, "could not record the engine's clean stop");
+            }
+        }
     }
 }

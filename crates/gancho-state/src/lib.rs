@@ -22,13 +22,15 @@
 //! Modules, in layers (each uses only those before it): `schema` (records, key layouts, the
 //! channel table), `overlay` (committed, not yet applied writes), `journal` (a commit's journal
 //! and its recovery), `applier` (the thread that applies and syncs), `migrate` (format
-//! versions), `outbox` (the executor's view).
+//! versions), `outbox` (the executor's view), `retention` (what pruning asks of this database),
+//! `poison` (the engine's lives, careful runs and runs set aside: written outside commits).
 
 mod applier;
 mod journal;
 mod migrate;
 mod outbox;
 mod overlay;
+pub mod poison;
 mod retention;
 mod schema;
 

@@ -8,6 +8,7 @@ use crate::journal::{JOURNAL, MARKER, encode_journal, journal_key};
 use crate::migrate::tests::{
     OLD_PREFIXES, has_prefix, write_old_expectation, write_old_outbox_item,
 };
+use crate::poison::{LastLife, Poisoned};
 
 /// Opens the engine database of the store folder `dir`, without fsync.
 pub(crate) fn open(dir: &Path) -> EngineState {
@@ -423,4 +424,47 @@ fn dead_letters_past_their_retention_go() {
     let left = outbox.dead_letters(0).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].dead_ms, 9_000);
+}
+
+#[test]
+fn a_life_that_ends_uncleanly_names_the_run_it_died_in_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    // A clean life leaves nothing to be careful about.
+    assert_eq!(state.begin_life().unwrap(), LastLife::default());
+    state.note_batch(1, 40).unwrap();
+    state.end_life().unwrap();
+    assert!(!state.begin_life().unwrap().unclean);
+    // An unclean one: the last batch begun is processed carefully.
+    state.note_batch(41, 80).unwrap();
+    let last = state.begin_life().unwrap();
+    assert_eq!(
+        (last.unclean, last.careful_until, last.suspect),
+        (true, Some(80), None)
+    );
+    // A death in careful mode is counted against its run, twice in a row.
+    for deaths in 1..=2 {
+        state.note_run(57, "bomb").unwrap();
+        let last = state.begin_life().unwrap();
+        assert_eq!(last.suspect, Some((57, "bomb".to_owned(), deaths)));
+    }
+    // A death in another run starts its count again.
+    state.note_run(58, "other").unwrap();
+    assert_eq!(
+        state.begin_life().unwrap().suspect,
+        Some((58, "other".to_owned(), 1))
+    );
+    let poisoned = Poisoned {
+        seq: 58,
+        rule: "other".to_owned(),
+        kind: "bank.poison".to_owned(),
+        deaths: 3,
+        set_aside_ms: 1,
+    };
+    state.set_aside(&poisoned).unwrap();
+    state.end_careful().unwrap();
+    assert!(state.is_set_aside(58, "other").unwrap());
+    assert!(!state.is_set_aside(57, "bomb").unwrap());
+    assert_eq!(state.poisoned(0).unwrap(), vec![poisoned]);
+    assert_eq!(state.begin_life().unwrap().suspect, None);
 }

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use gancho_core::{ActionRequest, Event};
 use gancho_core::{Clock, SystemClock};
 use gancho_engine::{EngineStatus, SharedStatus};
+use gancho_state::poison::Poisoned;
 use gancho_state::{Attempt, DeadLetter, OutboxItem};
 use gancho_store::{EventQuery, KeyFilter, Quarantined, StoreConfig, StoreError};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,10 @@ pub enum Request {
     },
     /// How far the log is durable, indexed and processed.
     Status,
+    /// Runs set aside because the engine died running them.
+    Poisoned {
+        limit: usize,
+    },
 }
 
 /// What `gancho status` shows: how far each stage has come.
@@ -137,6 +142,7 @@ pub enum Response {
     Rules(EngineStatus),
     Pruned(Pruned),
     Status(Status),
+    Poisoned(Vec<Poisoned>),
     Error(String),
 }
 
@@ -153,6 +159,7 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
             .retry_dead(id.as_deref(), SystemClock.now().timestamp_millis())
             .map(Response::Retried),
         Request::Status => status(data).map(Response::Status),
+        Request::Poisoned { limit } => data.state.poisoned(*limit).map(Response::Poisoned),
         Request::Prune { retention } => {
             crate::prune::prune(data, retention, SystemClock.now()).map(Response::Pruned)
         }

@@ -103,6 +103,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the runs set aside because the engine died running them (a rule on an event): each
+    /// was tried three times; its rule still runs on other events, other rules on this one.
+    Poisoned {
+        /// At most this many (the oldest events); 0 for all.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// How far the log is durable, indexed and processed by the rules, and what retention
     /// and the quarantine's cap deleted.
     Status {
@@ -221,6 +231,7 @@ fn main() -> ExitCode {
         Command::Outbox { limit, json } => list_outbox(&config, limit, json),
         Command::Prune { json } => prune_now(&config, json),
         Command::Status { json } => show_status(&config, json),
+        Command::Poisoned { limit, json } => list_poisoned(&config, limit, json),
         Command::Dead {
             retry: Some(DeadCommand::Retry { id, .. }),
             ..
@@ -448,6 +459,33 @@ fn list_dead(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
                 .map_or_else(String::new, |t| t.to_rfc3339());
             writeln!(out, "    {at}  {}", shown(&attempt.error))?;
         }
+    }
+    Ok(())
+}
+
+fn list_poisoned(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
+    let Response::Poisoned(runs) = ask(config, &Request::Poisoned { limit })? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    if json {
+        return print_json(&runs);
+    }
+    let mut out = std::io::stdout().lock();
+    for run in &runs {
+        let at = chrono::DateTime::from_timestamp_millis(run.set_aside_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "event {:>8}  {:<24} rule {:<20} died {} times, set aside {at}",
+            run.seq,
+            shown(&run.kind),
+            shown(&run.rule),
+            run.deaths
+        )?;
+    }
+    if runs.is_empty() {
+        writeln!(out, "no run set aside")?;
     }
     Ok(())
 }

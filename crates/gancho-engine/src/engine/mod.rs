@@ -3,8 +3,10 @@
 //!
 //! `config` (how it runs, its errors, the names of its own sources), `status` (what operators
 //! see of it), `load` (the rules folder), `walk` (the [`Engine`]: batches, dispatch, rule runs),
-//! `timers` (timer firings, cron ticks, and the expectations events fulfil).
+//! `timers` (timer firings, cron ticks, and the expectations events fulfil), `careful` (poison
+//! events: runs that kill the engine are set aside).
 
+mod careful;
 mod config;
 mod load;
 mod status;

@@ -20,6 +20,7 @@ use crate::dynamic;
 use crate::prefetch::Reader;
 use crate::rule::{self, Diagnostic, Rule};
 
+use super::careful::{Careful, Verdict};
 use super::config::{CRON_SOURCE, EngineConfig, EngineError, TIMER_SOURCE};
 use super::load::rule_files;
 use super::status::{Counters, EngineStatus, ReloadReport, RuleStatus, StepReport};
@@ -82,6 +83,8 @@ pub struct Engine {
     fire_error_logged: Option<Instant>,
     /// The rules folder has been read once (a missing folder is an error from then on).
     loaded_once: bool,
+    /// Poison events: careful mode after an unclean exit, runs set aside.
+    careful: Careful,
 }
 
 impl Engine {
@@ -119,6 +122,7 @@ impl Engine {
             cursor = last;
         }
         let reader = Reader::new(store.clone());
+        let careful = Careful::begin(state.clone(), Arc::clone(&clock), cursor)?;
         let mut engine = Engine {
             store,
             state,
@@ -139,6 +143,7 @@ impl Engine {
             cron_next: HashMap::new(),
             fire_error_logged: None,
             loaded_once: false,
+            careful,
         };
         engine.reload()?;
         Ok(engine)
@@ -284,8 +289,15 @@ impl Engine {
             self.state.commit(Vec::new(), self.cursor)?;
             self.committed_cursor = self.cursor;
             self.cursor_committed = Instant::now();
+            self.careful.committed(self.cursor)?;
         }
         Ok(())
+    }
+
+    /// The engine stops cleanly (after [`Engine::commit_cursor`]): its next start processes
+    /// as usual, not carefully.
+    pub fn end_life(&self) -> Result<(), EngineError> {
+        Ok(self.careful.end()?)
     }
 
     /// Commits the cursor once the engine is idle and its last commit is a second old, so that
@@ -358,6 +370,8 @@ impl Engine {
             return Ok(0);
         }
         let to = bound.min(self.cursor + self.config.batch_size as u64);
+        // Should processing them kill the process, the next start knows where it was.
+        self.careful.batch(self.cursor + 1, to)?;
         // With no rules and no expectations, only the engine's own events (timers whose rule
         // went away) need anything done.
         let own_only = self.rules.is_empty() && self.shapes.0.is_empty();
@@ -405,6 +419,7 @@ impl Engine {
         self.cursor = last;
         self.cursor_committed = Instant::now();
         self.committed_cursor = last;
+        self.careful.committed(last)?;
         Ok(processed)
     }
 
@@ -497,6 +512,18 @@ impl Engine {
         let Some(rule) = self.rules.get(name) else {
             return;
         };
+        if let Verdict::SetAside(why) =
+            self.careful
+                .before_run(event.seq, name, &event.qualified_type())
+        {
+            let counters = self.counters.entry(name.to_owned()).or_default();
+            counters.runs += 1;
+            counters.errors += 1;
+            counters.last_error = Some(why);
+            return;
+        }
+        // Tests kill the engine here for one rule and type of event (`engine.run.RULE.TYPE`).
+        gancho_core::fail_point!(dyn format!("engine.run.{name}.{}", event.qualified_type()));
         self.ctx.borrow_mut().run = Some(Run {
             rule: name.to_owned(),
             seq: event.seq,
