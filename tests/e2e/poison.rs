@@ -2,10 +2,9 @@
 //! event type) is tried three times, then set aside and listed by `gancho poisoned`, while the
 //! other rules run on its event and processing goes on.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Reaped, Setup, gancho_bin, wait_with_timeout, write_rule};
+use crate::support::{Reaped, Setup, wait_with_timeout, write_rule};
 
 const BOMB: (&str, &str) = ("GANCHO_FAILPOINTS", "engine.run.bomb.bank.poison=abort");
 
@@ -15,15 +14,7 @@ fn item(id: &str, kind: &str) -> String {
 
 /// A life of the daemon that may die before it is ready: its stderr goes to `log`.
 fn life(setup: &Setup, log: &std::path::Path) -> Reaped {
-    let child = Command::new(gancho_bin())
-        .arg("--config")
-        .arg(&setup.config)
-        .arg("run")
-        .env("GANCHO_LOG", "info")
-        .env_remove("GANCHO_CONFIG")
-        .env_remove("NOTIFY_SOCKET")
-        .env(BOMB.0, BOMB.1)
-        .stdout(Stdio::null())
+    let child = crate::support::daemon_command(setup, &[BOMB])
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();

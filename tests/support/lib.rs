@@ -221,20 +221,23 @@ pub struct Daemon {
     log: Arc<Mutex<String>>,
 }
 
+/// `gancho run` with the setup's config and these environment variables, as the tests start
+/// it (`as_daemon`: stderr piped; set another after this to keep the log elsewhere).
+pub fn daemon_command(setup: &Setup, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(gancho_bin());
+    command
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("run")
+        .env("GANCHO_LOG", "info")
+        .envs(env.iter().copied());
+    as_daemon(&mut command);
+    command
+}
+
 impl Daemon {
     fn start(setup: &Setup, env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(gancho_bin())
-            .arg("--config")
-            .arg(&setup.config)
-            .arg("run")
-            .env("GANCHO_LOG", "info")
-            .env_remove("GANCHO_CONFIG")
-            .env_remove("NOTIFY_SOCKET")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning gancho");
+        let mut child = daemon_command(setup, env).spawn().expect("spawning gancho");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = mpsc::channel();
