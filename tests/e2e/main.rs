@@ -18,6 +18,7 @@ mod poison;
 mod retention;
 mod rules;
 mod shutdown;
+mod streaming;
 #[allow(dead_code)]
 #[path = "../support/lib.rs"]
 mod support;

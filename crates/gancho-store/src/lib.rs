@@ -432,6 +432,25 @@ impl Store {
         )
     }
 
+    /// The answer to `query` (as [`Store::events`]), handed to `f` one event at a time, oldest
+    /// first, without holding it whole: listing a million events costs no more memory than
+    /// listing a hundred. An error of `f` stops the walk and is returned.
+    pub fn each_event(
+        &self,
+        query: &EventQuery,
+        f: impl FnMut(Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
+        let durable = self.inner.progress.durable.load(Ordering::Acquire);
+        query::each(
+            &self.inner.events,
+            &self.inner.index,
+            query,
+            (indexed, durable),
+            f,
+        )
+    }
+
     /// Every event with a seq in `from..=to` (durable ones only), in log order.
     pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         self.read_range_where(from, to, |_, _| true)

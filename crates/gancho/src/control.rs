@@ -190,6 +190,150 @@ fn status(data: &Data) -> Result<Status, StoreError> {
     })
 }
 
+/// What the daemon sends at a time while it streams events.
+const CHUNK: usize = 64 * 1024;
+
+/// Sends the answer to an events request through `tx` as the store reads it: the JSON of
+/// [`Response::Events`] (`{"events":[...]}`), in chunks. An error before the first chunk is
+/// sent as [`Response::Error`]; one after it cuts the answer short, which the client reports.
+fn stream_events(data: &Data, query: &Query, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) {
+    let mut buf = br#"{"events":["#.to_vec();
+    let mut first = true;
+    let mut sent = false;
+    let gone = || StoreError::Io {
+        what: "sending events to the client".to_owned(),
+        source: std::io::ErrorKind::BrokenPipe.into(),
+    };
+    let walked = data.store.each_event(&query.to_store(), |event| {
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut buf, &event).map_err(|err| StoreError::Corrupt {
+            key: format!("L{}", event.seq),
+            reason: err.to_string(),
+        })?;
+        if buf.len() >= CHUNK {
+            tx.blocking_send(std::mem::take(&mut buf))
+                .map_err(|_| gone())?;
+            sent = true;
+        }
+        Ok(())
+    });
+    let last = match walked {
+        Ok(()) => {
+            buf.extend_from_slice(b"]}");
+            buf
+        }
+        Err(err) => {
+            warn!(error = %err, "listing events");
+            if sent {
+                return;
+            }
+            serde_json::to_vec(&Response::Error(err.to_string())).unwrap_or_default()
+        }
+    };
+    // The client may be gone: nothing more to do then.
+    let _ = tx.blocking_send(last);
+}
+
+/// Lists events, handing each to `f` as it arrives: from the running daemon's stream, or from
+/// the store when no daemon answers. Neither side holds the whole answer.
+pub fn each_event(
+    socket: &Path,
+    store_dir: &Path,
+    query: &Query,
+    mut f: impl FnMut(Event) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let request = Request::Events(query.clone());
+    match UnixStream::connect(socket) {
+        Ok(mut stream) => {
+            let mut line = serde_json::to_vec(&request)?;
+            line.push(b'\n');
+            stream.write_all(&line)?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let mut reader = serde_json::Deserializer::from_reader(std::io::BufReader::new(stream));
+            serde::de::DeserializeSeed::deserialize(stream::Answer(&mut f), &mut reader)
+                .with_context(|| format!("reading the daemon's answer at {}", socket.display()))
+        }
+        Err(_) => {
+            let data = open_stopped(socket, store_dir)?;
+            let mut failed = None;
+            let walked = data.store.each_event(&query.to_store(), |event| {
+                f(event).map_err(|err| {
+                    failed = Some(err);
+                    StoreError::Closed
+                })
+            });
+            data.shutdown().context("closing the store")?;
+            match (failed, walked) {
+                (Some(err), _) => Err(err),
+                (None, walked) => walked.context("listing events"),
+            }
+        }
+    }
+}
+
+/// Reading `{"events":[...]}` (or `{"error":"..."}`) one event at a time.
+mod stream {
+    use std::fmt;
+
+    use gancho_core::Event;
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+    pub(super) struct Answer<'f, F>(pub(super) &'f mut F);
+
+    impl<'de, F: FnMut(Event) -> anyhow::Result<()>> DeserializeSeed<'de> for Answer<'_, F> {
+        type Value = ();
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de, F: FnMut(Event) -> anyhow::Result<()>> Visitor<'de> for Answer<'_, F> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the daemon's answer: events or an error")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            match map.next_key::<String>()?.as_deref() {
+                Some("events") => map.next_value_seed(Events(self.0)),
+                Some("error") => Err(de::Error::custom(map.next_value::<String>()?)),
+                Some(other) => Err(de::Error::custom(format!("unexpected answer {other:?}"))),
+                None => Err(de::Error::custom("an empty answer")),
+            }
+        }
+    }
+
+    struct Events<'f, F>(&'f mut F);
+
+    impl<'de, F: FnMut(Event) -> anyhow::Result<()>> DeserializeSeed<'de> for Events<'_, F> {
+        type Value = ();
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de, F: FnMut(Event) -> anyhow::Result<()>> Visitor<'de> for Events<'_, F> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of events")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(event) = seq.next_element::<Event>()? {
+                (self.0)(event).map_err(|err| de::Error::custom(format!("{err:#}")))?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Asks the running daemon, or opens the store when no daemon answers.
 pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result<Response> {
     match UnixStream::connect(socket) {
@@ -197,29 +341,34 @@ pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result
             .with_context(|| format!("asking the daemon at {}", socket.display())),
         Err(err) => {
             debug!(error = %err, "no daemon on the control socket; opening the store");
-            if !store_dir.exists() {
-                bail!(
-                    "no store at {} (has the daemon ever run with this config?)",
-                    store_dir.display()
-                );
-            }
-            let config = StoreConfig {
-                fsync: false,
-                cache_capacity: 64 * 1024 * 1024,
-                ..StoreConfig::default()
-            };
-            let data = match Data::open(store_dir, &config) {
-                Ok(data) => data,
-                Err(StoreError::Locked { path }) => bail!(
-                    "the store at {path} is held by a running daemon, but its control socket {} does not answer",
-                    socket.display()
-                ),
-                Err(err) => return Err(err).context("opening the store"),
-            };
+            let data = open_stopped(socket, store_dir)?;
             let response = answer(&data, None, request);
             data.shutdown().context("closing the store")?;
             Ok(response)
         }
+    }
+}
+
+/// Opens the store of a stopped daemon.
+fn open_stopped(socket: &Path, store_dir: &Path) -> anyhow::Result<Data> {
+    if !store_dir.exists() {
+        bail!(
+            "no store at {} (has the daemon ever run with this config?)",
+            store_dir.display()
+        );
+    }
+    let config = StoreConfig {
+        fsync: false,
+        cache_capacity: 64 * 1024 * 1024,
+        ..StoreConfig::default()
+    };
+    match Data::open(store_dir, &config) {
+        Ok(data) => Ok(data),
+        Err(StoreError::Locked { path }) => bail!(
+            "the store at {path} is held by a running daemon, but its control socket {} does not answer",
+            socket.display()
+        ),
+        Err(err) => Err(err).context("opening the store"),
     }
 }
 
@@ -305,6 +454,18 @@ async fn serve_one(
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Events(query)) => {
+            // Written as it is read: a million events cost the daemon no more memory than a
+            // hundred (the bounded channel holds the reader to the client's pace).
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+            let producer = tokio::task::spawn_blocking(move || stream_events(&data, &query, &tx));
+            while let Some(chunk) = rx.recv().await {
+                write.write_all(&chunk).await?;
+            }
+            producer.await?;
+            write.shutdown().await?;
+            return Ok(());
+        }
         Ok(request) => {
             tokio::task::spawn_blocking(move || answer(&data, Some(&engine), &request)).await?
         }

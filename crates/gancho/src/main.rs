@@ -279,22 +279,26 @@ fn list_events(
         ),
         None => None,
     };
-    let request = Request::Events(Query {
+    let query = Query {
         source,
         kind,
         key,
         since,
         limit,
-    });
-    let Response::Events(events) = ask(config, &request)? else {
-        anyhow::bail!("unexpected answer from the daemon");
     };
-    let mut out = std::io::stdout().lock();
+    // Printed as they arrive: neither the daemon nor this process holds the whole answer.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
     if json {
-        serde_json::to_writer(&mut out, &events)?;
-        writeln!(out)?;
-    } else {
-        for e in &events {
+        write!(out, "[")?;
+    }
+    control::each_event(&config.socket_path(), &config.store_dir(), &query, |e| {
+        if json {
+            if !first {
+                write!(out, ",")?;
+            }
+            serde_json::to_writer(&mut out, &e)?;
+        } else {
             let keys: Vec<String> = e
                 .keys
                 .iter()
@@ -310,7 +314,13 @@ fn list_events(
                 keys.join(" ")
             )?;
         }
+        first = false;
+        Ok(())
+    })?;
+    if json {
+        writeln!(out, "]")?;
     }
+    out.flush()?;
     Ok(())
 }
 

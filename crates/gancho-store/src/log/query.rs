@@ -1,7 +1,5 @@
 //! Listing events and quarantined items for operators.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use gancho_core::{Event, time_to_millis};
 
@@ -46,57 +44,90 @@ pub(crate) fn run(
     indexed: u64,
     durable: u64,
 ) -> Result<Vec<Event>, StoreError> {
+    let mut events = Vec::new();
+    each(tree, index, query, (indexed, durable), |event| {
+        events.push(event);
+        Ok(())
+    })?;
+    Ok(events)
+}
+
+/// Hands the answer to a query to `f` one event at a time, oldest first: the memory it takes
+/// does not grow with the answer (with a source and a type, 8 bytes a matching seq; without,
+/// the `limit` newest events, none when there is no limit).
+pub(crate) fn each(
+    tree: &Tree,
+    index: &Index,
+    query: &EventQuery,
+    (indexed, durable): (u64, u64),
+    mut f: impl FnMut(Event) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let limit = if query.limit == 0 {
         usize::MAX
     } else {
         query.limit
     };
-    let mut events = match (&query.source, &query.kind) {
-        (Some(source), Some(kind)) => {
-            let prefix = match &query.key {
-                Some(key) => keys::key_prefix(source, kind, &key.name, &key.value),
-                None => keys::type_prefix(source, kind),
-            };
-            // Index keys are in time order; the answer is by seq. Collect the seqs (cheap: no
-            // event is read), keep the newest, then read only those.
-            let mut seqs = indexed_seqs(index, &prefix, query.since, durable)?;
-            seqs.sort_unstable();
-            seqs.dedup();
-            if seqs.len() > limit {
-                seqs.drain(..seqs.len() - limit);
-            }
-            let mut found: BTreeMap<u64, Event> = BTreeMap::new();
-            for seq in seqs {
-                let event = match read_event(tree, seq) {
-                    Ok(event) => event,
-                    // Pruned since the scan saw it.
-                    Err(_) if index.purged().contains(seq) => continue,
-                    Err(err) => return Err(err),
-                };
-                if matches(&event, query) {
-                    found.insert(seq, event);
-                }
-            }
-            let purged = index.purged();
-            codec::for_each_record(tree, indexed + 1, durable, |seq, record| {
-                if purged.contains(seq) {
-                    return Ok(());
-                }
-                let event = codec::decode_event(seq, record)?;
-                if matches(&event, query) {
-                    found.insert(seq, event);
-                }
-                Ok(())
-            })?;
-            found.into_values().collect()
-        }
-        _ => by_log(tree, query, limit, durable, &index.purged())?,
+    let purged = index.purged();
+    let (Some(source), Some(kind)) = (&query.source, &query.kind) else {
+        return by_log(tree, query, limit, durable, &purged, f);
     };
-    events.sort_by_key(|e| e.seq);
-    if events.len() > limit {
-        events.drain(..events.len() - limit);
+    let prefix = match &query.key {
+        Some(key) => keys::key_prefix(source, kind, &key.name, &key.value),
+        None => keys::type_prefix(source, kind),
+    };
+    // Index keys are in time order; the answer is by seq. Collect the seqs (cheap: no event
+    // is read), keep the newest, then read only those, in order, a block at a time.
+    let mut seqs = indexed_seqs(index, &prefix, query.since, durable)?;
+    codec::for_each_record(tree, indexed + 1, durable, |seq, record| {
+        if purged.contains(seq) {
+            return Ok(());
+        }
+        let view = codec::view_record(seq, record)?;
+        let matches = view.source == source
+            && view.kind == kind
+            && query
+                .since
+                .is_none_or(|since| view.time_ms >= time_to_millis(since))
+            && query.key.as_ref().is_none_or(|k| {
+                view.keys
+                    .iter()
+                    .any(|(name, value)| *name == k.name && *value == k.value)
+            });
+        if matches {
+            seqs.push(seq);
+        }
+        Ok(())
+    })?;
+    seqs.sort_unstable();
+    seqs.dedup();
+    if seqs.len() > limit {
+        seqs.drain(..seqs.len() - limit);
     }
-    Ok(events)
+    let mut block: Option<codec::Block> = None;
+    for seq in seqs {
+        if block.as_ref().is_none_or(|b| b.slot(seq).is_none()) {
+            block = match codec::find_block(tree, seq)? {
+                Some((key, value)) => Some(codec::Block::parse(&key, &value)?),
+                None => None,
+            };
+        }
+        let record = block.as_ref().and_then(|b| b.record(seq));
+        let Some(record) = record else {
+            // Pruned since the scan saw it.
+            if purged.contains(seq) || index.purged().contains(seq) {
+                continue;
+            }
+            return Err(StoreError::Corrupt {
+                key: format!("L{seq}"),
+                reason: "indexed event missing from the log".to_owned(),
+            });
+        };
+        let event = codec::decode_event(seq, record)?;
+        if matches(&event, query) {
+            f(event)?;
+        }
+    }
+    Ok(())
 }
 
 /// The seqs of one index prefix at or after `since`, up to `durable`.
@@ -126,35 +157,41 @@ fn indexed_seqs(
     Ok(seqs)
 }
 
-fn read_event(tree: &Tree, seq: u64) -> Result<Event, StoreError> {
-    let missing = || StoreError::Corrupt {
-        key: format!("L{seq}"),
-        reason: "indexed event missing from the log".to_owned(),
-    };
-    let (key, value) = codec::find_block(tree, seq)?.ok_or_else(missing)?;
-    let block = codec::Block::parse(&key, &value)?;
-    codec::decode_event(seq, block.record(seq).ok_or_else(missing)?)
-}
-
-/// Walks the log from the newest event back.
+/// Walks the log: from the oldest event on when there is no limit, else from the newest back
+/// to the `limit`-th match, whose events it then hands over oldest first.
 fn by_log(
     tree: &Tree,
     query: &EventQuery,
     limit: usize,
     durable: u64,
     purged: &Purged,
-) -> Result<Vec<Event>, StoreError> {
+    mut f: impl FnMut(Event) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let range = tree.range(codec::log_key(0)..=codec::log_key(durable));
+    if limit == usize::MAX {
+        for entry in range {
+            let (key, value) = entry?;
+            let block = codec::Block::parse(&key, &value)?;
+            for (seq, record) in block.records() {
+                if seq > durable || purged.contains(seq) {
+                    continue;
+                }
+                let event = codec::decode_event(seq, record)?;
+                if matches(&event, query) {
+                    f(event)?;
+                }
+            }
+        }
+        return Ok(());
+    }
     let mut events = Vec::new();
-    for entry in tree
-        .range(codec::log_key(0)..=codec::log_key(durable))
-        .rev()
-    {
+    'blocks: for entry in range.rev() {
         let (key, value) = entry?;
         let block = codec::Block::parse(&key, &value)?;
         let records: Vec<_> = block.records().collect();
         for (seq, record) in records.into_iter().rev() {
             if events.len() >= limit {
-                return Ok(events);
+                break 'blocks;
             }
             if seq > durable || purged.contains(seq) {
                 continue;
@@ -165,7 +202,7 @@ fn by_log(
             }
         }
     }
-    Ok(events)
+    events.into_iter().rev().try_for_each(f)
 }
 
 fn matches(event: &Event, query: &EventQuery) -> bool {
