@@ -74,6 +74,29 @@ fn listing_200000_events_as_json_does_not_grow_the_daemon_and_streams_every_one(
         peak / 1024
     );
     assert!(grew_mb < 50, "the daemon grew by {grew_mb} MB");
+    // A reader that stops early (`| head`) ends the command quietly, not with a panic.
+    let mut child = std::process::Command::new(crate::support::gancho_bin())
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["events", "--limit", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 100];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The same through the indexes, and with the daemon stopped.
     let some = setup.events(&[
         "--source",

@@ -253,8 +253,22 @@ pub fn each_event(
             stream.write_all(&line)?;
             stream.set_read_timeout(Some(Duration::from_secs(60)))?;
             let mut reader = serde_json::Deserializer::from_reader(std::io::BufReader::new(stream));
-            serde::de::DeserializeSeed::deserialize(stream::Answer(&mut f), &mut reader)
-                .with_context(|| format!("reading the daemon's answer at {}", socket.display()))
+            // An error of `f` (stdout closed) is returned as it is, not as a parse error.
+            let mut failed = None;
+            let mut g = |event| {
+                f(event).map_err(|err| {
+                    let text = format!("{err:#}");
+                    failed = Some(err);
+                    anyhow::anyhow!(text)
+                })
+            };
+            let read = serde::de::DeserializeSeed::deserialize(stream::Answer(&mut g), &mut reader);
+            match (failed, read) {
+                (Some(err), _) => Err(err),
+                (None, read) => read.with_context(|| {
+                    format!("reading the daemon's answer at {}", socket.display())
+                }),
+            }
         }
         Err(_) => {
             let data = open_stopped(socket, store_dir)?;

@@ -244,6 +244,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`gancho events | head`): what it read was whole.
+        Err(err) if broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("gancho: {err:#}");
             ExitCode::FAILURE
@@ -507,20 +509,24 @@ fn show_status(config: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&status);
     }
-    println!("durable        {}", status.durable);
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "durable        {}", status.durable)?;
+    writeln!(
+        out,
         "indexed        {} (lag {})",
         status.indexed, status.index_lag
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "engine cursor  {} (lag {})",
         status.engine_cursor, status.engine_lag
-    );
-    println!("pruned         {} event(s), ever", status.pruned);
-    println!(
+    )?;
+    writeln!(out, "pruned         {} event(s), ever", status.pruned)?;
+    writeln!(
+        out,
         "quarantine     {} record(s) dropped for its cap, ever",
         status.quarantine_dropped
-    );
+    )?;
     Ok(())
 }
 
@@ -532,7 +538,8 @@ fn prune_now(config: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&pruned);
     }
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "pruned {} event(s) ({} kept for pending timers; {} block(s) deleted, {} rewritten), {} quarantine record(s), {} dead letter(s), {} expired state value(s)",
         pruned.events,
         pruned.kept,
@@ -541,7 +548,7 @@ fn prune_now(config: &Config, json: bool) -> anyhow::Result<()> {
         pruned.quarantine_records,
         pruned.dead_letters,
         pruned.expired_state
-    );
+    )?;
     Ok(())
 }
 
@@ -551,7 +558,10 @@ fn retry_dead(config: &Config, id: Option<String>) -> anyhow::Result<()> {
     };
     match (id, n) {
         (Some(id), 0) => anyhow::bail!("no dead letter with id {id}"),
-        _ => println!("{n} dead letter(s) put back in the outbox"),
+        _ => writeln!(
+            std::io::stdout().lock(),
+            "{n} dead letter(s) put back in the outbox"
+        )?,
     }
     Ok(())
 }
@@ -562,6 +572,21 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<Response> {
         Response::Error(err) => anyhow::bail!("{err}"),
         other => Ok(other),
     }
+}
+
+/// Whether `err` comes from writing to a pipe whose reader is gone.
+fn broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| {
+                cause
+                    .downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            })
+            == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
