@@ -58,6 +58,12 @@ fn gancho_prune_deletes_processed_events_past_the_retention_but_those_timers_ref
         "remind.rhai",
         "const ON = [\"bank.withdrawal\"];\nif event.payload_id == \"keep\" { after(\"later\", days(400), \"later\", #{}); }\nfn later(t) {}\n",
     );
+    // A window longer than the retention sees only what is kept: the daemon says so, once.
+    write_rule(
+        &setup,
+        "window.rhai",
+        "const ON = [\"bank.withdrawal\"];\nlet n = count(\"bank.withdrawal\", #{}, days(40));\n",
+    );
     let daemon = setup.start();
     let now = SystemClock.now().timestamp();
     let old = now - 40 * 86_400;
@@ -68,6 +74,12 @@ fn gancho_prune_deletes_processed_events_past_the_retention_but_those_timers_ref
     wait_for_cursor(&setup, 5);
 
     let pruned = prune_until(&setup, 3);
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("longer than the store's retention").count(),
+        1,
+        "{log}"
+    );
     assert_eq!(pruned["events"], 3, "{pruned}");
     assert!(pruned["kept"].as_u64() >= Some(1), "{pruned}");
     assert_eq!(ids(&setup), ["keep", "new"]);

@@ -171,13 +171,25 @@ fn resolve(ctx: &mut Ctx, ty: &str, keys: &Map, window: &Dynamic) -> Res<Window>
             window.type_name()
         ));
     };
+    let (rule, max_seq) = (run.rule.clone(), run.seq);
+    if let Some(retention) = ctx.retention_ms
+        && to_ms.saturating_sub(from_ms) > retention
+        && ctx.told_retention.insert(rule.clone())
+    {
+        tracing::warn!(
+            rule,
+            window_ms = to_ms.saturating_sub(from_ms),
+            retention_ms = retention,
+            "a window of this rule is longer than the store's retention ([store] retention): it sees only the events kept"
+        );
+    }
     Ok(Window {
         source: source.to_owned(),
         kind: kind.to_owned(),
         keys: pairs,
         from_ms,
         to_ms,
-        max_seq: run.seq,
+        max_seq,
     })
 }
 

@@ -61,6 +61,9 @@ pub(crate) struct Ctx {
     /// error rather than a window that is always empty.
     pub(crate) source_keys: Option<BTreeMap<String, BTreeSet<String>>>,
     pub(crate) max_queries: u32,
+    /// The store's retention, and the rules already told that a window of theirs is longer.
+    pub(crate) retention_ms: Option<i64>,
+    pub(crate) told_retention: std::collections::HashSet<String>,
     pub(crate) run: Option<Run>,
     pub(crate) batch: Pending,
     /// Expectation shapes set by this batch's runs (new or not).

@@ -124,6 +124,10 @@ impl Config {
     /// querying by a key its source does not have fails with a clear error.
     pub fn engine(&self) -> gancho_engine::EngineConfig {
         let mut engine = gancho_engine::EngineConfig::new(&self.rules_dir);
+        engine.retention_ms = self
+            .store
+            .retention
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         engine.source_keys = Some(
             self.ingress
                 .sources

@@ -41,6 +41,9 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// Each source's correlation keys, when known (from the daemon's config).
     pub source_keys: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// How long the store keeps events (`[store] retention`), when it deletes any: a window
+    /// longer than it is logged, once per rule.
+    pub retention_ms: Option<i64>,
 }
 
 impl EngineConfig {
@@ -50,6 +53,7 @@ impl EngineConfig {
             limits: Limits::default(),
             batch_size: 4096,
             source_keys: None,
+            retention_ms: None,
         }
     }
 }

@@ -101,6 +101,8 @@ impl Engine {
             state: state.clone(),
             source_keys: config.source_keys.clone(),
             max_queries: config.limits.max_queries,
+            retention_ms: config.retention_ms,
+            told_retention: HashSet::new(),
             run: None,
             batch: Pending::default(),
             new_shapes: Vec::new(),
