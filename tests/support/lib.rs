@@ -225,13 +225,13 @@ pub struct Daemon {
 /// it (`as_daemon`: stderr piped; set another after this to keep the log elsewhere).
 pub fn daemon_command(setup: &Setup, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(gancho_bin());
-    command
+    as_daemon(&mut command)
         .arg("--config")
         .arg(&setup.config)
         .arg("run")
         .env("GANCHO_LOG", "info")
+        // After `as_daemon`, which removes `NOTIFY_SOCKET`: a test may set it.
         .envs(env.iter().copied());
-    as_daemon(&mut command);
     command
 }
 
