@@ -22,11 +22,13 @@
 //! Modules, in layers (each uses only those before it): `schema` (records, key layouts, the
 //! channel table), `overlay` (committed, not yet applied writes), `journal` (a commit's journal
 //! and its recovery), `applier` (the thread that applies and syncs), `migrate` (format
-//! versions), `outbox` (the executor's view), `retention` (what pruning asks of this database),
+//! versions), `outbox` (the executor's view), `listing` (the outbox and dead letters streamed
+//! for operators), `retention` (what pruning asks of this database),
 //! `poison` (the engine's lives, careful runs and runs set aside: written outside commits).
 
 mod applier;
 mod journal;
+mod listing;
 mod migrate;
 mod outbox;
 mod overlay;

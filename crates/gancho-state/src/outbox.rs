@@ -30,7 +30,7 @@ use gancho_store::kv::Tree;
 use serde::{Deserialize, Serialize};
 
 use crate::applier::Shared;
-use crate::overlay::{lock, scan};
+use crate::overlay::lock;
 use crate::schema::{DEAD, DELIVERY, NEXT, OUTBOX, channel_byte, corrupt, to_json};
 
 /// One failed (or deferred) try at delivering.
@@ -75,7 +75,7 @@ pub struct OutboxItem {
     pub delivery: Option<Delivery>,
 }
 
-fn prefixed(prefix: u8, suffix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefixed(prefix: u8, suffix: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + suffix.len());
     key.push(prefix);
     key.extend_from_slice(suffix);
@@ -91,22 +91,14 @@ fn next_key(channel_byte: u8, next_ms: i64, suffix: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The order of `O` keys within a channel: event seq, then rule (by its length-prefixed
-/// name), then position.
-fn decision_order(action: &ActionRequest) -> (u64, usize, &str, u32) {
-    (
-        action.event_seq,
-        action.rule.len(),
-        &action.rule,
-        action.position,
-    )
-}
-
 fn seq_of(suffix: &[u8]) -> Option<u64> {
     read_u64(suffix.get(1..9)?)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|err| corrupt(what, &err.to_string()))
 }
 
@@ -382,50 +374,21 @@ impl Outbox {
     /// Items waiting in the outbox, not yet durable ones included, in decision order
     /// (event seq, rule, position), the oldest `limit` (0: all), with their delivery records.
     pub fn pending_actions(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        let limit = if limit == 0 { usize::MAX } else { limit };
         let mut out = Vec::new();
-        for channel in Channel::ALL {
-            let prefix = [OUTBOX, channel_byte(channel)];
-            for (key, value) in scan(&self.shared.overlay, &self.tree, &prefix, None, limit)? {
-                let suffix = key.get(1..).unwrap_or_default().to_vec();
-                // Unreadable records are listed as far as they can be, never fail the list.
-                let delivery = self
-                    .tree()
-                    .get(prefixed(DELIVERY, &suffix))?
-                    .and_then(|v| decode("delivery record", &v).ok());
-                match decode("outbox item", &value) {
-                    Ok(action) => out.push(OutboxItem {
-                        key: suffix,
-                        action,
-                        delivery,
-                    }),
-                    Err(err) => {
-                        tracing::error!(error = %err, "an outbox item that cannot be read");
-                    }
-                }
-            }
-        }
-        out.sort_by(|a, b| decision_order(&a.action).cmp(&decision_order(&b.action)));
-        out.truncate(limit);
+        self.each_pending(limit, |item| {
+            out.push(item);
+            Ok(())
+        })?;
         Ok(out)
     }
 
     /// Dead letters, oldest decision first, at most `limit` (0: all).
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let mut out: Vec<DeadLetter> = Vec::new();
-        for value in self.tree().scan_prefix([DEAD]).values() {
-            let value = value?;
-            // One unreadable letter does not hide the others.
-            match decode("dead letter", &value) {
-                Ok(dead) => out.push(dead),
-                Err(err) => {
-                    tracing::error!(error = %err, "skipping a dead letter that cannot be read")
-                }
-            }
-        }
-        out.sort_by(|a, b| decision_order(&a.action).cmp(&decision_order(&b.action)));
-        out.truncate(limit);
+        let mut out = Vec::new();
+        self.each_dead(limit, |dead| {
+            out.push(dead);
+            Ok(())
+        })?;
         Ok(out)
     }
 

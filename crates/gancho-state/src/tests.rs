@@ -468,3 +468,70 @@ fn a_life_that_ends_uncleanly_names_the_run_it_died_in_at_the_next_start() {
     assert_eq!(state.poisoned(0).unwrap(), vec![poisoned]);
     assert_eq!(state.begin_life().unwrap().suspect, None);
 }
+
+#[test]
+fn the_outbox_is_listed_in_decision_order_across_channels_committed_or_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    let http = |seq: u64, rule: &str, position: u32| ActionRequest {
+        id: gancho_core::action_id(rule, seq, position),
+        rule: rule.to_owned(),
+        event_seq: seq,
+        position,
+        action: Action::Http(gancho_core::HttpAction {
+            method: "POST".to_owned(),
+            url: "http://127.0.0.1:1/".to_owned(),
+            headers: Default::default(),
+            json: None,
+            body: None,
+        }),
+    };
+    let mut sms_b = sms(3, 0);
+    sms_b.rule = "bb".to_owned();
+    state
+        .commit(
+            vec![
+                Change::PutAction(sms(5, 1)),
+                Change::PutAction(http(5, "r", 0)),
+                Change::PutAction(sms(3, 0)),
+                Change::PutAction(sms_b),
+                Change::PutAction(http(1, "zz", 7)),
+            ],
+            5,
+        )
+        .unwrap();
+    let order = |state: &EngineState, limit: usize| -> Vec<(u64, String, u32)> {
+        state
+            .outbox()
+            .pending_actions(limit)
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.action.event_seq, i.action.rule, i.action.position))
+            .collect()
+    };
+    let expected = vec![
+        (1, "zz".to_owned(), 7),
+        // A shorter rule name first: names are length-prefixed in keys.
+        (3, "r".to_owned(), 0),
+        (3, "bb".to_owned(), 0),
+        (5, "r".to_owned(), 0),
+        (5, "r".to_owned(), 1),
+    ];
+    // Before the applier has written them (maybe), and after.
+    assert_eq!(order(&state, 0), expected);
+    assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+    assert_eq!(order(&state, 0), expected);
+    assert_eq!(order(&state, 2), expected[..2].to_vec());
+    // Dead letters too, whatever the order they died in.
+    let outbox = state.outbox();
+    for item in outbox.pending_actions(0).unwrap().into_iter().rev() {
+        outbox.action_dead(&item, Vec::new(), 1).unwrap();
+    }
+    let dead: Vec<(u64, String, u32)> = outbox
+        .dead_letters(0)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.action.event_seq, d.action.rule, d.action.position))
+        .collect();
+    assert_eq!(dead, expected);
+}

@@ -532,7 +532,22 @@ impl Store {
 
     /// Quarantined items, oldest first, the newest `limit` of them.
     pub fn quarantine(&self, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
-        query::quarantine(&self.inner.events, limit)
+        let mut items = Vec::new();
+        self.each_quarantined(limit, |item| {
+            items.push(item);
+            Ok(())
+        })?;
+        Ok(items)
+    }
+
+    /// Quarantined items handed to `f` one at a time, oldest first, the newest `limit` of
+    /// them (0: all, without holding them).
+    pub fn each_quarantined(
+        &self,
+        limit: usize,
+        f: impl FnMut(Quarantined) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        query::each_quarantined(&self.inner.events, limit, f)
     }
 
     /// Stops accepting appends, waits until everything submitted is durable, stops the indexer

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use gancho_core::{ActionRequest, Event};
+use gancho_core::ActionRequest;
 use gancho_core::{Clock, SystemClock};
 use gancho_engine::{EngineStatus, SharedStatus};
 use gancho_state::poison::Poisoned;
-use gancho_state::{Attempt, DeadLetter, OutboxItem};
-use gancho_store::{EventQuery, KeyFilter, Quarantined, StoreConfig, StoreError};
+use gancho_state::{Attempt, OutboxItem};
+use gancho_store::{EventQuery, KeyFilter, StoreConfig, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Data;
@@ -134,10 +134,6 @@ impl Query {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Events(Vec<Event>),
-    Quarantine(Vec<Quarantined>),
-    Outbox(Vec<Pending>),
-    Dead(Vec<DeadLetter>),
     Retried(usize),
     Rules(EngineStatus),
     Pruned(Pruned),
@@ -149,12 +145,12 @@ pub enum Response {
 fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Response {
     let outbox = data.state.outbox();
     let result = match request {
-        Request::Events(query) => data.store.events(&query.to_store()).map(Response::Events),
-        Request::Quarantine { limit } => data.store.quarantine(*limit).map(Response::Quarantine),
-        Request::Outbox { limit } => outbox
-            .pending_actions(*limit)
-            .map(|items| Response::Outbox(items.into_iter().map(Pending::from).collect())),
-        Request::Dead { limit } => outbox.dead_letters(*limit).map(Response::Dead),
+        Request::Events(_)
+        | Request::Quarantine { .. }
+        | Request::Outbox { .. }
+        | Request::Dead { .. } => Ok(Response::Error(
+            "listings are streamed (control::each_item), not answered whole".to_owned(),
+        )),
         Request::DeadRetry { id } => outbox
             .retry_dead(id.as_deref(), SystemClock.now().timestamp_millis())
             .map(Response::Retried),
@@ -190,27 +186,66 @@ fn status(data: &Data) -> Result<Status, StoreError> {
     })
 }
 
-/// What the daemon sends at a time while it streams events.
+/// What the daemon sends at a time while it streams a listing.
 const CHUNK: usize = 64 * 1024;
 
-/// Sends the answer to an events request through `tx` as the store reads it: the JSON of
-/// [`Response::Events`] (`{"events":[...]}`), in chunks. An error before the first chunk is
-/// sent as [`Response::Error`]; one after it cuts the answer short, which the client reports.
-fn stream_events(data: &Data, query: &Query, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) {
-    let mut buf = br#"{"events":["#.to_vec();
+/// Whether a request is a listing, answered as a stream ([`stream_listing`]).
+fn is_listing(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Events(_)
+            | Request::Quarantine { .. }
+            | Request::Outbox { .. }
+            | Request::Dead { .. }
+    )
+}
+
+/// Sends the answer to a listing through `tx` as it is read: `{"TAG":[item,...]}` (`events`,
+/// `quarantine`, `outbox`, `dead`), in chunks of about [`CHUNK`] bytes. An error before the
+/// first chunk is sent as `{"error":"..."}`; one after it cuts the answer short, which the
+/// client reports. Both the daemon and a client reading a stopped store answer this way.
+fn stream_listing(data: &Data, request: &Request, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) {
+    match request {
+        Request::Events(query) => stream_list("events", tx, |f| {
+            data.store.each_event(&query.to_store(), f)
+        }),
+        Request::Quarantine { limit } => {
+            stream_list("quarantine", tx, |f| data.store.each_quarantined(*limit, f))
+        }
+        Request::Outbox { limit } => stream_list("outbox", tx, |f| {
+            data.state
+                .outbox()
+                .each_pending(*limit, |item| f(Pending::from(item)))
+        }),
+        Request::Dead { limit } => {
+            stream_list("dead", tx, |f| data.state.outbox().each_dead(*limit, f))
+        }
+        _ => {
+            let answer = Response::Error("not a listing".to_owned());
+            let _ = tx.blocking_send(serde_json::to_vec(&answer).unwrap_or_default());
+        }
+    }
+}
+
+fn stream_list<T: Serialize>(
+    tag: &str,
+    tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    walk: impl FnOnce(&mut dyn FnMut(T) -> Result<(), StoreError>) -> Result<(), StoreError>,
+) {
+    let mut buf = format!(r#"{{"{tag}":["#).into_bytes();
     let mut first = true;
     let mut sent = false;
     let gone = || StoreError::Io {
-        what: "sending events to the client".to_owned(),
+        what: "sending a listing to the client".to_owned(),
         source: std::io::ErrorKind::BrokenPipe.into(),
     };
-    let walked = data.store.each_event(&query.to_store(), |event| {
+    let walked = walk(&mut |item: T| {
         if !first {
             buf.push(b',');
         }
         first = false;
-        serde_json::to_writer(&mut buf, &event).map_err(|err| StoreError::Corrupt {
-            key: format!("L{}", event.seq),
+        serde_json::to_writer(&mut buf, &item).map_err(|err| StoreError::Corrupt {
+            key: tag.to_owned(),
             reason: err.to_string(),
         })?;
         if buf.len() >= CHUNK {
@@ -226,7 +261,7 @@ fn stream_events(data: &Data, query: &Query, tx: &tokio::sync::mpsc::Sender<Vec<
             buf
         }
         Err(err) => {
-            warn!(error = %err, "listing events");
+            warn!(error = %err, listing = tag, "listing");
             if sent {
                 return;
             }
@@ -237,94 +272,116 @@ fn stream_events(data: &Data, query: &Query, tx: &tokio::sync::mpsc::Sender<Vec<
     let _ = tx.blocking_send(last);
 }
 
-/// Lists events, handing each to `f` as it arrives: from the running daemon's stream, or from
-/// the store when no daemon answers. Neither side holds the whole answer.
-pub fn each_event(
+/// A listing's items, handed to `f` as they arrive: from the running daemon's stream, or,
+/// when no daemon answers, from the store, through the same [`stream_listing`] on a thread of
+/// this process. Neither side holds the whole answer.
+pub fn each_item<T: serde::de::DeserializeOwned>(
     socket: &Path,
     store_dir: &Path,
-    query: &Query,
-    mut f: impl FnMut(Event) -> anyhow::Result<()>,
+    request: &Request,
+    mut f: impl FnMut(T) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let request = Request::Events(query.clone());
-    match UnixStream::connect(socket) {
+    // An error of `f` (stdout closed) is returned as it is, not as a parse error.
+    let mut failed = None;
+    let mut g = |item| {
+        f(item).map_err(|err| {
+            let text = format!("{err:#}");
+            failed = Some(err);
+            anyhow::anyhow!(text)
+        })
+    };
+    let read = match UnixStream::connect(socket) {
         Ok(mut stream) => {
-            let mut line = serde_json::to_vec(&request)?;
+            let mut line = serde_json::to_vec(request)?;
             line.push(b'\n');
             stream.write_all(&line)?;
             stream.set_read_timeout(Some(Duration::from_secs(60)))?;
             let mut reader = serde_json::Deserializer::from_reader(std::io::BufReader::new(stream));
-            // An error of `f` (stdout closed) is returned as it is, not as a parse error.
-            let mut failed = None;
-            let mut g = |event| {
-                f(event).map_err(|err| {
-                    let text = format!("{err:#}");
-                    failed = Some(err);
-                    anyhow::anyhow!(text)
-                })
-            };
-            let read = serde::de::DeserializeSeed::deserialize(stream::Answer(&mut g), &mut reader);
-            match (failed, read) {
-                (Some(err), _) => Err(err),
-                (None, read) => read.with_context(|| {
-                    format!("reading the daemon's answer at {}", socket.display())
-                }),
-            }
+            serde::de::DeserializeSeed::deserialize(stream::Answer::new(&mut g), &mut reader)
+                .with_context(|| format!("reading the daemon's answer at {}", socket.display()))
         }
-        Err(_) => {
+        Err(err) => {
+            debug!(error = %err, "no daemon on the control socket; opening the store");
             let data = open_stopped(socket, store_dir)?;
-            let mut failed = None;
-            let walked = data.store.each_event(&query.to_store(), |event| {
-                f(event).map_err(|err| {
-                    failed = Some(err);
-                    StoreError::Closed
-                })
+            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+            let producer = {
+                let (data, request) = (data.clone(), request.clone());
+                std::thread::spawn(move || stream_listing(&data, &request, &tx))
+            };
+            let mut reader = serde_json::Deserializer::from_reader(stream::Chunks {
+                rx,
+                chunk: Vec::new(),
+                at: 0,
             });
-            data.shutdown().context("closing the store")?;
-            match (failed, walked) {
-                (Some(err), _) => Err(err),
-                (None, walked) => walked.context("listing events"),
+            let read =
+                serde::de::DeserializeSeed::deserialize(stream::Answer::new(&mut g), &mut reader)
+                    .context("listing");
+            // Dropping the reader lets a producer blocked on a full channel finish.
+            drop(reader);
+            if producer.join().is_err() {
+                bail!("the listing thread panicked");
             }
+            data.shutdown().context("closing the store")?;
+            read
         }
+    };
+    match (failed, read) {
+        (Some(err), _) => Err(err),
+        (None, read) => read,
     }
 }
 
-/// Reading `{"events":[...]}` (or `{"error":"..."}`) one event at a time.
+/// Reading `{"TAG":[...]}` (or `{"error":"..."}`) one item at a time.
 mod stream {
     use std::fmt;
+    use std::marker::PhantomData;
 
-    use gancho_core::Event;
-    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
-    pub(super) struct Answer<'f, F>(pub(super) &'f mut F);
+    /// Reads an answer, handing each item of its list to the function.
+    pub(super) struct Answer<'f, F, T>(&'f mut F, PhantomData<T>);
 
-    impl<'de, F: FnMut(Event) -> anyhow::Result<()>> DeserializeSeed<'de> for Answer<'_, F> {
-        type Value = ();
-
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_map(self)
+    impl<'f, F, T> Answer<'f, F, T> {
+        pub(super) fn new(f: &'f mut F) -> Answer<'f, F, T> {
+            Answer(f, PhantomData)
         }
     }
 
-    impl<'de, F: FnMut(Event) -> anyhow::Result<()>> Visitor<'de> for Answer<'_, F> {
+    impl<'de, T: DeserializeOwned, F: FnMut(T) -> anyhow::Result<()>> DeserializeSeed<'de>
+        for Answer<'_, F, T>
+    {
+        type Value = ();
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(AnswerVisitor(self.0, PhantomData))
+        }
+    }
+
+    struct AnswerVisitor<'f, F, T>(&'f mut F, PhantomData<T>);
+
+    impl<'de, T: DeserializeOwned, F: FnMut(T) -> anyhow::Result<()>> Visitor<'de>
+        for AnswerVisitor<'_, F, T>
+    {
         type Value = ();
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("the daemon's answer: events or an error")
+            f.write_str("a listing or an error")
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             match map.next_key::<String>()?.as_deref() {
-                Some("events") => map.next_value_seed(Events(self.0)),
                 Some("error") => Err(de::Error::custom(map.next_value::<String>()?)),
-                Some(other) => Err(de::Error::custom(format!("unexpected answer {other:?}"))),
+                Some(_) => map.next_value_seed(Items(self.0, PhantomData)),
                 None => Err(de::Error::custom("an empty answer")),
             }
         }
     }
 
-    struct Events<'f, F>(&'f mut F);
+    struct Items<'f, F, T>(&'f mut F, PhantomData<T>);
 
-    impl<'de, F: FnMut(Event) -> anyhow::Result<()>> DeserializeSeed<'de> for Events<'_, F> {
+    impl<'de, T: DeserializeOwned, F: FnMut(T) -> anyhow::Result<()>> DeserializeSeed<'de>
+        for Items<'_, F, T>
+    {
         type Value = ();
 
         fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -332,18 +389,40 @@ mod stream {
         }
     }
 
-    impl<'de, F: FnMut(Event) -> anyhow::Result<()>> Visitor<'de> for Events<'_, F> {
+    impl<'de, T: DeserializeOwned, F: FnMut(T) -> anyhow::Result<()>> Visitor<'de> for Items<'_, F, T> {
         type Value = ();
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of events")
+            f.write_str("a list")
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while let Some(event) = seq.next_element::<Event>()? {
-                (self.0)(event).map_err(|err| de::Error::custom(format!("{err:#}")))?;
+            while let Some(item) = seq.next_element::<T>()? {
+                (self.0)(item).map_err(|err| de::Error::custom(format!("{err:#}")))?;
             }
             Ok(())
+        }
+    }
+
+    /// The chunks a listing thread of this process sends, read as one stream of bytes.
+    pub(super) struct Chunks {
+        pub(super) rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        pub(super) chunk: Vec<u8>,
+        pub(super) at: usize,
+    }
+
+    impl std::io::Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            while self.at >= self.chunk.len() {
+                match self.rx.blocking_recv() {
+                    Some(chunk) => (self.chunk, self.at) = (chunk, 0),
+                    None => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.chunk.len() - self.at);
+            buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
         }
     }
 }
@@ -468,11 +547,12 @@ async fn serve_one(
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Events(query)) => {
-            // Written as it is read: a million events cost the daemon no more memory than a
+        Ok(request) if is_listing(&request) => {
+            // Written as it is read: a million items cost the daemon no more memory than a
             // hundred (the bounded channel holds the reader to the client's pace).
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-            let producer = tokio::task::spawn_blocking(move || stream_events(&data, &query, &tx));
+            let producer =
+                tokio::task::spawn_blocking(move || stream_listing(&data, &request, &tx));
             while let Some(chunk) = rx.recv().await {
                 write.write_all(&chunk).await?;
             }

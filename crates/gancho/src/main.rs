@@ -288,37 +288,55 @@ fn list_events(
         since,
         limit,
     };
-    // Printed as they arrive: neither the daemon nor this process holds the whole answer.
+    let request = Request::Events(query);
+    print_list(config, &request, json, |out, e: &gancho_core::Event| {
+        let keys: Vec<String> = e
+            .keys
+            .iter()
+            .map(|(k, v)| format!("{}={}", shown(k), shown(v)))
+            .collect();
+        writeln!(
+            out,
+            "{:>8}  {}  {}.{}  {}",
+            e.seq,
+            e.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            shown(&e.source),
+            shown(&e.kind),
+            keys.join(" ")
+        )
+    })
+}
+
+/// Prints a listing as it arrives, a JSON array with `json`, else `text` for each item:
+/// neither the daemon nor this process holds the whole answer.
+fn print_list<T: serde::de::DeserializeOwned + serde::Serialize>(
+    config: &Config,
+    request: &Request,
+    json: bool,
+    mut text: impl FnMut(&mut dyn std::io::Write, &T) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut first = true;
     if json {
         write!(out, "[")?;
     }
-    control::each_event(&config.socket_path(), &config.store_dir(), &query, |e| {
-        if json {
-            if !first {
-                write!(out, ",")?;
+    control::each_item(
+        &config.socket_path(),
+        &config.store_dir(),
+        request,
+        |item: T| {
+            if json {
+                if !first {
+                    write!(out, ",")?;
+                }
+                serde_json::to_writer(&mut out, &item)?;
+            } else {
+                text(&mut out, &item)?;
             }
-            serde_json::to_writer(&mut out, &e)?;
-        } else {
-            let keys: Vec<String> = e
-                .keys
-                .iter()
-                .map(|(k, v)| format!("{}={}", shown(k), shown(v)))
-                .collect();
-            writeln!(
-                out,
-                "{:>8}  {}  {}.{}  {}",
-                e.seq,
-                e.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                shown(&e.source),
-                shown(&e.kind),
-                keys.join(" ")
-            )?;
-        }
-        first = false;
-        Ok(())
-    })?;
+            first = false;
+            Ok(())
+        },
+    )?;
     if json {
         writeln!(out, "]")?;
     }
@@ -327,15 +345,12 @@ fn list_events(
 }
 
 fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
-    let Response::Quarantine(items) = ask(config, &Request::Quarantine { limit })? else {
-        anyhow::bail!("unexpected answer from the daemon");
-    };
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, &items)?;
-        writeln!(out)?;
-    } else {
-        for q in &items {
+    let request = Request::Quarantine { limit };
+    print_list(
+        config,
+        &request,
+        json,
+        |out, q: &gancho_store::Quarantined| {
             writeln!(
                 out,
                 "{:>8}  {}  {}  {}  {}",
@@ -345,10 +360,9 @@ fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<
                 shown(&q.source),
                 shown(&q.reason),
                 shown(q.item.get())
-            )?;
-        }
-    }
-    Ok(())
+            )
+        },
+    )
 }
 
 /// `gancho check`: true when every rule compiles.
@@ -409,22 +423,9 @@ fn list_rules(config: &Config, json: bool) -> anyhow::Result<()> {
 }
 
 fn list_outbox(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
-    let Response::Outbox(items) = ask(config, &Request::Outbox { limit })? else {
-        anyhow::bail!("unexpected answer from the daemon");
-    };
-    if json {
-        return print_json(&items);
-    }
-    let mut out = std::io::stdout().lock();
-    for item in &items {
-        writeln!(
-            out,
-            "{}  event {:>8}  {:<20} {}",
-            item.action.id,
-            item.action.event_seq,
-            shown(&item.action.rule),
-            shown(&describe(&item.action.action))
-        )?;
+    let request = Request::Outbox { limit };
+    print_list(config, &request, json, |out, item: &control::Pending| {
+        action_line(out, &item.action)?;
         if let Some(last) = item.attempts.last() {
             let next = item
                 .next_ms
@@ -437,8 +438,23 @@ fn list_outbox(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> 
                 shown(&last.error)
             )?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
+}
+
+/// An action's line in `gancho outbox` and `gancho dead`.
+fn action_line(
+    out: &mut dyn std::io::Write,
+    action: &gancho_core::ActionRequest,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{}  event {:>8}  {:<20} {}",
+        action.id,
+        action.event_seq,
+        shown(&action.rule),
+        shown(&describe(&action.action))
+    )
 }
 
 fn describe(action: &gancho_core::Action) -> String {
@@ -450,29 +466,21 @@ fn describe(action: &gancho_core::Action) -> String {
 }
 
 fn list_dead(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
-    let Response::Dead(letters) = ask(config, &Request::Dead { limit })? else {
-        anyhow::bail!("unexpected answer from the daemon");
-    };
-    if json {
-        return print_json(&letters);
-    }
-    let mut out = std::io::stdout().lock();
-    for letter in &letters {
-        writeln!(
-            out,
-            "{}  event {:>8}  {:<20} {}",
-            letter.action.id,
-            letter.action.event_seq,
-            shown(&letter.action.rule),
-            shown(&describe(&letter.action.action))
-        )?;
-        for attempt in &letter.attempts {
-            let at = chrono::DateTime::from_timestamp_millis(attempt.at_ms)
-                .map_or_else(String::new, |t| t.to_rfc3339());
-            writeln!(out, "    {at}  {}", shown(&attempt.error))?;
-        }
-    }
-    Ok(())
+    let request = Request::Dead { limit };
+    print_list(
+        config,
+        &request,
+        json,
+        |out, letter: &gancho_state::DeadLetter| {
+            action_line(out, &letter.action)?;
+            for attempt in &letter.attempts {
+                let at = chrono::DateTime::from_timestamp_millis(attempt.at_ms)
+                    .map_or_else(String::new, |t| t.to_rfc3339());
+                writeln!(out, "    {at}  {}", shown(&attempt.error))?;
+            }
+            Ok(())
+        },
+    )
 }
 
 fn list_poisoned(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {

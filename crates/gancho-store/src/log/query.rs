@@ -215,21 +215,34 @@ fn matches(event: &Event, query: &EventQuery) -> bool {
             .is_none_or(|k| event.keys.get(&k.name) == Some(&k.value))
 }
 
-pub(crate) fn quarantine(tree: &Tree, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
-    let limit = if limit == 0 { usize::MAX } else { limit };
+/// Hands quarantined items to `f`, oldest first, the newest `limit` of them (0: all, read as
+/// they are handed over; else at most `limit` held).
+pub(crate) fn each_quarantined(
+    tree: &Tree,
+    limit: usize,
+    mut f: impl FnMut(Quarantined) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let id_of = |key: &[u8]| key.get(1..).and_then(crate::keys::read_u64).unwrap_or(0);
+    if limit == 0 {
+        for entry in tree.scan_prefix([codec::QUARANTINE]) {
+            let (key, bytes) = entry?;
+            for item in codec::decode_quarantine(id_of(&key), &bytes)? {
+                f(item)?;
+            }
+        }
+        return Ok(());
+    }
     let mut items = Vec::new();
     for entry in tree.scan_prefix([codec::QUARANTINE]).rev() {
         if items.len() >= limit {
             break;
         }
         let (key, bytes) = entry?;
-        let id = key.get(1..).and_then(crate::keys::read_u64).unwrap_or(0);
         // Newest first for now: the record's items from its last.
-        let record = codec::decode_quarantine(id, &bytes)?;
+        let record = codec::decode_quarantine(id_of(&key), &bytes)?;
         items.extend(record.into_iter().rev().take(limit - items.len()));
     }
-    items.reverse();
-    Ok(items)
+    items.into_iter().rev().try_for_each(f)
 }
 
 /// A window over the indexes: events of one (source, type), with these key values, whose event

@@ -1,0 +1,172 @@
+//! The outbox and dead letters as streams, for operators: each item is handed over as it is
+//! read, in decision order (event seq, rule, position), so listing a million of them holds
+//! none but the one being handed over and the committed items not yet applied.
+//!
+//! A channel's keys sort in decision order (its byte, then seq, rule as a length-prefixed
+//! string, position, all big-endian), so each channel is one ordered range, and the channels
+//! are merged by their keys without the channel byte.
+
+use gancho_core::Channel;
+use gancho_store::StoreError;
+use gancho_store::kv::Iter;
+
+use crate::outbox::{DeadLetter, Delivery, Outbox, OutboxItem, decode, prefixed};
+use crate::overlay::{Slot, lock};
+use crate::schema::{DEAD, DELIVERY, OUTBOX, channel_byte};
+
+/// A key and its value.
+type Entry = (Vec<u8>, Vec<u8>);
+/// A staged write: a key and its new value, `None` for a removal.
+type Staged = (Vec<u8>, Option<Vec<u8>>);
+
+/// One channel's entries under a prefix, in key order: the tree's, with the overlay's staged
+/// writes (a few) laid over them.
+struct ChannelEntries {
+    tree: std::iter::Peekable<Iter>,
+    staged: std::iter::Peekable<std::vec::IntoIter<Staged>>,
+}
+
+impl ChannelEntries {
+    /// The next (key, value), in key order; a staged write replaces the tree's entry of the
+    /// same key, a staged removal hides it.
+    fn next(&mut self) -> Result<Option<Entry>, StoreError> {
+        loop {
+            let tree_key = match self.tree.peek() {
+                Some(Ok((key, _))) => Some(key.to_vec()),
+                Some(Err(_)) => {
+                    return match self.tree.next() {
+                        Some(Err(err)) => Err(err),
+                        _ => Ok(None),
+                    };
+                }
+                None => None,
+            };
+            let staged_key = self.staged.peek().map(|(key, _)| key.clone());
+            let take_staged = match (&tree_key, &staged_key) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(t), Some(s)) => s <= t,
+            };
+            if take_staged {
+                let Some((key, value)) = self.staged.next() else {
+                    return Ok(None);
+                };
+                if tree_key.as_ref() == Some(&key) {
+                    self.tree.next();
+                }
+                match value {
+                    Some(value) => return Ok(Some((key, value))),
+                    None => continue,
+                }
+            }
+            return match self.tree.next() {
+                Some(Ok((key, value))) => Ok(Some((key.to_vec(), value.to_vec()))),
+                Some(Err(err)) => Err(err),
+                None => Ok(None),
+            };
+        }
+    }
+}
+
+impl Outbox {
+    /// The channels' ranges under `prefix` (`O` items or `Z` dead letters), merged in decision
+    /// order: each (key without its prefix, value) to `f`, at most `limit` (0: all).
+    fn each_merged(
+        &self,
+        prefix: u8,
+        limit: usize,
+        mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut channels = Vec::new();
+        for channel in Channel::ALL {
+            let start = vec![prefix, channel_byte(channel)];
+            let end = vec![prefix, channel_byte(channel) + 1];
+            let staged: Vec<Staged> = {
+                let overlay = lock(&self.shared.overlay);
+                let mut staged = Vec::new();
+                for (key, (_, slot)) in overlay.range(start.clone()..end.clone()) {
+                    let value = match slot {
+                        Slot::Removed => None,
+                        other => other.encode()?.map(|v| v.into_owned()),
+                    };
+                    staged.push((key.clone(), value));
+                }
+                staged
+            };
+            channels.push(ChannelEntries {
+                tree: self.tree().range(start..end).peekable(),
+                staged: staged.into_iter().peekable(),
+            });
+        }
+        let mut heads = Vec::with_capacity(channels.len());
+        for channel in &mut channels {
+            heads.push(channel.next()?);
+        }
+        let mut handed = 0;
+        while handed < limit {
+            // The head whose key (without prefix and channel byte) comes first.
+            let next = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, head)| head.as_ref().map(|(key, _)| (i, key.get(2..))))
+                .min_by(|a, b| a.1.cmp(&b.1))
+                .map(|(i, _)| i);
+            let Some(i) = next else {
+                break;
+            };
+            let taken = std::mem::replace(&mut heads[i], channels[i].next()?);
+            if let Some((key, value)) = taken {
+                f(key.get(1..).unwrap_or_default().to_vec(), value)?;
+                handed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the items waiting in the outbox (not yet durable ones included) to `f` in
+    /// decision order, the oldest `limit` (0: all), each with its delivery record.
+    pub fn each_pending(
+        &self,
+        limit: usize,
+        mut f: impl FnMut(OutboxItem) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.each_merged(OUTBOX, limit, |suffix, value| {
+            // Unreadable records are listed as far as they can be, never fail the list.
+            let delivery: Option<Delivery> = self
+                .tree()
+                .get(prefixed(DELIVERY, &suffix))?
+                .and_then(|v| decode("delivery record", &v).ok());
+            match decode("outbox item", &value) {
+                Ok(action) => f(OutboxItem {
+                    key: suffix,
+                    action,
+                    delivery,
+                }),
+                Err(err) => {
+                    tracing::error!(error = %err, "an outbox item that cannot be read");
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Hands the dead letters to `f`, oldest decision first, at most `limit` (0: all).
+    pub fn each_dead(
+        &self,
+        limit: usize,
+        mut f: impl FnMut(DeadLetter) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.each_merged(DEAD, limit, |_, value| {
+            // One unreadable letter does not hide the others.
+            match decode("dead letter", &value) {
+                Ok(dead) => f(dead),
+                Err(err) => {
+                    tracing::error!(error = %err, "skipping a dead letter that cannot be read");
+                    Ok(())
+                }
+            }
+        })
+    }
+}
