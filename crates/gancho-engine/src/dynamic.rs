@@ -162,8 +162,9 @@ pub(crate) fn to_json(value: &Dynamic) -> Result<Value, String> {
     to_json_at(value, 0)
 }
 
-/// How deeply stored or sent values may nest: well inside what serde_json reads back (128).
-const MAX_DEPTH: usize = 64;
+/// How deeply stored or sent values may nest (well inside what serde_json reads back, 128), and
+/// values a rule builds (`sandbox::watch_nesting`).
+pub(crate) const MAX_DEPTH: usize = 64;
 
 fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value, String> {
     if depth > MAX_DEPTH {

@@ -5,9 +5,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use rhai::Dynamic;
+use rhai::{Array, Dynamic, Map};
 
 use crate::ctx::Ctx;
+use crate::dynamic::MAX_DEPTH;
 
 /// Limits of the sandbox. A rule that passes one is stopped for that event.
 #[derive(Debug, Clone)]
@@ -80,4 +81,73 @@ pub(crate) fn watch_run_time(engine: &mut rhai::Engine, limits: &Limits, ctx: &R
             ))
         })
     });
+}
+
+/// Makes a value that nests deeper than [`MAX_DEPTH`] levels (arrays and maps within each
+/// other, the limit of stored values) an error of the run, at the next read of the variable
+/// that holds it: a value can only grow deeper by being read (`a = [a]`, `a.push(a)`), and
+/// within one expression by at most the expression depth limit. rhai has no hook on the values
+/// it builds; the variable resolver runs before every read of a variable. `event` is not
+/// checked: it comes from a payload, whose depth the adapters limit.
+pub(crate) fn watch_nesting(engine: &mut rhai::Engine) {
+    // `on_var` is marked deprecated to say its signature may change, not that it goes.
+    #[allow(deprecated)]
+    engine.on_var(|name, _, context| {
+        if name == "event" {
+            return Ok(None);
+        }
+        match context.scope().get(name) {
+            Some(value) if nests_deeper(value, MAX_DEPTH) => Err(format!(
+                "{name} nests deeper than {MAX_DEPTH} levels (arrays and maps within each other)"
+            )
+            .into()),
+            _ => Ok(None),
+        }
+    });
+}
+
+/// Whether `value` holds more than `levels` levels of arrays and maps.
+fn nests_deeper(value: &Dynamic, levels: usize) -> bool {
+    if value.is_array() {
+        let Some(array) = value.read_lock::<Array>() else {
+            return false;
+        };
+        return levels == 0 || array.iter().any(|v| nests_deeper(v, levels - 1));
+    }
+    if value.is_map() {
+        let Some(map) = value.read_lock::<Map>() else {
+            return false;
+        };
+        return levels == 0 || map.values().any(|v| nests_deeper(v, levels - 1));
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nest(levels: usize) -> Dynamic {
+        let mut value = Dynamic::from_array(Array::new());
+        for i in 1..levels {
+            value = match i % 2 {
+                0 => Dynamic::from_array(vec![value]),
+                _ => {
+                    let mut map = Map::new();
+                    map.insert("x".into(), value);
+                    Dynamic::from_map(map)
+                }
+            };
+        }
+        value
+    }
+
+    #[test]
+    fn nesting_is_counted_through_arrays_and_maps() {
+        assert!(!nests_deeper(&Dynamic::from_int(1), 0));
+        assert!(!nests_deeper(&nest(64), 64));
+        assert!(nests_deeper(&nest(65), 64));
+        let wide = Dynamic::from_array((0..1000).map(Dynamic::from_int).collect());
+        assert!(!nests_deeper(&wide, 1));
+    }
 }

@@ -75,8 +75,10 @@ pub fn spawn(
         let (stop, reload, status) = (stop.clone(), reload.clone(), status.clone());
         std::thread::Builder::new()
             .name("gancho-engine".to_owned())
-            // rhai walks a value's nesting recursively (to size it, to drop it): the array
-            // limit allows 100,000 levels. Only the pages used are ever mapped.
+            // rhai walks a value's nesting recursively (to size it, to drop it). A run fails
+            // once a variable it reads nests deeper than 64 levels (`sandbox::watch_nesting`),
+            // but values built by recursive calls and never read may go some thousands deep
+            // (call depth × expression depth): a margin that costs only the pages used.
             .stack_size(ENGINE_STACK)
             .spawn(move || {
                 // rhai's engine is not Send: it is built on this thread.
