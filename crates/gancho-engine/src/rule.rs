@@ -128,6 +128,73 @@ pub(crate) fn event_fields(text: &str) -> Option<HashSet<String>> {
     Some(fields)
 }
 
+/// The longest window (ms) written as a literal duration in the rule's window queries
+/// (`count`, `exists`, `first`, `last`, `events`): `days(40)`, `hours(24)`, within the call's
+/// parentheses. Windows computed at run time are not seen here (the engine warns at their
+/// first query instead).
+pub(crate) fn longest_literal_window_ms(text: &str) -> Option<i64> {
+    const QUERIES: [&str; 5] = ["count", "exists", "first", "last", "events"];
+    const UNITS: [(&str, i64); 5] = [
+        ("weeks", 604_800_000),
+        ("days", 86_400_000),
+        ("hours", 3_600_000),
+        ("minutes", 60_000),
+        ("seconds", 1_000),
+    ];
+    let code = without_comments_and_strings(text);
+    let mut longest = None;
+    for query in QUERIES {
+        for (start, end) in calls_of(&code, query) {
+            let args = &code[start..end];
+            for (unit, ms) in UNITS {
+                for (a, b) in calls_of(args, unit) {
+                    if let Ok(n) = args[a..b].trim().parse::<i64>() {
+                        let window = n.saturating_abs().saturating_mul(ms);
+                        longest = Some(longest.map_or(window, |l: i64| l.max(window)));
+                    }
+                }
+            }
+        }
+    }
+    longest
+}
+
+/// Where the arguments of each call of `name` are in `text`: the (start, end) of the text
+/// within its balanced parentheses.
+fn calls_of(text: &str, name: &str) -> Vec<(usize, usize)> {
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find(name) {
+        let start = from + at;
+        from = start + name.len();
+        if start > 0 && ident(bytes[start - 1]) {
+            continue;
+        }
+        let rest = &text[from..];
+        let open = from + (rest.len() - rest.trim_start().len());
+        if bytes.get(open) != Some(&b'(') {
+            continue;
+        }
+        let mut depth = 0usize;
+        for (i, b) in bytes.iter().enumerate().skip(open) {
+            match b {
+                b'(' => depth += 1,
+                b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        found.push((open + 1, i));
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
 /// The rule name of a file: its name without `.rhai`.
 pub(crate) fn rule_name(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
@@ -384,7 +451,31 @@ fn without_comments_and_strings(text: &str) -> String {
 mod field_tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::event_fields;
+    use super::{event_fields, longest_literal_window_ms};
+
+    #[test]
+    fn literal_windows_of_queries_are_found_and_others_are_not() {
+        let cases: &[(&str, Option<i64>)] = &[
+            (r#"count("m.open", #{}, days(40))"#, Some(40 * 86_400_000)),
+            (
+                r#"let a = exists("m.open", hours(24)); let b = events("m.x", #{ k: 1 }, back(days(2)), 10);"#,
+                Some(2 * 86_400_000),
+            ),
+            // A timer's delay is not a window; a commented-out query is not a query.
+            (
+                r#"after("t", days(400), "f", #{}); // count("m.open", days(90))"#,
+                None,
+            ),
+            (r#"recount("x", days(9))"#, None),
+            (
+                r#"first("m.open", #{}, between(hours(-1), minutes(30)))"#,
+                Some(3_600_000),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(longest_literal_window_ms(text), *expected, "{text}");
+        }
+    }
 
     #[test]
     fn only_dotted_reads_of_event_narrow_its_fields() {

@@ -151,6 +151,28 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Warns when a window written in the rule reaches further back than the store keeps
+    /// events (its first query of a longer window, computed at run time, warns otherwise).
+    fn check_windows(&self, name: &str, path: &std::path::Path, text: &str) {
+        let mut ctx = self.ctx.borrow_mut();
+        ctx.told_retention.remove(name);
+        let (Some(retention), Some(window)) =
+            (ctx.retention_ms, rule::longest_literal_window_ms(text))
+        else {
+            return;
+        };
+        if window > retention {
+            warn!(
+                rule = name,
+                file = %path.display(),
+                window_ms = window,
+                retention_ms = retention,
+                "a window of this rule is longer than the store's retention ([store] retention): it sees only the events kept"
+            );
+            ctx.told_retention.insert(name.to_owned());
+        }
+    }
+
     /// Reads the rules folder again: new and changed files are compiled and swapped in, broken
     /// ones reported (their previous version keeps running), deleted ones stopped.
     pub fn reload(&mut self) -> Result<ReloadReport, EngineError> {
@@ -204,6 +226,7 @@ impl Engine {
                 Ok(rule) => {
                     info!(rule = %name, file = %path.display(), "rule loaded");
                     self.broken.remove(&name);
+                    self.check_windows(&name, &path, &text);
                     // A rule changed while running has missed nothing: its schedule starts from
                     // now. (At start, or for a new file, the first step catches up instead.)
                     match (self.rules.contains_key(&name), &rule.schedule) {
