@@ -149,3 +149,50 @@ fn the_ssrf_guard_stops_a_rules_call_to_loopback_unless_allowed() {
     assert!(started.elapsed() < Duration::from_secs(20));
     drop(daemon);
 }
+
+#[test]
+fn two_stores_give_the_same_event_and_rule_different_codes() {
+    let receiver = HttpReceiver::ok();
+    let code_rule = |setup: &Setup| {
+        crate::support::write_rule(
+            setup,
+            "code.rhai",
+            &format!(
+                "const ON = [\"bank.*\"];\nhttp(#{{ method: \"POST\", url: \"{}\", json: #{{ code: code(\"WELCOME\", 8), id: event.payload_id }} }});\n",
+                receiver.url("/code")
+            ),
+        );
+    };
+    let codes = |n: usize| -> Vec<String> {
+        receiver
+            .wait_for(n, Duration::from_secs(20))
+            .iter()
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                body["code"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let (a, b) = (
+        Setup::standard_with(ALLOW_PRIVATE),
+        Setup::standard_with(ALLOW_PRIVATE),
+    );
+    code_rule(&a);
+    code_rule(&b);
+    // The same event and rule in two stores: two codes, neither guessable from the other.
+    for (n, setup) in [&a, &b].into_iter().enumerate() {
+        let daemon = setup.start();
+        assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
+        assert_eq!(
+            receiver.wait_for(n + 1, Duration::from_secs(20)).len(),
+            n + 1
+        );
+        assert_eq!(daemon.terminate().code(), Some(0));
+    }
+    let first = codes(2);
+    assert!(
+        first[0].starts_with("WELCOME") && first[1].starts_with("WELCOME"),
+        "{first:?}"
+    );
+    assert_ne!(first[0], first[1], "two stores gave the same code");
+}
