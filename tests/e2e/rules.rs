@@ -201,13 +201,28 @@ fn a_rule_broken_while_the_daemon_runs_is_reported_with_its_line_and_the_others_
 }
 
 #[test]
-fn check_passes_on_the_shipped_rules() {
+fn check_passes_on_the_shipped_rules_and_takes_files_and_folders() {
     let setup = Setup::standard();
     let shipped = crate::support::repo_root().join("rules");
     let out = setup.command(&["check", shipped.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("5 rule(s)"), "{text}");
+    // Files as well as folders, and a missing path said once.
+    let one = shipped.join("open-discount.rhai");
+    let broken = setup.dir.path().join("broken.rhai");
+    std::fs::write(&broken, "const ON = [\"bank.*\"];\nlet x = ;\n").unwrap();
+    let out = setup.command(&["check", one.to_str().unwrap(), broken.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("ok     open-discount"), "{text}");
+    assert!(text.contains("broken.rhai:2:"), "{text}");
+    assert!(text.contains("2 rule(s) in"), "{text}");
+    let missing = setup.dir.path().join("nowhere");
+    let out = setup.command(&["check", missing.to_str().unwrap()]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(error.matches("no such").count(), 1, "{error}");
 }
 
 fn now_secs() -> i64 {

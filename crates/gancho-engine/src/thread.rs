@@ -106,7 +106,7 @@ pub fn spawn(
             })
             .map_err(|source| EngineError::RulesDir {
                 path: "(engine thread)".into(),
-                source,
+                cause: source,
             })?
     };
     match ready_rx.recv() {
@@ -119,7 +119,7 @@ pub fn spawn(
         Ok(Err(err)) => Err(err),
         Err(_) => Err(EngineError::RulesDir {
             path: "(engine thread)".into(),
-            source: std::io::Error::other("the engine thread stopped at start"),
+            cause: std::io::Error::other("the engine thread stopped at start"),
         }),
     }
 }

@@ -73,8 +73,8 @@ enum Command {
     },
     /// Compile every rule in the rules folder (or DIR) and report each; exit 1 if one fails.
     Check {
-        /// The folder of `.rhai` rules; default: the config's `rules_dir`.
-        dir: Option<PathBuf>,
+        /// Folders of `.rhai` rules and rule files; default: the config's `rules_dir`.
+        paths: Vec<PathBuf>,
     },
     /// The rules the running daemon has loaded: what wakes them, runs, errors, last error.
     Rules {
@@ -222,7 +222,10 @@ fn main() -> ExitCode {
             json,
         } => list_events(&config, source, kind, key, since, limit, json),
         Command::Quarantine { limit, json } => list_quarantine(&config, limit, json),
-        Command::Check { dir } => match check_rules(dir.as_deref().unwrap_or(&config.rules_dir)) {
+        Command::Check { paths } => match check_rules(match paths.is_empty() {
+            true => std::slice::from_ref(&config.rules_dir),
+            false => &paths,
+        }) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
             Err(err) => Err(err),
@@ -365,27 +368,37 @@ fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<
     )
 }
 
-/// `gancho check`: true when every rule compiles.
-fn check_rules(dir: &std::path::Path) -> anyhow::Result<bool> {
-    let results = gancho_engine::check_dir(dir, &gancho_engine::Limits::default())
-        .with_context(|| format!("checking {}", dir.display()))?;
-    let mut ok = true;
+/// `gancho check`: true when every rule of these folders and files compiles.
+fn check_rules(paths: &[PathBuf]) -> anyhow::Result<bool> {
+    let limits = gancho_engine::Limits::default();
+    let mut results = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let found = gancho_engine::check_dir(path, &limits)
+                .with_context(|| format!("checking {}", path.display()))?;
+            results.extend(found);
+        } else if path.exists() {
+            results.push(gancho_engine::check_file(path, &limits));
+        } else {
+            anyhow::bail!("checking {}: no such file or folder", path.display());
+        }
+    }
+    let mut out = std::io::stdout().lock();
     for (name, result) in &results {
         match result {
-            Ok(()) => println!("ok     {name}"),
-            Err(diag) => {
-                ok = false;
-                println!("error  {}", shown(&diag.to_string()));
-            }
+            Ok(()) => writeln!(out, "ok     {name}")?,
+            Err(diag) => writeln!(out, "error  {}", shown(&diag.to_string()))?,
         }
     }
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
-    println!(
+    let places: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    writeln!(
+        out,
         "{} rule(s) in {}, {failed} with errors",
         results.len(),
-        dir.display()
-    );
-    Ok(ok)
+        places.join(", ")
+    )?;
+    Ok(failed == 0)
 }
 
 fn list_rules(config: &Config, json: bool) -> anyhow::Result<()> {

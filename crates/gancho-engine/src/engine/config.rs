@@ -17,11 +17,11 @@ pub const CRON_SOURCE: &str = "cron";
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("reading the rules folder {path}: {source}")]
+    /// The cause is in the message, not a `source`: printed as a chain it said it twice.
+    #[error("reading the rules folder {path}: {cause}")]
     RulesDir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// [`Engine::run_until_idle`](crate::Engine::run_until_idle) gave up: work was left.
     #[error("not idle after {waited:?}: the engine is at event {cursor}, the log at {durable}")]

@@ -14,7 +14,7 @@ pub(super) fn rule_files(dir: &Path) -> Result<Option<Vec<(String, PathBuf)>>, E
         Err(source) => {
             return Err(EngineError::RulesDir {
                 path: dir.to_owned(),
-                source,
+                cause: source,
             });
         }
     };
@@ -45,20 +45,34 @@ pub fn check_dir(dir: &Path, limits: &Limits) -> Result<Vec<CheckResult>, Engine
     let Some(files) = rule_files(dir)? else {
         return Err(EngineError::RulesDir {
             path: dir.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
         });
     };
     for (name, path) in files {
-        let result = match std::fs::read_to_string(&path) {
-            Ok(text) => rule::compile(&engine, &path, &text).map(drop),
-            Err(err) => Err(Diagnostic {
-                file: path.clone(),
-                line: 1,
-                column: 1,
-                message: format!("cannot read: {err}"),
-            }),
-        };
-        out.push((name, result));
+        out.push((name, check_one(&engine, &path)));
     }
     Ok(out)
+}
+
+/// Compiles one rule file, whatever its folder: `gancho check FILE`.
+pub fn check_file(path: &Path, limits: &Limits) -> CheckResult {
+    let engine = sandbox::sandbox(limits);
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    (name, check_one(&engine, path))
+}
+
+fn check_one(engine: &rhai::Engine, path: &Path) -> Result<(), Diagnostic> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => rule::compile(engine, path, &text).map(drop),
+        Err(err) => Err(Diagnostic {
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read: {err}"),
+        }),
+    }
 }

@@ -185,7 +185,7 @@ impl Engine {
             None if self.loaded_once => {
                 return Err(EngineError::RulesDir {
                     path: dir,
-                    source: std::io::Error::new(
+                    cause: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "the folder is gone; the loaded rules keep running",
                     ),
