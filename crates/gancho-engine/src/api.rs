@@ -212,13 +212,17 @@ fn run_query(
         .map_or_else(|e| err(format!("window query: {e}")), Ok)
 }
 
-fn load_event(ctx: &Rc<RefCell<Ctx>>, seq: u64) -> Res<Dynamic> {
+/// The event a window query found, as rules see it; `None` if a prune deleted it since.
+fn load_event(ctx: &Rc<RefCell<Ctx>>, seq: u64) -> Res<Option<Dynamic>> {
     let store = ctx.borrow().store.clone();
-    let event = store
-        .event(seq)
+    let found = store
+        .get(seq)
         .map_or_else(|e| err(format!("reading event {seq}: {e}")), Ok)?;
+    let Some(event) = found else {
+        return Ok(None);
+    };
     dynamic::event_map(&event, None)
-        .map(Dynamic::from_map)
+        .map(|map| Some(Dynamic::from_map(map)))
         .map_or_else(|e| err(format!("event {seq}: {e}")), Ok)
 }
 
@@ -256,7 +260,7 @@ fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
         let one = move |ty: &str, keys: Map, w: Dynamic| -> Res<Dynamic> {
             match run_query(&c, ty, &keys, &w, order, 1)?.first() {
                 None => Ok(Dynamic::UNIT),
-                Some(&(_, seq)) => load_event(&c, seq),
+                Some(&(_, seq)) => Ok(load_event(&c, seq)?.unwrap_or(Dynamic::UNIT)),
             }
         };
         let one2 = one.clone();
@@ -269,7 +273,7 @@ fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
         let limit = usize::try_from(limit).unwrap_or(0).min(MAX_LIST);
         run_query(&c, ty, &keys, &w, Order::Oldest, limit)?
             .into_iter()
-            .map(|(_, seq)| load_event(&c, seq))
+            .filter_map(|(_, seq)| load_event(&c, seq).transpose())
             .collect()
     };
     let events2 = events.clone();

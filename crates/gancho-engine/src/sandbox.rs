@@ -87,13 +87,14 @@ pub(crate) fn watch_run_time(engine: &mut rhai::Engine, limits: &Limits, ctx: &R
 /// other, the limit of stored values) an error of the run, at the next read of the variable
 /// that holds it: a value can only grow deeper by being read (`a = [a]`, `a.push(a)`), and
 /// within one expression by at most the expression depth limit. rhai has no hook on the values
-/// it builds; the variable resolver runs before every read of a variable. `event` is not
-/// checked: it comes from a payload, whose depth the adapters limit.
+/// it builds; the variable resolver runs before every read of a variable. The `event` constant
+/// is not checked: it comes from a payload, whose depth the adapters limit.
 pub(crate) fn watch_nesting(engine: &mut rhai::Engine) {
     // `on_var` is marked deprecated to say its signature may change, not that it goes.
     #[allow(deprecated)]
     engine.on_var(|name, _, context| {
-        if name == "event" {
+        // The payload, as the engine gave it (a constant: a `let event` shadowing it is checked).
+        if name == "event" && context.scope().is_constant(name) == Some(true) {
             return Ok(None);
         }
         match context.scope().get(name) {

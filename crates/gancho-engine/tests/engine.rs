@@ -564,6 +564,11 @@ fn a_rule_that_nests_a_value_deeply_fails_for_that_event_and_the_others_run() {
             // values), in microseconds, whatever the time limit; the other rule runs.
             nest("nest10k", 10_000);
             nest("nest1m", 1_000_000);
+            // A variable shadowing the `event` constant is checked like any other.
+            world.write_rule(
+                "shadow.rhai",
+                "const ON = [\"mailjet.open\"];\nlet event = [];\nfor i in 0..100000 { event = [event]; }\n",
+            );
             world.write_rule("notify.rhai", &http_rule("ok"));
             let mut config = gancho_engine::EngineConfig::new(&world.rules);
             config.limits.max_run_time = std::time::Duration::from_secs(600);
@@ -580,10 +585,13 @@ fn a_rule_that_nests_a_value_deeply_fails_for_that_event_and_the_others_run() {
                 urls(&world),
                 ["https://hooks.example.com/ok", "https://hooks.example.com/ok"]
             );
-            for name in ["nest10k", "nest1m"] {
+            for (name, variable) in [("nest10k", "a"), ("nest1m", "a"), ("shadow", "event")] {
                 let (n, error) = errors(&engine, name);
                 assert_eq!(n, 2, "{error}");
-                assert!(error.contains("a nests deeper than 64 levels"), "{error}");
+                assert!(
+                    error.contains(&format!("{variable} nests deeper than 64 levels")),
+                    "{error}"
+                );
             }
         })
         .unwrap()

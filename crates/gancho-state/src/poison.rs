@@ -7,7 +7,7 @@
 //! |-------------|----------------------------------------------|--------------------------------|
 //! | `Mlife`     | empty: the engine is running                 | at start; removed at a clean stop |
 //! | `Mbatch`    | first, last seq of the batch being processed | before each batch              |
-//! | `Mrun`      | seq, rule: the run in progress               | before each run, careful mode only |
+//! | `Mrun`      | seq, rule: the run in progress               | before each run in careful mode, removed after it |
 //! | `Msuspect`  | seq, rule, crashes: the run that died        | at start, from `Mrun`          |
 //! | `X` seq rule | [`Poisoned`], JSON                          | when a run is set aside        |
 //!
@@ -141,6 +141,13 @@ impl EngineState {
     /// Records, in careful mode, the run about to start.
     pub fn note_run(&self, seq: u64, rule: &str) -> Result<(), StoreError> {
         self.tree.insert(RUN_KEY, seq_rule(seq, rule))?;
+        self.db.flush()
+    }
+
+    /// The careful run recorded last has ended (whatever its outcome): a death from here on
+    /// is not its doing.
+    pub fn end_run(&self) -> Result<(), StoreError> {
+        self.tree.remove(RUN_KEY)?;
         self.db.flush()
     }
 

@@ -6,8 +6,10 @@
 //! |---|---|---|
 //! | log | 0 | version 1's, without its version key (never written by a release) |
 //! | log | 1 | `log/codec.rs`: blocks, quarantine, commit record |
+//! | log | 2 | version 1's, and retention: an empty record is a pruned event, `Mpurged` the set of pruned seqs, `S` summaries of walked stretches (`log/prune.rs`); nothing to convert, but a build of version 1 must not open it |
 //! | indexes | 0 | version 1's, without its version key (stores before versions) |
 //! | indexes | 1 | `index/layout.rs`: sorted runs |
+//! | indexes | 2 | version 1's; run records of version 2 (lowest seq, pruned count at write) |
 //!
 //! The indexes are derived from the log: one of a format this build cannot read is rebuilt
 //! rather than refused (`Store::open`).
@@ -18,22 +20,34 @@ use crate::format::{Format, Step};
 pub(crate) const LOG: Format = Format {
     name: "log",
     key: b"Mschema",
-    current: 1,
+    current: 2,
     oldest: 0,
-    steps: &[Step {
-        what: "the same layout without a version key: record it",
-        run: |_| Ok(()),
-    }],
+    steps: &[
+        Step {
+            what: "the same layout without a version key: record it",
+            run: |_| Ok(()),
+        },
+        Step {
+            what: "retention may leave pruned events: a build without it must refuse the log",
+            run: |_| Ok(()),
+        },
+    ],
 };
 
 /// The index database's format, keyed `Mformat` in its `index` tree.
 pub(crate) const INDEX: Format = Format {
     name: "index",
     key: b"Mformat",
-    current: 1,
+    current: 2,
     oldest: 0,
-    steps: &[Step {
-        what: "the same layout without a version key: record it",
-        run: |_| Ok(()),
-    }],
+    steps: &[
+        Step {
+            what: "the same layout without a version key: record it",
+            run: |_| Ok(()),
+        },
+        Step {
+            what: "run records of version 2 (version 1 records are still read)",
+            run: |_| Ok(()),
+        },
+    ],
 };

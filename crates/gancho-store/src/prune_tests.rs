@@ -267,3 +267,47 @@ fn crash_between_a_prunes_set_and_its_blocks_leaves_the_events_gone() {
         true,
     );
 }
+
+#[test]
+fn indexes_rebuilt_after_a_prune_index_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_of_old_events(dir.path());
+    // Whole blocks (of 50 events here) are walked: up to the last one processed entirely.
+    let report = store.prune(&request(2 * DAY, 170, &[50])).unwrap();
+    assert_eq!(report.events, 149);
+    store.shutdown().unwrap();
+    drop(store);
+    // The index database lost, as an operator may delete it: rebuilt from the log at open.
+    std::fs::remove_dir_all(dir.path().join("indexes")).unwrap();
+    let store = open(dir.path());
+    assert!(
+        store.wait_indexed(300, Duration::from_secs(30)),
+        "indexing stopped at the pruned events: {:?}",
+        store.status()
+    );
+    let mut left = vec![50];
+    left.extend(151..=300);
+    assert_eq!(all_of(&store, "open"), left);
+}
+
+#[test]
+fn an_id_posted_again_after_its_event_was_pruned_is_then_a_duplicate_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let old = event("open", DAY, "a@x", 1);
+    append(&store, vec![old.clone()]);
+    assert!(store.wait_indexed(1, Duration::from_secs(10)));
+    // Pruned while its index entries are still in the memory tier (no checkpoint yet).
+    assert_eq!(store.prune(&request(2 * DAY, 1, &[])).unwrap().events, 1);
+    assert_eq!(append(&store, vec![old.clone()]).stored, vec![2]);
+    assert!(store.wait_indexed(2, Duration::from_secs(10)));
+    for round in 0..2 {
+        let again = append(&store, vec![old.clone()]);
+        assert!(again.stored.is_empty(), "round {round}: {again:?}");
+        assert_eq!(again.duplicates, vec![2], "round {round}");
+        // After the memory runs are written out and the store reopened, the same.
+        store.shutdown().unwrap();
+        drop(store);
+        store = open(dir.path());
+    }
+}

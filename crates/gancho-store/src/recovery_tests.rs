@@ -166,7 +166,7 @@ fn indexes_of_format_0_are_kept_and_marked_with_their_version() {
     );
     assert_eq!(
         tree.get(migrate::INDEX.key).unwrap().as_deref(),
-        Some(&1u32.to_be_bytes()[..])
+        Some(&migrate::INDEX.current.to_be_bytes()[..])
     );
 }
 
@@ -189,14 +189,18 @@ fn a_log_of_a_newer_format_is_refused_and_newer_indexes_are_rebuilt() {
         assert!(!tree.contains_key(b"Zmark").unwrap(), "not rebuilt");
         assert_eq!(
             tree.get(migrate::INDEX.key).unwrap().as_deref(),
-            Some(&1u32.to_be_bytes()[..])
+            Some(&migrate::INDEX.current.to_be_bytes()[..])
         );
     }
-    set_format(dir.path(), "log", "events", &migrate::LOG, Some(2));
+    let newer = migrate::LOG.current + 1;
+    set_format(dir.path(), "log", "events", &migrate::LOG, Some(newer));
     let err = Store::open(dir.path(), &StoreConfig::default()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "the log database is in format 2; this build reads formats 0 to 1"
+        format!(
+            "the log database is in format {newer}; this build reads formats 0 to {}",
+            migrate::LOG.current
+        )
     );
 }
 
@@ -214,6 +218,6 @@ fn a_log_of_format_0_opens_whole_and_gets_its_version() {
     let tree = db.tree("events").unwrap();
     assert_eq!(
         tree.get(migrate::LOG.key).unwrap().as_deref(),
-        Some(&1u32.to_be_bytes()[..])
+        Some(&migrate::LOG.current.to_be_bytes()[..])
     );
 }

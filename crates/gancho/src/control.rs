@@ -295,7 +295,8 @@ pub fn each_item<T: serde::de::DeserializeOwned>(
             let mut line = serde_json::to_vec(request)?;
             line.push(b'\n');
             stream.write_all(&line)?;
-            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            // A listing with few matches over a long log may send nothing for a long while.
+            stream.set_read_timeout(Some(Duration::from_secs(3600)))?;
             let mut reader = serde_json::Deserializer::from_reader(std::io::BufReader::new(stream));
             serde::de::DeserializeSeed::deserialize(stream::Answer::new(&mut g), &mut reader)
                 .with_context(|| format!("reading the daemon's answer at {}", socket.display()))

@@ -33,6 +33,8 @@ pub(super) struct Careful {
     suspect: Option<(u64, String, u32)>,
     /// Runs set aside, (seq, rule).
     set_aside: HashSet<(u64, String)>,
+    /// A careful run is recorded as in progress.
+    running: bool,
 }
 
 impl Careful {
@@ -63,6 +65,7 @@ impl Careful {
             until,
             suspect: last.suspect,
             set_aside,
+            running: false,
         };
         if careful.until.is_none() && careful.suspect.is_some() {
             careful.committed(cursor)?;
@@ -113,10 +116,29 @@ impl Careful {
             self.set_aside.insert((seq, rule.to_owned()));
             return set_aside();
         }
-        if let Err(err) = self.state.note_run(seq, rule) {
-            warn!(error = %err, "recording a careful run");
+        match self.state.note_run(seq, rule) {
+            Ok(()) => self.running = true,
+            Err(err) => {
+                // Blame nothing for a death now: the marker may name an earlier run.
+                warn!(error = %err, "recording a careful run");
+                self.forget_run();
+            }
         }
         Verdict::Run
+    }
+
+    /// After a run (whatever its outcome): a death from here on is not its doing.
+    pub(super) fn after_run(&mut self) {
+        if self.running {
+            self.forget_run();
+        }
+    }
+
+    fn forget_run(&mut self) {
+        self.running = false;
+        if let Err(err) = self.state.end_run() {
+            warn!(error = %err, "clearing a careful run's record");
+        }
     }
 
     /// The engine's cursor is committed up to `cursor`: careful mode ends once it is past.

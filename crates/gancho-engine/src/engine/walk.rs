@@ -584,6 +584,7 @@ impl Engine {
                 .unwrap_or_default();
             Err(format!("internal error (a bug in gancho): {what}").into())
         });
+        self.careful.after_run();
         let run = self.ctx.borrow_mut().run.take();
         if !self.counters.contains_key(name) {
             self.counters.insert(name.to_owned(), Counters::default());

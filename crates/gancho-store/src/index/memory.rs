@@ -84,14 +84,17 @@ impl MemRun {
         };
         let (mut i, mut j) = (0, 0);
         while i < older.len() || j < newer.len() {
-            let take_older = j >= newer.len() || (i < older.len() && older.key(i) <= newer.key(j));
+            let take_older = j >= newer.len() || (i < older.len() && older.key(i) < newer.key(j));
             if take_older {
-                if j < newer.len() && older.key(i) == newer.key(j) {
-                    j += 1;
-                }
                 batch.push(older.key(i), older.value(i));
                 i += 1;
             } else {
+                // Equal keys: the newer entry. Their values differ only for a dedup entry
+                // whose first event was pruned and whose id was posted again: the newer is
+                // the live one.
+                if i < older.len() && older.key(i) == newer.key(j) {
+                    i += 1;
+                }
                 batch.push(newer.key(j), newer.value(j));
                 j += 1;
             }

@@ -40,14 +40,15 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// The value of `key`, looked up whole (dedup entries). Equal keys in several runs always
-    /// carry equal values (an event id's seq never changes; query entries have none), so
-    /// which run answers, here or in a scan or a merge, does not matter.
+    /// The value of `key`, looked up whole (dedup entries). Equal keys in several runs carry
+    /// equal values (an event id's seq never changes; query entries have none), but for a
+    /// dedup entry whose first event was pruned and whose id was posted again: the pruned
+    /// value is passed over, and the search goes on to the other runs.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let found = self.get_any(key)?;
         let purged = self.purged.load();
-        Ok(found
-            .filter(|value| !(self.rule.seq)(key, value).is_some_and(|seq| purged.contains(seq))))
+        let live =
+            |value: &[u8]| !(self.rule.seq)(key, value).is_some_and(|seq| purged.contains(seq));
+        self.get_where(key, live)
     }
 
     /// Publishes the set of pruned events: readers pass over their entries from now on.
@@ -73,13 +74,17 @@ impl Index {
         self.purged.load_full()
     }
 
-    fn get_any(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get_where(
+        &self,
+        key: &[u8],
+        live: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let view = self.view.load();
         let h = hash(self.rule.filter_prefix(key));
         if view.mem_bloom.may_contain(h) {
             for run in view.mem.iter().rev() {
                 let i = run.seek(key, false);
-                if i < run.len() && run.key(i) == key {
+                if i < run.len() && run.key(i) == key && live(run.value(i)) {
                     return Ok(Some(run.value(i).to_vec()));
                 }
             }
@@ -98,7 +103,8 @@ impl Index {
                 let found = Block::parse(run.id, bytes).and_then(|block| {
                     let i = block.seek(key, false)?;
                     if i < block.n && block.cmp(i, key)? == Ordering::Equal {
-                        return Ok(Some(block.value(i)?.to_vec()));
+                        let value = block.value(i)?;
+                        return Ok(live(value).then(|| value.to_vec()));
                     }
                     Ok(None)
                 });

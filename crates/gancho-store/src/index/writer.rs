@@ -166,6 +166,11 @@ impl IndexWriter {
         self.mem_bytes
     }
 
+    /// The set of pruned events.
+    pub(crate) fn purged(&self) -> Arc<Purged> {
+        self.index.purged()
+    }
+
     /// Disk runs.
     pub(crate) fn disk_runs(&self) -> usize {
         self.disk.len()

@@ -185,7 +185,15 @@ impl Pruner {
             .range(codec::log_key(first)..=codec::log_key(last))
         {
             let (key, value) = entry?;
-            let block = Block::parse(&key, &value)?;
+            // A damaged block or record is kept (and said), never the end of retention.
+            let block = match Block::parse(&key, &value) {
+                Ok(block) => block,
+                Err(err) => {
+                    tracing::warn!(error = %err, "pruning: a log block that cannot be read is kept");
+                    earliest = i64::MIN;
+                    continue;
+                }
+            };
             let mut empty = vec![false; block.len()];
             let mut changes = false;
             for (i, place) in empty.iter_mut().enumerate() {
@@ -194,7 +202,14 @@ impl Pruner {
                     *place = true;
                     continue;
                 };
-                let time = codec::view_record(seq, record)?.time_ms;
+                let time = match codec::view_record(seq, record) {
+                    Ok(view) => view.time_ms,
+                    Err(err) => {
+                        tracing::warn!(seq, error = %err, "pruning: an event that cannot be read is kept");
+                        earliest = i64::MIN;
+                        continue;
+                    }
+                };
                 let old = time < before && seq <= request.processed;
                 if purged.contains(seq) || (old && !request.keep.contains(&seq)) {
                     *place = true;
@@ -268,10 +283,16 @@ impl Pruner {
             };
             let key = codec::quarantine_key(id);
             if let Some(value) = self.tree.get(&key[..])? {
-                let items = codec::decode_quarantine(id, &value)?;
-                let received = items
-                    .first()
-                    .map_or(i64::MIN, |item| item.received.timestamp_millis());
+                // A record that cannot be read serves no one: it goes when pruning reaches it.
+                let received = match codec::decode_quarantine(id, &value) {
+                    Ok(items) => items
+                        .first()
+                        .map_or(i64::MIN, |item| item.received.timestamp_millis()),
+                    Err(err) => {
+                        tracing::warn!(id, error = %err, "pruning an unreadable quarantine record");
+                        i64::MIN
+                    }
+                };
                 if received >= before {
                     return Ok(removed);
                 }

@@ -291,14 +291,27 @@ impl Writer {
         let indexed = self.progress.indexed.load(Ordering::Acquire);
         let pending = &mut self.pending;
         let purged = self.index.purged();
+        // `pending` holds one id per seq, in order: a pruned event (no record, or one a crash
+        // left before its block was rewritten) holds the place with an id no event has.
+        const NO_EVENT: u128 = 0;
+        let mut next = indexed + 1;
         codec::for_each_record(&self.events, indexed + 1, last_seq, |seq, record| {
             if purged.contains(seq) {
                 return Ok(());
             }
+            while next < seq {
+                pending.push(next, NO_EVENT);
+                next += 1;
+            }
             let view = codec::view_record(seq, record)?;
             pending.push(seq, xxh3_128(&dedup_key(view.source, view.id)));
+            next = seq + 1;
             Ok(())
         })?;
+        while next <= last_seq {
+            pending.push(next, NO_EVENT);
+            next += 1;
+        }
         debug!(
             pending = self.pending.len(),
             "events waiting for the indexer"
