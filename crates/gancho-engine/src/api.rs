@@ -18,7 +18,7 @@ use rhai::{Dynamic, EvalAltResult, INT, ImmutableString, Map};
 
 use crate::ctx::Ctx;
 use crate::dynamic;
-use crate::sandbox::{Limits, sandbox, watch_nesting, watch_run_time};
+use crate::sandbox::{Limits, resolve_variables, sandbox, watch_run_time};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -44,7 +44,7 @@ fn err<T>(message: impl Into<String>) -> Res<T> {
 pub(crate) fn build(limits: &Limits, ctx: &Rc<RefCell<Ctx>>) -> rhai::Engine {
     let mut engine = sandbox(limits);
     watch_run_time(&mut engine, limits, ctx);
-    watch_nesting(&mut engine);
+    resolve_variables(&mut engine, ctx);
     register_time(&mut engine);
     register_queries(&mut engine, ctx);
     register_state(&mut engine, ctx);

@@ -46,6 +46,8 @@ pub(crate) struct Run {
     pub(crate) serial: u32,
     pub(crate) queries: u32,
     pub(crate) callbacks: std::rc::Rc<std::collections::HashSet<String>>,
+    /// The rule's top-level constants with literal values, which its functions see too.
+    pub(crate) constants: std::rc::Rc<Vec<(String, rhai::Dynamic)>>,
     pub(crate) pending: Pending,
     /// When the run began (for `Limits::max_run_time`).
     pub(crate) started: std::time::Instant,

@@ -163,7 +163,7 @@ pub(crate) fn to_json(value: &Dynamic) -> Result<Value, String> {
 }
 
 /// How deeply stored or sent values may nest (well inside what serde_json reads back, 128), and
-/// values a rule builds (`sandbox::watch_nesting`).
+/// values a rule builds (`sandbox::resolve_variables`).
 pub(crate) const MAX_DEPTH: usize = 64;
 
 fn to_json_at(value: &Dynamic, depth: usize) -> Result<Value, String> {

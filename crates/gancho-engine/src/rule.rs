@@ -88,6 +88,9 @@ pub(crate) struct Rule {
     pub(crate) schedule: Option<Schedule>,
     /// Functions a timer or expectation may name as its callback (one parameter).
     pub(crate) callbacks: std::rc::Rc<HashSet<String>>,
+    /// Its top-level constants whose values are literals (or fold into one), which its
+    /// functions see as well as its top level (rhai's functions see no outer variable).
+    pub(crate) constants: std::rc::Rc<Vec<(String, Dynamic)>>,
     /// The fields of `event` the rule reads, when it reads it only as `event.NAME`; `None`
     /// when it may read any (the map it gets then holds every field).
     pub(crate) fields: Option<HashSet<String>>,
@@ -308,6 +311,11 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
         .map(|f| f.name.to_owned())
         .collect::<HashSet<_>>()
         .into();
+    let constants = std::rc::Rc::new(
+        ast.iter_literal_variables(true, false)
+            .map(|(name, _, value)| (name.to_owned(), value))
+            .collect(),
+    );
     Ok(Rule {
         name,
         path: path.to_owned(),
@@ -317,6 +325,7 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
         on_text,
         schedule,
         callbacks,
+        constants,
         // A payload field named like one of gancho's is read as `payload_NAME`.
         fields: event_fields(text).map(|mut fields| {
             let unprefixed: Vec<String> = fields

@@ -83,27 +83,45 @@ pub(crate) fn watch_run_time(engine: &mut rhai::Engine, limits: &Limits, ctx: &R
     });
 }
 
-/// Makes a value that nests deeper than [`MAX_DEPTH`] levels (arrays and maps within each
-/// other, the limit of stored values) an error of the run, at the next read of the variable
-/// that holds it: a value can only grow deeper by being read (`a = [a]`, `a.push(a)`), and
-/// within one expression by at most the expression depth limit. rhai has no hook on the values
-/// it builds; the variable resolver runs before every read of a variable. The `event` constant
-/// is not checked: it comes from a payload, whose depth the adapters limit.
-pub(crate) fn watch_nesting(engine: &mut rhai::Engine) {
+/// rhai's variable resolver, which runs before every read of a variable, does two things:
+///
+/// - A value that nests deeper than [`MAX_DEPTH`] levels (arrays and maps within each other,
+///   the limit of stored values) is an error of the run at the next read of the variable that
+///   holds it: a value grows deeper only by being read (`a = [a]`, `a.push(a)`), and within one
+///   expression by at most the expression depth limit. rhai has no hook on the values it
+///   builds. The `event` constant is not checked: it comes from a payload, whose depth the
+///   adapters limit (a `let event` shadowing it is).
+/// - A name that is no variable where it is read, but one of the rule's top-level constants
+///   with a literal value, reads that constant: rhai's functions see no outer variable, so
+///   `const HOOK = "…"; fn thanks(t) { http(#{ url: HOOK }) }` failed when the timer fired.
+pub(crate) fn resolve_variables(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
+    let watched = Rc::clone(ctx);
     // `on_var` is marked deprecated to say its signature may change, not that it goes.
     #[allow(deprecated)]
-    engine.on_var(|name, _, context| {
-        // The payload, as the engine gave it (a constant: a `let event` shadowing it is checked).
-        if name == "event" && context.scope().is_constant(name) == Some(true) {
+    engine.on_var(move |name, _, context| {
+        let scope = context.scope();
+        let Some(value) = scope.get(name) else {
+            let Ok(ctx) = watched.try_borrow() else {
+                return Ok(None);
+            };
+            let constant = ctx.run.as_ref().and_then(|run| {
+                run.constants
+                    .iter()
+                    .find(|(constant, _)| constant == name)
+                    .map(|(_, value)| value.clone())
+            });
+            return Ok(constant);
+        };
+        if name == "event" && scope.is_constant(name) == Some(true) {
             return Ok(None);
         }
-        match context.scope().get(name) {
-            Some(value) if nests_deeper(value, MAX_DEPTH) => Err(format!(
+        if nests_deeper(value, MAX_DEPTH) {
+            return Err(format!(
                 "{name} nests deeper than {MAX_DEPTH} levels (arrays and maps within each other)"
             )
-            .into()),
-            _ => Ok(None),
+            .into());
         }
+        Ok(None)
     });
 }
 

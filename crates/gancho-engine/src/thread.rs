@@ -76,7 +76,7 @@ pub fn spawn(
         std::thread::Builder::new()
             .name("gancho-engine".to_owned())
             // rhai walks a value's nesting recursively (to size it, to drop it). A run fails
-            // once a variable it reads nests deeper than 64 levels (`sandbox::watch_nesting`),
+            // once a variable it reads nests deeper than 64 levels (`sandbox::resolve_variables`),
             // but values built by recursive calls and never read may go some thousands deep
             // (call depth × expression depth): a margin that costs only the pages used.
             .stack_size(ENGINE_STACK)

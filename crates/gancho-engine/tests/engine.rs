@@ -623,3 +623,33 @@ fn codes_and_action_ids_depend_on_the_store_not_only_on_the_rule_and_event() {
     // Nor is it the unkeyed hash of the rule and seq anyone could compute.
     assert_ne!(id_a, gancho_core::action_id("code", 1, 0));
 }
+
+#[test]
+fn a_rules_functions_see_its_top_level_constants_when_a_timer_fires() {
+    let world = World::empty();
+    world.write_rule(
+        "thanks.rhai",
+        r#"const ON = ["mailjet.sent"];
+const HOOK = "https://hooks.example.com/thanks";
+const LIMITS = #{ tries: 3, codes: [1, 2] };
+after("thanks:" + event.email, hours(48), "thanks");
+fn thanks(timer) {
+    http(#{ url: HOOK, json: #{ tries: LIMITS.tries, codes: LIMITS.codes } });
+}
+"#,
+    );
+    let mut engine = world.engine();
+    world.append(vec![mailjet("sent", "a@example.com", 1, t0())]);
+    run(&mut engine);
+    world.clock.set(t0() + hours(49));
+    run(&mut engine);
+    run(&mut engine);
+    let status = engine.status();
+    let rule = &status.rules[0];
+    assert_eq!(rule.errors, 0, "{:?}", rule.last_error);
+    assert_eq!(urls(&world), ["https://hooks.example.com/thanks"]);
+    assert_eq!(
+        http_bodies(&world),
+        [serde_json::json!({ "tries": 3, "codes": [1, 2] })]
+    );
+}

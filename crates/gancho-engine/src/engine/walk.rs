@@ -557,6 +557,7 @@ impl Engine {
             serial: 0,
             queries: 0,
             callbacks: Rc::clone(&rule.callbacks),
+            constants: Rc::clone(&rule.constants),
             pending: Pending::default(),
             started: Instant::now(),
         });
