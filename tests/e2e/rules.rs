@@ -228,3 +228,39 @@ fn check_passes_on_the_shipped_rules_and_takes_files_and_folders() {
 fn now_secs() -> i64 {
     SystemClock.now().timestamp()
 }
+
+#[test]
+fn real_mailjet_payload_generations_join_on_the_message_in_either_arrival_order() {
+    let smtp = SmtpServer::start();
+    let setup = Setup::standard_with(&smtp_config(&smtp));
+    install_shipped_rules(&setup);
+    let daemon = setup.start();
+    let t = now_secs() - 7200;
+    // The open first (2020 format: `MessageID`, a number), then its sent in the 2015 format
+    // (`mj_message_id`, a string, no `MessageID`), then an open of the 2013 format (no id).
+    let open = format!(
+        r#"{{"event":"open","time":{},"MessageID":19421777835146490,"email":"bea@example.com","mj_campaign_id":7257,"mj_contact_id":4,"CustomID":"helloworld","Payload":"","ip":"127.0.0.1","geo":"US","agent":"Mozilla/5.0"}}"#,
+        t + 600
+    );
+    let sent = format!(
+        r#"{{"event":"sent","time":{t},"email":"bea@example.com","mj_campaign_id":7257,"mj_contact_id":4,"customcampaign":"","mj_message_id":"19421777835146490","smtp_reply":"sent (250 2.0.0 OK)","CustomID":"helloworld","Payload":""}}"#
+    );
+    let no_id = format!(
+        r#"{{"event":"open","time":{},"email":"cid@example.com","mj_campaign_id":7257,"mj_contact_id":5,"ip":"127.0.0.1","geo":"US","agent":"Mozilla/5.0"}}"#,
+        t + 60
+    );
+    for body in [&open, &sent, &no_id] {
+        assert_eq!(daemon.post_mailjet(body.as_bytes()).status, 200, "{body}");
+    }
+    wait_for_engine(&setup);
+    let mails = smtp.wait_for_mails(1, Duration::from_secs(20));
+    assert_eq!(mails.len(), 1, "{:?}", smtp.transactions());
+    assert_eq!(mails[0].to, ["bea@example.com"]);
+    wait_for_empty_outbox(&setup);
+    assert_eq!(smtp.mails().len(), 1, "one discount, no reminder");
+    let status = setup.json(&["rules", "--json"]);
+    for rule in status["rules"].as_array().unwrap() {
+        assert_eq!(rule["errors"], 0, "{rule}");
+    }
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

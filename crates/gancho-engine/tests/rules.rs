@@ -312,3 +312,32 @@ fn daily_report_at_nine_madrid_time_across_a_daylight_saving_change() {
     assert_eq!(mail.subject, "Mailjet report for Saturday 28 March 2026");
     assert!(mail.text.starts_with("sent: 1\n"), "{}", mail.text);
 }
+
+#[test]
+fn an_open_stored_before_its_sent_still_gets_the_discount_once() {
+    let world = World::with_shipped(&[DISCOUNT]);
+    let mut engine = world.engine();
+    // The open arrives first (an outage's backlog, a slow queue), 2 hours after the sending
+    // in event time; then the sent.
+    world.append(vec![mailjet("open", "a@example.com", 1, t0() + hours(2))]);
+    run(&mut engine);
+    assert!(world.emails_to("a@example.com").is_empty());
+    world.append(vec![mailjet("sent", "a@example.com", 1, t0())]);
+    run(&mut engine);
+    assert_eq!(world.emails_to("a@example.com").len(), 1);
+    // A second open in order: no second discount.
+    world.append(vec![mailjet("open", "a@example.com", 1, t0() + hours(3))]);
+    run(&mut engine);
+    assert_eq!(world.emails_to("a@example.com").len(), 1);
+    // An open stored before a sent but 25 hours after it: none.
+    world.append(vec![mailjet(
+        "open",
+        "late@example.com",
+        2,
+        t0() + hours(25),
+    )]);
+    world.append(vec![mailjet("sent", "late@example.com", 2, t0())]);
+    run(&mut engine);
+    assert!(world.emails_to("late@example.com").is_empty());
+    assert_eq!(engine.status().rules[0].errors, 0);
+}
