@@ -368,9 +368,17 @@ fn set_timer(
     expect: Option<Expectation>,
 ) -> Res<()> {
     check_callback(ctx, callback)?;
+    let late_grace = ctx.late_grace_ms;
     let run = ctx.run()?;
     run.serial += 1;
     let (rule, seq, serial) = (run.rule.clone(), run.seq, run.serial);
+    // Already due when set (its event is older than its wait: a backlog delivered at once
+    // after an outage): it fires `late_grace` after its event arrived, not at once, so that
+    // the events queued behind this one can still cancel it.
+    let due_ms = match due_ms <= run.received_ms {
+        true => run.received_ms.saturating_add(late_grace),
+        false => due_ms,
+    };
     // The timer it replaces goes with its entry by due time (left behind, a debounce-style
     // rule setting a long timer on every event would grow the store).
     let old = ctx

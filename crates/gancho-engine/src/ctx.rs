@@ -40,6 +40,8 @@ pub(crate) struct Run {
     pub(crate) rule: String,
     pub(crate) seq: u64,
     pub(crate) time_ms: i64,
+    /// When its event was received, ms.
+    pub(crate) received_ms: i64,
     /// The next action's position (actions are numbered per rule and event).
     pub(crate) position: u32,
     /// A counter for timer uids and codes made in this run.
@@ -66,6 +68,8 @@ pub(crate) struct Ctx {
     /// The store's retention, and the rules already told that a window of theirs is longer.
     pub(crate) retention_ms: Option<i64>,
     pub(crate) told_retention: std::collections::HashSet<String>,
+    /// `EngineConfig::late_grace_ms`.
+    pub(crate) late_grace_ms: i64,
     pub(crate) run: Option<Run>,
     pub(crate) batch: Pending,
     /// Expectation shapes set by this batch's runs (new or not).

@@ -21,8 +21,8 @@ mod thread;
 
 pub use api::MAX_LIST;
 pub use engine::{
-    CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineStatus, ReloadReport,
-    RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir, check_file,
+    CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineSection, EngineStatus,
+    ReloadReport, RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir, check_file,
 };
 pub use rule::Diagnostic;
 pub use sandbox::Limits;

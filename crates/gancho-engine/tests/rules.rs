@@ -341,3 +341,41 @@ fn an_open_stored_before_its_sent_still_gets_the_discount_once() {
     assert!(world.emails_to("late@example.com").is_empty());
     assert_eq!(engine.status().rules[0].errors, 0);
 }
+
+#[test]
+fn a_backlog_delivered_at_once_gives_its_opens_late_grace_to_cancel_the_reminders() {
+    let world = World::with_shipped(&[REMINDER]);
+    let mut engine = world.engine();
+    // After a two-day outage the provider delivers its backlog at once, at t0: two sents of
+    // two days ago, and, a moment later, the open of one of them.
+    let arrived = |mut event: gancho_core::NewEvent, at: chrono::DateTime<Utc>| {
+        event.received = at;
+        event
+    };
+    world.clock.set(t0());
+    world.append(vec![
+        arrived(
+            mailjet("sent", "opened@example.com", 1, t0() - hours(48)),
+            t0(),
+        ),
+        arrived(
+            mailjet("sent", "not@example.com", 2, t0() - hours(48)),
+            t0(),
+        ),
+    ]);
+    run(&mut engine);
+    // Due two days ago; not fired yet: the grace (2 minutes) runs from their arrival.
+    world.clock.set(t0() + chrono::Duration::seconds(90));
+    run(&mut engine);
+    assert!(world.outbox().is_empty(), "{:?}", world.outbox());
+    world.append(vec![arrived(
+        mailjet("open", "opened@example.com", 1, t0() - hours(47)),
+        t0() + chrono::Duration::seconds(91),
+    )]);
+    run(&mut engine);
+    world.clock.set(t0() + chrono::Duration::minutes(3));
+    run(&mut engine);
+    run(&mut engine);
+    assert!(world.emails_to("opened@example.com").is_empty());
+    assert_eq!(world.emails_to("not@example.com").len(), 1);
+}

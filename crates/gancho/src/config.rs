@@ -68,6 +68,7 @@ struct FileConfig {
     /// Connections open at once, at most; more wait to be accepted. Default: 10000.
     max_connections: usize,
     store: StoreConfig,
+    engine: gancho_engine::EngineSection,
     sources: BTreeMap<String, SourceConfig>,
     email: EmailConfig,
     sms: SmsConfig,
@@ -88,6 +89,7 @@ impl Default for FileConfig {
             body_timeout: ingress.body_timeout,
             max_connections: ingress.max_connections,
             store: StoreConfig::default(),
+            engine: gancho_engine::EngineSection::default(),
             sources: BTreeMap::new(),
             email: EmailConfig::default(),
             sms: SmsConfig::default(),
@@ -105,6 +107,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub rules_dir: PathBuf,
     pub store: StoreConfig,
+    pub engine: gancho_engine::EngineSection,
     pub ingress: IngressConfig,
     pub actions: ActionsConfig,
 }
@@ -124,6 +127,8 @@ impl Config {
     /// querying by a key its source does not have fails with a clear error.
     pub fn engine(&self) -> gancho_engine::EngineConfig {
         let mut engine = gancho_engine::EngineConfig::new(&self.rules_dir);
+        engine.late_grace_ms =
+            i64::try_from(self.engine.late_grace.as_millis()).unwrap_or(i64::MAX);
         engine.retention_ms = self
             .store
             .retention
@@ -270,6 +275,7 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
         data_dir: file.data_dir,
         rules_dir: file.rules_dir,
         store: file.store,
+        engine: file.engine,
         ingress: IngressConfig {
             sources,
             max_body_bytes,
@@ -423,6 +429,9 @@ mod tests {
         assert_eq!(example.listen, defaults.listen);
         assert_eq!(example.store.fsync, defaults.store.fsync);
         assert_eq!(example.store.cache_capacity, defaults.store.cache_capacity);
+        assert_eq!(example.store, defaults.store);
+        assert_eq!(example.engine, defaults.engine);
+        assert_eq!(example.actions.retry, defaults.actions.retry);
         assert_eq!(
             example.ingress.max_body_bytes,
             defaults.ingress.max_body_bytes

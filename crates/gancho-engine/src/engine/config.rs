@@ -44,6 +44,29 @@ pub struct EngineConfig {
     /// How long the store keeps events (`[store] retention`), when it deletes any: a window
     /// longer than it is logged, once per rule.
     pub retention_ms: Option<i64>,
+    /// A timer or expectation already due when it is set fires no earlier than this after its
+    /// event was received (`[engine] late_grace`).
+    pub late_grace_ms: i64,
+}
+
+/// The `[engine]` section of the config file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// A timer or expectation that is already due when it is set (its event is older than
+    /// its window: webhooks delivered in a burst after an outage) fires no earlier than this
+    /// after its event was received, so that the events queued behind it can still cancel it.
+    /// Default: `"2m"`. Example: `"10m"`.
+    #[serde(deserialize_with = "gancho_core::config::duration::deserialize")]
+    pub late_grace: std::time::Duration,
+}
+
+impl Default for EngineSection {
+    fn default() -> EngineSection {
+        EngineSection {
+            late_grace: std::time::Duration::from_secs(120),
+        }
+    }
 }
 
 impl EngineConfig {
@@ -54,6 +77,7 @@ impl EngineConfig {
             batch_size: 4096,
             source_keys: None,
             retention_ms: None,
+            late_grace_ms: 120_000,
         }
     }
 }

@@ -13,7 +13,7 @@ mod status;
 mod timers;
 mod walk;
 
-pub use config::{CRON_SOURCE, EngineConfig, EngineError, TIMER_SOURCE};
+pub use config::{CRON_SOURCE, EngineConfig, EngineError, EngineSection, TIMER_SOURCE};
 pub use load::{CheckResult, check_dir, check_file};
 pub use status::{EngineStatus, ReloadReport, RuleStatus, SharedStatus, StepReport};
 pub use walk::Engine;
