@@ -50,6 +50,7 @@ pub(crate) fn build(limits: &Limits, ctx: &Rc<RefCell<Ctx>>) -> rhai::Engine {
     register_state(&mut engine, ctx);
     register_timers(&mut engine, ctx);
     register_actions(&mut engine, ctx);
+    engine.register_fn("html_escape", html_escape);
     engine
 }
 
@@ -85,6 +86,22 @@ where
         Ok(()) => Ok(out),
         Err(_) => err(format!("bad time format {format:?}")),
     }
+}
+
+/// Event data made safe to place in HTML (an e-mail's `html`): `& < > " '` as entities.
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn register_time(engine: &mut rhai::Engine) {
@@ -312,40 +329,40 @@ fn register_state(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
     });
     let c = ctx.clone();
     engine.register_fn("once", move |key: &str| -> Res<bool> {
-        let mut ctx = c.borrow_mut();
-        let key = format!("once:{key}");
-        if ctx.state(&key)?.is_some() {
-            return Ok(false);
+        mark(&c, &format!("once:{key}"), None)
+    });
+    let c = ctx.clone();
+    engine.register_fn("once", move |key: &str, ttl: INT| -> Res<bool> {
+        if ttl <= 0 {
+            return err("once: the time to live must be positive");
         }
-        ctx.put_state(
-            &key,
-            Some(StateValue {
-                value: serde_json::Value::Bool(true),
-                expires_ms: None,
-            }),
-        )?;
-        Ok(true)
+        mark(&c, &format!("once:{key}"), Some(ttl))
     });
     let c = ctx.clone();
     engine.register_fn("throttle", move |key: &str, every: INT| -> Res<bool> {
         if every <= 0 {
             return err("throttle: the period must be positive");
         }
-        let mut ctx = c.borrow_mut();
-        let key = format!("throttle:{key}");
-        if ctx.state(&key)?.is_some() {
-            return Ok(false);
-        }
-        let now = ctx.run()?.time_ms;
-        ctx.put_state(
-            &key,
-            Some(StateValue {
-                value: serde_json::Value::from(now),
-                expires_ms: Some(now.saturating_add(every)),
-            }),
-        )?;
-        Ok(true)
+        mark(&c, &format!("throttle:{key}"), Some(every))
     });
+}
+
+/// Sets the mark `key` (its value: the event time), to expire `ttl` after the event's time
+/// (never without one), unless it is set: whether it was not.
+fn mark(ctx: &Rc<RefCell<Ctx>>, key: &str, ttl: Option<INT>) -> Res<bool> {
+    let mut ctx = ctx.borrow_mut();
+    if ctx.state(key)?.is_some() {
+        return Ok(false);
+    }
+    let now = ctx.run()?.time_ms;
+    ctx.put_state(
+        key,
+        Some(StateValue {
+            value: serde_json::Value::from(now),
+            expires_ms: ttl.map(|ttl| now.saturating_add(ttl)),
+        }),
+    )?;
+    Ok(true)
 }
 
 fn check_callback(ctx: &mut Ctx, callback: &str) -> Res<()> {
@@ -434,21 +451,22 @@ fn register_timers(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
     let c = ctx.clone();
     engine.register_fn(
         "expect",
-        move |ty: &str, keys: Map, within: INT, callback: &str| -> Res<bool> {
-            if within < 0 {
-                return err("expect: the window must not be negative");
-            }
-            let mut ctx = c.borrow_mut();
-            let w = resolve(
-                &mut ctx,
-                ty,
-                &keys,
-                &Dynamic::from(WindowSpec {
+        move |ty: &str, keys: Map, window: Dynamic, callback: &str| -> Res<bool> {
+            // A duration means the window ahead of the event; the query forms (`ahead(d)`,
+            // `between(a, b)`, `span(from, to)`) mean what they mean for queries.
+            let window = match window.as_int() {
+                Ok(within) if within < 0 => {
+                    return err("expect: the window must not be negative");
+                }
+                Ok(within) => Dynamic::from(WindowSpec {
                     from: 0,
                     to: within,
                     absolute: false,
                 }),
-            )?;
+                Err(_) => window,
+            };
+            let mut ctx = c.borrow_mut();
+            let w = resolve(&mut ctx, ty, &keys, &window)?;
             // Already there (webhooks arrive out of order): nothing to expect.
             let found = ctx
                 .store
@@ -556,10 +574,15 @@ fn email_action(map: &Map) -> Res<Action> {
 
 fn sms_action(map: &Map) -> Res<Action> {
     check_fields(map, &["to", "text"], "sms")?;
+    // A missing number (an event without a phone field reads as `()`) says so, once.
     let to = match map.get("to") {
-        Some(v) if v.is_unit() => String::new(),
+        None => return err(r#"sms: no "to" number"#),
+        Some(v) if v.is_unit() => return err(r#"sms: no "to" number"#),
         _ => get_str(map, "to", "sms")?,
     };
+    if to.trim().is_empty() {
+        return err(r#"sms: no "to" number"#);
+    }
     Ok(Action::Sms(SmsAction {
         to,
         text: get_str(map, "text", "sms")?,

@@ -653,3 +653,96 @@ fn thanks(timer) {
         [serde_json::json!({ "tries": 3, "codes": [1, 2] })]
     );
 }
+
+#[test]
+fn once_with_a_time_to_live_expect_with_window_forms_and_html_escape() {
+    let world = World::empty();
+    world.write_rule(
+        "api.rhai",
+        r#"const ON = ["mailjet.open"];
+if once("hello:" + event.email, hours(1)) {
+    sms(#{ to: "+34600000001", text: "once " + event.email });
+}
+email(#{ to: "x@example.com", subject: "s", text: "t", html: "<p>" + html_escape(event.agent) + "</p>" });
+"#,
+    );
+    world.write_rule(
+        "later.rhai",
+        r#"const ON = ["mailjet.sent"];
+// An open expected between 1 and 2 hours after the sending.
+expect("mailjet.open", #{ MessageID: event.keys.MessageID }, between(hours(1), hours(2)), "miss");
+fn miss(sent) { sms(#{ to: "+34600000002", text: "missed " + sent.email }); }
+"#,
+    );
+    world.write_rule(
+        "nophone.rhai",
+        r#"const ON = ["mailjet.click"];
+sms(#{ to: event.phone, text: "hi" });
+"#,
+    );
+    let mut engine = world.engine();
+    let open = |n: u64, at| {
+        mailjet_with(
+            "open",
+            "a@example.com",
+            n,
+            at,
+            r#","agent":"<script>alert('x') & \"y\"</script>""#,
+        )
+    };
+    world.append(vec![
+        open(1, t0()),
+        open(2, t0() + chrono::Duration::minutes(59)),
+        open(3, t0() + hours(1)),
+        // b opens 30 minutes after its sending: too early, so its `miss` fires.
+        mailjet("sent", "b@example.com", 7, t0()),
+        mailjet(
+            "open",
+            "b@example.com",
+            7,
+            t0() + chrono::Duration::minutes(30),
+        ),
+        // c opens 90 minutes after: within the window, no `miss`.
+        mailjet("sent", "c@example.com", 8, t0()),
+        mailjet(
+            "open",
+            "c@example.com",
+            8,
+            t0() + chrono::Duration::minutes(90),
+        ),
+        mailjet("click", "a@example.com", 1, t0()),
+    ]);
+    run(&mut engine);
+    world.clock.set(t0() + hours(3));
+    run(&mut engine);
+    run(&mut engine);
+    let texts = sms_texts(&world);
+    assert_eq!(
+        texts,
+        [
+            "once a@example.com",
+            "once a@example.com",
+            "missed b@example.com"
+        ],
+        "the second once comes an hour after the first"
+    );
+    let html: Vec<String> = world
+        .outbox()
+        .into_iter()
+        .filter_map(|a| match a.action {
+            gancho_core::Action::Email(mail) => mail.html,
+            _ => None,
+        })
+        .collect();
+    assert!(
+        html.iter()
+            .all(|h| h
+                == "<p>&lt;script&gt;alert(&#39;x&#39;) &amp; &quot;y&quot;&lt;/script&gt;</p>"),
+        "{html:?}"
+    );
+    let status = engine.status();
+    let nophone = status.rules.iter().find(|r| r.name == "nophone").unwrap();
+    let error = nophone.last_error.clone().unwrap_or_default();
+    assert!(error.contains(r#"sms: no "to" number"#), "{error}");
+    assert_eq!(error.matches("number").count(), 1, "{error}");
+}
