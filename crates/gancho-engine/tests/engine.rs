@@ -746,3 +746,71 @@ sms(#{ to: event.phone, text: "hi" });
     assert!(error.contains(r#"sms: no "to" number"#), "{error}");
     assert_eq!(error.matches("number").count(), 1, "{error}");
 }
+
+#[test]
+fn a_rule_failing_100_times_in_a_row_is_paused_disabled_rules_sleep_and_counters_persist() {
+    let world = World::empty();
+    world.write_rule(
+        "broken.rhai",
+        "const ON = [\"mailjet.open\"];\nthrow \"always\";\n",
+    );
+    world.write_rule("ok.rhai", &http_rule("ok"));
+    let mut engine = world.engine();
+    let opens = |from: u64, n: u64| -> Vec<_> {
+        (from..from + n)
+            .map(|i| mailjet("open", &format!("r{i}@example.com"), i, t0()))
+            .collect()
+    };
+    world.append(opens(0, 120));
+    run(&mut engine);
+    let rule = |engine: &gancho_engine::Engine, name: &str| {
+        engine
+            .status()
+            .rules
+            .into_iter()
+            .find(|r| r.name == name)
+            .unwrap()
+    };
+    let broken = rule(&engine, "broken");
+    assert_eq!(broken.runs, 100, "paused at its 100th failure in a row");
+    assert_eq!(
+        broken.paused.as_deref(),
+        Some("it failed 100 runs in a row")
+    );
+    assert_eq!(rule(&engine, "ok").runs, 120);
+    // An operator disables the healthy one: events no longer wake it.
+    world
+        .state
+        .set_rule_control(
+            "ok",
+            &gancho_state::rules::RuleControl {
+                disabled: true,
+                paused: None,
+            },
+        )
+        .unwrap();
+    engine.reload().unwrap();
+    world.append(opens(200, 5));
+    run(&mut engine);
+    assert_eq!(rule(&engine, "ok").runs, 120);
+    assert!(rule(&engine, "ok").disabled);
+    // Both enabled again (after a restart: counters and controls are stored).
+    engine.commit_cursor().unwrap();
+    drop(engine);
+    let world = world.restart();
+    for name in ["ok", "broken"] {
+        world
+            .state
+            .set_rule_control(name, &gancho_state::rules::RuleControl::default())
+            .unwrap();
+    }
+    let mut engine = world.engine();
+    assert_eq!(rule(&engine, "ok").runs, 120);
+    assert_eq!(rule(&engine, "broken").runs, 100);
+    world.append(opens(300, 3));
+    run(&mut engine);
+    assert_eq!(rule(&engine, "ok").runs, 123);
+    let broken = rule(&engine, "broken");
+    assert_eq!(broken.runs, 103);
+    assert_eq!(broken.paused, None, "its count of failures starts afresh");
+}

@@ -34,6 +34,7 @@ mod outbox;
 mod overlay;
 pub mod poison;
 mod retention;
+pub mod rules;
 mod schema;
 
 use std::collections::BTreeMap;

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use gancho_state::rules::RuleCounters;
+
 use crate::rule::Diagnostic;
 
 /// A rule as operators see it.
@@ -23,6 +25,15 @@ pub struct RuleStatus {
     pub errors: u64,
     pub last_error: Option<String>,
     pub actions: u64,
+    /// Time spent in its runs, ms.
+    #[serde(default)]
+    pub time_ms: u64,
+    /// Disabled by an operator: events do not wake it.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Paused by the engine, with why: it failed too often. `gancho rules enable` resumes it.
+    #[serde(default)]
+    pub paused: Option<String>,
 }
 
 /// The engine as operators see it.
@@ -49,13 +60,70 @@ pub struct ReloadReport {
     pub failed: Vec<Diagnostic>,
 }
 
+/// A rule's counters (kept in the engine's database across restarts) and its recent outcomes.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) runs: u64,
-    pub(crate) errors: u64,
-    pub(crate) last_error: Option<String>,
-    pub(crate) actions: u64,
+    pub(crate) stored: RuleCounters,
+    /// Changed since they were last stored.
+    pub(crate) dirty: bool,
     pub(crate) logged_at: Option<Instant>,
+    /// Failed runs in a row.
+    pub(crate) failing: u64,
+    /// The outcomes of the last [`RECENT_RUNS`] runs (true: it failed), oldest first.
+    recent: std::collections::VecDeque<bool>,
+    recent_failures: usize,
+}
+
+/// A rule that fails this many runs in a row is paused ...
+pub(crate) const PAUSE_AFTER_FAILURES: u64 = 100;
+/// ... or more than half of its last this many runs.
+pub(crate) const RECENT_RUNS: usize = 1000;
+
+impl Counters {
+    pub(crate) fn from_stored(stored: RuleCounters) -> Counters {
+        Counters {
+            stored,
+            ..Counters::default()
+        }
+    }
+
+    /// Records a run's outcome and time; returns why the rule should be paused, if it should.
+    pub(crate) fn record(&mut self, failed: bool, took: std::time::Duration) -> Option<String> {
+        self.dirty = true;
+        self.stored.runs += 1;
+        self.stored.time_us = self
+            .stored
+            .time_us
+            .saturating_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        if failed {
+            self.stored.errors += 1;
+            self.failing += 1;
+        } else {
+            self.failing = 0;
+        }
+        self.recent.push_back(failed);
+        self.recent_failures += usize::from(failed);
+        if self.recent.len() > RECENT_RUNS && self.recent.pop_front() == Some(true) {
+            self.recent_failures -= 1;
+        }
+        if self.failing >= PAUSE_AFTER_FAILURES {
+            return Some(format!("it failed {} runs in a row", self.failing));
+        }
+        if self.recent.len() >= RECENT_RUNS && self.recent_failures * 2 > RECENT_RUNS {
+            return Some(format!(
+                "it failed {} of its last {RECENT_RUNS} runs",
+                self.recent_failures
+            ));
+        }
+        None
+    }
+
+    /// Forgets the run of failures (an operator resumed the rule).
+    pub(crate) fn resume(&mut self) {
+        self.failing = 0;
+        self.recent.clear();
+        self.recent_failures = 0;
+    }
 }
 
 /// The engine's status, shared with the thread that answers operators.

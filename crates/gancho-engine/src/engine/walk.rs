@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gancho_core::{Clock, Event, time_to_millis};
+use gancho_state::rules::RuleControl;
 use gancho_state::{Change, EngineState, ExpectShape};
 use gancho_store::Store;
 use rhai::{CallFnOptions, Dynamic, Scope};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api;
 use crate::ctx::{Ctx, Pending, Run};
@@ -66,6 +67,8 @@ pub struct Engine {
     /// Files that failed to compile, by rule name, with their text's hash.
     broken: BTreeMap<String, (u64, Diagnostic)>,
     counters: HashMap<String, Counters>,
+    /// Rules disabled by an operator or paused by the engine (read again at each reload).
+    controls: BTreeMap<String, RuleControl>,
     /// Qualified type → the rules it wakes; filled on first sight of a type, cleared on reload.
     dispatch: HashMap<String, Woken>,
     /// (source, type) → the key-name sets expectations wait on.
@@ -126,6 +129,12 @@ impl Engine {
         }
         let reader = Reader::new(store.clone());
         let careful = Careful::begin(state.clone(), Arc::clone(&clock), cursor)?;
+        let counters = state
+            .rule_counters()?
+            .into_iter()
+            .map(|(name, stored)| (name, Counters::from_stored(stored)))
+            .collect();
+        let controls = state.rule_controls()?;
         let mut engine = Engine {
             store,
             state,
@@ -135,7 +144,8 @@ impl Engine {
             ctx,
             rules: BTreeMap::new(),
             broken: BTreeMap::new(),
-            counters: HashMap::new(),
+            counters,
+            controls,
             dispatch: HashMap::new(),
             shapes,
             cursor,
@@ -177,6 +187,7 @@ impl Engine {
     /// Reads the rules folder again: new and changed files are compiled and swapped in, broken
     /// ones reported (their previous version keeps running), deleted ones stopped.
     pub fn reload(&mut self) -> Result<ReloadReport, EngineError> {
+        self.refresh_controls()?;
         let dir = self.config.rules_dir.clone();
         let mut report = ReloadReport::default();
         let files = match rule_files(&dir)? {
@@ -289,10 +300,16 @@ impl Engine {
                     error: self.broken.get(name).map(|(_, d)| d.clone()),
                     on: rule.map(|r| r.on_text.clone()).unwrap_or_default(),
                     every: rule.and_then(|r| r.schedule.as_ref().map(|s| s.text.clone())),
-                    runs: counters.map_or(0, |c| c.runs),
-                    errors: counters.map_or(0, |c| c.errors),
-                    last_error: counters.and_then(|c| c.last_error.clone()),
-                    actions: counters.map_or(0, |c| c.actions),
+                    runs: counters.map_or(0, |c| c.stored.runs),
+                    errors: counters.map_or(0, |c| c.stored.errors),
+                    last_error: counters.and_then(|c| c.stored.last_error.clone()),
+                    actions: counters.map_or(0, |c| c.stored.actions),
+                    time_ms: counters.map_or(0, |c| c.stored.time_us / 1000),
+                    disabled: self.controls.get(name.as_str()).is_some_and(|c| c.disabled),
+                    paused: self
+                        .controls
+                        .get(name.as_str())
+                        .and_then(|c| c.paused.clone()),
                 }
             })
             .collect();
@@ -317,6 +334,7 @@ impl Engine {
             self.cursor_committed = Instant::now();
             self.careful.committed(self.cursor)?;
         }
+        self.save_counters();
         Ok(())
     }
 
@@ -446,6 +464,7 @@ impl Engine {
         self.cursor_committed = Instant::now();
         self.committed_cursor = last;
         self.careful.committed(last)?;
+        self.save_counters();
         Ok(processed)
     }
 
@@ -463,7 +482,7 @@ impl Engine {
             TIMER_SOURCE => self.process_timer(event),
             CRON_SOURCE => {
                 let rule = event.kind.clone();
-                if self.rules.get(&rule).is_some_and(|r| r.schedule.is_some()) {
+                if self.rules.get(&rule).is_some_and(|r| r.schedule.is_some()) && self.runs(&rule) {
                     self.ctx.borrow_mut().batch.changes.push(Change::CronMark {
                         rule: rule.clone(),
                         tick_ms: time_to_millis(event.time),
@@ -488,11 +507,15 @@ impl Engine {
                 };
                 // Each rule gets its own copy (a rule's changes to it stay its own); the last
                 // gets the original.
-                let last = woken.len() - 1;
-                for rule in &woken[..last] {
+                // Disabled or paused rules are not woken (their timers still fire).
+                let woken: Vec<&String> = woken.iter().filter(|r| self.runs(r)).collect();
+                let Some((last, others)) = woken.split_last() else {
+                    return;
+                };
+                for rule in others {
                     self.run_rule(rule, event, map.clone(), None);
                 }
-                self.run_rule(&woken[last], event, map, None);
+                self.run_rule(last, event, map, None);
             }
         }
     }
@@ -543,9 +566,10 @@ impl Engine {
                 .before_run(event.seq, name, &event.qualified_type())
         {
             let counters = self.counters.entry(name.to_owned()).or_default();
-            counters.runs += 1;
-            counters.errors += 1;
-            counters.last_error = Some(why);
+            counters.stored.runs += 1;
+            counters.stored.errors += 1;
+            counters.stored.last_error = Some(why);
+            counters.dirty = true;
             return;
         }
         // Tests kill the engine here for one rule and type of event (`engine.run.RULE.TYPE`).
@@ -589,22 +613,17 @@ impl Engine {
         });
         self.careful.after_run();
         let run = self.ctx.borrow_mut().run.take();
-        if !self.counters.contains_key(name) {
-            self.counters.insert(name.to_owned(), Counters::default());
-        }
-        let Some(counters) = self.counters.get_mut(name) else {
-            return;
-        };
-        counters.runs += 1;
+        let took = run.as_ref().map_or(Duration::ZERO, |r| r.started.elapsed());
+        let counters = self.counters.entry(name.to_owned()).or_default();
+        let pause = counters.record(result.is_err(), took);
         match result {
             Ok(()) => {
                 if let Some(run) = run {
-                    counters.actions += run.pending.actions as u64;
+                    counters.stored.actions += run.pending.actions as u64;
                     self.ctx.borrow_mut().batch.merge(run.pending);
                 }
             }
             Err(error) => {
-                counters.errors += 1;
                 let error = match *error {
                     // Stopped by the engine (`Limits::max_run_time`): say why, not only that.
                     rhai::EvalAltResult::ErrorTerminated(ref why, pos) => {
@@ -620,7 +639,53 @@ impl Engine {
                     warn!(rule = name, seq = event.seq, "rule failed: {message}");
                     counters.logged_at = Some(Instant::now());
                 }
-                counters.last_error = Some(message);
+                counters.stored.last_error = Some(message);
+            }
+        }
+        if let Some(why) = pause {
+            self.pause(name, why);
+        }
+    }
+
+    /// Whether events wake `rule` (it is neither disabled nor paused).
+    fn runs(&self, rule: &str) -> bool {
+        self.controls.get(rule).is_none_or(RuleControl::runs)
+    }
+
+    /// Pauses a rule that fails too often; `gancho rules enable` resumes it.
+    fn pause(&mut self, rule: &str, why: String) {
+        error!(rule, reason = %why, "rule paused: events no longer wake it until `gancho rules enable {rule}`");
+        let control = self.controls.entry(rule.to_owned()).or_default();
+        control.paused = Some(why);
+        if let Err(err) = self.state.set_rule_control(rule, control) {
+            warn!(rule, error = %err, "recording a paused rule");
+        }
+    }
+
+    /// Reads the rules' controls again (an operator may have changed them); a rule that runs
+    /// again starts its count of failures afresh.
+    fn refresh_controls(&mut self) -> Result<(), EngineError> {
+        let controls = self.state.rule_controls()?;
+        for (name, counters) in &mut self.counters {
+            let was = self.controls.get(name).is_none_or(RuleControl::runs);
+            let is = controls.get(name).is_none_or(RuleControl::runs);
+            if is && !was {
+                counters.resume();
+                info!(rule = %name, "rule resumed");
+            }
+        }
+        self.controls = controls;
+        Ok(())
+    }
+
+    /// Stores the counters that changed (statistics: written outside commits).
+    fn save_counters(&mut self) {
+        for (name, counters) in &mut self.counters {
+            if counters.dirty {
+                match self.state.save_rule_counters(name, &counters.stored) {
+                    Ok(()) => counters.dirty = false,
+                    Err(err) => warn!(rule = %name, error = %err, "storing a rule's counters"),
+                }
             }
         }
     }
