@@ -155,12 +155,20 @@ fn commands_answer_from_the_daemon_and_from_the_store_once_it_is_stopped() {
     assert_eq!(running, stopped);
     assert_eq!(stopped[0].as_array().unwrap().len(), 3);
     assert_eq!(stopped[1].as_array().unwrap().len(), 1);
-    let rules = setup.command(&["rules"]);
-    assert!(!rules.status.success());
-    let said = String::from_utf8_lossy(&rules.stderr);
+    // `gancho rules` too: the rules as they compile, with the counters stored.
+    let rules = setup.json(&["rules", "--json"]);
+    assert_eq!(rules["stopped"], true, "{rules}");
+    let runs: u64 = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["runs"].as_u64().unwrap())
+        .sum();
+    assert!(runs > 0, "the counters were not stored: {rules}");
+    let text = String::from_utf8(setup.command(&["rules"]).stdout).unwrap();
     assert!(
-        said.contains("not running") && said.contains("gancho check"),
-        "{said}"
+        text.starts_with("daemon stopped; engine at event"),
+        "{text}"
     );
 
     // `gancho dead retry --all`, with the daemon stopped: due at once after the start.

@@ -264,3 +264,85 @@ fn real_mailjet_payload_generations_join_on_the_message_in_either_arrival_order(
     }
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+#[test]
+fn gancho_rules_disable_and_enable_hold_across_restarts_and_with_the_daemon_stopped() {
+    let setup = Setup::standard();
+    crate::support::write_rule(
+        &setup,
+        "quiet.rhai",
+        "const ON = [\"bank.*\"];\nlet x = 1;\n",
+    );
+    let runs = |setup: &Setup| -> (u64, String) {
+        let status = setup.json(&["rules", "--json"]);
+        let rule = &status["rules"][0];
+        let state = match (rule["disabled"].as_bool(), rule["paused"].is_null()) {
+            (Some(true), _) => "disabled",
+            (_, false) => "paused",
+            _ => "running",
+        };
+        (rule["runs"].as_u64().unwrap(), state.to_owned())
+    };
+    let wait_cursor = |setup: &Setup, seq: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while setup.json(&["rules", "--json"])["cursor"].as_u64() < Some(seq) {
+            assert!(Instant::now() < deadline, "the engine did not reach {seq}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let daemon = setup.start();
+    assert_eq!(
+        daemon
+            .post("bank", &crate::support::withdrawal("w1"))
+            .status,
+        200
+    );
+    wait_cursor(&setup, 1);
+    assert_eq!(runs(&setup), (1, "running".into()));
+    let out = setup.command(&["rules", "disable", "quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rule quiet disabled"));
+    assert_eq!(
+        daemon
+            .post("bank", &crate::support::withdrawal("w2"))
+            .status,
+        200
+    );
+    wait_cursor(&setup, 2);
+    assert_eq!(runs(&setup), (1, "disabled".into()));
+    let text = String::from_utf8(setup.command(&["rules"]).stdout).unwrap();
+    assert!(text.contains("quiet                    disabled"), "{text}");
+    // Across a restart, and switched on with the daemon stopped.
+    assert_eq!(daemon.terminate().code(), Some(0));
+    assert_eq!(runs(&setup), (1, "disabled".into()));
+    let daemon = setup.start();
+    assert_eq!(
+        daemon
+            .post("bank", &crate::support::withdrawal("w3"))
+            .status,
+        200
+    );
+    wait_cursor(&setup, 3);
+    assert_eq!(runs(&setup), (1, "disabled".into()));
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let out = setup.command(&["rules", "enable", "quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = setup.start();
+    assert_eq!(
+        daemon
+            .post("bank", &crate::support::withdrawal("w4"))
+            .status,
+        200
+    );
+    wait_cursor(&setup, 4);
+    assert_eq!(runs(&setup), (2, "running".into()));
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

@@ -48,8 +48,17 @@ pub enum Request {
     DeadRetry {
         id: Option<String>,
     },
-    /// The engine's status: only the running daemon has one.
-    Rules,
+    /// The engine's status: the running daemon's, or, with it stopped, the rules of
+    /// `rules_dir` as they compile with their stored counters.
+    Rules {
+        rules_dir: PathBuf,
+    },
+    /// Enables a rule (resuming it if the engine paused it) or disables it; stored, so it
+    /// holds across restarts. The running engine reads it within a second.
+    RuleControl {
+        name: String,
+        enable: bool,
+    },
     /// Deletes what is past its retention now.
     Prune {
         retention: Retention,
@@ -139,6 +148,7 @@ pub enum Response {
     Pruned(Pruned),
     Status(Status),
     Poisoned(Vec<Poisoned>),
+    Done(String),
     Error(String),
 }
 
@@ -159,15 +169,30 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
         Request::Prune { retention } => {
             crate::prune::prune(data, retention, SystemClock.now()).map(Response::Pruned)
         }
-        Request::Rules => Ok(match engine {
-            Some(status) => {
-                Response::Rules(status.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            }
-            None => Response::Error(
-                "the daemon is not running: `gancho check` compiles the rules without it"
-                    .to_owned(),
-            ),
-        }),
+        Request::Rules { rules_dir } => match engine {
+            Some(status) => Ok(Response::Rules(
+                status.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            )),
+            None => gancho_engine::stopped_status(
+                rules_dir,
+                &data.state,
+                &gancho_engine::Limits::default(),
+            )
+            .map(Response::Rules)
+            .or_else(|err| Ok(Response::Error(err.to_string()))),
+        },
+        Request::RuleControl { name, enable } => {
+            let control = gancho_state::rules::RuleControl {
+                disabled: !enable,
+                paused: None,
+            };
+            data.state.set_rule_control(name, &control).map(|()| {
+                Response::Done(match enable {
+                    true => format!("rule {name} enabled: events wake it again"),
+                    false => format!("rule {name} disabled: events no longer wake it"),
+                })
+            })
+        }
     };
     result.unwrap_or_else(|err| Response::Error(err.to_string()))
 }

@@ -78,6 +78,8 @@ enum Command {
     },
     /// The rules the running daemon has loaded: what wakes them, runs, errors, last error.
     Rules {
+        #[command(subcommand)]
+        control: Option<RulesCommand>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -136,6 +138,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Stop running a rule: events no longer wake it (its pending timers still fire); stored,
+    /// so it holds across restarts.
+    Disable { name: String },
+    /// Run a rule again, disabled by an operator or paused by the engine.
+    Enable { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,7 +241,18 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::FAILURE,
             Err(err) => Err(err),
         },
-        Command::Rules { json } => list_rules(&config, json),
+        Command::Rules {
+            control: Some(RulesCommand::Disable { name }),
+            ..
+        } => control_rule(&config, &name, false),
+        Command::Rules {
+            control: Some(RulesCommand::Enable { name }),
+            ..
+        } => control_rule(&config, &name, true),
+        Command::Rules {
+            control: None,
+            json,
+        } => list_rules(&config, json),
         Command::Outbox { limit, json } => list_outbox(&config, limit, json),
         Command::Prune { json } => prune_now(&config, json),
         Command::Status { json } => show_status(&config, json),
@@ -401,30 +423,87 @@ fn check_rules(paths: &[PathBuf]) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
-fn list_rules(config: &Config, json: bool) -> anyhow::Result<()> {
-    let Response::Rules(status) = ask(config, &Request::Rules)? else {
+fn rules_status(config: &Config) -> anyhow::Result<gancho_engine::EngineStatus> {
+    let request = Request::Rules {
+        rules_dir: config.rules_dir.clone(),
+    };
+    let Response::Rules(status) = ask(config, &request)? else {
         anyhow::bail!("unexpected answer from the daemon");
     };
+    Ok(status)
+}
+
+/// `gancho rules disable|enable NAME`: stored at once; the running engine reads it within a
+/// second, which this waits for.
+fn control_rule(config: &Config, name: &str, enable: bool) -> anyhow::Result<()> {
+    let request = Request::RuleControl {
+        name: name.to_owned(),
+        enable,
+    };
+    let Response::Done(said) = ask(config, &request)? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let status = rules_status(config)?;
+        let rule = status.rules.iter().find(|r| r.name == name);
+        let applied = rule.is_none_or(|r| (r.disabled || r.paused.is_some()) != enable);
+        if status.stopped || applied {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the daemon has not applied it within 5 s (it is stored)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    writeln!(std::io::stdout().lock(), "{}", shown(&said))?;
+    Ok(())
+}
+
+fn list_rules(config: &Config, json: bool) -> anyhow::Result<()> {
+    let status = rules_status(config)?;
     if json {
         return print_json(&status);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "engine at event {}", status.cursor)?;
+    match status.stopped {
+        true => writeln!(
+            out,
+            "daemon stopped; engine at event {} (rules as they compile now, counters as stored)",
+            status.cursor
+        )?,
+        false => writeln!(out, "engine at event {}", status.cursor)?,
+    }
     for rule in &status.rules {
         let wakes = match &rule.every {
             Some(every) => format!("every {every}"),
             None => rule.on.join(","),
         };
+        let state = match (rule.loaded, rule.disabled, rule.paused.is_some()) {
+            (false, _, _) => "broken",
+            (true, true, _) => "disabled",
+            (true, false, true) => "paused",
+            (true, false, false) => "loaded",
+        };
         writeln!(
             out,
-            "{:<24} {:<8} runs={} errors={} actions={}  {}",
+            "{:<24} {:<8} runs={} errors={} actions={} time={}ms  {}",
             shown(&rule.name),
-            if rule.loaded { "loaded" } else { "broken" },
+            state,
             rule.runs,
             rule.errors,
             rule.actions,
+            rule.time_ms,
             shown(&wakes)
         )?;
+        if let Some(why) = &rule.paused {
+            writeln!(
+                out,
+                "    paused: {}; `gancho rules enable {}` resumes it",
+                shown(why),
+                shown(&rule.name)
+            )?;
+        }
         if let Some(diag) = &rule.error {
             writeln!(out, "    does not compile: {}", shown(&diag.to_string()))?;
         }

@@ -76,3 +76,58 @@ fn check_one(engine: &rhai::Engine, path: &Path) -> Result<(), Diagnostic> {
         }),
     }
 }
+
+/// What `gancho rules` shows with the daemon stopped: each rule of the folder as it compiles
+/// now, with the counters and controls stored in the engine's database, at its durable cursor.
+pub fn stopped_status(
+    dir: &Path,
+    state: &gancho_state::EngineState,
+    limits: &Limits,
+) -> Result<super::EngineStatus, EngineError> {
+    let engine = sandbox::sandbox(limits);
+    let counters = state.rule_counters()?;
+    let controls = state.rule_controls()?;
+    let files = rule_files(dir)?.unwrap_or_default();
+    let mut rules = Vec::with_capacity(files.len());
+    for (name, path) in files {
+        let compiled = match std::fs::read_to_string(&path) {
+            Ok(text) => rule::compile(&engine, &path, &text),
+            Err(err) => Err(Diagnostic {
+                file: path.clone(),
+                line: 1,
+                column: 1,
+                message: format!("cannot read: {err}"),
+            }),
+        };
+        let stored = counters.get(&name).cloned().unwrap_or_default();
+        let control = controls.get(&name).cloned().unwrap_or_default();
+        let (on, every, error) = match compiled {
+            Ok(rule) => (
+                rule.on_text.clone(),
+                rule.schedule.as_ref().map(|s| s.text.clone()),
+                None,
+            ),
+            Err(diag) => (Vec::new(), None, Some(diag)),
+        };
+        rules.push(super::RuleStatus {
+            name,
+            file: path,
+            loaded: error.is_none(),
+            error,
+            on,
+            every,
+            runs: stored.runs,
+            errors: stored.errors,
+            last_error: stored.last_error,
+            actions: stored.actions,
+            time_ms: stored.time_us / 1000,
+            disabled: control.disabled,
+            paused: control.paused,
+        });
+    }
+    Ok(super::EngineStatus {
+        cursor: state.cursor()?,
+        rules,
+        stopped: true,
+    })
+}

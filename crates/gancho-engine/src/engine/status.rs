@@ -42,6 +42,10 @@ pub struct EngineStatus {
     /// The last log seq processed.
     pub cursor: u64,
     pub rules: Vec<RuleStatus>,
+    /// Read from the store with the daemon stopped: `loaded` says a rule compiles, and the
+    /// counters are those stored.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// What one [`Engine::step`] did.

@@ -316,6 +316,7 @@ impl Engine {
         EngineStatus {
             cursor: self.cursor,
             rules,
+            stopped: false,
         }
     }
 
