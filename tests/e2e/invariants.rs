@@ -300,7 +300,7 @@ fn cron_ticks(setup: &Setup, rule: &str) -> Vec<String> {
 }
 
 #[test]
-fn cron_catches_up_one_tick_for_the_many_missed_while_the_daemon_was_stopped() {
+fn cron_catches_up_each_tick_missed_while_the_daemon_was_stopped_with_its_own_time() {
     let setup = Setup::standard();
     write_rule(
         &setup,
@@ -322,19 +322,23 @@ fn cron_catches_up_one_tick_for_the_many_missed_while_the_daemon_was_stopped() {
     );
     assert_eq!(daemon.terminate().code(), Some(0));
     assert_eq!(cron_ticks(&setup, "tick"), ["10:00:30.000"]);
-    // Started again half an hour later by its clock: 58 ticks were missed.
+    // Started again half an hour later by its clock: 59 ticks were missed, 10:01:00 to
+    // 10:30:00, each caught up with its own time, then the next on schedule.
     let daemon = setup.start_with_env(&[("GANCHO_TEST_CLOCK", "2026-11-30T10:30:05Zx10")]);
     let after = wait_until(Duration::from_secs(60), || {
         let t = cron_ticks(&setup, "tick");
-        (t.len() >= 3).then_some(t)
+        t.contains(&"10:30:30.000".to_owned()).then_some(t)
     });
     let after = after.unwrap_or_else(|| panic!("no ticks after the restart:\n{}", daemon.log()));
-    // One late tick, the last one missed (10:30:00, before the start), then on schedule.
-    assert_eq!(
-        after[..3],
-        ["10:00:30.000", "10:30:00.000", "10:30:30.000"],
-        "{after:?}"
-    );
+    let mut expected = vec!["10:00:30.000".to_owned()];
+    for minute in 1..=30 {
+        expected.push(format!("10:{minute:02}:00.000"));
+        if minute < 30 {
+            expected.push(format!("10:{minute:02}:30.000"));
+        }
+    }
+    expected.push("10:30:30.000".to_owned());
+    assert_eq!(after[..expected.len()], expected[..], "{after:?}");
     assert_eq!(daemon.terminate().code(), Some(0));
 }
 

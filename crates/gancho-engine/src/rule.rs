@@ -86,6 +86,9 @@ pub(crate) struct Rule {
     pub(crate) on: Vec<Pattern>,
     pub(crate) on_text: Vec<String>,
     pub(crate) schedule: Option<Schedule>,
+    /// Cron ticks missed while the daemon was down: all caught up (the default), or the last
+    /// one only (`const CATCH_UP = "last";`).
+    pub(crate) catch_up_all: bool,
     /// Functions a timer or expectation may name as its callback (one parameter).
     pub(crate) callbacks: std::rc::Rc<HashSet<String>>,
     /// Its top-level constants whose values are literals (or fold into one), which its
@@ -238,6 +241,7 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
     let mut on_text = Vec::new();
     let mut every = None;
     let mut tz = None;
+    let mut catch_up = None;
     for (var, _is_const, value) in ast.iter_literal_variables(true, false) {
         match var {
             "ON" => {
@@ -251,6 +255,7 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
                 })?;
             }
             "EVERY" => every = Some(value),
+            "CATCH_UP" => catch_up = Some(value),
             "TZ" => tz = Some(value),
             _ => {}
         }
@@ -271,6 +276,19 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
                 .map_err(|_| at(l, c, "TZ must be a string".to_owned()))?;
             chrono_tz::Tz::from_str(&text)
                 .map_err(|_| at(l, c, format!("TZ: unknown time zone {text:?}")))?
+        }
+    };
+    let catch_up_all = match catch_up {
+        None => true,
+        Some(value) => {
+            let (l, c) = decl("CATCH_UP");
+            match value.into_string().as_deref() {
+                Ok("all") => true,
+                Ok("last") => false,
+                _ => {
+                    return Err(at(l, c, "CATCH_UP must be \"all\" or \"last\"".to_owned()));
+                }
+            }
         }
     };
     let schedule = match every {
@@ -324,6 +342,7 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
         on,
         on_text,
         schedule,
+        catch_up_all,
         callbacks,
         constants,
         // A payload field named like one of gancho's is read as `payload_NAME`.

@@ -444,9 +444,13 @@ fn utc(text: &str) -> chrono::DateTime<chrono::Utc> {
 }
 
 #[test]
-fn cron_catches_up_one_tick_for_three_missed_while_stopped() {
+fn cron_catches_up_each_tick_missed_while_stopped_or_only_the_last_if_the_rule_says_so() {
     let world = World::empty();
     tick_rule(&world, "every10", "0 */10 * * * *", "UTC");
+    world.write_rule(
+        "lastonly.rhai",
+        "const EVERY = \"0 */10 * * * *\";\nconst CATCH_UP = \"last\";\nhttp(#{ url: \"https://ticks.example.com/lastonly\", json: #{ tick: event.tick } });\n",
+    );
     world.clock.set(utc("2026-11-02T10:00:05Z"));
     let mut engine = world.engine();
     run(&mut engine);
@@ -454,13 +458,25 @@ fn cron_catches_up_one_tick_for_three_missed_while_stopped() {
     run(&mut engine);
     assert_eq!(ticks_of(&world, "every10"), ["11-02 10:10:00"]);
     // Stopped over 10:20, 10:30 and 10:40.
+    engine.commit_cursor().unwrap();
     drop(engine);
     let world = world.restart();
     world.clock.set(utc("2026-11-02T10:45:30Z"));
     let mut engine = world.engine();
     run(&mut engine);
+    run(&mut engine);
     assert_eq!(
         ticks_of(&world, "every10"),
+        [
+            "11-02 10:10:00",
+            "11-02 10:20:00",
+            "11-02 10:30:00",
+            "11-02 10:40:00"
+        ],
+        "each missed tick, with its own time"
+    );
+    assert_eq!(
+        ticks_of(&world, "lastonly"),
         ["11-02 10:10:00", "11-02 10:40:00"],
         "one late tick, the last one missed"
     );
@@ -468,8 +484,9 @@ fn cron_catches_up_one_tick_for_three_missed_while_stopped() {
     run(&mut engine);
     world.clock.set(utc("2026-11-02T10:50:00Z"));
     run(&mut engine);
+    assert_eq!(ticks_of(&world, "every10").len(), 5);
     assert_eq!(
-        ticks_of(&world, "every10"),
+        ticks_of(&world, "lastonly"),
         ["11-02 10:10:00", "11-02 10:40:00", "11-02 10:50:00"]
     );
 }

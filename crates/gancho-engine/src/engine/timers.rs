@@ -16,6 +16,9 @@ use crate::dynamic;
 use super::config::{CRON_SOURCE, EngineError, TIMER_SOURCE};
 use super::walk::{Engine, event_map};
 
+/// Cron ticks missed while the daemon was down that are caught up, at most (the newest).
+const MAX_CATCH_UP: usize = 1000;
+
 impl Engine {
     /// Appends the firing of every due timer and every due cron tick to the log. Nothing is
     /// marked as fired unless the append succeeded, so a refused append (a busy store) is
@@ -58,16 +61,46 @@ impl Engine {
             let next = match self.cron_next.get(name) {
                 Some(&next) => next,
                 None => {
-                    // First sight since start: catch up the last tick missed while down (one
-                    // late tick, not one per missed period), else wait for the next.
+                    // First sight since start: catch up the ticks missed while down (each, or
+                    // the last only), else wait for the next.
                     let mark = self.state.cron_mark(name)?;
-                    let missed = mark.and_then(|mark| {
+                    let last = mark.and_then(|mark| {
                         schedule
                             .last_at_or_before(now_ms)
                             .filter(|&last| last > mark)
                     });
+                    // Every tick missed, each with its own time (`CATCH_UP = "last"`: the
+                    // last one only), the newest `MAX_CATCH_UP` at most; all but the last
+                    // here, the last below, as a tick due now.
+                    if let (Some(mark), Some(last), true) = (mark, last, rule.catch_up_all) {
+                        let mut missed = Vec::new();
+                        let mut at = mark;
+                        while let Some(tick) = schedule.next_after(at).filter(|&t| t < last) {
+                            missed.push(tick);
+                            at = tick;
+                        }
+                        if missed.len() > MAX_CATCH_UP {
+                            warn!(
+                                rule = %name,
+                                missed = missed.len() + 1,
+                                "more cron ticks were missed than are caught up: the oldest are skipped"
+                            );
+                            missed.drain(..missed.len() - MAX_CATCH_UP);
+                        }
+                        for tick in missed {
+                            let data = serde_json::json!({ "rule": name, "tick": tick });
+                            events.push(new_event(
+                                CRON_SOURCE,
+                                name.clone(),
+                                &format!("cron:{name}:{tick}"),
+                                tick,
+                                now,
+                                &data,
+                            )?);
+                        }
+                    }
                     // A schedule that never matches (31 February) waits for ever.
-                    let next = missed
+                    let next = last
                         .or_else(|| schedule.next_after(now_ms))
                         .unwrap_or(i64::MAX);
                     self.cron_next.insert(name.clone(), next);
