@@ -346,3 +346,81 @@ fn gancho_rules_disable_and_enable_hold_across_restarts_and_with_the_daemon_stop
     assert_eq!(runs(&setup), (2, "running".into()));
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+#[test]
+fn gancho_timers_and_gancho_state_show_what_rules_keep_and_state_can_be_cleared() {
+    let setup = Setup::standard();
+    crate::support::write_rule(
+        &setup,
+        "keeper.rhai",
+        r#"const ON = ["bank.withdrawal"];
+set_state("last:" + event.account, event.amount);
+once("welcome:" + event.account);
+after("nudge:" + event.account, days(3), "nudge", #{ account: event.account });
+expect("bank.deposit", #{ account: event.account }, days(1), "no_deposit");
+fn nudge(t) {}
+fn no_deposit(w) {}
+"#,
+    );
+    let daemon = setup.start();
+    let now = now_secs();
+    let body =
+        format!(r#"{{"id":"k1","kind":"withdrawal","at":{now},"account":"ES01","amount":20}}"#);
+    assert_eq!(daemon.post("bank", body.as_bytes()).status, 200);
+    wait_for_engine(&setup);
+    let timers = setup.json(&["timers", "--json"]);
+    let timers = timers.as_array().unwrap();
+    assert_eq!(timers.len(), 2, "{timers:?}");
+    let nudge = timers.iter().find(|t| t["name"] == "nudge:ES01").unwrap();
+    assert_eq!(nudge["due_ms"], (now + 3 * 86_400) * 1000);
+    assert_eq!(nudge["callback"], "nudge");
+    let expectation = timers.iter().find(|t| !t["expect"].is_null()).unwrap();
+    assert_eq!(expectation["expect"]["kind"], "deposit");
+    assert_eq!(expectation["callback"], "no_deposit");
+    let text = String::from_utf8(setup.command(&["timers", "--rule", "keeper"]).stdout).unwrap();
+    assert!(text.contains("unless bank.deposit account=ES01"), "{text}");
+
+    let state = setup.json(&["state", "keeper", "--json"]);
+    let keys: Vec<&str> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["last:ES01", "once:welcome:ES01"], "{state}");
+    let one = setup.json(&["state", "keeper", "last:ES01", "--json"]);
+    assert_eq!(one[0]["value"], 20);
+    let out = setup.command(&["state", "keeper", "--clear", "last:ES01"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 state value(s)"),
+        "{out:?}"
+    );
+    assert_eq!(
+        setup
+            .json(&["state", "keeper", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let refused = setup.command(&["state", "keeper", "--clear"]);
+    assert!(!refused.status.success());
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // With the daemon stopped too.
+    assert_eq!(
+        setup.json(&["timers", "--json"]).as_array().unwrap().len(),
+        2
+    );
+    let out = setup.command(&["state", "keeper", "--clear", "--all"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 state value(s)"),
+        "{out:?}"
+    );
+    assert!(
+        setup
+            .json(&["state", "keeper", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -27,6 +27,7 @@
 //! `poison` (the engine's lives, careful runs and runs set aside: written outside commits).
 
 mod applier;
+pub mod inspect;
 mod journal;
 mod listing;
 mod migrate;

@@ -21,7 +21,7 @@ type Staged = (Vec<u8>, Option<Vec<u8>>);
 
 /// One channel's entries under a prefix, in key order: the tree's, with the overlay's staged
 /// writes (a few) laid over them.
-struct ChannelEntries {
+pub(crate) struct ChannelEntries {
     tree: std::iter::Peekable<Iter>,
     staged: std::iter::Peekable<std::vec::IntoIter<Staged>>,
 }
@@ -29,7 +29,7 @@ struct ChannelEntries {
 impl ChannelEntries {
     /// The next (key, value), in key order; a staged write replaces the tree's entry of the
     /// same key, a staged removal hides it.
-    fn next(&mut self) -> Result<Option<Entry>, StoreError> {
+    pub(crate) fn next(&mut self) -> Result<Option<Entry>, StoreError> {
         loop {
             let tree_key = match self.tree.peek() {
                 Some(Ok((key, _))) => Some(key.to_vec()),
@@ -69,6 +69,32 @@ impl ChannelEntries {
     }
 }
 
+/// The committed entries with keys in `start..end` (the overlay's staged writes laid over the
+/// tree's), in key order, read as they are handed over.
+pub(crate) fn committed_range(
+    overlay: &std::sync::Mutex<crate::overlay::Overlay>,
+    tree: &gancho_store::kv::Tree,
+    start: Vec<u8>,
+    end: Vec<u8>,
+) -> Result<ChannelEntries, StoreError> {
+    let staged: Vec<Staged> = {
+        let overlay = lock(overlay);
+        let mut staged = Vec::new();
+        for (key, (_, slot)) in overlay.range(start.clone()..end.clone()) {
+            let value = match slot {
+                Slot::Removed => None,
+                other => other.encode()?.map(|v| v.into_owned()),
+            };
+            staged.push((key.clone(), value));
+        }
+        staged
+    };
+    Ok(ChannelEntries {
+        tree: tree.range(start..end).peekable(),
+        staged: staged.into_iter().peekable(),
+    })
+}
+
 impl Outbox {
     /// The channels' ranges under `prefix` (`O` items or `Z` dead letters), merged in decision
     /// order: each (key without its prefix, value) to `f`, at most `limit` (0: all).
@@ -83,22 +109,12 @@ impl Outbox {
         for channel in Channel::ALL {
             let start = vec![prefix, channel_byte(channel)];
             let end = vec![prefix, channel_byte(channel) + 1];
-            let staged: Vec<Staged> = {
-                let overlay = lock(&self.shared.overlay);
-                let mut staged = Vec::new();
-                for (key, (_, slot)) in overlay.range(start.clone()..end.clone()) {
-                    let value = match slot {
-                        Slot::Removed => None,
-                        other => other.encode()?.map(|v| v.into_owned()),
-                    };
-                    staged.push((key.clone(), value));
-                }
-                staged
-            };
-            channels.push(ChannelEntries {
-                tree: self.tree().range(start..end).peekable(),
-                staged: staged.into_iter().peekable(),
-            });
+            channels.push(committed_range(
+                &self.shared.overlay,
+                self.tree(),
+                start,
+                end,
+            )?);
         }
         let mut heads = Vec::with_capacity(channels.len());
         for channel in &mut channels {

@@ -69,6 +69,19 @@ pub enum Request {
     Poisoned {
         limit: usize,
     },
+    /// Pending timers and expectations (of one rule, or all): a listing.
+    Timers {
+        rule: Option<String>,
+    },
+    /// Rules' state, `once` and `throttle` marks included (of one rule, or all): a listing.
+    State {
+        rule: Option<String>,
+    },
+    /// Clears a rule's state: `key`, or all of it.
+    ClearState {
+        rule: String,
+        key: Option<String>,
+    },
 }
 
 /// What `gancho status` shows: how far each stage has come.
@@ -158,7 +171,9 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
         Request::Events(_)
         | Request::Quarantine { .. }
         | Request::Outbox { .. }
-        | Request::Dead { .. } => Ok(Response::Error(
+        | Request::Dead { .. }
+        | Request::Timers { .. }
+        | Request::State { .. } => Ok(Response::Error(
             "listings are streamed (control::each_item), not answered whole".to_owned(),
         )),
         Request::DeadRetry { id } => outbox
@@ -181,6 +196,10 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
             .map(Response::Rules)
             .or_else(|err| Ok(Response::Error(err.to_string()))),
         },
+        Request::ClearState { rule, key } => data
+            .state
+            .clear_state(rule, key.as_deref())
+            .map(|n| Response::Done(format!("{n} state value(s) of rule {rule} cleared"))),
         Request::RuleControl { name, enable } => {
             let control = gancho_state::rules::RuleControl {
                 disabled: !enable,
@@ -222,6 +241,8 @@ fn is_listing(request: &Request) -> bool {
             | Request::Quarantine { .. }
             | Request::Outbox { .. }
             | Request::Dead { .. }
+            | Request::Timers { .. }
+            | Request::State { .. }
     )
 }
 
@@ -244,6 +265,12 @@ fn stream_listing(data: &Data, request: &Request, tx: &tokio::sync::mpsc::Sender
         }),
         Request::Dead { limit } => {
             stream_list("dead", tx, |f| data.state.outbox().each_dead(*limit, f))
+        }
+        Request::Timers { rule } => {
+            stream_list("timers", tx, |f| data.state.each_timer(rule.as_deref(), f))
+        }
+        Request::State { rule } => {
+            stream_list("state", tx, |f| data.state.each_state(rule.as_deref(), f))
         }
         _ => {
             let answer = Response::Error("not a listing".to_owned());

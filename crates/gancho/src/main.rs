@@ -115,6 +115,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the pending timers and expectations, by rule: when each fires, what cancels it.
+    Timers {
+        /// Only this rule's.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a rule's state (`once` and `throttle` marks included), or one key of it;
+    /// `--clear KEY` or `--clear --all` resets it.
+    State {
+        rule: String,
+        key: Option<String>,
+        /// Clear this key (or, with `--all`, all the rule's state) instead of showing it.
+        #[arg(long, value_name = "KEY", num_args = 0..=1, default_missing_value = "")]
+        clear: Option<String>,
+        /// With `--clear`: all the rule's state.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// How far the log is durable, indexed and processed by the rules, and what retention
     /// and the quarantine's cap deleted.
     Status {
@@ -257,6 +281,17 @@ fn main() -> ExitCode {
         Command::Prune { json } => prune_now(&config, json),
         Command::Status { json } => show_status(&config, json),
         Command::Poisoned { limit, json } => list_poisoned(&config, limit, json),
+        Command::Timers { rule, json } => list_timers(&config, rule, json),
+        Command::State {
+            rule,
+            key,
+            clear,
+            all,
+            json,
+        } => match clear {
+            Some(clear) => clear_state(&config, rule, (!clear.is_empty()).then_some(clear), all),
+            None => show_state(&config, rule, key, json),
+        },
         Command::Dead {
             retry: Some(DeadCommand::Retry { id, .. }),
             ..
@@ -315,11 +350,7 @@ fn list_events(
     };
     let request = Request::Events(query);
     print_list(config, &request, json, |out, e: &gancho_core::Event| {
-        let keys: Vec<String> = e
-            .keys
-            .iter()
-            .map(|(k, v)| format!("{}={}", shown(k), shown(v)))
-            .collect();
+        let keys = shown_keys(e.keys.iter());
         writeln!(
             out,
             "{:>8}  {}  {}.{}  {}",
@@ -327,7 +358,7 @@ fn list_events(
             e.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             shown(&e.source),
             shown(&e.kind),
-            keys.join(" ")
+            keys
         )
     })
 }
@@ -338,6 +369,17 @@ fn print_list<T: serde::de::DeserializeOwned + serde::Serialize>(
     config: &Config,
     request: &Request,
     json: bool,
+    text: impl FnMut(&mut dyn std::io::Write, &T) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    print_list_where(config, request, json, |_| true, text)
+}
+
+/// [`print_list`] of the items `keep` accepts.
+fn print_list_where<T: serde::de::DeserializeOwned + serde::Serialize>(
+    config: &Config,
+    request: &Request,
+    json: bool,
+    keep: impl Fn(&T) -> bool,
     mut text: impl FnMut(&mut dyn std::io::Write, &T) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -350,6 +392,9 @@ fn print_list<T: serde::de::DeserializeOwned + serde::Serialize>(
         &config.store_dir(),
         request,
         |item: T| {
+            if !keep(&item) {
+                return Ok(());
+            }
             if json {
                 if !first {
                     write!(out, ",")?;
@@ -573,6 +618,95 @@ fn list_dead(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
             Ok(())
         },
     )
+}
+
+/// Correlation keys as `name=value`, escaped, joined by spaces.
+fn shown_keys<'a>(keys: impl Iterator<Item = (&'a String, &'a String)>) -> String {
+    keys.map(|(k, v)| format!("{}={}", shown(k), shown(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ms_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn list_timers(config: &Config, rule: Option<String>, json: bool) -> anyhow::Result<()> {
+    let request = Request::Timers { rule };
+    print_list(
+        config,
+        &request,
+        json,
+        |out, timer: &gancho_state::inspect::TimerView| {
+            writeln!(
+                out,
+                "{:<20} {:<32} due {}  calls {}  (set by event {})",
+                shown(&timer.rule),
+                shown(&timer.name),
+                ms_time(timer.due_ms),
+                shown(&timer.callback),
+                timer.origin_seq
+            )?;
+            if let Some(expect) = &timer.expect {
+                let keys = shown_keys(expect.keys.iter().map(|(k, v)| (k, v)));
+                writeln!(
+                    out,
+                    "    unless {}.{} {} arrives with a time in {} .. {}",
+                    shown(&expect.source),
+                    shown(&expect.kind),
+                    keys,
+                    ms_time(expect.from_ms),
+                    ms_time(expect.to_ms)
+                )?;
+            }
+            Ok(())
+        },
+    )
+}
+
+fn show_state(
+    config: &Config,
+    rule: String,
+    key: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let request = Request::State { rule: Some(rule) };
+    print_list_where(
+        config,
+        &request,
+        json,
+        |entry: &gancho_state::inspect::StateEntry| key.as_ref().is_none_or(|k| *k == entry.key),
+        |out, entry| {
+            let expires = entry
+                .value
+                .expires_ms
+                .map_or_else(String::new, |ms| format!("  (until {})", ms_time(ms)));
+            writeln!(
+                out,
+                "{:<32} {}{expires}",
+                shown(&entry.key),
+                shown(&entry.value.value.to_string())
+            )
+        },
+    )
+}
+
+fn clear_state(
+    config: &Config,
+    rule: String,
+    key: Option<String>,
+    all: bool,
+) -> anyhow::Result<()> {
+    if key.is_none() && !all {
+        anyhow::bail!("--clear needs a KEY, or --all for all the rule's state");
+    }
+    let Response::Done(said) = ask(config, &Request::ClearState { rule, key })? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    writeln!(std::io::stdout().lock(), "{}", shown(&said))?;
+    Ok(())
 }
 
 fn list_poisoned(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
