@@ -424,3 +424,78 @@ fn no_deposit(w) {}
             .is_empty()
     );
 }
+
+#[test]
+fn an_orphaned_timer_is_listed_kept_and_runs_when_its_function_is_back() {
+    let setup = Setup::standard();
+    let rule = |callback: &str| {
+        format!(
+            "const ON = [\"bank.withdrawal\"];\nafter(\"later:\" + event.payload_id, seconds(4), \"later\", #{{ id: event.payload_id }});\nfn {callback}(t) {{ set_state(\"fired:\" + t.data.id, true); }}\n"
+        )
+    };
+    crate::support::write_rule(&setup, "later.rhai", &rule("later"));
+    let daemon = setup.start();
+    let now = now_secs();
+    for id in ["o1", "o2"] {
+        let body = format!(r#"{{"id":"{id}","kind":"withdrawal","at":{now},"account":"A"}}"#);
+        assert_eq!(daemon.post("bank", body.as_bytes()).status, 200);
+    }
+    wait_for_engine(&setup);
+    assert_eq!(
+        setup.json(&["timers", "--json"]).as_array().unwrap().len(),
+        2
+    );
+    // The callback renamed before they come due (the folder is read every second).
+    crate::support::write_rule(&setup, "later.rhai", &rule("renamed"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let orphans = loop {
+        let orphans = setup.json(&["timers", "--orphaned", "--json"]);
+        if orphans.as_array().unwrap().len() == 2 {
+            break orphans;
+        }
+        assert!(Instant::now() < deadline, "{orphans}\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(orphans[0]["name"], "later:o1");
+    assert!(
+        daemon.log().contains("kept as orphaned"),
+        "{}",
+        daemon.log()
+    );
+    let text = String::from_utf8(setup.command(&["timers", "--orphaned"]).stdout).unwrap();
+    assert!(
+        text.contains("later/later:o2") && text.contains("ORPHANED"),
+        "{text}"
+    );
+    let out = setup.command(&["timers", "discard", "later/later:o2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The function back: the one left runs, once.
+    crate::support::write_rule(&setup, "later.rhai", &rule("later"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = setup.json(&["state", "later", "--json"]);
+        let keys: Vec<&str> = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["key"].as_str().unwrap())
+            .collect();
+        if keys == ["fired:o1"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{state}\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        setup
+            .json(&["timers", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

@@ -410,6 +410,7 @@ fn set_timer(
         data,
         origin_seq: seq,
         expect,
+        orphaned: false,
     };
     ctx.set_timer(old, Some(timer));
     Ok(())

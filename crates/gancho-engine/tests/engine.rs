@@ -831,3 +831,72 @@ fn a_rule_failing_100_times_in_a_row_is_paused_disabled_rules_sleep_and_counters
     assert_eq!(broken.runs, 103);
     assert_eq!(broken.paused, None, "its count of failures starts afresh");
 }
+
+#[test]
+fn a_timer_whose_function_or_rule_is_gone_when_due_is_kept_and_runs_once_it_is_back() {
+    let world = World::empty();
+    let rule = |callback: &str| {
+        format!(
+            r#"const ON = ["mailjet.sent"];
+after("nudge:" + event.email, hours(2), "nudge", #{{ to: event.email }});
+fn {callback}(timer) {{ http(#{{ url: "https://hooks.example.com/n", json: #{{ to: timer.data.to }} }}); }}
+"#
+        )
+    };
+    world.write_rule("nudge.rhai", &rule("nudge"));
+    let mut engine = world.engine();
+    world.append(vec![
+        mailjet("sent", "a@example.com", 1, t0()),
+        mailjet("sent", "b@example.com", 2, t0()),
+    ]);
+    run(&mut engine);
+    // The callback renamed while the timers wait.
+    world.write_rule("nudge.rhai", &rule("renamed"));
+    engine.reload().unwrap();
+    world.clock.set(t0() + hours(3));
+    run(&mut engine);
+    run(&mut engine);
+    assert!(world.outbox().is_empty(), "{:?}", world.outbox());
+    let mut orphaned = Vec::new();
+    world
+        .state
+        .each_timer(None, |t| {
+            orphaned.push((t.name, t.orphaned));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        orphaned,
+        [
+            ("nudge:a@example.com".to_owned(), true),
+            ("nudge:b@example.com".to_owned(), true)
+        ]
+    );
+    assert_eq!(engine.status().rules[0].errors, 0);
+    // One is discarded by an operator; the other runs once the function is back.
+    assert!(world.state.wait_durable(std::time::Duration::from_secs(10)));
+    assert!(
+        world
+            .state
+            .discard_orphan("nudge", "nudge:b@example.com")
+            .unwrap()
+    );
+    world.write_rule("nudge.rhai", &rule("nudge"));
+    engine.reload().unwrap();
+    run(&mut engine);
+    run(&mut engine);
+    run(&mut engine);
+    assert_eq!(
+        http_bodies(&world),
+        [serde_json::json!({ "to": "a@example.com" })]
+    );
+    let mut left = 0;
+    world
+        .state
+        .each_timer(None, |_| {
+            left += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(left, 0);
+}

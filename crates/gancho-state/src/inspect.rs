@@ -25,6 +25,9 @@ pub struct TimerView {
     /// For an expectation: what would cancel it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expectation>,
+    /// Its rule or function was missing when it came due: kept until one is loaded.
+    #[serde(default)]
+    pub orphaned: bool,
 }
 
 /// One value of a rule's state, as `gancho state` shows it.
@@ -78,6 +81,7 @@ impl EngineState {
                 callback: timer.callback,
                 origin_seq: timer.origin_seq,
                 expect: timer.expect,
+                orphaned: timer.orphaned,
             })?;
         }
         Ok(())
@@ -102,6 +106,29 @@ impl EngineState {
             }
         }
         Ok(())
+    }
+
+    /// Discards an orphaned timer or expectation (`name` as `gancho timers` shows it);
+    /// whether there was one. One that is not orphaned is left: it is the engine's.
+    pub fn discard_orphan(&self, rule: &str, name: &str) -> Result<bool, StoreError> {
+        for stored in [name.to_owned(), format!("timer:{name}")] {
+            let key = crate::schema::timer_key(rule, &stored);
+            let overlay = lock(&self.shared.overlay);
+            if overlay.contains_key(&key) {
+                continue;
+            }
+            let Some(value) = self.tree.get(&key)? else {
+                continue;
+            };
+            let orphaned = serde_json::from_slice::<Timer>(&value).is_ok_and(|t| t.orphaned);
+            if orphaned {
+                self.tree.remove(&key)?;
+                drop(overlay);
+                self.db.flush()?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Clears a rule's state: `key`, or all of it. A value a commit has staged is left (the
@@ -136,5 +163,22 @@ impl EngineState {
         }
         self.db.flush()?;
         Ok(cleared)
+    }
+}
+
+impl EngineState {
+    /// The orphaned timers and expectations of `rule`, whole (to be armed again).
+    pub fn orphaned_timers(&self, rule: &str) -> Result<Vec<Timer>, StoreError> {
+        let (start, end) = rule_range(TIMER, Some(rule));
+        let mut entries = committed_range(&self.shared.overlay, &self.tree, start, end)?;
+        let mut out = Vec::new();
+        while let Some((_, value)) = entries.next()? {
+            if let Ok(timer) = serde_json::from_slice::<Timer>(&value)
+                && timer.orphaned
+            {
+                out.push(timer);
+            }
+        }
+        Ok(out)
     }
 }

@@ -252,7 +252,7 @@ impl EngineState {
                 return Err(corrupt("due timer", "bad key"));
             };
             match self.timer(&rule, &name)? {
-                Some(timer) if timer.due_ms == due => timers.push(timer),
+                Some(timer) if timer.due_ms == due && !timer.orphaned => timers.push(timer),
                 // An entry no timer refers to (left by a store written before timers were
                 // replaced whole, or by a crash between writes): it goes, outside any commit,
                 // but only when that verdict rests on applied state. While a commit touching

@@ -87,7 +87,10 @@ pub(crate) fn stage_change(change: Change, staged: &mut Staged) {
         }
         Change::DeleteState { rule, key } => staged.push((state_key(&rule, &key), Slot::Removed)),
         Change::PutTimer(timer) => {
-            staged.push((due_key(&timer), Slot::Bytes(Vec::new())));
+            // An orphaned timer is not due: it has no entry by due time.
+            if !timer.orphaned {
+                staged.push((due_key(&timer), Slot::Bytes(Vec::new())));
+            }
             staged.push((
                 timer_key(&timer.rule, &timer.name),
                 Slot::Timer(Arc::new(timer)),

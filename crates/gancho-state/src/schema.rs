@@ -56,6 +56,10 @@ pub struct Timer {
     /// Set for an expectation (`expect`): the event that would cancel it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expectation>,
+    /// It came due when its rule or function was missing: kept, not due, until a version of
+    /// the rule that defines the function is loaded (or an operator discards it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orphaned: bool,
 }
 
 /// "An event of this type with these keys, with an event time in `from_ms..=to_ms`."

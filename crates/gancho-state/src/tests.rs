@@ -106,6 +106,7 @@ fn expect_timer(name: &str, due_ms: i64, keys: Option<&str>) -> Timer {
         callback: "f".to_owned(),
         data: serde_json::Value::Null,
         origin_seq: 1,
+        orphaned: false,
         expect: keys.map(|k| Expectation {
             source: "mailjet".to_owned(),
             kind: "open".to_owned(),

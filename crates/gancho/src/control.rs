@@ -77,6 +77,11 @@ pub enum Request {
     State {
         rule: Option<String>,
     },
+    /// Discards an orphaned timer or expectation.
+    DiscardTimer {
+        rule: String,
+        name: String,
+    },
     /// Clears a rule's state: `key`, or all of it.
     ClearState {
         rule: String,
@@ -196,6 +201,14 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
             .map(Response::Rules)
             .or_else(|err| Ok(Response::Error(err.to_string()))),
         },
+        Request::DiscardTimer { rule, name } => {
+            data.state.discard_orphan(rule, name).map(|found| match found {
+                true => Response::Done(format!("orphaned timer {rule}/{name} discarded")),
+                false => Response::Error(format!(
+                    "no orphaned timer {rule}/{name} (if `gancho timers --orphaned` lists it, the engine is writing it: try again)"
+                )),
+            })
+        }
         Request::ClearState { rule, key } => data
             .state
             .clear_state(rule, key.as_deref())

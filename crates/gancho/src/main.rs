@@ -117,9 +117,15 @@ enum Command {
     },
     /// List the pending timers and expectations, by rule: when each fires, what cancels it.
     Timers {
+        #[command(subcommand)]
+        discard: Option<TimersCommand>,
         /// Only this rule's.
         #[arg(long)]
         rule: Option<String>,
+        /// Only those whose rule or function was missing when they came due: kept until one
+        /// is loaded, or discarded.
+        #[arg(long)]
+        orphaned: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -162,6 +168,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TimersCommand {
+    /// Discard an orphaned timer or expectation, named RULE/NAME as `gancho timers` shows it.
+    Discard { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,7 +293,16 @@ fn main() -> ExitCode {
         Command::Prune { json } => prune_now(&config, json),
         Command::Status { json } => show_status(&config, json),
         Command::Poisoned { limit, json } => list_poisoned(&config, limit, json),
-        Command::Timers { rule, json } => list_timers(&config, rule, json),
+        Command::Timers {
+            discard: Some(TimersCommand::Discard { id }),
+            ..
+        } => discard_timer(&config, &id),
+        Command::Timers {
+            discard: None,
+            rule,
+            orphaned,
+            json,
+        } => list_timers(&config, rule, orphaned, json),
         Command::State {
             rule,
             key,
@@ -633,21 +654,49 @@ fn ms_time(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn list_timers(config: &Config, rule: Option<String>, json: bool) -> anyhow::Result<()> {
+fn discard_timer(config: &Config, id: &str) -> anyhow::Result<()> {
+    let Some((rule, name)) = id.split_once('/') else {
+        anyhow::bail!("name the timer as RULE/NAME, as `gancho timers` shows it");
+    };
+    let request = Request::DiscardTimer {
+        rule: rule.to_owned(),
+        name: name.to_owned(),
+    };
+    let Response::Done(said) = ask(config, &request)? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    writeln!(std::io::stdout().lock(), "{}", shown(&said))?;
+    Ok(())
+}
+
+fn list_timers(
+    config: &Config,
+    rule: Option<String>,
+    orphaned: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let request = Request::Timers { rule };
-    print_list(
+    print_list_where(
         config,
         &request,
         json,
-        |out, timer: &gancho_state::inspect::TimerView| {
+        |timer: &gancho_state::inspect::TimerView| !orphaned || timer.orphaned,
+        |out, timer| {
             writeln!(
                 out,
-                "{:<20} {:<32} due {}  calls {}  (set by event {})",
+                "{}/{}  {}  calls {}  (set by event {}){}",
                 shown(&timer.rule),
                 shown(&timer.name),
-                ms_time(timer.due_ms),
+                match timer.orphaned {
+                    true => format!("came due {}", ms_time(timer.due_ms)),
+                    false => format!("due {}", ms_time(timer.due_ms)),
+                },
                 shown(&timer.callback),
-                timer.origin_seq
+                timer.origin_seq,
+                match timer.orphaned {
+                    true => "  ORPHANED: its rule or function is missing",
+                    false => "",
+                }
             )?;
             if let Some(expect) = &timer.expect {
                 let keys = shown_keys(expect.keys.iter().map(|(k, v)| (k, v)));

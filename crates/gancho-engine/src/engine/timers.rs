@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use gancho_core::{Event, EventId, NewEvent, millis_to_time, time_to_millis};
-use gancho_state::{Change, expectation_name};
+use gancho_state::{Change, Timer, expectation_name};
 use gancho_store::{Order, StoreError, Submission, Window};
 use rhai::Dynamic;
 use serde::Deserialize;
@@ -210,10 +210,27 @@ impl Engine {
         let Some(timer) = timer.filter(|t| t.uid == firing.uid) else {
             return;
         };
-        self.ctx.borrow_mut().set_timer(Some(timer.clone()), None);
-        if !self.rules.contains_key(&timer.rule) {
+        // Its rule or function gone (a rule renamed, a callback renamed, a file being
+        // replaced): kept, not run, until a version of the rule that has it is loaded.
+        let callable = self
+            .rules
+            .get(&timer.rule)
+            .is_some_and(|r| r.callbacks.contains(&timer.callback));
+        if !callable {
+            warn!(
+                rule = %timer.rule,
+                timer = %timer.name,
+                callback = %timer.callback,
+                "a timer came due whose rule or function is missing: kept as orphaned until one is loaded (gancho timers --orphaned)"
+            );
+            let orphan = Timer {
+                orphaned: true,
+                ..timer.clone()
+            };
+            self.ctx.borrow_mut().set_timer(Some(timer), Some(orphan));
             return;
         }
+        self.ctx.borrow_mut().set_timer(Some(timer.clone()), None);
         let argument = match &timer.expect {
             Some(expect) => {
                 // The fulfilling event may be stored and not yet seen (the engine runs behind

@@ -252,6 +252,7 @@ impl Engine {
                         }
                     }
                     self.rules.insert(name.clone(), rule);
+                    self.rearm_orphans(&name);
                     report.loaded.push(name);
                 }
                 Err(diag) => {
@@ -645,6 +646,36 @@ impl Engine {
         }
         if let Some(why) = pause {
             self.pause(name, why);
+        }
+    }
+
+    /// Arms again the orphaned timers of a rule just loaded whose function it defines: due at
+    /// once (they came due while orphaned), each under a new uid, so that its firing is a new
+    /// event in the log.
+    fn rearm_orphans(&mut self, name: &str) {
+        let Some(rule) = self.rules.get(name) else {
+            return;
+        };
+        let orphans = match self.state.orphaned_timers(name) {
+            Ok(orphans) => orphans,
+            Err(err) => {
+                warn!(rule = name, error = %err, "reading orphaned timers");
+                return;
+            }
+        };
+        let now_ms = time_to_millis(self.clock.now());
+        for orphan in orphans {
+            if !rule.callbacks.contains(&orphan.callback) {
+                continue;
+            }
+            info!(rule = name, timer = %orphan.name, "an orphaned timer is armed again");
+            let armed = gancho_state::Timer {
+                orphaned: false,
+                uid: format!("{}@{now_ms}", orphan.uid),
+                due_ms: orphan.due_ms.min(now_ms),
+                ..orphan.clone()
+            };
+            self.ctx.borrow_mut().set_timer(Some(orphan), Some(armed));
         }
     }
 
