@@ -445,6 +445,17 @@ fn an_orphaned_timer_is_listed_kept_and_runs_when_its_function_is_back() {
         setup.json(&["timers", "--json"]).as_array().unwrap().len(),
         2
     );
+    // `gancho check` of the new version says what it would orphan.
+    let staging = setup.dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("later.rhai"), rule("renamed")).unwrap();
+    let checked = setup.command(&["check", staging.join("later.rhai").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{text}");
+    assert!(
+        text.contains("2 pending timer(s) or expectation(s) of rule later call later()"),
+        "{text}"
+    );
     // The callback renamed before they come due (the folder is read every second).
     crate::support::write_rule(&setup, "later.rhai", &rule("renamed"));
     let deadline = Instant::now() + Duration::from_secs(20);

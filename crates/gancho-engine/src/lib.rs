@@ -23,7 +23,7 @@ pub use api::MAX_LIST;
 pub use engine::{
     CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineSection, EngineStatus,
     ReloadReport, RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir, check_file,
-    stopped_status,
+    rule_callbacks, stopped_status,
 };
 pub use rule::Diagnostic;
 pub use sandbox::Limits;

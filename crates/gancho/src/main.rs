@@ -269,10 +269,13 @@ fn main() -> ExitCode {
             json,
         } => list_events(&config, source, kind, key, since, limit, json),
         Command::Quarantine { limit, json } => list_quarantine(&config, limit, json),
-        Command::Check { paths } => match check_rules(match paths.is_empty() {
-            true => std::slice::from_ref(&config.rules_dir),
-            false => &paths,
-        }) {
+        Command::Check { paths } => match check_rules(
+            &config,
+            match paths.is_empty() {
+                true => std::slice::from_ref(&config.rules_dir),
+                false => &paths,
+            },
+        ) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
             Err(err) => Err(err),
@@ -456,8 +459,10 @@ fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<
     )
 }
 
-/// `gancho check`: true when every rule of these folders and files compiles.
-fn check_rules(paths: &[PathBuf]) -> anyhow::Result<bool> {
+/// `gancho check`: true when every rule of these folders and files compiles. A new version
+/// that drops a function pending timers of its rule name is a warning (they would be kept as
+/// orphaned when they come due), said with how many.
+fn check_rules(config: &Config, paths: &[PathBuf]) -> anyhow::Result<bool> {
     let limits = gancho_engine::Limits::default();
     let mut results = Vec::new();
     for path in paths {
@@ -477,6 +482,9 @@ fn check_rules(paths: &[PathBuf]) -> anyhow::Result<bool> {
             Ok(()) => writeln!(out, "ok     {name}")?,
             Err(diag) => writeln!(out, "error  {}", shown(&diag.to_string()))?,
         }
+    }
+    for path in paths {
+        warn_dropped_callbacks(config, path, &limits, &mut out)?;
     }
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     let places: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -523,6 +531,64 @@ fn control_rule(config: &Config, name: &str, enable: bool) -> anyhow::Result<()>
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     writeln!(std::io::stdout().lock(), "{}", shown(&said))?;
+    Ok(())
+}
+
+/// Warns, for each rule file at `path` (a file or a folder's), of the pending timers of its
+/// rule that name a function the file no longer defines. Quiet when no store can be read.
+fn warn_dropped_callbacks(
+    config: &Config,
+    path: &std::path::Path,
+    limits: &gancho_engine::Limits,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    if !config.store_dir().exists() {
+        return Ok(());
+    }
+    let files: Vec<PathBuf> = match path.is_dir() {
+        true => std::fs::read_dir(path)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
+            .collect(),
+        false => vec![path.to_owned()],
+    };
+    for file in files {
+        let (Some(rule), Some(callbacks)) = (
+            file.file_stem().and_then(|s| s.to_str()),
+            gancho_engine::rule_callbacks(&file, limits),
+        ) else {
+            continue;
+        };
+        let mut dropped: std::collections::BTreeMap<String, usize> = Default::default();
+        let request = Request::Timers {
+            rule: Some(rule.to_owned()),
+        };
+        let listed = control::each_item(
+            &config.socket_path(),
+            &config.store_dir(),
+            &request,
+            |timer: gancho_state::inspect::TimerView| {
+                if !callbacks.contains(&timer.callback) {
+                    *dropped.entry(timer.callback).or_default() += 1;
+                }
+                Ok(())
+            },
+        );
+        if listed.is_err() {
+            // The store is held or unreadable: nothing to compare with.
+            continue;
+        }
+        for (callback, n) in dropped {
+            writeln!(
+                out,
+                "warn   {}: {n} pending timer(s) or expectation(s) of rule {} call {}(), which this version does not define: they will be kept as orphaned",
+                file.display(),
+                shown(rule),
+                shown(&callback)
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -131,3 +131,12 @@ pub fn stopped_status(
         stopped: true,
     })
 }
+
+/// The functions of a rule file that timers and expectations may call back (one parameter),
+/// if it compiles: what `gancho check` compares with the pending timers of the rule.
+pub fn rule_callbacks(path: &Path, limits: &Limits) -> Option<std::collections::HashSet<String>> {
+    let engine = sandbox::sandbox(limits);
+    let text = std::fs::read_to_string(path).ok()?;
+    let rule = rule::compile(&engine, path, &text).ok()?;
+    Some((*rule.callbacks).clone())
+}
