@@ -16,6 +16,7 @@ mod invariants;
 mod operations;
 mod poison;
 mod retention;
+mod rule_tests;
 mod rules;
 mod shutdown;
 mod streaming;

@@ -10,6 +10,7 @@ mod control;
 mod data;
 mod prune;
 mod run;
+mod test_rules;
 mod text;
 
 use std::io::{IsTerminal as _, Write as _};
@@ -75,6 +76,23 @@ enum Command {
     Check {
         /// Folders of `.rhai` rules and rule files; default: the config's `rules_dir`.
         paths: Vec<PathBuf>,
+    },
+    /// Run rules over events from a file, with a virtual clock, in a temporary store: no
+    /// daemon, no data folder touched, nothing sent. Prints each decided action as a JSON
+    /// line; exits 1 on a rule error, or when `--expect` differs.
+    Test {
+        /// The rule files.
+        #[arg(required = true)]
+        rules: Vec<PathBuf>,
+        /// JSON lines, each `{"source": NAME, "payload": BODY, "received": TIME?}`.
+        #[arg(long)]
+        events: PathBuf,
+        /// JSON lines of the actions expected, in order (fields left out are not compared).
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Run on to this RFC 3339 time, or `+DURATION` after the last event.
+        #[arg(long)]
+        until: Option<String>,
     },
     /// The rules the running daemon has loaded: what wakes them, runs, errors, last error.
     Rules {
@@ -280,6 +298,24 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::FAILURE,
             Err(err) => Err(err),
         },
+        Command::Test {
+            rules,
+            events,
+            expect,
+            until,
+        } => {
+            let test = test_rules::TestRun {
+                rules,
+                events,
+                expect,
+                until,
+            };
+            match test_rules::run(&config, &test) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(err) => Err(err),
+            }
+        }
         Command::Rules {
             control: Some(RulesCommand::Disable { name }),
             ..

@@ -23,6 +23,25 @@ impl Engine {
     /// Appends the firing of every due timer and every due cron tick to the log. Nothing is
     /// marked as fired unless the append succeeded, so a refused append (a busy store) is
     /// retried at the next step.
+    /// When the engine next has work of its own, by its clock (ms): the earliest due timer or
+    /// cron tick. A cron rule not yet seen since the start counts as due now (its first step
+    /// works out its schedule). `gancho test` moves its virtual clock from one to the next.
+    pub fn next_due_ms(&self) -> Result<Option<i64>, EngineError> {
+        let timer = self.state.next_due()?;
+        let unseen = self
+            .rules
+            .iter()
+            .any(|(name, rule)| rule.schedule.is_some() && !self.cron_next.contains_key(name));
+        let cron = match unseen {
+            true => Some(time_to_millis(self.clock.now())),
+            false => self.cron_next.values().copied().min(),
+        };
+        Ok(match (timer, cron) {
+            (Some(t), Some(c)) => Some(t.min(c)),
+            (t, c) => t.or(c),
+        })
+    }
+
     pub(super) fn fire_due(&mut self) -> Result<usize, EngineError> {
         let now = self.clock.now();
         let now_ms = time_to_millis(now);

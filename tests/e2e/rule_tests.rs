@@ -1,0 +1,115 @@
+//! The shipped rules' tests (`rules/tests/`): for each `NAME.events.jsonl`, `gancho test
+//! rules/NAME.rhai` must decide the actions of `NAME.expect.jsonl` (run on to the time in
+//! `NAME.until`, when there is one). And `gancho test` itself: a difference or a rule error
+//! fails it, with a diff or the error's file and line.
+
+use crate::support::{Setup, repo_root};
+
+fn gancho_test(setup: &Setup, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["test"];
+    all.extend_from_slice(args);
+    setup.command(&all)
+}
+
+#[test]
+fn each_shipped_rule_decides_what_its_test_expects() {
+    let setup = Setup::standard();
+    let root = repo_root();
+    let tests = root.join("rules/tests");
+    let mut ran = Vec::new();
+    for entry in std::fs::read_dir(&tests).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".events.jsonl"))
+        else {
+            continue;
+        };
+        let rule = root.join("rules").join(format!("{name}.rhai"));
+        let expect = tests.join(format!("{name}.expect.jsonl"));
+        let mut args = vec![
+            rule.to_str().unwrap().to_owned(),
+            "--events".to_owned(),
+            path.to_str().unwrap().to_owned(),
+            "--expect".to_owned(),
+            expect.to_str().unwrap().to_owned(),
+        ];
+        if let Ok(until) = std::fs::read_to_string(tests.join(format!("{name}.until"))) {
+            args.extend(["--until".to_owned(), until.trim().to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = gancho_test(&setup, &args);
+        assert!(
+            out.status.success(),
+            "rules/tests/{name}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        ran.push(name.to_owned());
+    }
+    ran.sort();
+    // Every shipped rule has its test.
+    let mut shipped: Vec<String> = std::fs::read_dir(root.join("rules"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".rhai").map(str::to_owned)
+        })
+        .collect();
+    shipped.sort();
+    assert_eq!(ran, shipped);
+}
+
+#[test]
+fn gancho_test_fails_on_a_difference_or_a_rule_error_and_says_where() {
+    let setup = Setup::standard();
+    let dir = setup.dir.path();
+    let rule = dir.join("greet.rhai");
+    std::fs::write(
+        &rule,
+        "const ON = [\"bank.withdrawal\"];\nif event.amount > 100 { throw \"too much\"; }\nsms(#{ to: event.phone, text: \"hi \" + event.amount });\n",
+    )
+    .unwrap();
+    let events = dir.join("events.jsonl");
+    let withdrawal = |id: &str, amount: u32| {
+        format!(
+            r#"{{"source":"bank","payload":{{"id":"{id}","kind":"withdrawal","at":1764583200,"account":"A","phone":"+34600000001","amount":{amount}}}}}"#
+        ) + "\n"
+    };
+    std::fs::write(&events, withdrawal("a", 20)).unwrap();
+    let expect = dir.join("expect.jsonl");
+    std::fs::write(&expect, r#"{"channel":"sms","action":{"text":"hi 30"}}"#).unwrap();
+    let out = gancho_test(
+        &setup,
+        &[
+            rule.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--expect",
+            expect.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("- expected") && said.contains("+ decided"),
+        "{said}"
+    );
+    let decided: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(decided["action"]["text"], "hi 20");
+    assert_eq!(decided["at"], "2025-12-01T10:00:00.000Z");
+    // A rule error: exit 1, with the file, line and event.
+    std::fs::write(&events, withdrawal("b", 500)).unwrap();
+    let out = gancho_test(
+        &setup,
+        &[rule.to_str().unwrap(), "--events", events.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("greet.rhai: event 1:") && said.contains("line 2"),
+        "{said}"
+    );
+}
