@@ -510,3 +510,43 @@ fn an_orphaned_timer_is_listed_kept_and_runs_when_its_function_is_back() {
     );
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+#[test]
+fn gancho_check_names_types_sources_and_keys_that_cannot_match() {
+    let setup = Setup::standard();
+    let dir = setup.dir.path().join("lint");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    write("typo.rhai", "const ON = \"mailjet.opne\";\nlet x = 1;\n");
+    write(
+        "nosource.rhai",
+        "const ON = [\"shop.order\"];\nlet x = 1;\n",
+    );
+    write(
+        "badkey.rhai",
+        "const ON = [\"mailjet.open\"];\nlet n = count(\"mailjet.sent\", #{ MessageId: event.keys.MessageID }, hours(24));\n",
+    );
+    write(
+        "fine.rhai",
+        "const ON = [\"mailjet.*\", \"bank.withdrawal\"];\nlet n = count(\"bank.withdrawal\", #{ account: event.keys.account }, hours(1));\n",
+    );
+    let out = setup.command(&["check", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("typo.rhai:1:1: ON: \"mailjet.opne\": mailjet sends no type \"opne\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("nosource.rhai:1:1: ON: \"shop.order\": no source \"shop\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "badkey.rhai:2:34: count: \"MessageId\" is not a correlation key of source \"mailjet\""
+        ),
+        "{text}"
+    );
+    assert!(text.contains("ok     fine"), "{text}");
+    assert!(text.contains("4 rule(s) in"), "{text}");
+}

@@ -23,8 +23,8 @@ pub use api::MAX_LIST;
 pub use engine::{
     CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineSection, EngineStatus,
     ReloadReport, RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir, check_file,
-    rule_callbacks, stopped_status,
+    lint_file, rule_callbacks, stopped_status,
 };
-pub use rule::Diagnostic;
+pub use rule::{Diagnostic, SourceFacts};
 pub use sandbox::Limits;
 pub use thread::{ENGINE_STACK, EngineHandle, spawn};

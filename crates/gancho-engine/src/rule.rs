@@ -1,6 +1,6 @@
 //! One rule: a `.rhai` file compiled, with what wakes it (`ON`, `EVERY`, `TZ`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
@@ -199,6 +199,152 @@ fn calls_of(text: &str, name: &str) -> Vec<(usize, usize)> {
         }
     }
     found
+}
+
+/// What `gancho check` knows of a source, to check rules against: the event types it sends
+/// (when known) and its correlation keys.
+#[derive(Debug, Clone, Default)]
+pub struct SourceFacts {
+    pub types: Option<BTreeSet<String>>,
+    pub keys: BTreeSet<String>,
+}
+
+/// The mistakes of a rule that compiles but cannot work as written, against the config's
+/// sources: an `ON` type whose source is not configured or that the source never sends, and a
+/// literal key name in a window query or `expect` that is not one of the source's correlation
+/// keys. Each with the file, line and column.
+pub(crate) fn lint(
+    path: &Path,
+    text: &str,
+    on_text: &[String],
+    sources: &BTreeMap<String, SourceFacts>,
+) -> Vec<Diagnostic> {
+    let mut found = Vec::new();
+    let position = |at: usize| -> (usize, usize) {
+        let before = &text[..at.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    };
+    let diag = |at: usize, message: String| {
+        let (line, column) = position(at);
+        Diagnostic {
+            file: path.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
+    let on_at = text.find("const ON").unwrap_or(0);
+    for pattern in on_text {
+        let Some((source, kind)) = pattern.split_once('.') else {
+            continue;
+        };
+        if source.contains('*') || ["timer", "cron"].contains(&source) {
+            continue;
+        }
+        let Some(facts) = sources.get(source) else {
+            found.push(diag(
+                on_at,
+                format!(
+                    "ON: {pattern:?}: no source {source:?} in the config (sources: {})",
+                    sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+            continue;
+        };
+        if let Some(types) = &facts.types
+            && !kind.contains('*')
+            && !types.contains(kind)
+        {
+            found.push(diag(
+                on_at,
+                format!(
+                    "ON: {pattern:?}: {source} sends no type {kind:?} (it sends {})",
+                    types.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    // Window queries and `expect` with a literal type and a literal map of keys.
+    let code = without_comments_and_strings(text);
+    for call in ["count", "exists", "first", "last", "events", "expect"] {
+        for (start, end) in calls_of(&code, call) {
+            let args = &text[start..end];
+            let Some(open) = args.find('"') else {
+                continue;
+            };
+            let Some(close) = args[open + 1..].find('"') else {
+                continue;
+            };
+            let ty = &args[open + 1..open + 1 + close];
+            let Some((source, _)) = ty.split_once('.') else {
+                continue;
+            };
+            let Some(facts) = sources.get(source) else {
+                continue;
+            };
+            let Some(map) = code[start..end].find("#{") else {
+                continue;
+            };
+            for (name, at) in literal_map_keys(&code[start + map..end]) {
+                if !facts.keys.contains(&name) {
+                    found.push(diag(
+                        start + map + at,
+                        format!(
+                            "{call}: {name:?} is not a correlation key of source {source:?} (keys: {})",
+                            facts.keys.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The key names of a map literal `#{ a: …, "b": … }` at the start of `code` (strings
+/// blanked), with their offsets, at its top level only.
+fn literal_map_keys(code: &str) -> Vec<(String, usize)> {
+    let bytes = code.as_bytes();
+    let mut keys = Vec::new();
+    let mut depth = 0usize;
+    let mut expecting_key = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'(' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    expecting_key = true;
+                }
+            }
+            b'}' | b')' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            b',' if depth == 1 => expecting_key = true,
+            b if depth == 1 && expecting_key && (b.is_ascii_alphabetic() || b == b'_') => {
+                let len = bytes[i..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                    .count();
+                let rest = code[i + len..].trim_start();
+                if rest.starts_with(':') {
+                    keys.push((code[i..i + len].to_owned(), i));
+                }
+                expecting_key = false;
+                i += len;
+                continue;
+            }
+            b if !b.is_ascii_whitespace() && depth == 1 => expecting_key = false,
+            _ => {}
+        }
+        i += 1;
+    }
+    keys
 }
 
 /// The rule name of a file: its name without `.rhai`.

@@ -38,7 +38,20 @@ const MAILJET_KEYS: [&str; 5] = [
     "hard_bounce",
 ];
 
+/// The event types Mailjet's Event API sends.
+const MAILJET_TYPES: [&str; 7] = [
+    "sent", "open", "click", "bounce", "blocked", "spam", "unsub",
+];
+
 impl SourceKind {
+    /// The event types this kind of source sends, when they are known (`None`: any).
+    pub fn known_types(&self) -> Option<Vec<String>> {
+        match self {
+            SourceKind::Mailjet => Some(MAILJET_TYPES.iter().map(|t| (*t).to_owned()).collect()),
+            SourceKind::Json(_) => None,
+        }
+    }
+
     /// The names of the correlation keys this kind of source extracts (and the store indexes).
     pub fn key_names(&self) -> Vec<String> {
         match self {

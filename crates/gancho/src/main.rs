@@ -500,34 +500,63 @@ fn list_quarantine(config: &Config, limit: usize, json: bool) -> anyhow::Result<
 /// orphaned when they come due), said with how many.
 fn check_rules(config: &Config, paths: &[PathBuf]) -> anyhow::Result<bool> {
     let limits = gancho_engine::Limits::default();
-    let mut results = Vec::new();
+    let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let found = gancho_engine::check_dir(path, &limits)
+            // The folder's errors (a missing one) as `check_dir` says them.
+            gancho_engine::check_dir(path, &limits)
                 .with_context(|| format!("checking {}", path.display()))?;
-            results.extend(found);
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
+                .collect();
+            found.sort();
+            files.extend(found);
         } else if path.exists() {
-            results.push(gancho_engine::check_file(path, &limits));
+            files.push(path.clone());
         } else {
             anyhow::bail!("checking {}: no such file or folder", path.display());
         }
     }
+    // What the config says of its sources: their types (when known) and keys.
+    let sources: std::collections::BTreeMap<String, gancho_engine::SourceFacts> = config
+        .ingress
+        .sources
+        .iter()
+        .map(|s| {
+            let facts = gancho_engine::SourceFacts {
+                types: s.kind.known_types().map(|t| t.into_iter().collect()),
+                keys: s.kind.key_names().into_iter().collect(),
+            };
+            (s.name.clone(), facts)
+        })
+        .collect();
     let mut out = std::io::stdout().lock();
-    for (name, result) in &results {
-        match result {
-            Ok(()) => writeln!(out, "ok     {name}")?,
-            Err(diag) => writeln!(out, "error  {}", shown(&diag.to_string()))?,
+    let mut failed = 0;
+    for file in &files {
+        let (name, compiled) = gancho_engine::check_file(file, &limits);
+        let mistakes = match compiled {
+            Ok(()) => gancho_engine::lint_file(file, &sources, &limits),
+            Err(diag) => vec![diag],
+        };
+        if mistakes.is_empty() {
+            writeln!(out, "ok     {name}")?;
+            continue;
+        }
+        failed += 1;
+        for diag in mistakes {
+            writeln!(out, "error  {}", shown(&diag.to_string()))?;
         }
     }
     for path in paths {
         warn_dropped_callbacks(config, path, &limits, &mut out)?;
     }
-    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     let places: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     writeln!(
         out,
         "{} rule(s) in {}, {failed} with errors",
-        results.len(),
+        files.len(),
         places.join(", ")
     )?;
     Ok(failed == 0)

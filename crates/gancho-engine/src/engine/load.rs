@@ -140,3 +140,20 @@ pub fn rule_callbacks(path: &Path, limits: &Limits) -> Option<std::collections::
     let rule = rule::compile(&engine, path, &text).ok()?;
     Some((*rule.callbacks).clone())
 }
+
+/// The mistakes `gancho check` finds in a rule that compiles, against the config's sources
+/// (see `rule::lint`); none for a file that does not compile (its error is reported already).
+pub fn lint_file(
+    path: &Path,
+    sources: &std::collections::BTreeMap<String, crate::rule::SourceFacts>,
+    limits: &Limits,
+) -> Vec<Diagnostic> {
+    let engine = sandbox::sandbox(limits);
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    match rule::compile(&engine, path, &text) {
+        Ok(compiled) => rule::lint(path, &text, &compiled.on_text, sources),
+        Err(_) => Vec::new(),
+    }
+}

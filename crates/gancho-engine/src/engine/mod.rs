@@ -14,6 +14,6 @@ mod timers;
 mod walk;
 
 pub use config::{CRON_SOURCE, EngineConfig, EngineError, EngineSection, TIMER_SOURCE};
-pub use load::{CheckResult, check_dir, check_file, rule_callbacks, stopped_status};
+pub use load::{CheckResult, check_dir, check_file, lint_file, rule_callbacks, stopped_status};
 pub use status::{EngineStatus, ReloadReport, RuleStatus, SharedStatus, StepReport};
 pub use walk::Engine;
