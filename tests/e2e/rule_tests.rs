@@ -113,3 +113,38 @@ fn gancho_test_fails_on_a_difference_or_a_rule_error_and_says_where() {
         "{said}"
     );
 }
+
+#[test]
+fn every_rhai_example_of_the_rules_reference_compiles() {
+    // The reference's examples name a `shop` source too.
+    let setup = Setup::standard_with("[sources.shop]\nkind = \"json\"\ntype = \"/type\"\n");
+    let doc = std::fs::read_to_string(repo_root().join("docs/rules.md")).unwrap();
+    let dir = setup.dir.path().join("examples");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut block: Option<String> = None;
+    let mut n = 0;
+    for line in doc.lines() {
+        match (&mut block, line.trim_start()) {
+            (None, "```rhai") => block = Some(String::new()),
+            (Some(text), "```") => {
+                n += 1;
+                // A fragment is checked as the body of a rule woken by Mailjet's events.
+                if !text.contains("const ON") && !text.contains("const EVERY") {
+                    text.insert_str(0, "const ON = [\"mailjet.*\"];\n");
+                }
+                std::fs::write(dir.join(format!("example{n}.rhai")), text.as_str()).unwrap();
+                block = None;
+            }
+            (Some(text), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(n >= 5, "only {n} examples found");
+    let out = setup.command(&["check", dir.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("{n} rule(s) in")), "{said}");
+}
