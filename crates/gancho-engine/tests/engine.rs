@@ -900,3 +900,47 @@ fn {callback}(timer) {{ http(#{{ url: "https://hooks.example.com/n", json: #{{ t
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[test]
+fn cron_ticks_skipped_while_a_rule_is_disabled_are_not_caught_up_later() {
+    let world = World::empty();
+    tick_rule(&world, "every10", "0 */10 * * * *", "UTC");
+    world.clock.set(utc("2026-11-02T10:00:05Z"));
+    let mut engine = world.engine();
+    run(&mut engine);
+    world
+        .state
+        .set_rule_control(
+            "every10",
+            &gancho_state::rules::RuleControl {
+                disabled: true,
+                paused: None,
+            },
+        )
+        .unwrap();
+    engine.reload().unwrap();
+    // Disabled over 10:10 to 10:50, the daemon running.
+    for minute in [10, 20, 30, 40, 50] {
+        world
+            .clock
+            .set(utc(&format!("2026-11-02T10:{minute}:00.100Z")));
+        run(&mut engine);
+    }
+    assert!(ticks_of(&world, "every10").is_empty());
+    engine.commit_cursor().unwrap();
+    drop(engine);
+    // Enabled, and the daemon restarted at 10:55: nothing to catch up.
+    let world = world.restart();
+    world
+        .state
+        .set_rule_control("every10", &gancho_state::rules::RuleControl::default())
+        .unwrap();
+    world.clock.set(utc("2026-11-02T10:55:00Z"));
+    let mut engine = world.engine();
+    run(&mut engine);
+    run(&mut engine);
+    assert!(ticks_of(&world, "every10").is_empty());
+    world.clock.set(utc("2026-11-02T11:00:00Z"));
+    run(&mut engine);
+    assert_eq!(ticks_of(&world, "every10"), ["11-02 11:00:00"]);
+}

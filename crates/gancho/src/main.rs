@@ -349,7 +349,16 @@ fn main() -> ExitCode {
             all,
             json,
         } => match clear {
-            Some(clear) => clear_state(&config, rule, (!clear.is_empty()).then_some(clear), all),
+            // `--clear KEY`, or `KEY --clear`; `--all` with neither.
+            Some(clear) => {
+                let named = (!clear.is_empty()).then_some(clear).or(key);
+                match (named, all) {
+                    (Some(_), true) => Err(anyhow::anyhow!(
+                        "--clear --all clears all the rule's state: name no KEY with it"
+                    )),
+                    (named, all) => clear_state(&config, rule, named, all),
+                }
+            }
             None => show_state(&config, rule, key, json),
         },
         Command::Dead {

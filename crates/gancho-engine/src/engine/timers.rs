@@ -20,9 +20,6 @@ use super::walk::{Engine, event_map};
 const MAX_CATCH_UP: usize = 1000;
 
 impl Engine {
-    /// Appends the firing of every due timer and every due cron tick to the log. Nothing is
-    /// marked as fired unless the append succeeded, so a refused append (a busy store) is
-    /// retried at the next step.
     /// When the engine next has work of its own, by its clock (ms): the earliest due timer or
     /// cron tick. A cron rule not yet seen since the start counts as due now (its first step
     /// works out its schedule). `gancho test` moves its virtual clock from one to the next.
@@ -42,6 +39,9 @@ impl Engine {
         })
     }
 
+    /// Appends the firing of every due timer and every due cron tick to the log. Nothing is
+    /// marked as fired unless the append succeeded, so a refused append (a busy store) is
+    /// retried at the next step.
     pub(super) fn fire_due(&mut self) -> Result<usize, EngineError> {
         let now = self.clock.now();
         let now_ms = time_to_millis(now);
@@ -88,25 +88,32 @@ impl Engine {
                             .last_at_or_before(now_ms)
                             .filter(|&last| last > mark)
                     });
-                    // Every tick missed, each with its own time (`CATCH_UP = "last"`: the
-                    // last one only), the newest `MAX_CATCH_UP` at most; all but the last
-                    // here, the last below, as a tick due now.
-                    if let (Some(mark), Some(last), true) = (mark, last, rule.catch_up_all) {
-                        let mut missed = Vec::new();
-                        let mut at = mark;
-                        while let Some(tick) = schedule.next_after(at).filter(|&t| t < last) {
+                    // Every tick missed while the daemon was down, each with its own time
+                    // (`CATCH_UP = "last"`: the last one only), the newest `MAX_CATCH_UP` at
+                    // most, found from the last one back; all but the last here, the last
+                    // below, as a tick due now. A rule loaded while the daemon runs (a new
+                    // or re-added file) catches up nothing: it missed nothing while down.
+                    let caught_up = rule.catch_up_all && self.loaded_at_start.contains(name);
+                    let mut missed = Vec::new();
+                    if let (Some(mark), Some(last), true) = (mark, last, caught_up) {
+                        let mut at = last;
+                        while let Some(tick) = schedule
+                            .last_at_or_before(at.saturating_sub(1))
+                            .filter(|&t| t > mark)
+                        {
+                            if missed.len() == MAX_CATCH_UP {
+                                warn!(
+                                    rule = %name,
+                                    caught_up = MAX_CATCH_UP,
+                                    "more cron ticks were missed than are caught up: the oldest are skipped"
+                                );
+                                break;
+                            }
                             missed.push(tick);
                             at = tick;
                         }
-                        if missed.len() > MAX_CATCH_UP {
-                            warn!(
-                                rule = %name,
-                                missed = missed.len() + 1,
-                                "more cron ticks were missed than are caught up: the oldest are skipped"
-                            );
-                            missed.drain(..missed.len() - MAX_CATCH_UP);
-                        }
-                        for tick in missed {
+                        missed.reverse();
+                        for &tick in &missed {
                             let data = serde_json::json!({ "rule": name, "tick": tick });
                             events.push(new_event(
                                 CRON_SOURCE,
@@ -122,7 +129,11 @@ impl Engine {
                     let next = last
                         .or_else(|| schedule.next_after(now_ms))
                         .unwrap_or(i64::MAX);
-                    self.cron_next.insert(name.clone(), next);
+                    // With ticks to catch up, the rule stays unseen until their append
+                    // succeeds (`cron_moves`): a refused append finds them again.
+                    if missed.is_empty() {
+                        self.cron_next.insert(name.clone(), next);
+                    }
                     if mark.is_none() {
                         // Remember that the rule exists, so ticks missed from now on are
                         // caught up after a restart.

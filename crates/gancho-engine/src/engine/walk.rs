@@ -88,6 +88,9 @@ pub struct Engine {
     loaded_once: bool,
     /// Poison events: careful mode after an unclean exit, runs set aside.
     careful: Careful,
+    /// The rules loaded when the engine started: only they catch up cron ticks missed while
+    /// the daemon was down.
+    pub(super) loaded_at_start: HashSet<String>,
 }
 
 impl Engine {
@@ -157,8 +160,10 @@ impl Engine {
             fire_error_logged: None,
             loaded_once: false,
             careful,
+            loaded_at_start: HashSet::new(),
         };
         engine.reload()?;
+        engine.loaded_at_start = engine.rules.keys().cloned().collect();
         Ok(engine)
     }
 
@@ -387,6 +392,13 @@ impl Engine {
         let deadline = Instant::now() + timeout;
         let mut total = 0;
         loop {
+            if Instant::now() > deadline {
+                return Err(EngineError::NotIdle {
+                    waited: timeout,
+                    cursor: self.cursor,
+                    durable: self.store.status().durable,
+                });
+            }
             let report = self.step()?;
             total += report.processed;
             let durable = self.store.status().durable;
@@ -458,8 +470,13 @@ impl Engine {
             return Ok(processed);
         }
         if let Err(err) = self.state.commit(batch.changes, last) {
-            // Nothing of the batch is committed: it is processed again on the next step.
+            // Nothing of the batch is committed: it is processed again on the next step; the
+            // orphans it armed again are armed again too.
             self.shapes_from_store()?;
+            let names: Vec<String> = self.rules.keys().cloned().collect();
+            for name in names {
+                self.rearm_orphans(&name);
+            }
             return Err(err.into());
         }
         self.cursor = last;
@@ -484,12 +501,15 @@ impl Engine {
             TIMER_SOURCE => self.process_timer(event),
             CRON_SOURCE => {
                 let rule = event.kind.clone();
-                if self.rules.get(&rule).is_some_and(|r| r.schedule.is_some()) && self.runs(&rule) {
+                if self.rules.get(&rule).is_some_and(|r| r.schedule.is_some()) {
+                    // Marked even for a disabled rule: the ticks it skipped are not missed.
                     self.ctx.borrow_mut().batch.changes.push(Change::CronMark {
                         rule: rule.clone(),
                         tick_ms: time_to_millis(event.time),
                     });
-                    if let Some(map) = event_map(event, None) {
+                    if self.runs(&rule)
+                        && let Some(map) = event_map(event, None)
+                    {
                         self.run_rule(&rule, event, map, None);
                     }
                 }
@@ -644,7 +664,9 @@ impl Engine {
                 counters.stored.last_error = Some(message);
             }
         }
-        if let Some(why) = pause {
+        if let Some(why) = pause
+            && self.runs(name)
+        {
             self.pause(name, why);
         }
     }
@@ -687,11 +709,23 @@ impl Engine {
     /// Pauses a rule that fails too often; `gancho rules enable` resumes it.
     fn pause(&mut self, rule: &str, why: String) {
         error!(rule, reason = %why, "rule paused: events no longer wake it until `gancho rules enable {rule}`");
-        let control = self.controls.entry(rule.to_owned()).or_default();
+        if let Some(counters) = self.counters.get_mut(rule) {
+            counters.resume();
+        }
+        // The stored control, not the one read at the last reload: an operator may have
+        // changed it since.
+        let mut control = match self.state.rule_controls() {
+            Ok(controls) => controls.get(rule).cloned().unwrap_or_default(),
+            Err(err) => {
+                warn!(rule, error = %err, "reading a rule's control");
+                self.controls.get(rule).cloned().unwrap_or_default()
+            }
+        };
         control.paused = Some(why);
-        if let Err(err) = self.state.set_rule_control(rule, control) {
+        if let Err(err) = self.state.set_rule_control(rule, &control) {
             warn!(rule, error = %err, "recording a paused rule");
         }
+        self.controls.insert(rule.to_owned(), control);
     }
 
     /// Reads the rules' controls again (an operator may have changed them); a rule that runs
