@@ -595,6 +595,14 @@ fn control_rule(config: &Config, name: &str, enable: bool) -> anyhow::Result<()>
     loop {
         let status = rules_status(config)?;
         let rule = status.rules.iter().find(|r| r.name == name);
+        if rule.is_none() {
+            writeln!(
+                std::io::stderr().lock(),
+                "gancho: warning: no rule {} in {} (stored anyway: it applies to a rule of that name)",
+                shown(name),
+                config.rules_dir.display()
+            )?;
+        }
         let applied = rule.is_none_or(|r| (r.disabled || r.paused.is_some()) != enable);
         if status.stopped || applied {
             break;
