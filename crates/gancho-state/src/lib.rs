@@ -24,13 +24,16 @@
 //! and its recovery), `applier` (the thread that applies and syncs), `migrate` (format
 //! versions), `outbox` (the executor's view), `listing` (the outbox and dead letters streamed
 //! for operators), `retention` (what pruning asks of this database),
-//! `poison` (the engine's lives, careful runs and runs set aside: written outside commits).
+//! `poison` (the engine's lives, careful runs and runs set aside: written outside commits),
+//! `rules` (rule controls and counters), `inspect` (state and timers for operators), `ops`
+//! (operators' changes handed to the running engine).
 
 mod applier;
 pub mod inspect;
 mod journal;
 mod listing;
 mod migrate;
+pub mod ops;
 mod outbox;
 mod overlay;
 pub mod poison;

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use gancho_core::ActionRequest;
 use gancho_core::{Clock, SystemClock};
 use gancho_engine::{EngineStatus, SharedStatus};
+use gancho_state::ops::OperatorOp;
 use gancho_state::poison::Poisoned;
 use gancho_state::{Attempt, OutboxItem};
 use gancho_store::{EventQuery, KeyFilter, StoreConfig, StoreError};
@@ -202,12 +203,46 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
             .or_else(|err| Ok(Response::Error(err.to_string()))),
         },
         Request::DiscardTimer { rule, name } => {
-            data.state.discard_orphan(rule, name).map(|found| match found {
-                true => Response::Done(format!("orphaned timer {rule}/{name} discarded")),
-                false => Response::Error(format!(
-                    "no orphaned timer {rule}/{name} (if `gancho timers --orphaned` lists it, the engine is writing it: try again)"
+            let mut found = false;
+            let listed = data.state.each_timer(Some(rule), |timer| {
+                found |= timer.orphaned && timer.name == *name;
+                Ok(())
+            });
+            match (listed, found) {
+                (Err(err), _) => Err(err),
+                (Ok(()), false) => Ok(Response::Error(format!("no orphaned timer {rule}/{name}"))),
+                // The running engine does it in its next commit; a stopped one is not writing.
+                (Ok(()), true) if engine.is_some() => Ok(through_engine(
+                    data,
+                    &OperatorOp::DiscardOrphan {
+                        rule: rule.clone(),
+                        name: name.clone(),
+                    },
+                    format!("orphaned timer {rule}/{name} discarded"),
                 )),
-            })
+                (Ok(()), true) => data
+                    .state
+                    .discard_orphan(rule, name)
+                    .map(|_| Response::Done(format!("orphaned timer {rule}/{name} discarded"))),
+            }
+        }
+        Request::ClearState { rule, key } if engine.is_some() => {
+            let mut n = 0;
+            data.state
+                .each_state(Some(rule), |entry| {
+                    n += usize::from(key.as_ref().is_none_or(|k| *k == entry.key));
+                    Ok(())
+                })
+                .map(|()| {
+                    through_engine(
+                        data,
+                        &OperatorOp::ClearState {
+                            rule: rule.clone(),
+                            key: key.clone(),
+                        },
+                        format!("{n} state value(s) of rule {rule} cleared"),
+                    )
+                })
         }
         Request::ClearState { rule, key } => data
             .state
@@ -489,6 +524,30 @@ mod stream {
             buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
             self.at += n;
             Ok(n)
+        }
+    }
+}
+
+/// Hands a change to the running engine (it commits it with its next batch) and waits until
+/// it is durable, up to 10 s.
+fn through_engine(data: &Data, op: &OperatorOp, done: String) -> Response {
+    let id = match data.state.request_op(op) {
+        Ok(id) => id,
+        Err(err) => return Response::Error(err.to_string()),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match data.state.op_pending(id) {
+            Ok(false) => return Response::Done(done),
+            Ok(true) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(true) => {
+                return Response::Error(
+                    "the engine has not carried it out within 10 s; it will when it can".to_owned(),
+                );
+            }
+            Err(err) => return Response::Error(err.to_string()),
         }
     }
 }

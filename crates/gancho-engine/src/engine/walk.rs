@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gancho_core::{Clock, Event, time_to_millis};
+use gancho_state::ops::OperatorOp;
 use gancho_state::rules::RuleControl;
 use gancho_state::{Change, EngineState, ExpectShape};
 use gancho_store::Store;
@@ -91,6 +92,10 @@ pub struct Engine {
     /// The rules loaded when the engine started: only they catch up cron ticks missed while
     /// the daemon was down.
     pub(super) loaded_at_start: HashSet<String>,
+    /// Operators' requests staged into the batch in progress, and those committed, with the
+    /// cursor of their commit: each is removed once its commit is durable.
+    ops_staged: Vec<u64>,
+    ops_committed: Vec<(u64, u64)>,
 }
 
 impl Engine {
@@ -161,6 +166,8 @@ impl Engine {
             loaded_once: false,
             careful,
             loaded_at_start: HashSet::new(),
+            ops_staged: Vec::new(),
+            ops_committed: Vec::new(),
         };
         engine.reload()?;
         engine.loaded_at_start = engine.rules.keys().cloned().collect();
@@ -378,7 +385,9 @@ impl Engine {
                 0
             }
         };
+        self.stage_operator_ops();
         let processed = self.process_batch()?;
+        self.finish_operator_ops();
         Ok(StepReport {
             processed,
             appended,
@@ -471,7 +480,8 @@ impl Engine {
         }
         if let Err(err) = self.state.commit(batch.changes, last) {
             // Nothing of the batch is committed: it is processed again on the next step; the
-            // orphans it armed again are armed again too.
+            // orphans it armed again are armed again too, and operators' requests staged.
+            self.ops_staged.clear();
             self.shapes_from_store()?;
             let names: Vec<String> = self.rules.keys().cloned().collect();
             for name in names {
@@ -484,6 +494,9 @@ impl Engine {
         self.committed_cursor = last;
         self.careful.committed(last)?;
         self.save_counters();
+        let staged = std::mem::take(&mut self.ops_staged);
+        self.ops_committed
+            .extend(staged.into_iter().map(|id| (last, id)));
         Ok(processed)
     }
 
@@ -699,6 +712,80 @@ impl Engine {
             };
             self.ctx.borrow_mut().set_timer(Some(orphan), Some(armed));
         }
+    }
+
+    /// Stages operators' requests (`gancho state --clear`, `gancho timers discard`) into the
+    /// batch, so that they commit with it: never undone by a value the engine was writing.
+    fn stage_operator_ops(&mut self) {
+        if !self.ops_staged.is_empty() {
+            return;
+        }
+        let ops = match self.state.pending_ops() {
+            Ok(ops) => ops,
+            Err(err) => {
+                warn!(error = %err, "reading operators' requests");
+                return;
+            }
+        };
+        for (id, op) in ops {
+            if self.ops_committed.iter().any(|&(_, done)| done == id) {
+                continue;
+            }
+            match op {
+                OperatorOp::ClearState { rule, key } => {
+                    let mut keys = Vec::new();
+                    match key {
+                        Some(key) => keys.push(key),
+                        None => {
+                            let listed = self.state.each_state(Some(&rule), |entry| {
+                                keys.push(entry.key);
+                                Ok(())
+                            });
+                            if let Err(err) = listed {
+                                warn!(rule, error = %err, "reading a rule's state to clear it");
+                                continue;
+                            }
+                        }
+                    }
+                    info!(rule, values = keys.len(), "an operator clears rule state");
+                    let mut ctx = self.ctx.borrow_mut();
+                    for key in keys {
+                        ctx.batch.changes.push(Change::DeleteState {
+                            rule: rule.clone(),
+                            key: key.clone(),
+                        });
+                        ctx.batch.state.insert((rule.clone(), key), None);
+                    }
+                }
+                OperatorOp::DiscardOrphan { rule, name } => {
+                    let mut ctx = self.ctx.borrow_mut();
+                    for stored in [name.clone(), format!("timer:{name}")] {
+                        if let Ok(Some(timer)) = ctx.timer(&rule, &stored)
+                            && timer.orphaned
+                        {
+                            info!(rule, timer = %name, "an operator discards an orphaned timer");
+                            ctx.set_timer(Some(timer), None);
+                            break;
+                        }
+                    }
+                }
+            }
+            self.ops_staged.push(id);
+        }
+    }
+
+    /// Removes the requests whose commit is durable: the operator waiting for them is told.
+    fn finish_operator_ops(&mut self) {
+        let durable = self.state.durable_cursor();
+        self.ops_committed.retain(|&(cursor, id)| {
+            if cursor > durable {
+                return true;
+            }
+            if let Err(err) = self.state.op_done(id) {
+                warn!(error = %err, "removing a done operator request");
+            }
+            false
+        });
     }
 
     /// Whether events wake `rule` (it is neither disabled nor paused).
