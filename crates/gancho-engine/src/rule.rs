@@ -235,7 +235,22 @@ pub(crate) fn lint(
             message,
         }
     };
-    let on_at = text.find("const ON").unwrap_or(0);
+    // Where `const ON` is declared (not in a comment or string, not `const ONE`).
+    let on_at = {
+        let code = without_comments_and_strings(text);
+        let mut from = 0;
+        let mut found = 0;
+        while let Some(at) = code[from..].find("const ON") {
+            let at = from + at;
+            let next = code.as_bytes().get(at + "const ON".len());
+            if next.is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_')) {
+                found = at;
+                break;
+            }
+            from = at + 1;
+        }
+        found
+    };
     for pattern in on_text {
         let Some((source, kind)) = pattern.split_once('.') else {
             continue;
@@ -303,8 +318,9 @@ pub(crate) fn lint(
     found
 }
 
-/// The key names of a map literal `#{ a: …, "b": … }` at the start of `code` (strings
-/// blanked), with their offsets, at its top level only.
+/// The key names of a map literal `#{ a: …, b: … }` at the start of `code` (strings
+/// blanked, so quoted keys are not seen: they are not checked), with their offsets, at its top
+/// level only.
 fn literal_map_keys(code: &str) -> Vec<(String, usize)> {
     let bytes = code.as_bytes();
     let mut keys = Vec::new();
