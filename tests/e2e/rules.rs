@@ -550,3 +550,78 @@ fn gancho_check_names_types_sources_and_keys_that_cannot_match() {
     assert!(text.contains("ok     fine"), "{text}");
     assert!(text.contains("4 rule(s) in"), "{text}");
 }
+
+#[test]
+fn gancho_explain_shows_what_each_rule_saw_and_decided_and_what_became_of_it() {
+    let setup = Setup::standard();
+    crate::support::write_rule(
+        &setup,
+        "big.rhai",
+        r#"const ON = ["bank.withdrawal"];
+let n = count("bank.withdrawal", #{ account: event.account }, hours(1));
+set_state("seen:" + event.account, n);
+if n >= 2 { sms(#{ to: "+34600000001", text: "twice" }); }
+if event.amount > 1000 { throw "too much"; }
+"#,
+    );
+    let daemon = setup.start();
+    let now = now_secs();
+    for (id, amount) in [("e1", 10), ("e2", 20), ("e3", 5000)] {
+        let body = format!(
+            r#"{{"id":"{id}","kind":"withdrawal","at":{now},"account":"ES01","amount":{amount}}}"#
+        );
+        assert_eq!(daemon.post("bank", body.as_bytes()).status, 200);
+    }
+    wait_for_engine(&setup);
+    let what = setup.json(&["explain", "2", "--json"]);
+    assert_eq!(what["event"]["data"]["id"], "e2", "{what}");
+    let run = &what["runs"][0];
+    assert_eq!(run["rule"], "big");
+    assert!(run["error"].is_null(), "{run}");
+    assert_eq!(run["queries"][0]["found"], 2, "{run}");
+    assert!(
+        run["queries"][0]["query"]
+            .as_str()
+            .unwrap()
+            .starts_with("count bank.withdrawal account=ES01 from "),
+        "{run}"
+    );
+    assert_eq!(run["changes"][0], "set state seen:ES01");
+    assert_eq!(what["actions"].as_array().unwrap().len(), 1);
+    // Without SMS provider the action is written to a file: delivered, or still pending.
+    let fate = what["actions"][0][1].as_str().unwrap();
+    assert!(fate == "done" || fate == "pending", "{fate}");
+    let text = String::from_utf8(setup.command(&["explain", "2"]).stdout).unwrap();
+    assert!(
+        text.contains("rule big on event 2: decided 1 action(s)"),
+        "{text}"
+    );
+    // A rule's failed runs (a batch that decides nothing is traced when its cursor is
+    // committed, within a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let failed = setup.json(&["explain", "--rule", "big", "--errors", "--json"]);
+        if !failed.as_array().unwrap().is_empty() || Instant::now() > deadline {
+            break failed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let failed = failed.as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["seq"], 3);
+    assert!(failed[0]["error"].as_str().unwrap().contains("too much"));
+    assert_eq!(
+        setup
+            .json(&["explain", "--rule", "big", "--last", "2", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // With the daemon stopped too.
+    assert_eq!(
+        setup.json(&["explain", "1", "--json"])["runs"][0]["rule"],
+        "big"
+    );
+}

@@ -213,9 +213,8 @@ fn resolve(ctx: &mut Ctx, ty: &str, keys: &Map, window: &Dynamic) -> Res<Window>
 
 fn run_query(
     ctx: &Rc<RefCell<Ctx>>,
-    ty: &str,
-    keys: &Map,
-    window: &Dynamic,
+    call: &str,
+    (ty, keys, window): (&str, &Map, &Dynamic),
     order: Order,
     limit: usize,
 ) -> Res<Vec<(i64, u64)>> {
@@ -224,9 +223,39 @@ fn run_query(
         let w = resolve(&mut ctx, ty, keys, window)?;
         (ctx.store.clone(), w)
     };
-    store
+    let found = store
         .window(&w, order, limit)
-        .map_or_else(|e| err(format!("window query: {e}")), Ok)
+        .map_or_else(|e| err(format!("window query: {e}")), Ok)?;
+    trace_query(ctx, call, &w, found.len());
+    Ok(found)
+}
+
+/// Keeps a window query and its answer in the run's trace (`gancho explain`).
+fn trace_query(ctx: &Rc<RefCell<Ctx>>, call: &str, w: &gancho_store::Window, found: usize) {
+    let Ok(mut ctx) = ctx.try_borrow_mut() else {
+        return;
+    };
+    let Some(run) = ctx.run.as_mut() else {
+        return;
+    };
+    let keys: Vec<String> = w.keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+            || ms.to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+    };
+    run.traced.push(gancho_state::traces::QueryTrace {
+        query: format!(
+            "{call} {}.{} {} from {} to {}",
+            w.source,
+            w.kind,
+            keys.join(" "),
+            time(w.from_ms),
+            time(w.to_ms)
+        ),
+        found: found as u64,
+    });
 }
 
 /// The event a window query found, as rules see it; `None` if a prune deleted it since.
@@ -254,6 +283,7 @@ fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
         let n = store
             .count(&w, usize::MAX)
             .map_or_else(|e| err(format!("window query: {e}")), Ok)?;
+        trace_query(&c, "count", &w, n);
         Ok(INT::try_from(n).unwrap_or(INT::MAX))
     };
     let count2 = count.clone();
@@ -264,7 +294,7 @@ fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
 
     let c = ctx.clone();
     let exists = move |ty: &str, keys: Map, w: Dynamic| -> Res<bool> {
-        Ok(!run_query(&c, ty, &keys, &w, Order::Oldest, 1)?.is_empty())
+        Ok(!run_query(&c, "exists", (ty, &keys, &w), Order::Oldest, 1)?.is_empty())
     };
     let exists2 = exists.clone();
     engine.register_fn("exists", exists);
@@ -275,7 +305,7 @@ fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
     for (name, order) in [("first", Order::Oldest), ("last", Order::Newest)] {
         let c = ctx.clone();
         let one = move |ty: &str, keys: Map, w: Dynamic| -> Res<Dynamic> {
-            match run_query(&c, ty, &keys, &w, order, 1)?.first() {
+            match run_query(&c, name, (ty, &keys, &w), order, 1)?.first() {
                 None => Ok(Dynamic::UNIT),
                 Some(&(_, seq)) => Ok(load_event(&c, seq)?.unwrap_or(Dynamic::UNIT)),
             }
@@ -288,7 +318,7 @@ fn register_queries(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
     let c = ctx.clone();
     let events = move |ty: &str, keys: Map, w: Dynamic, limit: INT| -> Res<rhai::Array> {
         let limit = usize::try_from(limit).unwrap_or(0).min(MAX_LIST);
-        run_query(&c, ty, &keys, &w, Order::Oldest, limit)?
+        run_query(&c, "events", (ty, &keys, &w), Order::Oldest, limit)?
             .into_iter()
             .filter_map(|(_, seq)| load_event(&c, seq).transpose())
             .collect()

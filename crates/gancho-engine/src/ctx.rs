@@ -51,6 +51,8 @@ pub(crate) struct Run {
     /// The rule's top-level constants with literal values, which its functions see too.
     pub(crate) constants: std::rc::Rc<Vec<(String, rhai::Dynamic)>>,
     pub(crate) pending: Pending,
+    /// The window queries it made, with their answers (its trace).
+    pub(crate) traced: Vec<gancho_state::traces::QueryTrace>,
     /// When the run began (for `Limits::max_run_time`).
     pub(crate) started: std::time::Instant,
 }

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use gancho_core::ActionRequest;
+use gancho_core::{ActionRequest, Event};
 use gancho_core::{Clock, SystemClock};
 use gancho_engine::{EngineStatus, SharedStatus};
 use gancho_state::ops::OperatorOp;
 use gancho_state::poison::Poisoned;
+use gancho_state::traces::RunTrace;
 use gancho_state::{Attempt, OutboxItem};
 use gancho_store::{EventQuery, KeyFilter, StoreConfig, StoreError};
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,16 @@ pub enum Request {
     State {
         rule: Option<String>,
     },
+    /// An event, what each rule it woke did, and what became of the actions.
+    Explain {
+        seq: u64,
+    },
+    /// A rule's last traced runs, newest first (only failed ones with `errors`).
+    RuleRuns {
+        rule: String,
+        last: usize,
+        errors: bool,
+    },
     /// Discards an orphaned timer or expectation.
     DiscardTimer {
         rule: String,
@@ -88,6 +99,18 @@ pub enum Request {
         rule: String,
         key: Option<String>,
     },
+}
+
+/// What `gancho explain SEQ` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Explanation {
+    /// `None` when it is not in the log (not yet stored, or pruned).
+    pub event: Option<Event>,
+    /// The runs it woke, as traced (none when it woke no rule, or its trace was pruned).
+    pub runs: Vec<RunTrace>,
+    /// What became of each action they decided: `pending`, `dead`, or `done` (delivered,
+    /// or pending in another's place: the outbox keeps no record of deliveries yet).
+    pub actions: Vec<(String, String)>,
 }
 
 /// What `gancho status` shows: how far each stage has come.
@@ -168,6 +191,8 @@ pub enum Response {
     Status(Status),
     Poisoned(Vec<Poisoned>),
     Done(String),
+    Explained(Explanation),
+    Runs(Vec<RunTrace>),
     Error(String),
 }
 
@@ -202,6 +227,18 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
             .map(Response::Rules)
             .or_else(|err| Ok(Response::Error(err.to_string()))),
         },
+        Request::Explain { seq } => explain(data, *seq).map(Response::Explained),
+        Request::RuleRuns { rule, last, errors } => {
+            let mut runs = Vec::new();
+            data.state
+                .each_run_newest(|run| {
+                    if run.rule == *rule && (!errors || run.error.is_some()) {
+                        runs.push(run);
+                    }
+                    runs.len() < *last
+                })
+                .map(|()| Response::Runs(runs))
+        }
         Request::DiscardTimer { rule, name } => {
             let mut found = false;
             let listed = data.state.each_timer(Some(rule), |timer| {
@@ -526,6 +563,38 @@ mod stream {
             Ok(n)
         }
     }
+}
+
+fn explain(data: &Data, seq: u64) -> Result<Explanation, StoreError> {
+    let event = data.store.get(seq)?;
+    let runs = data.state.traces_of(seq)?;
+    let ids: Vec<String> = runs.iter().flat_map(|r| r.actions.clone()).collect();
+    let mut fates: std::collections::HashMap<String, &str> = Default::default();
+    let outbox = data.state.outbox();
+    outbox.each_pending(0, |item| {
+        if ids.contains(&item.action.id) {
+            fates.insert(item.action.id, "pending");
+        }
+        Ok(())
+    })?;
+    outbox.each_dead(0, |dead| {
+        if ids.contains(&dead.action.id) {
+            fates.insert(dead.action.id, "dead");
+        }
+        Ok(())
+    })?;
+    let actions = ids
+        .into_iter()
+        .map(|id| {
+            let fate = fates.get(&id).copied().unwrap_or("done");
+            (id, fate.to_owned())
+        })
+        .collect();
+    Ok(Explanation {
+        event,
+        runs,
+        actions,
+    })
 }
 
 /// Hands a change to the running engine (it commits it with its next batch) and waits until

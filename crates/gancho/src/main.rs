@@ -133,6 +133,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Why an event did what it did: the event, each rule it woke with its outcome, window
+    /// queries and changes, and what became of the actions. Or, with `--rule`, a rule's last
+    /// runs.
+    Explain {
+        /// The event's seq (`gancho events` shows it).
+        #[arg(required_unless_present = "rule")]
+        seq: Option<u64>,
+        /// A rule's last runs instead, newest first.
+        #[arg(long)]
+        rule: Option<String>,
+        /// With `--rule`: how many.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// With `--rule`: only the runs that failed.
+        #[arg(long)]
+        errors: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the pending timers and expectations, by rule: when each fires, what cancels it.
     Timers {
         #[command(subcommand)]
@@ -332,6 +352,13 @@ fn main() -> ExitCode {
         Command::Prune { json } => prune_now(&config, json),
         Command::Status { json } => show_status(&config, json),
         Command::Poisoned { limit, json } => list_poisoned(&config, limit, json),
+        Command::Explain {
+            seq,
+            rule,
+            last,
+            errors,
+            json,
+        } => explain(&config, seq, rule, last, errors, json),
         Command::Timers {
             discard: Some(TimersCommand::Discard { id }),
             ..
@@ -800,6 +827,85 @@ fn ms_time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| ms.to_string())
+}
+
+fn explain(
+    config: &Config,
+    seq: Option<u64>,
+    rule: Option<String>,
+    last: usize,
+    errors: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Some(rule) = rule {
+        let request = Request::RuleRuns { rule, last, errors };
+        let Response::Runs(runs) = ask(config, &request)? else {
+            anyhow::bail!("unexpected answer from the daemon");
+        };
+        if json {
+            return print_json(&runs);
+        }
+        for run in &runs {
+            write_run(&mut out, run)?;
+        }
+        return Ok(());
+    }
+    let seq = seq.context("name an event's seq, or --rule NAME")?;
+    let Response::Explained(what) = ask(config, &Request::Explain { seq })? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    if json {
+        return print_json(&what);
+    }
+    match &what.event {
+        Some(e) => writeln!(
+            out,
+            "event {seq}: {}.{} at {}  {}",
+            shown(&e.source),
+            shown(&e.kind),
+            e.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            shown_keys(e.keys.iter())
+        )?,
+        None => writeln!(
+            out,
+            "event {seq}: not in the log (not stored yet, or pruned)"
+        )?,
+    }
+    if what.runs.is_empty() {
+        writeln!(out, "  woke no rule (or its trace was pruned)")?;
+    }
+    for run in &what.runs {
+        write_run(&mut out, run)?;
+    }
+    for (id, fate) in &what.actions {
+        writeln!(out, "  action {}: {}", shown(id), fate)?;
+    }
+    Ok(())
+}
+
+fn write_run(
+    out: &mut dyn std::io::Write,
+    run: &gancho_state::traces::RunTrace,
+) -> std::io::Result<()> {
+    let outcome = match (&run.error, run.actions.len()) {
+        (Some(error), _) => format!("failed: {}", shown(error)),
+        (None, 0) => "decided nothing".to_owned(),
+        (None, n) => format!("decided {n} action(s)"),
+    };
+    writeln!(
+        out,
+        "  rule {} on event {}: {outcome}",
+        shown(&run.rule),
+        run.seq
+    )?;
+    for query in &run.queries {
+        writeln!(out, "    {} -> {}", shown(&query.query), query.found)?;
+    }
+    for change in &run.changes {
+        writeln!(out, "    {}", shown(change))?;
+    }
+    Ok(())
 }
 
 fn discard_timer(config: &Config, id: &str) -> anyhow::Result<()> {

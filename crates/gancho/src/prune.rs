@@ -29,6 +29,8 @@ pub struct Retention {
     pub events_ms: Option<u64>,
     pub quarantine_ms: Option<u64>,
     pub dead_ms: Option<u64>,
+    #[serde(default)]
+    pub traces_ms: Option<u64>,
 }
 
 impl Retention {
@@ -38,6 +40,7 @@ impl Retention {
             events_ms: ms(config.store.retention),
             quarantine_ms: ms(config.store.quarantine_retention),
             dead_ms: ms(config.actions.retry.dead_retention),
+            traces_ms: ms(config.engine.trace_retention),
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct Pruned {
     pub quarantine_records: u64,
     pub dead_letters: u64,
     pub expired_state: u64,
+    #[serde(default)]
+    pub traces: u64,
 }
 
 /// `now` minus `ms`, in ms since the epoch.
@@ -86,6 +91,10 @@ pub fn prune(data: &Data, retention: &Retention, now: DateTime<Utc>) -> Result<P
         Some(cutoff) => data.state.drop_expired_state(cutoff)?,
         None => 0,
     };
+    let traces = match before(now, retention.traces_ms) {
+        Some(cutoff) => data.state.prune_traces(cutoff)?,
+        None => 0,
+    };
     Ok(Pruned {
         events: report.events,
         kept: report.kept,
@@ -94,6 +103,7 @@ pub fn prune(data: &Data, retention: &Retention, now: DateTime<Utc>) -> Result<P
         quarantine_records: report.quarantine_records,
         dead_letters: dead_letters as u64,
         expired_state: expired_state as u64,
+        traces: traces as u64,
     })
 }
 

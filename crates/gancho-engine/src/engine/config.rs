@@ -59,12 +59,17 @@ pub struct EngineSection {
     /// Default: `"2m"`. Example: `"10m"`.
     #[serde(deserialize_with = "gancho_core::config::duration::deserialize")]
     pub late_grace: std::time::Duration,
+    /// How long the traces of rule runs (`gancho explain`) are kept; `"0"` keeps them for
+    /// ever. Default: `"7d"`. Example: `"30d"`.
+    #[serde(deserialize_with = "gancho_core::config::duration::retention::deserialize")]
+    pub trace_retention: Option<std::time::Duration>,
 }
 
 impl Default for EngineSection {
     fn default() -> EngineSection {
         EngineSection {
             late_grace: std::time::Duration::from_secs(120),
+            trace_retention: Some(std::time::Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }

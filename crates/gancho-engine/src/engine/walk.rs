@@ -96,6 +96,8 @@ pub struct Engine {
     /// cursor of their commit: each is removed once its commit is durable.
     ops_staged: Vec<u64>,
     ops_committed: Vec<(u64, u64)>,
+    /// The runs of the batch in progress, for its trace (`gancho explain`).
+    traces: gancho_state::traces::BatchTrace,
 }
 
 impl Engine {
@@ -168,6 +170,7 @@ impl Engine {
             loaded_at_start: HashSet::new(),
             ops_staged: Vec::new(),
             ops_committed: Vec::new(),
+            traces: Default::default(),
         };
         engine.reload()?;
         engine.loaded_at_start = engine.rules.keys().cloned().collect();
@@ -347,9 +350,21 @@ impl Engine {
             self.committed_cursor = self.cursor;
             self.cursor_committed = Instant::now();
             self.careful.committed(self.cursor)?;
+            let traces = std::mem::take(&mut self.traces);
+            self.save_traces(traces);
         }
         self.save_counters();
         Ok(())
+    }
+
+    /// Stores the traces of committed runs, keyed by the earliest event they hold.
+    fn save_traces(&self, traces: gancho_state::traces::BatchTrace) {
+        let Some(first) = traces.runs.iter().map(|r| r.seq).min() else {
+            return;
+        };
+        if let Err(err) = self.state.save_traces(first, &traces) {
+            warn!(error = %err, "storing a batch's traces");
+        }
     }
 
     /// The engine stops cleanly (after [`Engine::commit_cursor`]): its next start processes
@@ -478,6 +493,9 @@ impl Engine {
             self.cursor = last;
             return Ok(processed);
         }
+        // The traces of this batch, and of the batches before it that decided nothing (their
+        // cursor was not committed): stored once the commit is handed over.
+        let traces = std::mem::take(&mut self.traces);
         if let Err(err) = self.state.commit(batch.changes, last) {
             // Nothing of the batch is committed: it is processed again on the next step; the
             // orphans it armed again are armed again too, and operators' requests staged.
@@ -497,6 +515,7 @@ impl Engine {
         let staged = std::mem::take(&mut self.ops_staged);
         self.ops_committed
             .extend(staged.into_iter().map(|id| (last, id)));
+        self.save_traces(traces);
         Ok(processed)
     }
 
@@ -620,6 +639,7 @@ impl Engine {
             callbacks: Rc::clone(&rule.callbacks),
             constants: Rc::clone(&rule.constants),
             pending: Pending::default(),
+            traced: Vec::new(),
             started: Instant::now(),
         });
         let mut scope = Scope::new();
@@ -647,8 +667,37 @@ impl Engine {
             Err(format!("internal error (a bug in gancho): {what}").into())
         });
         self.careful.after_run();
-        let run = self.ctx.borrow_mut().run.take();
+        let mut run = self.ctx.borrow_mut().run.take();
         let took = run.as_ref().map_or(Duration::ZERO, |r| r.started.elapsed());
+        let mut trace = gancho_state::traces::RunTrace {
+            seq: event.seq,
+            rule: name.to_owned(),
+            error: None,
+            actions: Vec::new(),
+            queries: run
+                .as_mut()
+                .map(|r| std::mem::take(&mut r.traced))
+                .unwrap_or_default(),
+            changes: Vec::new(),
+        };
+        if let (Some(run), true) = (&run, result.is_ok()) {
+            for change in &run.pending.changes {
+                match change {
+                    Change::PutAction(action) => trace.actions.push(action.id.clone()),
+                    Change::PutState { key, .. } => trace.changes.push(format!("set state {key}")),
+                    Change::DeleteState { key, .. } => {
+                        trace.changes.push(format!("cleared state {key}"))
+                    }
+                    Change::PutTimer(t) => trace
+                        .changes
+                        .push(format!("set timer {} due {}", t.name, t.due_ms)),
+                    Change::DeleteTimer(t) => {
+                        trace.changes.push(format!("removed timer {}", t.name))
+                    }
+                    _ => {}
+                }
+            }
+        }
         let counters = self.counters.entry(name.to_owned()).or_default();
         let pause = counters.record(result.is_err(), took);
         match result {
@@ -674,9 +723,12 @@ impl Engine {
                     warn!(rule = name, seq = event.seq, "rule failed: {message}");
                     counters.logged_at = Some(Instant::now());
                 }
+                trace.error = Some(message.clone());
                 counters.stored.last_error = Some(message);
             }
         }
+        self.traces.received_ms = self.traces.received_ms.max(time_to_millis(event.received));
+        self.traces.runs.push(trace);
         if let Some(why) = pause
             && self.runs(name)
         {
