@@ -578,12 +578,15 @@ if event.amount > 1000 { throw "too much"; }
     let run = &what["runs"][0];
     assert_eq!(run["rule"], "big");
     assert!(run["error"].is_null(), "{run}");
-    assert_eq!(run["queries"][0]["found"], 2, "{run}");
-    assert!(
-        run["queries"][0]["query"]
-            .as_str()
-            .unwrap()
-            .starts_with("count bank.withdrawal account=ES01 from "),
+    let query = &run["queries"][0];
+    assert_eq!(query["found"], 2, "{run}");
+    assert_eq!(
+        (&query["call"], &query["type"], &query["keys"]),
+        (
+            &serde_json::json!("count"),
+            &serde_json::json!("bank.withdrawal"),
+            &serde_json::json!([["account", "ES01"]])
+        ),
         "{run}"
     );
     assert_eq!(run["changes"][0], "set state seen:ES01");
@@ -594,6 +597,10 @@ if event.amount > 1000 { throw "too much"; }
     let text = String::from_utf8(setup.command(&["explain", "2"]).stdout).unwrap();
     assert!(
         text.contains("rule big on event 2: decided 1 action(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("count bank.withdrawal account=ES01 from "),
         "{text}"
     );
     // A rule's failed runs (a batch that decides nothing is traced when its cursor is

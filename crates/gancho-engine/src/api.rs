@@ -238,22 +238,12 @@ fn trace_query(ctx: &Rc<RefCell<Ctx>>, call: &str, w: &gancho_store::Window, fou
     let Some(run) = ctx.run.as_mut() else {
         return;
     };
-    let keys: Vec<String> = w.keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let time = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms).map_or_else(
-            || ms.to_string(),
-            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )
-    };
     run.traced.push(gancho_state::traces::QueryTrace {
-        query: format!(
-            "{call} {}.{} {} from {} to {}",
-            w.source,
-            w.kind,
-            keys.join(" "),
-            time(w.from_ms),
-            time(w.to_ms)
-        ),
+        call: call.to_owned(),
+        kind: format!("{}.{}", w.source, w.kind),
+        keys: w.keys.clone(),
+        from_ms: w.from_ms,
+        to_ms: w.to_ms,
         found: found as u64,
     });
 }

@@ -77,6 +77,10 @@ pub struct EngineState {
     outbox_lock: Arc<Mutex<()>>,
     /// This store's secret key (see [`EngineState::secret`]).
     secret: Arc<StoreSecret>,
+    /// The traces of rule runs (`traces.rs`), in a database of their own (`store/traces`):
+    /// diagnostics, made durable by sled's own periodic flush, so that they add nothing to
+    /// the engine database's flushes and syncs.
+    traces: Tree,
 }
 
 /// 32 random bytes made at a store's first open and kept in it: the key of the MACs that
@@ -105,10 +109,11 @@ impl EngineState {
     pub fn open(store_dir: &Path, config: &StoreConfig) -> Result<EngineState, StoreError> {
         let path = store_dir.join("engine");
         let db = Db::open(&path, config.engine_cache())?;
-        EngineState::open_db(db, &path, config.fsync)
+        let traces = Db::open(&store_dir.join("traces"), 4 << 20)?.tree("traces")?;
+        EngineState::open_db(db, &path, config.fsync, traces)
     }
 
-    fn open_db(db: Db, path: &Path, fsync: bool) -> Result<EngineState, StoreError> {
+    fn open_db(db: Db, path: &Path, fsync: bool, traces: Tree) -> Result<EngineState, StoreError> {
         let tree = db.tree("engine")?;
         let sync = if fsync {
             Some(FileSync::open(path)?)
@@ -131,6 +136,7 @@ impl EngineState {
             applier: Arc::new(Mutex::new(None)),
             outbox_lock: Arc::new(Mutex::new(())),
             secret: Arc::new(StoreSecret([0; 32])),
+            traces,
         };
         journal::recover(&state.tree, || state.sync())?;
         migrate::FORMAT.upgrade(&state.tree, &mut || state.sync())?;

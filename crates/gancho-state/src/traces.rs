@@ -14,11 +14,19 @@ use crate::schema::to_json;
 
 const TRACES: u8 = b'T';
 
-/// One window query of a run, and its answer.
+/// One window query of a run, and its answer. Kept as parts (formatted only when shown: a
+/// run may make many, and the engine records them all).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryTrace {
-    /// `count mailjet.sent MessageID=42 from … to …`
-    pub query: String,
+    /// `count`, `exists`, `first`, `last` or `events`.
+    pub call: String,
+    /// `source.type`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub keys: Vec<(String, String)>,
+    /// The window, event time (ms).
+    pub from_ms: i64,
+    pub to_ms: i64,
     /// How many events it found (for `first`/`last`/`exists`: at most 1).
     pub found: u64,
 }
@@ -49,6 +57,27 @@ pub struct BatchTrace {
     pub runs: Vec<RunTrace>,
 }
 
+/// A record's format: LZ4 of the batch's JSON (traces repeat rule names, types and keys:
+/// about a tenth of the JSON's bytes).
+const TRACE_LZ4: u8 = 1;
+
+fn encode(batch: &BatchTrace) -> Result<Vec<u8>, StoreError> {
+    let json = to_json(batch)?;
+    let mut out = vec![TRACE_LZ4];
+    out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&json));
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> Option<BatchTrace> {
+    match bytes.split_first() {
+        Some((&TRACE_LZ4, rest)) => {
+            let json = lz4_flex::block::decompress_size_prepended(rest).ok()?;
+            serde_json::from_slice(&json).ok()
+        }
+        _ => None,
+    }
+}
+
 fn key(first_seq: u64) -> [u8; 9] {
     let mut key = [TRACES; 9];
     key[1..].copy_from_slice(&first_seq.to_be_bytes());
@@ -58,24 +87,28 @@ fn key(first_seq: u64) -> [u8; 9] {
 impl EngineState {
     /// Stores the traces of a batch whose first event is `first_seq`.
     pub fn save_traces(&self, first_seq: u64, batch: &BatchTrace) -> Result<(), StoreError> {
-        self.tree.insert(key(first_seq), to_json(batch)?)
+        self.traces.insert(key(first_seq), encode(batch)?)
     }
 
     /// The runs on the event `seq`, if traced.
     pub fn traces_of(&self, seq: u64) -> Result<Vec<RunTrace>, StoreError> {
-        let found = self.tree.range(key(0)..=key(seq)).next_back().transpose()?;
+        let found = self
+            .traces
+            .range(key(0)..=key(seq))
+            .next_back()
+            .transpose()?;
         let Some((_, value)) = found else {
             return Ok(Vec::new());
         };
-        let batch: BatchTrace = serde_json::from_slice(&value).unwrap_or_default();
+        let batch = decode(&value).unwrap_or_default();
         Ok(batch.runs.into_iter().filter(|r| r.seq == seq).collect())
     }
 
     /// Hands the traced runs to `f`, newest first, while it returns true.
     pub fn each_run_newest(&self, mut f: impl FnMut(RunTrace) -> bool) -> Result<(), StoreError> {
-        for entry in self.tree.scan_prefix([TRACES]).rev() {
+        for entry in self.traces.scan_prefix([TRACES]).rev() {
             let (_, value) = entry?;
-            let Ok(batch) = serde_json::from_slice::<BatchTrace>(&value) else {
+            let Some(batch) = decode(&value) else {
                 continue;
             };
             for run in batch.runs.into_iter().rev() {
@@ -91,15 +124,14 @@ impl EngineState {
     /// first. Returns how many batches went.
     pub fn prune_traces(&self, before_ms: i64) -> Result<usize, StoreError> {
         let mut pruned = 0;
-        for entry in self.tree.scan_prefix([TRACES]) {
+        for entry in self.traces.scan_prefix([TRACES]) {
             let (k, value) = entry?;
-            let received =
-                serde_json::from_slice::<BatchTrace>(&value).map_or(i64::MIN, |b| b.received_ms);
+            let received = decode(&value).map_or(i64::MIN, |b| b.received_ms);
             if received >= before_ms {
                 break;
             }
             if k.get(1..).and_then(read_u64).is_some() {
-                self.tree.remove(&k)?;
+                self.traces.remove(&k)?;
                 pruned += 1;
             }
         }

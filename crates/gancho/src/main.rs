@@ -899,8 +899,17 @@ fn write_run(
         shown(&run.rule),
         run.seq
     )?;
-    for query in &run.queries {
-        writeln!(out, "    {} -> {}", shown(&query.query), query.found)?;
+    for q in &run.queries {
+        writeln!(
+            out,
+            "    {} {} {} from {} to {} -> {}",
+            q.call,
+            shown(&q.kind),
+            shown_keys(q.keys.iter().map(|(k, v)| (k, v))),
+            ms_time(q.from_ms),
+            ms_time(q.to_ms),
+            q.found
+        )?;
     }
     for change in &run.changes {
         writeln!(out, "    {}", shown(change))?;
