@@ -39,7 +39,12 @@ fn a_run_that_kills_the_engine_is_tried_three_times_then_set_aside_and_the_rest_
         item("p1", "poison"),
         item("w2", "withdrawal")
     );
-    assert_eq!(daemon.post("bank", body.as_bytes()).status, 200);
+    // The events are durable before the 200 is written, and the engine may abort the process
+    // before the HTTP worker writes it: an answer cut short is as good as a 200 here.
+    let answer = crate::support::Request::post("/hooks/bank", body.as_bytes()).send(daemon.addr);
+    if let Ok(answer) = answer {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
     let first = daemon.wait_exit(Duration::from_secs(30));
     assert!(!first.success(), "the engine was to die");
     let mut deaths = 1;
