@@ -575,6 +575,18 @@ if event.amount > 1000 { throw "too much"; }
     wait_for_engine(&setup);
     let what = setup.json(&["explain", "2", "--json"]);
     assert_eq!(what["event"]["data"]["id"], "e2", "{what}");
+    // By the id the source gave it, as `gancho events` lists it.
+    assert_eq!(
+        setup.json(&["explain", "p:e2", "--json"])["event"]["seq"],
+        what["event"]["seq"]
+    );
+    assert_eq!(what["event"]["seq"], 2);
+    let unknown = setup.command(&["explain", "p:nope"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no event with id p:nope"),
+        "{unknown:?}"
+    );
     let run = &what["runs"][0];
     assert_eq!(run["rule"], "big");
     assert!(run["error"].is_null(), "{run}");

@@ -530,6 +530,25 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// The seq of the event a source posted with this id (`p:…` or `h:…`, as listed), if it
+    /// is stored: from the dedup index, or from the log's unindexed tail.
+    pub fn find_event(&self, source: &str, id: &str) -> Result<Option<u64>, StoreError> {
+        let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
+        let durable = self.inner.progress.durable.load(Ordering::Acquire);
+        if let Some(value) = self.inner.index.get(&keys::dedup_key(source, id))? {
+            return Ok(keys::read_u64(&value));
+        }
+        let mut found = None;
+        codec::for_each_record(&self.inner.events, indexed + 1, durable, |seq, record| {
+            let view = codec::view_record(seq, record)?;
+            if view.source == source && view.id == id {
+                found = Some(seq);
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
     /// Quarantined items, oldest first, the newest `limit` of them.
     pub fn quarantine(&self, limit: usize) -> Result<Vec<Quarantined>, StoreError> {
         let mut items = Vec::new();

@@ -83,6 +83,11 @@ pub enum Request {
     Explain {
         seq: u64,
     },
+    /// The seq of the event one of these sources posted with this id.
+    FindEvent {
+        id: String,
+        sources: Vec<String>,
+    },
     /// A rule's last traced runs, newest first (only failed ones with `errors`).
     RuleRuns {
         rule: String,
@@ -191,9 +196,20 @@ pub enum Response {
     Status(Status),
     Poisoned(Vec<Poisoned>),
     Done(String),
+    Found(Option<u64>),
     Explained(Explanation),
     Runs(Vec<RunTrace>),
     Error(String),
+}
+
+/// The seq of the first of these sources' events stored with this id.
+fn find_event(data: &Data, id: &str, sources: &[String]) -> Result<Option<u64>, StoreError> {
+    for source in sources {
+        if let Some(seq) = data.store.find_event(source, id)? {
+            return Ok(Some(seq));
+        }
+    }
+    Ok(None)
 }
 
 fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Response {
@@ -228,6 +244,7 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
             .or_else(|err| Ok(Response::Error(err.to_string()))),
         },
         Request::Explain { seq } => explain(data, *seq).map(Response::Explained),
+        Request::FindEvent { id, sources } => find_event(data, id, sources).map(Response::Found),
         Request::RuleRuns { rule, last, errors } => {
             let mut runs = Vec::new();
             data.state

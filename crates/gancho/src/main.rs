@@ -137,9 +137,9 @@ enum Command {
     /// queries and changes, and what became of the actions. Or, with `--rule`, a rule's last
     /// runs.
     Explain {
-        /// The event's seq (`gancho events` shows it).
+        /// The event's seq, or its id (`p:…`, `h:…`), as `gancho events` shows them.
         #[arg(required_unless_present = "rule")]
-        seq: Option<u64>,
+        event: Option<String>,
         /// A rule's last runs instead, newest first.
         #[arg(long)]
         rule: Option<String>,
@@ -353,7 +353,7 @@ fn main() -> ExitCode {
         Command::Status { json } => show_status(&config, json),
         Command::Poisoned { limit, json } => list_poisoned(&config, limit, json),
         Command::Explain {
-            seq,
+            event: seq,
             rule,
             last,
             errors,
@@ -831,7 +831,7 @@ fn ms_time(ms: i64) -> String {
 
 fn explain(
     config: &Config,
-    seq: Option<u64>,
+    event: Option<String>,
     rule: Option<String>,
     last: usize,
     errors: bool,
@@ -851,7 +851,28 @@ fn explain(
         }
         return Ok(());
     }
-    let seq = seq.context("name an event's seq, or --rule NAME")?;
+    let event = event.context("name an event's seq or id, or --rule NAME")?;
+    let seq = match event.parse::<u64>() {
+        Ok(seq) => seq,
+        Err(_) => {
+            let request = Request::FindEvent {
+                id: event.clone(),
+                sources: config
+                    .ingress
+                    .sources
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect(),
+            };
+            match ask(config, &request)? {
+                Response::Found(Some(seq)) => seq,
+                Response::Found(None) => {
+                    anyhow::bail!("no event with id {} is stored", shown(&event))
+                }
+                _ => anyhow::bail!("unexpected answer from the daemon"),
+            }
+        }
+    };
     let Response::Explained(what) = ask(config, &Request::Explain { seq })? else {
         anyhow::bail!("unexpected answer from the daemon");
     };
