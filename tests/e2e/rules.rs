@@ -53,6 +53,17 @@ fn wait_for_engine(setup: &Setup) {
     }
 }
 
+/// Posts bank withdrawals (id, amount) from account ES01, at the current time.
+fn post_withdrawals(daemon: &crate::support::Daemon, withdrawals: &[(&str, i64)]) {
+    let now = now_secs();
+    for (id, amount) in withdrawals {
+        let body = format!(
+            r#"{{"id":"{id}","kind":"withdrawal","at":{now},"account":"ES01","amount":{amount}}}"#
+        );
+        assert_eq!(daemon.post("bank", body.as_bytes()).status, 200);
+    }
+}
+
 fn mailjet(event: &str, time: i64, email: &str) -> Vec<u8> {
     format!(
         r#"{{"event":"{event}","time":{time},"MessageID":288230387505203290,"email":"{email}","mj_campaign_id":7257,"CustomID":"spring"}}"#
@@ -565,13 +576,7 @@ if event.amount > 1000 { throw "too much"; }
 "#,
     );
     let daemon = setup.start();
-    let now = now_secs();
-    for (id, amount) in [("e1", 10), ("e2", 20), ("e3", 5000)] {
-        let body = format!(
-            r#"{{"id":"{id}","kind":"withdrawal","at":{now},"account":"ES01","amount":{amount}}}"#
-        );
-        assert_eq!(daemon.post("bank", body.as_bytes()).status, 200);
-    }
+    post_withdrawals(&daemon, &[("e1", 10), ("e2", 20), ("e3", 5000)]);
     wait_for_engine(&setup);
     let what = setup.json(&["explain", "2", "--json"]);
     assert_eq!(what["event"]["data"]["id"], "e2", "{what}");
@@ -642,5 +647,81 @@ if event.amount > 1000 { throw "too much"; }
     assert_eq!(
         setup.json(&["explain", "1", "--json"])["runs"][0]["rule"],
         "big"
+    );
+}
+
+#[test]
+fn gancho_rerun_runs_the_fixed_rule_once_on_each_event_it_failed_on() {
+    let setup = Setup::standard();
+    crate::support::write_rule(
+        &setup,
+        "big.rhai",
+        r#"const ON = ["bank.withdrawal"];
+if event.amount > 1000 { throw "too much"; }
+sms(#{ to: "+34600000001", text: `withdrew ${event.amount}` });
+"#,
+    );
+    let daemon = setup.start();
+    post_withdrawals(&daemon, &[("e1", 10), ("e2", 5000), ("e3", 6000)]);
+    wait_for_engine(&setup);
+    // The fixed version (it also names a second type: how the test sees it loaded).
+    crate::support::write_rule(
+        &setup,
+        "big.rhai",
+        r#"const ON = ["bank.withdrawal", "bank.refund"];
+sms(#{ to: "+34600000001", text: `withdrew ${event.amount}` });
+"#,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = setup.json(&["rules", "--json"]);
+        if status["rules"][0]["on"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new version was not loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = setup.command(&["rerun", "--rule", "big", "--failed", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let reran: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reran.len(), 2, "{reran:?}");
+    assert_eq!(reran[0]["seq"], 2);
+    assert_eq!(reran[1]["seq"], 3);
+    assert_eq!(reran[0]["outcome"], "decided 1 action(s)");
+    // At most once: a second rerun finds nothing left to do.
+    let again = setup.command(&["rerun", "--rule", "big", "--failed"]);
+    let text = String::from_utf8(again.stdout).unwrap();
+    assert!(
+        text.contains("0 failed run(s) of rule big re-run"),
+        "{text}"
+    );
+    // The event's trace shows both runs, and the re-run's action.
+    let what = setup.json(&["explain", "2", "--json"]);
+    let runs = what["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{what}");
+    assert!(runs[0]["error"].as_str().unwrap().contains("too much"));
+    assert_eq!(runs[1]["rerun"], true);
+    assert_eq!(what["actions"].as_array().unwrap().len(), 1, "{what}");
+    let text = String::from_utf8(setup.command(&["explain", "2"]).stdout).unwrap();
+    assert!(
+        text.contains("on event 2 (gancho rerun): decided 1 action(s)"),
+        "{text}"
+    );
+    // Its decisions are delivered like live ones (no SMS provider: written to a file).
+    wait_for_empty_outbox(&setup);
+    let texts = std::fs::read_to_string(setup.dir.path().join("data/sms.jsonl")).unwrap();
+    assert_eq!(texts.lines().count(), 3, "{texts}");
+    assert!(texts.contains("withdrew 6000"), "{texts}");
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // It needs the engine.
+    let stopped = setup.command(&["rerun", "--rule", "big", "--failed"]);
+    assert!(!stopped.status.success());
+    assert!(
+        String::from_utf8_lossy(&stopped.stderr).contains("start the daemon"),
+        "{stopped:?}"
     );
 }

@@ -1,5 +1,5 @@
 //! Operators' changes to what the running engine keeps (`gancho state --clear`, `gancho
-//! timers discard`), handed to the engine rather than written beside it: the engine reads
+//! timers discard`, `gancho rerun`), handed to the engine rather than written beside it: the engine reads
 //! them at its next step and stages them into the batch it commits, so they are atomic with
 //! its decisions and never undone by a value it was about to write. A request is removed once
 //! the commit that carried it is done (applying one twice is harmless).
@@ -25,6 +25,11 @@ pub enum OperatorOp {
     ClearState { rule: String, key: Option<String> },
     /// Give up an orphaned timer or expectation (`name` as `gancho timers` shows it).
     DiscardOrphan { rule: String, name: String },
+    /// Run the current version of `rule` once on each event it failed on, among those
+    /// traced since `since_ms` (`gancho rerun --rule NAME --failed`). Each re-run leaves a
+    /// mark in the rule's state (`rerun:SEQ`), committed with its decisions: an event is
+    /// re-run at most once.
+    Rerun { rule: String, since_ms: i64 },
 }
 
 fn op_key(id: u64) -> [u8; 9] {

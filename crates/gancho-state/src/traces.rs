@@ -3,7 +3,8 @@
 //! rule and event, its outcome (the actions decided, nothing, or the error), the window
 //! queries it made with their answers, and the state and timers it set or cleared. Written
 //! outside commits (diagnostics: a crash can lose the last batch's), pruned after
-//! `[engine] trace_retention`.
+//! `[engine] trace_retention`. The runs `gancho rerun` makes are kept apart, one record per
+//! event (`R` + its seq), and shown with the event's.
 
 use gancho_store::StoreError;
 use gancho_store::keys::read_u64;
@@ -13,6 +14,8 @@ use crate::EngineState;
 use crate::schema::to_json;
 
 const TRACES: u8 = b'T';
+/// The runs of `gancho rerun` on one event (`R` + its seq): kept apart from its batch's.
+const RERUNS: u8 = b'R';
 
 /// One window query of a run, and its answer. Kept as parts (formatted only when shown: a
 /// run may make many, and the engine records them all).
@@ -47,6 +50,9 @@ pub struct RunTrace {
     /// State and timers it set or cleared (`set state K`, `set timer N due T`, …).
     #[serde(default)]
     pub changes: Vec<String>,
+    /// A run of `gancho rerun` (the event failed this rule before), not the event's first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rerun: bool,
 }
 
 /// The runs of one committed batch.
@@ -79,8 +85,12 @@ fn decode(bytes: &[u8]) -> Option<BatchTrace> {
 }
 
 fn key(first_seq: u64) -> [u8; 9] {
-    let mut key = [TRACES; 9];
-    key[1..].copy_from_slice(&first_seq.to_be_bytes());
+    prefixed(TRACES, first_seq)
+}
+
+fn prefixed(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut key = [prefix; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
     key
 }
 
@@ -97,11 +107,71 @@ impl EngineState {
             .range(key(0)..=key(seq))
             .next_back()
             .transpose()?;
-        let Some((_, value)) = found else {
-            return Ok(Vec::new());
+        let mut runs: Vec<RunTrace> = match found {
+            Some((_, value)) => decode(&value)
+                .unwrap_or_default()
+                .runs
+                .into_iter()
+                .filter(|r| r.seq == seq)
+                .collect(),
+            None => Vec::new(),
         };
-        let batch = decode(&value).unwrap_or_default();
-        Ok(batch.runs.into_iter().filter(|r| r.seq == seq).collect())
+        if let Some(value) = self.traces.get(prefixed(RERUNS, seq))? {
+            runs.extend(decode(&value).unwrap_or_default().runs);
+        }
+        Ok(runs)
+    }
+
+    /// Adds the runs `gancho rerun` made on the event `seq` (all of the same event), arrived
+    /// at `received_ms`, to its traces.
+    pub fn save_reruns(
+        &self,
+        seq: u64,
+        received_ms: i64,
+        runs: Vec<RunTrace>,
+    ) -> Result<(), StoreError> {
+        let key = prefixed(RERUNS, seq);
+        let mut batch = match self.traces.get(key)? {
+            Some(value) => decode(&value).unwrap_or_default(),
+            None => BatchTrace::default(),
+        };
+        batch.received_ms = batch.received_ms.max(received_ms);
+        batch.runs.extend(runs);
+        self.traces.insert(key, encode(&batch)?)
+    }
+
+    /// The events a rule's traced runs failed on, oldest first, among the batches with an
+    /// event that arrived at or after `since_ms`; not those it has run on since without
+    /// failing (re-run, or a later run of the same event).
+    pub fn failed_runs(&self, rule: &str, since_ms: i64) -> Result<Vec<u64>, StoreError> {
+        let mut failed = std::collections::BTreeSet::new();
+        let mut fine = std::collections::HashSet::new();
+        let mut note = |batch: BatchTrace| {
+            for run in batch.runs.into_iter().filter(|r| r.rule == rule) {
+                if run.error.is_some() {
+                    failed.insert(run.seq);
+                } else {
+                    fine.insert(run.seq);
+                }
+            }
+        };
+        for entry in self.traces.scan_prefix([TRACES]).rev() {
+            let (_, value) = entry?;
+            let Some(batch) = decode(&value) else {
+                continue;
+            };
+            if batch.received_ms < since_ms {
+                break;
+            }
+            note(batch);
+        }
+        for entry in self.traces.scan_prefix([RERUNS]) {
+            let (_, value) = entry?;
+            if let Some(batch) = decode(&value) {
+                note(batch);
+            }
+        }
+        Ok(failed.into_iter().filter(|s| !fine.contains(s)).collect())
     }
 
     /// Hands the traced runs to `f`, newest first, while it returns true.
@@ -131,6 +201,13 @@ impl EngineState {
                 break;
             }
             if k.get(1..).and_then(read_u64).is_some() {
+                self.traces.remove(&k)?;
+                pruned += 1;
+            }
+        }
+        for entry in self.traces.scan_prefix([RERUNS]) {
+            let (k, value) = entry?;
+            if decode(&value).is_none_or(|b| b.received_ms < before_ms) {
                 self.traces.remove(&k)?;
                 pruned += 1;
             }

@@ -129,6 +129,10 @@ impl Config {
         let mut engine = gancho_engine::EngineConfig::new(&self.rules_dir);
         engine.late_grace_ms =
             i64::try_from(self.engine.late_grace.as_millis()).unwrap_or(i64::MAX);
+        engine.trace_retention_ms = self
+            .engine
+            .trace_retention
+            .map(|keep| i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2));
         engine.retention_ms = self
             .store
             .retention

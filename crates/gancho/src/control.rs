@@ -94,6 +94,12 @@ pub enum Request {
         last: usize,
         errors: bool,
     },
+    /// Runs the current version of a rule once on each event it failed on, among those
+    /// traced since `since_ms` (`gancho rerun --rule NAME --failed`).
+    Rerun {
+        rule: String,
+        since_ms: i64,
+    },
     /// Discards an orphaned timer or expectation.
     DiscardTimer {
         rule: String,
@@ -197,6 +203,8 @@ pub enum Response {
     Poisoned(Vec<Poisoned>),
     Done(String),
     Found(Option<u64>),
+    /// What `gancho rerun` did: each event re-run (seq) and what came of it.
+    Reran(Vec<(u64, String)>),
     Explained(Explanation),
     Runs(Vec<RunTrace>),
     Error(String),
@@ -256,6 +264,10 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
                 })
                 .map(|()| Response::Runs(runs))
         }
+        Request::Rerun { .. } if engine.is_none() => Ok(Response::Error(
+            "gancho rerun runs the rule in the daemon's engine: start the daemon first".to_owned(),
+        )),
+        Request::Rerun { rule, since_ms } => rerun(data, rule, *since_ms),
         Request::DiscardTimer { rule, name } => {
             let mut found = false;
             let listed = data.state.each_timer(Some(rule), |timer| {
@@ -636,6 +648,43 @@ fn through_engine(data: &Data, op: &OperatorOp, done: String) -> Response {
             Err(err) => return Response::Error(err.to_string()),
         }
     }
+}
+
+/// Hands `gancho rerun` to the running engine, waits for it (up to 50 s: the client waits
+/// 60), and says what each re-run did, from the marks it left.
+fn rerun(data: &Data, rule: &str, since_ms: i64) -> Result<Response, StoreError> {
+    let id = data.state.request_op(&OperatorOp::Rerun {
+        rule: rule.to_owned(),
+        since_ms,
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(50);
+    while data.state.op_pending(id)? {
+        if std::time::Instant::now() >= deadline {
+            return Ok(Response::Error(
+                "the engine is still re-running after 50 s; it goes on (gancho state RULE lists each rerun:SEQ done)"
+                    .to_owned(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let op = id.to_string();
+    let mut reran = Vec::new();
+    data.state.each_state(Some(rule), |entry| {
+        let ours = entry.value.value.get("op").and_then(|v| v.as_str()) == Some(op.as_str());
+        if let (true, Some(seq)) = (
+            ours,
+            entry
+                .key
+                .strip_prefix("rerun:")
+                .and_then(|s| s.parse::<u64>().ok()),
+        ) {
+            let outcome = entry.value.value.get("outcome").and_then(|v| v.as_str());
+            reran.push((seq, outcome.unwrap_or_default().to_owned()));
+        }
+        Ok(())
+    })?;
+    reran.sort_unstable();
+    Ok(Response::Reran(reran))
 }
 
 /// Asks the running daemon, or opens the store when no daemon answers.

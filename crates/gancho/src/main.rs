@@ -153,6 +153,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the current version of a rule once on each event it failed on (as `gancho explain
+    /// --rule NAME --errors` lists them): its decisions are committed and delivered like live
+    /// ones, and an event is re-run at most once. Needs the running daemon.
+    Rerun {
+        /// The rule to run again.
+        #[arg(long)]
+        rule: String,
+        /// On the events it failed on (the only kind of re-run there is; required, so that
+        /// the command says what it does).
+        #[arg(long, required = true)]
+        failed: bool,
+        /// Only the runs traced within this long before now, as `24h`, `30m` (default: all
+        /// the traces kept, `[engine] trace_retention`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the pending timers and expectations, by rule: when each fires, what cancels it.
     Timers {
         #[command(subcommand)]
@@ -352,6 +371,12 @@ fn main() -> ExitCode {
         Command::Prune { json } => prune_now(&config, json),
         Command::Status { json } => show_status(&config, json),
         Command::Poisoned { limit, json } => list_poisoned(&config, limit, json),
+        Command::Rerun {
+            rule,
+            failed: _,
+            since,
+            json,
+        } => rerun(&config, rule, since, json),
         Command::Explain {
             event: seq,
             rule,
@@ -916,9 +941,10 @@ fn write_run(
     };
     writeln!(
         out,
-        "  rule {} on event {}: {outcome}",
+        "  rule {} on event {}{}: {outcome}",
         shown(&run.rule),
-        run.seq
+        run.seq,
+        if run.rerun { " (gancho rerun)" } else { "" }
     )?;
     for q in &run.queries {
         writeln!(
@@ -1024,6 +1050,47 @@ fn show_state(
             )
         },
     )
+}
+
+fn rerun(
+    config: &Config,
+    rule: String,
+    since: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let since_ms = match since {
+        Some(since) => {
+            let since = chrono::Duration::from_std(since).context("--since is too long")?;
+            (gancho_core::Clock::now(&gancho_core::SystemClock) - since).timestamp_millis()
+        }
+        None => i64::MIN,
+    };
+    let request = Request::Rerun {
+        rule: rule.clone(),
+        since_ms,
+    };
+    let Response::Reran(reran) = ask(config, &request)? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if json {
+        for (seq, outcome) in &reran {
+            let line = serde_json::json!({ "seq": seq, "rule": rule, "outcome": outcome });
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    for (seq, outcome) in &reran {
+        writeln!(out, "event {seq}: {}", shown(outcome))?;
+    }
+    writeln!(
+        out,
+        "{} failed run(s) of rule {} re-run",
+        reran.len(),
+        shown(&rule)
+    )?;
+    Ok(())
 }
 
 fn clear_state(

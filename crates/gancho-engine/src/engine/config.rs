@@ -47,6 +47,9 @@ pub struct EngineConfig {
     /// A timer or expectation already due when it is set fires no earlier than this after its
     /// event was received (`[engine] late_grace`).
     pub late_grace_ms: i64,
+    /// How long traces are kept (`[engine] trace_retention`; `None`: for ever): a re-run's
+    /// mark outlives the trace of the run it re-ran.
+    pub trace_retention_ms: Option<i64>,
 }
 
 /// The `[engine]` section of the config file.
@@ -83,6 +86,7 @@ impl EngineConfig {
             source_keys: None,
             retention_ms: None,
             late_grace_ms: 120_000,
+            trace_retention_ms: Some(7 * 24 * 3_600_000),
         }
     }
 }

@@ -51,6 +51,9 @@ impl Shapes {
 /// A batch that decides nothing commits its cursor only if the last commit is this old.
 const IDLE_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
+/// Failed runs `gancho rerun` runs again per step, at most (the rest in the next steps).
+const RERUNS_PER_STEP: usize = 200;
+
 /// Event types whose rule lists are remembered, at most.
 const MAX_DISPATCH_TYPES: usize = 10_000;
 
@@ -98,6 +101,9 @@ pub struct Engine {
     ops_committed: Vec<(u64, u64)>,
     /// The runs of the batch in progress, for its trace (`gancho explain`).
     traces: gancho_state::traces::BatchTrace,
+    /// The runs of `gancho rerun` in the batch in progress (event seq, its arrival, the run),
+    /// traced apart from the batch's own.
+    reruns: Vec<(u64, i64, gancho_state::traces::RunTrace)>,
 }
 
 impl Engine {
@@ -171,6 +177,7 @@ impl Engine {
             ops_staged: Vec::new(),
             ops_committed: Vec::new(),
             traces: Default::default(),
+            reruns: Vec::new(),
         };
         engine.reload()?;
         engine.loaded_at_start = engine.rules.keys().cloned().collect();
@@ -500,6 +507,7 @@ impl Engine {
             // Nothing of the batch is committed: it is processed again on the next step; the
             // orphans it armed again are armed again too, and operators' requests staged.
             self.ops_staged.clear();
+            self.reruns.clear();
             self.shapes_from_store()?;
             let names: Vec<String> = self.rules.keys().cloned().collect();
             for name in names {
@@ -516,6 +524,11 @@ impl Engine {
         self.ops_committed
             .extend(staged.into_iter().map(|id| (last, id)));
         self.save_traces(traces);
+        for (seq, received_ms, run) in std::mem::take(&mut self.reruns) {
+            if let Err(err) = self.state.save_reruns(seq, received_ms, vec![run]) {
+                warn!(error = %err, "storing a re-run's trace");
+            }
+        }
         Ok(processed)
     }
 
@@ -679,6 +692,7 @@ impl Engine {
                 .map(|r| std::mem::take(&mut r.traced))
                 .unwrap_or_default(),
             changes: Vec::new(),
+            rerun: false,
         };
         if let (Some(run), true) = (&run, result.is_ok()) {
             for change in &run.pending.changes {
@@ -783,6 +797,7 @@ impl Engine {
             if self.ops_committed.iter().any(|&(_, done)| done == id) {
                 continue;
             }
+            let staged_before = self.ctx.borrow().batch.changes.len();
             match op {
                 OperatorOp::ClearState { rule, key } => {
                     let mut keys = Vec::new();
@@ -809,6 +824,12 @@ impl Engine {
                         ctx.batch.state.insert((rule.clone(), key), None);
                     }
                 }
+                OperatorOp::Rerun { rule, since_ms } => {
+                    // Left pending (not staged) while failed runs remain: the next steps go on.
+                    if !self.rerun_failed(&rule, since_ms, id) {
+                        continue;
+                    }
+                }
                 OperatorOp::DiscardOrphan { rule, name } => {
                     let mut ctx = self.ctx.borrow_mut();
                     for stored in [name.clone(), format!("timer:{name}")] {
@@ -822,8 +843,125 @@ impl Engine {
                     }
                 }
             }
+            if self.ctx.borrow().batch.changes.len() == staged_before {
+                // Nothing to commit (nothing to clear, nothing failed): done now, or the
+                // operator would wait for a commit that an idle engine never makes.
+                if let Err(err) = self.state.op_done(id) {
+                    warn!(error = %err, "removing a done operator request");
+                }
+                continue;
+            }
             self.ops_staged.push(id);
         }
+    }
+
+    /// Runs the current version of `rule` once on each event it failed on (traced in the
+    /// batches since `since_ms`), oldest first, at most [`RERUNS_PER_STEP`] per step; true
+    /// when none is left. Each re-run's decisions, and its mark `rerun:SEQ` in the rule's
+    /// state (what it did, and for which request), go into the batch being committed.
+    fn rerun_failed(&mut self, rule: &str, since_ms: i64, op: u64) -> bool {
+        if !self.rules.contains_key(rule) {
+            warn!(
+                rule,
+                "gancho rerun: no rule of this name is loaded; nothing re-run"
+            );
+            return true;
+        }
+        let failed = match self.state.failed_runs(rule, since_ms) {
+            Ok(failed) => failed,
+            Err(err) => {
+                warn!(rule, error = %err, "gancho rerun: reading the rule's failed runs");
+                return false;
+            }
+        };
+        let now_ms = time_to_millis(self.clock.now());
+        let mut done = 0;
+        for seq in failed {
+            let mark = format!("rerun:{seq}");
+            let id = (rule.to_owned(), mark.clone());
+            if self.ctx.borrow().batch.state.contains_key(&id) {
+                continue;
+            }
+            match self.state.state(rule, &mark) {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(err) => {
+                    warn!(rule, error = %err, "gancho rerun: reading a mark");
+                    return false;
+                }
+            }
+            if done == RERUNS_PER_STEP {
+                return false;
+            }
+            done += 1;
+            let (outcome, received_ms) = match self.store.event(seq) {
+                Ok(event) => (self.rerun_one(rule, &event), time_to_millis(event.received)),
+                Err(err) => (format!("not re-run: {err}"), now_ms),
+            };
+            info!(rule, seq, outcome = %outcome, "gancho rerun");
+            // Kept as long as the failed run's trace may be (a day more for clocks that
+            // differ): the same event is not re-run again.
+            let expires_ms = self.config.trace_retention_ms.map(|keep| {
+                now_ms
+                    .max(received_ms)
+                    .saturating_add(keep)
+                    .saturating_add(24 * 3_600_000)
+            });
+            let value = gancho_state::StateValue {
+                value: serde_json::json!({
+                    "op": op.to_string(),
+                    "at": now_ms,
+                    "outcome": outcome,
+                }),
+                expires_ms,
+            };
+            let mut ctx = self.ctx.borrow_mut();
+            ctx.batch.changes.push(Change::PutState {
+                rule: rule.to_owned(),
+                key: mark,
+                value: value.clone(),
+            });
+            ctx.batch.state.insert(id, Some(value));
+        }
+        true
+    }
+
+    /// Runs `rule` on `event` again; says what came of it.
+    fn rerun_one(&mut self, rule: &str, event: &Event) -> String {
+        match event.source.as_str() {
+            // Its timer was used up when it fired: what it carried is gone.
+            TIMER_SOURCE => {
+                return "not re-run: a timer's or an expectation's callback cannot be run again"
+                    .to_owned();
+            }
+            CRON_SOURCE if event.kind != rule => {
+                return "not re-run: a cron tick of another rule".to_owned();
+            }
+            _ => {}
+        }
+        let Some(map) = event_map(event, None) else {
+            return "not re-run: its payload is not JSON".to_owned();
+        };
+        self.run_rule(rule, event, map, None);
+        let ours = self
+            .traces
+            .runs
+            .last()
+            .is_some_and(|t| t.seq == event.seq && t.rule == rule);
+        if !ours {
+            return "not re-run: set aside (it took the engine down before)".to_owned();
+        }
+        let Some(mut trace) = self.traces.runs.pop() else {
+            return String::new();
+        };
+        trace.rerun = true;
+        let outcome = match &trace.error {
+            Some(error) => format!("failed again: {error}"),
+            None => format!("decided {} action(s)", trace.actions.len()),
+        };
+        self.reruns
+            .push((event.seq, time_to_millis(event.received), trace));
+        outcome
     }
 
     /// Removes the requests whose commit is durable: the operator waiting for them is told.
