@@ -725,3 +725,85 @@ sms(#{ to: "+34600000001", text: `withdrew ${event.amount}` });
         "{stopped:?}"
     );
 }
+
+#[test]
+fn gancho_replay_runs_a_new_version_over_the_stored_history_and_changes_nothing_live() {
+    let setup = Setup::standard();
+    crate::support::write_rule(
+        &setup,
+        "big.rhai",
+        r#"const ON = ["bank.withdrawal"];
+sms(#{ to: "+34600000001", text: `withdrew ${event.amount}` });
+"#,
+    );
+    let daemon = setup.start();
+    post_withdrawals(&daemon, &[("e1", 10), ("e2", 20), ("e3", 30)]);
+    wait_for_engine(&setup);
+    wait_for_empty_outbox(&setup);
+    let sent = || std::fs::read_to_string(setup.dir.path().join("data/sms.jsonl")).unwrap();
+    assert_eq!(sent().lines().count(), 3);
+    // A new version, kept out of the rules folder: a text on the third withdrawal in an hour.
+    let new = setup.dir.path().join("big-v2.rhai");
+    std::fs::write(
+        &new,
+        r#"const ON = ["bank.withdrawal"];
+let n = count("bank.withdrawal", #{ account: event.account }, hours(1));
+if n >= 3 { sms(#{ to: "+34600000001", text: `third: ${event.amount}` }); }
+"#,
+    )
+    .unwrap();
+    let new = new.to_str().unwrap();
+    let replay = |args: &[&str]| {
+        let mut all = vec!["replay", new, "--json"];
+        all.extend_from_slice(args);
+        let out = setup.command(&all);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    // Over everything stored: the third withdrawal.
+    let decided = replay(&[]);
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["rule"], "big-v2");
+    assert_eq!(decided[0]["channel"], "sms");
+    assert_eq!(decided[0]["action"]["text"], "third: 30");
+    // From the third event on: the two before it are history its window sees.
+    assert_eq!(replay(&["--from", "3"]).len(), 1);
+    // Without that history, its window holds only the event itself.
+    assert!(replay(&["--from", "3", "--history", "0s"]).is_empty());
+    assert_eq!(replay(&["--since", "1h"]).len(), 1);
+    // Nothing live moved: no text sent, no action queued.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sent().lines().count(), 3);
+    assert!(
+        setup
+            .json(&["outbox", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // With the daemon stopped, from its store; a rule that fails exits 1 and says where.
+    assert_eq!(replay(&[]).len(), 1);
+    std::fs::write(
+        setup.dir.path().join("broken.rhai"),
+        "const ON = [\"bank.withdrawal\"];\nif event.amount > 15 { throw \"too much\"; }\n",
+    )
+    .unwrap();
+    let broken = setup.dir.path().join("broken.rhai");
+    let out = setup.command(&["replay", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.rhai") && err.contains("too much"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("3 event(s) replayed: 0 action(s) decided"),
+        "{text}"
+    );
+}

@@ -94,6 +94,12 @@ pub enum Request {
         last: usize,
         errors: bool,
     },
+    /// The log in order from seq `from`, skipping the events received before
+    /// `received_from_ms` (streamed: `gancho replay`).
+    Log {
+        from: u64,
+        received_from_ms: i64,
+    },
     /// Runs the current version of a rule once on each event it failed on, among those
     /// traced since `since_ms` (`gancho rerun --rule NAME --failed`).
     Rerun {
@@ -224,6 +230,7 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
     let outbox = data.state.outbox();
     let result = match request {
         Request::Events(_)
+        | Request::Log { .. }
         | Request::Quarantine { .. }
         | Request::Outbox { .. }
         | Request::Dead { .. }
@@ -352,6 +359,7 @@ fn is_listing(request: &Request) -> bool {
     matches!(
         request,
         Request::Events(_)
+            | Request::Log { .. }
             | Request::Quarantine { .. }
             | Request::Outbox { .. }
             | Request::Dead { .. }
@@ -368,6 +376,23 @@ fn stream_listing(data: &Data, request: &Request, tx: &tokio::sync::mpsc::Sender
     match request {
         Request::Events(query) => stream_list("events", tx, |f| {
             data.store.each_event(&query.to_store(), f)
+        }),
+        Request::Log {
+            from,
+            received_from_ms,
+        } => stream_list("log", tx, |f| {
+            let durable = data.store.status().durable;
+            let mut at = (*from).max(1);
+            while at <= durable {
+                let to = at.saturating_add(999).min(durable);
+                for event in data.store.read_range(at, to)? {
+                    if event.received.timestamp_millis() >= *received_from_ms {
+                        f(event)?;
+                    }
+                }
+                at = to + 1;
+            }
+            Ok(())
         }),
         Request::Quarantine { limit } => {
             stream_list("quarantine", tx, |f| data.store.each_quarantined(*limit, f))

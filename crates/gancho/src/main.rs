@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod data;
 mod prune;
+mod replay;
 mod run;
 mod test_rules;
 mod text;
@@ -93,6 +94,28 @@ enum Command {
         /// Run on to this RFC 3339 time, or `+DURATION` after the last event.
         #[arg(long)]
         until: Option<String>,
+    },
+    /// Run a rule version over the stored history (the running daemon's, or a stopped
+    /// one's), on a temporary copy with a virtual clock: print what it would have decided,
+    /// in `gancho test`'s format with `--json`. Sends nothing and changes nothing live; exits
+    /// 1 if the rule fails on an event.
+    Replay {
+        /// The rule file (a new version of a live rule, or a new rule).
+        rule: PathBuf,
+        /// Replay the events that arrived within this long before now, as `24h`, `7d`
+        /// (default: every stored event).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "from")]
+        since: Option<std::time::Duration>,
+        /// Replay the events from this seq on.
+        #[arg(long)]
+        from: Option<u64>,
+        /// The events that arrived within this long before the replay's start are copied too,
+        /// for the rule's window queries, and not run.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        history: std::time::Duration,
+        /// Print each decided action as a JSON line (`gancho test`'s format).
+        #[arg(long)]
+        json: bool,
     },
     /// The rules the running daemon has loaded: what wakes them, runs, errors, last error.
     Rules {
@@ -350,6 +373,26 @@ fn main() -> ExitCode {
                 until,
             };
             match test_rules::run(&config, &test) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(err) => Err(err),
+            }
+        }
+        Command::Replay {
+            rule,
+            since,
+            from,
+            history,
+            json,
+        } => {
+            let replay = replay::Replay {
+                rule,
+                since,
+                from,
+                history,
+                json,
+            };
+            match replay::run(&config, &replay) {
                 Ok(true) => Ok(()),
                 Ok(false) => return ExitCode::FAILURE,
                 Err(err) => Err(err),

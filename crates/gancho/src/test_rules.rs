@@ -45,92 +45,37 @@ const IDLE: Duration = Duration::from_secs(30);
 
 /// Runs the test; true when it passed (no rule error, and the actions expected, if any).
 pub fn run(config: &Config, test: &TestRun) -> anyhow::Result<bool> {
-    let dir = tempfile::Builder::new()
-        .prefix("gancho-test-")
-        .tempdir()
-        .context("making the test's temporary folder")?;
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules)?;
-    for rule in &test.rules {
-        let name = rule
-            .file_name()
-            .with_context(|| format!("{} is not a file", rule.display()))?;
-        std::fs::copy(rule, rules.join(name))
-            .with_context(|| format!("reading {}", rule.display()))?;
-    }
     let batches = read_events(config, &test.events)?;
     // With no event at all, the clock starts now (only `--until` then moves it).
     let first = batches.first().map_or_else(
         || gancho_core::Clock::now(&gancho_core::SystemClock),
         |(at, _)| *at,
     );
-    let clock = Arc::new(ManualClock::new(first));
-    let store_config = StoreConfig {
-        fsync: false,
-        retention: None,
-        quarantine_retention: None,
-        ..StoreConfig::default()
-    };
-    let data =
-        Data::open(&dir.path().join("store"), &store_config).context("opening the test's store")?;
-    let mut engine_config = config.engine();
-    engine_config.rules_dir = rules;
-    engine_config.retention_ms = None;
-    let mut engine = gancho_engine::Engine::new(
-        data.store.clone(),
-        data.state.clone(),
-        clock.clone(),
-        engine_config,
-    )
-    .context("loading the rules")?;
-    let mut broken = false;
-    for rule in engine.status().rules {
-        if let Some(diag) = rule.error {
-            eprintln!("error  {diag}");
-            broken = true;
-        }
-    }
-    if broken {
-        data.shutdown()?;
+    let Some(mut harness) = Harness::new(config, &test.rules, first, Vec::new())? else {
         return Ok(false);
-    }
-    let mut run = Run {
-        data: &data,
-        clock: &clock,
-        seen: Default::default(),
-        decided: Vec::new(),
-        errors: Default::default(),
-        failed: false,
     };
     let mut last = first;
     for (at, submission) in batches {
-        let at = at.max(clock_now(&clock));
-        run.advance_to(&mut engine, at)?;
-        data.store
-            .appender()
-            .append_blocking(submission)
-            .context("storing an event")?;
-        run.settle(&mut engine)?;
-        last = at;
+        last = harness.feed(at, submission)?;
     }
     if let Some(until) = &test.until {
         let until = parse_until(until, last)?;
-        run.advance_to(&mut engine, until)?;
+        harness.advance_to(until)?;
     }
     let out = std::io::stdout();
     let mut out = out.lock();
-    for line in &run.decided {
+    for line in &harness.decided {
         writeln!(out, "{line}")?;
     }
-    let mut passed = !run.failed;
+    let mut passed = !harness.failed;
     if let Some(expect) = &test.expect {
         let expected = read_lines(expect)?;
-        if let Some(diff) = compare(&expected, &run.decided) {
+        if let Some(diff) = compare(&expected, &harness.decided) {
             eprintln!("the actions decided are not those expected:\n{diff}");
             passed = false;
         }
     }
-    data.shutdown()?;
+    harness.close()?;
     Ok(passed)
 }
 
@@ -138,30 +83,135 @@ fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
     gancho_core::Clock::now(clock)
 }
 
-struct Run<'a> {
-    data: &'a Data,
-    clock: &'a ManualClock,
-    /// Action ids printed already.
+/// Rules run on a temporary store with a virtual clock, sending nothing: what `gancho test`
+/// and `gancho replay` feed events to. Each action decided is noted as a JSON line
+/// (`{"at", "rule", "channel", "action"}`).
+pub(crate) struct Harness {
+    /// Holds the temporary folder until the harness is dropped.
+    _dir: tempfile::TempDir,
+    data: Data,
+    clock: Arc<ManualClock>,
+    engine: gancho_engine::Engine,
+    /// Action ids noted already.
     seen: std::collections::HashSet<String>,
-    decided: Vec<Value>,
+    pub(crate) decided: Vec<Value>,
     /// Errors counted per rule so far.
     errors: std::collections::HashMap<String, u64>,
-    failed: bool,
+    /// A rule failed on an event.
+    pub(crate) failed: bool,
 }
 
-impl Run<'_> {
+impl Harness {
+    /// Copies the rules into a temporary folder and loads them, on a temporary store holding
+    /// `history` (events queries see but the rules are not run on), with the clock at
+    /// `start`. `None` when a rule does not compile (its error printed).
+    pub(crate) fn new(
+        config: &Config,
+        rules: &[PathBuf],
+        start: DateTime<Utc>,
+        history: Vec<gancho_core::NewEvent>,
+    ) -> anyhow::Result<Option<Harness>> {
+        let dir = tempfile::Builder::new()
+            .prefix("gancho-test-")
+            .tempdir()
+            .context("making a temporary folder")?;
+        let rules_dir = dir.path().join("rules");
+        std::fs::create_dir_all(&rules_dir)?;
+        for rule in rules {
+            let name = rule
+                .file_name()
+                .with_context(|| format!("{} is not a file", rule.display()))?;
+            std::fs::copy(rule, rules_dir.join(name))
+                .with_context(|| format!("reading {}", rule.display()))?;
+        }
+        let clock = Arc::new(ManualClock::new(start));
+        let store_config = StoreConfig {
+            fsync: false,
+            retention: None,
+            quarantine_retention: None,
+            ..StoreConfig::default()
+        };
+        let data = Data::open(&dir.path().join("store"), &store_config)
+            .context("opening the temporary store")?;
+        if !history.is_empty() {
+            let mut history = history.into_iter().peekable();
+            while history.peek().is_some() {
+                let events: Vec<_> = history.by_ref().take(1000).collect();
+                data.store
+                    .appender()
+                    .append_blocking(Submission {
+                        events,
+                        rejected: Vec::new(),
+                    })
+                    .context("storing the history")?;
+            }
+            // The rules start after it.
+            data.state.commit(Vec::new(), data.store.status().durable)?;
+        }
+        let mut engine_config = config.engine();
+        engine_config.rules_dir = rules_dir;
+        engine_config.retention_ms = None;
+        let engine = gancho_engine::Engine::new(
+            data.store.clone(),
+            data.state.clone(),
+            clock.clone(),
+            engine_config,
+        )
+        .context("loading the rules")?;
+        let mut broken = false;
+        for rule in engine.status().rules {
+            if let Some(diag) = rule.error {
+                eprintln!("error  {diag}");
+                broken = true;
+            }
+        }
+        if broken {
+            data.shutdown()?;
+            return Ok(None);
+        }
+        Ok(Some(Harness {
+            _dir: dir,
+            data,
+            clock,
+            engine,
+            seen: Default::default(),
+            decided: Vec::new(),
+            errors: Default::default(),
+            failed: false,
+        }))
+    }
+
+    /// Moves the clock to `at` (firing what falls due on the way), stores the events and
+    /// runs the rules on them; returns the clock's time.
+    pub(crate) fn feed(
+        &mut self,
+        at: DateTime<Utc>,
+        submission: Submission,
+    ) -> anyhow::Result<DateTime<Utc>> {
+        let at = at.max(clock_now(&self.clock));
+        self.advance_to(at)?;
+        self.data
+            .store
+            .appender()
+            .append_blocking(submission)
+            .context("storing an event")?;
+        self.settle()?;
+        Ok(at)
+    }
+
+    pub(crate) fn close(self) -> anyhow::Result<()> {
+        self.data.shutdown()?;
+        Ok(())
+    }
+
     /// Moves the clock to `to`, through each due time on the way (timers, expectations, cron
     /// ticks), processing what each brings.
-    fn advance_to(
-        &mut self,
-        engine: &mut gancho_engine::Engine,
-        to: DateTime<Utc>,
-    ) -> anyhow::Result<()> {
+    pub(crate) fn advance_to(&mut self, to: DateTime<Utc>) -> anyhow::Result<()> {
         let to_ms = time_to_millis(to);
         loop {
-            self.settle(engine)?;
-            let now_ms = time_to_millis(clock_now(self.clock));
-            match engine.next_due_ms()? {
+            self.settle()?;
+            let now_ms = time_to_millis(clock_now(&self.clock));
+            match self.engine.next_due_ms()? {
                 Some(due) if due <= to_ms && due > now_ms => {
                     let due = DateTime::from_timestamp_millis(due).unwrap_or(to);
                     self.clock.set(due);
@@ -169,17 +219,17 @@ impl Run<'_> {
                 _ => break,
             }
         }
-        if to > clock_now(self.clock) {
+        if to > clock_now(&self.clock) {
             self.clock.set(to);
         }
-        self.settle(engine)
+        self.settle()
     }
 
     /// Runs the engine until nothing is due now, and takes note of what it decided.
-    fn settle(&mut self, engine: &mut gancho_engine::Engine) -> anyhow::Result<()> {
-        engine.run_until_idle(IDLE)?;
-        engine.commit_cursor()?;
-        let at = clock_now(self.clock).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    fn settle(&mut self) -> anyhow::Result<()> {
+        self.engine.run_until_idle(IDLE)?;
+        self.engine.commit_cursor()?;
+        let at = clock_now(&self.clock).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for item in self.data.state.outbox().pending_actions(0)? {
             if !self.seen.insert(item.action.id.clone()) {
                 continue;
@@ -192,8 +242,10 @@ impl Run<'_> {
             self.decided.push(json!({
                 "at": at, "rule": item.action.rule, "channel": channel, "action": action,
             }));
+            // Noted: out of the outbox, so that each settle reads only the new ones.
+            self.data.state.outbox().action_delivered(&item)?;
         }
-        for rule in engine.status().rules {
+        for rule in self.engine.status().rules {
             let before = self
                 .errors
                 .insert(rule.name.clone(), rule.errors)
