@@ -541,9 +541,54 @@ fn gancho_check_names_types_sources_and_keys_that_cannot_match() {
         "fine.rhai",
         "const ON = [\"mailjet.*\", \"bank.withdrawal\"];\nlet n = count(\"bank.withdrawal\", #{ account: event.keys.account }, hours(1));\n",
     );
+    // What would fail only when it runs: a variable never defined, a misspelt function, a
+    // callback that is not a one-parameter function of the file. Constants are fine in
+    // functions; variables and `event` are not.
+    write(
+        "undefined.rhai",
+        "const ON = [\"bank.withdrawal\"];\nlet n = amount + 1;\n",
+    );
+    write(
+        "calls.rhai",
+        r#"const ON = ["bank.withdrawal"];
+const HOOK = "https://example.com/hook";
+fn thanks(t) { http(#{ url: HOOK, json: t }); }
+fn two(a, b) { }
+emial(#{ to: "a@example.com", subject: "s", text: "t" });
+after("a", hours(1), "thanks");
+after("b", hours(1), "two");
+after("c", hours(1), "thnaks");
+let up = event.account.to_upper();
+"#,
+    );
+    write(
+        "inner.rhai",
+        "const ON = [\"bank.withdrawal\"];\nfn later(t) { print(event.account); }\nafter(\"a\", hours(1), \"later\");\n",
+    );
     let out = setup.command(&["check", dir.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("undefined.rhai:2:9: Undefined variable: amount"),
+        "{text}"
+    );
+    assert!(
+        text.contains("calls.rhai:5:1: no function emial: not gancho's, nor rhai's"),
+        "{text}"
+    );
+    assert!(
+        text.contains("calls.rhai:7:1: after: the callback two takes 2 parameters"),
+        "{text}"
+    );
+    assert!(
+        text.contains("calls.rhai:8:1: after: no function thnaks(x) in this file"),
+        "{text}"
+    );
+    assert_eq!(text.matches("calls.rhai:").count(), 3, "{text}");
+    assert!(
+        text.contains("inner.rhai:2:21: Undefined variable: event (a function sees"),
+        "{text}"
+    );
     assert!(
         text.contains("typo.rhai:1:1: ON: \"mailjet.opne\": mailjet sends no type \"opne\""),
         "{text}"
@@ -559,7 +604,7 @@ fn gancho_check_names_types_sources_and_keys_that_cannot_match() {
         "{text}"
     );
     assert!(text.contains("ok     fine"), "{text}");
-    assert!(text.contains("4 rule(s) in"), "{text}");
+    assert!(text.contains("7 rule(s) in"), "{text}");
 }
 
 #[test]

@@ -40,6 +40,40 @@ fn err<T>(message: impl Into<String>) -> Res<T> {
     Err(message.into().into())
 }
 
+/// The functions [`build`] registers, by name: what `gancho check` knows as gancho's (a
+/// test holds it to what is registered, and `docs/rules.md` documents each).
+pub const FUNCTIONS: &[&str] = &[
+    "after",
+    "ahead",
+    "back",
+    "between",
+    "cancel",
+    "clear_state",
+    "code",
+    "count",
+    "days",
+    "email",
+    "events",
+    "exists",
+    "expect",
+    "first",
+    "format_time",
+    "get_state",
+    "hours",
+    "html_escape",
+    "http",
+    "last",
+    "log",
+    "minutes",
+    "once",
+    "seconds",
+    "set_state",
+    "sms",
+    "span",
+    "start_of_day",
+    "throttle",
+];
+
 /// The engine rules run in: the sandbox plus gancho's functions, bound to `ctx`.
 pub(crate) fn build(limits: &Limits, ctx: &Rc<RefCell<Ctx>>) -> rhai::Engine {
     let mut engine = sandbox(limits);

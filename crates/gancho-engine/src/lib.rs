@@ -17,9 +17,10 @@ mod prefetch;
 mod rule;
 mod sandbox;
 mod schedule;
+mod strict;
 mod thread;
 
-pub use api::MAX_LIST;
+pub use api::{FUNCTIONS, MAX_LIST};
 pub use engine::{
     CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineSection, EngineStatus,
     ReloadReport, RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir, check_file,
@@ -27,4 +28,12 @@ pub use engine::{
 };
 pub use rule::{Diagnostic, SourceFacts};
 pub use sandbox::Limits;
+
+/// Every function a rule may call without defining it (rhai's, its keywords', gancho's): what
+/// `gancho check` holds calls to.
+pub fn known_functions() -> std::collections::BTreeSet<String> {
+    strict::known_functions(&sandbox::sandbox(&Limits::default()))
+        .into_iter()
+        .collect()
+}
 pub use thread::{ENGINE_STACK, EngineHandle, spawn};

@@ -944,3 +944,23 @@ fn cron_ticks_skipped_while_a_rule_is_disabled_are_not_caught_up_later() {
     run(&mut engine);
     assert_eq!(ticks_of(&world, "every10"), ["11-02 11:00:00"]);
 }
+
+#[test]
+fn the_functions_gancho_check_knows_are_those_the_engine_registers() {
+    let world = World::empty();
+    let engine = world.engine();
+    let registered = engine.functions();
+    let known = gancho_engine::known_functions();
+    for name in gancho_engine::FUNCTIONS {
+        assert!(
+            registered.contains(*name),
+            "{name} is listed but not registered"
+        );
+    }
+    for name in &registered {
+        assert!(
+            known.contains(name) || name.starts_with("get$") || name.starts_with("set$"),
+            "{name} is registered but gancho check does not know it: add it to api::FUNCTIONS"
+        );
+    }
+}

@@ -153,7 +153,11 @@ pub fn lint_file(
         return Vec::new();
     };
     match rule::compile(&engine, path, &text) {
-        Ok(compiled) => rule::lint(path, &text, &compiled.on_text, sources),
+        Ok(compiled) => {
+            let mut found = rule::lint(path, &text, &compiled.on_text, sources);
+            found.extend(crate::strict::check(&engine, path, &text, &compiled));
+            found
+        }
         Err(_) => Vec::new(),
     }
 }

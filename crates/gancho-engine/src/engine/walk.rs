@@ -343,6 +343,14 @@ impl Engine {
         }
     }
 
+    /// The functions registered in the engine rules run in (not those of rhai's packages).
+    pub fn functions(&self) -> std::collections::BTreeSet<String> {
+        self.rhai
+            .collect_fn_metadata(None, |info| Some(info.metadata.name.to_string()), false)
+            .into_iter()
+            .collect()
+    }
+
     /// The last log seq processed.
     pub fn cursor(&self) -> u64 {
         self.cursor
