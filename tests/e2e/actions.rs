@@ -91,6 +91,17 @@ fn a_refused_call_goes_to_dead_letters_and_dead_retry_delivers_it() {
     );
     let table = String::from_utf8(setup.command(&["dead"]).stdout).unwrap();
     assert!(table.contains("unknown account"), "{table}");
+    // `gancho explain` says why it died.
+    let seq = letter["action"]["event_seq"].as_u64().unwrap().to_string();
+    let what = setup.json(&["explain", &seq, "--json"]);
+    assert_eq!(what["actions"][0]["fate"], "dead", "{what}");
+    assert!(
+        what["actions"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("unknown account"),
+        "{what}"
+    );
     assert!(
         setup
             .json(&["outbox", "--json"])

@@ -489,7 +489,7 @@ impl Lane {
                         "delivered"
                     ),
                 }
-                self.state.action_delivered(&item)
+                self.state.action_delivered(&item, self.now_ms())
             }
             Err(failure) => self.failed(&item, failure),
         };

@@ -358,7 +358,7 @@ fn crash_in_marking_a_retry_delivered_never_delivers_it_again() {
         "crash_in_marking_a_retry_delivered_never_delivers_it_again",
         "outbox.delivered.after_item",
         "crash",
-        |state, item| state.outbox().action_delivered(item).unwrap(),
+        |state, item| state.outbox().action_delivered(item, 0).unwrap(),
         &[Standing::Delivered],
     );
 }
@@ -369,7 +369,7 @@ fn crash_between_a_delivered_items_record_and_its_index_key() {
         "crash_between_a_delivered_items_record_and_its_index_key",
         "outbox.clear.after_record",
         "crash",
-        |state, item| state.outbox().action_delivered(item).unwrap(),
+        |state, item| state.outbox().action_delivered(item, 0).unwrap(),
         &[Standing::Delivered],
     );
 }

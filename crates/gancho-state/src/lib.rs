@@ -212,6 +212,7 @@ impl EngineState {
             tree: self.tree.clone(),
             shared: Arc::clone(&self.shared),
             lock: Arc::clone(&self.outbox_lock),
+            traces: self.traces.clone(),
         }
     }
 

@@ -111,6 +111,8 @@ pub struct Outbox {
     pub(crate) shared: Arc<Shared>,
     /// Serializes the outbox's multi-key updates (executor lanes, `gancho dead retry`).
     pub(crate) lock: Arc<Mutex<()>>,
+    /// The traces' database, where deliveries are recorded (`traces.rs`, `D`).
+    pub(crate) traces: Tree,
 }
 
 impl Outbox {
@@ -305,14 +307,31 @@ impl Outbox {
         self.tree().flush()
     }
 
-    /// The item was delivered: it leaves the outbox (and dead letters, should a crash have
-    /// left it in both).
-    pub fn action_delivered(&self, item: &OutboxItem) -> Result<(), StoreError> {
-        let _outbox = lock(&self.lock);
-        self.remove(&prefixed(OUTBOX, &item.key))?;
-        gancho_core::fail_point!("outbox.delivered.after_item");
-        self.clear_delivery(item)?;
-        self.remove(&prefixed(DEAD, &item.key))
+    /// The item was delivered at `now_ms`: it leaves the outbox (and dead letters, should a
+    /// crash have left it in both), and its delivery is recorded for `gancho explain`
+    /// (diagnostics: a failure to record it is logged, not returned).
+    pub fn action_delivered(&self, item: &OutboxItem, now_ms: i64) -> Result<(), StoreError> {
+        {
+            let _outbox = lock(&self.lock);
+            self.remove(&prefixed(OUTBOX, &item.key))?;
+            gancho_core::fail_point!("outbox.delivered.after_item");
+            self.clear_delivery(item)?;
+            self.remove(&prefixed(DEAD, &item.key))?;
+        }
+        let delivered = crate::traces::Delivered {
+            at_ms: now_ms,
+            failed_tries: item.delivery.as_ref().map_or(0, |d| d.attempts.len()),
+        };
+        if let Err(err) = crate::traces::record_delivery(&self.traces, &item.action.id, &delivered)
+        {
+            tracing::warn!(id = %item.action.id, error = %err, "recording a delivery for gancho explain");
+        }
+        Ok(())
+    }
+
+    /// When the action `id` was delivered, if that is still recorded.
+    pub fn delivered(&self, id: &str) -> Result<Option<crate::traces::Delivered>, StoreError> {
+        crate::traces::delivery(&self.traces, id)
     }
 
     /// The item is to be tried again at `delivery.next_ms`.
@@ -568,7 +587,7 @@ mod tests {
         assert!(outbox.dead_letters(0).unwrap().is_empty());
         let due = outbox.due_actions(Channel::Http, 4000, 10).unwrap();
         assert_eq!(due.len(), 1);
-        outbox.action_delivered(&due[0]).unwrap();
+        outbox.action_delivered(&due[0], 0).unwrap();
         assert!(
             outbox
                 .due_actions(Channel::Http, i64::MAX - 1, 10)

@@ -536,3 +536,78 @@ fn the_outbox_is_listed_in_decision_order_across_channels_committed_or_applied()
         .collect();
     assert_eq!(dead, expected);
 }
+
+#[test]
+fn traces_reruns_and_deliveries_are_found_and_pruned_by_age() {
+    use crate::traces::{BatchTrace, RunTrace};
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    let run = |seq: u64, error: Option<&str>, rerun: bool| RunTrace {
+        seq,
+        rule: "r".to_owned(),
+        error: error.map(str::to_owned),
+        actions: Vec::new(),
+        queries: Vec::new(),
+        changes: Vec::new(),
+        rerun,
+    };
+    let batch = |received_ms: i64, runs: Vec<RunTrace>| BatchTrace { received_ms, runs };
+    state
+        .save_traces(
+            1,
+            &batch(
+                1_000,
+                vec![run(1, Some("boom"), false), run(2, None, false)],
+            ),
+        )
+        .unwrap();
+    state
+        .save_traces(
+            3,
+            &batch(
+                5_000,
+                vec![run(3, Some("boom"), false), run(4, Some("boom"), false)],
+            ),
+        )
+        .unwrap();
+    // Event 4 was re-run without failing: no longer a failed run.
+    state
+        .save_reruns(4, 5_000, vec![run(4, None, true)])
+        .unwrap();
+    assert_eq!(state.failed_runs("r", i64::MIN).unwrap(), vec![1, 3]);
+    assert_eq!(state.failed_runs("r", 2_000).unwrap(), vec![3]);
+    assert_eq!(
+        state.failed_runs("other", i64::MIN).unwrap(),
+        Vec::<u64>::new()
+    );
+    let traced = state.traces_of(4).unwrap();
+    assert_eq!(traced.len(), 2);
+    assert!(traced[1].rerun);
+    // Deliveries are recorded by the outbox, for `gancho explain`.
+    let outbox = state.outbox();
+    let delivered = crate::traces::Delivered {
+        at_ms: 1_500,
+        failed_tries: 2,
+    };
+    crate::traces::record_delivery(&outbox.traces, "a1", &delivered).unwrap();
+    crate::traces::record_delivery(
+        &outbox.traces,
+        "a2",
+        &crate::traces::Delivered {
+            at_ms: 9_000,
+            failed_tries: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(outbox.delivered("a1").unwrap(), Some(delivered));
+    // Pruning goes by age: the first batch and the first delivery go.
+    state.prune_traces(2_000).unwrap();
+    assert!(state.traces_of(1).unwrap().is_empty());
+    assert_eq!(state.traces_of(3).unwrap().len(), 1);
+    assert_eq!(state.traces_of(4).unwrap().len(), 2);
+    assert_eq!(outbox.delivered("a1").unwrap(), None);
+    assert!(outbox.delivered("a2").unwrap().is_some());
+    state.prune_traces(10_000).unwrap();
+    assert!(state.traces_of(4).unwrap().is_empty());
+    assert_eq!(outbox.delivered("a2").unwrap(), None);
+}

@@ -125,9 +125,26 @@ pub struct Explanation {
     pub event: Option<Event>,
     /// The runs it woke, as traced (none when it woke no rule, or its trace was pruned).
     pub runs: Vec<RunTrace>,
-    /// What became of each action they decided: `pending`, `dead`, or `done` (delivered,
-    /// or pending in another's place: the outbox keeps no record of deliveries yet).
-    pub actions: Vec<(String, String)>,
+    /// What became of each action they decided.
+    pub actions: Vec<ActionFate>,
+}
+
+/// What became of an action, as `gancho explain` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionFate {
+    pub id: String,
+    /// `pending` (in the outbox), `delivered`, `dead` (in dead letters), or `done`: no longer
+    /// in the outbox, its delivery no longer recorded (older than `[engine] trace_retention`).
+    pub fate: String,
+    /// When it was delivered or died, or when it is tried next (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<i64>,
+    /// Its failed tries.
+    #[serde(default)]
+    pub failed_tries: usize,
+    /// The last try's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// What `gancho status` shows: how far each stage has come.
@@ -623,27 +640,60 @@ fn explain(data: &Data, seq: u64) -> Result<Explanation, StoreError> {
     let event = data.store.get(seq)?;
     let runs = data.state.traces_of(seq)?;
     let ids: Vec<String> = runs.iter().flat_map(|r| r.actions.clone()).collect();
-    let mut fates: std::collections::HashMap<String, &str> = Default::default();
+    let mut fates: std::collections::HashMap<String, ActionFate> = Default::default();
+    let last_error =
+        |tries: &[gancho_state::Attempt]| tries.last().map(|attempt| attempt.error.clone());
     let outbox = data.state.outbox();
     outbox.each_pending(0, |item| {
         if ids.contains(&item.action.id) {
-            fates.insert(item.action.id, "pending");
+            let tries = item.delivery.as_ref().map_or(&[][..], |d| &d.attempts[..]);
+            let fate = ActionFate {
+                id: item.action.id.clone(),
+                fate: "pending".to_owned(),
+                at_ms: item.delivery.as_ref().map(|d| d.next_ms),
+                failed_tries: tries.len(),
+                why: last_error(tries),
+            };
+            fates.insert(item.action.id, fate);
         }
         Ok(())
     })?;
     outbox.each_dead(0, |dead| {
         if ids.contains(&dead.action.id) {
-            fates.insert(dead.action.id, "dead");
+            let fate = ActionFate {
+                id: dead.action.id.clone(),
+                fate: "dead".to_owned(),
+                at_ms: Some(dead.dead_ms),
+                failed_tries: dead.attempts.len(),
+                why: last_error(&dead.attempts),
+            };
+            fates.insert(dead.action.id, fate);
         }
         Ok(())
     })?;
-    let actions = ids
-        .into_iter()
-        .map(|id| {
-            let fate = fates.get(&id).copied().unwrap_or("done");
-            (id, fate.to_owned())
-        })
-        .collect();
+    let mut actions = Vec::with_capacity(ids.len());
+    for id in ids {
+        let fate = match fates.remove(&id) {
+            Some(fate) => fate,
+            None => match outbox.delivered(&id)? {
+                Some(delivered) => ActionFate {
+                    id,
+                    fate: "delivered".to_owned(),
+                    at_ms: Some(delivered.at_ms),
+                    failed_tries: delivered.failed_tries,
+                    why: None,
+                },
+                None => ActionFate {
+                    id,
+                    fate: "done".to_owned(),
+                    at_ms: None,
+                    failed_tries: 0,
+                    why: None,
+                },
+            },
+        };
+        actions.push(fate);
+    }
     Ok(Explanation {
         event,
         runs,

@@ -967,8 +967,25 @@ fn explain(
     for run in &what.runs {
         write_run(&mut out, run)?;
     }
-    for (id, fate) in &what.actions {
-        writeln!(out, "  action {}: {}", shown(id), fate)?;
+    for action in &what.actions {
+        let when = action.at_ms.map(ms_time).unwrap_or_default();
+        let tries = match action.failed_tries {
+            0 => String::new(),
+            n => format!(" after {n} failed tr{}", if n == 1 { "y" } else { "ies" }),
+        };
+        let said = match action.fate.as_str() {
+            "delivered" => format!("delivered {when}{tries}"),
+            "dead" => format!(
+                "dead since {when}{tries}: {}",
+                action.why.as_deref().unwrap_or_default()
+            ),
+            "pending" if action.at_ms.is_some() => format!(
+                "pending, next try {when}{tries}: {}",
+                action.why.as_deref().unwrap_or_default()
+            ),
+            other => other.to_owned(),
+        };
+        writeln!(out, "  action {}: {}", shown(&action.id), shown(&said))?;
     }
     Ok(())
 }

@@ -243,7 +243,8 @@ impl Harness {
                 "at": at, "rule": item.action.rule, "channel": channel, "action": action,
             }));
             // Noted: out of the outbox, so that each settle reads only the new ones.
-            self.data.state.outbox().action_delivered(&item)?;
+            let now_ms = time_to_millis(clock_now(&self.clock));
+            self.data.state.outbox().action_delivered(&item, now_ms)?;
         }
         for rule in self.engine.status().rules {
             let before = self
