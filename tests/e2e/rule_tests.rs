@@ -115,7 +115,7 @@ fn gancho_test_fails_on_a_difference_or_a_rule_error_and_says_where() {
 }
 
 #[test]
-fn every_rhai_example_of_the_rules_reference_compiles() {
+fn every_rhai_example_of_the_rules_reference_compiles_runs_and_every_function_has_one() {
     // The reference's examples name a `shop` source too.
     let setup = Setup::standard_with("[sources.shop]\nkind = \"json\"\ntype = \"/type\"\n");
     let doc = std::fs::read_to_string(repo_root().join("docs/rules.md")).unwrap();
@@ -147,4 +147,48 @@ fn every_rhai_example_of_the_rules_reference_compiles() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}");
     assert!(said.contains(&format!("{n} rule(s) in")), "{said}");
+    // Every function of gancho's has an example.
+    let mut code = String::new();
+    for i in 1..=n {
+        code.push_str(&std::fs::read_to_string(dir.join(format!("example{i}.rhai"))).unwrap());
+    }
+    for name in gancho_engine::FUNCTIONS {
+        assert!(
+            code.contains(&format!("{name}(")),
+            "docs/rules.md has no rhai example calling {name}"
+        );
+    }
+    // And each runs without a rule error over a Mailjet campaign's events (a day and more of
+    // them, so that timers, expectations and cron ticks fire too).
+    let events = setup.dir.path().join("events.jsonl");
+    let mailjet = |kind: &str, at: i64| {
+        format!(
+            r#"{{"source":"mailjet","payload":{{"event":"{kind}","time":{at},"MessageID":288230387505203290,"email":"ana@example.com","mj_campaign_id":7257,"CustomID":"spring"}}}}"#
+        )
+    };
+    let t0 = 1_764_583_200; // 2025-12-01T10:00:00Z
+    let lines = [
+        mailjet("sent", t0),
+        mailjet("open", t0 + 600),
+        mailjet("click", t0 + 660),
+        mailjet("open", t0 + 7_200),
+    ];
+    std::fs::write(&events, lines.join("\n")).unwrap();
+    for i in 1..=n {
+        let file = dir.join(format!("example{i}.rhai"));
+        let out = setup.command(&[
+            "test",
+            file.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--until",
+            "+25h",
+        ]);
+        assert!(
+            out.status.success(),
+            "example {i} of docs/rules.md:\n{}\n{}",
+            std::fs::read_to_string(&file).unwrap(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
