@@ -102,13 +102,7 @@ fn a_refused_call_goes_to_dead_letters_and_dead_retry_delivers_it() {
             .contains("unknown account"),
         "{what}"
     );
-    assert!(
-        setup
-            .json(&["outbox", "--json"])
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(setup.lists_nothing(&["outbox", "--json"]));
 
     // Fixed on the receiver's side: put back, delivered once.
     receiver.set_handler(|_| Reply::status(200));

@@ -427,13 +427,7 @@ fn no_deposit(w) {}
         String::from_utf8_lossy(&out.stdout).contains("1 state value(s)"),
         "{out:?}"
     );
-    assert!(
-        setup
-            .json(&["state", "keeper", "--json"])
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(setup.lists_nothing(&["state", "keeper", "--json"]));
 }
 
 #[test]
@@ -441,7 +435,7 @@ fn an_orphaned_timer_is_listed_kept_and_runs_when_its_function_is_back() {
     let setup = Setup::standard();
     let rule = |callback: &str| {
         format!(
-            "const ON = [\"bank.withdrawal\"];\nafter(\"later:\" + event.payload_id, seconds(4), \"later\", #{{ id: event.payload_id }});\nfn {callback}(t) {{ set_state(\"fired:\" + t.data.id, true); }}\n"
+            "const ON = [\"bank.withdrawal\"];\nafter(\"later:\" + event.payload_id, seconds(4), \"{callback}\", #{{ id: event.payload_id }});\nfn {callback}(t) {{ set_state(\"fired:\" + t.data.id, true); }}\n"
         )
     };
     crate::support::write_rule(&setup, "later.rhai", &rule("later"));
@@ -512,13 +506,7 @@ fn an_orphaned_timer_is_listed_kept_and_runs_when_its_function_is_back() {
         assert!(Instant::now() < deadline, "{state}\n{}", daemon.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        setup
-            .json(&["timers", "--json"])
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(setup.lists_nothing(&["timers", "--json"]));
     assert_eq!(daemon.terminate().code(), Some(0));
 }
 
@@ -830,13 +818,7 @@ if n >= 3 { sms(#{ to: "+34600000001", text: `third: ${event.amount}` }); }
     // Nothing live moved: no text sent, no action queued.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sent().lines().count(), 3);
-    assert!(
-        setup
-            .json(&["outbox", "--json"])
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(setup.lists_nothing(&["outbox", "--json"]));
     assert_eq!(daemon.terminate().code(), Some(0));
     // With the daemon stopped, from its store; a rule that fails exits 1 and says where.
     assert_eq!(replay(&[]).len(), 1);
@@ -858,4 +840,64 @@ if n >= 3 { sms(#{ to: "+34600000001", text: `third: ${event.amount}` }); }
         text.contains("3 event(s) replayed: 0 action(s) decided"),
         "{text}"
     );
+}
+
+#[test]
+fn gancho_rerun_calls_a_failed_timer_callback_again_with_the_timer_it_had() {
+    let setup = Setup::standard();
+    let rule = |body: &str, on: &str| {
+        format!(
+            r#"const ON = [{on}];
+after("t:" + event.id, seconds(1), "later", #{{ amount: event.amount }});
+fn later(t) {{ {body} sms(#{{ to: "+34600000001", text: `later ${{t.data.amount}}` }}); }}
+"#
+        )
+    };
+    crate::support::write_rule(
+        &setup,
+        "late.rhai",
+        &rule(
+            r#"if t.data.amount > 1000 { throw "too much"; }"#,
+            r#""bank.withdrawal""#,
+        ),
+    );
+    let daemon = setup.start();
+    post_withdrawals(&daemon, &[("e1", 5000)]);
+    // The timer fires a second later, and its callback fails.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let failed = setup.json(&["explain", "--rule", "late", "--errors", "--json"]);
+        if let Some(run) = failed.as_array().unwrap().first() {
+            break run.clone();
+        }
+        assert!(Instant::now() < deadline, "the callback did not fail");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(failed["error"].as_str().unwrap().contains("too much"));
+    assert!(setup.lists_nothing(&["timers", "--json"]));
+    crate::support::write_rule(
+        &setup,
+        "late.rhai",
+        &rule("", r#""bank.withdrawal", "bank.refund""#),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while setup.json(&["rules", "--json"])["rules"][0]["on"]
+        .as_array()
+        .unwrap()
+        .len()
+        != 2
+    {
+        assert!(Instant::now() < deadline, "the new version was not loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = setup.command(&["rerun", "--rule", "late", "--failed", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(line["seq"], failed["seq"]);
+    assert_eq!(line["outcome"], "decided 1 action(s)", "{line}");
+    wait_for_empty_outbox(&setup);
+    let texts = std::fs::read_to_string(setup.dir.path().join("data/sms.jsonl")).unwrap();
+    assert!(texts.contains("later 5000"), "{texts}");
+    assert_eq!(daemon.terminate().code(), Some(0));
 }

@@ -159,6 +159,11 @@ impl Setup {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Whether a listing command (`outbox`, `timers`, … with `--json`) lists nothing.
+    pub fn lists_nothing(&self, args: &[&str]) -> bool {
+        self.json(args).as_array().is_some_and(Vec::is_empty)
+    }
+
     /// Runs a `gancho` command with this config.
     pub fn command(&self, args: &[&str]) -> Output {
         Command::new(gancho_bin())

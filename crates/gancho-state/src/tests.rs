@@ -550,6 +550,7 @@ fn traces_reruns_and_deliveries_are_found_and_pruned_by_age() {
         queries: Vec::new(),
         changes: Vec::new(),
         rerun,
+        timer: None,
     };
     let batch = |received_ms: i64, runs: Vec<RunTrace>| BatchTrace { received_ms, runs };
     state

@@ -70,7 +70,7 @@ pub struct QueryTrace {
 }
 
 /// One rule's run on one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunTrace {
     pub seq: u64,
     pub rule: String,
@@ -88,10 +88,14 @@ pub struct RunTrace {
     /// A run of `gancho rerun` (the event failed this rule before), not the event's first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rerun: bool,
+    /// For a timer's or expectation's callback that failed: the timer, used up when it
+    /// fired, so that `gancho rerun` can call the function again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<crate::Timer>,
 }
 
 /// The runs of one committed batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchTrace {
     /// The latest arrival among its events (ms): what retention goes by.
     pub received_ms: i64,

@@ -261,26 +261,41 @@ impl Engine {
             return;
         }
         self.ctx.borrow_mut().set_timer(Some(timer.clone()), None);
-        let argument = match &timer.expect {
-            Some(expect) => {
-                // The fulfilling event may be stored and not yet seen (the engine runs behind
-                // the log): look again, up to this firing.
-                let window = Window {
-                    source: expect.source.clone(),
-                    kind: expect.kind.clone(),
-                    keys: expect.keys.clone(),
-                    from_ms: expect.from_ms,
-                    to_ms: expect.to_ms,
-                    max_seq: event.seq,
-                };
-                match self.store.window(&window, Order::Oldest, 1) {
-                    Ok(found) if !found.is_empty() => return,
-                    Ok(_) => {}
-                    Err(err) => {
-                        warn!(seq = event.seq, error = %err, "checking an expectation");
-                        return;
-                    }
+        if let Some(expect) = &timer.expect {
+            // The fulfilling event may be stored and not yet seen (the engine runs behind
+            // the log): look again, up to this firing.
+            let window = Window {
+                source: expect.source.clone(),
+                kind: expect.kind.clone(),
+                keys: expect.keys.clone(),
+                from_ms: expect.from_ms,
+                to_ms: expect.to_ms,
+                max_seq: event.seq,
+            };
+            match self.store.window(&window, Order::Oldest, 1) {
+                Ok(found) if !found.is_empty() => return,
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(seq = event.seq, error = %err, "checking an expectation");
+                    return;
                 }
+            }
+        }
+        self.run_callback(&timer, event);
+        // A failed callback keeps its timer in the trace: `gancho rerun` can call it again.
+        if let Some(trace) = self.traces.runs.last_mut()
+            && trace.seq == event.seq
+            && trace.error.is_some()
+        {
+            trace.timer = Some(timer);
+        }
+    }
+
+    /// Calls a timer's or expectation's function for its firing `event`: with the timer's
+    /// name, times and data, or with the event that set the expectation.
+    pub(super) fn run_callback(&mut self, timer: &Timer, event: &Event) {
+        let argument = match &timer.expect {
+            Some(_) => {
                 let origin = timer.data.get("seq").and_then(serde_json::Value::as_u64);
                 match origin.map(|seq| self.store.event(seq)) {
                     Some(Ok(origin)) => match dynamic::event_map(&origin, None) {

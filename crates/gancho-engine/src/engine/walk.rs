@@ -100,7 +100,7 @@ pub struct Engine {
     ops_staged: Vec<u64>,
     ops_committed: Vec<(u64, u64)>,
     /// The runs of the batch in progress, for its trace (`gancho explain`).
-    traces: gancho_state::traces::BatchTrace,
+    pub(super) traces: gancho_state::traces::BatchTrace,
     /// The runs of `gancho rerun` in the batch in progress (event seq, its arrival, the run),
     /// traced apart from the batch's own.
     reruns: Vec<(u64, i64, gancho_state::traces::RunTrace)>,
@@ -701,6 +701,7 @@ impl Engine {
                 .unwrap_or_default(),
             changes: Vec::new(),
             rerun: false,
+            timer: None,
         };
         if let (Some(run), true) = (&run, result.is_ok()) {
             for change in &run.pending.changes {
@@ -937,20 +938,42 @@ impl Engine {
     /// Runs `rule` on `event` again; says what came of it.
     fn rerun_one(&mut self, rule: &str, event: &Event) -> String {
         match event.source.as_str() {
-            // Its timer was used up when it fired: what it carried is gone.
+            // A callback: its timer, used up when it fired, is kept in the failed run's trace.
             TIMER_SOURCE => {
-                return "not re-run: a timer's or an expectation's callback cannot be run again"
-                    .to_owned();
+                let failed = match self.state.traces_of(event.seq) {
+                    Ok(runs) => runs
+                        .into_iter()
+                        .rev()
+                        .find(|r| r.rule == rule && r.error.is_some())
+                        .and_then(|r| r.timer),
+                    Err(err) => return format!("not re-run: reading its trace: {err}"),
+                };
+                let Some(timer) = failed else {
+                    return "not re-run: its trace does not hold the timer it called back"
+                        .to_owned();
+                };
+                let callable = self
+                    .rules
+                    .get(rule)
+                    .is_some_and(|r| r.callbacks.contains(&timer.callback));
+                if !callable {
+                    return format!(
+                        "not re-run: the rule defines no function {}(x) now",
+                        timer.callback
+                    );
+                }
+                self.run_callback(&timer, event);
             }
             CRON_SOURCE if event.kind != rule => {
                 return "not re-run: a cron tick of another rule".to_owned();
             }
-            _ => {}
+            _ => {
+                let Some(map) = event_map(event, None) else {
+                    return "not re-run: its payload is not JSON".to_owned();
+                };
+                self.run_rule(rule, event, map, None);
+            }
         }
-        let Some(map) = event_map(event, None) else {
-            return "not re-run: its payload is not JSON".to_owned();
-        };
-        self.run_rule(rule, event, map, None);
         let ours = self
             .traces
             .runs
