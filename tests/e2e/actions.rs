@@ -127,6 +127,29 @@ fn a_refused_call_goes_to_dead_letters_and_dead_retry_delivers_it() {
             .then_some(())
     });
     assert!(empty.is_some());
+    // The delivery history has it: to whom, when decided and delivered, the peer's answer.
+    let sent = wait_until(Duration::from_secs(20), || {
+        let sent = setup.json(&["sent", "--json"]);
+        (!sent.as_array().unwrap().is_empty()).then_some(sent)
+    })
+    .unwrap();
+    let sent = &sent[0];
+    assert_eq!(sent["id"], id, "{sent}");
+    assert_eq!(sent["channel"], "http");
+    assert_eq!(sent["rule"], "notify");
+    assert!(sent["to"].as_str().unwrap().ends_with("/hook"), "{sent}");
+    assert!(sent["answer"].as_str().unwrap().contains("200"), "{sent}");
+    let (decided, delivered) = (
+        sent["decided_ms"].as_i64().unwrap(),
+        sent["delivered_ms"].as_i64().unwrap(),
+    );
+    assert!(decided > 0 && decided <= delivered, "{sent}");
+    assert!(setup.lists_nothing(&["sent", "--channel", "sms", "--json"]));
+    let table = String::from_utf8(setup.command(&["sent"]).stdout).unwrap();
+    assert!(table.contains(id) && table.contains("http 200"), "{table}");
+    let what = setup.json(&["explain", &seq, "--json"]);
+    assert_eq!(what["actions"][0]["fate"], "delivered", "{what}");
+    assert_eq!(what["actions"][0]["at_ms"], delivered);
     assert_eq!(daemon.terminate().code(), Some(0));
 }
 

@@ -513,6 +513,10 @@ pub struct RetryPolicy {
     /// `"30d"`. Example: `"90d"`.
     #[serde(deserialize_with = "duration::retention::deserialize")]
     pub dead_retention: Option<Duration>,
+    /// How long the delivery history (`gancho sent`) keeps a delivered action; `"0"` keeps
+    /// them for ever. Default: `"7d"`. Example: `"30d"`.
+    #[serde(deserialize_with = "duration::retention::deserialize")]
+    pub sent_retention: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -523,6 +527,7 @@ impl Default for RetryPolicy {
             max_attempts: 0,
             max_age: Some(Duration::from_secs(3 * 24 * 3600)),
             dead_retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            sent_retention: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }

@@ -489,7 +489,7 @@ impl Lane {
                         "delivered"
                     ),
                 }
-                self.state.action_delivered(&item, self.now_ms())
+                self.state.action_delivered(&item, self.now_ms(), receipt)
             }
             Err(failure) => self.failed(&item, failure),
         };

@@ -72,6 +72,7 @@ mod tests {
             max_attempts: 15,
             max_age: None,
             dead_retention: None,
+            sent_retention: None,
         }
     }
 

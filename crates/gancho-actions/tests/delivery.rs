@@ -54,6 +54,7 @@ impl World {
             max_attempts: 5,
             max_age: None,
             dead_retention: None,
+            sent_retention: None,
         };
         config.shutdown_grace = Duration::from_secs(2);
         World {
@@ -76,6 +77,7 @@ impl World {
                     rule: "test".to_owned(),
                     event_seq: self.seq,
                     position: 0,
+                    decided_ms: 0,
                     action,
                 }
             })
@@ -755,6 +757,7 @@ fn nothing_is_sent_for_an_action_above_the_durable_cursor() {
                 rule: "test".to_owned(),
                 event_seq: 1,
                 position: 0,
+                decided_ms: 0,
                 action: http(&receiver.url("/x"), serde_json::json!({})),
             };
             world

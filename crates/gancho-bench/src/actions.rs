@@ -193,6 +193,7 @@ fn deliver(
                     rule: "bench".to_owned(),
                     event_seq: seq,
                     position: 0,
+                    decided_ms: 0,
                     action: action.clone(),
                 })
             })

@@ -21,6 +21,9 @@ pub struct ActionRequest {
     pub event_seq: u64,
     /// Its place among the actions the rule decided for that event.
     pub position: u32,
+    /// When the engine decided it, ms since the epoch (0: not recorded, an older item).
+    #[serde(default)]
+    pub decided_ms: i64,
     #[serde(flatten)]
     pub action: Action,
 }
@@ -62,7 +65,8 @@ pub struct HttpAction {
 }
 
 /// The channel an action goes out on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Channel {
     Email,
     Sms,

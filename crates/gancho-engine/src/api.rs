@@ -687,6 +687,7 @@ fn register_actions(engine: &mut rhai::Engine, ctx: &Rc<RefCell<Ctx>>) {
                 rule: run.rule.clone(),
                 event_seq: run.seq,
                 position,
+                decided_ms: run.now_ms,
                 action,
             };
             let id = request.id.clone();

@@ -42,6 +42,8 @@ pub(crate) struct Run {
     pub(crate) time_ms: i64,
     /// When its event was received, ms.
     pub(crate) received_ms: i64,
+    /// The engine's clock when the run began, ms (when its actions are decided).
+    pub(crate) now_ms: i64,
     /// The next action's position (actions are numbered per rule and event).
     pub(crate) position: u32,
     /// A counter for timer uids and codes made in this run.

@@ -39,6 +39,7 @@ fn action(seq: u64, position: u32) -> ActionRequest {
         rule: "r".to_owned(),
         event_seq: seq,
         position,
+        decided_ms: 0,
         action: Action::Http(HttpAction {
             method: "POST".to_owned(),
             url: format!("https://example.com/{seq}/{position}"),
@@ -358,7 +359,7 @@ fn crash_in_marking_a_retry_delivered_never_delivers_it_again() {
         "crash_in_marking_a_retry_delivered_never_delivers_it_again",
         "outbox.delivered.after_item",
         "crash",
-        |state, item| state.outbox().action_delivered(item, 0).unwrap(),
+        |state, item| state.outbox().action_delivered(item, 0, "ok").unwrap(),
         &[Standing::Delivered],
     );
 }
@@ -369,7 +370,7 @@ fn crash_between_a_delivered_items_record_and_its_index_key() {
         "crash_between_a_delivered_items_record_and_its_index_key",
         "outbox.clear.after_record",
         "crash",
-        |state, item| state.outbox().action_delivered(item, 0).unwrap(),
+        |state, item| state.outbox().action_delivered(item, 0, "ok").unwrap(),
         &[Standing::Delivered],
     );
 }

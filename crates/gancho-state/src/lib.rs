@@ -40,6 +40,7 @@ pub mod poison;
 mod retention;
 pub mod rules;
 mod schema;
+pub mod sent;
 pub mod traces;
 
 use std::collections::BTreeMap;

@@ -307,10 +307,15 @@ impl Outbox {
         self.tree().flush()
     }
 
-    /// The item was delivered at `now_ms`: it leaves the outbox (and dead letters, should a
-    /// crash have left it in both), and its delivery is recorded for `gancho explain`
-    /// (diagnostics: a failure to record it is logged, not returned).
-    pub fn action_delivered(&self, item: &OutboxItem, now_ms: i64) -> Result<(), StoreError> {
+    /// The item was delivered at `now_ms`, the peer answering `answer`: it leaves the outbox
+    /// (and dead letters, should a crash have left it in both), and joins the delivery
+    /// history (`sent.rs`; a failure to record it there is logged, not returned).
+    pub fn action_delivered(
+        &self,
+        item: &OutboxItem,
+        now_ms: i64,
+        answer: &str,
+    ) -> Result<(), StoreError> {
         {
             let _outbox = lock(&self.lock);
             self.remove(&prefixed(OUTBOX, &item.key))?;
@@ -318,20 +323,11 @@ impl Outbox {
             self.clear_delivery(item)?;
             self.remove(&prefixed(DEAD, &item.key))?;
         }
-        let delivered = crate::traces::Delivered {
-            at_ms: now_ms,
-            failed_tries: item.delivery.as_ref().map_or(0, |d| d.attempts.len()),
-        };
-        if let Err(err) = crate::traces::record_delivery(&self.traces, &item.action.id, &delivered)
-        {
-            tracing::warn!(id = %item.action.id, error = %err, "recording a delivery for gancho explain");
+        let sent = crate::sent::Sent::of(item, now_ms, answer);
+        if let Err(err) = crate::sent::record(&self.traces, &sent) {
+            tracing::warn!(id = %item.action.id, error = %err, "recording a delivery in the history");
         }
         Ok(())
-    }
-
-    /// When the action `id` was delivered, if that is still recorded.
-    pub fn delivered(&self, id: &str) -> Result<Option<crate::traces::Delivered>, StoreError> {
-        crate::traces::delivery(&self.traces, id)
     }
 
     /// The item is to be tried again at `delivery.next_ms`.
@@ -484,6 +480,7 @@ mod tests {
             rule: "r".to_owned(),
             event_seq: seq,
             position,
+            decided_ms: 0,
             action: if http {
                 Action::Http(HttpAction {
                     method: "POST".to_owned(),
@@ -587,7 +584,7 @@ mod tests {
         assert!(outbox.dead_letters(0).unwrap().is_empty());
         let due = outbox.due_actions(Channel::Http, 4000, 10).unwrap();
         assert_eq!(due.len(), 1);
-        outbox.action_delivered(&due[0], 0).unwrap();
+        outbox.action_delivered(&due[0], 0, "ok").unwrap();
         assert!(
             outbox
                 .due_actions(Channel::Http, i64::MAX - 1, 10)

@@ -176,6 +176,7 @@ fn sms(seq: u64, position: u32) -> ActionRequest {
         rule: "r".to_owned(),
         event_seq: seq,
         position,
+        decided_ms: 0,
         action: Action::Sms(SmsAction {
             to: "+34600000001".to_owned(),
             text: "hi".to_owned(),
@@ -479,6 +480,7 @@ fn the_outbox_is_listed_in_decision_order_across_channels_committed_or_applied()
         rule: rule.to_owned(),
         event_seq: seq,
         position,
+        decided_ms: 0,
         action: Action::Http(gancho_core::HttpAction {
             method: "POST".to_owned(),
             url: "http://127.0.0.1:1/".to_owned(),
@@ -584,31 +586,65 @@ fn traces_reruns_and_deliveries_are_found_and_pruned_by_age() {
     let traced = state.traces_of(4).unwrap();
     assert_eq!(traced.len(), 2);
     assert!(traced[1].rerun);
-    // Deliveries are recorded by the outbox, for `gancho explain`.
-    let outbox = state.outbox();
-    let delivered = crate::traces::Delivered {
-        at_ms: 1_500,
-        failed_tries: 2,
-    };
-    crate::traces::record_delivery(&outbox.traces, "a1", &delivered).unwrap();
-    crate::traces::record_delivery(
-        &outbox.traces,
-        "a2",
-        &crate::traces::Delivered {
-            at_ms: 9_000,
-            failed_tries: 0,
-        },
-    )
-    .unwrap();
-    assert_eq!(outbox.delivered("a1").unwrap(), Some(delivered));
-    // Pruning goes by age: the first batch and the first delivery go.
+    // Pruning goes by age: the first batch goes.
     state.prune_traces(2_000).unwrap();
     assert!(state.traces_of(1).unwrap().is_empty());
     assert_eq!(state.traces_of(3).unwrap().len(), 1);
     assert_eq!(state.traces_of(4).unwrap().len(), 2);
-    assert_eq!(outbox.delivered("a1").unwrap(), None);
-    assert!(outbox.delivered("a2").unwrap().is_some());
     state.prune_traces(10_000).unwrap();
     assert!(state.traces_of(4).unwrap().is_empty());
-    assert_eq!(outbox.delivered("a2").unwrap(), None);
+}
+
+#[test]
+fn the_delivery_history_lists_filters_finds_and_prunes_deliveries() {
+    use crate::sent::SentQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    let outbox = state.outbox();
+    let item = |seq: u64| OutboxItem {
+        key: Vec::new(),
+        action: sms(seq, 0),
+        delivery: None,
+    };
+    for (seq, at) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+        outbox
+            .action_delivered(&item(seq), at, &format!("twilio SM{seq}"))
+            .unwrap();
+    }
+    let list = |query: &SentQuery| {
+        let mut out = Vec::new();
+        outbox
+            .each_sent(query, |sent| {
+                out.push(sent.event_seq);
+                Ok(())
+            })
+            .unwrap();
+        out
+    };
+    assert_eq!(list(&SentQuery::default()), vec![1, 2, 3]);
+    let newest = SentQuery {
+        limit: 2,
+        ..SentQuery::default()
+    };
+    assert_eq!(list(&newest), vec![2, 3]);
+    let since = SentQuery {
+        since_ms: Some(2_000),
+        ..SentQuery::default()
+    };
+    assert_eq!(list(&since), vec![2, 3]);
+    let email = SentQuery {
+        channel: Some(Channel::Email),
+        ..SentQuery::default()
+    };
+    assert!(list(&email).is_empty());
+    let id = sms(2, 0).id;
+    let sent = outbox.sent(&id).unwrap().unwrap();
+    assert_eq!(
+        (sent.delivered_ms, sent.answer.as_str()),
+        (2_000, "twilio SM2")
+    );
+    assert_eq!(sent.channel, Channel::Sms);
+    assert_eq!(outbox.prune_sent(2_500).unwrap(), 2);
+    assert_eq!(list(&SentQuery::default()), vec![3]);
+    assert_eq!(outbox.sent(&id).unwrap(), None);
 }

@@ -4,9 +4,8 @@
 //! queries it made with their answers, and the state and timers it set or cleared. Written
 //! outside commits (diagnostics: a crash can lose the last batch's), pruned after
 //! `[engine] trace_retention`. The runs `gancho rerun` makes are kept apart, one record per
-//! event (`R` + its seq), and shown with the event's; so are deliveries (`D` + the action's
-//! id, written by the outbox when an action is delivered), so that `gancho explain` says
-//! when each action went.
+//! event (`R` + its seq), and shown with the event's. The same database holds the delivery
+//! history (`sent.rs`).
 
 use gancho_store::StoreError;
 use gancho_store::keys::read_u64;
@@ -18,40 +17,6 @@ use crate::schema::to_json;
 const TRACES: u8 = b'T';
 /// The runs of `gancho rerun` on one event (`R` + its seq): kept apart from its batch's.
 const RERUNS: u8 = b'R';
-/// Deliveries (`D` + the action's id): when, after how many failed tries.
-const DELIVERED: u8 = b'D';
-
-/// An action's delivery, as `gancho explain` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivered {
-    pub at_ms: i64,
-    pub failed_tries: usize,
-}
-
-fn delivery_key(id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + id.len());
-    key.push(DELIVERED);
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
-pub(crate) fn record_delivery(
-    traces: &gancho_store::kv::Tree,
-    id: &str,
-    delivered: &Delivered,
-) -> Result<(), StoreError> {
-    traces.insert(delivery_key(id), to_json(delivered)?)
-}
-
-pub(crate) fn delivery(
-    traces: &gancho_store::kv::Tree,
-    id: &str,
-) -> Result<Option<Delivered>, StoreError> {
-    Ok(traces
-        .get(delivery_key(id))?
-        .and_then(|v| serde_json::from_slice(&v).ok()))
-}
-
 /// One window query of a run, and its answer. Kept as parts (formatted only when shown: a
 /// run may make many, and the engine records them all).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,14 +214,6 @@ impl EngineState {
             if decode(&value).is_none_or(|b| b.received_ms < before_ms) {
                 self.traces.remove(&k)?;
                 pruned += 1;
-            }
-        }
-        for entry in self.traces.scan_prefix([DELIVERED]) {
-            let (k, value) = entry?;
-            let old =
-                serde_json::from_slice::<Delivered>(&value).map_or(true, |d| d.at_ms < before_ms);
-            if old {
-                self.traces.remove(&k)?;
             }
         }
         Ok(pruned)

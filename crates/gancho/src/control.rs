@@ -94,6 +94,8 @@ pub enum Request {
         last: usize,
         errors: bool,
     },
+    /// The delivery history (`gancho sent`), streamed.
+    Sent(gancho_state::sent::SentQuery),
     /// The log in order from seq `from`, skipping the events received before
     /// `received_from_ms` (streamed: `gancho replay`).
     Log {
@@ -134,7 +136,7 @@ pub struct Explanation {
 pub struct ActionFate {
     pub id: String,
     /// `pending` (in the outbox), `delivered`, `dead` (in dead letters), or `done`: no longer
-    /// in the outbox, its delivery no longer recorded (older than `[engine] trace_retention`).
+    /// in the outbox, its delivery no longer recorded (older than `[retry] sent_retention`).
     pub fate: String,
     /// When it was delivered or died, or when it is tried next (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,7 +144,7 @@ pub struct ActionFate {
     /// Its failed tries.
     #[serde(default)]
     pub failed_tries: usize,
-    /// The last try's error.
+    /// The last try's error, or the peer's answer to the delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
 }
@@ -247,6 +249,7 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
     let outbox = data.state.outbox();
     let result = match request {
         Request::Events(_)
+        | Request::Sent(_)
         | Request::Log { .. }
         | Request::Quarantine { .. }
         | Request::Outbox { .. }
@@ -376,6 +379,7 @@ fn is_listing(request: &Request) -> bool {
     matches!(
         request,
         Request::Events(_)
+            | Request::Sent(_)
             | Request::Log { .. }
             | Request::Quarantine { .. }
             | Request::Outbox { .. }
@@ -394,6 +398,9 @@ fn stream_listing(data: &Data, request: &Request, tx: &tokio::sync::mpsc::Sender
         Request::Events(query) => stream_list("events", tx, |f| {
             data.store.each_event(&query.to_store(), f)
         }),
+        Request::Sent(query) => {
+            stream_list("sent", tx, |f| data.state.outbox().each_sent(query, f))
+        }
         Request::Log {
             from,
             received_from_ms,
@@ -675,13 +682,13 @@ fn explain(data: &Data, seq: u64) -> Result<Explanation, StoreError> {
     for id in ids {
         let fate = match fates.remove(&id) {
             Some(fate) => fate,
-            None => match outbox.delivered(&id)? {
-                Some(delivered) => ActionFate {
+            None => match outbox.sent(&id)? {
+                Some(sent) => ActionFate {
                     id,
                     fate: "delivered".to_owned(),
-                    at_ms: Some(delivered.at_ms),
-                    failed_tries: delivered.failed_tries,
-                    why: None,
+                    at_ms: Some(sent.delivered_ms),
+                    failed_tries: sent.failed_tries.len(),
+                    why: Some(sent.answer),
                 },
                 None => ActionFate {
                     id,

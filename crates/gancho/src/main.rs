@@ -146,6 +146,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the delivered actions (kept `[retry] sent_retention`): to whom, when decided and
+    /// delivered, failed tries, and the peer's answer.
+    Sent {
+        /// Only this channel's: email, sms or http.
+        #[arg(long, value_parser = parse_channel)]
+        channel: Option<gancho_core::Channel>,
+        /// Only those delivered within this long before now, as `24h`, `30m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// At most this many (the newest); 0 for all.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the runs set aside because the engine died running them (a rule on an event): each
     /// was tried three times; its rule still runs on other events, other rules on this one.
     Poisoned {
@@ -465,6 +481,12 @@ fn main() -> ExitCode {
             limit,
             json,
         } => list_dead(&config, limit, json),
+        Command::Sent {
+            channel,
+            since,
+            limit,
+            json,
+        } => list_sent(&config, channel, since, limit, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -866,6 +888,56 @@ fn describe(action: &gancho_core::Action) -> String {
     }
 }
 
+fn parse_channel(text: &str) -> Result<gancho_core::Channel, String> {
+    gancho_core::Channel::ALL
+        .into_iter()
+        .find(|c| c.as_str() == text)
+        .ok_or_else(|| format!("{text:?}: a channel is email, sms or http"))
+}
+
+fn list_sent(
+    config: &Config,
+    channel: Option<gancho_core::Channel>,
+    since: Option<std::time::Duration>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let since_ms = match since {
+        Some(since) => {
+            let since = chrono::Duration::from_std(since).context("--since is too long")?;
+            Some((gancho_core::Clock::now(&gancho_core::SystemClock) - since).timestamp_millis())
+        }
+        None => None,
+    };
+    let request = Request::Sent(gancho_state::sent::SentQuery {
+        channel,
+        since_ms,
+        limit,
+    });
+    print_list(
+        config,
+        &request,
+        json,
+        |out, sent: &gancho_state::sent::Sent| {
+            let tries = match sent.failed_tries.len() {
+                0 => String::new(),
+                n => format!(" after {n} failed tries"),
+            };
+            writeln!(
+                out,
+                "{}  {}  event {:>8}  {:<20} {} to {}{tries}: {}",
+                ms_time(sent.delivered_ms),
+                sent.id,
+                sent.event_seq,
+                shown(&sent.rule),
+                sent.channel,
+                shown(&sent.to),
+                shown(&sent.answer)
+            )
+        },
+    )
+}
+
 fn list_dead(config: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
     let request = Request::Dead { limit };
     print_list(
@@ -1234,14 +1306,16 @@ fn prune_now(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         std::io::stdout().lock(),
-        "pruned {} event(s) ({} kept for pending timers; {} block(s) deleted, {} rewritten), {} quarantine record(s), {} dead letter(s), {} expired state value(s)",
+        "pruned {} event(s) ({} kept for pending timers; {} block(s) deleted, {} rewritten), {} quarantine record(s), {} dead letter(s), {} expired state value(s), {} trace record(s), {} delivery record(s)",
         pruned.events,
         pruned.kept,
         pruned.blocks_deleted,
         pruned.blocks_rewritten,
         pruned.quarantine_records,
         pruned.dead_letters,
-        pruned.expired_state
+        pruned.expired_state,
+        pruned.traces,
+        pruned.sent
     )?;
     Ok(())
 }

@@ -31,6 +31,8 @@ pub struct Retention {
     pub dead_ms: Option<u64>,
     #[serde(default)]
     pub traces_ms: Option<u64>,
+    #[serde(default)]
+    pub sent_ms: Option<u64>,
 }
 
 impl Retention {
@@ -41,6 +43,7 @@ impl Retention {
             quarantine_ms: ms(config.store.quarantine_retention),
             dead_ms: ms(config.actions.retry.dead_retention),
             traces_ms: ms(config.engine.trace_retention),
+            sent_ms: ms(config.actions.retry.sent_retention),
         }
     }
 }
@@ -58,6 +61,9 @@ pub struct Pruned {
     pub expired_state: u64,
     #[serde(default)]
     pub traces: u64,
+    /// Records of the delivery history.
+    #[serde(default)]
+    pub sent: u64,
 }
 
 /// `now` minus `ms`, in ms since the epoch.
@@ -95,6 +101,10 @@ pub fn prune(data: &Data, retention: &Retention, now: DateTime<Utc>) -> Result<P
         Some(cutoff) => data.state.prune_traces(cutoff)?,
         None => 0,
     };
+    let sent = match before(now, retention.sent_ms) {
+        Some(cutoff) => data.state.outbox().prune_sent(cutoff)?,
+        None => 0,
+    };
     Ok(Pruned {
         events: report.events,
         kept: report.kept,
@@ -104,6 +114,7 @@ pub fn prune(data: &Data, retention: &Retention, now: DateTime<Utc>) -> Result<P
         dead_letters: dead_letters as u64,
         expired_state: expired_state as u64,
         traces: traces as u64,
+        sent: sent as u64,
     })
 }
 

@@ -244,7 +244,10 @@ impl Harness {
             }));
             // Noted: out of the outbox, so that each settle reads only the new ones.
             let now_ms = time_to_millis(clock_now(&self.clock));
-            self.data.state.outbox().action_delivered(&item, now_ms)?;
+            self.data
+                .state
+                .outbox()
+                .action_delivered(&item, now_ms, "noted by the test")?;
         }
         for rule in self.engine.status().rules {
             let before = self

@@ -654,6 +654,7 @@ impl Engine {
             seq: event.seq,
             time_ms: time_to_millis(event.time),
             received_ms: time_to_millis(event.received),
+            now_ms: time_to_millis(self.clock.now()),
             position: 0,
             serial: 0,
             queries: 0,
