@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod actions;
+mod admin;
 // Shared helpers; some serve only a few of the tests.
 mod bad_input;
 mod cli;

@@ -223,6 +223,8 @@ keys = { account = "/account" }
 pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's, when the config gives it a token.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -255,22 +257,30 @@ impl Daemon {
                     && let Some(addr) = field(&line, "listen=")
                     && let Some(tx) = addr_tx.take()
                 {
-                    let _ = tx.send(addr);
+                    let _ = tx.send((addr, field(&line, "admin=")));
                 }
                 let mut log = log_writer.lock().unwrap_or_else(|e| e.into_inner());
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("listen address"),
+        let (addr, admin) = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((addr, admin)) => (
+                addr.parse().expect("listen address"),
+                admin.and_then(|a| a.parse().ok()),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("gancho did not become ready:\n{}", log.lock().unwrap());
             }
         };
-        Daemon { child, addr, log }
+        Daemon {
+            child,
+            addr,
+            admin,
+            log,
+        }
     }
 
     pub fn log(&self) -> String {

@@ -97,6 +97,7 @@ pub fn spawn(
                 next_start: Mutex::new(Instant::now()),
                 stopping: AtomicBool::new(false),
                 recorded: recorded.clone(),
+                metrics: crate::lane::LaneMetrics::new(channel),
             }))
         })
         .collect::<Result<_, ActionsError>>()?;

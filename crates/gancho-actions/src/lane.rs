@@ -88,6 +88,33 @@ pub(crate) struct Held {
 }
 
 #[derive(Debug)]
+/// A channel's series: `gancho_deliveries_total{channel,outcome}` (`delivered`, `failed`: to
+/// be retried, `dead`) and `gancho_delivery_seconds{channel}`, from decision to delivery.
+pub(crate) struct LaneMetrics {
+    delivered: metrics::Counter,
+    failed: metrics::Counter,
+    dead: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl LaneMetrics {
+    pub(crate) fn new(channel: Channel) -> LaneMetrics {
+        let outcome = |outcome: &'static str| {
+            metrics::counter!(
+                "gancho_deliveries_total",
+                "channel" => channel.as_str(),
+                "outcome" => outcome
+            )
+        };
+        LaneMetrics {
+            delivered: outcome("delivered"),
+            failed: outcome("failed"),
+            dead: outcome("dead"),
+            seconds: metrics::histogram!("gancho_delivery_seconds", "channel" => channel.as_str()),
+        }
+    }
+}
+
 pub(crate) struct Lane {
     pub(crate) channel: Channel,
     pub(crate) state: Outbox,
@@ -114,6 +141,8 @@ pub(crate) struct Lane {
     pub(crate) stopping: AtomicBool,
     /// Set when an outcome is recorded: the flusher writes it out soon (`OUTCOME_FLUSH`).
     pub(crate) recorded: Arc<AtomicBool>,
+    /// The channel's series (no-ops unless the daemon installed a metrics recorder).
+    pub(crate) metrics: LaneMetrics,
 }
 
 /// Drops what the lane knows of a destination with nothing held and nothing against it (no
@@ -489,7 +518,13 @@ impl Lane {
                         "delivered"
                     ),
                 }
-                self.state.action_delivered(&item, self.now_ms(), receipt)
+                let now = self.now_ms();
+                self.metrics.delivered.increment(1);
+                if action.decided_ms > 0 {
+                    let waited = now.saturating_sub(action.decided_ms).max(0);
+                    self.metrics.seconds.record(waited as f64 / 1000.0);
+                }
+                self.state.action_delivered(&item, now, receipt)
             }
             Err(failure) => self.failed(&item, failure),
         };
@@ -532,6 +567,7 @@ impl Lane {
                 error = %failure,
                 "{why}: moved to dead letters (`gancho dead`)"
                 );
+                self.metrics.dead.increment(1);
                 return self.state.action_dead(item, delivery.attempts, now);
             }
         };
@@ -545,6 +581,7 @@ impl Lane {
             error = %failure,
             "delivery failed; will retry"
         );
+        self.metrics.failed.increment(1);
         self.state.action_rescheduled(item, &delivery)
     }
 }

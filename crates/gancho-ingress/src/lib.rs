@@ -18,6 +18,6 @@ mod config;
 mod server;
 
 pub use adapter::{BodyError, JsonSpec, SourceKind, submission_from};
-pub use auth::BasicAuth;
+pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};
-pub use server::{IngressConfig, IngressHandle, IngressServer, Source, block_on};
+pub use server::{IngressConfig, IngressHandle, IngressServer, Readiness, Source, block_on};

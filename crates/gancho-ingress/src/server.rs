@@ -56,7 +56,58 @@ impl Default for IngressConfig {
     }
 }
 
+/// Whether the daemon is ready for traffic (`GET /readyz`): `Err` says why not. The binary
+/// knows what readiness takes (the engine's lag, the rules); this crate only answers it.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Why a request was refused, as `gancho_events_rejected_total{reason}` says it; items put in
+/// quarantine are `invalid`.
+const REJECTIONS: [(StatusCode, &str); 6] = [
+    (StatusCode::UNAUTHORIZED, "unauthorized"),
+    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type"),
+    (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+    (StatusCode::REQUEST_TIMEOUT, "timeout"),
+    (StatusCode::BAD_REQUEST, "malformed"),
+    (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+];
+
+/// A source's series, registered once (no-ops unless the daemon installed a recorder).
+struct SourceMetrics {
+    received: metrics::Counter,
+    duplicate: metrics::Counter,
+    /// By reason, in the order of [`REJECTIONS`].
+    rejected: Vec<metrics::Counter>,
+}
+
+impl SourceMetrics {
+    fn new(source: &str) -> SourceMetrics {
+        let source = source.to_owned();
+        SourceMetrics {
+            received: metrics::counter!("gancho_events_received_total", "source" => source.clone()),
+            duplicate: metrics::counter!("gancho_events_duplicate_total", "source" => source.clone()),
+            rejected: REJECTIONS
+                .iter()
+                .map(|(_, reason)| {
+                    metrics::counter!(
+                        "gancho_events_rejected_total",
+                        "source" => source.clone(),
+                        "reason" => *reason
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn rejected(&self, reason: &str) -> Option<&metrics::Counter> {
+        let i = REJECTIONS.iter().position(|(_, r)| *r == reason)?;
+        self.rejected.get(i)
+    }
+}
+
 struct State {
+    ready: Readiness,
+    metrics: HashMap<String, SourceMetrics>,
+    request_seconds: metrics::Histogram,
     sources: HashMap<String, Source>,
     max_body_bytes: usize,
     body_timeout: Duration,
@@ -110,12 +161,20 @@ impl IngressServer {
         config: IngressConfig,
         store: Store,
         clock: Arc<dyn Clock>,
+        ready: Readiness,
     ) -> std::io::Result<IngressServer> {
         let local_addr = listener.local_addr()?;
         for source in config.sources.iter().filter(|s| s.auth.is_none()) {
             warn!(source = %source.name, "source has no authentication: anyone who can reach the port can post events to it");
         }
         let state = web::Data::new(State {
+            ready,
+            metrics: config
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), SourceMetrics::new(&s.name)))
+                .collect(),
+            request_seconds: metrics::histogram!("gancho_ingest_request_seconds"),
             sources: config
                 .sources
                 .into_iter()
@@ -134,6 +193,7 @@ impl IngressServer {
                 // a path parameter with a regex, a measurable part of a small webhook's cost.
                 .service(web::scope("/hooks").default_service(web::to(hook)))
                 .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
                 .default_service(web::to(not_found))
         })
         .disable_signals()
@@ -175,6 +235,17 @@ async fn healthz(state: web::Data<State>) -> HttpResponse {
     }
 }
 
+/// 200 when the daemon is ready for traffic, else 503 with the reason, both as JSON.
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    match (state.ready)() {
+        Ok(()) => HttpResponse::Ok().json(json!({ "ready": true })),
+        Err(reason) => HttpResponse::ServiceUnavailable().json(json!({
+            "ready": false,
+            "reason": reason,
+        })),
+    }
+}
+
 /// How far the log is durable and indexed: `indexed` trailing `durable` by more than a few
 /// thousand events for long means indexing cannot keep up with the incoming rate.
 async fn not_found(req: HttpRequest) -> HttpResponse {
@@ -199,23 +270,71 @@ fn source_name(path: &str) -> Option<std::borrow::Cow<'_, str>> {
         .ok()
 }
 
+/// `POST /hooks/NAME`, measured: the request's time, and per configured source what was
+/// stored, already there, or refused and why.
 async fn hook(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let source = source_name(req.path()).map(std::borrow::Cow::into_owned);
+    let (response, counts) = receive(req, payload, &state).await;
+    state
+        .request_seconds
+        .record(started.elapsed().as_secs_f64());
+    // Only configured sources are labels: anyone can post to any name.
+    if let Some(series) = source.and_then(|name| state.metrics.get(&name)) {
+        match counts {
+            Some(counts) => {
+                series.received.increment(counts.stored as u64);
+                series.duplicate.increment(counts.duplicates as u64);
+                if let Some(invalid) = series.rejected("invalid") {
+                    invalid.increment(counts.quarantined as u64);
+                }
+            }
+            None => {
+                let reason = REJECTIONS
+                    .iter()
+                    .find(|(status, _)| *status == response.status())
+                    .map(|(_, reason)| *reason);
+                if let Some(counter) = reason.and_then(|r| series.rejected(r)) {
+                    counter.increment(1);
+                }
+            }
+        }
+    }
+    response
+}
+
+/// What one request stored.
+struct Counts {
+    stored: usize,
+    duplicates: usize,
+    quarantined: usize,
+}
+
+async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: &web::Data<State>,
+) -> (HttpResponse, Option<Counts>) {
+    let response = |r: HttpResponse| (r, None);
     let Some(name) = source_name(req.path()) else {
-        return not_found(req).await;
+        return response(not_found(req).await);
     };
     if req.method() != actix_web::http::Method::POST {
-        let mut response = error(
+        let mut refused = error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{} {}: webhooks are POSTed", req.method(), req.path()),
         );
-        response
+        refused
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
+        return response(refused);
     }
     let name = name.into_owned();
     let Some(source) = state.sources.get(&name) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown source {name:?}"));
+        return response(error(
+            StatusCode::NOT_FOUND,
+            format!("unknown source {name:?}"),
+        ));
     };
     if let Some(auth) = &source.auth
         && !auth.accepts(
@@ -224,34 +343,36 @@ async fn hook(req: HttpRequest, payload: web::Payload, state: web::Data<State>) 
                 .map(HeaderValue::as_bytes),
         )
     {
-        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
-        response.headers_mut().insert(
+        let mut refused = error(StatusCode::UNAUTHORIZED, "missing or wrong credentials");
+        refused.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"gancho\""),
         );
-        return response;
+        return response(refused);
     }
     if let Err(reason) = check_content_type(&req) {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason);
+        return response(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason));
     }
     let body = match read_body(&req, payload, state.max_body_bytes, state.body_timeout).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(refused) => return response(refused),
     };
     let text = match std::str::from_utf8(&body) {
         Ok(text) => text,
         Err(err) => {
-            return error(
+            return response(error(
                 StatusCode::BAD_REQUEST,
                 format!("body is not valid JSON: it is not UTF-8 ({err})"),
-            );
+            ));
         }
     };
     let received = state.clock.now();
     let submission = match submission_from(&source.name, &source.kind, text, received) {
         Ok(submission) => submission,
-        Err(err @ BodyError::NotJson(_)) => return error(StatusCode::BAD_REQUEST, err.to_string()),
-        Err(err) => return error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()),
+        Err(err @ BodyError::NotJson(_)) => {
+            return response(error(StatusCode::BAD_REQUEST, err.to_string()));
+        }
+        Err(err) => return response(error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())),
     };
     if let Some(first) = submission.rejected.first() {
         // One line per request, however many items it carried.
@@ -273,29 +394,35 @@ async fn hook(req: HttpRequest, payload: web::Payload, state: web::Data<State>) 
                 quarantined = report.quarantined.len(),
                 "webhook stored"
             );
-            HttpResponse::Ok().json(json!({
-                "stored": report.stored.len(),
-                "duplicates": report.duplicates.len(),
-                "quarantined": report.quarantined.len(),
-            }))
+            let counts = Counts {
+                stored: report.stored.len(),
+                duplicates: report.duplicates.len(),
+                quarantined: report.quarantined.len(),
+            };
+            let answer = HttpResponse::Ok().json(json!({
+                "stored": counts.stored,
+                "duplicates": counts.duplicates,
+                "quarantined": counts.quarantined,
+            }));
+            (answer, Some(counts))
         }
-        Err(StoreError::Closed) => error(
+        Err(StoreError::Closed) => response(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down; retry later",
-        ),
-        Err(StoreError::Busy) => error(
+        )),
+        Err(StoreError::Busy) => response(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests are waiting for the disk; retry later",
-        ),
+        )),
         Err(err @ StoreError::TooLarge(_)) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
+            response(error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()))
         }
         Err(err) => {
             warn!(source = %source.name, error = %err, "storing webhook failed");
-            error(
+            response(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "events could not be stored durably; retry later",
-            )
+            ))
         }
     }
 }

@@ -74,7 +74,56 @@ struct FileConfig {
     sms: SmsConfig,
     http: HttpConfig,
     retry: RetryPolicy,
+    admin: AdminFile,
 }
+
+/// The `[admin]` section as written: the operators' listener (admin API, metrics,
+/// readiness), apart from the public one.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct AdminFile {
+    /// Address and port of the admin listener. It starts only with a token. Default:
+    /// `"127.0.0.1:9090"`. Example: `"10.0.0.5:9090"`.
+    listen: String,
+    /// The bearer token every admin route but `/healthz` and `/readyz` requires, at least 16
+    /// characters; or `token_env` (an environment variable) or `token_file` (a file). No
+    /// token: no admin listener. Example: `token_file = "/etc/gancho/admin.token"`.
+    token: Option<gancho_core::SecretString>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    /// Serve `/metrics` without the token (for a Prometheus on a trusted network). Default:
+    /// false.
+    metrics_public: bool,
+    /// `/readyz` answers 503 while the indexer or the engine is more than this many events
+    /// behind the log. Default: 100000.
+    ready_max_lag: u64,
+}
+
+impl Default for AdminFile {
+    fn default() -> AdminFile {
+        AdminFile {
+            listen: "127.0.0.1:9090".to_owned(),
+            token: None,
+            token_env: None,
+            token_file: None,
+            metrics_public: false,
+            ready_max_lag: 100_000,
+        }
+    }
+}
+
+/// The validated `[admin]` section.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Read already; `None`: the admin listener does not start.
+    pub token: Option<Secret>,
+    pub metrics_public: bool,
+    pub ready_max_lag: u64,
+}
+
+/// An admin token is at least this long.
+const MIN_TOKEN_LEN: usize = 16;
 
 impl Default for FileConfig {
     fn default() -> FileConfig {
@@ -95,6 +144,7 @@ impl Default for FileConfig {
             sms: SmsConfig::default(),
             http: HttpConfig::default(),
             retry: RetryPolicy::default(),
+            admin: AdminFile::default(),
         }
     }
 }
@@ -110,6 +160,7 @@ pub struct Config {
     pub engine: gancho_engine::EngineSection,
     pub ingress: IngressConfig,
     pub actions: ActionsConfig,
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -273,7 +324,46 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
         sources.push(section.into_source(&name).map_err(fail_in)?);
     }
 
+    let admin_listen: SocketAddr = file.admin.listen.parse().map_err(|_| {
+        fail(
+            "admin.listen",
+            format!(
+                "{:?} is not an address and port such as 127.0.0.1:9090",
+                file.admin.listen
+            ),
+        )
+    })?;
+    let mut token = Secret::from_keys(
+        "token",
+        file.admin.token,
+        file.admin.token_env,
+        file.admin.token_file,
+    )
+    .map_err(|err| fail(&join_key("admin", &err.key), err.message))?;
+    if let Some(secret) = &mut token {
+        read_secret(secret, "admin.token", &fail)?;
+        if secret.expose().is_some_and(|t| t.len() < MIN_TOKEN_LEN) {
+            return Err(fail(
+                "admin.token",
+                format!("must be at least {MIN_TOKEN_LEN} characters"),
+            ));
+        }
+    }
+    if admin_listen == listen && listen.port() != 0 {
+        return Err(fail(
+            "admin.listen",
+            "must differ from listen (the public port)".to_owned(),
+        ));
+    }
+    let admin = AdminConfig {
+        listen: admin_listen,
+        token,
+        metrics_public: file.admin.metrics_public,
+        ready_max_lag: file.admin.ready_max_lag,
+    };
+
     Ok(Config {
+        admin,
         listen,
         actions,
         data_dir: file.data_dir,

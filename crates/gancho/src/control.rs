@@ -245,6 +245,12 @@ fn find_event(data: &Data, id: &str, sources: &[String]) -> Result<Option<u64>, 
     Ok(None)
 }
 
+/// Answers a request that is not a listing, as the control socket does: what the admin API
+/// answers too.
+pub fn respond(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Response {
+    answer(data, engine, request)
+}
+
 fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Response {
     let outbox = data.state.outbox();
     let result = match request {

@@ -5,10 +5,13 @@
 //! This is the only crate that handles signals, reads the environment for its config, or uses
 //! `anyhow`: errors from the library crates are typed and get their context here.
 
+mod admin;
 mod config;
 mod control;
 mod data;
+mod metrics;
 mod prune;
+mod ready;
 mod replay;
 mod run;
 mod test_rules;

@@ -30,6 +30,12 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
+    // The metrics recorder goes in before anything counts (handles bind to the recorder of
+    // their time): only with an admin listener to serve it.
+    let metrics = match &config.admin.token {
+        Some(_) => Some(crate::metrics::install().context("installing the metrics recorder")?),
+        None => None,
+    };
     create_private_dir(&config.data_dir)?;
     let store_dir = config.store_dir();
     let data = Data::open(&store_dir, &config.store)
@@ -58,10 +64,47 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
 
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
-    let server = IngressServer::start(listener, config.ingress.clone(), store.clone(), clock)
-        .context("starting the HTTP server")?;
+    let readiness = crate::ready::readiness(
+        data.clone(),
+        engine.shared_status(),
+        config.admin.ready_max_lag,
+    );
+    let server = IngressServer::start(
+        listener,
+        config.ingress.clone(),
+        store.clone(),
+        clock,
+        readiness,
+    )
+    .context("starting the HTTP server")?;
+    // The operators' listener, when the config gives it a token.
+    let admin = match metrics {
+        Some(metrics) => {
+            let listener = std::net::TcpListener::bind(config.admin.listen)
+                .with_context(|| format!("binding [admin] listen {}", config.admin.listen))?;
+            crate::admin::AdminServer::start(
+                listener,
+                &config.admin,
+                data.clone(),
+                config.store_dir(),
+                engine.shared_status(),
+                metrics,
+            )
+            .context("starting the admin listener")?
+        }
+        None => {
+            info!("no [admin] token: the admin listener (API, metrics) does not start");
+            None
+        }
+    };
+    let admin_addr = admin
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |a| a.local_addr().to_string());
+    let admin_handle = admin.as_ref().map(crate::admin::AdminServer::handle);
+    let admin_task = admin.map(|admin| tokio::spawn(admin.wait()));
     info!(
         listen = %server.local_addr(),
+        admin = %admin_addr,
         data_dir = %config.data_dir.display(),
         rules_dir = %config.rules_dir.display(),
         sources = config.ingress.sources.len(),
@@ -96,6 +139,12 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
             result
         }
     };
+    if let Some(handle) = admin_handle {
+        handle.stop(true).await;
+    }
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     control_task.abort();
     // A prune under way finishes on its blocking thread; none starts after this.
     prune_task.abort();

@@ -76,6 +76,33 @@ pub(crate) struct Counters {
     /// The outcomes of the last [`RECENT_RUNS`] runs (true: it failed), oldest first.
     recent: std::collections::VecDeque<bool>,
     recent_failures: usize,
+    /// Its Prometheus series, registered at its first run.
+    metrics: Option<RuleMetrics>,
+}
+
+/// A rule's series: `gancho_rule_runs_total`, `gancho_rule_errors_total`,
+/// `gancho_rule_seconds` (no-ops unless the daemon installed a metrics recorder).
+struct RuleMetrics {
+    runs: metrics::Counter,
+    errors: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl std::fmt::Debug for RuleMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RuleMetrics")
+    }
+}
+
+impl RuleMetrics {
+    fn new(rule: &str) -> RuleMetrics {
+        let label = [("rule", rule.to_owned())];
+        RuleMetrics {
+            runs: metrics::counter!("gancho_rule_runs_total", &label),
+            errors: metrics::counter!("gancho_rule_errors_total", &label),
+            seconds: metrics::histogram!("gancho_rule_seconds", &label),
+        }
+    }
 }
 
 /// A rule that fails this many runs in a row is paused ...
@@ -92,7 +119,18 @@ impl Counters {
     }
 
     /// Records a run's outcome and time; returns why the rule should be paused, if it should.
-    pub(crate) fn record(&mut self, failed: bool, took: std::time::Duration) -> Option<String> {
+    pub(crate) fn record(
+        &mut self,
+        rule: &str,
+        failed: bool,
+        took: std::time::Duration,
+    ) -> Option<String> {
+        let series = self.metrics.get_or_insert_with(|| RuleMetrics::new(rule));
+        series.runs.increment(1);
+        if failed {
+            series.errors.increment(1);
+        }
+        series.seconds.record(took.as_secs_f64());
         self.dirty = true;
         self.stored.runs += 1;
         self.stored.time_us = self

@@ -723,7 +723,7 @@ impl Engine {
             }
         }
         let counters = self.counters.entry(name.to_owned()).or_default();
-        let pause = counters.record(result.is_err(), took);
+        let pause = counters.record(name, result.is_err(), took);
         match result {
             Ok(()) => {
                 if let Some(run) = run {

@@ -1,0 +1,277 @@
+//! The admin listener (`[admin] listen`): what operators and their tools reach over HTTP,
+//! apart from the public port. `/healthz` and `/readyz` are open; every other route needs
+//! `Authorization: Bearer TOKEN` (`[admin] token`), compared in constant time, and answers 401
+//! with a JSON reason that says nothing of the token otherwise. Without a token the listener
+//! does not start.
+//!
+//! Routes answer from the control socket's functions (`control::respond`,
+//! `control::stream_listing`): the CLI and the API share one implementation of each answer,
+//! and listings are streamed as the store walks them, never built whole.
+
+use std::net::TcpListener;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use gancho_engine::SharedStatus;
+use serde_json::json;
+
+use crate::config::AdminConfig;
+use crate::control::{self, Request, Response};
+use crate::data::Data;
+
+struct State {
+    data: Data,
+    engine: SharedStatus,
+    token: String,
+    ready_max_lag: u64,
+    started: std::time::Instant,
+    /// Renders `/metrics`.
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    metrics_public: bool,
+    store_dir: std::path::PathBuf,
+}
+
+/// The running admin server.
+pub struct AdminServer {
+    server: actix_web::dev::Server,
+    local_addr: std::net::SocketAddr,
+}
+
+impl AdminServer {
+    /// Serves on `listener`, if the config has a token; `None` otherwise.
+    pub fn start(
+        listener: TcpListener,
+        config: &AdminConfig,
+        data: Data,
+        store_dir: std::path::PathBuf,
+        engine: SharedStatus,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+    ) -> std::io::Result<Option<AdminServer>> {
+        let Some(token) = config.token.as_ref().and_then(|t| t.expose()) else {
+            return Ok(None);
+        };
+        let local_addr = listener.local_addr()?;
+        let state = web::Data::new(State {
+            data,
+            engine,
+            token: token.to_owned(),
+            ready_max_lag: config.ready_max_lag,
+            started: std::time::Instant::now(),
+            metrics,
+            metrics_public: config.metrics_public,
+            store_dir,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(serve_metrics))
+                .route("/admin/status", web::get().to(status))
+                .route("/admin/rules", web::get().to(rules))
+                .route("/admin/rules/{name}", web::get().to(rule))
+                .route("/admin/rules/{name}/disable", web::post().to(disable))
+                .route("/admin/rules/{name}/enable", web::post().to(enable))
+                .default_service(web::to(not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
+        Ok(Some(AdminServer { server, local_addr }))
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped.
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": message.into() }))
+}
+
+/// Whether the request carries the token, compared in constant time.
+fn authorized(request: &HttpRequest, state: &State) -> bool {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    gancho_ingress::constant_time_eq(given, state.token.as_bytes())
+}
+
+fn unauthorized() -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+        .json(json!({ "error": "unauthorized: this route needs Authorization: Bearer TOKEN" }))
+}
+
+/// Answers `request` as the control socket would, off the async threads (it reads the store).
+async fn respond(state: &web::Data<State>, request: Request) -> HttpResponse {
+    let (data, engine) = (state.data.clone(), state.engine.clone());
+    let answered = web::block(move || control::respond(&data, Some(&engine), &request)).await;
+    match answered {
+        Ok(Response::Error(message)) => error(StatusCode::BAD_REQUEST, message),
+        Ok(response) => HttpResponse::Ok().json(response),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request was cancelled",
+        ),
+    }
+}
+
+async fn healthz(state: web::Data<State>) -> HttpResponse {
+    match state.data.store.failure() {
+        None => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
+        Some(reason) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store failed: {reason}"),
+        ),
+    }
+}
+
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    match crate::ready::check(&state.data, &state.engine, state.ready_max_lag) {
+        Ok(()) => HttpResponse::Ok().json(json!({ "ready": true })),
+        Err(reason) => HttpResponse::ServiceUnavailable().json(json!({
+            "ready": false,
+            "reason": reason,
+        })),
+    }
+}
+
+/// The Prometheus text exposition: the counters as counted, the gauges read now.
+async fn serve_metrics(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !state.metrics_public && !authorized(&request, &state) {
+        return unauthorized();
+    }
+    let cursor = engine_status(&state).cursor;
+    let state = state.into_inner();
+    let rendered = web::block(move || {
+        crate::metrics::sample(&state.data, &state.store_dir, cursor)?;
+        state.metrics.run_upkeep();
+        Ok::<_, gancho_store::StoreError>(state.metrics.render())
+    })
+    .await;
+    match rendered {
+        Ok(Ok(text)) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text),
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request was cancelled",
+        ),
+    }
+}
+
+async fn status(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    let (data, engine) = (state.data.clone(), state.engine.clone());
+    let uptime = state.started.elapsed().as_secs();
+    let store_dir = state.store_dir.clone();
+    let answered = web::block(move || {
+        let status = control::respond(&data, Some(&engine), &Request::Status);
+        let bytes: serde_json::Map<String, serde_json::Value> =
+            crate::metrics::store_bytes(&store_dir)
+                .into_iter()
+                .map(|(db, bytes)| (db.to_owned(), bytes.into()))
+                .collect();
+        (status, bytes)
+    })
+    .await;
+    match answered {
+        Ok((Response::Status(status), store_bytes)) => HttpResponse::Ok().json(json!({
+            "status": status,
+            "store_bytes": store_bytes,
+            "uptime_seconds": uptime,
+            "version": env!("CARGO_PKG_VERSION"),
+        })),
+        Ok((Response::Error(message), _)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
+    }
+}
+
+async fn rules(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    HttpResponse::Ok().json(engine_status(&state))
+}
+
+/// The running engine's status, as `gancho rules` shows it.
+fn engine_status(state: &State) -> gancho_engine::EngineStatus {
+    state
+        .engine
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+async fn rule(
+    request: HttpRequest,
+    state: web::Data<State>,
+    name: web::Path<String>,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    match engine_status(&state)
+        .rules
+        .into_iter()
+        .find(|r| r.name == *name)
+    {
+        Some(rule) => HttpResponse::Ok().json(rule),
+        None => error(StatusCode::NOT_FOUND, format!("no rule {name}")),
+    }
+}
+
+async fn control_rule(
+    request: HttpRequest,
+    state: web::Data<State>,
+    name: String,
+    enable: bool,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    respond(&state, Request::RuleControl { name, enable }).await
+}
+
+async fn disable(
+    request: HttpRequest,
+    state: web::Data<State>,
+    name: web::Path<String>,
+) -> HttpResponse {
+    control_rule(request, state, name.into_inner(), false).await
+}
+
+async fn enable(
+    request: HttpRequest,
+    state: web::Data<State>,
+    name: web::Path<String>,
+) -> HttpResponse {
+    control_rule(request, state, name.into_inner(), true).await
+}
+
+async fn not_found(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    // Unknown routes say no more than known ones to a caller without the token.
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    error(StatusCode::NOT_FOUND, "no such route")
+}

@@ -1,0 +1,175 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener). The crates count with the
+//! `metrics` facade where things happen (the ingress per source, the engine per rule, the
+//! actions per channel); this module installs the recorder (`metrics-exporter-prometheus`)
+//! when the admin listener starts, describes every series, and at each scrape sets the
+//! gauges that are read rather than counted: lags, queue sizes, store sizes and failure.
+//! Without an admin listener no recorder is installed and the counting costs nothing.
+
+use std::path::Path;
+
+use gancho_core::Channel;
+use gancho_store::StoreError;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::data::Data;
+
+/// Bucket bounds of every histogram, in seconds: from half a millisecond (an ingest request,
+/// a rule run) to a day (a delivery retried through an outage).
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// Installs the process's recorder; the handle renders the text exposition.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "gancho_events_received_total",
+        "Events stored, by source (duplicates not included)."
+    );
+    describe_counter!(
+        "gancho_events_rejected_total",
+        "Requests refused (unauthorized, content_type, too_large, timeout, malformed, invalid) and items put in quarantine (invalid), by source and reason."
+    );
+    describe_counter!(
+        "gancho_events_duplicate_total",
+        "Events received again (same source and id) and not stored twice, by source."
+    );
+    describe_gauge!(
+        "gancho_quarantine_items",
+        "Items in quarantine (gancho quarantine)."
+    );
+    describe_histogram!(
+        "gancho_ingest_request_seconds",
+        Unit::Seconds,
+        "Time to answer a webhook request, storing included."
+    );
+    describe_gauge!(
+        "gancho_index_lag_events",
+        "Durable events the indexer has not reached."
+    );
+    describe_gauge!(
+        "gancho_engine_lag_events",
+        "Durable events the engine has not processed."
+    );
+    describe_counter!("gancho_rule_runs_total", "Rule runs, by rule.");
+    describe_counter!(
+        "gancho_rule_errors_total",
+        "Rule runs that failed, by rule."
+    );
+    describe_histogram!(
+        "gancho_rule_seconds",
+        Unit::Seconds,
+        "Time of a rule run, by rule."
+    );
+    describe_gauge!(
+        "gancho_timers_pending",
+        "Pending timers and expectations (gancho timers)."
+    );
+    describe_gauge!(
+        "gancho_outbox_pending",
+        "Actions waiting to be delivered, by channel (gancho outbox)."
+    );
+    describe_gauge!(
+        "gancho_dead_letters",
+        "Actions that failed for good, by channel (gancho dead)."
+    );
+    describe_counter!(
+        "gancho_deliveries_total",
+        "Delivery tries, by channel and outcome (delivered, failed: to be retried, dead)."
+    );
+    describe_histogram!(
+        "gancho_delivery_seconds",
+        Unit::Seconds,
+        "Time from an action's decision to its delivery, by channel."
+    );
+    describe_gauge!(
+        "gancho_store_bytes",
+        Unit::Bytes,
+        "Size on disk of each database of the store (log, indexes, engine, traces)."
+    );
+    describe_gauge!(
+        "gancho_store_failed",
+        "1 when a database of the store failed (the daemon stops), else 0."
+    );
+}
+
+/// Sets the gauges read at scrape time. The queue gauges walk their records: cheap while
+/// queues are short, as they are when deliveries keep up.
+pub fn sample(data: &Data, store_dir: &Path, engine_cursor: u64) -> Result<(), StoreError> {
+    let log = data.store.status();
+    metrics::gauge!("gancho_index_lag_events").set(log.durable.saturating_sub(log.indexed) as f64);
+    metrics::gauge!("gancho_engine_lag_events")
+        .set(log.durable.saturating_sub(engine_cursor) as f64);
+    let mut quarantined = 0u64;
+    data.store.each_quarantined(0, |_| {
+        quarantined += 1;
+        Ok(())
+    })?;
+    metrics::gauge!("gancho_quarantine_items").set(quarantined as f64);
+    let mut timers = 0u64;
+    data.state.each_timer(None, |_| {
+        timers += 1;
+        Ok(())
+    })?;
+    metrics::gauge!("gancho_timers_pending").set(timers as f64);
+    let outbox = data.state.outbox();
+    let mut pending = [0u64; 3];
+    outbox.each_pending(0, |item| {
+        pending[channel_index(item.action.action.channel())] += 1;
+        Ok(())
+    })?;
+    let mut dead = [0u64; 3];
+    outbox.each_dead(0, |letter| {
+        dead[channel_index(letter.action.action.channel())] += 1;
+        Ok(())
+    })?;
+    for channel in Channel::ALL {
+        let i = channel_index(channel);
+        metrics::gauge!("gancho_outbox_pending", "channel" => channel.as_str())
+            .set(pending[i] as f64);
+        metrics::gauge!("gancho_dead_letters", "channel" => channel.as_str()).set(dead[i] as f64);
+    }
+    for (db, bytes) in store_bytes(store_dir) {
+        metrics::gauge!("gancho_store_bytes", "db" => db).set(bytes as f64);
+    }
+    let failed = data.store.failure().is_some() || data.state.failure().is_some();
+    metrics::gauge!("gancho_store_failed").set(f64::from(u8::from(failed)));
+    Ok(())
+}
+
+/// The bytes on disk of each database of the store folder `store_dir`, by name.
+pub fn store_bytes(store_dir: &Path) -> [(&'static str, u64); 4] {
+    ["log", "indexes", "engine", "traces"].map(|db| (db, folder_bytes(&store_dir.join(db))))
+}
+
+fn channel_index(channel: Channel) -> usize {
+    match channel {
+        Channel::Email => 0,
+        Channel::Sms => 1,
+        Channel::Http => 2,
+    }
+}
+
+/// The bytes of the files under `dir` (what `du` counts, near enough).
+fn folder_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => folder_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}

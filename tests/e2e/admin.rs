@@ -1,0 +1,513 @@
+//! The admin listener (`[admin]`): the bearer token on every route but the probes, the API
+//! answering what the CLI answers, readiness, and the Prometheus metrics after a known load.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::support::{Request, Response, Setup, write_rule};
+
+const TOKEN: &str = "an-admin-token-0123456789";
+
+/// An `[admin]` section on a free port with [`TOKEN`], and `extra` keys.
+fn admin_section(extra: &str) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{extra}\n")
+}
+
+fn admin_addr(daemon: &crate::support::Daemon) -> SocketAddr {
+    daemon
+        .admin
+        .unwrap_or_else(|| panic!("no admin listener: {}", daemon.log()))
+}
+
+fn send(addr: SocketAddr, request: &Request) -> Response {
+    request
+        .send(addr)
+        .expect("HTTP request to the admin listener")
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    send(
+        addr,
+        &Request::get(path).header("Authorization", &format!("Bearer {TOKEN}")),
+    )
+}
+
+fn post(addr: SocketAddr, path: &str) -> Response {
+    send(
+        addr,
+        &Request::post(path, b"").header("Authorization", &format!("Bearer {TOKEN}")),
+    )
+}
+
+/// A rule that logs each withdrawal.
+const LOG_RULE: &str = "const ON = [\"bank.withdrawal\"];\nlog(event.id);\n";
+
+/// The routes that need the token, with their methods.
+const GUARDED: [(&str, &str); 8] = [
+    ("GET", "/admin/status"),
+    ("GET", "/admin/rules"),
+    ("GET", "/admin/rules/alert"),
+    ("POST", "/admin/rules/alert/disable"),
+    ("POST", "/admin/rules/alert/enable"),
+    ("GET", "/metrics"),
+    ("GET", "/admin/no-such-route"),
+    ("DELETE", "/admin/rules"),
+];
+
+#[test]
+fn every_admin_route_but_the_probes_needs_the_token() {
+    let setup = Setup::standard_with(&admin_section(""));
+    write_rule(&setup, "alert.rhai", LOG_RULE);
+    let daemon = setup.start();
+    let admin = admin_addr(&daemon);
+    assert_ne!(admin, daemon.addr);
+    let wrong = "an-admin-token-0123456780";
+    for (method, path) in GUARDED {
+        let bare = Request {
+            method: method.to_owned(),
+            ..Request::get(path)
+        };
+        for request in [
+            bare.clone(),
+            bare.clone()
+                .header("Authorization", &format!("Bearer {wrong}")),
+            bare.clone().header("Authorization", TOKEN),
+            bare.clone()
+                .header("Authorization", &format!("Basic {TOKEN}")),
+        ] {
+            let answer = send(admin, &request);
+            assert_eq!(answer.status, 401, "{method} {path}: {}", answer.body);
+            assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+            let reason = answer.json();
+            assert!(reason["error"].is_string(), "{reason}");
+            // Nothing of the token, right or given, is echoed back.
+            assert!(!answer.body.contains("0123456"), "{}", answer.body);
+        }
+    }
+    // A refused disable changed nothing.
+    let rules = setup.json(&["rules", "--json"]);
+    assert_eq!(rules["rules"][0]["disabled"], false, "{rules}");
+
+    // The probes are open, on both listeners.
+    for addr in [admin, daemon.addr] {
+        assert_eq!(send(addr, &Request::get("/healthz")).status, 200);
+        let ready = send(addr, &Request::get("/readyz"));
+        assert_eq!(ready.status, 200, "{}", ready.body);
+        assert_eq!(ready.json()["ready"], true);
+    }
+    // The public listener serves webhooks and probes only.
+    for path in ["/admin/status", "/metrics", "/admin/rules"] {
+        let answer = send(
+            daemon.addr,
+            &Request::get(path).header("Authorization", &format!("Bearer {TOKEN}")),
+        );
+        assert_eq!(answer.status, 404, "{path} on the public port");
+    }
+}
+
+#[test]
+fn without_a_token_the_admin_listener_does_not_start() {
+    let setup = Setup::standard_with("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let daemon = setup.start();
+    assert_eq!(daemon.admin, None, "{}", daemon.log());
+    assert!(
+        daemon
+            .log()
+            .contains("no [admin] token: the admin listener (API, metrics) does not start"),
+        "{}",
+        daemon.log()
+    );
+    // The public readiness probe is there all the same.
+    assert_eq!(send(daemon.addr, &Request::get("/readyz")).status, 200);
+}
+
+#[test]
+fn a_short_admin_token_is_refused_at_start() {
+    let setup = Setup::standard_with("[admin]\ntoken = \"short\"\n");
+    let out = setup.command(&["check-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("admin.token"), "{err}");
+    assert!(err.contains("at least 16 characters"), "{err}");
+    assert!(!err.contains("short\""), "the token is not echoed: {err}");
+}
+
+#[test]
+fn the_admin_api_answers_what_the_cli_answers_and_controls_rules() {
+    let setup = Setup::standard_with(&admin_section(""));
+    write_rule(&setup, "alert.rhai", LOG_RULE);
+    let daemon = setup.start();
+    let admin = admin_addr(&daemon);
+    assert_eq!(
+        daemon
+            .post("bank", &crate::support::withdrawal("w1"))
+            .status,
+        200
+    );
+    wait_for_engine(admin, 1);
+
+    let status = get(admin, "/admin/status");
+    assert_eq!(status.status, 200, "{}", status.body);
+    let status = status.json();
+    let cli = setup.json(&["status", "--json"]);
+    assert_eq!(status["status"]["durable"], cli["durable"], "{status}");
+    assert_eq!(status["status"]["engine_cursor"], cli["engine_cursor"]);
+    assert!(
+        status["store_bytes"]["log"].as_u64().is_some_and(|b| b > 0),
+        "{status}"
+    );
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime_seconds"].is_u64(), "{status}");
+
+    let rules = get(admin, "/admin/rules").json();
+    let cli = setup.json(&["rules", "--json"]);
+    assert_eq!(rules["rules"][0]["name"], "alert");
+    assert_eq!(rules["rules"], cli["rules"]);
+    let rule = get(admin, "/admin/rules/alert");
+    assert_eq!(rule.status, 200);
+    assert_eq!(rule.json()["name"], "alert");
+    assert_eq!(get(admin, "/admin/rules/nothing").status, 404);
+
+    let disabled = post(admin, "/admin/rules/alert/disable");
+    assert_eq!(disabled.status, 200, "{}", disabled.body);
+    wait_until("the rule is disabled", || {
+        setup.json(&["rules", "--json"])["rules"][0]["disabled"] == true
+    });
+    assert_eq!(post(admin, "/admin/rules/alert/enable").status, 200);
+    wait_until("the rule is enabled again", || {
+        setup.json(&["rules", "--json"])["rules"][0]["disabled"] == false
+    });
+}
+
+#[test]
+fn readyz_answers_503_while_the_engine_is_held_back() {
+    let setup = Setup::standard_with(&admin_section("ready_max_lag = 2"));
+    write_rule(
+        &setup,
+        "slow.rhai",
+        "const ON = [\"bank.withdrawal\"];\nlog(event.id);\n",
+    );
+    // The engine's first run sleeps 5 s: the log runs ahead of it meanwhile.
+    let daemon = setup.start_with_env(&[(
+        "GANCHO_FAILPOINTS",
+        "engine.run.slow.bank.withdrawal=1*sleep(5000)->off",
+    )]);
+    let admin = admin_addr(&daemon);
+    assert_eq!(
+        daemon
+            .post("bank", &crate::support::withdrawal("w0"))
+            .status,
+        200
+    );
+    wait_until("the engine sleeps", || {
+        daemon
+            .log()
+            .contains("fail point engine.run.slow.bank.withdrawal: sleeping")
+    });
+    for i in 1..=4 {
+        let id = format!("w{i}");
+        assert_eq!(
+            daemon.post("bank", &crate::support::withdrawal(&id)).status,
+            200
+        );
+    }
+    for addr in [daemon.addr, admin] {
+        let ready = send(addr, &Request::get("/readyz"));
+        assert_eq!(ready.status, 503, "{}", ready.body);
+        let reason = ready.json();
+        assert_eq!(reason["ready"], false);
+        assert!(
+            reason["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("the engine is") && r.contains("ready_max_lag is 2")),
+            "{reason}"
+        );
+    }
+    // Webhooks are still taken meanwhile: readiness is advice to a balancer.
+    wait_until("ready again", || {
+        send(daemon.addr, &Request::get("/readyz")).status == 200
+    });
+    assert_eq!(send(admin, &Request::get("/readyz")).status, 200);
+}
+
+#[test]
+fn the_metrics_count_a_known_load_and_promtool_accepts_them() {
+    let setup = Setup::standard_with(&admin_section(""));
+    write_rule(
+        &setup,
+        "notify.rhai",
+        "const ON = [\"bank.withdrawal\"];\n\
+         if event.amount > 1000 { throw \"too much\"; }\n\
+         sms(#{ to: \"+34600000001\", text: `withdrawal ${event.id}` });\n",
+    );
+    let daemon = setup.start();
+    let admin = admin_addr(&daemon);
+    let now = gancho_core::Clock::now(&gancho_core::SystemClock).timestamp();
+    let withdrawal = |id: &str, amount: u32| {
+        format!(
+            r#"{{"id":"{id}","kind":"withdrawal","at":{now},"account":"ES01","amount":{amount}}}"#
+        )
+    };
+    // 5 events, one of which the rule fails on; one duplicate.
+    for (id, amount) in [("w1", 10), ("w2", 20), ("w3", 30), ("w5", 5000)] {
+        assert_eq!(
+            daemon
+                .post("bank", withdrawal(id, amount).as_bytes())
+                .status,
+            200
+        );
+    }
+    let again = daemon.post("bank", withdrawal("w1", 10).as_bytes());
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["duplicates"], 1);
+    // Refusals: a wrong password, a body that is not JSON, a wrong content type, and in a
+    // batch an item without its type (quarantined).
+    let wrong = daemon.request(
+        &Request::post("/hooks/mailjet", b"{}").basic_auth(crate::support::MAILJET_USER, "nope"),
+    );
+    assert_eq!(wrong.status, 401);
+    assert_eq!(daemon.post("bank", b"{not json").status, 400);
+    let text =
+        daemon.request(&Request::post("/hooks/bank", b"x").header("Content-Type", "text/plain"));
+    assert_eq!(text.status, 415);
+    let batch = format!(
+        r#"[{}, {{"id":"u1","at":1,"account":"ES01"}}]"#,
+        withdrawal("w4", 40)
+    );
+    let untyped = daemon.post("bank", batch.as_bytes());
+    assert_eq!(untyped.status, 200, "{}", untyped.body);
+    assert_eq!(untyped.json()["quarantined"], 1);
+
+    wait_for_engine(admin, 5);
+    wait_until("the four SMS are delivered", || {
+        setup.json(&["sent", "--json"]).as_array().map(Vec::len) == Some(4)
+    });
+
+    let scraped = get(admin, "/metrics");
+    assert_eq!(scraped.status, 200, "{}", scraped.body);
+    assert!(
+        scraped
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        scraped.headers
+    );
+    let text = &scraped.body;
+    let m = Metrics::parse(text);
+    let bank = [("source", "bank")];
+    assert_eq!(
+        m.value("gancho_events_received_total", &bank),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(m.value("gancho_events_duplicate_total", &bank), 1.0);
+    for (reason, count) in [
+        ("malformed", 1.0),
+        ("content_type", 1.0),
+        ("invalid", 1.0),
+        ("unauthorized", 0.0),
+    ] {
+        let labels = [("source", "bank"), ("reason", reason)];
+        assert_eq!(
+            m.value("gancho_events_rejected_total", &labels),
+            count,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        m.value(
+            "gancho_events_rejected_total",
+            &[("source", "mailjet"), ("reason", "unauthorized")]
+        ),
+        1.0
+    );
+    // The counters agree with what the CLI lists.
+    let quarantined = setup.quarantine().len() as f64;
+    assert_eq!(quarantined, 1.0);
+    assert_eq!(m.value("gancho_quarantine_items", &[]), quarantined);
+    assert_eq!(
+        m.value("gancho_events_received_total", &bank),
+        setup.events(&["--source", "bank"]).len() as f64
+    );
+    let rule = [("rule", "notify")];
+    assert_eq!(m.value("gancho_rule_runs_total", &rule), 5.0);
+    assert_eq!(m.value("gancho_rule_errors_total", &rule), 1.0);
+    assert_eq!(m.value("gancho_rule_seconds_count", &rule), 5.0);
+    let cli_rule = &setup.json(&["rules", "--json"])["rules"][0];
+    assert_eq!(cli_rule["errors"].as_u64(), Some(1), "{cli_rule}");
+    let sms = [("channel", "sms")];
+    assert_eq!(
+        m.value(
+            "gancho_deliveries_total",
+            &[("channel", "sms"), ("outcome", "delivered")]
+        ),
+        4.0
+    );
+    assert_eq!(m.value("gancho_delivery_seconds_count", &sms), 4.0);
+    assert_eq!(m.value("gancho_outbox_pending", &sms), 0.0);
+    assert_eq!(m.value("gancho_dead_letters", &sms), 0.0);
+    assert_eq!(m.value("gancho_engine_lag_events", &[]), 0.0);
+    assert_eq!(m.value("gancho_timers_pending", &[]), 0.0);
+    assert_eq!(m.value("gancho_store_failed", &[]), 0.0);
+    assert!(m.value("gancho_store_bytes", &[("db", "log")]) > 0.0);
+    assert_eq!(m.value("gancho_ingest_request_seconds_count", &[]), 9.0);
+
+    promtool_check_metrics(text);
+
+    // metrics_public is off: the token is needed.
+    assert_eq!(send(admin, &Request::get("/metrics")).status, 401);
+}
+
+#[test]
+fn metrics_public_opens_metrics_only() {
+    let setup = Setup::standard_with(&admin_section("metrics_public = true"));
+    let daemon = setup.start();
+    let admin = admin_addr(&daemon);
+    let open = send(admin, &Request::get("/metrics"));
+    assert_eq!(open.status, 200, "{}", open.body);
+    assert!(open.body.contains("gancho_store_failed 0"), "{}", open.body);
+    assert_eq!(send(admin, &Request::get("/admin/status")).status, 401);
+}
+
+/// Runs `promtool check metrics` on `text` when promtool is installed; skips (saying so)
+/// otherwise, unless `GANCHO_REQUIRE_PROMTOOL=1`.
+fn promtool_check_metrics(text: &str) {
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the exposition:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `promtool` binary, if installed. Missing: `None`, after saying the test skips that
+/// part, unless `GANCHO_REQUIRE_PROMTOOL=1` (CI), which makes it a failure.
+pub fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("GANCHO_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
+            "GANCHO_REQUIRE_PROMTOOL=1 but promtool is not installed (apt-get install prometheus)"
+        );
+        eprintln!("skipped: promtool is not installed (Debian's prometheus package)");
+    }
+    found
+}
+
+/// Waits until the engine has processed `seq`, as `/admin/rules` says.
+fn wait_for_engine(admin: SocketAddr, seq: u64) {
+    wait_until("the engine catches up", || {
+        get(admin, "/admin/rules").json()["cursor"]
+            .as_u64()
+            .is_some_and(|c| c >= seq)
+    });
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Prometheus text exposition, parsed into samples.
+struct Metrics(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Metrics {
+    fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap();
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect();
+            samples.push((name.to_owned(), labels, value.parse().unwrap()));
+        }
+        Metrics(samples)
+    }
+
+    /// The value of the one sample of `name` with exactly `labels`; 0 when absent (a counter
+    /// never incremented may not be exposed).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.0
+            .iter()
+            .find(|(n, l, _)| n == name && *l == want)
+            .map_or(0.0, |(_, _, v)| *v)
+    }
+}
+
+#[test]
+fn the_alert_rules_of_the_operations_guide_pass_promtool() {
+    let guide =
+        std::fs::read_to_string(crate::support::repo_root().join("docs/operations.md")).unwrap();
+    let (_, section) = guide
+        .split_once("### Alert rules")
+        .expect("docs/operations.md has an Alert rules section");
+    let (_, block) = section.split_once("```yaml\n").expect("a yaml block");
+    let (rules, _) = block.split_once("```").unwrap();
+    for alert in [
+        "gancho_engine_lag_events",
+        "gancho_dead_letters",
+        "gancho_rule_errors_total",
+        "gancho_store_failed",
+    ] {
+        assert!(rules.contains(alert), "no alert on {alert}");
+    }
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gancho.rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules refused the guide's rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
