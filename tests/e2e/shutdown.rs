@@ -94,3 +94,87 @@ fn the_service_manager_is_told_when_gancho_is_ready_and_when_it_stops() {
     let n = socket.recv(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
 }
+
+/// Plays systemd with `WatchdogSec=2s`: the daemon pings `WATCHDOG=1` every second while its
+/// threads are idle or working, and stops once one is stuck (the engine, held by a fail point
+/// inside a rule run), so systemd would restart it.
+#[test]
+fn the_watchdog_pings_while_the_threads_make_progress_and_stops_when_one_is_stuck() {
+    use std::os::unix::net::UnixDatagram;
+    let setup = Setup::standard();
+    crate::support::write_rule(
+        &setup,
+        "slow.rhai",
+        "const ON = [\"bank.withdrawal\"];\nlog(event.id);\n",
+    );
+    let path = setup.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let daemon = setup.start_with_env(&[
+        ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "2000000"),
+        (
+            "GANCHO_FAILPOINTS",
+            "engine.run.slow.bank.withdrawal=1*off->pause",
+        ),
+    ]);
+    let mut buf = [0u8; 512];
+    let mut next = |timeout: Duration| -> Option<String> {
+        socket.set_read_timeout(Some(timeout)).unwrap();
+        match socket.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(err) => panic!("{err}"),
+        }
+    };
+    assert!(next(Duration::from_secs(30)).unwrap().contains("READY=1"));
+    // Idle, then working: the pings keep coming, about one a second.
+    let mut pings = 0;
+    let started = std::time::Instant::now();
+    while pings < 4 {
+        if pings == 2 {
+            // The first withdrawal runs (the point lets it pass): work is not being stuck.
+            assert_eq!(
+                daemon
+                    .post("bank", &crate::support::withdrawal("w1"))
+                    .status,
+                200
+            );
+        }
+        let message = next(Duration::from_secs(5)).expect("a watchdog ping");
+        assert!(message.contains("WATCHDOG=1"), "{message}");
+        pings += 1;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "4 pings took {:?}",
+        started.elapsed()
+    );
+    // The second one holds the engine inside the run: stuck after a second.
+    assert_eq!(
+        daemon
+            .post("bank", &crate::support::withdrawal("w2"))
+            .status,
+        200
+    );
+    let stuck = wait_until(Duration::from_secs(30), || {
+        daemon
+            .log()
+            .contains("a thread is stuck: the watchdog pings stop")
+            .then_some(())
+    });
+    assert!(stuck.is_some(), "{}", daemon.log());
+    assert!(daemon.log().contains("engine ("), "{}", daemon.log());
+    // What was sent before it was seen stuck is drained; nothing comes after.
+    while next(Duration::from_millis(10)).is_some() {}
+    assert_eq!(next(Duration::from_secs(3)), None, "a ping while stuck");
+}

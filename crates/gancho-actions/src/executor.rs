@@ -127,7 +127,11 @@ async fn flush_outcomes(
     recorded: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The runtime's liveness: this task comes back every few ms unless a task blocks the
+    // runtime's thread (or the flush hangs), which the watchdog then sees.
+    let heartbeat = gancho_core::heartbeat::Heartbeat::register("actions");
     loop {
+        let _working = heartbeat.working();
         tokio::select! {
             _ = tokio::time::sleep(OUTCOME_FLUSH) => {}
             _ = stop.changed() => return,

@@ -13,6 +13,7 @@ mod clock;
 pub mod config;
 mod event;
 pub mod failpoint;
+pub mod heartbeat;
 mod time;
 
 pub use action::{

@@ -135,7 +135,9 @@ fn run(
     let mut failing = false;
     let mut reload_failing = false;
     *status.lock().unwrap_or_else(|e| e.into_inner()) = engine.status();
+    let heartbeat = gancho_core::heartbeat::Heartbeat::register("engine");
     while !stop.load(Ordering::Acquire) {
+        let working = heartbeat.working();
         if reload.swap(false, Ordering::AcqRel) || reloaded.elapsed() >= RELOAD_EVERY {
             reloaded = Instant::now();
             match engine.reload() {
@@ -157,6 +159,7 @@ fn run(
                     if let Err(err) = engine.commit_idle_cursor() {
                         warn!(error = %err, "could not commit the engine's cursor");
                     }
+                    drop(working);
                     store.wait_indexed(engine.cursor() + 1, IDLE_WAIT);
                 }
             }

@@ -113,6 +113,8 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
     );
     // Under systemd (`Type=notify`): the unit is started once events can be received.
     notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog_task =
+        sd_notify::watchdog_enabled().map(|interval| tokio::spawn(watchdog(interval)));
     let handle = server.handle();
     let mut served = std::pin::pin!(server.wait());
     let mut store_failed = std::pin::pin!(watch_store(data.clone()));
@@ -146,6 +148,9 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
         let _ = task.await;
     }
     control_task.abort();
+    if let Some(task) = watchdog_task {
+        task.abort();
+    }
     // A prune under way finishes on its blocking thread; none starts after this.
     prune_task.abort();
     // The control socket's file goes with the task that owned it.
@@ -176,6 +181,42 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
     if let Err(err) = sd_notify::notify(state) {
         warn!(error = %err, "could not notify the service manager");
+    }
+}
+
+/// Under systemd with `WatchdogSec=` (`WATCHDOG_USEC`): tells it `WATCHDOG=1` every half
+/// interval while no thread is stuck, that is while each of the log's writer and flusher, the
+/// indexer, the engine and the actions' runtime is idle or within half an interval of one piece
+/// of work (`gancho_core::heartbeat`). A stuck thread stops the pings, and systemd restarts the
+/// service. This task runs on the HTTP server's runtime, so a blocked runtime stops them too.
+async fn watchdog(interval: std::time::Duration) {
+    let half = interval / 2;
+    info!(
+        every_ms = half.as_millis() as u64,
+        "watchdog: telling systemd we are alive"
+    );
+    let mut tick = tokio::time::interval(half);
+    let mut was_stuck = false;
+    loop {
+        tick.tick().await;
+        let stuck = gancho_core::heartbeat::stuck(half);
+        if stuck.is_empty() {
+            if was_stuck {
+                info!("no thread is stuck any more: the watchdog pings resume");
+            }
+            was_stuck = false;
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        } else if !was_stuck {
+            let threads: Vec<String> = stuck
+                .iter()
+                .map(|(name, busy)| format!("{name} ({} s)", busy.as_secs()))
+                .collect();
+            error!(
+                threads = %threads.join(", "),
+                "a thread is stuck: the watchdog pings stop, so systemd restarts gancho"
+            );
+            was_stuck = true;
+        }
     }
 }
 

@@ -65,6 +65,7 @@ impl Indexer {
         // Whether gancho itself is taking events in fast (the log's durable seq over the last
         // second): then the indexer waiting is the point of its idle priority.
         let (mut durable_at, mut ingesting) = (progress.durable.load(Ordering::Acquire), false);
+        let heartbeat = gancho_core::heartbeat::Heartbeat::register("indexer");
         loop {
             let merging = self.index.merge_pending() && Instant::now() >= merge_after;
             progress.wait_until(
@@ -78,6 +79,7 @@ impl Indexer {
                     pacing.checkpoint_every
                 },
             );
+            let _working = heartbeat.working();
             let stopping = progress.stopping.load(Ordering::Acquire);
             let durable = progress.durable.load(Ordering::Acquire);
             // At idle priority the indexer yields to every busy process on the host, not only to

@@ -19,7 +19,9 @@ pub(super) fn run_flusher(
     rx: mpsc::Receiver<Applied>,
     progress: Arc<Progress>,
 ) {
+    let heartbeat = gancho_core::heartbeat::Heartbeat::register("log flusher");
     while let Ok(first) = rx.recv() {
+        let _working = heartbeat.working();
         let mut last_seq = first.last_seq;
         let mut staged = first.staged;
         while let Ok(more) = rx.try_recv() {

@@ -326,9 +326,11 @@ impl Writer {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Job>, flush_tx: mpsc::Sender<Applied>) {
+        let heartbeat = gancho_core::heartbeat::Heartbeat::register("log writer");
         let mut stop = false;
         while !stop {
             let Ok(first) = rx.recv() else { break };
+            let _working = heartbeat.working();
             let mut jobs = vec![first];
             let mut n_events = 0;
             while jobs.len() < MAX_GROUP && n_events < MAX_GROUP_EVENTS {
