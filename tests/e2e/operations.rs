@@ -305,3 +305,29 @@ fn a_rule_checked_then_moved_in_runs_and_sighup_reloads_the_folder() {
     assert_eq!(daemon.request(&Request::get("/healthz")).status, 200);
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let setup = Setup::standard_with_top("log_format = \"json\"");
+    let daemon = setup.start();
+    assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
+    signal(daemon.pid(), "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = daemon.log();
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("not a JSON object ({err}): {line}"));
+        assert!(object["timestamp"].is_string(), "{line}");
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""message":"gancho is ready""#)),
+        "{log}"
+    );
+}

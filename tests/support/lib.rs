@@ -338,7 +338,14 @@ impl Drop for Daemon {
     }
 }
 
+/// A field of a log line, `name=` in text, under `fields` in JSON (`log_format = "json"`).
 fn field(line: &str, name: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        return value["fields"][name.trim_end_matches('=')]
+            .as_str()
+            .map(str::to_owned);
+    }
     let start = line.find(name)? + name.len();
     let rest = &line[start..];
     let end = rest.find(' ').unwrap_or(rest.len());

@@ -67,6 +67,9 @@ struct FileConfig {
     body_timeout: Duration,
     /// Connections open at once, at most; more wait to be accepted. Default: 10000.
     max_connections: usize,
+    /// How log lines are written to stderr: `"text"` (human-readable, for journald) or
+    /// `"json"` (one JSON object per line). Default: `"text"`.
+    log_format: LogFormat,
     store: StoreConfig,
     engine: gancho_engine::EngineSection,
     sources: BTreeMap<String, SourceConfig>,
@@ -122,6 +125,18 @@ pub struct AdminConfig {
     pub ready_max_lag: u64,
 }
 
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for journald and a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (`message` among them),
+    /// `target`, and the spans.
+    Json,
+}
+
 /// An admin token is at least this long.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -137,6 +152,7 @@ impl Default for FileConfig {
             shutdown_grace: ingress.shutdown_grace,
             body_timeout: ingress.body_timeout,
             max_connections: ingress.max_connections,
+            log_format: LogFormat::default(),
             store: StoreConfig::default(),
             engine: gancho_engine::EngineSection::default(),
             sources: BTreeMap::new(),
@@ -161,6 +177,7 @@ pub struct Config {
     pub ingress: IngressConfig,
     pub actions: ActionsConfig,
     pub admin: AdminConfig,
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -364,6 +381,7 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
 
     Ok(Config {
         admin,
+        log_format: file.log_format,
         listen,
         actions,
         data_dir: file.data_dir,

@@ -309,7 +309,15 @@ fn main() -> ExitCode {
     // Whatever gancho creates (the store's files, mail, the socket) is its own: 0600 and 0700,
     // whatever the umask it was started with.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    init_logging();
+    // The config says how to log: it is read first, and its errors are printed as they are.
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("gancho: config error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(config.log_format);
     // Test builds only: named crash points (`gancho_core::failpoint`), set by the tests that
     // start this binary. A build without them refuses the variable rather than ignore it.
     if let Some(spec) = std::env::var_os("GANCHO_FAILPOINTS") {
@@ -334,13 +342,6 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
-    };
-    let config = match config::load(cli.config.as_deref()) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("gancho: config error: {err}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
     };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
@@ -502,14 +503,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANCHO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let lines = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).init(),
+        config::LogFormat::Json => lines.json().with_ansi(false).init(),
+    }
 }
 
 fn list_events(
