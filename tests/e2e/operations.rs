@@ -331,3 +331,111 @@ fn log_format_json_writes_one_json_object_per_line() {
         "{log}"
     );
 }
+
+/// SIGHUP rotates a source's password and switches e-mail from files to SMTP without a
+/// restart; an invalid config is refused whole; what needs a restart is named.
+#[test]
+fn sighup_rotates_a_source_password_and_reloads_the_actions_config() {
+    use crate::support::{MAILJET_PASSWORD, MAILJET_USER};
+    let setup = Setup::standard();
+    crate::support::write_rule(
+        &setup,
+        "alert.rhai",
+        "const ON = [\"bank.withdrawal\"];\nemail(#{ to: \"owner@example.com\", subject: \"Withdrawal\", text: event.id });\n",
+    );
+    let original = std::fs::read_to_string(&setup.config).unwrap();
+    let daemon = setup.start();
+    let mailjet = |password: &str| {
+        daemon
+            .request(
+                &Request::post(
+                    "/hooks/mailjet",
+                    br#"{"event":"open","time":1433103519,"MessageID":1,"email":"a@x"}"#,
+                )
+                .basic_auth(MAILJET_USER, password),
+            )
+            .status
+    };
+    assert_eq!(mailjet(MAILJET_PASSWORD), 200);
+    // Before: e-mail goes to files.
+    assert_eq!(daemon.post("bank", &withdrawal("w1")).status, 200);
+    let mail_dir = setup.dir.path().join("data/mail");
+    let mails = wait_until(Duration::from_secs(30), || {
+        std::fs::read_dir(&mail_dir)
+            .ok()
+            .map(|d| d.count())
+            .filter(|n| *n == 1)
+    });
+    assert_eq!(mails, Some(1), "{}", daemon.log());
+
+    let smtp = gancho_testkit::SmtpServer::start();
+    let rotated = original.replace(
+        &format!("password = \"{MAILJET_PASSWORD}\""),
+        "password = \"n3w-s3cret\"",
+    );
+    assert_ne!(rotated, original);
+    std::fs::write(
+        &setup.config,
+        format!(
+            "{rotated}\n[email]\nsmtp_url = \"{}\"\nfrom = \"Bank <alerts@bank.example.com>\"\n",
+            smtp.url()
+        ),
+    )
+    .unwrap();
+    signal(daemon.pid(), "HUP");
+    let reloaded = wait_until(Duration::from_secs(30), || {
+        daemon
+            .log()
+            .contains("SIGHUP: config reloaded")
+            .then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("credentials_changed=mailjet"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        mailjet(MAILJET_PASSWORD),
+        401,
+        "the old password still works"
+    );
+    assert_eq!(mailjet("n3w-s3cret"), 200);
+    // After: e-mail goes to the SMTP server.
+    assert_eq!(daemon.post("bank", &withdrawal("w2")).status, 200);
+    let sent = smtp.wait_for_mails(1, Duration::from_secs(30));
+    assert_eq!(sent.len(), 1, "{}", daemon.log());
+    assert_eq!(std::fs::read_dir(&mail_dir).unwrap().count(), 1);
+
+    // An invalid config is refused whole: the new password stays, nothing else changes.
+    std::fs::write(
+        &setup.config,
+        rotated.replace("n3w-s3cret", "other") + "\n[retry]\ninitial = \"soon\"\n",
+    )
+    .unwrap();
+    signal(daemon.pid(), "HUP");
+    let refused = wait_until(Duration::from_secs(30), || {
+        daemon
+            .log()
+            .contains("SIGHUP: the new config is refused whole")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", daemon.log());
+    assert!(daemon.log().contains("retry.initial"), "{}", daemon.log());
+    assert_eq!(mailjet("other"), 401);
+    assert_eq!(mailjet("n3w-s3cret"), 200);
+
+    // What a reload cannot apply is named, and keeps its running value.
+    std::fs::write(
+        &setup.config,
+        rotated.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\""),
+    )
+    .unwrap();
+    signal(daemon.pid(), "HUP");
+    let named = wait_until(Duration::from_secs(30), || {
+        daemon.log().contains("need a restart").then_some(())
+    });
+    assert!(named.is_some(), "{}", daemon.log());
+    assert!(daemon.log().contains("keys=listen"), "{}", daemon.log());
+    assert_eq!(mailjet("n3w-s3cret"), 200);
+}

@@ -19,7 +19,7 @@ const MAX_TYPE_LEN: usize = 256;
 pub const MAX_ITEMS: usize = 10_000;
 
 /// How a source's payloads are read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
     /// Mailjet's Event API: one event object, or an array of them ("Version 2" grouping).
     Mailjet,
@@ -62,7 +62,7 @@ impl SourceKind {
 }
 
 /// Where a generic JSON source keeps an event's parts, as JSON pointers (RFC 6901).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonSpec {
     /// The event type (required).
     pub kind: String,

@@ -3,7 +3,7 @@ use base64::engine::general_purpose::STANDARD;
 
 /// HTTP basic credentials a source must present (Mailjet sends those written into its
 /// callback URL, `https://user:password@host/hooks/mailjet`).
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BasicAuth {
     pub user: String,
     pub password: String,

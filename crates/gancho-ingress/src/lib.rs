@@ -20,4 +20,6 @@ mod server;
 pub use adapter::{BodyError, JsonSpec, SourceKind, submission_from};
 pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};
-pub use server::{IngressConfig, IngressHandle, IngressServer, Readiness, Source, block_on};
+pub use server::{
+    IngressConfig, IngressHandle, IngressServer, Readiness, Rotated, Source, Sources, block_on,
+};

@@ -104,11 +104,68 @@ impl SourceMetrics {
     }
 }
 
+/// The sources a running server accepts. Their credentials can be changed while it runs
+/// ([`Sources::rotate`], on `SIGHUP`); their set and kinds are fixed at start.
+#[derive(Clone)]
+pub struct Sources(Arc<arc_swap::ArcSwap<HashMap<String, Source>>>);
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Sources")
+            .field(&self.0.load().keys())
+            .finish()
+    }
+}
+
+/// What [`Sources::rotate`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// Sources whose credentials changed: requests from now on need the new ones.
+    pub changed: Vec<String>,
+    /// Sources added, removed, or read another way (kind, JSON pointers) in the new config: a
+    /// restart applies them.
+    pub need_restart: Vec<String>,
+}
+
+impl Sources {
+    fn new(sources: Vec<Source>) -> Sources {
+        let map = sources.into_iter().map(|s| (s.name.clone(), s)).collect();
+        Sources(Arc::new(arc_swap::ArcSwap::from_pointee(map)))
+    }
+
+    /// Takes the credentials of `new` for each source the server has under the same name and
+    /// kind. Requests already past their credentials check are not affected.
+    pub fn rotate(&self, new: &[Source]) -> Rotated {
+        let current = self.0.load_full();
+        let mut next = (*current).clone();
+        let mut rotated = Rotated::default();
+        for source in new {
+            match next.get_mut(&source.name) {
+                Some(have) if have.kind == source.kind => {
+                    if have.auth != source.auth {
+                        have.auth.clone_from(&source.auth);
+                        rotated.changed.push(source.name.clone());
+                    }
+                }
+                _ => rotated.need_restart.push(source.name.clone()),
+            }
+        }
+        for name in current.keys() {
+            if !new.iter().any(|s| s.name == *name) {
+                rotated.need_restart.push(name.clone());
+            }
+        }
+        rotated.need_restart.sort();
+        self.0.store(Arc::new(next));
+        rotated
+    }
+}
+
 struct State {
     ready: Readiness,
     metrics: HashMap<String, SourceMetrics>,
     request_seconds: metrics::Histogram,
-    sources: HashMap<String, Source>,
+    sources: Sources,
     max_body_bytes: usize,
     body_timeout: Duration,
     appender: Appender,
@@ -120,6 +177,7 @@ struct State {
 pub struct IngressServer {
     server: actix_web::dev::Server,
     local_addr: SocketAddr,
+    sources: Sources,
 }
 
 impl std::fmt::Debug for IngressServer {
@@ -175,17 +233,14 @@ impl IngressServer {
                 .map(|s| (s.name.clone(), SourceMetrics::new(&s.name)))
                 .collect(),
             request_seconds: metrics::histogram!("gancho_ingest_request_seconds"),
-            sources: config
-                .sources
-                .into_iter()
-                .map(|s| (s.name.clone(), s))
-                .collect(),
+            sources: Sources::new(config.sources),
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             appender: store.appender(),
             store,
             clock,
         });
+        let sources = state.sources.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -207,11 +262,20 @@ impl IngressServer {
             .workers(workers)
             .max_connections(config.max_connections.div_ceil(workers).max(1));
         let server = server.listen(listener)?.run();
-        Ok(IngressServer { server, local_addr })
+        Ok(IngressServer {
+            server,
+            local_addr,
+            sources,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The sources it accepts, whose credentials can be rotated while it runs.
+    pub fn sources(&self) -> Sources {
+        self.sources.clone()
     }
 
     pub fn handle(&self) -> IngressHandle {
@@ -330,7 +394,8 @@ async fn receive(
         return response(refused);
     }
     let name = name.into_owned();
-    let Some(source) = state.sources.get(&name) else {
+    let sources = state.sources.0.load_full();
+    let Some(source) = sources.get(&name) else {
         return response(error(
             StatusCode::NOT_FOUND,
             format!("unknown source {name:?}"),

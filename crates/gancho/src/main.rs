@@ -12,6 +12,7 @@ mod data;
 mod metrics;
 mod prune;
 mod ready;
+mod reload;
 mod replay;
 mod run;
 mod test_rules;
@@ -350,7 +351,7 @@ fn main() -> ExitCode {
                 // features; the one to install comes from `cargo build --release -p gancho`.
                 tracing::warn!("this is a test build: fail points and a test clock can be set");
             }
-            run::run(config, clock)
+            run::run(config, cli.config.clone(), clock)
         }
         Command::CheckConfig => {
             println!(

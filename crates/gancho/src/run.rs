@@ -1,8 +1,9 @@
 //! `gancho run`: the daemon's life from start to a clean stop.
 //!
 //! Start: open the store (it holds the data folder's lock), start the rule engine and the
-//! actions executor, bind the control socket, bind the HTTP port, serve. SIGHUP reloads the rules folder at once (it is
-//! also read every second). Stop on SIGTERM or SIGINT, from the front: stop accepting and
+//! actions executor, bind the control socket, bind the HTTP port, serve. SIGHUP reloads the
+//! rules folder at once (it is also read every second) and what of the config can change
+//! without a restart (`reload.rs`). Stop on SIGTERM or SIGINT, from the front: stop accepting and
 //! answer the requests in flight, let the engine commit its batch, let the sends in flight
 //! finish (up to the grace period), then let the store make every accepted event durable, then
 //! exit 0.
@@ -21,11 +22,21 @@ use crate::data::Data;
 
 /// Runs the daemon until it is told to stop. `clock` is the wall clock, except in tests of the
 /// binary (`GANCHO_TEST_CLOCK`).
-pub fn run(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Result<()> {
-    gancho_ingress::block_on(serve(config, clock))
+/// `config_path` is where the config was read from (`None`: the embedded defaults), read again
+/// on SIGHUP.
+pub fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    clock: Arc<dyn gancho_core::Clock>,
+) -> anyhow::Result<()> {
+    gancho_ingress::block_on(serve(config, config_path, clock))
 }
 
-async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Result<()> {
+async fn serve(
+    mut config: Config,
+    config_path: Option<std::path::PathBuf>,
+    clock: Arc<dyn gancho_core::Clock>,
+) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -51,12 +62,12 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
     )
     .context("starting the rule engine")?;
     // Actions decided before a restart (and not delivered) go out from here on.
-    let actions =
+    let mut actions =
         gancho_actions::spawn(&data.state.outbox(), clock.clone(), config.actions.clone())
             .context("starting the actions executor")?;
     let control = ControlSocket::bind(&config.socket_path())?;
     let control_task = tokio::spawn(control.serve(data.clone(), engine.shared_status()));
-    let prune_task = tokio::spawn(crate::prune::every_hour(
+    let mut prune_task = tokio::spawn(crate::prune::every_hour(
         data.clone(),
         crate::prune::Retention::of(&config),
         clock.clone(),
@@ -73,10 +84,11 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
         listener,
         config.ingress.clone(),
         store.clone(),
-        clock,
+        clock.clone(),
         readiness,
     )
     .context("starting the HTTP server")?;
+    let sources = server.sources();
     // The operators' listener, when the config gives it a token.
     let admin = match metrics {
         Some(metrics) => {
@@ -123,7 +135,33 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
             result = &mut served => break Some(result),
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break None }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break None }
-            _ = sighup.recv() => { info!("SIGHUP: reloading the rules"); engine.reload() }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the rules and the config");
+                engine.reload();
+                let Some(new) = read_again(config_path.as_deref()) else { continue };
+                let need_restart = crate::reload::needs_restart(&config, &new);
+                let rotated = sources.rotate(&new.ingress.sources);
+                actions = restart_actions(actions, &data, &clock, &mut config, new.actions.clone()).await?;
+                // [retry]'s dead_retention and sent_retention are the prune's.
+                prune_task.abort();
+                prune_task = tokio::spawn(crate::prune::every_hour(
+                    data.clone(),
+                    crate::prune::Retention::of(&config),
+                    clock.clone(),
+                ));
+                info!(
+                    credentials_changed = %rotated.changed.join(", "),
+                    "SIGHUP: config reloaded: [email], [sms], [http], [retry] and the sources' credentials"
+                );
+                if !rotated.need_restart.is_empty() || !need_restart.is_empty() {
+                    let mut keys: Vec<String> = need_restart.iter().map(|k| (*k).to_owned()).collect();
+                    keys.extend(rotated.need_restart.iter().map(|name| format!("[sources.{name}]")));
+                    warn!(
+                        keys = %keys.join(", "),
+                        "SIGHUP: these changed and need a restart; they keep their running values until then"
+                    );
+                }
+            }
             reason = &mut store_failed => {
                 error!(%reason, "the store failed: stopping so the service restarts");
                 // Tests hold the stop here (`sleep`) to see what a client sees meanwhile.
@@ -175,6 +213,46 @@ async fn serve(config: Config, clock: Arc<dyn gancho_core::Clock>) -> anyhow::Re
     }
     info!("stopped cleanly");
     Ok(())
+}
+
+/// The config file read and checked again; `None` (and the error logged) if it is invalid, so
+/// the running config stays whole.
+fn read_again(path: Option<&std::path::Path>) -> Option<Config> {
+    match crate::config::load(path) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            error!(error = %err, "SIGHUP: the new config is refused whole; the running one stays");
+            None
+        }
+    }
+}
+
+/// Stops the actions executor (sends in flight finish, up to the grace period) and starts one
+/// on `new`; the outbox is durable, so what waits in it goes out from the new one. If the new
+/// one cannot start, the old config is started again; if that fails too, the daemon stops
+/// (and systemd restarts it).
+async fn restart_actions(
+    actions: gancho_actions::ActionsHandle,
+    data: &Data,
+    clock: &Arc<dyn gancho_core::Clock>,
+    config: &mut Config,
+    new: gancho_actions::ActionsConfig,
+) -> anyhow::Result<gancho_actions::ActionsHandle> {
+    tokio::task::spawn_blocking(move || actions.stop())
+        .await
+        .context("stopping the actions executor")?;
+    let outbox = data.state.outbox();
+    match gancho_actions::spawn(&outbox, clock.clone(), new.clone()) {
+        Ok(actions) => {
+            config.actions = new;
+            Ok(actions)
+        }
+        Err(err) => {
+            error!(error = %err, "SIGHUP: the actions cannot start on the new config; the running one stays");
+            gancho_actions::spawn(&outbox, clock.clone(), config.actions.clone())
+                .context("starting the actions executor again")
+        }
+    }
 }
 
 /// Tells the service manager, if there is one (`NOTIFY_SOCKET`), how the daemon is doing.
