@@ -13,6 +13,7 @@
 mod actions;
 mod engine;
 mod load;
+mod metrics_cost;
 mod micro;
 mod prune;
 
@@ -114,6 +115,18 @@ struct Args {
     /// E-mail actions delivered in each throughput phase.
     #[arg(long, default_value_t = 5_000)]
     email_actions: usize,
+    /// Measure what the Prometheus metrics cost the ingest path: single events to a daemon
+    /// without an admin listener (no metrics recorder) and to one with it (scraped every
+    /// second), in alternating phases of `--duration`, `--rounds` each.
+    #[arg(long)]
+    metrics_cost: bool,
+    /// Phases per daemon in `--metrics-cost`.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// `--metrics-cost` with metrics off in both daemons: the difference the setup itself
+    /// makes (an A/A test), to read the real figure against.
+    #[arg(long)]
+    control: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -152,6 +165,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.prune {
         return prune::run(&args);
+    }
+    if args.metrics_cost {
+        return metrics_cost::run(&args);
     }
     if let Some(addr) = args.attach {
         let spec = LoadSpec {
@@ -339,10 +355,17 @@ struct Gancho {
     addr: SocketAddr,
     config: PathBuf,
     bin: PathBuf,
+    /// The admin listener's address, when its config has a token.
+    admin: Option<SocketAddr>,
 }
 
 impl Gancho {
     fn start(args: &Args, dir: &Path) -> anyhow::Result<Gancho> {
+        Gancho::start_extra(args, dir, "")
+    }
+
+    /// [`Gancho::start`] with `extra` appended to its config (sections after the sources).
+    fn start_extra(args: &Args, dir: &Path, extra: &str) -> anyhow::Result<Gancho> {
         // No rules: the phases measure ingest (POST to durable event, indexing beside it); the
         // engine and the actions have benchmarks of their own.
         let rules = dir.join("rules");
@@ -358,7 +381,7 @@ impl Gancho {
         let config = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nrules_dir = {:?}\n[store]\nretention = \"0\"\nfsync = {}\n{cache}\
              [sources.mailjet]\nkind = \"mailjet\"\n\
-             basic_auth = {{ user = \"{}\", password = \"{}\" }}\n",
+             basic_auth = {{ user = \"{}\", password = \"{}\" }}\n{extra}\n",
             dir.join("data").display().to_string(),
             rules.display().to_string(),
             !args.no_fsync,
@@ -384,15 +407,21 @@ impl Gancho {
             .with_context(|| format!("starting {}", bin.display()))?;
         let stderr = child.stderr.take().context("no stderr")?;
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let field = |line: &str, name: &str| {
+            line.split(name)
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|value| value.parse::<SocketAddr>().ok())
+        };
+        let (addr, admin) = loop {
             let Some(line) = lines.next() else {
                 bail!("gancho exited before it was ready");
             };
             let line = line?;
             if line.contains("gancho is ready")
-                && let Some(rest) = line.split("listen=").nth(1)
+                && let Some(addr) = field(&line, "listen=")
             {
-                break rest.split(' ').next().unwrap_or_default().parse()?;
+                break (addr, field(&line, "admin="));
             }
         };
         // Keep draining its log so it never blocks on a full pipe.
@@ -400,6 +429,7 @@ impl Gancho {
         Ok(Gancho {
             child,
             addr,
+            admin,
             config,
             bin,
         })
