@@ -338,13 +338,13 @@ fn source_name(path: &str) -> Option<std::borrow::Cow<'_, str>> {
 /// stored, already there, or refused and why.
 async fn hook(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     let started = std::time::Instant::now();
-    let source = source_name(req.path()).map(std::borrow::Cow::into_owned);
+    // Only configured sources are labels: anyone can post to any name.
+    let series = source_name(req.path()).and_then(|name| state.metrics.get(name.as_ref()));
     let (response, counts) = receive(req, payload, &state).await;
     state
         .request_seconds
         .record(started.elapsed().as_secs_f64());
-    // Only configured sources are labels: anyone can post to any name.
-    if let Some(series) = source.and_then(|name| state.metrics.get(&name)) {
+    if let Some(series) = series {
         match counts {
             Some(counts) => {
                 series.received.increment(counts.stored as u64);
