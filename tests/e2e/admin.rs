@@ -44,7 +44,17 @@ fn post(addr: SocketAddr, path: &str) -> Response {
 const LOG_RULE: &str = "const ON = [\"bank.withdrawal\"];\nlog(event.id);\n";
 
 /// The routes that need the token, with their methods.
-const GUARDED: [(&str, &str); 8] = [
+const GUARDED: [(&str, &str); 19] = [
+    ("GET", "/admin/events"),
+    ("GET", "/admin/events?source=bank&cursor=x"),
+    ("GET", "/admin/events/1"),
+    ("GET", "/admin/events/stream"),
+    ("GET", "/admin/outbox"),
+    ("GET", "/admin/dead"),
+    ("POST", "/admin/dead/some-id/retry"),
+    ("POST", "/admin/dead/retry-all"),
+    ("GET", "/admin/sent"),
+    ("GET", "/admin/quarantine"),
     ("GET", "/admin/status"),
     ("GET", "/admin/rules"),
     ("GET", "/admin/rules/alert"),
@@ -53,6 +63,7 @@ const GUARDED: [(&str, &str); 8] = [
     ("GET", "/metrics"),
     ("GET", "/admin/no-such-route"),
     ("DELETE", "/admin/rules"),
+    ("GET", "/admin/timers?colour=red"),
 ];
 
 #[test]
@@ -510,4 +521,197 @@ fn the_alert_rules_of_the_operations_guide_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every page of `path` (which has a query string or not), following `next_cursor`: the items
+/// in order and how many pages it took.
+fn all_pages(admin: SocketAddr, path: &str, limit: usize) -> (Vec<serde_json::Value>, usize) {
+    let join = if path.contains('?') { '&' } else { '?' };
+    let (mut items, mut pages) = (Vec::new(), 0);
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            None => format!("{path}{join}limit={limit}"),
+            Some(c) => format!("{path}{join}limit={limit}&cursor={c}"),
+        };
+        let answer = get(admin, &url);
+        assert_eq!(answer.status, 200, "{url}: {}", answer.body);
+        let page = answer.json();
+        let got = page["items"].as_array().unwrap();
+        assert!(got.len() <= limit, "{url}: {page}");
+        items.extend(got.iter().cloned());
+        pages += 1;
+        assert!(pages < 100, "{url}: the cursors do not end");
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return (items, pages),
+        }
+    }
+}
+
+#[test]
+fn every_listing_pages_with_its_cursor_and_answers_as_the_cli_does() {
+    use gancho_testkit::{HttpReceiver, Reply};
+    // w1-w3 are refused for good (dead letters), w4-w5 for now (retried: pending).
+    let receiver = HttpReceiver::start(|request| {
+        let body = String::from_utf8_lossy(&request.body);
+        match body.contains("w4") || body.contains("w5") {
+            true => Reply::status(503),
+            false => Reply::status(422).body("unknown account"),
+        }
+    });
+    let setup = Setup::standard_with(&format!(
+        "{}\n[http]\nallow_private = true\n[retry]\ninitial = \"1h\"\n",
+        admin_section("")
+    ));
+    crate::support::call_rule(&setup, &receiver.url("/hook"));
+    write_rule(
+        &setup,
+        "later.rhai",
+        "const ON = [\"bank.withdrawal\"];\n\
+         after(\"later:\" + event.id, hours(48), \"later\", #{ id: event.id });\n\
+         fn later(t) { log(t.id); }\n",
+    );
+    let daemon = setup.start();
+    let admin = admin_addr(&daemon);
+    for i in 1..=5 {
+        let id = format!("w{i}");
+        assert_eq!(
+            daemon.post("bank", &crate::support::withdrawal(&id)).status,
+            200
+        );
+    }
+    for i in 1..=3 {
+        let item = format!(r#"[{{"id":"q{i}","at":1,"account":"ES01"}}]"#);
+        assert_eq!(daemon.post("bank", item.as_bytes()).status, 200);
+    }
+    wait_until("3 dead letters and 2 pending", || {
+        setup.json(&["dead", "--json"]).as_array().map(Vec::len) == Some(3)
+            && receiver.wait_for(5, Duration::from_millis(1)).len() >= 5
+    });
+
+    // Events: newest first, two a page, as many as the CLI lists.
+    let (events, pages) = all_pages(admin, "/admin/events", 2);
+    let cli: Vec<u64> = setup
+        .events(&[])
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .rev()
+        .collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, cli);
+    assert_eq!(seqs.len(), 5);
+    assert_eq!(pages, 3);
+    let (filtered, _) = all_pages(
+        admin,
+        "/admin/events?source=bank&type=withdrawal&key=account=ES76w3&since=3650d",
+        3,
+    );
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0]["id"], "p:w3");
+    let (typed, _) = all_pages(admin, "/admin/events?source=bank&type=withdrawal", 2);
+    assert_eq!(typed, events);
+    let (none, _) = all_pages(admin, "/admin/events?key=account=nobody", 3);
+    assert!(none.is_empty());
+
+    // One event, by seq and by id, with what its rules did.
+    let first = &events[4];
+    let by_seq = get(admin, &format!("/admin/events/{}", first["seq"]));
+    assert_eq!(by_seq.status, 200, "{}", by_seq.body);
+    let by_seq = by_seq.json();
+    assert_eq!(by_seq["event"]["id"], "p:w1", "{by_seq}");
+    assert_eq!(by_seq["runs"].as_array().map(Vec::len), Some(2), "{by_seq}");
+    let by_id = get(admin, "/admin/events/p:w1").json();
+    assert_eq!(by_id["event"]["seq"], first["seq"]);
+    assert_eq!(get(admin, "/admin/events/999999").status, 404);
+    assert_eq!(get(admin, "/admin/events/p:nothing").status, 404);
+
+    // Dead letters and the outbox, in queue order, as the CLI lists them.
+    let (dead, pages) = all_pages(admin, "/admin/dead", 2);
+    assert_eq!(pages, 2);
+    let cli_dead = setup.json(&["dead", "--json"]);
+    let ids = |items: &[serde_json::Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| i["action"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&dead), ids(cli_dead.as_array().unwrap()));
+    let (pending, _) = all_pages(admin, "/admin/outbox?channel=http", 1);
+    let cli_outbox = setup.json(&["outbox", "--json"]);
+    let pending_ids: Vec<String> = pending
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    let cli_ids: Vec<String> = cli_outbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(pending_ids, cli_ids);
+    assert_eq!(pending_ids.len(), 2);
+    let (other, _) = all_pages(admin, "/admin/outbox?channel=email", 1);
+    assert!(other.is_empty());
+
+    // Timers and quarantine.
+    let (timers, _) = all_pages(admin, "/admin/timers?rule=later", 2);
+    assert_eq!(timers.len(), 5);
+    assert!(timers.iter().all(|t| t["rule"] == "later"));
+    assert_eq!(
+        timers.len(),
+        setup.json(&["timers", "--json"]).as_array().unwrap().len()
+    );
+    let (quarantined, _) = all_pages(admin, "/admin/quarantine", 2);
+    assert_eq!(quarantined.len(), 3);
+    assert!(
+        quarantined[0]["item"].to_string().contains("q3"),
+        "newest first: {quarantined:?}"
+    );
+
+    // Cursors are checked: not one, or one of another listing.
+    let page = get(admin, "/admin/events?limit=1").json();
+    let cursor = page["next_cursor"].as_str().unwrap();
+    for bad in [
+        format!("/admin/dead?cursor={cursor}"),
+        "/admin/events?cursor=not-a-cursor".to_owned(),
+        "/admin/events?colour=red".to_owned(),
+        "/admin/dead?since=1h".to_owned(),
+        "/admin/outbox?channel=pigeon".to_owned(),
+        "/admin/events?since=yesterday".to_owned(),
+    ] {
+        let answer = get(admin, &bad);
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.body);
+        assert!(answer.json()["error"].is_string());
+    }
+
+    // Retry through the API: one, then all; the history lists them.
+    receiver.set_handler(|_| Reply::status(200));
+    let one = &dead[0]["action"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(post(admin, "/admin/dead/no-such-id/retry").status, 404);
+    let retried = post(admin, &format!("/admin/dead/{one}/retry"));
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(retried.json()["retried"], 1);
+    let all = post(admin, "/admin/dead/retry-all");
+    assert_eq!(all.status, 200, "{}", all.body);
+    assert_eq!(all.json()["retried"], 2);
+    wait_until("the three retried are delivered", || {
+        all_pages(admin, "/admin/sent?channel=http", 2).0.len() == 3
+    });
+    let (sent, _) = all_pages(admin, "/admin/sent?since=1h", 2);
+    let cli_sent = setup.json(&["sent", "--json"]);
+    let mut cli_ids: Vec<String> = cli_sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    cli_ids.reverse();
+    let sent_ids: Vec<String> = sent
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sent_ids, cli_ids, "newest first");
+    assert!(all_pages(admin, "/admin/dead", 10).0.is_empty());
+    assert!(all_pages(admin, "/admin/sent?channel=sms", 10).0.is_empty());
 }

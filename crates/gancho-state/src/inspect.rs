@@ -60,9 +60,30 @@ impl EngineState {
         rule: Option<&str>,
         mut f: impl FnMut(TimerView) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let (start, end) = rule_range(TIMER, rule);
+        self.each_timer_after(rule, None, 0, |_, timer| f(timer))
+    }
+
+    /// [`EngineState::each_timer`] from after the timer whose key is `after`, at most `limit`
+    /// (0: all), each handed with its key (the cursor of the page that ends there).
+    pub fn each_timer_after(
+        &self,
+        rule: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+        mut f: impl FnMut(Vec<u8>, TimerView) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut handed = 0;
+        let (mut start, end) = rule_range(TIMER, rule);
+        if let Some(after) = after {
+            let mut next = after.to_vec();
+            next.push(0);
+            start = start.max(next);
+        }
         let mut entries = committed_range(&self.shared.overlay, &self.tree, start, end)?;
-        while let Some((_, value)) = entries.next()? {
+        while handed < limit
+            && let Some((key, value)) = entries.next()?
+        {
             let timer: Timer = match serde_json::from_slice(&value) {
                 Ok(timer) => timer,
                 Err(err) => {
@@ -70,19 +91,23 @@ impl EngineState {
                     continue;
                 }
             };
-            f(TimerView {
-                name: timer
-                    .name
-                    .strip_prefix("timer:")
-                    .unwrap_or(&timer.name)
-                    .to_owned(),
-                rule: timer.rule,
-                due_ms: timer.due_ms,
-                callback: timer.callback,
-                origin_seq: timer.origin_seq,
-                expect: timer.expect,
-                orphaned: timer.orphaned,
-            })?;
+            handed += 1;
+            f(
+                key,
+                TimerView {
+                    name: timer
+                        .name
+                        .strip_prefix("timer:")
+                        .unwrap_or(&timer.name)
+                        .to_owned(),
+                    rule: timer.rule,
+                    due_ms: timer.due_ms,
+                    callback: timer.callback,
+                    origin_seq: timer.origin_seq,
+                    expect: timer.expect,
+                    orphaned: timer.orphaned,
+                },
+            )?;
         }
         Ok(())
     }

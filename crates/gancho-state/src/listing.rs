@@ -98,16 +98,27 @@ pub(crate) fn committed_range(
 impl Outbox {
     /// The channels' ranges under `prefix` (`O` items or `Z` dead letters), merged in decision
     /// order: each (key without its prefix, value) to `f`, at most `limit` (0: all).
+    ///
+    /// With `after` (a key as handed to `f`), only the entries whose key without the channel
+    /// byte comes after its own: the page after the one that ended there. Those keys are
+    /// unique across channels (an action is in one).
     fn each_merged(
         &self,
         prefix: u8,
+        channels_listed: &[Channel],
+        after: Option<&[u8]>,
         limit: usize,
         mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut channels = Vec::new();
-        for channel in Channel::ALL {
-            let start = vec![prefix, channel_byte(channel)];
+        for &channel in channels_listed {
+            let mut start = vec![prefix, channel_byte(channel)];
+            if let Some(rest) = after.and_then(|key| key.get(1..)) {
+                // Strictly after: the smallest key greater than the cursor's.
+                start.extend_from_slice(rest);
+                start.push(0);
+            }
             let end = vec![prefix, channel_byte(channel) + 1];
             channels.push(committed_range(
                 &self.shared.overlay,
@@ -146,9 +157,22 @@ impl Outbox {
     pub fn each_pending(
         &self,
         limit: usize,
+        f: impl FnMut(OutboxItem) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.each_pending_after(None, None, limit, f)
+    }
+
+    /// [`Outbox::each_pending`] of one channel (or all), from after the item whose `key` is
+    /// `after`: the next page.
+    pub fn each_pending_after(
+        &self,
+        channel: Option<Channel>,
+        after: Option<&[u8]>,
+        limit: usize,
         mut f: impl FnMut(OutboxItem) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.each_merged(OUTBOX, limit, |suffix, value| {
+        let channels = channel.map_or(Channel::ALL.to_vec(), |c| vec![c]);
+        self.each_merged(OUTBOX, &channels, after, limit, |suffix, value| {
             // Unreadable records are listed as far as they can be, never fail the list.
             let delivery: Option<Delivery> = self
                 .tree()
@@ -174,10 +198,23 @@ impl Outbox {
         limit: usize,
         mut f: impl FnMut(DeadLetter) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.each_merged(DEAD, limit, |_, value| {
+        self.each_dead_after(None, None, limit, |_, dead| f(dead))
+    }
+
+    /// [`Outbox::each_dead`] of one channel (or all) from after the letter whose key is
+    /// `after`, each letter handed with its key (the cursor of the page that ends there).
+    pub fn each_dead_after(
+        &self,
+        channel: Option<Channel>,
+        after: Option<&[u8]>,
+        limit: usize,
+        mut f: impl FnMut(Vec<u8>, DeadLetter) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let channels = channel.map_or(Channel::ALL.to_vec(), |c| vec![c]);
+        self.each_merged(DEAD, &channels, after, limit, |key, value| {
             // One unreadable letter does not hide the others.
             match decode("dead letter", &value) {
-                Ok(dead) => f(dead),
+                Ok(dead) => f(key, dead),
                 Err(err) => {
                     tracing::error!(error = %err, "skipping a dead letter that cannot be read");
                     Ok(())

@@ -120,14 +120,28 @@ impl Outbox {
     pub fn each_sent(
         &self,
         query: &SentQuery,
+        f: impl FnMut(Sent) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.each_sent_before(query, None, f)
+    }
+
+    /// [`Outbox::each_sent`] over the deliveries before the one delivered at `before` (its
+    /// delivery time and id) only: with a `limit`, the page of the newest `limit` of those.
+    pub fn each_sent_before(
+        &self,
+        query: &SentQuery,
+        before: Option<(i64, &str)>,
         mut f: impl FnMut(Sent) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let from = sent_key(query.since_ms.unwrap_or(i64::MIN), "");
-        let to = [SENT + 1];
+        let to = match before {
+            Some((ms, id)) => sent_key(ms, id).to_vec(),
+            None => vec![SENT + 1],
+        };
         let matches = |sent: &Sent| query.channel.is_none_or(|c| sent.channel == c);
         let decode = |value: &[u8]| serde_json::from_slice::<Sent>(value).ok();
         if query.limit == 0 {
-            for entry in self.traces.range(from..to.to_vec()) {
+            for entry in self.traces.range(from.clone()..to.clone()) {
                 let (_, value) = entry?;
                 if let Some(sent) = decode(&value).filter(matches) {
                     f(sent)?;
@@ -137,7 +151,7 @@ impl Outbox {
         }
         // The newest `limit`, held (at most `limit` of them), then handed oldest first.
         let mut newest = Vec::new();
-        for entry in self.traces.range(from..to.to_vec()).rev() {
+        for entry in self.traces.range(from.clone()..to.clone()).rev() {
             let (_, value) = entry?;
             if let Some(sent) = decode(&value).filter(matches) {
                 newest.push(sent);

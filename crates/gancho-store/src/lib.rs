@@ -440,8 +440,24 @@ impl Store {
         query: &EventQuery,
         f: impl FnMut(Event) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        self.each_event_before(query, None, f)
+    }
+
+    /// [`Store::each_event`] over the events with a seq below `before` only: with a `limit`,
+    /// the page of the newest `limit` of those, and the smallest seq handed over is where the
+    /// next page (further back) starts.
+    pub fn each_event_before(
+        &self,
+        query: &EventQuery,
+        before: Option<u64>,
+        f: impl FnMut(Event) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
-        let durable = self.inner.progress.durable.load(Ordering::Acquire);
+        let mut durable = self.inner.progress.durable.load(Ordering::Acquire);
+        if let Some(before) = before {
+            durable = durable.min(before.saturating_sub(1));
+        }
+        let indexed = indexed.min(durable);
         query::each(
             &self.inner.events,
             &self.inner.index,
@@ -566,7 +582,20 @@ impl Store {
         limit: usize,
         f: impl FnMut(Quarantined) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        query::each_quarantined(&self.inner.events, limit, f)
+        query::each_quarantined(&self.inner.events, None, limit, f)
+    }
+
+    /// [`Store::each_quarantined`] over the records with an id below `before` only. A record
+    /// (one request's rejected items, which share its id) is handed over whole, so a page may
+    /// pass `limit` by the rest of its oldest record; the smallest id handed over is where the
+    /// next page starts.
+    pub fn each_quarantined_before(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        f: impl FnMut(Quarantined) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        query::each_quarantined(&self.inner.events, before, limit, f)
     }
 
     /// Stops accepting appends, waits until everything submitted is durable, stops the indexer

@@ -30,6 +30,8 @@ struct State {
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     metrics_public: bool,
     store_dir: std::path::PathBuf,
+    /// The configured sources' names: where an event id is looked up.
+    sources: Vec<String>,
 }
 
 /// The running admin server.
@@ -47,6 +49,7 @@ impl AdminServer {
         store_dir: std::path::PathBuf,
         engine: SharedStatus,
         metrics: metrics_exporter_prometheus::PrometheusHandle,
+        sources: Vec<String>,
     ) -> std::io::Result<Option<AdminServer>> {
         let Some(token) = config.token.as_ref().and_then(|t| t.expose()) else {
             return Ok(None);
@@ -61,6 +64,7 @@ impl AdminServer {
             metrics,
             metrics_public: config.metrics_public,
             store_dir,
+            sources,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -73,6 +77,15 @@ impl AdminServer {
                 .route("/admin/rules/{name}", web::get().to(rule))
                 .route("/admin/rules/{name}/disable", web::post().to(disable))
                 .route("/admin/rules/{name}/enable", web::post().to(enable))
+                .route("/admin/events", web::get().to(events))
+                .route("/admin/events/{id}", web::get().to(event))
+                .route("/admin/outbox", web::get().to(outbox))
+                .route("/admin/dead", web::get().to(dead))
+                .route("/admin/dead/retry-all", web::post().to(retry_all))
+                .route("/admin/dead/{id}/retry", web::post().to(retry_one))
+                .route("/admin/sent", web::get().to(sent))
+                .route("/admin/quarantine", web::get().to(quarantine))
+                .route("/admin/timers", web::get().to(timers))
                 .default_service(web::to(not_found))
         })
         .workers(1)
@@ -274,4 +287,266 @@ async fn not_found(request: HttpRequest, state: web::Data<State>) -> HttpRespons
         return unauthorized();
     }
     error(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// The query string's parameters of a listing route, all optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    source: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// `NAME=VALUE`.
+    key: Option<String>,
+    /// An RFC 3339 time, or a duration back from now (`"24h"`).
+    since: Option<String>,
+    channel: Option<gancho_core::Channel>,
+    rule: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// The parameters of `request`, if its query string is one this route takes; the 400 answer
+/// if not. Read after the token is checked, so a caller without it learns nothing of them.
+fn params(request: &HttpRequest, allowed: &[&str]) -> Result<ListParams, HttpResponse> {
+    let params = web::Query::<ListParams>::from_query(request.query_string())
+        .map_err(|err| error(StatusCode::BAD_REQUEST, format!("query string: {err}")))?
+        .into_inner();
+    let given = [
+        ("source", params.source.is_some()),
+        ("type", params.kind.is_some()),
+        ("key", params.key.is_some()),
+        ("since", params.since.is_some()),
+        ("channel", params.channel.is_some()),
+        ("rule", params.rule.is_some()),
+    ];
+    if let Some((name, _)) = given
+        .iter()
+        .find(|(name, given)| *given && !allowed.contains(name))
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("query string: this route does not take {name:?}"),
+        ));
+    }
+    Ok(params)
+}
+
+/// `since` as an instant: an RFC 3339 time, or a duration back from now.
+fn since(text: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, HttpResponse> {
+    let Some(text) = text else { return Ok(None) };
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(time.with_timezone(&chrono::Utc)));
+    }
+    let back = humantime::parse_duration(text)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("since: {text:?} is neither an RFC 3339 time nor a duration such as 24h"),
+            )
+        })?;
+    Ok(Some(
+        gancho_core::Clock::now(&gancho_core::SystemClock) - back,
+    ))
+}
+
+/// A page of `listing`, read off the async threads.
+async fn list(
+    state: &web::Data<State>,
+    listing: crate::pages::Listing,
+    params: &ListParams,
+) -> HttpResponse {
+    let data = state.data.clone();
+    let (cursor, limit) = (params.cursor.clone(), params.limit.unwrap_or(0));
+    let page =
+        web::block(move || crate::pages::page(&data, &listing, cursor.as_deref(), limit)).await;
+    match page {
+        Ok(Ok(page)) => HttpResponse::Ok().json(page),
+        Ok(Err(err @ crate::pages::PageError::BadCursor(_))) => {
+            error(StatusCode::BAD_REQUEST, err.to_string())
+        }
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request was cancelled",
+        ),
+    }
+}
+
+/// Checks the token, then reads the route's parameters: the answer to give instead, if any.
+fn guarded(
+    request: &HttpRequest,
+    state: &State,
+    allowed: &[&str],
+) -> Result<ListParams, HttpResponse> {
+    if !authorized(request, state) {
+        return Err(unauthorized());
+    }
+    params(request, allowed)
+}
+
+async fn events(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let params = match guarded(&request, &state, &["source", "type", "key", "since"]) {
+        Ok(params) => params,
+        Err(answer) => return answer,
+    };
+    let key = match params.key.as_deref().map(|k| k.split_once('=')) {
+        None => None,
+        Some(Some((name, value))) if !name.is_empty() => Some((name.to_owned(), value.to_owned())),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "key: give it as NAME=VALUE"),
+    };
+    let since = match since(params.since.as_deref()) {
+        Ok(since) => since,
+        Err(answer) => return answer,
+    };
+    let query = control::Query {
+        source: params.source.clone(),
+        kind: params.kind.clone(),
+        key,
+        since,
+        limit: 0,
+    };
+    list(&state, crate::pages::Listing::Events(query), &params).await
+}
+
+/// A listing whose filters are its parameters as given: checks the token and the parameters,
+/// then answers the page.
+async fn list_with(
+    request: &HttpRequest,
+    state: &web::Data<State>,
+    allowed: &[&str],
+    listing: impl FnOnce(&ListParams) -> crate::pages::Listing,
+) -> HttpResponse {
+    match guarded(request, state, allowed) {
+        Ok(params) => list(state, listing(&params), &params).await,
+        Err(answer) => answer,
+    }
+}
+
+async fn outbox(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    list_with(&request, &state, &["channel"], |p| {
+        crate::pages::Listing::Outbox { channel: p.channel }
+    })
+    .await
+}
+
+async fn dead(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    list_with(&request, &state, &["channel"], |p| {
+        crate::pages::Listing::Dead { channel: p.channel }
+    })
+    .await
+}
+
+async fn sent(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let params = match guarded(&request, &state, &["channel", "since"]) {
+        Ok(params) => params,
+        Err(answer) => return answer,
+    };
+    let since_ms = match since(params.since.as_deref()) {
+        Ok(since) => since.map(|t| t.timestamp_millis()),
+        Err(answer) => return answer,
+    };
+    let query = gancho_state::sent::SentQuery {
+        channel: params.channel,
+        since_ms,
+        limit: 0,
+    };
+    list(&state, crate::pages::Listing::Sent(query), &params).await
+}
+
+async fn quarantine(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    list_with(&request, &state, &[], |_| crate::pages::Listing::Quarantine).await
+}
+
+async fn timers(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    list_with(&request, &state, &["rule"], |p| {
+        crate::pages::Listing::Timers {
+            rule: p.rule.clone(),
+        }
+    })
+    .await
+}
+
+/// `GET /admin/events/ID`: the event (by seq, or by its id `p:…`/`h:…`), what each rule it woke
+/// did, and what became of the actions: `gancho explain`'s answer.
+async fn event(
+    request: HttpRequest,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    let id = id.into_inner();
+    let (data, engine, sources) = (
+        state.data.clone(),
+        state.engine.clone(),
+        state.sources.clone(),
+    );
+    let answered = web::block(move || {
+        let seq = match id.parse::<u64>() {
+            Ok(seq) => Some(seq),
+            Err(_) => {
+                match control::respond(&data, Some(&engine), &Request::FindEvent { id, sources }) {
+                    Response::Found(seq) => seq,
+                    other => return other,
+                }
+            }
+        };
+        match seq {
+            Some(seq) => control::respond(&data, Some(&engine), &Request::Explain { seq }),
+            None => Response::Explained(Default::default()),
+        }
+    })
+    .await;
+    match answered {
+        Ok(Response::Explained(what)) if what.event.is_none() => {
+            error(StatusCode::NOT_FOUND, "no such event is stored")
+        }
+        Ok(Response::Explained(what)) => HttpResponse::Ok().json(what),
+        Ok(Response::Error(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request was cancelled",
+        ),
+    }
+}
+
+/// Puts dead letters back in the outbox: `gancho dead retry`'s request.
+async fn retry(state: &web::Data<State>, id: Option<String>) -> HttpResponse {
+    let data = state.data.clone();
+    let named = id.is_some();
+    let answered =
+        web::block(move || control::respond(&data, None, &Request::DeadRetry { id })).await;
+    match answered {
+        Ok(Response::Retried(0)) if named => error(StatusCode::NOT_FOUND, "no such dead letter"),
+        Ok(Response::Retried(n)) => HttpResponse::Ok().json(json!({ "retried": n })),
+        Ok(Response::Error(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request was cancelled",
+        ),
+    }
+}
+
+async fn retry_one(
+    request: HttpRequest,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    retry(&state, Some(id.into_inner())).await
+}
+
+async fn retry_all(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    retry(&state, None).await
 }

@@ -121,7 +121,7 @@ pub enum Request {
 }
 
 /// What `gancho explain SEQ` shows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Explanation {
     /// `None` when it is not in the log (not yet stored, or pruned).
     pub event: Option<Event>,
@@ -204,7 +204,7 @@ pub struct Query {
 }
 
 impl Query {
-    fn to_store(&self) -> EventQuery {
+    pub(crate) fn to_store(&self) -> EventQuery {
         EventQuery {
             source: self.source.clone(),
             kind: self.kind.clone(),

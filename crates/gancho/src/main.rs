@@ -10,6 +10,7 @@ mod config;
 mod control;
 mod data;
 mod metrics;
+mod pages;
 mod prune;
 mod ready;
 mod reload;

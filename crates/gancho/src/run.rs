@@ -101,6 +101,12 @@ async fn serve(
                 config.store_dir(),
                 engine.shared_status(),
                 metrics,
+                config
+                    .ingress
+                    .sources
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect(),
             )
             .context("starting the admin listener")?
         }

@@ -219,12 +219,19 @@ fn matches(event: &Event, query: &EventQuery) -> bool {
 /// they are handed over; else at most `limit` held).
 pub(crate) fn each_quarantined(
     tree: &Tree,
+    before: Option<u64>,
     limit: usize,
     mut f: impl FnMut(Quarantined) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let id_of = |key: &[u8]| key.get(1..).and_then(crate::keys::read_u64).unwrap_or(0);
+    let mut end = vec![codec::QUARANTINE];
+    match before {
+        Some(before) => end.extend_from_slice(&before.to_be_bytes()),
+        None => end = vec![codec::QUARANTINE + 1],
+    }
+    let records = || tree.range(vec![codec::QUARANTINE]..end.clone());
     if limit == 0 {
-        for entry in tree.scan_prefix([codec::QUARANTINE]) {
+        for entry in records() {
             let (key, bytes) = entry?;
             for item in codec::decode_quarantine(id_of(&key), &bytes)? {
                 f(item)?;
@@ -233,14 +240,18 @@ pub(crate) fn each_quarantined(
         return Ok(());
     }
     let mut items = Vec::new();
-    for entry in tree.scan_prefix([codec::QUARANTINE]).rev() {
+    for entry in records().rev() {
         if items.len() >= limit {
             break;
         }
         let (key, bytes) = entry?;
-        // Newest first for now: the record's items from its last.
+        // Newest first for now: the record's items from its last. A page (`before`) takes
+        // records whole, so that the next starts at a record's id.
         let record = codec::decode_quarantine(id_of(&key), &bytes)?;
-        items.extend(record.into_iter().rev().take(limit - items.len()));
+        match before {
+            Some(_) => items.extend(record.into_iter().rev()),
+            None => items.extend(record.into_iter().rev().take(limit - items.len())),
+        }
     }
     items.into_iter().rev().try_for_each(f)
 }
