@@ -715,3 +715,110 @@ fn every_listing_pages_with_its_cursor_and_answers_as_the_cli_does() {
     assert!(all_pages(admin, "/admin/dead", 10).0.is_empty());
     assert!(all_pages(admin, "/admin/sent?channel=sms", 10).0.is_empty());
 }
+
+/// Reads from an SSE response until `want` is in what came, or `timeout`; what came.
+fn read_until(stream: &mut std::net::TcpStream, seen: &mut String, want: &str, timeout: Duration) {
+    use std::io::Read as _;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 8192];
+    while !seen.contains(want) {
+        assert!(
+            Instant::now() < deadline,
+            "no {want:?} within {timeout:?} in:\n{seen}"
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("the stream ended: {seen}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
+/// Opens `GET /admin/events/stream` with `extra` headers; the stream past the answer's head.
+fn open_stream(admin: SocketAddr, extra: &str) -> (std::net::TcpStream, String) {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        stream,
+        "GET /admin/events/stream HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {TOKEN}\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\r\n\r\n", Duration::from_secs(10));
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{seen}"
+    );
+    (stream, seen)
+}
+
+#[test]
+fn the_event_stream_sends_a_posted_event_within_a_second_then_what_the_rules_decided() {
+    let setup = Setup::standard_with(&admin_section(""));
+    write_rule(&setup, "alert.rhai", LOG_RULE);
+    let daemon = setup.start();
+    let admin = admin_addr(&daemon);
+    let (mut stream, mut seen) = open_stream(admin, "");
+    // Connected: a moment for the stream's first poll, then the post.
+    std::thread::sleep(Duration::from_millis(300));
+    let posted = Instant::now();
+    assert_eq!(
+        daemon
+            .post("bank", &crate::support::withdrawal("w1"))
+            .status,
+        200
+    );
+    read_until(
+        &mut stream,
+        &mut seen,
+        r#""id":"p:w1""#,
+        Duration::from_secs(1).saturating_sub(posted.elapsed()),
+    );
+    assert!(seen.contains("event: event\nid: 1\ndata: {"), "{seen}");
+    // Then the rule's run, as traced.
+    read_until(
+        &mut stream,
+        &mut seen,
+        "event: decision",
+        Duration::from_secs(30),
+    );
+    read_until(
+        &mut stream,
+        &mut seen,
+        r#""rule":"alert""#,
+        Duration::from_secs(5),
+    );
+    assert!(seen.contains(r#"],"seq":1}"#), "{seen}");
+
+    // A client that reconnects with Last-Event-ID resumes after it.
+    let (mut again, mut seen_again) = open_stream(admin, "Last-Event-ID: 0\r\n");
+    read_until(
+        &mut again,
+        &mut seen_again,
+        r#""id":"p:w1""#,
+        Duration::from_secs(10),
+    );
+    let (_, bad) = {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        write!(
+            s,
+            "GET /admin/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nLast-Event-ID: soon\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        ((), answer)
+    };
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+}

@@ -78,6 +78,7 @@ impl AdminServer {
                 .route("/admin/rules/{name}/disable", web::post().to(disable))
                 .route("/admin/rules/{name}/enable", web::post().to(enable))
                 .route("/admin/events", web::get().to(events))
+                .route("/admin/events/stream", web::get().to(stream))
                 .route("/admin/events/{id}", web::get().to(event))
                 .route("/admin/outbox", web::get().to(outbox))
                 .route("/admin/dead", web::get().to(dead))
@@ -549,4 +550,33 @@ async fn retry_all(request: HttpRequest, state: web::Data<State>) -> HttpRespons
         return unauthorized();
     }
     retry(&state, None).await
+}
+
+/// `GET /admin/events/stream`: new events and the rules' decisions as Server-Sent Events
+/// (`tail.rs`), from the log's head, or after the `Last-Event-ID` a reconnecting client sends.
+async fn stream(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    let after = match request.headers().get("last-event-id") {
+        None => None,
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            Some(seq) => Some(seq),
+            None => {
+                return error(StatusCode::BAD_REQUEST, "Last-Event-ID: not an event's seq");
+            }
+        },
+    };
+    let tail = crate::tail::Tail::new(state.data.clone(), after);
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .streaming(futures_util::stream::unfold(
+            tail,
+            crate::tail::Tail::next_chunk,
+        ))
 }

@@ -16,6 +16,7 @@ mod ready;
 mod reload;
 mod replay;
 mod run;
+mod tail;
 mod test_rules;
 mod text;
 
