@@ -822,3 +822,81 @@ fn the_event_stream_sends_a_posted_event_within_a_second_then_what_the_rules_dec
     };
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
 }
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_served() {
+    let setup = Setup::standard_with(&admin_section(""));
+    write_rule(&setup, "alert.rhai", LOG_RULE);
+    let daemon = setup.start();
+    let admin = admin_addr(&daemon);
+    assert_eq!(
+        send(admin, &Request::get("/admin/openapi.json")).status,
+        401
+    );
+    let doc = get(admin, "/admin/openapi.json");
+    assert_eq!(doc.status, 200, "{}", doc.body);
+    let doc = doc.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let mut documented = Vec::new();
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in methods.as_object().unwrap() {
+            documented.push((method.to_uppercase(), path.clone()));
+            let open = matches!(path.as_str(), "/healthz" | "/readyz");
+            assert_eq!(
+                operation["security"].is_array(),
+                !open,
+                "{method} {path}: {operation}"
+            );
+        }
+    }
+    documented.sort();
+    // Every route served is documented...
+    let mut served: Vec<(String, String)> = GUARDED
+        .iter()
+        .filter(|(_, path)| !path.contains("no-such-route") && !path.contains('?'))
+        .filter(|(method, _)| *method != "DELETE")
+        .map(|(method, path)| {
+            let path = path
+                .replace("/rules/alert", "/rules/{name}")
+                .replace("/events/1", "/events/{id}")
+                .replace("/dead/some-id/", "/dead/{id}/");
+            ((*method).to_owned(), path)
+        })
+        .chain(
+            [
+                ("GET", "/healthz"),
+                ("GET", "/readyz"),
+                ("GET", "/admin/openapi.json"),
+                ("GET", "/admin/timers"),
+            ]
+            .map(|(m, p)| (m.to_owned(), p.to_owned())),
+        )
+        .collect();
+    served.sort();
+    served.dedup();
+    assert_eq!(documented, served);
+    // ... and every route documented is served (the stream is checked by its own test).
+    for (method, path) in &documented {
+        if path == "/admin/events/stream" {
+            continue;
+        }
+        let concrete = path.replace("{name}", "alert").replace("{id}", "1");
+        let request = Request {
+            method: method.clone(),
+            ..Request::get(&concrete)
+        }
+        .header("Authorization", &format!("Bearer {TOKEN}"));
+        let answer = send(admin, &request);
+        assert!(
+            !answer.body.contains("no such route") && answer.status != 405,
+            "{method} {concrete}: {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+}

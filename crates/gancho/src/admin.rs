@@ -87,6 +87,7 @@ impl AdminServer {
                 .route("/admin/sent", web::get().to(sent))
                 .route("/admin/quarantine", web::get().to(quarantine))
                 .route("/admin/timers", web::get().to(timers))
+                .route("/admin/openapi.json", web::get().to(openapi))
                 .default_service(web::to(not_found))
         })
         .workers(1)
@@ -146,6 +147,16 @@ async fn respond(state: &web::Data<State>, request: Request) -> HttpResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "admin",
+    summary = "Whether the stores work",
+    responses(
+        (status = 200, description = "ok"),
+        (status = 503, description = "A store failed, and why"),
+    ),
+)]
 async fn healthz(state: web::Data<State>) -> HttpResponse {
     match state.data.store.failure() {
         None => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
@@ -156,6 +167,16 @@ async fn healthz(state: web::Data<State>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "admin",
+    summary = "Whether the daemon is ready for traffic",
+    responses(
+        (status = 200, description = "{\"ready\": true}"),
+        (status = 503, description = "{\"ready\": false, \"reason\": ...}"),
+    ),
+)]
 async fn readyz(state: web::Data<State>) -> HttpResponse {
     match crate::ready::check(&state.data, &state.engine, state.ready_max_lag) {
         Ok(()) => HttpResponse::Ok().json(json!({ "ready": true })),
@@ -167,6 +188,17 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
 }
 
 /// The Prometheus text exposition: the counters as counted, the gauges read now.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "admin",
+    summary = "Prometheus text exposition (open when [admin] metrics_public)",
+    responses(
+        (status = 200, description = "text/plain; version=0.0.4"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn serve_metrics(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if !state.metrics_public && !authorized(&request, &state) {
         return unauthorized();
@@ -191,6 +223,17 @@ async fn serve_metrics(request: HttpRequest, state: web::Data<State>) -> HttpRes
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/status",
+    tag = "admin",
+    summary = "The log, index and engine positions, lags, store sizes, uptime, version",
+    responses(
+        (status = 200, description = "gancho status, with store_bytes, uptime_seconds and version"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn status(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if !authorized(&request, &state) {
         return unauthorized();
@@ -220,6 +263,17 @@ async fn status(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/rules",
+    tag = "admin",
+    summary = "Every rule: file, loaded or broken, disabled or paused, counters, last error",
+    responses(
+        (status = 200, description = "gancho rules --json"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn rules(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if !authorized(&request, &state) {
         return unauthorized();
@@ -236,6 +290,21 @@ fn engine_status(state: &State) -> gancho_engine::EngineStatus {
         .clone()
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/rules/{name}",
+    tag = "admin",
+    summary = "One rule",
+    params(
+        ("name" = String, Path, description = "The rule's name (its file without .rhai)"),
+    ),
+    responses(
+        (status = 200, description = "The rule as /admin/rules lists it"),
+        (status = 404, description = "No such rule"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn rule(
     request: HttpRequest,
     state: web::Data<State>,
@@ -266,6 +335,20 @@ async fn control_rule(
     respond(&state, Request::RuleControl { name, enable }).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/rules/{name}/disable",
+    tag = "admin",
+    summary = "Disable a rule (held across restarts)",
+    params(
+        ("name" = String, Path, description = "The rule's name"),
+    ),
+    responses(
+        (status = 200, description = "{\"done\": ...}"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn disable(
     request: HttpRequest,
     state: web::Data<State>,
@@ -274,6 +357,20 @@ async fn disable(
     control_rule(request, state, name.into_inner(), false).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/rules/{name}/enable",
+    tag = "admin",
+    summary = "Enable (or resume) a rule",
+    params(
+        ("name" = String, Path, description = "The rule's name"),
+    ),
+    responses(
+        (status = 200, description = "{\"done\": ...}"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn enable(
     request: HttpRequest,
     state: web::Data<State>,
@@ -388,6 +485,26 @@ fn guarded(
     params(request, allowed)
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/events",
+    tag = "admin",
+    summary = "Stored events, newest first",
+    params(
+        ("source" = Option<String>, Query, description = "Only this source"),
+        ("type" = Option<String>, Query, description = "Only this type, in the source's words (open)"),
+        ("key" = Option<String>, Query, description = "Only events with this correlation key, NAME=VALUE"),
+        ("since" = Option<String>, Query, description = "Only since this RFC 3339 time, or this duration back from now (24h)"),
+        ("limit" = Option<usize>, Query, description = "Items in the page: default 100, at most 1000"),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the page before; none for the first page"),
+    ),
+    responses(
+        (status = 200, description = "A page: {\"items\": [...], \"next_cursor\": string or null}"),
+        (status = 400, description = "A parameter this route does not take, or a cursor not of this listing"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn events(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     let params = match guarded(&request, &state, &["source", "type", "key", "since"]) {
         Ok(params) => params,
@@ -426,6 +543,23 @@ async fn list_with(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/outbox",
+    tag = "admin",
+    summary = "Actions waiting, in delivery order",
+    params(
+        ("channel" = Option<String>, Query, description = "Only this channel: email, sms or http"),
+        ("limit" = Option<usize>, Query, description = "Items in the page: default 100, at most 1000"),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the page before; none for the first page"),
+    ),
+    responses(
+        (status = 200, description = "A page: {\"items\": [...], \"next_cursor\": string or null}"),
+        (status = 400, description = "A parameter this route does not take, or a cursor not of this listing"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn outbox(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     list_with(&request, &state, &["channel"], |p| {
         crate::pages::Listing::Outbox { channel: p.channel }
@@ -433,6 +567,23 @@ async fn outbox(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/dead",
+    tag = "admin",
+    summary = "Dead letters, in decision order",
+    params(
+        ("channel" = Option<String>, Query, description = "Only this channel: email, sms or http"),
+        ("limit" = Option<usize>, Query, description = "Items in the page: default 100, at most 1000"),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the page before; none for the first page"),
+    ),
+    responses(
+        (status = 200, description = "A page: {\"items\": [...], \"next_cursor\": string or null}"),
+        (status = 400, description = "A parameter this route does not take, or a cursor not of this listing"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn dead(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     list_with(&request, &state, &["channel"], |p| {
         crate::pages::Listing::Dead { channel: p.channel }
@@ -440,6 +591,24 @@ async fn dead(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/sent",
+    tag = "admin",
+    summary = "Delivered actions, newest first",
+    params(
+        ("channel" = Option<String>, Query, description = "Only this channel: email, sms or http"),
+        ("since" = Option<String>, Query, description = "Only since this RFC 3339 time, or this duration back from now (24h)"),
+        ("limit" = Option<usize>, Query, description = "Items in the page: default 100, at most 1000"),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the page before; none for the first page"),
+    ),
+    responses(
+        (status = 200, description = "A page: {\"items\": [...], \"next_cursor\": string or null}"),
+        (status = 400, description = "A parameter this route does not take, or a cursor not of this listing"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn sent(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     let params = match guarded(&request, &state, &["channel", "since"]) {
         Ok(params) => params,
@@ -457,10 +626,43 @@ async fn sent(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     list(&state, crate::pages::Listing::Sent(query), &params).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/quarantine",
+    tag = "admin",
+    summary = "Quarantined items, newest first",
+    params(
+        ("limit" = Option<usize>, Query, description = "Items in the page: default 100, at most 1000"),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the page before; none for the first page"),
+    ),
+    responses(
+        (status = 200, description = "A page: {\"items\": [...], \"next_cursor\": string or null}"),
+        (status = 400, description = "A parameter this route does not take, or a cursor not of this listing"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn quarantine(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     list_with(&request, &state, &[], |_| crate::pages::Listing::Quarantine).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/timers",
+    tag = "admin",
+    summary = "Pending timers and expectations, by rule and name",
+    params(
+        ("rule" = Option<String>, Query, description = "Only this rule's"),
+        ("limit" = Option<usize>, Query, description = "Items in the page: default 100, at most 1000"),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the page before; none for the first page"),
+    ),
+    responses(
+        (status = 200, description = "A page: {\"items\": [...], \"next_cursor\": string or null}"),
+        (status = 400, description = "A parameter this route does not take, or a cursor not of this listing"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn timers(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     list_with(&request, &state, &["rule"], |p| {
         crate::pages::Listing::Timers {
@@ -472,6 +674,21 @@ async fn timers(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
 
 /// `GET /admin/events/ID`: the event (by seq, or by its id `p:…`/`h:…`), what each rule it woke
 /// did, and what became of the actions: `gancho explain`'s answer.
+#[utoipa::path(
+    get,
+    path = "/admin/events/{id}",
+    tag = "admin",
+    summary = "One event, the runs it woke and what became of their actions",
+    params(
+        ("id" = String, Path, description = "Its seq, or its id (p:..., h:...)"),
+    ),
+    responses(
+        (status = 200, description = "gancho explain --json"),
+        (status = 404, description = "No such event is stored"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn event(
     request: HttpRequest,
     state: web::Data<State>,
@@ -534,6 +751,21 @@ async fn retry(state: &web::Data<State>, id: Option<String>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/dead/{id}/retry",
+    tag = "admin",
+    summary = "Put one dead letter back in the outbox",
+    params(
+        ("id" = String, Path, description = "The action's id"),
+    ),
+    responses(
+        (status = 200, description = "{\"retried\": 1}"),
+        (status = 404, description = "No such dead letter"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn retry_one(
     request: HttpRequest,
     state: web::Data<State>,
@@ -545,6 +777,17 @@ async fn retry_one(
     retry(&state, Some(id.into_inner())).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/dead/retry-all",
+    tag = "admin",
+    summary = "Put every dead letter back in the outbox",
+    responses(
+        (status = 200, description = "{\"retried\": N}"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn retry_all(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if !authorized(&request, &state) {
         return unauthorized();
@@ -554,6 +797,21 @@ async fn retry_all(request: HttpRequest, state: web::Data<State>) -> HttpRespons
 
 /// `GET /admin/events/stream`: new events and the rules' decisions as Server-Sent Events
 /// (`tail.rs`), from the log's head, or after the `Last-Event-ID` a reconnecting client sends.
+#[utoipa::path(
+    get,
+    path = "/admin/events/stream",
+    tag = "admin",
+    summary = "New events and the rules' decisions, as Server-Sent Events",
+    params(
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream: event: event (id: seq), event: decision"),
+        (status = 400, description = "Last-Event-ID is not a seq"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn stream(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if !authorized(&request, &state) {
         return unauthorized();
@@ -579,4 +837,48 @@ async fn stream(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
             tail,
             crate::tail::Tail::next_chunk,
         ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/openapi.json",
+    tag = "admin",
+    summary = "This document",
+    responses(
+        (status = 200, description = "OpenAPI 3"),
+        (status = 401, description = "No token, or a wrong one"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn openapi(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !authorized(&request, &state) {
+        return unauthorized();
+    }
+    HttpResponse::Ok().json(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
+/// The OpenAPI 3 document of the admin listener, generated from the routes' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "gancho admin API", description = "The admin listener ([admin] listen): every route but /healthz and /readyz needs Authorization: Bearer TOKEN."),
+    paths(
+        healthz, readyz, serve_metrics, status, rules, rule, disable, enable, events, stream,
+        event, outbox, dead, retry_all, retry_one, sent, quarantine, timers, openapi
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme the routes name.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
 }
