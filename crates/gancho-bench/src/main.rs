@@ -436,6 +436,23 @@ impl Gancho {
     }
 
     /// The daemon's resident memory now and at its peak (`VmRSS`, `VmHWM`).
+    /// The CPU time the daemon has used so far, user and system, in clock ticks
+    /// (`/proc/PID/stat`; 100 a second on Linux).
+    fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // The fields after the command name (which is in parentheses and may hold spaces).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| -> anyhow::Result<u64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .context("no CPU times in /proc/PID/stat")
+        };
+        // utime and stime: fields 14 and 15, the 12th and 13th after the name.
+        Ok(tick(11)? + tick(12)?)
+    }
+
     fn memory(&self) -> anyhow::Result<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let field = |name: &str| -> anyhow::Result<u64> {
