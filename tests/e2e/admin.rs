@@ -175,6 +175,29 @@ fn the_admin_api_answers_what_the_cli_answers_and_controls_rules() {
     let cli = setup.json(&["rules", "--json"]);
     assert_eq!(rules["rules"][0]["name"], "alert");
     assert_eq!(rules["rules"], cli["rules"]);
+    // Pages of rules, by name.
+    write_rule(&setup, "beta.rhai", LOG_RULE);
+    write_rule(&setup, "gamma.rhai", LOG_RULE);
+    wait_until("three rules are loaded", || {
+        get(admin, "/admin/rules").json()["rules"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3)
+    });
+    let first = get(admin, "/admin/rules?limit=2").json();
+    let names = |page: &serde_json::Value| -> Vec<String> {
+        page["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&first), ["alert", "beta"]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = get(admin, &format!("/admin/rules?limit=2&cursor={cursor}")).json();
+    assert_eq!(names(&second), ["gamma"]);
+    assert!(second["next_cursor"].is_null());
+    assert_eq!(get(admin, "/admin/rules?cursor=nope").status, 400);
     let rule = get(admin, "/admin/rules/alert");
     assert_eq!(rule.status, 200);
     assert_eq!(rule.json()["name"], "alert");

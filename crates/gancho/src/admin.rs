@@ -268,6 +268,10 @@ async fn status(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     path = "/admin/rules",
     tag = "admin",
     summary = "Every rule: file, loaded or broken, disabled or paused, counters, last error",
+    params(
+        ("limit" = Option<usize>, Query, description = "Rules in the page: default 100, at most 1000"),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the page before; none for the first page"),
+    ),
     responses(
         (status = 200, description = "gancho rules --json"),
         (status = 401, description = "No token, or a wrong one"),
@@ -275,10 +279,20 @@ async fn status(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
     security(("bearer" = [])),
 )]
 async fn rules(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    if !authorized(&request, &state) {
-        return unauthorized();
+    let params = match guarded(&request, &state, &[]) {
+        Ok(params) => params,
+        Err(answer) => return answer,
+    };
+    let status = engine_status(&state);
+    let limit = params.limit.unwrap_or(0);
+    match crate::pages::rules_page(status.rules, params.cursor.as_deref(), limit) {
+        Ok((rules, next_cursor)) => HttpResponse::Ok().json(json!({
+            "cursor": status.cursor,
+            "rules": rules,
+            "next_cursor": next_cursor,
+        })),
+        Err(err) => error(StatusCode::BAD_REQUEST, err.to_string()),
     }
-    HttpResponse::Ok().json(engine_status(&state))
 }
 
 /// The running engine's status, as `gancho rules` shows it.

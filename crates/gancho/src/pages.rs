@@ -28,11 +28,19 @@ pub const MAX_LIMIT: usize = 1000;
 #[derive(Debug, Clone)]
 pub enum Listing {
     Events(Query),
-    Outbox { channel: Option<Channel> },
-    Dead { channel: Option<Channel> },
+    Outbox {
+        channel: Option<Channel>,
+    },
+    Dead {
+        channel: Option<Channel>,
+    },
     Sent(SentQuery),
     Quarantine,
-    Timers { rule: Option<String> },
+    Timers {
+        rule: Option<String>,
+    },
+    /// The engine's rules, by name: read from its status, in memory.
+    Rules,
 }
 
 impl Listing {
@@ -44,6 +52,7 @@ impl Listing {
             Listing::Sent(_) => "sent",
             Listing::Quarantine => "quarantine",
             Listing::Timers { .. } => "timers",
+            Listing::Rules => "rules",
         }
     }
 }
@@ -202,6 +211,7 @@ pub fn page(
             )?;
             last.filter(|_| items.len() >= limit).map(Position::Key)
         }
+        Listing::Rules => return Err(bad()),
         Listing::Timers { rule } => {
             let after = key_of(at, bad)?;
             let mut last = None;
@@ -239,4 +249,40 @@ fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, StoreError> {
         key: "(listing)".to_owned(),
         reason: err.to_string(),
     })
+}
+
+/// The page of the engine's `rules` (sorted by name) after `cursor`: the rules and the next
+/// page's cursor.
+pub fn rules_page(
+    mut rules: Vec<gancho_engine::RuleStatus>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<gancho_engine::RuleStatus>, Option<String>), PageError> {
+    let limit = match limit {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    };
+    let after = match cursor.map(|c| decode(&Listing::Rules, c)).transpose()? {
+        None => None,
+        Some(Position::Key(name)) => Some(name),
+        Some(_) => return Err(PageError::BadCursor("rules")),
+    };
+    rules.sort_by(|a, b| a.name.cmp(&b.name));
+    let rules: Vec<_> = rules
+        .into_iter()
+        .filter(|r| {
+            after
+                .as_ref()
+                .is_none_or(|a| r.name.as_bytes() > a.as_slice())
+        })
+        .take(limit)
+        .collect();
+    let next = match rules.last() {
+        Some(last) if rules.len() >= limit => Some(encode(
+            &Listing::Rules,
+            Position::Key(last.name.as_bytes().to_vec()),
+        )),
+        _ => None,
+    };
+    Ok((rules, next))
 }
