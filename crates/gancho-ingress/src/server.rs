@@ -142,6 +142,9 @@ impl Sources {
         for source in new {
             match next.get_mut(&source.name) {
                 Some(have) if have.kind == source.kind => {
+                    if have.auth.is_some() && source.auth.is_none() {
+                        warn!(source = %source.name, "the reloaded config gives this source no credentials: anyone who can reach the port can post events to it");
+                    }
                     if have.auth != source.auth {
                         have.auth.clone_from(&source.auth);
                         rotated.changed.push(source.name.clone());

@@ -80,6 +80,10 @@ impl EngineState {
             next.push(0);
             start = start.max(next);
         }
+        // A cursor past this rule's range (one of another filter, or made by hand): nothing.
+        if start >= end {
+            return Ok(());
+        }
         let mut entries = committed_range(&self.shared.overlay, &self.tree, start, end)?;
         while handed < limit
             && let Some((key, value)) = entries.next()?

@@ -20,15 +20,23 @@ use crate::config::AdminConfig;
 use crate::control::{self, Request, Response};
 use crate::data::Data;
 
+/// The read gauges (lags, queues, sizes) are sampled at most this often.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct State {
     data: Data,
     engine: SharedStatus,
-    token: String,
+    /// The token's SHA-256: what a given token's digest is compared with, so the comparison's
+    /// time says nothing of the token, its length included.
+    token_digest: Vec<u8>,
     ready_max_lag: u64,
     started: std::time::Instant,
     /// Renders `/metrics`.
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     metrics_public: bool,
+    /// When the read gauges were last sampled: at most every [`SAMPLE_EVERY`], however often
+    /// `/metrics` is asked (the queue gauges walk their records).
+    sampled: std::sync::Mutex<Option<std::time::Instant>>,
     store_dir: std::path::PathBuf,
     /// The configured sources' names: where an event id is looked up.
     sources: Vec<String>,
@@ -58,11 +66,12 @@ impl AdminServer {
         let state = web::Data::new(State {
             data,
             engine,
-            token: token.to_owned(),
+            token_digest: sha256(token.as_bytes()),
             ready_max_lag: config.ready_max_lag,
             started: std::time::Instant::now(),
             metrics,
             metrics_public: config.metrics_public,
+            sampled: std::sync::Mutex::new(None),
             store_dir,
             sources,
         });
@@ -124,7 +133,13 @@ fn authorized(request: &HttpRequest, state: &State) -> bool {
     let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
         return false;
     };
-    gancho_ingress::constant_time_eq(given, state.token.as_bytes())
+    gancho_ingress::constant_time_eq(&sha256(given), &state.token_digest)
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
 }
 
 fn unauthorized() -> HttpResponse {
@@ -206,7 +221,17 @@ async fn serve_metrics(request: HttpRequest, state: web::Data<State>) -> HttpRes
     let cursor = engine_status(&state).cursor;
     let state = state.into_inner();
     let rendered = web::block(move || {
-        crate::metrics::sample(&state.data, &state.store_dir, cursor)?;
+        let due = {
+            let mut sampled = state.sampled.lock().unwrap_or_else(|e| e.into_inner());
+            let due = sampled.is_none_or(|at| at.elapsed() >= SAMPLE_EVERY);
+            if due {
+                *sampled = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            crate::metrics::sample(&state.data, &state.store_dir, cursor)?;
+        }
         state.metrics.run_upkeep();
         Ok::<_, gancho_store::StoreError>(state.metrics.render())
     })
@@ -817,7 +842,7 @@ async fn retry_all(request: HttpRequest, state: web::Data<State>) -> HttpRespons
     tag = "admin",
     summary = "New events and the rules' decisions, as Server-Sent Events",
     params(
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id (E-D: the last event and the last decision received)"),
     ),
     responses(
         (status = 200, description = "text/event-stream: event: event (id: seq), event: decision"),
@@ -835,11 +860,14 @@ async fn stream(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
         Some(value) => match value
             .to_str()
             .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
+            .and_then(crate::tail::Tail::parse_last_id)
         {
-            Some(seq) => Some(seq),
+            Some(ids) => Some(ids),
             None => {
-                return error(StatusCode::BAD_REQUEST, "Last-Event-ID: not an event's seq");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Last-Event-ID: not an id this stream sent",
+                );
             }
         },
     };

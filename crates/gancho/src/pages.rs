@@ -145,8 +145,9 @@ pub fn page(
             lowest.filter(|_| items.len() >= limit).map(Position::Seq)
         }
         Listing::Quarantine => {
+            // Always a bound, so records are taken whole: the next page starts at one's id.
             let before = match at {
-                None => None,
+                None => Some(u64::MAX),
                 Some(Position::Id(id)) => Some(id),
                 Some(_) => return Err(bad()),
             };

@@ -47,6 +47,23 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
+/// Whether the actions' settings differ, secrets included (their `Debug` redacts them).
+pub fn actions_changed(
+    running: &gancho_actions::ActionsConfig,
+    new: &gancho_actions::ActionsConfig,
+) -> bool {
+    let fingerprint = |config: &gancho_actions::ActionsConfig| {
+        let mut config = config.clone();
+        let secrets: Vec<String> = config
+            .secrets_mut()
+            .into_iter()
+            .map(|(key, secret)| format!("{key}={:?}", secret.expose()))
+            .collect();
+        format!("{config:?}{secrets:?}")
+    };
+    fingerprint(running) != fingerprint(new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +84,19 @@ mod tests {
             needs_restart(&running, &moved),
             vec!["listen", "[store]", "[admin]"]
         );
+    }
+
+    #[test]
+    fn a_changed_secret_is_a_change_of_the_actions() {
+        let smtp = |password: &str| {
+            config(&format!(
+                "[email]\nsmtp_url = \"smtp://user:{password}@127.0.0.1:2525\"\nfrom = \"a <a@b.c>\"\n"
+            ))
+            .actions
+        };
+        assert!(!actions_changed(&smtp("one"), &smtp("one")));
+        assert!(actions_changed(&smtp("one"), &smtp("two")));
+        let retry = config("[retry]\ninitial = \"5s\"\n").actions;
+        assert!(actions_changed(&smtp("one"), &retry));
     }
 }

@@ -62,9 +62,12 @@ async fn serve(
     )
     .context("starting the rule engine")?;
     // Actions decided before a restart (and not delivered) go out from here on.
-    let mut actions =
+    // `None` only after a reload whose executor could not start: the daemon then stops.
+    let mut actions = Some(
         gancho_actions::spawn(&data.state.outbox(), clock.clone(), config.actions.clone())
-            .context("starting the actions executor")?;
+            .context("starting the actions executor")?,
+    );
+    let mut failed_reload: Option<anyhow::Error> = None;
     let control = ControlSocket::bind(&config.socket_path())?;
     let control_task = tokio::spawn(control.serve(data.clone(), engine.shared_status()));
     let mut prune_task = tokio::spawn(crate::prune::every_hour(
@@ -147,16 +150,31 @@ async fn serve(
                 let Some(new) = read_again(config_path.as_deref()) else { continue };
                 let need_restart = crate::reload::needs_restart(&config, &new);
                 let rotated = sources.rotate(&new.ingress.sources);
-                actions = restart_actions(actions, &data, &clock, &mut config, new.actions.clone()).await?;
-                // [retry]'s dead_retention and sent_retention are the prune's.
-                prune_task.abort();
-                prune_task = tokio::spawn(crate::prune::every_hour(
-                    data.clone(),
-                    crate::prune::Retention::of(&config),
-                    clock.clone(),
-                ));
+                // Only when they changed: a rule deploy's SIGHUP leaves sends undisturbed.
+                let changed = crate::reload::actions_changed(&config.actions, &new.actions);
+                if changed && let Some(running) = actions.take() {
+                    let retention = crate::prune::Retention::of(&config);
+                    match restart_actions(running, &data, &clock, &mut config, new.actions.clone()).await {
+                        Ok(restarted) => actions = Some(restarted),
+                        // No executor: stop in order, for systemd to start the daemon again.
+                        Err(err) => {
+                            failed_reload = Some(err);
+                            break None;
+                        }
+                    }
+                    // [retry]'s dead_retention and sent_retention are the prune's.
+                    if crate::prune::Retention::of(&config) != retention {
+                        prune_task.abort();
+                        prune_task = tokio::spawn(crate::prune::every_hour(
+                            data.clone(),
+                            crate::prune::Retention::of(&config),
+                            clock.clone(),
+                        ));
+                    }
+                }
                 info!(
                     credentials_changed = %rotated.changed.join(", "),
+                    actions_restarted = changed,
                     "SIGHUP: config reloaded: [email], [sms], [http], [retry] and the sources' credentials"
                 );
                 if !rotated.need_restart.is_empty() || !need_restart.is_empty() {
@@ -192,9 +210,6 @@ async fn serve(
         let _ = task.await;
     }
     control_task.abort();
-    if let Some(task) = watchdog_task {
-        task.abort();
-    }
     // A prune under way finishes on its blocking thread; none starts after this.
     prune_task.abort();
     // The control socket's file goes with the task that owned it.
@@ -205,10 +220,17 @@ async fn serve(
         .await
         .context("stopping the engine")?;
     // Sends in flight get the grace period; what is abandoned goes out after the next start.
-    tokio::task::spawn_blocking(move || actions.stop())
-        .await
-        .context("stopping the actions executor")?;
+    if let Some(actions) = actions {
+        tokio::task::spawn_blocking(move || actions.stop())
+            .await
+            .context("stopping the actions executor")?;
+    }
     let stored = data.shutdown().context("flushing the store");
+    // The pings go on through the stop: a slow one (sends in flight, the store's flush) is not
+    // a stuck daemon.
+    if let Some(task) = watchdog_task {
+        task.abort();
+    }
     if let Err(err) = &served_result {
         warn!(error = %err, "the HTTP server stopped with an error");
     }
@@ -216,6 +238,9 @@ async fn serve(
     served_result.context("serving HTTP")?;
     if let Some(reason) = data.failure() {
         anyhow::bail!("the store failed: {reason}");
+    }
+    if let Some(err) = failed_reload {
+        return Err(err.context("a SIGHUP left no actions executor"));
     }
     info!("stopped cleanly");
     Ok(())

@@ -1,9 +1,10 @@
 //! `GET /admin/events/stream`: a live tail of the log as Server-Sent Events. Each event stored
-//! from the moment of the request on is sent as `event: event` (its `id:` is its seq, so a
-//! client that reconnects with `Last-Event-ID` resumes after it), and once the engine has
+//! from the moment of the request on is sent as `event: event`, and once the engine has
 //! processed it, what the rules it woke decided, as traced, as `event: decision` (`{"seq",
-//! "runs"}`; nothing for an event that woke no rule). A comment line every 15 s keeps proxies
-//! from closing a quiet stream.
+//! "runs"}`; nothing for an event that woke no rule). Each carries `id: E-D`: the last event
+//! and the last event whose decisions were sent, so a client that reconnects with
+//! `Last-Event-ID` resumes both where they were (a bare `E` resumes both after E). A comment
+//! line every 15 s keeps proxies from closing a quiet stream.
 //!
 //! The stream polls the store every 200 ms and sends at most [`BATCH`] events a chunk; it holds
 //! one chunk at a time, and stops when the client goes (actix drops it).
@@ -29,23 +30,37 @@ pub struct Tail {
     next_event: u64,
     /// The next event whose decisions to send.
     next_decision: u64,
-    /// The engine's durable cursor at the last poll: traces of events up to it are written
-    /// (the traces thread writes a batch's right after its commit; a poll later, they are in).
-    engine_seen: u64,
+    /// The engine's durable cursor as trusted (traces of events up to it are written: the
+    /// traces thread writes a batch's right after its commit, so a cursor read a poll ago is
+    /// safe), then the last one read and when.
+    engine_seen: (u64, u64, Instant),
     last_sent: Instant,
 }
 
 impl Tail {
-    /// A tail from the event after `after` (the log's durable head when `None`).
-    pub fn new(data: Data, after: Option<u64>) -> Tail {
-        let start = after.unwrap_or_else(|| data.store.status().durable) + 1;
+    /// A tail from after `after` (events, decisions): the log's durable head when `None`.
+    pub fn new(data: Data, after: Option<(u64, u64)>) -> Tail {
+        let head = data.store.status().durable;
+        let (events, decisions) = after.unwrap_or((head, head));
         let engine_seen = data.state.durable_cursor();
         Tail {
             data,
-            next_event: start,
-            next_decision: start,
-            engine_seen,
+            next_event: events.saturating_add(1),
+            next_decision: decisions.saturating_add(1),
+            engine_seen: (0, engine_seen, Instant::now()),
             last_sent: Instant::now(),
+        }
+    }
+
+    /// `Last-Event-ID` as [`Tail::new`] takes it: `E-D`, or `E` for both; `None` if it is
+    /// neither.
+    pub fn parse_last_id(text: &str) -> Option<(u64, u64)> {
+        match text.trim().split_once('-') {
+            Some((events, decisions)) => Some((events.parse().ok()?, decisions.parse().ok()?)),
+            None => {
+                let seq = text.trim().parse().ok()?;
+                Some((seq, seq))
+            }
         }
     }
 
@@ -53,8 +68,14 @@ impl Tail {
     pub async fn next_chunk(mut self) -> Option<(Result<Bytes, StoreError>, Tail)> {
         loop {
             let data = self.data.clone();
+            let (trusted, read, at) = self.engine_seen;
+            if at.elapsed() >= POLL {
+                self.engine_seen = (read, self.data.state.durable_cursor(), Instant::now());
+            } else {
+                self.engine_seen = (trusted, read, at);
+            }
             let (from_event, from_decision, engine_seen) =
-                (self.next_event, self.next_decision, self.engine_seen);
+                (self.next_event, self.next_decision, self.engine_seen.0);
             let read = actix_web::web::block(move || {
                 read_chunk(&data, from_event, from_decision, engine_seen)
             })
@@ -67,7 +88,6 @@ impl Tail {
             };
             self.next_event = chunk.next_event;
             self.next_decision = chunk.next_decision;
-            self.engine_seen = self.data.state.durable_cursor();
             if !chunk.text.is_empty() {
                 self.last_sent = Instant::now();
                 return Some((Ok(Bytes::from(chunk.text)), self));
@@ -98,12 +118,14 @@ fn read_chunk(
     let mut text = String::new();
     let durable = data.store.status().durable;
     let mut next_event = from_event;
+    // The last event whose decisions were sent: an event's id carries it.
+    let decided_before = from_decision.saturating_sub(1);
     if from_event <= durable {
-        let to = durable.min(from_event + BATCH - 1);
+        let to = durable.min(from_event.saturating_add(BATCH - 1));
         for event in data.store.read_range(from_event, to)? {
             let json = serde_json::to_string(&event).map_err(|err| corrupt(event.seq, &err))?;
             text.push_str(&format!(
-                "event: event\nid: {}\ndata: {json}\n\n",
+                "event: event\nid: {}-{decided_before}\ndata: {json}\n\n",
                 event.seq
             ));
         }
@@ -113,7 +135,8 @@ fn read_chunk(
     let decided = engine_seen.min(next_event.saturating_sub(1));
     let mut next_decision = from_decision;
     if from_decision <= decided {
-        let to = decided.min(from_decision + BATCH - 1);
+        let to = decided.min(from_decision.saturating_add(BATCH - 1));
+        let sent_events = next_event.saturating_sub(1);
         for seq in from_decision..=to {
             let runs = data.state.traces_of(seq)?;
             if runs.is_empty() {
@@ -121,7 +144,9 @@ fn read_chunk(
             }
             let json = serde_json::to_string(&serde_json::json!({ "seq": seq, "runs": runs }))
                 .map_err(|err| corrupt(seq, &err))?;
-            text.push_str(&format!("event: decision\ndata: {json}\n\n"));
+            text.push_str(&format!(
+                "event: decision\nid: {sent_events}-{seq}\ndata: {json}\n\n"
+            ));
         }
         next_decision = to + 1;
     }

@@ -79,7 +79,9 @@ impl Indexer {
                     pacing.checkpoint_every
                 },
             );
-            let _working = heartbeat.working();
+            // At idle priority a busy host may starve the indexer for long: that is the point
+            // of the priority, not a stuck thread (readiness watches its lag instead).
+            let _working = (!idle_priority).then(|| heartbeat.working());
             let stopping = progress.stopping.load(Ordering::Acquire);
             let durable = progress.durable.load(Ordering::Acquire);
             // At idle priority the indexer yields to every busy process on the host, not only to
