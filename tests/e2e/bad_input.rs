@@ -192,7 +192,7 @@ fn a_batch_stores_its_valid_items_and_quarantines_the_others_with_reasons() {
             (json!("missing field `event`"), body[1].clone()),
             (
                 json!(
-                    "field `time`: time \"last tuesday\" is not an RFC 3339 date-time nor Unix seconds"
+                    "field `time`: time \"last tuesday\" is not an ISO 8601 date-time nor a Unix time"
                 ),
                 body[2].clone()
             ),
@@ -233,4 +233,25 @@ fn hostile_bodies_do_not_crash_the_daemon() {
         );
     }
     assert_eq!(daemon.request(&Request::get("/healthz")).status, 200);
+}
+
+#[test]
+fn an_event_time_in_milliseconds_is_read_as_such_and_one_far_in_the_future_is_refused() {
+    let setup = Setup::standard();
+    let daemon = setup.start();
+    let ms = br#"{"id":"m1","kind":"withdrawal","at":1764460000000,"account":"ES01"}"#;
+    assert_eq!(daemon.post("bank", ms).status, 200);
+    let events = setup.events(&[]);
+    assert_eq!(events[0]["time"], "2025-11-29T23:46:40Z", "{events:?}");
+
+    let far = br#"{"id":"f1","kind":"withdrawal","at":99999999999,"account":"ES01"}"#;
+    let refused = daemon.post("bank", far);
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let reason = refused.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("event time at /at is 99999999999") && reason.contains("max_future"),
+        "{reason}"
+    );
+    assert_eq!(setup.events(&[]).len(), 1, "nothing of it is stored");
+    assert!(setup.quarantine().is_empty());
 }

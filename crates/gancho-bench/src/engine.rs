@@ -15,7 +15,7 @@ use anyhow::Context;
 use chrono::{TimeZone as _, Utc};
 use gancho_core::{Clock as _, ManualClock, SystemClock};
 use gancho_engine::{Engine, EngineConfig};
-use gancho_ingress::{SourceKind, submission_from};
+use gancho_ingress::{SourceKind, TimePolicy, submission_from};
 use gancho_state::EngineState;
 use gancho_store::{Order, Store, StoreConfig, Window};
 use hdrhistogram::Histogram;
@@ -158,7 +158,13 @@ fn build_store(path: &Path, bench: &EngineBench) -> anyhow::Result<Store> {
         recipients += 1;
         if batch.len() >= 1000 || total >= bench.events {
             let text = format!("[{}]", batch.join(","));
-            let submission = submission_from("mailjet", &SourceKind::Mailjet, &text, now)?;
+            let submission = submission_from(
+                "mailjet",
+                &SourceKind::Mailjet,
+                &TimePolicy::default(),
+                &text,
+                now,
+            )?;
             store.appender().append_blocking(submission)?;
             batch.clear();
         }

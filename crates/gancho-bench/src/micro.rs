@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use gancho_core::{Clock as _, EventId, SystemClock};
-use gancho_ingress::{SourceKind, submission_from};
+use gancho_ingress::{SourceKind, TimePolicy, submission_from};
 use gancho_store::{Store, StoreConfig, Submission};
 
 use crate::load::body;
@@ -33,7 +33,13 @@ pub fn run(fsync: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut submissions = Vec::with_capacity(bodies.len());
     for b in &bodies {
-        submissions.push(submission_from("mailjet", &SourceKind::Mailjet, b, now)?);
+        submissions.push(submission_from(
+            "mailjet",
+            &SourceKind::Mailjet,
+            &TimePolicy::default(),
+            b,
+            now,
+        )?);
     }
     let adapt = per_op(N, start.elapsed());
 
@@ -75,7 +81,13 @@ pub fn run(fsync: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     for _ in 0..FLUSHES {
         let b = body(1);
-        let sub = submission_from("mailjet", &SourceKind::Mailjet, &b, now)?;
+        let sub = submission_from(
+            "mailjet",
+            &SourceKind::Mailjet,
+            &TimePolicy::default(),
+            &b,
+            now,
+        )?;
         appender.append_blocking(sub)?;
     }
     let one_per_flush = per_op(FLUSHES, start.elapsed());

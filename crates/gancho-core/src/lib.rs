@@ -22,7 +22,10 @@ pub use action::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{KeyError, Secret, SecretString};
 pub use event::{Event, EventId, Keys, NewEvent, key_text};
-pub use time::{TimeError, millis_to_time, parse_event_time, time_to_millis};
+pub use time::{
+    AUTO_MS_ABOVE, TimeError, TimeUnit, millis_to_time, parse_event_time, parse_event_time_in,
+    time_to_millis,
+};
 
 /// The longest correlation-key value, in bytes, that the store indexes. Adapters reject an
 /// item carrying a longer one (it goes to the quarantine with this reason) rather than index

@@ -4,7 +4,7 @@ use serde_json::Value;
 /// Why a value could not be read as an event time.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TimeError {
-    #[error("time {0} is not an RFC 3339 date-time nor Unix seconds")]
+    #[error("time {0} is not an ISO 8601 date-time nor a Unix time")]
     Unparsable(String),
     #[error("time {0} is out of range")]
     OutOfRange(String),
@@ -12,20 +12,45 @@ pub enum TimeError {
     WrongType(&'static str),
 }
 
-/// Reads an event time as providers send it: an RFC 3339 string (`2026-11-28T09:00:00Z`,
-/// any offset), or Unix seconds as an integer, a fraction, or a string of digits.
+/// How a number given as an event time is read: seconds, milliseconds, or by its size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    /// Unix seconds.
+    S,
+    /// Unix milliseconds.
+    Ms,
+    /// Milliseconds above [`AUTO_MS_ABOVE`] (seconds that large are past the year 5000),
+    /// seconds otherwise.
+    #[default]
+    Auto,
+}
+
+/// With [`TimeUnit::Auto`], a number above this is milliseconds: 10^11 seconds is the year
+/// 5138, 10^11 milliseconds is 1973.
+pub const AUTO_MS_ABOVE: f64 = 1e11;
+
+/// Reads an event time as providers send it: an RFC 3339 / ISO 8601 string
+/// (`2026-11-28T09:00:00Z`, any offset, with or without a fraction; without an offset it is
+/// UTC), or Unix seconds or milliseconds ([`TimeUnit::Auto`]) as an integer, a fraction, or a
+/// string of digits.
 pub fn parse_event_time(value: &Value) -> Result<DateTime<Utc>, TimeError> {
+    parse_event_time_in(value, TimeUnit::Auto)
+}
+
+/// [`parse_event_time`], numbers read in `unit`.
+pub fn parse_event_time_in(value: &Value, unit: TimeUnit) -> Result<DateTime<Utc>, TimeError> {
     match value {
         Value::Number(n) => {
-            if let Some(secs) = n.as_i64() {
-                from_secs(secs, 0).ok_or_else(|| TimeError::OutOfRange(n.to_string()))
-            } else if let Some(secs) = n.as_f64() {
-                from_fractional_secs(secs).ok_or_else(|| TimeError::OutOfRange(n.to_string()))
-            } else {
-                Err(TimeError::OutOfRange(n.to_string()))
-            }
+            let read = match n.as_i64() {
+                Some(whole) => from_number(whole as f64, Some(whole), unit),
+                None => n
+                    .as_f64()
+                    .and_then(|fraction| from_number(fraction, None, unit)),
+            };
+            read.ok_or_else(|| TimeError::OutOfRange(n.to_string()))
         }
-        Value::String(s) => parse_time_str(s),
+        Value::String(s) => parse_time_str(s, unit),
         Value::Null => Err(TimeError::WrongType("null")),
         Value::Bool(_) => Err(TimeError::WrongType("a boolean")),
         Value::Array(_) => Err(TimeError::WrongType("an array")),
@@ -33,18 +58,50 @@ pub fn parse_event_time(value: &Value) -> Result<DateTime<Utc>, TimeError> {
     }
 }
 
-fn parse_time_str(s: &str) -> Result<DateTime<Utc>, TimeError> {
+/// A number as an event time in `unit`: `whole` when it is an integer (read exactly).
+fn from_number(value: f64, whole: Option<i64>, unit: TimeUnit) -> Option<DateTime<Utc>> {
+    let millis = match unit {
+        TimeUnit::S => false,
+        TimeUnit::Ms => true,
+        TimeUnit::Auto => value.abs() > AUTO_MS_ABOVE,
+    };
+    match (millis, whole) {
+        (false, Some(secs)) => from_secs(secs, 0),
+        (false, None) => from_fractional_secs(value),
+        (true, Some(ms)) => DateTime::from_timestamp_millis(ms),
+        (true, None) => from_fractional_secs(value / 1000.0),
+    }
+}
+
+fn parse_time_str(s: &str, unit: TimeUnit) -> Result<DateTime<Utc>, TimeError> {
     let trimmed = s.trim();
-    if let Ok(secs) = trimmed.parse::<i64>() {
-        return from_secs(secs, 0).ok_or_else(|| TimeError::OutOfRange(s.to_owned()));
+    let out_of_range = || TimeError::OutOfRange(format!("{s:?}"));
+    if let Ok(whole) = trimmed.parse::<i64>() {
+        return from_number(whole as f64, Some(whole), unit).ok_or_else(out_of_range);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(trimmed) {
         return Ok(t.with_timezone(&Utc));
     }
-    if let Ok(secs) = trimmed.parse::<f64>()
-        && secs.is_finite()
+    // ISO 8601 forms RFC 3339 leaves out: a space for the `T`, an offset without its colon,
+    // no offset (UTC).
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+    ] {
+        if let Ok(t) = DateTime::parse_from_str(trimmed, format) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(trimmed, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(value) = trimmed.parse::<f64>()
+        && value.is_finite()
     {
-        return from_fractional_secs(secs).ok_or_else(|| TimeError::OutOfRange(s.to_owned()));
+        return from_number(value, None, unit).ok_or_else(out_of_range);
     }
     Err(TimeError::Unparsable(format!("{s:?}")))
 }
@@ -85,6 +142,48 @@ pub fn millis_to_time(ms: i64) -> DateTime<Utc> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn milliseconds_are_told_from_seconds_by_their_size_or_the_unit() {
+        let want = Utc.timestamp_opt(1_764_460_000, 0).single().unwrap();
+        assert_eq!(
+            parse_event_time(&json!(1_764_460_000_000_i64)).unwrap(),
+            want
+        );
+        assert_eq!(parse_event_time(&json!("1764460000000")).unwrap(), want);
+        assert_eq!(parse_event_time(&json!(1_764_460_000)).unwrap(), want);
+        let ms = parse_event_time_in(&json!(1_764_460_000_123_i64), TimeUnit::Ms).unwrap();
+        assert_eq!(ms.timestamp_millis(), 1_764_460_000_123);
+        assert_eq!(
+            parse_event_time_in(&json!(1_764_460_000_000.5), TimeUnit::Auto)
+                .unwrap()
+                .timestamp_millis(),
+            1_764_460_000_000
+        );
+        // Told to read seconds, a millisecond value is far in the future (or out of range).
+        let secs = parse_event_time_in(&json!(1_764_460_000_000_i64), TimeUnit::S).unwrap();
+        assert_eq!(secs.timestamp(), 1_764_460_000_000);
+        let small = parse_event_time_in(&json!(1_764_460), TimeUnit::Ms).unwrap();
+        assert_eq!(small.timestamp_millis(), 1_764_460);
+    }
+
+    #[test]
+    fn iso_8601_with_and_without_fractions_and_offsets() {
+        let want = Utc.timestamp_opt(1_764_320_000, 0).single().unwrap();
+        for text in [
+            "2025-11-28T08:53:20Z",
+            "2025-11-28T08:53:20.000Z",
+            "2025-11-28T09:53:20+01:00",
+            "2025-11-28T09:53:20+0100",
+            "2025-11-28 08:53:20",
+            "2025-11-28T08:53:20",
+            "2025-11-28 08:53:20+00:00",
+        ] {
+            assert_eq!(parse_event_time(&json!(text)).unwrap(), want, "{text}");
+        }
+        let fraction = parse_event_time(&json!("2025-11-28T08:53:20.250Z")).unwrap();
+        assert_eq!(fraction.timestamp_millis(), 1_764_320_000_250);
+    }
 
     #[test]
     fn unix_seconds_as_number_and_string() {

@@ -6,7 +6,9 @@
 //! retried for ever.
 
 use chrono::{DateTime, Utc};
-use gancho_core::{EventId, Keys, MAX_KEY_LEN, NewEvent, TimeError, key_text, parse_event_time};
+use gancho_core::{
+    EventId, Keys, MAX_KEY_LEN, NewEvent, TimeError, TimeUnit, key_text, parse_event_time_in,
+};
 use gancho_store::{Rejected, Submission};
 use serde::Deserialize;
 use serde_json::Value;
@@ -96,6 +98,7 @@ pub enum BodyError {
 pub fn submission_from(
     source: &str,
     kind: &SourceKind,
+    time: &TimePolicy,
     body: &str,
     received: DateTime<Utc>,
 ) -> Result<Submission, BodyError> {
@@ -109,7 +112,7 @@ pub fn submission_from(
             }
             submission.events.reserve(items.len());
             for item in items {
-                match event_from(source, kind, item, received) {
+                match event_from(source, kind, time, item, received) {
                     Ok(event) => submission.events.push(event),
                     Err(reason) => submission.rejected.push(Rejected {
                         source: source.to_owned(),
@@ -123,7 +126,7 @@ pub fn submission_from(
         Some(b'{') => {
             let item: &RawValue = serde_json::from_str(body).map_err(not_json)?;
             let event =
-                event_from(source, kind, item, received).map_err(BodyError::InvalidEvent)?;
+                event_from(source, kind, time, item, received).map_err(BodyError::InvalidEvent)?;
             submission.events.push(event);
         }
         _ => {
@@ -134,9 +137,29 @@ pub fn submission_from(
     Ok(submission)
 }
 
+/// How a source's event times are read and bounded (`time_unit`, `max_future`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimePolicy {
+    /// How a number is read: seconds, milliseconds, or by its size.
+    pub unit: TimeUnit,
+    /// An event time further than this after its receipt is refused: a clock gone wrong, or
+    /// milliseconds read as seconds, would otherwise set timers in a far future.
+    pub max_future: std::time::Duration,
+}
+
+impl Default for TimePolicy {
+    fn default() -> TimePolicy {
+        TimePolicy {
+            unit: TimeUnit::Auto,
+            max_future: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 fn event_from(
     source: &str,
     kind: &SourceKind,
+    policy: &TimePolicy,
     item: &RawValue,
     received: DateTime<Utc>,
 ) -> Result<NewEvent, String> {
@@ -148,9 +171,19 @@ fn event_from(
         ));
     }
     let parts = match kind {
-        SourceKind::Mailjet => mailjet(text)?,
-        SourceKind::Json(spec) => json(spec, text, received)?,
+        SourceKind::Mailjet => mailjet(text, policy.unit)?,
+        SourceKind::Json(spec) => json(spec, text, policy.unit)?,
     };
+    if let (Some(time), Some((field, value))) = (parts.time, &parts.time_read) {
+        let ahead = time.signed_duration_since(received);
+        if ahead.to_std().is_ok_and(|ahead| ahead > policy.max_future) {
+            return Err(format!(
+                "event time {field} is {value}, read as {}: more than max_future ({}) after its receipt",
+                time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                humantime::format_duration(policy.max_future)
+            ));
+        }
+    }
     Ok(NewEvent {
         id: parts.id.unwrap_or_else(|| EventId::from_content(text)),
         source: source.to_owned(),
@@ -168,6 +201,8 @@ struct Parts {
     kind: String,
     /// `None`: the time of receipt.
     time: Option<DateTime<Utc>>,
+    /// Where the time was read and the value as sent, for a refusal's reason.
+    time_read: Option<(String, String)>,
     keys: Keys,
 }
 
@@ -209,7 +244,7 @@ fn raw_key_text(raw: &RawValue) -> Result<Option<String>, String> {
     }
 }
 
-fn mailjet(text: &str) -> Result<Parts, String> {
+fn mailjet(text: &str, unit: TimeUnit) -> Result<Parts, String> {
     let fields: MailjetFields<'_> = serde_json::from_str(text).map_err(|err| err.to_string())?;
     let kind = match fields.event {
         Some(raw) if raw.get().starts_with('"') => {
@@ -224,10 +259,11 @@ fn mailjet(text: &str) -> Result<Parts, String> {
         }
         _ => return Err("missing field `event`".to_owned()),
     };
-    let time = match fields.time {
-        Some(raw) if raw.get() != "null" => {
-            mailjet_time(raw.get()).map_err(|err| format!("field `time`: {err}"))?
-        }
+    let (time, time_text) = match fields.time {
+        Some(raw) if raw.get() != "null" => (
+            mailjet_time(raw.get(), unit).map_err(|err| format!("field `time`: {err}"))?,
+            raw.get(),
+        ),
         _ => return Err("missing field `time`".to_owned()),
     };
     let mut keys = Keys::new();
@@ -251,23 +287,34 @@ fn mailjet(text: &str) -> Result<Parts, String> {
         id: None,
         kind,
         time: Some(time),
+        time_read: Some(("field `time`".to_owned(), shown_value(time_text))),
         keys,
     })
 }
 
 /// Mailjet sends Unix seconds as an integer: read those directly, anything else the long way.
-fn mailjet_time(text: &str) -> Result<DateTime<Utc>, TimeError> {
-    if let Ok(secs) = text.parse::<i64>()
+fn mailjet_time(text: &str, unit: TimeUnit) -> Result<DateTime<Utc>, TimeError> {
+    if unit != TimeUnit::Ms
+        && let Ok(secs) = text.parse::<i64>()
+        && (unit == TimeUnit::S || (secs as f64).abs() <= gancho_core::AUTO_MS_ABOVE)
         && let Some(t) = DateTime::from_timestamp(secs, 0)
     {
         return Ok(t);
     }
     let value: Value =
         serde_json::from_str(text).map_err(|_| TimeError::Unparsable(text.to_owned()))?;
-    parse_event_time(&value)
+    parse_event_time_in(&value, unit)
 }
 
-fn json(spec: &JsonSpec, text: &str, received: DateTime<Utc>) -> Result<Parts, String> {
+/// A value as a refusal shows it: its JSON text, cut to 64 bytes.
+fn shown_value(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+fn json(spec: &JsonSpec, text: &str, unit: TimeUnit) -> Result<Parts, String> {
     let item: Value = serde_json::from_str(text).map_err(|err| err.to_string())?;
     let kind = match item.pointer(&spec.kind) {
         Some(Value::String(s)) => event_type(s)?,
@@ -281,10 +328,16 @@ fn json(spec: &JsonSpec, text: &str, received: DateTime<Utc>) -> Result<Parts, S
         }
         None => return Err(format!("no event type at {}", spec.kind)),
     };
-    let time = match &spec.time {
-        None => received,
+    let (time, time_read) = match &spec.time {
+        None => (None, None),
         Some(pointer) => match item.pointer(pointer) {
-            Some(t) => parse_event_time(t).map_err(|err| format!("time at {pointer}: {err}"))?,
+            Some(t) => (
+                Some(
+                    parse_event_time_in(t, unit)
+                        .map_err(|err| format!("time at {pointer}: {err}"))?,
+                ),
+                Some((format!("at {pointer}"), shown_value(&t.to_string()))),
+            ),
             None => return Err(format!("no event time at {pointer}")),
         },
     };
@@ -315,7 +368,8 @@ fn json(spec: &JsonSpec, text: &str, received: DateTime<Utc>) -> Result<Parts, S
     Ok(Parts {
         id,
         kind,
-        time: Some(time),
+        time,
+        time_read,
         keys,
     })
 }
@@ -381,12 +435,55 @@ mod tests {
     }
 
     #[test]
+    fn milliseconds_are_read_as_such_and_a_far_future_time_is_refused_naming_it() {
+        let policy = TimePolicy::default();
+        let body = r#"{"id":"w1","kind":"withdrawal","at":1764320000000,"account":"A"}"#;
+        let sub = submission_from("bank", &bank(), &policy, body, now()).unwrap();
+        assert_eq!(sub.events[0].time.timestamp(), 1_764_320_000);
+        // Seconds near the ms threshold: the year 5138, far past max_future.
+        let far = r#"{"id":"w2","kind":"withdrawal","at":99999999999,"account":"A"}"#;
+        let err = submission_from("bank", &bank(), &policy, far, now()).unwrap_err();
+        let BodyError::InvalidEvent(reason) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(reason.contains("at /at is 99999999999"), "{reason}");
+        assert!(reason.contains("max_future (1day)"), "{reason}");
+        // In a batch, that item alone is set aside.
+        let batch = format!("[{body},{far}]");
+        let sub = submission_from("bank", &bank(), &policy, &batch, now()).unwrap();
+        assert_eq!((sub.events.len(), sub.rejected.len()), (1, 1));
+        // Told the unit is seconds, milliseconds are far in the future: refused, not stored.
+        let seconds = TimePolicy {
+            unit: TimeUnit::S,
+            ..policy
+        };
+        assert!(submission_from("bank", &bank(), &seconds, body, now()).is_err());
+        // Mailjet's times take the same rules.
+        let mj = r#"{"event":"open","time":1764320000000,"MessageID":1,"email":"a@x"}"#;
+        let sub = submission_from("mailjet", &SourceKind::Mailjet, &policy, mj, now()).unwrap();
+        assert_eq!(sub.events[0].time.timestamp(), 1_764_320_000);
+        let mj_far = r#"{"event":"open","time":1864320000,"MessageID":1,"email":"a@x"}"#;
+        let err = submission_from("mailjet", &SourceKind::Mailjet, &policy, mj_far, now());
+        assert!(
+            format!("{err:?}").contains("field `time` is 1864320000"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn mailjet_event_with_big_id_as_number_or_string_keys_the_same() {
         let a = r#"{"event":"open","time":1433103519,"MessageID":19421777396190491,"email":"a@x"}"#;
         let b =
             r#"{"event":"open","time":1433103519,"MessageID":"19421777396190491","email":"a@x"}"#;
         for body in [a, b] {
-            let sub = submission_from("mailjet", &SourceKind::Mailjet, body, now()).unwrap();
+            let sub = submission_from(
+                "mailjet",
+                &SourceKind::Mailjet,
+                &TimePolicy::default(),
+                body,
+                now(),
+            )
+            .unwrap();
             assert_eq!(sub.events[0].data.get(), body);
             assert_eq!(sub.events[0].keys["MessageID"], "19421777396190491");
             assert_eq!(sub.events[0].kind, "open");
@@ -401,8 +498,14 @@ mod tests {
             {"event":"open","time":"soon"},
             7
         ]);
-        let sub =
-            submission_from("mailjet", &SourceKind::Mailjet, &body.to_string(), now()).unwrap();
+        let sub = submission_from(
+            "mailjet",
+            &SourceKind::Mailjet,
+            &TimePolicy::default(),
+            &body.to_string(),
+            now(),
+        )
+        .unwrap();
         assert_eq!(sub.events.len(), 1);
         assert_eq!(sub.events[0].keys["MessageID"], "42");
         let reasons: Vec<_> = sub.rejected.iter().map(|r| r.reason.as_str()).collect();
@@ -410,7 +513,7 @@ mod tests {
             reasons,
             [
                 "missing field `event`",
-                "field `time`: time \"soon\" is not an RFC 3339 date-time nor Unix seconds",
+                "field `time`: time \"soon\" is not an ISO 8601 date-time nor a Unix time",
                 "item must be a JSON object, found a number"
             ]
         );
@@ -418,14 +521,28 @@ mod tests {
 
     #[test]
     fn a_single_invalid_object_is_refused_whole() {
-        let err =
-            submission_from("mailjet", &SourceKind::Mailjet, r#"{"time": 1}"#, now()).unwrap_err();
+        let err = submission_from(
+            "mailjet",
+            &SourceKind::Mailjet,
+            &TimePolicy::default(),
+            r#"{"time": 1}"#,
+            now(),
+        )
+        .unwrap_err();
         assert_eq!(err, BodyError::InvalidEvent("missing field `event`".into()));
-        let err = submission_from("mailjet", &SourceKind::Mailjet, r#" "hi" "#, now()).unwrap_err();
+        let err = submission_from(
+            "mailjet",
+            &SourceKind::Mailjet,
+            &TimePolicy::default(),
+            r#" "hi" "#,
+            now(),
+        )
+        .unwrap_err();
         assert_eq!(err, BodyError::NotAnObjectOrArray("a string"));
         let err = submission_from(
             "mailjet",
             &SourceKind::Mailjet,
+            &TimePolicy::default(),
             r#"[{"event":"open"},"#,
             now(),
         )
@@ -436,7 +553,14 @@ mod tests {
     #[test]
     fn a_body_with_too_many_items_is_refused_whole() {
         let body = format!("[{}]", vec!["1"; MAX_ITEMS + 1].join(","));
-        let err = submission_from("mailjet", &SourceKind::Mailjet, &body, now()).unwrap_err();
+        let err = submission_from(
+            "mailjet",
+            &SourceKind::Mailjet,
+            &TimePolicy::default(),
+            &body,
+            now(),
+        )
+        .unwrap_err();
         assert_eq!(err, BodyError::TooManyItems(MAX_ITEMS + 1));
     }
 
@@ -444,7 +568,14 @@ mod tests {
     fn json_source_reads_pointers() {
         let body =
             json!({"id":"w-1","kind":"withdrawal","at":1764320000,"account":"ES76","amount":120});
-        let sub = submission_from("bank", &bank(), &body.to_string(), now()).unwrap();
+        let sub = submission_from(
+            "bank",
+            &bank(),
+            &TimePolicy::default(),
+            &body.to_string(),
+            now(),
+        )
+        .unwrap();
         let e = &sub.events[0];
         assert_eq!(e.kind, "withdrawal");
         assert_eq!(e.id, EventId::from_provider("w-1"));
@@ -460,7 +591,14 @@ mod tests {
             id: None,
             keys: vec![],
         });
-        let sub = submission_from("shop", &kind, r#"{"type": "order.created"}"#, now()).unwrap();
+        let sub = submission_from(
+            "shop",
+            &kind,
+            &TimePolicy::default(),
+            r#"{"type": "order.created"}"#,
+            now(),
+        )
+        .unwrap();
         assert_eq!(sub.events[0].time, now());
         assert!(sub.events[0].id.as_str().starts_with("h:"));
     }
@@ -482,7 +620,14 @@ mod tests {
             ),
         ];
         for (item, reason) in cases {
-            let sub = submission_from("bank", &bank(), &json!([item]).to_string(), now()).unwrap();
+            let sub = submission_from(
+                "bank",
+                &bank(),
+                &TimePolicy::default(),
+                &json!([item]).to_string(),
+                now(),
+            )
+            .unwrap();
             assert_eq!(sub.rejected.len(), 1);
             assert_eq!(sub.rejected[0].reason, reason);
         }

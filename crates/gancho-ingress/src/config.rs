@@ -43,6 +43,17 @@ pub struct SourceConfig {
     /// store indexes them. At most 64. Default: none. Example: `{ account = "/account" }`.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    /// How a number given as the event time is read: `"s"` (Unix seconds), `"ms"` (Unix
+    /// milliseconds) or `"auto"` (a number above 10^11 is milliseconds). Default: `"auto"`.
+    pub time_unit: Option<gancho_core::TimeUnit>,
+    /// An event whose time is further than this after its receipt is refused (422; in a batch,
+    /// quarantined): a sender's clock gone wrong, or milliseconds read as seconds. Default:
+    /// `"1d"`. Example: `"1h"`.
+    #[serde(
+        default,
+        deserialize_with = "gancho_core::config::duration::option::deserialize"
+    )]
+    pub max_future: Option<std::time::Duration>,
 }
 
 /// The kinds of source, as `kind` names them.
@@ -181,9 +192,14 @@ impl SourceConfig {
                 })
             }
         };
+        let defaults = crate::adapter::TimePolicy::default();
         Ok(Source {
             name: name.to_owned(),
             kind,
+            time: crate::adapter::TimePolicy {
+                unit: self.time_unit.unwrap_or(defaults.unit),
+                max_future: self.max_future.unwrap_or(defaults.max_future),
+            },
             auth,
         })
     }

@@ -17,7 +17,7 @@ mod auth;
 mod config;
 mod server;
 
-pub use adapter::{BodyError, JsonSpec, SourceKind, submission_from};
+pub use adapter::{BodyError, JsonSpec, SourceKind, TimePolicy, submission_from};
 pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};
 pub use server::{

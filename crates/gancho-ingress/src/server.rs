@@ -20,6 +20,8 @@ use crate::auth::BasicAuth;
 pub struct Source {
     pub name: String,
     pub kind: SourceKind,
+    /// How its event times are read and bounded.
+    pub time: crate::adapter::TimePolicy,
     /// Credentials the sender must present; `None` accepts any sender.
     pub auth: Option<BasicAuth>,
 }
@@ -435,7 +437,8 @@ async fn receive(
         }
     };
     let received = state.clock.now();
-    let submission = match submission_from(&source.name, &source.kind, text, received) {
+    let submission = match submission_from(&source.name, &source.kind, &source.time, text, received)
+    {
         Ok(submission) => submission,
         Err(err @ BodyError::NotJson(_)) => {
             return response(error(StatusCode::BAD_REQUEST, err.to_string()));

@@ -286,9 +286,18 @@ fn read_events(config: &Config, path: &Path) -> anyhow::Result<Vec<(DateTime<Utc
             .ok_or_else(|| at(format!("no source {:?} in the config", event.source)))?;
         let placeholder = DateTime::<Utc>::UNIX_EPOCH;
         let received = event.received.unwrap_or(placeholder);
+        // Without a receipt time the event's own time stands for it: no future to bound.
+        let time = gancho_ingress::TimePolicy {
+            max_future: match event.received {
+                Some(_) => source.time.max_future,
+                None => std::time::Duration::MAX,
+            },
+            ..source.time
+        };
         let mut submission = gancho_ingress::submission_from(
             &source.name,
             &source.kind,
+            &time,
             event.payload.get(),
             received,
         )
