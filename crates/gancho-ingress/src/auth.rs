@@ -45,17 +45,7 @@ fn strip_scheme(header: &[u8]) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"basic ").then_some(rest)
 }
 
-/// Compares two byte strings in time that depends only on their lengths (credentials, the
-/// admin token).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    diff == 0
-}
+pub use gancho_core::signature::constant_time_eq;
 
 #[cfg(test)]
 mod tests {
