@@ -20,6 +20,7 @@ mod retention;
 mod rule_tests;
 mod rules;
 mod shutdown;
+mod signed;
 mod streaming;
 #[allow(dead_code)]
 #[path = "../support/lib.rs"]

@@ -102,6 +102,28 @@ pub fn submission_from(
     body: &str,
     received: DateTime<Utc>,
 ) -> Result<Submission, BodyError> {
+    submission_with(source, kind, time, &Envelope::default(), body, received)
+}
+
+/// What a request's headers say of its events (GitHub's `X-GitHub-Event` and
+/// `X-GitHub-Delivery`, a Standard Webhooks `webhook-id`): it takes the place of the body's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The event type.
+    pub kind: Option<String>,
+    /// The provider's id of the delivery: the event's (`ID:N` for the Nth item of an array).
+    pub id: Option<String>,
+}
+
+/// [`submission_from`], with what the request's headers say of its events.
+pub fn submission_with(
+    source: &str,
+    kind: &SourceKind,
+    time: &TimePolicy,
+    envelope: &Envelope,
+    body: &str,
+    received: DateTime<Utc>,
+) -> Result<Submission, BodyError> {
     let not_json = |err: serde_json::Error| BodyError::NotJson(err.to_string());
     let mut submission = Submission::default();
     match body.trim_start().as_bytes().first() {
@@ -111,8 +133,12 @@ pub fn submission_from(
                 return Err(BodyError::TooManyItems(items.len()));
             }
             submission.events.reserve(items.len());
-            for item in items {
-                match event_from(source, kind, time, item, received) {
+            for (i, item) in items.into_iter().enumerate() {
+                let envelope = Envelope {
+                    kind: envelope.kind.clone(),
+                    id: envelope.id.as_ref().map(|id| format!("{id}:{i}")),
+                };
+                match event_from(source, kind, time, &envelope, item, received) {
                     Ok(event) => submission.events.push(event),
                     Err(reason) => submission.rejected.push(Rejected {
                         source: source.to_owned(),
@@ -125,8 +151,8 @@ pub fn submission_from(
         }
         Some(b'{') => {
             let item: &RawValue = serde_json::from_str(body).map_err(not_json)?;
-            let event =
-                event_from(source, kind, time, item, received).map_err(BodyError::InvalidEvent)?;
+            let event = event_from(source, kind, time, envelope, item, received)
+                .map_err(BodyError::InvalidEvent)?;
             submission.events.push(event);
         }
         _ => {
@@ -160,6 +186,7 @@ fn event_from(
     source: &str,
     kind: &SourceKind,
     policy: &TimePolicy,
+    envelope: &Envelope,
     item: &RawValue,
     received: DateTime<Utc>,
 ) -> Result<NewEvent, String> {
@@ -170,10 +197,16 @@ fn event_from(
             raw_type(text)
         ));
     }
-    let parts = match kind {
+    let mut parts = match kind {
         SourceKind::Mailjet => mailjet(text, policy.unit)?,
-        SourceKind::Json(spec) => json(spec, text, policy.unit)?,
+        SourceKind::Json(spec) => json(spec, text, policy.unit, envelope.kind.as_deref())?,
     };
+    if let Some(kind) = &envelope.kind {
+        parts.kind = event_type(kind)?;
+    }
+    if let Some(id) = &envelope.id {
+        parts.id = Some(EventId::from_provider(&checked_key("id", id.clone())?));
+    }
     if let (Some(time), Some((field, value))) = (parts.time, &parts.time_read) {
         let ahead = time.signed_duration_since(received);
         if ahead.to_std().is_ok_and(|ahead| ahead > policy.max_future) {
@@ -314,9 +347,17 @@ fn shown_value(text: &str) -> String {
     }
 }
 
-fn json(spec: &JsonSpec, text: &str, unit: TimeUnit) -> Result<Parts, String> {
+/// A JSON item read with `spec`; `header_kind`: the type came with the request, the body's is
+/// not read.
+fn json(
+    spec: &JsonSpec,
+    text: &str,
+    unit: TimeUnit,
+    header_kind: Option<&str>,
+) -> Result<Parts, String> {
     let item: Value = serde_json::from_str(text).map_err(|err| err.to_string())?;
     let kind = match item.pointer(&spec.kind) {
+        _ if header_kind.is_some() => String::new(),
         Some(Value::String(s)) => event_type(s)?,
         Some(v @ Value::Number(_)) => event_type(&v.to_string())?,
         Some(other) => {

@@ -54,6 +54,26 @@ pub struct SourceConfig {
         deserialize_with = "gancho_core::config::duration::option::deserialize"
     )]
     pub max_future: Option<std::time::Duration>,
+    /// stripe, github, standard-webhooks: the signing secret (`whsec_…` for Stripe and
+    /// Standard Webhooks, as the provider shows it); or `secret_env`, `secret_file`.
+    pub secret: Option<SecretString>,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// More secrets, all accepted at once (during a rotation). Example:
+    /// `["whsec_new…", "whsec_old…"]`.
+    #[serde(default)]
+    pub secrets: Vec<SecretString>,
+    /// stripe, standard-webhooks: a signature's timestamp may be this far from now, either
+    /// way. Default: `"5m"`.
+    #[serde(
+        default,
+        deserialize_with = "gancho_core::config::duration::option::deserialize"
+    )]
+    pub tolerance: Option<std::time::Duration>,
+    /// `secret`, `secret_env` or `secret_file` once read ([`SourceConfig::secrets_mut`]), or
+    /// why they could not be.
+    #[serde(skip)]
+    resolved: Option<Result<Option<Secret>, KeyError>>,
 }
 
 /// The kinds of source, as `kind` names them.
@@ -62,7 +82,27 @@ pub struct SourceConfig {
 pub enum KindName {
     Mailjet,
     Json,
+    /// Stripe's events, signed with `Stripe-Signature`.
+    Stripe,
+    /// GitHub's webhooks, signed with `X-Hub-Signature-256`.
+    Github,
+    /// Any sender of Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`).
+    StandardWebhooks,
 }
+
+impl KindName {
+    /// Whether the kind checks a signature with `secret`.
+    fn signed(self) -> bool {
+        matches!(
+            self,
+            KindName::Stripe | KindName::Github | KindName::StandardWebhooks
+        )
+    }
+}
+
+/// The default `tolerance` of the timestamped schemes.
+const DEFAULT_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `basic_auth = { user = "...", password = "..." }`, the password given in exactly one way.
 #[derive(Debug, Clone, Deserialize)]
@@ -106,13 +146,48 @@ impl SourceConfig {
     /// The source's secrets, with their keys within the section, so the binary can read those
     /// given as `KEY_env` or `KEY_file`.
     pub fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
-        match &mut self.basic_auth {
-            Some(BasicAuthConfig {
-                password: Some(password),
-                ..
-            }) => vec![("basic_auth.password", password)],
-            _ => Vec::new(),
+        if self.resolved.is_none() {
+            self.resolved = Some(Secret::from_keys(
+                "secret",
+                self.secret.take(),
+                self.secret_env.take(),
+                self.secret_file.take(),
+            ));
         }
+        let mut secrets = Vec::new();
+        if let Some(BasicAuthConfig {
+            password: Some(password),
+            ..
+        }) = &mut self.basic_auth
+        {
+            secrets.push(("basic_auth.password", password));
+        }
+        if let Some(Ok(Some(secret))) = &mut self.resolved {
+            secrets.push(("secret", secret));
+        }
+        secrets
+    }
+
+    /// The signing secrets as given: `secret` (read by [`SourceConfig::secrets_mut`]) first,
+    /// then `secrets`.
+    fn signing_secrets(&mut self) -> Result<Vec<String>, KeyError> {
+        self.secrets_mut();
+        let mut all = Vec::new();
+        match self.resolved.take() {
+            Some(Err(err)) => return Err(err),
+            Some(Ok(Some(secret))) => match secret.expose() {
+                Some(value) => all.push(value.to_owned()),
+                None => {
+                    return Err(KeyError::new(
+                        "secret",
+                        "the secret was not read from its variable or file",
+                    ));
+                }
+            },
+            _ => {}
+        }
+        all.extend(self.secrets.iter().map(|s| s.expose().to_owned()));
+        Ok(all)
     }
 
     /// Whether `name` can be a source's name: it is part of the URL, `/hooks/NAME`.
@@ -138,9 +213,12 @@ impl SourceConfig {
 
     /// The source `name` as the server runs it. Errors name the key within the section (empty
     /// for the name itself).
-    pub fn into_source(self, name: &str) -> Result<Source, KeyError> {
+    pub fn into_source(mut self, name: &str) -> Result<Source, KeyError> {
         SourceConfig::check_name(name)?;
-        let auth = self.basic_auth.map(basic_auth).transpose()?;
+        let secrets = self.signing_secrets()?;
+        let (verify, verify_fingerprint) = self.verifier(&secrets)?;
+        let auth = self.basic_auth.take().map(basic_auth).transpose()?;
+        let mut headers = crate::verify::HeaderFields::default();
         let kind = match self.kind {
             KindName::Mailjet => {
                 for (field, set) in [
@@ -158,7 +236,47 @@ impl SourceConfig {
                 }
                 SourceKind::Mailjet
             }
-            KindName::Json => {
+            KindName::Stripe => {
+                self.no_pointers("stripe")?;
+                SourceKind::Json(JsonSpec {
+                    kind: "/type".to_owned(),
+                    time: Some("/created".to_owned()),
+                    id: Some("/id".to_owned()),
+                    keys: preset_keys(
+                        &[
+                            ("customer", "/data/object/customer"),
+                            ("object", "/data/object/id"),
+                        ],
+                        std::mem::take(&mut self.keys),
+                    )?,
+                })
+            }
+            KindName::Github => {
+                self.no_pointers("github")?;
+                headers = crate::verify::HeaderFields {
+                    kind: Some("x-github-event"),
+                    id: Some("x-github-delivery"),
+                };
+                SourceKind::Json(JsonSpec {
+                    kind: String::new(),
+                    time: None,
+                    id: None,
+                    keys: preset_keys(
+                        &[
+                            ("repository", "/repository/full_name"),
+                            ("sender", "/sender/login"),
+                        ],
+                        std::mem::take(&mut self.keys),
+                    )?,
+                })
+            }
+            KindName::Json | KindName::StandardWebhooks => {
+                if self.kind == KindName::StandardWebhooks {
+                    headers.id = Some("webhook-id");
+                    // The Standard Webhooks payload: `type`, `timestamp`, `data`.
+                    self.type_pointer.get_or_insert_with(|| "/type".to_owned());
+                    self.time.get_or_insert_with(|| "/timestamp".to_owned());
+                }
                 let Some(kind_pointer) = self.type_pointer else {
                     return Err(KeyError::new(
                         "type",
@@ -196,6 +314,9 @@ impl SourceConfig {
         Ok(Source {
             name: name.to_owned(),
             kind,
+            verify,
+            verify_fingerprint,
+            headers,
             time: crate::adapter::TimePolicy {
                 unit: self.time_unit.unwrap_or(defaults.unit),
                 max_future: self.max_future.unwrap_or(defaults.max_future),
@@ -203,6 +324,100 @@ impl SourceConfig {
             auth,
         })
     }
+}
+
+impl SourceConfig {
+    /// The kinds whose fields are fixed take no pointers.
+    fn no_pointers(&self, kind: &str) -> Result<(), KeyError> {
+        for (field, set) in [
+            ("type", self.type_pointer.is_some()),
+            ("time", self.time.is_some()),
+            ("id", self.id.is_some()),
+        ] {
+            if set {
+                return Err(KeyError::new(
+                    field,
+                    format!("the {kind} kind reads its own fields; only keys may be added"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The signature check the kind takes, built from `secrets`, and a keyed digest of them.
+    fn verifier(
+        &self,
+        secrets: &[String],
+    ) -> Result<(Option<crate::verify::Verifier>, Option<Vec<u8>>), KeyError> {
+        use gancho_core::signature::{HmacHash, HmacKey, StandardWebhooks};
+        if !self.kind.signed() {
+            if !secrets.is_empty() {
+                return Err(KeyError::new(
+                    "secret",
+                    "only the signed kinds (stripe, github, standard-webhooks) take a secret",
+                ));
+            }
+            if self.tolerance.is_some() {
+                return Err(KeyError::new(
+                    "tolerance",
+                    "only the signed kinds with timestamps (stripe, standard-webhooks) take it",
+                ));
+            }
+            return Ok((None, None));
+        }
+        if secrets.is_empty() {
+            return Err(KeyError::new(
+                "secret",
+                "required for a signed kind: the signing secret the provider shows (secret, secret_env, secret_file, or secrets = [...])",
+            ));
+        }
+        let tolerance = self.tolerance.unwrap_or(DEFAULT_TOLERANCE);
+        let hmac = |s: &String| HmacKey::new(HmacHash::Sha256, s.as_bytes());
+        let verifier = match self.kind {
+            KindName::Stripe => crate::verify::Verifier::Stripe {
+                keys: secrets.iter().map(hmac).collect(),
+                tolerance,
+            },
+            KindName::Github => {
+                if self.tolerance.is_some() {
+                    return Err(KeyError::new(
+                        "tolerance",
+                        "GitHub signs no timestamp: the github kind takes no tolerance",
+                    ));
+                }
+                crate::verify::Verifier::GitHub {
+                    keys: secrets.iter().map(hmac).collect(),
+                }
+            }
+            _ => crate::verify::Verifier::StandardWebhooks {
+                scheme: StandardWebhooks::new(secrets)
+                    .map_err(|err| KeyError::new("secret", err.to_string()))?,
+                tolerance,
+            },
+        };
+        let parts: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
+        let fingerprint = HmacKey::new(HmacHash::Sha256, b"gancho source secrets").tag(&parts);
+        Ok((Some(verifier), Some(fingerprint)))
+    }
+}
+
+/// A kind's own correlation keys, and those the config adds (which may replace one).
+fn preset_keys(
+    preset: &[(&str, &str)],
+    added: BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, KeyError> {
+    let mut keys: BTreeMap<String, String> = preset
+        .iter()
+        .map(|(name, pointer)| ((*name).to_owned(), (*pointer).to_owned()))
+        .collect();
+    for (name, pointer) in added {
+        check_pointer(&pointer, &format!("keys.{name}"))?;
+        keys.insert(name, pointer);
+    }
+    if keys.len() > MAX_KEYS {
+        return Err(KeyError::new("keys", "at most 64 correlation keys"));
+    }
+    Ok(keys.into_iter().collect())
 }
 
 fn basic_auth(config: BasicAuthConfig) -> Result<BasicAuth, KeyError> {

@@ -16,10 +16,14 @@ mod adapter;
 mod auth;
 mod config;
 mod server;
+mod verify;
 
-pub use adapter::{BodyError, JsonSpec, SourceKind, TimePolicy, submission_from};
+pub use adapter::{
+    BodyError, Envelope, JsonSpec, SourceKind, TimePolicy, submission_from, submission_with,
+};
 pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};
 pub use server::{
     IngressConfig, IngressHandle, IngressServer, Readiness, Rotated, Source, Sources, block_on,
 };
+pub use verify::{HeaderFields, Verifier};

@@ -12,7 +12,7 @@ use gancho_store::{Appender, Store, StoreError};
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::adapter::{BodyError, SourceKind, submission_from};
+use crate::adapter::{BodyError, SourceKind};
 use crate::auth::BasicAuth;
 
 /// A configured source: where `POST /hooks/{name}` goes.
@@ -22,6 +22,12 @@ pub struct Source {
     pub kind: SourceKind,
     /// How its event times are read and bounded.
     pub time: crate::adapter::TimePolicy,
+    /// The signature its requests must carry, checked over the raw body before it is parsed.
+    pub verify: Option<crate::verify::Verifier>,
+    /// A keyed digest of the verifier's secrets: tells a rotation (SIGHUP) from no change.
+    pub verify_fingerprint: Option<Vec<u8>>,
+    /// Headers that give its events' type or id.
+    pub headers: crate::verify::HeaderFields,
     /// Credentials the sender must present; `None` accepts any sender.
     pub auth: Option<BasicAuth>,
 }
@@ -147,8 +153,13 @@ impl Sources {
                     if have.auth.is_some() && source.auth.is_none() {
                         warn!(source = %source.name, "the reloaded config gives this source no credentials: anyone who can reach the port can post events to it");
                     }
-                    if have.auth != source.auth {
+                    if have.auth != source.auth
+                        || have.verify_fingerprint != source.verify_fingerprint
+                    {
                         have.auth.clone_from(&source.auth);
+                        have.verify.clone_from(&source.verify);
+                        have.verify_fingerprint
+                            .clone_from(&source.verify_fingerprint);
                         rotated.changed.push(source.name.clone());
                     }
                 }
@@ -227,7 +238,11 @@ impl IngressServer {
         ready: Readiness,
     ) -> std::io::Result<IngressServer> {
         let local_addr = listener.local_addr()?;
-        for source in config.sources.iter().filter(|s| s.auth.is_none()) {
+        for source in config
+            .sources
+            .iter()
+            .filter(|s| s.auth.is_none() && s.verify.is_none())
+        {
             warn!(source = %source.name, "source has no authentication: anyone who can reach the port can post events to it");
         }
         let state = web::Data::new(State {
@@ -427,6 +442,14 @@ async fn receive(
         Ok(body) => body,
         Err(refused) => return response(refused),
     };
+    if let Some(verifier) = &source.verify
+        && let Err(failed) = verifier.check(req.headers(), &body, state.clock.now())
+    {
+        return response(error(
+            StatusCode::UNAUTHORIZED,
+            format!("signature check failed: {failed}"),
+        ));
+    }
     let text = match std::str::from_utf8(&body) {
         Ok(text) => text,
         Err(err) => {
@@ -437,8 +460,15 @@ async fn receive(
         }
     };
     let received = state.clock.now();
-    let submission = match submission_from(&source.name, &source.kind, &source.time, text, received)
-    {
+    let envelope = source.headers.read(req.headers());
+    let submission = match crate::adapter::submission_with(
+        &source.name,
+        &source.kind,
+        &source.time,
+        &envelope,
+        text,
+        received,
+    ) {
         Ok(submission) => submission,
         Err(err @ BodyError::NotJson(_)) => {
             return response(error(StatusCode::BAD_REQUEST, err.to_string()));

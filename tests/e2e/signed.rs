@@ -1,0 +1,273 @@
+//! Signed sources (`stripe`, `github`, `standard-webhooks`): a valid request is stored with the
+//! kind's type, id and keys; a flipped body byte, a wrong secret, a stale timestamp or a missing
+//! header gets 401 naming the failed check and stores nothing; two secrets are accepted during
+//! a rotation.
+
+use gancho_core::signature::{HmacHash, HmacKey, StandardWebhooks, to_hex};
+
+use crate::support::{Daemon, Request, Setup};
+
+fn now_secs() -> i64 {
+    gancho_core::Clock::now(&gancho_core::SystemClock).timestamp()
+}
+
+fn post(daemon: &Daemon, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, String) {
+    let mut request = Request::post(path, body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let answer = daemon.request(&request);
+    (answer.status, answer.body)
+}
+
+fn stripe_signature(secret: &str, t: i64, body: &[u8]) -> String {
+    let tag = HmacKey::new(HmacHash::Sha256, secret.as_bytes()).tag(&[
+        t.to_string().as_bytes(),
+        b".",
+        body,
+    ]);
+    format!("t={t},v1={}", to_hex(&tag))
+}
+
+/// Each refusal: 401, its reason, nothing stored.
+fn refused(
+    daemon: &Daemon,
+    setup: &Setup,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, String)],
+    reason: &str,
+) {
+    let before = setup.events(&[]).len();
+    let (status, answer) = post(daemon, path, body, headers);
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains(reason), "{reason:?} not in {answer}");
+    assert!(
+        !answer.contains("whsec_"),
+        "a secret in the answer: {answer}"
+    );
+    assert_eq!(setup.events(&[]).len(), before, "something was stored");
+}
+
+#[test]
+fn stripe_events_are_verified_typed_and_keyed() {
+    let setup = Setup::new(
+        "[sources.stripe]\nkind = \"stripe\"\nsecrets = [\"whsec_new_secret\", \"whsec_old_secret\"]\n",
+    );
+    let daemon = setup.start();
+    let t = now_secs();
+    let body = format!(
+        r#"{{"id":"evt_1","type":"charge.succeeded","created":{t},"data":{{"object":{{"id":"ch_1","customer":"cus_9"}}}}}}"#
+    );
+    let body = body.as_bytes();
+    for secret in ["whsec_new_secret", "whsec_old_secret"] {
+        let (status, answer) = post(
+            &daemon,
+            "/hooks/stripe",
+            body,
+            &[("Stripe-Signature", stripe_signature(secret, t, body))],
+        );
+        assert_eq!(status, 200, "{secret}: {answer}");
+    }
+    let events = setup.events(&[]);
+    assert_eq!(
+        events.len(),
+        1,
+        "the second delivery is a duplicate: {events:?}"
+    );
+    assert_eq!(events[0]["type"], "charge.succeeded");
+    assert_eq!(events[0]["id"], "p:evt_1");
+    assert_eq!(events[0]["keys"]["customer"], "cus_9");
+    assert_eq!(events[0]["keys"]["object"], "ch_1");
+
+    let good = stripe_signature("whsec_new_secret", t, body);
+    let mut flipped = body.to_vec();
+    flipped[10] ^= 1;
+    let path = "/hooks/stripe";
+    refused(
+        &daemon,
+        &setup,
+        path,
+        &flipped,
+        &[("Stripe-Signature", good.clone())],
+        "bad signature",
+    );
+    let wrong = stripe_signature("whsec_wrong", t, body);
+    refused(
+        &daemon,
+        &setup,
+        path,
+        body,
+        &[("Stripe-Signature", wrong)],
+        "bad signature",
+    );
+    let stale = stripe_signature("whsec_new_secret", t - 600, body);
+    refused(
+        &daemon,
+        &setup,
+        path,
+        body,
+        &[("Stripe-Signature", stale)],
+        "stale timestamp",
+    );
+    refused(
+        &daemon,
+        &setup,
+        path,
+        body,
+        &[],
+        "missing header stripe-signature",
+    );
+}
+
+#[test]
+fn github_webhooks_take_their_type_and_id_from_the_headers() {
+    let setup =
+        Setup::new("[sources.gh]\nkind = \"github\"\nsecret = \"It's a Secret to Everybody\"\n");
+    let daemon = setup.start();
+    let body =
+        br#"{"action":"opened","repository":{"full_name":"acme/shop"},"sender":{"login":"ana"}}"#;
+    let sign = |secret: &str, body: &[u8]| {
+        let tag = HmacKey::new(HmacHash::Sha256, secret.as_bytes()).tag(&[body]);
+        format!("sha256={}", to_hex(&tag))
+    };
+    let headers = |signature: String| {
+        vec![
+            ("X-GitHub-Event", "issues".to_owned()),
+            (
+                "X-GitHub-Delivery",
+                "72d3162e-cc78-11e3-81ab-4c9367dc0958".to_owned(),
+            ),
+            ("X-Hub-Signature-256", signature),
+        ]
+    };
+    let (status, answer) = post(
+        &daemon,
+        "/hooks/gh",
+        body,
+        &headers(sign("It's a Secret to Everybody", body)),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let events = setup.events(&[]);
+    assert_eq!(events[0]["type"], "issues");
+    assert_eq!(events[0]["id"], "p:72d3162e-cc78-11e3-81ab-4c9367dc0958");
+    assert_eq!(events[0]["keys"]["repository"], "acme/shop");
+    assert_eq!(events[0]["keys"]["sender"], "ana");
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/gh",
+        b"{\"action\":\"closed\"}",
+        &headers(sign("It's a Secret to Everybody", body)),
+        "bad signature",
+    );
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/gh",
+        body,
+        &headers(sign("another", body)),
+        "bad signature",
+    );
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/gh",
+        body,
+        &headers("sha1=00".to_owned()),
+        "malformed",
+    );
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/gh",
+        body,
+        &[],
+        "missing header x-hub-signature-256",
+    );
+}
+
+#[test]
+fn standard_webhooks_are_verified_with_either_secret_of_a_rotation() {
+    let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let new = "whsec_c2Vjb25kLXNlY3JldC0xMjM0NTY3OA==";
+    let setup = Setup::new(&format!(
+        "[sources.sw]\nkind = \"standard-webhooks\"\nsecret = \"{new}\"\nsecrets = [\"{old}\"]\nkeys = {{ invoice = \"/data/invoice\" }}\n"
+    ));
+    let daemon = setup.start();
+    let t = now_secs();
+    let body =
+        br#"{"type":"invoice.paid","timestamp":"2026-11-30T10:00:00Z","data":{"invoice":"in_7"}}"#;
+    let headers = |secret: &str, id: &str, t: i64, body: &[u8]| {
+        let signature = StandardWebhooks::new(&[secret]).unwrap().sign(id, t, body);
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", t.to_string()),
+            ("webhook-signature", signature),
+        ]
+    };
+    for (secret, id) in [(new, "msg_1"), (old, "msg_2")] {
+        let (status, answer) = post(&daemon, "/hooks/sw", body, &headers(secret, id, t, body));
+        assert_eq!(status, 200, "{answer}");
+    }
+    let events = setup.events(&[]);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["type"], "invoice.paid");
+    assert_eq!(events[0]["id"], "p:msg_1");
+    assert_eq!(events[0]["time"], "2026-11-30T10:00:00Z");
+    assert_eq!(events[1]["keys"]["invoice"], "in_7");
+    let mut flipped = body.to_vec();
+    flipped[9] ^= 1;
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/sw",
+        &flipped,
+        &headers(new, "msg_3", t, body),
+        "bad signature",
+    );
+    let wrong = "whsec_d3JvbmctLXNlY3JldC0xMjM0NTY3OA==";
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/sw",
+        body,
+        &headers(wrong, "msg_3", t, body),
+        "bad signature",
+    );
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/sw",
+        body,
+        &headers(new, "msg_3", t - 3600, body),
+        "stale timestamp",
+    );
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/sw",
+        body,
+        &[],
+        "missing header webhook-id",
+    );
+}
+
+#[test]
+fn a_signed_kind_without_its_secret_is_a_config_error() {
+    let setup = Setup::new("[sources.stripe]\nkind = \"stripe\"\n");
+    let out = setup.command(&["check-config"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sources.stripe.secret"), "{err}");
+    let setup =
+        Setup::new("[sources.sw]\nkind = \"standard-webhooks\"\nsecret = \"not base64!\"\n");
+    let err = String::from_utf8_lossy(&setup.command(&["check-config"]).stderr).into_owned();
+    assert!(
+        err.contains("sources.sw.secret") && !err.contains("not base64!\""),
+        "{err}"
+    );
+    let setup = Setup::new("[sources.bank]\nkind = \"json\"\ntype = \"/t\"\nsecret = \"x\"\n");
+    let err = String::from_utf8_lossy(&setup.command(&["check-config"]).stderr).into_owned();
+    assert!(err.contains("only the signed kinds"), "{err}");
+}
