@@ -271,3 +271,98 @@ fn a_signed_kind_without_its_secret_is_a_config_error() {
     let err = String::from_utf8_lossy(&setup.command(&["check-config"]).stderr).into_owned();
     assert!(err.contains("only the signed kinds"), "{err}");
 }
+
+#[test]
+fn mailgun_requests_are_verified_and_a_replayed_token_is_refused() {
+    let key = "mailgun-webhook-signing-key-example";
+    let setup = Setup::new(&format!(
+        "[sources.mg]\nkind = \"mailgun\"\nsigning_key = \"{key}\"\n"
+    ));
+    let daemon = setup.start();
+    let t = now_secs();
+    let token = "651869375b9df3c98fc15c4889b102119add1235c38fc92824";
+    let signature = to_hex(
+        &HmacKey::new(HmacHash::Sha256, key.as_bytes())
+            .tag(&[t.to_string().as_bytes(), token.as_bytes()]),
+    );
+    // The fixture's event, signed now.
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&crate::support::fixture("mailgun/delivered.json")).unwrap();
+    let mut body = fixture.clone();
+    body["signature"] =
+        serde_json::json!({"timestamp": t.to_string(), "token": token, "signature": signature});
+    body["event-data"]["timestamp"] = serde_json::json!(t);
+    let body = serde_json::to_vec(&body).unwrap();
+    let (status, answer) = post(&daemon, "/hooks/mg", &body, &[]);
+    assert_eq!(status, 200, "{answer}");
+    let events = setup.events(&[]);
+    assert_eq!(events[0]["type"], "delivered");
+    assert_eq!(events[0]["keys"]["recipient"], "recipient@example.com");
+    refused(&daemon, &setup, "/hooks/mg", &body, &[], "replayed token");
+    // The fixture as captured: signed in 2018, far outside the tolerance.
+    refused(
+        &daemon,
+        &setup,
+        "/hooks/mg",
+        &crate::support::fixture("mailgun/delivered.json"),
+        &[],
+        "stale timestamp",
+    );
+}
+
+#[test]
+fn postmark_and_sendgrid_fixtures_are_stored_with_their_types_and_keys() {
+    let setup = Setup::new(
+        "[sources.pm]\nkind = \"postmark\"\nbasic_auth = { user = \"pm\", password = \"pm-secret\" }\n\
+         [sources.sg]\nkind = \"sendgrid\"\nbasic_auth = { user = \"sg\", password = \"sg-secret\" }\n",
+    );
+    let daemon = setup.start();
+    for file in [
+        "delivery",
+        "bounce",
+        "open",
+        "click",
+        "spam_complaint",
+        "subscription_change",
+    ] {
+        let body = crate::support::fixture(&format!("postmark/{file}.json"));
+        let answer =
+            daemon.request(&Request::post("/hooks/pm", &body).basic_auth("pm", "pm-secret"));
+        assert_eq!(answer.status, 200, "{file}: {}", answer.body);
+    }
+    let unauthenticated = daemon.request(&Request::post("/hooks/pm", b"{}"));
+    assert_eq!(unauthenticated.status, 401);
+    let body = crate::support::fixture("sendgrid/docs_all_events_batch.json");
+    let answer = daemon.request(&Request::post("/hooks/sg", &body).basic_auth("sg", "sg-secret"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let postmark = setup.events(&["--source", "pm"]);
+    let types: Vec<&str> = postmark
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "Delivery",
+            "Bounce",
+            "Open",
+            "Click",
+            "SpamComplaint",
+            "SubscriptionChange"
+        ]
+    );
+    assert!(
+        postmark
+            .iter()
+            .all(|e| e["keys"]["Recipient"] == "john@example.com")
+    );
+    let sendgrid = setup.events(&["--source", "sg"]);
+    // The documentation's batch gives every event the same sg_event_id: one is stored, the
+    // rest are duplicates of it, as a retried delivery would be.
+    assert_eq!(sendgrid.len(), 1, "{sendgrid:?}");
+    assert_eq!(
+        answer.json()["duplicates"].as_u64().map(|d| d > 0),
+        Some(true)
+    );
+    assert_eq!(sendgrid[0]["keys"]["email"], "example@test.com");
+}

@@ -202,6 +202,14 @@ impl HmacKey {
     }
 }
 
+/// Whether `signature` (ASN.1 DER) is an ECDSA P-256 SHA-256 signature of `message` by the
+/// public key whose uncompressed point is `point` (SendGrid's scheme).
+pub fn verify_p256(point: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
+        .verify(message, signature)
+        .is_ok()
+}
+
 /// Compares two byte strings in time that depends only on their lengths (credentials,
 /// tokens, signatures).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

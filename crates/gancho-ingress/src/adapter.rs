@@ -25,9 +25,60 @@ pub const MAX_ITEMS: usize = 10_000;
 pub enum SourceKind {
     /// Mailjet's Event API: one event object, or an array of them ("Version 2" grouping).
     Mailjet,
+    /// A provider whose fields are fixed: Postmark, SendGrid, Mailgun.
+    Preset(&'static Preset),
     /// Any JSON object or array of objects, read with the configured JSON pointers.
     Json(JsonSpec),
 }
+
+/// Where a provider keeps an event's parts, each as JSON pointers tried in turn (the first
+/// present wins): Postmark's time is `DeliveredAt` on a delivery, `BouncedAt` on a bounce.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Preset {
+    pub kind: &'static str,
+    /// Empty: the time of receipt.
+    pub time: &'static [&'static str],
+    /// Empty: a hash of the content.
+    pub id: &'static [&'static str],
+    /// Name and pointers. An array of strings (SendGrid's `category`) is joined with commas.
+    pub keys: &'static [(&'static str, &'static [&'static str])],
+}
+
+/// Postmark: one object per request, routed by `RecordType`.
+pub static POSTMARK: Preset = Preset {
+    kind: "/RecordType",
+    time: &["/DeliveredAt", "/BouncedAt", "/ReceivedAt", "/ChangedAt"],
+    id: &[],
+    keys: &[
+        ("MessageID", &["/MessageID"]),
+        ("Recipient", &["/Recipient", "/Email"]),
+        ("Tag", &["/Tag"]),
+        ("MessageStream", &["/MessageStream"]),
+    ],
+};
+
+/// SendGrid's Event Webhook: always an array.
+pub static SENDGRID: Preset = Preset {
+    kind: "/event",
+    time: &["/timestamp"],
+    id: &["/sg_event_id"],
+    keys: &[
+        ("email", &["/email"]),
+        ("sg_message_id", &["/sg_message_id"]),
+        ("category", &["/category"]),
+    ],
+};
+
+/// Mailgun's webhooks: `event-data` beside the `signature` block.
+pub static MAILGUN: Preset = Preset {
+    kind: "/event-data/event",
+    time: &["/event-data/timestamp"],
+    id: &["/event-data/id"],
+    keys: &[
+        ("recipient", &["/event-data/recipient"]),
+        ("message_id", &["/event-data/message/headers/message-id"]),
+    ],
+};
 
 /// The correlation keys of Mailjet events.
 /// `hard_bounce` (on `bounce` and `blocked` events) is a key so that rules can count hard
@@ -50,7 +101,7 @@ impl SourceKind {
     pub fn known_types(&self) -> Option<Vec<String>> {
         match self {
             SourceKind::Mailjet => Some(MAILJET_TYPES.iter().map(|t| (*t).to_owned()).collect()),
-            SourceKind::Json(_) => None,
+            SourceKind::Json(_) | SourceKind::Preset(_) => None,
         }
     }
 
@@ -59,6 +110,11 @@ impl SourceKind {
         match self {
             SourceKind::Mailjet => MAILJET_KEYS.iter().map(|k| (*k).to_owned()).collect(),
             SourceKind::Json(spec) => spec.keys.iter().map(|(name, _)| name.clone()).collect(),
+            SourceKind::Preset(preset) => preset
+                .keys
+                .iter()
+                .map(|(name, _)| (*name).to_owned())
+                .collect(),
         }
     }
 }
@@ -199,6 +255,7 @@ fn event_from(
     }
     let mut parts = match kind {
         SourceKind::Mailjet => mailjet(text, policy.unit)?,
+        SourceKind::Preset(preset) => preset_parts(preset, text, policy.unit)?,
         SourceKind::Json(spec) => json(spec, text, policy.unit, envelope.kind.as_deref())?,
     };
     if let Some(kind) = &envelope.kind {
@@ -347,6 +404,53 @@ fn shown_value(text: &str) -> String {
     }
 }
 
+/// A provider's item, read with its preset pointers.
+fn preset_parts(preset: &Preset, text: &str, unit: TimeUnit) -> Result<Parts, String> {
+    let item: Value = serde_json::from_str(text).map_err(|err| err.to_string())?;
+    let first = |pointers: &[&'static str]| {
+        pointers.iter().find_map(|p| match item.pointer(p) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some((*p, v)),
+        })
+    };
+    let kind = match item.pointer(preset.kind) {
+        Some(Value::String(s)) => event_type(s)?,
+        _ => return Err(format!("no event type at {}", preset.kind)),
+    };
+    let (time, time_read) = match first(preset.time) {
+        None => (None, None),
+        Some((pointer, t)) => (
+            Some(parse_event_time_in(t, unit).map_err(|err| format!("time at {pointer}: {err}"))?),
+            Some((format!("at {pointer}"), shown_value(&t.to_string()))),
+        ),
+    };
+    let id = match first(preset.id).and_then(|(_, v)| key_text(v)) {
+        Some(id) => Some(EventId::from_provider(&checked_key("id", id)?)),
+        None => None,
+    };
+    let mut keys = Keys::new();
+    for (name, pointers) in preset.keys {
+        let text = match first(pointers) {
+            Some((_, Value::Array(items))) => {
+                let joined: Vec<String> = items.iter().filter_map(key_text).collect();
+                (!joined.is_empty()).then(|| joined.join(","))
+            }
+            Some((_, Value::Object(_))) | None => None,
+            Some((_, v)) => key_text(v),
+        };
+        if let Some(text) = text {
+            keys.insert((*name).to_owned(), checked_key(name, text)?);
+        }
+    }
+    Ok(Parts {
+        id,
+        kind,
+        time,
+        time_read,
+        keys,
+    })
+}
+
 /// A JSON item read with `spec`; `header_kind`: the type came with the request, the body's is
 /// not read.
 fn json(
@@ -473,6 +577,71 @@ mod tests {
             id: Some("/id".into()),
             keys: vec![("account".into(), "/account".into())],
         })
+    }
+
+    fn fixture(path: &str) -> String {
+        let file = format!("{}/../../tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&file).unwrap_or_else(|err| panic!("{file}: {err}"))
+    }
+
+    #[test]
+    fn the_providers_fixtures_are_read_by_their_presets() {
+        let policy = TimePolicy::default();
+        let postmark = SourceKind::Preset(&POSTMARK);
+        for (file, kind, recipient_key) in [
+            ("delivery", "Delivery", "Recipient"),
+            ("bounce", "Bounce", "Recipient"),
+            ("open", "Open", "Recipient"),
+            ("click", "Click", "Recipient"),
+            ("spam_complaint", "SpamComplaint", "Recipient"),
+            ("subscription_change", "SubscriptionChange", "Recipient"),
+        ] {
+            let body = fixture(&format!("postmark/{file}.json"));
+            let sub = submission_from("pm", &postmark, &policy, &body, now()).unwrap();
+            let event = &sub.events[0];
+            assert_eq!(event.kind, kind);
+            assert_eq!(
+                event.keys.get(recipient_key).map(String::as_str),
+                Some("john@example.com"),
+                "{file}"
+            );
+            assert_eq!(event.time.timestamp(), 1_743_870_834, "{file}");
+        }
+        let body = fixture("sendgrid/docs_all_events_batch.json");
+        let sendgrid = SourceKind::Preset(&SENDGRID);
+        let sub = submission_from("sg", &sendgrid, &policy, &body, now()).unwrap();
+        assert!(sub.rejected.is_empty(), "{:?}", sub.rejected);
+        assert!(sub.events.len() > 5);
+        let kinds: Vec<&str> = sub.events.iter().map(|e| e.kind.as_str()).collect();
+        assert!(
+            kinds.contains(&"processed") && kinds.contains(&"open"),
+            "{kinds:?}"
+        );
+        assert_eq!(sub.events[0].id, EventId::from_provider("sg_event_id"));
+        assert_eq!(
+            sub.events[0].keys.get("category").map(String::as_str),
+            Some("cat facts")
+        );
+        let array_category = r#"[{"event":"open","timestamp":1513299569,"email":"a@x","sg_event_id":"e1","category":["a","b"]}]"#;
+        let sub = submission_from("sg", &sendgrid, &policy, array_category, now()).unwrap();
+        assert_eq!(
+            sub.events[0].keys.get("category").map(String::as_str),
+            Some("a,b")
+        );
+        let body = fixture("mailgun/delivered.json");
+        let sub =
+            submission_from("mg", &SourceKind::Preset(&MAILGUN), &policy, &body, now()).unwrap();
+        let event = &sub.events[0];
+        assert_eq!(event.kind, "delivered");
+        assert_eq!(event.time.timestamp_millis(), 1_534_108_637_153);
+        assert_eq!(
+            event.keys.get("recipient").map(String::as_str),
+            Some("recipient@example.com")
+        );
+        assert_eq!(
+            event.keys.get("message_id").map(String::as_str),
+            Some("20180812211713.1.DF5966851B4BAA99@example.org")
+        );
     }
 
     #[test]

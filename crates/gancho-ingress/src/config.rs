@@ -70,10 +70,18 @@ pub struct SourceConfig {
         deserialize_with = "gancho_core::config::duration::option::deserialize"
     )]
     pub tolerance: Option<std::time::Duration>,
-    /// `secret`, `secret_env` or `secret_file` once read ([`SourceConfig::secrets_mut`]), or
-    /// why they could not be.
+    /// mailgun: the HTTP webhook signing key (Mailgun's Sending → Webhooks page); or
+    /// `signing_key_env`, `signing_key_file`.
+    pub signing_key: Option<SecretString>,
+    pub signing_key_env: Option<String>,
+    pub signing_key_file: Option<PathBuf>,
+    /// sendgrid: the verification key, base64 DER as SendGrid shows it. Without it, SendGrid's
+    /// requests are not signature-checked (give `basic_auth` then).
+    pub public_key: Option<String>,
+    /// `secret` (or `signing_key`), from the file, its variable or its file once read
+    /// ([`SourceConfig::secrets_mut`]), or why they could not be.
     #[serde(skip)]
-    resolved: Option<Result<Option<Secret>, KeyError>>,
+    resolved: Option<Result<Option<(&'static str, Secret)>, KeyError>>,
 }
 
 /// The kinds of source, as `kind` names them.
@@ -89,14 +97,20 @@ pub enum KindName {
     /// Any sender of Standard Webhooks (`webhook-id`, `webhook-timestamp`,
     /// `webhook-signature`).
     StandardWebhooks,
+    /// Postmark's webhooks (unsigned: give `basic_auth`).
+    Postmark,
+    /// SendGrid's Event Webhook, signed with ECDSA when `public_key` is given.
+    Sendgrid,
+    /// Mailgun's webhooks, signed in the body with `signing_key`.
+    Mailgun,
 }
 
 impl KindName {
-    /// Whether the kind checks a signature with `secret`.
+    /// Whether the kind checks a signature with `secret` (or `signing_key`).
     fn signed(self) -> bool {
         matches!(
             self,
-            KindName::Stripe | KindName::Github | KindName::StandardWebhooks
+            KindName::Stripe | KindName::Github | KindName::StandardWebhooks | KindName::Mailgun
         )
     }
 }
@@ -147,12 +161,28 @@ impl SourceConfig {
     /// given as `KEY_env` or `KEY_file`.
     pub fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
         if self.resolved.is_none() {
-            self.resolved = Some(Secret::from_keys(
+            let secret = Secret::from_keys(
                 "secret",
                 self.secret.take(),
                 self.secret_env.take(),
                 self.secret_file.take(),
-            ));
+            );
+            let signing_key = Secret::from_keys(
+                "signing_key",
+                self.signing_key.take(),
+                self.signing_key_env.take(),
+                self.signing_key_file.take(),
+            );
+            self.resolved = Some(match (secret, signing_key) {
+                (Err(err), _) | (_, Err(err)) => Err(err),
+                (Ok(Some(_)), Ok(Some(_))) => Err(KeyError::new(
+                    "signing_key",
+                    "give the key once: secret or signing_key",
+                )),
+                (Ok(Some(secret)), Ok(None)) => Ok(Some(("secret", secret))),
+                (Ok(None), Ok(Some(key))) => Ok(Some(("signing_key", key))),
+                (Ok(None), Ok(None)) => Ok(None),
+            });
         }
         let mut secrets = Vec::new();
         if let Some(BasicAuthConfig {
@@ -162,8 +192,8 @@ impl SourceConfig {
         {
             secrets.push(("basic_auth.password", password));
         }
-        if let Some(Ok(Some(secret))) = &mut self.resolved {
-            secrets.push(("secret", secret));
+        if let Some(Ok(Some((key, secret)))) = &mut self.resolved {
+            secrets.push((*key, secret));
         }
         secrets
     }
@@ -175,11 +205,11 @@ impl SourceConfig {
         let mut all = Vec::new();
         match self.resolved.take() {
             Some(Err(err)) => return Err(err),
-            Some(Ok(Some(secret))) => match secret.expose() {
+            Some(Ok(Some((key, secret)))) => match secret.expose() {
                 Some(value) => all.push(value.to_owned()),
                 None => {
                     return Err(KeyError::new(
-                        "secret",
+                        key,
                         "the secret was not read from its variable or file",
                     ));
                 }
@@ -250,6 +280,21 @@ impl SourceConfig {
                         std::mem::take(&mut self.keys),
                     )?,
                 })
+            }
+            KindName::Postmark | KindName::Sendgrid | KindName::Mailgun => {
+                let (name, preset) = match self.kind {
+                    KindName::Postmark => ("postmark", &crate::adapter::POSTMARK),
+                    KindName::Sendgrid => ("sendgrid", &crate::adapter::SENDGRID),
+                    _ => ("mailgun", &crate::adapter::MAILGUN),
+                };
+                self.no_pointers(name)?;
+                if !self.keys.is_empty() {
+                    return Err(KeyError::new(
+                        "keys",
+                        format!("the {name} kind's keys are fixed (docs/sources.md)"),
+                    ));
+                }
+                SourceKind::Preset(preset)
             }
             KindName::Github => {
                 self.no_pointers("github")?;
@@ -350,11 +395,38 @@ impl SourceConfig {
         secrets: &[String],
     ) -> Result<(Option<crate::verify::Verifier>, Option<Vec<u8>>), KeyError> {
         use gancho_core::signature::{HmacHash, HmacKey, StandardWebhooks};
+        if self.public_key.is_some() && self.kind != KindName::Sendgrid {
+            return Err(KeyError::new(
+                "public_key",
+                "only the sendgrid kind takes it",
+            ));
+        }
+        if self.kind == KindName::Sendgrid {
+            if !secrets.is_empty() {
+                return Err(KeyError::new(
+                    "secret",
+                    "sendgrid signs with a key pair: give its public_key",
+                ));
+            }
+            let Some(public_key) = &self.public_key else {
+                if self.tolerance.is_some() {
+                    return Err(KeyError::new("tolerance", "it applies with a public_key"));
+                }
+                return Ok((None, None));
+            };
+            let point = crate::verify::p256_point(public_key)
+                .map_err(|why| KeyError::new("public_key", why))?;
+            let verifier = crate::verify::Verifier::Sendgrid {
+                point: point.clone(),
+                tolerance: self.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            };
+            return Ok((Some(verifier), Some(point)));
+        }
         if !self.kind.signed() {
             if !secrets.is_empty() {
                 return Err(KeyError::new(
                     "secret",
-                    "only the signed kinds (stripe, github, standard-webhooks) take a secret",
+                    "only the signed kinds (stripe, github, standard-webhooks, mailgun) take a secret",
                 ));
             }
             if self.tolerance.is_some() {
@@ -389,6 +461,11 @@ impl SourceConfig {
                     keys: secrets.iter().map(hmac).collect(),
                 }
             }
+            KindName::Mailgun => crate::verify::Verifier::Mailgun {
+                keys: secrets.iter().map(hmac).collect(),
+                tolerance,
+                seen: Default::default(),
+            },
             _ => crate::verify::Verifier::StandardWebhooks {
                 scheme: StandardWebhooks::new(secrets)
                     .map_err(|err| KeyError::new("secret", err.to_string()))?,

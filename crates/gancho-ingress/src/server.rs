@@ -450,7 +450,25 @@ async fn receive(
             format!("signature check failed: {failed}"),
         ));
     }
-    let text = match std::str::from_utf8(&body) {
+    let (answer, counts) = parse_and_store(&req, state, source, &body).await;
+    // A refused request may come again, as the provider retries it: its token is not spent.
+    if answer.status() != StatusCode::OK
+        && let Some(verifier) = &source.verify
+    {
+        verifier.forget(&body);
+    }
+    (answer, counts)
+}
+
+/// The body of a request that passed its checks, parsed by the source's adapter and stored.
+async fn parse_and_store(
+    req: &HttpRequest,
+    state: &web::Data<State>,
+    source: &Source,
+    body: &[u8],
+) -> (HttpResponse, Option<Counts>) {
+    let response = |r: HttpResponse| (r, None);
+    let text = match std::str::from_utf8(body) {
         Ok(text) => text,
         Err(err) => {
             return response(error(

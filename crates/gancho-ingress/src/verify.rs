@@ -25,6 +25,68 @@ pub enum Verifier {
     },
     /// `X-Hub-Signature-256: sha256=HEX`: HMAC-SHA256 of the body.
     GitHub { keys: Vec<HmacKey> },
+    /// SendGrid's Event Webhook: ECDSA P-256 over `timestamp || body`, the signature base64
+    /// DER in `X-Twilio-Email-Event-Webhook-Signature`, the timestamp in `…-Timestamp`.
+    Sendgrid {
+        /// The public key's uncompressed point (from the base64 DER SubjectPublicKeyInfo
+        /// SendGrid shows).
+        point: Vec<u8>,
+        tolerance: Duration,
+    },
+    /// Mailgun: the body's `signature` block, HMAC-SHA256 (hex) of `timestamp + token` with the
+    /// signing key; a token is accepted once within the tolerance.
+    Mailgun {
+        keys: Vec<HmacKey>,
+        tolerance: Duration,
+        seen: std::sync::Arc<std::sync::Mutex<Tokens>>,
+    },
+}
+
+/// Mailgun tokens seen, with their timestamps: kept for the tolerance window, so a captured
+/// request cannot be replayed while its timestamp would still pass.
+#[derive(Debug, Default)]
+pub struct Tokens(std::collections::HashMap<String, i64>);
+
+impl Tokens {
+    /// Records `token` (its request signed at `timestamp`); `false` if it was already there.
+    /// Tokens older than `now - tolerance` are forgotten first.
+    fn first_sight(&mut self, token: &str, timestamp: i64, now: i64, tolerance: i64) -> bool {
+        self.0.retain(|_, at| *at >= now - tolerance);
+        self.0.insert(token.to_owned(), timestamp).is_none()
+    }
+}
+
+/// The DER prefix of a P-256 SubjectPublicKeyInfo (id-ecPublicKey, prime256v1, then the bit
+/// string of an uncompressed point): what SendGrid's key is, before its 65 point bytes.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// The uncompressed point of a P-256 public key given as base64 DER (SubjectPublicKeyInfo),
+/// as SendGrid shows it.
+pub fn p256_point(base64_der: &str) -> Result<Vec<u8>, &'static str> {
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(base64_der.trim())
+        .map_err(|_| "not base64")?;
+    match der.strip_prefix(&P256_SPKI_PREFIX[..]) {
+        Some(point) if point.len() == 65 && point[0] == 4 => Ok(point.to_vec()),
+        _ => Err("not a P-256 public key (base64 DER, as SendGrid shows it)"),
+    }
+}
+
+/// Mailgun's `signature` block; the rest of the body is not read here.
+#[derive(serde::Deserialize)]
+struct MailgunBody {
+    signature: Option<MailgunSignature>,
+}
+
+#[derive(serde::Deserialize)]
+struct MailgunSignature {
+    timestamp: serde_json::Value,
+    token: String,
+    signature: String,
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, VerifyError> {
@@ -91,6 +153,92 @@ impl Verifier {
                 ))?;
                 any_matches(keys, &[body], &[signature])
             }
+            Verifier::Sendgrid { point, tolerance } => {
+                use base64::Engine as _;
+                const SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
+                const TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
+                let signature = header(headers, SIGNATURE)?;
+                let timestamp = header(headers, TIMESTAMP)?;
+                let seconds: i64 = timestamp
+                    .trim()
+                    .parse()
+                    .map_err(|_| VerifyError::MalformedHeader(TIMESTAMP, "not Unix seconds"))?;
+                let signature = base64::engine::general_purpose::STANDARD
+                    .decode(signature.trim())
+                    .map_err(|_| VerifyError::MalformedHeader(SIGNATURE, "not base64"))?;
+                check_timestamp(seconds, now_secs, tolerance.as_secs())?;
+                let mut signed = Vec::with_capacity(timestamp.len() + body.len());
+                signed.extend_from_slice(timestamp.as_bytes());
+                signed.extend_from_slice(body);
+                match gancho_core::signature::verify_p256(point, &signed, &signature) {
+                    true => Ok(()),
+                    false => Err(VerifyError::BadSignature),
+                }
+            }
+            Verifier::Mailgun {
+                keys,
+                tolerance,
+                seen,
+            } => {
+                let parsed: MailgunBody = serde_json::from_slice(body).map_err(|_| {
+                    VerifyError::MalformedHeader("signature", "the body is not a Mailgun webhook")
+                })?;
+                let block = parsed
+                    .signature
+                    .ok_or(VerifyError::MissingHeader("signature"))?;
+                let timestamp = match &block.timestamp {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    _ => {
+                        return Err(VerifyError::MalformedHeader(
+                            "signature",
+                            "timestamp is not Unix seconds",
+                        ));
+                    }
+                };
+                let seconds: i64 = timestamp.parse().map_err(|_| {
+                    VerifyError::MalformedHeader("signature", "timestamp is not Unix seconds")
+                })?;
+                let given = from_hex(&block.signature).ok_or(VerifyError::MalformedHeader(
+                    "signature",
+                    "signature is not hex",
+                ))?;
+                check_timestamp(seconds, now_secs, tolerance.as_secs())?;
+                any_matches(
+                    keys,
+                    &[timestamp.as_bytes(), block.token.as_bytes()],
+                    &[given],
+                )?;
+                let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
+                let first = seen.lock().unwrap_or_else(|e| e.into_inner()).first_sight(
+                    &block.token,
+                    seconds,
+                    now_secs,
+                    tolerance,
+                );
+                if first {
+                    Ok(())
+                } else {
+                    Err(VerifyError::Replayed)
+                }
+            }
+        }
+    }
+}
+
+impl Verifier {
+    /// Forgets what a check of `body` remembered (a Mailgun token): the request was refused
+    /// after its check, and the provider's retry of it must pass again.
+    pub fn forget(&self, body: &[u8]) {
+        if let Verifier::Mailgun { seen, .. } = self
+            && let Ok(MailgunBody {
+                signature: Some(block),
+            }) = serde_json::from_slice::<MailgunBody>(body)
+        {
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .remove(&block.token);
         }
     }
 }
@@ -288,5 +436,107 @@ mod tests {
             v.check(&headers(&[]), b"{}", at),
             Err(VerifyError::MissingHeader("webhook-id"))
         );
+    }
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let file = format!("{}/../../tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&file).unwrap_or_else(|err| panic!("{file}: {err}"))
+    }
+
+    #[test]
+    fn mailgun_signatures_pass_once_and_forgotten_tokens_pass_again() {
+        let body = fixture("mailgun/delivered.json");
+        let v = Verifier::Mailgun {
+            keys: vec![HmacKey::new(
+                HmacHash::Sha256,
+                b"mailgun-webhook-signing-key-example",
+            )],
+            tolerance: Duration::from_secs(300),
+            seen: Default::default(),
+        };
+        let at = Utc.timestamp_opt(1_534_108_637, 0).unwrap();
+        assert_eq!(v.check(&headers(&[]), &body, at), Ok(()));
+        assert_eq!(
+            v.check(&headers(&[]), &body, at),
+            Err(VerifyError::Replayed)
+        );
+        v.forget(&body);
+        assert_eq!(v.check(&headers(&[]), &body, at), Ok(()));
+        let later = Utc.timestamp_opt(1_534_108_637 + 301, 0).unwrap();
+        assert!(matches!(
+            v.check(&headers(&[]), &body, later),
+            Err(VerifyError::StaleTimestamp { .. })
+        ));
+        let wrong = Verifier::Mailgun {
+            keys: vec![HmacKey::new(HmacHash::Sha256, b"another key")],
+            tolerance: Duration::from_secs(300),
+            seen: Default::default(),
+        };
+        assert_eq!(
+            wrong.check(&headers(&[]), &body, at),
+            Err(VerifyError::BadSignature)
+        );
+        let text = String::from_utf8(body).unwrap();
+        let flipped = text.replace("1534108637\"", "1534108638\"");
+        assert_ne!(flipped, text);
+        assert_eq!(
+            v.check(&headers(&[]), flipped.as_bytes(), at),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            v.check(&headers(&[]), b"{}", at),
+            Err(VerifyError::MissingHeader("signature"))
+        );
+    }
+
+    #[test]
+    fn sendgrid_ecdsa_signatures_pass_and_fail() {
+        use base64::Engine as _;
+        use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        // The key as SendGrid shows it: base64 of the DER SubjectPublicKeyInfo.
+        let mut spki = P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let point = p256_point(&b64.encode(&spki)).unwrap();
+        let v = Verifier::Sendgrid {
+            point,
+            tolerance: Duration::from_secs(300),
+        };
+        let body = fixture("sendgrid/docs_all_events_batch.json");
+        let t = now().timestamp().to_string();
+        let sign = |t: &str, body: &[u8]| {
+            let mut signed = t.as_bytes().to_vec();
+            signed.extend_from_slice(body);
+            b64.encode(pair.sign(&rng, &signed).unwrap().as_ref())
+        };
+        let h = |sig: &str, t: &str| {
+            headers(&[
+                ("x-twilio-email-event-webhook-signature", sig),
+                ("x-twilio-email-event-webhook-timestamp", t),
+            ])
+        };
+        assert_eq!(v.check(&h(&sign(&t, &body), &t), &body, now()), Ok(()));
+        let mut flipped = body.clone();
+        flipped[20] ^= 1;
+        assert_eq!(
+            v.check(&h(&sign(&t, &body), &t), &flipped, now()),
+            Err(VerifyError::BadSignature)
+        );
+        let old = (now().timestamp() - 600).to_string();
+        assert!(matches!(
+            v.check(&h(&sign(&old, &body), &old), &body, now()),
+            Err(VerifyError::StaleTimestamp { .. })
+        ));
+        assert_eq!(
+            v.check(&headers(&[]), &body, now()),
+            Err(VerifyError::MissingHeader(
+                "x-twilio-email-event-webhook-signature"
+            ))
+        );
+        assert!(p256_point("bm90IGEga2V5").is_err());
     }
 }
