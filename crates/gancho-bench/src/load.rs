@@ -21,7 +21,12 @@ pub struct Target {
     addr: SocketAddr,
     path: &'static str,
     authorization: Option<String>,
+    /// Signs each request the Standard Webhooks way instead (the `signed` source).
+    signer: Option<gancho_core::signature::StandardWebhooks>,
 }
+
+/// The secret of the bench's `signed` source (kind `standard-webhooks`).
+pub const SIGNING_SECRET: &str = "whsec_YmVuY2gtc2lnbmluZy1zZWNyZXQtMDEyMzQ1Njc4OQ==";
 
 impl Target {
     pub fn ceiling(addr: SocketAddr) -> Target {
@@ -29,6 +34,7 @@ impl Target {
             addr,
             path: "/hooks/mailjet",
             authorization: None,
+            signer: None,
         }
     }
 
@@ -40,7 +46,20 @@ impl Target {
                 "Basic {}",
                 base64(format!("{USER}:{PASSWORD}").as_bytes())
             )),
+            signer: None,
         }
+    }
+
+    /// The daemon's `signed` source: each request signed with [`SIGNING_SECRET`].
+    pub fn gancho_signed(addr: SocketAddr) -> anyhow::Result<Target> {
+        Ok(Target {
+            addr,
+            path: "/hooks/signed",
+            authorization: None,
+            signer: Some(gancho_core::signature::StandardWebhooks::new(&[
+                SIGNING_SECRET,
+            ])?),
+        })
     }
 }
 
@@ -194,6 +213,17 @@ async fn connection(
         );
         if let Some(auth) = &target.authorization {
             request.extend_from_slice(format!("Authorization: {auth}\r\n").as_bytes());
+        }
+        if let Some(signer) = &target.signer {
+            let id = format!("msg_{}", NEXT_EVENT.fetch_add(1, Ordering::Relaxed));
+            let now = gancho_core::Clock::now(&gancho_core::SystemClock).timestamp();
+            let signature = signer.sign(&id, now, body.as_bytes());
+            request.extend_from_slice(
+                format!(
+                    "webhook-id: {id}\r\nwebhook-timestamp: {now}\r\nwebhook-signature: {signature}\r\n"
+                )
+                .as_bytes(),
+            );
         }
         request.extend_from_slice(b"\r\n");
         request.extend_from_slice(body.as_bytes());

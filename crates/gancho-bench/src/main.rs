@@ -16,6 +16,7 @@ mod load;
 mod metrics_cost;
 mod micro;
 mod prune;
+mod signed_cost;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -127,6 +128,10 @@ struct Args {
     /// makes (an A/A test), to read the real figure against.
     #[arg(long)]
     control: bool,
+    /// Measure what a signature check costs ingest: single events to a basic-auth source and
+    /// to a Standard Webhooks one of the same daemon, in alternating phases, `--rounds` each.
+    #[arg(long)]
+    signed_cost: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,6 +173,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.metrics_cost {
         return metrics_cost::run(&args);
+    }
+    if args.signed_cost {
+        return signed_cost::run(&args);
     }
     if let Some(addr) = args.attach {
         let spec = LoadSpec {
