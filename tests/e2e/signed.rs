@@ -366,3 +366,92 @@ fn postmark_and_sendgrid_fixtures_are_stored_with_their_types_and_keys() {
     );
     assert_eq!(sendgrid[0]["keys"]["email"], "example@test.com");
 }
+
+#[test]
+fn twilio_status_callbacks_are_forms_checked_against_the_public_url() {
+    let url = "https://hooks.example.com/hooks/tw";
+    let setup = Setup::new(&format!(
+        "[sources.tw]\nkind = \"twilio\"\nauth_token = \"twilio-auth-token-0123\"\npublic_url = \"{url}\"\n"
+    ));
+    let daemon = setup.start();
+    let form = |status: &str| {
+        format!(
+            "MessageSid=SM1234&MessageStatus={status}&To=%2B34600000001&From=%2B15005550006&AccountSid=AC99&ApiVersion=2010-04-01"
+        )
+    };
+    let sign = |token: &str, body: &str| {
+        let mut fields: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        fields.sort();
+        let mut signed = url.to_owned();
+        for (k, v) in fields {
+            signed.push_str(&k);
+            signed.push_str(&v);
+        }
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(HmacKey::new(HmacHash::Sha1, token.as_bytes()).tag(&[signed.as_bytes()]))
+    };
+    let send = |body: &str, signature: Option<String>, content_type: &str| {
+        let mut request =
+            Request::post("/hooks/tw", body.as_bytes()).header("Content-Type", content_type);
+        if let Some(signature) = signature {
+            request = request.header("X-Twilio-Signature", &signature);
+        }
+        daemon.request(&request)
+    };
+    let form_type = "application/x-www-form-urlencoded";
+    for status in ["sent", "delivered"] {
+        let body = form(status);
+        let answer = send(
+            &body,
+            Some(sign("twilio-auth-token-0123", &body)),
+            form_type,
+        );
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let events = setup.events(&[]);
+    assert_eq!(events.len(), 2, "each status is an event of its own");
+    assert_eq!(events[1]["type"], "delivered");
+    assert_eq!(events[1]["id"], "p:SM1234:delivered");
+    assert_eq!(events[1]["keys"]["MessageSid"], "SM1234");
+    assert_eq!(events[1]["keys"]["To"], "+34600000001");
+    assert_eq!(events[1]["data"]["ApiVersion"], "2010-04-01");
+    let body = form("failed");
+    let wrong = send(&body, Some(sign("another-token", &body)), form_type);
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert!(wrong.body.contains("bad signature"));
+    let missing = send(&body, None, form_type);
+    assert_eq!(missing.status, 401);
+    assert!(missing.body.contains("missing header x-twilio-signature"));
+    let json = send(
+        "{}",
+        Some(sign("twilio-auth-token-0123", "{}")),
+        "application/json",
+    );
+    assert_eq!(json.status, 415, "{}", json.body);
+    assert_eq!(setup.events(&[]).len(), 2);
+}
+
+#[test]
+fn a_generic_form_source_reads_its_fields_with_pointers() {
+    let setup = Setup::new(
+        "[sources.shop]\nkind = \"form\"\nbasic_auth = { user = \"shop\", password = \"shop-secret\" }\ntype = \"/event\"\nid = \"/order\"\nkeys = { customer = \"/customer\" }\n",
+    );
+    let daemon = setup.start();
+    let answer = daemon.request(
+        &Request::post(
+            "/hooks/shop",
+            b"event=order.paid&order=o-1&customer=c%2F9&tag=a&tag=b",
+        )
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .basic_auth("shop", "shop-secret"),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let events = setup.events(&[]);
+    assert_eq!(events[0]["type"], "order.paid");
+    assert_eq!(events[0]["id"], "p:o-1");
+    assert_eq!(events[0]["keys"]["customer"], "c/9");
+    assert_eq!(events[0]["data"]["tag"], serde_json::json!(["a", "b"]));
+}

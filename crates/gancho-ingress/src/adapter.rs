@@ -40,6 +40,9 @@ pub struct Preset {
     pub time: &'static [&'static str],
     /// Empty: a hash of the content.
     pub id: &'static [&'static str],
+    /// The id is every pointer of `id` joined with `:` (Twilio's sid and status), not the
+    /// first present.
+    pub id_joins: bool,
     /// Name and pointers. An array of strings (SendGrid's `category`) is joined with commas.
     pub keys: &'static [(&'static str, &'static [&'static str])],
 }
@@ -49,6 +52,7 @@ pub static POSTMARK: Preset = Preset {
     kind: "/RecordType",
     time: &["/DeliveredAt", "/BouncedAt", "/ReceivedAt", "/ChangedAt"],
     id: &[],
+    id_joins: false,
     keys: &[
         ("MessageID", &["/MessageID"]),
         ("Recipient", &["/Recipient", "/Email"]),
@@ -62,6 +66,7 @@ pub static SENDGRID: Preset = Preset {
     kind: "/event",
     time: &["/timestamp"],
     id: &["/sg_event_id"],
+    id_joins: false,
     keys: &[
         ("email", &["/email"]),
         ("sg_message_id", &["/sg_message_id"]),
@@ -74,6 +79,7 @@ pub static MAILGUN: Preset = Preset {
     kind: "/event-data/event",
     time: &["/event-data/timestamp"],
     id: &["/event-data/id"],
+    id_joins: false,
     keys: &[
         ("recipient", &["/event-data/recipient"]),
         ("message_id", &["/event-data/message/headers/message-id"]),
@@ -160,6 +166,42 @@ pub fn submission_from(
 ) -> Result<Submission, BodyError> {
     submission_with(source, kind, time, &Envelope::default(), body, received)
 }
+
+/// An HTML form body (`application/x-www-form-urlencoded`) as the text of a JSON object of its
+/// fields: a field given once is a string, one given more than once an array of its values, in
+/// order.
+pub fn form_to_json(body: &[u8]) -> String {
+    let mut object = serde_json::Map::new();
+    for (name, value) in url::form_urlencoded::parse(body) {
+        let value = Value::String(value.into_owned());
+        match object.get_mut(name.as_ref()) {
+            None => {
+                object.insert(name.into_owned(), value);
+            }
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => {
+                let first = first.take();
+                object.insert(name.into_owned(), Value::Array(vec![first, value]));
+            }
+        }
+    }
+    Value::Object(object).to_string()
+}
+
+/// Twilio's status callbacks: one form per message status.
+pub static TWILIO: Preset = Preset {
+    kind: "/MessageStatus",
+    time: &[],
+    // Each status of a message is an event of its own.
+    id: &["/MessageSid", "/MessageStatus"],
+    id_joins: true,
+    keys: &[
+        ("MessageSid", &["/MessageSid", "/SmsSid"]),
+        ("To", &["/To"]),
+        ("From", &["/From"]),
+        ("AccountSid", &["/AccountSid"]),
+    ],
+};
 
 /// What a request's headers say of its events (GitHub's `X-GitHub-Event` and
 /// `X-GitHub-Delivery`, a Standard Webhooks `webhook-id`): it takes the place of the body's.
@@ -424,7 +466,16 @@ fn preset_parts(preset: &Preset, text: &str, unit: TimeUnit) -> Result<Parts, St
             Some((format!("at {pointer}"), shown_value(&t.to_string()))),
         ),
     };
-    let id = match first(preset.id).and_then(|(_, v)| key_text(v)) {
+    let id = match preset.id_joins {
+        true => preset
+            .id
+            .iter()
+            .map(|p| item.pointer(p).and_then(key_text))
+            .collect::<Option<Vec<String>>>()
+            .map(|parts| parts.join(":")),
+        false => first(preset.id).and_then(|(_, v)| key_text(v)),
+    };
+    let id = match id {
         Some(id) => Some(EventId::from_provider(&checked_key("id", id)?)),
         None => None,
     };

@@ -75,6 +75,14 @@ pub struct SourceConfig {
     pub signing_key: Option<SecretString>,
     pub signing_key_env: Option<String>,
     pub signing_key_file: Option<PathBuf>,
+    /// twilio: the account's auth token, which signs its callbacks; or `auth_token_env`,
+    /// `auth_token_file`.
+    pub auth_token: Option<SecretString>,
+    pub auth_token_env: Option<String>,
+    pub auth_token_file: Option<PathBuf>,
+    /// twilio: the URL Twilio calls, exactly as configured there (`https://…/hooks/NAME`): it
+    /// is part of what Twilio signs, and a proxy in front changes what gancho sees.
+    pub public_url: Option<String>,
     /// sendgrid: the verification key, base64 DER as SendGrid shows it. Without it, SendGrid's
     /// requests are not signature-checked (give `basic_auth` then).
     pub public_key: Option<String>,
@@ -103,6 +111,10 @@ pub enum KindName {
     Sendgrid,
     /// Mailgun's webhooks, signed in the body with `signing_key`.
     Mailgun,
+    /// Twilio's status callbacks (forms), signed with `X-Twilio-Signature`.
+    Twilio,
+    /// Any HTML form (`application/x-www-form-urlencoded`), read with the pointers as `json`.
+    Form,
 }
 
 impl KindName {
@@ -110,7 +122,11 @@ impl KindName {
     fn signed(self) -> bool {
         matches!(
             self,
-            KindName::Stripe | KindName::Github | KindName::StandardWebhooks | KindName::Mailgun
+            KindName::Stripe
+                | KindName::Github
+                | KindName::StandardWebhooks
+                | KindName::Mailgun
+                | KindName::Twilio
         )
     }
 }
@@ -173,15 +189,34 @@ impl SourceConfig {
                 self.signing_key_env.take(),
                 self.signing_key_file.take(),
             );
-            self.resolved = Some(match (secret, signing_key) {
-                (Err(err), _) | (_, Err(err)) => Err(err),
-                (Ok(Some(_)), Ok(Some(_))) => Err(KeyError::new(
-                    "signing_key",
-                    "give the key once: secret or signing_key",
+            let auth_token = Secret::from_keys(
+                "auth_token",
+                self.auth_token.take(),
+                self.auth_token_env.take(),
+                self.auth_token_file.take(),
+            );
+            // One secret, under the name its kind's provider gives it.
+            let mut given = Vec::new();
+            let mut failed = None;
+            for (name, read) in [
+                ("secret", secret),
+                ("signing_key", signing_key),
+                ("auth_token", auth_token),
+            ] {
+                match read {
+                    Ok(Some(secret)) => given.push((name, secret)),
+                    Ok(None) => {}
+                    Err(err) => failed = Some(err),
+                }
+            }
+            self.resolved = Some(match (failed, given.len()) {
+                (Some(err), _) => Err(err),
+                (None, 0) => Ok(None),
+                (None, 1) => Ok(given.pop()),
+                (None, _) => Err(KeyError::new(
+                    given[1].0,
+                    "give the key once: secret, signing_key or auth_token",
                 )),
-                (Ok(Some(secret)), Ok(None)) => Ok(Some(("secret", secret))),
-                (Ok(None), Ok(Some(key))) => Ok(Some(("signing_key", key))),
-                (Ok(None), Ok(None)) => Ok(None),
             });
         }
         let mut secrets = Vec::new();
@@ -281,10 +316,11 @@ impl SourceConfig {
                     )?,
                 })
             }
-            KindName::Postmark | KindName::Sendgrid | KindName::Mailgun => {
+            KindName::Postmark | KindName::Sendgrid | KindName::Mailgun | KindName::Twilio => {
                 let (name, preset) = match self.kind {
                     KindName::Postmark => ("postmark", &crate::adapter::POSTMARK),
                     KindName::Sendgrid => ("sendgrid", &crate::adapter::SENDGRID),
+                    KindName::Twilio => ("twilio", &crate::adapter::TWILIO),
                     _ => ("mailgun", &crate::adapter::MAILGUN),
                 };
                 self.no_pointers(name)?;
@@ -315,7 +351,7 @@ impl SourceConfig {
                     )?,
                 })
             }
-            KindName::Json | KindName::StandardWebhooks => {
+            KindName::Json | KindName::StandardWebhooks | KindName::Form => {
                 if self.kind == KindName::StandardWebhooks {
                     headers.id = Some("webhook-id");
                     // The Standard Webhooks payload: `type`, `timestamp`, `data`.
@@ -356,9 +392,14 @@ impl SourceConfig {
             }
         };
         let defaults = crate::adapter::TimePolicy::default();
+        let format = match self.kind {
+            KindName::Twilio | KindName::Form => crate::server::BodyFormat::Form,
+            _ => crate::server::BodyFormat::Json,
+        };
         Ok(Source {
             name: name.to_owned(),
             kind,
+            format,
             verify,
             verify_fingerprint,
             headers,
@@ -401,6 +442,9 @@ impl SourceConfig {
                 "only the sendgrid kind takes it",
             ));
         }
+        if self.public_url.is_some() && self.kind != KindName::Twilio {
+            return Err(KeyError::new("public_url", "only the twilio kind takes it"));
+        }
         if self.kind == KindName::Sendgrid {
             if !secrets.is_empty() {
                 return Err(KeyError::new(
@@ -426,7 +470,7 @@ impl SourceConfig {
             if !secrets.is_empty() {
                 return Err(KeyError::new(
                     "secret",
-                    "only the signed kinds (stripe, github, standard-webhooks, mailgun) take a secret",
+                    "only the signed kinds (stripe, github, standard-webhooks, mailgun, twilio) take a secret",
                 ));
             }
             if self.tolerance.is_some() {
@@ -459,6 +503,30 @@ impl SourceConfig {
                 }
                 crate::verify::Verifier::GitHub {
                     keys: secrets.iter().map(hmac).collect(),
+                }
+            }
+            KindName::Twilio => {
+                if self.tolerance.is_some() {
+                    return Err(KeyError::new(
+                        "tolerance",
+                        "Twilio signs no timestamp: the twilio kind takes no tolerance",
+                    ));
+                }
+                let Some(public_url) = self.public_url.clone() else {
+                    return Err(KeyError::new(
+                        "public_url",
+                        "required for twilio: the callback URL exactly as Twilio calls it, which it signs",
+                    ));
+                };
+                if secrets.len() > 1 {
+                    return Err(KeyError::new(
+                        "secrets",
+                        "Twilio signs with the account's one auth token",
+                    ));
+                }
+                crate::verify::Verifier::Twilio {
+                    key: HmacKey::new(HmacHash::Sha1, secrets[0].as_bytes()),
+                    public_url,
                 }
             }
             KindName::Mailgun => crate::verify::Verifier::Mailgun {

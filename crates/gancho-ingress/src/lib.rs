@@ -19,11 +19,13 @@ mod server;
 mod verify;
 
 pub use adapter::{
-    BodyError, Envelope, JsonSpec, SourceKind, TimePolicy, submission_from, submission_with,
+    BodyError, Envelope, JsonSpec, SourceKind, TimePolicy, form_to_json, submission_from,
+    submission_with,
 };
 pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};
 pub use server::{
-    IngressConfig, IngressHandle, IngressServer, Readiness, Rotated, Source, Sources, block_on,
+    BodyFormat, IngressConfig, IngressHandle, IngressServer, Readiness, Rotated, Source, Sources,
+    block_on,
 };
 pub use verify::{HeaderFields, Verifier};

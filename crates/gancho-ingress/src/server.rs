@@ -28,8 +28,20 @@ pub struct Source {
     pub verify_fingerprint: Option<Vec<u8>>,
     /// Headers that give its events' type or id.
     pub headers: crate::verify::HeaderFields,
+    /// What its bodies are: JSON, or an HTML form (`application/x-www-form-urlencoded`).
+    pub format: BodyFormat,
     /// Credentials the sender must present; `None` accepts any sender.
     pub auth: Option<BasicAuth>,
+}
+
+/// How a source's bodies are sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BodyFormat {
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded` (Twilio's callbacks): read as a JSON object of its
+    /// fields (a field given more than once: an array of its values).
+    Form,
 }
 
 /// What the server needs to know, already validated.
@@ -435,7 +447,7 @@ async fn receive(
         );
         return response(refused);
     }
-    if let Err(reason) = check_content_type(&req) {
+    if let Err(reason) = check_content_type(&req, source.format) {
         return response(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason));
     }
     let body = match read_body(&req, payload, state.max_body_bytes, state.body_timeout).await {
@@ -475,6 +487,14 @@ async fn parse_and_store(
                 StatusCode::BAD_REQUEST,
                 format!("body is not valid JSON: it is not UTF-8 ({err})"),
             ));
+        }
+    };
+    let form_json;
+    let text = match source.format {
+        BodyFormat::Json => text,
+        BodyFormat::Form => {
+            form_json = crate::adapter::form_to_json(body);
+            form_json.as_str()
         }
     };
     let received = state.clock.now();
@@ -546,9 +566,13 @@ async fn parse_and_store(
     }
 }
 
-fn check_content_type(req: &HttpRequest) -> Result<(), String> {
+fn check_content_type(req: &HttpRequest, format: BodyFormat) -> Result<(), String> {
+    let want = match format {
+        BodyFormat::Json => "application/json",
+        BodyFormat::Form => "application/x-www-form-urlencoded",
+    };
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
-        return Err("missing Content-Type; send application/json".to_owned());
+        return Err(format!("missing Content-Type; send {want}"));
     };
     let text = value.to_str().unwrap_or("");
     let essence = text
@@ -557,13 +581,17 @@ fn check_content_type(req: &HttpRequest) -> Result<(), String> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-    {
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let accepted = match format {
+        BodyFormat::Json => json,
+        BodyFormat::Form => essence == want,
+    };
+    if accepted {
         Ok(())
     } else {
         Err(format!(
-            "Content-Type {text:?} is not supported; send application/json"
+            "Content-Type {text:?} is not supported; send {want}"
         ))
     }
 }
