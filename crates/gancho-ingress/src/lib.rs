@@ -19,8 +19,8 @@ mod server;
 mod verify;
 
 pub use adapter::{
-    BodyError, Envelope, JsonSpec, SourceKind, TimePolicy, form_to_json, submission_from,
-    submission_with,
+    BodyError, Envelope, JsonSpec, MAILGUN, POSTMARK, Preset, SENDGRID, SourceKind, TWILIO,
+    TimePolicy, form_to_json, submission_from, submission_with,
 };
 pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};
@@ -28,4 +28,4 @@ pub use server::{
     BodyFormat, IngressConfig, IngressHandle, IngressServer, Readiness, Rotated, Source, Sources,
     block_on,
 };
-pub use verify::{HeaderFields, Verifier};
+pub use verify::{HeaderFields, Tokens, Verifier, p256_point};
