@@ -455,3 +455,85 @@ fn a_generic_form_source_reads_its_fields_with_pointers() {
     assert_eq!(events[0]["keys"]["customer"], "c/9");
     assert_eq!(events[0]["data"]["tag"], serde_json::json!(["a", "b"]));
 }
+
+#[test]
+fn a_json_source_can_take_a_generic_hmac_with_a_timestamp() {
+    let setup = Setup::new(
+        "[sources.shop]\nkind = \"json\"\ntype = \"/event\"\nid = \"/id\"\nsecret = \"shop-shared-secret\"\n\
+         hmac = { header = \"X-Shop-Signature\", algorithm = \"sha1\", encoding = \"base64\", prefix = \"v1=\", timestamp_header = \"X-Shop-Time\" }\n",
+    );
+    let daemon = setup.start();
+    let body = br#"{"id":"o-1","event":"order.paid"}"#;
+    let sign = |secret: &str, t: i64, body: &[u8]| {
+        use base64::Engine as _;
+        let tag = HmacKey::new(HmacHash::Sha1, secret.as_bytes()).tag(&[
+            t.to_string().as_bytes(),
+            b".",
+            body,
+        ]);
+        vec![
+            (
+                "X-Shop-Signature",
+                format!(
+                    "v1={}",
+                    base64::engine::general_purpose::STANDARD.encode(tag)
+                ),
+            ),
+            ("X-Shop-Time", t.to_string()),
+        ]
+    };
+    let t = now_secs();
+    let (status, answer) = post(
+        &daemon,
+        "/hooks/shop",
+        body,
+        &sign("shop-shared-secret", t, body),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(setup.events(&[])[0]["id"], "p:o-1");
+    let path = "/hooks/shop";
+    refused(
+        &daemon,
+        &setup,
+        path,
+        br#"{"id":"o-2","event":"order.paid"}"#,
+        &sign("shop-shared-secret", t, body),
+        "bad signature",
+    );
+    refused(
+        &daemon,
+        &setup,
+        path,
+        body,
+        &sign("other", t, body),
+        "bad signature",
+    );
+    refused(
+        &daemon,
+        &setup,
+        path,
+        body,
+        &sign("shop-shared-secret", t - 3600, body),
+        "stale timestamp",
+    );
+    refused(
+        &daemon,
+        &setup,
+        path,
+        body,
+        &[],
+        "missing header x-shop-signature",
+    );
+    let unprefixed = vec![
+        ("X-Shop-Signature", "AAAA".to_owned()),
+        ("X-Shop-Time", t.to_string()),
+    ];
+    refused(
+        &daemon,
+        &setup,
+        path,
+        body,
+        &unprefixed,
+        "header x-shop-signature is malformed: the prefix is missing",
+    );
+}

@@ -12,9 +12,9 @@ use ring::hmac;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("missing header {0}")]
-    MissingHeader(&'static str),
+    MissingHeader(String),
     #[error("header {0} is malformed: {1}")]
-    MalformedHeader(&'static str, &'static str),
+    MalformedHeader(String, &'static str),
     #[error("bad signature")]
     BadSignature,
     #[error(
@@ -116,13 +116,14 @@ impl StandardWebhooks {
         now_secs: i64,
         tolerance_secs: u64,
     ) -> Result<(), VerifyError> {
-        let id = id.ok_or(VerifyError::MissingHeader("webhook-id"))?;
-        let timestamp_text = timestamp.ok_or(VerifyError::MissingHeader("webhook-timestamp"))?;
-        let signatures = signatures.ok_or(VerifyError::MissingHeader("webhook-signature"))?;
-        let timestamp: i64 = timestamp_text
-            .trim()
-            .parse()
-            .map_err(|_| VerifyError::MalformedHeader("webhook-timestamp", "not Unix seconds"))?;
+        let id = id.ok_or(VerifyError::MissingHeader("webhook-id".into()))?;
+        let timestamp_text =
+            timestamp.ok_or(VerifyError::MissingHeader("webhook-timestamp".into()))?;
+        let signatures =
+            signatures.ok_or(VerifyError::MissingHeader("webhook-signature".into()))?;
+        let timestamp: i64 = timestamp_text.trim().parse().map_err(|_| {
+            VerifyError::MalformedHeader("webhook-timestamp".into(), "not Unix seconds")
+        })?;
         check_timestamp(timestamp, now_secs, tolerance_secs)?;
         let given: Vec<Vec<u8>> = signatures
             .split_whitespace()
@@ -131,7 +132,7 @@ impl StandardWebhooks {
             .collect();
         if given.is_empty() {
             return Err(VerifyError::MalformedHeader(
-                "webhook-signature",
+                "webhook-signature".into(),
                 "no v1 signature",
             ));
         }
@@ -284,11 +285,11 @@ mod tests {
         );
         assert_eq!(
             check(None, Some(&ts), Some(SIGNATURE), BODY, TIMESTAMP),
-            Err(VerifyError::MissingHeader("webhook-id"))
+            Err(VerifyError::MissingHeader("webhook-id".into()))
         );
         assert_eq!(
             check(Some(ID), Some(&ts), None, BODY, TIMESTAMP),
-            Err(VerifyError::MissingHeader("webhook-signature"))
+            Err(VerifyError::MissingHeader("webhook-signature".into()))
         );
         let other = StandardWebhooks::new(&["whsec_c2Vjb25kLXNlY3JldC0xMjM0NTY3OA=="]).unwrap();
         assert_eq!(

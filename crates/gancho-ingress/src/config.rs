@@ -75,6 +75,9 @@ pub struct SourceConfig {
     pub signing_key: Option<SecretString>,
     pub signing_key_env: Option<String>,
     pub signing_key_file: Option<PathBuf>,
+    /// json, form: a generic HMAC signature check, with `secret` (or `secrets`). Example:
+    /// `{ header = "X-Shop-Signature", algorithm = "sha256", encoding = "hex", prefix = "sha256=" }`.
+    pub hmac: Option<HmacSection>,
     /// twilio: the account's auth token, which signs its callbacks; or `auth_token_env`,
     /// `auth_token_file`.
     pub auth_token: Option<SecretString>,
@@ -90,6 +93,33 @@ pub struct SourceConfig {
     /// ([`SourceConfig::secrets_mut`]), or why they could not be.
     #[serde(skip)]
     resolved: Option<Result<Option<(&'static str, Secret)>, KeyError>>,
+}
+
+/// `hmac = { … }`: a generic HMAC signature check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacSection {
+    /// The header that carries the signature. Required.
+    pub header: String,
+    /// `"sha256"` or `"sha1"`. Default: `"sha256"`.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// How the signature is written: `"hex"` or `"base64"`. Default: `"hex"`.
+    #[serde(default = "default_encoding")]
+    pub encoding: crate::verify::Encoding,
+    /// Text before the signature in the header, such as `"sha256="`. Default: none.
+    pub prefix: Option<String>,
+    /// A header with the request's Unix time: then `TIMESTAMP.BODY` is signed, and the time
+    /// must be within `tolerance`. Default: none (the body alone is signed).
+    pub timestamp_header: Option<String>,
+}
+
+fn default_algorithm() -> String {
+    "sha256".to_owned()
+}
+
+fn default_encoding() -> crate::verify::Encoding {
+    crate::verify::Encoding::Hex
 }
 
 /// The kinds of source, as `kind` names them.
@@ -466,11 +496,53 @@ impl SourceConfig {
             };
             return Ok((Some(verifier), Some(point)));
         }
+        if let Some(hmac) = &self.hmac {
+            if !matches!(self.kind, KindName::Json | KindName::Form) {
+                return Err(KeyError::new(
+                    "hmac",
+                    "only the json and form kinds take a generic check; the others sign their own way",
+                ));
+            }
+            if secrets.is_empty() {
+                return Err(KeyError::new(
+                    "secret",
+                    "required with hmac: the shared secret (secret, secret_env, secret_file, or secrets = [...])",
+                ));
+            }
+            let hash = match hmac.algorithm.as_str() {
+                "sha256" => HmacHash::Sha256,
+                "sha1" => HmacHash::Sha1,
+                _ => return Err(KeyError::new("hmac.algorithm", "sha256 or sha1")),
+            };
+            let header_name = |name: &str, key: &str| {
+                actix_web::http::header::HeaderName::from_bytes(name.as_bytes())
+                    .map(|h| h.as_str().to_owned())
+                    .map_err(|_| KeyError::new(key, format!("{name:?} is not a header name")))
+            };
+            let verifier = crate::verify::Verifier::Hmac {
+                keys: secrets
+                    .iter()
+                    .map(|s| HmacKey::new(hash, s.as_bytes()))
+                    .collect(),
+                header: header_name(&hmac.header, "hmac.header")?,
+                encoding: hmac.encoding,
+                prefix: hmac.prefix.clone().filter(|p| !p.is_empty()),
+                timestamp_header: hmac
+                    .timestamp_header
+                    .as_deref()
+                    .map(|h| header_name(h, "hmac.timestamp_header"))
+                    .transpose()?,
+                tolerance: self.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            };
+            let parts: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
+            let fingerprint = HmacKey::new(HmacHash::Sha256, b"gancho source secrets").tag(&parts);
+            return Ok((Some(verifier), Some(fingerprint)));
+        }
         if !self.kind.signed() {
             if !secrets.is_empty() {
                 return Err(KeyError::new(
                     "secret",
-                    "only the signed kinds (stripe, github, standard-webhooks, mailgun, twilio) take a secret",
+                    "only the signed kinds (stripe, github, standard-webhooks, mailgun, twilio), and json or form with hmac, take a secret",
                 ));
             }
             if self.tolerance.is_some() {

@@ -28,4 +28,4 @@ pub use server::{
     BodyFormat, IngressConfig, IngressHandle, IngressServer, Readiness, Rotated, Source, Sources,
     block_on,
 };
-pub use verify::{HeaderFields, Tokens, Verifier, p256_point};
+pub use verify::{Encoding, HeaderFields, Tokens, Verifier, p256_point};

@@ -33,6 +33,19 @@ pub enum Verifier {
         point: Vec<u8>,
         tolerance: Duration,
     },
+    /// A generic HMAC in a header of the source's choosing (`hmac = { … }`): over the body, or
+    /// over `timestamp.body` with a timestamp header.
+    Hmac {
+        keys: Vec<HmacKey>,
+        /// Lowercase.
+        header: String,
+        encoding: Encoding,
+        /// Text before the signature in the header (`sha256=`).
+        prefix: Option<String>,
+        /// Lowercase; the timestamp is then signed too, and checked against `tolerance`.
+        timestamp_header: Option<String>,
+        tolerance: Duration,
+    },
     /// Twilio: `X-Twilio-Signature`, base64 HMAC-SHA1 of the public URL followed by each form
     /// field's name and value, sorted by name.
     Twilio { key: HmacKey, public_url: String },
@@ -43,6 +56,14 @@ pub enum Verifier {
         tolerance: Duration,
         seen: std::sync::Arc<std::sync::Mutex<Tokens>>,
     },
+}
+
+/// How a generic HMAC signature is written in its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Hex,
+    Base64,
 }
 
 /// Mailgun tokens seen, with their timestamps: kept for the tolerance window, so a captured
@@ -92,11 +113,13 @@ struct MailgunSignature {
     signature: String,
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, VerifyError> {
-    let value = headers.get(name).ok_or(VerifyError::MissingHeader(name))?;
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, VerifyError> {
+    let value = headers
+        .get(name)
+        .ok_or(VerifyError::MissingHeader(name.into()))?;
     value
         .to_str()
-        .map_err(|_| VerifyError::MalformedHeader(name, "not visible ASCII"))
+        .map_err(|_| VerifyError::MalformedHeader(name.into(), "not visible ASCII"))
 }
 
 impl Verifier {
@@ -128,7 +151,7 @@ impl Verifier {
                         _ => {}
                     }
                 }
-                let malformed = |why| VerifyError::MalformedHeader("stripe-signature", why);
+                let malformed = |why| VerifyError::MalformedHeader("stripe-signature".into(), why);
                 let timestamp = timestamp.ok_or(malformed("no t="))?;
                 let seconds: i64 = timestamp
                     .parse()
@@ -147,21 +170,58 @@ impl Verifier {
                         .trim()
                         .strip_prefix("sha256=")
                         .ok_or(VerifyError::MalformedHeader(
-                            "x-hub-signature-256",
+                            "x-hub-signature-256".into(),
                             "no sha256= prefix",
                         ))?;
                 let signature = from_hex(hex).ok_or(VerifyError::MalformedHeader(
-                    "x-hub-signature-256",
+                    "x-hub-signature-256".into(),
                     "not hex",
                 ))?;
                 any_matches(keys, &[body], &[signature])
+            }
+            Verifier::Hmac {
+                keys,
+                header: name,
+                encoding,
+                prefix,
+                timestamp_header,
+                tolerance,
+            } => {
+                use base64::Engine as _;
+                let value = header(headers, name)?.trim();
+                let value = match prefix {
+                    Some(prefix) => value.strip_prefix(prefix.as_str()).ok_or_else(|| {
+                        VerifyError::MalformedHeader(name.clone(), "the prefix is missing")
+                    })?,
+                    None => value,
+                };
+                let given = match encoding {
+                    Encoding::Hex => from_hex(value),
+                    Encoding::Base64 => {
+                        base64::engine::general_purpose::STANDARD.decode(value).ok()
+                    }
+                }
+                .ok_or_else(|| {
+                    VerifyError::MalformedHeader(name.clone(), "not the encoding given")
+                })?;
+                match timestamp_header {
+                    None => any_matches(keys, &[body], &[given]),
+                    Some(ts_name) => {
+                        let timestamp = header(headers, ts_name)?.trim();
+                        let seconds: i64 = timestamp.parse().map_err(|_| {
+                            VerifyError::MalformedHeader(ts_name.clone(), "not Unix seconds")
+                        })?;
+                        check_timestamp(seconds, now_secs, tolerance.as_secs())?;
+                        any_matches(keys, &[timestamp.as_bytes(), b".", body], &[given])
+                    }
+                }
             }
             Verifier::Twilio { key, public_url } => {
                 use base64::Engine as _;
                 const SIGNATURE: &str = "x-twilio-signature";
                 let given = base64::engine::general_purpose::STANDARD
                     .decode(header(headers, SIGNATURE)?.trim())
-                    .map_err(|_| VerifyError::MalformedHeader(SIGNATURE, "not base64"))?;
+                    .map_err(|_| VerifyError::MalformedHeader(SIGNATURE.into(), "not base64"))?;
                 let mut fields: Vec<(String, String)> = url::form_urlencoded::parse(body)
                     .map(|(k, v)| (k.into_owned(), v.into_owned()))
                     .collect();
@@ -182,13 +242,12 @@ impl Verifier {
                 const TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
                 let signature = header(headers, SIGNATURE)?;
                 let timestamp = header(headers, TIMESTAMP)?;
-                let seconds: i64 = timestamp
-                    .trim()
-                    .parse()
-                    .map_err(|_| VerifyError::MalformedHeader(TIMESTAMP, "not Unix seconds"))?;
+                let seconds: i64 = timestamp.trim().parse().map_err(|_| {
+                    VerifyError::MalformedHeader(TIMESTAMP.into(), "not Unix seconds")
+                })?;
                 let signature = base64::engine::general_purpose::STANDARD
                     .decode(signature.trim())
-                    .map_err(|_| VerifyError::MalformedHeader(SIGNATURE, "not base64"))?;
+                    .map_err(|_| VerifyError::MalformedHeader(SIGNATURE.into(), "not base64"))?;
                 check_timestamp(seconds, now_secs, tolerance.as_secs())?;
                 let mut signed = Vec::with_capacity(timestamp.len() + body.len());
                 signed.extend_from_slice(timestamp.as_bytes());
@@ -204,26 +263,32 @@ impl Verifier {
                 seen,
             } => {
                 let parsed: MailgunBody = serde_json::from_slice(body).map_err(|_| {
-                    VerifyError::MalformedHeader("signature", "the body is not a Mailgun webhook")
+                    VerifyError::MalformedHeader(
+                        "signature".into(),
+                        "the body is not a Mailgun webhook",
+                    )
                 })?;
                 let block = parsed
                     .signature
-                    .ok_or(VerifyError::MissingHeader("signature"))?;
+                    .ok_or(VerifyError::MissingHeader("signature".into()))?;
                 let timestamp = match &block.timestamp {
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Number(n) => n.to_string(),
                     _ => {
                         return Err(VerifyError::MalformedHeader(
-                            "signature",
+                            "signature".into(),
                             "timestamp is not Unix seconds",
                         ));
                     }
                 };
                 let seconds: i64 = timestamp.parse().map_err(|_| {
-                    VerifyError::MalformedHeader("signature", "timestamp is not Unix seconds")
+                    VerifyError::MalformedHeader(
+                        "signature".into(),
+                        "timestamp is not Unix seconds",
+                    )
                 })?;
                 let given = from_hex(&block.signature).ok_or(VerifyError::MalformedHeader(
-                    "signature",
+                    "signature".into(),
                     "signature is not hex",
                 ))?;
                 check_timestamp(seconds, now_secs, tolerance.as_secs())?;
@@ -381,7 +446,7 @@ mod tests {
         ));
         assert_eq!(
             v.check(&headers(&[]), BODY, now()),
-            Err(VerifyError::MissingHeader("stripe-signature"))
+            Err(VerifyError::MissingHeader("stripe-signature".into()))
         );
         // Rotation: two secrets held; a header with two v1 values (Stripe's own rotation).
         let both = stripe(&["whsec_two", "whsec_one"]);
@@ -424,13 +489,13 @@ mod tests {
         assert_eq!(
             v.check(&headers(&[("x-hub-signature-256", "md5=00")]), body, now()),
             Err(VerifyError::MalformedHeader(
-                "x-hub-signature-256",
+                "x-hub-signature-256".into(),
                 "no sha256= prefix"
             ))
         );
         assert_eq!(
             v.check(&headers(&[]), body, now()),
-            Err(VerifyError::MissingHeader("x-hub-signature-256"))
+            Err(VerifyError::MissingHeader("x-hub-signature-256".into()))
         );
     }
 
@@ -457,7 +522,7 @@ mod tests {
         );
         assert_eq!(
             v.check(&headers(&[]), b"{}", at),
-            Err(VerifyError::MissingHeader("webhook-id"))
+            Err(VerifyError::MissingHeader("webhook-id".into()))
         );
     }
 
@@ -508,7 +573,7 @@ mod tests {
         );
         assert_eq!(
             v.check(&headers(&[]), b"{}", at),
-            Err(VerifyError::MissingHeader("signature"))
+            Err(VerifyError::MissingHeader("signature".into()))
         );
     }
 
@@ -557,7 +622,7 @@ mod tests {
         assert_eq!(
             v.check(&headers(&[]), &body, now()),
             Err(VerifyError::MissingHeader(
-                "x-twilio-email-event-webhook-signature"
+                "x-twilio-email-event-webhook-signature".into()
             ))
         );
         assert!(p256_point("bm90IGEga2V5").is_err());
@@ -583,7 +648,7 @@ mod tests {
         );
         assert_eq!(
             v.check(&headers(&[]), body, now()),
-            Err(VerifyError::MissingHeader("x-twilio-signature"))
+            Err(VerifyError::MissingHeader("x-twilio-signature".into()))
         );
         let elsewhere = Verifier::Twilio {
             key: HmacKey::new(HmacHash::Sha1, b"12345"),

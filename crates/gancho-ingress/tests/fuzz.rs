@@ -246,6 +246,14 @@ fn no_verifier_panics_on_any_request() {
             point,
             tolerance: Duration::from_secs(300),
         },
+        Verifier::Hmac {
+            keys: vec![hmac("secret")],
+            header: "x-hub-signature-256".into(),
+            encoding: gancho_ingress::Encoding::Hex,
+            prefix: Some("sha256=".into()),
+            timestamp_header: Some("webhook-timestamp".into()),
+            tolerance: Duration::from_secs(300),
+        },
         Verifier::Mailgun {
             keys: vec![hmac("mailgun-webhook-signing-key-example")],
             tolerance: Duration::from_secs(300),
