@@ -537,3 +537,36 @@ fn a_json_source_can_take_a_generic_hmac_with_a_timestamp() {
         "header x-shop-signature is malformed: the prefix is missing",
     );
 }
+
+#[test]
+fn an_xml_source_reads_elements_and_attributes_with_pointers() {
+    let setup = Setup::new(
+        "[sources.erp]\nkind = \"xml\"\nbasic_auth = { user = \"erp\", password = \"erp-secret\" }\ntype = \"/@status\"\nid = \"/@id\"\ntime = \"/at\"\nkeys = { customer = \"/customer\" }\n",
+    );
+    let daemon = setup.start();
+    let xml = br#"<?xml version="1.0"?><order id="o-7" status="shipped"><customer>c-9</customer><at>2025-11-28T08:00:00Z</at><item sku="a"/><item sku="b"/></order>"#;
+    let send = |body: &[u8], content_type: &str| {
+        daemon.request(
+            &Request::post("/hooks/erp", body)
+                .header("Content-Type", content_type)
+                .basic_auth("erp", "erp-secret"),
+        )
+    };
+    let answer = send(xml, "application/xml");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let events = setup.events(&[]);
+    assert_eq!(events[0]["type"], "shipped");
+    assert_eq!(events[0]["id"], "p:o-7");
+    assert_eq!(events[0]["keys"]["customer"], "c-9");
+    assert_eq!(events[0]["data"]["item"][1]["@sku"], "b");
+    let bad = send(b"<order><customer></order>", "text/xml");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("not valid XML"), "{}", bad.body);
+    let doctype = send(
+        b"<!DOCTYPE order [<!ENTITY x \"y\">]><order>&x;</order>",
+        "application/xml",
+    );
+    assert_eq!(doctype.status, 400, "{}", doctype.body);
+    assert_eq!(send(xml, "application/json").status, 415);
+    assert_eq!(setup.events(&[]).len(), 1);
+}

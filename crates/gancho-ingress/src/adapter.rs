@@ -188,6 +188,135 @@ pub fn form_to_json(body: &[u8]) -> String {
     Value::Object(object).to_string()
 }
 
+/// How deep XML elements may nest.
+const MAX_XML_DEPTH: usize = 64;
+
+/// An XML body as the text of a JSON object: the root element's content. An element with only
+/// text is a string; one with attributes or children an object, its attributes as `@name`,
+/// its children by name (a name repeated: an array, in order) and its text as `#text`. The five
+/// predefined entities and character references are resolved; a DOCTYPE (and so any entity
+/// definition) is refused, as is nesting deeper than 64.
+pub fn xml_to_json(body: &str) -> Result<String, String> {
+    use quick_xml::events::Event;
+    struct Node {
+        name: String,
+        fields: serde_json::Map<String, Value>,
+        text: String,
+    }
+    fn value(node: Node) -> Value {
+        let text = node.text.trim();
+        if node.fields.is_empty() {
+            return Value::String(text.to_owned());
+        }
+        let mut fields = node.fields;
+        if !text.is_empty() {
+            fields.insert("#text".to_owned(), Value::String(text.to_owned()));
+        }
+        Value::Object(fields)
+    }
+    fn attach(parent: &mut Node, name: String, child: Value) {
+        match parent.fields.get_mut(&name) {
+            None => {
+                parent.fields.insert(name, child);
+            }
+            // Elements are strings or objects: an array is a name seen before.
+            Some(Value::Array(values)) => values.push(child),
+            Some(first) => {
+                let first = first.take();
+                parent.fields.insert(name, Value::Array(vec![first, child]));
+            }
+        }
+    }
+    let bad = |err: &dyn std::fmt::Display| format!("body is not valid XML: {err}");
+    let open = |start: &quick_xml::events::BytesStart<'_>| -> Result<Node, String> {
+        let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+        let mut fields = serde_json::Map::new();
+        for attribute in start.attributes() {
+            let attribute = attribute.map_err(|e| bad(&e))?;
+            let key = format!("@{}", String::from_utf8_lossy(attribute.key.as_ref()));
+            let value = attribute.unescape_value().map_err(|e| bad(&e))?;
+            fields.insert(key, Value::String(value.into_owned()));
+        }
+        Ok(Node {
+            name,
+            fields,
+            text: String::new(),
+        })
+    };
+    let mut reader = quick_xml::Reader::from_str(body);
+    let mut stack: Vec<Node> = Vec::new();
+    let mut root: Option<Value> = None;
+    loop {
+        let event = reader.read_event().map_err(|e| bad(&e))?;
+        match event {
+            Event::Start(start) => {
+                if root.is_some() {
+                    return Err(bad(&"more than one root element"));
+                }
+                if stack.len() >= MAX_XML_DEPTH {
+                    return Err(bad(&format!("elements nest deeper than {MAX_XML_DEPTH}")));
+                }
+                stack.push(open(&start)?);
+            }
+            Event::Empty(start) => {
+                let node = open(&start)?;
+                let name = node.name.clone();
+                match stack.last_mut() {
+                    Some(parent) => attach(parent, name, value(node)),
+                    None if root.is_none() => root = Some(value(node)),
+                    None => return Err(bad(&"more than one root element")),
+                }
+            }
+            Event::End(_) => {
+                let Some(node) = stack.pop() else {
+                    return Err(bad(&"an end tag without its start"));
+                };
+                let name = node.name.clone();
+                match stack.last_mut() {
+                    Some(parent) => attach(parent, name, value(node)),
+                    None => root = Some(value(node)),
+                }
+            }
+            Event::Text(text) => {
+                if let Some(node) = stack.last_mut() {
+                    node.text
+                        .push_str(&text.xml_content().map_err(|e| bad(&e))?);
+                }
+            }
+            Event::CData(data) => {
+                if let Some(node) = stack.last_mut() {
+                    node.text.push_str(&data.decode().map_err(|e| bad(&e))?);
+                }
+            }
+            Event::GeneralRef(reference) => {
+                let resolved = match reference.resolve_char_ref().map_err(|e| bad(&e))? {
+                    Some(c) => c.to_string(),
+                    None => {
+                        let name = reference.decode().map_err(|e| bad(&e))?;
+                        quick_xml::escape::resolve_xml_entity(&name)
+                            .ok_or_else(|| bad(&format!("unknown entity &{name};")))?
+                            .to_owned()
+                    }
+                };
+                if let Some(node) = stack.last_mut() {
+                    node.text.push_str(&resolved);
+                }
+            }
+            Event::DocType(_) => return Err(bad(&"a DOCTYPE is not accepted")),
+            Event::Eof => break,
+            Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {}
+        }
+    }
+    if !stack.is_empty() {
+        return Err(bad(&"an element is not closed"));
+    }
+    match root {
+        Some(Value::String(text)) => Ok(serde_json::json!({ "#text": text }).to_string()),
+        Some(value) => Ok(value.to_string()),
+        None => Err(bad(&"no root element")),
+    }
+}
+
 /// Twilio's status callbacks: one form per message status.
 pub static TWILIO: Preset = Preset {
     kind: "/MessageStatus",
@@ -693,6 +822,58 @@ mod tests {
             event.keys.get("message_id").map(String::as_str),
             Some("20180812211713.1.DF5966851B4BAA99@example.org")
         );
+    }
+
+    #[test]
+    fn xml_becomes_a_json_object_of_attributes_children_and_text() {
+        let xml = r#"<?xml version="1.0"?>
+            <!-- a comment -->
+            <order id="o-1" status="paid">
+              <customer>c&amp;9 &#x41;</customer>
+              <item sku="a">2</item>
+              <item sku="b">3</item>
+              <note><![CDATA[<b>fragile</b>]]></note>
+              <empty/>
+              <at>2025-11-28T08:00:00Z</at>
+            </order>"#;
+        let json: Value = serde_json::from_str(&xml_to_json(xml).unwrap()).unwrap();
+        assert_eq!(json["@id"], "o-1");
+        assert_eq!(json["customer"], "c&9 A");
+        assert_eq!(json["item"][1]["@sku"], "b");
+        assert_eq!(json["item"][1]["#text"], "3");
+        assert_eq!(json["note"], "<b>fragile</b>");
+        assert_eq!(json["empty"], "");
+        let spec = SourceKind::Json(JsonSpec {
+            kind: "/@status".into(),
+            time: Some("/at".into()),
+            id: Some("/@id".into()),
+            keys: vec![("customer".into(), "/customer".into())],
+        });
+        let sub = submission_from(
+            "shop",
+            &spec,
+            &TimePolicy::default(),
+            &xml_to_json(xml).unwrap(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(sub.events[0].kind, "paid");
+        assert_eq!(sub.events[0].id, EventId::from_provider("o-1"));
+        for bad in [
+            "<a><b></a>",
+            "<a>",
+            "",
+            "not xml",
+            "<a/><b/>",
+            "<!DOCTYPE a [<!ENTITY e \"x\">]><a>&e;</a>",
+            "<a>&unknown;</a>",
+        ] {
+            assert!(xml_to_json(bad).is_err(), "{bad:?} was accepted");
+        }
+        let deep = format!("{}{}", "<a>".repeat(65), "</a>".repeat(65));
+        assert!(xml_to_json(&deep).unwrap_err().contains("deeper than 64"));
+        let fine = format!("{}{}", "<a>".repeat(64), "</a>".repeat(64));
+        assert!(xml_to_json(&fine).is_ok());
     }
 
     #[test]

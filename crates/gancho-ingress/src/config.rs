@@ -145,6 +145,8 @@ pub enum KindName {
     Twilio,
     /// Any HTML form (`application/x-www-form-urlencoded`), read with the pointers as `json`.
     Form,
+    /// Any XML document, read as a JSON object with the pointers as `json`.
+    Xml,
 }
 
 impl KindName {
@@ -381,7 +383,7 @@ impl SourceConfig {
                     )?,
                 })
             }
-            KindName::Json | KindName::StandardWebhooks | KindName::Form => {
+            KindName::Json | KindName::StandardWebhooks | KindName::Form | KindName::Xml => {
                 if self.kind == KindName::StandardWebhooks {
                     headers.id = Some("webhook-id");
                     // The Standard Webhooks payload: `type`, `timestamp`, `data`.
@@ -424,6 +426,7 @@ impl SourceConfig {
         let defaults = crate::adapter::TimePolicy::default();
         let format = match self.kind {
             KindName::Twilio | KindName::Form => crate::server::BodyFormat::Form,
+            KindName::Xml => crate::server::BodyFormat::Xml,
             _ => crate::server::BodyFormat::Json,
         };
         Ok(Source {
@@ -497,7 +500,7 @@ impl SourceConfig {
             return Ok((Some(verifier), Some(point)));
         }
         if let Some(hmac) = &self.hmac {
-            if !matches!(self.kind, KindName::Json | KindName::Form) {
+            if !matches!(self.kind, KindName::Json | KindName::Form | KindName::Xml) {
                 return Err(KeyError::new(
                     "hmac",
                     "only the json and form kinds take a generic check; the others sign their own way",

@@ -20,7 +20,7 @@ mod verify;
 
 pub use adapter::{
     BodyError, Envelope, JsonSpec, MAILGUN, POSTMARK, Preset, SENDGRID, SourceKind, TWILIO,
-    TimePolicy, form_to_json, submission_from, submission_with,
+    TimePolicy, form_to_json, submission_from, submission_with, xml_to_json,
 };
 pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};

@@ -42,6 +42,8 @@ pub enum BodyFormat {
     /// `application/x-www-form-urlencoded` (Twilio's callbacks): read as a JSON object of its
     /// fields (a field given more than once: an array of its values).
     Form,
+    /// `application/xml` or `text/xml`: read as a JSON object (`adapter::xml_to_json`).
+    Xml,
 }
 
 /// What the server needs to know, already validated.
@@ -489,13 +491,20 @@ async fn parse_and_store(
             ));
         }
     };
-    let form_json;
+    let converted;
     let text = match source.format {
         BodyFormat::Json => text,
         BodyFormat::Form => {
-            form_json = crate::adapter::form_to_json(body);
-            form_json.as_str()
+            converted = crate::adapter::form_to_json(body);
+            converted.as_str()
         }
+        BodyFormat::Xml => match crate::adapter::xml_to_json(text) {
+            Ok(json) => {
+                converted = json;
+                converted.as_str()
+            }
+            Err(reason) => return response(error(StatusCode::BAD_REQUEST, reason)),
+        },
     };
     let received = state.clock.now();
     let envelope = source.headers.read(req.headers());
@@ -570,6 +579,7 @@ fn check_content_type(req: &HttpRequest, format: BodyFormat) -> Result<(), Strin
     let want = match format {
         BodyFormat::Json => "application/json",
         BodyFormat::Form => "application/x-www-form-urlencoded",
+        BodyFormat::Xml => "application/xml",
     };
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
         return Err(format!("missing Content-Type; send {want}"));
@@ -586,6 +596,11 @@ fn check_content_type(req: &HttpRequest, format: BodyFormat) -> Result<(), Strin
     let accepted = match format {
         BodyFormat::Json => json,
         BodyFormat::Form => essence == want,
+        BodyFormat::Xml => {
+            essence == want
+                || essence == "text/xml"
+                || (essence.starts_with("application/") && essence.ends_with("+xml"))
+        }
     };
     if accepted {
         Ok(())

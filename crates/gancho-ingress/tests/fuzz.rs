@@ -15,7 +15,7 @@ use chrono::{TimeZone, Utc};
 use gancho_core::signature::{HmacHash, HmacKey, StandardWebhooks};
 use gancho_ingress::{
     Envelope, JsonSpec, MAILGUN, POSTMARK, SENDGRID, SourceKind, TWILIO, TimePolicy, Verifier,
-    form_to_json, submission_with,
+    form_to_json, submission_with, xml_to_json,
 };
 
 fn cases() -> usize {
@@ -53,6 +53,10 @@ fn seeds() -> Vec<Vec<u8>> {
         br#"{"type":"invoice.paid","timestamp":"2026-11-30T10:00:00.123+01:00","data":{}}"#
             .to_vec(),
     );
+    seeds.push(
+        br#"<?xml version="1.0"?><order id="o-1" status="paid"><item sku="a">2</item><item>3</item><n><![CDATA[x]]></n>&amp;&#65;</order>"#
+            .to_vec(),
+    );
     seeds
 }
 
@@ -75,6 +79,10 @@ const FRAGMENTS: &[&[u8]] = &[
     b"\"timestamp\":1e308",
     b"\"event\":[]",
     b"\"RecordType\":{}",
+    b"<a><a><a><a><a><a><a><a><a><a><a><a><a><a><a><a>",
+    b"<!DOCTYPE x [<!ENTITY e \"e\">]>",
+    b"&#xFFFFFFFF;",
+    b"<![CDATA[",
 ];
 
 fn mutate(rng: &mut fastrand::Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
@@ -157,6 +165,9 @@ fn no_adapter_or_form_parser_panics_on_any_input() {
             "case {case}"
         );
         let text = String::from_utf8_lossy(&input);
+        if let Ok(from_xml) = xml_to_json(&text) {
+            assert!(serde_json::from_str::<serde_json::Value>(&from_xml).is_ok());
+        }
         for kind in &kinds {
             for body in [text.as_ref(), as_json.as_str()] {
                 let policy = &policies[case % 2];
