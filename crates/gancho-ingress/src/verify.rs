@@ -659,4 +659,40 @@ mod tests {
             Err(VerifyError::BadSignature)
         );
     }
+
+    #[test]
+    fn github_and_the_generic_hmac_accept_either_secret_of_a_rotation() {
+        let keys = vec![
+            HmacKey::new(HmacHash::Sha256, b"new-secret"),
+            HmacKey::new(HmacHash::Sha256, b"old-secret"),
+        ];
+        let body = b"{}";
+        let sign = |secret: &[u8]| to_hex(&HmacKey::new(HmacHash::Sha256, secret).tag(&[body]));
+        let github = Verifier::GitHub { keys: keys.clone() };
+        let generic = Verifier::Hmac {
+            keys,
+            header: "x-sig".into(),
+            encoding: Encoding::Hex,
+            prefix: None,
+            timestamp_header: None,
+            tolerance: Duration::from_secs(300),
+        };
+        for secret in [&b"new-secret"[..], b"old-secret"] {
+            let sig = sign(secret);
+            let hub = format!("sha256={sig}");
+            assert_eq!(
+                github.check(&headers(&[("x-hub-signature-256", &hub)]), body, now()),
+                Ok(())
+            );
+            assert_eq!(
+                generic.check(&headers(&[("x-sig", &sig)]), body, now()),
+                Ok(())
+            );
+        }
+        let other = sign(b"third");
+        assert_eq!(
+            generic.check(&headers(&[("x-sig", &other)]), body, now()),
+            Err(VerifyError::BadSignature)
+        );
+    }
 }
