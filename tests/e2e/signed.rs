@@ -150,9 +150,21 @@ fn github_webhooks_take_their_type_and_id_from_the_headers() {
     assert_eq!(status, 200, "{answer}");
     let events = setup.events(&[]);
     assert_eq!(events[0]["type"], "issues");
-    assert_eq!(events[0]["id"], "p:72d3162e-cc78-11e3-81ab-4c9367dc0958");
+    // The id is the body's hash: GitHub does not sign X-GitHub-Delivery.
+    assert!(
+        events[0]["id"].as_str().unwrap().starts_with("h:"),
+        "{events:?}"
+    );
     assert_eq!(events[0]["keys"]["repository"], "acme/shop");
     assert_eq!(events[0]["keys"]["sender"], "ana");
+    // The same signed body replayed with other headers is the same event: stored once.
+    let mut replayed = headers(sign("It's a Secret to Everybody", body));
+    replayed[0].1 = "push".to_owned();
+    replayed[1].1 = "another-delivery".to_owned();
+    let (status, answer) = post(&daemon, "/hooks/gh", body, &replayed);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""duplicates":1"#), "{answer}");
+    assert_eq!(setup.events(&[]).len(), 1);
     refused(
         &daemon,
         &setup,
@@ -267,9 +279,18 @@ fn a_signed_kind_without_its_secret_is_a_config_error() {
         err.contains("sources.sw.secret") && !err.contains("not base64!\""),
         "{err}"
     );
-    let setup = Setup::new("[sources.bank]\nkind = \"json\"\ntype = \"/t\"\nsecret = \"x\"\n");
+    let setup =
+        Setup::new("[sources.bank]\nkind = \"json\"\ntype = \"/t\"\nsecret = \"xxxxxxxxxx\"\n");
     let err = String::from_utf8_lossy(&setup.command(&["check-config"]).stderr).into_owned();
     assert!(err.contains("only the signed kinds"), "{err}");
+    // An empty secret in a rotation list would let anyone sign.
+    let setup =
+        Setup::new("[sources.gh]\nkind = \"github\"\nsecrets = [\"a-long-secret\", \"\"]\n");
+    let err = String::from_utf8_lossy(&setup.command(&["check-config"]).stderr).into_owned();
+    assert!(
+        err.contains("sources.gh.secrets") && err.contains("at least 8 bytes"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -73,8 +73,9 @@ impl StandardWebhooks {
                     .as_ref()
                     .strip_prefix("whsec_")
                     .unwrap_or(secret.as_ref());
-                let bytes = STANDARD.decode(encoded).map_err(|err| {
-                    SecretError(format!("the secret is not base64 after `whsec_`: {err}"))
+                // base64's own error would quote a character of the secret.
+                let bytes = STANDARD.decode(encoded).map_err(|_| {
+                    SecretError("the secret is not base64 after `whsec_`".to_owned())
                 })?;
                 if bytes.len() < 16 {
                     return Err(SecretError(
@@ -223,10 +224,42 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// A digest of secrets that tells whether they changed (a SIGHUP's rotation) and nothing else:
+/// an HMAC under a key drawn at random once per process, so it cannot be checked offline
+/// against guesses. Its `Debug` shows nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<u8>);
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fingerprint(..)")
+    }
+}
+
+impl Fingerprint {
+    pub fn of(parts: &[&[u8]]) -> Fingerprint {
+        use ring::rand::SecureRandom as _;
+        static KEY: std::sync::OnceLock<hmac::Key> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            let mut bytes = [0u8; 32];
+            // Without randomness the key is fixed: the digest still tells changes apart.
+            let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+            hmac::Key::new(hmac::HMAC_SHA256, &bytes)
+        });
+        let mut ctx = hmac::Context::with_key(key);
+        for part in parts {
+            // Length-prefixed: ("ab", "c") and ("a", "bc") differ.
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        Fingerprint(ctx.sign().as_ref().to_vec())
+    }
+}
+
 /// Lowercase or uppercase hex to bytes; `None` if it is not hex.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -331,5 +364,12 @@ mod tests {
         assert_eq!(from_hex("0"), None);
         assert_eq!(from_hex("zz"), None);
         assert_eq!(from_hex("é1"), None);
+        assert_eq!(from_hex("+f"), None);
+        assert_ne!(
+            Fingerprint::of(&[b"ab", b"c"]),
+            Fingerprint::of(&[b"a", b"bc"])
+        );
+        assert_eq!(Fingerprint::of(&[b"x"]), Fingerprint::of(&[b"x"]));
+        assert_eq!(format!("{:?}", Fingerprint::of(&[b"x"])), "Fingerprint(..)");
     }
 }

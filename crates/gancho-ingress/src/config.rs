@@ -163,6 +163,9 @@ impl KindName {
     }
 }
 
+/// The shortest signing secret accepted.
+const MIN_SECRET_LEN: usize = 8;
+
 /// The default `tolerance` of the timestamped schemes.
 const DEFAULT_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -284,6 +287,17 @@ impl SourceConfig {
             _ => {}
         }
         all.extend(self.secrets.iter().map(|s| s.expose().to_owned()));
+        // An empty key (a variable that came out empty) would let anyone sign.
+        if all.iter().any(|s| s.len() < MIN_SECRET_LEN) {
+            return Err(KeyError::new(
+                if self.secrets.is_empty() {
+                    "secret"
+                } else {
+                    "secrets"
+                },
+                format!("a signing secret must be at least {MIN_SECRET_LEN} bytes"),
+            ));
+        }
         Ok(all)
     }
 
@@ -366,9 +380,13 @@ impl SourceConfig {
             }
             KindName::Github => {
                 self.no_pointers("github")?;
+                // GitHub signs the body only: `X-GitHub-Delivery` could be changed on a replayed
+                // body, so the id is the content's hash (a replay, or GitHub's own redelivery,
+                // is stored once). `X-GitHub-Event` is not signed either; the first delivery of
+                // a body decides its type.
                 headers = crate::verify::HeaderFields {
                     kind: Some("x-github-event"),
-                    id: Some("x-github-delivery"),
+                    id: None,
                 };
                 SourceKind::Json(JsonSpec {
                     kind: String::new(),
@@ -446,6 +464,18 @@ impl SourceConfig {
 }
 
 impl SourceConfig {
+    /// A digest of what the signature check is made of (its settings and `secrets`): a reload
+    /// that changes any of it is a rotation.
+    fn fingerprint(&self, secrets: &[String]) -> gancho_core::signature::Fingerprint {
+        let settings = format!(
+            "{:?}|{:?}|{:?}|{:?}",
+            self.tolerance, self.hmac, self.public_url, self.public_key
+        );
+        let mut parts: Vec<&[u8]> = vec![settings.as_bytes()];
+        parts.extend(secrets.iter().map(|s| s.as_bytes()));
+        gancho_core::signature::Fingerprint::of(&parts)
+    }
+
     /// The kinds whose fields are fixed take no pointers.
     fn no_pointers(&self, kind: &str) -> Result<(), KeyError> {
         for (field, set) in [
@@ -467,8 +497,31 @@ impl SourceConfig {
     fn verifier(
         &self,
         secrets: &[String],
-    ) -> Result<(Option<crate::verify::Verifier>, Option<Vec<u8>>), KeyError> {
+    ) -> Result<
+        (
+            Option<crate::verify::Verifier>,
+            Option<gancho_core::signature::Fingerprint>,
+        ),
+        KeyError,
+    > {
         use gancho_core::signature::{HmacHash, HmacKey, StandardWebhooks};
+        if self.hmac.is_some()
+            && !matches!(self.kind, KindName::Json | KindName::Form | KindName::Xml)
+        {
+            return Err(KeyError::new(
+                "hmac",
+                "only the json, form and xml kinds take a generic check; the others sign their own way",
+            ));
+        }
+        if let Some(hmac) = &self.hmac
+            && hmac.timestamp_header.is_none()
+            && self.tolerance.is_some()
+        {
+            return Err(KeyError::new(
+                "tolerance",
+                "it applies to a signed timestamp: give hmac.timestamp_header",
+            ));
+        }
         if self.public_key.is_some() && self.kind != KindName::Sendgrid {
             return Err(KeyError::new(
                 "public_key",
@@ -494,18 +547,12 @@ impl SourceConfig {
             let point = crate::verify::p256_point(public_key)
                 .map_err(|why| KeyError::new("public_key", why))?;
             let verifier = crate::verify::Verifier::Sendgrid {
-                point: point.clone(),
+                point,
                 tolerance: self.tolerance.unwrap_or(DEFAULT_TOLERANCE),
             };
-            return Ok((Some(verifier), Some(point)));
+            return Ok((Some(verifier), Some(self.fingerprint(&[]))));
         }
         if let Some(hmac) = &self.hmac {
-            if !matches!(self.kind, KindName::Json | KindName::Form | KindName::Xml) {
-                return Err(KeyError::new(
-                    "hmac",
-                    "only the json and form kinds take a generic check; the others sign their own way",
-                ));
-            }
             if secrets.is_empty() {
                 return Err(KeyError::new(
                     "secret",
@@ -537,9 +584,7 @@ impl SourceConfig {
                     .transpose()?,
                 tolerance: self.tolerance.unwrap_or(DEFAULT_TOLERANCE),
             };
-            let parts: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
-            let fingerprint = HmacKey::new(HmacHash::Sha256, b"gancho source secrets").tag(&parts);
-            return Ok((Some(verifier), Some(fingerprint)));
+            return Ok((Some(verifier), Some(self.fingerprint(secrets))));
         }
         if !self.kind.signed() {
             if !secrets.is_empty() {
@@ -615,9 +660,7 @@ impl SourceConfig {
                 tolerance,
             },
         };
-        let parts: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
-        let fingerprint = HmacKey::new(HmacHash::Sha256, b"gancho source secrets").tag(&parts);
-        Ok((Some(verifier), Some(fingerprint)))
+        Ok((Some(verifier), Some(self.fingerprint(secrets))))
     }
 }
 

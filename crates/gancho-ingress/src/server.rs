@@ -24,8 +24,8 @@ pub struct Source {
     pub time: crate::adapter::TimePolicy,
     /// The signature its requests must carry, checked over the raw body before it is parsed.
     pub verify: Option<crate::verify::Verifier>,
-    /// A keyed digest of the verifier's secrets: tells a rotation (SIGHUP) from no change.
-    pub verify_fingerprint: Option<Vec<u8>>,
+    /// A digest of the verifier's settings and secrets: tells a change (SIGHUP) from none.
+    pub verify_fingerprint: Option<gancho_core::signature::Fingerprint>,
     /// Headers that give its events' type or id.
     pub headers: crate::verify::HeaderFields,
     /// What its bodies are: JSON, or an HTML form (`application/x-www-form-urlencoded`).
@@ -163,17 +163,28 @@ impl Sources {
         let mut rotated = Rotated::default();
         for source in new {
             match next.get_mut(&source.name) {
-                Some(have) if have.kind == source.kind => {
-                    if have.auth.is_some() && source.auth.is_none() {
-                        warn!(source = %source.name, "the reloaded config gives this source no credentials: anyone who can reach the port can post events to it");
+                Some(have)
+                    if have.kind == source.kind
+                        && have.format == source.format
+                        && have.headers == source.headers =>
+                {
+                    let checked = |s: &Source| s.auth.is_some() || s.verify.is_some();
+                    if checked(have) && !checked(source) {
+                        warn!(source = %source.name, "the reloaded config gives this source no credentials and no signature: anyone who can reach the port can post events to it");
                     }
                     if have.auth != source.auth
                         || have.verify_fingerprint != source.verify_fingerprint
+                        || have.time != source.time
                     {
+                        let mut verify = source.verify.clone();
+                        if let (Some(new), Some(old)) = (&mut verify, &have.verify) {
+                            new.keep_memory_of(old);
+                        }
                         have.auth.clone_from(&source.auth);
-                        have.verify.clone_from(&source.verify);
+                        have.verify = verify;
                         have.verify_fingerprint
                             .clone_from(&source.verify_fingerprint);
+                        have.time = source.time;
                         rotated.changed.push(source.name.clone());
                     }
                 }
@@ -465,8 +476,9 @@ async fn receive(
         ));
     }
     let (answer, counts) = parse_and_store(&req, state, source, &body).await;
-    // A refused request may come again, as the provider retries it: its token is not spent.
-    if answer.status() != StatusCode::OK
+    // Refused for a passing reason, the request will come again as the provider retries it:
+    // its token is not spent. (A 4xx would come again refused all the same.)
+    if answer.status() == StatusCode::SERVICE_UNAVAILABLE
         && let Some(verifier) = &source.verify
     {
         verifier.forget(&body);

@@ -69,14 +69,22 @@ pub enum Encoding {
 /// Mailgun tokens seen, with their timestamps: kept for the tolerance window, so a captured
 /// request cannot be replayed while its timestamp would still pass.
 #[derive(Debug, Default)]
-pub struct Tokens(std::collections::HashMap<String, i64>);
+pub struct Tokens {
+    seen: std::collections::HashMap<String, i64>,
+    /// When the old tokens were last dropped (Unix seconds): at most once a second.
+    pruned: i64,
+}
 
 impl Tokens {
     /// Records `token` (its request signed at `timestamp`); `false` if it was already there.
     /// Tokens older than `now - tolerance` are forgotten first.
     fn first_sight(&mut self, token: &str, timestamp: i64, now: i64, tolerance: i64) -> bool {
-        self.0.retain(|_, at| *at >= now - tolerance);
-        self.0.insert(token.to_owned(), timestamp).is_none()
+        if now != self.pruned {
+            self.seen
+                .retain(|_, at| *at >= now.saturating_sub(tolerance));
+            self.pruned = now;
+        }
+        self.seen.insert(token.to_owned(), timestamp).is_none()
     }
 }
 
@@ -315,8 +323,20 @@ impl Verifier {
 }
 
 impl Verifier {
+    /// Carries the memory of `old` (Mailgun's tokens seen) over to this verifier, when a reload
+    /// replaces it: a rotation must not reopen the replay window.
+    pub fn keep_memory_of(&mut self, old: &Verifier) {
+        if let (Verifier::Mailgun { seen, .. }, Verifier::Mailgun { seen: old_seen, .. }) =
+            (self, old)
+        {
+            *seen = old_seen.clone();
+        }
+    }
+
     /// Forgets what a check of `body` remembered (a Mailgun token): the request was refused
-    /// after its check, and the provider's retry of it must pass again.
+    /// after its check for a passing reason (the store busy or failing: 503), and the
+    /// provider's retry of it must pass again. Mailgun signs only its timestamp and token, not
+    /// the event data, so a token is freed for nothing else.
     pub fn forget(&self, body: &[u8]) {
         if let Verifier::Mailgun { seen, .. } = self
             && let Ok(MailgunBody {
@@ -325,7 +345,7 @@ impl Verifier {
         {
             seen.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .0
+                .seen
                 .remove(&block.token);
         }
     }
