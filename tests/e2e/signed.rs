@@ -155,6 +155,10 @@ fn github_webhooks_take_their_type_and_id_from_the_headers() {
         events[0]["id"].as_str().unwrap().starts_with("h:"),
         "{events:?}"
     );
+    assert_eq!(
+        events[0]["keys"]["delivery"],
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    );
     assert_eq!(events[0]["keys"]["repository"], "acme/shop");
     assert_eq!(events[0]["keys"]["sender"], "ana");
     // The same signed body replayed with other headers is the same event: stored once.

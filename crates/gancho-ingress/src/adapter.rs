@@ -340,6 +340,8 @@ pub struct Envelope {
     pub kind: Option<String>,
     /// The provider's id of the delivery: the event's (`ID:N` for the Nth item of an array).
     pub id: Option<String>,
+    /// Correlation keys the headers give (GitHub's `delivery`).
+    pub keys: Vec<(String, String)>,
 }
 
 /// [`submission_from`], with what the request's headers say of its events.
@@ -364,6 +366,7 @@ pub fn submission_with(
                 let envelope = Envelope {
                     kind: envelope.kind.clone(),
                     id: envelope.id.as_ref().map(|id| format!("{id}:{i}")),
+                    keys: envelope.keys.clone(),
                 };
                 match event_from(source, kind, time, &envelope, item, received) {
                     Ok(event) => submission.events.push(event),
@@ -434,6 +437,11 @@ fn event_from(
     }
     if let Some(id) = &envelope.id {
         parts.id = Some(EventId::from_provider(&checked_key("id", id.clone())?));
+    }
+    for (name, value) in &envelope.keys {
+        parts
+            .keys
+            .insert(name.clone(), checked_key(name, value.clone())?);
     }
     if let (Some(time), Some((field, value))) = (parts.time, &parts.time_read) {
         let ahead = time.signed_duration_since(received);

@@ -387,6 +387,7 @@ impl SourceConfig {
                 headers = crate::verify::HeaderFields {
                     kind: Some("x-github-event"),
                     id: None,
+                    keys: &[("delivery", "x-github-delivery")],
                 };
                 SourceKind::Json(JsonSpec {
                     kind: String::new(),

@@ -375,6 +375,8 @@ fn any_matches(
 pub struct HeaderFields {
     pub kind: Option<&'static str>,
     pub id: Option<&'static str>,
+    /// Correlation keys read from headers: name and header.
+    pub keys: &'static [(&'static str, &'static str)],
 }
 
 impl HeaderFields {
@@ -390,6 +392,11 @@ impl HeaderFields {
         crate::adapter::Envelope {
             kind: value(self.kind),
             id: value(self.id),
+            keys: self
+                .keys
+                .iter()
+                .filter_map(|(name, header)| Some(((*name).to_owned(), value(Some(header))?)))
+                .collect(),
         }
     }
 }

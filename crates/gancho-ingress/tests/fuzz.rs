@@ -154,6 +154,7 @@ fn no_adapter_or_form_parser_panics_on_any_input() {
         Envelope {
             kind: Some("push".into()),
             id: Some("d-1".into()),
+            keys: vec![("delivery".into(), "d-1".into())],
         },
     ];
     let mut accepted = 0usize;

@@ -209,7 +209,11 @@ impl Config {
             self.ingress
                 .sources
                 .iter()
-                .map(|s| (s.name.clone(), s.kind.key_names().into_iter().collect()))
+                .map(|s| {
+                    let mut names: Vec<String> = s.kind.key_names();
+                    names.extend(s.headers.keys.iter().map(|(name, _)| (*name).to_owned()));
+                    (s.name.clone(), names.into_iter().collect())
+                })
                 .collect(),
         );
         engine
