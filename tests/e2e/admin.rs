@@ -460,12 +460,10 @@ fn wait_for_engine(admin: SocketAddr, seq: u64) {
     });
 }
 
+/// Waits up to 30 s for `done` (`gancho_testkit::wait_until`), failing with `what`.
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let met = gancho_testkit::wait_until(Duration::from_secs(30), || done().then_some(()));
+    assert!(met.is_some(), "timed out waiting: {what}");
 }
 
 /// A Prometheus text exposition, parsed into samples.

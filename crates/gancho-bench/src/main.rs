@@ -444,6 +444,21 @@ impl Gancho {
     }
 
     /// The daemon's resident memory now and at its peak (`VmRSS`, `VmHWM`).
+    /// Posts `spec`'s load to `target` for `duration`, uncounted, then waits for the indexer:
+    /// a store past its first seconds, as a running daemon's is (see `--prime`).
+    fn prime(&self, target: &Target, spec: &LoadSpec, duration: Duration) -> anyhow::Result<()> {
+        load::run(
+            target,
+            &LoadSpec {
+                duration,
+                warmup: Duration::ZERO,
+                ..spec.clone()
+            },
+        )?;
+        self.wait_indexed(Duration::from_secs(300))?;
+        Ok(())
+    }
+
     /// The CPU time the daemon has used so far, user and system, in clock ticks
     /// (`/proc/PID/stat`; 100 a second on Linux).
     fn cpu_ticks(&self) -> anyhow::Result<u64> {

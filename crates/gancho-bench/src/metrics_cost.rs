@@ -93,15 +93,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     // Both stores past their first seconds (see `--prime`).
     for gancho in [&plain, &counted] {
-        load::run(
-            &Target::gancho(gancho.addr),
-            &LoadSpec {
-                duration: args.prime,
-                warmup: Duration::ZERO,
-                ..spec
-            },
-        )?;
-        gancho.wait_indexed(Duration::from_secs(300))?;
+        gancho.prime(&Target::gancho(gancho.addr), &spec, args.prime)?;
     }
     let (mut without, mut with) = (Vec::new(), Vec::new());
     // The daemon's CPU time per event: what the machine's noise touches least (a busy core

@@ -29,15 +29,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Target::gancho(gancho.addr),
         Target::gancho_signed(gancho.addr)?,
     );
-    load::run(
-        &basic,
-        &LoadSpec {
-            duration: args.prime,
-            warmup: Duration::ZERO,
-            ..spec
-        },
-    )?;
-    gancho.wait_indexed(Duration::from_secs(300))?;
+    gancho.prime(&basic, &spec, args.prime)?;
     println!(
         "| round | basic auth, events/s | signed, events/s | p99 basic, ms | p99 signed, ms | errors |"
     );

@@ -26,65 +26,10 @@ pub enum SourceKind {
     /// Mailjet's Event API: one event object, or an array of them ("Version 2" grouping).
     Mailjet,
     /// A provider whose fields are fixed: Postmark, SendGrid, Mailgun.
-    Preset(&'static Preset),
+    Preset(&'static crate::presets::Preset),
     /// Any JSON object or array of objects, read with the configured JSON pointers.
     Json(JsonSpec),
 }
-
-/// Where a provider keeps an event's parts, each as JSON pointers tried in turn (the first
-/// present wins): Postmark's time is `DeliveredAt` on a delivery, `BouncedAt` on a bounce.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Preset {
-    pub kind: &'static str,
-    /// Empty: the time of receipt.
-    pub time: &'static [&'static str],
-    /// Empty: a hash of the content.
-    pub id: &'static [&'static str],
-    /// The id is every pointer of `id` joined with `:` (Twilio's sid and status), not the
-    /// first present.
-    pub id_joins: bool,
-    /// Name and pointers. An array of strings (SendGrid's `category`) is joined with commas.
-    pub keys: &'static [(&'static str, &'static [&'static str])],
-}
-
-/// Postmark: one object per request, routed by `RecordType`.
-pub static POSTMARK: Preset = Preset {
-    kind: "/RecordType",
-    time: &["/DeliveredAt", "/BouncedAt", "/ReceivedAt", "/ChangedAt"],
-    id: &[],
-    id_joins: false,
-    keys: &[
-        ("MessageID", &["/MessageID"]),
-        ("Recipient", &["/Recipient", "/Email"]),
-        ("Tag", &["/Tag"]),
-        ("MessageStream", &["/MessageStream"]),
-    ],
-};
-
-/// SendGrid's Event Webhook: always an array.
-pub static SENDGRID: Preset = Preset {
-    kind: "/event",
-    time: &["/timestamp"],
-    id: &["/sg_event_id"],
-    id_joins: false,
-    keys: &[
-        ("email", &["/email"]),
-        ("sg_message_id", &["/sg_message_id"]),
-        ("category", &["/category"]),
-    ],
-};
-
-/// Mailgun's webhooks: `event-data` beside the `signature` block.
-pub static MAILGUN: Preset = Preset {
-    kind: "/event-data/event",
-    time: &["/event-data/timestamp"],
-    id: &["/event-data/id"],
-    id_joins: false,
-    keys: &[
-        ("recipient", &["/event-data/recipient"]),
-        ("message_id", &["/event-data/message/headers/message-id"]),
-    ],
-};
 
 /// The correlation keys of Mailjet events.
 /// `hard_bounce` (on `bounce` and `blocked` events) is a key so that rules can count hard
@@ -166,171 +111,6 @@ pub fn submission_from(
 ) -> Result<Submission, BodyError> {
     submission_with(source, kind, time, &Envelope::default(), body, received)
 }
-
-/// An HTML form body (`application/x-www-form-urlencoded`) as the text of a JSON object of its
-/// fields: a field given once is a string, one given more than once an array of its values, in
-/// order.
-pub fn form_to_json(body: &[u8]) -> String {
-    let mut object = serde_json::Map::new();
-    for (name, value) in url::form_urlencoded::parse(body) {
-        let value = Value::String(value.into_owned());
-        match object.get_mut(name.as_ref()) {
-            None => {
-                object.insert(name.into_owned(), value);
-            }
-            Some(Value::Array(values)) => values.push(value),
-            Some(first) => {
-                let first = first.take();
-                object.insert(name.into_owned(), Value::Array(vec![first, value]));
-            }
-        }
-    }
-    Value::Object(object).to_string()
-}
-
-/// How deep XML elements may nest.
-const MAX_XML_DEPTH: usize = 64;
-
-/// An XML body as the text of a JSON object: the root element's content. An element with only
-/// text is a string; one with attributes or children an object, its attributes as `@name`,
-/// its children by name (a name repeated: an array, in order) and its text as `#text`. The five
-/// predefined entities and character references are resolved; a DOCTYPE (and so any entity
-/// definition) is refused, as is nesting deeper than 64.
-pub fn xml_to_json(body: &str) -> Result<String, String> {
-    use quick_xml::events::Event;
-    struct Node {
-        name: String,
-        fields: serde_json::Map<String, Value>,
-        text: String,
-    }
-    fn value(node: Node) -> Value {
-        let text = node.text.trim();
-        if node.fields.is_empty() {
-            return Value::String(text.to_owned());
-        }
-        let mut fields = node.fields;
-        if !text.is_empty() {
-            fields.insert("#text".to_owned(), Value::String(text.to_owned()));
-        }
-        Value::Object(fields)
-    }
-    fn attach(parent: &mut Node, name: String, child: Value) {
-        match parent.fields.get_mut(&name) {
-            None => {
-                parent.fields.insert(name, child);
-            }
-            // Elements are strings or objects: an array is a name seen before.
-            Some(Value::Array(values)) => values.push(child),
-            Some(first) => {
-                let first = first.take();
-                parent.fields.insert(name, Value::Array(vec![first, child]));
-            }
-        }
-    }
-    let bad = |err: &dyn std::fmt::Display| format!("body is not valid XML: {err}");
-    let open = |start: &quick_xml::events::BytesStart<'_>| -> Result<Node, String> {
-        let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
-        let mut fields = serde_json::Map::new();
-        for attribute in start.attributes() {
-            let attribute = attribute.map_err(|e| bad(&e))?;
-            let key = format!("@{}", String::from_utf8_lossy(attribute.key.as_ref()));
-            let value = attribute.unescape_value().map_err(|e| bad(&e))?;
-            fields.insert(key, Value::String(value.into_owned()));
-        }
-        Ok(Node {
-            name,
-            fields,
-            text: String::new(),
-        })
-    };
-    let mut reader = quick_xml::Reader::from_str(body);
-    let mut stack: Vec<Node> = Vec::new();
-    let mut root: Option<Value> = None;
-    loop {
-        let event = reader.read_event().map_err(|e| bad(&e))?;
-        match event {
-            Event::Start(start) => {
-                if root.is_some() {
-                    return Err(bad(&"more than one root element"));
-                }
-                if stack.len() >= MAX_XML_DEPTH {
-                    return Err(bad(&format!("elements nest deeper than {MAX_XML_DEPTH}")));
-                }
-                stack.push(open(&start)?);
-            }
-            Event::Empty(start) => {
-                let node = open(&start)?;
-                let name = node.name.clone();
-                match stack.last_mut() {
-                    Some(parent) => attach(parent, name, value(node)),
-                    None if root.is_none() => root = Some(value(node)),
-                    None => return Err(bad(&"more than one root element")),
-                }
-            }
-            Event::End(_) => {
-                let Some(node) = stack.pop() else {
-                    return Err(bad(&"an end tag without its start"));
-                };
-                let name = node.name.clone();
-                match stack.last_mut() {
-                    Some(parent) => attach(parent, name, value(node)),
-                    None => root = Some(value(node)),
-                }
-            }
-            Event::Text(text) => {
-                if let Some(node) = stack.last_mut() {
-                    node.text
-                        .push_str(&text.xml_content().map_err(|e| bad(&e))?);
-                }
-            }
-            Event::CData(data) => {
-                if let Some(node) = stack.last_mut() {
-                    node.text.push_str(&data.decode().map_err(|e| bad(&e))?);
-                }
-            }
-            Event::GeneralRef(reference) => {
-                let resolved = match reference.resolve_char_ref().map_err(|e| bad(&e))? {
-                    Some(c) => c.to_string(),
-                    None => {
-                        let name = reference.decode().map_err(|e| bad(&e))?;
-                        quick_xml::escape::resolve_xml_entity(&name)
-                            .ok_or_else(|| bad(&format!("unknown entity &{name};")))?
-                            .to_owned()
-                    }
-                };
-                if let Some(node) = stack.last_mut() {
-                    node.text.push_str(&resolved);
-                }
-            }
-            Event::DocType(_) => return Err(bad(&"a DOCTYPE is not accepted")),
-            Event::Eof => break,
-            Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {}
-        }
-    }
-    if !stack.is_empty() {
-        return Err(bad(&"an element is not closed"));
-    }
-    match root {
-        Some(Value::String(text)) => Ok(serde_json::json!({ "#text": text }).to_string()),
-        Some(value) => Ok(value.to_string()),
-        None => Err(bad(&"no root element")),
-    }
-}
-
-/// Twilio's status callbacks: one form per message status.
-pub static TWILIO: Preset = Preset {
-    kind: "/MessageStatus",
-    time: &[],
-    // Each status of a message is an event of its own.
-    id: &["/MessageSid", "/MessageStatus"],
-    id_joins: true,
-    keys: &[
-        ("MessageSid", &["/MessageSid", "/SmsSid"]),
-        ("To", &["/To"]),
-        ("From", &["/From"]),
-        ("AccountSid", &["/AccountSid"]),
-    ],
-};
 
 /// What a request's headers say of its events (GitHub's `X-GitHub-Event` and
 /// `X-GitHub-Delivery`, a Standard Webhooks `webhook-id`): it takes the place of the body's.
@@ -429,7 +209,7 @@ fn event_from(
     }
     let mut parts = match kind {
         SourceKind::Mailjet => mailjet(text, policy.unit)?,
-        SourceKind::Preset(preset) => preset_parts(preset, text, policy.unit)?,
+        SourceKind::Preset(preset) => crate::presets::parts(preset, text, policy.unit)?,
         SourceKind::Json(spec) => json(spec, text, policy.unit, envelope.kind.as_deref())?,
     };
     if let Some(kind) = &envelope.kind {
@@ -465,14 +245,14 @@ fn event_from(
 }
 
 /// Everything of an event an adapter reads from its payload.
-struct Parts {
-    id: Option<EventId>,
-    kind: String,
+pub(crate) struct Parts {
+    pub(crate) id: Option<EventId>,
+    pub(crate) kind: String,
     /// `None`: the time of receipt.
-    time: Option<DateTime<Utc>>,
+    pub(crate) time: Option<DateTime<Utc>>,
     /// Where the time was read and the value as sent, for a refusal's reason.
-    time_read: Option<(String, String)>,
-    keys: Keys,
+    pub(crate) time_read: Option<(String, String)>,
+    pub(crate) keys: Keys,
 }
 
 /// The fields of a Mailjet event gancho reads, borrowed as raw JSON text; the rest of the
@@ -575,68 +355,25 @@ fn mailjet_time(text: &str, unit: TimeUnit) -> Result<DateTime<Utc>, TimeError> 
     parse_event_time_in(&value, unit)
 }
 
+/// The event time `value` found at `pointer`, read in `unit`, with where it was read and the
+/// value as sent (what `max_future`'s refusal names): as [`Parts`] keeps them.
+pub(crate) type TimeRead = (Option<DateTime<Utc>>, Option<(String, String)>);
+
+pub(crate) fn time_at(pointer: &str, value: &Value, unit: TimeUnit) -> Result<TimeRead, String> {
+    let time =
+        parse_event_time_in(value, unit).map_err(|err| format!("time at {pointer}: {err}"))?;
+    Ok((
+        Some(time),
+        Some((format!("at {pointer}"), shown_value(&value.to_string()))),
+    ))
+}
+
 /// A value as a refusal shows it: its JSON text, cut to 64 bytes.
 fn shown_value(text: &str) -> String {
     match text.char_indices().nth(64) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
     }
-}
-
-/// A provider's item, read with its preset pointers.
-fn preset_parts(preset: &Preset, text: &str, unit: TimeUnit) -> Result<Parts, String> {
-    let item: Value = serde_json::from_str(text).map_err(|err| err.to_string())?;
-    let first = |pointers: &[&'static str]| {
-        pointers.iter().find_map(|p| match item.pointer(p) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some((*p, v)),
-        })
-    };
-    let kind = match item.pointer(preset.kind) {
-        Some(Value::String(s)) => event_type(s)?,
-        _ => return Err(format!("no event type at {}", preset.kind)),
-    };
-    let (time, time_read) = match first(preset.time) {
-        None => (None, None),
-        Some((pointer, t)) => (
-            Some(parse_event_time_in(t, unit).map_err(|err| format!("time at {pointer}: {err}"))?),
-            Some((format!("at {pointer}"), shown_value(&t.to_string()))),
-        ),
-    };
-    let id = match preset.id_joins {
-        true => preset
-            .id
-            .iter()
-            .map(|p| item.pointer(p).and_then(key_text))
-            .collect::<Option<Vec<String>>>()
-            .map(|parts| parts.join(":")),
-        false => first(preset.id).and_then(|(_, v)| key_text(v)),
-    };
-    let id = match id {
-        Some(id) => Some(EventId::from_provider(&checked_key("id", id)?)),
-        None => None,
-    };
-    let mut keys = Keys::new();
-    for (name, pointers) in preset.keys {
-        let text = match first(pointers) {
-            Some((_, Value::Array(items))) => {
-                let joined: Vec<String> = items.iter().filter_map(key_text).collect();
-                (!joined.is_empty()).then(|| joined.join(","))
-            }
-            Some((_, Value::Object(_))) | None => None,
-            Some((_, v)) => key_text(v),
-        };
-        if let Some(text) = text {
-            keys.insert((*name).to_owned(), checked_key(name, text)?);
-        }
-    }
-    Ok(Parts {
-        id,
-        kind,
-        time,
-        time_read,
-        keys,
-    })
 }
 
 /// A JSON item read with `spec`; `header_kind`: the type came with the request, the body's is
@@ -664,13 +401,7 @@ fn json(
     let (time, time_read) = match &spec.time {
         None => (None, None),
         Some(pointer) => match item.pointer(pointer) {
-            Some(t) => (
-                Some(
-                    parse_event_time_in(t, unit)
-                        .map_err(|err| format!("time at {pointer}: {err}"))?,
-                ),
-                Some((format!("at {pointer}"), shown_value(&t.to_string()))),
-            ),
+            Some(t) => time_at(pointer, t, unit)?,
             None => return Err(format!("no event time at {pointer}")),
         },
     };
@@ -707,7 +438,7 @@ fn json(
     })
 }
 
-fn event_type(s: &str) -> Result<String, String> {
+pub(crate) fn event_type(s: &str) -> Result<String, String> {
     if s.is_empty() {
         Err("event type is empty".to_owned())
     } else if s.len() > MAX_TYPE_LEN {
@@ -717,7 +448,7 @@ fn event_type(s: &str) -> Result<String, String> {
     }
 }
 
-fn checked_key(name: &str, text: String) -> Result<String, String> {
+pub(crate) fn checked_key(name: &str, text: String) -> Result<String, String> {
     if text.len() > MAX_KEY_LEN {
         Err(format!("{name} is longer than {MAX_KEY_LEN} bytes"))
     } else {
@@ -751,6 +482,8 @@ fn raw_type(text: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::xml_to_json;
+    use crate::presets::{MAILGUN, POSTMARK, SENDGRID};
     use chrono::TimeZone;
     use serde_json::json;
 

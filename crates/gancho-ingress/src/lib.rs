@@ -15,17 +15,21 @@
 mod adapter;
 mod auth;
 mod config;
+mod formats;
+mod presets;
 mod server;
+mod sources;
 mod verify;
 
 pub use adapter::{
-    BodyError, Envelope, JsonSpec, MAILGUN, POSTMARK, Preset, SENDGRID, SourceKind, TWILIO,
-    TimePolicy, form_to_json, submission_from, submission_with, xml_to_json,
+    BodyError, Envelope, JsonSpec, SourceKind, TimePolicy, submission_from, submission_with,
 };
 pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};
+pub use formats::{form_to_json, xml_to_json};
+pub use presets::{MAILGUN, POSTMARK, Preset, SENDGRID, TWILIO};
 pub use server::{
-    BodyFormat, IngressConfig, IngressHandle, IngressServer, Readiness, Rotated, Source, Sources,
-    block_on,
+    BodyFormat, IngressConfig, IngressHandle, IngressServer, Readiness, Source, block_on,
 };
+pub use sources::{Rotated, Sources};
 pub use verify::{Encoding, HeaderFields, Tokens, Verifier, p256_point};

@@ -28,19 +28,11 @@ pub const MAX_LIMIT: usize = 1000;
 #[derive(Debug, Clone)]
 pub enum Listing {
     Events(Query),
-    Outbox {
-        channel: Option<Channel>,
-    },
-    Dead {
-        channel: Option<Channel>,
-    },
+    Outbox { channel: Option<Channel> },
+    Dead { channel: Option<Channel> },
     Sent(SentQuery),
     Quarantine,
-    Timers {
-        rule: Option<String>,
-    },
-    /// The engine's rules, by name: read from its status, in memory.
-    Rules,
+    Timers { rule: Option<String> },
 }
 
 impl Listing {
@@ -52,7 +44,6 @@ impl Listing {
             Listing::Sent(_) => "sent",
             Listing::Quarantine => "quarantine",
             Listing::Timers { .. } => "timers",
-            Listing::Rules => "rules",
         }
     }
 }
@@ -93,19 +84,19 @@ struct Cursor {
     at: Position,
 }
 
-fn encode(listing: &Listing, at: Position) -> String {
+fn encode(tag: &str, at: Position) -> String {
     let cursor = Cursor {
-        listing: listing.tag().to_owned(),
+        listing: tag.to_owned(),
         at,
     };
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
 }
 
-fn decode(listing: &Listing, cursor: &str) -> Result<Position, PageError> {
-    let bad = || PageError::BadCursor(listing.tag());
+fn decode(tag: &'static str, cursor: &str) -> Result<Position, PageError> {
+    let bad = || PageError::BadCursor(tag);
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if cursor.listing != listing.tag() {
+    if cursor.listing != tag {
         return Err(bad());
     }
     Ok(cursor.at)
@@ -123,7 +114,7 @@ pub fn page(
         0 => DEFAULT_LIMIT,
         n => n.min(MAX_LIMIT),
     };
-    let at = cursor.map(|c| decode(listing, c)).transpose()?;
+    let at = cursor.map(|c| decode(listing.tag(), c)).transpose()?;
     let bad = || PageError::BadCursor(listing.tag());
     let mut items = Vec::new();
     let next = match listing {
@@ -212,7 +203,6 @@ pub fn page(
             )?;
             last.filter(|_| items.len() >= limit).map(Position::Key)
         }
-        Listing::Rules => return Err(bad()),
         Listing::Timers { rule } => {
             let after = key_of(at, bad)?;
             let mut last = None;
@@ -231,7 +221,7 @@ pub fn page(
     };
     Ok(Page {
         items,
-        next_cursor: next.map(|at| encode(listing, at)),
+        next_cursor: next.map(|at| encode(listing.tag(), at)),
     })
 }
 
@@ -252,6 +242,9 @@ fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value, StoreError> {
     })
 }
 
+/// The rules listing's name in its cursors.
+const RULES: &str = "rules";
+
 /// The page of the engine's `rules` (sorted by name) after `cursor`: the rules and the next
 /// page's cursor.
 pub fn rules_page(
@@ -263,10 +256,10 @@ pub fn rules_page(
         0 => DEFAULT_LIMIT,
         n => n.min(MAX_LIMIT),
     };
-    let after = match cursor.map(|c| decode(&Listing::Rules, c)).transpose()? {
+    let after = match cursor.map(|c| decode(RULES, c)).transpose()? {
         None => None,
         Some(Position::Key(name)) => Some(name),
-        Some(_) => return Err(PageError::BadCursor("rules")),
+        Some(_) => return Err(PageError::BadCursor(RULES)),
     };
     rules.sort_by(|a, b| a.name.cmp(&b.name));
     let rules: Vec<_> = rules
@@ -279,10 +272,9 @@ pub fn rules_page(
         .take(limit)
         .collect();
     let next = match rules.last() {
-        Some(last) if rules.len() >= limit => Some(encode(
-            &Listing::Rules,
-            Position::Key(last.name.as_bytes().to_vec()),
-        )),
+        Some(last) if rules.len() >= limit => {
+            Some(encode(RULES, Position::Key(last.name.as_bytes().to_vec())))
+        }
         _ => None,
     };
     Ok((rules, next))
