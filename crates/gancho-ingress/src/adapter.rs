@@ -14,6 +14,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::presets::Preset;
+
 /// The longest event type accepted, in bytes.
 const MAX_TYPE_LEN: usize = 256;
 /// The most items one body may carry. Providers batch tens to hundreds; a body of a million
@@ -26,7 +28,7 @@ pub enum SourceKind {
     /// Mailjet's Event API: one event object, or an array of them ("Version 2" grouping).
     Mailjet,
     /// A provider whose fields are fixed: Postmark, SendGrid, Mailgun.
-    Preset(&'static crate::presets::Preset),
+    Preset(&'static Preset),
     /// Any JSON object or array of objects, read with the configured JSON pointers.
     Json(JsonSpec),
 }
@@ -209,7 +211,7 @@ fn event_from(
     }
     let mut parts = match kind {
         SourceKind::Mailjet => mailjet(text, policy.unit)?,
-        SourceKind::Preset(preset) => crate::presets::parts(preset, text, policy.unit)?,
+        SourceKind::Preset(preset) => preset_parts(preset, text, policy.unit)?,
         SourceKind::Json(spec) => json(spec, text, policy.unit, envelope.kind.as_deref())?,
     };
     if let Some(kind) = &envelope.kind {
@@ -245,14 +247,14 @@ fn event_from(
 }
 
 /// Everything of an event an adapter reads from its payload.
-pub(crate) struct Parts {
-    pub(crate) id: Option<EventId>,
-    pub(crate) kind: String,
+struct Parts {
+    id: Option<EventId>,
+    kind: String,
     /// `None`: the time of receipt.
-    pub(crate) time: Option<DateTime<Utc>>,
+    time: Option<DateTime<Utc>>,
     /// Where the time was read and the value as sent, for a refusal's reason.
-    pub(crate) time_read: Option<(String, String)>,
-    pub(crate) keys: Keys,
+    time_read: Option<(String, String)>,
+    keys: Keys,
 }
 
 /// The fields of a Mailjet event gancho reads, borrowed as raw JSON text; the rest of the
@@ -357,9 +359,9 @@ fn mailjet_time(text: &str, unit: TimeUnit) -> Result<DateTime<Utc>, TimeError> 
 
 /// The event time `value` found at `pointer`, read in `unit`, with where it was read and the
 /// value as sent (what `max_future`'s refusal names): as [`Parts`] keeps them.
-pub(crate) type TimeRead = (Option<DateTime<Utc>>, Option<(String, String)>);
+type TimeRead = (Option<DateTime<Utc>>, Option<(String, String)>);
 
-pub(crate) fn time_at(pointer: &str, value: &Value, unit: TimeUnit) -> Result<TimeRead, String> {
+fn time_at(pointer: &str, value: &Value, unit: TimeUnit) -> Result<TimeRead, String> {
     let time =
         parse_event_time_in(value, unit).map_err(|err| format!("time at {pointer}: {err}"))?;
     Ok((
@@ -374,6 +376,59 @@ fn shown_value(text: &str) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
     }
+}
+
+/// A provider's item, read with its preset pointers.
+fn preset_parts(preset: &Preset, text: &str, unit: TimeUnit) -> Result<Parts, String> {
+    let item: Value = serde_json::from_str(text).map_err(|err| err.to_string())?;
+    let first = |pointers: &[&'static str]| {
+        pointers.iter().find_map(|p| match item.pointer(p) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some((*p, v)),
+        })
+    };
+    let kind = match item.pointer(preset.kind) {
+        Some(Value::String(s)) => event_type(s)?,
+        _ => return Err(format!("no event type at {}", preset.kind)),
+    };
+    let (time, time_read) = match first(preset.time) {
+        None => (None, None),
+        Some((pointer, t)) => time_at(pointer, t, unit)?,
+    };
+    let id = match preset.id_joins {
+        true => preset
+            .id
+            .iter()
+            .map(|p| item.pointer(p).and_then(key_text))
+            .collect::<Option<Vec<String>>>()
+            .map(|parts| parts.join(":")),
+        false => first(preset.id).and_then(|(_, v)| key_text(v)),
+    };
+    let id = match id {
+        Some(id) => Some(EventId::from_provider(&checked_key("id", id)?)),
+        None => None,
+    };
+    let mut keys = Keys::new();
+    for (name, pointers) in preset.keys {
+        let text = match first(pointers) {
+            Some((_, Value::Array(items))) => {
+                let joined: Vec<String> = items.iter().filter_map(key_text).collect();
+                (!joined.is_empty()).then(|| joined.join(","))
+            }
+            Some((_, Value::Object(_))) | None => None,
+            Some((_, v)) => key_text(v),
+        };
+        if let Some(text) = text {
+            keys.insert((*name).to_owned(), checked_key(name, text)?);
+        }
+    }
+    Ok(Parts {
+        id,
+        kind,
+        time,
+        time_read,
+        keys,
+    })
 }
 
 /// A JSON item read with `spec`; `header_kind`: the type came with the request, the body's is
@@ -438,7 +493,7 @@ fn json(
     })
 }
 
-pub(crate) fn event_type(s: &str) -> Result<String, String> {
+fn event_type(s: &str) -> Result<String, String> {
     if s.is_empty() {
         Err("event type is empty".to_owned())
     } else if s.len() > MAX_TYPE_LEN {
@@ -448,7 +503,7 @@ pub(crate) fn event_type(s: &str) -> Result<String, String> {
     }
 }
 
-pub(crate) fn checked_key(name: &str, text: String) -> Result<String, String> {
+fn checked_key(name: &str, text: String) -> Result<String, String> {
     if text.len() > MAX_KEY_LEN {
         Err(format!("{name} is longer than {MAX_KEY_LEN} bytes"))
     } else {

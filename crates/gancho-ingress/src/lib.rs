@@ -28,8 +28,6 @@ pub use auth::{BasicAuth, constant_time_eq};
 pub use config::{BasicAuthConfig, KindName, SourceConfig};
 pub use formats::{form_to_json, xml_to_json};
 pub use presets::{MAILGUN, POSTMARK, Preset, SENDGRID, TWILIO};
-pub use server::{
-    BodyFormat, IngressConfig, IngressHandle, IngressServer, Readiness, Source, block_on,
-};
-pub use sources::{Rotated, Sources};
+pub use server::{IngressConfig, IngressHandle, IngressServer, Readiness, block_on};
+pub use sources::{BodyFormat, Rotated, Source, Sources};
 pub use verify::{Encoding, HeaderFields, Tokens, Verifier, p256_point};

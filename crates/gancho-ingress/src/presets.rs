@@ -1,12 +1,7 @@
 //! The providers whose fields are fixed (Postmark, SendGrid, Mailgun, Twilio): where each
 //! keeps an event's type, time, id and correlation keys, as JSON pointers tried in turn, and
-//! how an item is read with them. Adding such a provider is a `Preset` here, its `KindName`
+//! `adapter.rs` reads an item with them. Adding such a provider is a `Preset` here, its `KindName`
 //! and verifier, and its section of `docs/sources.md`.
-
-use gancho_core::{EventId, Keys, TimeUnit, key_text};
-use serde_json::Value;
-
-use crate::adapter::{Parts, checked_key, event_type, time_at};
 
 /// Where a provider keeps an event's parts, each as JSON pointers tried in turn (the first
 /// present wins): Postmark's time is `DeliveredAt` on a delivery, `BouncedAt` on a bounce.
@@ -77,56 +72,3 @@ pub static TWILIO: Preset = Preset {
         ("AccountSid", &["/AccountSid"]),
     ],
 };
-
-/// A provider's item, read with its preset pointers.
-pub(crate) fn parts(preset: &Preset, text: &str, unit: TimeUnit) -> Result<Parts, String> {
-    let item: Value = serde_json::from_str(text).map_err(|err| err.to_string())?;
-    let first = |pointers: &[&'static str]| {
-        pointers.iter().find_map(|p| match item.pointer(p) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some((*p, v)),
-        })
-    };
-    let kind = match item.pointer(preset.kind) {
-        Some(Value::String(s)) => event_type(s)?,
-        _ => return Err(format!("no event type at {}", preset.kind)),
-    };
-    let (time, time_read) = match first(preset.time) {
-        None => (None, None),
-        Some((pointer, t)) => time_at(pointer, t, unit)?,
-    };
-    let id = match preset.id_joins {
-        true => preset
-            .id
-            .iter()
-            .map(|p| item.pointer(p).and_then(key_text))
-            .collect::<Option<Vec<String>>>()
-            .map(|parts| parts.join(":")),
-        false => first(preset.id).and_then(|(_, v)| key_text(v)),
-    };
-    let id = match id {
-        Some(id) => Some(EventId::from_provider(&checked_key("id", id)?)),
-        None => None,
-    };
-    let mut keys = Keys::new();
-    for (name, pointers) in preset.keys {
-        let text = match first(pointers) {
-            Some((_, Value::Array(items))) => {
-                let joined: Vec<String> = items.iter().filter_map(key_text).collect();
-                (!joined.is_empty()).then(|| joined.join(","))
-            }
-            Some((_, Value::Object(_))) | None => None,
-            Some((_, v)) => key_text(v),
-        };
-        if let Some(text) = text {
-            keys.insert((*name).to_owned(), checked_key(name, text)?);
-        }
-    }
-    Ok(Parts {
-        id,
-        kind,
-        time,
-        time_read,
-        keys,
-    })
-}

@@ -12,40 +12,8 @@ use gancho_store::{Appender, Store, StoreError};
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::adapter::{BodyError, SourceKind};
-use crate::auth::BasicAuth;
-use crate::sources::Sources;
-
-/// A configured source: where `POST /hooks/{name}` goes.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub name: String,
-    pub kind: SourceKind,
-    /// How its event times are read and bounded.
-    pub time: crate::adapter::TimePolicy,
-    /// The signature its requests must carry, checked over the raw body before it is parsed.
-    pub verify: Option<crate::verify::Verifier>,
-    /// A digest of the verifier's settings and secrets: tells a change (SIGHUP) from none.
-    pub verify_fingerprint: Option<gancho_core::signature::Fingerprint>,
-    /// Headers that give its events' type or id.
-    pub headers: crate::verify::HeaderFields,
-    /// What its bodies are: JSON, or an HTML form (`application/x-www-form-urlencoded`).
-    pub format: BodyFormat,
-    /// Credentials the sender must present; `None` accepts any sender.
-    pub auth: Option<BasicAuth>,
-}
-
-/// How a source's bodies are sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum BodyFormat {
-    #[default]
-    Json,
-    /// `application/x-www-form-urlencoded` (Twilio's callbacks): read as a JSON object of its
-    /// fields (a field given more than once: an array of its values).
-    Form,
-    /// `application/xml` or `text/xml`: read as a JSON object (`adapter::xml_to_json`).
-    Xml,
-}
+use crate::adapter::BodyError;
+use crate::sources::{BodyFormat, Source, Sources};
 
 /// What the server needs to know, already validated.
 #[derive(Debug, Clone)]

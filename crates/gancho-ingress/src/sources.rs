@@ -1,12 +1,44 @@
 //! The sources a running server accepts, swapped whole on a reload: a request loads the map
-//! once (an `ArcSwap`), so a rotation never shows it half done.
+//! once (an `ArcSwap`), so a rotation never shows it half done; and what a source is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::server::Source;
+use crate::adapter::SourceKind;
+use crate::auth::BasicAuth;
+
+/// A configured source: where `POST /hooks/{name}` goes.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    /// How its event times are read and bounded.
+    pub time: crate::adapter::TimePolicy,
+    /// The signature its requests must carry, checked over the raw body before it is parsed.
+    pub verify: Option<crate::verify::Verifier>,
+    /// A digest of the verifier's settings and secrets: tells a change (SIGHUP) from none.
+    pub verify_fingerprint: Option<gancho_core::signature::Fingerprint>,
+    /// Headers that give its events' type or id.
+    pub headers: crate::verify::HeaderFields,
+    /// What its bodies are: JSON, or an HTML form (`application/x-www-form-urlencoded`).
+    pub format: BodyFormat,
+    /// Credentials the sender must present; `None` accepts any sender.
+    pub auth: Option<BasicAuth>,
+}
+
+/// How a source's bodies are sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BodyFormat {
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded` (Twilio's callbacks): read as a JSON object of its
+    /// fields (a field given more than once: an array of its values).
+    Form,
+    /// `application/xml` or `text/xml`: read as a JSON object (`adapter::xml_to_json`).
+    Xml,
+}
 
 /// The sources a running server accepts. Their credentials can be changed while it runs
 /// ([`Sources::rotate`], on `SIGHUP`); their set and kinds are fixed at start.

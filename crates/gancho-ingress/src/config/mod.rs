@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::adapter::{JsonSpec, SourceKind};
 use crate::auth::BasicAuth;
-use crate::server::Source;
+use crate::sources::Source;
 
 mod signing;
 
@@ -323,9 +323,9 @@ impl SourceConfig {
         };
         let defaults = crate::adapter::TimePolicy::default();
         let format = match self.kind {
-            KindName::Twilio | KindName::Form => crate::server::BodyFormat::Form,
-            KindName::Xml => crate::server::BodyFormat::Xml,
-            _ => crate::server::BodyFormat::Json,
+            KindName::Twilio | KindName::Form => crate::sources::BodyFormat::Form,
+            KindName::Xml => crate::sources::BodyFormat::Xml,
+            _ => crate::sources::BodyFormat::Json,
         };
         Ok(Source {
             name: name.to_owned(),
