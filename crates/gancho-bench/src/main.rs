@@ -613,7 +613,7 @@ fn fetch_status(bin: &Path, config: &Path) -> anyhow::Result<(u64, u64)> {
 }
 
 /// Live bytes by first key byte in each database of a store folder, beside its size on disk;
-/// for the index database also what LZ4 would make of its blocks (`B` values).
+/// for the index database also its run files (`indexes/runs/`, live whole).
 fn store_stats(dir: &Path) -> anyhow::Result<()> {
     use gancho_store::kv::Db;
     for (name, tree) in [
@@ -628,7 +628,6 @@ fn store_stats(dir: &Path) -> anyhow::Result<()> {
         let db = Db::open(&path, 16 << 20)?;
         let tree = db.tree(tree)?;
         let mut by_prefix: std::collections::BTreeMap<u8, (u64, u64)> = Default::default();
-        let (mut raw, mut compressed) = (0u64, 0u64);
         for entry in tree.iter() {
             let (key, value) = entry?;
             let slot = by_prefix
@@ -636,12 +635,15 @@ fn store_stats(dir: &Path) -> anyhow::Result<()> {
                 .or_default();
             slot.0 += 1;
             slot.1 += (key.len() + value.len()) as u64;
-            if name == "indexes" && key.first() == Some(&b'B') {
-                raw += value.len() as u64;
-                compressed += lz4_flex::compress_prepend_size(&value).len() as u64;
+        }
+        let (mut files, mut file_bytes) = (0u64, 0u64);
+        if let Ok(runs) = std::fs::read_dir(path.join("runs")) {
+            for run in runs.flatten() {
+                files += 1;
+                file_bytes += run.metadata().map_or(0, |m| m.len());
             }
         }
-        let live: u64 = by_prefix.values().map(|(_, bytes)| bytes).sum();
+        let live = by_prefix.values().map(|(_, bytes)| bytes).sum::<u64>() + file_bytes;
         let on_disk = store_sizes(dir)
             .into_iter()
             .find(|(n, _)| n == name)
@@ -659,13 +661,8 @@ fn store_stats(dir: &Path) -> anyhow::Result<()> {
                 bytes as f64 / 1e6
             );
         }
-        if raw > 0 {
-            println!(
-                "  index blocks: {:.1} MB, {:.1} MB with LZ4 ({:.2}x)",
-                raw as f64 / 1e6,
-                compressed as f64 / 1e6,
-                raw as f64 / compressed.max(1) as f64
-            );
+        if files > 0 {
+            println!("  run files: {files}, {:.1} MB", file_bytes as f64 / 1e6);
         }
     }
     Ok(())

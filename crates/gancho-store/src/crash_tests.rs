@@ -114,36 +114,54 @@ fn check_log_and_indexes(dir: &Path, expected: &[NewEvent]) {
     }
 }
 
-/// Once the indexes are opened, every block and filter key belongs to a live run (one with a
-/// record): what a crash left of an unfinished or merged-away run is deleted at open.
+/// The indexes of the index database `db` alone, as the store opens them (without fsync).
+fn open_indexes(
+    db: crate::kv::Db,
+) -> (
+    std::sync::Arc<crate::index::Index>,
+    crate::index::IndexWriter,
+    u64,
+) {
+    crate::index::open(
+        db,
+        crate::keys::KEY_RULE,
+        None,
+        1 << 16,
+        Default::default(),
+        1 << 20,
+    )
+    .unwrap()
+}
+
+/// Once the indexes are opened, every run file belongs to a live run (one with a record) and
+/// every run has its file: what a crash left of an unfinished or merged-away run is deleted at
+/// open.
 fn assert_open_deletes_orphans(dir: &Path) {
     let db = crate::kv::Db::open(&dir.join("indexes"), 8 << 20).unwrap();
     let tree = db.tree("index").unwrap();
-    let opened =
-        crate::index::open(db, crate::keys::KEY_RULE, None, 1 << 16, Default::default()).unwrap();
-    drop(opened);
-    // The index database's prefixes (`index/layout.rs`): R run records, B blocks, F filters,
-    // each followed by the run's id.
+    let runs_dir = db.path().join(crate::index::RUNS_DIR);
+    drop(open_indexes(db));
+    // Run records (`index/layout.rs`: R and the run's id) and run files (`ID.run`, in hex).
     let id = |key: &[u8]| u64::from_be_bytes(key[1..9].try_into().unwrap());
-    let mut runs = std::collections::BTreeSet::new();
-    let mut parts = std::collections::BTreeSet::new();
-    for key in tree.range::<&[u8], _>(..).keys() {
-        let key = key.unwrap();
-        match key.first() {
-            Some(b'R') => {
-                runs.insert(id(&key));
-            }
-            Some(b'B' | b'F') => {
-                parts.insert(id(&key));
-            }
-            _ => {}
-        }
-    }
-    let orphans: Vec<_> = parts.difference(&runs).collect();
+    let runs: std::collections::BTreeSet<u64> = tree
+        .scan_prefix(b"R")
+        .keys()
+        .map(|key| id(&key.unwrap()))
+        .collect();
+    let files: std::collections::BTreeSet<u64> = std::fs::read_dir(&runs_dir)
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            u64::from_str_radix(name.strip_suffix(".run").unwrap(), 16).unwrap()
+        })
+        .collect();
+    let orphans: Vec<_> = files.difference(&runs).collect();
     assert!(
         orphans.is_empty(),
-        "blocks of runs without a record: {orphans:?}"
+        "files of runs without a record: {orphans:?}"
     );
+    let missing: Vec<_> = runs.difference(&files).collect();
+    assert!(missing.is_empty(), "runs without a file: {missing:?}");
 }
 
 #[test]
@@ -242,9 +260,7 @@ fn crash_in_merge(test: &str, point: &'static str, actions: &'static str) {
             store.shutdown().unwrap();
             drop(store);
             let db = crate::kv::Db::open(&dir.join("indexes"), 64 << 20).unwrap();
-            let (_index, mut writer, _) =
-                crate::index::open(db, crate::keys::KEY_RULE, None, 1 << 16, Default::default())
-                    .unwrap();
+            let (_index, mut writer, _) = open_indexes(db);
             if writer.merge_pending() {
                 failpoint::set(point, actions).unwrap();
                 while !writer.merge_step(10_000).unwrap() {}

@@ -28,6 +28,8 @@ pub type Bytes = sled::IVec;
 #[derive(Debug, Clone)]
 pub struct Db {
     db: sled::Db,
+    /// Its folder: files the store keeps beside sled's (the indexes' run files) go under it.
+    path: PathBuf,
     /// In test builds, a `crash` fail point flushes this database before the process exits
     /// (`gancho_core::failpoint`); a no-op otherwise.
     _crash_flush: std::sync::Arc<gancho_core::failpoint::CrashHook>,
@@ -91,6 +93,7 @@ impl Db {
                     }));
                     return Ok(Db {
                         db,
+                        path: path.to_owned(),
                         _crash_flush: std::sync::Arc::new(hook),
                     });
                 }
@@ -103,6 +106,12 @@ impl Db {
                 },
             }
         }
+    }
+
+    /// The database's folder. sled reads and writes only its own files there (`conf`, `db`,
+    /// `blobs/`, `snap.*`), so the store may keep a folder of its own in it.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The tree of this name, created if missing.

@@ -131,9 +131,10 @@ impl TryFrom<StoreSection> for StoreConfig {
 
 /// How the budget is shared. The indexes' memory tier gets half: it holds the entries of the
 /// last seconds of events until a checkpoint writes them out, and a smaller one means more,
-/// smaller runs to merge. The index database's page cache gets a quarter: dedup lookups land all
-/// over its key space. The log (written at its end, read near it) and the engine's database get
-/// an eighth each.
+/// smaller runs to merge. The indexes' block cache (blocks of run files that lookups and scans
+/// read) gets an eighth, and the index database's page cache, which holds only run records and
+/// the watermark, a sixteenth. The log (written at its end, read near it) and the engine's
+/// database get an eighth each.
 impl StoreConfig {
     /// The page cache of the engine's database.
     pub fn engine_cache(&self) -> u64 {
@@ -145,9 +146,14 @@ impl StoreConfig {
         self.cache_capacity / 8
     }
 
-    /// The page cache of the index database.
+    /// The page cache of the index database (run records and the watermark).
     pub fn index_cache(&self) -> u64 {
-        self.cache_capacity / 4
+        self.cache_capacity / 16
+    }
+
+    /// The indexes' block cache.
+    pub fn index_blocks(&self) -> u64 {
+        self.cache_capacity / 8
     }
 
     /// The indexes' memory tier: entries added since the last checkpoint.
@@ -283,13 +289,21 @@ impl Store {
             index_sync()?,
             filter_keys,
             Arc::clone(&purged),
+            config.index_blocks(),
         ) {
             Err(err @ StoreError::Corrupt { .. }) => {
                 // The indexes are derived from the log: rebuild rather than refuse to start.
                 tracing::error!(error = %err, "the indexes are damaged; rebuilding them from the log");
                 index_tree.remove_all()?;
                 migrate::INDEX.upgrade(&index_tree, &mut index_durable)?;
-                index::open(index_db.clone(), rule, index_sync()?, filter_keys, purged)?
+                index::open(
+                    index_db.clone(),
+                    rule,
+                    index_sync()?,
+                    filter_keys,
+                    purged,
+                    config.index_blocks(),
+                )?
             }
             other => other?,
         };

@@ -10,11 +10,14 @@
 //! | indexes | 0 | version 1's, without its version key (stores before versions) |
 //! | indexes | 1 | `index/layout.rs`: sorted runs |
 //! | indexes | 2 | version 1's; run records of version 2 (lowest seq, pruned count at write) |
+//! | indexes | 3 | runs in files (`index/file.rs`): `R` records as in 2, no `B` (blocks) or `F` (filter) keys |
 //!
 //! The indexes are derived from the log: one of a format this build cannot read is rebuilt
 //! rather than refused (`Store::open`).
 
+use crate::error::StoreError;
 use crate::format::{Format, Step};
+use crate::kv::Tree;
 
 /// The log database's format, keyed `Mschema` in its `events` tree.
 pub(crate) const LOG: Format = Format {
@@ -38,7 +41,7 @@ pub(crate) const LOG: Format = Format {
 pub(crate) const INDEX: Format = Format {
     name: "index",
     key: b"Mformat",
-    current: 2,
+    current: 3,
     oldest: 0,
     steps: &[
         Step {
@@ -49,5 +52,22 @@ pub(crate) const INDEX: Format = Format {
             what: "run records of version 2 (version 1 records are still read)",
             run: |_| Ok(()),
         },
+        Step {
+            what: "index runs move to files: the runs kept in sled are deleted, and the indexes \
+                   rebuilt from the log",
+            run: runs_out_of_sled,
+        },
     ],
 };
+
+/// Step 2 → 3: deletes the runs of format 2 (`R` records, `B` blocks and `F` filter chunks,
+/// each key being the prefix byte and the run id) and the watermark, so the indexer indexes the
+/// whole log again into run files. Idempotent.
+fn runs_out_of_sled(tree: &Tree) -> Result<(), StoreError> {
+    for prefix in [b'R', b'B', b'F'] {
+        for key in tree.scan_prefix([prefix]).keys() {
+            tree.remove(key?)?;
+        }
+    }
+    tree.remove(crate::index::INDEXED_KEY)
+}

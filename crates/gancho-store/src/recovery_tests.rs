@@ -108,8 +108,19 @@ fn an_unreadable_index_watermark_means_a_rebuild_not_a_refusal_to_start() {
 fn a_damaged_index_block_fails_the_store_and_the_next_start_rebuilds_the_indexes() {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
-    // Damage every block of every run (open reads only run records and filters).
-    assert!(overwrite_index_keys(dir.path(), b"B", &[0, 0, 0, 9]) > 0);
+    // Damage the first block of every run file (open reads only run records, filters and block
+    // indexes).
+    let runs = dir.path().join("indexes").join(index::RUNS_DIR);
+    let mut damaged = 0;
+    for file in std::fs::read_dir(&runs).unwrap() {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(file.unwrap().path())
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0, 0, 0, 9], 4).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged > 0);
     {
         let store = open(dir.path());
         // A retry of a stored event: its dedup lookup reads a damaged block.
@@ -219,5 +230,58 @@ fn a_log_of_format_0_opens_whole_and_gets_its_version() {
     assert_eq!(
         tree.get(migrate::LOG.key).unwrap().as_deref(),
         Some(&migrate::LOG.current.to_be_bytes()[..])
+    );
+}
+
+#[test]
+fn indexes_of_format_2_with_runs_in_sled_are_rebuilt_into_run_files() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    // What format 2 kept in sled: run records (R), blocks (B) and filter chunks (F), each the
+    // prefix byte and a run id, besides the watermark.
+    {
+        let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+        let tree = db.tree("index").unwrap();
+        for key in tree.scan_prefix(b"R").keys() {
+            tree.remove(key.unwrap()).unwrap();
+        }
+        let id = 7u64.to_be_bytes();
+        tree.insert([&b"R"[..], &id].concat(), &b"\x02old record"[..])
+            .unwrap();
+        tree.insert([&b"B"[..], &id, b"last key"].concat(), &b"old block"[..])
+            .unwrap();
+        tree.insert([&b"F"[..], &id, &[0, 0, 0, 0]].concat(), &[0u8; 64][..])
+            .unwrap();
+        db.flush().unwrap();
+        drop(tree);
+        drop(db);
+        std::fs::remove_dir_all(dir.path().join("indexes").join(index::RUNS_DIR)).unwrap();
+    }
+    set_format(dir.path(), "indexes", "index", &migrate::INDEX, Some(2));
+    mark_indexes(dir.path());
+    {
+        let store = open(dir.path());
+        assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+        let report = append(&store, vec![event("open", 1, "a@x", 1)]);
+        assert!(report.stored.is_empty(), "dedup holds after the migration");
+        store.shutdown().unwrap();
+    }
+    let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+    let tree = db.tree("index").unwrap();
+    assert!(
+        tree.contains_key(b"Zmark").unwrap(),
+        "a migration, not a wipe"
+    );
+    for prefix in [&b"B"[..], b"F"] {
+        assert_eq!(tree.scan_prefix(prefix).count(), 0, "{prefix:?} keys left");
+    }
+    assert!(
+        tree.scan_prefix(b"R")
+            .values()
+            .all(|record| record.unwrap()[..] != b"\x02old record"[..])
+    );
+    assert_eq!(
+        tree.get(migrate::INDEX.key).unwrap().as_deref(),
+        Some(&migrate::INDEX.current.to_be_bytes()[..])
     );
 }

@@ -9,10 +9,10 @@ use std::ops::Range;
 use super::layout::corrupt;
 use crate::error::StoreError;
 use crate::keys::read_u32;
-use crate::kv::Bytes;
 
-/// A block is closed once its encoded entries pass this size.
-const BLOCK_BYTES: usize = 4096;
+/// A block is closed once its encoded entries pass this size (it is LZ4-compressed in its run
+/// file, and read and cached whole).
+const BLOCK_BYTES: usize = 16 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Blocks: `[n: u32][offset of each entry: u32 × n][entries]`, an entry being
@@ -79,10 +79,10 @@ pub(super) fn len32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// A decoded view of a block held by sled.
+/// A block read from its run file.
 #[derive(Debug, Clone)]
 pub(super) struct Block {
-    pub(super) bytes: Bytes,
+    pub(super) bytes: Vec<u8>,
     pub(super) n: usize,
     /// Where the entries start.
     data: usize,
@@ -93,7 +93,7 @@ pub(super) struct Block {
 }
 
 impl Block {
-    pub(super) fn parse(run: u64, bytes: Bytes) -> Result<Block, StoreError> {
+    pub(super) fn parse(run: u64, bytes: Vec<u8>) -> Result<Block, StoreError> {
         let n = bytes
             .get(..4)
             .and_then(read_u32)

@@ -4,14 +4,15 @@
 //! or whose event times miss its window, and merges the others in key order.
 
 use std::cmp::Ordering;
-use std::ops::Bound;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use super::block::Block;
 use super::bloom::{SharedBloom, hash};
-use super::layout::{BLOCK, block_key, condemn, run_range};
+use super::cache::BlockCache;
+use super::layout::condemn;
 use super::memory::MemRun;
 use super::rule::KeyRule;
 use super::run::{DiskRun, TimeSpan};
@@ -33,6 +34,10 @@ pub(crate) struct View {
 #[derive(Debug)]
 pub(crate) struct Index {
     pub(super) tree: Tree,
+    /// The folder of the run files.
+    pub(super) dir: PathBuf,
+    /// Blocks readers asked for.
+    pub(super) blocks: Arc<BlockCache>,
     pub(super) rule: KeyRule,
     pub(super) view: ArcSwap<View>,
     /// Events pruned from the log: their entries are not seen (and not written again).
@@ -93,14 +98,9 @@ impl Index {
             if !run.bloom.may_contain(h) {
                 continue;
             }
-            let (_, end) = run_range(BLOCK, run.id);
-            let first = self
-                .tree
-                .range((Bound::Included(block_key(run.id, key)), end))
-                .next()
-                .transpose()?;
-            if let Some((_, bytes)) = first {
-                let found = Block::parse(run.id, bytes).and_then(|block| {
+            let at = run.file.fences.find(key);
+            if at < run.file.blocks() {
+                let found = self.block(run, at).and_then(|block| {
                     let i = block.seek(key, false)?;
                     if i < block.n && block.cmp(i, key)? == Ordering::Equal {
                         let value = block.value(i)?;
@@ -119,6 +119,11 @@ impl Index {
             }
         }
         Ok(None)
+    }
+
+    /// Block `at` of `run`, through the block cache.
+    pub(super) fn block(&self, run: &DiskRun, at: usize) -> Result<Arc<Block>, StoreError> {
+        self.blocks.get(run.id, at, || run.file.read_block(at))
     }
 
     /// The entries with keys in `lo..=hi`, in key order (`reverse`: descending), every one of
@@ -149,6 +154,7 @@ impl Index {
             if meets(&run.times) && run.bloom.may_contain(h) {
                 sources.push(Source::Disk(Box::new(DiskScan::new(
                     &self.tree,
+                    Some(Arc::clone(&self.blocks)),
                     run,
                     lo,
                     Some(hi),

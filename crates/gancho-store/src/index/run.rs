@@ -1,13 +1,14 @@
-//! Disk runs: a run's blocks (`B` + run id + the block's last key), its Bloom filter in 64 KiB
-//! chunks (`F` + run id + chunk) and its record (`R` + run id: entry counts, last seq, event-time
-//! span, filter size). The record is written last and makes the run live; a run is deleted
-//! record first, so it is never half there.
+//! Disk runs: a run's blocks, Bloom filter and block index in a file of its own (`file.rs`),
+//! and its record (`R` + run id: entry counts, last seq, event-time span, filter size) in the
+//! index database's tree. The file is written (and, with fsync on, synced) before the record,
+//! which makes the run live; a run is deleted record first, so it is never half there.
 
-use std::ops::Bound;
+use std::path::Path;
 
 use super::block::{BlockBuilder, len32};
 use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, hash};
-use super::layout::{BLOCK, FILTER, block_key, corrupt, filter_key, run_key, run_range};
+use super::file::{FileWriter, RunFile, run_path, sync_dir};
+use super::layout::{corrupt, run_key};
 use super::rule::KeyRule;
 use crate::error::StoreError;
 use crate::keys::{read_u32, read_u64};
@@ -34,21 +35,12 @@ pub(super) struct DiskRun {
     pub(super) purged_at_write: u64,
     pub(super) times: TimeSpan,
     pub(super) bloom: Bloom,
+    pub(super) file: RunFile,
 }
 
-/// Filter words per `F` key: 64 KiB values, written once.
-const FILTER_CHUNK_WORDS: usize = 8192;
-
 impl DiskRun {
-    /// Writes the filter (in chunks), then the record, which makes the run live.
+    /// Writes the record, which makes the run (its file written) live.
     pub(super) fn write(&self, tree: &Tree) -> Result<(), StoreError> {
-        for (i, chunk) in self.bloom.words.chunks(FILTER_CHUNK_WORDS).enumerate() {
-            let mut bytes = Vec::with_capacity(8 * chunk.len());
-            for word in chunk {
-                bytes.extend_from_slice(&word.to_le_bytes());
-            }
-            tree.insert(filter_key(self.id, len32(i)), bytes)?;
-        }
         let mut record = Vec::with_capacity(62);
         record.push(RUN_RECORD_V2);
         record.extend_from_slice(&self.entries.to_be_bytes());
@@ -65,13 +57,14 @@ impl DiskRun {
         record.extend_from_slice(&len32(self.bloom.words.len()).to_be_bytes());
         record.extend_from_slice(&self.min_seq.to_be_bytes());
         record.extend_from_slice(&self.purged_at_write.to_be_bytes());
-        // Blocks and filter written, the record that makes them a run not yet.
+        // The file written, the record that makes it a run not yet.
         gancho_core::fail_point!("index.run.before_record");
         tree.insert(run_key(self.id), record)?;
         Ok(())
     }
 
-    pub(super) fn read(tree: &Tree, id: u64, record: &[u8]) -> Result<DiskRun, StoreError> {
+    /// The run of this record, its file opened (from `dir`) and its filter read.
+    pub(super) fn open(dir: &Path, id: u64, record: &[u8]) -> Result<DiskRun, StoreError> {
         let bad = || corrupt(id, "unreadable run record");
         let version = record.first().copied();
         if version != Some(RUN_RECORD_V1) && version != Some(RUN_RECORD_V2) {
@@ -101,21 +94,7 @@ impl DiskRun {
         if n == 0 || n % BLOOM_BLOCK_WORDS != 0 || distinct > entries {
             return Err(bad());
         }
-        let mut words = Vec::with_capacity(n.min(1 << 24));
-        let (start, end) = run_range(FILTER, id);
-        for item in tree.range((Bound::Included(start), end)) {
-            let (_, bytes) = item?;
-            if bytes.len() % 8 != 0 {
-                return Err(bad());
-            }
-            for word in bytes.chunks_exact(8) {
-                let word: [u8; 8] = word.try_into().map_err(|_| bad())?;
-                words.push(u64::from_le_bytes(word));
-            }
-        }
-        if words.len() != n {
-            return Err(corrupt(id, "run filter of the wrong size"));
-        }
+        let (file, bloom) = RunFile::open(dir, id, n)?;
         Ok(DiskRun {
             id,
             entries,
@@ -124,29 +103,36 @@ impl DiskRun {
             min_seq,
             purged_at_write,
             times,
-            bloom: Bloom { words },
+            bloom,
+            file,
         })
     }
 }
 
-/// Deletes a run whole: its record first (so that it is never half there), then its filter and
-/// blocks. Returns how many keys went.
-pub(super) fn delete_run(tree: &Tree, id: u64) -> Result<usize, StoreError> {
+/// Deletes a run whole: its record first (so that it is never half there), then its file.
+pub(super) fn delete_run(tree: &Tree, dir: &Path, id: u64) -> Result<(), StoreError> {
     tree.remove(run_key(id))?;
-    let mut n = 0;
-    for prefix in [FILTER, BLOCK] {
-        let (start, end) = run_range(prefix, id);
-        for key in tree.range((Bound::Included(start), end)).keys() {
-            tree.remove(key?)?;
-            n += 1;
-        }
+    delete_file(dir, id)
+}
+
+/// Deletes a run's file (there may be none).
+pub(super) fn delete_file(dir: &Path, id: u64) -> Result<(), StoreError> {
+    let path = run_path(dir, id);
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io {
+            what: format!("deleting {}", path.display()),
+            source: err,
+        }),
+        _ => Ok(()),
     }
-    Ok(n)
 }
 
 /// Writes one run's blocks as its entries come, in key order.
 pub(super) struct RunBuilder {
     tree: Tree,
+    file: FileWriter,
+    dir: std::path::PathBuf,
+    fsync: bool,
     pub(super) id: u64,
     rule: KeyRule,
     block: BlockBuilder,
@@ -169,11 +155,22 @@ impl std::fmt::Debug for RunBuilder {
 }
 
 impl RunBuilder {
+    /// A run `id` written to its file in `dir` (synced when `fsync`), recorded in `tree`.
     /// `distinct_bound`: at least the number of distinct filter prefixes it will hold (sizes
     /// its filter).
-    pub(super) fn new(tree: Tree, id: u64, rule: KeyRule, distinct_bound: u64) -> RunBuilder {
-        RunBuilder {
+    pub(super) fn new(
+        tree: Tree,
+        dir: &Path,
+        fsync: bool,
+        id: u64,
+        rule: KeyRule,
+        distinct_bound: u64,
+    ) -> Result<RunBuilder, StoreError> {
+        Ok(RunBuilder {
             tree,
+            file: FileWriter::create(dir, id)?,
+            dir: dir.to_owned(),
+            fsync,
             id,
             rule,
             block: BlockBuilder::default(),
@@ -184,7 +181,7 @@ impl RunBuilder {
             min_seq: u64::MAX,
             prev_prefix: Vec::new(),
             prev_key: Vec::new(),
-        }
+        })
     }
 
     pub(super) fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -216,8 +213,7 @@ impl RunBuilder {
 
     pub(super) fn write_block(&mut self) -> Result<(), StoreError> {
         let (bytes, last) = self.block.finish();
-        self.tree.insert(block_key(self.id, &last), bytes)?;
-        Ok(())
+        self.file.block(&bytes, &last)
     }
 
     /// Writes the last block, the filter and the run's record (which makes it live); `None`
@@ -231,7 +227,12 @@ impl RunBuilder {
             self.write_block()?;
         }
         if self.entries == 0 {
+            // Dropping the file writer deletes the file.
             return Ok(None);
+        }
+        let file = self.file.finish(&self.bloom, self.fsync)?;
+        if self.fsync {
+            sync_dir(&self.dir)?;
         }
         let run = DiskRun {
             id: self.id,
@@ -242,6 +243,7 @@ impl RunBuilder {
             purged_at_write: purged.count_in(self.min_seq.min(max_seq), max_seq),
             times: self.times,
             bloom: self.bloom,
+            file,
         };
         run.write(&self.tree)?;
         Ok(Some(run))

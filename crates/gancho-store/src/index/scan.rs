@@ -1,16 +1,17 @@
 //! Scans: cursors over the runs, merged in key order. Readers and merges both walk runs this
 //! way, without a copy per entry.
 
-use std::ops::{Bound, Range};
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::block::Block;
-use super::layout::{BLOCK, block_key, condemn, run_range};
+use super::cache::BlockCache;
+use super::layout::condemn;
 use super::memory::MemRun;
 use super::rule::KeyRule;
 use super::run::DiskRun;
 use crate::error::StoreError;
-use crate::kv::{Iter, Tree};
+use crate::kv::Tree;
 use crate::purged::Purged;
 
 /// An index entry: its key and (for dedup entries) its value.
@@ -189,30 +190,30 @@ impl Iterator for Scan {
 
 /// A scan of one disk run, block by block.
 pub(super) struct DiskScan {
-    run: u64,
     /// For marking the indexes for a rebuild if a block is damaged.
     tree: Tree,
-    /// Held so that a merge does not delete the run's blocks under this scan.
-    _keep: Arc<DiskRun>,
+    /// Readers go through the block cache; merges read past it.
+    cache: Option<Arc<BlockCache>>,
+    /// Held so that a merge does not delete the run's file under this scan.
+    run: Arc<DiskRun>,
     lo: Vec<u8>,
     hi: Option<Vec<u8>>,
     reverse: bool,
-    /// The blocks to read, from their far end when `reverse`.
-    blocks: Iter,
+    /// The blocks still to read are `next..end`, taken from the far end when `reverse`.
+    next: usize,
+    end: usize,
     /// The block being read and the next entry to read in it (reverse: one past it).
-    current: Option<(Block, usize)>,
+    current: Option<(Arc<Block>, usize)>,
     /// The entry it is on: its key, and where its value lies in the current block.
     key: Vec<u8>,
     value: Range<usize>,
     done: bool,
-    /// An error met while setting up, returned by the first `next`.
-    failed: Option<StoreError>,
 }
 
 impl std::fmt::Debug for DiskScan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskScan")
-            .field("run", &self.run)
+            .field("run", &self.run.id)
             .field("reverse", &self.reverse)
             .field("done", &self.done)
             .finish_non_exhaustive()
@@ -222,49 +223,37 @@ impl std::fmt::Debug for DiskScan {
 impl DiskScan {
     pub(super) fn new(
         tree: &Tree,
-        keep: &Arc<DiskRun>,
+        cache: Option<Arc<BlockCache>>,
+        run: &Arc<DiskRun>,
         lo: &[u8],
         hi: Option<&[u8]>,
         reverse: bool,
     ) -> DiskScan {
-        let run = keep.id;
-        let (start, end) = run_range(BLOCK, run);
-        let mut failed = None;
-        let blocks = if reverse {
+        let fences = &run.file.fences;
+        let (next, end) = if reverse {
             // From the block that holds `hi` (the first whose last key is at least `hi`) down.
             let top = match hi {
-                Some(hi) => match tree
-                    .range((Bound::Included(block_key(run, hi)), end.clone()))
-                    .next()
-                    .transpose()
-                {
-                    Ok(Some((key, _))) => Bound::Included(key.to_vec()),
-                    Ok(None) => end,
-                    Err(err) => {
-                        failed = Some(err);
-                        end
-                    }
-                },
-                None => end,
+                Some(hi) => (fences.find(hi) + 1).min(fences.len()),
+                None => fences.len(),
             };
-            tree.range((Bound::Included(start), top))
+            (0, top)
         } else {
             // From the first block whose last key is at least `lo`.
-            tree.range((Bound::Included(block_key(run, lo)), end))
+            (fences.find(lo), fences.len())
         };
         DiskScan {
-            run,
             tree: tree.clone(),
-            _keep: Arc::clone(keep),
+            cache,
+            run: Arc::clone(run),
             lo: lo.to_vec(),
             hi: hi.map(<[u8]>::to_vec),
             reverse,
-            blocks,
+            next,
+            end,
             current: None,
             key: Vec::new(),
             value: 0..0,
             done: false,
-            failed,
         }
     }
 
@@ -278,10 +267,6 @@ impl DiskScan {
 
     /// Moves to the next entry within the bounds; false once there is none.
     pub(super) fn advance(&mut self) -> Result<bool, StoreError> {
-        if let Some(err) = self.failed.take() {
-            self.done = true;
-            return Err(err);
-        }
         let result = self.step();
         if !matches!(result, Ok(true)) {
             self.done = true;
@@ -323,16 +308,20 @@ impl DiskScan {
                     return Ok(!past);
                 }
             }
-            let next = if self.reverse {
-                self.blocks.next_back()
-            } else {
-                self.blocks.next()
-            };
-            let Some(next) = next else {
+            if self.next >= self.end {
                 return Ok(false);
+            }
+            let at = if self.reverse {
+                self.end -= 1;
+                self.end
+            } else {
+                self.next += 1;
+                self.next - 1
             };
-            let (_, bytes) = next?;
-            let block = Block::parse(self.run, bytes)?;
+            let block = match &self.cache {
+                Some(cache) => cache.get(self.run.id, at, || self.run.file.read_block(at))?,
+                None => Arc::new(self.run.file.read_block(at)?),
+            };
             let at = if self.reverse {
                 match &self.hi {
                     Some(hi) => block.seek(hi, true)?,

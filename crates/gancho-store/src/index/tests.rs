@@ -2,15 +2,14 @@
 
 use super::block::{Block, BlockBuilder};
 use super::bloom::{Bloom, hash};
-use std::ops::Bound;
 use std::sync::Arc;
 
-use super::layout::{BLOCK, INDEXED_KEY, block_key, run_range};
+use super::layout::INDEXED_KEY;
 use super::policy::MERGE_WIDTH;
 use super::writer::IndexWriter;
 use super::*;
 use crate::keys::{BY_KEY, KEY_RULE, read_u64};
-use crate::kv::{Bytes, Db};
+use crate::kv::Db;
 use xxhash_rust::xxh3::xxh3_64;
 
 fn key(prefix: &str, time: u64, seq: u64) -> Vec<u8> {
@@ -47,8 +46,15 @@ fn scan_seqs(index: &Index, p: &str, reverse: bool) -> Vec<u64> {
 
 fn open_in(dir: &std::path::Path) -> (Db, Arc<Index>, IndexWriter, u64) {
     let db = Db::open(dir, 16 << 20).unwrap();
-    let (index, writer, indexed) =
-        open(db.clone(), KEY_RULE, None, 400_000, Default::default()).unwrap();
+    let (index, writer, indexed) = open(
+        db.clone(),
+        KEY_RULE,
+        None,
+        400_000,
+        Default::default(),
+        1 << 20,
+    )
+    .unwrap();
     (db, index, writer, indexed)
 }
 
@@ -61,7 +67,7 @@ fn blocks_find_every_key_and_no_other() {
     }
     let (bytes, last) = builder.finish();
     assert_eq!(&last, keys.last().unwrap());
-    let block = Block::parse(1, Bytes::from(bytes)).unwrap();
+    let block = Block::parse(1, bytes).unwrap();
     assert_eq!(block.n, 200);
     for (i, k) in keys.iter().enumerate() {
         assert_eq!(block.seek(k, false).unwrap(), i);
@@ -74,7 +80,7 @@ fn blocks_find_every_key_and_no_other() {
     assert_eq!(block.seek(&key("abc", 3, 0), false).unwrap(), 2);
     assert_eq!(block.seek(&prefix("ab"), false).unwrap(), 0);
     assert_eq!(block.seek(&prefix("abd"), false).unwrap(), 200);
-    assert!(Block::parse(1, Bytes::from(&[0, 0, 0, 9][..])).is_err());
+    assert!(Block::parse(1, vec![0, 0, 0, 9]).is_err());
 }
 
 #[test]
@@ -201,15 +207,24 @@ fn runs_of_a_tier_are_merged_and_their_blocks_deleted() {
     writer.collect_garbage().unwrap();
     let all = scan_seqs(&index, "m", false);
     assert_eq!(all.len(), 4000);
-    let blocks = db.tree("index").unwrap().scan_prefix([BLOCK]).count();
-    // Only the merged run's blocks are left.
-    let (start, end) = run_range(BLOCK, writer.disk.first().unwrap().id);
-    let merged_blocks = db
-        .tree("index")
+    // Only the merged run's file is left.
+    assert_eq!(
+        run_files(&db),
+        vec![super::file::run_path(
+            &db.path().join(RUNS_DIR),
+            writer.disk[0].id
+        )]
+    );
+}
+
+/// The run files in the index database's folder.
+fn run_files(db: &Db) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(db.path().join(RUNS_DIR))
         .unwrap()
-        .range((Bound::Included(start), end))
-        .count();
-    assert_eq!(blocks, merged_blocks);
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
 }
 
 #[test]
@@ -225,18 +240,17 @@ fn a_merge_cut_short_and_orphan_blocks_leave_the_answers_whole() {
         // Another half-done merge, left as a crash would leave it.
         assert!(!writer.merge_step(5000).unwrap());
         drop(writer);
-        // Blocks of a run with no record, as a crash would leave them.
-        let tree = db.tree("index").unwrap();
-        tree.insert(block_key(999, b"zzz"), &b"garbage"[..])
-            .unwrap();
+        // The file of a run with no record, as a crash would leave it.
+        let orphan = super::file::run_path(&db.path().join(RUNS_DIR), 999);
+        std::fs::write(&orphan, b"garbage").unwrap();
         db.flush().unwrap();
     }
     let (db, index, writer, indexed) = open_in(dir.path());
     assert_eq!(indexed, MERGE_WIDTH as u64);
     assert_eq!(writer.disk_runs(), MERGE_WIDTH);
     assert_eq!(scan_seqs(&index, "o", false).len(), 3000 * MERGE_WIDTH);
-    let tree = db.tree("index").unwrap();
-    assert!(tree.get(block_key(999, b"zzz")).unwrap().is_none());
+    // Only the live runs' files are left.
+    assert_eq!(run_files(&db).len(), MERGE_WIDTH);
     assert!(writer.next_id > 999);
 }
 
@@ -284,4 +298,74 @@ fn small_batches_are_merged_in_memory_and_stay_whole() {
         scan_seqs(&index, "s", true),
         (0..1005).rev().collect::<Vec<u64>>()
     );
+}
+
+fn a_block(n: u64) -> Block {
+    let mut builder = BlockBuilder::default();
+    for i in 0..n {
+        builder.add(&key("c", i, i), &[]);
+    }
+    Block::parse(1, builder.finish().0).unwrap()
+}
+
+#[test]
+fn the_block_cache_stays_within_its_budget_and_keeps_what_is_read_again() {
+    let size = a_block(100).bytes.len();
+    let cache = super::cache::BlockCache::new(4 * size as u64);
+    let loads = std::cell::Cell::new(0);
+    let get = |run: u64, i: usize| {
+        cache
+            .get(run, i, || {
+                loads.set(loads.get() + 1);
+                Ok(a_block(100))
+            })
+            .unwrap()
+    };
+    for i in 0..4 {
+        get(1, i);
+    }
+    assert_eq!(loads.get(), 4);
+    // Block 0 is read again: the hand passes it over once.
+    get(1, 0);
+    assert_eq!(loads.get(), 4);
+    for i in 4..7 {
+        get(1, i);
+        assert!(cache.bytes() <= 4 * size, "{} bytes", cache.bytes());
+    }
+    get(1, 0);
+    assert_eq!(loads.get(), 7, "block 0 was evicted");
+    cache.forget(1);
+    assert_eq!(cache.bytes(), 0);
+}
+
+#[test]
+fn a_run_file_cut_short_or_damaged_is_found_at_open() {
+    for damage in ["cut", "flip"] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, _index, mut writer, _) = open_in(dir.path());
+            writer.add((0..5000).map(|s| (key("d", s, s), vec![])).collect());
+            writer.checkpoint(5000).unwrap();
+        }
+        let runs = dir.path().join(RUNS_DIR);
+        let file = std::fs::read_dir(&runs)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let len = std::fs::metadata(&file).unwrap().len();
+        let handle = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        match damage {
+            "cut" => handle.set_len(len - 10).unwrap(),
+            _ => std::os::unix::fs::FileExt::write_all_at(&handle, b"X", len - 40).unwrap(),
+        }
+        drop(handle);
+        let db = Db::open(dir.path(), 16 << 20).unwrap();
+        let err = open(db, KEY_RULE, None, 400_000, Default::default(), 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, crate::error::StoreError::Corrupt { .. }),
+            "{damage}: {err}"
+        );
+    }
 }

@@ -2,19 +2,20 @@
 //! checkpoints them into disk runs with the watermark, merges disk runs a slice at a time, and
 //! deletes merged-away runs once no reader holds them. What to merge is decided by `policy`.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tracing::{debug, info};
 
 use super::bloom::{BLOOM_BITS_PER_KEY, SharedBloom};
-use super::layout::{BLOCK, FILTER, INDEXED_KEY, RUN, corrupt, run_key, run_range};
+use super::cache::BlockCache;
+use super::file::{RUNS_DIR, run_id};
+use super::layout::{INDEXED_KEY, RUN, corrupt, run_key};
 use super::memory::{Batch, MemRun};
 use super::policy;
 use super::reader::{Index, View};
 use super::rule::KeyRule;
-use super::run::{DiskRun, RunBuilder, delete_run};
+use super::run::{DiskRun, RunBuilder, delete_file, delete_run};
 use super::scan::{DiskScan, Scan, Source};
 use crate::error::StoreError;
 use crate::keys::read_u64;
@@ -49,18 +50,24 @@ pub(crate) struct IndexWriter {
 }
 
 /// Opens the indexes of the index database: returns the reader side, the writer side and the
-/// watermark of the last checkpoint. Deletes what a crash left of runs: keys of runs without a
+/// watermark of the last checkpoint. Deletes what a crash left of runs: files of runs without a
 /// record, and runs past the watermark (possible with fsync off: their events may be lost from
 /// the log, and their seqs reused). A [`StoreError::Corrupt`] means the index database should
-/// be rebuilt.
+/// be rebuilt. `block_cache`: the block cache's budget in bytes.
 pub(crate) fn open(
     db: Db,
     rule: KeyRule,
     sync: Option<FileSync>,
     mem_filter_keys: u64,
     purged: Arc<Purged>,
+    block_cache: u64,
 ) -> Result<(Arc<Index>, IndexWriter, u64), StoreError> {
     let tree = db.tree("index")?;
+    let dir = db.path().join(RUNS_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
     let indexed = indexed_seq(&tree)?;
     let mut disk = Vec::new();
     let mut next_id = 1u64;
@@ -71,7 +78,7 @@ pub(crate) fn open(
             .and_then(read_u64)
             .ok_or_else(|| corrupt(0, "run record with a bad key"))?;
         next_id = next_id.max(id.saturating_add(1));
-        let run = DiskRun::read(&tree, id, &value)?;
+        let run = DiskRun::open(&dir, id, &value)?;
         if run.max_seq > indexed {
             info!(
                 run = id,
@@ -79,42 +86,42 @@ pub(crate) fn open(
                 indexed,
                 "deleting an index run past the watermark"
             );
-            delete_run(&tree, id)?;
+            delete_run(&tree, &dir, id)?;
         } else {
             disk.push(Arc::new(run));
         }
     }
-    // Keys of runs without a record: a run cut short by a crash, or one merged away.
+    // Files of runs without a record: a run cut short by a crash, or one merged away.
+    let listing = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
+        what: format!("listing {}", dir.display()),
+        source,
+    })?;
     let mut orphans = 0;
-    for prefix in [FILTER, BLOCK] {
-        let mut at = vec![prefix];
-        loop {
-            let found = tree
-                .range(at.clone()..vec![prefix + 1])
-                .next()
-                .transpose()?;
-            let Some((key, _)) = found else { break };
-            let id = key
-                .get(1..9)
-                .and_then(read_u64)
-                .ok_or_else(|| corrupt(0, "run key without a run id"))?;
-            next_id = next_id.max(id.saturating_add(1));
-            if !disk.iter().any(|r| r.id == id) {
-                orphans += delete_run(&tree, id)?;
-            }
-            let (_, end) = run_range(prefix, id);
-            match end {
-                Bound::Excluded(next) if next.len() == 9 => at = next,
-                _ => break,
-            }
+    for entry in listing {
+        let entry = entry.map_err(|source| StoreError::Io {
+            what: format!("listing {}", dir.display()),
+            source,
+        })?;
+        let Some(id) = entry.file_name().to_str().and_then(run_id) else {
+            continue;
+        };
+        next_id = next_id.max(id.saturating_add(1));
+        if !disk.iter().any(|r| r.id == id) {
+            delete_file(&dir, id)?;
+            orphans += 1;
         }
     }
     if orphans > 0 {
-        info!(keys = orphans, "deleted index keys a crash left behind");
+        info!(
+            files = orphans,
+            "deleted index run files a crash left behind"
+        );
     }
     let mem_bloom = Arc::new(SharedBloom::for_keys(mem_filter_keys));
     let index = Arc::new(Index {
         tree,
+        dir,
+        blocks: Arc::new(BlockCache::new(block_cache)),
         rule,
         view: ArcSwap::from_pointee(View {
             mem: Vec::new(),
@@ -227,7 +234,7 @@ impl IndexWriter {
     fn write_memory_runs(&self, id: u64, indexed: u64) -> Result<Option<DiskRun>, StoreError> {
         let purged = self.index.purged();
         let bound = self.mem.iter().map(|r| r.len() as u64).sum();
-        let mut builder = RunBuilder::new(self.index.tree.clone(), id, self.index.rule, bound);
+        let mut builder = self.builder(id, bound)?;
         let mut merge = Scan::new(
             self.mem
                 .iter()
@@ -248,10 +255,22 @@ impl IndexWriter {
         builder.finish(indexed, &purged)
     }
 
+    /// A new run's builder.
+    fn builder(&self, id: u64, distinct_bound: u64) -> Result<RunBuilder, StoreError> {
+        RunBuilder::new(
+            self.index.tree.clone(),
+            &self.index.dir,
+            self.sync.is_some(),
+            id,
+            self.index.rule,
+            distinct_bound,
+        )
+    }
+
     /// Deletes what was written of a run that is not live (best effort: what stays is deleted
     /// at the next open).
     fn discard(&self, id: u64) {
-        if let Err(err) = delete_run(&self.index.tree, id) {
+        if let Err(err) = delete_run(&self.index.tree, &self.index.dir, id) {
             tracing::warn!(run = id, error = %err, "could not delete an unfinished index run");
         }
     }
@@ -316,19 +335,22 @@ impl IndexWriter {
                         .min((r.bloom.words.len() * 64 / BLOOM_BITS_PER_KEY) as u64)
                 })
                 .fold(0u64, u64::saturating_add);
-            let tree = self.index.tree.clone();
+            let tree = &self.index.tree;
             let purged = self.index.purged();
             let scan = Scan::new(
                 runs.iter()
-                    .map(|run| Source::Disk(Box::new(DiskScan::new(&tree, run, &[], None, false))))
+                    .map(|run| {
+                        Source::Disk(Box::new(DiskScan::new(tree, None, run, &[], None, false)))
+                    })
                     .collect(),
                 false,
             )
             .skipping(Arc::clone(&purged), self.index.rule);
+            let builder = self.builder(id, bound)?;
             self.merge = Some(Merge {
                 runs,
                 scan,
-                builder: RunBuilder::new(tree, id, self.index.rule, bound),
+                builder,
                 purged,
             });
         }
@@ -410,7 +432,7 @@ impl IndexWriter {
             self.disk.push(Arc::new(merged));
         }
         self.publish();
-        // Their keys are deleted once durable: until then a crash could bring a record back.
+        // Their files are deleted once durable: until then a crash could bring a record back.
         if durable.is_ok() {
             self.retired.extend(removed);
         }
@@ -429,7 +451,7 @@ impl IndexWriter {
         }
     }
 
-    /// Deletes the keys of merged-away runs that no reader holds any more.
+    /// Deletes the files of merged-away runs that no reader holds any more.
     pub(crate) fn collect_garbage(&mut self) -> Result<(), StoreError> {
         let mut result = Ok(());
         let mut keep = Vec::new();
@@ -438,9 +460,12 @@ impl IndexWriter {
             // reach it.
             if result.is_ok() && Arc::strong_count(&run) == 1 {
                 gancho_core::fail_point!("index.gc.delete_run");
-                if let Err(err) = delete_run(&self.index.tree, run.id) {
-                    result = Err(err);
-                    keep.push(run);
+                match delete_run(&self.index.tree, &self.index.dir, run.id) {
+                    Ok(()) => self.index.blocks.forget(run.id),
+                    Err(err) => {
+                        result = Err(err);
+                        keep.push(run);
+                    }
                 }
             } else {
                 keep.push(run);
