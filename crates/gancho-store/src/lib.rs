@@ -129,12 +129,14 @@ impl TryFrom<StoreSection> for StoreConfig {
     }
 }
 
-/// How the budget is shared. The indexes' memory tier gets half: it holds the entries of the
-/// last seconds of events until a checkpoint writes them out, and a smaller one means more,
-/// smaller runs to merge. The indexes' block cache (blocks of run files that lookups and scans
-/// read) gets an eighth, and the index database's page cache, which holds only run records and
-/// the watermark, a sixteenth. The log (written at its end, read near it) and the engine's
-/// database get an eighth each.
+/// How the budget is shared. The indexes' memory tier gets a quarter: it holds the entries of
+/// the last seconds of events until a checkpoint writes them out, and a smaller one means more,
+/// smaller runs to merge. The writer's pending dedup ids (one per event the indexer trails by)
+/// get a quarter, which sets how far the indexer may trail before ingest waits for it. The
+/// indexes' block cache (blocks of run files that lookups and scans read) gets an eighth, and
+/// the index database's page cache, which holds only run records and the watermark, a
+/// sixteenth. The log (written at its end, read near it) and the engine's database get an
+/// eighth each.
 impl StoreConfig {
     /// The page cache of the engine's database.
     pub fn engine_cache(&self) -> u64 {
@@ -158,7 +160,14 @@ impl StoreConfig {
 
     /// The indexes' memory tier: entries added since the last checkpoint.
     pub fn memory_tier(&self) -> u64 {
-        self.cache_capacity / 2
+        self.cache_capacity / 4
+    }
+
+    /// How many events the indexer may trail the log by before the writer waits for it (ingest
+    /// slows to the indexer's pace rather than memory growing with the backlog): as many as the
+    /// writer's pending dedup ids hold in their quarter of the budget, and at least 10,000.
+    pub fn max_index_lag(&self) -> u64 {
+        (self.cache_capacity / 4 / log::PENDING_BYTES_PER_EVENT).max(10_000)
     }
 }
 
@@ -280,7 +289,7 @@ impl Store {
         }
         let (rule, pacing) = (
             keys::KEY_RULE,
-            index::Pacing::for_memory(config.memory_tier()),
+            index::Pacing::for_memory(config.memory_tier()).boosting_before(config.max_index_lag()),
         );
         let filter_keys = pacing.memory_filter_keys();
         let (index, index_writer, indexed) = match index::open(
@@ -319,6 +328,7 @@ impl Store {
             log_sync,
             Arc::clone(&progress),
             config.quarantine_max_bytes,
+            config.max_index_lag(),
         )?;
         let indexer = {
             let indexer = index::indexer::Indexer {

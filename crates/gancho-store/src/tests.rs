@@ -602,3 +602,59 @@ fn past_its_cap_the_quarantine_drops_its_oldest_records_and_counts_them() {
     assert_eq!(store.quarantine_dropped().unwrap(), dropped);
     assert_eq!(store.quarantine(0).unwrap().len(), kept.len());
 }
+
+#[test]
+fn past_its_lag_limit_ingest_waits_for_the_indexer_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // In a process of its own: the fail point that holds the indexer is global.
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "past_its_lag_limit_ingest_waits_for_the_indexer_and_loses_nothing",
+        dir.path(),
+        |dir| {
+            let config = StoreConfig {
+                cache_capacity: 1 << 20,
+                ..StoreConfig::default()
+            };
+            assert_eq!(config.max_index_lag(), 10_000);
+            gancho_core::failpoint::set(HOLD, "pause").unwrap();
+            let store = Store::open(dir, &config).unwrap();
+            let group = |g: u64| -> Vec<NewEvent> {
+                (0..500)
+                    .map(|i| event("open", 1_000, "a@x", g * 1000 + i))
+                    .collect()
+            };
+            // The indexer holds its first batch; the writer takes groups up to the limit.
+            for g in 0..21 {
+                assert_eq!(append(&store, group(g)).stored.len(), 500);
+            }
+            assert!(gancho_core::failpoint::wait_hits(
+                HOLD,
+                1,
+                Duration::from_secs(30)
+            ));
+            assert_eq!(store.status().indexed, 0);
+            // 10,500 behind: the next group waits for the indexer.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let appender = store.appender();
+            let waiting = std::thread::spawn(move || {
+                let report = appender.append_blocking(Submission {
+                    events: group(21),
+                    rejected: vec![],
+                });
+                tx.send(report.map(|r| r.stored.len())).unwrap();
+            });
+            assert!(
+                rx.recv_timeout(Duration::from_millis(500)).is_err(),
+                "a group was taken past the limit"
+            );
+            gancho_core::failpoint::release(HOLD);
+            let stored = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+            assert_eq!(stored, 500);
+            waiting.join().unwrap();
+            assert!(store.wait_indexed(11_000, Duration::from_secs(30)));
+            assert_eq!(store.last_seq().unwrap(), 11_000);
+            store.shutdown().unwrap();
+        },
+    );
+}

@@ -103,6 +103,16 @@ impl Pacing {
         }
     }
 
+    /// Leaves idle priority before the lag reaches `max_lag`, past which the writer waits for
+    /// the indexer (at half of it, or at `max_idle_lag` if that is lower): an indexer held at
+    /// idle priority would otherwise hold ingest back.
+    pub(crate) fn boosting_before(self, max_lag: u64) -> Pacing {
+        Pacing {
+            max_idle_lag: self.max_idle_lag.min(max_lag / 2),
+            ..self
+        }
+    }
+
     /// Distinct filter prefixes the memory tier's Bloom filter is sized for: those of the
     /// entries one checkpoint holds (an entry takes some 70 bytes), with room; past it, false
     /// positives only grow.
@@ -267,6 +277,15 @@ mod tests {
         );
         assert_eq!(Pacing::for_memory(0).max_memory_bytes, 8 << 20);
         assert_eq!(Pacing::for_memory(32 << 20), Pacing::DEFAULT);
+        // The indexer leaves idle priority before ingest would wait for it.
+        assert_eq!(
+            Pacing::DEFAULT.boosting_before(400_000).max_idle_lag,
+            200_000
+        );
+        assert_eq!(
+            Pacing::DEFAULT.boosting_before(10_000_000).max_idle_lag,
+            Pacing::DEFAULT.max_idle_lag
+        );
     }
 
     #[test]

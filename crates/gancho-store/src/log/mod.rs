@@ -12,3 +12,5 @@ mod pending;
 pub(crate) mod prune;
 pub(crate) mod query;
 pub(crate) mod writer;
+
+pub(crate) use self::pending::BYTES_PER_EVENT as PENDING_BYTES_PER_EVENT;

@@ -13,6 +13,11 @@
 //! `pending` first and in the index second; the indexer writes an id to the index before the
 //! writer drops it from `pending` (it only drops ids at or below the indexer's published
 //! watermark), so an id is always in at least one of the two places the writer looks.
+//!
+//! Backpressure: `pending` holds one id per event the indexer trails by. Past `max_lag` of them
+//! the writer takes no new group until the indexer is back under it, so memory stays bounded
+//! under a sustained burst: requests wait in the queue (and, once it is full, are answered
+//! 503), and ingest goes at the indexer's pace, a batch of the indexer's at a time.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -213,6 +218,7 @@ pub(crate) fn start(
     sync: Option<FileSync>,
     progress: Arc<Progress>,
     quarantine_max: u64,
+    max_lag: u64,
 ) -> Result<Started, StoreError> {
     let (last_seq, last_qid) = codec::log_end(&events)?;
     // The quarantine's records, oldest first, with their sizes (one pass at open).
@@ -234,6 +240,7 @@ pub(crate) fn start(
         progress: Arc::clone(&progress),
         quarantine: Arc::clone(&quarantine),
         quarantine_max,
+        max_lag,
     };
     writer.load_pending(last_seq)?;
     let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
@@ -271,6 +278,8 @@ struct Writer {
     /// The quarantine's records, kept under `quarantine_max` by dropping the oldest.
     quarantine: Arc<Mutex<QuarantineBook>>,
     quarantine_max: u64,
+    /// Past this many unindexed events, the writer waits for the indexer.
+    max_lag: u64,
 }
 
 /// A submission staged into the group's batch, waiting for the flush.
@@ -319,6 +328,39 @@ impl Writer {
         Ok(())
     }
 
+    /// Past `max_lag` unindexed events, waits until the indexer is back under it (or the store
+    /// fails or stops). Not work, for the watchdog: the indexer's heartbeat
+    /// says whether it is moving.
+    fn wait_for_indexer(&self) {
+        let last = self.next_seq - 1;
+        let progress = &self.progress;
+        let behind = || last.saturating_sub(progress.indexed.load(Ordering::Acquire));
+        if behind() <= self.max_lag {
+            return;
+        }
+        let started = std::time::Instant::now();
+        debug!(behind = behind(), "ingest waits for the indexer");
+        let mut warned = false;
+        while !progress.wait_until(
+            || {
+                behind() <= self.max_lag
+                    || progress.failure().is_some()
+                    || progress.stopping.load(Ordering::Acquire)
+            },
+            std::time::Duration::from_secs(10),
+        ) {
+            if !warned {
+                warn!(
+                    behind = behind(),
+                    max_lag = self.max_lag,
+                    "ingest has waited 10 s for the indexer to catch up"
+                );
+                warned = true;
+            }
+        }
+        debug!(waited = ?started.elapsed(), "ingest goes on");
+    }
+
     /// Drops from `pending` the ids the indexer has written to the dedup index.
     fn prune_pending(&mut self) {
         let indexed = self.progress.indexed.load(Ordering::Acquire);
@@ -330,6 +372,7 @@ impl Writer {
         let mut stop = false;
         while !stop {
             let Ok(first) = rx.recv() else { break };
+            self.wait_for_indexer();
             let _working = heartbeat.working();
             let mut jobs = vec![first];
             let mut n_events = 0;
