@@ -18,7 +18,7 @@ CFG
 PID=$!
 for i in $(seq 1 50); do grep -q 'gancho is ready' "$OUT/log" && break; sleep 0.2; done
 ADDR=$(grep -o 'listen=[^ ]*' "$OUT/log" | head -1 | cut -d= -f2)
-status() { curl -s "http://$ADDR/status"; }
+status() { "$BIN" --config "$OUT/g.toml" status --json; }
 wait_idx() { for i in $(seq 1 600); do S=$(status); D=$(echo "$S" | grep -o '"durable":[0-9]*' | cut -d: -f2); I=$(echo "$S" | grep -o '"indexed":[0-9]*' | cut -d: -f2); [ "$D" = "$I" ] && break; sleep 1; done; echo "$D"; }
 echo "step events rss_mb peak_mb log_mb indexes_mb" > "$OUT/rss.txt"
 

@@ -166,6 +166,8 @@ impl StoreConfig {
     /// How many events the indexer may trail the log by before the writer waits for it (ingest
     /// slows to the indexer's pace rather than memory growing with the backlog): as many as the
     /// writer's pending dedup ids hold in their quarter of the budget, and at least 10,000.
+    /// Events that were unindexed when the store opened (after a rebuild, the whole log) do not
+    /// count: ingest goes on while the indexer works through them.
     pub fn max_index_lag(&self) -> u64 {
         (self.cache_capacity / 4 / log::PENDING_BYTES_PER_EVENT).max(10_000)
     }
@@ -633,6 +635,8 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(threads) = threads {
+            self.inner.progress.closing.store(true, Ordering::Release);
+            self.inner.progress.notify();
             self.inner.appender.send_shutdown();
             join(threads.writer, "writer");
             join(threads.flusher, "flusher");

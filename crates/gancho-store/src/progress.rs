@@ -13,6 +13,8 @@ pub(crate) struct Progress {
     pub(crate) indexed: AtomicU64,
     /// The store is shutting down: background threads finish what they hold and stop.
     pub(crate) stopping: AtomicBool,
+    /// The store is closing: the writer takes what is queued without waiting for the indexer.
+    pub(crate) closing: AtomicBool,
     /// Why the store stopped accepting events, if it failed.
     failure: Mutex<Option<String>>,
     lock: Mutex<()>,
@@ -57,8 +59,12 @@ impl Progress {
 
     /// Records that the store cannot go on (the first reason is kept).
     pub(crate) fn fail(&self, reason: &str) {
-        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        failure.get_or_insert_with(|| reason.to_owned());
+        {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            failure.get_or_insert_with(|| reason.to_owned());
+        }
+        // A writer waiting for the indexer learns it at once.
+        self.notify();
     }
 
     pub(crate) fn failure(&self) -> Option<String> {

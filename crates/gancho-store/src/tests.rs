@@ -603,6 +603,49 @@ fn past_its_cap_the_quarantine_drops_its_oldest_records_and_counts_them() {
     assert_eq!(store.quarantine(0).unwrap().len(), kept.len());
 }
 
+/// A store whose limit is 10,000 unindexed events, with the indexer held at its first batch and
+/// 10,500 events appended, and a group of 500 more submitted from another thread: the receiver
+/// gets how many it stored, once it is taken.
+fn held_past_the_limit(dir: &std::path::Path) -> (Store, std::sync::mpsc::Receiver<usize>) {
+    let config = StoreConfig {
+        cache_capacity: 1 << 20,
+        ..StoreConfig::default()
+    };
+    assert_eq!(config.max_index_lag(), 10_000);
+    gancho_core::failpoint::set(HOLD, "pause").unwrap();
+    let store = Store::open(dir, &config).unwrap();
+    let group = |g: u64| -> Vec<NewEvent> {
+        (0..500)
+            .map(|i| event("open", 1_000, "a@x", g * 1000 + i))
+            .collect()
+    };
+    // The indexer holds its first batch; the writer takes groups up to the limit.
+    for g in 0..21 {
+        assert_eq!(append(&store, group(g)).stored.len(), 500);
+    }
+    assert!(gancho_core::failpoint::wait_hits(
+        HOLD,
+        1,
+        Duration::from_secs(30)
+    ));
+    assert_eq!(store.status().indexed, 0);
+    // 10,500 behind: the next group waits for the indexer.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let appender = store.appender();
+    std::thread::spawn(move || {
+        let report = appender.append_blocking(Submission {
+            events: group(21),
+            rejected: vec![],
+        });
+        tx.send(report.unwrap().stored.len()).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a group was taken past the limit"
+    );
+    (store, rx)
+}
+
 #[test]
 fn past_its_lag_limit_ingest_waits_for_the_indexer_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -612,47 +655,37 @@ fn past_its_lag_limit_ingest_waits_for_the_indexer_and_loses_nothing() {
         "past_its_lag_limit_ingest_waits_for_the_indexer_and_loses_nothing",
         dir.path(),
         |dir| {
-            let config = StoreConfig {
-                cache_capacity: 1 << 20,
-                ..StoreConfig::default()
-            };
-            assert_eq!(config.max_index_lag(), 10_000);
-            gancho_core::failpoint::set(HOLD, "pause").unwrap();
-            let store = Store::open(dir, &config).unwrap();
-            let group = |g: u64| -> Vec<NewEvent> {
-                (0..500)
-                    .map(|i| event("open", 1_000, "a@x", g * 1000 + i))
-                    .collect()
-            };
-            // The indexer holds its first batch; the writer takes groups up to the limit.
-            for g in 0..21 {
-                assert_eq!(append(&store, group(g)).stored.len(), 500);
-            }
-            assert!(gancho_core::failpoint::wait_hits(
-                HOLD,
-                1,
-                Duration::from_secs(30)
-            ));
-            assert_eq!(store.status().indexed, 0);
-            // 10,500 behind: the next group waits for the indexer.
-            let (tx, rx) = std::sync::mpsc::channel();
-            let appender = store.appender();
-            let waiting = std::thread::spawn(move || {
-                let report = appender.append_blocking(Submission {
-                    events: group(21),
-                    rejected: vec![],
-                });
-                tx.send(report.map(|r| r.stored.len())).unwrap();
-            });
-            assert!(
-                rx.recv_timeout(Duration::from_millis(500)).is_err(),
-                "a group was taken past the limit"
-            );
+            let (store, stored) = held_past_the_limit(dir);
             gancho_core::failpoint::release(HOLD);
-            let stored = rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
-            assert_eq!(stored, 500);
-            waiting.join().unwrap();
+            assert_eq!(stored.recv_timeout(Duration::from_secs(30)).unwrap(), 500);
             assert!(store.wait_indexed(11_000, Duration::from_secs(30)));
+            assert_eq!(store.last_seq().unwrap(), 11_000);
+            store.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_shutdown_does_not_wait_for_an_indexer_that_holds_ingest_back() {
+    let dir = tempfile::tempdir().unwrap();
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "a_shutdown_does_not_wait_for_an_indexer_that_holds_ingest_back",
+        dir.path(),
+        |dir| {
+            let (store, stored) = held_past_the_limit(dir);
+            // Closing: the waiting group is written (the indexer still held), then the writer
+            // stops; the indexer is let go only once that is seen.
+            let closing = {
+                let store = store.clone();
+                std::thread::spawn(move || store.shutdown())
+            };
+            assert_eq!(stored.recv_timeout(Duration::from_secs(10)).unwrap(), 500);
+            assert_eq!(store.status().indexed, 0);
+            gancho_core::failpoint::release(HOLD);
+            closing.join().unwrap().unwrap();
+            drop(store);
+            let store = open(dir);
             assert_eq!(store.last_seq().unwrap(), 11_000);
             store.shutdown().unwrap();
         },

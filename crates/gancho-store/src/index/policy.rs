@@ -36,7 +36,10 @@ pub(crate) fn worth_rewriting(span: u64, garbage: u64) -> bool {
     garbage > 0 && garbage.saturating_mul(4) >= span
 }
 
-/// How the indexer paces itself; the daemon's values are [`Pacing::DEFAULT`].
+/// How the indexer paces itself. The daemon's values are [`Pacing::DEFAULT`]'s, sized by
+/// [`Pacing::for_memory`] for its memory tier and [`Pacing::boosting_before`] for its backlog
+/// bound (with the default `cache_mb`: checkpoints at 8 MiB, normal priority past about 150,000
+/// unindexed events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pacing {
     /// Events indexed per batch (one memory run), between two looks at the log's progress.
@@ -55,7 +58,7 @@ pub(crate) struct Pacing {
     /// third of single-event throughput).
     pub(crate) checkpoint_every: Duration,
     /// ... or once the memory tier takes this many bytes (half its budget: with the default
-    /// budget about 16 MB, some 200,000 entries or 33,000 Mailjet events), whichever comes first.
+    /// `cache_mb` 8 MiB, some 100,000 entries or 17,000 Mailjet events), whichever comes first.
     pub(crate) checkpoint_bytes: usize,
     /// Past this many bytes in memory (after a failed checkpoint: the memory tier's whole
     /// budget), indexing waits for a checkpoint to succeed (readers merge the unindexed tail of

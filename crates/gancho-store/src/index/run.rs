@@ -109,7 +109,18 @@ impl DiskRun {
     }
 }
 
-/// Deletes a run whole: its record first (so that it is never half there), then its file.
+/// The last seq of the run of this record, read without opening its file.
+pub(super) fn record_max_seq(id: u64, record: &[u8]) -> Result<u64, StoreError> {
+    match record.first() {
+        Some(&(RUN_RECORD_V1 | RUN_RECORD_V2)) => record.get(17..25).and_then(read_u64),
+        _ => None,
+    }
+    .ok_or_else(|| corrupt(id, "unreadable run record"))
+}
+
+/// Deletes a run whole: its record first (so that it is never half there), then its file. The
+/// caller has made the record's removal durable, or knows that a crash cannot bring it back
+/// without its file (the run was merged away, its removal made durable before).
 pub(super) fn delete_run(tree: &Tree, dir: &Path, id: u64) -> Result<(), StoreError> {
     tree.remove(run_key(id))?;
     delete_file(dir, id)

@@ -15,7 +15,7 @@ use super::memory::{Batch, MemRun};
 use super::policy;
 use super::reader::{Index, View};
 use super::rule::KeyRule;
-use super::run::{DiskRun, RunBuilder, delete_file, delete_run};
+use super::run::{DiskRun, RunBuilder, delete_file, delete_run, record_max_seq};
 use super::scan::{DiskScan, Scan, Source};
 use crate::error::StoreError;
 use crate::keys::read_u64;
@@ -57,7 +57,7 @@ pub(crate) struct IndexWriter {
 pub(crate) fn open(
     db: Db,
     rule: KeyRule,
-    sync: Option<FileSync>,
+    mut sync: Option<FileSync>,
     mem_filter_keys: u64,
     purged: Arc<Purged>,
     block_cache: u64,
@@ -71,6 +71,7 @@ pub(crate) fn open(
     let indexed = indexed_seq(&tree)?;
     let mut disk = Vec::new();
     let mut next_id = 1u64;
+    let mut past = 0;
     for item in tree.scan_prefix([RUN]) {
         let (key, value) = item?;
         let id = key
@@ -78,18 +79,22 @@ pub(crate) fn open(
             .and_then(read_u64)
             .ok_or_else(|| corrupt(0, "run record with a bad key"))?;
         next_id = next_id.max(id.saturating_add(1));
-        let run = DiskRun::open(&dir, id, &value)?;
-        if run.max_seq > indexed {
+        let max_seq = record_max_seq(id, &value)?;
+        if max_seq > indexed {
+            // Its record goes now, its file with the orphans below, once that is durable (a
+            // crash in between must not bring back a record without its file).
             info!(
                 run = id,
-                max_seq = run.max_seq,
-                indexed,
-                "deleting an index run past the watermark"
+                max_seq, indexed, "deleting an index run past the watermark"
             );
-            delete_run(&tree, &dir, id)?;
+            tree.remove(run_key(id))?;
+            past += 1;
         } else {
-            disk.push(Arc::new(run));
+            disk.push(Arc::new(DiskRun::open(&dir, id, &value)?));
         }
+    }
+    if past > 0 {
+        db.make_durable(sync.as_mut())?;
     }
     // Files of runs without a record: a run cut short by a crash, or one merged away.
     let listing = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
@@ -269,8 +274,15 @@ impl IndexWriter {
 
     /// Deletes what was written of a run that is not live (best effort: what stays is deleted
     /// at the next open).
-    fn discard(&self, id: u64) {
-        if let Err(err) = delete_run(&self.index.tree, &self.index.dir, id) {
+    fn discard(&mut self, id: u64) {
+        // The record (if it was written) goes durably before the file.
+        let deleted = self
+            .index
+            .tree
+            .remove(run_key(id))
+            .and_then(|()| self.make_durable())
+            .and_then(|()| delete_file(&self.index.dir, id));
+        if let Err(err) = deleted {
             tracing::warn!(run = id, error = %err, "could not delete an unfinished index run");
         }
     }

@@ -15,9 +15,11 @@
 //! watermark), so an id is always in at least one of the two places the writer looks.
 //!
 //! Backpressure: `pending` holds one id per event the indexer trails by. Past `max_lag` of them
-//! the writer takes no new group until the indexer is back under it, so memory stays bounded
-//! under a sustained burst: requests wait in the queue (and, once it is full, are answered
-//! 503), and ingest goes at the indexer's pace, a batch of the indexer's at a time.
+//! (not counting those unindexed when the store opened) the writer takes no new group until the
+//! indexer is back under it, so memory stays bounded under a sustained burst: requests wait in
+//! the queue (and, once it is full, are answered 503), and ingest goes at the indexer's pace, a
+//! batch of the indexer's at a time. An indexer that does not move for [`STALLED`] is not waited
+//! for: the log's durability comes first, and the indexer's own errors are in the log.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -44,6 +46,9 @@ const QUEUE_CAPACITY: usize = 8192;
 const MAX_GROUP: usize = 1024;
 /// A group stops taking submissions once it holds this many events, to bound its memory.
 const MAX_GROUP_EVENTS: usize = 20_000;
+/// A writer waiting for the indexer stops waiting (and says so) once the indexer has not moved
+/// for this long.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(30);
 /// A log block is closed once its records pass this size (before compression). Larger blocks
 /// compress better and cost sled fewer inserts; reading one event decompresses its block.
 const BLOCK_TARGET_BYTES: usize = 32 * 1024;
@@ -241,6 +246,7 @@ pub(crate) fn start(
         quarantine: Arc::clone(&quarantine),
         quarantine_max,
         max_lag,
+        open_end: last_seq,
     };
     writer.load_pending(last_seq)?;
     let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
@@ -278,8 +284,10 @@ struct Writer {
     /// The quarantine's records, kept under `quarantine_max` by dropping the oldest.
     quarantine: Arc<Mutex<QuarantineBook>>,
     quarantine_max: u64,
-    /// Past this many unindexed events, the writer waits for the indexer.
+    /// Past this many unindexed events, the writer waits for the indexer ...
     max_lag: u64,
+    /// ... counted from this seq (the log's end at open) or the indexed one, whichever is later.
+    open_end: u64,
 }
 
 /// A submission staged into the group's batch, waiting for the flush.
@@ -328,35 +336,48 @@ impl Writer {
         Ok(())
     }
 
-    /// Past `max_lag` unindexed events, waits until the indexer is back under it (or the store
-    /// fails or stops). Not work, for the watchdog: the indexer's heartbeat
-    /// says whether it is moving.
+    /// Past `max_lag` unindexed events, waits until the indexer is back under it, the store
+    /// fails or closes, or the indexer has not moved for [`STALLED`]. Not work, for the
+    /// watchdog: the indexer's heartbeat says whether it is moving.
     fn wait_for_indexer(&self) {
         let last = self.next_seq - 1;
         let progress = &self.progress;
-        let behind = || last.saturating_sub(progress.indexed.load(Ordering::Acquire));
+        let indexed = || progress.indexed.load(Ordering::Acquire);
+        let behind = || last.saturating_sub(indexed().max(self.open_end));
         if behind() <= self.max_lag {
             return;
         }
         let started = std::time::Instant::now();
         debug!(behind = behind(), "ingest waits for the indexer");
-        let mut warned = false;
-        while !progress.wait_until(
-            || {
-                behind() <= self.max_lag
-                    || progress.failure().is_some()
-                    || progress.stopping.load(Ordering::Acquire)
-            },
-            std::time::Duration::from_secs(10),
-        ) {
-            if !warned {
-                warn!(
-                    behind = behind(),
-                    max_lag = self.max_lag,
-                    "ingest has waited 10 s for the indexer to catch up"
-                );
-                warned = true;
+        let (mut seen, mut moved) = (indexed(), std::time::Instant::now());
+        loop {
+            let done = progress.wait_until(
+                || {
+                    behind() <= self.max_lag
+                        || progress.failure().is_some()
+                        || progress.closing.load(Ordering::Acquire)
+                },
+                std::time::Duration::from_secs(10),
+            );
+            if done {
+                break;
             }
+            if indexed() != seen {
+                (seen, moved) = (indexed(), std::time::Instant::now());
+            } else if moved.elapsed() >= STALLED {
+                error!(
+                    behind = behind(),
+                    stalled = ?moved.elapsed(),
+                    "the indexer has not moved: ingest goes on without waiting for it"
+                );
+                break;
+            }
+            warn!(
+                behind = behind(),
+                max_lag = self.max_lag,
+                waited = ?started.elapsed(),
+                "ingest is waiting for the indexer to catch up"
+            );
         }
         debug!(waited = ?started.elapsed(), "ingest goes on");
     }
@@ -372,7 +393,9 @@ impl Writer {
         let mut stop = false;
         while !stop {
             let Ok(first) = rx.recv() else { break };
-            self.wait_for_indexer();
+            if matches!(first, Job::Append(..)) {
+                self.wait_for_indexer();
+            }
             let _working = heartbeat.working();
             let mut jobs = vec![first];
             let mut n_events = 0;
