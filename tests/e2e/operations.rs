@@ -439,3 +439,35 @@ fn sighup_rotates_a_source_password_and_reloads_the_actions_config() {
     assert!(daemon.log().contains("keys=listen"), "{}", daemon.log());
     assert_eq!(mailjet("n3w-s3cret"), 200);
 }
+
+/// The variables of a running process, from `/proc`.
+fn environ_of(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn the_daemon_runs_with_a_short_allocator_purge_delay_as_the_same_process_unless_told_otherwise() {
+    let setup = Setup::standard();
+    // Executed again with the variable set, as the process the test started (same PID), and
+    // serving as usual.
+    let daemon = setup.start();
+    assert!(
+        environ_of(daemon.pid()).contains(&"MIMALLOC_PURGE_DELAY=10".to_owned()),
+        "{:?}",
+        environ_of(daemon.pid())
+    );
+    let reply = daemon.post_mailjet(&crate::support::fixture("mailjet/open.json"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    drop(daemon);
+    // An operator's own value wins.
+    let daemon = setup.start_with_env(&[("MIMALLOC_PURGE_DELAY", "250")]);
+    let env = environ_of(daemon.pid());
+    assert!(
+        env.contains(&"MIMALLOC_PURGE_DELAY=250".to_owned()),
+        "{env:?}"
+    );
+    assert!(!env.contains(&"MIMALLOC_PURGE_DELAY=10".to_owned()));
+}

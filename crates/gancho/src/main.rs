@@ -6,6 +6,7 @@
 //! `anyhow`: errors from the library crates are typed and get their context here.
 
 mod admin;
+mod allocator;
 mod commands;
 mod config;
 mod control;
@@ -308,6 +309,9 @@ fn parse_key(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, None | Some(Command::Run)) {
+        allocator::tune();
+    }
     // Whatever gancho creates (the store's files, mail, the socket) is its own: 0600 and 0700,
     // whatever the umask it was started with.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));

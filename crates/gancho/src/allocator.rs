@@ -1,0 +1,49 @@
+//! How the daemon's allocator is tuned. mimalloc keeps memory freed by the program for a second
+//! (its `purge_delay`, 1000 ms by default) before giving it back to the system, on every thread.
+//! gancho's threads hand buffers to each other (requests to the log writer, blocks to sled's
+//! threads), so under load that held-back memory was a third of the daemon's RSS: 136 MB instead
+//! of 75-80 under single events, a peak of 273 MB instead of 209 under the ingest benchmark,
+//! with the same throughput (`docs/benchmarks.md`). A 10 ms delay gives it back.
+//!
+//! mimalloc reads its options from the environment once, at the first allocation, which is
+//! before `main`; setting one from Rust would take `unsafe` (the workspace forbids it). So
+//! `gancho run` executes itself again, as the same process (the PID, the systemd notify
+//! socket and the watchdog stay), with `MIMALLOC_PURGE_DELAY` set, unless the environment sets
+//! it already: an operator's own value wins.
+
+use std::os::unix::process::CommandExt as _;
+
+/// mimalloc's option, read from the environment.
+pub const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
+/// The delay gancho runs with, in milliseconds.
+pub const PURGE_DELAY_MS: &str = "10";
+
+/// Executes this binary again with the purge delay set, unless it is set already. Returns only
+/// if it is (the usual case, after the first execution), or if executing failed (the binary
+/// was replaced meanwhile, say): then the daemon runs on with mimalloc's default, and says so.
+pub fn tune() {
+    if std::env::var_os(PURGE_DELAY_VAR).is_some() {
+        return;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => return not_tuned(&err),
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let err = command
+        .args(args)
+        .env(PURGE_DELAY_VAR, PURGE_DELAY_MS)
+        .exec();
+    not_tuned(&err);
+}
+
+fn not_tuned(err: &dyn std::fmt::Display) {
+    eprintln!(
+        "gancho: could not execute itself again to set {PURGE_DELAY_VAR}={PURGE_DELAY_MS} ({err}); \
+         running with mimalloc's default"
+    );
+}
