@@ -2,13 +2,15 @@
 //! their decisions with the cursor; appends timer firings and cron ticks to the log.
 //!
 //! `config` (how it runs, its errors, the names of its own sources), `status` (what operators
-//! see of it), `load` (the rules folder), `walk` (the [`Engine`]: batches, dispatch, rule runs),
+//! see of it), `load` (the rules folder), `walk` (the [`Engine`]: batches, dispatch, rule runs), `operator` (operators' requests, re-runs,
+//! rule controls and counters),
 //! `timers` (timer firings, cron ticks, and the expectations events fulfil), `careful` (poison
 //! events: runs that kill the engine are set aside).
 
 mod careful;
 mod config;
 mod load;
+mod operator;
 mod status;
 mod timers;
 mod walk;
