@@ -53,11 +53,12 @@ impl Drop for Reaped {
 }
 
 /// Sets up `command` (which runs the daemon) as the tests start it: none of the caller's
-/// `GANCHO_CONFIG` or systemd socket, no stdout, stderr piped.
+/// `GANCHO_CONFIG`, systemd socket or allocator setting, no stdout, stderr piped.
 pub fn as_daemon(command: &mut Command) -> &mut Command {
     command
         .env_remove("GANCHO_CONFIG")
         .env_remove("NOTIFY_SOCKET")
+        .env_remove("MIMALLOC_PURGE_DELAY")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
 }

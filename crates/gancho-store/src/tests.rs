@@ -691,3 +691,35 @@ fn a_shutdown_does_not_wait_for_an_indexer_that_holds_ingest_back() {
         },
     );
 }
+
+#[test]
+fn an_indexer_that_does_not_move_is_not_waited_for_again_until_it_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "an_indexer_that_does_not_move_is_not_waited_for_again_until_it_moves",
+        dir.path(),
+        |dir| {
+            let (store, stored) = held_past_the_limit(dir);
+            // The indexer stays held: after the stall limit the group is taken anyway.
+            assert_eq!(stored.recv_timeout(Duration::from_secs(30)).unwrap(), 500);
+            assert_eq!(store.status().indexed, 0);
+            // And the next ones without a wait of their own while it has not moved.
+            let started = std::time::Instant::now();
+            for g in 30..33 {
+                let events = (0..500)
+                    .map(|i| event("open", 1_000, "c@x", g * 1000 + i))
+                    .collect();
+                assert_eq!(append(&store, events).stored.len(), 500);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+            gancho_core::failpoint::release(HOLD);
+            assert!(store.wait_indexed(12_500, Duration::from_secs(30)));
+            store.shutdown().unwrap();
+        },
+    );
+}

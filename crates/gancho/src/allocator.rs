@@ -18,32 +18,36 @@ pub const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
 /// The delay gancho runs with, in milliseconds.
 pub const PURGE_DELAY_MS: &str = "10";
 
-/// Executes this binary again with the purge delay set, unless it is set already. Returns only
-/// if it is (the usual case, after the first execution), or if executing failed (the binary
-/// was replaced meanwhile, say): then the daemon runs on with mimalloc's default, and says so.
+/// Executes this binary again with the purge delay set, unless it is set already; returns only
+/// if it is (the usual case, after the first execution). Executing can fail (the binary was
+/// replaced or removed meanwhile, or the system refuses): then this process cannot go on either,
+/// since the attempt reset its SIGPIPE handling to the default (a client that hangs up would kill
+/// the daemon), so it exits with the reason, and a supervisor starts it again. Setting the
+/// variable in the environment skips this step.
 pub fn tune() {
     if std::env::var_os(PURGE_DELAY_VAR).is_some() {
         return;
     }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(err) => return not_tuned(&err),
+    let err = match std::env::current_exe() {
+        Ok(exe) => {
+            let mut args = std::env::args_os();
+            let mut command = std::process::Command::new(exe);
+            if let Some(arg0) = args.next() {
+                command.arg0(arg0);
+            }
+            command
+                .args(args)
+                .env(PURGE_DELAY_VAR, PURGE_DELAY_MS)
+                .exec()
+        }
+        Err(err) => err,
     };
-    let mut args = std::env::args_os();
-    let mut command = std::process::Command::new(exe);
-    if let Some(arg0) = args.next() {
-        command.arg0(arg0);
-    }
-    let err = command
-        .args(args)
-        .env(PURGE_DELAY_VAR, PURGE_DELAY_MS)
-        .exec();
-    not_tuned(&err);
+    eprintln!(
+        "gancho: could not execute itself again to set {PURGE_DELAY_VAR}={PURGE_DELAY_MS}: {err} \
+         (set {PURGE_DELAY_VAR} in the environment to skip this step)"
+    );
+    std::process::exit(EXIT_NOT_EXECUTED);
 }
 
-fn not_tuned(err: &dyn std::fmt::Display) {
-    eprintln!(
-        "gancho: could not execute itself again to set {PURGE_DELAY_VAR}={PURGE_DELAY_MS} ({err}); \
-         running with mimalloc's default"
-    );
-}
+/// The exit code when executing again failed (`EX_OSERR`).
+const EXIT_NOT_EXECUTED: i32 = 71;

@@ -47,8 +47,9 @@ const MAX_GROUP: usize = 1024;
 /// A group stops taking submissions once it holds this many events, to bound its memory.
 const MAX_GROUP_EVENTS: usize = 20_000;
 /// A writer waiting for the indexer stops waiting (and says so) once the indexer has not moved
-/// for this long.
-const STALLED: std::time::Duration = std::time::Duration::from_secs(30);
+/// for this long (in unit tests, less).
+const STALLED: std::time::Duration =
+    std::time::Duration::from_secs(if cfg!(test) { 3 } else { 30 });
 /// A log block is closed once its records pass this size (before compression). Larger blocks
 /// compress better and cost sled fewer inserts; reading one event decompresses its block.
 const BLOCK_TARGET_BYTES: usize = 32 * 1024;
@@ -247,6 +248,7 @@ pub(crate) fn start(
         quarantine_max,
         max_lag,
         open_end: last_seq,
+        stalled_at: None,
     };
     writer.load_pending(last_seq)?;
     let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
@@ -288,6 +290,9 @@ struct Writer {
     max_lag: u64,
     /// ... counted from this seq (the log's end at open) or the indexed one, whichever is later.
     open_end: u64,
+    /// The indexed seq at which the writer found the indexer stalled and stopped waiting: it
+    /// does not wait again until the indexer has moved from it.
+    stalled_at: Option<u64>,
 }
 
 /// A submission staged into the group's batch, waiting for the flush.
@@ -339,13 +344,18 @@ impl Writer {
     /// Past `max_lag` unindexed events, waits until the indexer is back under it, the store
     /// fails or closes, or the indexer has not moved for [`STALLED`]. Not work, for the
     /// watchdog: the indexer's heartbeat says whether it is moving.
-    fn wait_for_indexer(&self) {
+    fn wait_for_indexer(&mut self) {
         let last = self.next_seq - 1;
-        let progress = &self.progress;
+        let progress = Arc::clone(&self.progress);
         let indexed = || progress.indexed.load(Ordering::Acquire);
         let behind = || last.saturating_sub(indexed().max(self.open_end));
         if behind() <= self.max_lag {
             return;
+        }
+        match self.stalled_at {
+            Some(at) if at == indexed() => return,
+            Some(_) => self.stalled_at = None,
+            None => {}
         }
         let started = std::time::Instant::now();
         debug!(behind = behind(), "ingest waits for the indexer");
@@ -368,8 +378,9 @@ impl Writer {
                 error!(
                     behind = behind(),
                     stalled = ?moved.elapsed(),
-                    "the indexer has not moved: ingest goes on without waiting for it"
+                    "the indexer has not moved: ingest goes on without waiting for it until it does"
                 );
+                self.stalled_at = Some(seen);
                 break;
             }
             warn!(
