@@ -518,6 +518,8 @@ fn join(thread: JoinHandle<()>, name: &str) {
 }
 
 #[cfg(test)]
+mod backpressure_tests;
+#[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
 mod prune_tests;

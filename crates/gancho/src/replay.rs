@@ -72,7 +72,7 @@ pub fn run(config: &Config, replay: &Replay) -> anyhow::Result<bool> {
     let mut harness: Option<Harness> = None;
     let mut replayed_count = 0u64;
     let mut broken = false;
-    control::each_item(
+    control::client::each_item(
         &config.socket_path(),
         &config.store_dir(),
         &request,
@@ -152,7 +152,7 @@ pub fn run(config: &Config, replay: &Replay) -> anyhow::Result<bool> {
 }
 
 fn ask(config: &Config, request: &Request) -> anyhow::Result<Response> {
-    match control::ask(&config.socket_path(), &config.store_dir(), request)? {
+    match control::client::ask(&config.socket_path(), &config.store_dir(), request)? {
         Response::Error(err) => anyhow::bail!("{err}"),
         other => Ok(other),
     }

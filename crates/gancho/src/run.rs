@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::control::ControlSocket;
+use crate::control::socket::ControlSocket;
 use crate::data::Data;
 
 /// Runs the daemon until it is told to stop. `clock` is the wall clock, except in tests of the

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::block::Block;
+use super::block::{Block, first_not_before};
 use super::bloom::Bloom;
 use super::layout::corrupt;
 use crate::error::StoreError;
@@ -106,16 +106,9 @@ impl Fences {
     /// The first block whose last key is at least `target` (`len()` for none): the only one
     /// that can hold `target`, and where a scan from it starts.
     pub(super) fn find(&self, target: &[u8]) -> usize {
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.key(mid) < target {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
+        let found: Result<usize, std::convert::Infallible> =
+            first_not_before(self.len(), false, |i| Ok(self.key(i).cmp(target)));
+        found.unwrap_or_else(|never| match never {})
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
@@ -248,6 +241,17 @@ impl Drop for FileWriter {
     }
 }
 
+/// `len` bytes of run `run`'s file at `at`; a file shorter than that is a damaged run.
+fn read_at(file: &File, path: &Path, run: u64, at: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    let mut buf = vec![0; usize::try_from(len).map_err(|_| corrupt(run, "too large"))?];
+    file.read_exact_at(&mut buf, at)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => corrupt(run, "its file is cut short"),
+            _ => io(format!("reading {}", path.display()))(err),
+        })?;
+    Ok(buf)
+}
+
 /// An open run file, read by block.
 #[derive(Debug)]
 pub(super) struct RunFile {
@@ -273,15 +277,7 @@ impl RunFile {
             }
             Err(err) => return Err(io(format!("opening {}", path.display()))(err)),
         };
-        let read = |at: u64, len: u64| -> Result<Vec<u8>, StoreError> {
-            let mut buf = vec![0; usize::try_from(len).map_err(|_| corrupt(run, "too large"))?];
-            file.read_exact_at(&mut buf, at)
-                .map_err(|err| match err.kind() {
-                    std::io::ErrorKind::UnexpectedEof => corrupt(run, "its file is cut short"),
-                    _ => io(format!("reading {}", path.display()))(err),
-                })?;
-            Ok(buf)
-        };
+        let read = |at: u64, len: u64| read_at(&file, &path, run, at, len);
         let size = file
             .metadata()
             .map_err(io(format!("reading {}", path.display())))?
@@ -330,13 +326,7 @@ impl RunFile {
             return Err(corrupt(self.run, "no such block"));
         }
         let (start, end) = self.fences.span(i);
-        let mut packed = vec![0; (end - start) as usize];
-        self.file
-            .read_exact_at(&mut packed, start)
-            .map_err(|err| match err.kind() {
-                std::io::ErrorKind::UnexpectedEof => corrupt(self.run, "its file is cut short"),
-                _ => io(format!("reading {}", self.path.display()))(err),
-            })?;
+        let packed = read_at(&self.file, &self.path, self.run, start, end - start)?;
         if xxh3_64(&packed) != self.fences.sums[i] {
             return Err(corrupt(self.run, "a block fails its checksum"));
         }

@@ -73,7 +73,7 @@ impl DiskRun {
         let u64_at = |at: usize| record.get(at..at + 8).and_then(read_u64);
         let entries = u64_at(1).ok_or_else(bad)?;
         let distinct = u64_at(9).ok_or_else(bad)?;
-        let max_seq = u64_at(17).ok_or_else(bad)?;
+        let max_seq = record_max_seq(id, record)?;
         let (times, at) = match record.get(25) {
             Some(0) => (TimeSpan(None), 26),
             Some(1) => {

@@ -76,7 +76,7 @@ pub(crate) fn print_list_where<T: serde::de::DeserializeOwned + serde::Serialize
     if json {
         write!(out, "[")?;
     }
-    crate::control::each_item(
+    crate::control::client::each_item(
         &config.socket_path(),
         &config.store_dir(),
         request,

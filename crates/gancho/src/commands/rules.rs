@@ -153,7 +153,7 @@ pub(crate) fn warn_dropped_callbacks(
         let request = Request::Timers {
             rule: Some(rule.to_owned()),
         };
-        let listed = crate::control::each_item(
+        let listed = crate::control::client::each_item(
             &config.socket_path(),
             &config.store_dir(),
             &request,

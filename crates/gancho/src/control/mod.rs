@@ -5,14 +5,13 @@
 //! stream; with the daemon
 //! stopped, they open the store themselves. The socket is created with mode 0600 inside the
 //! data folder (mode 0700), so only the service's user and root can use it.
+//!
+//! Here: the requests and answers, and how the store answers them (`respond`, listings streamed
+//! by `stream_listing`). `client`: the commands' side. `socket`: the daemon's listener.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use gancho_core::{ActionRequest, Event};
 use gancho_core::{Clock, SystemClock};
@@ -21,16 +20,15 @@ use gancho_state::ops::OperatorOp;
 use gancho_state::poison::Poisoned;
 use gancho_state::traces::RunTrace;
 use gancho_state::{Attempt, OutboxItem};
-use gancho_store::{EventQuery, KeyFilter, StoreConfig, StoreError};
+use gancho_store::{EventQuery, KeyFilter, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Data;
 use crate::prune::{Pruned, Retention};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, warn};
+use tracing::warn;
 
-/// The largest request line the daemon reads.
-const MAX_REQUEST: u64 = 64 * 1024;
+pub mod client;
+pub mod socket;
 
 /// A question to the daemon (or, with the daemon stopped, to the store directly).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,7 +260,7 @@ fn answer(data: &Data, engine: Option<&SharedStatus>, request: &Request) -> Resp
         | Request::Dead { .. }
         | Request::Timers { .. }
         | Request::State { .. } => Ok(Response::Error(
-            "listings are streamed (control::each_item), not answered whole".to_owned(),
+            "listings are streamed (control::client::each_item), not answered whole".to_owned(),
         )),
         Request::DeadRetry { id } => outbox
             .retry_dead(id.as_deref(), SystemClock.now().timestamp_millis())
@@ -493,162 +491,6 @@ fn stream_list<T: Serialize>(
     let _ = tx.blocking_send(last);
 }
 
-/// A listing's items, handed to `f` as they arrive: from the running daemon's stream, or,
-/// when no daemon answers, from the store, through the same [`stream_listing`] on a thread of
-/// this process. Neither side holds the whole answer.
-pub fn each_item<T: serde::de::DeserializeOwned>(
-    socket: &Path,
-    store_dir: &Path,
-    request: &Request,
-    mut f: impl FnMut(T) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    // An error of `f` (stdout closed) is returned as it is, not as a parse error.
-    let mut failed = None;
-    let mut g = |item| {
-        f(item).map_err(|err| {
-            let text = format!("{err:#}");
-            failed = Some(err);
-            anyhow::anyhow!(text)
-        })
-    };
-    let read = match UnixStream::connect(socket) {
-        Ok(mut stream) => {
-            let mut line = serde_json::to_vec(request)?;
-            line.push(b'\n');
-            stream.write_all(&line)?;
-            // A listing with few matches over a long log may send nothing for a long while.
-            stream.set_read_timeout(Some(Duration::from_secs(3600)))?;
-            let mut reader = serde_json::Deserializer::from_reader(std::io::BufReader::new(stream));
-            serde::de::DeserializeSeed::deserialize(stream::Answer::new(&mut g), &mut reader)
-                .with_context(|| format!("reading the daemon's answer at {}", socket.display()))
-        }
-        Err(err) => {
-            debug!(error = %err, "no daemon on the control socket; opening the store");
-            let data = open_stopped(socket, store_dir)?;
-            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-            let producer = {
-                let (data, request) = (data.clone(), request.clone());
-                std::thread::spawn(move || stream_listing(&data, &request, &tx))
-            };
-            let mut reader = serde_json::Deserializer::from_reader(stream::Chunks {
-                rx,
-                chunk: Vec::new(),
-                at: 0,
-            });
-            let read =
-                serde::de::DeserializeSeed::deserialize(stream::Answer::new(&mut g), &mut reader)
-                    .context("listing");
-            // Dropping the reader lets a producer blocked on a full channel finish.
-            drop(reader);
-            if producer.join().is_err() {
-                bail!("the listing thread panicked");
-            }
-            data.shutdown().context("closing the store")?;
-            read
-        }
-    };
-    match (failed, read) {
-        (Some(err), _) => Err(err),
-        (None, read) => read,
-    }
-}
-
-/// Reading `{"TAG":[...]}` (or `{"error":"..."}`) one item at a time.
-mod stream {
-    use std::fmt;
-    use std::marker::PhantomData;
-
-    use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-
-    /// Reads an answer, handing each item of its list to the function.
-    pub(super) struct Answer<'f, F, T>(&'f mut F, PhantomData<T>);
-
-    impl<'f, F, T> Answer<'f, F, T> {
-        pub(super) fn new(f: &'f mut F) -> Answer<'f, F, T> {
-            Answer(f, PhantomData)
-        }
-    }
-
-    impl<'de, T: DeserializeOwned, F: FnMut(T) -> anyhow::Result<()>> DeserializeSeed<'de>
-        for Answer<'_, F, T>
-    {
-        type Value = ();
-
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_map(AnswerVisitor(self.0, PhantomData))
-        }
-    }
-
-    struct AnswerVisitor<'f, F, T>(&'f mut F, PhantomData<T>);
-
-    impl<'de, T: DeserializeOwned, F: FnMut(T) -> anyhow::Result<()>> Visitor<'de>
-        for AnswerVisitor<'_, F, T>
-    {
-        type Value = ();
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a listing or an error")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            match map.next_key::<String>()?.as_deref() {
-                Some("error") => Err(de::Error::custom(map.next_value::<String>()?)),
-                Some(_) => map.next_value_seed(Items(self.0, PhantomData)),
-                None => Err(de::Error::custom("an empty answer")),
-            }
-        }
-    }
-
-    struct Items<'f, F, T>(&'f mut F, PhantomData<T>);
-
-    impl<'de, T: DeserializeOwned, F: FnMut(T) -> anyhow::Result<()>> DeserializeSeed<'de>
-        for Items<'_, F, T>
-    {
-        type Value = ();
-
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-
-    impl<'de, T: DeserializeOwned, F: FnMut(T) -> anyhow::Result<()>> Visitor<'de> for Items<'_, F, T> {
-        type Value = ();
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while let Some(item) = seq.next_element::<T>()? {
-                (self.0)(item).map_err(|err| de::Error::custom(format!("{err:#}")))?;
-            }
-            Ok(())
-        }
-    }
-
-    /// The chunks a listing thread of this process sends, read as one stream of bytes.
-    pub(super) struct Chunks {
-        pub(super) rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-        pub(super) chunk: Vec<u8>,
-        pub(super) at: usize,
-    }
-
-    impl std::io::Read for Chunks {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            while self.at >= self.chunk.len() {
-                match self.rx.blocking_recv() {
-                    Some(chunk) => (self.chunk, self.at) = (chunk, 0),
-                    None => return Ok(0),
-                }
-            }
-            let n = buf.len().min(self.chunk.len() - self.at);
-            buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-            self.at += n;
-            Ok(n)
-        }
-    }
-}
-
 fn explain(data: &Data, seq: u64) -> Result<Explanation, StoreError> {
     let event = data.store.get(seq)?;
     let runs = data.state.traces_of(seq)?;
@@ -773,148 +615,4 @@ fn rerun(data: &Data, rule: &str, since_ms: i64) -> Result<Response, StoreError>
     })?;
     reran.sort_unstable();
     Ok(Response::Reran(reran))
-}
-
-/// Asks the running daemon, or opens the store when no daemon answers.
-pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result<Response> {
-    match UnixStream::connect(socket) {
-        Ok(stream) => ask_daemon(stream, request)
-            .with_context(|| format!("asking the daemon at {}", socket.display())),
-        Err(err) => {
-            debug!(error = %err, "no daemon on the control socket; opening the store");
-            let data = open_stopped(socket, store_dir)?;
-            let response = answer(&data, None, request);
-            data.shutdown().context("closing the store")?;
-            Ok(response)
-        }
-    }
-}
-
-/// Opens the store of a stopped daemon.
-fn open_stopped(socket: &Path, store_dir: &Path) -> anyhow::Result<Data> {
-    if !store_dir.exists() {
-        bail!(
-            "no store at {} (has the daemon ever run with this config?)",
-            store_dir.display()
-        );
-    }
-    let config = StoreConfig {
-        fsync: false,
-        cache_capacity: 64 * 1024 * 1024,
-        ..StoreConfig::default()
-    };
-    match Data::open(store_dir, &config) {
-        Ok(data) => Ok(data),
-        Err(StoreError::Locked { path }) => bail!(
-            "the store at {path} is held by a running daemon, but its control socket {} does not answer",
-            socket.display()
-        ),
-        Err(err) => Err(err).context("opening the store"),
-    }
-}
-
-fn ask_daemon(mut stream: UnixStream, request: &Request) -> anyhow::Result<Response> {
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    stream.write_all(&line)?;
-    // The answer runs to the end of the stream: payloads are kept as sent, new lines included.
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    if reply.is_empty() {
-        bail!("the daemon closed the connection without answering");
-    }
-    Ok(serde_json::from_str(&reply)?)
-}
-
-/// A listening control socket; the file is removed when this is dropped.
-#[derive(Debug)]
-pub struct ControlSocket {
-    path: PathBuf,
-    listener: tokio::net::UnixListener,
-}
-
-impl Drop for ControlSocket {
-    fn drop(&mut self) {
-        // Best effort: a leftover file is replaced at the next start anyway.
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl ControlSocket {
-    /// Binds the socket. The caller holds the store, so no other daemon can be using this data
-    /// folder: a file already at `path` is left over from a crash and is replaced.
-    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
-        match std::fs::remove_file(path) {
-            Ok(()) => debug!(path = %path.display(), "removed a stale control socket"),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(err).with_context(|| format!("removing stale {}", path.display()));
-            }
-        }
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("binding control socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", path.display()))?;
-        Ok(ControlSocket {
-            path: path.to_owned(),
-            listener,
-        })
-    }
-
-    /// Answers requests until the task is dropped.
-    pub async fn serve(self, data: Data, engine: SharedStatus) {
-        loop {
-            let stream = match self.listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    warn!(error = %err, "accepting on the control socket failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let data = data.clone();
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                if let Err(err) = serve_one(stream, data, engine).await {
-                    warn!(error = %err, "control request failed");
-                }
-            });
-        }
-    }
-}
-
-async fn serve_one(
-    stream: tokio::net::UnixStream,
-    data: Data,
-    engine: SharedStatus,
-) -> anyhow::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    tokio::io::BufReader::new(read.take(MAX_REQUEST))
-        .read_line(&mut line)
-        .await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) if is_listing(&request) => {
-            // Written as it is read: a million items cost the daemon no more memory than a
-            // hundred (the bounded channel holds the reader to the client's pace).
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-            let producer =
-                tokio::task::spawn_blocking(move || stream_listing(&data, &request, &tx));
-            while let Some(chunk) = rx.recv().await {
-                write.write_all(&chunk).await?;
-            }
-            producer.await?;
-            write.shutdown().await?;
-            return Ok(());
-        }
-        Ok(request) => {
-            tokio::task::spawn_blocking(move || answer(&data, Some(&engine), &request)).await?
-        }
-        Err(err) => Response::Error(format!("bad request: {err}")),
-    };
-    let bytes = serde_json::to_vec(&response)?;
-    write.write_all(&bytes).await?;
-    write.shutdown().await?;
-    Ok(())
 }
