@@ -117,6 +117,15 @@ impl Action {
         }
     }
 
+    /// Whom it goes to, as operators read it: the addresses, the number, or the method and URL.
+    pub fn destination(&self) -> String {
+        match self {
+            Action::Email(email) => email.to.join(", "),
+            Action::Sms(sms) => sms.to.clone(),
+            Action::Http(http) => format!("{} {}", http.method, http.url),
+        }
+    }
+
     /// Checks what can be checked without the network: recipients, URL, method, sizes.
     pub fn validate(&self) -> Result<(), InvalidAction> {
         match self {

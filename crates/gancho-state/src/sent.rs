@@ -9,7 +9,7 @@
 //! | `Y` delivered time (8) action id | [`Sent`], JSON         |
 //! | `D` action id                    | delivered time (8)     |
 
-use gancho_core::{Action, Channel};
+use gancho_core::Channel;
 use gancho_store::StoreError;
 use gancho_store::keys::{read_time, time_key};
 use gancho_store::kv::Tree;
@@ -47,11 +47,7 @@ impl Sent {
     /// The record of `item`, delivered at `now_ms` with this answer.
     pub fn of(item: &OutboxItem, now_ms: i64, answer: &str) -> Sent {
         let action = &item.action;
-        let to = match &action.action {
-            Action::Email(email) => email.to.join(", "),
-            Action::Sms(sms) => sms.to.clone(),
-            Action::Http(http) => format!("{} {}", http.method, http.url),
-        };
+        let to = action.action.destination();
         Sent {
             id: action.id.clone(),
             rule: action.rule.clone(),

@@ -83,6 +83,7 @@ fn check_log_and_indexes(dir: &Path, expected: &[NewEvent]) {
                 kind: Some(kind.into()),
                 key: None,
                 since: None,
+                until: None,
                 limit: 0,
             };
             assert_eq!(seqs(&store.events(&query).unwrap()), want, "by type {kind}");

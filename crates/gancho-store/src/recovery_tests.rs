@@ -61,6 +61,7 @@ fn an_index_ahead_of_the_log_is_rebuilt() {
             value: "a@x".into(),
         }),
         since: None,
+        until: None,
         limit: 0,
     };
     assert!(store.events(&q).unwrap().is_empty());
@@ -77,6 +78,7 @@ fn damaged_indexes_are_rebuilt_from_the_log() {
             value: email.into(),
         }),
         since: None,
+        until: None,
         limit: 0,
     };
     store_two_opens_indexed(dir.path());

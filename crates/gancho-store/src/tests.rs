@@ -138,6 +138,7 @@ fn query_by_key_and_since_uses_the_index() {
             value: "even@x".into(),
         }),
         since: Some(Utc.timestamp_opt(1_000 + 40 * 60, 0).unwrap()),
+        until: None,
         limit: 0,
     };
     let got = store.events(&q).unwrap();
@@ -165,6 +166,25 @@ fn query_by_key_and_since_uses_the_index() {
         })
         .unwrap();
     assert_eq!(by_log, got);
+
+    // An end to the time range: the index and the log agree on it too.
+    let until = EventQuery {
+        until: Some(Utc.timestamp_opt(1_000 + 44 * 60, 0).unwrap()),
+        ..q.clone()
+    };
+    let bounded = store.events(&until).unwrap();
+    assert_eq!(
+        bounded,
+        got[..3].to_vec(),
+        "40, 42 and 44: 44 is at the bound"
+    );
+    let bounded_by_log = store
+        .events(&EventQuery {
+            source: None,
+            ..until
+        })
+        .unwrap();
+    assert_eq!(bounded_by_log, bounded);
 }
 
 #[test]
@@ -274,6 +294,7 @@ fn a_restart_before_indexing_loses_neither_dedup_nor_query_answers() {
             value: "u3@x".into(),
         }),
         since: None,
+        until: None,
         limit: 0,
     };
     let want: Vec<u64> = (0..300u64).filter(|i| i % 7 == 3).map(|i| i + 1).collect();
@@ -366,6 +387,7 @@ fn limit_keeps_the_newest_by_seq_even_when_event_times_run_backwards() {
         kind: Some("open".into()),
         key: None,
         since: None,
+        until: None,
         limit: 1,
     };
     let before: Vec<u64> = store.events(&q).unwrap().iter().map(|e| e.seq).collect();
@@ -489,6 +511,7 @@ fn readers_see_no_event_before_it_is_durable() {
                 kind: None,
                 key: None,
                 since: None,
+                until: None,
                 limit: 0,
             };
             assert_eq!(store.events(&all).unwrap().len(), 1);

@@ -102,25 +102,40 @@ fn describe() {
     );
 }
 
-/// Sets the gauges read at scrape time. The queue gauges walk their records: cheap while
-/// queues are short, as they are when deliveries keep up.
-pub fn sample(data: &Data, store_dir: &Path, engine_cursor: u64) -> Result<(), StoreError> {
+/// The gauges read rather than counted, as read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub index_lag: u64,
+    pub engine_lag: u64,
+    pub quarantined: u64,
+    pub timers: u64,
+    /// Actions waiting, by channel (in [`Channel::ALL`]'s order).
+    pub pending: [u64; 3],
+    /// Dead letters, by channel (in [`Channel::ALL`]'s order).
+    pub dead: [u64; 3],
+    /// Bytes on disk, by database.
+    pub store_bytes: [(&'static str, u64); 4],
+    pub failed: bool,
+}
+
+/// Reads the gauges. The queue gauges walk their records: cheap while queues are short, as
+/// they are when deliveries keep up.
+pub fn read_gauges(
+    data: &Data,
+    store_dir: &Path,
+    engine_cursor: u64,
+) -> Result<Gauges, StoreError> {
     let log = data.store.status();
-    metrics::gauge!("gancho_index_lag_events").set(log.durable.saturating_sub(log.indexed) as f64);
-    metrics::gauge!("gancho_engine_lag_events")
-        .set(log.durable.saturating_sub(engine_cursor) as f64);
     let mut quarantined = 0u64;
     data.store.each_quarantined(0, |_| {
         quarantined += 1;
         Ok(())
     })?;
-    metrics::gauge!("gancho_quarantine_items").set(quarantined as f64);
     let mut timers = 0u64;
     data.state.each_timer(None, |_| {
         timers += 1;
         Ok(())
     })?;
-    metrics::gauge!("gancho_timers_pending").set(timers as f64);
     let outbox = data.state.outbox();
     let mut pending = [0u64; 3];
     outbox.each_pending(0, |item| {
@@ -132,17 +147,36 @@ pub fn sample(data: &Data, store_dir: &Path, engine_cursor: u64) -> Result<(), S
         dead[channel_index(letter.action.action.channel())] += 1;
         Ok(())
     })?;
+    Ok(Gauges {
+        index_lag: log.durable.saturating_sub(log.indexed),
+        engine_lag: log.durable.saturating_sub(engine_cursor),
+        quarantined,
+        timers,
+        pending,
+        dead,
+        store_bytes: store_bytes(store_dir),
+        failed: data.store.failure().is_some() || data.state.failure().is_some(),
+    })
+}
+
+/// Sets the gauges read at scrape time.
+pub fn sample(data: &Data, store_dir: &Path, engine_cursor: u64) -> Result<(), StoreError> {
+    let gauges = read_gauges(data, store_dir, engine_cursor)?;
+    metrics::gauge!("gancho_index_lag_events").set(gauges.index_lag as f64);
+    metrics::gauge!("gancho_engine_lag_events").set(gauges.engine_lag as f64);
+    metrics::gauge!("gancho_quarantine_items").set(gauges.quarantined as f64);
+    metrics::gauge!("gancho_timers_pending").set(gauges.timers as f64);
     for channel in Channel::ALL {
         let i = channel_index(channel);
         metrics::gauge!("gancho_outbox_pending", "channel" => channel.as_str())
-            .set(pending[i] as f64);
-        metrics::gauge!("gancho_dead_letters", "channel" => channel.as_str()).set(dead[i] as f64);
+            .set(gauges.pending[i] as f64);
+        metrics::gauge!("gancho_dead_letters", "channel" => channel.as_str())
+            .set(gauges.dead[i] as f64);
     }
-    for (db, bytes) in store_bytes(store_dir) {
+    for (db, bytes) in gauges.store_bytes {
         metrics::gauge!("gancho_store_bytes", "db" => db).set(bytes as f64);
     }
-    let failed = data.store.failure().is_some() || data.state.failure().is_some();
-    metrics::gauge!("gancho_store_failed").set(f64::from(u8::from(failed)));
+    metrics::gauge!("gancho_store_failed").set(f64::from(u8::from(gauges.failed)));
     Ok(())
 }
 
@@ -151,7 +185,8 @@ pub fn store_bytes(store_dir: &Path) -> [(&'static str, u64); 4] {
     ["log", "indexes", "engine", "traces"].map(|db| (db, folder_bytes(&store_dir.join(db))))
 }
 
-fn channel_index(channel: Channel) -> usize {
+/// Where `channel` is in [`Gauges::pending`] and [`Gauges::dead`].
+pub fn channel_index(channel: Channel) -> usize {
     match channel {
         Channel::Email => 0,
         Channel::Sms => 1,

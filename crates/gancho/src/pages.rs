@@ -102,14 +102,40 @@ fn decode(tag: &'static str, cursor: &str) -> Result<Position, PageError> {
     Ok(cursor.at)
 }
 
+/// An item of a listing, as the store gives it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Item {
+    Event(gancho_core::Event),
+    Quarantined(gancho_store::Quarantined),
+    Sent(gancho_state::sent::Sent),
+    Pending(Box<Pending>),
+    Dead(Box<gancho_state::DeadLetter>),
+    Timer(Box<gancho_state::inspect::TimerView>),
+}
+
 /// The page of `listing` after `cursor` (the first page without one), at most `limit` items
-/// (0: [`DEFAULT_LIMIT`]; at most [`MAX_LIMIT`]).
+/// (0: [`DEFAULT_LIMIT`]; at most [`MAX_LIMIT`]), as JSON.
 pub fn page(
     data: &Data,
     listing: &Listing,
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<Page, PageError> {
+    let (items, next_cursor) = typed_page(data, listing, cursor, limit)?;
+    Ok(Page {
+        items: items.iter().map(to_json).collect::<Result<_, _>>()?,
+        next_cursor,
+    })
+}
+
+/// [`page`] with the items as the store gives them: the items and the next page's cursor.
+pub fn typed_page(
+    data: &Data,
+    listing: &Listing,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Item>, Option<String>), PageError> {
     let limit = match limit {
         0 => DEFAULT_LIMIT,
         n => n.min(MAX_LIMIT),
@@ -129,7 +155,7 @@ pub fn page(
             let mut lowest = None;
             data.store.each_event_before(&query, before, |event| {
                 lowest = Some(lowest.map_or(event.seq, |l: u64| l.min(event.seq)));
-                items.push(to_json(&event)?);
+                items.push(Item::Event(event));
                 Ok(())
             })?;
             items.reverse();
@@ -145,7 +171,7 @@ pub fn page(
             let mut lowest = None;
             data.store.each_quarantined_before(before, limit, |item| {
                 lowest = Some(lowest.map_or(item.id, |l: u64| l.min(item.id)));
-                items.push(to_json(&item)?);
+                items.push(Item::Quarantined(item));
                 Ok(())
             })?;
             items.reverse();
@@ -168,7 +194,7 @@ pub fn page(
                     if oldest.is_none() {
                         oldest = Some((sent.delivered_ms, sent.id.clone()));
                     }
-                    items.push(to_json(&sent)?);
+                    items.push(Item::Sent(sent));
                     Ok(())
                 })?;
             items.reverse();
@@ -183,7 +209,7 @@ pub fn page(
                 .outbox()
                 .each_pending_after(*channel, after.as_deref(), limit, |item| {
                     last = Some(item.key.clone());
-                    items.push(to_json(&Pending::from(item))?);
+                    items.push(Item::Pending(Box::new(Pending::from(item))));
                     Ok(())
                 })?;
             last.filter(|_| items.len() >= limit).map(Position::Key)
@@ -197,7 +223,7 @@ pub fn page(
                 limit,
                 |key, dead| {
                     last = Some(key);
-                    items.push(to_json(&dead)?);
+                    items.push(Item::Dead(Box::new(dead)));
                     Ok(())
                 },
             )?;
@@ -212,17 +238,14 @@ pub fn page(
                 limit,
                 |key, timer| {
                     last = Some(key);
-                    items.push(to_json(&timer)?);
+                    items.push(Item::Timer(Box::new(timer)));
                     Ok(())
                 },
             )?;
             last.filter(|_| items.len() >= limit).map(Position::Key)
         }
     };
-    Ok(Page {
-        items,
-        next_cursor: next.map(|at| encode(listing.tag(), at)),
-    })
+    Ok((items, next.map(|at| encode(listing.tag(), at))))
 }
 
 /// The key a cursor of a queue-ordered listing carries.

@@ -21,6 +21,8 @@ pub struct EventQuery {
     pub key: Option<KeyFilter>,
     /// Only events whose event time is at or after this.
     pub since: Option<DateTime<Utc>>,
+    /// Only events whose event time is at or before this.
+    pub until: Option<DateTime<Utc>>,
     /// At most this many (the newest), 0 for no limit.
     pub limit: usize,
 }
@@ -77,7 +79,7 @@ pub(crate) fn each(
     };
     // Index keys are in time order; the answer is by seq. Collect the seqs (cheap: no event
     // is read), keep the newest, then read only those, in order, a block at a time.
-    let mut seqs = indexed_seqs(index, &prefix, query.since, durable)?;
+    let mut seqs = indexed_seqs(index, &prefix, (query.since, query.until), durable)?;
     codec::for_each_record(tree, indexed + 1, durable, |seq, record| {
         if purged.contains(seq) {
             return Ok(());
@@ -88,6 +90,9 @@ pub(crate) fn each(
             && query
                 .since
                 .is_none_or(|since| view.time_ms >= time_to_millis(since))
+            && query
+                .until
+                .is_none_or(|until| view.time_ms <= time_to_millis(until))
             && query.key.as_ref().is_none_or(|k| {
                 view.keys
                     .iter()
@@ -130,11 +135,11 @@ pub(crate) fn each(
     Ok(())
 }
 
-/// The seqs of one index prefix at or after `since`, up to `durable`.
+/// The seqs of one index prefix with an event time in `since..=until`, up to `durable`.
 fn indexed_seqs(
     index: &Index,
     prefix: &[u8],
-    since: Option<DateTime<Utc>>,
+    (since, until): (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     durable: u64,
 ) -> Result<Vec<u64>, StoreError> {
     let mut start = prefix.to_vec();
@@ -142,7 +147,13 @@ fn indexed_seqs(
         start.extend_from_slice(&keys::time_key(time_to_millis(since)));
     }
     let mut end = prefix.to_vec();
-    end.extend_from_slice(&[0xff; 16]);
+    match until {
+        Some(until) => {
+            end.extend_from_slice(&keys::time_key(time_to_millis(until)));
+            end.extend_from_slice(&[0xff; 8]);
+        }
+        None => end.extend_from_slice(&[0xff; 16]),
+    }
     let mut seqs = Vec::new();
     for entry in index.scan(prefix, &start, &end, false) {
         let (key, _) = entry?;
@@ -209,6 +220,7 @@ fn matches(event: &Event, query: &EventQuery) -> bool {
     query.source.as_ref().is_none_or(|s| *s == event.source)
         && query.kind.as_ref().is_none_or(|k| *k == event.kind)
         && query.since.is_none_or(|since| event.time >= since)
+        && query.until.is_none_or(|until| event.time <= until)
         && query
             .key
             .as_ref()

@@ -34,6 +34,8 @@ pub(super) struct ListParams {
     key: Option<String>,
     /// An RFC 3339 time, or a duration back from now (`"24h"`).
     since: Option<String>,
+    /// An RFC 3339 time, or a duration back from now.
+    until: Option<String>,
     channel: Option<gancho_core::Channel>,
     rule: Option<String>,
     pub(super) limit: Option<usize>,
@@ -51,6 +53,7 @@ fn params(request: &HttpRequest, allowed: &[&str]) -> Result<ListParams, HttpRes
         ("type", params.kind.is_some()),
         ("key", params.key.is_some()),
         ("since", params.since.is_some()),
+        ("until", params.until.is_some()),
         ("channel", params.channel.is_some()),
         ("rule", params.rule.is_some()),
     ];
@@ -68,22 +71,23 @@ fn params(request: &HttpRequest, allowed: &[&str]) -> Result<ListParams, HttpRes
 
 /// `since` as an instant: an RFC 3339 time, or a duration back from now.
 fn since(text: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, HttpResponse> {
+    instant("since", text)
+}
+
+/// The parameter `name` as an instant: an RFC 3339 time, or a duration back from now.
+fn instant(
+    name: &str,
+    text: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, HttpResponse> {
     let Some(text) = text else { return Ok(None) };
-    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(Some(time.with_timezone(&chrono::Utc)));
-    }
-    let back = humantime::parse_duration(text)
-        .ok()
-        .and_then(|d| chrono::Duration::from_std(d).ok())
+    crate::instant::parse(text, gancho_core::Clock::now(&gancho_core::SystemClock))
+        .map(Some)
         .ok_or_else(|| {
             error(
                 StatusCode::BAD_REQUEST,
-                format!("since: {text:?} is neither an RFC 3339 time nor a duration such as 24h"),
+                format!("{name}: {text:?} is neither an RFC 3339 time nor a duration such as 24h"),
             )
-        })?;
-    Ok(Some(
-        gancho_core::Clock::now(&gancho_core::SystemClock) - back,
-    ))
+        })
 }
 
 /// A page of `listing`, read off the async threads.
@@ -131,6 +135,7 @@ pub(super) fn guarded(
         ("type" = Option<String>, Query, description = "Only this type, in the source's words (open)"),
         ("key" = Option<String>, Query, description = "Only events with this correlation key, NAME=VALUE"),
         ("since" = Option<String>, Query, description = "Only since this RFC 3339 time, or this duration back from now (24h)"),
+        ("until" = Option<String>, Query, description = "Only until this RFC 3339 time, or this duration back from now (1h)"),
         Page,
     ),
     responses(
@@ -141,7 +146,11 @@ pub(super) fn guarded(
     security(("bearer" = [])),
 )]
 pub(super) async fn events(request: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    let params = match guarded(&request, &state, &["source", "type", "key", "since"]) {
+    let params = match guarded(
+        &request,
+        &state,
+        &["source", "type", "key", "since", "until"],
+    ) {
         Ok(params) => params,
         Err(answer) => return answer,
     };
@@ -150,15 +159,19 @@ pub(super) async fn events(request: HttpRequest, state: web::Data<State>) -> Htt
         Some(Some((name, value))) if !name.is_empty() => Some((name.to_owned(), value.to_owned())),
         Some(_) => return error(StatusCode::BAD_REQUEST, "key: give it as NAME=VALUE"),
     };
-    let since = match since(params.since.as_deref()) {
-        Ok(since) => since,
-        Err(answer) => return answer,
+    let (since, until) = match (
+        since(params.since.as_deref()),
+        instant("until", params.until.as_deref()),
+    ) {
+        (Ok(since), Ok(until)) => (since, until),
+        (Err(answer), _) | (_, Err(answer)) => return answer,
     };
     let query = control::Query {
         source: params.source.clone(),
         kind: params.kind.clone(),
         key,
         since,
+        until,
         limit: 0,
     };
     list(&state, crate::pages::Listing::Events(query), &params).await

@@ -9,7 +9,8 @@
 //! and listings are streamed as the store walks them, never built whole.
 //!
 //! `listings.rs` has the listing routes; this module the server, the token, the probes,
-//! metrics, status and rules, and the OpenAPI document that gathers every route.
+//! metrics, status and rules, and the OpenAPI document that gathers every route. The web
+//! dashboard (`crate::dashboard`) is served by the same server, at `/`.
 
 mod listings;
 
@@ -69,6 +70,14 @@ impl AdminServer {
             return Ok(None);
         };
         let local_addr = listener.local_addr()?;
+        let dashboard = web::Data::new(crate::dashboard::Dashboard::start(
+            data.clone(),
+            engine.clone(),
+            sha256(token.as_bytes()),
+            store_dir.clone(),
+            metrics.clone(),
+            sources.clone(),
+        )?);
         let state = web::Data::new(State {
             data,
             engine,
@@ -84,6 +93,8 @@ impl AdminServer {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(dashboard.clone())
+                .configure(crate::dashboard::routes)
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(serve_metrics))

@@ -35,6 +35,7 @@ pub(crate) fn list_events(
         kind,
         key,
         since,
+        until: None,
         limit,
     };
     let request = Request::Events(query);

@@ -198,6 +198,9 @@ pub struct Query {
     pub kind: Option<String>,
     pub key: Option<(String, String)>,
     pub since: Option<DateTime<Utc>>,
+    /// Only events whose event time is at or before this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
     pub limit: usize,
 }
 
@@ -211,6 +214,7 @@ impl Query {
                 .clone()
                 .map(|(name, value)| KeyFilter { name, value }),
             since: self.since,
+            until: self.until,
             limit: self.limit,
         }
     }
