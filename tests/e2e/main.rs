@@ -10,8 +10,10 @@ mod actions;
 mod admin;
 // Shared helpers; some serve only a few of the tests.
 mod bad_input;
+mod browser;
 mod cli;
 mod crash;
+mod dashboard;
 mod hostile;
 mod invariants;
 mod operations;

@@ -122,9 +122,16 @@ pub fn rule_link(rule: &str) -> Markup {
     html! { a href={ "/rules/" (encode(rule)) } { (rule) } }
 }
 
+/// What [`encode`] leaves as it is: letters, digits and RFC 3986's other unreserved marks.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// `text` percent-encoded for a path segment or a query value.
 pub fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 /// "Next page" for a listing, if there is one: `base` is the path with its query (filters).

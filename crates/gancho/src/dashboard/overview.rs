@@ -303,10 +303,16 @@ fn chart(points: &[(i64, f64, f64)]) -> Markup {
     const W: f64 = 600.0;
     const H: f64 = 160.0;
     const PAD: f64 = 4.0;
-    let Some(&(now, _, _)) = points.last() else {
+    let (Some(&(first, _, _)), Some(&(now, _, _))) = (points.first(), points.last()) else {
         return html! { p.empty { "The chart starts after two samples." } };
     };
-    let from = now - 3_600_000;
+    // The last hour, or since the daemon started when that is less; at least a minute wide.
+    let from = first.max(now - 3_600_000).min(now - 60_000);
+    let span = (now - from) as f64;
+    let minutes = match (now - from + 59_999) / 60_000 {
+        1 => "1 minute".to_owned(),
+        n => format!("{n} minutes"),
+    };
     let top = points
         .iter()
         .map(|&(_, e, d)| e.max(d))
@@ -314,7 +320,7 @@ fn chart(points: &[(i64, f64, f64)]) -> Markup {
     let line = |pick: fn(&(i64, f64, f64)) -> f64| {
         let mut out = String::new();
         for point in points.iter().filter(|p| p.0 >= from) {
-            let x = (point.0 - from) as f64 / 3_600_000.0 * W;
+            let x = (point.0 - from) as f64 / span * W;
             let y = H - PAD - pick(point) / top * (H - 2.0 * PAD);
             let _ = write!(out, "{x:.1},{y:.1} ");
         }
@@ -323,7 +329,7 @@ fn chart(points: &[(i64, f64, f64)]) -> Markup {
     let events = line(|p| p.1);
     let deliveries = line(|p| p.2);
     let summary = format!(
-        "Events per second (top of the chart: {top:.1}/s) and deliveries per second over the last hour; now: {:.1} events/s, {:.1} deliveries/s.",
+        "Events per second (top of the chart: {top:.1}/s) and deliveries per second over the last {minutes}; now: {:.1} events/s, {:.1} deliveries/s.",
         points.last().map_or(0.0, |p| p.1),
         points.last().map_or(0.0, |p| p.2),
     );
@@ -339,7 +345,7 @@ fn chart(points: &[(i64, f64, f64)]) -> Markup {
             figcaption {
                 span.key.events { "Events/s" } " "
                 span.key.deliveries { "Deliveries/s" }
-                " · top: " (format!("{top:.1}")) "/s · from 60 minutes ago to now"
+                " · top: " (format!("{top:.1}")) "/s · from " (minutes) " ago to now"
             }
         }
     }
