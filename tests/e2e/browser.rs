@@ -213,6 +213,33 @@ impl Browser {
         field.send_keys(text).await.unwrap();
     }
 
+    /// What axe-core (`tests/fixtures/axe`) finds against WCAG 2.0 and 2.1, levels A and AA,
+    /// on the page: one line per rule broken, with the elements that break it.
+    pub async fn accessibility_violations(&self) -> Vec<String> {
+        let axe = std::fs::read_to_string(
+            crate::support::repo_root().join("tests/fixtures/axe/axe.min.js"),
+        )
+        .unwrap();
+        self.client
+            .execute(&format!("{axe}\nreturn null;"), vec![])
+            .await
+            .unwrap();
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, { runOnly: { type: 'tag',
+                     values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } })
+                   .then(r => done(r.violations.map(v => v.id + ': ' + v.help + ' (' +
+                       v.nodes.map(n => n.target.join(' ')).join(', ') + ')')))
+                   .catch(e => done(['axe failed: ' + e]));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        serde_json::from_value(found).unwrap()
+    }
+
     /// Runs `script` in the page; its result.
     pub async fn eval(&self, script: &str) -> serde_json::Value {
         self.client.execute(script, vec![]).await.unwrap()

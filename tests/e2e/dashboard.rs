@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
+use fantoccini::key::Key;
 use gancho_testkit::{HttpReceiver, Reply};
 
 use crate::browser::{Browser, with_browser};
-use crate::support::{Setup, call_rule, withdrawal, write_rule};
+use crate::support::{Request, Setup, call_rule, withdrawal, write_rule};
 
 const TOKEN: &str = "a-dashboard-token-0123456789";
 
@@ -100,6 +101,8 @@ fn an_operator_signs_in_sees_the_rules_follows_an_event_live_and_disables_a_rule
         b.client.goto(&format!("{base}/rules")).await.unwrap();
         assert_eq!(path(&b).await, "/sign-in");
         b.shot("sign-in").await;
+        let violations = b.accessibility_violations().await;
+        assert!(violations.is_empty(), "sign-in:\n{}", violations.join("\n"));
         sign_in(&b, &base, "not-the-token-0123456789").await;
         assert!(b.text().await.contains("Wrong token"));
         b.shot("sign-in-wrong").await;
@@ -243,6 +246,37 @@ fn an_operator_signs_in_sees_the_rules_follows_an_event_live_and_disables_a_rule
             b.shot(name).await;
         }
 
+        // Every page passes WCAG 2.1 A and AA as axe-core checks it (contrast, names, labels,
+        // landmarks, structure).
+        for page in [
+            "/",
+            "/rules",
+            "/rules/open-discount",
+            "/events",
+            "/events?source=mailjet&type=open",
+            "/events/2",
+            "/outbox",
+            "/dead",
+            "/quarantine",
+            "/timers",
+        ] {
+            b.client.goto(&format!("{base}{page}")).await.unwrap();
+            let violations = b.accessibility_violations().await;
+            assert!(violations.is_empty(), "{page}:\n{}", violations.join("\n"));
+        }
+
+        // From the keyboard: the first Tab reaches "Skip to content", which moves the focus to
+        // the page's content.
+        b.client.goto(&format!("{base}/rules")).await.unwrap();
+        let body = b.client.find(Locator::Css("body")).await.unwrap();
+        body.send_keys(&Key::Tab.to_string()).await.unwrap();
+        let focused = b.eval("return document.activeElement.textContent;").await;
+        assert_eq!(focused, "Skip to content");
+        let skip = b.client.find(Locator::Css("a.skip")).await.unwrap();
+        skip.send_keys(&Key::Enter.to_string()).await.unwrap();
+        let focused = b.eval("return document.activeElement.id;").await;
+        assert_eq!(focused, "main");
+
         // A narrow screen: the navigation still reaches every page.
         b.client.set_window_size(390, 844).await.unwrap();
         b.client.goto(&format!("{base}/")).await.unwrap();
@@ -300,6 +334,8 @@ fn a_dead_letter_is_retried_from_the_browser_and_delivered() {
         b.click(&format!("#{first} a.button")).await;
         assert!(b.text().await.contains("back in the outbox?"));
         b.shot("retry-confirm").await;
+        let violations = b.accessibility_violations().await;
+        assert!(violations.is_empty(), "{}", violations.join("\n"));
         b.click("form.confirm button[type=submit]").await;
         assert_eq!(path(&b).await, "/outbox");
         let text = b.text().await;
@@ -424,4 +460,131 @@ fn what_came_from_outside_is_shown_as_text_and_never_runs() {
         }
         drop(daemon);
     });
+}
+
+/// A form POST to the dashboard, with `cookie` if given.
+fn form(path: &str, body: &str, cookie: Option<&str>) -> Request {
+    let request = Request::post(path, body.as_bytes())
+        .header("Content-Type", "application/x-www-form-urlencoded");
+    match cookie {
+        Some(cookie) => request.header("Cookie", cookie),
+        None => request,
+    }
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF field")
+        + 19;
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+fn rule_disabled(setup: &Setup, name: &str) -> bool {
+    let listed = setup.json(&["rules", "--json"]);
+    listed["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == name && r["disabled"] == true)
+}
+
+/// Sessions, CSRF and the answers' headers, over plain HTTP: no browser needed.
+#[test]
+fn pages_need_a_session_and_changes_need_its_csrf_token() {
+    let setup = Setup::standard_with(&admin_section());
+    write_rule(
+        &setup,
+        "alert.rhai",
+        "const ON = [\"bank.withdrawal\"];\nlog(event.id);\n",
+    );
+    let daemon = setup.start();
+    let admin = daemon.admin.unwrap();
+    let send = |request: &Request| request.send(admin).unwrap();
+
+    // Without a session: pages go to the sign-in form, the rest is refused.
+    let page = send(&Request::get("/rules?x=1"));
+    assert_eq!(page.status, 303);
+    assert_eq!(
+        page.header("location"),
+        Some("/sign-in?next=%2Frules%3Fx%3D1")
+    );
+    for path in ["/overview/figures", "/events/live"] {
+        assert_eq!(send(&Request::get(path)).status, 401, "{path}");
+    }
+    assert_eq!(
+        send(&form("/rules/alert/disable", "csrf=x", None)).status,
+        401
+    );
+    assert_eq!(send(&form("/dead/retry-all", "csrf=x", None)).status, 401);
+    assert!(!rule_disabled(&setup, "alert"));
+
+    // A wrong token: 401 and the form again; an offsite `next` is not followed.
+    let wrong = send(&form(
+        "/sign-in",
+        "token=nope-nope-nope-nope&next=%2F",
+        None,
+    ));
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("Wrong token"));
+    assert!(wrong.header("set-cookie").is_none());
+    let right = format!("token={TOKEN}&next=%2F%2Fevil.example%2F");
+    let signed = send(&form("/sign-in", &right, None));
+    assert_eq!(signed.status, 303);
+    assert_eq!(signed.header("location"), Some("/"));
+    let cookie_line = signed.header("set-cookie").unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+        assert!(cookie_line.contains(attribute), "{cookie_line}");
+    }
+    assert!(!cookie_line.contains("Secure"), "plain HTTP: {cookie_line}");
+    let behind_tls = send(&form("/sign-in", &right, None).header("X-Forwarded-Proto", "https"));
+    assert!(
+        behind_tls
+            .header("set-cookie")
+            .unwrap()
+            .ends_with("; Secure")
+    );
+    let cookie = cookie_line.split(';').next().unwrap().to_owned();
+
+    // With the session: pages, with headers that keep them to themselves.
+    let rules = send(&Request::get("/rules").header("Cookie", &cookie));
+    assert_eq!(rules.status, 200);
+    let policy = rules.header("content-security-policy").unwrap();
+    assert!(policy.contains("script-src 'self'") && !policy.contains("unsafe-inline"));
+    assert_eq!(rules.header("x-frame-options"), Some("DENY"));
+    assert_eq!(rules.header("cache-control"), Some("no-store"));
+
+    // A change without the session's CSRF token is refused; with it, done.
+    let refused = send(&form("/rules/alert/disable", "csrf=forged", Some(&cookie)));
+    assert_eq!(refused.status, 403);
+    assert!(!rule_disabled(&setup, "alert"));
+    let csrf = csrf_of(&rules.body);
+    let done = send(&form(
+        "/rules/alert/disable",
+        &format!("csrf={csrf}"),
+        Some(&cookie),
+    ));
+    assert_eq!(done.status, 303);
+    assert!(
+        done.header("location")
+            .unwrap()
+            .starts_with("/rules?changed=")
+    );
+    assert!(rule_disabled(&setup, "alert"));
+
+    // Signing out ends the session: the cookie no longer opens a page.
+    let out = send(&form("/sign-out", &format!("csrf={csrf}"), Some(&cookie)));
+    assert_eq!(out.status, 303);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        send(&Request::get("/rules").header("Cookie", &cookie)).status,
+        303
+    );
+    // The API is unchanged: the bearer token, not a session.
+    assert_eq!(
+        send(&Request::get("/admin/rules").header("Cookie", &cookie)).status,
+        401
+    );
+    drop(daemon);
 }
