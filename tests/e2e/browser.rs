@@ -48,6 +48,9 @@ fn installed() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// Held by the test that has the browser.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -73,26 +76,17 @@ where
     let Some((chromium, chromedriver)) = installed() else {
         return;
     };
+    // One browser at a time: chromium is heavy for a 2-core machine, and the tests time
+    // what they see.
+    let _one_at_a_time = ONE_BROWSER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let port = free_port();
-        let _driver = Reaped(
-            Command::new(chromedriver)
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (_driver, addr) = start_driver(&chromedriver).await;
         let profile = tempfile::tempdir().unwrap();
         let client = connect(addr, &chromium, profile.path()).await;
         let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -113,6 +107,34 @@ where
             panic!("the browser test did not finish: {err}");
         }
     });
+}
+
+/// Starts chromedriver on a free port; tries another if the one found was taken meanwhile
+/// (chromedriver then exits).
+async fn start_driver(chromedriver: &Path) -> (Reaped, SocketAddr) {
+    for _ in 0..5 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut driver = Reaped(
+            Command::new(chromedriver)
+                .arg(format!("--port={}", addr.port()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(addr).is_ok() {
+                return (driver, addr);
+            }
+            if driver.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("chromedriver did not start on any of 5 ports");
 }
 
 /// A WebDriver session of a headless chromium with its profile in `profile`.

@@ -1,4 +1,4 @@
-//! Listings a page at a time, for the admin API: at most `limit` items from where the last
+//! Listings a page at a time, for the admin API and the dashboard: at most `limit` items from where the last
 //! page ended, and an opaque `cursor` for the next. Each listing walks the store with the same
 //! function the CLI's listing uses (`Store::each_event`, `Outbox::each_pending`, …), given a
 //! start position; a page holds at most `limit` items (bounded by [`MAX_LIMIT`]), the listing

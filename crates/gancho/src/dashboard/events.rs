@@ -313,10 +313,12 @@ fn query_row(query: &QueryTrace) -> Markup {
 }
 
 fn action_row(fate: &ActionFate) -> Markup {
+    // A dead letter's own page is the question whether to retry it; a pending action is a
+    // row of the outbox.
     let (class, link) = match fate.fate.as_str() {
         "delivered" => ("ok", None),
-        "dead" => ("bad", Some("/dead")),
-        "pending" => ("warn", Some("/outbox")),
+        "dead" => ("bad", Some(format!("/dead/{}/retry", encode(&fate.id)))),
+        "pending" => ("warn", Some(format!("/outbox#item-{}", encode(&fate.id)))),
         _ => ("off", None),
     };
     html! {
@@ -324,7 +326,7 @@ fn action_row(fate: &ActionFate) -> Markup {
             td { code title=(fate.id) { (short(&fate.id)) } }
             td {
                 @match link {
-                    Some(path) => { a href={ (path) "#item-" (fate.id) } { span class={ "badge " (class) } { (fate.fate) } } }
+                    Some(path) => { a href=(path) { span class={ "badge " (class) } { (fate.fate) } } }
                     None => { span class={ "badge " (class) } { (fate.fate) } }
                 }
             }

@@ -44,11 +44,28 @@ const PAGE_ITEMS: usize = 50;
 const RECENT_RUNS: usize = 20;
 /// A rule's source is shown up to this size.
 const MAX_SOURCE_BYTES: u64 = 1 << 20;
-/// A wrong token is answered after this long: a guesser gets a few tries a second at most.
+/// Wrong tokens are answered one at a time, each after this long: whoever guesses gets about
+/// three tries a second, however many requests they send at once.
 const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(300);
 /// After a rule is disabled or enabled, the page waits up to this long for the engine to take
 /// it, so the Rules page it goes back to shows it.
-const RULE_CONTROL_WAIT: Duration = Duration::from_secs(3);
+const RULE_CONTROL_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a page cannot show what it was asked for.
+#[derive(Debug, thiserror::Error)]
+enum Trouble {
+    #[error(transparent)]
+    Page(#[from] crate::pages::PageError),
+    #[error(transparent)]
+    Store(#[from] gancho_store::StoreError),
+    #[error("the request was cancelled (the daemon is stopping)")]
+    Cancelled,
+    /// The Events page's filters, and what is wrong with them.
+    #[error("{0}")]
+    Filter(String),
+    #[error("{file}: {reason}")]
+    Source { file: String, reason: String },
+}
 
 /// What the pages read, and the open sessions.
 pub struct Dashboard {
@@ -57,6 +74,9 @@ pub struct Dashboard {
     /// The admin token's SHA-256, as the admin API compares it.
     token_digest: Vec<u8>,
     sessions: Sessions,
+    /// Held while a wrong token is answered: wrong tokens are answered one at a time, each
+    /// after [`WRONG_TOKEN_DELAY`], however many come at once.
+    wrong_tokens: tokio::sync::Mutex<()>,
     series: Arc<overview::Series>,
     /// The configured sources' names (the Events filter; where an event id is looked up).
     sources: Vec<String>,
@@ -87,6 +107,7 @@ impl Dashboard {
             engine,
             token_digest,
             sessions: Sessions::new(),
+            wrong_tokens: tokio::sync::Mutex::new(()),
             series,
             sources,
         })
@@ -190,9 +211,12 @@ fn over_tls(request: &HttpRequest) -> bool {
     request.connection_info().scheme() == "https"
 }
 
-/// A path to go back to after signing in: only one of this site (`/…`, not `//…`).
+/// A path to go back to after signing in: only one of this site (`/…`, not `//…`), made of
+/// visible ASCII only (a browser drops tabs and line ends from a URL, so `/<TAB>/host` would
+/// become `//host`), without a backslash (which browsers read as a slash).
 fn local_path(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    let visible = next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    if visible && next.starts_with('/') && !next.starts_with("//") {
         next
     } else {
         "/"
@@ -293,6 +317,7 @@ async fn sign_in(
                 .unwrap_or_default(),
             "dashboard: sign-in with a wrong token"
         );
+        let _one_at_a_time = dashboard.wrong_tokens.lock().await;
         actix_web::rt::time::sleep(WRONG_TOKEN_DELAY).await;
         return html(StatusCode::UNAUTHORIZED, layout::sign_in(next, true));
     }
@@ -341,13 +366,13 @@ async fn listing(
     dashboard: &web::Data<Dashboard>,
     listing: Listing,
     cursor: Option<String>,
-) -> Result<(Vec<Item>, Option<String>), String> {
+) -> Result<(Vec<Item>, Option<String>), Trouble> {
     blocking(dashboard, move |d| {
         crate::pages::typed_page(&d.data, &listing, cursor.as_deref(), PAGE_ITEMS)
-            .map_err(|err| err.to_string())
+            .map_err(Trouble::from)
     })
     .await
-    .unwrap_or_else(|| Err("the request was cancelled".to_owned()))
+    .unwrap_or(Err(Trouble::Cancelled))
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -364,6 +389,7 @@ async fn overview_page(request: HttpRequest, dashboard: web::Data<Dashboard>) ->
         Ok(session) => session,
         Err(answer) => return answer,
     };
+    dashboard.series.viewed();
     let figures = overview::Figures::from_samples(&dashboard.series.samples());
     let content = maud::html! {
         div #figures data-live="/overview/figures" aria-live="off" {
@@ -377,16 +403,39 @@ async fn overview_figures(request: HttpRequest, dashboard: web::Data<Dashboard>)
     if session_of(&request, &dashboard).is_none() {
         return hardened(StatusCode::UNAUTHORIZED).finish();
     }
+    dashboard.series.viewed();
     let figures = overview::Figures::from_samples(&dashboard.series.samples());
     html(StatusCode::OK, overview::figures(&figures))
 }
 
 // ---- Rules -----------------------------------------------------------------------------
 
+/// What the Rules page is told after a change: the rule, and what became of it. The sentence is
+/// the page's own: nothing in the query string is shown as it was given.
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
 struct RulesQuery {
-    changed: Option<String>,
+    rule: Option<String>,
+    /// `disabled`, `enabled`, or `pending` (asked, not yet taken by the engine).
+    now: Option<String>,
+}
+
+impl RulesQuery {
+    /// The notice for a rule that exists, as the page words it.
+    fn notice(&self, rules: &[gancho_engine::RuleStatus]) -> Option<String> {
+        let rule = self.rule.as_deref()?;
+        if !rules.iter().any(|r| r.name == rule) {
+            return None;
+        }
+        match self.now.as_deref()? {
+            "disabled" => Some(format!("Rule {rule} disabled.")),
+            "enabled" => Some(format!("Rule {rule} enabled.")),
+            "pending" => Some(format!(
+                "Rule {rule}: the change is stored; the engine has not taken it yet (it does within a second)."
+            )),
+            _ => None,
+        }
+    }
 }
 
 async fn rules_page(
@@ -400,13 +449,13 @@ async fn rules_page(
     };
     let mut rules = dashboard.engine_status().rules;
     rules.sort_by(|a, b| a.name.cmp(&b.name));
-    let notice = query.changed.as_deref();
+    let notice = query.notice(&rules);
     page(
         StatusCode::OK,
         "Rules",
         "/rules",
         &session,
-        rules::list(&rules, &session, notice),
+        rules::list(&rules, &session, notice.as_deref()),
     )
 }
 
@@ -452,11 +501,19 @@ async fn rule_page(
     })
     .await;
     let Some((source, runs)) = read else {
-        return hardened(StatusCode::INTERNAL_SERVER_ERROR).body("the request was cancelled");
+        return message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Rule",
+            "/rules",
+            &session,
+            &Trouble::Cancelled.to_string(),
+        );
     };
-    let source = match &source {
-        Ok(text) => Ok(text.as_str()),
-        Err(why) => Err(why.as_str()),
+    let why = source.as_ref().err().map(Trouble::to_string);
+    let source = match (&source, &why) {
+        (Ok(text), _) => Ok(text.as_str()),
+        (Err(_), Some(why)) => Err(why.as_str()),
+        (Err(_), None) => Err(""),
     };
     let title = format!("Rule {}", rule.name);
     page(
@@ -469,16 +526,19 @@ async fn rule_page(
 }
 
 /// A rule's file as text, or why it cannot be shown. Only files the engine names are read.
-fn read_source(file: &std::path::Path) -> Result<String, String> {
-    let shown = file.display();
-    let metadata = std::fs::metadata(file).map_err(|err| format!("{shown}: {err}"))?;
+fn read_source(file: &std::path::Path) -> Result<String, Trouble> {
+    let trouble = |reason: String| Trouble::Source {
+        file: file.display().to_string(),
+        reason,
+    };
+    let metadata = std::fs::metadata(file).map_err(|err| trouble(err.to_string()))?;
     if metadata.len() > MAX_SOURCE_BYTES {
-        return Err(format!(
-            "{shown}: {} bytes, too large to show here",
+        return Err(trouble(format!(
+            "{} bytes, too large to show here",
             metadata.len()
-        ));
+        )));
     }
-    let bytes = std::fs::read(file).map_err(|err| format!("{shown}: {err}"))?;
+    let bytes = std::fs::read(file).map_err(|err| trouble(err.to_string()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -489,8 +549,23 @@ async fn control_rule(
     csrf: &str,
     enable: bool,
 ) -> HttpResponse {
-    if let Err(answer) = actor(&request, &dashboard, csrf) {
-        return answer;
+    let session = match actor(&request, &dashboard, csrf) {
+        Ok(session) => session,
+        Err(answer) => return answer,
+    };
+    if !dashboard
+        .engine_status()
+        .rules
+        .iter()
+        .any(|r| r.name == name)
+    {
+        return message(
+            StatusCode::NOT_FOUND,
+            "No such rule",
+            "/rules",
+            &session,
+            &format!("There is no rule {name}."),
+        );
     }
     let asked = name.clone();
     let answer = blocking(&dashboard, move |d| {
@@ -504,31 +579,44 @@ async fn control_rule(
         )
     })
     .await;
-    let notice = match answer {
-        Some(Response::Error(why)) => why,
-        None => "the request was cancelled".to_owned(),
-        Some(_) => {
-            // The engine reads the change within a second: wait for it, so the page shows it.
-            let deadline = Instant::now() + RULE_CONTROL_WAIT;
-            let taken = |d: &Dashboard| {
-                d.engine_status().rules.iter().any(|r| {
-                    r.name == name && r.disabled != enable && (!enable || r.paused.is_none())
-                })
-            };
-            while !taken(&dashboard) && Instant::now() < deadline {
-                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-            }
-            let verb = if enable { "enabled" } else { "disabled" };
-            if taken(&dashboard) {
-                format!("Rule {name} {verb}.")
-            } else {
-                format!(
-                    "Rule {name} {verb}; the engine has not taken it yet (it does within a second)."
-                )
-            }
+    match answer {
+        Some(Response::Error(why)) => {
+            return message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Rules",
+                "/rules",
+                &session,
+                &why,
+            );
         }
+        None => {
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Rules",
+                "/rules",
+                &session,
+                &Trouble::Cancelled.to_string(),
+            );
+        }
+        Some(_) => {}
+    }
+    // The engine reads the change within a second: wait for it, so the page shows it.
+    let deadline = Instant::now() + RULE_CONTROL_WAIT;
+    let taken = |d: &Dashboard| {
+        d.engine_status()
+            .rules
+            .iter()
+            .any(|r| r.name == name && r.disabled != enable && (!enable || r.paused.is_none()))
     };
-    see_other(&format!("/rules?changed={}", layout::encode(&notice)))
+    while !taken(&dashboard) && Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = match (taken(&dashboard), enable) {
+        (false, _) => "pending",
+        (true, true) => "enabled",
+        (true, false) => "disabled",
+    };
+    see_other(&format!("/rules?rule={}&now={now}", layout::encode(&name)))
 }
 
 async fn disable_rule(
@@ -552,7 +640,7 @@ async fn enable_rule(
 // ---- Events ----------------------------------------------------------------------------
 
 /// The store's query for the Events page's filters, or what is wrong with them.
-fn events_query(filters: &events::Filters) -> Result<control::Query, String> {
+fn events_query(filters: &events::Filters) -> Result<control::Query, Trouble> {
     let now = gancho_core::Clock::now(&gancho_core::SystemClock);
     let instant = |name: &str, text: &str| {
         if text.trim().is_empty() {
@@ -560,22 +648,34 @@ fn events_query(filters: &events::Filters) -> Result<control::Query, String> {
         }
         crate::instant::parse(text, now)
             .map(Some)
-            .ok_or_else(|| format!("{name}: {text:?} is not a time (2026-11-30T16:05) or a duration back from now (24h)"))
+            .ok_or_else(|| {
+                Trouble::Filter(format!(
+                    "{name}: {text:?} is not a time (2026-11-30T16:05) or a duration back from now (24h)"
+                ))
+            })
     };
     let key = match filters.key.trim() {
         "" => None,
         key => match key.split_once('=') {
             Some((name, value)) if !name.is_empty() => Some((name.to_owned(), value.to_owned())),
-            _ => return Err(format!("Key: {key:?} is not NAME=VALUE")),
+            _ => return Err(Trouble::Filter(format!("Key: {key:?} is not NAME=VALUE"))),
         },
     };
     let given = |text: &str| Some(text.trim().to_owned()).filter(|t| !t.is_empty());
+    let (since, until) = (instant("From", &filters.from)?, instant("To", &filters.to)?);
+    if let (Some(since), Some(until)) = (since, until)
+        && since > until
+    {
+        return Err(Trouble::Filter(
+            "From is after To: no event can be in that range".to_owned(),
+        ));
+    }
     Ok(control::Query {
         source: given(&filters.source),
         kind: given(&filters.kind),
         key,
-        since: instant("From", &filters.from)?,
-        until: instant("To", &filters.to)?,
+        since,
+        until,
         limit: 0,
     })
 }
@@ -615,29 +715,38 @@ async fn events_page(request: HttpRequest, dashboard: web::Data<Dashboard>) -> H
             }
         }
     };
-    let shown = match &found {
-        Ok((events, next)) => Ok((events.as_slice(), next.as_deref())),
-        Err(why) => Err(why.as_str()),
+    let why = found.as_ref().err().map(Trouble::to_string);
+    let shown = match (&found, &why) {
+        (Ok((events, next)), _) => Ok((events.as_slice(), next.as_deref())),
+        (Err(_), why) => Err(why.as_deref().unwrap_or_default()),
     };
     let content = events::list(&filters, &dashboard.sources, shown);
     page(status, "Events", "/events", &session, content)
 }
 
 async fn events_live(request: HttpRequest, dashboard: web::Data<Dashboard>) -> HttpResponse {
-    if session_of(&request, &dashboard).is_none() {
+    let Some(session) = session_of(&request, &dashboard) else {
         return hardened(StatusCode::UNAUTHORIZED).finish();
-    }
+    };
     let after = request
         .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(crate::tail::Tail::parse_last_id);
     let tail = crate::tail::Tail::new(dashboard.data.clone(), after);
+    // The stream ends with the session: signed out, expired or evicted, it sends no more.
+    let step = |(tail, dashboard, id): (crate::tail::Tail, web::Data<Dashboard>, String)| async move {
+        dashboard.sessions.find(&id, Instant::now())?;
+        let (chunk, tail) = tail.next_chunk().await?;
+        // A chunk may have waited long for its event: the session is looked at again.
+        dashboard.sessions.find(&id, Instant::now())?;
+        Some((chunk, (tail, dashboard, id)))
+    };
     hardened(StatusCode::OK)
         .content_type("text/event-stream")
         .streaming(futures_util::stream::unfold(
-            tail,
-            crate::tail::Tail::next_chunk,
+            (tail, dashboard, session.id),
+            step,
         ))
 }
 
@@ -733,7 +842,13 @@ async fn listing_page(
             };
             page(StatusCode::OK, title, nav, &session, content)
         }
-        Err(why) => message(StatusCode::BAD_REQUEST, title, nav, &session, &why),
+        Err(why) => message(
+            StatusCode::BAD_REQUEST,
+            title,
+            nav,
+            &session,
+            &why.to_string(),
+        ),
     }
 }
 
@@ -825,18 +940,15 @@ async fn timers_page(request: HttpRequest, dashboard: web::Data<Dashboard>) -> H
 fn find_dead(
     data: &Data,
     id: Option<&str>,
-) -> Result<(Option<gancho_state::DeadLetter>, usize), String> {
+) -> Result<(Option<gancho_state::DeadLetter>, usize), Trouble> {
     let (mut found, mut count) = (None, 0usize);
-    data.state
-        .outbox()
-        .each_dead(0, |letter| {
-            count += 1;
-            if found.is_none() && Some(letter.action.id.as_str()) == id {
-                found = Some(letter);
-            }
-            Ok(())
-        })
-        .map_err(|err| err.to_string())?;
+    data.state.outbox().each_dead(0, |letter| {
+        count += 1;
+        if found.is_none() && Some(letter.action.id.as_str()) == id {
+            found = Some(letter);
+        }
+        Ok(())
+    })?;
     Ok((found, count))
 }
 
@@ -859,14 +971,14 @@ async fn confirm_retry_all(request: HttpRequest, dashboard: web::Data<Dashboard>
             "Dead letters",
             "/dead",
             &session,
-            &why,
+            &why.to_string(),
         ),
         None => message(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             "Dead letters",
             "/dead",
             &session,
-            "the request was cancelled",
+            &Trouble::Cancelled.to_string(),
         ),
     }
 }
@@ -902,14 +1014,14 @@ async fn confirm_retry_one(
             "Dead letters",
             "/dead",
             &session,
-            &why,
+            &why.to_string(),
         ),
         None => message(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             "Dead letters",
             "/dead",
             &session,
-            "the request was cancelled",
+            &Trouble::Cancelled.to_string(),
         ),
     }
 }
@@ -996,6 +1108,9 @@ mod tests {
         assert_eq!(local_path("//evil.example/"), "/");
         assert_eq!(local_path("https://evil.example/"), "/");
         assert_eq!(local_path("/\\evil.example"), "/");
+        assert_eq!(local_path("/\t/evil.example/"), "/");
+        assert_eq!(local_path("/\n/evil.example/"), "/");
+        assert_eq!(local_path("/ /evil.example/"), "/");
         assert_eq!(local_path(""), "/");
     }
 
@@ -1017,11 +1132,27 @@ mod tests {
             key: "email".into(),
             ..Default::default()
         };
-        assert!(events_query(&bad_key).unwrap_err().contains("NAME=VALUE"));
+        assert!(
+            events_query(&bad_key)
+                .unwrap_err()
+                .to_string()
+                .contains("NAME=VALUE")
+        );
+        let backwards = events::Filters {
+            from: "2026-11-30T10:00".into(),
+            to: "2026-11-30T09:00".into(),
+            ..Default::default()
+        };
+        assert!(matches!(events_query(&backwards), Err(Trouble::Filter(_))));
         let bad_time = events::Filters {
             to: "soon".into(),
             ..Default::default()
         };
-        assert!(events_query(&bad_time).unwrap_err().starts_with("To:"));
+        assert!(
+            events_query(&bad_time)
+                .unwrap_err()
+                .to_string()
+                .starts_with("To:")
+        );
     }
 }

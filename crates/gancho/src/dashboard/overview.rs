@@ -1,10 +1,11 @@
 //! The overview's figures and its chart. A sampler thread (`gancho-dashboard`) reads, every
 //! [`EVERY`], the counters the daemon already keeps for `/metrics` (events stored per source,
 //! deliveries, rule errors: read from the Prometheus exposition, so the page and a scrape
-//! never disagree) and the read gauges (lags, queues, store size), and keeps the last hour of
-//! samples in memory. The page computes rates from them: nothing here walks the store per
-//! request, however many browsers keep the overview open. The history starts with the
-//! daemon: after a restart the chart fills in again.
+//! never disagree), and keeps the last hour of samples in memory. The read gauges (lags,
+//! queues, store size) walk records, so it reads them only while someone looked at the
+//! overview in the last [`GAUGES_WHILE_VIEWED`]. The page computes rates from the samples:
+//! nothing here walks the store per request, however many browsers keep the overview open.
+//! The history starts with the daemon: after a restart the chart fills in again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use gancho_core::{Channel, Clock};
 use maud::{Markup, html};
 
+use super::layout::time_el;
 use crate::metrics::{Gauges, channel_index};
 
 /// How often the sampler samples.
@@ -22,11 +24,16 @@ pub const EVERY: Duration = Duration::from_secs(5);
 const KEPT: usize = 3600 / 5 + 1;
 /// Rates are taken over at least this much of the history (two samples).
 const RATE_OVER_MS: i64 = 10_000;
+/// The gauges are read while the overview was looked at within this long.
+pub const GAUGES_WHILE_VIEWED: Duration = Duration::from_secs(60);
 
 /// One reading of the counters and gauges.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
+    /// When it was read: the wall clock (shown), and a monotonic clock in ms (rates and the
+    /// chart's intervals: a step of the wall clock does not distort them).
     pub at_ms: i64,
+    pub mono_ms: i64,
     /// Events stored, ever, by source.
     pub received: BTreeMap<String, u64>,
     /// Actions delivered, ever.
@@ -34,12 +41,17 @@ pub struct Sample {
     /// Failed rule runs, ever.
     pub rule_errors: u64,
     pub gauges: Gauges,
+    /// When the gauges were read (they are kept from an earlier sample while nobody looks);
+    /// `None`: never.
+    pub gauges_at_ms: Option<i64>,
 }
 
 /// The last hour of samples.
 #[derive(Debug, Default)]
 pub struct Series {
     samples: Mutex<VecDeque<Sample>>,
+    /// When the overview was last looked at.
+    viewed: Mutex<Option<std::time::Instant>>,
 }
 
 impl Series {
@@ -54,6 +66,22 @@ impl Series {
     /// A copy of the samples, oldest first.
     pub fn samples(&self) -> Vec<Sample> {
         self.lock().iter().cloned().collect()
+    }
+
+    /// Notes that the overview is being looked at: the gauges are read from now on.
+    pub fn viewed(&self) {
+        *self.viewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    fn recently_viewed(&self) -> bool {
+        self.viewed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < GAUGES_WHILE_VIEWED)
+    }
+
+    fn last(&self) -> Option<Sample> {
+        self.lock().back().cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Sample>> {
@@ -76,12 +104,12 @@ pub fn start_sampler(series: &Arc<Series>, sources: Sources) -> std::io::Result<
     std::thread::Builder::new()
         .name("gancho-dashboard".to_owned())
         .spawn(move || {
+            let start = std::time::Instant::now();
             loop {
                 let Some(series) = weak.upgrade() else { return };
-                match sample(&sources) {
-                    Ok(sample) => series.push(sample),
-                    Err(err) => tracing::warn!(error = %err, "dashboard: reading the figures"),
-                }
+                let last = series.last();
+                let read_gauges = series.recently_viewed() || last.is_none();
+                series.push(sample(&sources, start, last, read_gauges));
                 drop(series);
                 std::thread::sleep(EVERY);
             }
@@ -89,19 +117,38 @@ pub fn start_sampler(series: &Arc<Series>, sources: Sources) -> std::io::Result<
         .map(drop)
 }
 
-/// Reads one sample.
-fn sample(sources: &Sources) -> Result<Sample, gancho_store::StoreError> {
-    let cursor = sources
-        .engine
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .cursor;
-    let gauges = crate::metrics::read_gauges(&sources.data, &sources.store_dir, cursor)?;
+/// Reads one sample: the counters, and the gauges if `read_gauges` (else those of `last`). A
+/// gauge that cannot be read is reported as a failed store, with the last figures kept.
+fn sample(
+    sources: &Sources,
+    start: std::time::Instant,
+    last: Option<Sample>,
+    read_gauges: bool,
+) -> Sample {
+    let at_ms = gancho_core::SystemClock.now().timestamp_millis();
+    let (mut gauges, mut gauges_at_ms) =
+        last.map(|s| (s.gauges, s.gauges_at_ms)).unwrap_or_default();
+    if read_gauges {
+        let cursor = sources
+            .engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cursor;
+        match crate::metrics::read_gauges(&sources.data, &sources.store_dir, cursor) {
+            Ok(read) => (gauges, gauges_at_ms) = (read, Some(at_ms)),
+            Err(err) => {
+                tracing::warn!(error = %err, "dashboard: reading the gauges");
+                gauges.failed = true;
+            }
+        }
+    }
     sources.metrics.run_upkeep();
     let text = sources.metrics.render();
     let mut sample = Sample {
-        at_ms: gancho_core::SystemClock.now().timestamp_millis(),
+        at_ms,
+        mono_ms: i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX),
         gauges,
+        gauges_at_ms,
         ..Sample::default()
     };
     for (name, labels, value) in exposition(&text) {
@@ -120,7 +167,7 @@ fn sample(sources: &Sources) -> Result<Sample, gancho_store::StoreError> {
             _ => {}
         }
     }
-    Ok(sample)
+    sample
 }
 
 /// The samples of the Prometheus text exposition `text`: name, labels (between the braces)
@@ -178,9 +225,12 @@ pub struct Figures {
     /// Rule errors in the last hour (since the daemon started, if it is younger).
     pub rule_errors_hour: u64,
     pub gauges: Gauges,
-    /// Events/s and deliveries/s per sample interval, oldest first: (ms, events, deliveries).
+    /// Events/s and deliveries/s per sample interval, oldest first: (monotonic ms, events,
+    /// deliveries).
     pub chart: Vec<(i64, f64, f64)>,
+    /// When the last sample was read, and its gauges (wall clock, ms).
     pub at_ms: Option<i64>,
+    pub gauges_at_ms: Option<i64>,
 }
 
 impl Figures {
@@ -192,11 +242,11 @@ impl Figures {
         let back = samples
             .iter()
             .rev()
-            .find(|s| last.at_ms - s.at_ms >= RATE_OVER_MS)
+            .find(|s| last.mono_ms - s.mono_ms >= RATE_OVER_MS)
             .or(samples.first());
         let (mut rates, mut deliveries_per_s) = (Vec::new(), 0.0);
-        if let Some(back) = back.filter(|b| b.at_ms < last.at_ms) {
-            let seconds = (last.at_ms - back.at_ms) as f64 / 1000.0;
+        if let Some(back) = back.filter(|b| b.mono_ms < last.mono_ms) {
+            let seconds = (last.mono_ms - back.mono_ms) as f64 / 1000.0;
             for (source, now) in &last.received {
                 let before = back.received.get(source).copied().unwrap_or(0);
                 rates.push((source.clone(), now.saturating_sub(before) as f64 / seconds));
@@ -205,15 +255,15 @@ impl Figures {
         }
         let hour_ago = samples
             .iter()
-            .find(|s| last.at_ms - s.at_ms <= 3_600_000)
+            .find(|s| last.mono_ms - s.mono_ms <= 3_600_000)
             .unwrap_or(last);
         let chart = samples
             .windows(2)
             .filter_map(|w| {
-                let seconds = (w[1].at_ms - w[0].at_ms) as f64 / 1000.0;
+                let seconds = (w[1].mono_ms - w[0].mono_ms) as f64 / 1000.0;
                 (seconds > 0.0).then(|| {
                     (
-                        w[1].at_ms,
+                        w[1].mono_ms,
                         total(&w[1]).saturating_sub(total(&w[0])) as f64 / seconds,
                         w[1].delivered.saturating_sub(w[0].delivered) as f64 / seconds,
                     )
@@ -227,6 +277,7 @@ impl Figures {
             gauges: last.gauges.clone(),
             chart,
             at_ms: Some(last.at_ms),
+            gauges_at_ms: last.gauges_at_ms,
         }
     }
 }
@@ -237,8 +288,13 @@ pub fn figures(figures: &Figures) -> Markup {
     let dead: u64 = g.dead.iter().sum();
     let store: u64 = g.store_bytes.iter().map(|(_, b)| b).sum();
     html! {
-        @if figures.at_ms.is_none() {
-            p.empty { "The first figures are read within " (EVERY.as_secs()) " seconds." }
+        @match (figures.at_ms, figures.gauges_at_ms) {
+            (None, _) | (_, None) => {
+                p.empty { "The first figures are read within " (EVERY.as_secs()) " seconds." }
+            }
+            (Some(at), Some(gauges_at)) => {
+                p.asof { "As of " (time_el(at)) "; the pipeline's figures as of " (time_el(gauges_at)) "." }
+            }
         }
         section aria-labelledby="ingest-h" {
             h2 #ingest-h { "Events" }
@@ -375,6 +431,8 @@ mod tests {
     fn at(ms: i64, mailjet: u64, delivered: u64, errors: u64) -> Sample {
         Sample {
             at_ms: ms,
+            mono_ms: ms,
+            gauges_at_ms: Some(ms),
             received: [("mailjet".to_owned(), mailjet)].into(),
             delivered,
             rule_errors: errors,

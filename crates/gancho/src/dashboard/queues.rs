@@ -148,12 +148,31 @@ pub fn confirm_retry(one: Option<&DeadLetter>, count: usize, session: &Session) 
                     }
                 }
                 None => {
-                    p { "Put all " strong { (count) } " dead letters back in the outbox? They will be tried again from their first try." }
+                    p {
+                        "Put every dead letter back in the outbox (" strong { (count) } " now)? They will be tried again from their first try."
+                    }
                 }
             }
             button type="submit" { "Yes, retry" }
             " "
             a href="/dead" { "Cancel" }
+        }
+    }
+}
+
+/// A quarantined item is shown up to this many bytes (the CLI shows it whole).
+const ITEM_SHOWN_BYTES: usize = 4096;
+
+/// A quarantined item as sent, cut at [`ITEM_SHOWN_BYTES`] (at a character's boundary).
+fn item_text(text: &str) -> Markup {
+    let mut end = text.len().min(ITEM_SHOWN_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    html! {
+        pre.item tabindex="0" { code { (&text[..end]) } }
+        @if end < text.len() {
+            p.empty { "… " (text.len()) " bytes in all: " code { "gancho quarantine --json" } " shows it whole." }
         }
     }
 }
@@ -181,7 +200,7 @@ pub fn quarantine(items: &[Quarantined]) -> Markup {
                                 td { (time_el(item.received.timestamp_millis())) }
                                 td { (item.source) }
                                 td.error-text { (item.reason) }
-                                td { pre.item tabindex="0" { code { (item.item.get()) } } }
+                                td { (item_text(item.item.get())) }
                             }
                         }
                     }

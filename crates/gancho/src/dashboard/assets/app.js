@@ -3,18 +3,19 @@
 // fragment is HTML the server rendered and escaped.
 "use strict";
 
-// The overview's figures refresh themselves every 2 s.
+// The overview's figures refresh themselves every 2 s, while the box names where from.
 function liveFigures() {
   const box = document.querySelector("[data-live]");
   if (!box) return;
-  const refresh = async () => {
+  const timer = setInterval(async () => {
+    const from = box.dataset.live;
+    if (!from) { clearInterval(timer); return; }
     try {
-      const answer = await fetch(box.dataset.live, { credentials: "same-origin" });
+      const answer = await fetch(from, { credentials: "same-origin" });
       if (answer.status === 401) { window.location.assign("/sign-in?next=/"); return; }
-      if (answer.ok) box.innerHTML = await answer.text();
+      if (answer.ok && box.dataset.live) box.innerHTML = await answer.text();
     } catch (_) { /* the next tick tries again */ }
-  };
-  setInterval(refresh, 2000);
+  }, 2000);
 }
 
 function cell(row, text, href) {
@@ -38,7 +39,12 @@ function liveTail() {
   const status = document.getElementById("live-status");
   const source = new EventSource(table.dataset.stream);
   source.onopen = () => { status.textContent = "Live: new events appear here as they are stored."; };
-  source.onerror = () => { status.textContent = "Live tail disconnected; reconnecting…"; };
+  source.onerror = () => {
+    // A closed source does not come back (the session ended: the answer was 401).
+    status.textContent = source.readyState === EventSource.CLOSED
+      ? "Live tail stopped: reload the page (sign in again if asked)."
+      : "Live tail disconnected; reconnecting…";
+  };
   source.addEventListener("event", (message) => {
     let event;
     try { event = JSON.parse(message.data); } catch (_) { return; }
