@@ -206,6 +206,17 @@ fn message(
     )
 }
 
+/// The answer when the daemon stops under a request.
+fn cancelled(title: &str, nav: &str, session: &Session) -> HttpResponse {
+    message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        title,
+        nav,
+        session,
+        &Trouble::Cancelled.to_string(),
+    )
+}
+
 /// Whether the request came over TLS (directly, or as a proxy in front says).
 fn over_tls(request: &HttpRequest) -> bool {
     request.connection_info().scheme() == "https"
@@ -501,13 +512,7 @@ async fn rule_page(
     })
     .await;
     let Some((source, runs)) = read else {
-        return message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Rule",
-            "/rules",
-            &session,
-            &Trouble::Cancelled.to_string(),
-        );
+        return cancelled("Rule", "/rules", &session);
     };
     let why = source.as_ref().err().map(Trouble::to_string);
     let source = match (&source, &why) {
@@ -590,13 +595,7 @@ async fn control_rule(
             );
         }
         None => {
-            return message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Rules",
-                "/rules",
-                &session,
-                &Trouble::Cancelled.to_string(),
-            );
+            return cancelled("Rules", "/rules", &session);
         }
         Some(_) => {}
     }
@@ -973,13 +972,7 @@ async fn confirm_retry_all(request: HttpRequest, dashboard: web::Data<Dashboard>
             &session,
             &why.to_string(),
         ),
-        None => message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Dead letters",
-            "/dead",
-            &session,
-            &Trouble::Cancelled.to_string(),
-        ),
+        None => cancelled("Dead letters", "/dead", &session),
     }
 }
 
@@ -1016,13 +1009,7 @@ async fn confirm_retry_one(
             &session,
             &why.to_string(),
         ),
-        None => message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Dead letters",
-            "/dead",
-            &session,
-            &Trouble::Cancelled.to_string(),
-        ),
+        None => cancelled("Dead letters", "/dead", &session),
     }
 }
 
