@@ -152,6 +152,76 @@ impl Outbox {
         Ok(())
     }
 
+    /// The entries under `prefix` (`O` items or `Z` dead letters) that the rules decided on
+    /// the event `seq`, channel by channel: each (key without its prefix, value) to `f`. A key
+    /// range per channel (the keys start with the event's seq), not a walk of the queue.
+    fn each_of_event(
+        &self,
+        prefix: u8,
+        seq: u64,
+        mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for channel in Channel::ALL {
+            let byte = channel_byte(channel);
+            let mut start = vec![prefix, byte];
+            start.extend_from_slice(&seq.to_be_bytes());
+            let end = match seq.checked_add(1) {
+                Some(next) => {
+                    let mut end = vec![prefix, byte];
+                    end.extend_from_slice(&next.to_be_bytes());
+                    end
+                }
+                None => vec![prefix, byte + 1],
+            };
+            let mut entries = committed_range(&self.shared.overlay, self.tree(), start, end)?;
+            while let Some((key, value)) = entries.next()? {
+                f(key.get(1..).unwrap_or_default().to_vec(), value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The items waiting in the outbox that the rules decided on the event `seq`, each with its
+    /// delivery record (what `gancho explain` shows of them).
+    pub fn each_pending_of_event(
+        &self,
+        seq: u64,
+        mut f: impl FnMut(OutboxItem) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.each_of_event(OUTBOX, seq, |suffix, value| {
+            let delivery: Option<Delivery> = self
+                .tree()
+                .get(prefixed(DELIVERY, &suffix))?
+                .and_then(|v| decode("delivery record", &v).ok());
+            match decode("outbox item", &value) {
+                Ok(action) => f(OutboxItem {
+                    key: suffix,
+                    action,
+                    delivery,
+                }),
+                Err(err) => {
+                    tracing::error!(error = %err, "an outbox item that cannot be read");
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// The dead letters of the actions the rules decided on the event `seq`.
+    pub fn each_dead_of_event(
+        &self,
+        seq: u64,
+        mut f: impl FnMut(DeadLetter) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.each_of_event(DEAD, seq, |_, value| match decode("dead letter", &value) {
+            Ok(dead) => f(dead),
+            Err(err) => {
+                tracing::error!(error = %err, "skipping a dead letter that cannot be read");
+                Ok(())
+            }
+        })
+    }
+
     /// Hands the items waiting in the outbox (not yet durable ones included) to `f` in
     /// decision order, the oldest `limit` (0: all), each with its delivery record.
     pub fn each_pending(

@@ -429,6 +429,66 @@ fn dead_letters_past_their_retention_go() {
 }
 
 #[test]
+fn an_events_actions_are_found_by_its_seq_pending_or_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open(dir.path());
+    let outbox = state.outbox();
+    let mut email = sms(7, 1);
+    email.id = gancho_core::action_id("r", 7, 1);
+    email.action = Action::Email(gancho_core::EmailAction {
+        to: vec!["ana@example.com".to_owned()],
+        subject: "hi".to_owned(),
+        text: "hello".to_owned(),
+        html: None,
+    });
+    state
+        .commit(
+            vec![
+                Change::PutAction(sms(6, 0)),
+                Change::PutAction(sms(7, 0)),
+                Change::PutAction(email),
+                Change::PutAction(sms(8, 0)),
+                Change::PutAction(sms(u64::MAX, 0)),
+            ],
+            8,
+        )
+        .unwrap();
+    let pending_of = |seq: u64| {
+        let mut found = Vec::new();
+        outbox
+            .each_pending_of_event(seq, |item| {
+                found.push((item.action.event_seq, item.action.position));
+                Ok(())
+            })
+            .unwrap();
+        found.sort_unstable();
+        found
+    };
+    // Committed, maybe not yet applied: found either way.
+    assert_eq!(pending_of(7), vec![(7, 0), (7, 1)]);
+    assert!(state.wait_durable(std::time::Duration::from_secs(10)));
+    assert_eq!(pending_of(7), vec![(7, 0), (7, 1)]);
+    assert_eq!(pending_of(u64::MAX), vec![(u64::MAX, 0)]);
+    assert!(pending_of(9).is_empty());
+    let seven: Vec<_> = outbox
+        .pending_actions(0)
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.action.event_seq == 7)
+        .collect();
+    outbox.action_dead(&seven[0], Vec::new(), 1).unwrap();
+    let mut dead = Vec::new();
+    outbox
+        .each_dead_of_event(7, |letter| {
+            dead.push(letter.action.position);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(pending_of(7).len(), 1);
+}
+
+#[test]
 fn a_life_that_ends_uncleanly_names_the_run_it_died_in_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let state = open(dir.path());

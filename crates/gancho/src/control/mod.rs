@@ -503,7 +503,8 @@ fn explain(data: &Data, seq: u64) -> Result<Explanation, StoreError> {
     let last_error =
         |tries: &[gancho_state::Attempt]| tries.last().map(|attempt| attempt.error.clone());
     let outbox = data.state.outbox();
-    outbox.each_pending(0, |item| {
+    // The actions decided on this event are keyed by its seq: two key ranges per channel.
+    outbox.each_pending_of_event(seq, |item| {
         if ids.contains(&item.action.id) {
             let tries = item.delivery.as_ref().map_or(&[][..], |d| &d.attempts[..]);
             let fate = ActionFate {
@@ -517,7 +518,7 @@ fn explain(data: &Data, seq: u64) -> Result<Explanation, StoreError> {
         }
         Ok(())
     })?;
-    outbox.each_dead(0, |dead| {
+    outbox.each_dead_of_event(seq, |dead| {
         if ids.contains(&dead.action.id) {
             let fate = ActionFate {
                 id: dead.action.id.clone(),
