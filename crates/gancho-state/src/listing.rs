@@ -152,6 +152,31 @@ impl Outbox {
         Ok(())
     }
 
+    /// Hands the outbox item stored under `suffix` to `f`, with its delivery record. An
+    /// unreadable record is logged and skipped: listings show what they can, never fail.
+    fn hand_item(
+        &self,
+        suffix: Vec<u8>,
+        value: &[u8],
+        f: &mut impl FnMut(OutboxItem) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let delivery: Option<Delivery> = self
+            .tree()
+            .get(prefixed(DELIVERY, &suffix))?
+            .and_then(|v| decode("delivery record", &v).ok());
+        match decode("outbox item", value) {
+            Ok(action) => f(OutboxItem {
+                key: suffix,
+                action,
+                delivery,
+            }),
+            Err(err) => {
+                tracing::error!(error = %err, "an outbox item that cannot be read");
+                Ok(())
+            }
+        }
+    }
+
     /// The entries under `prefix` (`O` items or `Z` dead letters) that the rules decided on
     /// the event `seq`, channel by channel: each (key without its prefix, value) to `f`. A key
     /// range per channel (the keys start with the event's seq), not a walk of the queue.
@@ -189,21 +214,7 @@ impl Outbox {
         mut f: impl FnMut(OutboxItem) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         self.each_of_event(OUTBOX, seq, |suffix, value| {
-            let delivery: Option<Delivery> = self
-                .tree()
-                .get(prefixed(DELIVERY, &suffix))?
-                .and_then(|v| decode("delivery record", &v).ok());
-            match decode("outbox item", &value) {
-                Ok(action) => f(OutboxItem {
-                    key: suffix,
-                    action,
-                    delivery,
-                }),
-                Err(err) => {
-                    tracing::error!(error = %err, "an outbox item that cannot be read");
-                    Ok(())
-                }
-            }
+            self.hand_item(suffix, &value, &mut f)
         })
     }
 
@@ -213,13 +224,7 @@ impl Outbox {
         seq: u64,
         mut f: impl FnMut(DeadLetter) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.each_of_event(DEAD, seq, |_, value| match decode("dead letter", &value) {
-            Ok(dead) => f(dead),
-            Err(err) => {
-                tracing::error!(error = %err, "skipping a dead letter that cannot be read");
-                Ok(())
-            }
-        })
+        self.each_of_event(DEAD, seq, |_, value| hand_letter(&value, &mut f))
     }
 
     /// Hands the items waiting in the outbox (not yet durable ones included) to `f` in
@@ -243,22 +248,7 @@ impl Outbox {
     ) -> Result<(), StoreError> {
         let channels = channel.map_or(Channel::ALL.to_vec(), |c| vec![c]);
         self.each_merged(OUTBOX, &channels, after, limit, |suffix, value| {
-            // Unreadable records are listed as far as they can be, never fail the list.
-            let delivery: Option<Delivery> = self
-                .tree()
-                .get(prefixed(DELIVERY, &suffix))?
-                .and_then(|v| decode("delivery record", &v).ok());
-            match decode("outbox item", &value) {
-                Ok(action) => f(OutboxItem {
-                    key: suffix,
-                    action,
-                    delivery,
-                }),
-                Err(err) => {
-                    tracing::error!(error = %err, "an outbox item that cannot be read");
-                    Ok(())
-                }
-            }
+            self.hand_item(suffix, &value, &mut f)
         })
     }
 
@@ -282,14 +272,22 @@ impl Outbox {
     ) -> Result<(), StoreError> {
         let channels = channel.map_or(Channel::ALL.to_vec(), |c| vec![c]);
         self.each_merged(DEAD, &channels, after, limit, |key, value| {
-            // One unreadable letter does not hide the others.
-            match decode("dead letter", &value) {
-                Ok(dead) => f(key, dead),
-                Err(err) => {
-                    tracing::error!(error = %err, "skipping a dead letter that cannot be read");
-                    Ok(())
-                }
-            }
+            hand_letter(&value, |dead| f(key, dead))
         })
+    }
+}
+
+/// Hands the dead letter `value` to `f`; one that cannot be read is logged and skipped, so it
+/// does not hide the others.
+fn hand_letter(
+    value: &[u8],
+    f: impl FnOnce(DeadLetter) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    match decode("dead letter", value) {
+        Ok(dead) => f(dead),
+        Err(err) => {
+            tracing::error!(error = %err, "skipping a dead letter that cannot be read");
+            Ok(())
+        }
     }
 }
