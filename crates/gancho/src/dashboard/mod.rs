@@ -144,6 +144,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/dead/{id}/retry", web::post().to(retry_one))
         .route("/quarantine", web::get().to(quarantine_page))
         .route("/timers", web::get().to(timers_page))
+        .route("/favicon.ico", web::get().to(no_icon))
         .route("/assets/app.css", web::get().to(css))
         .route("/assets/app.js", web::get().to(js));
 }
@@ -1075,6 +1076,14 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
         .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .body(body)
+}
+
+/// Browsers ask for `/favicon.ico` on every page: there is none, and saying so costs nothing
+/// (unknown routes answer 401 to a caller without the API token).
+async fn no_icon() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+        .finish()
 }
 
 async fn css() -> HttpResponse {
