@@ -1,6 +1,6 @@
 //! Atomic commits without sled transactions: a commit (every change the engine decided for a
 //! batch of events, and the cursor past them) is first written as a journal: its writes in
-//! chunks of about 32 KiB, then a marker naming the number of chunks. Then its changes are
+//! chunks of about 2 KiB, then a marker naming the number of chunks. Then its changes are
 //! applied with plain writes, and once they are durable the journal is removed. sled recovers
 //! a prefix of the writes made before a crash, so at open either the interrupted commit's
 //! marker is there, and replaying its chunks (idempotent writes) completes the commit, or it is
@@ -94,9 +94,9 @@ pub(crate) fn recover(
     Ok(())
 }
 
-/// Writes a commit's journal: its writes in chunks of about 32 KiB (sled writes a page over a
-/// quarter of a segment to a file of its own, which one large record per commit would do every
-/// time), then the marker.
+/// Writes a commit's journal: its writes in chunks of about [`JOURNAL_CHUNK`] bytes (one large
+/// record per commit would make sled write a page over a quarter of a segment to a file of its
+/// own every time; large chunks make every leaf copy large), then the marker.
 pub(crate) fn write_journal(
     tree: &Tree,
     commit: u64,
