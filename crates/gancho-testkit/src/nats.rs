@@ -146,15 +146,17 @@ impl NatsCluster {
         http_get(self.servers[i].monitor(), path)
     }
 
-    /// Waits until a running server reports a JetStream meta leader and `peers` current
-    /// peers; panics after `timeout`.
-    #[allow(clippy::unwrap_used)]
+    /// Waits until a running server (the meta leader: only it lists its peers) reports a
+    /// JetStream meta leader and `peers` current peers; panics after `timeout`.
     pub fn wait_ready(&self, peers: usize, timeout: Duration) {
+        let running: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.servers[i].process.is_some())
+            .collect();
         let deadline = Instant::now() + timeout;
         loop {
-            let ready = (0..self.servers.len())
-                .filter(|&i| self.servers[i].process.is_some())
-                .any(|i| meta_ready(self.monitor(i, "/jsz"), peers));
+            let ready = running
+                .iter()
+                .any(|&i| meta_ready(self.monitor(i, "/jsz"), peers));
             if ready {
                 return;
             }
@@ -182,6 +184,22 @@ impl NatsCluster {
                 "nats server {} is not healthy: {:?}",
                 self.servers[i].name,
                 self.monitor(i, "/healthz")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl NatsCluster {
+    /// Waits until server `i` knows the JetStream meta leader (it has joined the meta group,
+    /// after a start or a restart); panics after `timeout`.
+    pub fn wait_joined(&self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !knows_leader(self.monitor(i, "/jsz")) {
+            assert!(
+                Instant::now() < deadline,
+                "nats server {} knows no JetStream meta leader",
+                self.servers[i].name
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -226,6 +244,18 @@ fn meta_ready(answer: Option<(u16, String)>, peers: usize) -> bool {
     leader && current + 1 >= peers
 }
 
+/// Whether `/jsz`'s answer names a meta leader.
+fn knows_leader(answer: Option<(u16, String)>) -> bool {
+    let Some((200, body)) = answer else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|jsz| {
+        jsz["meta_cluster"]["leader"]
+            .as_str()
+            .is_some_and(|l| !l.is_empty())
+    })
+}
+
 /// A plain HTTP/1.0 GET on loopback (1.0: the answer is never chunked): status and body; `None` if the server does not answer.
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -266,9 +296,9 @@ mod tests {
         assert!(cluster.monitor(2, "/healthz").is_none());
         cluster.restart(2);
         cluster.wait_healthy(2, Duration::from_secs(30));
+        // Rejoined: the restarted server knows the meta leader, and the leader counts all
+        // three servers current.
+        cluster.wait_joined(2, Duration::from_secs(30));
         cluster.wait_ready(3, Duration::from_secs(30));
-        assert!(
-            meta_ready(cluster.monitor(2, "/jsz"), 3) || meta_ready(cluster.monitor(0, "/jsz"), 3)
-        );
     }
 }
