@@ -211,8 +211,12 @@ fn the_space_of_pruned_events_is_used_again() {
     );
     eprintln!("log {log}, indexes {index}");
     eprintln!("after the first prune: {before} bytes; after a second round: {after}");
+    // Without reuse the second round would add its 100,000 events' worth again (about
+    // `before`). sled grows a database a 4 MiB segment at a time, and which round tips the log
+    // or the indexes' records into one more segment varies from run to run: up to two
+    // segments more (measured: +4 MiB in most runs, +8 MiB in one of five) is not growth.
     assert!(
-        after < before + before * 3 / 10,
+        after < before + before / 2,
         "the data folder grew from {before} to {after} bytes"
     );
 }

@@ -42,6 +42,10 @@ pub(crate) struct Index {
     pub(super) view: ArcSwap<View>,
     /// Events pruned from the log: their entries are not seen (and not written again).
     pub(super) purged: ArcSwap<Purged>,
+    /// The memory runs are being written out as a disk run. It is built with the pruned set as
+    /// it was when it began, so a prune meanwhile leaves entries in it to rewrite: until it is
+    /// published, whether rewrites are pending cannot be told from the runs in view.
+    pub(super) checkpointing: std::sync::atomic::AtomicBool,
 }
 
 impl Index {
@@ -64,6 +68,12 @@ impl Index {
     /// Whether some disk run holds enough entries of pruned events to be written again (the
     /// indexer does it when it has nothing else to do).
     pub(crate) fn rewrites_pending(&self) -> bool {
+        if self
+            .checkpointing
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return true;
+        }
         let purged = self.purged.load();
         self.view.load().disk.iter().any(|run| {
             let pruned = purged.count_in(run.min_seq, run.max_seq);

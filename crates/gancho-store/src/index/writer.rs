@@ -134,6 +134,7 @@ pub(crate) fn open(
             disk: disk.clone(),
         }),
         purged: ArcSwap::new(purged),
+        checkpointing: std::sync::atomic::AtomicBool::new(false),
     });
     let writer = IndexWriter {
         index: Arc::clone(&index),
@@ -200,6 +201,16 @@ impl IndexWriter {
     /// restart resumes from; both are durable when this returns. On failure the memory runs
     /// stay, for the next checkpoint.
     pub(crate) fn checkpoint(&mut self, indexed: u64) -> Result<(), StoreError> {
+        let checkpointing = &self.index.checkpointing;
+        checkpointing.store(!self.mem.is_empty(), std::sync::atomic::Ordering::Release);
+        let done = self.checkpoint_memory(indexed);
+        self.index
+            .checkpointing
+            .store(false, std::sync::atomic::Ordering::Release);
+        done
+    }
+
+    fn checkpoint_memory(&mut self, indexed: u64) -> Result<(), StoreError> {
         let mut run = None;
         if !self.mem.is_empty() {
             let id = self.take_id();
