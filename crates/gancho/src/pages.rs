@@ -114,6 +114,43 @@ pub enum Item {
     Timer(Box<gancho_state::inspect::TimerView>),
 }
 
+impl Item {
+    pub fn event(self) -> Option<gancho_core::Event> {
+        match self {
+            Item::Event(event) => Some(event),
+            _ => None,
+        }
+    }
+
+    pub fn quarantined(self) -> Option<gancho_store::Quarantined> {
+        match self {
+            Item::Quarantined(item) => Some(item),
+            _ => None,
+        }
+    }
+
+    pub fn pending(self) -> Option<Pending> {
+        match self {
+            Item::Pending(item) => Some(*item),
+            _ => None,
+        }
+    }
+
+    pub fn dead(self) -> Option<gancho_state::DeadLetter> {
+        match self {
+            Item::Dead(letter) => Some(*letter),
+            _ => None,
+        }
+    }
+
+    pub fn timer(self) -> Option<gancho_state::inspect::TimerView> {
+        match self {
+            Item::Timer(timer) => Some(*timer),
+            _ => None,
+        }
+    }
+}
+
 /// The page of `listing` after `cursor` (the first page without one), at most `limit` items
 /// (0: [`DEFAULT_LIMIT`]; at most [`MAX_LIMIT`]), as JSON.
 pub fn page(
