@@ -12,6 +12,7 @@ mod admin;
 mod bad_input;
 mod browser;
 mod cli;
+mod cluster;
 mod crash;
 mod dashboard;
 mod hostile;

@@ -64,7 +64,7 @@ fn recipient_events(i: u64) -> Vec<(&'static str, i64)> {
 const T0: i64 = 1_793_520_000; // 2026-11-01T08:00:00Z
 
 fn body(kind: &str, i: u64, at: i64) -> String {
-    let hard = i % 2 == 0;
+    let hard = i.is_multiple_of(2);
     format!(
         r#"{{"event":"{kind}","time":{},"MessageID":{},"Message_GUID":"1ab23cd4-e567-8901-2345-{i:012}","email":"user{i}@example.com","mj_campaign_id":7257,"mj_contact_id":{i},"customcampaign":"","CustomID":"spring-{}","Payload":"","hard_bounce":{hard},"error":"user unknown"}}"#,
         T0 + at,

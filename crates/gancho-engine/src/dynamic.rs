@@ -265,10 +265,10 @@ const OWN_FIELDS: [(&str, MakeField); 8] = [
 pub(crate) fn wanted_fields(names: impl IntoIterator<Item = String>) -> HashSet<String> {
     let mut wanted = HashSet::new();
     for name in names {
-        if let Some(own) = name.strip_prefix("payload_") {
-            if OWN_FIELDS.iter().any(|(n, _)| *n == own) {
-                wanted.insert(own.to_owned());
-            }
+        if let Some(own) = name.strip_prefix("payload_")
+            && OWN_FIELDS.iter().any(|(n, _)| *n == own)
+        {
+            wanted.insert(own.to_owned());
         }
         wanted.insert(name);
     }
@@ -309,10 +309,10 @@ pub(crate) fn event_map(
     // A payload field of an own field's name is built only when that name is wanted
     // (`wanted_fields`), so it is always shadowed here.
     for (name, make) in OWN_FIELDS {
-        if wanted.is_none_or(|w| w.contains(name)) {
-            if let Some(replaced) = map.insert(name.into(), make(event)) {
-                map.insert(format!("payload_{name}").into(), replaced);
-            }
+        if wanted.is_none_or(|w| w.contains(name))
+            && let Some(replaced) = map.insert(name.into(), make(event))
+        {
+            map.insert(format!("payload_{name}").into(), replaced);
         }
     }
     Ok(map)

@@ -49,10 +49,12 @@ impl Pattern {
             if valid_name(source) {
                 return Ok(Pattern::Prefix(format!("{source}.")));
             }
-        } else if let Some((source, kind)) = text.split_once('.') {
-            if valid_name(source) && !kind.is_empty() && !kind.contains('*') {
-                return Ok(Pattern::Exact(text.to_owned()));
-            }
+        } else if let Some((source, kind)) = text.split_once('.')
+            && valid_name(source)
+            && !kind.is_empty()
+            && !kind.contains('*')
+        {
+            return Ok(Pattern::Exact(text.to_owned()));
         }
         Err(format!(
             "ON: {text:?} is not an event type (`source.type`, `source.*` or `*`)"

@@ -51,10 +51,10 @@ impl EngineHandle {
     /// Stops after the batch in progress is committed.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                error!("the engine thread panicked");
-            }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            error!("the engine thread panicked");
         }
     }
 }

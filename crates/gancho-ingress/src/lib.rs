@@ -29,5 +29,5 @@ pub use config::{BasicAuthConfig, KindName, SourceConfig};
 pub use formats::{form_to_json, xml_to_json};
 pub use presets::{MAILGUN, POSTMARK, Preset, SENDGRID, TWILIO};
 pub use server::{IngressConfig, IngressHandle, IngressServer, Readiness, block_on};
-pub use sources::{BodyFormat, Rotated, Source, Sources};
+pub use sources::{BodyFormat, PartitionSpec, Rotated, Source, Sources};
 pub use verify::{Encoding, HeaderFields, Tokens, Verifier, p256_point};

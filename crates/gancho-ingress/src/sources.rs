@@ -26,6 +26,18 @@ pub struct Source {
     pub format: BodyFormat,
     /// Credentials the sender must present; `None` accepts any sender.
     pub auth: Option<BasicAuth>,
+    /// Cluster mode: which key places its events in a partition; `None` for a kind without a
+    /// default whose section names none (cluster mode then refuses the config).
+    pub partition: Option<PartitionSpec>,
+}
+
+/// A source's partition key and the keys that follow it (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSpec {
+    /// The correlation key whose value decides an event's partition.
+    pub key: String,
+    /// Correlation keys whose events share a partition whenever they share a value.
+    pub colocated: Vec<String>,
 }
 
 /// How a source's bodies are sent.

@@ -15,7 +15,7 @@ use super::*;
 use crate::tests::{append, open};
 
 fn event(n: u64) -> NewEvent {
-    let kind = if n % 3 == 0 { "sent" } else { "open" };
+    let kind = if n.is_multiple_of(3) { "sent" } else { "open" };
     let email = format!("r{}@x", n % 7);
     let text = format!(r#"{{"event":"{kind}","n":{n},"email":"{email}"}}"#);
     let data = RawValue::from_string(text).unwrap();

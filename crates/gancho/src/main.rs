@@ -7,6 +7,7 @@
 
 mod admin;
 mod allocator;
+mod cluster;
 mod commands;
 mod config;
 mod control;
@@ -249,6 +250,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster mode on NATS JetStream (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// How far the log is durable, indexed and processed by the rules, and what retention
     /// and the quarantine's cap deleted.
     Status {
@@ -299,6 +305,18 @@ enum DeadCommand {
         /// Every dead letter.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Check that the NATS servers of `[cluster]` meet gancho's needs (nats-server 2.14 or
+    /// later, JetStream with file storage, `sync_interval: always`) and that this node can
+    /// connect; exit 1 if not.
+    Check {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -353,6 +371,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
+            if let Some(cluster) = &config.cluster {
+                return cluster::refuse_to_run(cluster);
+            }
             if gancho_core::failpoint::enabled() {
                 // `cargo test` (or `cargo build --all-targets`) builds the binary with its test
                 // features; the one to install comes from `cargo build --release -p gancho`.
@@ -441,6 +462,9 @@ fn main() -> ExitCode {
         Command::Outbox { limit, json } => list_outbox(&config, limit, json),
         Command::Prune { json } => prune_now(&config, json),
         Command::Status { json } => show_status(&config, json),
+        Command::Cluster {
+            command: ClusterCommand::Check { json },
+        } => cluster::check_command(&config, json),
         Command::Poisoned { limit, json } => list_poisoned(&config, limit, json),
         Command::Rerun {
             rule,

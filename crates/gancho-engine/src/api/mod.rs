@@ -191,13 +191,13 @@ fn resolve(ctx: &mut Ctx, ty: &str, keys: &Map, window: &Dynamic) -> Res<Window>
     };
     let mut pairs = Vec::with_capacity(keys.len());
     for (name, value) in keys {
-        if let Some(known) = ctx.source_keys.as_ref().and_then(|k| k.get(source)) {
-            if !known.contains(name.as_str()) {
-                return err(format!(
-                    "{name:?} is not a correlation key of source {source:?} (keys: {})",
-                    known.iter().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            }
+        if let Some(known) = ctx.source_keys.as_ref().and_then(|k| k.get(source))
+            && !known.contains(name.as_str())
+        {
+            return err(format!(
+                "{name:?} is not a correlation key of source {source:?} (keys: {})",
+                known.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
         pairs.push((name.to_string(), dynamic::key_text(value)?));
     }

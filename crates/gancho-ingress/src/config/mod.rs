@@ -94,6 +94,16 @@ pub struct SourceConfig {
     /// sendgrid: the verification key, base64 DER as SendGrid shows it. Without it, SendGrid's
     /// requests are not signature-checked (give `basic_auth` then).
     pub public_key: Option<String>,
+    /// Cluster mode: the correlation key whose value decides which partition an event goes to
+    /// (its windows, `expect` and state are that partition's). Default: `email` for mailjet and
+    /// sendgrid, `Recipient` for postmark, `recipient` for mailgun, `To` for twilio; other
+    /// kinds must name one in cluster mode. Ignored on a single node. Example: `"account"`.
+    pub partition_key: Option<String>,
+    /// Cluster mode: correlation keys the operator asserts follow `partition_key` (every event
+    /// with the same value of one of them has the same partition key), so rules may query by
+    /// them too. Default: the message id for the e-mail kinds (mailjet: `MessageID`), the
+    /// message's `MessageSid` for twilio; none for others. Example: `["order"]`.
+    pub colocated: Option<Vec<String>>,
     /// `secret` (or `signing_key`), from the file, its variable or its file once read
     /// ([`SourceConfig::secrets_mut`]), or why they could not be.
     #[serde(skip)]
@@ -321,6 +331,14 @@ impl SourceConfig {
                 })
             }
         };
+        let mut names = kind.key_names();
+        names.extend(headers.keys.iter().map(|(name, _)| (*name).to_owned()));
+        let partition = partition_spec(
+            self.kind,
+            self.partition_key.take(),
+            self.colocated.take(),
+            &names,
+        )?;
         let defaults = crate::adapter::TimePolicy::default();
         let format = match self.kind {
             KindName::Twilio | KindName::Form => crate::sources::BodyFormat::Form,
@@ -339,8 +357,74 @@ impl SourceConfig {
                 max_future: self.max_future.unwrap_or(defaults.max_future),
             },
             auth,
+            partition,
         })
     }
+}
+
+/// The partition key of a source and the keys colocated with it, as given or as its kind's
+/// default; each must be one of the source's correlation keys.
+fn partition_spec(
+    kind: KindName,
+    key: Option<String>,
+    colocated: Option<Vec<String>>,
+    names: &[String],
+) -> Result<Option<crate::sources::PartitionSpec>, KeyError> {
+    let (default_key, default_colocated): (&str, &[&str]) = match kind {
+        KindName::Mailjet => ("email", &["MessageID"]),
+        KindName::Sendgrid => ("email", &["sg_message_id"]),
+        KindName::Postmark => ("Recipient", &["MessageID"]),
+        KindName::Mailgun => ("recipient", &["message_id"]),
+        KindName::Twilio => ("To", &["MessageSid"]),
+        _ => ("", &[]),
+    };
+    let known = |key: &str, field: &str| -> Result<(), KeyError> {
+        if names.iter().any(|n| n == key) {
+            Ok(())
+        } else {
+            Err(KeyError::new(
+                field,
+                format!(
+                    "{key:?} is not one of this source's correlation keys ({})",
+                    if names.is_empty() {
+                        "it has none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ))
+        }
+    };
+    let key = match key {
+        Some(key) => {
+            known(&key, "partition_key")?;
+            key
+        }
+        None if colocated.is_some() && default_key.is_empty() => {
+            return Err(KeyError::new(
+                "colocated",
+                "name the partition_key the colocated keys follow",
+            ));
+        }
+        None if default_key.is_empty() => return Ok(None),
+        None => default_key.to_owned(),
+    };
+    let colocated = match colocated {
+        Some(list) => {
+            for name in &list {
+                known(name, "colocated")?;
+                if *name == key {
+                    return Err(KeyError::new(
+                        "colocated",
+                        format!("{name:?} is the partition key itself"),
+                    ));
+                }
+            }
+            list
+        }
+        None => default_colocated.iter().map(|k| (*k).to_owned()).collect(),
+    };
+    Ok(Some(crate::sources::PartitionSpec { key, colocated }))
 }
 
 /// A kind's own correlation keys, and those the config adds (which may replace one).

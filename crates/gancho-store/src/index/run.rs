@@ -91,7 +91,7 @@ impl DiskRun {
             ),
             _ => (1, 0),
         };
-        if n == 0 || n % BLOOM_BLOCK_WORDS != 0 || distinct > entries {
+        if n == 0 || !n.is_multiple_of(BLOOM_BLOCK_WORDS) || distinct > entries {
             return Err(bad());
         }
         let (file, bloom) = RunFile::open(dir, id, n)?;

@@ -51,10 +51,10 @@ impl BlockCache {
     pub(crate) fn block(&self, tree: &Tree, seq: u64) -> Result<Option<Arc<Block>>, StoreError> {
         {
             let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, block)) = inner.blocks.range(..=seq).next_back() {
-                if block.record(seq).is_some() {
-                    return Ok(Some(Arc::clone(block)));
-                }
+            if let Some((_, block)) = inner.blocks.range(..=seq).next_back()
+                && block.record(seq).is_some()
+            {
+                return Ok(Some(Arc::clone(block)));
             }
         }
         let Some((key, value)) = codec::find_block(tree, seq)? else {

@@ -78,6 +78,9 @@ struct FileConfig {
     http: HttpConfig,
     retry: RetryPolicy,
     admin: AdminFile,
+    /// Cluster mode on NATS JetStream (`gancho_cluster::ClusterSection` documents its keys).
+    /// Absent: a single node, with no NATS.
+    cluster: Option<gancho_cluster::ClusterConfig>,
 }
 
 /// The `[admin]` section as written: the operators' listener (admin API, metrics,
@@ -161,6 +164,7 @@ impl Default for FileConfig {
             http: HttpConfig::default(),
             retry: RetryPolicy::default(),
             admin: AdminFile::default(),
+            cluster: None,
         }
     }
 }
@@ -178,6 +182,8 @@ pub struct Config {
     pub actions: ActionsConfig,
     pub admin: AdminConfig,
     pub log_format: LogFormat,
+    /// `[cluster]`, its token read already; `None`: a single node.
+    pub cluster: Option<gancho_cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -383,7 +389,38 @@ fn validate(file: FileConfig, origin: &str) -> Result<Config, ConfigError> {
         ready_max_lag: file.admin.ready_max_lag,
     };
 
+    let mut cluster = file.cluster;
+    if let Some(cluster) = &mut cluster {
+        if let gancho_cluster::NatsAuth::Token(secret) = &mut cluster.auth {
+            read_secret(secret, "cluster.token", &fail)?;
+        }
+        // Every source must say which key places its events in a partition.
+        if let Some(source) = sources.iter().find(|s| s.partition.is_none()) {
+            let mut names = source.kind.key_names();
+            names.extend(
+                source
+                    .headers
+                    .keys
+                    .iter()
+                    .map(|(name, _)| (*name).to_owned()),
+            );
+            return Err(fail(
+                &format!("sources.{}.partition_key", source.name),
+                format!(
+                    "required in cluster mode: the correlation key whose value decides an \
+                     event's partition (one of: {})",
+                    if names.is_empty() {
+                        "none; give the source keys first".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+
     Ok(Config {
+        cluster,
         admin,
         log_format: file.log_format,
         listen,

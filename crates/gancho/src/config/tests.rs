@@ -37,6 +37,10 @@ fn the_deploy_example_parses_with_every_key() {
     assert_eq!(spec.time.as_deref(), Some("/at"));
     assert_eq!(spec.id.as_deref(), Some("/id"));
     assert_eq!(spec.keys, [("account".to_owned(), "/account".to_owned())]);
+    let partition = bank.partition.as_ref().unwrap();
+    assert_eq!(partition.key, "account");
+    assert!(partition.colocated.is_empty());
+    assert!(config.cluster.is_none());
     let mailjet = &ingress.sources[1];
     assert!(matches!(mailjet.kind, gancho_ingress::SourceKind::Mailjet));
     assert_eq!(mailjet.auth.as_ref().unwrap().user, "mailjet");
@@ -345,5 +349,36 @@ fn password_file_is_read_without_its_newline() {
     assert_eq!(
         config.ingress.sources[0].auth.as_ref().unwrap().password,
         "s3cret"
+    );
+}
+
+/// The `[cluster]` example in `deploy/gancho.toml`, commented out there, parses once
+/// uncommented.
+#[test]
+fn the_deploy_examples_cluster_section_parses_uncommented() {
+    let text = include_str!("../../../../deploy/gancho.toml");
+    let (before, example) = text.split_once("# [cluster]\n").unwrap();
+    let mut uncommented = format!("{before}[cluster]\n");
+    for line in example.lines() {
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        // `key = value` lines; the prose between them stays out.
+        let is_key = line.split_once(" = ").is_some_and(|(key, _)| {
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        });
+        if is_key {
+            uncommented.push_str(line);
+            uncommented.push('\n');
+        }
+    }
+    let config = parse(&uncommented, "deploy/gancho.toml, [cluster] uncommented").unwrap();
+    let cluster = config.cluster.unwrap();
+    assert_eq!(cluster.node, "gancho-1");
+    assert_eq!(cluster.partitions, 16);
+    assert_eq!(cluster.lease, Duration::from_secs(10));
+    assert_eq!(cluster.nats.len(), 3);
+    assert_eq!(cluster.monitor.len(), 3);
+    assert_eq!(
+        cluster.auth,
+        gancho_cluster::NatsAuth::Creds("/etc/gancho/nats.creds".into())
     );
 }

@@ -1,0 +1,36 @@
+//! What can keep a node from running in a cluster.
+
+/// Why cluster mode cannot start or go on. Each message names the server or key at fault and
+/// what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "nats-server {server} is version {version}; gancho needs 2.14.0 or later (earlier servers \
+         acknowledge before fsync, get KV compare-and-set wrong under concurrent writers, or \
+         answer \"duplicate\" for a message a stream does not hold after a leader change)"
+    )]
+    TooOld { server: String, version: String },
+    #[error("nats-server {server} does not run JetStream: add a jetstream block to its config")]
+    NoJetStream { server: String },
+    #[error(
+        "nats-server {server} has no file storage for JetStream: give its jetstream block a \
+         store_dir and a max_file_store above 0"
+    )]
+    NoFileStorage { server: String },
+    #[error(
+        "nats-server {server} acknowledges writes before syncing them to disk: set \
+         `sync_interval: always` in its jetstream block (a power loss would otherwise lose \
+         acknowledged events)"
+    )]
+    NotSyncAlways { server: String },
+    #[error(
+        "cannot read the monitoring endpoint {endpoint}: {reason} (gancho reads each server's \
+         version and JetStream settings from /varz at start; list the servers' monitoring \
+         endpoints in [cluster] monitor and let the gancho nodes reach them)"
+    )]
+    Monitor { endpoint: String, reason: String },
+    #[error("cannot connect to NATS at {servers}: {reason}")]
+    Connect { servers: String, reason: String },
+    #[error("the NATS account has no JetStream: {reason}")]
+    NoJetStreamAccount { reason: String },
+}

@@ -1,0 +1,20 @@
+//! Cluster mode on NATS JetStream: the `[cluster]` section, how events are spread over
+//! partitions, and the checks a NATS deployment must pass before a node runs on it.
+//!
+//! It owns everything a node says to NATS. It must not decide anything about events (the engine
+//! does) nor touch the local store: the log, the engine's state and the outbox stay in their
+//! crates, and single-node mode (no `[cluster]`) never loads this crate's client at all. This
+//! is the first step of issue 17; `docs/cluster.md` says what works today and what is to come.
+
+mod config;
+mod error;
+mod gate;
+mod partition;
+
+pub use config::{
+    ClusterConfig, ClusterSection, DEFAULT_LEASE, DEFAULT_MONITOR_PORT, DEFAULT_PARTITIONS,
+    MAX_PARTITIONS, NatsAuth,
+};
+pub use error::ClusterError;
+pub use gate::{MIN_SERVER, ServerReport, check_servers, connect, parse_varz, version_meets_floor};
+pub use partition::{Partition, partition_of};

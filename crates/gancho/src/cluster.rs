@@ -1,0 +1,120 @@
+//! `[cluster]` at the binary's edge: the checks a NATS deployment must pass, run by
+//! `gancho cluster check` and at the start of `gancho run`.
+//!
+//! Cluster mode itself (partitions owned by nodes, decisions fenced in JetStream) is being
+//! built (issue 17). Until it runs, a daemon started with `[cluster]` checks the servers and
+//! then refuses to start, saying so: running as a single node while the operator configured a
+//! cluster would put each node's events in its own store, which is worse than not starting.
+
+use std::process::ExitCode;
+
+use gancho_cluster::{ClusterConfig, ClusterError, ServerReport};
+
+use crate::config::Config;
+
+/// `EX_UNAVAILABLE`: NATS could not be reached; the unit's restart tries again.
+const EXIT_UNAVAILABLE: u8 = 69;
+/// `EX_CONFIG`: the servers or the config must change first; the unit does not restart.
+const EXIT_CONFIG: u8 = 78;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Every server's report, then the connection's check.
+async fn check(config: &ClusterConfig) -> Result<Vec<ServerReport>, ClusterError> {
+    let reports = gancho_cluster::check_servers(config).await?;
+    let token = match &config.auth {
+        gancho_cluster::NatsAuth::Token(secret) => secret.expose(),
+        _ => None,
+    };
+    let client = gancho_cluster::connect(config, token).await?;
+    drop(client);
+    Ok(reports)
+}
+
+/// `gancho cluster check`: prints each server's version and JetStream settings, and whether
+/// gancho can run on them.
+pub fn check_command(config: &Config, json: bool) -> anyhow::Result<()> {
+    let Some(cluster) = &config.cluster else {
+        anyhow::bail!("the config has no [cluster] section: this node runs alone, without NATS");
+    };
+    let result = runtime()?.block_on(check(cluster));
+    match (result, json) {
+        (Ok(reports), true) => {
+            let servers: Vec<serde_json::Value> = reports
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "name": r.name, "endpoint": r.endpoint, "version": r.version,
+                        "jetstream": r.jetstream, "file_storage": r.file_storage,
+                        "sync_always": r.sync_always,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "ok": true, "node": cluster.node, "servers": servers })
+            );
+            Ok(())
+        }
+        (Ok(reports), false) => {
+            println!("NAME\tVERSION\tJETSTREAM\tSYNC\tENDPOINT");
+            for r in &reports {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    crate::text::shown(&r.name),
+                    crate::text::shown(&r.version),
+                    if r.file_storage { "file" } else { "no" },
+                    if r.sync_always { "always" } else { "no" },
+                    r.endpoint
+                );
+            }
+            println!(
+                "ok: {} server(s) meet gancho's needs (nats-server >= {}.{}.{}, JetStream on \
+                 file storage, sync_interval always), and node {} connected",
+                reports.len(),
+                gancho_cluster::MIN_SERVER.0,
+                gancho_cluster::MIN_SERVER.1,
+                gancho_cluster::MIN_SERVER.2,
+                cluster.node
+            );
+            Ok(())
+        }
+        (Err(err), _) => Err(anyhow::anyhow!("{err}")),
+    }
+}
+
+/// At the start of `gancho run` with `[cluster]`: the exit code to stop with, after saying why.
+pub fn refuse_to_run(cluster: &ClusterConfig) -> ExitCode {
+    let result = match runtime() {
+        Ok(runtime) => runtime.block_on(check(cluster)),
+        Err(err) => {
+            eprintln!("gancho: cannot start the cluster checks: {err}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    match result {
+        Err(err @ (ClusterError::Connect { .. } | ClusterError::Monitor { .. })) => {
+            tracing::error!(error = %err, "cluster mode: NATS is not reachable");
+            eprintln!("gancho: cluster mode: {err}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cluster mode: refused");
+            eprintln!("gancho: cluster mode refused: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Ok(reports) => {
+            eprintln!(
+                "gancho: [cluster]: the {} NATS server(s) pass gancho's checks, but this version \
+                 does not run cluster mode yet (docs/cluster.md); remove [cluster] to run a \
+                 single node",
+                reports.len()
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Cluster mode's start (issue 17): the real binary against real nats-server clusters on
+//! loopback. A deployment that would break gancho's guarantees is refused with a message naming
+//! the server and what to change; the config names a source without a partition key.
+
+use gancho_testkit::nats::{NatsCluster, NatsOptions, old_binary};
+
+use crate::support::Setup;
+
+/// A `[cluster]` section for `cluster`.
+fn cluster_section(cluster: &NatsCluster) -> String {
+    format!("[cluster]\n{}node = \"g1\"\n", cluster.cluster_keys())
+}
+
+/// Starts three servers with `options` and `gancho run` on them; its exit code and stderr.
+fn run_on(options: NatsOptions) -> Option<(Option<i32>, String)> {
+    let cluster = NatsCluster::start_with(3, options)?;
+    let setup = Setup::new(&format!("{MAILJET}\n{}", cluster_section(&cluster)));
+    let out = setup.command(&["run"]);
+    assert!(!setup.dir.path().join("data").join("store").exists());
+    Some((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+const MAILJET: &str = "[sources.mailjet]\nkind = \"mailjet\"\n";
+
+#[test]
+fn cluster_check_passes_on_2_15_and_run_says_cluster_mode_is_not_there_yet() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let setup = Setup::new(&format!("{MAILJET}\n{}", cluster_section(&cluster)));
+    let report = setup.json(&["cluster", "check", "--json"]);
+    assert_eq!(report["ok"], true, "{report}");
+    let servers = report["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3, "{report}");
+    for server in servers {
+        assert_eq!(server["sync_always"], true, "{report}");
+        assert_eq!(server["file_storage"], true, "{report}");
+    }
+    let out = setup.command(&["cluster", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("ok: 3 server(s)"),
+        "{text}"
+    );
+
+    // Until cluster mode runs, a daemon configured for it does not start as a lone node.
+    let out = setup.command(&["run"]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not run cluster mode yet"), "{stderr}");
+    assert!(!setup.dir.path().join("data").join("store").exists());
+}
+
+#[test]
+fn a_nats_server_older_than_2_14_is_refused_at_start() {
+    let Some(binary) = old_binary() else {
+        return;
+    };
+    let options = NatsOptions {
+        binary: Some(binary),
+        ..NatsOptions::default()
+    };
+    let Some((code, stderr)) = run_on(options) else {
+        return;
+    };
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("version 2.12") && stderr.contains("needs 2.14.0 or later"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn servers_that_do_not_sync_each_write_are_refused_at_start() {
+    let options = NatsOptions {
+        no_sync_always: true,
+        ..NatsOptions::default()
+    };
+    let Some((code, stderr)) = run_on(options) else {
+        return;
+    };
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("sync_interval: always"), "{stderr}");
+}
+
+#[test]
+fn unreachable_nats_exits_69_so_the_unit_restarts_it() {
+    let setup = Setup::new(&format!(
+        "{MAILJET}\n[cluster]\nnats = [\"nats://127.0.0.1:1\"]\nnode = \"g1\"\nmonitor = [\"http://127.0.0.1:1\"]\n"
+    ));
+    let out = setup.command(&["run"]);
+    assert_eq!(out.status.code(), Some(69));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("http://127.0.0.1:1"), "{stderr}");
+}
+
+#[test]
+fn in_cluster_mode_every_source_names_its_partition_key() {
+    let cluster = "[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\nnode = \"g1\"\n";
+    let bank = "[sources.bank]\nkind = \"json\"\ntype = \"/kind\"\nkeys = { account = \"/account\", card = \"/card\" }\n";
+    let setup = Setup::new(&format!("{bank}\n{cluster}"));
+    let out = setup.command(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sources.bank.partition_key: required in cluster mode")
+            && stderr.contains("account, card"),
+        "{stderr}"
+    );
+
+    // Named, and a key it does not have refused.
+    let named = bank.replace(
+        "\nkeys",
+        "\npartition_key = \"account\"\ncolocated = [\"card\"]\nkeys",
+    );
+    let setup = Setup::new(&format!("{named}\n{cluster}"));
+    let out = setup.command(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = bank.replace("\nkeys", "\npartition_key = \"iban\"\nkeys");
+    let setup = Setup::new(&format!("{wrong}\n{cluster}"));
+    let out = setup.command(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sources.bank.partition_key") && stderr.contains("\"iban\" is not one"),
+        "{stderr}"
+    );
+
+    // Mailjet places events by `email`, with `MessageID` colocated, by default; a single node
+    // needs no partition key at all.
+    let setup = Setup::new(&format!("{MAILJET}\n{cluster}"));
+    assert!(setup.command(&["check-config"]).status.success());
+    let setup = Setup::new(bank);
+    assert!(setup.command(&["check-config"]).status.success());
+}
