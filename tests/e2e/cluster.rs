@@ -35,6 +35,9 @@ fn cluster_check_passes_on_2_15_and_run_says_cluster_mode_is_not_there_yet() {
     assert_eq!(report["ok"], true, "{report}");
     let servers = report["servers"].as_array().unwrap();
     assert_eq!(servers.len(), 3, "{report}");
+    assert_eq!(report["partitions"], 16, "{report}");
+    // Checking creates nothing.
+    assert!(report["created_with_partitions"].is_null(), "{report}");
     for server in servers {
         assert_eq!(server["sync_always"], true, "{report}");
         assert_eq!(server["file_storage"], true, "{report}");

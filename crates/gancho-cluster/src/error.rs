@@ -33,4 +33,23 @@ pub enum ClusterError {
     Connect { servers: String, reason: String },
     #[error("the NATS account has no JetStream: {reason}")]
     NoJetStreamAccount { reason: String },
+    #[error("cannot create {what} in JetStream: {reason}")]
+    Provision { what: String, reason: String },
+    #[error(
+        "[cluster] partitions = {configured}, but the cluster was created with {recorded}: every \
+         stored event's partition depends on the count, so it cannot change (set partitions = \
+         {recorded})"
+    )]
+    PartitionsChanged { configured: u16, recorded: u16 },
+    #[error("publishing to JetStream failed: {reason}")]
+    Publish { reason: String },
+    #[error(
+        "JetStream answered \"duplicate\" (sequence {sequence}) for message {message_id} of \
+         partition {partition}, but the stream does not hold it there: not acknowledged"
+    )]
+    DuplicateNotStored {
+        partition: u16,
+        message_id: String,
+        sequence: u64,
+    },
 }

@@ -10,6 +10,8 @@ mod config;
 mod error;
 mod gate;
 mod partition;
+mod publish;
+mod streams;
 
 pub use config::{
     ClusterConfig, ClusterSection, DEFAULT_LEASE, DEFAULT_MONITOR_PORT, DEFAULT_PARTITIONS,
@@ -18,3 +20,11 @@ pub use config::{
 pub use error::ClusterError;
 pub use gate::{MIN_SERVER, ServerReport, check_servers, connect, parse_varz, version_meets_floor};
 pub use partition::{Partition, partition_of};
+pub use publish::{
+    FORMAT_HEADER, FORMAT_JSON_V1, Published, confirm_duplicate, message_id, partition_for,
+    publish_events,
+};
+pub use streams::{
+    DUPLICATE_WINDOW, META_BUCKET, PARTITIONS_KEY, REPLICAS, create_streams, event_stream,
+    event_subject, fix_partitions, journal_stream, journal_subject, recorded_partitions,
+};

@@ -23,16 +23,33 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Every server's report, then the connection's check.
-async fn check(config: &ClusterConfig) -> Result<Vec<ServerReport>, ClusterError> {
+/// What the checks found: every server's report, and the partition count the cluster was
+/// created with (`None`: not created yet).
+struct Checked {
+    reports: Vec<ServerReport>,
+    recorded: Option<u16>,
+}
+
+/// Every server's report, the connection's check, and the partition count against the
+/// cluster's (read only: nothing is created).
+async fn check(config: &ClusterConfig) -> Result<Checked, ClusterError> {
     let reports = gancho_cluster::check_servers(config).await?;
     let token = match &config.auth {
         gancho_cluster::NatsAuth::Token(secret) => secret.expose(),
         _ => None,
     };
     let client = gancho_cluster::connect(config, token).await?;
-    drop(client);
-    Ok(reports)
+    let js = async_nats::jetstream::new(client);
+    let recorded = gancho_cluster::recorded_partitions(&js).await?;
+    if let Some(recorded) = recorded
+        && recorded != config.partitions
+    {
+        return Err(ClusterError::PartitionsChanged {
+            configured: config.partitions,
+            recorded,
+        });
+    }
+    Ok(Checked { reports, recorded })
 }
 
 /// `gancho cluster check`: prints each server's version and JetStream settings, and whether
@@ -43,7 +60,7 @@ pub fn check_command(config: &Config, json: bool) -> anyhow::Result<()> {
     };
     let result = runtime()?.block_on(check(cluster));
     match (result, json) {
-        (Ok(reports), true) => {
+        (Ok(Checked { reports, recorded }), true) => {
             let servers: Vec<serde_json::Value> = reports
                 .iter()
                 .map(|r| {
@@ -56,11 +73,14 @@ pub fn check_command(config: &Config, json: bool) -> anyhow::Result<()> {
                 .collect();
             println!(
                 "{}",
-                serde_json::json!({ "ok": true, "node": cluster.node, "servers": servers })
+                serde_json::json!({
+                    "ok": true, "node": cluster.node, "servers": servers,
+                    "partitions": cluster.partitions, "created_with_partitions": recorded,
+                })
             );
             Ok(())
         }
-        (Ok(reports), false) => {
+        (Ok(Checked { reports, recorded }), false) => {
             println!("NAME\tVERSION\tJETSTREAM\tSYNC\tENDPOINT");
             for r in &reports {
                 println!(
@@ -81,6 +101,14 @@ pub fn check_command(config: &Config, json: bool) -> anyhow::Result<()> {
                 gancho_cluster::MIN_SERVER.2,
                 cluster.node
             );
+            match recorded {
+                Some(n) => println!("the cluster was created with {n} partitions, as configured"),
+                None => println!(
+                    "the cluster is not created yet: the first node will create it with {} \
+                     partitions",
+                    cluster.partitions
+                ),
+            }
             Ok(())
         }
         (Err(err), _) => Err(anyhow::anyhow!("{err}")),
@@ -107,7 +135,7 @@ pub fn refuse_to_run(cluster: &ClusterConfig) -> ExitCode {
             eprintln!("gancho: cluster mode refused: {err}");
             ExitCode::from(EXIT_CONFIG)
         }
-        Ok(reports) => {
+        Ok(Checked { reports, .. }) => {
             eprintln!(
                 "gancho: [cluster]: the {} NATS server(s) pass gancho's checks, but this version \
                  does not run cluster mode yet (docs/cluster.md); remove [cluster] to run a \

@@ -1,0 +1,177 @@
+//! What a cluster keeps in JetStream, and creating it: the cluster's own record (the partition
+//! count it was created with), and per partition an event stream and a decision journal.
+//!
+//! Names (a stored format, like the partition hash):
+//! - KV bucket `gancho_cluster`, key `partitions`: the count, as decimal text, written once by
+//!   whichever node creates the cluster first (a compare-and-set create, so two nodes starting
+//!   at once cannot record two counts);
+//! - stream `GANCHO_EV_<p>` on subject `gancho.ev.<p>`: partition `p`'s events;
+//! - stream `GANCHO_J_<p>` on subject `gancho.j.<p>`: partition `p`'s decision journal.
+//!
+//! Every stream and the bucket are replicated [`REPLICAS`] times on file storage. A stream that
+//! exists already is used as it is (creating is idempotent), so nodes may start in any order.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+
+use crate::error::ClusterError;
+use crate::partition::Partition;
+
+/// Replicas of every stream and bucket: a write is acknowledged once two of three servers
+/// hold it, so one server may be lost (or restarted) at any time.
+pub const REPLICAS: usize = 3;
+/// The bucket of the cluster's own record.
+pub const META_BUCKET: &str = "gancho_cluster";
+/// The key of the partition count in [`META_BUCKET`].
+pub const PARTITIONS_KEY: &str = "partitions";
+/// How long JetStream remembers a message id to drop a repeat of it. A provider's retry that
+/// comes later is still stored once: the partition's owner deduplicates by event id as a
+/// single node does.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Partition `p`'s event stream.
+pub fn event_stream(p: Partition) -> String {
+    format!("GANCHO_EV_{p}")
+}
+
+/// The subject partition `p`'s events are published on.
+pub fn event_subject(p: Partition) -> String {
+    format!("gancho.ev.{p}")
+}
+
+/// Partition `p`'s decision journal.
+pub fn journal_stream(p: Partition) -> String {
+    format!("GANCHO_J_{p}")
+}
+
+/// The subject partition `p`'s decisions are journaled on.
+pub fn journal_subject(p: Partition) -> String {
+    format!("gancho.j.{p}")
+}
+
+fn provision_error(what: impl Into<String>, err: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Provision {
+        what: what.into(),
+        reason: err.to_string(),
+    }
+}
+
+/// The partition count the cluster was created with, if it has been.
+pub async fn recorded_partitions(js: &jetstream::Context) -> Result<Option<u16>, ClusterError> {
+    // A bucket is the stream `KV_<bucket>`: not found means the cluster was never created.
+    match js.get_stream(format!("KV_{META_BUCKET}")).await {
+        Ok(_) => {}
+        Err(err)
+            if matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(None);
+        }
+        Err(err) => return Err(provision_error(format!("bucket {META_BUCKET}"), err)),
+    }
+    let store = js
+        .get_key_value(META_BUCKET)
+        .await
+        .map_err(|err| provision_error(format!("bucket {META_BUCKET}"), err))?;
+    let value = store
+        .get(PARTITIONS_KEY)
+        .await
+        .map_err(|err| provision_error(format!("{META_BUCKET}.{PARTITIONS_KEY}"), err))?;
+    value.map(|bytes| parse_count(&bytes)).transpose()
+}
+
+fn parse_count(bytes: &[u8]) -> Result<u16, ClusterError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| {
+            provision_error(
+                format!("{META_BUCKET}.{PARTITIONS_KEY}"),
+                format!(
+                    "{:?} is not a partition count",
+                    String::from_utf8_lossy(bytes)
+                ),
+            )
+        })
+}
+
+/// Records `partitions` as the cluster's count if none is recorded yet, and refuses a count
+/// other than the recorded one: the partition of every stored event depends on it.
+pub async fn fix_partitions(js: &jetstream::Context, partitions: u16) -> Result<(), ClusterError> {
+    let store = js
+        .create_key_value(kv::Config {
+            bucket: META_BUCKET.to_owned(),
+            description: "gancho: the cluster's own record".to_owned(),
+            history: 1,
+            num_replicas: REPLICAS,
+            storage: StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| provision_error(format!("bucket {META_BUCKET}"), err))?;
+    match store
+        .create(PARTITIONS_KEY, partitions.to_string().into())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let value = store
+                .get(PARTITIONS_KEY)
+                .await
+                .map_err(|err| provision_error(format!("{META_BUCKET}.{PARTITIONS_KEY}"), err))?
+                .ok_or_else(|| {
+                    provision_error(
+                        format!("{META_BUCKET}.{PARTITIONS_KEY}"),
+                        "exists but has no value",
+                    )
+                })?;
+            let recorded = parse_count(&value)?;
+            if recorded == partitions {
+                Ok(())
+            } else {
+                Err(ClusterError::PartitionsChanged {
+                    configured: partitions,
+                    recorded,
+                })
+            }
+        }
+        Err(err) => Err(provision_error(
+            format!("{META_BUCKET}.{PARTITIONS_KEY}"),
+            err,
+        )),
+    }
+}
+
+/// Creates (or finds) every partition's event stream and journal.
+pub async fn create_streams(js: &jetstream::Context, partitions: u16) -> Result<(), ClusterError> {
+    for p in 0..partitions {
+        for (name, subject, description) in [
+            (
+                event_stream(p),
+                event_subject(p),
+                "gancho: a partition's events",
+            ),
+            (
+                journal_stream(p),
+                journal_subject(p),
+                "gancho: a partition's decisions",
+            ),
+        ] {
+            js.get_or_create_stream(StreamConfig {
+                name: name.clone(),
+                description: Some(description.to_owned()),
+                subjects: vec![subject],
+                num_replicas: REPLICAS,
+                storage: StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| provision_error(format!("stream {name}"), err))?;
+        }
+    }
+    Ok(())
+}

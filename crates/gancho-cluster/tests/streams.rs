@@ -1,0 +1,197 @@
+//! Streams and publishing against a real three-server JetStream cluster on loopback: the
+//! partition count is fixed at creation, events land in their partitions' streams once, a
+//! duplicate is believed only when the stream holds it, and one server lost loses nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use gancho_cluster::{
+    ClusterConfig, ClusterError, create_streams, event_stream, fix_partitions, message_id,
+    partition_for, publish_events, recorded_partitions,
+};
+use gancho_core::NewEvent;
+use gancho_testkit::nats::NatsCluster;
+
+const PARTITIONS: u16 = 4;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
+    let config: ClusterConfig =
+        toml::from_str(&format!("{}node = \"n1\"\n", cluster.cluster_keys())).unwrap();
+    jetstream::new(gancho_cluster::connect(&config, None).await.unwrap())
+}
+
+fn event(i: usize) -> NewEvent {
+    serde_json::from_value(serde_json::json!({
+        "id": format!("ev-{i}"),
+        "source": "mailjet",
+        "type": "open",
+        "time": "2026-11-30T10:00:00Z",
+        "received": "2026-11-30T10:00:01Z",
+        "keys": { "email": format!("user{}@example.com", i % 10) },
+        "data": { "i": i },
+    }))
+    .unwrap()
+}
+
+async fn stored(js: &jetstream::Context, p: u16) -> u64 {
+    let mut stream = js.get_stream(event_stream(p)).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+async fn stored_in_all(js: &jetstream::Context) -> u64 {
+    let mut total = 0;
+    for p in 0..PARTITIONS {
+        total += stored(js, p).await;
+    }
+    total
+}
+
+#[test]
+fn the_partition_count_is_fixed_when_the_cluster_is_created() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    runtime().block_on(async {
+        let js = jetstream_of(&cluster).await;
+        assert_eq!(recorded_partitions(&js).await.unwrap(), None);
+        fix_partitions(&js, PARTITIONS).await.unwrap();
+        // A second node with the same count, or the same node again: fine.
+        fix_partitions(&js, PARTITIONS).await.unwrap();
+        assert_eq!(recorded_partitions(&js).await.unwrap(), Some(PARTITIONS));
+        let err = fix_partitions(&js, 8).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClusterError::PartitionsChanged {
+                    configured: 8,
+                    recorded: 4
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("set partitions = 4"), "{err}");
+
+        create_streams(&js, PARTITIONS).await.unwrap();
+        create_streams(&js, PARTITIONS).await.unwrap();
+        for p in 0..PARTITIONS {
+            for name in [event_stream(p), gancho_cluster::journal_stream(p)] {
+                let mut stream = js.get_stream(&name).await.unwrap();
+                let info = stream.info().await.unwrap();
+                assert_eq!(info.config.num_replicas, 3, "{name}");
+                assert_eq!(
+                    info.config.storage,
+                    jetstream::stream::StorageType::File,
+                    "{name}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn events_land_once_in_their_partitions_and_survive_a_lost_server() {
+    let Some(mut cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let rt = runtime();
+    let js = rt.block_on(jetstream_of(&cluster));
+    rt.block_on(async {
+        fix_partitions(&js, PARTITIONS).await.unwrap();
+        create_streams(&js, PARTITIONS).await.unwrap();
+    });
+    let partition = |e: &NewEvent| partition_for(e, "email", PARTITIONS);
+    let events: Vec<NewEvent> = (0..200).map(event).collect();
+    let first = rt
+        .block_on(publish_events(&js, &events, partition))
+        .unwrap();
+    assert_eq!(first.len(), 200);
+    assert!(first.iter().all(|p| !p.duplicate));
+    // Same e-mail, same partition.
+    for (e, p) in events.iter().zip(&first) {
+        assert_eq!(p.partition, partition(e));
+    }
+    // Published again (a provider's retry, on any node): duplicates, each confirmed at the
+    // sequence it was first stored at.
+    let again = rt
+        .block_on(publish_events(&js, &events, partition))
+        .unwrap();
+    for (a, b) in first.iter().zip(&again) {
+        assert!(b.duplicate);
+        assert_eq!((a.partition, a.sequence), (b.partition, b.sequence));
+    }
+    let total = rt.block_on(stored_in_all(&js));
+    assert_eq!(total, 200);
+
+    // A "duplicate" is believed only where the stream holds that message: not at sequence 0
+    // (what servers before 2.11 could answer across a leader change), not at a sequence that
+    // holds another message, not past the end.
+    rt.block_on(async {
+        let p = first[3].partition;
+        let id = message_id(&events[3]);
+        gancho_cluster::confirm_duplicate(&js, p, &id, first[3].sequence)
+            .await
+            .unwrap();
+        let other = first
+            .iter()
+            .find(|x| x.partition == p && x.sequence != first[3].sequence);
+        for sequence in [0, other.unwrap().sequence, 1_000_000] {
+            let err = gancho_cluster::confirm_duplicate(&js, p, &id, sequence)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, ClusterError::DuplicateNotStored { .. }),
+                "{err}"
+            );
+        }
+    });
+
+    // A stored message reads back as the event it was.
+    rt.block_on(async {
+        let stream = js
+            .get_stream(event_stream(first[7].partition))
+            .await
+            .unwrap();
+        let message = stream.get_raw_message(first[7].sequence).await.unwrap();
+        let back: NewEvent = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(back.id.as_str(), "ev-7");
+        assert_eq!(
+            message
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .unwrap()
+                .as_str(),
+            message_id(&events[7])
+        );
+    });
+
+    // One of three servers killed: publishing goes on (two of three hold each write), and
+    // nothing acknowledged is lost once it is back.
+    cluster.kill(0);
+    let more: Vec<NewEvent> = (200..300).map(event).collect();
+    let published = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match publish_events(&js, &more, partition).await {
+                Ok(published) => break published,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("retrying after a lost server: {err}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
+    });
+    assert_eq!(published.len(), 100);
+    cluster.restart(0);
+    cluster.wait_healthy(0, Duration::from_secs(30));
+    let total = rt.block_on(stored_in_all(&js));
+    assert_eq!(total, 300);
+}
