@@ -41,6 +41,27 @@ pub enum ClusterError {
          {recorded})"
     )]
     PartitionsChanged { configured: u16, recorded: u16 },
+    #[error(
+        "partition {partition}: node {node}'s journal write was refused (the journal moved past \
+         sequence {expected}): another node owns the partition now, and this one drops it"
+    )]
+    Fenced {
+        partition: u16,
+        node: String,
+        expected: u64,
+    },
+    #[error("the journal of partition {partition}: {reason}")]
+    Journal { partition: u16, reason: String },
+    #[error("{what}: {reason}")]
+    Lease { what: String, reason: String },
+    #[error(
+        "[cluster] lease = {configured:?}, but the cluster's leases last {recorded:?}: every \
+         node must agree on when a lease ends (set lease to the cluster's)"
+    )]
+    LeaseChanged {
+        configured: std::time::Duration,
+        recorded: std::time::Duration,
+    },
     #[error("publishing to JetStream failed: {reason}")]
     Publish { reason: String },
     #[error(

@@ -2,19 +2,11 @@
 //! `sync_interval: always` passes; without it, or a server older than 2.14, is refused.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::*;
 use gancho_cluster::{ClusterConfig, ClusterError, check_servers, connect};
 use gancho_testkit::nats::{NatsCluster, NatsOptions, old_binary};
-
-fn config_for(cluster: &NatsCluster) -> ClusterConfig {
-    toml::from_str(&format!("{}node = \"n1\"\n", cluster.cluster_keys())).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn a_cluster_of_2_15_syncing_every_write_passes() {

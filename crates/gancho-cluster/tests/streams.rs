@@ -3,30 +3,20 @@
 //! duplicate is believed only when the stream holds it, and one server lost loses nothing.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
+use common::*;
 use gancho_cluster::{
-    ClusterConfig, ClusterError, create_streams, event_stream, fix_partitions, message_id,
-    partition_for, publish_events, recorded_partitions,
+    ClusterError, create_streams, event_stream, fix_partitions, message_id, partition_for,
+    publish_events, recorded_partitions,
 };
 use gancho_core::NewEvent;
 use gancho_testkit::nats::NatsCluster;
 
 const PARTITIONS: u16 = 4;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
-    let config: ClusterConfig =
-        toml::from_str(&format!("{}node = \"n1\"\n", cluster.cluster_keys())).unwrap();
-    jetstream::new(gancho_cluster::connect(&config, None).await.unwrap())
-}
 
 fn event(i: usize) -> NewEvent {
     serde_json::from_value(serde_json::json!({

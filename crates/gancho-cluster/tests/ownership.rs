@@ -1,0 +1,113 @@
+//! Ownership against a real three-server JetStream cluster on loopback: the journal's fence
+//! refuses a stale owner's commit, leases expire when not renewed and can then be taken, and
+//! nodes must agree on the lease.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gancho_cluster::{ClusterError, Journal, Leases, create_streams};
+use gancho_testkit::nats::NatsCluster;
+
+#[test]
+fn a_stale_owner_cannot_commit_once_another_has() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    runtime().block_on(async {
+        let js = jetstream_of(&cluster).await;
+        create_streams(&js, 2).await.unwrap();
+        // Node a owns partition 1 and commits.
+        let mut a = Journal::open(&js, 1, "a").await.unwrap();
+        assert_eq!((a.last_sequence(), a.cursor()), (0, 0));
+        a.commit(10, b"batch 1".to_vec()).await.unwrap();
+        // Node a pauses; node b takes over from where the journal ends, and commits.
+        let mut b = Journal::open(&js, 1, "b").await.unwrap();
+        assert_eq!((b.last_sequence(), b.cursor()), (1, 10));
+        b.commit(25, b"batch 2 by b".to_vec()).await.unwrap();
+        // Node a wakes up: its next commit is refused, and every one after it.
+        let err = a.commit(20, b"batch 2 by a".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(&err, ClusterError::Fenced { partition: 1, node, expected: 1 } if node == "a"),
+            "{err}"
+        );
+        assert!(matches!(
+            a.commit(30, b"again".to_vec()).await.unwrap_err(),
+            ClusterError::Fenced { .. }
+        ));
+        // The journal holds b's decisions only; another partition is not fenced by it.
+        let reopened = Journal::open(&js, 1, "c").await.unwrap();
+        assert_eq!((reopened.last_sequence(), reopened.cursor()), (2, 25));
+        let mut other = Journal::open(&js, 0, "a").await.unwrap();
+        other.commit(5, b"p0".to_vec()).await.unwrap();
+        // Two nodes that both opened at the same point: exactly one commit wins.
+        let mut x = Journal::open(&js, 0, "x").await.unwrap();
+        let mut y = Journal::open(&js, 0, "y").await.unwrap();
+        let (rx, ry) = tokio::join!(x.commit(6, b"x".to_vec()), y.commit(6, b"y".to_vec()));
+        assert!(rx.is_ok() != ry.is_ok(), "{rx:?} {ry:?}");
+    });
+}
+
+#[test]
+fn a_lease_not_renewed_expires_and_another_node_takes_it() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let lease = Duration::from_secs(2);
+    runtime().block_on(async {
+        let js = jetstream_of(&cluster).await;
+        let a = Leases::open(&js, "a", lease).await.unwrap();
+        let b = Leases::open(&js, "b", lease).await.unwrap();
+        a.heartbeat().await.unwrap();
+        b.heartbeat().await.unwrap();
+        assert_eq!(a.live_nodes().await.unwrap(), ["a", "b"]);
+
+        let mut held = a.acquire(3).await.unwrap().unwrap();
+        assert_eq!(b.acquire(3).await.unwrap(), None);
+        assert_eq!(b.holder(3).await.unwrap().as_deref(), Some("a"));
+        assert!(a.renew(&mut held).await.unwrap());
+
+        // a stops renewing (and heartbeating); b keeps its heartbeat and tries to take the
+        // partition: it gets it within twice the lease.
+        let start = Instant::now();
+        let taken = loop {
+            b.heartbeat().await.unwrap();
+            if let Some(lease) = b.acquire(3).await.unwrap() {
+                break lease;
+            }
+            // Generous: CI machines are busy; how fast a takeover is, is a figure for the
+            // failure tests to report, not a unit test's.
+            assert!(start.elapsed() < lease * 4, "never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            start.elapsed() >= lease / 2,
+            "taken too early: {:?}",
+            start.elapsed()
+        );
+        assert_eq!(b.holder(3).await.unwrap().as_deref(), Some("b"));
+        // a's renewal now fails: it has lost the partition.
+        assert!(!a.renew(&mut held).await.unwrap());
+        // a's heartbeat expires too (the servers remove expired entries in sweeps, so it may
+        // be listed a little past its lease).
+        let start = Instant::now();
+        while b.live_nodes().await.unwrap() != ["b"] {
+            b.heartbeat().await.unwrap();
+            assert!(start.elapsed() < lease * 4, "a is still listed as alive");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // A graceful handover: b releases, a takes it at once.
+        b.release(taken).await.unwrap();
+        assert_eq!(a.holder(3).await.unwrap(), None);
+        assert!(a.acquire(3).await.unwrap().is_some());
+
+        // Nodes must agree on the lease.
+        let err = Leases::open(&js, "c", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClusterError::LeaseChanged { .. }), "{err}");
+    });
+}
