@@ -54,6 +54,14 @@ pub enum ClusterError {
     Journal { partition: u16, reason: String },
     #[error("{what}: {reason}")]
     Lease { what: String, reason: String },
+    #[error("reading partition {partition}'s events: {reason}")]
+    Read { partition: u16, reason: String },
+    #[error("partition {partition}'s message {sequence} is not an event gancho can read: {reason}")]
+    Undecodable {
+        partition: u16,
+        sequence: u64,
+        reason: String,
+    },
     #[error(
         "[cluster] lease = {configured:?}, but the cluster's leases last {recorded:?}: every \
          node must agree on when a lease ends (set lease to the cluster's)"

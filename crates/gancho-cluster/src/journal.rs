@@ -9,6 +9,10 @@
 //! [`ClusterError::Fenced`]. The lease only says who *should* own a partition; this fence is
 //! what makes sure only one does.
 //!
+//! A write whose acknowledgement was lost (a leader change, a dropped connection) is tried
+//! again with the same fence; finding its own write at the next sequence (this node's name,
+//! this cursor), the retry takes it as done instead of as fenced.
+//!
 //! A message is at most the servers' `max_payload` (1 MiB by default); a commit larger than
 //! that is refused with an error that says so (chunking it is for when the engine's commits
 //! go here).
@@ -119,6 +123,13 @@ impl Journal {
                 Ok(ack.sequence)
             }
             Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+                // A retry of a commit whose acknowledgement was lost finds its own write
+                // there: that is this commit, not another owner's.
+                if let Some(sequence) = self.own_write_at_next(cursor).await {
+                    self.last = sequence;
+                    self.cursor = cursor;
+                    return Ok(sequence);
+                }
                 self.fenced = true;
                 Err(self.fenced_error())
             }
@@ -127,6 +138,20 @@ impl Journal {
                 reason: err.to_string(),
             }),
         }
+    }
+
+    /// The sequence right after this handle's last, if the message there is this node's
+    /// commit of `cursor`.
+    async fn own_write_at_next(&self, cursor: u64) -> Option<u64> {
+        let next = self.last + 1;
+        let stream = self
+            .js
+            .get_stream(journal_stream(self.partition))
+            .await
+            .ok()?;
+        let message = stream.get_raw_message(next).await.ok()?;
+        let node = message.headers.get(NODE_HEADER)?.as_str().to_owned();
+        (node == self.node && cursor_of(&message.headers) == Some(cursor)).then_some(next)
     }
 
     fn fenced_error(&self) -> ClusterError {

@@ -62,6 +62,7 @@ pub struct Lease {
 /// The leases bucket, as one node uses it.
 #[derive(Debug, Clone)]
 pub struct Leases {
+    js: jetstream::Context,
     store: kv::Store,
     node: String,
 }
@@ -77,6 +78,14 @@ impl Leases {
     /// Opens the bucket, creating it with `lease` as its entries' lifetime if it is not there.
     /// A bucket made with another lease is refused: nodes must agree on when a lease ends.
     pub async fn open(
+        js: &jetstream::Context,
+        node: &str,
+        lease: Duration,
+    ) -> Result<Leases, ClusterError> {
+        crate::streams::settled(|| Leases::open_once(js, node, lease)).await
+    }
+
+    async fn open_once(
         js: &jetstream::Context,
         node: &str,
         lease: Duration,
@@ -110,6 +119,7 @@ impl Leases {
             });
         }
         Ok(Leases {
+            js: js.clone(),
             store,
             node: node.to_owned(),
         })
@@ -142,19 +152,49 @@ impl Leases {
         Ok(nodes)
     }
 
-    /// Takes partition `p`'s lease if nobody holds it; `None` if somebody does.
+    /// Takes partition `p`'s lease if nobody holds it; `None` if somebody does (or took it
+    /// at the same moment). The key is read from the bucket's leader: absent (never taken, or
+    /// expired) it is created, released (a delete marker) it is written on the marker's
+    /// revision; both are compare-and-set, so of two nodes trying at once one gets it.
     pub async fn acquire(&self, p: Partition) -> Result<Option<Lease>, ClusterError> {
-        match self
-            .store
-            .create(partition_key(p), self.node.clone().into())
+        let key = partition_key(p);
+        let what = || format!("lease of partition {p}");
+        let entry = crate::streams::read_entry(&self.js, LEASE_BUCKET, &key)
             .await
-        {
+            .map_err(|err| lease_error(what(), err))?;
+        let written = match entry {
+            // Ours already: an earlier attempt was written, but its answer was lost.
+            Some(entry) if !entry.deleted && entry.value == self.node.as_bytes() => {
+                return Ok(Some(Lease {
+                    partition: p,
+                    revision: entry.revision,
+                }));
+            }
+            Some(entry) if !entry.deleted => return Ok(None),
+            Some(marker) => self
+                .store
+                .update(&key, self.node.clone().into(), marker.revision)
+                .await
+                .map_err(|err| match err.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => None,
+                    _ => Some(lease_error(what(), err)),
+                }),
+            None => self
+                .store
+                .create(&key, self.node.clone().into())
+                .await
+                .map_err(|err| match err.kind() {
+                    kv::CreateErrorKind::AlreadyExists => None,
+                    _ => Some(lease_error(what(), err)),
+                }),
+        };
+        match written {
             Ok(revision) => Ok(Some(Lease {
                 partition: p,
                 revision,
             })),
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(err) => Err(lease_error(format!("lease of partition {p}"), err)),
+            Err(None) => Ok(None),
+            Err(Some(err)) => Err(err),
         }
     }
 
@@ -200,9 +240,7 @@ impl Leases {
 
     /// The node holding partition `p`'s lease, if any.
     pub async fn holder(&self, p: Partition) -> Result<Option<String>, ClusterError> {
-        let value = self
-            .store
-            .get(partition_key(p))
+        let value = crate::streams::read_key(&self.js, LEASE_BUCKET, &partition_key(p))
             .await
             .map_err(|err| lease_error(format!("lease of partition {p}"), err))?;
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))

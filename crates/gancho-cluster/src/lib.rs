@@ -13,6 +13,7 @@ mod journal;
 mod lease;
 mod partition;
 mod publish;
+mod reader;
 mod streams;
 
 pub use config::{
@@ -28,6 +29,7 @@ pub use publish::{
     FORMAT_HEADER, FORMAT_JSON_V1, Published, confirm_duplicate, message_id, partition_for,
     publish_events,
 };
+pub use reader::PartitionReader;
 pub use streams::{
     DUPLICATE_WINDOW, META_BUCKET, PARTITIONS_KEY, REPLICAS, create_streams, event_stream,
     event_subject, fix_partitions, journal_stream, journal_subject, recorded_partitions,

@@ -59,6 +59,58 @@ fn provision_error(what: impl Into<String>, err: impl std::fmt::Display) -> Clus
     }
 }
 
+/// A key's last entry in a KV bucket, as the bucket's stream leader has it.
+#[derive(Debug)]
+pub(crate) struct KeyEntry {
+    pub(crate) value: bytes::Bytes,
+    /// Its revision (the stream sequence of the entry), which a compare-and-set names.
+    pub(crate) revision: u64,
+    /// A delete or purge marker, not a value.
+    pub(crate) deleted: bool,
+}
+
+/// A key's last entry in a KV bucket as the bucket's stream leader has it (`None`: no entry, or
+/// it expired). The KV client's own reads may be answered by any replica (JetStream's direct
+/// get), which can lag behind a write just acknowledged: a lease holder or a deletion read from
+/// a lagging replica would be wrong.
+pub(crate) async fn read_entry(
+    js: &jetstream::Context,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<KeyEntry>, String> {
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|err| err.to_string())?;
+    match stream
+        .get_last_raw_message_by_subject(&format!("$KV.{bucket}.{key}"))
+        .await
+    {
+        Ok(message) => Ok(Some(KeyEntry {
+            deleted: message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")),
+            revision: message.sequence,
+            value: message.payload,
+        })),
+        Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// A key's value as the stream leader has it (`None`: absent, expired or deleted).
+pub(crate) async fn read_key(
+    js: &jetstream::Context,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<bytes::Bytes>, String> {
+    let entry = read_entry(js, bucket, key).await?;
+    Ok(entry.filter(|e| !e.deleted).map(|e| e.value))
+}
+
 /// The partition count the cluster was created with, if it has been.
 pub async fn recorded_partitions(js: &jetstream::Context) -> Result<Option<u16>, ClusterError> {
     // A bucket is the stream `KV_<bucket>`: not found means the cluster was never created.
@@ -72,12 +124,7 @@ pub async fn recorded_partitions(js: &jetstream::Context) -> Result<Option<u16>,
         }
         Err(err) => return Err(provision_error(format!("bucket {META_BUCKET}"), err)),
     }
-    let store = js
-        .get_key_value(META_BUCKET)
-        .await
-        .map_err(|err| provision_error(format!("bucket {META_BUCKET}"), err))?;
-    let value = store
-        .get(PARTITIONS_KEY)
+    let value = read_key(js, META_BUCKET, PARTITIONS_KEY)
         .await
         .map_err(|err| provision_error(format!("{META_BUCKET}.{PARTITIONS_KEY}"), err))?;
     value.map(|bytes| parse_count(&bytes)).transpose()
@@ -98,9 +145,43 @@ fn parse_count(bytes: &[u8]) -> Result<u16, ClusterError> {
         })
 }
 
+/// How long creating the cluster's buckets and streams is retried: right after a bucket or
+/// stream is created, its leader may not be elected yet, and JetStream answers "no responders".
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// Runs `step` until it succeeds, fails for good (the cluster was made with another partition count or lease), or
+/// [`SETTLE`] has passed. Every step is idempotent (a create that did happen is found the next
+/// time), so repeating one is safe.
+pub(crate) async fn settled<T, F, Fut>(mut step: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(
+                err @ (ClusterError::PartitionsChanged { .. } | ClusterError::LeaseChanged { .. }),
+            ) => {
+                return Err(err);
+            }
+            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+            Err(err) => {
+                tracing::debug!(error = %err, "JetStream not settled yet; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// Records `partitions` as the cluster's count if none is recorded yet, and refuses a count
 /// other than the recorded one: the partition of every stored event depends on it.
 pub async fn fix_partitions(js: &jetstream::Context, partitions: u16) -> Result<(), ClusterError> {
+    settled(|| fix_partitions_once(js, partitions)).await
+}
+
+async fn fix_partitions_once(js: &jetstream::Context, partitions: u16) -> Result<(), ClusterError> {
     let store = js
         .create_key_value(kv::Config {
             bucket: META_BUCKET.to_owned(),
@@ -118,8 +199,7 @@ pub async fn fix_partitions(js: &jetstream::Context, partitions: u16) -> Result<
     {
         Ok(_) => Ok(()),
         Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
-            let value = store
-                .get(PARTITIONS_KEY)
+            let value = read_key(js, META_BUCKET, PARTITIONS_KEY)
                 .await
                 .map_err(|err| provision_error(format!("{META_BUCKET}.{PARTITIONS_KEY}"), err))?
                 .ok_or_else(|| {
@@ -147,6 +227,10 @@ pub async fn fix_partitions(js: &jetstream::Context, partitions: u16) -> Result<
 
 /// Creates (or finds) every partition's event stream and journal.
 pub async fn create_streams(js: &jetstream::Context, partitions: u16) -> Result<(), ClusterError> {
+    settled(|| create_streams_once(js, partitions)).await
+}
+
+async fn create_streams_once(js: &jetstream::Context, partitions: u16) -> Result<(), ClusterError> {
     for p in 0..partitions {
         for (name, subject, description) in [
             (

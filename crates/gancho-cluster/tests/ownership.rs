@@ -42,6 +42,20 @@ fn a_stale_owner_cannot_commit_once_another_has() {
         assert_eq!((reopened.last_sequence(), reopened.cursor()), (2, 25));
         let mut other = Journal::open(&js, 0, "a").await.unwrap();
         other.commit(5, b"p0".to_vec()).await.unwrap();
+        // A commit whose answer was lost, tried again: its own write is found, not a fence.
+        // (A second handle of the same node stands for the first attempt.)
+        let mut retry = Journal::open(&js, 0, "a").await.unwrap();
+        let mut first_attempt = Journal::open(&js, 0, "a").await.unwrap();
+        let landed = first_attempt.commit(7, b"p0 again".to_vec()).await.unwrap();
+        assert_eq!(retry.commit(7, b"p0 again".to_vec()).await.unwrap(), landed);
+        // The same node committing another cursor there is a different commit: fenced.
+        let mut stale = Journal::open(&js, 0, "a").await.unwrap();
+        first_attempt.commit(8, b"p0 next".to_vec()).await.unwrap();
+        assert!(matches!(
+            stale.commit(9, b"not the same".to_vec()).await.unwrap_err(),
+            ClusterError::Fenced { .. }
+        ));
+
         // Two nodes that both opened at the same point: exactly one commit wins.
         let mut x = Journal::open(&js, 0, "x").await.unwrap();
         let mut y = Journal::open(&js, 0, "y").await.unwrap();

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use common::*;
 use gancho_cluster::{
-    ClusterError, create_streams, event_stream, fix_partitions, message_id, partition_for,
-    publish_events, recorded_partitions,
+    ClusterError, PartitionReader, create_streams, event_stream, event_subject, fix_partitions,
+    message_id, partition_for, publish_events, recorded_partitions,
 };
 use gancho_core::NewEvent;
 use gancho_testkit::nats::NatsCluster;
@@ -184,4 +184,67 @@ fn events_land_once_in_their_partitions_and_survive_a_lost_server() {
     cluster.wait_healthy(0, Duration::from_secs(30));
     let total = rt.block_on(stored_in_all(&js));
     assert_eq!(total, 300);
+}
+
+#[test]
+fn an_owner_reads_its_partitions_events_in_order_from_its_cursor() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    runtime().block_on(async {
+        let js = jetstream_of(&cluster).await;
+        fix_partitions(&js, PARTITIONS).await.unwrap();
+        create_streams(&js, PARTITIONS).await.unwrap();
+        // Everything in partition 2, so the sequences are 1..=50.
+        let events: Vec<NewEvent> = (0..50).map(event).collect();
+        publish_events(&js, &events, |_| 2).await.unwrap();
+
+        let mut reader = PartitionReader::open(&js, 2, 20).await.unwrap();
+        for expected in 21..=50u64 {
+            let (sequence, event) = reader
+                .next_within(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(sequence, expected);
+            assert_eq!(event.id.as_str(), format!("ev-{}", expected - 1));
+        }
+        // Caught up: nothing more, until more arrives.
+        assert!(
+            reader
+                .next_within(Duration::from_millis(300))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        publish_events(&js, &[event(50)], |_| 2).await.unwrap();
+        let (sequence, event) = reader
+            .next_within(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((sequence, event.id.as_str()), (51, "ev-50"));
+
+        // Something that is not an event, in the stream: named by its sequence, not skipped.
+        js.publish(event_subject(2), "not an event".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let err = reader
+            .next_within(Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClusterError::Undecodable {
+                    partition: 2,
+                    sequence: 52,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    });
 }

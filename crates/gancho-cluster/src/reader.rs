@@ -1,0 +1,100 @@
+//! Reading a partition's events in order, from the cursor on: what its owner runs its rules
+//! on. An ordered consumer (ephemeral, flow-controlled, recreated by the client after a gap or
+//! a server change) delivers the stream's messages in sequence; each is decoded back into the
+//! event ingress published.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use futures_util::StreamExt as _;
+use gancho_core::NewEvent;
+
+use crate::error::ClusterError;
+use crate::partition::Partition;
+use crate::publish::{FORMAT_HEADER, FORMAT_JSON_V1};
+use crate::streams::event_stream;
+
+/// A partition's events after a cursor, in stream order.
+pub struct PartitionReader {
+    partition: Partition,
+    messages: Ordered,
+}
+
+impl std::fmt::Debug for PartitionReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionReader")
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionReader {
+    /// Reads partition `p`'s events whose sequence is above `cursor`.
+    pub async fn open(
+        js: &jetstream::Context,
+        partition: Partition,
+        cursor: u64,
+    ) -> Result<PartitionReader, ClusterError> {
+        let read_error = |reason: String| ClusterError::Read { partition, reason };
+        let stream = js
+            .get_stream(event_stream(partition))
+            .await
+            .map_err(|err| read_error(err.to_string()))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: cursor + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| read_error(err.to_string()))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|err| read_error(err.to_string()))?;
+        Ok(PartitionReader {
+            partition,
+            messages,
+        })
+    }
+
+    /// The next event and its sequence, waiting at most `wait`; `None` if none came.
+    pub async fn next_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<(u64, NewEvent)>, ClusterError> {
+        let partition = self.partition;
+        let read_error = |reason: String| ClusterError::Read { partition, reason };
+        let message = match tokio::time::timeout(wait, self.messages.next()).await {
+            Err(_) => return Ok(None),
+            Ok(None) => return Err(read_error("the consumer ended".to_owned())),
+            Ok(Some(message)) => message.map_err(|err| read_error(err.to_string()))?,
+        };
+        let sequence = message
+            .info()
+            .map_err(|err| read_error(err.to_string()))?
+            .stream_sequence;
+        let format = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(FORMAT_HEADER))
+            .map(|v| v.as_str().to_owned());
+        if format.as_deref() != Some(FORMAT_JSON_V1) {
+            return Err(ClusterError::Undecodable {
+                partition,
+                sequence,
+                reason: format!("its {FORMAT_HEADER} is {format:?}, not {FORMAT_JSON_V1:?}"),
+            });
+        }
+        let event =
+            serde_json::from_slice(&message.payload).map_err(|err| ClusterError::Undecodable {
+                partition,
+                sequence,
+                reason: err.to_string(),
+            })?;
+        Ok(Some((sequence, event)))
+    }
+}
