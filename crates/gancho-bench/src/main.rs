@@ -11,6 +11,7 @@
 //! It is a measuring tool, not part of the product: it must not be linked into the daemon.
 
 mod actions;
+mod cluster;
 mod engine;
 mod load;
 mod metrics_cost;
@@ -103,6 +104,11 @@ struct Args {
     /// prune` runs, after priming with `--prime` of grouped events older than the retention.
     #[arg(long)]
     prune: bool,
+    /// Measure cluster mode's publishing instead (issue 17): on a three-server JetStream
+    /// cluster it starts on loopback (`nats-server` in PATH), a plain JetStream publisher's
+    /// ceiling, then gancho's `publish_events` with single and grouped requests, in the same run
+    #[arg(long)]
+    cluster_publish: bool,
     /// Measure the actions instead: delivery throughput to a local HTTP receiver and SMTP
     /// server, and webhook-to-HTTP-action latency through the daemon at `--rate`.
     #[arg(long)]
@@ -166,6 +172,14 @@ fn main() -> anyhow::Result<()> {
             connections: args.connections,
             fsync: !args.no_fsync,
             gancho: gancho_bin(&args)?,
+        });
+    }
+    if args.cluster_publish {
+        return cluster::run(&cluster::ClusterBench {
+            connections: args.connections,
+            group: args.group,
+            duration: args.duration,
+            warmup: args.warmup,
         });
     }
     if args.prune {

@@ -1,0 +1,299 @@
+//! `--cluster-publish`: what cluster mode's ingress path costs against what JetStream itself
+//! can take on the same servers (issue 17's figures).
+//!
+//! It starts a three-server JetStream cluster on loopback (`gancho_testkit::nats`: file
+//! storage, `sync_interval: always`), creates the cluster's partition streams, and measures in
+//! the same run:
+//! - the ceiling: a plain publisher of 400-byte messages to one R3 stream, `--connections`
+//!   concurrent publishers, each with one message in flight, then with `--group` in flight
+//!   (published together, then every acknowledgement awaited: `nats bench js pub --async`);
+//! - gancho's `publish_events` with single events: `--connections` concurrent requests of one
+//!   event each, every request waiting for its acknowledgement (what a webhook's 200 waits for);
+//! - the same with grouped requests of `--group` events.
+//!
+//! Traffic goes to 127.0.0.1 only; the servers stop with the run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use gancho_core::NewEvent;
+use gancho_testkit::nats::NatsCluster;
+use hdrhistogram::Histogram;
+
+/// Partitions of the measured cluster: the default.
+const PARTITIONS: u16 = 16;
+
+pub struct ClusterBench {
+    pub connections: usize,
+    pub group: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+}
+
+struct Phase {
+    name: &'static str,
+    events_per_request: usize,
+    requests: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+    errors: u64,
+}
+
+impl Phase {
+    fn row(&self) -> String {
+        let rate = self.requests as f64 / self.seconds;
+        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        format!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            self.name,
+            self.events_per_request,
+            rate,
+            rate * self.events_per_request as f64,
+            ms(0.5),
+            ms(0.99),
+            self.latency.max() as f64 / 1000.0,
+            self.errors
+        )
+    }
+
+    fn events_per_second(&self) -> f64 {
+        self.requests as f64 * self.events_per_request as f64 / self.seconds
+    }
+}
+
+pub fn run(bench: &ClusterBench) -> anyhow::Result<()> {
+    let cluster = NatsCluster::start(3).context("nats-server is not installed")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(measure(bench, &cluster))
+}
+
+async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<()> {
+    let config: gancho_cluster::ClusterConfig = toml::from_str(&format!(
+        "{}node = \"bench\"\npartitions = {PARTITIONS}\n",
+        cluster.cluster_keys()
+    ))?;
+    gancho_cluster::check_servers(&config).await?;
+    let client = gancho_cluster::connect(&config, None).await?;
+    let js = jetstream::new(client);
+    gancho_cluster::fix_partitions(&js, PARTITIONS).await?;
+    gancho_cluster::create_streams(&js, PARTITIONS).await?;
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: "CEILING".to_owned(),
+        subjects: vec!["ceiling".to_owned()],
+        num_replicas: 3,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|err| anyhow::anyhow!("{err}"))?;
+
+    let payload = bytes::Bytes::from(vec![b'x'; 400]);
+    let ceiling = phase(
+        bench,
+        "ceiling: plain JetStream publisher, 400 B, R3, one in flight per connection",
+        1,
+        {
+            let js = js.clone();
+            move |_, _| {
+                let js = js.clone();
+                let payload = payload.clone();
+                async move {
+                    js.publish("ceiling", payload)
+                        .await
+                        .map_err(|err| err.to_string())?
+                        .await
+                        .map(drop)
+                        .map_err(|err| err.to_string())
+                }
+            }
+        },
+    )
+    .await;
+    let payload = bytes::Bytes::from(vec![b'x'; 400]);
+    let group = bench.group;
+    let ceiling_async = phase(
+        bench,
+        "ceiling: plain JetStream publisher, 400 B, R3, `--group` in flight per connection",
+        group,
+        {
+            let js = js.clone();
+            move |_, _| burst(js.clone(), payload.clone(), group, |_| "ceiling".to_owned())
+        },
+    )
+    .await;
+    // The same plain publisher spread over the 16 partition streams: what the fan-out over
+    // streams (each its own Raft group, each syncing on its own) costs before any gancho code.
+    let payload = bytes::Bytes::from(vec![b'x'; 400]);
+    let spread = phase(
+        bench,
+        "plain JetStream publisher over the 16 partition streams, `--group` in flight",
+        group,
+        {
+            let js = js.clone();
+            move |task, n| {
+                burst(js.clone(), payload.clone(), group, move |i| {
+                    let p = (task as u64 + n + i as u64) % u64::from(PARTITIONS);
+                    format!("gancho.ev.{p}")
+                })
+            }
+        },
+    )
+    .await;
+    let counter = Arc::new(AtomicU64::new(0));
+    let single = phase(bench, "gancho publish_events, single events", 1, {
+        let js = js.clone();
+        let counter = Arc::clone(&counter);
+        move |_, _| publish(js.clone(), Arc::clone(&counter), 1)
+    })
+    .await;
+    let grouped = phase(bench, "gancho publish_events, grouped", bench.group, {
+        let js = js.clone();
+        let counter = Arc::clone(&counter);
+        let group = bench.group;
+        move |_, _| publish(js.clone(), Arc::clone(&counter), group)
+    })
+    .await;
+
+    println!(
+        "\n| phase | events/request | requests/s | events/s | p50 ms | p99 ms | max ms | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for phase in [&ceiling, &ceiling_async, &spread, &single, &grouped] {
+        println!("{}", phase.row());
+    }
+    let base = ceiling_async.events_per_second();
+    println!(
+        "\nagainst the async ceiling: single events {:.0}% (target 40%, p99 < 50 ms), grouped {:.0}% \
+         (target 60%); single events against the one-in-flight ceiling: {:.0}%",
+        100.0 * single.events_per_second() / base,
+        100.0 * grouped.events_per_second() / base,
+        100.0 * single.events_per_second() / ceiling.events_per_second()
+    );
+    Ok(())
+}
+
+/// `n` plain messages published together (message `i` on `subject(i)`), then every
+/// acknowledgement awaited.
+async fn burst(
+    js: jetstream::Context,
+    payload: bytes::Bytes,
+    n: usize,
+    subject: impl Fn(usize) -> String,
+) -> Result<(), String> {
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        acks.push(
+            js.publish(subject(i), payload.clone())
+                .await
+                .map_err(|err| err.to_string())?,
+        );
+    }
+    for ack in acks {
+        ack.await.map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
+
+/// One request of `n` new events, published and acknowledged.
+async fn publish(js: jetstream::Context, counter: Arc<AtomicU64>, n: usize) -> Result<(), String> {
+    let events: Vec<NewEvent> = (0..n)
+        .map(|_| event(counter.fetch_add(1, Ordering::Relaxed)))
+        .collect();
+    gancho_cluster::publish_events(&js, &events, |e| {
+        gancho_cluster::partition_for(e, "email", PARTITIONS)
+    })
+    .await
+    .map(drop)
+    .map_err(|err| err.to_string())
+}
+
+/// A Mailjet-like open event of about 400 bytes as JSON.
+fn event(i: u64) -> NewEvent {
+    let json = serde_json::json!({
+        "id": format!("bench-{i}"),
+        "source": "mailjet",
+        "type": "open",
+        "time": "2026-11-30T10:00:00Z",
+        "received": "2026-11-30T10:00:01Z",
+        "keys": {"email": format!("user{}@example.com", i % 100_000), "MessageID": format!("{}", 1_000_000 + i)},
+        "data": {"event": "open", "time": 1_764_496_800, "MessageID": 1_000_000 + i,
+                  "email": format!("user{}@example.com", i % 100_000), "mj_campaign_id": 7,
+                  "ip": "127.0.0.1", "geo": "ES", "agent": "Mozilla/5.0"},
+    });
+    // The bench builds its own events: a failure is a bug in this file.
+    serde_json::from_value(json).unwrap_or_else(|err| panic!("bench event: {err}"))
+}
+
+/// Runs `request` on `--connections` concurrent tasks for the warm-up, then measures for
+/// `--duration`.
+async fn phase<F, Fut>(
+    bench: &ClusterBench,
+    name: &'static str,
+    events_per_request: usize,
+    request: F,
+) -> Phase
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for task in 0..bench.connections {
+        let request = request.clone();
+        let stop = Arc::clone(&stop);
+        let measuring = Arc::clone(&measuring);
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|err| panic!("histogram: {err}"));
+            let (mut requests, mut errors, mut n) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let result = request(task, n).await;
+                n += 1;
+                if measuring.load(Ordering::Relaxed) {
+                    match result {
+                        Ok(()) => {
+                            requests += 1;
+                            let _ = latency.record(start.elapsed().as_micros() as u64);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (latency, requests, errors)
+        }));
+    }
+    tokio::time::sleep(bench.warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(bench.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let seconds = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|err| panic!("histogram: {err}"));
+    let (mut requests, mut errors) = (0, 0);
+    for task in tasks {
+        if let Ok((l, r, e)) = task.await {
+            let _ = latency.add(&l);
+            requests += r;
+            errors += e;
+        }
+    }
+    eprintln!("{name}: {:.0} requests/s", requests as f64 / seconds);
+    Phase {
+        name,
+        events_per_request,
+        requests,
+        seconds,
+        latency,
+        errors,
+    }
+}
