@@ -142,3 +142,78 @@ fn in_cluster_mode_every_source_names_its_partition_key() {
     let setup = Setup::new(bank);
     assert!(setup.command(&["check-config"]).status.success());
 }
+
+#[test]
+fn cluster_status_shows_nodes_owners_cursors_and_lag_from_any_node() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let setup = Setup::new(&format!("{MAILJET}\n{}", cluster_section(&cluster)));
+    let out = setup.command(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("not created yet"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A cluster of 4 partitions where node g1 owns partition 1, has decided its first 4 events
+    // of 10, and heartbeats.
+    let config: gancho_cluster::ClusterConfig =
+        toml::from_str(&format!("{}node = \"g1\"\n", cluster.cluster_keys())).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = gancho_cluster::connect(&config, None).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        gancho_cluster::fix_partitions(&js, 4).await.unwrap();
+        gancho_cluster::create_streams(&js, 4).await.unwrap();
+        let events: Vec<gancho_core::NewEvent> = (0..10)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "id": format!("e{i}"), "source": "mailjet", "type": "open",
+                    "time": "2026-11-30T10:00:00Z", "received": "2026-11-30T10:00:00Z",
+                    "keys": {"email": "a@example.com"}, "data": {},
+                }))
+                .unwrap()
+            })
+            .collect();
+        gancho_cluster::publish_events(&js, &events, |_| 1)
+            .await
+            .unwrap();
+        let mut journal = gancho_cluster::Journal::open(&js, 1, "g1").await.unwrap();
+        journal.commit(4, b"decisions".to_vec()).await.unwrap();
+        let leases = gancho_cluster::Leases::open(&js, "g1", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        leases.heartbeat().await.unwrap();
+        assert!(leases.acquire(1).await.unwrap().is_some());
+    });
+
+    let status = setup.json(&["cluster", "status", "--json"]);
+    assert_eq!(status["partitions"], 4, "{status}");
+    assert_eq!(status["nodes"][0]["name"], "g1", "{status}");
+    let p1 = &status["partition_status"][1];
+    assert_eq!(p1["owner"], "g1", "{status}");
+    assert_eq!(
+        (&p1["cursor"], &p1["last_event"], &p1["lag"], &p1["commits"]),
+        (&4.into(), &10.into(), &6.into(), &1.into()),
+        "{status}"
+    );
+    let p0 = &status["partition_status"][0];
+    assert!(p0["owner"].is_null() && p0["lag"] == 0, "{status}");
+    let out = setup.command(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cluster of 4 partitions; 1 node(s) alive"),
+        "{text}"
+    );
+
+    // This node's config says 16 partitions; the cluster was made with 4.
+    let out = setup.command(&["cluster", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("set partitions = 4"), "{stderr}");
+}

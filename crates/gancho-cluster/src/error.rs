@@ -54,6 +54,8 @@ pub enum ClusterError {
     Journal { partition: u16, reason: String },
     #[error("{what}: {reason}")]
     Lease { what: String, reason: String },
+    #[error("reading the cluster's status ({what}): {reason}")]
+    Status { what: String, reason: String },
     #[error("reading partition {partition}'s events: {reason}")]
     Read { partition: u16, reason: String },
     #[error("partition {partition}'s message {sequence} is not an event gancho can read: {reason}")]

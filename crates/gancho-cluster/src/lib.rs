@@ -14,6 +14,7 @@ mod lease;
 mod partition;
 mod publish;
 mod reader;
+mod status;
 mod streams;
 
 pub use config::{
@@ -30,6 +31,7 @@ pub use publish::{
     publish_events,
 };
 pub use reader::PartitionReader;
+pub use status::{ClusterStatus, NodeStatus, PartitionStatus, cluster_status};
 pub use streams::{
     DUPLICATE_WINDOW, META_BUCKET, PARTITIONS_KEY, REPLICAS, create_streams, event_stream,
     event_subject, fix_partitions, journal_stream, journal_subject, recorded_partitions,

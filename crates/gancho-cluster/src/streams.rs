@@ -67,6 +67,8 @@ pub(crate) struct KeyEntry {
     pub(crate) revision: u64,
     /// A delete or purge marker, not a value.
     pub(crate) deleted: bool,
+    /// When it was written.
+    pub(crate) time: chrono::DateTime<chrono::Utc>,
 }
 
 /// A key's last entry in a KV bucket as the bucket's stream leader has it (`None`: no entry, or
@@ -92,6 +94,7 @@ pub(crate) async fn read_entry(
                 .get("KV-Operation")
                 .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE")),
             revision: message.sequence,
+            time: message.time,
             value: message.payload,
         })),
         Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {

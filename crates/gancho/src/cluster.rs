@@ -115,6 +115,59 @@ pub fn check_command(config: &Config, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// `gancho cluster status`: the live nodes, and each partition's owner, cursor and lag, as
+/// NATS holds them (read only).
+pub fn status_command(config: &Config, json: bool) -> anyhow::Result<()> {
+    let Some(cluster) = &config.cluster else {
+        anyhow::bail!("the config has no [cluster] section: this node runs alone, without NATS");
+    };
+    let status = runtime()?.block_on(async {
+        let token = match &cluster.auth {
+            gancho_cluster::NatsAuth::Token(secret) => secret.expose(),
+            _ => None,
+        };
+        let client = gancho_cluster::connect(cluster, token).await?;
+        gancho_cluster::cluster_status(&async_nats::jetstream::new(client)).await
+    });
+    let status = status.map_err(|err| anyhow::anyhow!("{err}"))?;
+    if json {
+        println!("{}", serde_json::to_string(&status)?);
+        return Ok(());
+    }
+    let Some(partitions) = status.partitions else {
+        println!("the cluster is not created yet: no node has started on these NATS servers");
+        return Ok(());
+    };
+    println!(
+        "cluster of {partitions} partitions; {} node(s) alive",
+        status.nodes.len()
+    );
+    println!("NODE\tLAST HEARTBEAT");
+    for node in &status.nodes {
+        println!(
+            "{}\t{}",
+            crate::text::shown(&node.name),
+            node.last_heartbeat
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+    }
+    println!("PARTITION\tOWNER\tCURSOR\tLAST EVENT\tLAG\tCOMMITS");
+    for p in &status.partition_status {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            p.partition,
+            p.owner
+                .as_deref()
+                .map_or(std::borrow::Cow::Borrowed("-"), crate::text::shown),
+            p.cursor,
+            p.last_event,
+            p.lag,
+            p.commits
+        );
+    }
+    Ok(())
+}
+
 /// At the start of `gancho run` with `[cluster]`: the exit code to stop with, after saying why.
 pub fn refuse_to_run(cluster: &ClusterConfig) -> ExitCode {
     let result = match runtime() {

@@ -318,6 +318,13 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The live nodes (last heartbeat), and each partition's owner, committed cursor and lag,
+    /// as NATS holds them; on any node.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_key(text: &str) -> Result<(String, String), String> {
@@ -465,6 +472,9 @@ fn main() -> ExitCode {
         Command::Cluster {
             command: ClusterCommand::Check { json },
         } => cluster::check_command(&config, json),
+        Command::Cluster {
+            command: ClusterCommand::Status { json },
+        } => cluster::status_command(&config, json),
         Command::Poisoned { limit, json } => list_poisoned(&config, limit, json),
         Command::Rerun {
             rule,

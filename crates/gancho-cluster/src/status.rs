@@ -1,0 +1,133 @@
+//! What `gancho cluster status` shows, read from NATS on any node: the live nodes and their
+//! last heartbeat, and for each partition its owner (lease holder), committed cursor, the last
+//! event in its stream and how far the cursor trails it.
+//!
+//! It only reads. Every read goes to a stream's leader, so a node that just took a partition or
+//! committed is shown as such.
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+
+use crate::error::ClusterError;
+use crate::journal::Journal;
+use crate::lease::LEASE_BUCKET;
+use crate::streams::{event_stream, read_entry, recorded_partitions};
+
+/// A node whose heartbeat is within the last lease.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub last_heartbeat: DateTime<Utc>,
+}
+
+/// One partition as its stream, journal and lease show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub partition: u16,
+    /// The node holding its lease, if any.
+    pub owner: Option<String>,
+    /// The events up to this sequence of its stream are decided.
+    pub cursor: u64,
+    /// The last event in its stream.
+    pub last_event: u64,
+    /// Events received and not yet decided.
+    pub lag: u64,
+    /// The journal's last sequence (each commit is one).
+    pub commits: u64,
+}
+
+/// The cluster as NATS holds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// The partition count it was created with; `None`: not created yet (no node has started).
+    pub partitions: Option<u16>,
+    pub nodes: Vec<NodeStatus>,
+    pub partition_status: Vec<PartitionStatus>,
+}
+
+fn status_error(what: &str, err: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Status {
+        what: what.to_owned(),
+        reason: err.to_string(),
+    }
+}
+
+/// Reads the cluster's status.
+pub async fn cluster_status(js: &jetstream::Context) -> Result<ClusterStatus, ClusterError> {
+    let Some(partitions) = recorded_partitions(js).await? else {
+        return Ok(ClusterStatus {
+            partitions: None,
+            nodes: Vec::new(),
+            partition_status: Vec::new(),
+        });
+    };
+    let nodes = live_nodes(js).await?;
+    let mut partition_status = Vec::with_capacity(usize::from(partitions));
+    for p in 0..partitions {
+        let journal = Journal::open(js, p, "status").await?;
+        let mut stream = js
+            .get_stream(event_stream(p))
+            .await
+            .map_err(|err| status_error(&event_stream(p), err))?;
+        let last_event = stream
+            .info()
+            .await
+            .map_err(|err| status_error(&event_stream(p), err))?
+            .state
+            .last_sequence;
+        let owner = match read_entry(js, LEASE_BUCKET, &format!("part.{p}")).await {
+            Ok(Some(entry)) if !entry.deleted => {
+                Some(String::from_utf8_lossy(&entry.value).into_owned())
+            }
+            Ok(_) => None,
+            // No node has opened the leases bucket yet: nobody owns anything.
+            Err(_) if nodes.is_empty() => None,
+            Err(err) => return Err(status_error(&format!("lease of partition {p}"), err)),
+        };
+        partition_status.push(PartitionStatus {
+            partition: p,
+            owner,
+            cursor: journal.cursor(),
+            last_event,
+            lag: last_event.saturating_sub(journal.cursor()),
+            commits: journal.last_sequence(),
+        });
+    }
+    Ok(ClusterStatus {
+        partitions: Some(partitions),
+        nodes,
+        partition_status,
+    })
+}
+
+/// The `node.*` keys of the leases bucket, with the time of their last write.
+async fn live_nodes(js: &jetstream::Context) -> Result<Vec<NodeStatus>, ClusterError> {
+    let Ok(store) = js.get_key_value(LEASE_BUCKET).await else {
+        return Ok(Vec::new());
+    };
+    let mut keys = store
+        .keys()
+        .await
+        .map_err(|err| status_error("the live nodes", err))?;
+    let mut nodes = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|err| status_error("the live nodes", err))?;
+        let Some(name) = key.strip_prefix("node.") else {
+            continue;
+        };
+        if let Some(entry) = read_entry(js, LEASE_BUCKET, &key)
+            .await
+            .map_err(|err| status_error("the live nodes", err))?
+            && !entry.deleted
+        {
+            nodes.push(NodeStatus {
+                name: name.to_owned(),
+                last_heartbeat: entry.time,
+            });
+        }
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(nodes)
+}
