@@ -11,6 +11,7 @@ mod error;
 mod gate;
 mod journal;
 mod lease;
+mod membership;
 mod partition;
 mod publish;
 mod reader;
@@ -25,6 +26,7 @@ pub use error::ClusterError;
 pub use gate::{MIN_SERVER, ServerReport, check_servers, connect, parse_varz, version_meets_floor};
 pub use journal::{CURSOR_HEADER, Journal, NODE_HEADER};
 pub use lease::{LEASE_BUCKET, Lease, Leases, rendezvous_owner};
+pub use membership::{Changes, Membership};
 pub use partition::{Partition, partition_of};
 pub use publish::{
     FORMAT_HEADER, FORMAT_JSON_V1, Published, confirm_duplicate, message_id, partition_for,

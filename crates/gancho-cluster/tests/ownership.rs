@@ -125,3 +125,99 @@ fn a_lease_not_renewed_expires_and_another_node_takes_it() {
         assert!(matches!(err, ClusterError::LeaseChanged { .. }), "{err}");
     });
 }
+
+type Held = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u16>>>>;
+
+/// Runs node `name`'s membership until its task is aborted (a kill: nothing released),
+/// handing partitions over at once (it has no commits to finish), and shares what it holds.
+fn run_node(
+    js: async_nats::jetstream::Context,
+    name: &'static str,
+    partitions: u16,
+    lease: Duration,
+    held: Held,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut member = gancho_cluster::Membership::join(&js, name, partitions, lease)
+            .await
+            .unwrap();
+        loop {
+            // A tick that fails (a server busy) is tried again at the next one.
+            if let Ok(changes) = member.tick().await {
+                for p in changes.hand_over {
+                    let _ = member.release(p).await;
+                }
+            }
+            held.lock().unwrap().insert(name.to_owned(), member.held());
+            tokio::time::sleep(member.interval()).await;
+        }
+    })
+}
+
+/// Waits until every partition is held by exactly its rendezvous owner among `nodes`, checking
+/// on the way that no partition is ever held by two nodes; returns how long it took.
+async fn wait_for_assignment(
+    held: &Held,
+    nodes: &[&str],
+    partitions: u16,
+    limit: Duration,
+) -> Duration {
+    let live: Vec<String> = nodes.iter().map(|n| (*n).to_owned()).collect();
+    let start = Instant::now();
+    loop {
+        let snapshot = held.lock().unwrap().clone();
+        let mut holders: std::collections::BTreeMap<u16, Vec<&String>> = Default::default();
+        for (node, ps) in &snapshot {
+            for p in ps {
+                holders.entry(*p).or_default().push(node);
+            }
+        }
+        for (p, nodes) in &holders {
+            assert!(nodes.len() == 1, "partition {p} held by {nodes:?} at once");
+        }
+        let settled = (0..partitions).all(|p| {
+            holders
+                .get(&p)
+                .is_some_and(|h| Some(h[0].as_str()) == gancho_cluster::rendezvous_owner(p, &live))
+        });
+        if settled {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not settled on {nodes:?} after {limit:?}: {snapshot:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn partitions_go_to_the_live_nodes_and_a_killed_nodes_are_taken_over() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let lease = Duration::from_secs(2);
+    let partitions = 8;
+    runtime().block_on(async {
+        let js = jetstream_of(&cluster).await;
+        let held = Held::default();
+        let a = run_node(js.clone(), "a", partitions, lease, held.clone());
+        let b = run_node(js.clone(), "b", partitions, lease, held.clone());
+        let c = run_node(js.clone(), "c", partitions, lease, held.clone());
+        wait_for_assignment(&held, &["a", "b", "c"], partitions, lease * 8).await;
+
+        // kill -9 of c: its task ends without releasing anything.
+        c.abort();
+        let _ = c.await;
+        held.lock().unwrap().remove("c");
+        let took = wait_for_assignment(&held, &["a", "b"], partitions, lease * 6).await;
+        eprintln!("partitions of the killed node owned again after {took:?} (lease {lease:?})");
+
+        // A node joins: the others hand its share over.
+        let d = run_node(js.clone(), "d", partitions, lease, held.clone());
+        wait_for_assignment(&held, &["a", "b", "d"], partitions, lease * 8).await;
+        for task in [a, b, d] {
+            task.abort();
+        }
+    });
+}

@@ -1,0 +1,116 @@
+//! A node's side of ownership: every tick it says it is alive, renews the leases it holds,
+//! takes the partitions rendezvous hashing gives it once they are free, and names those it
+//! should hand over to a node that joined.
+//!
+//! The caller runs the partitions. It runs [`Membership::tick`] every [`Membership::interval`]
+//! (a third of the lease, so a lease is renewed twice before it could expire), starts
+//! partitions in [`Changes::gained`], stops those in [`Changes::lost`] at once (their lease
+//! expired: another node may own them already, and the journal's fence refuses this one's
+//! commits anyway), and for each in [`Changes::hand_over`] makes its final commit, then calls
+//! [`Membership::release`] so the new owner can take it without waiting for the lease to run
+//! out. A graceful stop does the same for every partition ([`Membership::held`]), after its
+//! final commits.
+//!
+//! After a node dies, its heartbeat and leases end within a lease; the surviving nodes'
+//! rendezvous hashing then gives its partitions to them, and they take them at their next
+//! tick: owned again within about a lease and a tick.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::error::ClusterError;
+use crate::lease::{Lease, Leases, rendezvous_owner};
+use crate::partition::Partition;
+
+/// What a tick changed, for the caller to act on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Taken now: start them (from their journal's cursor).
+    pub gained: Vec<Partition>,
+    /// Their lease was lost: stop them now, without a final commit.
+    pub lost: Vec<Partition>,
+    /// Another live node should own them: make a final commit, then release them.
+    pub hand_over: Vec<Partition>,
+}
+
+/// One node's membership of the cluster.
+#[derive(Debug)]
+pub struct Membership {
+    leases: Leases,
+    node: String,
+    partitions: u16,
+    lease: Duration,
+    held: BTreeMap<Partition, Lease>,
+}
+
+impl Membership {
+    /// Joins as `node` (the leases bucket is created if need be, and must have `lease`).
+    pub async fn join(
+        js: &jetstream::Context,
+        node: &str,
+        partitions: u16,
+        lease: Duration,
+    ) -> Result<Membership, ClusterError> {
+        Ok(Membership {
+            leases: Leases::open(js, node, lease).await?,
+            node: node.to_owned(),
+            partitions,
+            lease,
+            held: BTreeMap::new(),
+        })
+    }
+
+    /// How often to tick: a third of the lease.
+    pub fn interval(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// The partitions this node holds the lease of.
+    pub fn held(&self) -> Vec<Partition> {
+        self.held.keys().copied().collect()
+    }
+
+    /// Heartbeat, renewals, then takes what is free and should be this node's.
+    pub async fn tick(&mut self) -> Result<Changes, ClusterError> {
+        self.leases.heartbeat().await?;
+        let mut live = self.leases.live_nodes().await?;
+        if !live.contains(&self.node) {
+            live.push(self.node.clone());
+            live.sort();
+        }
+        let mut changes = Changes::default();
+        let held: Vec<Partition> = self.held.keys().copied().collect();
+        for p in held {
+            let Some(lease) = self.held.get_mut(&p) else {
+                continue;
+            };
+            if !self.leases.renew(lease).await? {
+                self.held.remove(&p);
+                changes.lost.push(p);
+            } else if rendezvous_owner(p, &live) != Some(self.node.as_str()) {
+                changes.hand_over.push(p);
+            }
+        }
+        for p in 0..self.partitions {
+            if self.held.contains_key(&p) || rendezvous_owner(p, &live) != Some(self.node.as_str())
+            {
+                continue;
+            }
+            if let Some(lease) = self.leases.acquire(p).await? {
+                self.held.insert(p, lease);
+                changes.gained.push(p);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Gives partition `p` up (after its final commit).
+    pub async fn release(&mut self, p: Partition) -> Result<(), ClusterError> {
+        match self.held.remove(&p) {
+            Some(lease) => self.leases.release(lease).await,
+            None => Ok(()),
+        }
+    }
+}
