@@ -80,6 +80,7 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
     ))?;
     gancho_cluster::check_servers(&config).await?;
     let client = gancho_cluster::connect(&config, None).await?;
+    let ingress = gancho_cluster::ingress_context(client.clone());
     let js = jetstream::new(client);
     gancho_cluster::fix_partitions(&js, PARTITIONS).await?;
     gancho_cluster::create_streams(&js, PARTITIONS).await?;
@@ -147,16 +148,16 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
     .await;
     let counter = Arc::new(AtomicU64::new(0));
     let single = phase(bench, "gancho publish_events, single events", 1, {
-        let js = js.clone();
+        let ingress = ingress.clone();
         let counter = Arc::clone(&counter);
-        move |_, _| publish(js.clone(), Arc::clone(&counter), 1)
+        move |_, _| publish(ingress.clone(), Arc::clone(&counter), 1)
     })
     .await;
     let grouped = phase(bench, "gancho publish_events, grouped", bench.group, {
-        let js = js.clone();
+        let ingress = ingress.clone();
         let counter = Arc::clone(&counter);
         let group = bench.group;
-        move |_, _| publish(js.clone(), Arc::clone(&counter), group)
+        move |_, _| publish(ingress.clone(), Arc::clone(&counter), group)
     })
     .await;
 

@@ -72,6 +72,15 @@ pub enum ClusterError {
         configured: std::time::Duration,
         recorded: std::time::Duration,
     },
+    #[error(
+        "{name} exists with {replicas} replica(s) on {storage} storage; gancho needs 3 replicas \
+         on file storage, or it could lose acknowledged events: delete it or fix it"
+    )]
+    NotDurable {
+        name: String,
+        replicas: usize,
+        storage: String,
+    },
     #[error("publishing to JetStream failed: {reason}")]
     Publish { reason: String },
     #[error(

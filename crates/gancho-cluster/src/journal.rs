@@ -10,8 +10,8 @@
 //! what makes sure only one does.
 //!
 //! A write whose acknowledgement was lost (a leader change, a dropped connection) is tried
-//! again with the same fence; finding its own write at the next sequence (this node's name,
-//! this cursor), the retry takes it as done instead of as fenced.
+//! again with the same fence; finding its own write at the next sequence (this handle's random
+//! writer id, this cursor), the retry takes it as done instead of as fenced.
 //!
 //! A message is at most the servers' `max_payload` (1 MiB by default); a commit larger than
 //! that is refused with an error that says so (chunking it is for when the engine's commits
@@ -29,6 +29,10 @@ use crate::streams::{journal_stream, journal_subject};
 pub const CURSOR_HEADER: &str = "Gancho-Cursor";
 /// The header naming the node that wrote a commit.
 pub const NODE_HEADER: &str = "Gancho-Node";
+/// The header naming the handle that wrote a commit: random per [`Journal::open`], so two
+/// handles of one node (a restarted process under the same name, an old task still retrying)
+/// never take each other's writes for their own.
+pub const WRITER_HEADER: &str = "Gancho-Writer";
 
 /// A node's handle on one partition's journal, valid while its writes are accepted.
 #[derive(Debug)]
@@ -36,6 +40,8 @@ pub struct Journal {
     js: jetstream::Context,
     partition: Partition,
     node: String,
+    /// This handle's id, in every commit it writes.
+    writer: String,
     /// The journal's last sequence as this handle knows it: the fence of its next write.
     last: u64,
     /// The cursor of the last commit (0: none yet).
@@ -80,6 +86,7 @@ impl Journal {
             js: js.clone(),
             partition,
             node: node.to_owned(),
+            writer: format!("{:032x}", fastrand::u128(..)),
             last,
             cursor,
             fenced: false,
@@ -107,6 +114,7 @@ impl Journal {
             .payload(payload.into())
             .header(CURSOR_HEADER, cursor.to_string().as_str())
             .header(NODE_HEADER, self.node.as_str())
+            .header(WRITER_HEADER, self.writer.as_str())
             .expected_last_sequence(self.last);
         let sent = self
             .js
@@ -125,13 +133,23 @@ impl Journal {
             Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
                 // A retry of a commit whose acknowledgement was lost finds its own write
                 // there: that is this commit, not another owner's.
-                if let Some(sequence) = self.own_write_at_next(cursor).await {
-                    self.last = sequence;
-                    self.cursor = cursor;
-                    return Ok(sequence);
+                match self.own_write_at_next(cursor).await {
+                    Ok(Some(sequence)) => {
+                        self.last = sequence;
+                        self.cursor = cursor;
+                        Ok(sequence)
+                    }
+                    Ok(None) => {
+                        self.fenced = true;
+                        Err(self.fenced_error())
+                    }
+                    // Not known yet whether the write there is this one: the caller tries
+                    // again (the server still enforces the fence).
+                    Err(reason) => Err(ClusterError::Journal {
+                        partition: self.partition,
+                        reason,
+                    }),
                 }
-                self.fenced = true;
-                Err(self.fenced_error())
             }
             Err(err) => Err(ClusterError::Journal {
                 partition: self.partition,
@@ -140,18 +158,27 @@ impl Journal {
         }
     }
 
-    /// The sequence right after this handle's last, if the message there is this node's
-    /// commit of `cursor`.
-    async fn own_write_at_next(&self, cursor: u64) -> Option<u64> {
+    /// The sequence right after this handle's last, if the message there is this handle's
+    /// commit of `cursor`; `Ok(None)` if it is another's (or there is none); `Err` if it could
+    /// not be read.
+    async fn own_write_at_next(&self, cursor: u64) -> Result<Option<u64>, String> {
         let next = self.last + 1;
         let stream = self
             .js
             .get_stream(journal_stream(self.partition))
             .await
-            .ok()?;
-        let message = stream.get_raw_message(next).await.ok()?;
-        let node = message.headers.get(NODE_HEADER)?.as_str().to_owned();
-        (node == self.node && cursor_of(&message.headers) == Some(cursor)).then_some(next)
+            .map_err(|err| err.to_string())?;
+        let message = match stream.get_raw_message(next).await {
+            Ok(message) => message,
+            Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(err) => return Err(err.to_string()),
+        };
+        let writer = message.headers.get(WRITER_HEADER).map(|v| v.as_str());
+        let ours =
+            writer == Some(self.writer.as_str()) && cursor_of(&message.headers) == Some(cursor);
+        Ok(ours.then_some(next))
     }
 
     fn fenced_error(&self) -> ClusterError {

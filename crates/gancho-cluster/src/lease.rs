@@ -111,6 +111,7 @@ impl Leases {
             .status()
             .await
             .map_err(|err| lease_error(format!("bucket {LEASE_BUCKET}"), err))?;
+        crate::streams::check_durable(js, &format!("KV_{LEASE_BUCKET}")).await?;
         let recorded = status.info.config.max_age;
         if recorded != lease {
             return Err(ClusterError::LeaseChanged {

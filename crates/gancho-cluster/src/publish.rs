@@ -54,16 +54,51 @@ pub fn partition_for(event: &NewEvent, partition_key: &str, partitions: u16) -> 
     }
 }
 
+/// The JetStream context ingress publishes through: when every in-flight permit is taken, a
+/// publish fails at once (`MaxAckPending`, answered 503 so the sender retries) instead of
+/// waiting for a permit that requests in the middle of sending may all be holding. Journal
+/// commits and leases use a context of their own, so a burst of webhooks never delays a lease
+/// renewal.
+pub fn ingress_context(client: async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .backpressure_on_inflight(false)
+        .max_ack_inflight(INGRESS_IN_FLIGHT)
+        .build(client)
+}
+
+/// Publishes in flight at once through [`ingress_context`], at most.
+const INGRESS_IN_FLIGHT: usize = 16_384;
+
 /// Publishes `events`, each to the partition `partition` gives it, and waits for every
 /// acknowledgement. Either every event is stored (or was already) and this returns where, or
-/// it returns an error and the caller must not acknowledge the request.
+/// it returns an error and the caller must not acknowledge the request. `js` should come from
+/// [`ingress_context`].
 pub async fn publish_events(
     js: &jetstream::Context,
     events: &[NewEvent],
     partition: impl Fn(&NewEvent) -> Partition,
 ) -> Result<Vec<Published>, ClusterError> {
+    let mut published = Vec::with_capacity(events.len());
+    for chunk in events.chunks(CHUNK) {
+        publish_chunk(js, chunk, &partition, &mut published).await?;
+    }
+    Ok(published)
+}
+
+/// Events of a request sent before their acknowledgements are awaited. Each publish in flight
+/// holds one of the context's in-flight permits until its acknowledgement is awaited, so a
+/// request never holds more than this many: a large request, or many at once, cannot take all
+/// of them and wait for one of their own.
+const CHUNK: usize = 256;
+
+async fn publish_chunk(
+    js: &jetstream::Context,
+    events: &[NewEvent],
+    partition: &impl Fn(&NewEvent) -> Partition,
+    published: &mut Vec<Published>,
+) -> Result<(), ClusterError> {
     let publish_error = |reason: String| ClusterError::Publish { reason };
-    // Send them all first, then wait: one round trip for the request, not one per event.
+    // Send them all first, then wait: one round trip for the chunk, not one per event.
     let mut pending = Vec::with_capacity(events.len());
     for event in events {
         let p = partition(event);
@@ -79,7 +114,6 @@ pub async fn publish_events(
             .map_err(|err| publish_error(err.to_string()))?;
         pending.push((p, id, ack));
     }
-    let mut published = Vec::with_capacity(pending.len());
     for (p, id, ack) in pending {
         let ack = ack.await.map_err(|err| publish_error(err.to_string()))?;
         if ack.duplicate {
@@ -91,7 +125,7 @@ pub async fn publish_events(
             duplicate: ack.duplicate,
         });
     }
-    Ok(published)
+    Ok(())
 }
 
 /// A duplicate is only a success if the stream holds a message with its id at the sequence it
@@ -116,10 +150,17 @@ pub async fn confirm_duplicate(
         .map_err(|err| ClusterError::Publish {
             reason: err.to_string(),
         })?;
-    let message = stream
-        .get_raw_message(sequence)
-        .await
-        .map_err(|_| not_stored())?;
+    let message = match stream.get_raw_message(sequence).await {
+        Ok(message) => message,
+        Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            return Err(not_stored());
+        }
+        Err(err) => {
+            return Err(ClusterError::Publish {
+                reason: format!("checking a duplicate at sequence {sequence}: {err}"),
+            });
+        }
+    };
     let stored_id = message
         .headers
         .get(async_nats::header::NATS_MESSAGE_ID)

@@ -20,6 +20,10 @@ use crate::streams::event_stream;
 pub struct PartitionReader {
     partition: Partition,
     messages: Ordered,
+    /// The last sequence handed out. The client recreates an ordered consumer after missed
+    /// heartbeats or a server restart; one recreated before its first message starts over at
+    /// sequence 1 (async-nats 0.51), so anything at or below this is a replay and dropped.
+    last: u64,
 }
 
 impl std::fmt::Debug for PartitionReader {
@@ -58,6 +62,7 @@ impl PartitionReader {
         Ok(PartitionReader {
             partition,
             messages,
+            last: cursor,
         })
     }
 
@@ -68,15 +73,22 @@ impl PartitionReader {
     ) -> Result<Option<(u64, NewEvent)>, ClusterError> {
         let partition = self.partition;
         let read_error = |reason: String| ClusterError::Read { partition, reason };
-        let message = match tokio::time::timeout(wait, self.messages.next()).await {
-            Err(_) => return Ok(None),
-            Ok(None) => return Err(read_error("the consumer ended".to_owned())),
-            Ok(Some(message)) => message.map_err(|err| read_error(err.to_string()))?,
+        let deadline = tokio::time::Instant::now() + wait;
+        let (message, sequence) = loop {
+            let message = match tokio::time::timeout_at(deadline, self.messages.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => return Err(read_error("the consumer ended".to_owned())),
+                Ok(Some(message)) => message.map_err(|err| read_error(err.to_string()))?,
+            };
+            let sequence = message
+                .info()
+                .map_err(|err| read_error(err.to_string()))?
+                .stream_sequence;
+            if sequence > self.last {
+                break (message, sequence);
+            }
         };
-        let sequence = message
-            .info()
-            .map_err(|err| read_error(err.to_string()))?
-            .stream_sequence;
+        self.last = sequence;
         let format = message
             .headers
             .as_ref()

@@ -165,7 +165,9 @@ where
         match step().await {
             Ok(value) => return Ok(value),
             Err(
-                err @ (ClusterError::PartitionsChanged { .. } | ClusterError::LeaseChanged { .. }),
+                err @ (ClusterError::PartitionsChanged { .. }
+                | ClusterError::LeaseChanged { .. }
+                | ClusterError::NotDurable { .. }),
             ) => {
                 return Err(err);
             }
@@ -185,17 +187,21 @@ pub async fn fix_partitions(js: &jetstream::Context, partitions: u16) -> Result<
 }
 
 async fn fix_partitions_once(js: &jetstream::Context, partitions: u16) -> Result<(), ClusterError> {
-    let store = js
-        .create_key_value(kv::Config {
-            bucket: META_BUCKET.to_owned(),
-            description: "gancho: the cluster's own record".to_owned(),
-            history: 1,
-            num_replicas: REPLICAS,
-            storage: StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|err| provision_error(format!("bucket {META_BUCKET}"), err))?;
+    let store = match js.get_key_value(META_BUCKET).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: META_BUCKET.to_owned(),
+                description: "gancho: the cluster's own record".to_owned(),
+                history: 1,
+                num_replicas: REPLICAS,
+                storage: StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| provision_error(format!("bucket {META_BUCKET}"), err))?,
+    };
+    check_durable(js, &format!("KV_{META_BUCKET}")).await?;
     match store
         .create(PARTITIONS_KEY, partitions.to_string().into())
         .await
@@ -247,18 +253,48 @@ async fn create_streams_once(js: &jetstream::Context, partitions: u16) -> Result
                 "gancho: a partition's decisions",
             ),
         ] {
-            js.get_or_create_stream(StreamConfig {
-                name: name.clone(),
-                description: Some(description.to_owned()),
-                subjects: vec![subject],
-                num_replicas: REPLICAS,
-                storage: StorageType::File,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| provision_error(format!("stream {name}"), err))?;
+            let stream = js
+                .get_or_create_stream(StreamConfig {
+                    name: name.clone(),
+                    description: Some(description.to_owned()),
+                    subjects: vec![subject],
+                    num_replicas: REPLICAS,
+                    storage: StorageType::File,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| provision_error(format!("stream {name}"), err))?;
+            let config = &stream.cached_info().config;
+            durable_enough(&name, config.num_replicas, config.storage)?;
         }
     }
     Ok(())
+}
+
+/// A stream or bucket made before (by hand, or by another tool) is used as it is only if it
+/// keeps what gancho acknowledges: [`REPLICAS`] replicas on file storage.
+fn durable_enough(name: &str, replicas: usize, storage: StorageType) -> Result<(), ClusterError> {
+    if replicas == REPLICAS && storage == StorageType::File {
+        Ok(())
+    } else {
+        Err(ClusterError::NotDurable {
+            name: name.to_owned(),
+            replicas,
+            storage: format!("{storage:?}").to_lowercase(),
+        })
+    }
+}
+
+/// [`durable_enough`] for the stream `name`, read from the server.
+pub(crate) async fn check_durable(js: &jetstream::Context, name: &str) -> Result<(), ClusterError> {
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|err| provision_error(name, err))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|err| provision_error(name, err))?;
+    durable_enough(name, info.config.num_replicas, info.config.storage)
 }

@@ -11,6 +11,17 @@ use common::*;
 use gancho_cluster::{ClusterError, Journal, Leases, create_streams};
 use gancho_testkit::nats::NatsCluster;
 
+/// Of two racing commits with the same fence, one is written and the other refused as fenced.
+fn one_wins(rx: &Result<u64, ClusterError>, ry: &Result<u64, ClusterError>) {
+    assert!(
+        matches!(
+            (rx, ry),
+            (Ok(_), Err(ClusterError::Fenced { .. })) | (Err(ClusterError::Fenced { .. }), Ok(_))
+        ),
+        "{rx:?} {ry:?}"
+    );
+}
+
 #[test]
 fn a_stale_owner_cannot_commit_once_another_has() {
     let Some(cluster) = NatsCluster::start(3) else {
@@ -18,7 +29,7 @@ fn a_stale_owner_cannot_commit_once_another_has() {
     };
     runtime().block_on(async {
         let js = jetstream_of(&cluster).await;
-        create_streams(&js, 2).await.unwrap();
+        create_streams(&js, 3).await.unwrap();
         // Node a owns partition 1 and commits.
         let mut a = Journal::open(&js, 1, "a").await.unwrap();
         assert_eq!((a.last_sequence(), a.cursor()), (0, 0));
@@ -42,25 +53,27 @@ fn a_stale_owner_cannot_commit_once_another_has() {
         assert_eq!((reopened.last_sequence(), reopened.cursor()), (2, 25));
         let mut other = Journal::open(&js, 0, "a").await.unwrap();
         other.commit(5, b"p0".to_vec()).await.unwrap();
-        // A commit whose answer was lost, tried again: its own write is found, not a fence.
-        // (A second handle of the same node stands for the first attempt.)
-        let mut retry = Journal::open(&js, 0, "a").await.unwrap();
-        let mut first_attempt = Journal::open(&js, 0, "a").await.unwrap();
-        let landed = first_attempt.commit(7, b"p0 again".to_vec()).await.unwrap();
-        assert_eq!(retry.commit(7, b"p0 again".to_vec()).await.unwrap(), landed);
-        // The same node committing another cursor there is a different commit: fenced.
-        let mut stale = Journal::open(&js, 0, "a").await.unwrap();
-        first_attempt.commit(8, b"p0 next".to_vec()).await.unwrap();
+        // Two handles of one node (a restarted process under the same name, an old task
+        // still retrying) do not take each other's writes for their own.
+        let mut old_task = Journal::open(&js, 0, "a").await.unwrap();
+        let mut restarted = Journal::open(&js, 0, "a").await.unwrap();
+        restarted.commit(7, b"p0 again".to_vec()).await.unwrap();
         assert!(matches!(
-            stale.commit(9, b"not the same".to_vec()).await.unwrap_err(),
+            old_task.commit(7, b"p0 again".to_vec()).await.unwrap_err(),
             ClusterError::Fenced { .. }
         ));
 
         // Two nodes that both opened at the same point: exactly one commit wins.
         let mut x = Journal::open(&js, 0, "x").await.unwrap();
         let mut y = Journal::open(&js, 0, "y").await.unwrap();
-        let (rx, ry) = tokio::join!(x.commit(6, b"x".to_vec()), y.commit(6, b"y".to_vec()));
-        assert!(rx.is_ok() != ry.is_ok(), "{rx:?} {ry:?}");
+        let (rx, ry) = tokio::join!(x.commit(8, b"x".to_vec()), y.commit(8, b"y".to_vec()));
+        one_wins(&rx, &ry);
+        // The same on an empty journal (its fence is sequence 0).
+        let mut x = Journal::open(&js, 2, "x").await.unwrap();
+        let mut y = Journal::open(&js, 2, "y").await.unwrap();
+        assert_eq!((x.last_sequence(), y.last_sequence()), (0, 0));
+        let (rx, ry) = tokio::join!(x.commit(1, b"x".to_vec()), y.commit(1, b"y".to_vec()));
+        one_wins(&rx, &ry);
     });
 }
 

@@ -184,6 +184,48 @@ fn events_land_once_in_their_partitions_and_survive_a_lost_server() {
     cluster.wait_healthy(0, Duration::from_secs(30));
     let total = rt.block_on(stored_in_all(&js));
     assert_eq!(total, 300);
+    // And they are the 300 events, each once (a total could hide one lost and one twice).
+    let mut ids = std::collections::BTreeSet::new();
+    rt.block_on(async {
+        for p in 0..PARTITIONS {
+            let mut reader = PartitionReader::open(&js, p, 0).await.unwrap();
+            while let Some((_, event)) = reader.next_within(Duration::from_secs(2)).await.unwrap() {
+                assert!(
+                    ids.insert(event.id.as_str().to_owned()),
+                    "{} twice",
+                    event.id.as_str()
+                );
+            }
+        }
+    });
+    let expected: std::collections::BTreeSet<String> =
+        (0..300).map(|i| format!("ev-{i}")).collect();
+    assert_eq!(ids, expected);
+}
+
+#[test]
+fn a_stream_made_before_without_three_replicas_on_file_is_refused() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    runtime().block_on(async {
+        let js = jetstream_of(&cluster).await;
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: event_stream(0),
+            subjects: vec![event_subject(0)],
+            num_replicas: 1,
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let err = create_streams(&js, PARTITIONS).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("GANCHO_EV_0") && text.contains("1 replica(s)"),
+            "{text}"
+        );
+    });
 }
 
 #[test]

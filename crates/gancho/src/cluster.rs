@@ -178,15 +178,25 @@ pub fn refuse_to_run(cluster: &ClusterConfig) -> ExitCode {
         }
     };
     match result {
-        Err(err @ (ClusterError::Connect { .. } | ClusterError::Monitor { .. })) => {
-            tracing::error!(error = %err, "cluster mode: NATS is not reachable");
-            eprintln!("gancho: cluster mode: {err}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-        Err(err) => {
+        // What the servers or the config must change first stops for good (78); anything else
+        // (unreachable, a timeout, a leader election) may pass, so the unit tries again (69).
+        Err(
+            err @ (ClusterError::TooOld { .. }
+            | ClusterError::NoJetStream { .. }
+            | ClusterError::NoFileStorage { .. }
+            | ClusterError::NotSyncAlways { .. }
+            | ClusterError::PartitionsChanged { .. }
+            | ClusterError::LeaseChanged { .. }
+            | ClusterError::NotDurable { .. }),
+        ) => {
             tracing::error!(error = %err, "cluster mode: refused");
             eprintln!("gancho: cluster mode refused: {err}");
             ExitCode::from(EXIT_CONFIG)
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cluster mode: NATS is not reachable");
+            eprintln!("gancho: cluster mode: {err}");
+            ExitCode::from(EXIT_UNAVAILABLE)
         }
         Ok(Checked { reports, .. }) => {
             eprintln!(
