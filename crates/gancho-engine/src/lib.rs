@@ -11,10 +11,12 @@
 
 mod api;
 mod ctx;
+mod diagnostic;
 mod dynamic;
 mod engine;
 mod prefetch;
 mod rule;
+mod rule_text;
 mod sandbox;
 mod schedule;
 mod strict;

@@ -2,7 +2,7 @@
 //! their decisions with the cursor; appends timer firings and cron ticks to the log.
 //!
 //! `config` (how it runs, its errors, the names of its own sources), `status` (what operators
-//! see of it), `load` (the rules folder), `walk` (the [`Engine`]: batches, dispatch, rule runs), `operator` (operators' requests, re-runs,
+//! see of it), `load` (the rules folder), `reload` (loading it into a running engine), `walk` (the [`Engine`]: batches, dispatch, rule runs), `operator` (operators' requests, re-runs,
 //! rule controls and counters),
 //! `timers` (timer firings, cron ticks, and the expectations events fulfil), `careful` (poison
 //! events: runs that kill the engine are set aside).
@@ -11,6 +11,7 @@ mod careful;
 mod config;
 mod load;
 mod operator;
+mod reload;
 mod status;
 mod timers;
 mod walk;
