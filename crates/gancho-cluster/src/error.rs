@@ -24,6 +24,12 @@ pub enum ClusterError {
     )]
     NotSyncAlways { server: String },
     #[error(
+        "the JetStream cluster has {cluster_size} servers, but [cluster] monitor reaches \
+         {checked}: list every server's monitoring endpoint, so that each one's version and sync \
+         setting is checked (any of them may hold replicas)"
+    )]
+    UncheckedServers { checked: usize, cluster_size: usize },
+    #[error(
         "cannot read the monitoring endpoint {endpoint}: {reason} (gancho reads each server's \
          version and JetStream settings from /varz at start; list the servers' monitoring \
          endpoints in [cluster] monitor and let the gancho nodes reach them)"

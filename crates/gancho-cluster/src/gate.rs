@@ -145,27 +145,69 @@ pub async fn check_servers(config: &ClusterConfig) -> Result<Vec<ServerReport>, 
             reason: format!("cannot build an HTTP client: {err}"),
         })?;
     let mut reports = Vec::with_capacity(config.monitor.len());
+    let mut cluster_size = 1;
     for endpoint in &config.monitor {
         let report = read_varz(&http, endpoint).await?;
         if let Some(refusal) = report.refusal() {
             return Err(refusal);
         }
         reports.push(report);
+        cluster_size = cluster_size.max(read_cluster_size(&http, endpoint).await?);
+    }
+    // Every server of the JetStream cluster may hold replicas: one that was not checked could
+    // be old or acknowledge before syncing.
+    let mut checked: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+    checked.sort_unstable();
+    checked.dedup();
+    if cluster_size > checked.len() {
+        return Err(ClusterError::UncheckedServers {
+            checked: checked.len(),
+            cluster_size,
+        });
     }
     Ok(reports)
+}
+
+/// The JetStream cluster's size as a server's `/jsz` gives it (1 for a server not clustered).
+async fn read_cluster_size(
+    http: &reqwest::Client,
+    endpoint: &url::Url,
+) -> Result<usize, ClusterError> {
+    Ok(parse_cluster_size(
+        &monitor_get(http, endpoint, "jsz").await?,
+    ))
+}
+
+/// `meta_cluster.cluster_size` of a `/jsz` document; 1 when absent (not clustered).
+pub fn parse_cluster_size(jsz: &str) -> usize {
+    serde_json::from_str::<serde_json::Value>(jsz)
+        .ok()
+        .and_then(|v| v["meta_cluster"]["cluster_size"].as_u64())
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 async fn read_varz(
     http: &reqwest::Client,
     endpoint: &url::Url,
 ) -> Result<ServerReport, ClusterError> {
-    let shown = endpoint.as_str().trim_end_matches('/').to_owned();
+    let body = monitor_get(http, endpoint, "varz").await?;
+    parse_varz(endpoint.as_str().trim_end_matches('/'), &body)
+}
+
+/// The body of a monitoring endpoint's page `path`, or why it could not be read.
+async fn monitor_get(
+    http: &reqwest::Client,
+    endpoint: &url::Url,
+    path: &str,
+) -> Result<String, ClusterError> {
     let monitor_error = |reason: String| ClusterError::Monitor {
-        endpoint: shown.clone(),
+        endpoint: endpoint.as_str().trim_end_matches('/').to_owned(),
         reason,
     };
     let url = endpoint
-        .join("varz")
+        .join(path)
         .map_err(|err| monitor_error(err.to_string()))?;
     let response = http
         .get(url)
@@ -174,15 +216,14 @@ async fn read_varz(
         .map_err(|err| monitor_error(error_chain(&err)))?;
     if !response.status().is_success() {
         return Err(monitor_error(format!(
-            "/varz answered {}",
+            "/{path} answered {}",
             response.status()
         )));
     }
-    let body = response
+    response
         .text()
         .await
-        .map_err(|err| monitor_error(error_chain(&err)))?;
-    parse_varz(&shown, &body)
+        .map_err(|err| monitor_error(error_chain(&err)))
 }
 
 /// Connects to NATS as `config` says, with the token read already (`token`), and checks the
@@ -273,6 +314,16 @@ mod tests {
 
     const SYNC: &str = include_str!("../tests/fixtures/varz-2.15.1-sync-always.json");
     const NO_SYNC: &str = include_str!("../tests/fixtures/varz-2.15.1-no-sync.json");
+
+    #[test]
+    fn the_cluster_size_from_jsz() {
+        assert_eq!(
+            parse_cluster_size(r#"{"meta_cluster":{"leader":"c3","cluster_size":3}}"#),
+            3
+        );
+        assert_eq!(parse_cluster_size(r#"{"config":{}}"#), 1);
+        assert_eq!(parse_cluster_size("not json"), 1);
+    }
 
     #[test]
     fn versions_against_the_floor() {

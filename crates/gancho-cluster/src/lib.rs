@@ -23,7 +23,10 @@ pub use config::{
     MAX_PARTITIONS, NatsAuth,
 };
 pub use error::ClusterError;
-pub use gate::{MIN_SERVER, ServerReport, check_servers, connect, parse_varz, version_meets_floor};
+pub use gate::{
+    MIN_SERVER, ServerReport, check_servers, connect, parse_cluster_size, parse_varz,
+    version_meets_floor,
+};
 pub use journal::{CURSOR_HEADER, Journal, NODE_HEADER};
 pub use lease::{LEASE_BUCKET, Lease, Leases, rendezvous_owner};
 pub use membership::{Changes, Membership};

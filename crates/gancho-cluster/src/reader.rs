@@ -36,7 +36,17 @@ impl std::fmt::Debug for PartitionReader {
 
 impl PartitionReader {
     /// Reads partition `p`'s events whose sequence is above `cursor`.
+    /// Creating the consumer is tried again for a while: right after a server restarts or a
+    /// leader changes, JetStream can time out or have no responders.
     pub async fn open(
+        js: &jetstream::Context,
+        partition: Partition,
+        cursor: u64,
+    ) -> Result<PartitionReader, ClusterError> {
+        crate::streams::settled(|| PartitionReader::open_once(js, partition, cursor)).await
+    }
+
+    async fn open_once(
         js: &jetstream::Context,
         partition: Partition,
         cursor: u64,

@@ -148,8 +148,9 @@ fn parse_count(bytes: &[u8]) -> Result<u16, ClusterError> {
         })
 }
 
-/// How long creating the cluster's buckets and streams is retried: right after a bucket or
-/// stream is created, its leader may not be elected yet, and JetStream answers "no responders".
+/// How long creating the cluster's buckets and streams (and a reader's consumer) is retried:
+/// right after one is created, or a server restarts, a leader may not be elected yet, and
+/// JetStream times out or answers "no responders".
 const SETTLE: Duration = Duration::from_secs(15);
 
 /// Runs `step` until it succeeds, fails for good (the cluster was made with another partition count or lease), or
@@ -265,8 +266,21 @@ async fn create_streams_once(js: &jetstream::Context, partitions: u16) -> Result
                 })
                 .await
                 .map_err(|err| provision_error(format!("stream {name}"), err))?;
-            let config = &stream.cached_info().config;
-            durable_enough(&name, config.num_replicas, config.storage)?;
+            let info = stream.cached_info();
+            durable_enough(&name, info.config.num_replicas, info.config.storage)?;
+            // A stream without a leader yet takes no publish ("no stream found for given
+            // subject"): not created until it has one (`settled` asks again).
+            if info
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader.as_ref())
+                .is_none()
+            {
+                return Err(provision_error(
+                    format!("stream {name}"),
+                    "no leader elected yet",
+                ));
+            }
         }
     }
     Ok(())

@@ -80,3 +80,23 @@ fn an_unreachable_monitor_is_named() {
         assert!(matches!(err, ClusterError::Connect { .. }), "{err}");
     });
 }
+
+#[test]
+fn a_cluster_peer_left_out_of_monitor_is_refused() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let mut config = config_for(&cluster);
+    config.monitor.pop();
+    let err = runtime().block_on(check_servers(&config)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClusterError::UncheckedServers {
+                checked: 2,
+                cluster_size: 3
+            }
+        ),
+        "{err}"
+    );
+}

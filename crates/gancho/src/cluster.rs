@@ -187,7 +187,8 @@ pub fn refuse_to_run(cluster: &ClusterConfig) -> ExitCode {
             | ClusterError::NotSyncAlways { .. }
             | ClusterError::PartitionsChanged { .. }
             | ClusterError::LeaseChanged { .. }
-            | ClusterError::NotDurable { .. }),
+            | ClusterError::NotDurable { .. }
+            | ClusterError::UncheckedServers { .. }),
         ) => {
             tracing::error!(error = %err, "cluster mode: refused");
             eprintln!("gancho: cluster mode refused: {err}");
