@@ -651,10 +651,13 @@ fn store_stats(dir: &Path) -> anyhow::Result<()> {
             slot.1 += (key.len() + value.len()) as u64;
         }
         let (mut files, mut file_bytes) = (0u64, 0u64);
-        if let Ok(runs) = std::fs::read_dir(path.join("runs")) {
-            for run in runs.flatten() {
-                files += 1;
-                file_bytes += run.metadata().map_or(0, |m| m.len());
+        // The index's run files, and the log's segment files (its larger blocks).
+        for folder in ["runs", "segments"] {
+            if let Ok(found) = std::fs::read_dir(path.join(folder)) {
+                for file in found.flatten() {
+                    files += 1;
+                    file_bytes += file.metadata().map_or(0, |m| m.len());
+                }
             }
         }
         let live = by_prefix.values().map(|(_, bytes)| bytes).sum::<u64>() + file_bytes;
@@ -676,7 +679,7 @@ fn store_stats(dir: &Path) -> anyhow::Result<()> {
             );
         }
         if files > 0 {
-            println!("  run files: {files}, {:.1} MB", file_bytes as f64 / 1e6);
+            println!("  files: {files}, {:.1} MB", file_bytes as f64 / 1e6);
         }
     }
     Ok(())

@@ -43,7 +43,7 @@ pub use log::prune::{PruneReport, PruneRequest};
 pub use log::query::{EventQuery, KeyFilter, Order, Window};
 pub use log::writer::{AppendReport, Appender, Rejected, Submission};
 
-use crate::kv::{Db, FileSync, Tree};
+use crate::kv::{Db, FileSync};
 use crate::log::{cache, codec, query, writer};
 use crate::progress::Progress;
 
@@ -59,7 +59,8 @@ struct Inner {
     path: PathBuf,
     /// The log database: log blocks, quarantine, schema. Flushed (and synced) by group commit.
     log_db: Db,
-    events: Tree,
+    /// The log's tree and the segment files of its larger blocks.
+    log: log::segments::Log,
     /// The index database: dedup and query indexes and the indexer's watermark. A database of
     /// its own so that the indexer's many small writes neither lengthen the group-commit
     /// flushes of the log nor contend with its writer for sled's batch lock.
@@ -107,6 +108,7 @@ impl Store {
         };
         migrate::LOG.upgrade(&events, &mut || log_db.make_durable(log_sync.as_mut()))?;
         let discarded = codec::discard_uncommitted(&events)?;
+        let segments = log::segments::Segments::open(&log_path.join(log::segments::SEGMENTS_DIR))?;
         if discarded > 0 {
             tracing::warn!(
                 discarded,
@@ -123,6 +125,19 @@ impl Store {
             }
         };
         let (last_seq, _) = codec::log_end(&events)?;
+        let dropped = segments.drop_past(last_seq)?;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "deleted log segments a crash left past the log's end"
+            );
+        }
+        // Segments a prune let go of just before a crash.
+        segments.collect_garbage(&events, None)?;
+        let log = log::segments::Log {
+            tree: events.clone(),
+            segments,
+        };
         let purged = Arc::new(log::prune::read_purged(&events)?);
         let watermark = match index::indexed_seq(&index_tree) {
             Err(StoreError::Corrupt { .. }) => None,
@@ -187,7 +202,7 @@ impl Store {
         };
         let started = writer::start(
             log_db.clone(),
-            events.clone(),
+            log.clone(),
             Arc::clone(&index),
             log_sync,
             Arc::clone(&progress),
@@ -196,7 +211,7 @@ impl Store {
         )?;
         let indexer = {
             let indexer = index::indexer::Indexer {
-                events: events.clone(),
+                log: log.clone(),
                 index: index_writer,
                 progress: Arc::clone(&progress),
                 pacing,
@@ -212,7 +227,7 @@ impl Store {
         let blocks = Arc::new(cache::BlockCache::new(256));
         let pruner = log::prune::Pruner {
             db: log_db.clone(),
-            tree: events.clone(),
+            log: log.clone(),
             index: Arc::clone(&index),
             blocks: Arc::clone(&blocks),
             quarantine: started.quarantine,
@@ -223,7 +238,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 log_db,
-                events,
+                log,
                 index_db,
                 index,
                 appender: started.appender,
@@ -255,7 +270,7 @@ impl Store {
         {
             return Ok(None);
         }
-        let Some(block) = self.inner.blocks.block(&self.inner.events, seq)? else {
+        let Some(block) = self.inner.blocks.block(&self.inner.log, seq)? else {
             return Ok(None);
         };
         match block.record(seq) {
@@ -287,7 +302,7 @@ impl Store {
 
     /// The sequence number of the newest event, 0 for an empty log.
     pub fn last_seq(&self) -> Result<u64, StoreError> {
-        codec::log_end(&self.inner.events).map(|(seq, _)| seq)
+        codec::log_end(&self.inner.log.tree).map(|(seq, _)| seq)
     }
 
     /// Deletes what is past its retention (see [`PruneRequest`]): events from the log and the
@@ -311,13 +326,7 @@ impl Store {
     pub fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let indexed = self.inner.progress.indexed.load(Ordering::Acquire);
         let durable = self.inner.progress.durable.load(Ordering::Acquire);
-        query::run(
-            &self.inner.events,
-            &self.inner.index,
-            query,
-            indexed,
-            durable,
-        )
+        query::run(&self.inner.log, &self.inner.index, query, indexed, durable)
     }
 
     /// The answer to `query` (as [`Store::events`]), handed to `f` one event at a time, oldest
@@ -347,7 +356,7 @@ impl Store {
         }
         let indexed = indexed.min(durable);
         query::each(
-            &self.inner.events,
+            &self.inner.log,
             &self.inner.index,
             query,
             (indexed, durable),
@@ -371,16 +380,18 @@ impl Store {
         let to = to.min(self.inner.progress.durable.load(Ordering::Acquire));
         let mut events = Vec::new();
         let purged = self.inner.index.purged();
-        codec::for_each_record(&self.inner.events, from.max(1), to, |seq, record| {
-            if purged.contains(seq) {
-                return Ok(());
-            }
-            let view = codec::view_record(seq, record)?;
-            if keep(view.source, view.kind) {
-                events.push(codec::event_from_view(view)?);
-            }
-            Ok(())
-        })?;
+        self.inner
+            .log
+            .for_each_record(from.max(1), to, |seq, record| {
+                if purged.contains(seq) {
+                    return Ok(());
+                }
+                let view = codec::view_record(seq, record)?;
+                if keep(view.source, view.kind) {
+                    events.push(codec::event_from_view(view)?);
+                }
+                Ok(())
+            })?;
         Ok(events)
     }
 
@@ -413,7 +424,7 @@ impl Store {
             max_seq: window.max_seq.min(durable),
             ..window.clone()
         };
-        query::window(&self.inner.events, &self.inner.index, &window, how, indexed)
+        query::window(&self.inner.log, &self.inner.index, &window, how, indexed)
     }
 
     /// The event with this seq, which must be in the log.
@@ -428,7 +439,8 @@ impl Store {
     pub fn quarantine_dropped(&self) -> Result<u64, StoreError> {
         Ok(self
             .inner
-            .events
+            .log
+            .tree
             .get(log::codec::QUARANTINE_DROPPED_KEY)?
             .and_then(|v| keys::read_u64(&v[..]))
             .unwrap_or(0))
@@ -443,13 +455,15 @@ impl Store {
             return Ok(keys::read_u64(&value));
         }
         let mut found = None;
-        codec::for_each_record(&self.inner.events, indexed + 1, durable, |seq, record| {
-            let view = codec::view_record(seq, record)?;
-            if view.source == source && view.id == id {
-                found = Some(seq);
-            }
-            Ok(())
-        })?;
+        self.inner
+            .log
+            .for_each_record(indexed + 1, durable, |seq, record| {
+                let view = codec::view_record(seq, record)?;
+                if view.source == source && view.id == id {
+                    found = Some(seq);
+                }
+                Ok(())
+            })?;
         Ok(found)
     }
 
@@ -470,7 +484,7 @@ impl Store {
         limit: usize,
         f: impl FnMut(Quarantined) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        query::each_quarantined(&self.inner.events, None, limit, f)
+        query::each_quarantined(&self.inner.log.tree, None, limit, f)
     }
 
     /// [`Store::each_quarantined`] over the records with an id below `before` only. A record
@@ -483,7 +497,7 @@ impl Store {
         limit: usize,
         f: impl FnMut(Quarantined) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        query::each_quarantined(&self.inner.events, before, limit, f)
+        query::each_quarantined(&self.inner.log.tree, before, limit, f)
     }
 
     /// Stops accepting appends, waits until everything submitted is durable, stops the indexer
@@ -525,5 +539,7 @@ mod crash_tests;
 mod prune_tests;
 #[cfg(test)]
 mod recovery_tests;
+#[cfg(test)]
+mod segments_tests;
 #[cfg(test)]
 pub(crate) mod tests;

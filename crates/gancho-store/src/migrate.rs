@@ -7,6 +7,7 @@
 //! | log | 0 | version 1's, without its version key (never written by a release) |
 //! | log | 1 | `log/codec.rs`: blocks, quarantine, commit record |
 //! | log | 2 | version 1's, and retention: an empty record is a pruned event, `Mpurged` the set of pruned seqs, `S` summaries of walked stretches (`log/prune.rs`); nothing to convert, but a build of version 1 must not open it |
+//! | log | 3 | version 2's, and a block over 1 KiB may be a pointer into a segment file (`log/segments.rs`); inline blocks are still read, so nothing to convert, but a build of version 2 must not open it |
 //! | indexes | 0 | version 1's, without its version key (stores before versions) |
 //! | indexes | 1 | `index/layout.rs`: sorted runs |
 //! | indexes | 2 | version 1's; run records of version 2 (lowest seq, pruned count at write) |
@@ -23,7 +24,7 @@ use crate::kv::Tree;
 pub(crate) const LOG: Format = Format {
     name: "log",
     key: b"Mschema",
-    current: 2,
+    current: 3,
     oldest: 0,
     steps: &[
         Step {
@@ -32,6 +33,11 @@ pub(crate) const LOG: Format = Format {
         },
         Step {
             what: "retention may leave pruned events: a build without it must refuse the log",
+            run: |_| Ok(()),
+        },
+        Step {
+            what: "larger blocks may live in segment files: a build without them must refuse \
+                   the log",
             run: |_| Ok(()),
         },
     ],

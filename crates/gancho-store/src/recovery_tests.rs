@@ -236,6 +236,45 @@ fn a_log_of_format_0_opens_whole_and_gets_its_version() {
 }
 
 #[test]
+fn a_log_of_format_2_with_large_blocks_in_sled_opens_whole_and_gets_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    // Version 2 kept every block in sled, however large: 500 events in one block after the
+    // two of the first group.
+    {
+        let db = Db::open(&dir.path().join("log"), 64 << 20).unwrap();
+        let tree = db.tree("events").unwrap();
+        let records: Vec<Vec<u8>> = (3..503)
+            .map(|n| codec::encode_event(&event("open", n as i64, "c@x", n)).unwrap())
+            .collect();
+        let block = codec::encode_block(&records);
+        assert!(block.len() > crate::log::segments::INLINE_MAX);
+        tree.insert(codec::log_key(3), block).unwrap();
+        tree.insert(codec::COMMIT_KEY, &codec::encode_commit(502, 0)[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    set_format(dir.path(), "log", "events", &migrate::LOG, Some(2));
+    let store = open(dir.path());
+    assert_eq!(store.last_seq().unwrap(), 502);
+    assert_eq!(store.event(300).unwrap().keys["email"], "c@x");
+    // New large blocks go to a segment; both kinds read side by side.
+    let more: Vec<_> = (503..1003)
+        .map(|n| event("open", n as i64, "d@x", n))
+        .collect();
+    assert_eq!(append(&store, more).stored.len(), 500);
+    assert_eq!(store.read_range(1, 1002).unwrap().len(), 1002);
+    store.shutdown().unwrap();
+    drop(store);
+    let db = Db::open(&dir.path().join("log"), 16 << 20).unwrap();
+    let tree = db.tree("events").unwrap();
+    assert_eq!(
+        tree.get(migrate::LOG.key).unwrap().as_deref(),
+        Some(&3u32.to_be_bytes()[..])
+    );
+}
+
+#[test]
 fn indexes_of_format_2_with_runs_in_sled_are_rebuilt_into_run_files() {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());

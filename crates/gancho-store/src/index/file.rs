@@ -55,7 +55,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
 }
 
 /// Makes the names of files created in `dir` durable.
-pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(format!("syncing folder {}", dir.display())))

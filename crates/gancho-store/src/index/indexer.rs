@@ -23,8 +23,8 @@ use super::policy::Pacing;
 use super::writer::IndexWriter;
 use crate::error::StoreError;
 use crate::keys::{BY_KEY, BY_TYPE, DEDUP, push_time_seq, write_key};
-use crate::kv::Tree;
 use crate::log::codec::{self, RecordView};
+use crate::log::segments::Log;
 use crate::progress::Progress;
 
 /// Entries merged between two batches: a slice takes some tens of milliseconds.
@@ -36,7 +36,7 @@ const CHECKPOINT_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(crate) struct Indexer {
     /// The log tree, read.
-    pub(crate) events: Tree,
+    pub(crate) log: Log,
     pub(crate) index: IndexWriter,
     pub(crate) progress: Arc<Progress>,
     pub(crate) pacing: Pacing,
@@ -200,7 +200,7 @@ impl Indexer {
         let mut scratch = Vec::with_capacity(256);
         let mut n = 0u64;
         let purged = self.index.purged();
-        codec::for_each_record(&self.events, from, to, |seq, record| {
+        self.log.for_each_record(from, to, |seq, record| {
             if purged.contains(seq) {
                 return Ok(());
             }

@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use super::codec::{self, Block};
+use super::codec::Block;
+use super::segments::Log;
 use crate::error::StoreError;
-use crate::kv::Tree;
 
 #[derive(Debug)]
 pub(crate) struct BlockCache {
@@ -48,7 +48,7 @@ impl BlockCache {
     }
 
     /// The block holding `seq`, from the cache or the tree.
-    pub(crate) fn block(&self, tree: &Tree, seq: u64) -> Result<Option<Arc<Block>>, StoreError> {
+    pub(crate) fn block(&self, log: &Log, seq: u64) -> Result<Option<Arc<Block>>, StoreError> {
         {
             let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, block)) = inner.blocks.range(..=seq).next_back()
@@ -57,10 +57,10 @@ impl BlockCache {
                 return Ok(Some(Arc::clone(block)));
             }
         }
-        let Some((key, value)) = codec::find_block(tree, seq)? else {
+        let Some((key, value)) = log.find_block(seq)? else {
             return Ok(None);
         };
-        let block = Arc::new(Block::parse(&key, &value)?);
+        let block = Arc::new(log.block(&key, &value)?);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner
             .blocks

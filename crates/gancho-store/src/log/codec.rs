@@ -358,6 +358,8 @@ pub(crate) fn discard_uncommitted(tree: &Tree) -> Result<usize, StoreError> {
 
 /// The block format's version, its first byte: LZ4-compressed records.
 const BLOCK_LZ4: u8 = 1;
+/// The first byte of a pointer to a block kept in a segment file (`segments.rs`).
+pub(crate) const BLOCK_POINTER: u8 = 2;
 
 /// Encodes records (already-encoded events with consecutive sequence numbers) as one block:
 /// `[1u8][n: u32][LZ4 of ([end offset of each record: u32 × n][records])]`. The count stays
@@ -384,9 +386,10 @@ pub(crate) fn encode_block(records: &[Vec<u8>]) -> Vec<u8> {
     block
 }
 
-/// The number of events in a block, without decompressing it.
+/// The number of events in a block, without decompressing it: of a block stored inline, or of
+/// one a pointer points at (`segments.rs`; its count sits at the same place).
 pub(crate) fn block_len(value: &[u8]) -> Option<u64> {
-    if value.first() != Some(&BLOCK_LZ4) {
+    if value.first() != Some(&BLOCK_LZ4) && value.first() != Some(&BLOCK_POINTER) {
         return None;
     }
     value.get(1..5).and_then(read_u32).map(u64::from)
@@ -424,6 +427,23 @@ impl Block {
             first_seq,
             n,
             inner,
+        })
+    }
+
+    /// A block of `n` places whose events are all pruned: what a block removed by a prune
+    /// reads as to a reader that found it just before.
+    pub(crate) fn empty(key: &[u8], n: usize) -> Result<Block, StoreError> {
+        let first_seq = key
+            .get(1..)
+            .and_then(read_u64)
+            .ok_or_else(|| StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: "not a block key".to_owned(),
+            })?;
+        Ok(Block {
+            first_seq,
+            n,
+            inner: vec![0; 4 * n],
         })
     }
 
@@ -482,36 +502,6 @@ pub(crate) fn find_block(tree: &Tree, seq: u64) -> Result<Option<(Bytes, Bytes)>
         }
         _ => Ok(None),
     }
-}
-
-/// Calls `f` on every event record with a sequence number in `from..=to`, in order.
-pub(crate) fn for_each_record(
-    tree: &Tree,
-    from: u64,
-    to: u64,
-    mut f: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    if from > to {
-        return Ok(());
-    }
-    // Start at the block holding `from`, which may begin before it.
-    let start = match find_block(tree, from)? {
-        Some((key, _)) => key.to_vec(),
-        None => log_key(from).to_vec(),
-    };
-    for entry in tree.range(start..=log_key(to).to_vec()) {
-        let (key, value) = entry?;
-        let block = Block::parse(&key, &value)?;
-        for (seq, record) in block.records() {
-            if seq > to {
-                return Ok(());
-            }
-            if seq >= from {
-                f(seq, record)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

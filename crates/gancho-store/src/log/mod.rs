@@ -3,7 +3,8 @@
 //! `codec` (records, blocks, the commit record, the log database's format), `cache`
 //! (decompressed blocks for single-event reads), `query` (listings and windows, from the indexes
 //! with the log's unindexed tail merged in), `prune` (retention: pruned events and old
-//! quarantine records).
+//! quarantine records), `segments` (larger blocks in files of their own, and `Log`, which reads
+//! a block wherever it is).
 
 pub(crate) mod cache;
 pub(crate) mod codec;
@@ -11,6 +12,7 @@ mod flusher;
 mod pending;
 pub(crate) mod prune;
 pub(crate) mod query;
+pub(crate) mod segments;
 pub(crate) mod writer;
 
 pub(crate) use self::pending::BYTES_PER_EVENT as PENDING_BYTES_PER_EVENT;

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use super::cache::BlockCache;
 use super::codec::{self, Block};
+use super::segments::Log;
 use super::writer::QuarantineBook;
 use crate::error::StoreError;
 use crate::index::Index;
@@ -54,6 +55,8 @@ pub struct PruneReport {
     /// Log blocks deleted whole, and written again without some of their events.
     pub blocks_deleted: u64,
     pub blocks_rewritten: u64,
+    /// Log segment files deleted because no block is in them any more.
+    pub segments_deleted: u64,
     /// Quarantine records deleted.
     pub quarantine_records: u64,
 }
@@ -62,7 +65,7 @@ pub struct PruneReport {
 #[derive(Debug)]
 pub(crate) struct Pruner {
     pub(crate) db: Db,
-    pub(crate) tree: Tree,
+    pub(crate) log: Log,
     pub(crate) index: Arc<Index>,
     pub(crate) blocks: Arc<BlockCache>,
     pub(crate) quarantine: Arc<Mutex<QuarantineBook>>,
@@ -104,6 +107,18 @@ impl Pruner {
         let mut report = PruneReport::default();
         if let Some(before) = request.events_before_ms {
             self.prune_events(request, before, &mut report)?;
+            if report.blocks_deleted + report.blocks_rewritten > 0 {
+                // Segments no block points into any more go, once that is durable.
+                {
+                    let mut sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                    self.db.make_durable(sync.as_mut())?;
+                }
+                report.segments_deleted = self
+                    .log
+                    .segments
+                    .collect_garbage(&self.log.tree, Some(request.processed + 1))?
+                    as u64;
+            }
         }
         if let Some(before) = request.quarantine_before_ms {
             report.quarantine_records = self.prune_quarantine(before)?;
@@ -120,7 +135,7 @@ impl Pruner {
         // The stretches walked before whose earliest event is past the cutoff.
         let mut walked_to = 0u64;
         let mut again = Vec::new();
-        for entry in self.tree.scan_prefix([SUMMARY]) {
+        for entry in self.log.tree.scan_prefix([SUMMARY]) {
             let (key, value) = entry?;
             let first = key.get(1..).and_then(read_u64);
             let last = value.get(..8).and_then(read_u64);
@@ -143,6 +158,7 @@ impl Pruner {
         loop {
             let mut blocks = Vec::new();
             for entry in self
+                .log
                 .tree
                 .range(codec::log_key(walked_to + 1)..=codec::log_key(request.processed))
             {
@@ -181,12 +197,13 @@ impl Pruner {
         // Blocks that change: (key, block, whether each place is left empty).
         let mut changed: Vec<(Vec<u8>, Block, Vec<bool>)> = Vec::new();
         for entry in self
+            .log
             .tree
             .range(codec::log_key(first)..=codec::log_key(last))
         {
             let (key, value) = entry?;
             // A damaged block or record is kept (and said), never the end of retention.
-            let block = match Block::parse(&key, &value) {
+            let block = match self.log.block(&key, &value) {
                 Ok(block) => block,
                 Err(err) => {
                     tracing::warn!(error = %err, "pruning: a log block that cannot be read is kept");
@@ -232,7 +249,7 @@ impl Pruner {
             // The set first, durable, and published: from here the events are gone for readers.
             let purged = Arc::new(purged.with(&gone));
             gancho_core::fail_point!("prune.before_set");
-            self.tree.insert(PURGED_KEY, purged.encode())?;
+            self.log.tree.insert(PURGED_KEY, purged.encode())?;
             {
                 let mut sync = self.sync.lock().unwrap_or_else(|e| e.into_inner());
                 self.db.make_durable(sync.as_mut())?;
@@ -243,7 +260,7 @@ impl Pruner {
         gancho_core::fail_point!("prune.before_blocks");
         for (key, block, empty) in changed {
             if empty.iter().all(|&e| e) {
-                self.tree.remove(key)?;
+                self.log.tree.remove(key)?;
                 report.blocks_deleted += 1;
             } else {
                 let records: Vec<Vec<u8>> = empty
@@ -257,16 +274,17 @@ impl Pruner {
                             .unwrap_or_default(),
                     })
                     .collect();
-                self.tree.insert(key, codec::encode_block(&records))?;
+                self.log.tree.insert(key, codec::encode_block(&records))?;
                 report.blocks_rewritten += 1;
             }
             self.blocks.forget(block.first_seq);
         }
         match earliest {
             // Nothing left: the stretch needs no summary (a later one says how far prunes got).
-            i64::MAX => drop(self.tree.remove(&summary_key(first)[..])?),
+            i64::MAX => drop(self.log.tree.remove(&summary_key(first)[..])?),
             _ => drop(
-                self.tree
+                self.log
+                    .tree
                     .insert(summary_key(first), &summary_value(last, earliest)[..])?,
             ),
         }
@@ -282,7 +300,7 @@ impl Pruner {
                 return Ok(removed);
             };
             let key = codec::quarantine_key(id);
-            if let Some(value) = self.tree.get(&key[..])? {
+            if let Some(value) = self.log.tree.get(&key[..])? {
                 // A record that cannot be read serves no one: it goes when pruning reaches it.
                 let received = match codec::decode_quarantine(id, &value) {
                     Ok(items) => items
@@ -296,7 +314,7 @@ impl Pruner {
                 if received >= before {
                     return Ok(removed);
                 }
-                self.tree.remove(&key[..])?;
+                self.log.tree.remove(&key[..])?;
                 removed += 1;
             }
             book.records.pop_front();

@@ -5,6 +5,7 @@ use gancho_core::{Event, time_to_millis};
 
 use super::codec;
 use super::codec::Quarantined;
+use super::segments::Log;
 use crate::error::StoreError;
 use crate::index::{Index, Scan};
 use crate::keys;
@@ -40,14 +41,14 @@ pub struct KeyFilter {
 /// began: events after it may be missing from the indexes, so they are read from the log's tail
 /// and merged in.
 pub(crate) fn run(
-    tree: &Tree,
+    log: &Log,
     index: &Index,
     query: &EventQuery,
     indexed: u64,
     durable: u64,
 ) -> Result<Vec<Event>, StoreError> {
     let mut events = Vec::new();
-    each(tree, index, query, (indexed, durable), |event| {
+    each(log, index, query, (indexed, durable), |event| {
         events.push(event);
         Ok(())
     })?;
@@ -58,7 +59,7 @@ pub(crate) fn run(
 /// does not grow with the answer (with a source and a type, 8 bytes a matching seq; without,
 /// the `limit` newest events, none when there is no limit).
 pub(crate) fn each(
-    tree: &Tree,
+    log: &Log,
     index: &Index,
     query: &EventQuery,
     (indexed, durable): (u64, u64),
@@ -71,7 +72,7 @@ pub(crate) fn each(
     };
     let purged = index.purged();
     let (Some(source), Some(kind)) = (&query.source, &query.kind) else {
-        return by_log(tree, query, limit, durable, &purged, f);
+        return by_log(log, query, limit, durable, &purged, f);
     };
     let prefix = match &query.key {
         Some(key) => keys::key_prefix(source, kind, &key.name, &key.value),
@@ -80,7 +81,7 @@ pub(crate) fn each(
     // Index keys are in time order; the answer is by seq. Collect the seqs (cheap: no event
     // is read), keep the newest, then read only those, in order, a block at a time.
     let mut seqs = indexed_seqs(index, &prefix, (query.since, query.until), durable)?;
-    codec::for_each_record(tree, indexed + 1, durable, |seq, record| {
+    log.for_each_record(indexed + 1, durable, |seq, record| {
         if purged.contains(seq) {
             return Ok(());
         }
@@ -111,8 +112,8 @@ pub(crate) fn each(
     let mut block: Option<codec::Block> = None;
     for seq in seqs {
         if block.as_ref().is_none_or(|b| b.slot(seq).is_none()) {
-            block = match codec::find_block(tree, seq)? {
-                Some((key, value)) => Some(codec::Block::parse(&key, &value)?),
+            block = match log.find_block(seq)? {
+                Some((key, value)) => Some(log.block(&key, &value)?),
                 None => None,
             };
         }
@@ -171,18 +172,18 @@ fn indexed_seqs(
 /// Walks the log: from the oldest event on when there is no limit, else from the newest back
 /// to the `limit`-th match, whose events it then hands over oldest first.
 fn by_log(
-    tree: &Tree,
+    log: &Log,
     query: &EventQuery,
     limit: usize,
     durable: u64,
     purged: &Purged,
     mut f: impl FnMut(Event) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let range = tree.range(codec::log_key(0)..=codec::log_key(durable));
+    let range = log.tree.range(codec::log_key(0)..=codec::log_key(durable));
     if limit == usize::MAX {
         for entry in range {
             let (key, value) = entry?;
-            let block = codec::Block::parse(&key, &value)?;
+            let block = log.block(&key, &value)?;
             for (seq, record) in block.records() {
                 if seq > durable || purged.contains(seq) {
                     continue;
@@ -198,7 +199,7 @@ fn by_log(
     let mut events = Vec::new();
     'blocks: for entry in range.rev() {
         let (key, value) = entry?;
-        let block = codec::Block::parse(&key, &value)?;
+        let block = log.block(&key, &value)?;
         let records: Vec<_> = block.records().collect();
         for (seq, record) in records.into_iter().rev() {
             if events.len() >= limit {
@@ -296,7 +297,7 @@ pub enum Order {
 /// are (up to `limit`). With `keep` false only the count is made: no list is built, so
 /// counting a day of events costs no memory.
 pub(crate) fn window(
-    tree: &Tree,
+    log: &Log,
     index: &Index,
     window: &Window,
     (order, limit, keep): (Order, usize, bool),
@@ -350,7 +351,7 @@ pub(crate) fn window(
     if tail {
         // Events not indexed yet: read from the log.
         let purged = index.purged();
-        codec::for_each_record(tree, indexed + 1, window.max_seq, |seq, record| {
+        log.for_each_record(indexed + 1, window.max_seq, |seq, record| {
             if purged.contains(seq) {
                 return Ok(());
             }

@@ -34,6 +34,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use super::codec;
 use super::codec::Quarantined;
 use super::pending::Pending;
+use super::segments::{Log, SegmentWriter};
 use crate::error::StoreError;
 use crate::index::Index;
 use crate::keys::{dedup_key, read_u64};
@@ -219,13 +220,14 @@ pub(crate) struct QuarantineBook {
 
 pub(crate) fn start(
     db: Db,
-    events: Tree,
+    log: Log,
     index: Arc<Index>,
     sync: Option<FileSync>,
     progress: Arc<Progress>,
     quarantine_max: u64,
     max_lag: u64,
 ) -> Result<Started, StoreError> {
+    let events = log.tree.clone();
     let (last_seq, last_qid) = codec::log_end(&events)?;
     // The quarantine's records, oldest first, with their sizes (one pass at open).
     let mut book = QuarantineBook::default();
@@ -239,6 +241,8 @@ pub(crate) fn start(
     let quarantine = Arc::new(Mutex::new(book));
     let mut writer = Writer {
         events,
+        segments: SegmentWriter::new(Arc::clone(&log.segments), sync.is_some()),
+        log,
         index,
         next_seq: last_seq + 1,
         next_qid: last_qid + 1,
@@ -275,6 +279,10 @@ pub(crate) fn start(
 
 struct Writer {
     events: Tree,
+    /// The same tree, for reading blocks wherever they are.
+    log: Log,
+    /// Where the group's larger blocks go.
+    segments: SegmentWriter,
     /// Read for the dedup index only.
     index: Arc<Index>,
     next_seq: u64,
@@ -305,6 +313,8 @@ pub(super) struct Staged {
 pub(super) struct Applied {
     pub(super) staged: Vec<Staged>,
     pub(super) last_seq: u64,
+    /// The segment files the group appended blocks to: synced before the flush.
+    pub(super) segments: Vec<Arc<std::fs::File>>,
 }
 
 impl Writer {
@@ -317,19 +327,20 @@ impl Writer {
         // left before its block was rewritten) holds the place with an id no event has.
         const NO_EVENT: u128 = 0;
         let mut next = indexed + 1;
-        codec::for_each_record(&self.events, indexed + 1, last_seq, |seq, record| {
-            if purged.contains(seq) {
-                return Ok(());
-            }
-            while next < seq {
-                pending.push(next, NO_EVENT);
-                next += 1;
-            }
-            let view = codec::view_record(seq, record)?;
-            pending.push(seq, xxh3_128(&dedup_key(view.source, view.id)));
-            next = seq + 1;
-            Ok(())
-        })?;
+        self.log
+            .for_each_record(indexed + 1, last_seq, |seq, record| {
+                if purged.contains(seq) {
+                    return Ok(());
+                }
+                while next < seq {
+                    pending.push(next, NO_EVENT);
+                    next += 1;
+                }
+                let view = codec::view_record(seq, record)?;
+                pending.push(seq, xxh3_128(&dedup_key(view.source, view.id)));
+                next = seq + 1;
+                Ok(())
+            })?;
         while next <= last_seq {
             pending.push(next, NO_EVENT);
             next += 1;
@@ -455,12 +466,12 @@ impl Writer {
             if staged.is_empty() {
                 continue;
             }
-            add_blocks(&mut writes, seq_before, &records);
+            let placed = add_blocks(&mut writes, seq_before, &records, &mut self.segments);
             writes.push((
                 codec::COMMIT_KEY.to_vec(),
                 codec::encode_commit(self.next_seq - 1, self.next_qid - 1).to_vec(),
             ));
-            if let Err(err) = self.write_group(&writes) {
+            if let Err(err) = placed.and_then(|()| self.write_group(&writes)) {
                 error!(error = %err, "writing a group of events failed");
                 (self.next_seq, self.next_qid) = (seq_before, qid_before);
                 self.pending.truncate(pending_before);
@@ -494,6 +505,7 @@ impl Writer {
             let applied = Applied {
                 staged,
                 last_seq: self.next_seq - 1,
+                segments: self.segments.take_written(),
             };
             if flush_tx.send(applied).is_err() {
                 error!("the flusher thread is gone; stopping the writer");
@@ -649,17 +661,25 @@ impl Writer {
     }
 }
 
-/// Cuts the group's records (consecutive events from `first_seq`) into blocks.
-fn add_blocks(writes: &mut Vec<(Vec<u8>, Vec<u8>)>, first_seq: u64, records: &[Vec<u8>]) {
+/// Cuts the group's records (consecutive events from `first_seq`) into blocks, and places each
+/// (in sled, or appended to a segment with a pointer in sled).
+fn add_blocks(
+    writes: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    first_seq: u64,
+    records: &[Vec<u8>],
+    segments: &mut SegmentWriter,
+) -> Result<(), StoreError> {
     let mut start = 0;
     let mut bytes = 0;
     for (i, record) in records.iter().enumerate() {
         bytes += record.len();
         if bytes >= BLOCK_TARGET_BYTES || i + 1 == records.len() {
-            let block = codec::encode_block(&records[start..=i]);
-            writes.push((codec::log_key(first_seq + start as u64).to_vec(), block));
+            let block_seq = first_seq + start as u64;
+            let value = segments.place(block_seq, codec::encode_block(&records[start..=i]))?;
+            writes.push((codec::log_key(block_seq).to_vec(), value));
             start = i + 1;
             bytes = 0;
         }
     }
+    Ok(())
 }
