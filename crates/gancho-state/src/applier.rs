@@ -1,6 +1,6 @@
-//! The applier thread (`gancho-state`): encodes each commit the engine staged, writes its
-//! journal, applies it to the tree, flushes and `fdatasync`s, publishes the durable cursor, and
-//! removes the journal. A failed write or sync fails the state for good (the daemon exits and
+//! The applier thread (`gancho-state`): encodes the commits the engine staged, appends them to
+//! the journal file and syncs it, applies them to the tree, flushes and `fdatasync`s, empties
+//! the journal, and publishes the durable cursor. A failed write or sync fails the state for good (the daemon exits and
 //! the restart completes the commit from its journal).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use gancho_store::StoreError;
 use gancho_store::keys::read_u64;
 use gancho_store::kv::{Db, FileSync, Tree};
 
-use crate::journal::{MARKER, journal_key, remove_journal, write_journal};
+use crate::journal::{Journal, JournalEntry, apply};
 use crate::overlay::{Overlay, Slot, Staged, Writes, lock};
 
 /// Commits queued for the applier, at most.
@@ -46,84 +46,28 @@ pub(crate) fn sync(db: &Db, shared: &Shared) -> Result<(), StoreError> {
     db.make_durable(lock(&shared.sync).as_mut())
 }
 
-/// The applier thread: applies committed writes to the tree in commit order, takes them out of
-/// the overlay, and once they are durable removes the journal records that covered them.
+/// The applier thread: journals each batch of commits, applies it to the tree in commit
+/// order, takes it out of the overlay, and once it is durable empties the journal.
 pub(crate) fn apply_loop(
     db: &Db,
     tree: &Tree,
+    mut journal: Journal,
     shared: &Shared,
     jobs: &mpsc::Receiver<(u64, Staged)>,
 ) {
-    let mut applied = 0;
-    let mut applied_cursor = 0;
-    let mut journaled: Vec<u64> = Vec::new();
     loop {
-        // Block for the next job, then take whatever else is queued: one flush for them all.
+        // Block for the next job, then take whatever else is queued: one sync for them all.
         let mut batch = match jobs.recv() {
             Ok(job) => vec![job],
             Err(_) => Vec::new(),
         };
         let closing = batch.is_empty();
         batch.extend(jobs.try_iter());
-        for (commit, staged) in &batch {
-            let written = encode_writes(staged).and_then(|writes| {
-                write_journal(tree, *commit, &writes)?;
-                // Held here (`pause`), a commit is provably in flight: journaled, not applied.
-                gancho_core::fail_point!("state.apply.before_writes");
-                for (i, (key, value)) in writes.iter().enumerate() {
-                    if i == writes.len() / 2 {
-                        gancho_core::fail_point!("state.apply.halfway");
-                    }
-                    match value {
-                        Some(v) => tree.insert(key, v.as_ref()).map(drop),
-                        None => tree.remove(key).map(drop),
-                    }?;
-                }
-                Ok(())
-            });
-            if let Err(err) = written {
-                fail(shared, &format!("applying engine state: {err}"));
-                return;
-            }
-            let mut overlay = lock(&shared.overlay);
-            for (key, _) in staged {
-                if overlay.get(key).is_some_and(|(c, _)| c == commit) {
-                    overlay.remove(key);
-                }
-            }
-            drop(overlay);
-            applied = *commit;
-            if let Some((_, Slot::Bytes(cursor))) = staged.last() {
-                applied_cursor = read_u64(cursor).unwrap_or(applied_cursor);
-            }
-            journaled.push(*commit);
-        }
-        if !journaled.is_empty() {
-            gancho_core::fail_point!("state.apply.before_sync");
-            if let Err(err) = sync(db, shared) {
-                fail(shared, &err.to_string());
-                return;
-            }
-            // Durable: the journals of these commits are no longer needed. They go before the
-            // durable cursor is published: the executor acts on these commits only after that
-            // (it removes a delivered item's key), and sled keeps a prefix of its writes, so a
-            // crash can never keep the executor's removal and lose the journal's, whose replay
-            // would bring a delivered item back.
-            let keys = tree
-                .range(journal_key(0, 0)..=journal_key(applied, MARKER))
-                .keys()
-                .collect::<Result<Vec<_>, _>>()
-                .and_then(|keys| remove_journal(tree, keys.into_iter()));
-            if let Err(err) = keys {
-                fail(shared, &format!("removing engine journal: {err}"));
-                return;
-            }
-            shared.durable_commit.store(applied, Ordering::Release);
-            shared
-                .durable_cursor
-                .store(applied_cursor, Ordering::Release);
-            shared.durable_tx.send_replace(applied_cursor);
-            journaled.clear();
+        if !batch.is_empty()
+            && let Err(err) = apply_batch(db, tree, &mut journal, shared, &batch)
+        {
+            fail(shared, &err);
+            return;
         }
         if closing {
             if let Err(err) = sync(db, shared) {
@@ -132,6 +76,57 @@ pub(crate) fn apply_loop(
             return;
         }
     }
+}
+
+fn apply_batch(
+    db: &Db,
+    tree: &Tree,
+    journal: &mut Journal,
+    shared: &Shared,
+    batch: &[(u64, Staged)],
+) -> Result<(), String> {
+    let encoded = batch
+        .iter()
+        .map(|(commit, staged)| encode_writes(staged).map(|writes| (*commit, writes)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("encoding engine state: {err}"))?;
+    journal
+        .append(&encoded)
+        .map_err(|err| format!("journaling engine state: {err}"))?;
+    // Held here (`pause`), a commit is provably in flight: journaled, not applied.
+    gancho_core::fail_point!("state.apply.before_writes");
+    let mut applied_cursor = None;
+    for ((commit, staged), (_, writes)) in batch.iter().zip(&encoded) {
+        let entries: Vec<JournalEntry<'_>> =
+            writes.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+        apply(tree, *commit, &entries).map_err(|err| format!("applying engine state: {err}"))?;
+        let mut overlay = lock(&shared.overlay);
+        for (key, _) in staged {
+            if overlay.get(key).is_some_and(|(c, _)| c == commit) {
+                overlay.remove(key);
+            }
+        }
+        drop(overlay);
+        if let Some((_, Slot::Bytes(cursor))) = staged.last() {
+            applied_cursor = read_u64(cursor).or(applied_cursor);
+        }
+    }
+    gancho_core::fail_point!("state.apply.before_sync");
+    sync(db, shared).map_err(|err| err.to_string())?;
+    // Durable: the journal's records are no longer needed (records that come back after a
+    // crash are skipped by their commit number, so the executor, which acts on these commits
+    // only once the cursor below is published, can never see a delivered item brought back).
+    journal
+        .applied()
+        .map_err(|err| format!("emptying the engine journal: {err}"))?;
+    if let Some((last, _)) = batch.last() {
+        shared.durable_commit.store(*last, Ordering::Release);
+    }
+    if let Some(cursor) = applied_cursor {
+        shared.durable_cursor.store(cursor, Ordering::Release);
+        shared.durable_tx.send_replace(cursor);
+    }
+    Ok(())
 }
 
 /// A staged commit's writes, encoded.

@@ -11,16 +11,17 @@
 //! A key design decision made here is **atomic commits without sled transactions**. A commit
 //! (every change the engine decided for a batch of events, and the cursor past them) is staged
 //! by the engine thread in an in-memory overlay that every read consults first; the applier
-//! thread encodes it, writes it as a journal (chunks, then a marker), applies it with plain
-//! writes, makes it durable and removes the journal. sled recovers a prefix of the writes made
-//! before a crash, so at open either the interrupted commit's marker is there and replaying it
-//! completes the commit, or neither it nor any of its changes are, and the engine processes the
-//! batch again from the same history. sled's `transaction` would do the same but puts every sled
+//! thread encodes it, appends it to a journal file and syncs that, applies it with plain
+//! writes (its number, `Mapplied`, last), makes it durable and empties the journal. sled
+//! recovers a prefix of the writes made before a crash, so at open either the interrupted
+//! commit's record is whole in the journal and replaying it completes the commit, or neither it
+//! nor any of its changes are, and the engine processes the batch again from the same history
+//! (`journal.rs`). sled's `transaction` would do the same but puts every sled
 //! operation in the process behind one global lock. One write happens outside commits:
 //! [`EngineState::due_timers`] removes a due-time entry that no applied timer refers to.
 //!
 //! Modules, in layers (each uses only those before it): `schema` (records, key layouts, the
-//! channel table), `overlay` (committed, not yet applied writes), `journal` (a commit's journal
+//! channel table), `overlay` (committed, not yet applied writes), `journal` (the journal file
 //! and its recovery), `applier` (the thread that applies and syncs), `migrate` (format
 //! versions), `outbox` (the executor's view), `listing` (the outbox and dead letters streamed
 //! for operators), `retention` (what pruning asks of this database),
@@ -54,6 +55,7 @@ use gancho_store::keys::{read_time, read_u64};
 use gancho_store::kv::{Db, FileSync, Tree};
 
 use crate::applier::{APPLY_QUEUE, Applier, Shared, apply_loop, sync};
+use crate::journal::Journal;
 use crate::overlay::{Entry, Record, Slot, Staged, get, get_record, lock, scan, stage_change};
 use crate::schema::{
     CRON, CURSOR_KEY, DUE, Fields, SHAPE, corrupt, parse_shape, push_str, state_key, timer_key,
@@ -71,7 +73,8 @@ pub struct EngineState {
     db: Db,
     tree: Tree,
     shared: Arc<Shared>,
-    /// The next commit's number (journal records are keyed by it; none survive an open).
+    /// The next commit's number (journal records carry it; numbers go on from the last one
+    /// applied, `Mapplied`, across restarts).
     commits: Arc<AtomicU64>,
     applier: Arc<Mutex<Option<Applier>>>,
     /// Serializes the outbox's multi-key updates (executor lanes, `gancho dead retry`).
@@ -139,8 +142,13 @@ impl EngineState {
             secret: Arc::new(StoreSecret([0; 32])),
             traces,
         };
-        journal::recover(&state.tree, || state.sync())?;
+        let (journal, applied) = Journal::open(path, &state.tree, fsync, || state.sync())?;
         migrate::FORMAT.upgrade(&state.tree, &mut || state.sync())?;
+        state.commits.store(applied + 1, Ordering::Release);
+        state
+            .shared
+            .durable_commit
+            .store(applied, Ordering::Release);
         let state = EngineState {
             secret: Arc::new(state.load_secret()?),
             ..state
@@ -155,7 +163,7 @@ impl EngineState {
             let (db, tree, shared) = (state.db.clone(), state.tree.clone(), state.shared.clone());
             std::thread::Builder::new()
                 .name("gancho-state".to_owned())
-                .spawn(move || apply_loop(&db, &tree, &shared, &rx))
+                .spawn(move || apply_loop(&db, &tree, journal, &shared, &rx))
                 .map_err(|source| StoreError::Io {
                     what: "starting the engine state thread".to_owned(),
                     source,

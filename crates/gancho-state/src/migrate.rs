@@ -7,13 +7,17 @@
 //! | 0       | before versions: outbox keys `O` + seq (no channel), one `X` entry per        |
 //! |         | expectation and `Y` shapes without their rule                                 |
 //! | 1       | `O` + channel byte + seq, expectation shapes `E` (see `schema.rs`)            |
+//! | 2       | version 1's; the journal in a file (`journal.rs`), `Mapplied`; no `J` chunks  |
 
 use std::collections::BTreeSet;
 
 use gancho_core::ActionRequest;
 use gancho_store::StoreError;
 use gancho_store::format::{Format, Step};
+use gancho_store::keys::read_u64;
 use gancho_store::kv::Tree;
+
+use crate::journal::decode_journal;
 
 use crate::schema::{
     ExpectShape, Fields, OUTBOX, Timer, channel_byte_known, corrupt, outbox_key, shape_key,
@@ -28,13 +32,75 @@ const OLD_SHAPE: u8 = b'Y';
 pub(crate) const FORMAT: Format = Format {
     name: "engine",
     key: b"Mformat",
-    current: 1,
+    current: 2,
     oldest: 0,
-    steps: &[Step {
-        what: "outbox keys by channel; expectations found by their shape",
-        run: step_1,
-    }],
+    steps: &[
+        Step {
+            what: "outbox keys by channel; expectations found by their shape",
+            run: step_1,
+        },
+        Step {
+            what: "the journal moves to a file: a commit a crash left journaled in the tree \
+                   is completed, and the tree's journal removed",
+            run: journal_out_of_the_tree,
+        },
+    ],
 };
+
+/// Version 1's journal: a commit's writes in chunks (`J` + commit u64 + chunk u32), then a
+/// marker (chunk `u32::MAX`) holding the number of chunks.
+const OLD_JOURNAL: u8 = b'J';
+const OLD_MARKER: u32 = u32::MAX;
+
+/// Version 1 to 2: completes the commits whose journal a crash left whole in the tree (their
+/// marker is there), in order, drops chunks without a marker (their commit never began to
+/// apply), then removes the journal, markers first. Idempotent.
+fn journal_out_of_the_tree(tree: &Tree) -> Result<(), StoreError> {
+    let records: Vec<_> = tree.scan_prefix([OLD_JOURNAL]).collect::<Result<_, _>>()?;
+    let bad = |key: &[u8]| corrupt(&format!("journal record {key:?}"), "bad journal record");
+    let parts = |key: &[u8]| -> Option<(u64, u32)> {
+        let commit = read_u64(key.get(1..9)?)?;
+        let chunk = u32::from_be_bytes(key.get(9..13)?.try_into().ok()?);
+        Some((commit, chunk))
+    };
+    // Keys sort by commit number, then chunk, with the marker last.
+    let mut chunks: Vec<&[u8]> = Vec::new();
+    for (key, value) in &records {
+        let (commit, chunk) = parts(key).ok_or_else(|| bad(key))?;
+        if chunks.len() as u32 != chunk && chunk != OLD_MARKER {
+            chunks.clear();
+        }
+        if chunk != OLD_MARKER {
+            chunks.push(value);
+            continue;
+        }
+        let n = value
+            .as_ref()
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| bad(key))?;
+        if chunks.len() as u32 == n {
+            for chunk in &chunks {
+                for (k, v) in decode_journal(chunk).ok_or_else(|| bad(key))? {
+                    match v {
+                        Some(v) => tree.insert(k, v)?,
+                        None => tree.remove(k)?,
+                    }
+                }
+            }
+            tracing::info!(commit, "completed an engine commit a crash interrupted");
+        }
+        chunks.clear();
+    }
+    let (markers, chunks): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .map(|(key, _)| key)
+        .partition(|key| parts(key).is_some_and(|(_, chunk)| chunk == OLD_MARKER));
+    for key in markers.into_iter().chain(chunks) {
+        tree.remove(key)?;
+    }
+    Ok(())
+}
 
 /// Version 0 to 1. Idempotent: a crash in it runs it again at the next open.
 fn step_1(tree: &Tree) -> Result<(), StoreError> {

@@ -4,11 +4,11 @@ use gancho_core::{Action, Channel, SmsAction};
 
 use super::*;
 use crate::applier::encode_writes;
-use crate::journal::{JOURNAL, MARKER, encode_journal, journal_key};
 use crate::migrate::tests::{
     OLD_PREFIXES, has_prefix, write_old_expectation, write_old_outbox_item,
 };
 use crate::poison::{LastLife, Poisoned};
+use std::time::Duration;
 
 /// Opens the engine database of the store folder `dir`, without fsync.
 pub(crate) fn open(dir: &Path) -> EngineState {
@@ -36,8 +36,88 @@ fn value(state: &EngineState, key: &str) -> Option<serde_json::Value> {
     state.state("r", key).unwrap().map(|v| v.value)
 }
 
+/// The bytes of the journal file of the engine database in the store folder `dir`.
+pub(crate) fn journal_bytes(dir: &std::path::Path) -> usize {
+    std::fs::metadata(dir.join("engine").join(crate::journal::JOURNAL_FILE))
+        .map_or(0, |m| m.len() as usize)
+}
+
 #[test]
 fn a_commit_interrupted_after_its_journal_record_is_completed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let staged_writes = |changes: Vec<Change>, cursor: u64| {
+        let mut staged = Vec::new();
+        for change in changes {
+            stage_change(change, &mut staged);
+        }
+        staged.push((
+            CURSOR_KEY.to_vec(),
+            Slot::Bytes(cursor.to_be_bytes().to_vec()),
+        ));
+        staged
+    };
+    {
+        let state = open(&path);
+        state.commit(vec![put("r", "a", 1)], 10).unwrap();
+        assert!(state.wait_durable(Duration::from_secs(10)));
+        state.close();
+        // What a crash leaves: the record of commit 1 (applied and durable: the file was not
+        // emptied yet), of commit 2 (journaled, its first write applied), and half of 3's.
+        let (mut journal, applied) =
+            crate::journal::Journal::open(&path.join("engine"), &state.tree, false, || Ok(()))
+                .unwrap();
+        assert_eq!(applied, 1);
+        let (first, second, third) = (
+            staged_writes(vec![put("r", "a", 9)], 5),
+            staged_writes(vec![put("r", "a", 2), put("r", "b", 2)], 20),
+            staged_writes(vec![put("r", "c", 3)], 30),
+        );
+        let records = [
+            (1, encode_writes(&first).unwrap()),
+            (2, encode_writes(&second).unwrap()),
+            (3, encode_writes(&third).unwrap()),
+        ];
+        journal.append(&records).unwrap();
+        let full = journal_bytes(&path) as u64;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join("engine").join(crate::journal::JOURNAL_FILE))
+            .unwrap()
+            .set_len(full - 10)
+            .unwrap();
+        let (k, v) = &records[1].1[0];
+        state.tree.insert(k, v.as_deref().unwrap()).unwrap();
+        state.sync().unwrap();
+    }
+    let state = open(&path);
+    // Commit 1 is not replayed over what came after it, commit 2 is completed, 3 is dropped.
+    assert_eq!(state.cursor().unwrap(), 20);
+    assert_eq!(value(&state, "a"), Some(2.into()));
+    assert_eq!(value(&state, "b"), Some(2.into()));
+    assert_eq!(value(&state, "c"), None);
+    assert_eq!(journal_bytes(&path), 0);
+    // Numbers go on after the last applied commit: a new commit is not taken for an old one.
+    state.commit(vec![put("r", "d", 4)], 40).unwrap();
+    assert!(state.wait_durable(Duration::from_secs(10)));
+    state.close();
+    drop(state);
+    let state = open(&path);
+    assert_eq!(
+        (state.cursor().unwrap(), value(&state, "d")),
+        (40, Some(4.into()))
+    );
+}
+
+#[test]
+fn a_journal_left_in_the_tree_by_version_1_is_completed_at_open() {
+    use crate::journal::encode_journal;
+    let journal_key = |commit: u64, chunk: u32| {
+        let mut key = vec![b'J'];
+        key.extend_from_slice(&commit.to_be_bytes());
+        key.extend_from_slice(&chunk.to_be_bytes());
+        key
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     {
@@ -63,7 +143,7 @@ fn a_commit_interrupted_after_its_journal_record_is_completed_at_open() {
             .unwrap();
         state
             .tree
-            .insert(journal_key(99, MARKER), &2u32.to_be_bytes())
+            .insert(journal_key(99, u32::MAX), &2u32.to_be_bytes())
             .unwrap();
         // And a later commit that crashed before its marker: dropped, not applied.
         let mut later = Vec::new();
@@ -77,6 +157,10 @@ fn a_commit_interrupted_after_its_journal_record_is_completed_at_open() {
             .unwrap();
         let (k, v) = &writes[0];
         state.tree.insert(k, v.as_deref().unwrap()).unwrap();
+        state
+            .tree
+            .insert(crate::migrate::FORMAT.key, &1u32.to_be_bytes()[..])
+            .unwrap();
         state.close();
     }
     let state = open(&path);
@@ -84,7 +168,7 @@ fn a_commit_interrupted_after_its_journal_record_is_completed_at_open() {
     assert_eq!(value(&state, "a"), Some(2.into()));
     assert_eq!(value(&state, "b"), Some(2.into()));
     assert_eq!(value(&state, "c"), None);
-    assert_eq!(state.tree.scan_prefix([JOURNAL]).count(), 0);
+    assert_eq!(state.tree.scan_prefix([b'J']).count(), 0);
 }
 
 fn shape() -> ExpectShape {
@@ -219,7 +303,7 @@ fn a_store_of_format_0_is_migrated_once_at_open() {
         );
         assert_eq!(
             state.tree.get(migrate::FORMAT.key).unwrap().as_deref(),
-            Some(&1u32.to_be_bytes()[..])
+            Some(&migrate::FORMAT.current.to_be_bytes()[..])
         );
         state.close();
     }
@@ -271,7 +355,8 @@ fn a_store_of_a_newer_format_is_refused() {
     {
         let db = Db::open(&dir.path().join("engine"), 16 << 20).unwrap();
         let tree = db.tree("engine").unwrap();
-        tree.insert(migrate::FORMAT.key, &2u32.to_be_bytes()[..])
+        let newer = migrate::FORMAT.current + 1;
+        tree.insert(migrate::FORMAT.key, &newer.to_be_bytes()[..])
             .unwrap();
         db.flush().unwrap();
     }
@@ -282,8 +367,11 @@ fn a_store_of_a_newer_format_is_refused() {
     };
     let err = EngineState::open(dir.path(), &config).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("engine database is in format 2; this build reads formats 0 to 1"),
+        err.to_string().contains(&format!(
+            "engine database is in format {}; this build reads formats 0 to {}",
+            migrate::FORMAT.current + 1,
+            migrate::FORMAT.current
+        )),
         "{err}"
     );
 }
