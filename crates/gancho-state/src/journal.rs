@@ -68,6 +68,7 @@ impl Journal {
         sync: impl Fn() -> Result<(), StoreError>,
     ) -> Result<(Journal, u64), StoreError> {
         let path = dir.join(JOURNAL_FILE);
+        let created = !path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -75,6 +76,12 @@ impl Journal {
             .truncate(false)
             .open(&path)
             .map_err(io(format!("opening {}", path.display())))?;
+        if created && fsync {
+            // The file's name durable before any record in it counts.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(format!("syncing folder {}", dir.display())))?;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(io(format!("reading {}", path.display())))?;

@@ -142,6 +142,15 @@ impl EngineState {
             secret: Arc::new(StoreSecret([0; 32])),
             traces,
         };
+        // A newer format is refused before its journal is touched; a journal version 1 left
+        // in the tree is completed before any other step runs (they expect whole commits).
+        if migrate::FORMAT
+            .check(&state.tree)?
+            .is_some_and(|version| version < 2)
+        {
+            migrate::journal_out_of_the_tree(&state.tree)?;
+            state.sync()?;
+        }
         let (journal, applied) = Journal::open(path, &state.tree, fsync, || state.sync())?;
         migrate::FORMAT.upgrade(&state.tree, &mut || state.sync())?;
         state.commits.store(applied + 1, Ordering::Release);

@@ -54,8 +54,9 @@ const OLD_MARKER: u32 = u32::MAX;
 
 /// Version 1 to 2: completes the commits whose journal a crash left whole in the tree (their
 /// marker is there), in order, drops chunks without a marker (their commit never began to
-/// apply), then removes the journal, markers first. Idempotent.
-fn journal_out_of_the_tree(tree: &Tree) -> Result<(), StoreError> {
+/// apply), then removes the journal, markers first. Idempotent. `EngineState::open` runs it
+/// before every other step too: those expect whole commits.
+pub(crate) fn journal_out_of_the_tree(tree: &Tree) -> Result<(), StoreError> {
     let records: Vec<_> = tree.scan_prefix([OLD_JOURNAL]).collect::<Result<_, _>>()?;
     let bad = |key: &[u8]| corrupt(&format!("journal record {key:?}"), "bad journal record");
     let parts = |key: &[u8]| -> Option<(u64, u32)> {

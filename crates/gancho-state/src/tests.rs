@@ -360,6 +360,9 @@ fn a_store_of_a_newer_format_is_refused() {
             .unwrap();
         db.flush().unwrap();
     }
+    // Whatever the newer build left in its journal is not this build's to replay or empty.
+    let journal = dir.path().join("engine").join(crate::journal::JOURNAL_FILE);
+    std::fs::write(&journal, b"a newer build's journal").unwrap();
     let config = StoreConfig {
         fsync: false,
         cache_capacity: 16 << 20,
@@ -374,6 +377,7 @@ fn a_store_of_a_newer_format_is_refused() {
         )),
         "{err}"
     );
+    assert_eq!(std::fs::read(&journal).unwrap(), b"a newer build's journal");
 }
 
 #[test]

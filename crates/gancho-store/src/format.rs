@@ -37,15 +37,24 @@ pub struct Step {
 }
 
 impl Format {
-    /// Brings `tree` to the current version, making each step durable with `sync`. An empty
-    /// tree is a new database: it gets the current version without any step. `Ok(Some(from))`
-    /// when steps ran.
-    pub fn upgrade(
-        &self,
-        tree: &Tree,
-        sync: &mut dyn FnMut() -> Result<(), StoreError>,
-    ) -> Result<Option<u32>, StoreError> {
-        let found = match tree.get(self.key)? {
+    /// The version `tree` is in: `None` for a new (empty) database. A version this build
+    /// cannot read (newer, or older than the oldest it migrates) is an error, found before
+    /// anything is written.
+    pub fn check(&self, tree: &Tree) -> Result<Option<u32>, StoreError> {
+        let found = self.found(tree)?;
+        match found {
+            Some(found) if found > self.current || found < self.oldest => Err(StoreError::Format {
+                database: self.name,
+                found,
+                oldest: self.oldest,
+                current: self.current,
+            }),
+            _ => Ok(found),
+        }
+    }
+
+    fn found(&self, tree: &Tree) -> Result<Option<u32>, StoreError> {
+        Ok(match tree.get(self.key)? {
             Some(v) => Some(v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
                 StoreError::Corrupt {
                     key: format!("{} format version", self.name),
@@ -55,7 +64,18 @@ impl Format {
             None if tree.iter().next().transpose()?.is_none() => None,
             // Written before formats had versions.
             None => Some(0),
-        };
+        })
+    }
+
+    /// Brings `tree` to the current version, making each step durable with `sync`. An empty
+    /// tree is a new database: it gets the current version without any step. `Ok(Some(from))`
+    /// when steps ran.
+    pub fn upgrade(
+        &self,
+        tree: &Tree,
+        sync: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<Option<u32>, StoreError> {
+        let found = self.found(tree)?;
         let Some(found) = found else {
             tree.insert(self.key, &self.current.to_be_bytes())?;
             return Ok(None);

@@ -440,6 +440,14 @@ impl Block {
                 key: format!("{key:?}"),
                 reason: "not a block key".to_owned(),
             })?;
+        // A block holds at most 32 KiB of records, none empty when written: more places than
+        // this is a damaged pointer, not a reason to allocate gigabytes.
+        if n > 1 << 20 {
+            return Err(StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: format!("a block of {n} places"),
+            });
+        }
         Ok(Block {
             first_seq,
             n,

@@ -24,20 +24,12 @@ pub(super) fn run_flusher(
         let _working = heartbeat.working();
         let mut last_seq = first.last_seq;
         let mut staged = first.staged;
-        let mut segments = first.segments;
         while let Ok(more) = rx.try_recv() {
             last_seq = last_seq.max(more.last_seq);
             staged.extend(more.staged);
-            for file in more.segments {
-                if !segments.iter().any(|f| Arc::ptr_eq(f, &file)) {
-                    segments.push(file);
-                }
-            }
         }
         let started = std::time::Instant::now();
-        // The blocks first: a durable pointer must point at durable bytes.
-        let flushed = sync_segments(&segments, sync.is_some())
-            .and_then(|()| db.flush().map_err(|err| format!("flush: {err}")));
+        let flushed = db.flush().map_err(|err| format!("flush: {err}"));
         let flush_time = started.elapsed();
         let durable = flushed.and_then(|_| sync_log(&mut sync));
         tracing::trace!(
@@ -82,16 +74,4 @@ fn sync_log(sync: &mut Option<FileSync>) -> Result<(), String> {
         Some(sync) => sync.sync(),
         None => Ok(()),
     }
-}
-
-/// The `fdatasync` of the segment files a batch of groups appended blocks to.
-fn sync_segments(files: &[Arc<std::fs::File>], fsync: bool) -> Result<(), String> {
-    if !fsync {
-        return Ok(());
-    }
-    for file in files {
-        file.sync_data()
-            .map_err(|err| format!("fdatasync of a log segment: {err}"))?;
-    }
-    Ok(())
 }

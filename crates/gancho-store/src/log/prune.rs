@@ -116,7 +116,7 @@ impl Pruner {
                 report.segments_deleted = self
                     .log
                     .segments
-                    .collect_garbage(&self.log.tree, Some(request.processed + 1))?
+                    .collect_garbage(&self.log.tree, Some(request.processed.saturating_add(1)))?
                     as u64;
             }
         }

@@ -11,12 +11,14 @@
 //! A single-event request's block stays in sled: its leaf copies are cheap, and it costs the
 //! group commit no second `fdatasync`.
 //!
-//! Durability: the writer appends a group's blocks to the segment before it inserts their
-//! pointers and the commit record; the flusher `fdatasync`s the segments a group wrote before
-//! it flushes sled, so a durable pointer always points at durable bytes. A new segment's
-//! directory entry is synced when the file is created. Bytes past the last committed pointer
-//! (a group a crash interrupted) are never read; segments wholly past the log's end are deleted
-//! at open.
+//! Durability: the writer appends a group's blocks to the segment, and `fdatasync`s it before
+//! it inserts the group's commit record. sled may make the pointers durable at any time (its
+//! own thread flushes every 500 ms, and the kernel writes back), but a pointer counts only
+//! below a durable commit record, and that record is written after the bytes are on disk. A
+//! new segment's directory entry is synced when the file is created. Bytes past the last
+//! committed pointer (a group a crash interrupted) are never read; segments wholly past the
+//! log's end are deleted at open. A group that fails is rewound: a segment it started is
+//! deleted, so every block in a segment has a seq at or above the segment's.
 //!
 //! Segments are named by the seq of their first block (`{seq:020}.seg`) and hold the blocks of
 //! a stretch of the log, in order. A prune rewrites a block in sled (a rewritten block is
@@ -40,8 +42,15 @@ use crate::kv::{Bytes, Tree};
 pub(crate) const SEGMENTS_DIR: &str = "segments";
 /// A block up to this many bytes (compressed) stays in sled.
 pub(crate) const INLINE_MAX: usize = 1024;
-/// A segment takes no more blocks once it passes this size.
-const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
+/// A segment takes no more blocks once it passes this size (in unit tests, a few blocks).
+const SEGMENT_MAX: u64 = if cfg!(test) {
+    16 * 1024
+} else {
+    64 * 1024 * 1024
+};
+/// No block is larger (a group's records are cut at 32 KiB, and one record is at most a few
+/// MiB): a pointer saying otherwise is damaged.
+const MAX_BLOCK: u64 = 64 * 1024 * 1024;
 const POINTER_LEN: usize = 33;
 
 /// Where a block is in the segments.
@@ -128,8 +137,13 @@ impl Segments {
         if let Some(file) = self.open.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
             return Ok(Arc::clone(file));
         }
-        let file = Arc::new(File::open(segment_path(&self.dir, id))?);
+        // Opened under the write lock, which `delete` holds while it unlinks: a handle on a
+        // deleted segment never enters the map (it would keep its disk space until a restart).
         let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = open.get(&id) {
+            return Ok(Arc::clone(file));
+        }
+        let file = Arc::new(File::open(segment_path(&self.dir, id))?);
         Ok(Arc::clone(open.entry(id).or_insert(file)))
     }
 
@@ -145,6 +159,12 @@ impl Segments {
                 });
             }
         };
+        if u64::from(p.len) > SEGMENT_MAX + MAX_BLOCK {
+            return Err(StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: format!("a block pointer of {} bytes", p.len),
+            });
+        }
         let mut buf = vec![0u8; p.len as usize];
         file.read_exact_at(&mut buf, p.offset).map_err(io(format!(
             "reading log segment {} at {}",
@@ -216,10 +236,8 @@ impl Segments {
     }
 
     fn delete(&self, id: u64) -> Result<(), StoreError> {
-        self.open
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
+        open.remove(&id);
         let path = segment_path(&self.dir, id);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -232,16 +250,16 @@ impl Segments {
     }
 }
 
-/// The writer thread's end of the segments: appends blocks to the current segment, and says
-/// which files a group wrote, for the flusher to sync.
+/// The writer thread's end of the segments: appends blocks to the current segment, and syncs
+/// the files a group wrote before the group's commit record.
 #[derive(Debug)]
 pub(crate) struct SegmentWriter {
     segments: Arc<Segments>,
     /// The segment being appended to, its id and length. A new one is started after an open.
     current: Option<(u64, Arc<File>, u64)>,
-    /// The files written since the last `take_written`.
+    /// The files written since the last `sync_written`.
     written: Vec<Arc<File>>,
-    /// Whether a new segment's directory entry is synced.
+    /// Whether segments (and a new one's directory entry) are synced.
     fsync: bool,
 }
 
@@ -310,11 +328,42 @@ impl SegmentWriter {
         Ok((first_seq, file, 0))
     }
 
-    /// The files written since the last call: the group's flush must sync them first.
-    pub(crate) fn take_written(&mut self) -> Vec<Arc<File>> {
-        std::mem::take(&mut self.written)
+    /// Makes the blocks placed since the last call durable (when the store syncs): before the
+    /// group's commit record, which makes their pointers count.
+    pub(crate) fn sync_written(&mut self) -> Result<(), StoreError> {
+        for file in std::mem::take(&mut self.written) {
+            if self.fsync {
+                file.sync_data()
+                    .map_err(io("fdatasync of a log segment".to_owned()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the writer stands, to [`SegmentWriter::rewind`] to if the group fails.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark(self.current.clone())
+    }
+
+    /// Undoes the placing of a failed group's blocks: a segment it started is deleted (its
+    /// seqs will be given again, below the segment's name), and the next block goes where the
+    /// group's first did. The bytes it appended are overwritten or never read.
+    pub(crate) fn rewind(&mut self, mark: Mark) -> Result<(), StoreError> {
+        self.written.clear();
+        let started = self.current.as_ref().map(|(id, _, _)| *id);
+        if let Some(id) = started
+            && started != mark.0.as_ref().map(|(id, _, _)| *id)
+        {
+            self.segments.delete(id)?;
+        }
+        self.current = mark.0;
+        Ok(())
     }
 }
+
+/// A [`SegmentWriter`]'s position before a group: its segment, the handle, the length.
+#[derive(Debug)]
+pub(crate) struct Mark(Option<(u64, Arc<File>, u64)>);
 
 /// The log's tree and its segments: what reading a block takes.
 #[derive(Debug, Clone)]

@@ -313,8 +313,6 @@ pub(super) struct Staged {
 pub(super) struct Applied {
     pub(super) staged: Vec<Staged>,
     pub(super) last_seq: u64,
-    /// The segment files the group appended blocks to: synced before the flush.
-    pub(super) segments: Vec<Arc<std::fs::File>>,
 }
 
 impl Writer {
@@ -466,6 +464,7 @@ impl Writer {
             if staged.is_empty() {
                 continue;
             }
+            let mark = self.segments.mark();
             let placed = add_blocks(&mut writes, seq_before, &records, &mut self.segments);
             writes.push((
                 codec::COMMIT_KEY.to_vec(),
@@ -476,10 +475,14 @@ impl Writer {
                 (self.next_seq, self.next_qid) = (seq_before, qid_before);
                 self.pending.truncate(pending_before);
                 let reason = err.to_string();
+                // Undone before the callers hear of it: they may append again at once.
+                let undone = self
+                    .undo_group(&writes)
+                    .and_then(|()| self.segments.rewind(mark));
                 for s in staged {
                     let _ = s.reply.send(Err(StoreError::Engine(reason.clone())));
                 }
-                if let Err(err) = self.undo_group(&writes) {
+                if let Err(err) = undone {
                     // Keys of a failed group might remain; refuse further writes rather than
                     // reuse their sequence numbers. A restart discards everything after the
                     // last commit record.
@@ -505,7 +508,6 @@ impl Writer {
             let applied = Applied {
                 staged,
                 last_seq: self.next_seq - 1,
-                segments: self.segments.take_written(),
             };
             if flush_tx.send(applied).is_err() {
                 error!("the flusher thread is gone; stopping the writer");
@@ -563,16 +565,28 @@ impl Writer {
         }
     }
 
-    /// Writes a group's keys in order, the commit record last.
+    /// Writes a group's keys in order, the commit record last, once the group's blocks in
+    /// segments are durable.
     ///
     /// Plain inserts, not a sled batch: the first `apply_batch` in a process switches every
     /// later sled operation, in every database, to a global read-write lock, which the indexer
     /// would then hold against this thread. Atomicity comes from the commit record instead:
     /// sled recovers a prefix of its writes, and `Store::open` discards whatever follows the
     /// last commit record, so a group is either all there after a crash or not at all.
-    fn write_group(&self, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+    fn write_group(&mut self, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        // A group that fails once its blocks are placed (a full disk, a sled error).
+        gancho_core::fail_point!(
+            "log.group.write",
+            StoreError::Engine("fail point log.group.write".to_owned())
+        );
         for (key, value) in writes {
             if key[..] == codec::COMMIT_KEY[..] {
+                // The blocks in segments on disk before the record that makes them count. A
+                // failed sync fails the store, as the flusher's does.
+                if let Err(err) = self.segments.sync_written() {
+                    self.progress.fail(&err.to_string());
+                    return Err(err);
+                }
                 // Every key of the group written but the commit record that makes it count.
                 gancho_core::fail_point!("log.group.before_commit_record");
             }
