@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use gancho_cluster::{ClusterError, Journal, Leases, create_streams};
 use gancho_testkit::nats::NatsCluster;
+use gancho_testkit::proxy::{Flow, Proxy};
 
 /// Of two racing commits with the same fence, one is written and the other refused as fenced.
 fn one_wins(rx: &Result<u64, ClusterError>, ry: &Result<u64, ClusterError>) {
@@ -20,6 +21,70 @@ fn one_wins(rx: &Result<u64, ClusterError>, ry: &Result<u64, ClusterError>) {
         ),
         "{rx:?} {ry:?}"
     );
+}
+
+#[test]
+fn a_commit_whose_acknowledgement_was_lost_is_taken_as_done_when_tried_again() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    runtime().block_on(async {
+        let js = jetstream_of(&cluster).await;
+        create_streams(&js, 1).await.unwrap();
+        let journal_length = || async {
+            let mut stream = js.get_stream("GANCHO_J_0").await.unwrap();
+            stream.info().await.unwrap().state.last_sequence
+        };
+        // The owner reaches one server through a proxy that can lose the server's answers.
+        let server = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.servers[0].client_port));
+        let proxy = Proxy::start(server);
+        let client = async_nats::ConnectOptions::new()
+            .ignore_discovered_servers()
+            .connect(proxy.nats_url())
+            .await
+            .unwrap();
+        let mut behind = async_nats::jetstream::new(client);
+        behind.set_timeout(Duration::from_secs(2));
+        let mut journal = Journal::open(&behind, 0, "a").await.unwrap();
+        assert_eq!(journal.commit(10, b"batch 1".to_vec()).await.unwrap(), 1);
+
+        // The next commit reaches the journal; its acknowledgement is lost.
+        proxy.set(Flow::HoldReplies);
+        let lost = journal.commit(20, b"batch 2".to_vec()).await;
+        assert!(
+            matches!(lost, Err(ClusterError::Journal { .. })),
+            "{lost:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while journal_length().await < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the commit never reached the journal"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        proxy.heal();
+
+        // Tried again with the same fence, the server refuses it (the journal has moved on),
+        // and the handle finds its own write there: done, not fenced.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let sequence = loop {
+            match journal.commit(20, b"batch 2".to_vec()).await {
+                Ok(sequence) => break sequence,
+                Err(ClusterError::Journal { .. }) if Instant::now() < deadline => {
+                    // Still reconnecting through the healed proxy.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        };
+        assert_eq!(sequence, 2);
+        assert_eq!((journal.last_sequence(), journal.cursor()), (2, 20));
+        assert_eq!(journal_length().await, 2, "written once");
+        // The owner goes on, fenced from there.
+        assert_eq!(journal.commit(30, b"batch 3".to_vec()).await.unwrap(), 3);
+        assert_eq!(journal_length().await, 3);
+    });
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! subset a mail client uses (EHLO, AUTH PLAIN, MAIL, RCPT, DATA, RSET, NOOP, QUIT) and can be
 //! told to refuse, and an HTTP/1.1 receiver ([`HttpReceiver`]) whose replies a test scripts; a
 //! NATS JetStream cluster of real `nats-server` processes ([`nats::NatsCluster`]) for cluster
-//! mode; and [`crash`], which runs a test's writes in a child process that a fail point stops.
+//! mode, and a TCP [`proxy::Proxy`] that can lose what passes, for its failure tests; and
+//! [`crash`], which runs a test's writes in a child process that a fail point stops.
 //!
 //! Test code only: it trusts its peers (the code under test) and panics on what it cannot
 //! serve. It must not be a dependency of anything shipped.
@@ -11,6 +12,7 @@
 pub mod crash;
 mod http;
 pub mod nats;
+pub mod proxy;
 mod smtp;
 
 pub use http::{HttpReceiver, Received, Reply, form};
