@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Usage: STEPS="3 22" growth.sh GANCHO_BIN GANCHO_BENCH_BIN OUTDIR
 # One daemon (default config, no rules): posts grouped Mailjet events for each step's seconds
-# (gancho-bench --attach), waits for the indexer, and records the events stored, RSS, peak RSS
-# and the size of the log and index databases. Traffic goes to 127.0.0.1 only.
+# (gancho-bench --attach), waits for the indexer, and records the events stored, RSS, peak RSS,
+# the size of the log and index databases, and RSS after IDLE more seconds (default 30) without
+# load. Traffic goes to 127.0.0.1 only.
 set -u
 BIN=$1; BENCH=$2; OUT=$3
 rm -rf "$OUT"; mkdir -p "$OUT/rules"
@@ -20,14 +21,18 @@ for i in $(seq 1 50); do grep -q 'gancho is ready' "$OUT/log" && break; sleep 0.
 ADDR=$(grep -o 'listen=[^ ]*' "$OUT/log" | head -1 | cut -d= -f2)
 status() { "$BIN" --config "$OUT/g.toml" status --json; }
 wait_idx() { for i in $(seq 1 600); do S=$(status); D=$(echo "$S" | grep -o '"durable":[0-9]*' | cut -d: -f2); I=$(echo "$S" | grep -o '"indexed":[0-9]*' | cut -d: -f2); [ "$D" = "$I" ] && break; sleep 1; done; echo "$D"; }
-echo "step events rss_mb peak_mb log_mb indexes_mb" > "$OUT/rss.txt"
+echo "step events rss_mb peak_mb log_mb indexes_mb idle_rss_mb" > "$OUT/rss.txt"
 
 for secs in ${STEPS:-3 22}; do
   "$BENCH" --attach "$ADDR" --group 100 --duration ${secs}s --warmup 0s > "$OUT/bench-$secs.log" 2>&1
   N=$(wait_idx); sleep 3
   RSS=$(grep VmRSS /proc/$PID/status | awk '{print $2/1024}'); HWM=$(grep VmHWM /proc/$PID/status | awk '{print $2/1024}')
   L=$(du -sm "$OUT/data/store/log" | cut -f1); X=$(du -sm "$OUT/data/store/indexes" | cut -f1)
-  echo "$secs $N $RSS $HWM $L $X" >> "$OUT/rss.txt"
+  # And once the load's transients are gone (merges done, the allocator settled): what the
+  # store's size itself costs.
+  sleep ${IDLE:-30}
+  IDLE_RSS=$(grep VmRSS /proc/$PID/status | awk '{print $2/1024}')
+  echo "$secs $N $RSS $HWM $L $X $IDLE_RSS" >> "$OUT/rss.txt"
 done
 kill -TERM $PID; wait $PID
 cat "$OUT/rss.txt"

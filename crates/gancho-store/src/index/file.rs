@@ -85,6 +85,17 @@ impl Fences {
         self.ends.len()
     }
 
+    /// Gives back what growing the vectors left over: fences stay in memory as long as their
+    /// run, and the doubling of `Vec` could leave up to half of it unused (a heap profile of
+    /// an idle daemon on 5 M events: filters and fences 35 MB, the largest part of its heap).
+    fn shrink(mut self) -> Fences {
+        self.keys.shrink_to_fit();
+        self.key_ends.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.sums.shrink_to_fit();
+        self
+    }
+
     /// Block `i`'s last key.
     pub(super) fn key(&self, i: usize) -> &[u8] {
         let start = match i {
@@ -142,7 +153,7 @@ impl Fences {
         if prev != blocks_end {
             return Err(bad());
         }
-        Ok(fences)
+        Ok(fences.shrink())
     }
 }
 
@@ -227,7 +238,7 @@ impl FileWriter {
             run: self.run,
             path: std::mem::take(&mut self.path),
             file,
-            fences: std::mem::take(&mut self.fences),
+            fences: std::mem::take(&mut self.fences).shrink(),
         })
     }
 }
