@@ -1,5 +1,6 @@
-//! The flusher thread: makes the groups the writer applied durable, one flush (and one
-//! `fdatasync`, when configured) for every group handed to it so far, and only then answers their
+//! The flusher thread: makes the groups the writer applied durable: it syncs the segment files
+//! they wrote, writes their commit record, then one flush (and one `fdatasync`, when
+//! configured) for every group handed to it so far, and only then answers their
 //! callers and moves the `durable` watermark. A failed flush or sync fails the store for good.
 
 use std::sync::Arc;
@@ -8,13 +9,15 @@ use std::sync::mpsc;
 
 use tracing::{debug, error};
 
+use super::codec;
 use super::writer::Applied;
 use crate::error::StoreError;
-use crate::kv::{Db, FileSync};
+use crate::kv::{Db, FileSync, Tree};
 use crate::progress::Progress;
 
 pub(super) fn run_flusher(
     db: Db,
+    tree: Tree,
     mut sync: Option<FileSync>,
     rx: mpsc::Receiver<Applied>,
     progress: Arc<Progress>,
@@ -22,14 +25,32 @@ pub(super) fn run_flusher(
     let heartbeat = gancho_core::heartbeat::Heartbeat::register("log flusher");
     while let Ok(first) = rx.recv() {
         let _working = heartbeat.working();
-        let mut last_seq = first.last_seq;
+        let (mut last_seq, mut last_qid) = (first.last_seq, first.last_qid);
         let mut staged = first.staged;
+        let mut segments = first.segments;
         while let Ok(more) = rx.try_recv() {
             last_seq = last_seq.max(more.last_seq);
+            last_qid = last_qid.max(more.last_qid);
             staged.extend(more.staged);
+            for file in more.segments {
+                if !segments.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                    segments.push(file);
+                }
+            }
         }
         let started = std::time::Instant::now();
-        let flushed = db.flush().map_err(|err| format!("flush: {err}"));
+        // The groups' bytes in segments on disk, then the record that makes them count.
+        let flushed = sync_segments(&segments, sync.is_some())
+            .and_then(|()| {
+                // Every key of the groups written, but not the commit record.
+                gancho_core::fail_point!("log.group.before_commit_record");
+                tree.insert(
+                    codec::COMMIT_KEY,
+                    &codec::encode_commit(last_seq, last_qid)[..],
+                )
+                .map_err(|err| format!("writing the commit record: {err}"))
+            })
+            .and_then(|()| db.flush().map_err(|err| format!("flush: {err}")));
         let flush_time = started.elapsed();
         let durable = flushed.and_then(|_| sync_log(&mut sync));
         tracing::trace!(
@@ -74,4 +95,16 @@ fn sync_log(sync: &mut Option<FileSync>) -> Result<(), String> {
         Some(sync) => sync.sync(),
         None => Ok(()),
     }
+}
+
+/// The `fdatasync` of the segment files a batch of groups appended blocks to.
+fn sync_segments(files: &[Arc<std::fs::File>], fsync: bool) -> Result<(), String> {
+    if !fsync {
+        return Ok(());
+    }
+    for file in files {
+        file.sync_data()
+            .map_err(|err| format!("fdatasync of a log segment: {err}"))?;
+    }
+    Ok(())
 }

@@ -11,10 +11,11 @@
 //! A single-event request's block stays in sled: its leaf copies are cheap, and it costs the
 //! group commit no second `fdatasync`.
 //!
-//! Durability: the writer appends a group's blocks to the segment, and `fdatasync`s it before
-//! it inserts the group's commit record. sled may make the pointers durable at any time (its
-//! own thread flushes every 500 ms, and the kernel writes back), but a pointer counts only
-//! below a durable commit record, and that record is written after the bytes are on disk. A
+//! Durability: the writer appends a group's blocks to the segment and inserts their pointers;
+//! the flusher `fdatasync`s the segments before it writes the group's commit record. sled may
+//! make the pointers durable at any time (its own thread flushes every 500 ms, and the kernel
+//! writes back), but a pointer counts only below a durable commit record, and that record is
+//! written after the bytes are on disk. A
 //! new segment's directory entry is synced when the file is created. Bytes past the last
 //! committed pointer (a group a crash interrupted) are never read; segments wholly past the
 //! log's end are deleted at open. A group that fails is rewound: a segment it started is
@@ -250,14 +251,14 @@ impl Segments {
     }
 }
 
-/// The writer thread's end of the segments: appends blocks to the current segment, and syncs
-/// the files a group wrote before the group's commit record.
+/// The writer thread's end of the segments: appends blocks to the current segment, and hands
+/// the files a group wrote to the flusher, which syncs them before the group's commit record.
 #[derive(Debug)]
 pub(crate) struct SegmentWriter {
     segments: Arc<Segments>,
     /// The segment being appended to, its id and length. A new one is started after an open.
     current: Option<(u64, Arc<File>, u64)>,
-    /// The files written since the last `sync_written`.
+    /// The files written since the last `take_written`.
     written: Vec<Arc<File>>,
     /// Whether segments (and a new one's directory entry) are synced.
     fsync: bool,
@@ -328,16 +329,10 @@ impl SegmentWriter {
         Ok((first_seq, file, 0))
     }
 
-    /// Makes the blocks placed since the last call durable (when the store syncs): before the
-    /// group's commit record, which makes their pointers count.
-    pub(crate) fn sync_written(&mut self) -> Result<(), StoreError> {
-        for file in std::mem::take(&mut self.written) {
-            if self.fsync {
-                file.sync_data()
-                    .map_err(io("fdatasync of a log segment".to_owned()))?;
-            }
-        }
-        Ok(())
+    /// The files written since the last call: the flusher syncs them before the commit
+    /// record that makes their blocks count.
+    pub(crate) fn take_written(&mut self) -> Vec<Arc<File>> {
+        std::mem::take(&mut self.written)
     }
 
     /// Where the writer stands, to [`SegmentWriter::rewind`] to if the group fails.

@@ -1,12 +1,15 @@
 //! Group commit: one writer thread stages and applies, one flusher thread makes durable.
 //!
 //! The writer takes every submission waiting in its queue, deduplicates each event, and writes
-//! the whole group: its quarantined items, its events as one or a few log blocks, and a commit
-//! record (see `Writer::write_group` for why that, and not a sled batch, makes it atomic). It
-//! then hands the group's replies to the flusher and goes on with the next group while the flusher flushes: while one group reaches the disk, the next
-//! is being applied. The flusher takes every group handed to it so far, flushes once,
-//! `fdatasync`s once, and only then answers the waiting callers. No caller is answered before
-//! its events are durable.
+//! the whole group: its quarantined items and its events as one or a few log blocks (those
+//! over 1 KiB appended to a segment file, `segments.rs`). It then hands the group to the
+//! flusher and goes on with the next group while the flusher flushes: while one group reaches
+//! the disk, the next is being applied. The flusher takes every group handed to it so far,
+//! syncs the segments they wrote, writes their commit record (see `Writer::write_group` for
+//! why that, and not a sled batch, makes a group atomic), flushes once, `fdatasync`s once, and
+//! only then answers the waiting callers. No caller is answered before its events are durable,
+//! and no commit record is written before the bytes it makes count are on disk (sled's own
+//! thread and the kernel may make any sled write durable at any time).
 //!
 //! Deduplication is exact. An event id is either in the dedup index (written by the indexer) or,
 //! if its event is not indexed yet, in the writer's own `pending` map. The writer looks in
@@ -228,6 +231,7 @@ pub(crate) fn start(
     max_lag: u64,
 ) -> Result<Started, StoreError> {
     let events = log.tree.clone();
+    let tree = log.tree.clone();
     let (last_seq, last_qid) = codec::log_end(&events)?;
     // The quarantine's records, oldest first, with their sizes (one pass at open).
     let mut book = QuarantineBook::default();
@@ -267,7 +271,7 @@ pub(crate) fn start(
         .map_err(spawn_err)?;
     let flusher = std::thread::Builder::new()
         .name("gancho-flusher".to_owned())
-        .spawn(move || super::flusher::run_flusher(db, sync, flush_rx, progress))
+        .spawn(move || super::flusher::run_flusher(db, tree, sync, flush_rx, progress))
         .map_err(spawn_err)?;
     Ok(Started {
         appender: Appender { tx },
@@ -313,6 +317,10 @@ pub(super) struct Staged {
 pub(super) struct Applied {
     pub(super) staged: Vec<Staged>,
     pub(super) last_seq: u64,
+    pub(super) last_qid: u64,
+    /// The segment files the group appended blocks to: the flusher syncs them before it writes
+    /// the group's commit record.
+    pub(super) segments: Vec<Arc<std::fs::File>>,
 }
 
 impl Writer {
@@ -466,10 +474,6 @@ impl Writer {
             }
             let mark = self.segments.mark();
             let placed = add_blocks(&mut writes, seq_before, &records, &mut self.segments);
-            writes.push((
-                codec::COMMIT_KEY.to_vec(),
-                codec::encode_commit(self.next_seq - 1, self.next_qid - 1).to_vec(),
-            ));
             if let Err(err) = placed.and_then(|()| self.write_group(&writes)) {
                 error!(error = %err, "writing a group of events failed");
                 (self.next_seq, self.next_qid) = (seq_before, qid_before);
@@ -508,6 +512,8 @@ impl Writer {
             let applied = Applied {
                 staged,
                 last_seq: self.next_seq - 1,
+                last_qid: self.next_qid - 1,
+                segments: self.segments.take_written(),
             };
             if flush_tx.send(applied).is_err() {
                 error!("the flusher thread is gone; stopping the writer");
@@ -565,8 +571,7 @@ impl Writer {
         }
     }
 
-    /// Writes a group's keys in order, the commit record last, once the group's blocks in
-    /// segments are durable.
+    /// Writes a group's keys in order; the flusher writes its commit record.
     ///
     /// Plain inserts, not a sled batch: the first `apply_batch` in a process switches every
     /// later sled operation, in every database, to a global read-write lock, which the indexer
@@ -580,25 +585,15 @@ impl Writer {
             StoreError::Engine("fail point log.group.write".to_owned())
         );
         for (key, value) in writes {
-            if key[..] == codec::COMMIT_KEY[..] {
-                // The blocks in segments on disk before the record that makes them count. A
-                // failed sync fails the store, as the flusher's does.
-                if let Err(err) = self.segments.sync_written() {
-                    self.progress.fail(&err.to_string());
-                    return Err(err);
-                }
-                // Every key of the group written but the commit record that makes it count.
-                gancho_core::fail_point!("log.group.before_commit_record");
-            }
             self.events.insert(&key[..], &value[..])?;
         }
         Ok(())
     }
 
-    /// Removes what a failed group may have written, the commit record excepted (it was
-    /// written last, so it was not).
+    /// Removes what a failed group may have written (its commit record is the flusher's, and
+    /// never written for it).
     fn undo_group(&self, writes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
-        for (key, _) in writes.iter().filter(|(k, _)| k != codec::COMMIT_KEY) {
+        for (key, _) in writes {
             self.events.remove(&key[..])?;
         }
         Ok(())
