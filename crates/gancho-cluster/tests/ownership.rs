@@ -46,7 +46,19 @@ fn a_commit_whose_acknowledgement_was_lost_is_taken_as_done_when_tried_again() {
         let mut behind = async_nats::jetstream::new(client);
         behind.set_timeout(Duration::from_secs(2));
         let mut journal = Journal::open(&behind, 0, "a").await.unwrap();
-        assert_eq!(journal.commit(10, b"batch 1".to_vec()).await.unwrap(), 1);
+        // Right after the streams are made, the server this client reaches may not route to
+        // the journal yet ("no stream found"): nothing was written, so the same commit is
+        // tried again.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match journal.commit(10, b"batch 1".to_vec()).await {
+                Ok(sequence) => break assert_eq!(sequence, 1),
+                Err(ClusterError::Journal { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => panic!("{err}"),
+            }
+        }
 
         // The next commit reaches the journal; its acknowledgement is lost.
         proxy.set(Flow::HoldReplies);
