@@ -205,39 +205,45 @@ fn pruning_every_block_of_a_segment_deletes_it() {
 #[test]
 fn a_group_that_fails_after_starting_a_segment_leaves_no_block_in_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    append(&store, grouped(0, 500));
-    // The next group places its blocks (starting a segment past its first seq), then fails.
-    failpoint::set("log.group.write", "1*error").unwrap();
-    let failed = store.appender().append_blocking(Submission {
-        events: grouped(500, 500),
-        rejected: vec![],
-    });
-    failpoint::remove("log.group.write");
-    assert!(failed.is_err());
-    // The segment it started is gone: its name is a seq that will be given again.
-    let ids = |dir: &Path| -> Vec<u64> {
-        segment_files(dir)
-            .iter()
-            .map(|f| f.file_stem().unwrap().to_str().unwrap().parse().unwrap())
-            .collect()
-    };
-    assert!(
-        ids(dir.path()).iter().all(|&id| id <= 500),
-        "{:?}",
-        ids(dir.path())
+    // Alone in a process: the fail point is global, and other tests append meanwhile.
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "a_group_that_fails_after_starting_a_segment_leaves_no_block_in_it",
+        dir.path(),
+        |dir| {
+            let store = open(dir);
+            append(&store, grouped(0, 500));
+            // The next group places its blocks (starting a segment past its first seq), then
+            // fails.
+            failpoint::set("log.group.write", "1*error").unwrap();
+            let failed = store.appender().append_blocking(Submission {
+                events: grouped(500, 500),
+                rejected: vec![],
+            });
+            failpoint::remove("log.group.write");
+            assert!(failed.is_err());
+            // The segment it started is gone: its name is a seq that will be given again.
+            assert!(
+                segment_ids(dir).iter().all(|&id| id <= 500),
+                "{:?}",
+                segment_ids(dir)
+            );
+            // A smaller group takes the same seqs: its blocks must not land in a segment
+            // named after a seq it does not reach.
+            assert_eq!(append(&store, grouped(500, 200)).stored[0], 501);
+            assert_eq!(store.read_range(1, 1000).unwrap().len(), 700);
+            store.shutdown().unwrap();
+        },
     );
-    // A smaller group takes the same seqs: its blocks must not land in a segment named
-    // after a seq it does not reach.
-    assert_eq!(append(&store, grouped(500, 200)).stored[0], 501);
-    assert_eq!(store.read_range(1, 1000).unwrap().len(), 700);
-    store.shutdown().unwrap();
-    drop(store);
     let store = open(dir.path());
     assert_eq!(store.read_range(1, 1000).unwrap().len(), 700);
-    assert!(
-        ids(dir.path()).iter().all(|&id| id <= 700),
-        "{:?}",
-        ids(dir.path())
-    );
+    let ids = segment_ids(dir.path());
+    assert!(ids.iter().all(|&id| id <= 700), "{ids:?}");
+}
+
+fn segment_ids(dir: &Path) -> Vec<u64> {
+    segment_files(dir)
+        .iter()
+        .map(|f| f.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect()
 }
