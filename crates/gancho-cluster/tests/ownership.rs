@@ -23,6 +23,26 @@ fn one_wins(rx: &Result<u64, ClusterError>, ry: &Result<u64, ClusterError>) {
     );
 }
 
+/// Commits, trying again on a retryable journal error (the fence is unchanged by one) until
+/// `within` has passed; any other error fails the test.
+async fn commit_retrying(
+    journal: &mut Journal,
+    cursor: u64,
+    payload: &[u8],
+    within: Duration,
+) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        match journal.commit(cursor, payload.to_vec()).await {
+            Ok(sequence) => return sequence,
+            Err(ClusterError::Journal { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
 #[test]
 fn a_commit_whose_acknowledgement_was_lost_is_taken_as_done_when_tried_again() {
     let Some(cluster) = NatsCluster::start(3) else {
@@ -49,16 +69,8 @@ fn a_commit_whose_acknowledgement_was_lost_is_taken_as_done_when_tried_again() {
         // Right after the streams are made, the server this client reaches may not route to
         // the journal yet ("no stream found"): nothing was written, so the same commit is
         // tried again.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match journal.commit(10, b"batch 1".to_vec()).await {
-                Ok(sequence) => break assert_eq!(sequence, 1),
-                Err(ClusterError::Journal { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(err) => panic!("{err}"),
-            }
-        }
+        let sequence = commit_retrying(&mut journal, 10, b"batch 1", Duration::from_secs(15)).await;
+        assert_eq!(sequence, 1);
 
         // The next commit reaches the journal; its acknowledgement is lost.
         proxy.set(Flow::HoldReplies);
@@ -78,18 +90,9 @@ fn a_commit_whose_acknowledgement_was_lost_is_taken_as_done_when_tried_again() {
         proxy.heal();
 
         // Tried again with the same fence, the server refuses it (the journal has moved on),
-        // and the handle finds its own write there: done, not fenced.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let sequence = loop {
-            match journal.commit(20, b"batch 2".to_vec()).await {
-                Ok(sequence) => break sequence,
-                Err(ClusterError::Journal { .. }) if Instant::now() < deadline => {
-                    // Still reconnecting through the healed proxy.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(err) => panic!("{err}"),
-            }
-        };
+        // and the handle finds its own write there: done, not fenced. (Journal errors meanwhile:
+        // still reconnecting through the healed proxy.)
+        let sequence = commit_retrying(&mut journal, 20, b"batch 2", Duration::from_secs(20)).await;
         assert_eq!(sequence, 2);
         assert_eq!((journal.last_sequence(), journal.cursor()), (2, 20));
         assert_eq!(journal_length().await, 2, "written once");

@@ -11,7 +11,7 @@ use gancho_store::StoreError;
 use gancho_store::keys::read_u64;
 use gancho_store::kv::{Db, FileSync, Tree};
 
-use crate::journal::{Journal, JournalEntry, apply};
+use crate::journal::{Journal, apply};
 use crate::overlay::{Overlay, Slot, Staged, Writes, lock};
 
 /// Commits queued for the applier, at most.
@@ -97,9 +97,8 @@ fn apply_batch(
     gancho_core::fail_point!("state.apply.before_writes");
     let mut applied_cursor = None;
     for ((commit, staged), (_, writes)) in batch.iter().zip(&encoded) {
-        let entries: Vec<JournalEntry<'_>> =
-            writes.iter().map(|(k, v)| (*k, v.as_deref())).collect();
-        apply(tree, *commit, &entries).map_err(|err| format!("applying engine state: {err}"))?;
+        let entries = writes.iter().map(|(k, v)| (*k, v.as_deref()));
+        apply(tree, *commit, entries).map_err(|err| format!("applying engine state: {err}"))?;
         let mut overlay = lock(&shared.overlay);
         for (key, _) in staged {
             if overlay.get(key).is_some_and(|(c, _)| c == commit) {

@@ -85,7 +85,7 @@ fn crash_in_a_commit(test: &str, point: &'static str, actions: &'static str, fou
         // The first commit's journal goes just after it is durable: wait, so that the point
         // counts only the second commit's steps.
         let gone = gancho_testkit::wait_until(Duration::from_secs(30), || {
-            (crate::tests::journal_bytes(dir) == 0).then_some(())
+            (crate::journal_tests::journal_bytes(dir) == 0).then_some(())
         });
         assert!(gone.is_some(), "the first commit's journal stayed");
         failpoint::set(point, actions).unwrap();
@@ -108,7 +108,7 @@ fn crash_in_a_commit(test: &str, point: &'static str, actions: &'static str, fou
         _ => panic!("{found:?}: cursor {cursor}, second commit {second:?}"),
     }
     assert_eq!(
-        crate::tests::journal_bytes(dir.path()),
+        crate::journal_tests::journal_bytes(dir.path()),
         0,
         "journal records left after open"
     );

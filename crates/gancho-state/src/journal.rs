@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use gancho_store::StoreError;
 use gancho_store::keys::read_u64;
-use gancho_store::kv::Tree;
+use gancho_store::kv::{Tree, sync_dir};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::overlay::Write;
@@ -78,14 +78,12 @@ impl Journal {
             .map_err(io(format!("opening {}", path.display())))?;
         if created && fsync {
             // The file's name durable before any record in it counts.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(format!("syncing folder {}", dir.display())))?;
+            sync_dir(dir)?;
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(io(format!("reading {}", path.display())))?;
-        let mut applied = applied(tree)?;
+        let mut applied = applied_commit(tree)?;
         let mut replayed = 0;
         for (commit, writes) in records(&bytes) {
             if commit <= applied {
@@ -96,7 +94,7 @@ impl Journal {
                 reason: "a journal record whose hash matches but whose writes do not decode"
                     .to_owned(),
             })?;
-            apply(tree, commit, &writes)?;
+            apply(tree, commit, writes.into_iter())?;
             applied = commit;
             replayed += 1;
             tracing::debug!(commit, "replayed an engine commit");
@@ -174,7 +172,7 @@ impl Journal {
 }
 
 /// The number of the last commit applied to the tree, 0 for none.
-fn applied(tree: &Tree) -> Result<u64, StoreError> {
+fn applied_commit(tree: &Tree) -> Result<u64, StoreError> {
     match tree.get(APPLIED_KEY)? {
         None => Ok(0),
         Some(v) => read_u64(&v).ok_or_else(|| StoreError::Corrupt {
@@ -186,17 +184,18 @@ fn applied(tree: &Tree) -> Result<u64, StoreError> {
 
 /// Applies a commit's writes to the tree, its number last. `state.apply.halfway` stops it
 /// halfway through in test builds.
-pub(crate) fn apply(
+pub(crate) fn apply<'a>(
     tree: &Tree,
     commit: u64,
-    writes: &[JournalEntry<'_>],
+    writes: impl ExactSizeIterator<Item = JournalEntry<'a>>,
 ) -> Result<(), StoreError> {
-    for (i, (key, value)) in writes.iter().enumerate() {
-        if i == writes.len() / 2 {
+    let half = writes.len() / 2;
+    for (i, (key, value)) in writes.enumerate() {
+        if i == half {
             gancho_core::fail_point!("state.apply.halfway");
         }
         match value {
-            Some(v) => tree.insert(key, *v).map(drop),
+            Some(v) => tree.insert(key, v).map(drop),
             None => tree.remove(key).map(drop),
         }?;
     }

@@ -413,4 +413,6 @@ impl EngineState {
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod journal_tests;
+#[cfg(test)]
 mod tests;

@@ -251,9 +251,7 @@ impl FileSync {
             log_path.display()
         )))?;
         // The store's files may have just been created: make their names durable too.
-        File::open(path)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_err(format!("syncing folder {}", path.display())))?;
+        sync_dir(path)?;
         let mut sync = FileSync {
             log_file,
             blobs_dir: path.join("blobs"),
@@ -314,6 +312,17 @@ impl FileSync {
         self.synced_blobs = present;
         Ok(())
     }
+}
+
+/// Makes the names of files created in `dir` durable (files of gancho's own beside sled's:
+/// index runs, log segments, the engine's journal).
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            what: format!("syncing folder {}", dir.display()),
+            source,
+        })
 }
 
 /// Whether an error is the process or the system running short of a resource for a moment

@@ -125,15 +125,12 @@ impl Store {
             }
         };
         let (last_seq, _) = codec::log_end(&events)?;
-        let dropped = segments.drop_past(last_seq)?;
+        // Segments no committed pointer refers to: those a crash left past the log's end, and
+        // those a prune let go of just before a crash.
+        let dropped = segments.collect_garbage(&events, None)?;
         if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "deleted log segments a crash left past the log's end"
-            );
+            tracing::info!(dropped, "deleted log segments nothing refers to");
         }
-        // Segments a prune let go of just before a crash.
-        segments.collect_garbage(&events, None)?;
         let log = log::segments::Log {
             tree: events.clone(),
             segments,

@@ -37,7 +37,7 @@ fn window_count(store: &Store, kind: &str, email: &str) -> usize {
     store.count(&window, usize::MAX).unwrap()
 }
 
-fn request(before_s: i64, processed: u64, keep: &[u64]) -> PruneRequest {
+pub(crate) fn request(before_s: i64, processed: u64, keep: &[u64]) -> PruneRequest {
     PruneRequest {
         events_before_ms: Some(before_s * 1000),
         processed,

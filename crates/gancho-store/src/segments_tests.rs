@@ -9,6 +9,7 @@ use gancho_core::failpoint;
 use gancho_testkit::crash::crash_in_child;
 
 use super::*;
+use crate::prune_tests::request;
 use crate::tests::{append, event, open};
 
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -164,12 +165,7 @@ fn pruning_every_block_of_a_segment_deletes_it() {
     assert!(store.wait_indexed(1000, Duration::from_secs(30)));
     // Events are from 1,700,000,000 s on: prune those of the first round only.
     let report = store
-        .prune(&PruneRequest {
-            events_before_ms: Some((1_700_000_000 + 500) * 1000),
-            processed: 1000,
-            keep: Default::default(),
-            quarantine_before_ms: None,
-        })
+        .prune(&request(1_700_000_000 + 500, 1000, &[]))
         .unwrap();
     assert_eq!(report.events, 500);
     assert_eq!(report.segments_deleted as usize, first_round.len());
@@ -180,14 +176,7 @@ fn pruning_every_block_of_a_segment_deletes_it() {
     assert!(store.get(1).unwrap().is_none());
     assert_eq!(store.read_range(1, 1000).unwrap().len(), 500);
     // The writer's segment is kept even once empty; a restart deletes it.
-    let report = store
-        .prune(&PruneRequest {
-            events_before_ms: Some(i64::MAX),
-            processed: 1000,
-            keep: Default::default(),
-            quarantine_before_ms: None,
-        })
-        .unwrap();
+    let report = store.prune(&request(i64::MAX / 1000, 1000, &[])).unwrap();
     assert_eq!(report.events, 500);
     assert_eq!(
         segment_files(dir.path()).len(),

@@ -54,13 +54,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
 }
 
-/// Makes the names of files created in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(format!("syncing folder {}", dir.display())))
-}
-
 /// The block index of a run: for each block its last key, where it ends in the file and the
 /// checksum of its bytes. Kept in one buffer of keys, so a block costs about 24 bytes beside its
 /// key.

@@ -49,7 +49,6 @@ mod writer;
 
 #[cfg(test)]
 pub(crate) use self::file::RUNS_DIR;
-pub(crate) use self::file::sync_dir;
 pub(crate) use self::layout::INDEXED_KEY;
 pub(crate) use self::layout::REBUILD_KEY;
 pub(crate) use self::policy::Pacing;

@@ -7,12 +7,13 @@ use std::path::Path;
 
 use super::block::{BlockBuilder, len32};
 use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, hash};
-use super::file::{FileWriter, RunFile, run_path, sync_dir};
+use super::file::{FileWriter, RunFile, run_path};
 use super::layout::{corrupt, run_key};
 use super::rule::KeyRule;
 use crate::error::StoreError;
 use crate::keys::{read_u32, read_u64};
 use crate::kv::Tree;
+use crate::kv::sync_dir;
 use crate::purged::Purged;
 
 const RUN_RECORD_V1: u8 = 1;

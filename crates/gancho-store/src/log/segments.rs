@@ -183,17 +183,6 @@ impl Segments {
         Ok(Some(buf))
     }
 
-    /// Deletes the segments past `last_seq` (a crash left them before any pointer to them was
-    /// committed). Called at open, before the writer starts.
-    pub(crate) fn drop_past(&self, last_seq: u64) -> Result<usize, StoreError> {
-        let mut dropped = 0;
-        for id in self.ids()?.into_iter().filter(|&id| id > last_seq) {
-            self.delete(id)?;
-            dropped += 1;
-        }
-        Ok(dropped)
-    }
-
     /// Deletes the segments that no block of `tree` points into any more. The removals and
     /// rewrites that let go of them must be durable first.
     ///
@@ -308,7 +297,7 @@ impl SegmentWriter {
         }
         let path = segment_path(&self.segments.dir, first_seq);
         // A file of that name can only be one a crash left before a pointer to it was
-        // committed (`drop_past` deletes those at open): nothing refers to it.
+        // committed (the open deletes those): nothing refers to it.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -317,7 +306,7 @@ impl SegmentWriter {
             .open(&path)
             .map_err(io(format!("creating {}", path.display())))?;
         if self.fsync {
-            crate::index::sync_dir(&self.segments.dir)?;
+            crate::kv::sync_dir(&self.segments.dir)?;
         }
         let file = Arc::new(file);
         self.segments
