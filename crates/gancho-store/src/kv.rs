@@ -85,7 +85,7 @@ impl Db {
     pub fn open(path: &Path, cache_capacity: u64) -> Result<Db, StoreError> {
         let mut attempts = 0;
         loop {
-            match config(path, cache_capacity).open() {
+            match open_sled(path, cache_capacity) {
                 Ok(db) => {
                     let flushed = db.clone();
                     let hook = gancho_core::failpoint::on_crash(Box::new(move || {
@@ -138,16 +138,35 @@ impl Db {
     }
 }
 
-/// How sled is configured. Its segment size is fixed when a database is created: change it and
-/// existing stores no longer open.
-fn config(path: &Path, cache_capacity: u64) -> sled::Config {
+/// The segment size of databases created now: sled's default, 512 KiB. sled keeps about three
+/// segment buffers per database in memory, written in place as they fill, so the size is
+/// resident memory: 4 MiB segments cost some 34 MB of the daemon's three databases under load
+/// (docs/memory-notes.md). A page over a quarter of a segment (128 KiB) goes to a file of its
+/// own; leaves hold at most 16 values, and since the log's blocks over 1 KiB went to segment
+/// files of our own, no leaf comes near it.
+const SEGMENT_SIZE: usize = 512 * 1024;
+/// The segment size of databases created before: a leaf then held up to 16 log blocks of several
+/// KiB. sled refuses to open a database with another size than the one it was created with.
+const SEGMENT_SIZE_BEFORE: usize = 4 * 1024 * 1024;
+
+/// How sled is configured.
+fn config(path: &Path, cache_capacity: u64, segment_size: usize) -> sled::Config {
     sled::Config::new()
         .path(path)
         .cache_capacity(cache_capacity)
         .mode(sled::Mode::HighThroughput)
-        // sled writes a page larger than a quarter of a segment to a file of its own, and a
-        // leaf holds up to 16 log blocks: 4 MiB segments keep such leaves in the log.
-        .segment_size(4 * 1024 * 1024)
+        .segment_size(segment_size)
+}
+
+/// Opens the database in `path` with the segment size it was created with: [`SEGMENT_SIZE`]
+/// for a new one, else whichever of the two sizes sled accepts.
+fn open_sled(path: &Path, cache_capacity: u64) -> Result<sled::Db, sled::Error> {
+    match config(path, cache_capacity, SEGMENT_SIZE).open() {
+        Err(sled::Error::Unsupported(why)) if why.contains("io buffer size") => {
+            config(path, cache_capacity, SEGMENT_SIZE_BEFORE).open()
+        }
+        other => other,
+    }
 }
 
 impl Tree {
@@ -351,5 +370,41 @@ fn patiently<T>(what: &str, mut op: impl FnMut() -> std::io::Result<T>) -> std::
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn new_databases_get_small_segments_and_those_created_with_large_ones_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        {
+            let db = config(&old, 1 << 20, SEGMENT_SIZE_BEFORE).open().unwrap();
+            db.insert(b"k", &b"v"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        for path in [&old, &new] {
+            for _ in 0..2 {
+                let db = Db::open(path, 1 << 20).unwrap();
+                let tree = db.tree("t").unwrap();
+                tree.insert(b"k", &b"v"[..]).unwrap();
+                assert_eq!(tree.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+                db.flush().unwrap();
+            }
+        }
+        let size = |path: &Path| {
+            let conf = std::fs::read(path.join("conf")).unwrap();
+            let text = String::from_utf8_lossy(&conf).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("segment_size: ").map(str::to_owned))
+                .unwrap()
+        };
+        assert_eq!(size(&old), SEGMENT_SIZE_BEFORE.to_string());
+        assert_eq!(size(&new), SEGMENT_SIZE.to_string());
     }
 }

@@ -11,7 +11,8 @@
 //! | indexes | 0 | version 1's, without its version key (stores before versions) |
 //! | indexes | 1 | `index/layout.rs`: sorted runs |
 //! | indexes | 2 | version 1's; run records of version 2 (lowest seq, pruned count at write) |
-//! | indexes | 3 | runs in files (`index/file.rs`): `R` records as in 2, no `B` (blocks) or `F` (filter) keys |
+//! | indexes | 3 | runs in files (`index/file.rs`, `GXR1`, one filter): `R` records as in 2, no `B` (blocks) or `F` (filter) keys |
+//! | indexes | 4 | run files of two filters (`GXR2`: lookup and scan) and blocks of varints (`index/block.rs`), `R` records of version 3 |
 //!
 //! The indexes are derived from the log: one of a format this build cannot read is rebuilt
 //! rather than refused (`Store::open`).
@@ -47,7 +48,7 @@ pub(crate) const LOG: Format = Format {
 pub(crate) const INDEX: Format = Format {
     name: "index",
     key: b"Mformat",
-    current: 3,
+    current: 4,
     oldest: 0,
     steps: &[
         Step {
@@ -63,8 +64,23 @@ pub(crate) const INDEX: Format = Format {
                    rebuilt from the log",
             run: runs_out_of_sled,
         },
+        Step {
+            what: "run files with a lookup and a scan filter, and blocks of varints: the runs \
+                   of format 3 are deleted, and the indexes rebuilt from the log",
+            run: runs_of_format_3,
+        },
     ],
 };
+
+/// Step 3 → 4: deletes the run records of format 3 and the watermark, so the indexer indexes the
+/// whole log again into run files of format 4; the old files, without records, are deleted at
+/// open. Idempotent.
+fn runs_of_format_3(tree: &Tree) -> Result<(), StoreError> {
+    for key in tree.scan_prefix([b'R']).keys() {
+        tree.remove(key?)?;
+    }
+    tree.remove(crate::index::INDEXED_KEY)
+}
 
 /// Step 2 → 3: deletes the runs of format 2 (`R` records, `B` blocks and `F` filter chunks,
 /// each key being the prefix byte and the run id) and the watermark, so the indexer indexes the

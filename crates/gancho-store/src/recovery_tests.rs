@@ -326,3 +326,58 @@ fn indexes_of_format_2_with_runs_in_sled_are_rebuilt_into_run_files() {
         Some(&migrate::INDEX.current.to_be_bytes()[..])
     );
 }
+
+#[test]
+fn indexes_of_format_3_with_one_filter_per_run_are_rebuilt_with_two() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    set_format(dir.path(), "indexes", "index", &migrate::INDEX, Some(3));
+    mark_indexes(dir.path());
+    let runs_dir = dir.path().join("indexes").join(index::RUNS_DIR);
+    let old_files: Vec<_> = std::fs::read_dir(&runs_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!old_files.is_empty());
+    {
+        let store = open(dir.path());
+        assert!(store.wait_indexed(2, std::time::Duration::from_secs(10)));
+        let report = append(&store, vec![event("open", 1, "a@x", 1)]);
+        assert!(report.stored.is_empty(), "dedup holds after the migration");
+        let window = crate::Window {
+            source: "mailjet".to_owned(),
+            kind: "open".to_owned(),
+            keys: vec![("email".to_owned(), "b@x".to_owned())],
+            from_ms: 0,
+            to_ms: i64::MAX,
+            max_seq: u64::MAX,
+        };
+        assert_eq!(store.count(&window, 10).unwrap(), 1, "scans find b@x");
+        store.shutdown().unwrap();
+    }
+    let files: Vec<_> = std::fs::read_dir(&runs_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        files.iter().all(|f| !old_files.contains(f)),
+        "the runs of format 3 are deleted: {files:?}"
+    );
+    let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
+    let tree = db.tree("index").unwrap();
+    assert!(
+        tree.contains_key(b"Zmark").unwrap(),
+        "a migration, not a wipe"
+    );
+    let records: Vec<_> = tree
+        .scan_prefix(b"R")
+        .values()
+        .map(|v| v.unwrap())
+        .collect();
+    assert_eq!(records.len(), files.len());
+    assert!(records.iter().all(|record| record[0] == 3));
+    assert_eq!(
+        tree.get(migrate::INDEX.key).unwrap().as_deref(),
+        Some(&migrate::INDEX.current.to_be_bytes()[..])
+    );
+}

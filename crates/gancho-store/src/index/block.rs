@@ -1,7 +1,13 @@
-//! Disk blocks of a run: `[n: u32][offset of each entry: u32 × n][entries]`, an entry being
-//! `[shared: u32][suffix length: u32][suffix][value length: u32][value]`: its key is the first
-//! `shared` bytes of the block's first key (held whole by entry 0), then the suffix. Any entry
-//! decodes on its own, so a block is binary-searched in place without decoding it.
+//! Disk blocks of a run: `[n: u32][offset of each entry: u16 × n][entries]`, an entry being
+//! `[shared][suffix length][suffix][value length][value]`, the three numbers LEB128 varints:
+//! its key is the first `shared` bytes of the block's first key (held whole by entry 0), then
+//! the suffix. Any entry decodes on its own, so a block is binary-searched in place without
+//! decoding it. An entry starts before [`BLOCK_BYTES`] (a block is closed once its entries pass
+//! it), so its offset fits in 16 bits.
+//!
+//! Why varints and 16-bit offsets: the fixed `u32`s of index format 3 were 16 of the about 35
+//! bytes an entry took before compression, and LZ4 does little with them (they repeat no four
+//! bytes); an index entry is mostly small numbers and a short suffix.
 
 use std::cmp::Ordering;
 use std::ops::Range;
@@ -14,15 +20,9 @@ use crate::keys::read_u32;
 /// file, and read and cached whole).
 const BLOCK_BYTES: usize = 16 * 1024;
 
-// ---------------------------------------------------------------------------------------------
-// Blocks: `[n: u32][offset of each entry: u32 × n][entries]`, an entry being
-// `[shared: u32][suffix length: u32][suffix][value length: u32][value]`: its key is the first
-// `shared` bytes of the block's first key (held whole by entry 0), then the suffix. Any entry
-// decodes on its own, so a block is binary-searched without decoding it.
-
 #[derive(Debug, Default)]
 pub(super) struct BlockBuilder {
-    offsets: Vec<u32>,
+    offsets: Vec<u16>,
     data: Vec<u8>,
     first: Vec<u8>,
     last: Vec<u8>,
@@ -40,18 +40,19 @@ impl BlockBuilder {
                 .take_while(|(a, b)| a == b)
                 .count()
         };
-        self.offsets.push(len32(self.data.len()));
-        self.data.extend_from_slice(&len32(shared).to_be_bytes());
-        self.data
-            .extend_from_slice(&len32(key.len() - shared).to_be_bytes());
+        // An entry is added only to a block that is not full: it starts below BLOCK_BYTES.
+        self.offsets
+            .push(u16::try_from(self.data.len()).unwrap_or(u16::MAX));
+        push_varint(&mut self.data, shared);
+        push_varint(&mut self.data, key.len() - shared);
         self.data.extend_from_slice(&key[shared..]);
-        self.data
-            .extend_from_slice(&len32(value.len()).to_be_bytes());
+        push_varint(&mut self.data, value.len());
         self.data.extend_from_slice(value);
         self.last.clear();
         self.last.extend_from_slice(key);
     }
 
+    /// Whether it takes no more entries (the next one would start at or past [`BLOCK_BYTES`]).
     pub(super) fn is_full(&self) -> bool {
         self.data.len() >= BLOCK_BYTES
     }
@@ -62,7 +63,7 @@ impl BlockBuilder {
 
     /// The encoded block and its last key; the builder is empty again.
     pub(super) fn finish(&mut self) -> (Vec<u8>, Vec<u8>) {
-        let mut out = Vec::with_capacity(4 + 4 * self.offsets.len() + self.data.len());
+        let mut out = Vec::with_capacity(4 + 2 * self.offsets.len() + self.data.len());
         out.extend_from_slice(&len32(self.offsets.len()).to_be_bytes());
         for offset in &self.offsets {
             out.extend_from_slice(&offset.to_be_bytes());
@@ -77,6 +78,30 @@ impl BlockBuilder {
 /// Index keys are capped far below 4 GiB (`gancho_core::MAX_KEY_LEN`); saturate rather than wrap.
 pub(super) fn len32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Appends `n` as a LEB128 varint: 7 bits a byte, low bits first, the high bit set on every
+/// byte but the last.
+fn push_varint(out: &mut Vec<u8>, n: usize) {
+    let mut n = len32(n);
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// The varint at the start of `bytes` and how many bytes it took; `None` when it runs past
+/// `bytes` or past 32 bits.
+fn read_varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut n = 0u32;
+    for (i, &byte) in bytes.iter().enumerate().take(5) {
+        n |= u32::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((n as usize, i + 1));
+        }
+    }
+    None
 }
 
 /// A block read from its run file.
@@ -100,7 +125,7 @@ impl Block {
             .map(|n| n as usize)
             .ok_or_else(|| corrupt(run, "block without a count"))?;
         let data = n
-            .checked_mul(4)
+            .checked_mul(2)
             .and_then(|x| x.checked_add(4))
             .filter(|&d| d <= bytes.len() && n > 0)
             .ok_or_else(|| corrupt(run, "block shorter than its offsets"))?;
@@ -129,25 +154,30 @@ impl Block {
         if i >= self.n {
             return Err(bad());
         }
-        let at = 4 + 4 * i;
+        let at = 4 + 2 * i;
         let offset = self
             .bytes
-            .get(at..at + 4)
-            .and_then(read_u32)
-            .ok_or_else(bad)? as usize;
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .ok_or_else(bad)?;
         let mut r = self.data.checked_add(offset).ok_or_else(bad)?;
-        let mut take = |len: usize| -> Result<Range<usize>, StoreError> {
-            let end = r.checked_add(len).filter(|&e| e <= self.bytes.len());
-            let range = r..end.ok_or_else(bad)?;
-            r = range.end;
+        let bytes = &self.bytes;
+        let take = |r: &mut usize, len: usize| -> Result<Range<usize>, StoreError> {
+            let end = r.checked_add(len).filter(|&e| e <= bytes.len());
+            let range = *r..end.ok_or_else(bad)?;
+            *r = range.end;
             Ok(range)
         };
-        let word = |range: Range<usize>| read_u32(&self.bytes[range]).map(|n| n as usize);
-        let shared = word(take(4)?).ok_or_else(bad)?;
-        let suffix_len = word(take(4)?).ok_or_else(bad)?;
-        let suffix = take(suffix_len)?;
-        let value_len = word(take(4)?).ok_or_else(bad)?;
-        let value = take(value_len)?;
+        let number = |r: &mut usize| -> Result<usize, StoreError> {
+            let (n, len) = bytes.get(*r..).and_then(read_varint).ok_or_else(bad)?;
+            *r += len;
+            Ok(n)
+        };
+        let shared = number(&mut r)?;
+        let suffix_len = number(&mut r)?;
+        let suffix = take(&mut r, suffix_len)?;
+        let value_len = number(&mut r)?;
+        let value = take(&mut r, value_len)?;
         if shared > self.first.len() && i > 0 {
             return Err(corrupt(self.run, "shared prefix longer than the first key"));
         }

@@ -41,15 +41,31 @@ impl Bloom {
     }
 }
 
-/// The bits a key sets in a blocked filter of `words` words: [`BLOOM_PROBES`] (word, mask)
-/// pairs, all in the block of `hash`, each bit chosen by 9 bits of a second hash.
-fn probes(words: usize, hash: u64) -> impl Iterator<Item = (usize, u64)> {
+/// The block (of [`BLOOM_BLOCK_WORDS`] words) that holds all the bits of `hash` in a filter of
+/// `words` words: what a filter read from its file by block reads (`file.rs`).
+pub(super) fn block_of(words: usize, hash: u64) -> usize {
     let blocks = (words / BLOOM_BLOCK_WORDS) as u128;
-    let first = ((u128::from(hash) * blocks) >> 64) as usize * BLOOM_BLOCK_WORDS;
+    ((u128::from(hash) * blocks) >> 64) as usize
+}
+
+/// Whether `block`, the block [`block_of`] names for `hash`, may hold it.
+pub(super) fn block_may_contain(block: &[u64; BLOOM_BLOCK_WORDS], hash: u64) -> bool {
+    in_block(hash).all(|(word, mask)| block[word] & mask != 0)
+}
+
+/// The bits a key sets in a blocked filter of `words` words: [`BLOOM_PROBES`] (word, mask)
+/// pairs, all in the block of `hash`.
+fn probes(words: usize, hash: u64) -> impl Iterator<Item = (usize, u64)> {
+    let first = block_of(words, hash) * BLOOM_BLOCK_WORDS;
+    in_block(hash).map(move |(word, mask)| (first + word, mask))
+}
+
+/// The bits of `hash` within its block, each chosen by 9 bits of a second hash.
+fn in_block(hash: u64) -> impl Iterator<Item = (usize, u64)> {
     let bits = (hash ^ (hash >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (0..BLOOM_PROBES).map(move |i| {
         let bit = (bits >> (9 * i)) & 511;
-        (first + (bit / 64) as usize, 1u64 << (bit % 64))
+        ((bit / 64) as usize, 1u64 << (bit % 64))
     })
 }
 

@@ -8,32 +8,41 @@
 //! | part     | bytes                                                                  |
 //! |----------|------------------------------------------------------------------------|
 //! | blocks   | each an LZ4 frame of one block (`block.rs`), its size prepended        |
-//! | filter   | the run's Bloom filter, u64 LE words                                   |
+//! | lookup filter | the Bloom filter of its untimed keys (dedup entries, looked up whole), u64 LE words |
+//! | scan filter | the Bloom filter of its timed keys' prefixes (what scans ask for), u64 LE words |
 //! | fences   | per block: its end offset u64 LE, xxh3 of its bytes u64 LE, its last key's length u32 LE and the key |
-//! | footer   | `GXR1`, where the filter starts u64 LE, where the fences start u64 LE, xxh3 of filter and fences u64 LE |
+//! | footer   | `GXR2`, where the lookup filter, the scan filter and the fences start (u64 LE each), xxh3 of the three u64 LE |
 //!
 //! Why files and not sled values (decision 0006): sled kept every written block in memory far
 //! beyond its cache budget, and left two thirds of the index database as garbage on disk, while a
 //! run is written once, read by block and deleted whole, which plain files do at no cost. The
-//! fences (the block index) and the filter stay in memory, a few bytes per event; blocks are read
-//! through the indexes' block cache, which the store's memory budget bounds.
+//! fences (the block index) and the lookup filter stay in memory, a few bytes per event; blocks
+//! are read through the indexes' block cache, which the store's memory budget bounds.
+//!
+//! Why two filters: the writer's dedup asks the lookup filter of every run for every event, so
+//! it stays in memory; scans are fewer and read their filter's one 64-byte block from the file
+//! (the kernel's page cache keeps the hot ones). Kept whole in memory, the scan filters were
+//! two thirds of the filters' bits and the largest part of an idle daemon's heap on a large
+//! store (docs/memory-notes.md).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use super::block::{Block, first_not_before};
-use super::bloom::Bloom;
+use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, block_may_contain, block_of};
 use super::layout::corrupt;
 use crate::error::StoreError;
 
 /// The folder of run files in the index database's folder.
 pub(crate) const RUNS_DIR: &str = "runs";
-const MAGIC: &[u8; 4] = b"GXR1";
-const FOOTER_BYTES: u64 = 4 + 8 + 8 + 8;
+const MAGIC: &[u8; 4] = b"GXR2";
+const FOOTER_BYTES: u64 = 4 + 8 + 8 + 8 + 8;
+/// The bytes of one block of a blocked Bloom filter.
+const FILTER_BLOCK_BYTES: usize = 8 * BLOOM_BLOCK_WORDS;
 const SUFFIX: &str = ".run";
 
 /// The file of run `id` in `dir`.
@@ -199,21 +208,31 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Writes the filter, the block index and the footer; with `fsync`, the file's data reach
+    /// Writes the filters, the block index and the footer; with `fsync`, the file's data reach
     /// the disk before this returns (its name does with the folder's sync, by the caller).
-    pub(super) fn finish(mut self, bloom: &Bloom, fsync: bool) -> Result<RunFile, StoreError> {
-        let filter_at = self.written;
-        let mut meta = Vec::with_capacity(8 * bloom.words.len() + 64 * self.fences.len());
-        for word in &bloom.words {
+    pub(super) fn finish(
+        mut self,
+        lookup: &Bloom,
+        scan: &Bloom,
+        fsync: bool,
+    ) -> Result<RunFile, StoreError> {
+        let lookup_at = self.written;
+        let filters = 8 * (lookup.words.len() + scan.words.len());
+        let mut meta = Vec::with_capacity(filters + 64 * self.fences.len());
+        for word in &lookup.words {
             meta.extend_from_slice(&word.to_le_bytes());
         }
-        let fences_at = filter_at + meta.len() as u64;
+        let scan_at = lookup_at + meta.len() as u64;
+        for word in &scan.words {
+            meta.extend_from_slice(&word.to_le_bytes());
+        }
+        let fences_at = lookup_at + meta.len() as u64;
         self.fences.encode(&mut meta);
         let mut footer = Vec::with_capacity(FOOTER_BYTES as usize);
         footer.extend_from_slice(MAGIC);
-        footer.extend_from_slice(&filter_at.to_le_bytes());
-        footer.extend_from_slice(&fences_at.to_le_bytes());
-        footer.extend_from_slice(&xxh3_64(&meta).to_le_bytes());
+        for at in [lookup_at, scan_at, fences_at, xxh3_64(&meta)] {
+            footer.extend_from_slice(&at.to_le_bytes());
+        }
         self.write(&meta)?;
         self.write(&footer)?;
         let out = self
@@ -232,6 +251,8 @@ impl FileWriter {
             path: std::mem::take(&mut self.path),
             file,
             fences: std::mem::take(&mut self.fences).shrink(),
+            scan_at,
+            scan_words: scan.words.len(),
         })
     }
 }
@@ -245,15 +266,33 @@ impl Drop for FileWriter {
     }
 }
 
+/// Little-endian u64 words.
+fn words_of(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+        .collect()
+}
+
 /// `len` bytes of run `run`'s file at `at`; a file shorter than that is a damaged run.
 fn read_at(file: &File, path: &Path, run: u64, at: u64, len: u64) -> Result<Vec<u8>, StoreError> {
     let mut buf = vec![0; usize::try_from(len).map_err(|_| corrupt(run, "too large"))?];
-    file.read_exact_at(&mut buf, at)
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => corrupt(run, "its file is cut short"),
-            _ => io(format!("reading {}", path.display()))(err),
-        })?;
+    read_exact(file, path, run, at, &mut buf)?;
     Ok(buf)
+}
+
+/// Fills `buf` from run `run`'s file at `at`.
+fn read_exact(
+    file: &File,
+    path: &Path,
+    run: u64,
+    at: u64,
+    buf: &mut [u8],
+) -> Result<(), StoreError> {
+    file.read_exact_at(buf, at).map_err(|err| match err.kind() {
+        std::io::ErrorKind::UnexpectedEof => corrupt(run, "its file is cut short"),
+        _ => io(format!("reading {}", path.display()))(err),
+    })
 }
 
 /// An open run file, read by block.
@@ -263,15 +302,20 @@ pub(super) struct RunFile {
     path: PathBuf,
     file: File,
     pub(super) fences: Fences,
+    /// Where its scan filter starts, and its size in words (a multiple of
+    /// [`BLOOM_BLOCK_WORDS`]).
+    scan_at: u64,
+    scan_words: usize,
 }
 
 impl RunFile {
-    /// Opens run `run`'s file and reads its block index and its filter, which must have
-    /// `filter_words` words (as its record says).
+    /// Opens run `run`'s file, reads its block index and its lookup filter and checks its scan
+    /// filter (read through, not kept), whose sizes in words must be those its record gives.
     pub(super) fn open(
         dir: &Path,
         run: u64,
-        filter_words: usize,
+        lookup_words: usize,
+        scan_words: usize,
     ) -> Result<(RunFile, Bloom), StoreError> {
         let path = run_path(dir, run);
         let file = match File::open(&path) {
@@ -291,32 +335,66 @@ impl RunFile {
             .ok_or_else(|| corrupt(run, "its file is cut short"))?;
         let footer = read(footer_at, FOOTER_BYTES)?;
         let word = |at: usize| u64::from_le_bytes(footer[at..at + 8].try_into().unwrap_or([0; 8]));
-        let (filter_at, fences_at, sum) = (word(4), word(12), word(20));
-        if &footer[..4] != MAGIC || filter_at > fences_at || fences_at > footer_at {
+        let (lookup_at, scan_at, fences_at, sum) = (word(4), word(12), word(20), word(28));
+        if &footer[..4] != MAGIC
+            || lookup_at > scan_at
+            || scan_at > fences_at
+            || fences_at > footer_at
+        {
             return Err(corrupt(run, "its file has no valid footer"));
         }
-        let meta = read(filter_at, footer_at - filter_at)?;
-        if xxh3_64(&meta) != sum {
-            return Err(corrupt(run, "its filter or block index is damaged"));
-        }
-        let (filter, fences) = meta.split_at((fences_at - filter_at) as usize);
-        if filter.len() != 8 * filter_words {
+        if scan_at - lookup_at != 8 * lookup_words as u64
+            || fences_at - scan_at != 8 * scan_words as u64
+        {
             return Err(corrupt(run, "run filter of the wrong size"));
         }
-        let words = filter
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
-            .collect();
-        let fences = Fences::decode(run, fences, filter_at)?;
+        // The three parts are checked as one, the scan filter a chunk at a time.
+        let mut hasher = Xxh3::new();
+        let lookup = read(lookup_at, scan_at - lookup_at)?;
+        hasher.update(&lookup);
+        let mut at = scan_at;
+        while at < fences_at {
+            let chunk = read(at, (fences_at - at).min(1 << 20))?;
+            hasher.update(&chunk);
+            at += chunk.len() as u64;
+        }
+        let fences = read(fences_at, footer_at - fences_at)?;
+        hasher.update(&fences);
+        if hasher.digest() != sum {
+            return Err(corrupt(run, "its filters or block index are damaged"));
+        }
+        let fences = Fences::decode(run, &fences, lookup_at)?;
         Ok((
             RunFile {
                 run,
                 path,
                 file,
                 fences,
+                scan_at,
+                scan_words,
             },
-            Bloom { words },
+            Bloom {
+                words: words_of(&lookup),
+            },
         ))
+    }
+
+    /// Whether its scan filter may hold the prefix of `hash`: one filter block read from the
+    /// file.
+    pub(super) fn scan_may_contain(&self, hash: u64) -> Result<bool, StoreError> {
+        let at = self.scan_at + (block_of(self.scan_words, hash) * FILTER_BLOCK_BYTES) as u64;
+        let mut bytes = [0u8; FILTER_BLOCK_BYTES];
+        read_exact(&self.file, &self.path, self.run, at, &mut bytes)?;
+        let mut block = [0u64; BLOOM_BLOCK_WORDS];
+        for (word, bytes) in block.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+        }
+        Ok(block_may_contain(&block, hash))
+    }
+
+    /// The size of its scan filter, in words.
+    pub(super) fn scan_words(&self) -> usize {
+        self.scan_words
     }
 
     /// How many blocks it has.

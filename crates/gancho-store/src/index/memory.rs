@@ -5,7 +5,7 @@
 use super::block::{first_not_before, len32};
 use super::bloom::{SharedBloom, hash};
 use super::rule::KeyRule;
-use super::run::TimeSpan;
+use super::run::{FilterBounds, TimeSpan};
 
 /// The entries of one batch, as the indexer collects them: keys and values back to back in one
 /// buffer (no allocation per entry).
@@ -109,6 +109,25 @@ impl MemRun {
 
     pub(super) fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Its distinct filter prefixes of each kind (its keys are sorted, so a prefix's keys are
+    /// together): what a disk run written from it sizes its filters for.
+    pub(super) fn filter_bounds(&self, rule: KeyRule) -> FilterBounds {
+        let mut bounds = FilterBounds::default();
+        let mut prev: Option<&[u8]> = None;
+        for i in 0..self.len() {
+            let key = self.key(i);
+            let prefix = rule.filter_prefix(key);
+            if prev != Some(prefix) {
+                match (rule.timed)(key) {
+                    true => bounds.scan += 1,
+                    false => bounds.lookup += 1,
+                }
+                prev = Some(prefix);
+            }
+        }
+        bounds
     }
 
     /// The memory its entries take: their bytes and their places.

@@ -96,6 +96,7 @@ impl Index {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let view = self.view.load();
         let h = hash(self.rule.filter_prefix(key));
+        let timed = (self.rule.timed)(key);
         if view.mem_bloom.may_contain(h) {
             for run in view.mem.iter().rev() {
                 let i = run.seek(key, false);
@@ -105,7 +106,7 @@ impl Index {
             }
         }
         for run in view.disk.iter().rev() {
-            if !run.bloom.may_contain(h) {
+            if !run.may_hold(h, timed) {
                 continue;
             }
             let at = run.file.fences.find(key);
@@ -142,6 +143,7 @@ impl Index {
     pub(crate) fn scan(&self, prefix: &[u8], lo: &[u8], hi: &[u8], reverse: bool) -> Scan {
         let view = self.view.load();
         let h = hash(prefix);
+        let timed = (self.rule.timed)(prefix);
         let times = self.rule.scan_times(prefix, lo, hi);
         let meets = |span: &TimeSpan| times.is_none_or(|(from, to)| span.meets(&from, &to));
         let mut sources = Vec::new();
@@ -161,7 +163,7 @@ impl Index {
             }
         }
         for run in &view.disk {
-            if meets(&run.times) && run.bloom.may_contain(h) {
+            if meets(&run.times) && run.may_hold(h, timed) {
                 sources.push(Source::Disk(Box::new(DiskScan::new(
                     &self.tree,
                     Some(Arc::clone(&self.blocks)),

@@ -1,12 +1,12 @@
-//! Disk runs: a run's blocks, Bloom filter and block index in a file of its own (`file.rs`),
-//! and its record (`R` + run id: entry counts, last seq, event-time span, filter size) in the
+//! Disk runs: a run's blocks, Bloom filters and block index in a file of its own (`file.rs`),
+//! and its record (`R` + run id: entry counts, last seq, event-time span, filter sizes) in the
 //! index database's tree. The file is written (and, with fsync on, synced) before the record,
 //! which makes the run live; a run is deleted record first, so it is never half there.
 
 use std::path::Path;
 
 use super::block::{BlockBuilder, len32};
-use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, hash};
+use super::bloom::{BLOOM_BITS_PER_KEY, BLOOM_BLOCK_WORDS, Bloom, hash};
 use super::file::{FileWriter, RunFile, run_path};
 use super::layout::{corrupt, run_key};
 use super::rule::KeyRule;
@@ -16,17 +16,40 @@ use crate::kv::Tree;
 use crate::kv::sync_dir;
 use crate::purged::Purged;
 
-const RUN_RECORD_V1: u8 = 1;
-/// Version 1 and then the run's lowest seq and how many seqs of its span were pruned when it
-/// was written (for runs of version 1: 1 and 0).
-const RUN_RECORD_V2: u8 = 2;
+/// The version of run records: entries u64, distinct filter prefixes u64, last seq u64, the
+/// event-time span (0, or 1 and two time keys), the lookup filter's words u32, the lowest seq
+/// u64, the seqs of its span pruned when it was written u64, the scan filter's words u32, the
+/// distinct untimed keys u64. Versions 1 and 2 (one filter) are of index formats the migration
+/// rebuilds.
+const RUN_RECORD: u8 = 3;
+
+/// How many distinct filter prefixes of each kind a run being built may hold: what its two
+/// filters are sized for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct FilterBounds {
+    /// Untimed keys, looked up whole (the dedup entries).
+    pub(super) lookup: u64,
+    /// Prefixes of timed keys, which scans ask for.
+    pub(super) scan: u64,
+}
+
+impl FilterBounds {
+    pub(super) fn add(self, other: FilterBounds) -> FilterBounds {
+        FilterBounds {
+            lookup: self.lookup.saturating_add(other.lookup),
+            scan: self.scan.saturating_add(other.scan),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct DiskRun {
     pub(super) id: u64,
     pub(super) entries: u64,
-    /// Distinct filter prefixes.
+    /// Distinct filter prefixes, of both kinds.
     pub(super) distinct: u64,
+    /// Distinct untimed keys (those in the lookup filter).
+    pub(super) lookup_distinct: u64,
     /// It holds the entries of events up to this seq, none later.
     pub(super) max_seq: u64,
     /// Its entries are of events from this seq on.
@@ -35,15 +58,17 @@ pub(super) struct DiskRun {
     /// since then are its garbage (`IndexWriter` rewrites a run when it is a quarter of it).
     pub(super) purged_at_write: u64,
     pub(super) times: TimeSpan,
-    pub(super) bloom: Bloom,
+    /// The filter of its untimed keys, kept in memory; that of its timed keys' prefixes is read
+    /// from its file by block.
+    pub(super) lookup: Bloom,
     pub(super) file: RunFile,
 }
 
 impl DiskRun {
     /// Writes the record, which makes the run (its file written) live.
     pub(super) fn write(&self, tree: &Tree) -> Result<(), StoreError> {
-        let mut record = Vec::with_capacity(62);
-        record.push(RUN_RECORD_V2);
+        let mut record = Vec::with_capacity(74);
+        record.push(RUN_RECORD);
         record.extend_from_slice(&self.entries.to_be_bytes());
         record.extend_from_slice(&self.distinct.to_be_bytes());
         record.extend_from_slice(&self.max_seq.to_be_bytes());
@@ -55,9 +80,11 @@ impl DiskRun {
             }
             None => record.push(0),
         }
-        record.extend_from_slice(&len32(self.bloom.words.len()).to_be_bytes());
+        record.extend_from_slice(&len32(self.lookup.words.len()).to_be_bytes());
         record.extend_from_slice(&self.min_seq.to_be_bytes());
         record.extend_from_slice(&self.purged_at_write.to_be_bytes());
+        record.extend_from_slice(&len32(self.file.scan_words()).to_be_bytes());
+        record.extend_from_slice(&self.lookup_distinct.to_be_bytes());
         // The file written, the record that makes it a run not yet.
         gancho_core::fail_point!("index.run.before_record");
         tree.insert(run_key(self.id), record)?;
@@ -67,8 +94,7 @@ impl DiskRun {
     /// The run of this record, its file opened (from `dir`) and its filter read.
     pub(super) fn open(dir: &Path, id: u64, record: &[u8]) -> Result<DiskRun, StoreError> {
         let bad = || corrupt(id, "unreadable run record");
-        let version = record.first().copied();
-        if version != Some(RUN_RECORD_V1) && version != Some(RUN_RECORD_V2) {
+        if record.first() != Some(&RUN_RECORD) {
             return Err(bad());
         }
         let u64_at = |at: usize| record.get(at..at + 8).and_then(read_u64);
@@ -84,36 +110,66 @@ impl DiskRun {
             }
             _ => return Err(bad()),
         };
-        let n = record.get(at..at + 4).and_then(read_u32).ok_or_else(bad)? as usize;
-        let (min_seq, purged_at_write) = match version {
-            Some(RUN_RECORD_V2) => (
-                u64_at(at + 4).ok_or_else(bad)?,
-                u64_at(at + 12).ok_or_else(bad)?,
-            ),
-            _ => (1, 0),
+        let u32_at = |at: usize| {
+            record
+                .get(at..at + 4)
+                .and_then(read_u32)
+                .map(|n| n as usize)
         };
-        if n == 0 || !n.is_multiple_of(BLOOM_BLOCK_WORDS) || distinct > entries {
+        let lookup_words = u32_at(at).ok_or_else(bad)?;
+        let min_seq = u64_at(at + 4).ok_or_else(bad)?;
+        let purged_at_write = u64_at(at + 12).ok_or_else(bad)?;
+        let scan_words = u32_at(at + 20).ok_or_else(bad)?;
+        let lookup_distinct = u64_at(at + 24).ok_or_else(bad)?;
+        let filter_size = |n: usize| n > 0 && n.is_multiple_of(BLOOM_BLOCK_WORDS);
+        if !filter_size(lookup_words)
+            || !filter_size(scan_words)
+            || distinct > entries
+            || lookup_distinct > distinct
+        {
             return Err(bad());
         }
-        let (file, bloom) = RunFile::open(dir, id, n)?;
+        let (file, lookup) = RunFile::open(dir, id, lookup_words, scan_words)?;
         Ok(DiskRun {
             id,
             entries,
             distinct,
+            lookup_distinct,
             max_seq,
             min_seq,
             purged_at_write,
             times,
-            bloom,
+            lookup,
             file,
         })
+    }
+
+    /// Whether it may hold entries of the filter prefix of `hash`, of a timed key (`timed`) or
+    /// an untimed one. A scan filter that cannot be read says "maybe": reading the run's blocks
+    /// then reports the damage.
+    pub(super) fn may_hold(&self, hash: u64, timed: bool) -> bool {
+        match timed {
+            false => self.lookup.may_contain(hash),
+            true => self.file.scan_may_contain(hash).unwrap_or(true),
+        }
+    }
+
+    /// What a run merged from it needs its filters sized for: its distinct prefixes of each
+    /// kind, at most what its filters were sized for (counts read from disk do not size an
+    /// allocation alone).
+    pub(super) fn filter_bounds(&self) -> FilterBounds {
+        let capacity = |words: usize| (words * 64 / BLOOM_BITS_PER_KEY) as u64;
+        FilterBounds {
+            lookup: self.lookup_distinct.min(capacity(self.lookup.words.len())),
+            scan: (self.distinct - self.lookup_distinct).min(capacity(self.file.scan_words())),
+        }
     }
 }
 
 /// The last seq of the run of this record, read without opening its file.
 pub(super) fn record_max_seq(id: u64, record: &[u8]) -> Result<u64, StoreError> {
     match record.first() {
-        Some(&(RUN_RECORD_V1 | RUN_RECORD_V2)) => record.get(17..25).and_then(read_u64),
+        Some(&RUN_RECORD) => record.get(17..25).and_then(read_u64),
         _ => None,
     }
     .ok_or_else(|| corrupt(id, "unreadable run record"))
@@ -150,7 +206,9 @@ pub(super) struct RunBuilder {
     block: BlockBuilder,
     entries: u64,
     distinct: u64,
-    bloom: Bloom,
+    lookup_distinct: u64,
+    lookup: Bloom,
+    scan: Bloom,
     times: TimeSpan,
     min_seq: u64,
     prev_prefix: Vec<u8>,
@@ -168,15 +226,15 @@ impl std::fmt::Debug for RunBuilder {
 
 impl RunBuilder {
     /// A run `id` written to its file in `dir` (synced when `fsync`), recorded in `tree`.
-    /// `distinct_bound`: at least the number of distinct filter prefixes it will hold (sizes
-    /// its filter).
+    /// `bounds`: at least the numbers of distinct filter prefixes it will hold (size its
+    /// filters).
     pub(super) fn new(
         tree: Tree,
         dir: &Path,
         fsync: bool,
         id: u64,
         rule: KeyRule,
-        distinct_bound: u64,
+        bounds: FilterBounds,
     ) -> Result<RunBuilder, StoreError> {
         Ok(RunBuilder {
             tree,
@@ -188,7 +246,9 @@ impl RunBuilder {
             block: BlockBuilder::default(),
             entries: 0,
             distinct: 0,
-            bloom: Bloom::for_keys(distinct_bound),
+            lookup_distinct: 0,
+            lookup: Bloom::for_keys(bounds.lookup),
+            scan: Bloom::for_keys(bounds.scan),
             times: TimeSpan::default(),
             min_seq: u64::MAX,
             prev_prefix: Vec::new(),
@@ -203,7 +263,13 @@ impl RunBuilder {
         let prefix = self.rule.filter_prefix(key);
         if self.entries == 0 || prefix != &self.prev_prefix[..] {
             self.distinct += 1;
-            self.bloom.insert(hash(prefix));
+            match (self.rule.timed)(key) {
+                true => self.scan.insert(hash(prefix)),
+                false => {
+                    self.lookup_distinct += 1;
+                    self.lookup.insert(hash(prefix));
+                }
+            }
             self.prev_prefix.clear();
             self.prev_prefix.extend_from_slice(prefix);
         }
@@ -242,7 +308,7 @@ impl RunBuilder {
             // Dropping the file writer deletes the file.
             return Ok(None);
         }
-        let file = self.file.finish(&self.bloom, self.fsync)?;
+        let file = self.file.finish(&self.lookup, &self.scan, self.fsync)?;
         if self.fsync {
             sync_dir(&self.dir)?;
         }
@@ -250,11 +316,12 @@ impl RunBuilder {
             id: self.id,
             entries: self.entries,
             distinct: self.distinct,
+            lookup_distinct: self.lookup_distinct,
             max_seq,
             min_seq: self.min_seq.min(max_seq),
             purged_at_write: purged.count_in(self.min_seq.min(max_seq), max_seq),
             times: self.times,
-            bloom: self.bloom,
+            lookup: self.lookup,
             file,
         };
         run.write(&self.tree)?;

@@ -84,6 +84,38 @@ fn blocks_find_every_key_and_no_other() {
 }
 
 #[test]
+fn block_entries_with_long_keys_values_and_shared_prefixes_read_back() {
+    let mut builder = BlockBuilder::default();
+    let long = |i: u64, len: usize| {
+        let mut k = vec![b'K'; len];
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    };
+    // Shared prefixes, suffixes and values past one varint byte (127) and past two (16,383).
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (long(0, 300), vec![]),
+        (long(1, 300), vec![7; 200]),
+        (long(2, 300), vec![8; 20_000]),
+    ];
+    for (k, v) in &entries {
+        builder.add(k, v);
+    }
+    assert!(builder.is_full());
+    let (bytes, _) = builder.finish();
+    let block = Block::parse(1, bytes).unwrap();
+    for (i, (k, v)) in entries.iter().enumerate() {
+        let (head, suffix) = block.key_parts(i).unwrap();
+        assert_eq!([head, suffix].concat(), *k);
+        assert_eq!(block.value(i).unwrap(), &v[..]);
+    }
+    // A varint that never ends, or a length past the block, is damage, not a panic.
+    let mut bad = vec![0, 0, 0, 1, 0, 0];
+    bad.extend_from_slice(&[0xff; 6]);
+    assert!(Block::parse(1, bad).is_err());
+    assert!(Block::parse(1, vec![0, 0, 0, 1, 0, 0, 0, 9, 1]).is_err());
+}
+
+#[test]
 fn bloom_filters_hold_what_was_put_in() {
     let mut bloom = Bloom::for_keys(1000);
     for i in 0..1000u64 {
@@ -340,7 +372,7 @@ fn the_block_cache_stays_within_its_budget_and_keeps_what_is_read_again() {
 
 #[test]
 fn a_run_file_cut_short_or_damaged_is_found_at_open() {
-    for damage in ["cut", "flip"] {
+    for damage in ["cut", "flip", "scan filter"] {
         let dir = tempfile::tempdir().unwrap();
         {
             let (_db, _index, mut writer, _) = open_in(dir.path());
@@ -356,8 +388,22 @@ fn a_run_file_cut_short_or_damaged_is_found_at_open() {
             .path();
         let len = std::fs::metadata(&file).unwrap().len();
         let handle = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        let scan_at = {
+            let mut word = [0u8; 8];
+            std::os::unix::fs::FileExt::read_exact_at(
+                &handle_for_reading(&file),
+                &mut word,
+                len - 24,
+            )
+            .unwrap();
+            u64::from_le_bytes(word)
+        };
         match damage {
             "cut" => handle.set_len(len - 10).unwrap(),
+            // A bit of the scan filter, which open reads through but does not keep.
+            "scan filter" => {
+                std::os::unix::fs::FileExt::write_all_at(&handle, b"X", scan_at + 3).unwrap()
+            }
             _ => std::os::unix::fs::FileExt::write_all_at(&handle, b"X", len - 40).unwrap(),
         }
         drop(handle);
@@ -368,4 +414,53 @@ fn a_run_file_cut_short_or_damaged_is_found_at_open() {
             "{damage}: {err}"
         );
     }
+}
+
+fn handle_for_reading(file: &std::path::Path) -> std::fs::File {
+    std::fs::File::open(file).unwrap()
+}
+
+#[test]
+fn dedup_keys_fill_the_filter_kept_in_memory_and_scan_prefixes_the_one_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, index, mut writer, _) = open_in(dir.path());
+    let dedup = |i: u64| {
+        let mut k = vec![b'D'];
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    };
+    // 1,000 dedup keys and 20,000 timed entries under 4,000 prefixes.
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = (0..1000)
+        .map(|i| (dedup(i), i.to_be_bytes().to_vec()))
+        .collect();
+    entries.extend((0..20_000u64).map(|i| (key(&format!("p{:05}", i % 4000), i, i), vec![])));
+    writer.add(entries.into_iter().collect());
+    writer.checkpoint(20_000).unwrap();
+    let view = index.view.load();
+    let [run] = &view.disk[..] else {
+        panic!("one disk run: {}", view.disk.len())
+    };
+    assert_eq!((run.distinct, run.lookup_distinct), (5000, 1000));
+    // Sized for its own kind only: the lookup filter for 1,000 keys, the scan filter for 4,000.
+    assert_eq!(run.lookup.words.len(), 1000 * 10 / 512 * 8 + 8);
+    assert_eq!(run.file.scan_words(), 4000 * 10 / 512 * 8 + 8);
+    for i in 0..4000 {
+        assert!(run.may_hold(hash(&prefix(&format!("p{i:05}"))), true));
+    }
+    for i in 0..1000 {
+        assert!(run.may_hold(hash(&dedup(i)), false));
+    }
+    let false_positives = (4000..14_000)
+        .filter(|i| run.may_hold(hash(&prefix(&format!("p{i:05}"))), true))
+        .count();
+    assert!(false_positives < 300, "{false_positives} of 10,000");
+    drop(view);
+    assert_eq!(
+        scan_seqs(&index, "p00017", false),
+        (0..5).map(|k| 17 + 4000 * k).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        index.get(&dedup(999)).unwrap(),
+        Some(999u64.to_be_bytes().to_vec())
+    );
 }

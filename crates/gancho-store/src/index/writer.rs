@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tracing::{debug, info};
 
-use super::bloom::{BLOOM_BITS_PER_KEY, SharedBloom};
+use super::bloom::SharedBloom;
 use super::cache::BlockCache;
 use super::file::{RUNS_DIR, run_id};
 use super::layout::{INDEXED_KEY, RUN, corrupt, run_key};
@@ -15,7 +15,7 @@ use super::memory::{Batch, MemRun};
 use super::policy;
 use super::reader::{Index, View};
 use super::rule::KeyRule;
-use super::run::{DiskRun, RunBuilder, delete_file, delete_run, record_max_seq};
+use super::run::{DiskRun, FilterBounds, RunBuilder, delete_file, delete_run, record_max_seq};
 use super::scan::{DiskScan, Scan, Source};
 use crate::error::StoreError;
 use crate::keys::read_u64;
@@ -249,7 +249,11 @@ impl IndexWriter {
 
     fn write_memory_runs(&self, id: u64, indexed: u64) -> Result<Option<DiskRun>, StoreError> {
         let purged = self.index.purged();
-        let bound = self.mem.iter().map(|r| r.len() as u64).sum();
+        let bound = self
+            .mem
+            .iter()
+            .map(|run| run.filter_bounds(self.index.rule))
+            .fold(FilterBounds::default(), FilterBounds::add);
         let mut builder = self.builder(id, bound)?;
         let mut merge = Scan::new(
             self.mem
@@ -272,14 +276,14 @@ impl IndexWriter {
     }
 
     /// A new run's builder.
-    fn builder(&self, id: u64, distinct_bound: u64) -> Result<RunBuilder, StoreError> {
+    fn builder(&self, id: u64, bounds: FilterBounds) -> Result<RunBuilder, StoreError> {
         RunBuilder::new(
             self.index.tree.clone(),
             &self.index.dir,
             self.sync.is_some(),
             id,
             self.index.rule,
-            distinct_bound,
+            bounds,
         )
     }
 
@@ -350,14 +354,10 @@ impl IndexWriter {
                 return Ok(false);
             };
             let id = self.take_id();
-            // Sized from the filters that exist (not from counts read from disk).
             let bound = runs
                 .iter()
-                .map(|r| {
-                    r.distinct
-                        .min((r.bloom.words.len() * 64 / BLOOM_BITS_PER_KEY) as u64)
-                })
-                .fold(0u64, u64::saturating_add);
+                .map(|r| r.filter_bounds())
+                .fold(FilterBounds::default(), FilterBounds::add);
             let tree = &self.index.tree;
             let purged = self.index.purged();
             let scan = Scan::new(
