@@ -2,8 +2,9 @@
 # Usage: STEPS="3 22" growth.sh GANCHO_BIN GANCHO_BENCH_BIN OUTDIR
 # One daemon (default config, no rules): posts grouped Mailjet events for each step's seconds
 # (gancho-bench --attach), waits for the indexer, and records the events stored, RSS, peak RSS,
-# the size of the log and index databases, and RSS after IDLE more seconds (default 30) without
-# load. Traffic goes to 127.0.0.1 only.
+# the size of the log and index databases, RSS after IDLE more seconds (default 30) without
+# load, and RSS IDLE seconds after a restart on the same store (what the store itself costs,
+# without what the load left in the allocator). Traffic goes to 127.0.0.1 only.
 set -u
 BIN=$1; BENCH=$2; OUT=$3
 rm -rf "$OUT"; mkdir -p "$OUT/rules"
@@ -19,13 +20,17 @@ retention = "0"
 kind = "mailjet"
 basic_auth = { user = "bench", password = "bench-password" }
 CFG
-"$BIN" --config "$OUT/g.toml" run 2> "$OUT/log" &
-PID=$!
-for i in $(seq 1 50); do grep -q 'gancho is ready' "$OUT/log" && break; sleep 0.2; done
-ADDR=$(grep -o 'listen=[^ ]*' "$OUT/log" | head -1 | cut -d= -f2)
+start() {
+  : > "$OUT/log"
+  "$BIN" --config "$OUT/g.toml" run 2>> "$OUT/log" &
+  PID=$!
+  for i in $(seq 1 300); do grep -q 'gancho is ready' "$OUT/log" && break; sleep 0.2; done
+  ADDR=$(grep -o 'listen=[^ ]*' "$OUT/log" | tail -1 | cut -d= -f2)
+}
+start
 status() { "$BIN" --config "$OUT/g.toml" status --json; }
 wait_idx() { for i in $(seq 1 600); do S=$(status); D=$(echo "$S" | grep -o '"durable":[0-9]*' | cut -d: -f2); I=$(echo "$S" | grep -o '"indexed":[0-9]*' | cut -d: -f2); [ "$D" = "$I" ] && break; sleep 1; done; echo "$D"; }
-echo "step events rss_mb peak_mb log_mb indexes_mb idle_rss_mb" > "$OUT/rss.txt"
+echo "step events rss_mb peak_mb log_mb indexes_mb idle_rss_mb restarted_rss_mb" > "$OUT/rss.txt"
 
 for secs in ${STEPS:-3 22}; do
   "$BENCH" --attach "$ADDR" --group 100 --duration ${secs}s --warmup 0s > "$OUT/bench-$secs.log" 2>&1
@@ -36,7 +41,11 @@ for secs in ${STEPS:-3 22}; do
   # store's size itself costs.
   sleep ${IDLE:-30}
   IDLE_RSS=$(grep VmRSS /proc/$PID/status | awk '{print $2/1024}')
-  echo "$secs $N $RSS $HWM $L $X $IDLE_RSS" >> "$OUT/rss.txt"
+  # And what the store costs a daemon that did not take the load: restarted on it, idle.
+  kill -TERM $PID; wait $PID
+  start; sleep ${IDLE:-30}
+  RESTARTED_RSS=$(grep VmRSS /proc/$PID/status | awk '{print $2/1024}')
+  echo "$secs $N $RSS $HWM $L $X $IDLE_RSS $RESTARTED_RSS" >> "$OUT/rss.txt"
 done
 kill -TERM $PID; wait $PID
 cat "$OUT/rss.txt"

@@ -127,7 +127,7 @@ fn open_indexes(
         db,
         crate::keys::KEY_RULE,
         None,
-        1 << 16,
+        crate::index::Pacing::DEFAULT.memory_shape(),
         Default::default(),
         1 << 20,
     )

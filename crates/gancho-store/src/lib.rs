@@ -167,12 +167,12 @@ impl Store {
             keys::KEY_RULE,
             index::Pacing::for_memory(config.memory_tier()).boosting_before(config.max_index_lag()),
         );
-        let filter_keys = pacing.memory_filter_keys();
+        let memory_shape = pacing.memory_shape();
         let (index, index_writer, indexed) = match index::open(
             index_db.clone(),
             rule,
             index_sync()?,
-            filter_keys,
+            memory_shape,
             Arc::clone(&purged),
             config.index_blocks(),
         ) {
@@ -185,7 +185,7 @@ impl Store {
                     index_db.clone(),
                     rule,
                     index_sync()?,
-                    filter_keys,
+                    memory_shape,
                     purged,
                     config.index_blocks(),
                 )?

@@ -5,7 +5,7 @@ use super::bloom::{Bloom, hash};
 use std::sync::Arc;
 
 use super::layout::INDEXED_KEY;
-use super::policy::MERGE_WIDTH;
+use super::policy::{MERGE_WIDTH, MemoryShape};
 use super::writer::IndexWriter;
 use super::*;
 use crate::keys::{BY_KEY, KEY_RULE, read_u64};
@@ -45,12 +45,21 @@ fn scan_seqs(index: &Index, p: &str, reverse: bool) -> Vec<u64> {
 }
 
 fn open_in(dir: &std::path::Path) -> (Db, Arc<Index>, IndexWriter, u64) {
+    open_shaped(dir, 1 << 20)
+}
+
+/// [`open_in`] with memory runs merged up to `run_cap` bytes.
+fn open_shaped(dir: &std::path::Path, run_cap: usize) -> (Db, Arc<Index>, IndexWriter, u64) {
     let db = Db::open(dir, 16 << 20).unwrap();
+    let shape = MemoryShape {
+        filter_keys: 400_000,
+        run_cap,
+    };
     let (index, writer, indexed) = open(
         db.clone(),
         KEY_RULE,
         None,
-        400_000,
+        shape,
         Default::default(),
         1 << 20,
     )
@@ -307,6 +316,32 @@ fn a_run_past_the_watermark_is_dropped_at_open() {
 }
 
 #[test]
+fn memory_runs_grow_no_larger_than_the_cap_by_merging_and_stay_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, index, mut writer, _) = open_shaped(dir.path(), 4096);
+    for start in (0..3000u64).step_by(10) {
+        writer.add(
+            (start..start + 10)
+                .map(|s| (key("c", s, s), vec![]))
+                .collect(),
+        );
+    }
+    // Merged up to the cap: a run past it came from two below it.
+    let bytes: Vec<usize> = writer.mem.iter().map(|r| r.bytes()).collect();
+    assert!(bytes.iter().all(|&b| b < 2 * 4096), "{bytes:?}");
+    assert!(bytes.len() > 10, "{bytes:?}");
+    assert_eq!(
+        scan_seqs(&index, "c", false),
+        (0..3000).collect::<Vec<u64>>()
+    );
+    writer.checkpoint(3000).unwrap();
+    assert_eq!(
+        scan_seqs(&index, "c", true),
+        (0..3000).rev().collect::<Vec<u64>>()
+    );
+}
+
+#[test]
 fn small_batches_are_merged_in_memory_and_stay_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (_db, index, mut writer, _) = open_in(dir.path());
@@ -408,7 +443,18 @@ fn a_run_file_cut_short_or_damaged_is_found_at_open() {
         }
         drop(handle);
         let db = Db::open(dir.path(), 16 << 20).unwrap();
-        let err = open(db, KEY_RULE, None, 400_000, Default::default(), 1 << 20).unwrap_err();
+        let err = open(
+            db,
+            KEY_RULE,
+            None,
+            MemoryShape {
+                filter_keys: 400_000,
+                run_cap: 1 << 20,
+            },
+            Default::default(),
+            1 << 20,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, crate::error::StoreError::Corrupt { .. }),
             "{damage}: {err}"

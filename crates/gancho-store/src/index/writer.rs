@@ -12,7 +12,7 @@ use super::cache::BlockCache;
 use super::file::{RUNS_DIR, run_id};
 use super::layout::{INDEXED_KEY, RUN, corrupt, run_key};
 use super::memory::{Batch, MemRun};
-use super::policy;
+use super::policy::{self, MemoryShape};
 use super::reader::{Index, View};
 use super::rule::KeyRule;
 use super::run::{DiskRun, FilterBounds, RunBuilder, delete_file, delete_run, record_max_seq};
@@ -40,8 +40,9 @@ pub(crate) struct IndexWriter {
     pub(super) mem: Vec<Arc<MemRun>>,
     pub(super) mem_bloom: Arc<SharedBloom>,
     pub(super) mem_bytes: usize,
-    /// Distinct keys a new memory filter is sized for.
-    mem_filter_keys: u64,
+    /// Distinct keys a new memory filter is sized for, and the size past which memory runs are
+    /// not merged.
+    mem_shape: MemoryShape,
     pub(super) disk: Vec<Arc<DiskRun>>,
     /// Runs merged away whose keys are deleted once no reader holds them.
     pub(super) retired: Vec<Arc<DiskRun>>,
@@ -58,7 +59,7 @@ pub(crate) fn open(
     db: Db,
     rule: KeyRule,
     mut sync: Option<FileSync>,
-    mem_filter_keys: u64,
+    mem_shape: MemoryShape,
     purged: Arc<Purged>,
     block_cache: u64,
 ) -> Result<(Arc<Index>, IndexWriter, u64), StoreError> {
@@ -122,7 +123,7 @@ pub(crate) fn open(
             "deleted index run files a crash left behind"
         );
     }
-    let mem_bloom = Arc::new(SharedBloom::for_keys(mem_filter_keys));
+    let mem_bloom = Arc::new(SharedBloom::for_keys(mem_shape.filter_keys));
     let index = Arc::new(Index {
         tree,
         dir,
@@ -143,7 +144,7 @@ pub(crate) fn open(
         mem: Vec::new(),
         mem_bloom,
         mem_bytes: 0,
-        mem_filter_keys,
+        mem_shape,
         disk,
         retired: Vec::new(),
         merge: None,
@@ -163,7 +164,8 @@ impl IndexWriter {
         // about one size, so that their sizes halve from the oldest on and readers look at a
         // few of them only.
         while let Some(last) = self.mem.last() {
-            if last.len() > 2 * run.len() {
+            let (older, newer) = ((last.len(), last.bytes()), (run.len(), run.bytes()));
+            if !policy::merges_in_memory(older, newer, self.mem_shape.run_cap) {
                 break;
             }
             run = MemRun::merge(last, &run);
@@ -242,7 +244,7 @@ impl IndexWriter {
         }
         self.mem.clear();
         self.mem_bytes = 0;
-        self.mem_bloom = Arc::new(SharedBloom::for_keys(self.mem_filter_keys));
+        self.mem_bloom = Arc::new(SharedBloom::for_keys(self.mem_shape.filter_keys));
         self.publish();
         durable
     }
