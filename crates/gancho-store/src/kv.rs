@@ -87,6 +87,7 @@ impl Db {
         loop {
             match open_sled(path, cache_capacity) {
                 Ok(db) => {
+                    sync_conf(path)?;
                     let flushed = db.clone();
                     let hook = gancho_core::failpoint::on_crash(Box::new(move || {
                         let _ = flushed.flush();
@@ -141,9 +142,10 @@ impl Db {
 /// The segment size of databases created now: sled's default, 512 KiB. sled keeps about three
 /// segment buffers per database in memory, written in place as they fill, so the size is
 /// resident memory: 4 MiB segments cost some 34 MB of the daemon's three databases under load
-/// (docs/memory-notes.md). A page over a quarter of a segment (128 KiB) goes to a file of its
-/// own; leaves hold at most 16 values, and since the log's blocks over 1 KiB went to segment
-/// files of our own, no leaf comes near it.
+/// (docs/memory-notes.md). A page over a quarter of a segment (128 KiB) goes to a blob file of
+/// its own: leaves hold at most 16 values, and since the log's blocks over 1 KiB went to segment
+/// files of our own, only a large value makes one (a quarantined body of over 128 KiB, rule
+/// state that large), which costs speed, not correctness.
 const SEGMENT_SIZE: usize = 512 * 1024;
 /// The segment size of databases created before: a leaf then held up to 16 log blocks of several
 /// KiB. sled refuses to open a database with another size than the one it was created with.
@@ -159,7 +161,8 @@ fn config(path: &Path, cache_capacity: u64, segment_size: usize) -> sled::Config
 }
 
 /// Opens the database in `path` with the segment size it was created with: [`SEGMENT_SIZE`]
-/// for a new one, else whichever of the two sizes sled accepts.
+/// for a new one, else whichever of the two sizes sled accepts. sled checks its `conf` file
+/// before it takes the lock or writes anything, so a refused try leaves nothing behind.
 fn open_sled(path: &Path, cache_capacity: u64) -> Result<sled::Db, sled::Error> {
     match config(path, cache_capacity, SEGMENT_SIZE).open() {
         Err(sled::Error::Unsupported(why)) if why.contains("io buffer size") => {
@@ -167,6 +170,20 @@ fn open_sled(path: &Path, cache_capacity: u64) -> Result<sled::Db, sled::Error> 
         }
         other => other,
     }
+}
+
+/// Makes sled's `conf` file, and its name, durable. sled writes it when it creates a database
+/// and never syncs it; a power loss could then leave a database whose data is on disk but whose
+/// segment size is not, and the next open would take the default and misread the data.
+fn sync_conf(path: &Path) -> Result<(), StoreError> {
+    let conf = path.join("conf");
+    File::open(&conf)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| StoreError::Io {
+            what: format!("syncing {}", conf.display()),
+            source,
+        })?;
+    sync_dir(path)
 }
 
 impl Tree {

@@ -19,6 +19,8 @@ use crate::keys::read_u32;
 /// A block is closed once its encoded entries pass this size (it is LZ4-compressed in its run
 /// file, and read and cached whole).
 const BLOCK_BYTES: usize = 16 * 1024;
+// Every entry starts below it, so its offset is a u16.
+const _: () = assert!(BLOCK_BYTES <= u16::MAX as usize);
 
 #[derive(Debug, Default)]
 pub(super) struct BlockBuilder {
@@ -41,6 +43,7 @@ impl BlockBuilder {
                 .count()
         };
         // An entry is added only to a block that is not full: it starts below BLOCK_BYTES.
+        debug_assert!(!self.is_full());
         self.offsets
             .push(u16::try_from(self.data.len()).unwrap_or(u16::MAX));
         push_varint(&mut self.data, shared);
@@ -96,7 +99,11 @@ fn push_varint(out: &mut Vec<u8>, n: usize) {
 fn read_varint(bytes: &[u8]) -> Option<(usize, usize)> {
     let mut n = 0u32;
     for (i, &byte) in bytes.iter().enumerate().take(5) {
-        n |= u32::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+        // The fifth byte holds the top 4 bits of 32.
+        if i == 4 && byte > 0x0f {
+            return None;
+        }
+        n |= u32::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             return Some((n as usize, i + 1));
         }

@@ -11,7 +11,7 @@
 //! | lookup filter | the Bloom filter of its untimed keys (dedup entries, looked up whole), u64 LE words |
 //! | scan filter | the Bloom filter of its timed keys' prefixes (what scans ask for), u64 LE words |
 //! | fences   | per block: its end offset u64 LE, xxh3 of its bytes u64 LE, its last key's length u32 LE and the key |
-//! | footer   | `GXR2`, where the lookup filter, the scan filter and the fences start (u64 LE each), xxh3 of the three u64 LE |
+//! | footer   | `GXR2`, where the lookup filter, the scan filter and the fences start (u64 LE each), then the xxh3 of those three parts' bytes (u64 LE) |
 //!
 //! Why files and not sled values (decision 0006): sled kept every written block in memory far
 //! beyond its cache budget, and left two thirds of the index database as garbage on disk, while a

@@ -120,7 +120,7 @@ impl MemRun {
             let key = self.key(i);
             let prefix = rule.filter_prefix(key);
             if prev != Some(prefix) {
-                match (rule.timed)(key) {
+                match (rule.timed)(prefix) {
                     true => bounds.scan += 1,
                     false => bounds.lookup += 1,
                 }

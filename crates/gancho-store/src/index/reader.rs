@@ -95,8 +95,8 @@ impl Index {
         live: impl Fn(&[u8]) -> bool,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let view = self.view.load();
-        let h = hash(self.rule.filter_prefix(key));
-        let timed = (self.rule.timed)(key);
+        let prefix = self.rule.filter_prefix(key);
+        let (h, timed) = (hash(prefix), (self.rule.timed)(prefix));
         if view.mem_bloom.may_contain(h) {
             for run in view.mem.iter().rev() {
                 let i = run.seek(key, false);

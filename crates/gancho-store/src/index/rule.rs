@@ -5,7 +5,9 @@
 /// keys): which keys are *timed*, ending with an event time and a seq (8 bytes each) that scans
 /// range over. A timed key's *filter prefix*, the part a Bloom filter holds and every scan stays
 /// within, is the key without its time and seq; any other key is its own filter prefix (looked
-/// up whole).
+/// up whole). `timed` must say the same of a key and of its filter prefix: runs keep the
+/// prefixes of timed and untimed keys in different filters, and a reader picks the filter by
+/// what `timed` says of the prefix it asks for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyRule {
     pub(crate) timed: fn(&[u8]) -> bool,

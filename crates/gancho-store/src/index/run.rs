@@ -263,7 +263,7 @@ impl RunBuilder {
         let prefix = self.rule.filter_prefix(key);
         if self.entries == 0 || prefix != &self.prev_prefix[..] {
             self.distinct += 1;
-            match (self.rule.timed)(key) {
+            match (self.rule.timed)(prefix) {
                 true => self.scan.insert(hash(prefix)),
                 false => {
                     self.lookup_distinct += 1;

@@ -117,10 +117,18 @@ fn block_entries_with_long_keys_values_and_shared_prefixes_read_back() {
         assert_eq!([head, suffix].concat(), *k);
         assert_eq!(block.value(i).unwrap(), &v[..]);
     }
-    // A varint that never ends, or a length past the block, is damage, not a panic.
+    // A varint that never ends or passes 32 bits, or a length past the block, is damage, not
+    // a panic.
     let mut bad = vec![0, 0, 0, 1, 0, 0];
     bad.extend_from_slice(&[0xff; 6]);
     assert!(Block::parse(1, bad).is_err());
+    assert!(
+        Block::parse(
+            1,
+            vec![0, 0, 0, 1, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0]
+        )
+        .is_err()
+    );
     assert!(Block::parse(1, vec![0, 0, 0, 1, 0, 0, 0, 9, 1]).is_err());
 }
 
