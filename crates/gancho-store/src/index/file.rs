@@ -63,9 +63,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
 }
 
-/// The block index of a run: for each block its last key, where it ends in the file and the
-/// checksum of its bytes. Kept in one buffer of keys, so a block costs about 24 bytes beside its
-/// key.
+/// The block index of a run: for each block a *fence* key, where the block ends in the file and
+/// the checksum of its bytes. A fence is at least the block's last key and less than the next
+/// block's first (the last block's is its last key), so "the first block whose fence is at least
+/// `k`" is the only block that can hold `k`. Each fence is cut to the shortest such key (the
+/// next block's first key, one byte past what the two share): about half the length of a whole
+/// index key, and fences stay in memory for as long as their run. Kept in one buffer of keys,
+/// so a block costs about 24 bytes beside its fence.
 #[derive(Debug, Default)]
 pub(super) struct Fences {
     keys: Vec<u8>,
@@ -85,6 +89,28 @@ impl Fences {
 
     pub(super) fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// Cuts the last fence (a block's last key) to the shortest key that is at least it and
+    /// less than `next`, the next block's first key.
+    fn cut_last(&mut self, next: &[u8]) {
+        let start = match self.key_ends.len() {
+            0 => return,
+            1 => 0,
+            n => self.key_ends[n - 2] as usize,
+        };
+        let last = &self.keys[start..];
+        let shared = last.iter().zip(next).take_while(|(a, b)| a == b).count();
+        // `next` cut one byte past what they share is more than `last`, and less than `next`
+        // unless it is all of `next` (then the fence stays whole).
+        if shared + 1 >= next.len() || shared + 1 >= last.len() || last >= next {
+            return;
+        }
+        self.keys.truncate(start);
+        self.keys.extend_from_slice(&next[..shared + 1]);
+        if let Some(end) = self.key_ends.last_mut() {
+            *end = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
+        }
     }
 
     /// Gives back what growing the vectors left over: fences stay in memory as long as their
@@ -116,8 +142,8 @@ impl Fences {
         (start, self.ends[i])
     }
 
-    /// The first block whose last key is at least `target` (`len()` for none): the only one
-    /// that can hold `target`, and where a scan from it starts.
+    /// The first block whose fence is at least `target` (`len()` for none): the only one that
+    /// can hold `target`, and where a scan from it starts.
     pub(super) fn find(&self, target: &[u8]) -> usize {
         let found: Result<usize, std::convert::Infallible> =
             first_not_before(self.len(), false, |i| Ok(self.key(i).cmp(target)));
@@ -197,6 +223,11 @@ impl FileWriter {
             .map_err(io(format!("writing {}", self.path.display())))?;
         self.written += bytes.len() as u64;
         Ok(())
+    }
+
+    /// The next block will start with `first`: the fence of the one before it is cut short.
+    pub(super) fn next_block_starts(&mut self, first: &[u8]) {
+        self.fences.cut_last(first);
     }
 
     /// Appends a block (encoded by `BlockBuilder`) whose last key is `last`.
@@ -421,6 +452,27 @@ impl RunFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fence_is_cut_to_the_shortest_key_between_two_blocks() {
+        let mut fences = Fences::default();
+        fences.push(b"Kmail:ann@x.io:0001", 10, 0);
+        fences.cut_last(b"Kmail:bob@x.io:0002");
+        fences.push(b"Kmail:bob@x.io:0009", 20, 0);
+        // Nothing shorter than the next first key itself: the fence stays whole.
+        fences.cut_last(b"Kmail:bob@x.io:000a");
+        fences.push(b"Kmail:bob@x.io:000a", 30, 0);
+        fences.cut_last(b"Kmail:bob@x.io:000a0");
+        assert_eq!(fences.key(0), b"Kmail:b");
+        assert_eq!(fences.key(1), b"Kmail:bob@x.io:0009");
+        // Nor when the block's last key begins the next one's first.
+        assert_eq!(fences.key(2), b"Kmail:bob@x.io:000a");
+        assert_eq!(fences.find(b"Kmail:ann@x.io:0001"), 0);
+        assert_eq!(fences.find(b"Kmail:az"), 0);
+        assert_eq!(fences.find(b"Kmail:bob@x.io:0002"), 1);
+        assert_eq!(fences.find(b"Kmail:bob@x.io:000a"), 2);
+        assert_eq!(fences.find(b"Kmail:c"), 3);
+    }
 
     #[test]
     fn run_file_names_stand_for_their_ids_only() {

@@ -282,6 +282,9 @@ impl RunBuilder {
         self.prev_key.clear();
         self.prev_key.extend_from_slice(key);
         self.entries += 1;
+        if self.block.is_empty() {
+            self.file.next_block_starts(key);
+        }
         self.block.add(key, value);
         if self.block.is_full() {
             self.write_block()?;

@@ -518,3 +518,42 @@ fn dedup_keys_fill_the_filter_kept_in_memory_and_scan_prefixes_the_one_read_from
         Some(999u64.to_be_bytes().to_vec())
     );
 }
+
+#[test]
+fn short_fences_still_lead_every_lookup_and_scan_to_its_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, index, mut writer, _) = open_in(dir.path());
+    // 300 prefixes of about 60 entries each: hundreds of blocks, most boundaries inside a
+    // prefix, some between two.
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..18_000u64)
+        .map(|i| (key(&format!("p{:05}", i % 300), i * 7, i), vec![]))
+        .collect();
+    writer.add(entries.iter().cloned().collect());
+    writer.checkpoint(18_000).unwrap();
+    let view = index.view.load();
+    let run = &view.disk[0];
+    assert!(run.file.blocks() > 20, "{} blocks", run.file.blocks());
+    drop(view);
+    for (k, _) in &entries {
+        assert_eq!(index.get(k).unwrap(), Some(vec![]), "{k:?}");
+        // Just after a key (another time): no such key, in whichever block the fences name.
+        let mut absent = k.clone();
+        let at = absent.len() - 9;
+        absent[at] ^= 1;
+        if !entries.iter().any(|(e, _)| *e == absent) {
+            assert_eq!(index.get(&absent).unwrap(), None);
+        }
+    }
+    for p in (0..300).step_by(7) {
+        let want: Vec<u64> = (0..18_000u64).filter(|i| i % 300 == p).collect();
+        let name = format!("p{p:05}");
+        assert_eq!(scan_seqs(&index, &name, false), want);
+        let mut back = want.clone();
+        back.reverse();
+        assert_eq!(scan_seqs(&index, &name, true), back);
+        // A prefix between two that exist finds nothing, both ways.
+        let between = format!("p{p:05}~");
+        assert!(scan_seqs(&index, &between, false).is_empty());
+        assert!(scan_seqs(&index, &between, true).is_empty());
+    }
+}
