@@ -273,6 +273,44 @@ fn dedup_holds_before_during_and_after_indexing() {
 }
 
 #[test]
+fn events_the_indexer_had_not_reached_at_open_are_duplicates_and_new_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    // In a process of its own: the fail point that holds the indexer is global.
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "events_the_indexer_had_not_reached_at_open_are_duplicates_and_new_ones_are_not",
+        dir.path(),
+        |dir| {
+            let events = |from: u64| -> Vec<NewEvent> {
+                (from..from + 2000)
+                    .map(|i| event("open", 1_000 + i as i64, &format!("u{i}@x"), i))
+                    .collect()
+            };
+            {
+                let store = open(dir);
+                append(&store, events(0));
+                store.shutdown().unwrap();
+            }
+            forget_indexes(dir);
+            // The indexer is held before it publishes anything: every event stored before the
+            // open is in the writer's backlog only.
+            gancho_core::failpoint::set(HOLD, "pause").unwrap();
+            let store = open(dir);
+            let again = append(&store, events(0));
+            assert!(again.stored.is_empty());
+            assert_eq!(again.duplicates, (1..=2000).collect::<Vec<u64>>());
+            let new = append(&store, events(2000));
+            assert_eq!(new.stored, (2001..=4000).collect::<Vec<u64>>());
+            assert_eq!(store.status().indexed, 0);
+            gancho_core::failpoint::release(HOLD);
+            assert!(store.wait_indexed(4000, Duration::from_secs(30)));
+            assert_eq!(append(&store, events(1000)).duplicates.len(), 2000);
+            store.shutdown().unwrap();
+        },
+    );
+}
+
+#[test]
 fn a_restart_before_indexing_loses_neither_dedup_nor_query_answers() {
     let dir = tempfile::tempdir().unwrap();
     let events: Vec<_> = (0..300)

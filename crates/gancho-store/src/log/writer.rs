@@ -36,7 +36,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::codec;
 use super::codec::Quarantined;
-use super::pending::Pending;
+use super::pending::{Backlog, Pending};
 use super::segments::{Log, SegmentWriter};
 use crate::error::StoreError;
 use crate::index::Index;
@@ -251,6 +251,7 @@ pub(crate) fn start(
         next_seq: last_seq + 1,
         next_qid: last_qid + 1,
         pending: Pending::new(last_seq + 1),
+        backlog: Backlog::default(),
         progress: Arc::clone(&progress),
         quarantine: Arc::clone(&quarantine),
         quarantine_max,
@@ -292,8 +293,10 @@ struct Writer {
     next_seq: u64,
     next_qid: u64,
     /// Dedup keys (as 128-bit hashes) of events in the log but not yet in the dedup index, with
-    /// their seq.
+    /// their seq: those appended since the store opened ...
     pending: Pending,
+    /// ... and those the indexer had not reached when it opened.
+    backlog: Backlog,
     progress: Arc<Progress>,
     /// The quarantine's records, kept under `quarantine_max` by dropping the oldest.
     quarantine: Arc<Mutex<QuarantineBook>>,
@@ -324,38 +327,67 @@ pub(super) struct Applied {
 }
 
 impl Writer {
-    /// Fills `pending` with the events the indexer has not reached (after a restart).
+    /// Fills the backlog with the ids of the events the indexer has not reached (after a
+    /// restart; after a rebuild of the indexes, every event). Pruned events have none.
     fn load_pending(&mut self, last_seq: u64) -> Result<(), StoreError> {
         let indexed = self.progress.indexed.load(Ordering::Acquire);
-        let pending = &mut self.pending;
         let purged = self.index.purged();
-        // `pending` holds one id per seq, in order: a pruned event (no record, or one a crash
-        // left before its block was rewritten) holds the place with an id no event has.
-        const NO_EVENT: u128 = 0;
-        let mut next = indexed + 1;
-        self.log
-            .for_each_record(indexed + 1, last_seq, |seq, record| {
-                if purged.contains(seq) {
-                    return Ok(());
-                }
-                while next < seq {
+        let each_id = |f: &mut dyn FnMut(u64, u128)| {
+            self.log
+                .for_each_record(indexed + 1, last_seq, |seq, record| {
+                    if !purged.contains(seq) {
+                        let view = codec::view_record(seq, record)?;
+                        f(seq, xxh3_128(&dedup_key(view.source, view.id)));
+                    }
+                    Ok(())
+                })
+        };
+        match Backlog::spanning(indexed + 1, last_seq) {
+            Some(mut backlog) => {
+                each_id(&mut |seq, id| backlog.push(seq, id))?;
+                self.backlog = backlog.finish();
+            }
+            None => {
+                // Over 4 billion events: the whole ids, in `pending` (it holds one id per seq
+                // in order; a pruned event holds its place with an id no event has).
+                const NO_EVENT: u128 = 0;
+                let pending = &mut self.pending;
+                let mut next = indexed + 1;
+                each_id(&mut |seq, id| {
+                    while next < seq {
+                        pending.push(next, NO_EVENT);
+                        next += 1;
+                    }
+                    pending.push(seq, id);
+                    next = seq + 1;
+                })?;
+                while next <= last_seq {
                     pending.push(next, NO_EVENT);
                     next += 1;
                 }
-                let view = codec::view_record(seq, record)?;
-                pending.push(seq, xxh3_128(&dedup_key(view.source, view.id)));
-                next = seq + 1;
-                Ok(())
-            })?;
-        while next <= last_seq {
-            pending.push(next, NO_EVENT);
-            next += 1;
+            }
         }
         debug!(
+            backlog = self.backlog.len(),
             pending = self.pending.len(),
             "events waiting for the indexer"
         );
         Ok(())
+    }
+
+    /// Whether event `seq` of the log (one of the backlog's candidates) is stored under
+    /// `dedup_key`. A pruned event is not.
+    fn stored_under(&self, seq: u64, dedup_key_of: &[u8]) -> Result<bool, StoreError> {
+        if self.index.purged().contains(seq) {
+            return Ok(false);
+        }
+        let mut found = false;
+        self.log.for_each_record(seq, seq, |seq, record| {
+            let view = codec::view_record(seq, record)?;
+            found = dedup_key(view.source, view.id) == dedup_key_of;
+            Ok(())
+        })?;
+        Ok(found)
     }
 
     /// Past `max_lag` unindexed events, waits until the indexer is back under it, the store
@@ -414,6 +446,7 @@ impl Writer {
     fn prune_pending(&mut self) {
         let indexed = self.progress.indexed.load(Ordering::Acquire);
         self.pending.drop_through(indexed);
+        self.backlog.drop_through(indexed);
     }
 
     fn run(mut self, rx: mpsc::Receiver<Job>, flush_tx: mpsc::Sender<Applied>) {
@@ -655,6 +688,11 @@ impl Writer {
         }
         if let Some(seq) = self.pending.get(event.dedup_hash) {
             return Ok(Some(seq));
+        }
+        for seq in self.backlog.candidates(event.dedup_hash) {
+            if self.stored_under(seq, &event.dedup_key)? {
+                return Ok(Some(seq));
+            }
         }
         match self.index.get(&event.dedup_key) {
             Ok(found) => Ok(found.and_then(|v| read_u64(&v))),
