@@ -34,6 +34,9 @@ pub const NODE_HEADER: &str = "Gancho-Node";
 /// never take each other's writes for their own.
 pub const WRITER_HEADER: &str = "Gancho-Writer";
 
+/// How long a commit is sent again while the server answers that no stream takes its subject.
+const UNROUTED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A node's handle on one partition's journal, valid while its writes are accepted.
 #[derive(Debug)]
 pub struct Journal {
@@ -116,13 +119,28 @@ impl Journal {
             .header(NODE_HEADER, self.node.as_str())
             .header(WRITER_HEADER, self.writer.as_str())
             .expected_last_sequence(self.last);
-        let sent = self
-            .js
-            .send_publish(journal_subject(self.partition), message)
-            .await;
-        let acked = match sent {
-            Ok(ack) => ack.await,
-            Err(err) => Err(err),
+        // Right after a stream is created, a server may not route its subject yet and answer
+        // that no stream takes it: nothing was stored, so the same message is sent again, for
+        // a moment, before the caller hears of it.
+        let deadline = tokio::time::Instant::now() + UNROUTED_FOR;
+        let acked = loop {
+            let sent = self
+                .js
+                .send_publish(journal_subject(self.partition), message.clone())
+                .await;
+            let acked = match sent {
+                Ok(ack) => ack.await,
+                Err(err) => Err(err),
+            };
+            match acked {
+                Err(err)
+                    if err.kind() == PublishErrorKind::StreamNotFound
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
         };
         match acked {
             Ok(ack) => {
