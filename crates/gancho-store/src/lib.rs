@@ -38,10 +38,10 @@ use gancho_core::Event;
 
 pub use config::{StoreConfig, StoreSection};
 pub use error::StoreError;
+pub use log::append::{AppendReport, Appender, Rejected, Submission};
 pub use log::codec::Quarantined;
 pub use log::prune::{PruneReport, PruneRequest};
 pub use log::query::{EventQuery, KeyFilter, Order, Window};
-pub use log::writer::{AppendReport, Appender, Rejected, Submission};
 
 use crate::kv::{Db, FileSync};
 use crate::log::{cache, codec, query, writer};
