@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 
 pub struct EngineBench {
     pub events: usize,
-    /// The stores' `cache_mb`; default 512.
+    /// The stores' `cache_mb`; default: the daemon's (64).
     pub cache_mb: Option<u64>,
     pub rules: PathBuf,
     pub fsync: bool,
@@ -30,8 +30,10 @@ pub struct EngineBench {
     pub shipped_only: bool,
 }
 
-/// The budget of the stores the engine bench opens: `--cache-mb`, else 512 MiB.
-static CACHE_MB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(512);
+/// The budget of the stores the engine bench opens: `--cache-mb`, else the daemon's default,
+/// so that the RSS it prints is the daemon's (figures before 2026-12-01 used 512 MiB).
+static CACHE_MB: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(StoreConfig::DEFAULT_CACHE_MB);
 
 fn config(fsync: bool) -> StoreConfig {
     StoreConfig {

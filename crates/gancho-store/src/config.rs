@@ -98,6 +98,9 @@ impl TryFrom<StoreSection> for StoreConfig {
 /// sixteenth. The log (written at its end, read near it) and the engine's database get an
 /// eighth each.
 impl StoreConfig {
+    /// `[store] cache_mb` when the config does not set it.
+    pub const DEFAULT_CACHE_MB: u64 = 64;
+
     /// The page cache of the engine's database.
     pub fn engine_cache(&self) -> u64 {
         self.cache_capacity / 8
@@ -137,7 +140,7 @@ impl Default for StoreConfig {
     fn default() -> StoreConfig {
         StoreConfig {
             fsync: true,
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: StoreConfig::DEFAULT_CACHE_MB * MIB,
             quarantine_max_bytes: 256 * 1024 * 1024,
             retention: Some(Duration::from_secs(30 * DAY)),
             quarantine_retention: Some(Duration::from_secs(7 * DAY)),
