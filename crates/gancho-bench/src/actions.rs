@@ -103,8 +103,8 @@ pub fn run(bench: &ActionsBench) -> anyhow::Result<()> {
     let receiver = start_receiver(seen.clone())?;
     let url = format!("http://{receiver}/hook");
     println!();
-    println!("| delivery | actions | seconds | actions/s |");
-    println!("|---|---:|---:|---:|");
+    println!("| delivery | actions | seconds | actions/s | peak RSS (this process) |");
+    println!("|---|---:|---:|---:|---:|");
     for (label, concurrency, per_host) in [
         ("HTTP, defaults (32 at once, 8 per host)", 32, 8),
         ("HTTP, 32 at once, 32 per host", 32, 32),
@@ -118,6 +118,7 @@ pub fn run(bench: &ActionsBench) -> anyhow::Result<()> {
         });
         let before = seen.calls.load(Ordering::Relaxed);
         let n = bench.http_actions;
+        crate::rss::reset_peak();
         let took = deliver(
             bench.fsync,
             n,
@@ -130,9 +131,10 @@ pub fn run(bench: &ActionsBench) -> anyhow::Result<()> {
             || seen.calls.load(Ordering::Relaxed) - before >= n as u64,
         )?;
         println!(
-            "| {label} | {n} | {:.2} | {:.0} |",
+            "| {label} | {n} | {:.2} | {:.0} | {} |",
             took.as_secs_f64(),
-            n as f64 / took.as_secs_f64()
+            n as f64 / took.as_secs_f64(),
+            crate::rss::peak_shown()
         );
     }
     let smtp = gancho_testkit::SmtpServer::start();
@@ -145,6 +147,7 @@ pub fn run(bench: &ActionsBench) -> anyhow::Result<()> {
         });
         let n = bench.email_actions;
         let before = smtp.mails().len();
+        crate::rss::reset_peak();
         let took = deliver(
             bench.fsync,
             n,
@@ -158,9 +161,10 @@ pub fn run(bench: &ActionsBench) -> anyhow::Result<()> {
             || smtp.mails().len() - before >= n,
         )?;
         println!(
-            "| SMTP (test server), {concurrency} pooled connections | {n} | {:.2} | {:.0} |",
+            "| SMTP (test server), {concurrency} pooled connections | {n} | {:.2} | {:.0} | {} |",
             took.as_secs_f64(),
-            n as f64 / took.as_secs_f64()
+            n as f64 / took.as_secs_f64(),
+            crate::rss::peak_shown()
         );
     }
     latency(bench, receiver, &seen)
@@ -271,6 +275,7 @@ fn latency(bench: &ActionsBench, receiver: SocketAddr, seen: &Arc<Received>) -> 
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let memory = daemon.memory()?;
     drop(daemon);
     let latency = seen
         .latency
@@ -283,6 +288,7 @@ fn latency(bench: &ActionsBench, receiver: SocketAddr, seen: &Arc<Received>) -> 
         "end to end at {} events/s for {:?} (after {:?} warm-up), {} connections, fsync {}:",
         bench.rate, bench.duration, bench.warmup, bench.connections, bench.fsync
     );
+    println!("the daemon at the end: {memory}");
     println!("| measured | count | p50 ms | p90 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (label, h) in [

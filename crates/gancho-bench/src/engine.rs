@@ -214,7 +214,7 @@ fn measure_engine(
         EngineConfig::new(rules),
     )?;
     // The peak below is this run's own: building the store and the earlier runs are not in it.
-    let rss_before = reset_peak_rss();
+    let rss_before = crate::rss::reset_peak();
     let start = Instant::now();
     let cpu_before = thread_cpu();
     let processed = engine.run_until_idle(Duration::from_secs(3600))?;
@@ -234,7 +234,7 @@ fn measure_engine(
         "engine, {label}: {processed} events in {elapsed:.1} s = {:.0} events/s; {outbox} actions decided, {errors} rule errors",
         processed as f64 / elapsed
     );
-    if let (Some(before), Some((rss, peak))) = (rss_before, process_memory_kb()) {
+    if let (Some(before), Some((rss, peak))) = (rss_before, crate::rss::memory_kb()) {
         println!(
             "  RSS (the whole process: store, engine and its state, no ingress): {:.1} MB before, {:.1} MB after, peak {:.1} MB",
             before as f64 / 1024.0,
@@ -258,27 +258,6 @@ fn measure_engine(
     // The next measurement removes the engine's database: let go of it first.
     state.close();
     Ok(store)
-}
-
-/// This process's resident memory now and at its peak, in KiB (`VmRSS`, `VmHWM`; Linux only).
-fn process_memory_kb() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// Resets the peak (`VmHWM`) to the RSS now (writing 5 to `/proc/self/clear_refs`, Linux 4.0
-/// on) and returns that RSS in KiB; `None` where the kernel does not allow it, and then no
-/// peak is printed rather than one that includes building the store.
-fn reset_peak_rss() -> Option<u64> {
-    std::fs::write("/proc/self/clear_refs", "5").ok()?;
-    process_memory_kb().map(|(rss, _)| rss)
 }
 
 /// Reads every file of the store once.

@@ -17,6 +17,7 @@ mod load;
 mod metrics_cost;
 mod micro;
 mod prune;
+mod rss;
 mod signed_cost;
 
 use std::io::{BufRead, BufReader};
@@ -572,6 +573,17 @@ impl Gancho {
 struct Memory {
     rss_kb: u64,
     peak_kb: u64,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RSS {:.1} MB, peak {:.1} MB",
+            mb(self.rss_kb),
+            mb(self.peak_kb)
+        )
+    }
 }
 
 fn mb(kb: u64) -> f64 {

@@ -161,6 +161,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "the counting's share of an event's CPU time (single events, one request each): {:.3}%",
         (count_with - count_without) / (cpu * 1000.0) * 100.0
     );
+    println!(
+        "the daemons after the rounds: without metrics {}; with metrics {}",
+        plain.memory()?,
+        counted.memory()?
+    );
     plain.stop()?;
     counted.stop()?;
     Ok(())

@@ -53,6 +53,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &spec(1, args.duration, args.warmup),
     )?;
     gancho.wait_processed(Duration::from_secs(600))?;
+    let memory_alone = gancho.memory()?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let pruner = {
@@ -89,6 +90,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let prunes = pruner
         .join()
         .map_err(|_| anyhow::anyhow!("the prune thread panicked"))??;
+    let memory_during = gancho.memory()?;
     gancho.stop()?;
 
     println!();
@@ -108,6 +110,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     row("alone", &alone);
     row("while pruning", &during);
     println!();
+    println!(
+        "the daemon after the phase alone: {memory_alone}; after the phase while pruning: {memory_during}"
+    );
     let pruned: u64 = prunes.iter().map(|p| p.events).sum();
     let busy: Duration = prunes.iter().map(|p| p.took).sum();
     if let Some(first) = prunes.first() {

@@ -65,6 +65,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "signed / basic auth, median of the rounds: {:.1}% (target: at least 85%)",
         median(&mut ratios) * 100.0
     );
+    println!("the daemon after the rounds: {}", gancho.memory()?);
     gancho.stop()?;
     Ok(())
 }
