@@ -557,3 +557,171 @@ fn short_fences_still_lead_every_lookup_and_scan_to_its_block() {
         assert!(scan_seqs(&index, &between, true).is_empty());
     }
 }
+
+/// What another block encoding would make of a real store's index, for deciding on a format
+/// (not a check: it prints, and is skipped unless `GANCHO_INDEX_ESTIMATE` names a stopped
+/// store's `indexes` folder). Run with
+/// `GANCHO_INDEX_ESTIMATE=DIR cargo test -p gancho-store --release index_encoding -- --ignored --nocapture`.
+///
+/// Encodings, each cut into blocks of 16 KiB raw and LZ4-compressed as runs are:
+/// - *now*: the format 4 block (prefix shared with the block's first key);
+/// - *previous*: the prefix shared with the previous entry, a restart (whole key) every 16;
+/// - *previous, time and seq as deltas*: as *previous*, and a timed key's time and seq, and a
+///   dedup entry's seq value, as zigzag varints of their difference from the previous entry's.
+#[test]
+#[ignore]
+fn index_encoding_estimate() {
+    let Some(dir) = std::env::var_os("GANCHO_INDEX_ESTIMATE") else {
+        eprintln!("skipped: GANCHO_INDEX_ESTIMATE names no store's indexes folder");
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let db = Db::open(&dir, 16 << 20).unwrap();
+    let tree = db.tree("index").unwrap();
+    let runs_dir = dir.join(RUNS_DIR);
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut file_bytes = 0u64;
+    let mut estimates = [
+        Estimate::default(),
+        Estimate::default(),
+        Estimate::default(),
+    ];
+    for item in tree.scan_prefix([b'R']) {
+        let (key, record) = item.unwrap();
+        let id = read_u64(&key[1..]).unwrap();
+        let run = super::run::DiskRun::open(&runs_dir, id, &record).unwrap();
+        file_bytes += std::fs::metadata(super::file::run_path(&runs_dir, id))
+            .unwrap()
+            .len();
+        entries.clear();
+        for b in 0..run.file.blocks() {
+            let block = run.file.read_block(b).unwrap();
+            for i in 0..block.n {
+                let (head, suffix) = block.key_parts(i).unwrap();
+                let mut key = head.to_vec();
+                key.extend_from_slice(suffix);
+                entries.push((key, block.value(i).unwrap().to_vec()));
+            }
+        }
+        for (how, estimate) in estimates.iter_mut().enumerate() {
+            estimate.run(&entries, how);
+        }
+        println!("run {id}: {} entries", entries.len());
+    }
+    let n: u64 = estimates[0].entries;
+    println!("run files: {:.1} MB", file_bytes as f64 / 1e6);
+    for (name, e) in ["now", "previous", "previous, time and seq as deltas"]
+        .iter()
+        .zip(&estimates)
+    {
+        println!(
+            "{name}: raw {:.1} MB, LZ4 {:.1} MB, {:.1} bytes an entry",
+            e.raw as f64 / 1e6,
+            e.packed as f64 / 1e6,
+            e.packed as f64 / n.max(1) as f64
+        );
+    }
+}
+
+#[derive(Default)]
+struct Estimate {
+    entries: u64,
+    raw: u64,
+    packed: u64,
+}
+
+impl Estimate {
+    fn run(&mut self, entries: &[(Vec<u8>, Vec<u8>)], how: usize) {
+        let mut block = Vec::new();
+        let mut builder = BlockBuilder::default();
+        let mut prev: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+        let mut count = 0usize;
+        let flush = |raw: &[u8], this: &mut Estimate| {
+            this.raw += raw.len() as u64;
+            this.packed += lz4_flex::compress_prepend_size(raw).len() as u64 + 8;
+        };
+        for (key, value) in entries {
+            self.entries += 1;
+            if how == 0 {
+                builder.add(key, value);
+                if builder.is_full() {
+                    let (raw, _) = builder.finish();
+                    flush(&raw, self);
+                }
+                continue;
+            }
+            let restart = count % 16 == 0;
+            count += 1;
+            let timed = (KEY_RULE.timed)(key) && key.len() > 16;
+            let (body, tail) = match (how, timed) {
+                (2, true) => key.split_at(key.len() - 16),
+                _ => (key.as_slice(), &[][..]),
+            };
+            let prev_body = match (how, (KEY_RULE.timed)(&prev.0) && prev.0.len() > 16) {
+                (2, true) => &prev.0[..prev.0.len() - 16],
+                _ => prev.0.as_slice(),
+            };
+            let shared = if restart {
+                0
+            } else {
+                prev_body
+                    .iter()
+                    .zip(body)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            };
+            varint(&mut block, shared as u64);
+            varint(&mut block, (body.len() - shared) as u64);
+            block.extend_from_slice(&body[shared..]);
+            if how == 2 && timed {
+                let prev_tail = match prev.0.len() > 16 && !restart {
+                    true => &prev.0[prev.0.len() - 16..],
+                    false => &[0u8; 16][..],
+                };
+                for at in [0, 8] {
+                    let now = read_u64(&tail[at..at + 8]).unwrap();
+                    let before = read_u64(&prev_tail[at..at + 8]).unwrap();
+                    varint(&mut block, zigzag(now.wrapping_sub(before) as i64));
+                }
+            }
+            match (how, value.len() == 8, read_u64(value), read_u64(&prev.1)) {
+                (2, true, Some(now), before) => {
+                    let before = if restart { 0 } else { before.unwrap_or(0) };
+                    varint(&mut block, zigzag(now.wrapping_sub(before) as i64));
+                }
+                _ => {
+                    varint(&mut block, value.len() as u64);
+                    block.extend_from_slice(value);
+                }
+            }
+            prev = (key.clone(), value.clone());
+            if block.len() >= 16 * 1024 {
+                // A u16 restart offset every 16 entries.
+                let restarts = count.div_ceil(16) * 2;
+                block.extend(std::iter::repeat_n(0u8, restarts));
+                flush(&block, self);
+                block.clear();
+                count = 0;
+            }
+        }
+        if how == 0 && !builder.is_empty() {
+            let (raw, _) = builder.finish();
+            flush(&raw, self);
+        }
+        if !block.is_empty() {
+            flush(&block, self);
+        }
+    }
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
