@@ -13,6 +13,7 @@
 //! | indexes | 2 | version 1's; run records of version 2 (lowest seq, pruned count at write) |
 //! | indexes | 3 | runs in files (`index/file.rs`, `GXR1`, one filter): `R` records as in 2, no `B` (blocks) or `F` (filter) keys |
 //! | indexes | 4 | run files of two filters (`GXR2`: lookup and scan) and blocks of varints (`index/block.rs`), `R` records of version 3 |
+//! | indexes | 5 | version 4's, with run files (`GXR3`) whose blocks code each entry against the previous one (`index/packed.rs`) |
 //!
 //! The indexes are derived from the log: one of a format this build cannot read is rebuilt
 //! rather than refused (`Store::open`).
@@ -48,7 +49,7 @@ pub(crate) const LOG: Format = Format {
 pub(crate) const INDEX: Format = Format {
     name: "index",
     key: b"Mformat",
-    current: 4,
+    current: 5,
     oldest: 0,
     steps: &[
         Step {
@@ -69,12 +70,17 @@ pub(crate) const INDEX: Format = Format {
                    of format 3 are deleted, and the indexes rebuilt from the log",
             run: runs_of_format_3,
         },
+        Step {
+            what: "run files whose blocks code each entry against the previous one: the runs \
+                   of format 4 are deleted, and the indexes rebuilt from the log",
+            run: runs_of_format_3,
+        },
     ],
 };
 
-/// Step 3 → 4: deletes the run records of format 3 and the watermark, so the indexer indexes the
-/// whole log again into run files of format 4; the old files, without records, are deleted at
-/// open. Idempotent.
+/// Steps 3 → 4 and 4 → 5: deletes the run records and the watermark, so the indexer indexes the
+/// whole log again into run files of the new format; the old files, without records, are
+/// deleted at open. Idempotent.
 fn runs_of_format_3(tree: &Tree) -> Result<(), StoreError> {
     for key in tree.scan_prefix([b'R']).keys() {
         tree.remove(key?)?;

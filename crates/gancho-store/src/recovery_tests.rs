@@ -329,9 +329,26 @@ fn indexes_of_format_2_with_runs_in_sled_are_rebuilt_into_run_files() {
 
 #[test]
 fn indexes_of_format_3_with_one_filter_per_run_are_rebuilt_with_two() {
+    indexes_of_an_older_format_are_rebuilt(3);
+}
+
+#[test]
+fn indexes_of_format_4_with_blocks_coded_against_their_first_key_are_rebuilt() {
+    indexes_of_an_older_format_are_rebuilt(4);
+}
+
+/// A store whose index database says `format`, with run files: its migration deletes them and
+/// rebuilds the indexes in the current format, dedup and scans answering throughout.
+fn indexes_of_an_older_format_are_rebuilt(format: u32) {
     let dir = tempfile::tempdir().unwrap();
     store_two_opens_indexed(dir.path());
-    set_format(dir.path(), "indexes", "index", &migrate::INDEX, Some(3));
+    set_format(
+        dir.path(),
+        "indexes",
+        "index",
+        &migrate::INDEX,
+        Some(format),
+    );
     mark_indexes(dir.path());
     let runs_dir = dir.path().join("indexes").join(index::RUNS_DIR);
     let old_files: Vec<_> = std::fs::read_dir(&runs_dir)
@@ -363,7 +380,7 @@ fn indexes_of_format_3_with_one_filter_per_run_are_rebuilt_with_two() {
         .collect();
     assert!(
         files.iter().all(|f| !old_files.contains(f)),
-        "the runs of format 3 are deleted: {files:?}"
+        "the runs of format {format} are deleted: {files:?}"
     );
     let db = Db::open(&dir.path().join("indexes"), 16 << 20).unwrap();
     let tree = db.tree("index").unwrap();

@@ -1,5 +1,7 @@
-//! Disk blocks of a run: `[n: u32][offset of each entry: u16 × n][entries]`, an entry being
-//! `[shared][suffix length][suffix][value length][value]`, the three numbers LEB128 varints:
+//! Blocks of a run as readers hold them (in a run file they are coded otherwise, `packed.rs`,
+//! and decoded into this layout when read): `[n: u32][offset of each entry: u16 × n][entries]`,
+//! an entry being `[shared][suffix length][suffix][value length][value]`, the three numbers
+//! LEB128 varints:
 //! its key is the first `shared` bytes of the block's first key (held whole by entry 0), then
 //! the suffix. Any entry decodes on its own, so a block is binary-searched in place without
 //! decoding it. An entry starts before [`BLOCK_BYTES`] (a block is closed once its entries pass

@@ -7,11 +7,11 @@
 //!
 //! | part     | bytes                                                                  |
 //! |----------|------------------------------------------------------------------------|
-//! | blocks   | each an LZ4 frame of one block (`block.rs`), its size prepended        |
+//! | blocks   | each an LZ4 frame of one block's entries coded as `packed.rs` says, its size prepended |
 //! | lookup filter | the Bloom filter of its untimed keys (dedup entries, looked up whole), u64 LE words |
 //! | scan filter | the Bloom filter of its timed keys' prefixes (what scans ask for), u64 LE words |
 //! | fences   | per block: its end offset u64 LE, xxh3 of its bytes u64 LE, its last key's length u32 LE and the key |
-//! | footer   | `GXR2`, where the lookup filter, the scan filter and the fences start (u64 LE each), then the xxh3 of those three parts' bytes (u64 LE) |
+//! | footer   | `GXR3` (`GXR2`: index format 4, blocks as `block.rs` lays them out in memory), where the lookup filter, the scan filter and the fences start (u64 LE each), then the xxh3 of those three parts' bytes (u64 LE) |
 //!
 //! Why files and not sled values (decision 0006): sled kept every written block in memory far
 //! beyond its cache budget, and left two thirds of the index database as garbage on disk, while a
@@ -35,11 +35,12 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 use super::block::{Block, first_not_before};
 use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, block_may_contain, block_of};
 use super::layout::corrupt;
+use super::packed::unpack;
 use crate::error::StoreError;
 
 /// The folder of run files in the index database's folder.
 pub(crate) const RUNS_DIR: &str = "runs";
-const MAGIC: &[u8; 4] = b"GXR2";
+const MAGIC: &[u8; 4] = b"GXR3";
 const FOOTER_BYTES: u64 = 4 + 8 + 8 + 8 + 8;
 /// The bytes of one block of a blocked Bloom filter.
 const FILTER_BLOCK_BYTES: usize = 8 * BLOOM_BLOCK_WORDS;
@@ -230,7 +231,7 @@ impl FileWriter {
         self.fences.cut_last(first);
     }
 
-    /// Appends a block (encoded by `BlockBuilder`) whose last key is `last`.
+    /// Appends a block (its entries coded by `PackedBuilder`) whose last key is `last`.
     pub(super) fn block(&mut self, raw: &[u8], last: &[u8]) -> Result<(), StoreError> {
         let packed = lz4_flex::compress_prepend_size(raw);
         self.write(&packed)?;
@@ -443,9 +444,9 @@ impl RunFile {
         if xxh3_64(&packed) != self.fences.sums[i] {
             return Err(corrupt(self.run, "a block fails its checksum"));
         }
-        let raw = lz4_flex::decompress_size_prepended(&packed)
+        let entries = lz4_flex::decompress_size_prepended(&packed)
             .map_err(|_| corrupt(self.run, "a block does not decompress"))?;
-        Block::parse(self.run, raw)
+        unpack(self.run, &entries)
     }
 }
 

@@ -40,6 +40,7 @@ mod file;
 pub(crate) mod indexer;
 mod layout;
 mod memory;
+mod packed;
 mod policy;
 mod reader;
 mod rule;

@@ -9,6 +9,7 @@ use super::block::{BlockBuilder, len32};
 use super::bloom::{BLOOM_BITS_PER_KEY, BLOOM_BLOCK_WORDS, Bloom, hash};
 use super::file::{FileWriter, RunFile, run_path};
 use super::layout::{corrupt, run_key};
+use super::packed::PackedBuilder;
 use super::rule::KeyRule;
 use crate::error::StoreError;
 use crate::keys::{read_u32, read_u64};
@@ -203,7 +204,10 @@ pub(super) struct RunBuilder {
     fsync: bool,
     pub(super) id: u64,
     rule: KeyRule,
+    /// The block being filled: it decides where a block ends, and the fence of each.
     block: BlockBuilder,
+    /// The same entries as the file stores them (`packed.rs`).
+    packed: PackedBuilder,
     entries: u64,
     distinct: u64,
     lookup_distinct: u64,
@@ -244,6 +248,7 @@ impl RunBuilder {
             id,
             rule,
             block: BlockBuilder::default(),
+            packed: PackedBuilder::default(),
             entries: 0,
             distinct: 0,
             lookup_distinct: 0,
@@ -286,6 +291,7 @@ impl RunBuilder {
             self.file.next_block_starts(key);
         }
         self.block.add(key, value);
+        self.packed.add(key, value);
         if self.block.is_full() {
             self.write_block()?;
         }
@@ -293,8 +299,8 @@ impl RunBuilder {
     }
 
     pub(super) fn write_block(&mut self) -> Result<(), StoreError> {
-        let (bytes, last) = self.block.finish();
-        self.file.block(&bytes, &last)
+        let (_, last) = self.block.finish();
+        self.file.block(&self.packed.finish(), &last)
     }
 
     /// Writes the last block, the filter and the run's record (which makes it live); `None`
