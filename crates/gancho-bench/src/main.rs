@@ -693,6 +693,21 @@ fn store_stats(dir: &Path) -> anyhow::Result<()> {
         if files > 0 {
             println!("  files: {files}, {:.1} MB", file_bytes as f64 / 1e6);
         }
+        if name == "indexes" {
+            drop(tree);
+            drop(db);
+            let s = gancho_store::index_stats(&path)?;
+            let per = |bytes: u64| bytes as f64 / s.entries.max(1) as f64;
+            println!(
+                "  {} entries in {} runs: blocks {:.1} MB, {:.1} bytes an entry (index format 4's blocks would take {:.1} MB, {:.1} bytes an entry)",
+                s.entries,
+                s.runs,
+                s.block_bytes as f64 / 1e6,
+                per(s.block_bytes),
+                s.format_4_block_bytes as f64 / 1e6,
+                per(s.format_4_block_bytes)
+            );
+        }
     }
     Ok(())
 }

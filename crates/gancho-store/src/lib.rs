@@ -38,6 +38,7 @@ use gancho_core::Event;
 
 pub use config::{StoreConfig, StoreSection};
 pub use error::StoreError;
+pub use index::{IndexStats, index_stats};
 pub use log::append::{AppendReport, Appender, Rejected, Submission};
 pub use log::codec::Quarantined;
 pub use log::prune::{PruneReport, PruneRequest};

@@ -400,3 +400,18 @@ fn indexes_of_an_older_format_are_rebuilt(format: u32) {
         Some(&migrate::INDEX.current.to_be_bytes()[..])
     );
 }
+
+#[test]
+fn index_stats_count_a_stopped_stores_entries_and_weigh_both_codings() {
+    let dir = tempfile::tempdir().unwrap();
+    store_two_opens_indexed(dir.path());
+    let stats = crate::index_stats(&dir.path().join("indexes")).unwrap();
+    // Each event has a dedup entry, a by-type entry and a by-key entry for its e-mail.
+    assert!(stats.runs >= 1, "{stats:?}");
+    assert_eq!(stats.entries, 6, "{stats:?}");
+    assert!(
+        stats.block_bytes > 0 && stats.block_bytes < stats.file_bytes,
+        "{stats:?}"
+    );
+    assert!(stats.format_4_block_bytes > 0, "{stats:?}");
+}

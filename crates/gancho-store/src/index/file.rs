@@ -430,6 +430,17 @@ impl RunFile {
     }
 
     /// How many blocks it has.
+    /// The bytes block `i` takes in the file (0 past the last block).
+    pub(super) fn stored_block_bytes(&self, i: usize) -> u64 {
+        match i < self.fences.len() {
+            true => {
+                let (start, end) = self.fences.span(i);
+                end - start
+            }
+            false => 0,
+        }
+    }
+
     pub(super) fn blocks(&self) -> usize {
         self.fences.len()
     }

@@ -46,6 +46,7 @@ mod reader;
 mod rule;
 mod run;
 mod scan;
+mod stats;
 mod writer;
 
 #[cfg(test)]
@@ -56,6 +57,7 @@ pub(crate) use self::policy::Pacing;
 pub(crate) use self::reader::Index;
 pub(crate) use self::rule::KeyRule;
 pub(crate) use self::scan::Scan;
+pub use self::stats::{IndexStats, index_stats};
 #[cfg(test)]
 pub(crate) use self::writer::IndexWriter;
 pub(crate) use self::writer::{indexed_seq, open};

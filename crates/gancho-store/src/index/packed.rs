@@ -14,8 +14,8 @@
 //! The writer picks, entry by entry, whichever is shorter. Why: entries are sorted, so a key
 //! shares far more with its neighbour than with the block's first key, and a run of one prefix
 //! differs entry to entry only by a small step of time and of seq. On the engine benchmark's
-//! store this took the index from 14.8 to 6.4 bytes an entry after LZ4 (`index_encoding_estimate`
-//! in `tests.rs`, docs/benchmarks.md).
+//! store this took the index from 14.8 to 6.4 bytes an entry after LZ4 (docs/benchmarks.md;
+//! `gancho-bench --store-stats` weighs both codings on any stopped store, `stats.rs`).
 
 use super::block::{Block, BlockBuilder};
 use super::layout::corrupt;
