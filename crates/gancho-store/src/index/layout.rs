@@ -40,6 +40,13 @@ pub(super) fn corrupt(run: u64, reason: &str) -> StoreError {
     }
 }
 
+/// The run id of an `R` record's key.
+pub(super) fn run_of_key(key: &[u8]) -> Result<u64, StoreError> {
+    key.get(1..)
+        .and_then(crate::keys::read_u64)
+        .ok_or_else(|| corrupt(0, "run record with a bad key"))
+}
+
 pub(super) fn run_key(id: u64) -> [u8; 9] {
     let mut key = [RUN; 9];
     key[1..].copy_from_slice(&id.to_be_bytes());

@@ -7,10 +7,9 @@ use std::path::Path;
 
 use super::block::BlockBuilder;
 use super::file::{RUNS_DIR, run_path};
-use super::layout::{RUN, corrupt};
+use super::layout::{RUN, run_of_key};
 use super::run::DiskRun;
 use crate::error::StoreError;
-use crate::keys::read_u64;
 use crate::kv::Db;
 
 /// What [`index_stats`] found.
@@ -34,10 +33,7 @@ pub fn index_stats(dir: &Path) -> Result<IndexStats, StoreError> {
     let mut stats = IndexStats::default();
     for item in tree.scan_prefix([RUN]) {
         let (key, record) = item?;
-        let id = key
-            .get(1..)
-            .and_then(read_u64)
-            .ok_or_else(|| corrupt(0, "run record with a bad key"))?;
+        let id = run_of_key(&key)?;
         let run = DiskRun::open(&runs_dir, id, &record)?;
         let path = run_path(&runs_dir, id);
         stats.file_bytes += std::fs::metadata(&path)

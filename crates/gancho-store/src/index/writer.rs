@@ -10,7 +10,7 @@ use tracing::{debug, info};
 use super::bloom::SharedBloom;
 use super::cache::BlockCache;
 use super::file::{RUNS_DIR, run_id};
-use super::layout::{INDEXED_KEY, RUN, corrupt, run_key};
+use super::layout::{INDEXED_KEY, RUN, run_key, run_of_key};
 use super::memory::{Batch, MemRun};
 use super::policy::{self, MemoryShape};
 use super::reader::{Index, View};
@@ -75,10 +75,7 @@ pub(crate) fn open(
     let mut past = 0;
     for item in tree.scan_prefix([RUN]) {
         let (key, value) = item?;
-        let id = key
-            .get(1..)
-            .and_then(read_u64)
-            .ok_or_else(|| corrupt(0, "run record with a bad key"))?;
+        let id = run_of_key(&key)?;
         next_id = next_id.max(id.saturating_add(1));
         let max_seq = record_max_seq(id, &value)?;
         if max_seq > indexed {
