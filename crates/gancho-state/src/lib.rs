@@ -113,7 +113,7 @@ impl EngineState {
     pub fn open(store_dir: &Path, config: &StoreConfig) -> Result<EngineState, StoreError> {
         let path = store_dir.join("engine");
         let db = Db::open(&path, config.engine_cache())?;
-        let traces = Db::open(&store_dir.join("traces"), 4 << 20)?.tree("traces")?;
+        let traces = Db::open(&store_dir.join("traces"), config.traces_cache())?.tree("traces")?;
         EngineState::open_db(db, &path, config.fsync, traces)
     }
 

@@ -14,8 +14,9 @@ pub struct StoreConfig {
     /// power loss and not only a crash of the process. Default: true.
     pub fsync: bool,
     /// The memory budget, in bytes, of every cache of the store folder together: the page
-    /// caches of its three databases (the log and its indexes here, the engine's in
-    /// `gancho-state`) and the indexes' memory tier. Default: 64 MiB. See the shares below.
+    /// caches of its four databases (the log and its indexes here, the engine's and the
+    /// traces' in `gancho-state`) and the indexes' memory tier. Default: 64 MiB. See the
+    /// shares below.
     pub cache_capacity: u64,
     /// The most the quarantine keeps, in bytes of its records; past it the oldest records go
     /// (and are counted). Default: 256 MiB.
@@ -97,18 +98,30 @@ impl TryFrom<StoreSection> for StoreConfig {
 /// the index database's page cache, which holds only run records and the watermark, a
 /// sixteenth. The log (written at its end, read near it) and the engine's database get an
 /// eighth each.
+/// How the budget is shared. A sled database holds several times its nominal page cache (its
+/// cache is 256 shards that each keep the page they took last, counts a page by its size on
+/// disk, and evicts late: `docs/memory-notes.md`), and the memory tier takes up to twice its
+/// share while a merge holds its inputs and its output. So the nominal shares add up to well
+/// under the budget, and what the store holds stays within it: under wrk with the shipped rules,
+/// halving the sled caches and the memory tier took the peak from 149-192 MB to 140-165 MB at
+/// the same throughput (`docs/benchmarks.md`).
 impl StoreConfig {
     /// `[store] cache_mb` when the config does not set it.
     pub const DEFAULT_CACHE_MB: u64 = 64;
 
     /// The page cache of the engine's database.
     pub fn engine_cache(&self) -> u64 {
-        self.cache_capacity / 8
+        self.cache_capacity / 16
+    }
+
+    /// The page cache of the traces' database (rule traces and the delivery history).
+    pub fn traces_cache(&self) -> u64 {
+        self.cache_capacity / 16
     }
 
     /// The page cache of the log's database.
     pub fn log_cache(&self) -> u64 {
-        self.cache_capacity / 8
+        self.cache_capacity / 16
     }
 
     /// The page cache of the index database (run records and the watermark).
@@ -118,12 +131,12 @@ impl StoreConfig {
 
     /// The indexes' block cache.
     pub fn index_blocks(&self) -> u64 {
-        self.cache_capacity / 8
+        self.cache_capacity / 16
     }
 
     /// The indexes' memory tier: entries added since the last checkpoint.
     pub fn memory_tier(&self) -> u64 {
-        self.cache_capacity / 4
+        self.cache_capacity / 8
     }
 
     /// How many events the indexer may trail the log by before the writer waits for it (ingest

@@ -63,7 +63,7 @@ pub(crate) fn worth_rewriting(span: u64, garbage: u64) -> bool {
 
 /// How the indexer paces itself. The daemon's values are [`Pacing::DEFAULT`]'s, sized by
 /// [`Pacing::for_memory`] for its memory tier and [`Pacing::boosting_before`] for its backlog
-/// bound (with the default `cache_mb`: checkpoints at 8 MiB, normal priority past about 150,000
+/// bound (with the default `cache_mb`: checkpoints at 4 MiB, normal priority past about 150,000
 /// unindexed events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pacing {
@@ -83,7 +83,7 @@ pub(crate) struct Pacing {
     /// third of single-event throughput).
     pub(crate) checkpoint_every: Duration,
     /// ... or once the memory tier takes this many bytes (half its budget: with the default
-    /// `cache_mb` 8 MiB, some 100,000 entries or 17,000 Mailjet events), whichever comes first.
+    /// `cache_mb` 4 MiB, some 50,000 entries or 8,500 Mailjet events), whichever comes first.
     pub(crate) checkpoint_bytes: usize,
     /// Past this many bytes in memory (after a failed checkpoint: the memory tier's whole
     /// budget), indexing waits for a checkpoint to succeed (readers merge the unindexed tail of
