@@ -236,6 +236,72 @@ fn check_passes_on_the_shipped_rules_and_takes_files_and_folders() {
     assert_eq!(error.matches("no such").count(), 1, "{error}");
 }
 
+#[test]
+fn check_cluster_flags_partitioned_queries_across_partitions_and_passes_the_shipped_rules() {
+    // A json source must name its partition key for cluster mode; the shipped withdrawal rule
+    // queries one that does not.
+    let shipped = crate::support::repo_root().join("rules");
+    let out = Setup::standard().command(&["check", "--cluster", shipped.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("withdrawal-sms.rhai:13:20: count: source \"bank\" has no partition_key"),
+        "{text}"
+    );
+    let setup = Setup::new(
+        "[sources.mailjet]\nkind = \"mailjet\"\nbasic_auth = { user = \"m\", password = \"s3cret\" }\n\
+         [sources.bank]\nkind = \"json\"\ntype = \"/kind\"\nkeys = { account = \"/account\" }\n\
+         partition_key = \"account\"\n",
+    );
+    let out = setup.command(&["check", "--cluster", shipped.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("5 rule(s)"), "{text}");
+    // A partitioned rule that counts by a key other than Mailjet's `email` or `MessageID`.
+    let dir = setup.dir.path().join("cluster-rules");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rule = "const ON = [\"mailjet.bounce\"];\n\
+                let n = count(\"mailjet.bounce\", #{ hard_bounce: true }, hours(1));\n";
+    std::fs::write(dir.join("spread.rhai"), rule).unwrap();
+    // Fine on one node ...
+    let out = setup.command(&["check", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // ... flagged for cluster mode, with its place and the way out.
+    let out = setup.command(&["check", "--cluster", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("spread.rhai:2:15: count: "), "{text}");
+    assert!(text.contains("select by email, MessageID"), "{text}");
+    // Declared global, it passes; a scope that is neither is an error everywhere.
+    std::fs::write(
+        dir.join("spread.rhai"),
+        format!("const SCOPE = \"global\";\n{rule}"),
+    )
+    .unwrap();
+    let out = setup.command(&["check", "--cluster", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(
+        dir.join("spread.rhai"),
+        format!("const SCOPE = \"all\";\n{rule}"),
+    )
+    .unwrap();
+    let out = setup.command(&["check", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("spread.rhai:1:1: SCOPE must be \"partition\" or \"global\""),
+        "{text}"
+    );
+}
+
 fn now_secs() -> i64 {
     SystemClock.now().timestamp()
 }

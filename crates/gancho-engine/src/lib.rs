@@ -10,6 +10,7 @@
 //! except through the injected [`gancho_core::Clock`]. Scripts see event time only.
 
 mod api;
+mod cluster_check;
 mod ctx;
 mod diagnostic;
 mod dynamic;

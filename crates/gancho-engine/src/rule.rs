@@ -1,5 +1,5 @@
-//! One rule: a `.rhai` file compiled, with what wakes it (`ON`, `EVERY`, `TZ`). What its text
-//! says without running it is `rule_text.rs`'.
+//! One rule: a `.rhai` file compiled, with what wakes it (`ON`, `EVERY`, `TZ`) and where it runs
+//! in cluster mode (`SCOPE`). What its text says without running it is `rule_text.rs`'.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -72,6 +72,8 @@ pub(crate) struct Rule {
     /// Cron ticks missed while the daemon was down: all caught up (the default), or the last
     /// one only (`const CATCH_UP = "last";`).
     pub(crate) catch_up_all: bool,
+    /// Where it runs in cluster mode (no effect on a single node).
+    pub(crate) scope: Scope,
     /// Functions a timer or expectation may name as its callback (one parameter).
     pub(crate) callbacks: std::rc::Rc<HashSet<String>>,
     /// Its top-level constants whose values are literals (or fold into one), which its
@@ -80,6 +82,16 @@ pub(crate) struct Rule {
     /// The fields of `event` the rule reads, when it reads it only as `event.NAME`; `None`
     /// when it may read any (the map it gets then holds every field).
     pub(crate) fields: Option<HashSet<String>>,
+}
+
+/// Where a rule runs in cluster mode: in the partition of the event that woke it (its windows,
+/// `expect` and state are that partition's), or on the one global lane over all partitions
+/// (`const SCOPE = "global";`, and every `EVERY` rule). A single node has one lane: there the
+/// scope changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Partition,
+    Global,
 }
 
 /// The rule name of a file: its name without `.rhai`.
@@ -123,6 +135,7 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
     let mut every = None;
     let mut tz = None;
     let mut catch_up = None;
+    let mut scope = None;
     for (var, _is_const, value) in ast.iter_literal_variables(true, false) {
         match var {
             "ON" => {
@@ -138,6 +151,7 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
             "EVERY" => every = Some(value),
             "CATCH_UP" => catch_up = Some(value),
             "TZ" => tz = Some(value),
+            "SCOPE" => scope = Some(value),
             _ => {}
         }
     }
@@ -197,6 +211,31 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
             Some(Schedule { text, cron, tz })
         }
     };
+    let scope = match scope {
+        None if schedule.is_some() => Scope::Global,
+        None => Scope::Partition,
+        Some(value) => {
+            let (l, c) = decl("SCOPE");
+            match value.into_string().as_deref() {
+                Ok("global") => Scope::Global,
+                Ok("partition") if schedule.is_none() => Scope::Partition,
+                Ok("partition") => {
+                    return Err(at(
+                        l,
+                        c,
+                        "SCOPE: an EVERY rule runs on the global lane in cluster mode: leave SCOPE out or make it \"global\"".to_owned(),
+                    ));
+                }
+                _ => {
+                    return Err(at(
+                        l,
+                        c,
+                        "SCOPE must be \"partition\" or \"global\"".to_owned(),
+                    ));
+                }
+            }
+        }
+    };
     if on.is_empty() && schedule.is_none() {
         return Err(at(
             1,
@@ -224,6 +263,7 @@ pub(crate) fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<
         on_text,
         schedule,
         catch_up_all,
+        scope,
         callbacks,
         constants,
         // A payload field named like one of gancho's is read as `payload_NAME`.
@@ -247,4 +287,43 @@ fn strings(value: &Dynamic) -> Option<Vec<String>> {
         .iter()
         .map(|v| v.clone().into_string().ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope_of(text: &str) -> Result<Scope, String> {
+        let engine = crate::sandbox::sandbox(&crate::sandbox::Limits::default());
+        compile(&engine, Path::new("r.rhai"), text)
+            .map(|rule| rule.scope)
+            .map_err(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+    }
+
+    #[test]
+    fn a_rule_is_partitioned_unless_global_or_scheduled() {
+        let on = "const ON = [\"mailjet.open\"];\n";
+        let every = "const EVERY = \"0 0 9 * * *\";\n";
+        assert_eq!(scope_of(on), Ok(Scope::Partition));
+        assert_eq!(
+            scope_of(&format!("{on}const SCOPE = \"partition\";")),
+            Ok(Scope::Partition)
+        );
+        assert_eq!(
+            scope_of(&format!("{on}const SCOPE = \"global\";")),
+            Ok(Scope::Global)
+        );
+        assert_eq!(scope_of(every), Ok(Scope::Global));
+        assert_eq!(
+            scope_of(&format!("{every}const SCOPE = \"global\";")),
+            Ok(Scope::Global)
+        );
+        let err = scope_of(&format!("{every}const SCOPE = \"partition\";")).unwrap_err();
+        assert!(
+            err.starts_with("2:1: SCOPE: an EVERY rule runs on the global lane"),
+            "{err}"
+        );
+        let err = scope_of(&format!("{on}const SCOPE = 1;")).unwrap_err();
+        assert_eq!(err, "2:1: SCOPE must be \"partition\" or \"global\"");
+    }
 }

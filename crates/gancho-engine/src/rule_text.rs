@@ -75,7 +75,7 @@ pub(crate) fn longest_literal_window_ms(text: &str) -> Option<i64> {
 
 /// Where the arguments of each call of `name` are in `text`: the (start, end) of the text
 /// within its balanced parentheses.
-fn calls_of(text: &str, name: &str) -> Vec<(usize, usize)> {
+pub(crate) fn calls_of(text: &str, name: &str) -> Vec<(usize, usize)> {
     let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let bytes = text.as_bytes();
     let mut found = Vec::new();
@@ -110,11 +110,14 @@ fn calls_of(text: &str, name: &str) -> Vec<(usize, usize)> {
 }
 
 /// What `gancho check` knows of a source, to check rules against: the event types it sends
-/// (when known) and its correlation keys.
+/// (when known), its correlation keys, and in cluster mode how its events are partitioned.
 #[derive(Debug, Clone, Default)]
 pub struct SourceFacts {
     pub types: Option<BTreeSet<String>>,
     pub keys: BTreeSet<String>,
+    /// Its `partition_key` and the keys `colocated` with it; `None` when it has none (a json
+    /// source must name one in cluster mode).
+    pub partition: Option<(String, BTreeSet<String>)>,
 }
 
 /// The mistakes of a rule that compiles but cannot work as written, against the config's
@@ -128,21 +131,7 @@ pub(crate) fn lint(
     sources: &BTreeMap<String, SourceFacts>,
 ) -> Vec<Diagnostic> {
     let mut found = Vec::new();
-    let position = |at: usize| -> (usize, usize) {
-        let before = &text[..at.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        (line, column)
-    };
-    let diag = |at: usize, message: String| {
-        let (line, column) = position(at);
-        Diagnostic {
-            file: path.to_owned(),
-            line,
-            column,
-            message,
-        }
-    };
+    let diag = |at: usize, message: String| Diagnostic::at(path, text, at, message);
     // Where `const ON` is declared (not in a comment or string, not `const ONE`).
     let on_at = {
         let code = without_comments_and_strings(text);
@@ -229,7 +218,7 @@ pub(crate) fn lint(
 /// The key names of a map literal `#{ a: …, b: … }` at the start of `code` (strings
 /// blanked, so quoted keys are not seen: they are not checked), with their offsets, at its top
 /// level only.
-fn literal_map_keys(code: &str) -> Vec<(String, usize)> {
+pub(crate) fn literal_map_keys(code: &str) -> Vec<(String, usize)> {
     let bytes = code.as_bytes();
     let mut keys = Vec::new();
     let mut depth = 0usize;
@@ -273,7 +262,7 @@ fn literal_map_keys(code: &str) -> Vec<(String, usize)> {
 /// The text with comments (`//`, nested `/* */`) and the insides of double-quoted and raw
 /// (`#"…"#`) strings blanked out; character literals and back-quoted strings are kept (their
 /// `${…}` is code).
-fn without_comments_and_strings(text: &str) -> String {
+pub(crate) fn without_comments_and_strings(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -86,6 +86,11 @@ enum Command {
     Check {
         /// Folders of `.rhai` rules and rule files; default: the config's `rules_dir`.
         paths: Vec<PathBuf>,
+        /// Also check the rules for cluster mode: a partitioned rule's window queries and
+        /// `expect` must select by the queried source's `partition_key` or a key colocated with
+        /// it. On when the config has `[cluster]`.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Run rules over events from a file, with a virtual clock, in a temporary store: no
     /// daemon, no data folder touched, nothing sent. Prints each decided action as a JSON
@@ -405,12 +410,13 @@ fn main() -> ExitCode {
             json,
         } => list_events(&config, source, kind, key, since, limit, json),
         Command::Quarantine { limit, json } => list_quarantine(&config, limit, json),
-        Command::Check { paths } => match check_rules(
+        Command::Check { paths, cluster } => match check_rules(
             &config,
             match paths.is_empty() {
                 true => std::slice::from_ref(&config.rules_dir),
                 false => &paths,
             },
+            cluster || config.cluster.is_some(),
         ) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

@@ -142,11 +142,13 @@ pub fn rule_callbacks(path: &Path, limits: &Limits) -> Option<std::collections::
 }
 
 /// The mistakes `gancho check` finds in a rule that compiles, against the config's sources
-/// (see `rule::lint`); none for a file that does not compile (its error is reported already).
+/// (see `rule::lint`), and with `cluster` those that cluster mode adds (`cluster_check`); none
+/// for a file that does not compile (its error is reported already).
 pub fn lint_file(
     path: &Path,
     sources: &std::collections::BTreeMap<String, crate::rule::SourceFacts>,
     limits: &Limits,
+    cluster: bool,
 ) -> Vec<Diagnostic> {
     let engine = sandbox::sandbox(limits);
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -156,6 +158,9 @@ pub fn lint_file(
         Ok(compiled) => {
             let mut found = rule::lint(path, &text, &compiled.on_text, sources);
             found.extend(crate::strict::check(&engine, path, &text, &compiled));
+            if cluster && compiled.scope == rule::Scope::Partition {
+                found.extend(crate::cluster_check::check(path, &text, sources));
+            }
             found
         }
         Err(_) => Vec::new(),

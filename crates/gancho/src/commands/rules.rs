@@ -11,10 +11,15 @@ use crate::config::Config;
 use crate::control::{Request, Response};
 use crate::text::shown;
 
-/// `gancho check`: true when every rule of these folders and files compiles. A new version
+/// `gancho check`: true when every rule of these folders and files compiles (and with
+/// `cluster`, would work in cluster mode). A new version
 /// that drops a function pending timers of its rule name is a warning (they would be kept as
 /// orphaned when they come due), said with how many.
-pub(crate) fn check_rules(config: &Config, paths: &[PathBuf]) -> anyhow::Result<bool> {
+pub(crate) fn check_rules(
+    config: &Config,
+    paths: &[PathBuf],
+    cluster: bool,
+) -> anyhow::Result<bool> {
     let limits = gancho_engine::Limits::default();
     let mut files = Vec::new();
     for path in paths {
@@ -44,6 +49,10 @@ pub(crate) fn check_rules(config: &Config, paths: &[PathBuf]) -> anyhow::Result<
             let facts = gancho_engine::SourceFacts {
                 types: s.kind.known_types().map(|t| t.into_iter().collect()),
                 keys: s.kind.key_names().into_iter().collect(),
+                partition: s
+                    .partition
+                    .as_ref()
+                    .map(|p| (p.key.clone(), p.colocated.iter().cloned().collect())),
             };
             (s.name.clone(), facts)
         })
@@ -53,7 +62,7 @@ pub(crate) fn check_rules(config: &Config, paths: &[PathBuf]) -> anyhow::Result<
     for file in &files {
         let (name, compiled) = gancho_engine::check_file(file, &limits);
         let mistakes = match compiled {
-            Ok(()) => gancho_engine::lint_file(file, &sources, &limits),
+            Ok(()) => gancho_engine::lint_file(file, &sources, &limits, cluster),
             Err(diag) => vec![diag],
         };
         if mistakes.is_empty() {
