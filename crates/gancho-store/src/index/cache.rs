@@ -40,6 +40,15 @@ impl BlockCache {
         }
     }
 
+    /// Block `block` of run `run` if the cache holds it (counted as a use).
+    pub(super) fn cached(&self, run: u64, block: usize) -> Option<Arc<Block>> {
+        let key = (run, u32::try_from(block).unwrap_or(u32::MAX));
+        let mut clock = self.lock();
+        let slot = clock.slots.get_mut(&key)?;
+        slot.used = true;
+        Some(Arc::clone(&slot.block))
+    }
+
     /// Block `block` of run `run`: from the cache, or `load`ed and kept.
     pub(super) fn get(
         &self,

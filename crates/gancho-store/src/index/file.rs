@@ -35,7 +35,7 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 use super::block::{Block, first_not_before};
 use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, block_may_contain, block_of};
 use super::layout::corrupt;
-use super::packed::unpack;
+use super::packed::{find, unpack};
 use crate::error::StoreError;
 
 /// The folder of run files in the index database's folder.
@@ -447,6 +447,20 @@ impl RunFile {
 
     /// Reads and checks block `i`.
     pub(super) fn read_block(&self, i: usize) -> Result<Block, StoreError> {
+        unpack(self.run, &self.read_coded(i)?)
+    }
+
+    /// The value of `key` in block `i`, read and checked, without building the block.
+    pub(super) fn find_in_block(
+        &self,
+        i: usize,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        find(self.run, &self.read_coded(i)?, key)
+    }
+
+    /// Block `i`'s entries as coded (`packed.rs`), read, checked and decompressed.
+    fn read_coded(&self, i: usize) -> Result<Vec<u8>, StoreError> {
         if i >= self.fences.len() {
             return Err(corrupt(self.run, "no such block"));
         }
@@ -455,9 +469,8 @@ impl RunFile {
         if xxh3_64(&packed) != self.fences.sums[i] {
             return Err(corrupt(self.run, "a block fails its checksum"));
         }
-        let entries = lz4_flex::decompress_size_prepended(&packed)
-            .map_err(|_| corrupt(self.run, "a block does not decompress"))?;
-        unpack(self.run, &entries)
+        lz4_flex::decompress_size_prepended(&packed)
+            .map_err(|_| corrupt(self.run, "a block does not decompress"))
     }
 }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::block::Block;
 use super::bloom::{SharedBloom, hash};
 use super::cache::BlockCache;
 use super::layout::condemn;
@@ -111,14 +110,20 @@ impl Index {
             }
             let at = run.file.fences.find(key);
             if at < run.file.blocks() {
-                let found = self.block(run, at).and_then(|block| {
-                    let i = block.seek(key, false)?;
-                    if i < block.n && block.cmp(i, key)? == Ordering::Equal {
-                        let value = block.value(i)?;
-                        return Ok(live(value).then(|| value.to_vec()));
-                    }
-                    Ok(None)
-                });
+                // A block the cache holds is searched there; any other is searched as read,
+                // neither built nor cached: a point lookup (the writer's dedup, on a filter's
+                // false positive or a repeat) is as likely to land in any block of the run.
+                let found = match self.blocks.cached(run.id, at) {
+                    Some(block) => (|| {
+                        let i = block.seek(key, false)?;
+                        if i < block.n && block.cmp(i, key)? == Ordering::Equal {
+                            return Ok(Some(block.value(i)?.to_vec()));
+                        }
+                        Ok(None)
+                    })(),
+                    None => run.file.find_in_block(at, key),
+                }
+                .map(|value| value.filter(|value| live(value)));
                 match found {
                     Ok(None) => {}
                     Ok(Some(value)) => return Ok(Some(value)),
@@ -130,11 +135,6 @@ impl Index {
             }
         }
         Ok(None)
-    }
-
-    /// Block `at` of `run`, through the block cache.
-    pub(super) fn block(&self, run: &DiskRun, at: usize) -> Result<Arc<Block>, StoreError> {
-        self.blocks.get(run.id, at, || run.file.read_block(at))
     }
 
     /// The entries with keys in `lo..=hi`, in key order (`reverse`: descending), every one of
