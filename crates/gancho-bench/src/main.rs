@@ -200,11 +200,12 @@ fn main() -> anyhow::Result<()> {
             group: args.group,
         };
         // Events distinct from those an earlier run posted (the bench numbers them from 0):
-        // numbered from the clock, 10,000 a second since the run before (and their event
-        // times stay within a few years of the bench's base time).
+        // numbered from the clock, a million a second since the run before, more than any
+        // run posts (at 10,000 a second, a grouped run followed by another within its
+        // duration posted the same ids again). The numbering starts over every 100,000 s.
         let now = gancho_core::Clock::now(&gancho_core::SystemClock);
-        let seconds = u64::try_from(now.timestamp()).unwrap_or(0) % 1_000_000;
-        load::number_events_from(seconds * 10_000);
+        let seconds = u64::try_from(now.timestamp()).unwrap_or(0) % 100_000;
+        load::number_events_from(seconds * 1_000_000);
         let r = load::run(&Target::gancho(addr), &spec)?;
         println!(
             "{addr}: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
