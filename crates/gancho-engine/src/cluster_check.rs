@@ -4,7 +4,8 @@
 //! A query sees every event it asks for only when it selects by the queried source's
 //! `partition_key` or a key `colocated` with it: all those events then share one partition.
 //! From the rule's text, this finds the queries that do not: a literal map of keys with none of
-//! those, and no keys at all. Keys given some other way (a variable, a quoted name) are not
+//! those, no keys at all, and a query of another source by a key that does not also place the
+//! rule's own events. Keys given some other way (a variable, a quoted name) are not
 //! judged, nor is a query of a source the config does not have (`rule_text::lint` reports that).
 //! A rule that must see every partition declares `const SCOPE = "global";`.
 
@@ -25,15 +26,24 @@ const QUERIES: [(&str, Option<usize>); 6] = [
     ("expect", None),
 ];
 
-/// The cluster-mode mistakes of the partitioned rule in `path`, whose text is `text`, against
-/// the config's sources, each with its line and column.
+/// The cluster-mode mistakes of the partitioned rule in `path`, whose text is `text` and whose
+/// `ON` patterns are `on_text`, against the config's sources, each with its line and column.
 pub(crate) fn check(
     path: &Path,
     text: &str,
+    on_text: &[String],
     sources: &BTreeMap<String, SourceFacts>,
 ) -> Vec<Diagnostic> {
     let code = without_comments_and_strings(text);
     let mut found = Vec::new();
+    // The sources whose events wake the rule, and so decide its partition (none known when a
+    // pattern names every source).
+    let woken_by: Option<Vec<&str>> = on_text
+        .iter()
+        .filter_map(|p| p.split_once('.').map(|(source, _)| source))
+        .filter(|source| !["timer", "cron"].contains(source))
+        .map(|source| (source != "*").then_some(source))
+        .collect();
     for (call, arity_without_keys) in QUERIES {
         for (start, end) in calls_of(&code, call) {
             let args = top_level_args(&code[start..end]);
@@ -81,7 +91,26 @@ pub(crate) fn check(
                     let partitioned = named
                         .iter()
                         .any(|(name, _)| name == key || colocated.contains(name));
-                    if partitioned || named.len() < entries {
+                    // A query of another source is in the rule's partition only if it selects
+                    // by a key that also places the waking source's events (the same name: its
+                    // value is then, in the usual case, the event's own).
+                    let elsewhere = woken_by.as_ref().and_then(|woken| {
+                        woken.iter().find_map(|&woken| {
+                            let (wkey, wcolocated) = sources.get(woken)?.partition.as_ref()?;
+                            let joined = named.iter().any(|(name, _)| {
+                                (name == key || colocated.contains(name))
+                                    && (name == wkey || wcolocated.contains(name))
+                            });
+                            (woken != source && !joined).then(|| (woken, wkey.clone()))
+                        })
+                    });
+                    if let (true, Some((woken, wkey))) = (partitioned, elsewhere) {
+                        Some(format!(
+                            "joins source {source:?} by a key that does not place this rule's \
+                             {woken:?} events (they are placed by {wkey}), so the events it asks \
+                             for are in other partitions"
+                        ))
+                    } else if partitioned || named.len() < entries {
                         // By the partition: fine. A key not written as a name: not judged.
                         None
                     } else if entries == 0 {
@@ -179,10 +208,15 @@ mod tests {
     }
 
     fn flagged(text: &str) -> Vec<(usize, usize, String)> {
-        check(Path::new("r.rhai"), text, &mailjet())
-            .into_iter()
-            .map(|d| (d.line, d.column, d.message))
-            .collect()
+        check(
+            Path::new("r.rhai"),
+            text,
+            &["mailjet.open".to_owned()],
+            &mailjet(),
+        )
+        .into_iter()
+        .map(|d| (d.line, d.column, d.message))
+        .collect()
     }
 
     #[test]
@@ -243,9 +277,45 @@ let e = count(kind, days(1));
         let found = check(
             Path::new("r.rhai"),
             "let a = count(\"mailjet.open\", #{ email: e }, days(1));",
+            &[],
             &sources,
         );
         assert_eq!(found.len(), 1);
         assert!(found[0].message.contains("sources.mailjet.partition_key"));
+    }
+}
+
+#[cfg(test)]
+mod across_sources {
+    use super::*;
+
+    #[test]
+    fn a_query_of_another_source_must_join_by_a_key_that_places_the_rules_events() {
+        let facts = |key: &str, keys: &[&str]| SourceFacts {
+            types: None,
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            partition: Some((key.to_owned(), Default::default())),
+        };
+        let sources = BTreeMap::from([
+            ("mailjet".to_owned(), facts("email", &["email"])),
+            ("bank".to_owned(), facts("account", &["account", "email"])),
+            ("shop".to_owned(), facts("email", &["email", "order"])),
+        ]);
+        let on = |pattern: &str| vec![pattern.to_owned()];
+        let query = "let n = count(\"mailjet.open\", #{ email: event.email }, days(1));";
+        let path = Path::new("r.rhai");
+        // Woken by bank events (placed by account): mailjet's email is in another partition.
+        let found = check(path, query, &on("bank.withdrawal"), &sources);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].message.contains("they are placed by account"),
+            "{}",
+            found[0].message
+        );
+        // Woken by shop events, placed by email too: the same partition.
+        assert!(check(path, query, &on("shop.order"), &sources).is_empty());
+        // Its own source, or every source: not judged this way.
+        assert!(check(path, query, &on("mailjet.open"), &sources).is_empty());
+        assert!(check(path, query, &on("*"), &sources).is_empty());
     }
 }

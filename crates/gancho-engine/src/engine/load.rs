@@ -159,7 +159,12 @@ pub fn lint_file(
             let mut found = rule::lint(path, &text, &compiled.on_text, sources);
             found.extend(crate::strict::check(&engine, path, &text, &compiled));
             if cluster && compiled.scope == rule::Scope::Partition {
-                found.extend(crate::cluster_check::check(path, &text, sources));
+                found.extend(crate::cluster_check::check(
+                    path,
+                    &text,
+                    &compiled.on_text,
+                    sources,
+                ));
             }
             found
         }
