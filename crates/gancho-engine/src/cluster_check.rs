@@ -65,7 +65,9 @@ pub(crate) fn check(
             let Some(facts) = sources.get(source) else {
                 continue;
             };
-            let at = start + ty_start;
+            // At the type literal itself, past any line break after the parenthesis.
+            let at = start + ty_start + (ty_end - ty_start)
+                - code[start + ty_start..start + ty_end].trim_start().len();
             let Some((key, colocated)) = &facts.partition else {
                 found.push(Diagnostic::at(
                     path,
@@ -276,11 +278,12 @@ let e = count(kind, days(1));
         }
         let found = check(
             Path::new("r.rhai"),
-            "let a = count(\"mailjet.open\", #{ email: e }, days(1));",
+            "let a = count(\n    \"mailjet.open\", #{ email: e }, days(1));",
             &[],
             &sources,
         );
         assert_eq!(found.len(), 1);
+        assert_eq!((found[0].line, found[0].column), (2, 5));
         assert!(found[0].message.contains("sources.mailjet.partition_key"));
     }
 }

@@ -131,6 +131,9 @@ pub(super) fn unpack(run: u64, packed: &[u8]) -> Result<Block, StoreError> {
 /// on every Bloom filter false positive and every repeated delivery; building the block cost
 /// it two thirds of its time under a load of repeats).
 pub(super) fn find(run: u64, packed: &[u8], wanted: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    if packed.is_empty() {
+        return Err(corrupt(run, "an empty block"));
+    }
     let mut found = None;
     decode(run, packed, |key, value| match key.cmp(wanted) {
         std::cmp::Ordering::Less => Ok(true),
@@ -390,6 +393,7 @@ mod tests {
         no_previous[0] = TAIL;
         assert!(unpack(1, &no_previous).is_err());
         assert!(unpack(1, &[]).is_err());
+        assert!(find(1, &[], b"K").is_err());
         assert!(
             unpack(
                 1,
