@@ -245,7 +245,7 @@ fn latency(bench: &ActionsBench, receiver: SocketAddr, seen: &Arc<Received>) -> 
         rules.display().to_string(),
         bench.fsync,
     );
-    let daemon = crate::Gancho::start_with(&bench.gancho, dir.path(), &config)?;
+    let daemon = crate::daemon::Gancho::start_with(&bench.gancho, dir.path(), &config)?;
     let total = ((bench.duration + bench.warmup).as_secs_f64() * bench.rate as f64) as u64;
     let start_us = now_us() + 500_000;
     let measure_from_us = start_us + u64::try_from(bench.warmup.as_micros()).unwrap_or(0);

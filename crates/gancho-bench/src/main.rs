@@ -12,6 +12,7 @@
 
 mod actions;
 mod cluster;
+mod daemon;
 mod engine;
 mod load;
 mod metrics_cost;
@@ -20,15 +21,14 @@ mod prune;
 mod rss;
 mod signed_cost;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
+use crate::daemon::{Gancho, mb, store_sizes};
 use crate::load::{LoadReport, LoadSpec, Target};
 
 /// The daemon's allocator, so in-process measurements (engine, micro-benchmarks) match it.
@@ -373,16 +373,6 @@ fn gancho_bin(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// The real daemon, started from its release binary.
-struct Gancho {
-    child: Child,
-    addr: SocketAddr,
-    config: PathBuf,
-    bin: PathBuf,
-    /// The admin listener's address, when its config has a token.
-    admin: Option<SocketAddr>,
-}
-
 impl Gancho {
     fn start(args: &Args, dir: &Path) -> anyhow::Result<Gancho> {
         Gancho::start_extra(args, dir, "")
@@ -414,229 +404,6 @@ impl Gancho {
         );
         Gancho::start_with(&gancho_bin(args)?, dir, &config)
     }
-
-    /// Starts `bin` with this config text (written to `dir/gancho.toml`).
-    fn start_with(bin: &Path, dir: &Path, config_text: &str) -> anyhow::Result<Gancho> {
-        let bin = bin.to_owned();
-        let config = dir.join("gancho.toml");
-        std::fs::write(&config, config_text)?;
-        let mut child = Command::new(&bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env("GANCHO_LOG", "warn,gancho=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let field = |line: &str, name: &str| {
-            line.split(name)
-                .nth(1)
-                .and_then(|rest| rest.split(' ').next())
-                .and_then(|value| value.parse::<SocketAddr>().ok())
-        };
-        let (addr, admin) = loop {
-            let Some(line) = lines.next() else {
-                bail!("gancho exited before it was ready");
-            };
-            let line = line?;
-            if line.contains("gancho is ready")
-                && let Some(addr) = field(&line, "listen=")
-            {
-                break (addr, field(&line, "admin="));
-            }
-        };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Gancho {
-            child,
-            addr,
-            admin,
-            config,
-            bin,
-        })
-    }
-
-    /// The daemon's resident memory now and at its peak (`VmRSS`, `VmHWM`).
-    /// Posts `spec`'s load to `target` for `duration`, uncounted, then waits for the indexer:
-    /// a store past its first seconds, as a running daemon's is (see `--prime`).
-    fn prime(&self, target: &Target, spec: &LoadSpec, duration: Duration) -> anyhow::Result<()> {
-        load::run(
-            target,
-            &LoadSpec {
-                duration,
-                warmup: Duration::ZERO,
-                ..spec.clone()
-            },
-        )?;
-        self.wait_indexed(Duration::from_secs(300))?;
-        Ok(())
-    }
-
-    /// The CPU time the daemon has used so far, user and system, in clock ticks
-    /// (`/proc/PID/stat`; 100 a second on Linux).
-    fn cpu_ticks(&self) -> anyhow::Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // The fields after the command name (which is in parentheses and may hold spaces).
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let tick = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .context("no CPU times in /proc/PID/stat")
-        };
-        // utime and stime: fields 14 and 15, the 12th and 13th after the name.
-        Ok(tick(11)? + tick(12)?)
-    }
-
-    fn memory(&self) -> anyhow::Result<Memory> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| -> anyhow::Result<u64> {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kb| kb.parse().ok())
-                .with_context(|| format!("no {name} in /proc/PID/status"))
-        };
-        Ok(Memory {
-            rss_kb: field("VmRSS:")?,
-            peak_kb: field("VmHWM:")?,
-        })
-    }
-
-    /// `gancho status`: (durable, indexed).
-    fn status(&self) -> anyhow::Result<(u64, u64)> {
-        fetch_status(&self.bin, &self.config)
-    }
-
-    /// Waits until the engine has processed (durably) every event in the log.
-    fn wait_processed(&self, timeout: Duration) -> anyhow::Result<()> {
-        let start = std::time::Instant::now();
-        loop {
-            let status = status_json(&self.bin, &self.config)?;
-            if status["engine_cursor"].as_u64() >= status["durable"].as_u64() {
-                return Ok(());
-            }
-            if start.elapsed() > timeout {
-                bail!("the engine did not catch up within {timeout:?}: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Waits until the index catches up with the log; returns how many events that took and
-    /// how long, or `None` on timeout.
-    fn wait_indexed(&self, timeout: Duration) -> anyhow::Result<Option<(u64, Duration)>> {
-        let start = std::time::Instant::now();
-        let (_, first) = self.status()?;
-        loop {
-            let (durable, indexed) = self.status()?;
-            if indexed >= durable {
-                return Ok(Some((indexed - first, start.elapsed())));
-            }
-            if start.elapsed() > timeout {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops the daemon with SIGTERM and returns the sequence number of the last event it
-    /// stored: with all-distinct events and no deletions, the number of events stored.
-    fn stop(mut self) -> anyhow::Result<u64> {
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("gancho exited with {status}");
-        }
-        let out = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.config)
-            .args(["events", "--json", "--limit", "1"])
-            .output()?;
-        if !out.status.success() {
-            bail!("gancho events: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
-        Ok(events.first().and_then(|e| e["seq"].as_u64()).unwrap_or(0))
-    }
-}
-
-/// A process's resident memory, kB.
-#[derive(Debug, Clone, Copy)]
-struct Memory {
-    rss_kb: u64,
-    peak_kb: u64,
-}
-
-impl std::fmt::Display for Memory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "RSS {:.1} MB, peak {:.1} MB",
-            mb(self.rss_kb),
-            mb(self.peak_kb)
-        )
-    }
-}
-
-fn mb(kb: u64) -> f64 {
-    kb as f64 / 1024.0
-}
-
-/// The bytes each database folder under `store` takes on disk.
-fn store_sizes(store: &Path) -> Vec<(String, u64)> {
-    fn size(path: &Path) -> u64 {
-        match std::fs::read_dir(path) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum(),
-            Err(_) => 0,
-        }
-    }
-    ["log", "indexes", "engine"]
-        .into_iter()
-        .map(|name| (name.to_owned(), size(&store.join(name))))
-        .collect()
-}
-
-impl Drop for Gancho {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `gancho status --json` of the daemon whose config is `config`.
-fn status_json(bin: &Path, config: &Path) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .args(["status", "--json"])
-        .output()?;
-    if !out.status.success() {
-        bail!("gancho status: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// `gancho status --json` of the daemon whose config is `config`: (durable, indexed).
-fn fetch_status(bin: &Path, config: &Path) -> anyhow::Result<(u64, u64)> {
-    let status = status_json(bin, config)?;
-    let field = |name: &str| status[name].as_u64().context("bad `gancho status`");
-    Ok((field("durable")?, field("indexed")?))
 }
 
 /// Live bytes by first key byte in each database of a store folder, beside its size on disk;

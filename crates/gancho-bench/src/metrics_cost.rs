@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::Args;
+use crate::daemon::Gancho;
 use crate::load::{self, LoadSpec, Target};
-use crate::{Args, Gancho};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::Args;
+use crate::daemon::Gancho;
 use crate::load::{self, LoadReport, LoadSpec, Target};
-use crate::{Args, Gancho};
 
 /// One `gancho prune`: how long it took and how many events it deleted.
 struct Prune {

@@ -1,9 +1,15 @@
-//! This process's resident memory, for the benchmarks that measure in-process (the engine, the
-//! outbox's deliveries): `VmRSS` and `VmHWM` of `/proc/self/status` (Linux only).
+//! Resident memory from `/proc`: this process's, for the benchmarks that measure in-process
+//! (the engine, the outbox's deliveries), and the daemon's: `VmRSS` and `VmHWM` of
+//! `/proc/PID/status` (Linux only).
 
 /// This process's resident memory now and at its peak, in KiB; `None` off Linux.
 pub fn memory_kb() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    memory_kb_of("self")
+}
+
+/// The resident memory of process `pid` (or `self`) now and at its peak, in KiB.
+pub fn memory_kb_of(pid: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
             .lines()

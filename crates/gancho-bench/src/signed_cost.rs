@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
+use crate::Args;
+use crate::daemon::Gancho;
 use crate::load::{self, LoadSpec, Target};
 use crate::metrics_cost::median;
-use crate::{Args, Gancho};
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
