@@ -227,6 +227,15 @@ impl Block {
     pub(super) fn seek(&self, target: &[u8], strict: bool) -> Result<usize, StoreError> {
         first_not_before(self.n, strict, |i| self.cmp(i, target))
     }
+
+    /// The value of the entry whose key is `key`, if there is one.
+    pub(super) fn get(&self, key: &[u8]) -> Result<Option<&[u8]>, StoreError> {
+        let i = self.seek(key, false)?;
+        if i < self.n && self.cmp(i, key)? == Ordering::Equal {
+            return self.value(i).map(Some);
+        }
+        Ok(None)
+    }
 }
 
 /// Binary search over `n` sorted entries: the first whose comparison with a target (`cmp(i)`:

@@ -3,7 +3,6 @@
 //! may hold its key; a scan stays within one filter prefix, skips the runs that cannot hold it
 //! or whose event times miss its window, and merges the others in key order.
 
-use std::cmp::Ordering;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -114,13 +113,7 @@ impl Index {
                 // neither built nor cached: a point lookup (the writer's dedup, on a filter's
                 // false positive or a repeat) is as likely to land in any block of the run.
                 let found = match self.blocks.cached(run.id, at) {
-                    Some(block) => (|| {
-                        let i = block.seek(key, false)?;
-                        if i < block.n && block.cmp(i, key)? == Ordering::Equal {
-                            return Ok(Some(block.value(i)?.to_vec()));
-                        }
-                        Ok(None)
-                    })(),
+                    Some(block) => block.get(key).map(|value| value.map(<[u8]>::to_vec)),
                     None => run.file.find_in_block(at, key),
                 }
                 .map(|value| value.filter(|value| live(value)));
