@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::kv;
-use futures_util::StreamExt as _;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::ClusterError;
@@ -137,20 +136,13 @@ impl Leases {
 
     /// The nodes whose heartbeat is within the last `lease`, sorted.
     pub async fn live_nodes(&self) -> Result<Vec<String>, ClusterError> {
-        let mut keys = self
-            .store
-            .keys()
+        let entries = crate::streams::live_entries(&self.js, LEASE_BUCKET, "node.")
             .await
             .map_err(|err| lease_error("the live nodes", err))?;
-        let mut nodes = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|err| lease_error("the live nodes", err))?;
-            if let Some(node) = key.strip_prefix("node.") {
-                nodes.push(node.to_owned());
-            }
-        }
-        nodes.sort();
-        Ok(nodes)
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_prefix("node.").map(str::to_owned))
+            .collect())
     }
 
     /// Takes partition `p`'s lease if nobody holds it; `None` if somebody does (or took it

@@ -7,13 +7,12 @@
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt as _;
 use serde::Serialize;
 
 use crate::error::ClusterError;
 use crate::journal::Journal;
 use crate::lease::LEASE_BUCKET;
-use crate::streams::{event_stream, read_entry, recorded_partitions};
+use crate::streams::{event_stream, live_entries, read_entry, recorded_partitions};
 
 /// A node whose heartbeat is within the last lease.
 #[derive(Debug, Clone, Serialize)]
@@ -104,30 +103,20 @@ pub async fn cluster_status(js: &jetstream::Context) -> Result<ClusterStatus, Cl
 
 /// The `node.*` keys of the leases bucket, with the time of their last write.
 async fn live_nodes(js: &jetstream::Context) -> Result<Vec<NodeStatus>, ClusterError> {
-    let Ok(store) = js.get_key_value(LEASE_BUCKET).await else {
+    if js.get_key_value(LEASE_BUCKET).await.is_err() {
         return Ok(Vec::new());
-    };
-    let mut keys = store
-        .keys()
-        .await
-        .map_err(|err| status_error("the live nodes", err))?;
-    let mut nodes = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|err| status_error("the live nodes", err))?;
-        let Some(name) = key.strip_prefix("node.") else {
-            continue;
-        };
-        if let Some(entry) = read_entry(js, LEASE_BUCKET, &key)
-            .await
-            .map_err(|err| status_error("the live nodes", err))?
-            && !entry.deleted
-        {
-            nodes.push(NodeStatus {
-                name: name.to_owned(),
-                last_heartbeat: entry.time,
-            });
-        }
     }
+    let mut nodes: Vec<NodeStatus> = live_entries(js, LEASE_BUCKET, "node.")
+        .await
+        .map_err(|err| status_error("the live nodes", err))?
+        .into_iter()
+        .filter_map(|(key, entry)| {
+            Some(NodeStatus {
+                name: key.strip_prefix("node.")?.to_owned(),
+                last_heartbeat: entry.time,
+            })
+        })
+        .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(nodes)
 }

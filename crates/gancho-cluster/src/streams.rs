@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use futures_util::StreamExt as _;
 
 use crate::error::ClusterError;
 use crate::partition::Partition;
@@ -102,6 +103,44 @@ pub(crate) async fn read_entry(
         }
         Err(err) => Err(err.to_string()),
     }
+}
+
+/// The keys under `prefix` (say `node.`) of a KV bucket that hold a value, with their last
+/// entries, sorted by key; expired keys are gone and deleted ones are skipped. Read from the
+/// stream leader (the stream's subject list, then each key's last entry), not through the KV
+/// client's key listing: that one starts a consumer, which on a bucket created moments ago can
+/// wait for a leader election past any deadline.
+pub(crate) async fn live_entries(
+    js: &jetstream::Context,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, KeyEntry)>, String> {
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|err| err.to_string())?;
+    let subject_prefix = format!("$KV.{bucket}.");
+    let mut subjects = stream
+        .info_with_subjects(format!("{subject_prefix}{prefix}>"))
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut keys = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _count) = subject.map_err(|err| err.to_string())?;
+        if let Some(key) = subject.strip_prefix(&subject_prefix) {
+            keys.push(key.to_owned());
+        }
+    }
+    keys.sort();
+    let mut live = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some(entry) = read_entry(js, bucket, &key).await?
+            && !entry.deleted
+        {
+            live.push((key, entry));
+        }
+    }
+    Ok(live)
 }
 
 /// A key's value as the stream leader has it (`None`: absent, expired or deleted).

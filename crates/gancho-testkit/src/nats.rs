@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The `nats-server` binary: `NATS_SERVER_BIN`, else the first in `PATH`.
@@ -90,7 +91,14 @@ pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
     binary: PathBuf,
     _dir: tempfile::TempDir,
+    /// Held while the cluster lives: see [`ONE_AT_A_TIME`].
+    _turn: Option<MutexGuard<'static, ()>>,
 }
+
+/// One cluster at a time in a process: the tests of one file run on parallel threads, and on a
+/// 2-core machine three clusters electing their leaders at once made a stream creation or a
+/// key listing time out now and then. (A test starts one cluster at most.)
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 impl NatsCluster {
     /// Starts `n` servers routed to each other and waits until JetStream has a meta leader
@@ -116,10 +124,13 @@ impl NatsCluster {
         // Ports are picked free and then released, so another test (or an outgoing
         // connection) can take one before its server binds it: a cluster that does not form
         // is started again on new ports, and the servers' logs are kept to say why.
+        // A test that failed while holding the turn poisons it; the next may still go.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let mut failures = Vec::new();
         for _attempt in 0..3 {
-            let cluster = NatsCluster::spawn_all(n, &binary, &options);
+            let mut cluster = NatsCluster::spawn_all(n, &binary, &options);
             if cluster.try_wait_ready(n, Duration::from_secs(30)) {
+                cluster._turn = Some(turn);
                 return Some(cluster);
             }
             failures.push(cluster.logs());
@@ -174,6 +185,7 @@ impl NatsCluster {
             servers,
             binary: binary.to_owned(),
             _dir: dir,
+            _turn: None,
         }
     }
 
