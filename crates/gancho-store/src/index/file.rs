@@ -15,15 +15,20 @@
 //!
 //! Why files and not sled values (decision 0006): sled kept every written block in memory far
 //! beyond its cache budget, and left two thirds of the index database as garbage on disk, while a
-//! run is written once, read by block and deleted whole, which plain files do at no cost. The
-//! fences (the block index) and the lookup filter stay in memory, a few bytes per event; blocks
-//! are read through the indexes' block cache, which the store's memory budget bounds.
+//! run is written once, read by block and deleted whole, which plain files do at no cost.
+//! Blocks are read through the indexes' block cache, which the store's memory budget bounds.
 //!
 //! Why two filters: the writer's dedup asks the lookup filter of every run for every event, so
-//! it stays in memory; scans are fewer and read their filter's one 64-byte block from the file
-//! (the kernel's page cache keeps the hot ones). Kept whole in memory, the scan filters were
-//! two thirds of the filters' bits and the largest part of an idle daemon's heap on a large
-//! store (docs/memory-notes.md).
+//! a run keeps it in memory; scans are fewer and read their filter's one 64-byte block from the
+//! file (the kernel's page cache keeps the hot ones). Kept whole in memory, the scan filters
+//! were two thirds of the filters' bits and the largest part of an idle daemon's heap on a
+//! large store (docs/memory-notes.md).
+//!
+//! What stays in memory is bounded per run, not per event: a run whose lookup filter is over
+//! its budget ([`keeps_lookup`], from the block cache's) reads it by block as the scan filter
+//! is read, and pages its block index (`fences.rs`). Kept whole for every run, the two grew
+//! with the store (1.8 bytes an event, 12 MB of an idle daemon's 30 at 7 M events), which
+//! decided the format of nothing: the file is the same either way.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -32,8 +37,9 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
-use super::block::{Block, first_not_before};
+use super::block::Block;
 use super::bloom::{BLOOM_BLOCK_WORDS, Bloom, block_may_contain, block_of};
+use super::fences::{BlockIndex, Fences};
 use super::layout::corrupt;
 use super::packed::{find, unpack};
 use crate::error::StoreError;
@@ -64,126 +70,18 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { what, source }
 }
 
-/// The block index of a run: for each block a *fence* key, where the block ends in the file and
-/// the checksum of its bytes. A fence is at least the block's last key and less than the next
-/// block's first (the last block's is its last key), so "the first block whose fence is at least
-/// `k`" is the only block that can hold `k`. Each fence is cut to the shortest such key (the
-/// next block's first key, one byte past what the two share): about half the length of a whole
-/// index key, and fences stay in memory for as long as their run. Kept in one buffer of keys,
-/// so a block costs about 24 bytes beside its fence.
-#[derive(Debug, Default)]
-pub(super) struct Fences {
-    keys: Vec<u8>,
-    key_ends: Vec<u32>,
-    ends: Vec<u64>,
-    sums: Vec<u64>,
+/// Whether a run keeps its lookup filter of `words` words in memory, with `resident` bytes
+/// allowed a run (`index::open`); a larger one is read from the file by block, as the scan
+/// filter is.
+pub(super) fn keeps_lookup(words: usize, resident: u64) -> bool {
+    8 * words as u64 <= resident
 }
 
-impl Fences {
-    fn push(&mut self, last: &[u8], end: u64, sum: u64) {
-        self.keys.extend_from_slice(last);
-        self.key_ends
-            .push(u32::try_from(self.keys.len()).unwrap_or(u32::MAX));
-        self.ends.push(end);
-        self.sums.push(sum);
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Cuts the last fence (a block's last key) to the shortest key that is at least it and
-    /// less than `next`, the next block's first key.
-    fn cut_last(&mut self, next: &[u8]) {
-        let start = match self.key_ends.len() {
-            0 => return,
-            1 => 0,
-            n => self.key_ends[n - 2] as usize,
-        };
-        let last = &self.keys[start..];
-        let shared = last.iter().zip(next).take_while(|(a, b)| a == b).count();
-        // `next` cut one byte past what they share is more than `last`, and less than `next`
-        // unless it is all of `next` (then the fence stays whole).
-        if shared + 1 >= next.len() || shared + 1 >= last.len() || last >= next {
-            return;
-        }
-        self.keys.truncate(start);
-        self.keys.extend_from_slice(&next[..shared + 1]);
-        if let Some(end) = self.key_ends.last_mut() {
-            *end = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
-        }
-    }
-
-    /// Gives back what growing the vectors left over: fences stay in memory as long as their
-    /// run, and the doubling of `Vec` could leave up to half of it unused (a heap profile of
-    /// an idle daemon on 5 M events: filters and fences 35 MB, the largest part of its heap).
-    fn shrink(mut self) -> Fences {
-        self.keys.shrink_to_fit();
-        self.key_ends.shrink_to_fit();
-        self.ends.shrink_to_fit();
-        self.sums.shrink_to_fit();
-        self
-    }
-
-    /// Block `i`'s last key.
-    pub(super) fn key(&self, i: usize) -> &[u8] {
-        let start = match i {
-            0 => 0,
-            _ => self.key_ends[i - 1] as usize,
-        };
-        &self.keys[start..self.key_ends[i] as usize]
-    }
-
-    /// Where block `i` lies in the file.
-    fn span(&self, i: usize) -> (u64, u64) {
-        let start = match i {
-            0 => 0,
-            _ => self.ends[i - 1],
-        };
-        (start, self.ends[i])
-    }
-
-    /// The first block whose fence is at least `target` (`len()` for none): the only one that
-    /// can hold `target`, and where a scan from it starts.
-    pub(super) fn find(&self, target: &[u8]) -> usize {
-        let found: Result<usize, std::convert::Infallible> =
-            first_not_before(self.len(), false, |i| Ok(self.key(i).cmp(target)));
-        found.unwrap_or_else(|never| match never {})
-    }
-
-    fn encode(&self, out: &mut Vec<u8>) {
-        for i in 0..self.len() {
-            let key = self.key(i);
-            out.extend_from_slice(&self.ends[i].to_le_bytes());
-            out.extend_from_slice(&self.sums[i].to_le_bytes());
-            out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
-            out.extend_from_slice(key);
-        }
-    }
-
-    fn decode(run: u64, mut bytes: &[u8], blocks_end: u64) -> Result<Fences, StoreError> {
-        let bad = || corrupt(run, "unreadable block index");
-        let mut fences = Fences::default();
-        let mut prev = 0;
-        while !bytes.is_empty() {
-            let (head, rest) = bytes.split_at_checked(20).ok_or_else(bad)?;
-            let word =
-                |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or([0; 8]));
-            let (end, sum) = (word(0), word(8));
-            let len = u32::from_le_bytes(head[16..20].try_into().unwrap_or([0; 4])) as usize;
-            let (key, rest) = rest.split_at_checked(len).ok_or_else(bad)?;
-            if end <= prev || end > blocks_end {
-                return Err(bad());
-            }
-            prev = end;
-            fences.push(key, end, sum);
-            bytes = rest;
-        }
-        if prev != blocks_end {
-            return Err(bad());
-        }
-        Ok(fences.shrink())
-    }
+/// Whether a run keeps a block index of `bytes` (as stored) in memory whole; a larger one is
+/// paged (`fences.rs`). A quarter of what a lookup filter may take: the block index is read
+/// only when a filter says "maybe", the lookup filter for every event.
+fn keeps_fences(bytes: u64, resident: u64) -> bool {
+    bytes <= resident / 4
 }
 
 /// A run file being written, block by block.
@@ -242,11 +140,14 @@ impl FileWriter {
 
     /// Writes the filters, the block index and the footer; with `fsync`, the file's data reach
     /// the disk before this returns (its name does with the folder's sync, by the caller).
+    /// `resident`: the bytes of filter a run may keep in memory ([`keeps_lookup`]), which
+    /// decides whether its block index is paged.
     pub(super) fn finish(
         mut self,
         lookup: &Bloom,
         scan: &Bloom,
         fsync: bool,
+        resident: u64,
     ) -> Result<RunFile, StoreError> {
         let lookup_at = self.written;
         let filters = 8 * (lookup.words.len() + scan.words.len());
@@ -259,7 +160,16 @@ impl FileWriter {
             meta.extend_from_slice(&word.to_le_bytes());
         }
         let fences_at = lookup_at + meta.len() as u64;
+        let records_from = meta.len();
         self.fences.encode(&mut meta);
+        let fence_bytes = (meta.len() - records_from) as u64;
+        let fences = match keeps_fences(fence_bytes, resident) {
+            true => BlockIndex::resident(std::mem::take(&mut self.fences)),
+            false => {
+                self.fences = Fences::default();
+                BlockIndex::decode(self.run, &meta[records_from..], fences_at, lookup_at, true)?
+            }
+        };
         let mut footer = Vec::with_capacity(FOOTER_BYTES as usize);
         footer.extend_from_slice(MAGIC);
         for at in [lookup_at, scan_at, fences_at, xxh3_64(&meta)] {
@@ -282,7 +192,9 @@ impl FileWriter {
             run: self.run,
             path: std::mem::take(&mut self.path),
             file,
-            fences: std::mem::take(&mut self.fences).shrink(),
+            fences,
+            lookup_at,
+            lookup_words: lookup.words.len(),
             scan_at,
             scan_words: scan.words.len(),
         })
@@ -333,9 +245,12 @@ pub(super) struct RunFile {
     run: u64,
     path: PathBuf,
     file: File,
-    pub(super) fences: Fences,
-    /// Where its scan filter starts, and its size in words (a multiple of
-    /// [`BLOOM_BLOCK_WORDS`]).
+    fences: BlockIndex,
+    /// Where its lookup filter starts, and its size in words (a multiple of
+    /// [`BLOOM_BLOCK_WORDS`]): read from here when the run does not keep it in memory.
+    lookup_at: u64,
+    lookup_words: usize,
+    /// Where its scan filter starts, and its size in words.
     scan_at: u64,
     scan_words: usize,
 }
@@ -343,12 +258,15 @@ pub(super) struct RunFile {
 impl RunFile {
     /// Opens run `run`'s file, reads its block index and its lookup filter and checks its scan
     /// filter (read through, not kept), whose sizes in words must be those its record gives.
+    /// The lookup filter is returned if the run keeps it in memory ([`keeps_lookup`] with
+    /// `resident`), and the block index is kept whole or paged by the same budget.
     pub(super) fn open(
         dir: &Path,
         run: u64,
         lookup_words: usize,
         scan_words: usize,
-    ) -> Result<(RunFile, Bloom), StoreError> {
+        resident: u64,
+    ) -> Result<(RunFile, Option<Bloom>), StoreError> {
         let path = run_path(dir, run);
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -395,26 +313,61 @@ impl RunFile {
         if hasher.digest() != sum {
             return Err(corrupt(run, "its filters or block index are damaged"));
         }
-        let fences = Fences::decode(run, &fences, lookup_at)?;
+        let page = !keeps_fences(fences.len() as u64, resident);
+        let fences = BlockIndex::decode(run, &fences, fences_at, lookup_at, page)?;
+        let lookup = keeps_lookup(lookup_words, resident).then(|| Bloom {
+            words: words_of(&lookup),
+        });
         Ok((
             RunFile {
                 run,
                 path,
                 file,
                 fences,
+                lookup_at,
+                lookup_words,
                 scan_at,
                 scan_words,
             },
-            Bloom {
-                words: words_of(&lookup),
-            },
+            lookup,
         ))
     }
 
     /// Whether its scan filter may hold the prefix of `hash`: one filter block read from the
     /// file.
     pub(super) fn scan_may_contain(&self, hash: u64) -> Result<bool, StoreError> {
-        let at = self.scan_at + (block_of(self.scan_words, hash) * FILTER_BLOCK_BYTES) as u64;
+        self.filter_may_contain(self.scan_at, self.scan_words, hash)
+    }
+
+    /// Whether its lookup filter may hold `hash`, read from the file as the scan filter is (a
+    /// run that keeps it in memory asks it there).
+    pub(super) fn lookup_may_contain(&self, hash: u64) -> Result<bool, StoreError> {
+        self.filter_may_contain(self.lookup_at, self.lookup_words, hash)
+    }
+
+    /// The size of its lookup filter, in words.
+    pub(super) fn lookup_words(&self) -> usize {
+        self.lookup_words
+    }
+
+    /// Whether its block index is paged.
+    #[cfg(test)]
+    pub(super) fn fences_paged(&self) -> bool {
+        self.fences.is_paged()
+    }
+
+    /// The first block whose fence is at least `target` (`blocks()` for none): the only one
+    /// that can hold `target`, and where a scan from it starts.
+    pub(super) fn find_block(&self, target: &[u8]) -> Result<usize, StoreError> {
+        self.fences.find(target, &|at, len| self.read(at, len))
+    }
+
+    fn read(&self, at: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        read_at(&self.file, &self.path, self.run, at, len)
+    }
+
+    fn filter_may_contain(&self, start: u64, words: usize, hash: u64) -> Result<bool, StoreError> {
+        let at = start + (block_of(words, hash) * FILTER_BLOCK_BYTES) as u64;
         let mut bytes = [0u8; FILTER_BLOCK_BYTES];
         read_exact(&self.file, &self.path, self.run, at, &mut bytes)?;
         let mut block = [0u64; BLOOM_BLOCK_WORDS];
@@ -429,18 +382,19 @@ impl RunFile {
         self.scan_words
     }
 
-    /// How many blocks it has.
-    /// The bytes block `i` takes in the file (0 past the last block).
-    pub(super) fn stored_block_bytes(&self, i: usize) -> u64 {
-        match i < self.fences.len() {
-            true => {
-                let (start, end) = self.fences.span(i);
-                end - start
-            }
-            false => 0,
-        }
+    /// The bytes block `i` takes in the file.
+    pub(super) fn stored_block_bytes(&self, i: usize) -> Result<u64, StoreError> {
+        let (start, end, _) = self.locate(i)?;
+        Ok(end - start)
     }
 
+    /// Where block `i` lies in the file, and its checksum.
+    fn locate(&self, i: usize) -> Result<(u64, u64, u64), StoreError> {
+        self.fences
+            .block(self.run, i, &|at, len| self.read(at, len))
+    }
+
+    /// How many blocks it has.
     pub(super) fn blocks(&self) -> usize {
         self.fences.len()
     }
@@ -461,12 +415,9 @@ impl RunFile {
 
     /// Block `i`'s entries as coded (`packed.rs`), read, checked and decompressed.
     fn read_coded(&self, i: usize) -> Result<Vec<u8>, StoreError> {
-        if i >= self.fences.len() {
-            return Err(corrupt(self.run, "no such block"));
-        }
-        let (start, end) = self.fences.span(i);
-        let packed = read_at(&self.file, &self.path, self.run, start, end - start)?;
-        if xxh3_64(&packed) != self.fences.sums[i] {
+        let (start, end, sum) = self.locate(i)?;
+        let packed = self.read(start, end - start)?;
+        if xxh3_64(&packed) != sum {
             return Err(corrupt(self.run, "a block fails its checksum"));
         }
         lz4_flex::decompress_size_prepended(&packed)
@@ -477,27 +428,6 @@ impl RunFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_fence_is_cut_to_the_shortest_key_between_two_blocks() {
-        let mut fences = Fences::default();
-        fences.push(b"Kmail:ann@x.io:0001", 10, 0);
-        fences.cut_last(b"Kmail:bob@x.io:0002");
-        fences.push(b"Kmail:bob@x.io:0009", 20, 0);
-        // Nothing shorter than the next first key itself: the fence stays whole.
-        fences.cut_last(b"Kmail:bob@x.io:000a");
-        fences.push(b"Kmail:bob@x.io:000a", 30, 0);
-        fences.cut_last(b"Kmail:bob@x.io:000a0");
-        assert_eq!(fences.key(0), b"Kmail:b");
-        assert_eq!(fences.key(1), b"Kmail:bob@x.io:0009");
-        // Nor when the block's last key begins the next one's first.
-        assert_eq!(fences.key(2), b"Kmail:bob@x.io:000a");
-        assert_eq!(fences.find(b"Kmail:ann@x.io:0001"), 0);
-        assert_eq!(fences.find(b"Kmail:az"), 0);
-        assert_eq!(fences.find(b"Kmail:bob@x.io:0002"), 1);
-        assert_eq!(fences.find(b"Kmail:bob@x.io:000a"), 2);
-        assert_eq!(fences.find(b"Kmail:c"), 3);
-    }
 
     #[test]
     fn run_file_names_stand_for_their_ids_only() {

@@ -36,6 +36,7 @@
 mod block;
 mod bloom;
 mod cache;
+mod fences;
 mod file;
 pub(crate) mod indexer;
 mod layout;

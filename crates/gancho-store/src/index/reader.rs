@@ -107,23 +107,25 @@ impl Index {
             if !run.may_hold(h, timed) {
                 continue;
             }
-            let at = run.file.fences.find(key);
-            if at < run.file.blocks() {
-                // A block the cache holds is searched there; any other is searched as read,
-                // neither built nor cached: a point lookup (the writer's dedup, on a filter's
-                // false positive or a repeat) is as likely to land in any block of the run.
-                let found = match self.blocks.cached(run.id, at) {
+            // A block the cache holds is searched there; any other is searched as read,
+            // neither built nor cached: a point lookup (the writer's dedup, on a filter's
+            // false positive or a repeat) is as likely to land in any block of the run.
+            let found = run.file.find_block(key).and_then(|at| {
+                if at >= run.file.blocks() {
+                    return Ok(None);
+                }
+                match self.blocks.cached(run.id, at) {
                     Some(block) => block.get(key).map(|value| value.map(<[u8]>::to_vec)),
                     None => run.file.find_in_block(at, key),
                 }
-                .map(|value| value.filter(|value| live(value)));
-                match found {
-                    Ok(None) => {}
-                    Ok(Some(value)) => return Ok(Some(value)),
-                    Err(err) => {
-                        condemn(&self.tree, &err);
-                        return Err(err);
-                    }
+                .map(|value| value.filter(|value| live(value)))
+            });
+            match found {
+                Ok(None) => {}
+                Ok(Some(value)) => return Ok(Some(value)),
+                Err(err) => {
+                    condemn(&self.tree, &err);
+                    return Err(err);
                 }
             }
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::block::{BlockBuilder, len32};
 use super::bloom::{BLOOM_BITS_PER_KEY, BLOOM_BLOCK_WORDS, Bloom, hash};
-use super::file::{FileWriter, RunFile, run_path};
+use super::file::{FileWriter, RunFile, keeps_lookup, run_path};
 use super::layout::{corrupt, run_key};
 use super::packed::PackedBuilder;
 use super::rule::KeyRule;
@@ -59,9 +59,10 @@ pub(super) struct DiskRun {
     /// since then are its garbage (`IndexWriter` rewrites a run when it is a quarter of it).
     pub(super) purged_at_write: u64,
     pub(super) times: TimeSpan,
-    /// The filter of its untimed keys, kept in memory; that of its timed keys' prefixes is read
+    /// The filter of its untimed keys, kept in memory unless the run is too large
+    /// (`file::keeps_lookup`); then, as that of its timed keys' prefixes always is, it is read
     /// from its file by block.
-    pub(super) lookup: Bloom,
+    pub(super) lookup: Option<Bloom>,
     pub(super) file: RunFile,
 }
 
@@ -81,7 +82,7 @@ impl DiskRun {
             }
             None => record.push(0),
         }
-        record.extend_from_slice(&len32(self.lookup.words.len()).to_be_bytes());
+        record.extend_from_slice(&len32(self.file.lookup_words()).to_be_bytes());
         record.extend_from_slice(&self.min_seq.to_be_bytes());
         record.extend_from_slice(&self.purged_at_write.to_be_bytes());
         record.extend_from_slice(&len32(self.file.scan_words()).to_be_bytes());
@@ -92,8 +93,14 @@ impl DiskRun {
         Ok(())
     }
 
-    /// The run of this record, its file opened (from `dir`) and its filter read.
-    pub(super) fn open(dir: &Path, id: u64, record: &[u8]) -> Result<DiskRun, StoreError> {
+    /// The run of this record, its file opened (from `dir`) and its filter read; `resident`:
+    /// the bytes of lookup filter a run may keep in memory (`file::keeps_lookup`).
+    pub(super) fn open(
+        dir: &Path,
+        id: u64,
+        record: &[u8],
+        resident: u64,
+    ) -> Result<DiskRun, StoreError> {
         let bad = || corrupt(id, "unreadable run record");
         if record.first() != Some(&RUN_RECORD) {
             return Err(bad());
@@ -130,7 +137,7 @@ impl DiskRun {
         {
             return Err(bad());
         }
-        let (file, lookup) = RunFile::open(dir, id, lookup_words, scan_words)?;
+        let (file, lookup) = RunFile::open(dir, id, lookup_words, scan_words, resident)?;
         Ok(DiskRun {
             id,
             entries,
@@ -146,12 +153,13 @@ impl DiskRun {
     }
 
     /// Whether it may hold entries of the filter prefix of `hash`, of a timed key (`timed`) or
-    /// an untimed one. A scan filter that cannot be read says "maybe": reading the run's blocks
-    /// then reports the damage.
+    /// an untimed one. A filter that cannot be read from the file says "maybe": reading the
+    /// run's blocks then reports the damage.
     pub(super) fn may_hold(&self, hash: u64, timed: bool) -> bool {
-        match timed {
-            false => self.lookup.may_contain(hash),
-            true => self.file.scan_may_contain(hash).unwrap_or(true),
+        match (timed, &self.lookup) {
+            (false, Some(lookup)) => lookup.may_contain(hash),
+            (false, None) => self.file.lookup_may_contain(hash).unwrap_or(true),
+            (true, _) => self.file.scan_may_contain(hash).unwrap_or(true),
         }
     }
 
@@ -161,7 +169,7 @@ impl DiskRun {
     pub(super) fn filter_bounds(&self) -> FilterBounds {
         let capacity = |words: usize| (words * 64 / BLOOM_BITS_PER_KEY) as u64;
         FilterBounds {
-            lookup: self.lookup_distinct.min(capacity(self.lookup.words.len())),
+            lookup: self.lookup_distinct.min(capacity(self.file.lookup_words())),
             scan: (self.distinct - self.lookup_distinct).min(capacity(self.file.scan_words())),
         }
     }
@@ -217,6 +225,8 @@ pub(super) struct RunBuilder {
     min_seq: u64,
     prev_prefix: Vec<u8>,
     prev_key: Vec<u8>,
+    /// The bytes of lookup filter the run may keep in memory (`file::keeps_lookup`).
+    resident: u64,
 }
 
 impl std::fmt::Debug for RunBuilder {
@@ -231,7 +241,7 @@ impl std::fmt::Debug for RunBuilder {
 impl RunBuilder {
     /// A run `id` written to its file in `dir` (synced when `fsync`), recorded in `tree`.
     /// `bounds`: at least the numbers of distinct filter prefixes it will hold (size its
-    /// filters).
+    /// filters). `resident`: as for [`DiskRun::open`].
     pub(super) fn new(
         tree: Tree,
         dir: &Path,
@@ -239,6 +249,7 @@ impl RunBuilder {
         id: u64,
         rule: KeyRule,
         bounds: FilterBounds,
+        resident: u64,
     ) -> Result<RunBuilder, StoreError> {
         Ok(RunBuilder {
             tree,
@@ -258,6 +269,7 @@ impl RunBuilder {
             min_seq: u64::MAX,
             prev_prefix: Vec::new(),
             prev_key: Vec::new(),
+            resident,
         })
     }
 
@@ -317,7 +329,9 @@ impl RunBuilder {
             // Dropping the file writer deletes the file.
             return Ok(None);
         }
-        let file = self.file.finish(&self.lookup, &self.scan, self.fsync)?;
+        let file = self
+            .file
+            .finish(&self.lookup, &self.scan, self.fsync, self.resident)?;
         if self.fsync {
             sync_dir(&self.dir)?;
         }
@@ -330,7 +344,7 @@ impl RunBuilder {
             min_seq: self.min_seq.min(max_seq),
             purged_at_write: purged.count_in(self.min_seq.min(max_seq), max_seq),
             times: self.times,
-            lookup: self.lookup,
+            lookup: keeps_lookup(self.lookup.words.len(), self.resident).then_some(self.lookup),
             file,
         };
         run.write(&self.tree)?;

@@ -199,9 +199,11 @@ pub(super) struct DiskScan {
     lo: Vec<u8>,
     hi: Option<Vec<u8>>,
     reverse: bool,
-    /// The blocks still to read are `next..end`, taken from the far end when `reverse`.
+    /// The blocks still to read are `next..end`, taken from the far end when `reverse`; set
+    /// by the first `advance` (`placed`), which reads the block index of a run that pages it.
     next: usize,
     end: usize,
+    placed: bool,
     /// The block being read and the next entry to read in it (reverse: one past it).
     current: Option<(Arc<Block>, usize)>,
     /// The entry it is on: its key, and where its value lies in the current block.
@@ -229,18 +231,6 @@ impl DiskScan {
         hi: Option<&[u8]>,
         reverse: bool,
     ) -> DiskScan {
-        let fences = &run.file.fences;
-        let (next, end) = if reverse {
-            // From the block that holds `hi` (the first whose last key is at least `hi`) down.
-            let top = match hi {
-                Some(hi) => (fences.find(hi) + 1).min(fences.len()),
-                None => fences.len(),
-            };
-            (0, top)
-        } else {
-            // From the first block whose last key is at least `lo`.
-            (fences.find(lo), fences.len())
-        };
         DiskScan {
             tree: tree.clone(),
             cache,
@@ -248,8 +238,9 @@ impl DiskScan {
             lo: lo.to_vec(),
             hi: hi.map(<[u8]>::to_vec),
             reverse,
-            next,
-            end,
+            next: 0,
+            end: 0,
+            placed: false,
             current: None,
             key: Vec::new(),
             value: 0..0,
@@ -277,7 +268,23 @@ impl DiskScan {
         result
     }
 
+    /// Sets the blocks to read: from the first block whose fence is at least `lo`, or down
+    /// from the block that holds `hi` (the first whose fence is at least `hi`).
+    fn place(&mut self) -> Result<(), StoreError> {
+        let file = &self.run.file;
+        (self.next, self.end) = match (self.reverse, &self.hi) {
+            (true, Some(hi)) => (0, (file.find_block(hi)? + 1).min(file.blocks())),
+            (true, None) => (0, file.blocks()),
+            (false, _) => (file.find_block(&self.lo)?, file.blocks()),
+        };
+        self.placed = true;
+        Ok(())
+    }
+
     pub(super) fn step(&mut self) -> Result<bool, StoreError> {
+        if !self.placed {
+            self.place()?;
+        }
         loop {
             if self.done {
                 return Ok(false);

@@ -34,7 +34,7 @@ pub fn index_stats(dir: &Path) -> Result<IndexStats, StoreError> {
     for item in tree.scan_prefix([RUN]) {
         let (key, record) = item?;
         let id = run_of_key(&key)?;
-        let run = DiskRun::open(&runs_dir, id, &record)?;
+        let run = DiskRun::open(&runs_dir, id, &record, u64::MAX)?;
         let path = run_path(&runs_dir, id);
         stats.file_bytes += std::fs::metadata(&path)
             .map_err(|source| StoreError::Io {
@@ -45,7 +45,7 @@ pub fn index_stats(dir: &Path) -> Result<IndexStats, StoreError> {
         stats.runs += 1;
         let mut old = BlockBuilder::default();
         for b in 0..run.file.blocks() {
-            stats.block_bytes += run.file.stored_block_bytes(b);
+            stats.block_bytes += run.file.stored_block_bytes(b)?;
             let block = run.file.read_block(b)?;
             for i in 0..block.n {
                 let (head, suffix) = block.key_parts(i)?;

@@ -2,6 +2,7 @@
 
 use super::block::{Block, BlockBuilder};
 use super::bloom::{Bloom, hash};
+use super::fences::CHUNK;
 use std::sync::Arc;
 
 use super::layout::INDEXED_KEY;
@@ -24,6 +25,13 @@ fn prefix(p: &str) -> Vec<u8> {
     let mut key = vec![BY_KEY];
     key.extend_from_slice(p.as_bytes());
     key
+}
+
+/// Scanning prefix `p` finds the seqs `want`, in order, and in reverse.
+fn assert_scans_both_ways(index: &Index, p: &str, mut want: Vec<u64>) {
+    assert_eq!(scan_seqs(index, p, false), want);
+    want.reverse();
+    assert_eq!(scan_seqs(index, p, true), want);
 }
 
 fn bounds(p: &str) -> (Vec<u8>, Vec<u8>) {
@@ -50,6 +58,16 @@ fn open_in(dir: &std::path::Path) -> (Db, Arc<Index>, IndexWriter, u64) {
 
 /// [`open_in`] with memory runs merged up to `run_cap` bytes.
 fn open_shaped(dir: &std::path::Path, run_cap: usize) -> (Db, Arc<Index>, IndexWriter, u64) {
+    open_with(dir, run_cap, 1 << 20)
+}
+
+/// [`open_shaped`] with a block cache of `block_cache` bytes, which also bounds what a run
+/// keeps in memory (`policy::resident_per_run`).
+fn open_with(
+    dir: &std::path::Path,
+    run_cap: usize,
+    block_cache: u64,
+) -> (Db, Arc<Index>, IndexWriter, u64) {
     let db = Db::open(dir, 16 << 20).unwrap();
     let shape = MemoryShape {
         filter_keys: 400_000,
@@ -61,7 +79,7 @@ fn open_shaped(dir: &std::path::Path, run_cap: usize) -> (Db, Arc<Index>, IndexW
         None,
         shape,
         Default::default(),
-        1 << 20,
+        block_cache,
     )
     .unwrap();
     (db, index, writer, indexed)
@@ -496,7 +514,7 @@ fn dedup_keys_fill_the_filter_kept_in_memory_and_scan_prefixes_the_one_read_from
     };
     assert_eq!((run.distinct, run.lookup_distinct), (5000, 1000));
     // Sized for its own kind only: the lookup filter for 1,000 keys, the scan filter for 4,000.
-    assert_eq!(run.lookup.words.len(), 1000 * 10 / 512 * 8 + 8);
+    assert_eq!(run.file.lookup_words(), 1000 * 10 / 512 * 8 + 8);
     assert_eq!(run.file.scan_words(), 4000 * 10 / 512 * 8 + 8);
     for i in 0..4000 {
         assert!(run.may_hold(hash(&prefix(&format!("p{i:05}"))), true));
@@ -546,14 +564,66 @@ fn short_fences_still_lead_every_lookup_and_scan_to_its_block() {
     }
     for p in (0..300).step_by(7) {
         let want: Vec<u64> = (0..18_000u64).filter(|i| i % 300 == p).collect();
-        let name = format!("p{p:05}");
-        assert_eq!(scan_seqs(&index, &name, false), want);
-        let mut back = want.clone();
-        back.reverse();
-        assert_eq!(scan_seqs(&index, &name, true), back);
+        assert_scans_both_ways(&index, &format!("p{p:05}"), want);
         // A prefix between two that exist finds nothing, both ways.
         let between = format!("p{p:05}~");
         assert!(scan_seqs(&index, &between, false).is_empty());
         assert!(scan_seqs(&index, &between, true).is_empty());
     }
+}
+
+#[test]
+fn a_large_run_reads_its_lookup_filter_and_block_index_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dedup keys of multiples of 3 only: the others are absent.
+    let id = |n: u64| {
+        let mut k = vec![b'D'];
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    };
+    let dedup = |i: u64| id(3 * i);
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = (0..5_000)
+        .map(|i| (dedup(i), i.to_be_bytes().to_vec()))
+        .collect();
+    entries.extend((0..120_000u64).map(|i| (key(&format!("p{:05}", i % 700), i * 7, i), vec![])));
+    // Written, then opened again: a block cache of 4 KiB lets a run keep 1 KiB of lookup filter
+    // and 256 bytes of block index, so this one keeps neither.
+    for written in [true, false] {
+        let (_db, index, mut writer, _) = open_with(dir.path(), 1 << 20, 4096);
+        if written {
+            writer.add(entries.iter().cloned().collect());
+            writer.checkpoint(120_000).unwrap();
+        }
+        let view = index.view.load();
+        let [run] = &view.disk[..] else {
+            panic!("one disk run: {}", view.disk.len())
+        };
+        assert!(run.lookup.is_none());
+        assert!(run.file.fences_paged());
+        assert!(
+            run.file.blocks() > 2 * CHUNK,
+            "{} blocks",
+            run.file.blocks()
+        );
+        drop(view);
+        for i in 0..5_000 {
+            assert_eq!(
+                index.get(&dedup(i)).unwrap(),
+                Some(i.to_be_bytes().to_vec())
+            );
+            assert_eq!(index.get(&id(3 * i + 1)).unwrap(), None);
+        }
+        for (k, _) in entries.iter().skip(5_000).step_by(97) {
+            assert_eq!(index.get(k).unwrap(), Some(vec![]), "{k:?}");
+        }
+        for p in (0..700).step_by(61) {
+            let want: Vec<u64> = (0..120_000u64).filter(|i| i % 700 == p).collect();
+            assert_scans_both_ways(&index, &format!("p{p:05}"), want);
+        }
+    }
+    // With the default budget the same run keeps both in memory.
+    let (_db, index, _writer, _) = open_with(dir.path(), 1 << 20, 4 << 20);
+    let view = index.view.load();
+    assert!(view.disk[0].lookup.is_some());
+    assert!(!view.disk[0].file.fences_paged());
 }

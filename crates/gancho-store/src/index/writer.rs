@@ -48,13 +48,16 @@ pub(crate) struct IndexWriter {
     pub(super) retired: Vec<Arc<DiskRun>>,
     merge: Option<Merge>,
     pub(super) next_id: u64,
+    /// The bytes of lookup filter a run may keep in memory.
+    resident: u64,
 }
 
 /// Opens the indexes of the index database: returns the reader side, the writer side and the
 /// watermark of the last checkpoint. Deletes what a crash left of runs: files of runs without a
 /// record, and runs past the watermark (possible with fsync off: their events may be lost from
 /// the log, and their seqs reused). A [`StoreError::Corrupt`] means the index database should
-/// be rebuilt. `block_cache`: the block cache's budget in bytes.
+/// be rebuilt. `block_cache`: the block cache's budget in bytes, which also sets what a run
+/// keeps in memory ([`policy::resident_per_run`]).
 pub(crate) fn open(
     db: Db,
     rule: KeyRule,
@@ -70,6 +73,7 @@ pub(crate) fn open(
         source,
     })?;
     let indexed = indexed_seq(&tree)?;
+    let resident = policy::resident_per_run(block_cache);
     let mut disk = Vec::new();
     let mut next_id = 1u64;
     let mut past = 0;
@@ -88,7 +92,7 @@ pub(crate) fn open(
             tree.remove(run_key(id))?;
             past += 1;
         } else {
-            disk.push(Arc::new(DiskRun::open(&dir, id, &value)?));
+            disk.push(Arc::new(DiskRun::open(&dir, id, &value, resident)?));
         }
     }
     if past > 0 {
@@ -146,6 +150,7 @@ pub(crate) fn open(
         retired: Vec::new(),
         merge: None,
         next_id,
+        resident,
     };
     Ok((index, writer, indexed))
 }
@@ -283,6 +288,7 @@ impl IndexWriter {
             id,
             self.index.rule,
             bounds,
+            self.resident,
         )
     }
 
