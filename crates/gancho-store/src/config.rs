@@ -129,7 +129,8 @@ impl StoreConfig {
         self.cache_capacity / 16
     }
 
-    /// The indexes' block cache.
+    /// The indexes' block cache; a quarter of it is also what one disk run may keep in memory
+    /// of its lookup filter (`index::policy::resident_per_run`).
     pub fn index_blocks(&self) -> u64 {
         self.cache_capacity / 16
     }

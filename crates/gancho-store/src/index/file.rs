@@ -298,11 +298,21 @@ impl RunFile {
         {
             return Err(corrupt(run, "run filter of the wrong size"));
         }
-        // The three parts are checked as one, the scan filter a chunk at a time.
+        // The three parts are checked as one; a filter not kept is read through a chunk at a
+        // time.
         let mut hasher = Xxh3::new();
-        let lookup = read(lookup_at, scan_at - lookup_at)?;
-        hasher.update(&lookup);
-        let mut at = scan_at;
+        let lookup = match keeps_lookup(lookup_words, resident) {
+            true => {
+                let bytes = read(lookup_at, scan_at - lookup_at)?;
+                hasher.update(&bytes);
+                Some(bytes)
+            }
+            false => None,
+        };
+        let mut at = match lookup {
+            Some(_) => scan_at,
+            None => lookup_at,
+        };
         while at < fences_at {
             let chunk = read(at, (fences_at - at).min(1 << 20))?;
             hasher.update(&chunk);
@@ -315,8 +325,8 @@ impl RunFile {
         }
         let page = !keeps_fences(fences.len() as u64, resident);
         let fences = BlockIndex::decode(run, &fences, fences_at, lookup_at, page)?;
-        let lookup = keeps_lookup(lookup_words, resident).then(|| Bloom {
-            words: words_of(&lookup),
+        let lookup = lookup.map(|bytes| Bloom {
+            words: words_of(&bytes),
         });
         Ok((
             RunFile {
