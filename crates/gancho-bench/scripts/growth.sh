@@ -5,6 +5,10 @@
 # the size of the log and index databases, RSS after IDLE more seconds (default 30) without
 # load, and RSS IDLE seconds after a restart on the same store (what the store itself costs,
 # without what the load left in the allocator). Traffic goes to 127.0.0.1 only.
+# Give equal steps (STEPS="4 4 4 4 4 4 4 4 4 4": about 700,000 events each, to 7 M) to compare
+# the store's sizes: the RSS after a load depends on the load as well (a 40 s step leaves more
+# in the allocator than a 2 s one), and single readings vary by ±5-10 MB, so compare the median
+# of a few steps at each size.
 set -u
 BIN=$1; BENCH=$2; OUT=$3
 rm -rf "$OUT"; mkdir -p "$OUT/rules"
