@@ -194,7 +194,8 @@ pub(super) struct Paged {
     run: u64,
     blocks: usize,
     /// Per chunk: the fence of its last block (as key), where its records end relative to
-    /// `records_at` (as end) and their checksum (as sum); its start is its first block's.
+    /// `records_at` (as end: a chunk's records start where the previous chunk's end, the first
+    /// at 0) and their checksum (as sum).
     tops: Fences,
     /// Where the block index starts in the file.
     records_at: u64,
@@ -250,18 +251,19 @@ impl Paged {
     }
 
     /// Chunk `c`, read with `read` (offset and length in the file) unless it was the last one
-    /// read.
-    fn chunk(
-        &self,
-        c: usize,
-        read: &dyn Fn(u64, u64) -> Result<Vec<u8>, StoreError>,
-    ) -> Result<Arc<Fences>, StoreError> {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, chunk)) = last.as_ref()
-            && *at == c
+    /// read. The lock is not held while reading: a lookup does not wait for another's read.
+    fn chunk(&self, c: usize, read: ReadAt<'_>) -> Result<Arc<Fences>, StoreError> {
         {
-            return Ok(Arc::clone(chunk));
+            let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((at, chunk)) = last.as_ref()
+                && *at == c
+            {
+                return Ok(Arc::clone(chunk));
+            }
         }
+        let (Some(&start), true) = (self.block_starts.get(c), c < self.tops.len()) else {
+            return Err(corrupt(self.run, "no such chunk of the block index"));
+        };
         let (from, to, sum) = self.tops.block(c);
         let bytes = read(self.records_at + from, to - from)?;
         if xxh3_64(&bytes) != sum {
@@ -275,8 +277,8 @@ impl Paged {
             .get(c + 1)
             .copied()
             .unwrap_or(self.blocks_end);
-        let chunk = Arc::new(Fences::decode(self.run, &bytes, self.block_starts[c], end)?);
-        *last = Some((c, Arc::clone(&chunk)));
+        let chunk = Arc::new(Fences::decode(self.run, &bytes, start, end)?);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((c, Arc::clone(&chunk)));
         Ok(chunk)
     }
 }

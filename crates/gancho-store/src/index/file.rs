@@ -26,9 +26,11 @@
 //!
 //! What stays in memory is bounded per run, not per event: a run whose lookup filter is over
 //! its budget ([`keeps_lookup`], from the block cache's) reads it by block as the scan filter
-//! is read, and pages its block index (`fences.rs`). Kept whole for every run, the two grew
-//! with the store (1.8 bytes an event, 12 MB of an idle daemon's 30 at 7 M events), which
-//! decided the format of nothing: the file is the same either way.
+//! is read, and a run whose block index is over a quarter of that budget ([`keeps_fences`])
+//! pages it (`fences.rs`). Kept whole for every run, the two grew with the store (1.8 bytes an
+//! event, 12 MB of an idle daemon's 30 at 7 M events). The file is the same either way: which
+//! form a run takes is decided when it is opened or written. A filter read from the file is
+//! checked a 1 KiB page at a time against sums taken at open ([`FILTER_PAGE`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -82,6 +84,46 @@ pub(super) fn keeps_lookup(words: usize, resident: u64) -> bool {
 /// only when a filter says "maybe", the lookup filter for every event.
 fn keeps_fences(bytes: u64, resident: u64) -> bool {
     bytes <= resident / 4
+}
+
+/// The bytes of filter one checksum covers when a filter is read from the file: a probe reads
+/// the whole page its block lies in (a `pread` costs about the same for 64 bytes or 1 KiB) and
+/// checks it, so a damaged filter is reported as damage instead of answering "absent" (which,
+/// for the lookup filter, would store a duplicate). The sums take 1/128 of the filter's size.
+const FILTER_PAGE: usize = 1024;
+
+/// A Bloom filter read from the run's file by block: where it starts, its size in words (a
+/// multiple of [`BLOOM_BLOCK_WORDS`]), and the xxh3 of each [`FILTER_PAGE`] of it, taken when
+/// the file was written, or opened and checked against its footer.
+#[derive(Debug)]
+struct FileFilter {
+    at: u64,
+    words: usize,
+    sums: Vec<u64>,
+}
+
+impl FileFilter {
+    /// The filter of `words` words at `at`, whose bytes `sum` is then given in order.
+    fn new(at: u64, words: usize) -> FileFilter {
+        FileFilter {
+            at,
+            words,
+            sums: Vec::with_capacity((8 * words).div_ceil(FILTER_PAGE)),
+        }
+    }
+
+    /// Takes the sums of the next bytes of the filter, a whole number of pages unless they are
+    /// its last.
+    fn sum(&mut self, bytes: &[u8]) {
+        self.sums.extend(bytes.chunks(FILTER_PAGE).map(xxh3_64));
+    }
+
+    /// The filter of `words` words at `at` in a file being written, whose bytes are `bytes`.
+    fn of(at: u64, words: usize, bytes: &[u8]) -> FileFilter {
+        let mut filter = FileFilter::new(at, words);
+        filter.sum(bytes);
+        filter
+    }
 }
 
 /// A run file being written, block by block.
@@ -160,6 +202,10 @@ impl FileWriter {
             meta.extend_from_slice(&word.to_le_bytes());
         }
         let fences_at = lookup_at + meta.len() as u64;
+        let split = 8 * lookup.words.len();
+        let lookup_file = (!keeps_lookup(lookup.words.len(), resident))
+            .then(|| FileFilter::of(lookup_at, lookup.words.len(), &meta[..split]));
+        let scan_file = FileFilter::of(scan_at, scan.words.len(), &meta[split..]);
         let records_from = meta.len();
         self.fences.encode(&mut meta);
         let fence_bytes = (meta.len() - records_from) as u64;
@@ -193,10 +239,9 @@ impl FileWriter {
             path: std::mem::take(&mut self.path),
             file,
             fences,
-            lookup_at,
             lookup_words: lookup.words.len(),
-            scan_at,
-            scan_words: scan.words.len(),
+            lookup: lookup_file,
+            scan: scan_file,
         })
     }
 }
@@ -246,20 +291,20 @@ pub(super) struct RunFile {
     path: PathBuf,
     file: File,
     fences: BlockIndex,
-    /// Where its lookup filter starts, and its size in words (a multiple of
-    /// [`BLOOM_BLOCK_WORDS`]): read from here when the run does not keep it in memory.
-    lookup_at: u64,
+    /// The size of its lookup filter in words; where to read it, when the run does not keep it
+    /// in memory.
     lookup_words: usize,
-    /// Where its scan filter starts, and its size in words.
-    scan_at: u64,
-    scan_words: usize,
+    lookup: Option<FileFilter>,
+    /// Its scan filter, always read from the file.
+    scan: FileFilter,
 }
 
 impl RunFile {
-    /// Opens run `run`'s file, reads its block index and its lookup filter and checks its scan
-    /// filter (read through, not kept), whose sizes in words must be those its record gives.
-    /// The lookup filter is returned if the run keeps it in memory ([`keeps_lookup`] with
-    /// `resident`), and the block index is kept whole or paged by the same budget.
+    /// Opens run `run`'s file: reads its block index and checks its filters, whose sizes in
+    /// words must be those its record gives. The lookup filter is read and returned if the run
+    /// keeps it in memory ([`keeps_lookup`] with `resident`), else read through, as the scan
+    /// filter always is; the block index is kept whole or paged by its own bound
+    /// ([`keeps_fences`]) of the same `resident`.
     pub(super) fn open(
         dir: &Path,
         run: u64,
@@ -299,25 +344,33 @@ impl RunFile {
             return Err(corrupt(run, "run filter of the wrong size"));
         }
         // The three parts are checked as one; a filter not kept is read through a chunk at a
-        // time.
+        // time, and the sums of its pages taken.
         let mut hasher = Xxh3::new();
-        let lookup = match keeps_lookup(lookup_words, resident) {
+        let read_through = |hasher: &mut Xxh3, filter: &mut FileFilter| {
+            let end = filter.at + 8 * filter.words as u64;
+            let mut at = filter.at;
+            while at < end {
+                let chunk = read(at, (end - at).min(1 << 20))?;
+                hasher.update(&chunk);
+                filter.sum(&chunk);
+                at += chunk.len() as u64;
+            }
+            Ok::<(), StoreError>(())
+        };
+        let (lookup, lookup_file) = match keeps_lookup(lookup_words, resident) {
             true => {
                 let bytes = read(lookup_at, scan_at - lookup_at)?;
                 hasher.update(&bytes);
-                Some(bytes)
+                (Some(bytes), None)
             }
-            false => None,
+            false => {
+                let mut filter = FileFilter::new(lookup_at, lookup_words);
+                read_through(&mut hasher, &mut filter)?;
+                (None, Some(filter))
+            }
         };
-        let mut at = match lookup {
-            Some(_) => scan_at,
-            None => lookup_at,
-        };
-        while at < fences_at {
-            let chunk = read(at, (fences_at - at).min(1 << 20))?;
-            hasher.update(&chunk);
-            at += chunk.len() as u64;
-        }
+        let mut scan = FileFilter::new(scan_at, scan_words);
+        read_through(&mut hasher, &mut scan)?;
         let fences = read(fences_at, footer_at - fences_at)?;
         hasher.update(&fences);
         if hasher.digest() != sum {
@@ -334,10 +387,9 @@ impl RunFile {
                 path,
                 file,
                 fences,
-                lookup_at,
                 lookup_words,
-                scan_at,
-                scan_words,
+                lookup: lookup_file,
+                scan,
             },
             lookup,
         ))
@@ -346,13 +398,17 @@ impl RunFile {
     /// Whether its scan filter may hold the prefix of `hash`: one filter block read from the
     /// file.
     pub(super) fn scan_may_contain(&self, hash: u64) -> Result<bool, StoreError> {
-        self.filter_may_contain(self.scan_at, self.scan_words, hash)
+        self.filter_may_contain(&self.scan, hash)
     }
 
     /// Whether its lookup filter may hold `hash`, read from the file as the scan filter is (a
     /// run that keeps it in memory asks it there).
     pub(super) fn lookup_may_contain(&self, hash: u64) -> Result<bool, StoreError> {
-        self.filter_may_contain(self.lookup_at, self.lookup_words, hash)
+        match &self.lookup {
+            Some(filter) => self.filter_may_contain(filter, hash),
+            // Kept in memory, and asked there: "maybe" is always right.
+            None => Ok(true),
+        }
     }
 
     /// The size of its lookup filter, in words.
@@ -376,12 +432,31 @@ impl RunFile {
         read_at(&self.file, &self.path, self.run, at, len)
     }
 
-    fn filter_may_contain(&self, start: u64, words: usize, hash: u64) -> Result<bool, StoreError> {
-        let at = start + (block_of(words, hash) * FILTER_BLOCK_BYTES) as u64;
-        let mut bytes = [0u8; FILTER_BLOCK_BYTES];
-        read_exact(&self.file, &self.path, self.run, at, &mut bytes)?;
+    /// Whether `filter` may hold `hash`: the page of the filter that holds its block read from
+    /// the file and checked.
+    fn filter_may_contain(&self, filter: &FileFilter, hash: u64) -> Result<bool, StoreError> {
+        let offset = block_of(filter.words, hash) * FILTER_BLOCK_BYTES;
+        let page = offset / FILTER_PAGE;
+        let page_start = page * FILTER_PAGE;
+        let len = (8 * filter.words - page_start).min(FILTER_PAGE);
+        let mut buf = [0u8; FILTER_PAGE];
+        let bytes = &mut buf[..len];
+        read_exact(
+            &self.file,
+            &self.path,
+            self.run,
+            filter.at + page_start as u64,
+            bytes,
+        )?;
+        if filter.sums.get(page) != Some(&xxh3_64(bytes)) {
+            return Err(corrupt(self.run, "a filter block fails its checksum"));
+        }
+        let at = offset - page_start;
+        let block_bytes = bytes
+            .get(at..at + FILTER_BLOCK_BYTES)
+            .ok_or_else(|| corrupt(self.run, "a filter block past its filter"))?;
         let mut block = [0u64; BLOOM_BLOCK_WORDS];
-        for (word, bytes) in block.iter_mut().zip(bytes.chunks_exact(8)) {
+        for (word, bytes) in block.iter_mut().zip(block_bytes.chunks_exact(8)) {
             *word = u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
         }
         Ok(block_may_contain(&block, hash))
@@ -389,7 +464,7 @@ impl RunFile {
 
     /// The size of its scan filter, in words.
     pub(super) fn scan_words(&self) -> usize {
-        self.scan_words
+        self.scan.words
     }
 
     /// The bytes block `i` takes in the file.

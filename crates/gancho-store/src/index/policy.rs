@@ -30,12 +30,14 @@ pub(crate) fn merge_choice(sizes: &[u64]) -> Option<Vec<usize>> {
 }
 
 /// The bytes of lookup filter a disk run may keep in memory, from the block cache's budget
-/// (a quarter of it: 1 MiB at the default 64 MiB budget, a run of about 800,000 events); a
-/// larger run reads its filter from its file by block, and pages its block index. What the
-/// runs keep in memory then stays about the same as the store grows: runs come in size tiers
-/// of factor 4 with at most a few of each, so the runs under the bound keep about four times
-/// it together, and the larger ones a few bytes a chunk of 64 blocks. The cost: a read from
-/// the file a large run an event, for the writer's dedup (about 0.6 µs from the page cache).
+/// (a quarter of it: 1 MiB with the default `cache_mb` of 64, whose sixteenth is the block
+/// cache; a run of about 800,000 events); a larger run reads its filter from its file by block.
+/// A run whose block index is over a quarter of this pages it (from about 500,000 events). What
+/// the runs keep in memory then stays about the same as the store grows: runs come in size
+/// tiers of factor 4 with at most a few of each, so the runs under the bound keep about four
+/// times it together, and the larger ones about 70 bytes a chunk of 64 blocks and 8 bytes a KiB
+/// of filter. The cost: a read from the file a large run an event, for the writer's dedup
+/// (about 0.6 µs from the page cache).
 pub(crate) fn resident_per_run(block_cache: u64) -> u64 {
     block_cache / 4
 }

@@ -282,7 +282,7 @@ impl DiskScan {
     }
 
     pub(super) fn step(&mut self) -> Result<bool, StoreError> {
-        if !self.placed {
+        if !self.placed && !self.done {
             self.place()?;
         }
         loop {

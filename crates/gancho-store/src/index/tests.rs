@@ -621,6 +621,31 @@ fn a_large_run_reads_its_lookup_filter_and_block_index_from_its_file() {
             assert_scans_both_ways(&index, &format!("p{p:05}"), want);
         }
     }
+    // A damaged page of the filter read from the file is reported as damage, not taken for
+    // "absent"; a lookup then reads the run's block, and still answers exactly.
+    let (db, index, writer, _) = open_with(dir.path(), 1 << 20, 4096);
+    let view = index.view.load();
+    let run = &view.disk[0];
+    let runs = dir.path().join(super::file::RUNS_DIR);
+    let path = super::file::run_path(&runs, run.id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let whole = bytes.clone();
+    let footer = bytes.len() - 36;
+    let lookup_at = u64::from_le_bytes(bytes[footer + 4..footer + 12].try_into().unwrap());
+    let lookup_at = usize::try_from(lookup_at).unwrap();
+    bytes[lookup_at + 100] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let words = run.file.lookup_words();
+    let in_first_page = |i: &u64| super::bloom::block_of(words, hash(&dedup(*i))) < 1024 / 64;
+    let i = (0..5_000).find(in_first_page).unwrap();
+    let err = run.file.lookup_may_contain(hash(&dedup(i))).unwrap_err();
+    assert!(matches!(err, crate::StoreError::Corrupt { .. }), "{err}");
+    assert_eq!(
+        index.get(&dedup(i)).unwrap(),
+        Some(i.to_be_bytes().to_vec())
+    );
+    drop((view, index, writer, db));
+    std::fs::write(&path, &whole).unwrap();
     // With the default budget the same run keeps both in memory.
     let (_db, index, _writer, _) = open_with(dir.path(), 1 << 20, 4 << 20);
     let view = index.view.load();
