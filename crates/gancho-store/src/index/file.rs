@@ -411,6 +411,12 @@ impl RunFile {
         }
     }
 
+    /// Whether the run keeps its lookup filter in memory (decided when the file was written or
+    /// opened, [`keeps_lookup`]); if not, it is read from here.
+    pub(super) fn keeps_lookup(&self) -> bool {
+        self.lookup.is_none()
+    }
+
     /// The size of its lookup filter, in words.
     pub(super) fn lookup_words(&self) -> usize {
         self.lookup_words

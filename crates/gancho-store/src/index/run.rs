@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::block::{BlockBuilder, len32};
 use super::bloom::{BLOOM_BITS_PER_KEY, BLOOM_BLOCK_WORDS, Bloom, hash};
-use super::file::{FileWriter, RunFile, keeps_lookup, run_path};
+use super::file::{FileWriter, RunFile, run_path};
 use super::layout::{corrupt, run_key};
 use super::packed::PackedBuilder;
 use super::rule::KeyRule;
@@ -344,7 +344,7 @@ impl RunBuilder {
             min_seq: self.min_seq.min(max_seq),
             purged_at_write: purged.count_in(self.min_seq.min(max_seq), max_seq),
             times: self.times,
-            lookup: keeps_lookup(self.lookup.words.len(), self.resident).then_some(self.lookup),
+            lookup: file.keeps_lookup().then_some(self.lookup),
             file,
         };
         run.write(&self.tree)?;
