@@ -8,7 +8,7 @@
 # Give equal steps (STEPS="4 4 4 4 4 4 4 4 4 4": about 700,000 events each, to 7 M) to compare
 # the store's sizes: the RSS after a load depends on the load as well (a 40 s step leaves more
 # in the allocator than a 2 s one), and single readings vary by ±5-10 MB, so compare the median
-# of a few steps at each size.
+# of a few steps at each size. RESTARTS=6 reads six restarts a step (see below).
 set -u
 BIN=$1; BENCH=$2; OUT=$3
 rm -rf "$OUT"; mkdir -p "$OUT/rules"
@@ -49,6 +49,14 @@ for secs in ${STEPS:-3 22}; do
   kill -TERM $PID; wait $PID
   start; sleep ${IDLE:-30}
   RESTARTED_RSS=$(grep VmRSS /proc/$PID/status | awk '{print $2/1024}')
+  # A restart's reading varies by several MB from one start to the next (which thread's
+  # allocator keeps what the start freed): RESTARTS=N restarts N times, each read after
+  # RESTART_IDLE seconds, and lists every reading (compare their medians).
+  for r in $(seq 2 ${RESTARTS:-1}); do
+    kill -TERM $PID; wait $PID
+    start; sleep ${RESTART_IDLE:-5}
+    RESTARTED_RSS="$RESTARTED_RSS,$(grep VmRSS /proc/$PID/status | awk '{print $2/1024}')"
+  done
   echo "$secs $N $RSS $HWM $L $X $IDLE_RSS $RESTARTED_RSS" >> "$OUT/rss.txt"
 done
 kill -TERM $PID; wait $PID
