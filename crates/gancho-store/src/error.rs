@@ -36,6 +36,9 @@ pub enum StoreError {
     /// Too many submissions are waiting for the disk: retry later.
     #[error("the store is busy; retry later")]
     Busy,
+    /// Events given with their seqs ([`crate::Appender::append_at`]) whose seqs do not grow.
+    #[error("events out of order: {0}")]
+    OutOfOrder(String),
     /// The writer thread has stopped (the store is shutting down).
     #[error("the store is shutting down")]
     Closed,

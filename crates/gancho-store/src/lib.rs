@@ -136,7 +136,16 @@ impl Store {
             tree: events.clone(),
             segments,
         };
-        let purged = Arc::new(log::prune::read_purged(&events)?);
+        let purged = log::prune::read_purged(&events)?;
+        // Seqs past the log's end in the set: a group of `Appender::append_at` recorded where
+        // it placed no event, and a crash lost the group. Those seqs will be given again.
+        let purged = Arc::new(match purged.through(last_seq) {
+            kept if kept != purged => {
+                events.insert(log::prune::PURGED_KEY, kept.encode())?;
+                kept
+            }
+            same => same,
+        });
         let watermark = match index::indexed_seq(&index_tree) {
             Err(StoreError::Corrupt { .. }) => None,
             other => Some(other?),
@@ -529,6 +538,8 @@ fn join(thread: JoinHandle<()>, name: &str) {
     }
 }
 
+#[cfg(test)]
+mod append_at_tests;
 #[cfg(test)]
 mod backpressure_tests;
 #[cfg(test)]

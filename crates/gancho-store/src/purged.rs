@@ -62,6 +62,17 @@ impl Purged {
         Purged { ranges }
     }
 
+    /// This set without the seqs after `last`.
+    pub(crate) fn through(&self, last: u64) -> Purged {
+        let ranges = self
+            .ranges
+            .iter()
+            .filter(|&&(first, _)| first <= last)
+            .map(|&(first, end)| (first, end.min(last)))
+            .collect();
+        Purged { ranges }
+    }
+
     /// `[n: u64][first, last: u64 × 2]*`, big-endian.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + 16 * self.ranges.len());
@@ -119,6 +130,9 @@ mod tests {
         assert_eq!(set.count_in(11, 19), 0);
         assert_eq!(set.total(), 7);
         assert_eq!(set.with(&[7, 8, 11]).ranges, vec![(3, 11), (20, 20)]);
+        assert_eq!(set.through(9).ranges, vec![(3, 6), (9, 9)]);
+        assert_eq!(set.through(2), Purged::default());
+        assert_eq!(set.through(u64::MAX), set);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub(crate) struct Index {
     pub(super) view: ArcSwap<View>,
     /// Events pruned from the log: their entries are not seen (and not written again).
     pub(super) purged: ArcSwap<Purged>,
+    /// Held by whoever adds to the set (a prune; the log writer recording the seqs a group
+    /// placed no event at), from reading it to publishing it, so neither loses the other's.
+    pub(super) purged_writes: std::sync::Mutex<()>,
     /// The memory runs are being written out as a disk run. It is built with the pruned set as
     /// it was when it began, so a prune meanwhile leaves entries in it to rewrite: until it is
     /// published, whether rewrites are pending cannot be told from the runs in view.
@@ -80,6 +83,13 @@ impl Index {
                 pruned.saturating_sub(run.purged_at_write),
             )
         })
+    }
+
+    /// Taken to add to the set of pruned events: read it, write it, publish it, then let go.
+    pub(crate) fn lock_purged(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.purged_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The set of pruned events readers pass over.

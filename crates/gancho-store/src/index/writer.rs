@@ -136,6 +136,7 @@ pub(crate) fn open(
             disk: disk.clone(),
         }),
         purged: ArcSwap::new(purged),
+        purged_writes: std::sync::Mutex::new(()),
         checkpointing: std::sync::atomic::AtomicBool::new(false),
     });
     let writer = IndexWriter {

@@ -40,23 +40,31 @@ pub(crate) struct Prepared {
 }
 
 pub(super) struct PreparedEvent {
+    /// The seq the event must take ([`Appender::append_at`]); `None`: the next one.
+    pub(super) at: Option<u64>,
     pub(super) dedup_key: Vec<u8>,
     /// A 128-bit hash of `dedup_key`, how `pending` knows it without keeping a copy.
     pub(super) dedup_hash: u128,
     pub(super) record: Vec<u8>,
 }
 
+fn prepare(at: Option<u64>, event: &NewEvent) -> Result<PreparedEvent, StoreError> {
+    let dedup_key = dedup_key(&event.source, event.id.as_str());
+    Ok(PreparedEvent {
+        at,
+        dedup_hash: xxh3_128(&dedup_key),
+        dedup_key,
+        record: codec::encode_event(event)?,
+    })
+}
+
 impl Prepared {
     fn new(submission: Submission) -> Result<Prepared, StoreError> {
-        let mut events = Vec::with_capacity(submission.events.len());
-        for event in &submission.events {
-            let dedup_key = dedup_key(&event.source, event.id.as_str());
-            events.push(PreparedEvent {
-                dedup_hash: xxh3_128(&dedup_key),
-                dedup_key,
-                record: codec::encode_event(event)?,
-            });
-        }
+        let events = submission
+            .events
+            .iter()
+            .map(|event| prepare(None, event))
+            .collect::<Result<Vec<_>, _>>()?;
         let quarantined = submission
             .rejected
             .into_iter()
@@ -75,6 +83,27 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Events with the seqs they must take, which must grow.
+    fn placed(events: &[(u64, NewEvent)]) -> Result<Prepared, StoreError> {
+        let mut prepared = Vec::with_capacity(events.len());
+        let mut before = 0;
+        for (at, event) in events {
+            if *at <= before {
+                return Err(StoreError::OutOfOrder(format!(
+                    "seq {at} given after seq {before}: the seqs of a submission must grow from 1"
+                )));
+            }
+            before = *at;
+            prepared.push(prepare(Some(*at), event)?);
+        }
+        Ok(Prepared {
+            events: prepared,
+            quarantined: Vec::new(),
+        })
+    }
+}
+
 /// What became of a submission once it is durable.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AppendReport {
@@ -85,9 +114,21 @@ pub struct AppendReport {
     /// The quarantine record's id, once per item put in quarantine (a request's invalid items
     /// share one record).
     pub quarantined: Vec<u64>,
+    /// [`Appender::append_at`] only: the seqs given that the log had reached already (an
+    /// event stored there before, or no event), which were skipped.
+    pub skipped: Vec<u64>,
 }
 
 pub(super) type ReplyTx = oneshot::Sender<Result<AppendReport, StoreError>>;
+type ReplyRx = oneshot::Receiver<Result<AppendReport, StoreError>>;
+
+/// The writer's answer to a queued submission (or why it was not queued), once it comes.
+async fn answer(queued: Result<ReplyRx, StoreError>) -> Result<AppendReport, StoreError> {
+    match queued {
+        Ok(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+        Err(err) => Err(err),
+    }
+}
 
 pub(crate) enum Job {
     Append(Prepared, ReplyTx),
@@ -121,13 +162,24 @@ impl Appender {
         &self,
         submission: Submission,
     ) -> impl std::future::Future<Output = Result<AppendReport, StoreError>> + use<> {
-        let rx = self.submit(submission);
-        async move {
-            match rx {
-                Ok(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
-                Err(err) => Err(err),
-            }
-        }
+        answer(self.submit(submission))
+    }
+
+    /// Appends events at the seqs given with them, which must grow (cluster mode: a
+    /// partition's events at their stream's sequence numbers, so that whatever is derived from
+    /// an event's seq is the same on every node that stores them). Resolves once they are
+    /// durable.
+    /// - A seq the log has reached already is skipped, whatever it held (the same events read
+    ///   again after a restart), and reported in [`AppendReport::skipped`].
+    /// - A seq after the log's end leaves the seqs between without an event: they read as
+    ///   pruned (absent to every reader, counted in [`crate::Store::pruned`]).
+    /// - An event whose source and id the log holds already is not stored again; its seq is
+    ///   left without an event, and the earlier seq is reported as a duplicate.
+    pub fn append_at(
+        &self,
+        events: &[(u64, NewEvent)],
+    ) -> impl std::future::Future<Output = Result<AppendReport, StoreError>> + use<> {
+        answer(Prepared::placed(events).and_then(|prepared| self.queue(prepared)))
     }
 
     /// [`Appender::append`] for code that is not async. Must not be called from an async task.
@@ -137,11 +189,11 @@ impl Appender {
             .unwrap_or(Err(StoreError::Closed))
     }
 
-    fn submit(
-        &self,
-        submission: Submission,
-    ) -> Result<oneshot::Receiver<Result<AppendReport, StoreError>>, StoreError> {
-        let prepared = Prepared::new(submission)?;
+    fn submit(&self, submission: Submission) -> Result<ReplyRx, StoreError> {
+        self.queue(Prepared::new(submission)?)
+    }
+
+    fn queue(&self, prepared: Prepared) -> Result<ReplyRx, StoreError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.send(Job::Append(prepared, reply_tx))?;
         Ok(reply_rx)

@@ -247,7 +247,10 @@ impl Pruner {
         }
         if !gone.is_empty() {
             // The set first, durable, and published: from here the events are gone for readers.
-            let purged = Arc::new(purged.with(&gone));
+            // Added to the set as it is now: the log writer may have added seqs to it since
+            // (those its group placed no event at, all after the log's durable end).
+            let _adding = self.index.lock_purged();
+            let purged = Arc::new(self.index.purged().with(&gone));
             gancho_core::fail_point!("prune.before_set");
             self.log.tree.insert(PURGED_KEY, purged.encode())?;
             {

@@ -55,6 +55,9 @@ const STALLED: std::time::Duration =
 /// A log block is closed once its records pass this size (before compression). Larger blocks
 /// compress better and cost sled fewer inserts; reading one event decompresses its block.
 const BLOCK_TARGET_BYTES: usize = 32 * 1024;
+/// The id `pending` holds for a seq without an event (pruned, or left empty by
+/// [`Appender::append_at`]): no event's id hashes to it.
+const NO_EVENT: u128 = 0;
 
 /// The running writer and flusher.
 #[derive(Debug)]
@@ -203,7 +206,6 @@ impl Writer {
             None => {
                 // Over 4 billion events: the whole ids, in `pending` (it holds one id per seq
                 // in order; a pruned event holds its place with an id no event has).
-                const NO_EVENT: u128 = 0;
                 let pending = &mut self.pending;
                 let mut next = indexed + 1;
                 each_id(&mut |seq, id| {
@@ -341,12 +343,13 @@ impl Writer {
                 (self.next_seq, self.next_qid, self.pending.len());
             let mut writes = Vec::new();
             let mut records = Vec::new();
+            let mut gaps = Vec::new();
             let mut staged = Vec::with_capacity(jobs.len());
             for job in jobs {
                 match job {
                     Job::Shutdown => stop = true,
                     Job::Append(submission, reply) => {
-                        match self.stage(submission, &mut records, &mut writes) {
+                        match self.stage(submission, &mut records, &mut writes, &mut gaps) {
                             Ok(report) => staged.push(Staged { reply, report }),
                             Err(err) => {
                                 let _ = reply.send(Err(err));
@@ -360,7 +363,10 @@ impl Writer {
             }
             let mark = self.segments.mark();
             let placed = add_blocks(&mut writes, seq_before, &records, &mut self.segments);
-            if let Err(err) = placed.and_then(|()| self.write_group(&writes)) {
+            let written = placed
+                .and_then(|()| self.write_group(&writes))
+                .and_then(|()| self.record_gaps(&gaps));
+            if let Err(err) = written {
                 error!(error = %err, "writing a group of events failed");
                 (self.next_seq, self.next_qid) = (seq_before, qid_before);
                 self.pending.truncate(pending_before);
@@ -368,7 +374,8 @@ impl Writer {
                 // Undone before the callers hear of it: they may append again at once.
                 let undone = self
                     .undo_group(&writes)
-                    .and_then(|()| self.segments.rewind(mark));
+                    .and_then(|()| self.segments.rewind(mark))
+                    .and_then(|()| self.unrecord_gaps(&gaps));
                 for s in staged {
                     let _ = s.reply.send(Err(StoreError::Engine(reason.clone())));
                 }
@@ -485,20 +492,71 @@ impl Writer {
         Ok(())
     }
 
+    /// Adds the seqs the group left without an event to the pruned set, and publishes it (none
+    /// of them is durable yet, so no reader asks for them). The set is written with the group's
+    /// keys, before its commit record: a crash that loses the group may keep the set, and the
+    /// next open drops from it the seqs past the log's end.
+    fn record_gaps(&self, gaps: &[u64]) -> Result<(), StoreError> {
+        if gaps.is_empty() {
+            return Ok(());
+        }
+        let _adding = self.index.lock_purged();
+        let purged = std::sync::Arc::new(self.index.purged().with(gaps));
+        self.events
+            .insert(super::prune::PURGED_KEY, &purged.encode()[..])?;
+        self.index.set_purged(purged);
+        Ok(())
+    }
+
+    /// Puts back the pruned set as published, after a group that failed before publishing its
+    /// own.
+    fn unrecord_gaps(&self, gaps: &[u64]) -> Result<(), StoreError> {
+        if gaps.is_empty() {
+            return Ok(());
+        }
+        let _adding = self.index.lock_purged();
+        let purged = self.index.purged();
+        self.events
+            .insert(super::prune::PURGED_KEY, &purged.encode()[..])?;
+        Ok(())
+    }
+
     /// Adds one submission to the group. Nothing is added unless the whole submission is.
+    /// Events given with their seqs ([`Appender::append_at`]) take them; the seqs skipped go
+    /// to `gaps`, with an empty record each.
     fn stage(
         &mut self,
         submission: Prepared,
         records: &mut Vec<Vec<u8>>,
         writes: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        gaps: &mut Vec<u64>,
     ) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport::default();
         let mut new_records = Vec::with_capacity(submission.events.len());
         let mut new_ids: Vec<(u128, u64)> = Vec::new();
+        let mut new_gaps = Vec::new();
         let mut seq = self.next_seq;
+        let mut leave_empty = |seq: &mut u64, records: &mut Vec<Vec<u8>>, ids: &mut Vec<_>| {
+            records.push(Vec::new());
+            ids.push((NO_EVENT, *seq));
+            new_gaps.push(*seq);
+            *seq += 1;
+        };
         for event in submission.events {
+            if let Some(at) = event.at {
+                if at < seq {
+                    report.skipped.push(at);
+                    continue;
+                }
+                while seq < at {
+                    leave_empty(&mut seq, &mut new_records, &mut new_ids);
+                }
+            }
             if let Some(existing) = self.seen(&event, &new_ids)? {
                 report.duplicates.push(existing);
+                if event.at.is_some() {
+                    leave_empty(&mut seq, &mut new_records, &mut new_ids);
+                }
                 continue;
             }
             new_records.push(event.record);
@@ -519,6 +577,7 @@ impl Writer {
         }
         // Nothing can fail from here on: commit the submission to the group.
         records.extend(new_records);
+        gaps.extend(new_gaps);
         for (key, value) in quarantined {
             writes.push((key.to_vec(), value));
         }
