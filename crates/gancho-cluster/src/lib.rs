@@ -32,8 +32,8 @@ pub use lease::{LEASE_BUCKET, Lease, Leases, rendezvous_owner};
 pub use membership::{Changes, Membership};
 pub use partition::{Partition, partition_of};
 pub use publish::{
-    FORMAT_HEADER, FORMAT_JSON_V1, Published, confirm_duplicate, ingress_context, message_id,
-    partition_for, publish_events,
+    ClusterPublisher, FORMAT_HEADER, FORMAT_JSON_V1, Published, confirm_duplicate, ingress_context,
+    message_id, partition_for, publish_events,
 };
 pub use reader::PartitionReader;
 pub use status::{ClusterStatus, NodeStatus, PartitionStatus, cluster_status};

@@ -11,9 +11,13 @@
 //! not stored. So a duplicate's sequence is read back and its id compared, and anything else
 //! fails the request (the sender retries; nothing is acknowledged that is not stored).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
 use gancho_core::NewEvent;
+use gancho_core::publish::{EventPublisher, PublishError, PublishFuture, PublishedCounts};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::ClusterError;
@@ -169,5 +173,54 @@ pub async fn confirm_duplicate(
         Ok(())
     } else {
         Err(not_stored())
+    }
+}
+
+/// Ingress's [`EventPublisher`] in cluster mode: each event to the partition of its source's
+/// partition key's value.
+#[derive(Debug, Clone)]
+pub struct ClusterPublisher {
+    js: jetstream::Context,
+    partitions: u16,
+    /// Each source's partition key (cluster mode's config refuses a source without one).
+    partition_keys: Arc<HashMap<String, String>>,
+}
+
+impl ClusterPublisher {
+    /// `js` should come from [`ingress_context`]; `partition_keys` maps each source's name to
+    /// its partition key.
+    pub fn new(
+        js: jetstream::Context,
+        partitions: u16,
+        partition_keys: HashMap<String, String>,
+    ) -> ClusterPublisher {
+        ClusterPublisher {
+            js,
+            partitions,
+            partition_keys: Arc::new(partition_keys),
+        }
+    }
+}
+
+impl EventPublisher for ClusterPublisher {
+    fn publish(&self, events: Vec<NewEvent>) -> PublishFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let partition = |event: &NewEvent| {
+                let key = this
+                    .partition_keys
+                    .get(&event.source)
+                    .map_or("", String::as_str);
+                partition_for(event, key, this.partitions)
+            };
+            let published = publish_events(&this.js, &events, partition)
+                .await
+                .map_err(|err| PublishError::Unavailable(err.to_string()))?;
+            let duplicates = published.iter().filter(|p| p.duplicate).count();
+            Ok(PublishedCounts {
+                stored: published.len() - duplicates,
+                duplicates,
+            })
+        })
     }
 }

@@ -7,7 +7,9 @@
 //! come from the injected [`gancho_core::Clock`]). A key design decision made here is that a
 //! request is answered by what the store did with it: 200 means every event in it is on disk
 //! (or was already) and every invalid item of a batch is in the quarantine; any other status
-//! means nothing of it was acknowledged, so the provider's retry is always safe.
+//! means nothing of it was acknowledged, so the provider's retry is always safe. In cluster
+//! mode the events go to the shared log through the binary's [`gancho_core::publish::EventPublisher`]
+//! instead, and 200 means every one of them is acknowledged there.
 //!
 //! It also owns the `[sources.NAME]` sections of the config file ([`SourceConfig`]), beside the
 //! adapters that read their JSON pointers.
@@ -17,6 +19,7 @@ mod auth;
 mod config;
 mod formats;
 mod presets;
+mod publish;
 mod server;
 mod sources;
 mod verify;

@@ -8,11 +8,13 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use gancho_core::Clock;
+use gancho_core::publish::EventPublisher;
 use gancho_store::{Appender, Store, StoreError};
 use serde_json::json;
 use tracing::{debug, warn};
 
 use crate::adapter::BodyError;
+use crate::publish::{Counts, Refused, publish};
 use crate::sources::{BodyFormat, Source, Sources};
 
 /// What the server needs to know, already validated.
@@ -103,6 +105,9 @@ struct State {
     max_body_bytes: usize,
     body_timeout: Duration,
     appender: Appender,
+    /// Cluster mode: where the events go (the items refused still go to this node's
+    /// quarantine). `None`: to the local log, with the quarantined items, as one submission.
+    publisher: Option<Arc<dyn EventPublisher>>,
     store: Store,
     clock: Arc<dyn Clock>,
 }
@@ -155,6 +160,19 @@ impl IngressServer {
         clock: Arc<dyn Clock>,
         ready: Readiness,
     ) -> std::io::Result<IngressServer> {
+        IngressServer::start_publishing(listener, config, store, clock, ready, None)
+    }
+
+    /// [`IngressServer::start`], with the events of each request given to `publisher` (cluster
+    /// mode) instead of the local log.
+    pub fn start_publishing(
+        listener: TcpListener,
+        config: IngressConfig,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        ready: Readiness,
+        publisher: Option<Arc<dyn EventPublisher>>,
+    ) -> std::io::Result<IngressServer> {
         let local_addr = listener.local_addr()?;
         for source in config
             .sources
@@ -175,6 +193,7 @@ impl IngressServer {
             max_body_bytes: config.max_body_bytes,
             body_timeout: config.body_timeout,
             appender: store.appender(),
+            publisher,
             store,
             clock,
         });
@@ -305,13 +324,6 @@ async fn hook(req: HttpRequest, payload: web::Payload, state: web::Data<State>) 
     response
 }
 
-/// What one request stored.
-struct Counts {
-    stored: usize,
-    duplicates: usize,
-    quarantined: usize,
-}
-
 async fn receive(
     req: HttpRequest,
     payload: web::Payload,
@@ -438,20 +450,37 @@ async fn parse_and_store(
     }
     // Tests keep a request in flight here (`sleep`: it blocks this worker, which is the point).
     gancho_core::fail_point!("ingress.before_append");
-    match state.appender.append(submission).await {
-        Ok(report) => {
-            debug!(
-                source = %source.name,
-                stored = report.stored.len(),
-                duplicates = report.duplicates.len(),
-                quarantined = report.quarantined.len(),
-                "webhook stored"
-            );
-            let counts = Counts {
+    let stored = match &state.publisher {
+        None => state
+            .appender
+            .append(submission)
+            .await
+            .map(|report| Counts {
                 stored: report.stored.len(),
                 duplicates: report.duplicates.len(),
                 quarantined: report.quarantined.len(),
-            };
+            }),
+        Some(publisher) => match publish(publisher.as_ref(), &state.appender, submission).await {
+            Ok(counts) => Ok(counts),
+            Err(Refused::Store(err)) => Err(err),
+            Err(Refused::Cluster(err)) => {
+                warn!(source = %source.name, error = %err, "publishing webhook failed");
+                return response(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{err}; retry later"),
+                ));
+            }
+        },
+    };
+    match stored {
+        Ok(counts) => {
+            debug!(
+                source = %source.name,
+                stored = counts.stored,
+                duplicates = counts.duplicates,
+                quarantined = counts.quarantined,
+                "webhook stored"
+            );
             let answer = HttpResponse::Ok().json(json!({
                 "stored": counts.stored,
                 "duplicates": counts.duplicates,
