@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use gancho_cluster::{
-    ClusterConfig, ClusterPublisher, create_streams, event_stream, fix_partitions,
-    ingress_context, partition_for,
+    ClusterConfig, ClusterPublisher, create_streams, event_stream, fix_partitions, ingress_context,
+    partition_for,
 };
 use gancho_core::SystemClock;
 use gancho_ingress::{IngressConfig, IngressServer, SourceConfig};
@@ -193,7 +193,8 @@ fn cluster_ingress_acknowledges_only_what_the_streams_hold() {
     for i in 0..3 {
         cluster.kill(i);
     }
-    let response = node.post(&json!([{"event": "open", "time": 1433103519, "MessageID": 99, "email": "late@x"}]));
+    let response = node
+        .post(&json!([{"event": "open", "time": 1433103519, "MessageID": 99, "email": "late@x"}]));
     assert_eq!(response.status, 503, "{}", response.body);
     assert!(
         response.body.contains("cluster did not store"),

@@ -137,6 +137,68 @@ fn seqs_the_log_has_reached_are_skipped_and_a_known_id_leaves_its_seq_empty() {
 }
 
 #[test]
+fn a_seq_given_again_with_another_event_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    crate::tests::append(&store, vec![event("sent", 100, "a@x", 1)]);
+    append_at(&store, &[(2, event("open", 200, "a@x", 2))]).unwrap();
+    for seq in [1, 2] {
+        let err = append_at(&store, &[(seq, event("click", 300, "b@x", 3))]).unwrap_err();
+        assert!(matches!(err, StoreError::OutOfOrder(_)), "{err}");
+    }
+    // The same events again, whether indexed yet or not, are fine.
+    let report = append_at(&store, &[(2, event("open", 200, "a@x", 2))]).unwrap();
+    assert_eq!(report.skipped, vec![2]);
+    assert!(store.wait_indexed(2, Duration::from_secs(10)));
+    let report = append_at(
+        &store,
+        &[
+            (1, event("sent", 100, "a@x", 1)),
+            (2, event("open", 200, "a@x", 2)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(report.skipped, vec![1, 2]);
+}
+
+#[test]
+fn a_jump_of_billions_of_seqs_costs_nothing_per_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let far = 5_000_000_000;
+    append_at(
+        &store,
+        &[
+            (1, event("sent", 100, "a@x", 1)),
+            (far, event("open", 200, "a@x", 2)),
+            (far + 100, event("click", 300, "a@x", 3)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(store.last_seq().unwrap(), far + 100);
+    assert_eq!(store.pruned(), far + 100 - 3);
+    assert!(store.wait_indexed(far + 100, Duration::from_secs(10)));
+    assert_eq!(
+        kinds(&store, "a@x"),
+        vec![
+            (1, "sent".into()),
+            (far, "open".into()),
+            (far + 100, "click".into())
+        ]
+    );
+    // Dedup still finds an event past the jump, from memory and after a restart.
+    let report = append_at(&store, &[(far + 101, event("open", 200, "a@x", 2))]).unwrap();
+    assert_eq!(report.duplicates, vec![far]);
+    store.shutdown().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    let report = append_at(&store, &[(far + 102, event("click", 300, "a@x", 3))]).unwrap();
+    assert_eq!(report.duplicates, vec![far + 100]);
+    assert_eq!(store.get(far).unwrap().unwrap().kind, "open");
+    assert_eq!(store.get(far - 1).unwrap(), None);
+}
+
+#[test]
 fn seqs_that_do_not_grow_are_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
@@ -236,4 +298,30 @@ fn a_crash_before_the_commit_record_of_a_group_with_empty_seqs_gives_them_again(
     assert_eq!(report.stored, vec![3, 9]);
     assert_eq!(store.get(3).unwrap().unwrap().kind, "open");
     assert_eq!(store.pruned(), 6);
+}
+
+#[test]
+fn a_group_that_fails_leaves_the_seqs_it_would_have_left_empty_free() {
+    let dir = tempfile::tempdir().unwrap();
+    gancho_testkit::crash::run_in_child(
+        module_path!(),
+        "a_group_that_fails_leaves_the_seqs_it_would_have_left_empty_free",
+        dir.path(),
+        |dir| {
+            let store = open(dir);
+            append_at(&store, &[(2, event("sent", 100, "a@x", 1))]).unwrap();
+            gancho_core::failpoint::set("log.group.write", "1*error").unwrap();
+            assert!(append_at(&store, &[(9, event("open", 200, "a@x", 2))]).is_err());
+            gancho_core::failpoint::remove("log.group.write");
+            assert_eq!(store.pruned(), 1);
+            let report = append_at(&store, &[(5, event("open", 200, "a@x", 2))]).unwrap();
+            assert_eq!(report.stored, vec![5]);
+            assert_eq!(store.pruned(), 3);
+            store.shutdown().unwrap();
+        },
+    );
+    let store = open(dir.path());
+    assert_eq!(store.last_seq().unwrap(), 5);
+    assert_eq!(store.pruned(), 3);
+    assert_eq!(store.get(5).unwrap().unwrap().kind, "open");
 }

@@ -23,6 +23,15 @@ impl Purged {
         self.ranges.get(i).is_some_and(|&(first, _)| first <= seq)
     }
 
+    /// The last seq of the range of the set that holds `seq`, if one does.
+    pub(crate) fn last_of(&self, seq: u64) -> Option<u64> {
+        let i = self.ranges.partition_point(|&(_, last)| last < seq);
+        self.ranges
+            .get(i)
+            .filter(|&&(first, _)| first <= seq)
+            .map(|&(_, last)| last)
+    }
+
     /// How many seqs in `lo..=hi` are pruned.
     pub(crate) fn count_in(&self, lo: u64, hi: u64) -> u64 {
         if lo > hi {
@@ -50,7 +59,12 @@ impl Purged {
                 _ => added.push((seq, seq)),
             }
         }
-        let mut all: Vec<(u64, u64)> = self.ranges.iter().chain(&added).copied().collect();
+        self.with_ranges(&added)
+    }
+
+    /// This set with the inclusive ranges `added` (each `first <= last`) added.
+    pub(crate) fn with_ranges(&self, added: &[(u64, u64)]) -> Purged {
+        let mut all: Vec<(u64, u64)> = self.ranges.iter().chain(added).copied().collect();
         all.sort_unstable();
         let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(all.len());
         for (first, last) in all {
@@ -126,6 +140,9 @@ mod tests {
             assert_eq!(set.contains(seq), inside, "{seq}");
         }
         assert_eq!(set.count_in(1, 100), 7);
+        assert_eq!(set.last_of(4), Some(6));
+        assert_eq!(set.last_of(20), Some(20));
+        assert_eq!(set.last_of(7), None);
         assert_eq!(set.count_in(5, 9), 3);
         assert_eq!(set.count_in(11, 19), 0);
         assert_eq!(set.total(), 7);
@@ -133,6 +150,10 @@ mod tests {
         assert_eq!(set.through(9).ranges, vec![(3, 6), (9, 9)]);
         assert_eq!(set.through(2), Purged::default());
         assert_eq!(set.through(u64::MAX), set);
+        assert_eq!(
+            set.with_ranges(&[(11, 19), (100, 1 << 40)]).ranges,
+            vec![(3, 6), (9, 20), (100, 1 << 40)]
+        );
     }
 
     #[test]

@@ -125,7 +125,12 @@ impl Indexer {
             let full = pacing.memory_full(self.index.memory_bytes());
             if !stopping && durable > indexed && !full {
                 waiting_since = None;
-                let to = durable.min(indexed + pacing.batch_events);
+                // A run of seqs without an event (where `Appender::append_at` jumped) is passed
+                // over in one step, however long.
+                let to = match self.index.purged().last_of(indexed + 1) {
+                    Some(last) => durable.min(last.max(indexed + pacing.batch_events)),
+                    None => durable.min(indexed + pacing.batch_events),
+                };
                 match self.index_range(indexed + 1, to) {
                     Ok(()) => {
                         rate_events += to - indexed;

@@ -5,7 +5,9 @@
 //! An id is a 128-bit hash of the event's dedup key (a collision would make one event a
 //! duplicate of another: at 2^-128 per pair, far below the odds of a disk error). Its low half
 //! keys a map to the event's seq; the whole id sits in a queue in seq order, where the seq finds
-//! it to check the high half. Seqs are contiguous, so the queue needs no seq of its own. Two ids
+//! it to check the high half. Seqs are contiguous, so the queue needs no seq of its own, but
+//! where events placed at given seqs (`Appender::append_at`) skip some: each such jump is
+//! noted once, however many seqs it skips. Two ids
 //! that share a low half (about one pair in 2^64) put the second in a small overflow map, so the
 //! answer stays exact. That is some 40 bytes an event instead of the 80-100 of a map and a queue
 //! of whole ids with their seqs (both 16-byte aligned).
@@ -31,6 +33,12 @@ pub(super) struct Pending {
     ids: VecDeque<(u64, u64)>,
     /// The seq of `ids[0]` (the next seq when empty).
     first: u64,
+    /// Ids dropped from the front of `ids`, ever: an id's place counted from the first ever
+    /// held is `popped` + its index in `ids`.
+    popped: u64,
+    /// Where seqs jump: (place, seq) of each id whose seq is not the one after its
+    /// predecessor's, in order, past the front.
+    jumps: VecDeque<(u64, u64)>,
 }
 
 fn halves(id: u128) -> (u64, u64) {
@@ -50,17 +58,52 @@ impl Pending {
         self.ids.len()
     }
 
-    /// The seq after the last one held.
+    /// The seq after the last one held (the next seq when empty).
     fn end(&self) -> u64 {
-        self.first + self.ids.len() as u64
+        match self.ids.len() as u64 {
+            0 => self.first,
+            n => self.seq_at(self.popped + n - 1) + 1,
+        }
     }
 
-    /// Adds the id of event `seq`, which must be the seq after the last one added.
+    /// The seq of the id at `place`.
+    fn seq_at(&self, place: u64) -> u64 {
+        let i = self.jumps.partition_point(|&(p, _)| p <= place);
+        let (base, seq) = match i {
+            0 => (self.popped, self.first),
+            i => self.jumps[i - 1],
+        };
+        seq + (place - base)
+    }
+
+    /// The place of the id of event `seq`, if one is held.
+    fn place_of(&self, seq: u64) -> Option<u64> {
+        if seq < self.first {
+            return None;
+        }
+        let i = self.jumps.partition_point(|&(_, s)| s <= seq);
+        let (base, base_seq) = match i {
+            0 => (self.popped, self.first),
+            i => self.jumps[i - 1],
+        };
+        let place = base + (seq - base_seq);
+        let limit = match self.jumps.get(i) {
+            Some(&(next, _)) => next,
+            None => self.popped + self.ids.len() as u64,
+        };
+        (place < limit).then_some(place)
+    }
+
+    /// Adds the id of event `seq`, which must come after the last one added: the seq after it,
+    /// or a later one (the seqs between hold no event).
     pub(super) fn push(&mut self, seq: u64, id: u128) {
         if self.ids.is_empty() {
             self.first = seq;
+        } else if seq != self.end() {
+            debug_assert!(seq > self.end());
+            self.jumps
+                .push_back((self.popped + self.ids.len() as u64, seq));
         }
-        debug_assert_eq!(seq, self.end());
         let (low, high) = halves(id);
         match self.by_low.get(&low) {
             Some(&other) if self.high_of(other) != Some(high) => {
@@ -74,7 +117,7 @@ impl Pending {
     }
 
     fn high_of(&self, seq: u64) -> Option<u64> {
-        let at = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        let at = usize::try_from(self.place_of(seq)? - self.popped).ok()?;
         self.ids.get(at).map(|&(_, high)| high)
     }
 
@@ -96,7 +139,14 @@ impl Pending {
                 break;
             };
             let seq = self.first;
-            self.first += 1;
+            self.popped += 1;
+            match self.jumps.front() {
+                Some(&(place, next)) if place == self.popped => {
+                    self.first = next;
+                    self.jumps.pop_front();
+                }
+                _ => self.first += 1,
+            }
             self.forget(seq, id);
         }
         if self.ids.is_empty() {
@@ -108,10 +158,14 @@ impl Pending {
     /// Drops the newest ids, down to `len` of them (a group that failed to be written).
     pub(super) fn truncate(&mut self, len: usize) {
         while self.ids.len() > len {
+            let place = self.popped + self.ids.len() as u64 - 1;
+            let seq = self.seq_at(place);
             let Some(id) = self.ids.pop_back() else {
                 break;
             };
-            let seq = self.end();
+            if self.jumps.back().is_some_and(|&(p, _)| p == place) {
+                self.jumps.pop_back();
+            }
             self.forget(seq, id);
         }
     }
@@ -235,6 +289,51 @@ mod tests {
         // Empty, it starts again at the next seq.
         pending.push(13, id(5, 5));
         assert_eq!(pending.get(id(5, 5)), Some(13));
+    }
+
+    #[test]
+    fn seqs_may_jump_and_each_id_keeps_its_seq() {
+        let mut pending = Pending::new(1);
+        pending.push(1, id(1, 1));
+        pending.push(2, id(2, 2));
+        pending.push(1_000_000_000, id(3, 3));
+        pending.push(1_000_000_001, id(4, 4));
+        pending.push(1_000_000_005, id(5, 5));
+        assert_eq!(pending.len(), 5);
+        assert_eq!(pending.jumps.len(), 2);
+        for (seq, i) in [
+            (1, 1),
+            (2, 2),
+            (1_000_000_000, 3),
+            (1_000_000_001, 4),
+            (1_000_000_005, 5),
+        ] {
+            assert_eq!(pending.get(id(i, i)), Some(seq), "{seq}");
+        }
+        assert_eq!(pending.end(), 1_000_000_006);
+        // A seq in a jump holds no id, even one sharing a low half.
+        assert_eq!(pending.place_of(3), None);
+        assert_eq!(pending.place_of(1_000_000_002), None);
+        // Taken back from the end, past a jump.
+        pending.truncate(3);
+        assert_eq!(pending.get(id(5, 5)), None);
+        assert_eq!(pending.get(id(4, 4)), None);
+        assert_eq!(pending.end(), 1_000_000_001);
+        assert_eq!(pending.jumps.len(), 1);
+        pending.push(1_000_000_003, id(6, 6));
+        assert_eq!(pending.get(id(6, 6)), Some(1_000_000_003));
+        // Dropped from the front, across the jumps.
+        pending.drop_through(2);
+        assert_eq!(pending.first, 1_000_000_000);
+        assert!(pending.jumps.len() == 1);
+        assert_eq!(pending.get(id(3, 3)), Some(1_000_000_000));
+        pending.drop_through(1_000_000_000);
+        assert_eq!(pending.first, 1_000_000_003);
+        assert!(pending.jumps.is_empty());
+        assert_eq!(pending.get(id(6, 6)), Some(1_000_000_003));
+        pending.drop_through(2_000_000_000);
+        assert_eq!(pending.len(), 0);
+        assert_eq!(pending.end(), 2_000_000_001);
     }
 
     #[test]

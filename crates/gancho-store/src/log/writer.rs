@@ -55,9 +55,11 @@ const STALLED: std::time::Duration =
 /// A log block is closed once its records pass this size (before compression). Larger blocks
 /// compress better and cost sled fewer inserts; reading one event decompresses its block.
 const BLOCK_TARGET_BYTES: usize = 32 * 1024;
-/// The id `pending` holds for a seq without an event (pruned, or left empty by
-/// [`Appender::append_at`]): no event's id hashes to it.
-const NO_EVENT: u128 = 0;
+/// Seqs [`Appender::append_at`] leaves without an event between two events of a group: up to
+/// this many, they take empty records in the block (a provider's retry leaves one); more start
+/// a new block at the next event, so a large jump (a new owner reading a stream from where its
+/// snapshot was taken) costs nothing per seq.
+const FILL_AT_MOST: u64 = 64;
 
 /// The running writer and flusher.
 #[derive(Debug)]
@@ -204,22 +206,10 @@ impl Writer {
                 self.backlog = backlog.finish();
             }
             None => {
-                // Over 4 billion events: the whole ids, in `pending` (it holds one id per seq
-                // in order; a pruned event holds its place with an id no event has).
+                // Over 4 billion seqs: the whole ids, in `pending` (in seq order; it notes where
+                // seqs without an event are skipped).
                 let pending = &mut self.pending;
-                let mut next = indexed + 1;
-                each_id(&mut |seq, id| {
-                    while next < seq {
-                        pending.push(next, NO_EVENT);
-                        next += 1;
-                    }
-                    pending.push(seq, id);
-                    next = seq + 1;
-                })?;
-                while next <= last_seq {
-                    pending.push(next, NO_EVENT);
-                    next += 1;
-                }
+                each_id(&mut |seq, id| pending.push(seq, id))?;
             }
         }
         debug!(
@@ -362,7 +352,7 @@ impl Writer {
                 continue;
             }
             let mark = self.segments.mark();
-            let placed = add_blocks(&mut writes, seq_before, &records, &mut self.segments);
+            let placed = add_blocks(&mut writes, records, &mut self.segments);
             let written = placed
                 .and_then(|()| self.write_group(&writes))
                 .and_then(|()| self.record_gaps(&gaps));
@@ -496,12 +486,12 @@ impl Writer {
     /// of them is durable yet, so no reader asks for them). The set is written with the group's
     /// keys, before its commit record: a crash that loses the group may keep the set, and the
     /// next open drops from it the seqs past the log's end.
-    fn record_gaps(&self, gaps: &[u64]) -> Result<(), StoreError> {
+    fn record_gaps(&self, gaps: &[(u64, u64)]) -> Result<(), StoreError> {
         if gaps.is_empty() {
             return Ok(());
         }
         let _adding = self.index.lock_purged();
-        let purged = std::sync::Arc::new(self.index.purged().with(gaps));
+        let purged = std::sync::Arc::new(self.index.purged().with_ranges(gaps));
         self.events
             .insert(super::prune::PURGED_KEY, &purged.encode()[..])?;
         self.index.set_purged(purged);
@@ -510,7 +500,7 @@ impl Writer {
 
     /// Puts back the pruned set as published, after a group that failed before publishing its
     /// own.
-    fn unrecord_gaps(&self, gaps: &[u64]) -> Result<(), StoreError> {
+    fn unrecord_gaps(&self, gaps: &[(u64, u64)]) -> Result<(), StoreError> {
         if gaps.is_empty() {
             return Ok(());
         }
@@ -522,44 +512,41 @@ impl Writer {
     }
 
     /// Adds one submission to the group. Nothing is added unless the whole submission is.
-    /// Events given with their seqs ([`Appender::append_at`]) take them; the seqs skipped go
-    /// to `gaps`, with an empty record each.
+    /// Events given with their seqs ([`Appender::append_at`]) take them; the seqs they leave
+    /// without an event go to `gaps`, as ranges.
     fn stage(
         &mut self,
         submission: Prepared,
-        records: &mut Vec<Vec<u8>>,
+        records: &mut Vec<(u64, Vec<u8>)>,
         writes: &mut Vec<(Vec<u8>, Vec<u8>)>,
-        gaps: &mut Vec<u64>,
+        gaps: &mut Vec<(u64, u64)>,
     ) -> Result<AppendReport, StoreError> {
         let mut report = AppendReport::default();
         let mut new_records = Vec::with_capacity(submission.events.len());
         let mut new_ids: Vec<(u128, u64)> = Vec::new();
         let mut new_gaps = Vec::new();
         let mut seq = self.next_seq;
-        let mut leave_empty = |seq: &mut u64, records: &mut Vec<Vec<u8>>, ids: &mut Vec<_>| {
-            records.push(Vec::new());
-            ids.push((NO_EVENT, *seq));
-            new_gaps.push(*seq);
-            *seq += 1;
-        };
         for event in submission.events {
             if let Some(at) = event.at {
                 if at < seq {
+                    self.check_skipped(at, &event)?;
                     report.skipped.push(at);
                     continue;
                 }
-                while seq < at {
-                    leave_empty(&mut seq, &mut new_records, &mut new_ids);
+                if at > seq {
+                    new_gaps.push((seq, at - 1));
                 }
+                seq = at;
             }
             if let Some(existing) = self.seen(&event, &new_ids)? {
                 report.duplicates.push(existing);
                 if event.at.is_some() {
-                    leave_empty(&mut seq, &mut new_records, &mut new_ids);
+                    new_gaps.push((seq, seq));
+                    seq += 1;
                 }
                 continue;
             }
-            new_records.push(event.record);
+            new_records.push((seq, event.record));
             new_ids.push((event.dedup_hash, seq));
             report.stored.push(seq);
             seq += 1;
@@ -587,6 +574,27 @@ impl Writer {
         self.next_seq = seq;
         self.next_qid = qid;
         Ok(report)
+    }
+
+    /// A seq given again that the log has reached must hold the same event, or none (a seq
+    /// left empty, or pruned since): anything else is a caller placing two events at one seq,
+    /// which would silently drop one.
+    fn check_skipped(&self, at: u64, event: &PreparedEvent) -> Result<(), StoreError> {
+        if self.pending.get(event.dedup_hash) == Some(at) || self.index.purged().contains(at) {
+            return Ok(());
+        }
+        let mut other = false;
+        self.log.for_each_record(at, at, |seq, record| {
+            let view = codec::view_record(seq, record)?;
+            other = dedup_key(view.source, view.id) != event.dedup_key;
+            Ok(())
+        })?;
+        match other {
+            true => Err(StoreError::OutOfOrder(format!(
+                "seq {at} holds another event than the one given for it"
+            ))),
+            false => Ok(()),
+        }
     }
 
     /// The seq of the event already stored (or staged) under this dedup key, if any.
@@ -620,25 +628,45 @@ impl Writer {
     }
 }
 
-/// Cuts the group's records (consecutive events from `first_seq`) into blocks, and places each
-/// (in sled, or appended to a segment with a pointer in sled).
+/// Cuts the group's records (events with their seqs, in order) into blocks, and places each
+/// (in sled, or appended to a segment with a pointer in sled). A block holds consecutive seqs:
+/// up to [`FILL_AT_MOST`] seqs without an event between two records take empty records, more
+/// start a new block.
 fn add_blocks(
     writes: &mut Vec<(Vec<u8>, Vec<u8>)>,
-    first_seq: u64,
-    records: &[Vec<u8>],
+    records: Vec<(u64, Vec<u8>)>,
     segments: &mut SegmentWriter,
 ) -> Result<(), StoreError> {
-    let mut start = 0;
+    let mut block: Vec<Vec<u8>> = Vec::new();
+    let mut first = 0;
     let mut bytes = 0;
-    for (i, record) in records.iter().enumerate() {
+    let mut place = |block: &mut Vec<Vec<u8>>, first: u64| -> Result<(), StoreError> {
+        if !block.is_empty() {
+            let value = segments.place(first, codec::encode_block(block))?;
+            writes.push((codec::log_key(first).to_vec(), value));
+            block.clear();
+        }
+        Ok(())
+    };
+    for (seq, record) in records {
+        let next = first + block.len() as u64;
+        if !block.is_empty() && seq - next > FILL_AT_MOST {
+            place(&mut block, first)?;
+            bytes = 0;
+        }
+        if block.is_empty() {
+            first = seq;
+        }
+        block.resize(
+            block.len() + (seq - first - block.len() as u64) as usize,
+            Vec::new(),
+        );
         bytes += record.len();
-        if bytes >= BLOCK_TARGET_BYTES || i + 1 == records.len() {
-            let block_seq = first_seq + start as u64;
-            let value = segments.place(block_seq, codec::encode_block(&records[start..=i]))?;
-            writes.push((codec::log_key(block_seq).to_vec(), value));
-            start = i + 1;
+        block.push(record);
+        if bytes >= BLOCK_TARGET_BYTES {
+            place(&mut block, first)?;
             bytes = 0;
         }
     }
-    Ok(())
+    place(&mut block, first)
 }
