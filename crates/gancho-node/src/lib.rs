@@ -1,0 +1,12 @@
+//! A cluster node's side of the partitions it owns: each one's local store, kept equal to the
+//! partition's stream (`follow`), on which the single-node engine will run its rules. It joins
+//! the two halves that must not know each other: `gancho-cluster` (everything said to NATS) and
+//! `gancho-store` (the local log, which knows nothing of NATS).
+//!
+//! It must not decide anything about events (the engine does) nor hold a partition it does not
+//! own: whoever calls [`follow`] has taken the partition's lease, and stops it when the lease
+//! is lost. `docs/cluster.md` says what is built and what is to come (issue 17).
+
+mod follow;
+
+pub use follow::{FollowError, follow};
