@@ -1,5 +1,6 @@
 //! A cluster node's side of the partitions it owns: each one's local store, kept equal to the
-//! partition's stream (`follow`), on which the single-node engine will run its rules. It joins
+//! partition's stream (`follow`), on which the single-node engine will run its rules, and the
+//! fence of that engine's commits, the partition's shared journal ([`JournalFence`]). It joins
 //! the two halves that must not know each other: `gancho-cluster` (everything said to NATS) and
 //! `gancho-store` (the local log, which knows nothing of NATS).
 //!
@@ -7,6 +8,8 @@
 //! own: whoever calls [`follow`] has taken the partition's lease, and stops it when the lease
 //! is lost. `docs/cluster.md` says what is built and what is to come (issue 17).
 
+mod fence;
 mod follow;
 
+pub use fence::JournalFence;
 pub use follow::{FollowError, follow};

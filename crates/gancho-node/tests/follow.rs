@@ -106,7 +106,10 @@ fn a_follower_keeps_the_local_log_equal_to_its_partitions_stream() {
         // A message deleted from the stream (as a purge would): its seq stays empty locally,
         // and every later event keeps its stream seq.
         let gone = expected.remove(2).0;
-        let stream = js.get_stream(gancho_cluster::event_stream(0)).await.unwrap();
+        let stream = js
+            .get_stream(gancho_cluster::event_stream(0))
+            .await
+            .unwrap();
         assert!(stream.delete_message(gone).await.unwrap());
         let last = expected.last().unwrap().0;
         assert_eq!(follow_until(&js, 0, dir.path(), last).await, last);

@@ -11,7 +11,8 @@ use gancho_store::StoreError;
 use gancho_store::keys::read_u64;
 use gancho_store::kv::{Db, FileSync, Tree};
 
-use crate::journal::{Journal, apply};
+use crate::fence::CommitFence;
+use crate::journal::{Journal, apply, encode_records};
 use crate::overlay::{Overlay, Slot, Staged, Writes, lock};
 
 /// Commits queued for the applier, at most.
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) durable_cursor: AtomicU64,
     /// Tells waiters (the actions executor) that the durable cursor moved.
     pub(crate) durable_tx: tokio::sync::watch::Sender<u64>,
+    /// Cluster mode: the partition's shared journal, written before the local one.
+    pub(crate) fence: Option<std::sync::Arc<dyn CommitFence>>,
 }
 
 #[derive(Debug)]
@@ -90,8 +93,22 @@ fn apply_batch(
         .map(|(commit, staged)| encode_writes(staged).map(|writes| (*commit, writes)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("encoding engine state: {err}"))?;
+    let records = encode_records(&encoded);
+    if let Some(fence) = &shared.fence {
+        // Every commit's last write is its cursor.
+        let cursor = batch
+            .last()
+            .and_then(|(_, staged)| match staged.last() {
+                Some((_, Slot::Bytes(cursor))) => read_u64(cursor),
+                _ => None,
+            })
+            .unwrap_or(0);
+        fence
+            .commit(cursor, &records)
+            .map_err(|err| format!("committing to the partition's journal: {err}"))?;
+    }
     journal
-        .append(&encoded)
+        .append_encoded(&records)
         .map_err(|err| format!("journaling engine state: {err}"))?;
     // Held here (`pause`), a commit is provably in flight: journaled, not applied.
     gancho_core::fail_point!("state.apply.before_writes");

@@ -119,18 +119,13 @@ impl Journal {
     }
 
     /// Appends the records of a batch of commits, and makes them durable.
+    #[cfg(test)]
     pub(crate) fn append(&mut self, commits: &[(u64, Vec<Write<'_>>)]) -> Result<(), StoreError> {
-        let mut buf = Vec::new();
-        for (commit, writes) in commits {
-            let start = buf.len();
-            buf.extend_from_slice(&[0; HEADER]);
-            buf[start + 12..start + 20].copy_from_slice(&commit.to_be_bytes());
-            encode_journal_into(writes, &mut buf);
-            let len = (buf.len() - start - HEADER) as u32;
-            let hash = xxh3_64(&buf[start + 12..]);
-            buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
-            buf[start + 4..start + 12].copy_from_slice(&hash.to_be_bytes());
-        }
+        self.append_encoded(&encode_records(commits))
+    }
+
+    /// Appends records [`encode_records`] made, and makes them durable.
+    pub(crate) fn append_encoded(&mut self, buf: &[u8]) -> Result<(), StoreError> {
         let what = || format!("appending to {}", self.path.display());
         // Half the batch written, the rest not: a torn record, which the next open drops.
         let half = buf.len() / 2;
@@ -169,6 +164,22 @@ impl Journal {
             .sync_data()
             .map_err(io(format!("fdatasync of {}", self.path.display())))
     }
+}
+
+/// The records of a batch of commits, as the journal file holds them.
+pub(crate) fn encode_records(commits: &[(u64, Vec<Write<'_>>)]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for (commit, writes) in commits {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; HEADER]);
+        buf[start + 12..start + 20].copy_from_slice(&commit.to_be_bytes());
+        encode_journal_into(writes, &mut buf);
+        let len = (buf.len() - start - HEADER) as u32;
+        let hash = xxh3_64(&buf[start + 12..]);
+        buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        buf[start + 4..start + 12].copy_from_slice(&hash.to_be_bytes());
+    }
+    buf
 }
 
 /// The number of the last commit applied to the tree, 0 for none.

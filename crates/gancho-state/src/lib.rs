@@ -30,6 +30,7 @@
 //! (operators' changes handed to the running engine).
 
 mod applier;
+mod fence;
 pub mod inspect;
 mod journal;
 mod listing;
@@ -61,6 +62,7 @@ use crate::schema::{
     CRON, CURSOR_KEY, DUE, Fields, SHAPE, corrupt, parse_shape, push_str, state_key, timer_key,
 };
 
+pub use crate::fence::{CommitFence, FenceError};
 pub use crate::outbox::{Attempt, DeadLetter, Delivery, Outbox, OutboxItem};
 pub use crate::schema::{Change, ExpectShape, Expectation, StateValue, Timer, expectation_name};
 pub use gancho_store::StoreConfig;
@@ -114,10 +116,30 @@ impl EngineState {
         let path = store_dir.join("engine");
         let db = Db::open(&path, config.engine_cache())?;
         let traces = Db::open(&store_dir.join("traces"), config.traces_cache())?.tree("traces")?;
-        EngineState::open_db(db, &path, config.fsync, traces)
+        EngineState::open_db(db, &path, config.fsync, traces, None)
     }
 
-    fn open_db(db: Db, path: &Path, fsync: bool, traces: Tree) -> Result<EngineState, StoreError> {
+    /// [`EngineState::open`] for a partition's owner in cluster mode: every batch of commits
+    /// goes through `fence` (the partition's shared journal) before it is journaled here, and
+    /// a refusal fails this state (see [`CommitFence`]).
+    pub fn open_fenced(
+        store_dir: &Path,
+        config: &StoreConfig,
+        fence: Arc<dyn CommitFence>,
+    ) -> Result<EngineState, StoreError> {
+        let path = store_dir.join("engine");
+        let db = Db::open(&path, config.engine_cache())?;
+        let traces = Db::open(&store_dir.join("traces"), config.traces_cache())?.tree("traces")?;
+        EngineState::open_db(db, &path, config.fsync, traces, Some(fence))
+    }
+
+    fn open_db(
+        db: Db,
+        path: &Path,
+        fsync: bool,
+        traces: Tree,
+        fence: Option<Arc<dyn CommitFence>>,
+    ) -> Result<EngineState, StoreError> {
         let tree = db.tree("engine")?;
         let sync = if fsync {
             Some(FileSync::open(path)?)
@@ -131,6 +153,7 @@ impl EngineState {
             durable_commit: AtomicU64::new(0),
             durable_cursor: AtomicU64::new(0),
             durable_tx: tokio::sync::watch::Sender::new(0),
+            fence,
         });
         let state = EngineState {
             db,
