@@ -211,3 +211,36 @@ impl Journal {
 fn cursor_of(headers: &async_nats::HeaderMap) -> Option<u64> {
     headers.get(CURSOR_HEADER)?.as_str().parse().ok()
 }
+
+/// Partition `partition`'s journal messages from the first the stream holds up to sequence
+/// `through`, oldest first, each handed to `each` with its sequence: what a new owner replays
+/// before it commits (`through` being where its fence opened). A message missing in between is
+/// an error: the decisions it held would be lost.
+pub async fn read_journal(
+    js: &jetstream::Context,
+    partition: Partition,
+    through: u64,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<(), ClusterError> {
+    let journal_error = |reason: String| ClusterError::Journal { partition, reason };
+    let mut stream = js
+        .get_stream(journal_stream(partition))
+        .await
+        .map_err(|err| journal_error(err.to_string()))?;
+    let first = stream
+        .info()
+        .await
+        .map_err(|err| journal_error(err.to_string()))?
+        .state
+        .first_sequence
+        .max(1);
+    for sequence in first..=through {
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .map_err(|err| journal_error(format!("reading its message {sequence}: {err}")))?;
+        each(sequence, &message.payload)
+            .map_err(|reason| journal_error(format!("its message {sequence}: {reason}")))?;
+    }
+    Ok(())
+}

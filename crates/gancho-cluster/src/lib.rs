@@ -27,7 +27,7 @@ pub use gate::{
     MIN_SERVER, ServerReport, check_servers, connect, parse_cluster_size, parse_varz,
     version_meets_floor,
 };
-pub use journal::{CURSOR_HEADER, Journal, NODE_HEADER};
+pub use journal::{CURSOR_HEADER, Journal, NODE_HEADER, read_journal};
 pub use lease::{LEASE_BUCKET, Lease, Leases, rendezvous_owner};
 pub use membership::{Changes, Membership};
 pub use partition::{Partition, partition_of};

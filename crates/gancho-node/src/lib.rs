@@ -10,6 +10,8 @@
 
 mod fence;
 mod follow;
+mod takeover;
 
 pub use fence::JournalFence;
 pub use follow::{FollowError, follow};
+pub use takeover::{TakeoverError, take_over};

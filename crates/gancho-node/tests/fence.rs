@@ -4,49 +4,23 @@
 //! commit refused, its state fails, and nothing of the refused commit becomes durable.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
-use gancho_cluster::{ClusterConfig, Journal, create_streams, fix_partitions, journal_stream};
+use common::*;
+
+use gancho_cluster::{Journal, journal_stream};
 use gancho_node::JournalFence;
-use gancho_state::{Change, EngineState, StateValue, StoreConfig};
-use gancho_testkit::nats::NatsCluster;
-
-async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
-    let config: ClusterConfig =
-        toml::from_str(&format!("{}node = \"n1\"\n", cluster.cluster_keys())).unwrap();
-    jetstream::new(gancho_cluster::connect(&config, None).await.unwrap())
-}
-
-fn put(key: &str) -> Vec<Change> {
-    vec![Change::PutState {
-        rule: "r".to_owned(),
-        key: key.to_owned(),
-        value: StateValue {
-            value: serde_json::json!({ "seen": key }),
-            expires_ms: None,
-        },
-    }]
-}
+use gancho_state::{EngineState, StoreConfig};
 
 #[test]
 fn a_stale_owners_commit_is_refused_and_never_becomes_durable() {
-    let Some(cluster) = NatsCluster::start(3) else {
+    let Some((_cluster, rt, js)) = one_partition() else {
         return;
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let js = rt.block_on(async {
-        let js = jetstream_of(&cluster).await;
-        fix_partitions(&js, 1).await.unwrap();
-        create_streams(&js, 1).await.unwrap();
-        js
-    });
     // Both open the journal where it ends: B paused, A took the partition over.
     let (a_journal, b_journal) = rt.block_on(async {
         (

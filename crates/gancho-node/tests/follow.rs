@@ -3,12 +3,14 @@
 //! restart of the follower, and nothing of another partition.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Duration;
 
+use common::*;
+
 use async_nats::jetstream;
-use gancho_cluster::{
-    ClusterConfig, create_streams, fix_partitions, partition_for, publish_events,
-};
+use gancho_cluster::{create_streams, fix_partitions, partition_for, publish_events};
 use gancho_core::NewEvent;
 use gancho_store::{EventQuery, Store, StoreConfig};
 use gancho_testkit::nats::NatsCluster;
@@ -31,12 +33,6 @@ fn event(i: usize) -> NewEvent {
 
 fn partition(event: &NewEvent) -> u16 {
     partition_for(event, "email", PARTITIONS)
-}
-
-async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
-    let config: ClusterConfig =
-        toml::from_str(&format!("{}node = \"n1\"\n", cluster.cluster_keys())).unwrap();
-    jetstream::new(gancho_cluster::connect(&config, None).await.unwrap())
 }
 
 /// Every event of the local store, as (seq, id).
@@ -85,11 +81,7 @@ fn a_follower_keeps_the_local_log_equal_to_its_partitions_stream() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let js = jetstream_of(&cluster).await;
         fix_partitions(&js, PARTITIONS).await.unwrap();

@@ -83,22 +83,8 @@ impl Journal {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(io(format!("reading {}", path.display())))?;
-        let mut applied = applied_commit(tree)?;
-        let mut replayed = 0;
-        for (commit, writes) in records(&bytes) {
-            if commit <= applied {
-                continue;
-            }
-            let writes = decode_journal(writes).ok_or_else(|| StoreError::Corrupt {
-                key: format!("{} (commit {commit})", path.display()),
-                reason: "a journal record whose hash matches but whose writes do not decode"
-                    .to_owned(),
-            })?;
-            apply(tree, commit, writes.into_iter())?;
-            applied = commit;
-            replayed += 1;
-            tracing::debug!(commit, "replayed an engine commit");
-        }
+        let applied = applied_commit(tree)?;
+        let (applied, replayed, _) = replay(tree, &bytes, applied, &path.display().to_string())?;
         let mut journal = Journal {
             file,
             path,
@@ -164,6 +150,34 @@ impl Journal {
             .sync_data()
             .map_err(io(format!("fdatasync of {}", self.path.display())))
     }
+}
+
+/// Applies the whole records of `bytes` whose commits are after `applied`, in order, up to the
+/// first torn or damaged one. Returns the last commit applied, how many were, and how many
+/// bytes of whole records `bytes` began with. `what` names the journal in errors.
+pub(crate) fn replay(
+    tree: &Tree,
+    bytes: &[u8],
+    mut applied: u64,
+    what: &str,
+) -> Result<(u64, usize, usize), StoreError> {
+    let mut replayed = 0;
+    let mut whole = 0;
+    for (commit, writes) in records(bytes) {
+        whole += HEADER + writes.len();
+        if commit <= applied {
+            continue;
+        }
+        let writes = decode_journal(writes).ok_or_else(|| StoreError::Corrupt {
+            key: format!("{what} (commit {commit})"),
+            reason: "a journal record whose hash matches but whose writes do not decode".to_owned(),
+        })?;
+        apply(tree, commit, writes.into_iter())?;
+        applied = commit;
+        replayed += 1;
+        tracing::debug!(commit, "replayed an engine commit");
+    }
+    Ok((applied, replayed, whole))
 }
 
 /// The records of a batch of commits, as the journal file holds them.

@@ -407,6 +407,36 @@ impl EngineState {
         Ok(())
     }
 
+    /// Cluster mode, at a takeover: applies the commits of one message of the partition's shared
+    /// journal (its payload, as [`CommitFence::commit`] was given it) that this database has not
+    /// applied, and makes them durable. Call it for each message up to where the fence was
+    /// opened, oldest first, before anything is committed here: the database then holds what
+    /// every earlier owner decided, and its next commit number follows theirs. Returns the
+    /// cursor it is at. A message that is not whole records is refused (`Corrupt`).
+    pub fn catch_up(&self, records: &[u8]) -> Result<u64, StoreError> {
+        let applied = self.shared.durable_commit.load(Ordering::Acquire);
+        if self.commits.load(Ordering::Acquire) != applied + 1 {
+            return Err(StoreError::Engine(
+                "catching up with the shared journal while commits are in flight".to_owned(),
+            ));
+        }
+        let (applied, _, whole) =
+            journal::replay(&self.tree, records, applied, "the partition's journal")?;
+        if whole != records.len() {
+            return Err(schema::corrupt(
+                "the partition's journal",
+                "a message that is not whole journal records",
+            ));
+        }
+        self.sync()?;
+        self.commits.store(applied + 1, Ordering::Release);
+        self.shared.durable_commit.store(applied, Ordering::Release);
+        let cursor = self.cursor()?;
+        self.shared.durable_cursor.store(cursor, Ordering::Release);
+        self.shared.durable_tx.send_replace(cursor);
+        Ok(cursor)
+    }
+
     /// Why the engine state could not be applied or made durable, if so (the daemon then exits
     /// and restarts, and the journal completes what was committed).
     pub fn failure(&self) -> Option<String> {
@@ -435,6 +465,8 @@ impl EngineState {
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod fence_tests;
 #[cfg(test)]
 mod journal_tests;
 #[cfg(test)]

@@ -1,0 +1,72 @@
+//! Taking a partition's engine state over: the fence first, then the decisions. The node opens
+//! the partition's journal where it ends now (its fence), opens the local engine database with
+//! that fence, then applies every commit the journal holds up to the fence that the database
+//! lacks. A commit another node writes after the fence opened makes this node's first commit
+//! refused, so no owner decides on a history that misses another's decisions.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use gancho_cluster::{ClusterError, Journal, Partition, read_journal};
+use gancho_state::{EngineState, StoreConfig};
+use gancho_store::StoreError;
+
+use crate::JournalFence;
+
+/// Why a partition's engine state could not be taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeoverError {
+    #[error("partition {partition}'s journal: {source}")]
+    Journal {
+        partition: Partition,
+        #[source]
+        source: ClusterError,
+    },
+    #[error("partition {partition}'s engine database: {source}")]
+    State {
+        partition: Partition,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// Opens partition `partition`'s engine database in `dir` (a store folder: `dir/engine`,
+/// `dir/traces`) as this node's, fenced by the partition's journal, with every decision the
+/// journal holds applied. Returns it with the cursor it is at: the partition's events after it
+/// are the ones to decide. The database is opened on a blocking thread; applying the journal's
+/// messages blocks the task that calls this (a takeover, before the partition runs).
+pub async fn take_over(
+    js: &jetstream::Context,
+    partition: Partition,
+    node: &str,
+    dir: &Path,
+    config: &StoreConfig,
+) -> Result<(EngineState, u64), TakeoverError> {
+    let journal_error = |source| TakeoverError::Journal { partition, source };
+    let state_error = |source| TakeoverError::State { partition, source };
+    let journal = Journal::open(js, partition, node)
+        .await
+        .map_err(journal_error)?;
+    let through = journal.last_sequence();
+    let fence = Arc::new(JournalFence::new(
+        journal,
+        tokio::runtime::Handle::current(),
+    ));
+    let state = {
+        let (dir, config) = (dir.to_owned(), config.clone());
+        tokio::task::spawn_blocking(move || EngineState::open_fenced(&dir, &config, fence))
+            .await
+            .map_err(|err| state_error(StoreError::Engine(err.to_string())))?
+            .map_err(state_error)?
+    };
+    let mut cursor = state.durable_cursor();
+    // Each message is applied as it is read (a message holds a batch: at most a few MB).
+    read_journal(js, partition, through, |_, records| {
+        cursor = state.catch_up(records).map_err(|err| err.to_string())?;
+        Ok(())
+    })
+    .await
+    .map_err(journal_error)?;
+    Ok((state, cursor))
+}

@@ -1,0 +1,50 @@
+//! What the node's tests share: a runtime, a client of a test cluster, a state change.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use async_nats::jetstream;
+use gancho_cluster::ClusterConfig;
+use gancho_state::{Change, StateValue};
+use gancho_testkit::nats::NatsCluster;
+
+/// A runtime whose workers drive the NATS client while the engine state's applier thread
+/// blocks on it.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A JetStream context on `cluster`, connected through the checks.
+pub async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
+    let config: ClusterConfig =
+        toml::from_str(&format!("{}node = \"n1\"\n", cluster.cluster_keys())).unwrap();
+    jetstream::new(gancho_cluster::connect(&config, None).await.unwrap())
+}
+
+/// A three-server cluster with the streams of one partition, a runtime, and a client; `None`
+/// when nats-server is not installed (the test then skips, saying so).
+pub fn one_partition() -> Option<(NatsCluster, tokio::runtime::Runtime, jetstream::Context)> {
+    let cluster = NatsCluster::start(3)?;
+    let rt = runtime();
+    let js = rt.block_on(async {
+        let js = jetstream_of(&cluster).await;
+        gancho_cluster::fix_partitions(&js, 1).await.unwrap();
+        gancho_cluster::create_streams(&js, 1).await.unwrap();
+        js
+    });
+    Some((cluster, rt, js))
+}
+
+/// Rule `r`'s state under `key`, set to `key`.
+pub fn put(key: &str) -> Vec<Change> {
+    vec![Change::PutState {
+        rule: "r".to_owned(),
+        key: key.to_owned(),
+        value: StateValue {
+            value: serde_json::json!(key),
+            expires_ms: None,
+        },
+    }]
+}

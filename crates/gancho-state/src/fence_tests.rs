@@ -1,0 +1,84 @@
+//! The fence's contract as the applier keeps it, with a fence that keeps what it is given (the
+//! real one, on NATS, is tested in `gancho-node`): each batch's records reach it before they
+//! are durable here, a refusal fails the state with nothing of the batch durable, and another
+//! database catches up from the records alone.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+
+#[derive(Debug, Default)]
+struct Kept {
+    batches: Mutex<Vec<(u64, Vec<u8>)>>,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl CommitFence for Kept {
+    fn commit(&self, cursor: u64, records: &[u8]) -> Result<(), FenceError> {
+        if self.refuse.load(Ordering::Acquire) {
+            return Err(FenceError::Fenced("another writer".to_owned()));
+        }
+        lock(&self.batches).push((cursor, records.to_vec()));
+        Ok(())
+    }
+}
+
+fn put(key: &str) -> Vec<Change> {
+    vec![Change::PutState {
+        rule: "r".to_owned(),
+        key: key.to_owned(),
+        value: StateValue {
+            value: serde_json::json!(key),
+            expires_ms: None,
+        },
+    }]
+}
+
+#[test]
+fn batches_go_through_the_fence_and_another_database_catches_up_from_them() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let kept = Arc::new(Kept::default());
+    let config = StoreConfig::default();
+    let a = EngineState::open_fenced(a_dir.path(), &config, kept.clone()).unwrap();
+    a.commit(put("x1"), 4).unwrap();
+    assert!(a.wait_durable(Duration::from_secs(10)));
+    a.commit(put("x2"), 8).unwrap();
+    assert!(a.wait_durable(Duration::from_secs(10)));
+    let batches = lock(&kept.batches).clone();
+    assert_eq!(
+        batches.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        vec![4, 8]
+    );
+
+    let b = EngineState::open(b_dir.path(), &config).unwrap();
+    // Not whole records: refused, nothing applied.
+    let torn = &batches[0].1[..batches[0].1.len() - 1];
+    assert!(matches!(b.catch_up(torn), Err(StoreError::Corrupt { .. })));
+    assert_eq!(b.catch_up(&batches[0].1).unwrap(), 4);
+    // Given twice: applied once.
+    assert_eq!(b.catch_up(&batches[0].1).unwrap(), 4);
+    assert_eq!(b.catch_up(&batches[1].1).unwrap(), 8);
+    assert!(b.state("r", "x1").unwrap().is_some() && b.state("r", "x2").unwrap().is_some());
+    // Its own commits go on after the others' numbers.
+    b.commit(put("x3"), 12).unwrap();
+    assert!(b.wait_durable(Duration::from_secs(10)));
+    assert_eq!(b.durable_cursor(), 12);
+    // A message already applied changes nothing.
+    assert_eq!(b.catch_up(&batches[1].1).unwrap(), 12);
+
+    // A refusal fails the state; the batch is durable nowhere.
+    kept.refuse.store(true, Ordering::Release);
+    a.commit(put("stale"), 12).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.failure().is_none() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(a.durable_cursor(), 8);
+    a.close();
+    drop(a);
+    let a = EngineState::open(a_dir.path(), &config).unwrap();
+    assert_eq!(a.cursor().unwrap(), 8);
+    assert!(a.state("r", "stale").unwrap().is_none());
+}
