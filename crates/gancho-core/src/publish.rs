@@ -34,6 +34,14 @@ pub enum PublishError {
 pub type PublishFuture =
     Pin<Box<dyn Future<Output = Result<PublishedCounts, PublishError>> + Send + 'static>>;
 
+/// Where the engine's own events (timer firings, cron ticks) go in cluster mode: its
+/// partition's stream, from which they come back into the partition's log like any event. The
+/// engine's thread is not async, so this blocks until every event is acknowledged.
+pub trait BlockingPublisher: Send + Sync + std::fmt::Debug {
+    /// Publishes `events`; returns once every one is acknowledged as stored, or why one was not.
+    fn publish_blocking(&self, events: Vec<NewEvent>) -> Result<PublishedCounts, PublishError>;
+}
+
 /// Makes a request's events durable in the shared log.
 pub trait EventPublisher: Send + Sync + std::fmt::Debug {
     /// Publishes `events` (all of one source, `events[i].source`); resolves once every one is

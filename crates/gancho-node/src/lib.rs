@@ -10,8 +10,10 @@
 
 mod fence;
 mod follow;
+mod owner;
 mod takeover;
 
 pub use fence::JournalFence;
 pub use follow::{FollowError, follow};
+pub use owner::{OwnerConfig, OwnerError, PartitionOwner};
 pub use takeover::{TakeoverError, take_over};

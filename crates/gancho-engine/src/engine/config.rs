@@ -17,6 +17,9 @@ pub const CRON_SOURCE: &str = "cron";
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Cluster mode: the engine's own events could not be published to its partition's stream.
+    #[error(transparent)]
+    Publish(#[from] gancho_core::publish::PublishError),
     /// The cause is in the message, not a `source`: printed as a chain it said it twice.
     #[error("reading the rules folder {path}: {cause}")]
     RulesDir {
@@ -50,6 +53,9 @@ pub struct EngineConfig {
     /// How long traces are kept (`[engine] trace_retention`; `None`: for ever): a re-run's
     /// mark outlives the trace of the run it re-ran.
     pub trace_retention_ms: Option<i64>,
+    /// Cluster mode: where timer firings and cron ticks go (the partition's stream, whence
+    /// they come back into the log); `None`: appended to the log directly.
+    pub own_events: Option<std::sync::Arc<dyn gancho_core::publish::BlockingPublisher>>,
 }
 
 /// The `[engine]` section of the config file.
@@ -87,6 +93,7 @@ impl EngineConfig {
             retention_ms: None,
             late_grace_ms: 120_000,
             trace_retention_ms: Some(7 * 24 * 3_600_000),
+            own_events: None,
         }
     }
 }

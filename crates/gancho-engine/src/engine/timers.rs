@@ -164,10 +164,13 @@ impl Engine {
             return Ok(0);
         }
         let n = events.len();
-        self.store.appender().append_blocking(Submission {
-            events,
-            rejected: Vec::new(),
-        })?;
+        match &self.config.own_events {
+            Some(stream) => drop(stream.publish_blocking(events)?),
+            None => drop(self.store.appender().append_blocking(Submission {
+                events,
+                rejected: Vec::new(),
+            })?),
+        }
         self.fired.extend(fired);
         self.cron_next.extend(cron_moves);
         Ok(n)

@@ -1,0 +1,208 @@
+//! A partition's owner on this node: the single-node engine and actions executor, run on the
+//! partition's own store (`DIR/log`, `DIR/indexes`, `DIR/engine`, `DIR/traces`), fed from the
+//! partition's stream and fenced by its journal. Started once this node holds the partition's
+//! lease; stopped when it loses it, or when it has to stop: a commit refused (another node
+//! owns the partition now), a store failure, the stream unreadable ([`PartitionOwner::failure`]).
+//! The engine's own events (timer firings, cron ticks) go to the partition's stream, and come
+//! back into its log like any other event, at their stream seqs.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream;
+use gancho_actions::{ActionsConfig, ActionsHandle};
+use gancho_cluster::{Partition, publish_events};
+use gancho_core::publish::{BlockingPublisher, PublishError, PublishedCounts};
+use gancho_core::{Clock, NewEvent};
+use gancho_engine::{EngineConfig, EngineHandle};
+use gancho_state::{EngineState, StoreConfig};
+use gancho_store::{Store, StoreError};
+use tokio::sync::watch;
+
+use crate::{TakeoverError, follow, take_over};
+
+/// Why a partition's owner could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnerError {
+    #[error(transparent)]
+    Takeover(#[from] TakeoverError),
+    #[error("partition {partition}'s store: {source}")]
+    Store {
+        partition: Partition,
+        #[source]
+        source: StoreError,
+    },
+    #[error("partition {partition}'s engine: {reason}")]
+    Start {
+        partition: Partition,
+        reason: String,
+    },
+}
+
+/// How a partition's owner runs: the node's settings, the same for each partition.
+#[derive(Debug, Clone)]
+pub struct OwnerConfig {
+    pub store: StoreConfig,
+    pub engine: EngineConfig,
+    pub actions: ActionsConfig,
+}
+
+/// The engine's own events to its partition's stream.
+#[derive(Debug)]
+struct PartitionStream {
+    js: jetstream::Context,
+    partition: Partition,
+    runtime: tokio::runtime::Handle,
+}
+
+impl BlockingPublisher for PartitionStream {
+    fn publish_blocking(&self, events: Vec<NewEvent>) -> Result<PublishedCounts, PublishError> {
+        let published = self
+            .runtime
+            .block_on(publish_events(&self.js, &events, |_| self.partition))
+            .map_err(|err| PublishError::Unavailable(err.to_string()))?;
+        let duplicates = published.iter().filter(|p| p.duplicate).count();
+        Ok(PublishedCounts {
+            stored: published.len() - duplicates,
+            duplicates,
+        })
+    }
+}
+
+/// A partition run by this node.
+#[derive(Debug)]
+pub struct PartitionOwner {
+    partition: Partition,
+    store: Store,
+    state: EngineState,
+    engine: Option<EngineHandle>,
+    actions: Option<ActionsHandle>,
+    stop_following: watch::Sender<bool>,
+    following: Option<tokio::task::JoinHandle<()>>,
+    /// Why following the stream stopped, if it did by itself.
+    follow_failure: Arc<Mutex<Option<String>>>,
+}
+
+impl PartitionOwner {
+    /// Takes partition `partition` over and runs it from `dir`. Call it on the runtime of the
+    /// NATS client `js`, once this node holds the partition's lease.
+    pub async fn start(
+        js: &jetstream::Context,
+        partition: Partition,
+        node: &str,
+        dir: &Path,
+        config: OwnerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PartitionOwner, OwnerError> {
+        let store_error = |source| OwnerError::Store { partition, source };
+        let start_error = |reason: String| OwnerError::Start { partition, reason };
+        std::fs::create_dir_all(dir).map_err(|source| {
+            store_error(StoreError::Io {
+                what: format!("creating {}", dir.display()),
+                source,
+            })
+        })?;
+        let (state, cursor) = take_over(js, partition, node, dir, &config.store).await?;
+        let store = {
+            let (dir, store_config) = (dir.to_owned(), config.store.clone());
+            tokio::task::spawn_blocking(move || Store::open(&dir, &store_config))
+                .await
+                .map_err(|err| start_error(err.to_string()))?
+                .map_err(store_error)?
+        };
+        let (stop_following, stop) = watch::channel(false);
+        let follow_failure = Arc::new(Mutex::new(None));
+        let following = {
+            let (js, store, failure) = (js.clone(), store.clone(), follow_failure.clone());
+            tokio::spawn(async move {
+                if let Err(err) = follow(&js, partition, &store, stop).await {
+                    tracing::error!(partition, error = %err, "following the partition's stream stopped");
+                    *failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.to_string());
+                }
+            })
+        };
+        let mut engine_config = config.engine;
+        engine_config.own_events = Some(Arc::new(PartitionStream {
+            js: js.clone(),
+            partition,
+            runtime: tokio::runtime::Handle::current(),
+        }));
+        let engine =
+            gancho_engine::spawn(store.clone(), state.clone(), clock.clone(), engine_config)
+                .map_err(|err| start_error(err.to_string()))?;
+        let actions = gancho_actions::spawn(&state.outbox(), clock, config.actions)
+            .map_err(|err| start_error(err.to_string()))?;
+        tracing::info!(partition, cursor, "running the partition");
+        Ok(PartitionOwner {
+            partition,
+            store,
+            state,
+            engine: Some(engine),
+            actions: Some(actions),
+            stop_following,
+            following: Some(following),
+            follow_failure,
+        })
+    }
+
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// The partition's local store (its events at their stream seqs).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The partition's engine state (its cursor, rule state, outbox).
+    pub fn state(&self) -> &EngineState {
+        &self.state
+    }
+
+    /// Why the partition cannot go on here, if so: a commit was refused (another node owns it
+    /// now), a store failed, or following the stream stopped. The caller then stops it.
+    pub fn failure(&self) -> Option<String> {
+        self.state
+            .failure()
+            .or_else(|| self.store.failure())
+            .or_else(|| {
+                self.follow_failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            })
+    }
+
+    /// Stops the partition: no more events read, the engine's batch in progress committed (or
+    /// refused), the sends in flight finished (up to the grace period), the stores closed.
+    pub async fn stop(mut self) {
+        let _ = self.stop_following.send(true);
+        if let Some(following) = self.following.take() {
+            let _ = following.await;
+        }
+        let (engine, actions) = (self.engine.take(), self.actions.take());
+        let (state, store) = (self.state.clone(), self.store.clone());
+        let stopped = tokio::task::spawn_blocking(move || {
+            if let Some(engine) = engine {
+                engine.stop();
+            }
+            if let Some(actions) = actions {
+                actions.stop();
+            }
+            state.close();
+            store.shutdown()
+        })
+        .await;
+        match stopped {
+            Ok(Ok(())) => tracing::info!(partition = self.partition, "stopped the partition"),
+            Ok(Err(err)) => {
+                tracing::warn!(partition = self.partition, error = %err, "closing the partition's store")
+            }
+            Err(err) => {
+                tracing::error!(partition = self.partition, error = %err, "stopping the partition")
+            }
+        }
+    }
+}
