@@ -106,6 +106,25 @@ impl Membership {
         Ok(changes)
     }
 
+    /// Heartbeat and renewals only, nothing taken: for a caller busy starting or stopping
+    /// partitions between ticks (each can take a while), so that no lease runs out meanwhile.
+    /// Returns the partitions whose lease was lost: stop them now.
+    pub async fn renew(&mut self) -> Result<Vec<Partition>, ClusterError> {
+        self.leases.heartbeat().await?;
+        let mut lost = Vec::new();
+        let held: Vec<Partition> = self.held.keys().copied().collect();
+        for p in held {
+            let Some(lease) = self.held.get_mut(&p) else {
+                continue;
+            };
+            if !self.leases.renew(lease).await? {
+                self.held.remove(&p);
+                lost.push(p);
+            }
+        }
+        Ok(lost)
+    }
+
     /// Gives partition `p` up (after its final commit).
     pub async fn release(&mut self, p: Partition) -> Result<(), ClusterError> {
         match self.held.remove(&p) {

@@ -10,10 +10,12 @@
 
 mod fence;
 mod follow;
+mod node;
 mod owner;
 mod takeover;
 
 pub use fence::JournalFence;
 pub use follow::{FollowError, follow};
+pub use node::{NodeConfig, NodeStatus, run_node};
 pub use owner::{OwnerConfig, OwnerError, PartitionOwner};
 pub use takeover::{TakeoverError, take_over};

@@ -124,6 +124,7 @@ impl PartitionOwner {
             })
         };
         let mut engine_config = config.engine;
+        engine_config.log_from_stream = true;
         engine_config.own_events = Some(Arc::new(PartitionStream {
             js: js.clone(),
             partition,

@@ -2,7 +2,8 @@
 //! the partition's journal where it ends now (its fence), opens the local engine database with
 //! that fence, then applies every commit the journal holds up to the fence that the database
 //! lacks. A commit another node writes after the fence opened makes this node's first commit
-//! refused, so no owner decides on a history that misses another's decisions.
+//! refused, so no owner decides on a history that misses another's decisions. That first commit
+//! is made here, empty, before the state is handed to anything that acts on it (the claim).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -68,5 +69,32 @@ pub async fn take_over(
     })
     .await
     .map_err(journal_error)?;
+    // The claim: a commit through the fence before anything acts on the state. Accepted, no
+    // earlier owner can commit after it (its delivery outcomes included), so what this node's
+    // executor finds undelivered was not delivered by an owner that recorded it. Refused,
+    // another node wrote after the fence opened: this node does not own the partition.
+    state.commit(Vec::new(), cursor).map_err(state_error)?;
+    let claimed = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            state.wait_durable(CLAIM_WAIT);
+            state.failure()
+        })
+        .await
+        .map_err(|err| state_error(StoreError::Engine(err.to_string())))?
+    };
+    if let Some(reason) = claimed {
+        state.close();
+        return Err(state_error(StoreError::Failed(reason)));
+    }
+    if state.durable_cursor() < cursor {
+        state.close();
+        return Err(state_error(StoreError::Engine(format!(
+            "the claim of the partition was not durable within {CLAIM_WAIT:?}"
+        ))));
+    }
     Ok((state, cursor))
 }
+
+/// How long the claim's commit may take (a NATS round trip and a sync, normally).
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);

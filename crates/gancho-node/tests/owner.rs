@@ -118,19 +118,38 @@ fn an_owner_runs_the_rules_on_its_partition_and_delivers_each_action_once() {
     }
     rt.block_on(owner.stop());
 
-    // Started again (this node's lease renewed, or another node on this disk): nothing new.
-    let owner = rt
-        .block_on(PartitionOwner::start(
-            &js,
-            0,
-            "n1",
-            &partition_dir,
-            config,
-            Arc::new(SystemClock),
-        ))
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(receiver.requests().len(), 2);
-    assert_eq!(owner.state().durable_cursor(), 3);
-    rt.block_on(owner.stop());
+    // Started again, on this node's disk and then on another node's (a handover): nothing is
+    // delivered again.
+    // What a takeover elsewhere finds: the decisions and their deliveries, nothing pending.
+    {
+        let (state, cursor) = rt
+            .block_on(gancho_node::take_over(
+                &js,
+                0,
+                "probe",
+                &dir.path().join("probe"),
+                &StoreConfig::default(),
+            ))
+            .unwrap();
+        assert_eq!(cursor, 3);
+        assert!(state.outbox().pending_actions(10).unwrap().is_empty());
+        state.close();
+    }
+    for (node, dir) in [("n1", partition_dir.clone()), ("n2", dir.path().join("n2"))] {
+        let owner = rt
+            .block_on(PartitionOwner::start(
+                &js,
+                0,
+                node,
+                &dir,
+                config.clone(),
+                Arc::new(SystemClock),
+            ))
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(receiver.requests().len(), 2, "{node}");
+        assert_eq!(owner.state().durable_cursor(), 3);
+        assert_eq!(owner.store().last_seq().unwrap(), 3);
+        rt.block_on(owner.stop());
+    }
 }

@@ -14,6 +14,7 @@ use gancho_store::kv::{Db, FileSync, Tree};
 use crate::fence::CommitFence;
 use crate::journal::{Journal, apply, encode_records};
 use crate::overlay::{Overlay, Slot, Staged, Writes, lock};
+use crate::schema::CURSOR_KEY;
 
 /// Commits queued for the applier, at most.
 pub(crate) const APPLY_QUEUE: usize = 4;
@@ -95,14 +96,12 @@ fn apply_batch(
         .map_err(|err| format!("encoding engine state: {err}"))?;
     let records = encode_records(&encoded);
     if let Some(fence) = &shared.fence {
-        // Every commit's last write is its cursor.
+        // The cursor of the batch's last engine commit (the outbox's commits have none).
         let cursor = batch
-            .last()
-            .and_then(|(_, staged)| match staged.last() {
-                Some((_, Slot::Bytes(cursor))) => read_u64(cursor),
-                _ => None,
-            })
-            .unwrap_or(0);
+            .iter()
+            .rev()
+            .find_map(|(_, staged)| cursor_of(staged))
+            .unwrap_or_else(|| shared.durable_cursor.load(Ordering::Acquire));
         fence
             .commit(cursor, &records)
             .map_err(|err| format!("committing to the partition's journal: {err}"))?;
@@ -123,8 +122,8 @@ fn apply_batch(
             }
         }
         drop(overlay);
-        if let Some((_, Slot::Bytes(cursor))) = staged.last() {
-            applied_cursor = read_u64(cursor).or(applied_cursor);
+        if let Some(cursor) = cursor_of(staged) {
+            applied_cursor = Some(cursor);
         }
     }
     gancho_core::fail_point!("state.apply.before_sync");
@@ -143,6 +142,15 @@ fn apply_batch(
         shared.durable_tx.send_replace(cursor);
     }
     Ok(())
+}
+
+/// The cursor an engine commit ends at: its last write. An outbox update (cluster mode) has
+/// none.
+fn cursor_of(staged: &Staged) -> Option<u64> {
+    match staged.last() {
+        Some((key, Slot::Bytes(cursor))) if key.as_slice() == CURSOR_KEY => read_u64(cursor),
+        _ => None,
+    }
 }
 
 /// A staged commit's writes, encoded.

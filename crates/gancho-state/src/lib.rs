@@ -254,6 +254,11 @@ impl EngineState {
             shared: Arc::clone(&self.shared),
             lock: Arc::clone(&self.outbox_lock),
             traces: self.traces.clone(),
+            fenced: self.shared.fence.as_ref().map(|_| outbox::Fenced {
+                commits: Arc::clone(&self.commits),
+                applier: Arc::clone(&self.applier),
+                staged: Arc::new(Mutex::new(Vec::new())),
+            }),
         }
     }
 
@@ -391,6 +396,9 @@ impl EngineState {
             CURSOR_KEY.to_vec(),
             Slot::Bytes(cursor.to_be_bytes().to_vec()),
         ));
+        // Numbered and queued under the applier's lock: the outbox's commits (cluster mode) take
+        // numbers from the same counter, and the applier must get them in order.
+        let applier = lock(&self.applier);
         let commit = self.commits.fetch_add(1, Ordering::Relaxed);
         {
             let mut overlay = lock(&self.shared.overlay);
@@ -398,7 +406,7 @@ impl EngineState {
                 overlay.insert(key.clone(), (commit, slot.clone()));
             }
         }
-        let sent = lock(&self.applier)
+        let sent = applier
             .as_ref()
             .map(|a| a.jobs.send((commit, staged)).is_ok());
         if sent != Some(true) {

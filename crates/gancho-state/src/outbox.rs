@@ -113,6 +113,20 @@ pub struct Outbox {
     pub(crate) lock: Arc<Mutex<()>>,
     /// The traces' database, where deliveries are recorded (`traces.rs`, `D`).
     pub(crate) traces: Tree,
+    /// Cluster mode: the outbox's updates are commits of their own, fenced like the engine's,
+    /// so that the partition's next owner knows what was delivered; `None`: written directly.
+    pub(crate) fenced: Option<Fenced>,
+}
+
+/// How the outbox commits its updates in cluster mode: each update (its few keys, gathered in
+/// `staged` under the outbox's lock) takes the next commit number and goes through the applier
+/// (and so the partition's journal) like an engine commit, and the update returns once it is
+/// durable, so no read of the tree after it sees the item as it was.
+#[derive(Debug, Clone)]
+pub(crate) struct Fenced {
+    pub(crate) commits: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) applier: Arc<Mutex<Option<crate::applier::Applier>>>,
+    pub(crate) staged: Arc<Mutex<crate::overlay::Staged>>,
 }
 
 impl Outbox {
@@ -259,6 +273,7 @@ impl Outbox {
                 break;
             }
         }
+        self.settle()?;
         Ok(out)
     }
 
@@ -322,6 +337,7 @@ impl Outbox {
             gancho_core::fail_point!("outbox.delivered.after_item");
             self.clear_delivery(item)?;
             self.remove(&prefixed(DEAD, &item.key))?;
+            self.settle()?;
         }
         let sent = crate::sent::Sent::of(item, now_ms, answer);
         if let Err(err) = crate::sent::record(&self.traces, &sent) {
@@ -337,7 +353,8 @@ impl Outbox {
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
         let _outbox = lock(&self.lock);
-        self.reschedule(item, delivery)
+        self.reschedule(item, delivery)?;
+        self.settle()
     }
 
     fn reschedule(&self, item: &OutboxItem, delivery: &Delivery) -> Result<(), StoreError> {
@@ -373,7 +390,8 @@ impl Outbox {
         gancho_core::fail_point!("outbox.dead.after_letter");
         self.remove(&prefixed(OUTBOX, &item.key))?;
         gancho_core::fail_point!("outbox.dead.after_item");
-        self.clear_delivery(item)
+        self.clear_delivery(item)?;
+        self.settle()
     }
 
     fn clear_delivery(&self, item: &OutboxItem) -> Result<(), StoreError> {
@@ -451,15 +469,62 @@ impl Outbox {
             self.remove(&key)?;
             revived += 1;
         }
+        self.settle()?;
         Ok(revived)
     }
 
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tree().insert(key, value)
+        match &self.fenced {
+            Some(fenced) => {
+                let slot = crate::overlay::Slot::Bytes(value.to_vec());
+                lock(&fenced.staged).push((key.to_vec(), slot));
+                Ok(())
+            }
+            None => self.tree().insert(key, value),
+        }
     }
 
     fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.tree().remove(key)
+        match &self.fenced {
+            Some(fenced) => {
+                lock(&fenced.staged).push((key.to_vec(), crate::overlay::Slot::Removed));
+                Ok(())
+            }
+            None => self.tree().remove(key),
+        }
+    }
+
+    /// Cluster mode: commits the update gathered since the last one, and waits until it is
+    /// durable (or the state failed). Called under the outbox's lock, at the end of each update.
+    fn settle(&self) -> Result<(), StoreError> {
+        let Some(fenced) = &self.fenced else {
+            return Ok(());
+        };
+        let staged = std::mem::take(&mut *lock(&fenced.staged));
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let commit = {
+            let applier = lock(&fenced.applier);
+            let commit = fenced
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let sent = applier
+                .as_ref()
+                .map(|a| a.jobs.send((commit, staged)).is_ok());
+            if sent != Some(true) {
+                return Err(StoreError::Closed);
+            }
+            commit
+        };
+        let durable = &self.shared.durable_commit;
+        while durable.load(std::sync::atomic::Ordering::Acquire) < commit {
+            if let Some(reason) = lock(&self.shared.failure).clone() {
+                return Err(StoreError::Failed(reason));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
     }
 }
 

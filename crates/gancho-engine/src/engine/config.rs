@@ -56,6 +56,11 @@ pub struct EngineConfig {
     /// Cluster mode: where timer firings and cron ticks go (the partition's stream, whence
     /// they come back into the log); `None`: appended to the log directly.
     pub own_events: Option<std::sync::Arc<dyn gancho_core::publish::BlockingPublisher>>,
+    /// Cluster mode: the log is filled from the partition's stream, which loses nothing, and
+    /// may be behind the state's cursor (a new owner's log catching up): the engine waits for
+    /// it. Otherwise a cursor past the log's end means the log lost its newest events (fsync
+    /// off, a power loss), and the engine resumes at the log's end.
+    pub log_from_stream: bool,
 }
 
 /// The `[engine]` section of the config file.
@@ -94,6 +99,7 @@ impl EngineConfig {
             late_grace_ms: 120_000,
             trace_retention_ms: Some(7 * 24 * 3_600_000),
             own_events: None,
+            log_from_stream: false,
         }
     }
 }

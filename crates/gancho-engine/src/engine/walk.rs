@@ -133,7 +133,7 @@ impl Engine {
         }
         let mut cursor = state.cursor()?;
         let last = store.last_seq()?;
-        if cursor > last {
+        if cursor > last && !config.log_from_stream {
             // Only with fsync off, after a power loss: the log lost its newest events, and
             // their seqs will be reused by new events, which must be processed.
             warn!(

@@ -1,0 +1,146 @@
+//! A node's loop: its membership of the cluster (heartbeat, leases, rendezvous hashing) and the
+//! partitions it runs. Each tick (a third of the lease) it stops the partitions that must stop
+//! (a refused commit, a store failure: given up so they can be taken again), those whose lease
+//! was lost (at once), hands over those a joining node should own (the owner's stop makes its
+//! final commit, then the lease is released so the new owner need not wait), and starts those
+//! it gained. A graceful stop hands every partition over the same way.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use gancho_cluster::{ClusterError, Membership, Partition};
+use gancho_core::Clock;
+use tokio::sync::watch;
+
+use crate::{OwnerConfig, PartitionOwner};
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    pub partitions: u16,
+    pub lease: Duration,
+    /// Where the partitions' stores go: `dir/p<N>`.
+    pub dir: PathBuf,
+    pub owner: OwnerConfig,
+}
+
+/// What the node runs now, for status and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The partitions this node runs.
+    pub running: Vec<Partition>,
+    /// Whether the last tick reached NATS.
+    pub connected: bool,
+}
+
+/// Runs the node until `stop` holds `true`, then hands its partitions over. `status` is kept
+/// current. Fails only if it cannot join (the leases bucket unreachable or refused).
+pub async fn run_node(
+    js: &jetstream::Context,
+    config: NodeConfig,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+    status: watch::Sender<NodeStatus>,
+) -> Result<(), ClusterError> {
+    let mut membership =
+        Membership::join(js, &config.node, config.partitions, config.lease).await?;
+    let mut owners: BTreeMap<Partition, PartitionOwner> = BTreeMap::new();
+    let mut tick = tokio::time::interval(membership.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            _ = tick.tick() => {}
+        }
+        let failed: Vec<(Partition, String)> = owners
+            .iter()
+            .filter_map(|(p, owner)| owner.failure().map(|reason| (*p, reason)))
+            .collect();
+        for (p, reason) in failed {
+            tracing::warn!(partition = p, %reason, "the partition stops here");
+            if let Some(owner) = owners.remove(&p) {
+                owner.stop().await;
+            }
+            give_up(&mut membership, p).await;
+        }
+        let changes = match membership.tick().await {
+            Ok(changes) => changes,
+            Err(err) => {
+                tracing::warn!(error = %err, "cluster membership: the tick failed");
+                status.send_modify(|s| s.connected = false);
+                continue;
+            }
+        };
+        let mut lost = changes.lost;
+        for p in changes.hand_over {
+            tracing::info!(partition = p, "handing the partition over");
+            if let Some(owner) = owners.remove(&p) {
+                owner.stop().await;
+            }
+            give_up(&mut membership, p).await;
+            lost.extend(renew(&mut membership).await);
+        }
+        for p in changes.gained {
+            let dir = config.dir.join(format!("p{p}"));
+            match PartitionOwner::start(
+                js,
+                p,
+                &config.node,
+                &dir,
+                config.owner.clone(),
+                clock.clone(),
+            )
+            .await
+            {
+                Ok(owner) => {
+                    owners.insert(p, owner);
+                }
+                Err(err) => {
+                    tracing::error!(partition = p, error = %err, "could not run the partition");
+                    give_up(&mut membership, p).await;
+                }
+            }
+            lost.extend(renew(&mut membership).await);
+        }
+        for p in lost {
+            tracing::warn!(partition = p, "the partition's lease was lost: stopping it");
+            if let Some(owner) = owners.remove(&p) {
+                owner.stop().await;
+            }
+        }
+        status.send_replace(NodeStatus {
+            running: owners.keys().copied().collect(),
+            connected: true,
+        });
+    }
+    for (p, owner) in std::mem::take(&mut owners) {
+        owner.stop().await;
+        give_up(&mut membership, p).await;
+    }
+    status.send_replace(NodeStatus::default());
+    Ok(())
+}
+
+/// Renews the leases this node holds between two slow steps of a tick; returns those lost.
+async fn renew(membership: &mut Membership) -> Vec<Partition> {
+    match membership.renew().await {
+        Ok(lost) => lost,
+        Err(err) => {
+            tracing::warn!(error = %err, "cluster membership: renewing the leases failed");
+            Vec::new()
+        }
+    }
+}
+
+/// Releases partition `p`'s lease so that its next owner need not wait for it to run out (if
+/// the release fails, it runs out by itself).
+async fn give_up(membership: &mut Membership, p: Partition) {
+    if let Err(err) = membership.release(p).await {
+        tracing::warn!(partition = p, error = %err, "releasing the partition's lease");
+    }
+}

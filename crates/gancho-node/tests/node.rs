@@ -1,0 +1,157 @@
+//! Three nodes sharing four partitions, in process, against a real three-server JetStream
+//! cluster on loopback and a real HTTP receiver: every partition runs on exactly one node, every
+//! event's action is delivered once, and a node that stops hands its partitions over without a
+//! repeated or a lost action.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use gancho_actions::ActionsConfig;
+use gancho_cluster::{create_streams, fix_partitions, partition_for, publish_events};
+use gancho_core::{NewEvent, SystemClock};
+use gancho_engine::EngineConfig;
+use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, run_node};
+use gancho_state::StoreConfig;
+use gancho_testkit::HttpReceiver;
+use gancho_testkit::nats::NatsCluster;
+use tokio::sync::watch;
+
+const PARTITIONS: u16 = 4;
+
+fn open(i: usize) -> NewEvent {
+    serde_json::from_value(serde_json::json!({
+        "id": format!("open-{i}"),
+        "source": "mailjet",
+        "type": "open",
+        "time": "2026-11-30T10:00:00Z",
+        "received": "2026-11-30T10:00:01Z",
+        "keys": { "email": format!("u{i}@x") },
+        "data": {},
+    }))
+    .unwrap()
+}
+
+struct RunningNode {
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<NodeStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Emails the receiver got, with how many times each.
+fn delivered(receiver: &HttpReceiver) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for request in receiver.requests() {
+        let email = request.json()["opened"].as_str().unwrap().to_owned();
+        *seen.entry(email).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let rt = runtime();
+    let js = rt.block_on(async {
+        let js = jetstream_of(&cluster).await;
+        fix_partitions(&js, PARTITIONS).await.unwrap();
+        create_streams(&js, PARTITIONS).await.unwrap();
+        js
+    });
+    let receiver = HttpReceiver::ok();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("open.rhai"),
+        format!(
+            "const ON = [\"mailjet.open\"];\nhttp(#{{ url: \"{}\", json: #{{ opened: event.keys.email }} }});\n",
+            receiver.url("/hook")
+        ),
+    )
+    .unwrap();
+    let mut actions = ActionsConfig::local(dir.path().join("out"));
+    actions.http.allow_private = true;
+    let owner = OwnerConfig {
+        store: StoreConfig::default(),
+        engine: EngineConfig::new(&rules),
+        actions,
+    };
+    let start = |name: &str| {
+        let config = NodeConfig {
+            node: name.to_owned(),
+            partitions: PARTITIONS,
+            lease: Duration::from_secs(2),
+            dir: dir.path().join(name),
+            owner: owner.clone(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let (status_tx, status) = watch::channel(NodeStatus::default());
+        let js = js.clone();
+        let task = rt.spawn(async move {
+            run_node(&js, config, Arc::new(SystemClock), stopped, status_tx)
+                .await
+                .unwrap();
+        });
+        RunningNode { stop, status, task }
+    };
+    let nodes: Vec<RunningNode> = ["n1", "n2", "n3"].iter().map(|n| start(n)).collect();
+    let running = |nodes: &[RunningNode]| -> Vec<u16> {
+        let mut all: Vec<u16> = nodes
+            .iter()
+            .flat_map(|n| n.status.borrow().running.clone())
+            .collect();
+        all.sort();
+        all
+    };
+    wait_until("every partition runs on one node", || {
+        running(&nodes) == (0..PARTITIONS).collect::<Vec<_>>()
+    });
+
+    let first: Vec<NewEvent> = (0..40).map(open).collect();
+    rt.block_on(publish_events(&js, &first, |e| {
+        partition_for(e, "email", PARTITIONS)
+    }))
+    .unwrap();
+    wait_until("the first 40 actions", || delivered(&receiver).len() == 40);
+
+    // n1 stops: its partitions go to the others, after its final commits.
+    let mut nodes = nodes;
+    let n1 = nodes.remove(0);
+    n1.stop.send(true).unwrap();
+    rt.block_on(n1.task).unwrap();
+    wait_until("the others run every partition", || {
+        running(&nodes) == (0..PARTITIONS).collect::<Vec<_>>()
+    });
+    let more: Vec<NewEvent> = (40..80).map(open).collect();
+    rt.block_on(publish_events(&js, &more, |e| {
+        partition_for(e, "email", PARTITIONS)
+    }))
+    .unwrap();
+    wait_until("all 80 actions", || delivered(&receiver).len() == 80);
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = delivered(&receiver);
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "delivered more than once: {repeated:?}"
+    );
+    for node in nodes {
+        node.stop.send(true).unwrap();
+        rt.block_on(node.task).unwrap();
+    }
+}
