@@ -15,6 +15,7 @@ mod membership;
 mod partition;
 mod publish;
 mod reader;
+mod secret;
 mod status;
 mod streams;
 
@@ -36,6 +37,7 @@ pub use publish::{
     message_id, partition_for, publish_events,
 };
 pub use reader::PartitionReader;
+pub use secret::{SECRET_KEY, cluster_secret, partition_secret};
 pub use status::{ClusterStatus, NodeStatus, PartitionStatus, cluster_status};
 pub use streams::{
     DUPLICATE_WINDOW, META_BUCKET, PARTITIONS_KEY, REPLICAS, create_streams, event_stream,

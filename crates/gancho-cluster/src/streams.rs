@@ -53,7 +53,10 @@ pub fn journal_subject(p: Partition) -> String {
     format!("gancho.j.{p}")
 }
 
-fn provision_error(what: impl Into<String>, err: impl std::fmt::Display) -> ClusterError {
+pub(crate) fn provision_error(
+    what: impl Into<String>,
+    err: impl std::fmt::Display,
+) -> ClusterError {
     ClusterError::Provision {
         what: what.into(),
         reason: err.to_string(),

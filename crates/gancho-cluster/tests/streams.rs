@@ -56,6 +56,14 @@ fn the_partition_count_is_fixed_when_the_cluster_is_created() {
         // A second node with the same count, or the same node again: fine.
         fix_partitions(&js, PARTITIONS).await.unwrap();
         assert_eq!(recorded_partitions(&js).await.unwrap(), Some(PARTITIONS));
+        // The cluster's secret: made once, the same for every node that asks.
+        let secret = gancho_cluster::cluster_secret(&js).await.unwrap();
+        let other = jetstream_of(&cluster).await;
+        assert_eq!(
+            gancho_cluster::cluster_secret(&other).await.unwrap(),
+            secret
+        );
+        assert_ne!(secret, [0u8; 32]);
         let err = fix_partitions(&js, 8).await.unwrap_err();
         assert!(
             matches!(

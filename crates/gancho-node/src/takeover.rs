@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use gancho_cluster::{ClusterError, Journal, Partition, read_journal};
+use gancho_cluster::{
+    ClusterError, Journal, Partition, cluster_secret, partition_secret, read_journal,
+};
 use gancho_state::{EngineState, StoreConfig};
 use gancho_store::StoreError;
 
@@ -50,13 +52,14 @@ pub async fn take_over(
         .await
         .map_err(journal_error)?;
     let through = journal.last_sequence();
+    let secret = partition_secret(&cluster_secret(js).await.map_err(journal_error)?, partition);
     let fence = Arc::new(JournalFence::new(
         journal,
         tokio::runtime::Handle::current(),
     ));
     let state = {
         let (dir, config) = (dir.to_owned(), config.clone());
-        tokio::task::spawn_blocking(move || EngineState::open_fenced(&dir, &config, fence))
+        tokio::task::spawn_blocking(move || EngineState::open_fenced(&dir, &config, fence, secret))
             .await
             .map_err(|err| state_error(StoreError::Engine(err.to_string())))?
             .map_err(state_error)?

@@ -30,8 +30,8 @@ fn a_stale_owners_commit_is_refused_and_never_becomes_durable() {
     });
     let config = StoreConfig::default();
     let fence = |journal| Arc::new(JournalFence::new(journal, rt.handle().clone()));
-    let a = EngineState::open_fenced(a_dir.path(), &config, fence(a_journal)).unwrap();
-    let b = EngineState::open_fenced(b_dir.path(), &config, fence(b_journal)).unwrap();
+    let a = EngineState::open_fenced(a_dir.path(), &config, fence(a_journal), [1; 32]).unwrap();
+    let b = EngineState::open_fenced(b_dir.path(), &config, fence(b_journal), [1; 32]).unwrap();
 
     a.commit(put("first"), 5).unwrap();
     assert!(a.wait_durable(Duration::from_secs(30)));

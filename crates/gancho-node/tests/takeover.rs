@@ -49,6 +49,8 @@ fn a_new_owner_holds_every_earlier_decision_and_only_a_current_fence_commits() {
     let (b, cursor) = take("b", b_dir.path());
     assert_eq!(cursor, 6);
     assert!(has(&b, "x1") && has(&b, "x2"));
+    // The partition's secret, the same on every owner: the same decisions get the same ids.
+    assert_eq!(a.secret().bytes(), b.secret().bytes());
 
     // A wakes: B's takeover ended with its claim (a commit through the fence), so A's commit
     // is refused, and nothing of it is durable.

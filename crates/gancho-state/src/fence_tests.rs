@@ -40,7 +40,8 @@ fn batches_go_through_the_fence_and_another_database_catches_up_from_them() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let kept = Arc::new(Kept::default());
     let config = StoreConfig::default();
-    let a = EngineState::open_fenced(a_dir.path(), &config, kept.clone()).unwrap();
+    let a = EngineState::open_fenced(a_dir.path(), &config, kept.clone(), [9; 32]).unwrap();
+    assert_eq!(a.secret().bytes(), &[9; 32]);
     a.commit(put("x1"), 4).unwrap();
     assert!(a.wait_durable(Duration::from_secs(10)));
     a.commit(put("x2"), 8).unwrap();

@@ -121,16 +121,26 @@ impl EngineState {
 
     /// [`EngineState::open`] for a partition's owner in cluster mode: every batch of commits
     /// goes through `fence` (the partition's shared journal) before it is journaled here, and
-    /// a refusal fails this state (see [`CommitFence`]).
+    /// a refusal fails this state (see [`CommitFence`]). `secret` is the partition's, the same
+    /// on every node (action ids and `code()` are made with it), kept as this store's.
     pub fn open_fenced(
         store_dir: &Path,
         config: &StoreConfig,
         fence: Arc<dyn CommitFence>,
+        secret: [u8; 32],
     ) -> Result<EngineState, StoreError> {
         let path = store_dir.join("engine");
         let db = Db::open(&path, config.engine_cache())?;
         let traces = Db::open(&store_dir.join("traces"), config.traces_cache())?.tree("traces")?;
-        EngineState::open_db(db, &path, config.fsync, traces, Some(fence))
+        let state = EngineState::open_db(db, &path, config.fsync, traces, Some(fence))?;
+        if state.secret.bytes() != &secret {
+            state.tree.insert(SECRET_KEY, &secret[..])?;
+            state.sync()?;
+        }
+        Ok(EngineState {
+            secret: Arc::new(StoreSecret(secret)),
+            ..state
+        })
     }
 
     fn open_db(
