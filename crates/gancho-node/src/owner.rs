@@ -125,6 +125,7 @@ impl PartitionOwner {
         };
         let mut engine_config = config.engine;
         engine_config.log_from_stream = true;
+        engine_config.runs_global_rules = false;
         engine_config.own_events = Some(Arc::new(PartitionStream {
             js: js.clone(),
             partition,

@@ -56,6 +56,14 @@ fn an_owner_runs_the_rules_on_its_partition_and_delivers_each_action_once() {
         ),
     )
     .unwrap();
+    // A global rule: not run in a partition (no global lane yet).
+    std::fs::write(
+        rules.join("global.rhai"),
+        format!(
+            "const SCOPE = \"global\";\nconst ON = [\"mailjet.open\"];\nhttp(#{{ url: \"{url}\", json: #{{ global: true }} }});\n"
+        ),
+    )
+    .unwrap();
     let mut engine = EngineConfig::new(&rules);
     // The events are a day old: their expectation is due at once.
     engine.late_grace_ms = 0;

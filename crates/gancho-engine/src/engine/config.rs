@@ -61,6 +61,10 @@ pub struct EngineConfig {
     /// it. Otherwise a cursor past the log's end means the log lost its newest events (fsync
     /// off, a power loss), and the engine resumes at the log's end.
     pub log_from_stream: bool,
+    /// Whether rules of the global scope (`const SCOPE = "global";`, `EVERY`) run here: on a
+    /// single node, yes. A partition's engine in cluster mode does not run them (they need the
+    /// global lane, still to come): each is reported as not running, with why.
+    pub runs_global_rules: bool,
 }
 
 /// The `[engine]` section of the config file.
@@ -100,6 +104,7 @@ impl EngineConfig {
             trace_retention_ms: Some(7 * 24 * 3_600_000),
             own_events: None,
             log_from_stream: false,
+            runs_global_rules: true,
         }
     }
 }
