@@ -1,6 +1,7 @@
-//! Cluster mode's start (issue 17): the real binary against real nats-server clusters on
-//! loopback. A deployment that would break gancho's guarantees is refused with a message naming
-//! the server and what to change; the config names a source without a partition key.
+//! Cluster mode (issue 17): the real binary against real nats-server clusters on loopback. A
+//! deployment that would break gancho's guarantees is refused with a message naming the server
+//! and what to change; the config names a source without a partition key; three nodes take
+//! webhooks on any node and hand partitions over without repeating an action.
 
 use gancho_testkit::nats::{NatsCluster, NatsOptions, old_binary};
 
@@ -26,7 +27,7 @@ fn run_on(options: NatsOptions) -> Option<(Option<i32>, String)> {
 const MAILJET: &str = "[sources.mailjet]\nkind = \"mailjet\"\n";
 
 #[test]
-fn cluster_check_passes_on_2_15_and_run_says_cluster_mode_is_not_there_yet() {
+fn cluster_check_passes_on_2_15_and_run_starts_a_node() {
     let Some(cluster) = NatsCluster::start(3) else {
         return;
     };
@@ -49,12 +50,96 @@ fn cluster_check_passes_on_2_15_and_run_says_cluster_mode_is_not_there_yet() {
         "{text}"
     );
 
-    // Until cluster mode runs, a daemon configured for it does not start as a lone node.
-    let out = setup.command(&["run"]);
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("does not run cluster mode yet"), "{stderr}");
-    assert!(!setup.dir.path().join("data").join("store").exists());
+    // On servers that pass, `gancho run` runs a cluster node, and stops cleanly.
+    let daemon = setup.start();
+    assert!(daemon.log().contains("cluster node"), "{}", daemon.log());
+    // Ready once its membership's first tick reached NATS.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ready = daemon.request(&crate::support::Request::get("/readyz"));
+        if ready.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", ready.body);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(daemon.terminate().success());
+}
+
+/// Events to node `i`'s mailjet source: opens of `from..to`.
+fn opens(from: usize, to: usize) -> Vec<u8> {
+    let items: Vec<serde_json::Value> = (from..to)
+        .map(|i| serde_json::json!({"event": "open", "time": 1433103519, "MessageID": i, "email": format!("u{i}@x")}))
+        .collect();
+    serde_json::to_vec(&items).unwrap()
+}
+
+/// Each e-mail the receiver was called for, with how many times.
+fn calls(receiver: &gancho_testkit::HttpReceiver) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for request in receiver.requests() {
+        let email = request.json()["opened"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        *seen.entry(email).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[test]
+fn three_nodes_take_webhooks_on_any_node_and_hand_partitions_over_without_repeats() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = gancho_testkit::HttpReceiver::ok();
+    let rule = format!(
+        "const ON = [\"mailjet.open\"];\nhttp(#{{ url: \"{}\", json: #{{ opened: event.keys.email }} }});\n",
+        receiver.url("/hook")
+    );
+    let setups: Vec<Setup> = ["g1", "g2", "g3"]
+        .iter()
+        .map(|node| {
+            let setup = Setup::new(&format!(
+                "{MAILJET}\n[http]\nallow_private = true\n\n[cluster]\n{}node = \"{node}\"\npartitions = 4\nlease = \"2s\"\n",
+                cluster.cluster_keys()
+            ));
+            crate::support::write_rule(&setup, "open.rhai", &rule);
+            setup
+        })
+        .collect();
+    let mut daemons: Vec<_> = setups.iter().map(Setup::start).collect();
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // Any node takes any event: 30 events, 10 to each.
+    for (i, daemon) in daemons.iter().enumerate() {
+        let response = daemon.post("mailjet", &opens(10 * i, 10 * i + 10));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    wait("30 actions", &|| calls(&receiver).len() == 30);
+
+    // g1 stops (SIGTERM): its partitions go to the others, its last sends finished first.
+    let g1 = daemons.remove(0);
+    assert!(g1.terminate().success());
+    for (i, daemon) in daemons.iter().enumerate() {
+        let response = daemon.post("mailjet", &opens(30 + 15 * i, 45 + 15 * i));
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    wait("60 actions", &|| calls(&receiver).len() == 60);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let repeated: Vec<_> = calls(&receiver)
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(repeated.is_empty(), "called more than once: {repeated:?}");
+    for daemon in daemons {
+        assert!(daemon.terminate().success());
+    }
 }
 
 #[test]

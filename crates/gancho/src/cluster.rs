@@ -1,10 +1,8 @@
 //! `[cluster]` at the binary's edge: the checks a NATS deployment must pass, run by
 //! `gancho cluster check` and at the start of `gancho run`.
 //!
-//! Cluster mode itself (partitions owned by nodes, decisions fenced in JetStream) is being
-//! built (issue 17). Until it runs, a daemon started with `[cluster]` checks the servers and
-//! then refuses to start, saying so: running as a single node while the operator configured a
-//! cluster would put each node's events in its own store, which is worse than not starting.
+//! Once the servers pass, `gancho run` runs the node (`run_cluster.rs`); a deployment that
+//! fails a check is refused (exit 78), an unreachable one exits 69 so the unit tries again.
 
 use std::process::ExitCode;
 
@@ -168,10 +166,14 @@ pub fn status_command(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// At the start of `gancho run` with `[cluster]`: the exit code to stop with, after saying why.
-pub fn refuse_to_run(cluster: &ClusterConfig) -> ExitCode {
+/// `gancho run` with `[cluster]`: the checks, then the node (`run_cluster.rs`); the exit code.
+pub fn run(
+    config: Config,
+    cluster: ClusterConfig,
+    clock: std::sync::Arc<dyn gancho_core::Clock>,
+) -> ExitCode {
     let result = match runtime() {
-        Ok(runtime) => runtime.block_on(check(cluster)),
+        Ok(runtime) => runtime.block_on(check(&cluster)),
         Err(err) => {
             eprintln!("gancho: cannot start the cluster checks: {err}");
             return ExitCode::from(EXIT_UNAVAILABLE);
@@ -200,13 +202,18 @@ pub fn refuse_to_run(cluster: &ClusterConfig) -> ExitCode {
             ExitCode::from(EXIT_UNAVAILABLE)
         }
         Ok(Checked { reports, .. }) => {
-            eprintln!(
-                "gancho: [cluster]: the {} NATS server(s) pass gancho's checks, but this version \
-                 does not run cluster mode yet (docs/cluster.md); remove [cluster] to run a \
-                 single node",
-                reports.len()
+            tracing::info!(
+                servers = reports.len(),
+                "cluster mode: the NATS servers pass gancho's checks"
             );
-            ExitCode::from(EXIT_CONFIG)
+            match crate::run_cluster::run(config, cluster, clock) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = format!("{err:#}"), "gancho stopped with an error");
+                    eprintln!("gancho: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ mod ready;
 mod reload;
 mod replay;
 mod run;
+mod run_cluster;
 mod tail;
 mod test_rules;
 mod text;
@@ -383,8 +384,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
-            if let Some(cluster) = &config.cluster {
-                return cluster::refuse_to_run(cluster);
+            if let Some(cluster) = config.cluster.clone() {
+                return cluster::run(config, cluster, clock);
             }
             if gancho_core::failpoint::enabled() {
                 // `cargo test` (or `cargo build --all-targets`) builds the binary with its test

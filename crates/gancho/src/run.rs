@@ -287,7 +287,7 @@ async fn restart_actions(
 }
 
 /// Tells the service manager, if there is one (`NOTIFY_SOCKET`), how the daemon is doing.
-fn notify(state: &[sd_notify::NotifyState<'_>]) {
+pub(crate) fn notify(state: &[sd_notify::NotifyState<'_>]) {
     if let Err(err) = sd_notify::notify(state) {
         warn!(error = %err, "could not notify the service manager");
     }
@@ -345,7 +345,7 @@ async fn watch_store(data: Data) -> String {
 /// socket.
 /// A data folder that exists already but is open to others is tightened to 0700 (with a
 /// warning): it holds every event, the outbox and the control socket.
-fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
     if !path.exists() {
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     }

@@ -1,0 +1,175 @@
+//! `gancho run` with `[cluster]`: a node of a cluster on NATS JetStream (issue 17,
+//! `docs/cluster.md`). Once the servers pass the checks (`cluster.rs`), the node creates the
+//! cluster's buckets and streams if no node did yet, answers webhooks by publishing their events
+//! to their partitions' streams (200 once every one is acknowledged), and runs the partitions its
+//! membership gives it (`gancho_node::run_node`) on a runtime of its own. The data folder keeps
+//! this node's quarantine (`store/`) and its partitions' stores (`cluster/p<N>/`).
+//!
+//! Not yet in cluster mode: the control socket and the admin listener (the commands that ask
+//! the running daemon), the global lane (global rules are reported as not running), and
+//! reloading on SIGHUP.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use gancho_cluster::{ClusterConfig, ClusterPublisher, NatsAuth};
+use gancho_ingress::{IngressServer, Readiness};
+use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, run_node};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Config;
+use crate::data::Data;
+use crate::run::{create_private_dir, notify};
+
+/// Runs this node until SIGTERM or SIGINT, then hands its partitions over and stops.
+pub fn run(
+    config: Config,
+    cluster: ClusterConfig,
+    clock: Arc<dyn gancho_core::Clock>,
+) -> anyhow::Result<()> {
+    // NATS's own runtime: the partitions' appliers block on it, and the HTTP server's is
+    // single-threaded.
+    let nats = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gancho-nats")
+        .enable_all()
+        .build()
+        .context("starting the NATS runtime")?;
+    let token = match &cluster.auth {
+        NatsAuth::Token(secret) => secret.expose().map(str::to_owned),
+        _ => None,
+    };
+    let (client, js) = nats
+        .block_on(async {
+            let client = gancho_cluster::connect(&cluster, token.as_deref()).await?;
+            let js = jetstream::new(client.clone());
+            gancho_cluster::fix_partitions(&js, cluster.partitions).await?;
+            gancho_cluster::create_streams(&js, cluster.partitions).await?;
+            Ok::<_, gancho_cluster::ClusterError>((client, js))
+        })
+        .context("preparing the cluster's streams")?;
+    create_private_dir(&config.data_dir)?;
+    let store_dir = config.store_dir();
+    let data = Data::open(&store_dir, &config.store)
+        .with_context(|| format!("opening the node's store at {}", store_dir.display()))?;
+
+    let (stop_node, stop) = watch::channel(false);
+    let (status_tx, status) = watch::channel(NodeStatus::default());
+    let node = NodeConfig {
+        node: cluster.node.clone(),
+        partitions: cluster.partitions,
+        lease: cluster.lease,
+        dir: config.data_dir.join("cluster"),
+        owner: OwnerConfig {
+            store: config.store.clone(),
+            engine: config.engine(),
+            actions: config.actions.clone(),
+        },
+    };
+    let node_task = {
+        let (js, clock) = (js.clone(), clock.clone());
+        nats.spawn(async move { run_node(&js, node, clock, stop, status_tx).await })
+    };
+    let partition_keys: HashMap<String, String> = config
+        .ingress
+        .sources
+        .iter()
+        .filter_map(|s| {
+            s.partition
+                .as_ref()
+                .map(|p| (s.name.clone(), p.key.clone()))
+        })
+        .collect();
+    // The context spawns onto the runtime it is made in.
+    let publisher = {
+        let client = client.clone();
+        nats.block_on(async move {
+            Arc::new(ClusterPublisher::new(
+                gancho_cluster::ingress_context(client),
+                cluster.partitions,
+                partition_keys,
+            ))
+        })
+    };
+    let readiness: Readiness = Arc::new(move || {
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return Err("NATS is not reachable".to_owned());
+        }
+        if !status.borrow().connected {
+            return Err("the cluster membership's last tick failed".to_owned());
+        }
+        Ok(())
+    });
+    let served = gancho_ingress::block_on(serve(
+        &config,
+        &cluster,
+        data.clone(),
+        clock,
+        readiness,
+        publisher,
+    ));
+    // The partitions are handed over (each one's last batch committed, its sends finished),
+    // whether serving ended well or not.
+    let _ = stop_node.send(true);
+    let handed = nats.block_on(node_task);
+    let stored = data.shutdown().context("flushing the node's store");
+    served?;
+    handed
+        .context("the cluster membership's task")?
+        .context("the cluster membership")?;
+    stored?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+async fn serve(
+    config: &Config,
+    cluster: &ClusterConfig,
+    data: Data,
+    clock: Arc<dyn gancho_core::Clock>,
+    readiness: Readiness,
+    publisher: Arc<ClusterPublisher>,
+) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let server = IngressServer::start_publishing(
+        listener,
+        config.ingress.clone(),
+        data.store.clone(),
+        clock,
+        readiness,
+        Some(publisher),
+    )
+    .context("starting the HTTP server")?;
+    info!(
+        listen = %server.local_addr(),
+        node = %cluster.node,
+        partitions = cluster.partitions,
+        data_dir = %config.data_dir.display(),
+        rules_dir = %config.rules_dir.display(),
+        "gancho is ready (cluster node)"
+    );
+    notify(&[sd_notify::NotifyState::Ready]);
+    let handle = server.handle();
+    let mut served = std::pin::pin!(server.wait());
+    let stopped_early = tokio::select! {
+        result = &mut served => Some(result),
+        _ = sigterm.recv() => { info!("SIGTERM: stopping"); None }
+        _ = sigint.recv() => { info!("SIGINT: stopping"); None }
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let result = match stopped_early {
+        Some(result) => result,
+        None => {
+            let ((), result) = tokio::join!(handle.stop(), served);
+            result
+        }
+    };
+    result.context("serving HTTP")
+}
