@@ -13,6 +13,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod cluster;
+mod cluster_faults;
 mod cluster_ingress;
 mod crash;
 mod dashboard;

@@ -1,0 +1,149 @@
+//! Cluster mode under faults (issue 17's failure tests), with the real binary: three
+//! nats-servers and three gancho nodes on loopback, an HTTP receiver for the actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gancho_testkit::HttpReceiver;
+use gancho_testkit::nats::NatsCluster;
+
+use crate::support::{Request, Setup, write_rule};
+
+/// Three nodes' setups on `cluster`, each with a rule that calls `receiver` for every open.
+fn three_nodes(cluster: &NatsCluster, receiver: &HttpReceiver) -> Vec<Setup> {
+    let rule = format!(
+        "const ON = [\"mailjet.open\"];\nhttp(#{{ url: \"{}\", json: #{{ opened: event.keys.email }} }});\n",
+        receiver.url("/hook")
+    );
+    ["g1", "g2", "g3"]
+        .iter()
+        .map(|node| {
+            let setup = Setup::new(&format!(
+                "[sources.mailjet]\nkind = \"mailjet\"\n\n[http]\nallow_private = true\n\n[cluster]\n{}node = \"{node}\"\npartitions = 4\nlease = \"2s\"\n",
+                cluster.cluster_keys()
+            ));
+            write_rule(&setup, "open.rhai", &rule);
+            setup
+        })
+        .collect()
+}
+
+/// For each e-mail the receiver was called for, the `Idempotency-Key`s of its calls.
+fn calls(receiver: &HttpReceiver) -> BTreeMap<String, Vec<String>> {
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for request in receiver.requests() {
+        let email = request.json()["opened"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = request
+            .header("idempotency-key")
+            .unwrap_or_default()
+            .to_owned();
+        seen.entry(email).or_default().push(key);
+    }
+    seen
+}
+
+/// Posts a request of five opens to each address in turn until `stop`; returns the e-mails of
+/// the requests answered 200.
+fn load(addrs: Arc<Mutex<Vec<SocketAddr>>>, stop: Arc<AtomicBool>) -> BTreeSet<String> {
+    let mut acknowledged = BTreeSet::new();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Acquire) {
+        let targets = addrs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for addr in targets {
+            let emails: Vec<String> = (n..n + 5).map(|i| format!("u{i}@x")).collect();
+            n += 5;
+            let items: Vec<serde_json::Value> = emails
+                .iter()
+                .enumerate()
+                .map(|(i, email)| serde_json::json!({"event": "open", "time": 1433103519, "MessageID": n + i, "email": email}))
+                .collect();
+            let body = serde_json::to_vec(&items).unwrap_or_default();
+            if let Ok(response) = Request::post("/hooks/mailjet", &body).send(addr)
+                && response.status == 200
+            {
+                acknowledged.extend(emails);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    acknowledged
+}
+
+#[test]
+fn a_node_killed_under_load_loses_no_acknowledged_event_and_repeats_only_with_the_same_id() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = HttpReceiver::ok();
+    let setups = three_nodes(&cluster, &receiver);
+    let mut daemons: Vec<_> = setups.iter().map(Setup::start).collect();
+    let addrs = Arc::new(Mutex::new(
+        daemons.iter().map(|d| d.addr).collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        std::thread::spawn(move || load(addrs, stop))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    // kill -9 the first node, in the middle of the load; the load goes on to the others.
+    let killed_at = Instant::now();
+    daemons.remove(0).kill();
+    addrs.lock().unwrap_or_else(|e| e.into_inner()).remove(0);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Release);
+    let acknowledged = loader.join().expect("the load");
+    assert!(
+        acknowledged.len() >= 100,
+        "too little load: {}",
+        acknowledged.len()
+    );
+
+    // Every acknowledged event's action is delivered.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = calls(&receiver);
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .filter(|e| !seen.contains_key(*e))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged events never acted on, e.g. {:?}",
+            missing.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "every acknowledged event acted on {:?} after the kill",
+        killed_at.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // A repeat (a send in flight at the kill) carries the same id as the first send.
+    let seen = calls(&receiver);
+    let repeats = seen.values().filter(|keys| keys.len() > 1).count();
+    for (email, keys) in &seen {
+        assert!(
+            keys.iter().all(|k| !k.is_empty() && k == &keys[0]),
+            "{email}: calls with different ids {keys:?}"
+        );
+    }
+    eprintln!(
+        "{} acknowledged events, {} repeated sends (in flight at the kill)",
+        acknowledged.len(),
+        repeats
+    );
+    for daemon in daemons {
+        assert!(daemon.terminate().success());
+    }
+}
