@@ -147,3 +147,63 @@ fn a_node_killed_under_load_loses_no_acknowledged_event_and_repeats_only_with_th
         assert!(daemon.terminate().success());
     }
 }
+
+#[test]
+fn an_owner_paused_past_its_lease_is_refused_when_it_wakes_and_nothing_is_decided_twice() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = HttpReceiver::ok();
+    let setups = three_nodes(&cluster, &receiver);
+    let daemons: Vec<_> = setups.iter().map(Setup::start).collect();
+    // Load on the two nodes that stay awake; g1 is paused (SIGSTOP) past its lease, so the
+    // others take its partitions over; then it wakes (SIGCONT) with its partitions' engines
+    // still running.
+    let addrs = Arc::new(Mutex::new(daemons[1..].iter().map(|d| d.addr).collect()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        std::thread::spawn(move || load(addrs, stop))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    crate::support::signal(daemons[0].pid(), "STOP");
+    std::thread::sleep(Duration::from_secs(5));
+    crate::support::signal(daemons[0].pid(), "CONT");
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Release);
+    let acknowledged = loader.join().expect("the load");
+    assert!(
+        acknowledged.len() >= 100,
+        "too little load: {}",
+        acknowledged.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while acknowledged
+        .iter()
+        .any(|e| !calls(&receiver).contains_key(e))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged events never acted on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // Every event decided once: an event's calls (a send in flight when g1 was paused, sent
+    // again by the new owner) all carry one id.
+    for (email, keys) in calls(&receiver) {
+        assert!(
+            keys.iter().all(|k| k == &keys[0]),
+            "{email}: calls with different ids {keys:?}"
+        );
+    }
+    // The woken node was refused (its lease lost, or its commit fenced) and let go.
+    let log = daemons[0].log();
+    assert!(
+        log.contains("lease was lost") || log.contains("the partition stops here"),
+        "{log}"
+    );
+    for daemon in daemons {
+        assert!(daemon.terminate().success());
+    }
+}
