@@ -207,3 +207,93 @@ fn an_owner_paused_past_its_lease_is_refused_when_it_wakes_and_nothing_is_decide
         assert!(daemon.terminate().success());
     }
 }
+
+#[test]
+fn a_node_cut_off_from_nats_answers_503_never_200_and_its_partitions_move() {
+    use gancho_testkit::proxy::{Flow, Proxy};
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = HttpReceiver::ok();
+    let mut setups = three_nodes(&cluster, &receiver);
+    // g1 reaches the servers through proxies that can cut it off.
+    let proxies: Vec<Proxy> = cluster
+        .urls()
+        .iter()
+        .map(|url| {
+            let addr = url
+                .trim_start_matches("nats://")
+                .parse()
+                .expect("a server address");
+            Proxy::start(addr)
+        })
+        .collect();
+    let urls: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("{:?}", p.nats_url()))
+        .collect();
+    let config = std::fs::read_to_string(&setups[0].config).expect("g1's config");
+    let nats_line = config
+        .lines()
+        .find(|l| l.starts_with("nats = "))
+        .expect("a nats line")
+        .to_owned();
+    std::fs::write(
+        &setups[0].config,
+        config.replace(&nats_line, &format!("nats = [{}]", urls.join(", "))),
+    )
+    .expect("g1's config");
+    let g1_setup = setups.remove(0);
+    let g1 = g1_setup.start();
+    let others: Vec<_> = setups.iter().map(Setup::start).collect();
+    let post = |addr: SocketAddr, from: usize| {
+        let items: Vec<serde_json::Value> = (from..from + 10)
+            .map(|i| serde_json::json!({"event": "open", "time": 1433103519, "MessageID": i, "email": format!("u{i}@x")}))
+            .collect();
+        Request::post("/hooks/mailjet", &serde_json::to_vec(&items).expect("JSON"))
+            .send(addr)
+            .expect("HTTP")
+    };
+    assert_eq!(post(g1.addr, 0).status, 200);
+
+    for proxy in &proxies {
+        proxy.set(Flow::BlackHole);
+    }
+    // Cut off, g1 acknowledges nothing, and says it is not ready.
+    for from in [100, 200] {
+        let response = post(g1.addr, from);
+        assert_ne!(response.status, 200, "{}", response.body);
+        assert_eq!(response.status, 503, "{}", response.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while g1.request(&Request::get("/readyz")).status != 503 {
+        assert!(Instant::now() < deadline, "g1 still says it is ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its partitions move: events of every partition, posted to the others, are acted on.
+    let mut expected: BTreeSet<String> = (0..10).map(|i| format!("u{i}@x")).collect();
+    for (n, daemon) in others.iter().enumerate() {
+        let from = 1000 + 100 * n;
+        assert_eq!(post(daemon.addr, from).status, 200);
+        expected.extend((from..from + 10).map(|i| format!("u{i}@x")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while expected.iter().any(|e| !calls(&receiver).contains_key(e)) {
+        assert!(
+            Instant::now() < deadline,
+            "events of g1's partitions never acted on"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = calls(&receiver);
+    for refused in (100..110).chain(200..210) {
+        assert!(!seen.contains_key(&format!("u{refused}@x")), "u{refused}@x");
+    }
+    for daemon in others {
+        assert!(daemon.terminate().success());
+    }
+    for proxy in &proxies {
+        proxy.heal();
+    }
+    drop(g1);
+}
