@@ -297,3 +297,60 @@ fn a_node_cut_off_from_nats_answers_503_never_200_and_its_partitions_move() {
     }
     drop(g1);
 }
+
+#[test]
+fn a_nats_server_killed_and_restarted_under_load_loses_nothing_acknowledged() {
+    let Some(mut cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = HttpReceiver::ok();
+    let setups = three_nodes(&cluster, &receiver);
+    let daemons: Vec<_> = setups.iter().map(Setup::start).collect();
+    let addrs = Arc::new(Mutex::new(daemons.iter().map(|d| d.addr).collect()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        std::thread::spawn(move || load(addrs, stop))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.kill(1);
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.restart(1);
+    cluster.wait_healthy(1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Release);
+    let acknowledged = loader.join().expect("the load");
+    assert!(
+        acknowledged.len() >= 100,
+        "too little load: {}",
+        acknowledged.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = calls(&receiver);
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .filter(|e| !seen.contains_key(*e))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged events never acted on, e.g. {:?}",
+            missing.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (email, keys) in calls(&receiver) {
+        assert!(
+            keys.iter().all(|k| k == &keys[0]),
+            "{email}: calls with different ids {keys:?}"
+        );
+    }
+    eprintln!("{} acknowledged events, all acted on", acknowledged.len());
+    for daemon in daemons {
+        assert!(daemon.terminate().success());
+    }
+}
