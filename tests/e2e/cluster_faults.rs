@@ -354,3 +354,96 @@ fn a_nats_server_killed_and_restarted_under_load_loses_nothing_acknowledged() {
         assert!(daemon.terminate().success());
     }
 }
+
+#[test]
+fn rolling_restarts_of_the_gancho_nodes_repeat_no_send_and_of_the_servers_lose_nothing() {
+    let Some(mut cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = HttpReceiver::ok();
+    let setups = three_nodes(&cluster, &receiver);
+    let mut daemons: Vec<_> = setups.iter().map(Setup::start).collect();
+    let addrs = Arc::new(Mutex::new(
+        daemons.iter().map(|d| d.addr).collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        std::thread::spawn(move || load(addrs, stop))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // Each gancho node in turn: SIGTERM (its partitions handed over), started again.
+    for i in 0..daemons.len() {
+        let addr = daemons[i].addr;
+        addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a| *a != addr);
+        let old = daemons.remove(i);
+        assert!(old.terminate().success());
+        daemons.insert(i, setups[i].start());
+        addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(daemons[i].addr);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    stop.store(true, Ordering::Release);
+    let acknowledged = loader.join().expect("the load");
+    let acted_on_all = |acknowledged: &BTreeSet<String>| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while acknowledged
+            .iter()
+            .any(|e| !calls(&receiver).contains_key(e))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "acknowledged events never acted on"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    acted_on_all(&acknowledged);
+    std::thread::sleep(Duration::from_secs(2));
+    let repeated: Vec<_> = calls(&receiver)
+        .into_iter()
+        .filter(|(_, keys)| keys.len() > 1)
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "graceful handovers repeated sends: {repeated:?}"
+    );
+    eprintln!(
+        "rolling restart of the gancho nodes: {} acknowledged events, each sent once",
+        acknowledged.len()
+    );
+
+    // Then each nats-server in turn, under load: nothing acknowledged is lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            load(addrs, stop)
+        })
+    };
+    for i in 0..3 {
+        cluster.kill(i);
+        std::thread::sleep(Duration::from_secs(1));
+        cluster.restart(i);
+        cluster.wait_healthy(i, Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, Ordering::Release);
+    let more = loader.join().expect("the load");
+    acted_on_all(&more);
+    for (email, keys) in calls(&receiver) {
+        assert!(
+            keys.iter().all(|k| k == &keys[0]),
+            "{email}: calls with different ids {keys:?}"
+        );
+    }
+    for daemon in daemons {
+        assert!(daemon.terminate().success());
+    }
+}
