@@ -25,19 +25,78 @@ impl JournalFence {
     }
 }
 
+/// A journal message's records, at most (the servers' `max_payload` is 1 MiB by default, and
+/// the message has headers too).
+const MESSAGE_BYTES: usize = 768 * 1024;
+
 impl CommitFence for JournalFence {
     fn commit(&self, cursor: u64, records: &[u8]) -> Result<(), FenceError> {
         let mut journal = self
             .journal
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match self
-            .runtime
-            .block_on(journal.commit(cursor, records.to_vec()))
-        {
-            Ok(_) => Ok(()),
-            Err(err @ ClusterError::Fenced { .. }) => Err(FenceError::Fenced(err.to_string())),
-            Err(err) => Err(FenceError::Unavailable(err.to_string())),
+        // A batch too large for one message goes as several, each of whole records (each
+        // commit is whole in one message, so a takeover that reads only the first ones applies
+        // whole commits); one commit larger than a message is refused by the servers.
+        for message in messages(records, MESSAGE_BYTES) {
+            match self
+                .runtime
+                .block_on(journal.commit(cursor, message.to_vec()))
+            {
+                Ok(_) => {}
+                Err(err @ ClusterError::Fenced { .. }) => {
+                    return Err(FenceError::Fenced(err.to_string()));
+                }
+                Err(err) => return Err(FenceError::Unavailable(err.to_string())),
+            }
         }
+        Ok(())
+    }
+}
+
+/// `records` (journal records: a 4-byte length, then 16 bytes of hash and commit number, then
+/// that many bytes) cut at record boundaries into pieces of at most `limit` bytes where the
+/// records allow it.
+fn messages(records: &[u8], limit: usize) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut at) = (0, 0);
+    while at < records.len() {
+        let len = records
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(records.len() - at, |b| 20 + u32::from_be_bytes(b) as usize);
+        let end = (at + len).min(records.len());
+        if end - start > limit && at > start {
+            out.push(&records[start..at]);
+            start = at;
+        }
+        at = end;
+    }
+    if at > start {
+        out.push(&records[start..at]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::messages;
+
+    fn record(n: usize) -> Vec<u8> {
+        let mut r = (n as u32).to_be_bytes().to_vec();
+        r.extend(std::iter::repeat_n(7u8, 16 + n));
+        r
+    }
+
+    #[test]
+    fn records_are_cut_into_messages_at_their_boundaries() {
+        let records: Vec<u8> = [10, 30, 5, 40].iter().flat_map(|&n| record(n)).collect();
+        let sizes =
+            |limit| -> Vec<usize> { messages(&records, limit).iter().map(|m| m.len()).collect() };
+        assert_eq!(sizes(10_000), vec![records.len()]);
+        // 30, 50, 25, 60 bytes: a message as full as the limit allows, a record never cut.
+        assert_eq!(sizes(80), vec![80, 25, 60]);
+        assert_eq!(sizes(10), vec![30, 50, 25, 60]);
+        assert!(messages(&[], 10).is_empty());
     }
 }

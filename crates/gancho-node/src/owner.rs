@@ -21,6 +21,9 @@ use tokio::sync::watch;
 
 use crate::{TakeoverError, follow, take_over};
 
+/// Events an engine commits together in cluster mode, at most.
+const CLUSTER_BATCH: usize = 256;
+
 /// Why a partition's owner could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
@@ -125,6 +128,9 @@ impl PartitionOwner {
         };
         let mut engine_config = config.engine;
         engine_config.log_from_stream = true;
+        // A commit goes to the partition's journal as one message at most 1 MiB: smaller
+        // batches keep each commit's record well under it.
+        engine_config.batch_size = engine_config.batch_size.min(CLUSTER_BATCH);
         engine_config.runs_global_rules = false;
         engine_config.own_events = Some(Arc::new(PartitionStream {
             js: js.clone(),
@@ -134,8 +140,22 @@ impl PartitionOwner {
         let engine =
             gancho_engine::spawn(store.clone(), state.clone(), clock.clone(), engine_config)
                 .map_err(|err| start_error(err.to_string()))?;
-        let actions = gancho_actions::spawn(&state.outbox(), clock, config.actions)
-            .map_err(|err| start_error(err.to_string()))?;
+        let actions = match gancho_actions::spawn(&state.outbox(), clock, config.actions) {
+            Ok(actions) => actions,
+            Err(err) => {
+                // Nothing left running: the engine, the follower, the stores let go.
+                let _ = stop_following.send(true);
+                let _ = following.await;
+                let (state, store) = (state.clone(), store.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    engine.stop();
+                    state.close();
+                    store.shutdown()
+                })
+                .await;
+                return Err(start_error(err.to_string()));
+            }
+        };
         tracing::info!(partition, cursor, "running the partition");
         Ok(PartitionOwner {
             partition,

@@ -80,8 +80,14 @@ pub async fn take_over(
     let claimed = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || {
-            state.wait_durable(CLAIM_WAIT);
-            state.failure()
+            let durable = state.wait_durable(CLAIM_WAIT);
+            match state.failure() {
+                Some(reason) => Some(reason),
+                None if !durable => Some(format!(
+                    "the claim of the partition was not durable within {CLAIM_WAIT:?}"
+                )),
+                None => None,
+            }
         })
         .await
         .map_err(|err| state_error(StoreError::Engine(err.to_string())))?
@@ -89,12 +95,6 @@ pub async fn take_over(
     if let Some(reason) = claimed {
         state.close();
         return Err(state_error(StoreError::Failed(reason)));
-    }
-    if state.durable_cursor() < cursor {
-        state.close();
-        return Err(state_error(StoreError::Engine(format!(
-            "the claim of the partition was not durable within {CLAIM_WAIT:?}"
-        ))));
     }
     Ok((state, cursor))
 }

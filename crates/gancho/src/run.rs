@@ -298,7 +298,7 @@ pub(crate) fn notify(state: &[sd_notify::NotifyState<'_>]) {
 /// indexer, the engine and the actions' runtime is idle or within half an interval of one piece
 /// of work (`gancho_core::heartbeat`). A stuck thread stops the pings, and systemd restarts the
 /// service. This task runs on the HTTP server's runtime, so a blocked runtime stops them too.
-async fn watchdog(interval: std::time::Duration) {
+pub(crate) async fn watchdog(interval: std::time::Duration) {
     let half = interval / 2;
     info!(
         every_ms = half.as_millis() as u64,

@@ -70,9 +70,14 @@ pub fn run(
             actions: config.actions.clone(),
         },
     };
+    let (node_ended, membership_ended) = tokio::sync::oneshot::channel::<()>();
     let node_task = {
         let (js, clock) = (js.clone(), clock.clone());
-        nats.spawn(async move { run_node(&js, node, clock, stop, status_tx).await })
+        nats.spawn(async move {
+            let result = run_node(&js, node, clock, stop, status_tx).await;
+            let _ = node_ended.send(());
+            result
+        })
     };
     let partition_keys: HashMap<String, String> = config
         .ingress
@@ -111,6 +116,7 @@ pub fn run(
         clock,
         readiness,
         publisher,
+        membership_ended,
     ));
     // The partitions are handed over (each one's last batch committed, its sends finished),
     // whether serving ended well or not.
@@ -133,6 +139,7 @@ async fn serve(
     clock: Arc<dyn gancho_core::Clock>,
     readiness: Readiness,
     publisher: Arc<ClusterPublisher>,
+    mut membership_ended: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -156,12 +163,22 @@ async fn serve(
         "gancho is ready (cluster node)"
     );
     notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog_task =
+        sd_notify::watchdog_enabled().map(|interval| tokio::spawn(crate::run::watchdog(interval)));
     let handle = server.handle();
     let mut served = std::pin::pin!(server.wait());
+    let mut membership_failed = false;
     let stopped_early = tokio::select! {
         result = &mut served => Some(result),
         _ = sigterm.recv() => { info!("SIGTERM: stopping"); None }
         _ = sigint.recv() => { info!("SIGINT: stopping"); None }
+        _ = &mut membership_ended => {
+            // It could not join the cluster (or stopped by itself): serving on would answer
+            // webhooks that no partition of this node runs; the unit starts it again.
+            tracing::error!("the cluster membership stopped: stopping");
+            membership_failed = true;
+            None
+        }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     let result = match stopped_early {
@@ -171,5 +188,12 @@ async fn serve(
             result
         }
     };
-    result.context("serving HTTP")
+    if let Some(task) = watchdog_task {
+        task.abort();
+    }
+    result.context("serving HTTP")?;
+    if membership_failed {
+        anyhow::bail!("the cluster membership stopped");
+    }
+    Ok(())
 }
