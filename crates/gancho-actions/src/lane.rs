@@ -359,8 +359,9 @@ impl Lane {
     }
 
     async fn send_with_slot(&self, destination: &str, key: &[u8]) -> Outcome {
-        if self.stopping.load(Ordering::Acquire) {
-            // Left in the outbox: sent after the next start.
+        if self.stopping.load(Ordering::Acquire) || self.state.failure().is_some() {
+            // Left in the outbox: sent after the next start (or, its state failed because
+            // another node owns the partition now, by that node).
             return Outcome::Left;
         }
         let item = match self.state.action_item(key) {

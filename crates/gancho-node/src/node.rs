@@ -67,6 +67,15 @@ pub async fn run_node(
                 owner.stop().await;
             }
             give_up(&mut membership, p).await;
+            for lost in renew(&mut membership).await {
+                if let Some(owner) = owners.remove(&lost) {
+                    tracing::warn!(
+                        partition = lost,
+                        "the partition's lease was lost: stopping it"
+                    );
+                    owner.stop().await;
+                }
+            }
         }
         let changes = match membership.tick().await {
             Ok(changes) => changes,
@@ -121,6 +130,9 @@ pub async fn run_node(
     for (p, owner) in std::mem::take(&mut owners) {
         owner.stop().await;
         give_up(&mut membership, p).await;
+        // The partitions still to stop keep their leases meanwhile: a lease that ran out
+        // would let another node take a partition whose sends are still finishing here.
+        drop(renew(&mut membership).await);
     }
     status.send_replace(NodeStatus::default());
     Ok(())

@@ -438,13 +438,16 @@ impl EngineState {
                 "catching up with the shared journal while commits are in flight".to_owned(),
             ));
         }
-        let (applied, _, whole) =
+        let (applied, replayed, whole) =
             journal::replay(&self.tree, records, applied, "the partition's journal")?;
         if whole != records.len() {
             return Err(schema::corrupt(
                 "the partition's journal",
                 "a message that is not whole journal records",
             ));
+        }
+        if replayed == 0 {
+            return Ok(self.shared.durable_cursor.load(Ordering::Acquire));
         }
         self.sync()?;
         self.commits.store(applied + 1, Ordering::Release);

@@ -277,6 +277,12 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Why the engine's state failed, if it did (cluster mode: a commit refused because another
+    /// node owns the partition now): nothing more may be sent from this outbox.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failure).clone()
+    }
+
     /// The item of this key (an [`OutboxItem::key`]) as it is now, with its delivery record;
     /// `None` once it left the outbox.
     pub fn action_item(&self, key: &[u8]) -> Result<Option<OutboxItem>, StoreError> {
