@@ -212,13 +212,14 @@ fn cursor_of(headers: &async_nats::HeaderMap) -> Option<u64> {
     headers.get(CURSOR_HEADER)?.as_str().parse().ok()
 }
 
-/// Partition `partition`'s journal messages from the first the stream holds up to sequence
-/// `through`, oldest first, each handed to `each` with its sequence: what a new owner replays
-/// before it commits (`through` being where its fence opened). A message missing in between is
-/// an error: the decisions it held would be lost.
+/// Partition `partition`'s journal messages from sequence `from` (or the first the stream
+/// holds, if later) up to `through`, oldest first, each handed to `each` with its sequence:
+/// what a new owner replays before it commits (`through` being where its fence opened). A
+/// message missing in between is an error: the decisions it held would be lost.
 pub async fn read_journal(
     js: &jetstream::Context,
     partition: Partition,
+    from: u64,
     through: u64,
     mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
 ) -> Result<(), ClusterError> {
@@ -233,6 +234,7 @@ pub async fn read_journal(
         .map_err(|err| journal_error(err.to_string()))?
         .state
         .first_sequence
+        .max(from)
         .max(1);
     for sequence in first..=through {
         let message = stream

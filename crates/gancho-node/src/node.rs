@@ -61,21 +61,13 @@ pub async fn run_node(
             .iter()
             .filter_map(|(p, owner)| owner.failure().map(|reason| (*p, reason)))
             .collect();
+        let mut lost = Vec::new();
         for (p, reason) in failed {
             tracing::warn!(partition = p, %reason, "the partition stops here");
             if let Some(owner) = owners.remove(&p) {
-                owner.stop().await;
+                lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
             give_up(&mut membership, p).await;
-            for lost in renew(&mut membership).await {
-                if let Some(owner) = owners.remove(&lost) {
-                    tracing::warn!(
-                        partition = lost,
-                        "the partition's lease was lost: stopping it"
-                    );
-                    owner.stop().await;
-                }
-            }
         }
         let changes = match membership.tick().await {
             Ok(changes) => changes,
@@ -85,27 +77,27 @@ pub async fn run_node(
                 continue;
             }
         };
-        let mut lost = changes.lost;
+        lost.extend(changes.lost);
         for p in changes.hand_over {
             tracing::info!(partition = p, "handing the partition over");
             if let Some(owner) = owners.remove(&p) {
-                owner.stop().await;
+                lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
             give_up(&mut membership, p).await;
-            lost.extend(renew(&mut membership).await);
         }
         for p in changes.gained {
             let dir = config.dir.join(format!("p{p}"));
-            match PartitionOwner::start(
+            let start = PartitionOwner::start(
                 js,
                 p,
                 &config.node,
                 &dir,
                 config.owner.clone(),
                 clock.clone(),
-            )
-            .await
-            {
+            );
+            let (started, lost_meanwhile) = while_renewing(&mut membership, start).await;
+            lost.extend(lost_meanwhile);
+            match started {
                 Ok(owner) => {
                     owners.insert(p, owner);
                 }
@@ -114,7 +106,6 @@ pub async fn run_node(
                     give_up(&mut membership, p).await;
                 }
             }
-            lost.extend(renew(&mut membership).await);
         }
         for p in lost {
             tracing::warn!(partition = p, "the partition's lease was lost: stopping it");
@@ -128,17 +119,34 @@ pub async fn run_node(
         });
     }
     for (p, owner) in std::mem::take(&mut owners) {
-        owner.stop().await;
-        give_up(&mut membership, p).await;
         // The partitions still to stop keep their leases meanwhile: a lease that ran out
         // would let another node take a partition whose sends are still finishing here.
-        drop(renew(&mut membership).await);
+        while_renewing(&mut membership, owner.stop()).await;
+        give_up(&mut membership, p).await;
     }
     status.send_replace(NodeStatus::default());
     Ok(())
 }
 
-/// Renews the leases this node holds between two slow steps of a tick; returns those lost.
+/// Runs `work` (a partition's start or stop, which can take a while: a takeover replays the
+/// journal, a stop lets sends finish) while renewing this node's leases every tick interval;
+/// returns its result and the partitions whose lease was lost meanwhile.
+async fn while_renewing<T>(
+    membership: &mut Membership,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Vec<Partition>) {
+    let interval = membership.interval();
+    let mut work = std::pin::pin!(work);
+    let mut lost = Vec::new();
+    loop {
+        tokio::select! {
+            done = &mut work => return (done, lost),
+            _ = tokio::time::sleep(interval) => lost.extend(renew(membership).await),
+        }
+    }
+}
+
+/// Renews the leases this node holds; returns those lost.
 async fn renew(membership: &mut Membership) -> Vec<Partition> {
     match membership.renew().await {
         Ok(lost) => lost,

@@ -65,13 +65,17 @@ pub async fn take_over(
             .map_err(state_error)?
     };
     let mut cursor = state.durable_cursor();
-    // Each message is applied as it is read (a message holds a batch: at most a few MB).
-    read_journal(js, partition, through, |_, records| {
+    // From where this database is (a node that owned the partition before reads only what
+    // others decided since); each message applied as it is read.
+    let from = state.journal_position().map_err(state_error)? + 1;
+    read_journal(js, partition, from, through, |_, records| {
         cursor = state.catch_up(records).map_err(|err| err.to_string())?;
         Ok(())
     })
     .await
     .map_err(journal_error)?;
+    // Durable with the claim's commit below.
+    state.set_journal_position(through).map_err(state_error)?;
     // The claim: a commit through the fence before anything acts on the state. Accepted, no
     // earlier owner can commit after it (its delivery outcomes included), so what this node's
     // executor finds undelivered was not delivered by an owner that recorded it. Refused,

@@ -63,6 +63,12 @@ fn a_new_owner_holds_every_earlier_decision_and_only_a_current_fence_commits() {
     let (a, cursor) = take("a", a_dir.path());
     assert_eq!(cursor, 9);
     assert!(has(&a, "x3") && !has(&a, "a-stale"));
+    // A retake reads the journal on from where this database was: the position is kept.
+    assert!(
+        a.journal_position().unwrap() >= 4,
+        "{:?}",
+        a.journal_position()
+    );
     assert!(!commit(&b, "b-stale", 12));
     assert!(commit(&a, "x4", 12));
 

@@ -107,6 +107,8 @@ impl std::fmt::Debug for StoreSecret {
 
 /// Where the secret is kept in the engine's tree.
 const SECRET_KEY: &[u8] = b"Msecret";
+/// Cluster mode: the partition's journal sequence the tree holds every commit up to.
+const JOURNAL_POSITION_KEY: &[u8] = b"Mjournal";
 
 impl EngineState {
     /// Opens (or creates) the engine's database in `store_dir/engine`, replays the commit a
@@ -456,6 +458,22 @@ impl EngineState {
         self.shared.durable_cursor.store(cursor, Ordering::Release);
         self.shared.durable_tx.send_replace(cursor);
         Ok(cursor)
+    }
+
+    /// Cluster mode: the sequence of the partition's journal up to which this database holds
+    /// every commit (0: none known), so that a takeover reads the journal on from there.
+    pub fn journal_position(&self) -> Result<u64, StoreError> {
+        match self.tree.get(JOURNAL_POSITION_KEY)? {
+            None => Ok(0),
+            Some(v) => read_u64(&v).ok_or_else(|| schema::corrupt("Mjournal", "not a u64")),
+        }
+    }
+
+    /// Records that this database holds every commit of the partition's journal up to `seq`
+    /// (after [`EngineState::catch_up`] applied them); made durable with the next sync.
+    pub fn set_journal_position(&self, seq: u64) -> Result<(), StoreError> {
+        self.tree
+            .insert(JOURNAL_POSITION_KEY, &seq.to_be_bytes()[..])
     }
 
     /// Why the engine state could not be applied or made durable, if so (the daemon then exits
