@@ -52,7 +52,6 @@ fn cluster_check_passes_on_2_15_and_run_starts_a_node() {
 
     // On servers that pass, `gancho run` runs a cluster node, and stops cleanly.
     let daemon = setup.start();
-    assert!(daemon.log().contains("cluster node"), "{}", daemon.log());
     // Ready once its membership's first tick reached NATS.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
