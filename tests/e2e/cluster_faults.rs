@@ -75,6 +75,62 @@ fn load(addrs: Arc<Mutex<Vec<SocketAddr>>>, stop: Arc<AtomicBool>) -> BTreeSet<S
     acknowledged
 }
 
+/// [`load`] on its own thread, to the addresses in `addrs` at each round.
+fn start_load(
+    addrs: &Arc<Mutex<Vec<SocketAddr>>>,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<BTreeSet<String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (addrs, stop) = (addrs.clone(), stop.clone());
+        std::thread::spawn(move || load(addrs, stop))
+    };
+    (stop, loader)
+}
+
+/// Stops the load; the e-mails of its acknowledged requests, at least `at_least` of them.
+fn stop_load(
+    (stop, loader): (Arc<AtomicBool>, std::thread::JoinHandle<BTreeSet<String>>),
+    at_least: usize,
+) -> BTreeSet<String> {
+    stop.store(true, Ordering::Release);
+    let acknowledged = loader.join().expect("the load");
+    assert!(
+        acknowledged.len() >= at_least,
+        "too little load: {}",
+        acknowledged.len()
+    );
+    acknowledged
+}
+
+/// Waits until the receiver was called for every one of `expected`.
+fn wait_acted_on(receiver: &HttpReceiver, expected: &BTreeSet<String>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = calls(receiver);
+        let missing: Vec<_> = expected.iter().filter(|e| !seen.contains_key(*e)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged events never acted on, e.g. {:?}",
+            missing.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every event's calls (a send repeated after a fault included) carry one id.
+fn assert_one_id_per_event(receiver: &HttpReceiver) {
+    for (email, keys) in calls(receiver) {
+        assert!(
+            keys.iter().all(|k| k == &keys[0]),
+            "{email}: calls with different ids {keys:?}"
+        );
+    }
+}
+
 #[test]
 fn a_node_killed_under_load_loses_no_acknowledged_event_and_repeats_only_with_the_same_id() {
     let Some(cluster) = NatsCluster::start(3) else {
@@ -86,44 +142,17 @@ fn a_node_killed_under_load_loses_no_acknowledged_event_and_repeats_only_with_th
     let addrs = Arc::new(Mutex::new(
         daemons.iter().map(|d| d.addr).collect::<Vec<_>>(),
     ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (addrs, stop) = (addrs.clone(), stop.clone());
-        std::thread::spawn(move || load(addrs, stop))
-    };
+    let loading = start_load(&addrs);
     std::thread::sleep(Duration::from_secs(2));
     // kill -9 the first node, in the middle of the load; the load goes on to the others.
     let killed_at = Instant::now();
     daemons.remove(0).kill();
     addrs.lock().unwrap_or_else(|e| e.into_inner()).remove(0);
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Release);
-    let acknowledged = loader.join().expect("the load");
-    assert!(
-        acknowledged.len() >= 100,
-        "too little load: {}",
-        acknowledged.len()
-    );
+    let acknowledged = stop_load(loading, 100);
 
     // Every acknowledged event's action is delivered.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let seen = calls(&receiver);
-        let missing: Vec<_> = acknowledged
-            .iter()
-            .filter(|e| !seen.contains_key(*e))
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged events never acted on, e.g. {:?}",
-            missing.len(),
-            missing.iter().take(5).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_acted_on(&receiver, &acknowledged);
     eprintln!(
         "every acknowledged event acted on {:?} after the kill",
         killed_at.elapsed()
@@ -160,43 +189,18 @@ fn an_owner_paused_past_its_lease_is_refused_when_it_wakes_and_nothing_is_decide
     // others take its partitions over; then it wakes (SIGCONT) with its partitions' engines
     // still running.
     let addrs = Arc::new(Mutex::new(daemons[1..].iter().map(|d| d.addr).collect()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (addrs, stop) = (addrs.clone(), stop.clone());
-        std::thread::spawn(move || load(addrs, stop))
-    };
+    let loading = start_load(&addrs);
     std::thread::sleep(Duration::from_secs(1));
     crate::support::signal(daemons[0].pid(), "STOP");
     std::thread::sleep(Duration::from_secs(5));
     crate::support::signal(daemons[0].pid(), "CONT");
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Release);
-    let acknowledged = loader.join().expect("the load");
-    assert!(
-        acknowledged.len() >= 100,
-        "too little load: {}",
-        acknowledged.len()
-    );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while acknowledged
-        .iter()
-        .any(|e| !calls(&receiver).contains_key(e))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "acknowledged events never acted on"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let acknowledged = stop_load(loading, 100);
+    wait_acted_on(&receiver, &acknowledged);
     std::thread::sleep(Duration::from_secs(2));
     // Every event decided once: an event's calls (a send in flight when g1 was paused, sent
     // again by the new owner) all carry one id.
-    for (email, keys) in calls(&receiver) {
-        assert!(
-            keys.iter().all(|k| k == &keys[0]),
-            "{email}: calls with different ids {keys:?}"
-        );
-    }
+    assert_one_id_per_event(&receiver);
     // The woken node was refused (its lease lost, or its commit fenced) and let go.
     let log = daemons[0].log();
     assert!(
@@ -277,14 +281,8 @@ fn a_node_cut_off_from_nats_answers_503_never_200_and_its_partitions_move() {
         assert_eq!(post(daemon.addr, from).status, 200);
         expected.extend((from..from + 10).map(|i| format!("u{i}@x")));
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while expected.iter().any(|e| !calls(&receiver).contains_key(e)) {
-        assert!(
-            Instant::now() < deadline,
-            "events of g1's partitions never acted on"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // g1's partitions' events included.
+    wait_acted_on(&receiver, &expected);
     let seen = calls(&receiver);
     for refused in (100..110).chain(200..210) {
         assert!(!seen.contains_key(&format!("u{refused}@x")), "u{refused}@x");
@@ -307,48 +305,16 @@ fn a_nats_server_killed_and_restarted_under_load_loses_nothing_acknowledged() {
     let setups = three_nodes(&cluster, &receiver);
     let daemons: Vec<_> = setups.iter().map(Setup::start).collect();
     let addrs = Arc::new(Mutex::new(daemons.iter().map(|d| d.addr).collect()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (addrs, stop) = (addrs.clone(), stop.clone());
-        std::thread::spawn(move || load(addrs, stop))
-    };
+    let loading = start_load(&addrs);
     std::thread::sleep(Duration::from_secs(2));
     cluster.kill(1);
     std::thread::sleep(Duration::from_secs(3));
     cluster.restart(1);
     cluster.wait_healthy(1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Release);
-    let acknowledged = loader.join().expect("the load");
-    assert!(
-        acknowledged.len() >= 100,
-        "too little load: {}",
-        acknowledged.len()
-    );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let seen = calls(&receiver);
-        let missing: Vec<_> = acknowledged
-            .iter()
-            .filter(|e| !seen.contains_key(*e))
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged events never acted on, e.g. {:?}",
-            missing.len(),
-            missing.iter().take(5).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for (email, keys) in calls(&receiver) {
-        assert!(
-            keys.iter().all(|k| k == &keys[0]),
-            "{email}: calls with different ids {keys:?}"
-        );
-    }
+    let acknowledged = stop_load(loading, 100);
+    wait_acted_on(&receiver, &acknowledged);
+    assert_one_id_per_event(&receiver);
     eprintln!("{} acknowledged events, all acted on", acknowledged.len());
     for daemon in daemons {
         assert!(daemon.terminate().success());
@@ -366,11 +332,7 @@ fn rolling_restarts_of_the_gancho_nodes_repeat_no_send_and_of_the_servers_lose_n
     let addrs = Arc::new(Mutex::new(
         daemons.iter().map(|d| d.addr).collect::<Vec<_>>(),
     ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (addrs, stop) = (addrs.clone(), stop.clone());
-        std::thread::spawn(move || load(addrs, stop))
-    };
+    let loading = start_load(&addrs);
     std::thread::sleep(Duration::from_secs(1));
     // Each gancho node in turn: SIGTERM (its partitions handed over), started again.
     for i in 0..daemons.len() {
@@ -388,22 +350,8 @@ fn rolling_restarts_of_the_gancho_nodes_repeat_no_send_and_of_the_servers_lose_n
             .push(daemons[i].addr);
         std::thread::sleep(Duration::from_secs(2));
     }
-    stop.store(true, Ordering::Release);
-    let acknowledged = loader.join().expect("the load");
-    let acted_on_all = |acknowledged: &BTreeSet<String>| {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while acknowledged
-            .iter()
-            .any(|e| !calls(&receiver).contains_key(e))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "acknowledged events never acted on"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    acted_on_all(&acknowledged);
+    let acknowledged = stop_load(loading, 0);
+    wait_acted_on(&receiver, &acknowledged);
     std::thread::sleep(Duration::from_secs(2));
     let repeated: Vec<_> = calls(&receiver)
         .into_iter()
@@ -419,14 +367,7 @@ fn rolling_restarts_of_the_gancho_nodes_repeat_no_send_and_of_the_servers_lose_n
     );
 
     // Then each nats-server in turn, under load: nothing acknowledged is lost.
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (addrs, stop) = (addrs.clone(), stop.clone());
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            load(addrs, stop)
-        })
-    };
+    let loading = start_load(&addrs);
     for i in 0..3 {
         cluster.kill(i);
         std::thread::sleep(Duration::from_secs(1));
@@ -434,15 +375,9 @@ fn rolling_restarts_of_the_gancho_nodes_repeat_no_send_and_of_the_servers_lose_n
         cluster.wait_healthy(i, Duration::from_secs(30));
         std::thread::sleep(Duration::from_secs(1));
     }
-    stop.store(true, Ordering::Release);
-    let more = loader.join().expect("the load");
-    acted_on_all(&more);
-    for (email, keys) in calls(&receiver) {
-        assert!(
-            keys.iter().all(|k| k == &keys[0]),
-            "{email}: calls with different ids {keys:?}"
-        );
-    }
+    let more = stop_load(loading, 0);
+    wait_acted_on(&receiver, &more);
+    assert_one_id_per_event(&receiver);
     for daemon in daemons {
         assert!(daemon.terminate().success());
     }

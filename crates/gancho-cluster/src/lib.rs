@@ -34,7 +34,7 @@ pub use membership::{Changes, Membership};
 pub use partition::{Partition, partition_of};
 pub use publish::{
     ClusterPublisher, FORMAT_HEADER, FORMAT_JSON_V1, Published, confirm_duplicate, ingress_context,
-    message_id, partition_for, publish_events,
+    message_id, partition_for, publish_counted, publish_events,
 };
 pub use reader::PartitionReader;
 pub use secret::{SECRET_KEY, cluster_secret, partition_secret};

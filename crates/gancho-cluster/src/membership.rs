@@ -74,25 +74,21 @@ impl Membership {
 
     /// Heartbeat, renewals, then takes what is free and should be this node's.
     pub async fn tick(&mut self) -> Result<Changes, ClusterError> {
-        self.leases.heartbeat().await?;
+        let mut changes = Changes {
+            lost: self.renew().await?,
+            ..Changes::default()
+        };
         let mut live = self.leases.live_nodes().await?;
         if !live.contains(&self.node) {
             live.push(self.node.clone());
             live.sort();
         }
-        let mut changes = Changes::default();
-        let held: Vec<Partition> = self.held.keys().copied().collect();
-        for p in held {
-            let Some(lease) = self.held.get_mut(&p) else {
-                continue;
-            };
-            if !self.leases.renew(lease).await? {
-                self.held.remove(&p);
-                changes.lost.push(p);
-            } else if rendezvous_owner(p, &live) != Some(self.node.as_str()) {
-                changes.hand_over.push(p);
-            }
-        }
+        changes.hand_over = self
+            .held
+            .keys()
+            .copied()
+            .filter(|&p| rendezvous_owner(p, &live) != Some(self.node.as_str()))
+            .collect();
         for p in 0..self.partitions {
             if self.held.contains_key(&p) || rendezvous_owner(p, &live) != Some(self.node.as_str())
             {

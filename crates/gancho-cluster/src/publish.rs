@@ -213,14 +213,24 @@ impl EventPublisher for ClusterPublisher {
                     .map_or("", String::as_str);
                 partition_for(event, key, this.partitions)
             };
-            let published = publish_events(&this.js, &events, partition)
-                .await
-                .map_err(|err| PublishError::Unavailable(err.to_string()))?;
-            let duplicates = published.iter().filter(|p| p.duplicate).count();
-            Ok(PublishedCounts {
-                stored: published.len() - duplicates,
-                duplicates,
-            })
+            publish_counted(&this.js, &events, partition).await
         })
     }
+}
+
+/// [`publish_events`], answered as ingress and the engine count it: how many were stored
+/// now, how many were there already; any failure is the shared log's unavailability.
+pub async fn publish_counted(
+    js: &jetstream::Context,
+    events: &[NewEvent],
+    partition: impl Fn(&NewEvent) -> Partition,
+) -> Result<PublishedCounts, PublishError> {
+    let published = publish_events(js, events, partition)
+        .await
+        .map_err(|err| PublishError::Unavailable(err.to_string()))?;
+    let duplicates = published.iter().filter(|p| p.duplicate).count();
+    Ok(PublishedCounts {
+        stored: published.len() - duplicates,
+        duplicates,
+    })
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use gancho_actions::{ActionsConfig, ActionsHandle};
-use gancho_cluster::{Partition, publish_events};
+use gancho_cluster::{Partition, publish_counted};
 use gancho_core::publish::{BlockingPublisher, PublishError, PublishedCounts};
 use gancho_core::{Clock, NewEvent};
 use gancho_engine::{EngineConfig, EngineHandle};
@@ -60,15 +60,8 @@ struct PartitionStream {
 
 impl BlockingPublisher for PartitionStream {
     fn publish_blocking(&self, events: Vec<NewEvent>) -> Result<PublishedCounts, PublishError> {
-        let published = self
-            .runtime
-            .block_on(publish_events(&self.js, &events, |_| self.partition))
-            .map_err(|err| PublishError::Unavailable(err.to_string()))?;
-        let duplicates = published.iter().filter(|p| p.duplicate).count();
-        Ok(PublishedCounts {
-            stored: published.len() - duplicates,
-            duplicates,
-        })
+        self.runtime
+            .block_on(publish_counted(&self.js, &events, |_| self.partition))
     }
 }
 

@@ -46,6 +46,36 @@ pub(crate) struct Applier {
     pub(crate) thread: JoinHandle<()>,
 }
 
+/// Numbers `staged` with the next commit number and queues it for the applier, both under the
+/// applier's lock: the engine's commits and, in cluster mode, the outbox's take their numbers
+/// from one counter, and the applier must get them in order. `numbered` sees the number before
+/// the commit is queued (the engine's commit goes into the overlay with it). Returns it.
+pub(crate) fn queue(
+    applier: &Mutex<Option<Applier>>,
+    commits: &AtomicU64,
+    staged: Staged,
+    numbered: impl FnOnce(u64, &Staged),
+) -> Result<u64, StoreError> {
+    let applier = lock(applier);
+    let commit = commits.fetch_add(1, Ordering::Relaxed);
+    numbered(commit, &staged);
+    match applier.as_ref().map(|a| a.jobs.send((commit, staged))) {
+        Some(Ok(())) => Ok(commit),
+        _ => Err(StoreError::Closed),
+    }
+}
+
+/// Waits until commit `commit` is durable, or fails with why the state failed first.
+pub(crate) fn wait_durable(shared: &Shared, commit: u64) -> Result<(), StoreError> {
+    while shared.durable_commit.load(Ordering::Acquire) < commit {
+        if let Some(reason) = lock(&shared.failure).clone() {
+            return Err(StoreError::Failed(reason));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 pub(crate) fn sync(db: &Db, shared: &Shared) -> Result<(), StoreError> {
     db.make_durable(lock(&shared.sync).as_mut())
 }

@@ -408,23 +408,13 @@ impl EngineState {
             CURSOR_KEY.to_vec(),
             Slot::Bytes(cursor.to_be_bytes().to_vec()),
         ));
-        // Numbered and queued under the applier's lock: the outbox's commits (cluster mode) take
-        // numbers from the same counter, and the applier must get them in order.
-        let applier = lock(&self.applier);
-        let commit = self.commits.fetch_add(1, Ordering::Relaxed);
-        {
+        applier::queue(&self.applier, &self.commits, staged, |commit, staged| {
             let mut overlay = lock(&self.shared.overlay);
-            for (key, slot) in &staged {
+            for (key, slot) in staged {
                 overlay.insert(key.clone(), (commit, slot.clone()));
             }
-        }
-        let sent = applier
-            .as_ref()
-            .map(|a| a.jobs.send((commit, staged)).is_ok());
-        if sent != Some(true) {
-            return Err(StoreError::Closed);
-        }
-        Ok(())
+        })
+        .map(drop)
     }
 
     /// Cluster mode, at a takeover: applies the commits of one message of the partition's shared

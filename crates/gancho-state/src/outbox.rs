@@ -510,27 +510,8 @@ impl Outbox {
         if staged.is_empty() {
             return Ok(());
         }
-        let commit = {
-            let applier = lock(&fenced.applier);
-            let commit = fenced
-                .commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let sent = applier
-                .as_ref()
-                .map(|a| a.jobs.send((commit, staged)).is_ok());
-            if sent != Some(true) {
-                return Err(StoreError::Closed);
-            }
-            commit
-        };
-        let durable = &self.shared.durable_commit;
-        while durable.load(std::sync::atomic::Ordering::Acquire) < commit {
-            if let Some(reason) = lock(&self.shared.failure).clone() {
-                return Err(StoreError::Failed(reason));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        Ok(())
+        let commit = crate::applier::queue(&fenced.applier, &fenced.commits, staged, |_, _| {})?;
+        crate::applier::wait_durable(&self.shared, commit)
     }
 }
 
