@@ -13,6 +13,8 @@ pub const DEFAULT_PARTITIONS: u16 = 16;
 /// The most partitions a cluster may have: each is two streams replicated three times, and a
 /// JetStream cluster's meta layer is not made for tens of thousands of assets.
 pub const MAX_PARTITIONS: u16 = 1024;
+// The global lane's number is outside every partition count.
+const _: () = assert!(MAX_PARTITIONS < gancho_core::partition::GLOBAL);
 /// The lease when the config does not give one.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// The monitoring port a nats-server listens on by default (`http_port: 8222`).

@@ -22,8 +22,8 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 
 use crate::error::ClusterError;
-use crate::partition::Partition;
 use crate::streams::{journal_stream, journal_subject};
+use gancho_core::partition::Partition;
 
 /// The header holding the cursor a commit ends at.
 pub const CURSOR_HEADER: &str = "Gancho-Cursor";

@@ -3,7 +3,8 @@
 //!
 //! The bucket `gancho_leases` keeps its entries for `lease` after their last write (its
 //! `max_age`). A node writes `node.<name>` every third of a lease while it runs, so the live
-//! nodes are the `node.*` keys present. A partition's lease is `part.<p>`, holding its owner's
+//! nodes are the `node.*` keys present. A partition's lease is `part.<p>` (the global lane's
+//! `part.global`), holding its owner's
 //! name: taken with a compare-and-set create, renewed with a compare-and-set update on the
 //! revision the holder last wrote, released by a delete on that revision. A node that stops
 //! renewing (killed, paused, cut off) loses it after `lease`, and another may take it.
@@ -23,8 +24,8 @@ use async_nats::jetstream::kv;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::ClusterError;
-use crate::partition::Partition;
 use crate::streams::REPLICAS;
+use gancho_core::partition::Partition;
 
 /// The bucket of node heartbeats and partition leases.
 pub const LEASE_BUCKET: &str = "gancho_leases";
@@ -33,8 +34,9 @@ fn node_key(node: &str) -> String {
     format!("node.{node}")
 }
 
-fn partition_key(p: Partition) -> String {
-    format!("part.{p}")
+/// The key of partition `p`'s lease (the global lane's: `part.global`).
+pub(crate) fn partition_key(p: Partition) -> String {
+    format!("part.{}", gancho_core::partition::lane_name(p))
 }
 
 /// The live node that should own partition `p`, among `nodes` (`None` if there are none).

@@ -12,7 +12,6 @@ mod gate;
 mod journal;
 mod lease;
 mod membership;
-mod partition;
 mod publish;
 mod reader;
 mod secret;
@@ -24,6 +23,7 @@ pub use config::{
     MAX_PARTITIONS, NatsAuth,
 };
 pub use error::ClusterError;
+pub use gancho_core::partition::{GLOBAL, Partition, lane_name, partition_of};
 pub use gate::{
     MIN_SERVER, ServerReport, check_servers, connect, parse_cluster_size, parse_varz,
     version_meets_floor,
@@ -31,7 +31,6 @@ pub use gate::{
 pub use journal::{CURSOR_HEADER, Journal, NODE_HEADER, read_journal};
 pub use lease::{LEASE_BUCKET, Lease, Leases, rendezvous_owner};
 pub use membership::{Changes, Membership};
-pub use partition::{Partition, partition_of};
 pub use publish::{
     ClusterPublisher, FORMAT_HEADER, FORMAT_JSON_V1, Published, confirm_duplicate, ingress_context,
     message_id, partition_for, publish_counted, publish_events,

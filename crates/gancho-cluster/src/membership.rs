@@ -11,6 +11,9 @@
 //! out. A graceful stop does the same for every partition ([`Membership::held`]), after its
 //! final commits.
 //!
+//! The global lane ([`GLOBAL`]) is one more partition here: leased, placed and handed over the
+//! same way.
+//!
 //! After a node dies, its heartbeat and leases end within a lease; the surviving nodes'
 //! rendezvous hashing then gives its partitions to them, and they take them at their next
 //! tick: owned again within about a lease and a tick.
@@ -22,7 +25,7 @@ use async_nats::jetstream;
 
 use crate::error::ClusterError;
 use crate::lease::{Lease, Leases, rendezvous_owner};
-use crate::partition::Partition;
+use gancho_core::partition::{GLOBAL, Partition};
 
 /// What a tick changed, for the caller to act on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -89,7 +92,7 @@ impl Membership {
             .copied()
             .filter(|&p| rendezvous_owner(p, &live) != Some(self.node.as_str()))
             .collect();
-        for p in 0..self.partitions {
+        for p in (0..self.partitions).chain([GLOBAL]) {
             if self.held.contains_key(&p) || rendezvous_owner(p, &live) != Some(self.node.as_str())
             {
                 continue;

@@ -21,8 +21,8 @@ use gancho_core::publish::{EventPublisher, PublishError, PublishFuture, Publishe
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::ClusterError;
-use crate::partition::{Partition, partition_of};
 use crate::streams::{event_stream, event_subject};
+use gancho_core::partition::{Partition, partition_of};
 
 /// The header naming the payload's encoding.
 pub const FORMAT_HEADER: &str = "Gancho-Format";

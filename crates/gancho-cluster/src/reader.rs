@@ -12,9 +12,9 @@ use futures_util::StreamExt as _;
 use gancho_core::NewEvent;
 
 use crate::error::ClusterError;
-use crate::partition::Partition;
 use crate::publish::{FORMAT_HEADER, FORMAT_JSON_V1};
 use crate::streams::event_stream;
+use gancho_core::partition::Partition;
 
 /// A partition's events after a cursor, in stream order.
 pub struct PartitionReader {

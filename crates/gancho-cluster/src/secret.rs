@@ -14,8 +14,8 @@ use async_nats::jetstream;
 use async_nats::jetstream::kv;
 
 use crate::error::ClusterError;
-use crate::partition::Partition;
 use crate::streams::{META_BUCKET, provision_error, read_key, settled};
+use gancho_core::partition::Partition;
 
 /// The key of the cluster's secret in [`META_BUCKET`] (64 hex digits).
 pub const SECRET_KEY: &str = "secret";

@@ -1,6 +1,6 @@
 //! What `gancho cluster status` shows, read from NATS on any node: the live nodes and their
 //! last heartbeat, and for each partition its owner (lease holder), committed cursor, the last
-//! event in its stream and how far the cursor trails it.
+//! event in its stream and how far the cursor trails it; the same for the global lane.
 //!
 //! It only reads. Every read goes to a stream's leader, so a node that just took a partition or
 //! committed is shown as such.
@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::error::ClusterError;
 use crate::journal::Journal;
-use crate::lease::LEASE_BUCKET;
+use crate::lease::{LEASE_BUCKET, partition_key};
 use crate::streams::{event_stream, live_entries, read_entry, recorded_partitions};
+use gancho_core::partition::{GLOBAL, Partition, lane_name};
 
 /// A node whose heartbeat is within the last lease.
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +45,8 @@ pub struct ClusterStatus {
     pub partitions: Option<u16>,
     pub nodes: Vec<NodeStatus>,
     pub partition_status: Vec<PartitionStatus>,
+    /// The global lane (its `partition` is [`GLOBAL`]); `None` before a node created it.
+    pub global: Option<PartitionStatus>,
 }
 
 fn status_error(what: &str, err: impl std::fmt::Display) -> ClusterError {
@@ -60,44 +63,66 @@ pub async fn cluster_status(js: &jetstream::Context) -> Result<ClusterStatus, Cl
             partitions: None,
             nodes: Vec::new(),
             partition_status: Vec::new(),
+            global: None,
         });
     };
     let nodes = live_nodes(js).await?;
     let mut partition_status = Vec::with_capacity(usize::from(partitions));
     for p in 0..partitions {
-        let journal = Journal::open(js, p, "status").await?;
-        let mut stream = js
-            .get_stream(event_stream(p))
-            .await
-            .map_err(|err| status_error(&event_stream(p), err))?;
-        let last_event = stream
-            .info()
-            .await
-            .map_err(|err| status_error(&event_stream(p), err))?
-            .state
-            .last_sequence;
-        let owner = match read_entry(js, LEASE_BUCKET, &format!("part.{p}")).await {
-            Ok(Some(entry)) if !entry.deleted => {
-                Some(String::from_utf8_lossy(&entry.value).into_owned())
-            }
-            Ok(_) => None,
-            // No node has opened the leases bucket yet: nobody owns anything.
-            Err(_) if nodes.is_empty() => None,
-            Err(err) => return Err(status_error(&format!("lease of partition {p}"), err)),
-        };
-        partition_status.push(PartitionStatus {
-            partition: p,
-            owner,
-            cursor: journal.cursor(),
-            last_event,
-            lag: last_event.saturating_sub(journal.cursor()),
-            commits: journal.last_sequence(),
-        });
+        partition_status.push(lane_status(js, p, nodes.is_empty()).await?);
     }
+    // A cluster created before the global lane existed has no stream of it until a node of
+    // this version starts.
+    let global = match js.get_stream(event_stream(GLOBAL)).await {
+        Ok(_) => Some(lane_status(js, GLOBAL, nodes.is_empty()).await?),
+        Err(_) => None,
+    };
     Ok(ClusterStatus {
         partitions: Some(partitions),
         nodes,
         partition_status,
+        global,
+    })
+}
+
+/// Partition `p`'s status (or the global lane's).
+async fn lane_status(
+    js: &jetstream::Context,
+    p: Partition,
+    no_nodes: bool,
+) -> Result<PartitionStatus, ClusterError> {
+    let journal = Journal::open(js, p, "status").await?;
+    let mut stream = js
+        .get_stream(event_stream(p))
+        .await
+        .map_err(|err| status_error(&event_stream(p), err))?;
+    let last_event = stream
+        .info()
+        .await
+        .map_err(|err| status_error(&event_stream(p), err))?
+        .state
+        .last_sequence;
+    let owner = match read_entry(js, LEASE_BUCKET, &partition_key(p)).await {
+        Ok(Some(entry)) if !entry.deleted => {
+            Some(String::from_utf8_lossy(&entry.value).into_owned())
+        }
+        Ok(_) => None,
+        // No node has opened the leases bucket yet: nobody owns anything.
+        Err(_) if no_nodes => None,
+        Err(err) => {
+            return Err(status_error(
+                &format!("lease of partition {}", lane_name(p)),
+                err,
+            ));
+        }
+    };
+    Ok(PartitionStatus {
+        partition: p,
+        owner,
+        cursor: journal.cursor(),
+        last_event,
+        lag: last_event.saturating_sub(journal.cursor()),
+        commits: journal.last_sequence(),
     })
 }
 

@@ -6,7 +6,12 @@
 //!   whichever node creates the cluster first (a compare-and-set create, so two nodes starting
 //!   at once cannot record two counts);
 //! - stream `GANCHO_EV_<p>` on subject `gancho.ev.<p>`: partition `p`'s events;
-//! - stream `GANCHO_J_<p>` on subject `gancho.j.<p>`: partition `p`'s decision journal.
+//! - stream `GANCHO_J_<p>` on subject `gancho.j.<p>`: partition `p`'s decision journal;
+//! - stream `GANCHO_ALL`: the global lane's events. It sources every `GANCHO_EV_<p>` (each
+//!   partition's events, in the order the sourcing delivers them: one order every owner of
+//!   the lane reads), and takes the lane's own events (its timer firings and cron ticks) on
+//!   subject `gancho.all`;
+//! - stream `GANCHO_J_GLOBAL` on subject `gancho.j.global`: the global lane's journal.
 //!
 //! Every stream and the bucket are replicated [`REPLICAS`] times on file storage. A stream that
 //! exists already is used as it is (creating is idempotent), so nodes may start in any order.
@@ -15,11 +20,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::stream::{Config as StreamConfig, Source, StorageType};
 use futures_util::StreamExt as _;
 
 use crate::error::ClusterError;
-use crate::partition::Partition;
+use gancho_core::partition::{GLOBAL, Partition};
 
 /// Replicas of every stream and bucket: a write is acknowledged once two of three servers
 /// hold it, so one server may be lost (or restarted) at any time.
@@ -33,24 +38,41 @@ pub const PARTITIONS_KEY: &str = "partitions";
 /// single node does.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
-/// Partition `p`'s event stream.
+/// Partition `p`'s event stream ([`GLOBAL`]: the global lane's).
 pub fn event_stream(p: Partition) -> String {
-    format!("GANCHO_EV_{p}")
+    if p == GLOBAL {
+        "GANCHO_ALL".to_owned()
+    } else {
+        format!("GANCHO_EV_{p}")
+    }
 }
 
-/// The subject partition `p`'s events are published on.
+/// The subject partition `p`'s events are published on ([`GLOBAL`]: the global lane's own
+/// events; the partitions' come to it by sourcing).
 pub fn event_subject(p: Partition) -> String {
-    format!("gancho.ev.{p}")
+    if p == GLOBAL {
+        "gancho.all".to_owned()
+    } else {
+        format!("gancho.ev.{p}")
+    }
 }
 
-/// Partition `p`'s decision journal.
+/// Partition `p`'s decision journal ([`GLOBAL`]: the global lane's).
 pub fn journal_stream(p: Partition) -> String {
-    format!("GANCHO_J_{p}")
+    if p == GLOBAL {
+        "GANCHO_J_GLOBAL".to_owned()
+    } else {
+        format!("GANCHO_J_{p}")
+    }
 }
 
 /// The subject partition `p`'s decisions are journaled on.
 pub fn journal_subject(p: Partition) -> String {
-    format!("gancho.j.{p}")
+    if p == GLOBAL {
+        "gancho.j.global".to_owned()
+    } else {
+        format!("gancho.j.{p}")
+    }
 }
 
 pub(crate) fn provision_error(
@@ -283,18 +305,30 @@ pub async fn create_streams(js: &jetstream::Context, partitions: u16) -> Result<
 }
 
 async fn create_streams_once(js: &jetstream::Context, partitions: u16) -> Result<(), ClusterError> {
-    for p in 0..partitions {
-        for (name, subject, description) in [
+    // The partitions' streams first: the global lane's sources them.
+    for p in (0..partitions).chain([GLOBAL]) {
+        let (events, decisions) = if p == GLOBAL {
             (
-                event_stream(p),
-                event_subject(p),
+                "gancho: the global lane's events",
+                "gancho: the global lane's decisions",
+            )
+        } else {
+            (
                 "gancho: a partition's events",
-            ),
-            (
-                journal_stream(p),
-                journal_subject(p),
                 "gancho: a partition's decisions",
-            ),
+            )
+        };
+        let sources = (p == GLOBAL).then(|| {
+            (0..partitions)
+                .map(|source| Source {
+                    name: event_stream(source),
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>()
+        });
+        for (name, subject, description, sources) in [
+            (event_stream(p), event_subject(p), events, sources),
+            (journal_stream(p), journal_subject(p), decisions, None),
         ] {
             let stream = js
                 .get_or_create_stream(StreamConfig {
@@ -304,6 +338,7 @@ async fn create_streams_once(js: &jetstream::Context, partitions: u16) -> Result
                     num_replicas: REPLICAS,
                     storage: StorageType::File,
                     duplicate_window: DUPLICATE_WINDOW,
+                    sources,
                     ..Default::default()
                 })
                 .await

@@ -14,6 +14,7 @@ pub mod config;
 mod event;
 pub mod failpoint;
 pub mod heartbeat;
+pub mod partition;
 pub mod publish;
 pub mod signature;
 mod time;

@@ -68,6 +68,8 @@ pub(crate) struct Ctx {
     /// The correlation keys each source has, where known: a query by any other key is an
     /// error rather than a window that is always empty.
     pub(crate) source_keys: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// Cluster mode, a partition's engine: queries must stay in the partition.
+    pub(crate) placement: Option<crate::Placement>,
     pub(crate) max_queries: u32,
     /// The store's retention, and the rules already told that a window of theirs is longer.
     pub(crate) retention_ms: Option<i64>,

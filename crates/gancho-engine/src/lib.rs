@@ -25,9 +25,9 @@ mod thread;
 
 pub use api::{FUNCTIONS, MAX_LIST};
 pub use engine::{
-    CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineSection, EngineStatus,
-    ReloadReport, RuleStatus, SharedStatus, StepReport, TIMER_SOURCE, check_dir, check_file,
-    lint_file, rule_callbacks, stopped_status,
+    CRON_SOURCE, CheckResult, Engine, EngineConfig, EngineError, EngineSection, EngineStatus, Lane,
+    Placement, ReloadReport, RuleStatus, SharedStatus, SourcePlacement, StepReport, TIMER_SOURCE,
+    check_dir, check_file, lint_file, rule_callbacks, stopped_status,
 };
 pub use rule::{Diagnostic, SourceFacts};
 pub use sandbox::Limits;

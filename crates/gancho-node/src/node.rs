@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use gancho_cluster::{ClusterError, Membership, Partition};
+use gancho_cluster::{ClusterError, GLOBAL, Membership, Partition, lane_name};
 use gancho_core::Clock;
 use tokio::sync::watch;
 
@@ -24,7 +24,7 @@ pub struct NodeConfig {
     pub node: String,
     pub partitions: u16,
     pub lease: Duration,
-    /// Where the partitions' stores go: `dir/p<N>`.
+    /// Where the partitions' stores go: `dir/p<N>`, and the global lane's `dir/global`.
     pub dir: PathBuf,
     pub owner: OwnerConfig,
 }
@@ -63,7 +63,7 @@ pub async fn run_node(
             .collect();
         let mut lost = Vec::new();
         for (p, reason) in failed {
-            tracing::warn!(partition = p, %reason, "the partition stops here");
+            tracing::warn!(partition = %lane_name(p), %reason, "the partition stops here");
             if let Some(owner) = owners.remove(&p) {
                 lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
@@ -79,14 +79,14 @@ pub async fn run_node(
         };
         lost.extend(changes.lost);
         for p in changes.hand_over {
-            tracing::info!(partition = p, "handing the partition over");
+            tracing::info!(partition = %lane_name(p), "handing the partition over");
             if let Some(owner) = owners.remove(&p) {
                 lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
             give_up(&mut membership, p).await;
         }
         for p in changes.gained {
-            let dir = config.dir.join(format!("p{p}"));
+            let dir = config.dir.join(lane_dir(p));
             let start = PartitionOwner::start(
                 js,
                 p,
@@ -102,13 +102,13 @@ pub async fn run_node(
                     owners.insert(p, owner);
                 }
                 Err(err) => {
-                    tracing::error!(partition = p, error = %err, "could not run the partition");
+                    tracing::error!(partition = %lane_name(p), error = %err, "could not run the partition");
                     give_up(&mut membership, p).await;
                 }
             }
         }
         for p in lost {
-            tracing::warn!(partition = p, "the partition's lease was lost: stopping it");
+            tracing::warn!(partition = %lane_name(p), "the partition's lease was lost: stopping it");
             if let Some(owner) = owners.remove(&p) {
                 owner.stop().await;
             }
@@ -161,6 +161,15 @@ async fn renew(membership: &mut Membership) -> Vec<Partition> {
 /// the release fails, it runs out by itself).
 async fn give_up(membership: &mut Membership, p: Partition) {
     if let Err(err) = membership.release(p).await {
-        tracing::warn!(partition = p, error = %err, "releasing the partition's lease");
+        tracing::warn!(partition = %lane_name(p), error = %err, "releasing the partition's lease");
+    }
+}
+
+/// The folder of partition `p`'s store under the node's cluster folder.
+pub fn lane_dir(p: Partition) -> String {
+    if p == GLOBAL {
+        "global".to_owned()
+    } else {
+        format!("p{p}")
     }
 }

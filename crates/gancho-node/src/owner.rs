@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use gancho_actions::{ActionsConfig, ActionsHandle};
-use gancho_cluster::{Partition, publish_counted};
+use gancho_cluster::{GLOBAL, Partition, publish_counted};
 use gancho_core::publish::{BlockingPublisher, PublishError, PublishedCounts};
 use gancho_core::{Clock, NewEvent};
-use gancho_engine::{EngineConfig, EngineHandle};
+use gancho_engine::{EngineConfig, EngineHandle, Lane};
 use gancho_state::{EngineState, StoreConfig};
 use gancho_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -46,6 +46,8 @@ pub enum OwnerError {
 #[derive(Debug, Clone)]
 pub struct OwnerConfig {
     pub store: StoreConfig,
+    /// The engine's settings; its `placement` (the cluster's partition count and the sources'
+    /// partition keys) is given its partition by each owner.
     pub engine: EngineConfig,
     pub actions: ActionsConfig,
 }
@@ -124,7 +126,17 @@ impl PartitionOwner {
         // A commit goes to the partition's journal as one message at most 1 MiB: smaller
         // batches keep each commit's record well under it.
         engine_config.batch_size = engine_config.batch_size.min(CLUSTER_BATCH);
-        engine_config.runs_global_rules = false;
+        // A partition's queries are checked against its placement; the global lane's see
+        // every partition's events.
+        if partition == GLOBAL {
+            engine_config.lane = Lane::Global;
+            engine_config.placement = None;
+        } else {
+            engine_config.lane = Lane::Partition;
+            if let Some(placement) = &mut engine_config.placement {
+                placement.partition = partition;
+            }
+        }
         engine_config.own_events = Some(Arc::new(PartitionStream {
             js: js.clone(),
             partition,

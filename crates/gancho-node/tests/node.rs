@@ -1,5 +1,6 @@
 //! Three nodes sharing four partitions, in process, against a real three-server JetStream
-//! cluster on loopback and a real HTTP receiver: every partition runs on exactly one node, every
+//! cluster on loopback and a real HTTP receiver: every partition (and the global lane) runs on
+//! exactly one node, every
 //! event's action is delivered once, and a node that stops hands its partitions over without a
 //! repeated or a lost action.
 #![allow(clippy::unwrap_used)]
@@ -12,13 +13,12 @@ use std::time::Duration;
 
 use common::*;
 use gancho_actions::ActionsConfig;
-use gancho_cluster::{create_streams, fix_partitions, partition_for, publish_events};
+use gancho_cluster::{GLOBAL, partition_for, publish_events};
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::EngineConfig;
 use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, run_node};
 use gancho_state::StoreConfig;
 use gancho_testkit::HttpReceiver;
-use gancho_testkit::nats::NatsCluster;
 use tokio::sync::watch;
 
 const PARTITIONS: u16 = 4;
@@ -34,6 +34,11 @@ fn open(i: usize) -> NewEvent {
         "data": {},
     }))
     .unwrap()
+}
+
+/// Every partition and the global lane.
+fn every_lane() -> Vec<u16> {
+    (0..PARTITIONS).chain([GLOBAL]).collect()
 }
 
 struct RunningNode {
@@ -62,16 +67,9 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
-    let Some(cluster) = NatsCluster::start(3) else {
+    let Some((_cluster, rt, js)) = partitions(PARTITIONS) else {
         return;
     };
-    let rt = runtime();
-    let js = rt.block_on(async {
-        let js = jetstream_of(&cluster).await;
-        fix_partitions(&js, PARTITIONS).await.unwrap();
-        create_streams(&js, PARTITIONS).await.unwrap();
-        js
-    });
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");
@@ -119,7 +117,7 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
         all
     };
     wait_until("every partition runs on one node", || {
-        running(&nodes) == (0..PARTITIONS).collect::<Vec<_>>()
+        running(&nodes) == every_lane()
     });
 
     let first: Vec<NewEvent> = (0..40).map(open).collect();
@@ -135,7 +133,7 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
     n1.stop.send(true).unwrap();
     rt.block_on(n1.task).unwrap();
     wait_until("the others run every partition", || {
-        running(&nodes) == (0..PARTITIONS).collect::<Vec<_>>()
+        running(&nodes) == every_lane()
     });
     let more: Vec<NewEvent> = (40..80).map(open).collect();
     rt.block_on(publish_events(&js, &more, |e| {

@@ -56,7 +56,7 @@ fn an_owner_runs_the_rules_on_its_partition_and_delivers_each_action_once() {
         ),
     )
     .unwrap();
-    // A global rule: not run in a partition (no global lane yet).
+    // A global rule: not run in a partition (it runs on the global lane).
     std::fs::write(
         rules.join("global.rhai"),
         format!(

@@ -150,10 +150,10 @@ pub fn status_command(config: &Config, json: bool) -> anyhow::Result<()> {
         );
     }
     println!("PARTITION\tOWNER\tCURSOR\tLAST EVENT\tLAG\tCOMMITS");
-    for p in &status.partition_status {
+    for p in status.partition_status.iter().chain(&status.global) {
         println!(
             "{}\t{}\t{}\t{}\t{}\t{}",
-            p.partition,
+            gancho_cluster::lane_name(p.partition),
             p.owner
                 .as_deref()
                 .map_or(std::borrow::Cow::Borrowed("-"), crate::text::shown),

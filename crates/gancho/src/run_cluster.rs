@@ -3,11 +3,11 @@
 //! cluster's buckets and streams if no node did yet, answers webhooks by publishing their events
 //! to their partitions' streams (200 once every one is acknowledged), and runs the partitions its
 //! membership gives it (`gancho_node::run_node`) on a runtime of its own. The data folder keeps
-//! this node's quarantine (`store/`) and its partitions' stores (`cluster/p<N>/`).
+//! this node's quarantine (`store/`), its partitions' stores (`cluster/p<N>/`) and the global
+//! lane's when it runs it (`cluster/global/`).
 //!
 //! Not yet in cluster mode: the control socket and the admin listener (the commands that ask
-//! the running daemon), the global lane (global rules are reported as not running), and
-//! reloading on SIGHUP.
+//! the running daemon), and reloading on SIGHUP.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use gancho_cluster::{ClusterConfig, ClusterPublisher, NatsAuth};
+use gancho_engine::{EngineConfig, Placement, SourcePlacement};
 use gancho_ingress::{IngressServer, Readiness};
 use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, run_node};
 use tokio::signal::unix::{SignalKind, signal};
@@ -66,7 +67,10 @@ pub fn run(
         dir: config.data_dir.join("cluster"),
         owner: OwnerConfig {
             store: config.store.clone(),
-            engine: config.engine(),
+            engine: EngineConfig {
+                placement: Some(placement(&config, cluster.partitions)),
+                ..config.engine()
+            },
             actions: config.actions.clone(),
         },
     };
@@ -196,4 +200,28 @@ async fn serve(
         anyhow::bail!("the cluster membership stopped");
     }
     Ok(())
+}
+
+/// Where the cluster places each source's events, for the partitions' engines (each sets its
+/// own partition).
+fn placement(config: &Config, partitions: u16) -> Placement {
+    Placement {
+        partition: 0,
+        partitions,
+        sources: config
+            .ingress
+            .sources
+            .iter()
+            .filter_map(|s| {
+                let spec = s.partition.as_ref()?;
+                Some((
+                    s.name.clone(),
+                    SourcePlacement {
+                        key: spec.key.clone(),
+                        colocated: spec.colocated.iter().cloned().collect(),
+                    },
+                ))
+            })
+            .collect(),
+    }
 }

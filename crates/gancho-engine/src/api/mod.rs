@@ -201,6 +201,9 @@ fn resolve(ctx: &mut Ctx, ty: &str, keys: &Map, window: &Dynamic) -> Res<Window>
         }
         pairs.push((name.to_string(), dynamic::key_text(value)?));
     }
+    if let Some(placement) = &ctx.placement {
+        placement.check(source, &pairs).map_or_else(err, Ok)?;
+    }
     let max_queries = ctx.max_queries;
     let run = ctx.run()?;
     run.queries += 1;

@@ -61,10 +61,100 @@ pub struct EngineConfig {
     /// it. Otherwise a cursor past the log's end means the log lost its newest events (fsync
     /// off, a power loss), and the engine resumes at the log's end.
     pub log_from_stream: bool,
-    /// Whether rules of the global scope (`const SCOPE = "global";`, `EVERY`) run here: on a
-    /// single node, yes. A partition's engine in cluster mode does not run them (they need the
-    /// global lane, still to come): each is reported as not running, with why.
-    pub runs_global_rules: bool,
+    /// Which rules run here: all of them on a single node; in cluster mode, the partitioned
+    /// ones in a partition's engine and the global ones on the global lane's.
+    pub lane: Lane,
+    /// Cluster mode, a partition's engine: where events are placed, to refuse a query that
+    /// needs another partition's events.
+    pub placement: Option<Placement>,
+}
+
+/// Where a cluster places events, as a partition's engine needs it: a partitioned rule sees
+/// its partition's events only, so a query that would need another partition's is refused at
+/// run time (an error that says so) rather than answered from a part of the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// This engine's partition.
+    pub partition: u16,
+    /// The cluster's partition count.
+    pub partitions: u16,
+    /// Each source's partition key and the keys colocated with it.
+    pub sources: BTreeMap<String, SourcePlacement>,
+}
+
+/// A source's partition key and its colocated keys (`[sources.NAME] partition_key`,
+/// `colocated`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePlacement {
+    pub key: String,
+    pub colocated: BTreeSet<String>,
+}
+
+impl Placement {
+    /// Whether a query of `source` events selected by `keys` (name, value) finds all its
+    /// events in this partition; if not, why (the message a rule's error carries).
+    pub(crate) fn check(&self, source: &str, keys: &[(String, String)]) -> Result<(), String> {
+        // A source not configured has no events anywhere; timer firings stay in their partition.
+        let Some(placed) = self.sources.get(source) else {
+            return Ok(());
+        };
+        if let Some((_, value)) = keys.iter().find(|(name, _)| *name == placed.key) {
+            let home = gancho_core::partition::partition_of(value, self.partitions);
+            return if home == self.partition {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the {source} events with this {key:?} are in partition {home}, and this rule \
+                     runs in partition {this}: a partitioned rule sees its own partition's events \
+                     only (declare `const SCOPE = \"global\";` to query every partition)",
+                    key = placed.key,
+                    this = self.partition,
+                ))
+            };
+        }
+        if keys.iter().any(|(name, _)| placed.colocated.contains(name)) {
+            return Ok(());
+        }
+        let colocated = if placed.colocated.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = placed.colocated.iter().map(String::as_str).collect();
+            format!(" or a key colocated with it ({})", names.join(", "))
+        };
+        Err(format!(
+            "in cluster mode, a partitioned rule must select {source} events by their partition \
+             key {key:?}{colocated}: the others are spread over every partition (declare \
+             `const SCOPE = \"global\";` to query every partition)",
+            key = placed.key,
+        ))
+    }
+}
+
+/// Which rules an engine runs. Cluster mode splits them: a partition's engine runs the
+/// partitioned rules (the default scope), the global lane's runs the rules of the global scope
+/// (`const SCOPE = "global";` and every `EVERY` rule). A rule of the other scope is not loaded
+/// there: it runs on the other lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lane {
+    /// A single node: every rule.
+    #[default]
+    All,
+    /// A partition in cluster mode: the partitioned rules.
+    Partition,
+    /// The global lane in cluster mode: the global rules.
+    Global,
+}
+
+impl Lane {
+    /// Whether a rule of `scope` runs on this lane.
+    pub(crate) fn runs(self, scope: crate::rule::Scope) -> bool {
+        use crate::rule::Scope;
+        match self {
+            Lane::All => true,
+            Lane::Partition => scope == Scope::Partition,
+            Lane::Global => scope == Scope::Global,
+        }
+    }
 }
 
 /// The `[engine]` section of the config file.
@@ -104,7 +194,76 @@ impl EngineConfig {
             trace_retention_ms: Some(7 * 24 * 3_600_000),
             own_events: None,
             log_from_stream: false,
-            runs_global_rules: true,
+            lane: Lane::All,
+            placement: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(partition: u16) -> Placement {
+        Placement {
+            partition,
+            partitions: 16,
+            sources: BTreeMap::from([(
+                "mailjet".to_owned(),
+                SourcePlacement {
+                    key: "email".to_owned(),
+                    colocated: BTreeSet::from(["MessageID".to_owned()]),
+                },
+            )]),
+        }
+    }
+
+    fn keys(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_answers_queries_of_its_own_events_only() {
+        // alice@example.com is in partition 15 of 16 (the pinned hash).
+        let home = placement(15);
+        assert_eq!(
+            home.check("mailjet", &keys(&[("email", "alice@example.com")])),
+            Ok(())
+        );
+        assert_eq!(home.check("mailjet", &keys(&[("MessageID", "19")])), Ok(()));
+        // Sources the cluster does not place (timer firings, a source not configured).
+        assert_eq!(home.check("timer", &[]), Ok(()));
+        assert_eq!(home.check("shop", &keys(&[("order", "1")])), Ok(()));
+
+        let elsewhere = placement(3)
+            .check("mailjet", &keys(&[("email", "alice@example.com")]))
+            .unwrap_err();
+        assert!(
+            elsewhere.starts_with(
+                "the mailjet events with this \"email\" are in partition 15, and this rule runs in partition 3"
+            ),
+            "{elsewhere}"
+        );
+        for pairs in [&[][..], &[("campaign", "7")][..]] {
+            let spread = home.check("mailjet", &keys(pairs)).unwrap_err();
+            assert!(
+                spread.starts_with(
+                    "in cluster mode, a partitioned rule must select mailjet events by their partition key \"email\" or a key colocated with it (MessageID)"
+                ),
+                "{spread}"
+            );
+            assert!(spread.contains("const SCOPE = \"global\";"), "{spread}");
+        }
+    }
+
+    #[test]
+    fn each_lane_runs_its_scope() {
+        use crate::rule::Scope;
+        assert!(Lane::All.runs(Scope::Partition) && Lane::All.runs(Scope::Global));
+        assert!(Lane::Partition.runs(Scope::Partition) && !Lane::Partition.runs(Scope::Global));
+        assert!(Lane::Global.runs(Scope::Global) && !Lane::Global.runs(Scope::Partition));
     }
 }

@@ -16,7 +16,10 @@ mod status;
 mod timers;
 mod walk;
 
-pub use config::{CRON_SOURCE, EngineConfig, EngineError, EngineSection, TIMER_SOURCE};
+pub use config::{
+    CRON_SOURCE, EngineConfig, EngineError, EngineSection, Lane, Placement, SourcePlacement,
+    TIMER_SOURCE,
+};
 pub use load::{CheckResult, check_dir, check_file, lint_file, rule_callbacks, stopped_status};
 pub use status::{EngineStatus, ReloadReport, RuleStatus, SharedStatus, StepReport};
 pub use walk::Engine;

@@ -89,21 +89,14 @@ impl Engine {
                 continue;
             }
             match rule::compile(&self.rhai, &path, &text) {
-                Ok(rule) if !self.config.runs_global_rules && rule.scope == rule::Scope::Global => {
-                    let diag = Diagnostic {
-                        file: path.clone(),
-                        line: 1,
-                        column: 1,
-                        message: "a global rule (SCOPE \"global\" or EVERY) does not run in a \
-                                  partition: cluster mode has no global lane yet"
-                            .to_owned(),
-                    };
-                    warn!(rule = %name, "{diag}");
+                Ok(rule) if !self.config.lane.runs(rule.scope) => {
+                    // It runs on the other lane (cluster mode): not here, and not broken.
+                    tracing::debug!(rule = %name, lane = ?self.config.lane, "rule of the other lane: not loaded here");
+                    self.broken.remove(&name);
                     if self.rules.remove(&name).is_some() {
-                        report.removed.push(name.clone());
+                        self.cron_next.remove(&name);
+                        report.removed.push(name);
                     }
-                    self.broken.insert(name, (hash, diag.clone()));
-                    report.failed.push(diag);
                 }
                 Ok(rule) => {
                     info!(rule = %name, file = %path.display(), "rule loaded");

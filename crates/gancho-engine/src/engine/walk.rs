@@ -118,6 +118,7 @@ impl Engine {
             store: store.clone(),
             state: state.clone(),
             source_keys: config.source_keys.clone(),
+            placement: config.placement.clone(),
             max_queries: config.limits.max_queries,
             retention_ms: config.retention_ms,
             told_retention: HashSet::new(),

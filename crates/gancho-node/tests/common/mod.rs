@@ -26,12 +26,17 @@ pub async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
 /// A three-server cluster with the streams of one partition, a runtime, and a client; `None`
 /// when nats-server is not installed (the test then skips, saying so).
 pub fn one_partition() -> Option<(NatsCluster, tokio::runtime::Runtime, jetstream::Context)> {
+    partitions(1)
+}
+
+/// [`one_partition`] with `n` partitions (and the global lane).
+pub fn partitions(n: u16) -> Option<(NatsCluster, tokio::runtime::Runtime, jetstream::Context)> {
     let cluster = NatsCluster::start(3)?;
     let rt = runtime();
     let js = rt.block_on(async {
         let js = jetstream_of(&cluster).await;
-        gancho_cluster::fix_partitions(&js, 1).await.unwrap();
-        gancho_cluster::create_streams(&js, 1).await.unwrap();
+        gancho_cluster::fix_partitions(&js, n).await.unwrap();
+        gancho_cluster::create_streams(&js, n).await.unwrap();
         js
     });
     Some((cluster, rt, js))

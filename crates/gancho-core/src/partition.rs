@@ -2,6 +2,10 @@
 //! partition count, computed by gancho (not by NATS subject mapping: an e-mail address's dots
 //! would split a subject into tokens).
 //!
+//! It lives here, not in the cluster crate, because two crates decide with it: ingress in
+//! cluster mode places each event with it, and a partition's engine refuses a query whose
+//! partition-key value is placed elsewhere.
+//!
 //! The hash is part of the cluster's stored format: every node must place a value in the same
 //! partition, today and after an upgrade. It is xxh3-64 with seed 0 over the value's UTF-8 bytes
 //! as the source extracted them; the golden values in the tests pin it.
@@ -10,6 +14,21 @@ use xxhash_rust::xxh3::xxh3_64;
 
 /// A partition's number, from 0 to the partition count less one.
 pub type Partition = u16;
+
+/// The global lane: the rules of the global scope (`const SCOPE = "global";`, every `EVERY`
+/// rule) run there, over the events of every partition. It is owned, fenced, taken over and
+/// handed over like a partition, under this number, which no partition count reaches
+/// (at most 1024 partitions); its stream and journal have names of their own.
+pub const GLOBAL: Partition = u16::MAX;
+
+/// How logs and `gancho cluster status` name partition `p`: its number, or `global`.
+pub fn lane_name(p: Partition) -> String {
+    if p == GLOBAL {
+        "global".to_owned()
+    } else {
+        p.to_string()
+    }
+}
 
 /// The partition of a partition key's value among `partitions` (at least 1).
 pub fn partition_of(value: &str, partitions: u16) -> Partition {
