@@ -288,10 +288,15 @@ fn cluster_status_shows_nodes_owners_cursors_and_lag_from_any_node() {
     );
     let p0 = &status["partition_status"][0];
     assert!(p0["owner"].is_null() && p0["lag"] == 0, "{status}");
+    // The global lane: its stream sources the partitions' (10 events), no owner yet.
+    let global = &status["global"];
+    assert!(global["owner"].is_null(), "{status}");
+    assert_eq!(global["partition"], 65535, "{status}");
     let out = setup.command(&["cluster", "status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("cluster of 4 partitions; 1 node(s) alive"),
+        text.contains("cluster of 4 partitions; 1 node(s) alive")
+            && text.contains("\nglobal\t-\t0\t"),
         "{text}"
     );
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use gancho_testkit::HttpReceiver;
 use gancho_testkit::nats::NatsCluster;
 
-use crate::support::{Request, Setup, write_rule};
+use crate::support::{Daemon, Request, Setup, write_rule};
 
 /// Three nodes' setups on `cluster`, each with a rule that calls `receiver` for every open.
 fn three_nodes(cluster: &NatsCluster, receiver: &HttpReceiver) -> Vec<Setup> {
@@ -381,4 +381,124 @@ fn rolling_restarts_of_the_gancho_nodes_repeat_no_send_and_of_the_servers_lose_n
     for daemon in daemons {
         assert!(daemon.terminate().success());
     }
+}
+
+/// The global lane's owner, as `gancho cluster status` shows it from `setup`'s node.
+fn global_owner(setup: &Setup) -> Option<String> {
+    let status = setup.json(&["cluster", "status", "--json"]);
+    status["global"]["owner"].as_str().map(str::to_owned)
+}
+
+/// For each cron tick the receiver was called for (its time), the `Idempotency-Key`s of its
+/// calls.
+fn ticks(receiver: &HttpReceiver) -> BTreeMap<i64, Vec<String>> {
+    let mut seen: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for request in receiver.requests() {
+        let tick = request.json()["tick"].as_i64().unwrap_or_default();
+        let key = request
+            .header("idempotency-key")
+            .unwrap_or_default()
+            .to_owned();
+        seen.entry(tick).or_default().push(key);
+    }
+    seen
+}
+
+#[test]
+fn nodes_joining_and_leaving_under_load_run_each_cron_tick_once_through_a_kill_of_the_global_owner()
+{
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = HttpReceiver::ok();
+    let tick_receiver = HttpReceiver::ok();
+    let setups = three_nodes(&cluster, &receiver);
+    let every_second = format!(
+        "const EVERY = \"* * * * * *\";\nhttp(#{{ url: \"{}\", json: #{{ tick: event.time }} }});\n",
+        tick_receiver.url("/tick")
+    );
+    for setup in &setups {
+        write_rule(setup, "tick.rhai", &every_second);
+    }
+    let name = |i: usize| format!("g{}", i + 1);
+    // g1 and g2 under load; g3 joins.
+    let mut daemons: BTreeMap<String, Daemon> =
+        (0..2).map(|i| (name(i), setups[i].start())).collect();
+    let addrs = Arc::new(Mutex::new(
+        daemons.values().map(|d| d.addr).collect::<Vec<_>>(),
+    ));
+    let set_addrs = |daemons: &BTreeMap<String, Daemon>| {
+        *addrs.lock().unwrap_or_else(|e| e.into_inner()) =
+            daemons.values().map(|d| d.addr).collect();
+    };
+    let loading = start_load(&addrs);
+    std::thread::sleep(Duration::from_secs(3));
+    daemons.insert(name(2), setups[2].start());
+    set_addrs(&daemons);
+    std::thread::sleep(Duration::from_secs(4));
+
+    // kill -9 the global lane's owner; the others take the lane over and catch up its ticks.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owner = loop {
+        if let Some(owner) = global_owner(&setups[0]).filter(|o| daemons.contains_key(o)) {
+            break owner;
+        }
+        assert!(Instant::now() < deadline, "the global lane has no owner");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let killed = (0..3).find(|&i| name(i) == owner).unwrap_or(0);
+    if let Some(daemon) = daemons.remove(&owner) {
+        daemon.kill();
+    }
+    set_addrs(&daemons);
+    eprintln!("killed {owner}, the global lane's owner");
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Another node leaves (SIGTERM), then the killed one comes back.
+    let leaving = daemons.keys().next().cloned().unwrap_or_default();
+    if let Some(daemon) = daemons.remove(&leaving) {
+        set_addrs(&daemons);
+        assert!(daemon.terminate().success());
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    daemons.insert(owner.clone(), setups[killed].start());
+    set_addrs(&daemons);
+    std::thread::sleep(Duration::from_secs(4));
+    let acknowledged = stop_load(loading, 100);
+    wait_acted_on(&receiver, &acknowledged);
+    assert_one_id_per_event(&receiver);
+    std::thread::sleep(Duration::from_secs(2));
+    for (_, daemon) in daemons {
+        assert!(daemon.terminate().success());
+    }
+
+    // Each tick from the first to the last ran once: every second there, no tick decided
+    // twice (a send repeated after the kill carries the first one's id).
+    let seen = ticks(&tick_receiver);
+    let (Some(&first), Some(&last)) = (seen.keys().next(), seen.keys().last()) else {
+        panic!("no cron tick ran");
+    };
+    let missing: Vec<i64> = (0..=(last - first) / 1000)
+        .map(|i| first + i * 1000)
+        .filter(|t| !seen.contains_key(t))
+        .collect();
+    assert!(missing.is_empty(), "ticks never run: {missing:?}");
+    assert!(
+        last - first >= 15_000,
+        "{} s of ticks",
+        (last - first) / 1000
+    );
+    for (tick, keys) in &seen {
+        assert!(
+            keys.iter().all(|k| !k.is_empty() && k == &keys[0]),
+            "tick {tick} decided twice: {keys:?}"
+        );
+    }
+    let repeats = seen.values().filter(|keys| keys.len() > 1).count();
+    eprintln!(
+        "{} ticks over {} s, each run once ({repeats} sends repeated with the same id); {} acknowledged events acted on",
+        seen.len(),
+        (last - first) / 1000 + 1,
+        acknowledged.len()
+    );
 }
