@@ -52,6 +52,13 @@ impl CommitFence for JournalFence {
         }
         Ok(())
     }
+
+    fn position(&self) -> u64 {
+        self.journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .last_sequence()
+    }
 }
 
 /// `records` (journal records: a 4-byte length, then 16 bytes of hash and commit number, then

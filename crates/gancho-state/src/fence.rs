@@ -23,4 +23,8 @@ pub trait CommitFence: Send + Sync + std::fmt::Debug {
     /// which end at event `cursor`, durably and fenced; returns once the shared journal holds
     /// them. Called from the applier thread, never from an async task.
     fn commit(&self, cursor: u64, records: &[u8]) -> Result<(), FenceError>;
+
+    /// The last message of the shared journal this fence knows (opened at, or written): once
+    /// every commit made through it is applied, the database holds every decision up to it.
+    fn position(&self) -> u64;
 }

@@ -22,6 +22,10 @@ impl CommitFence for Kept {
         lock(&self.batches).push((cursor, records.to_vec()));
         Ok(())
     }
+
+    fn position(&self) -> u64 {
+        lock(&self.batches).len() as u64
+    }
 }
 
 fn put(key: &str) -> Vec<Change> {
@@ -82,4 +86,73 @@ fn batches_go_through_the_fence_and_another_database_catches_up_from_them() {
     let a = EngineState::open(a_dir.path(), &config).unwrap();
     assert_eq!(a.cursor().unwrap(), 8);
     assert!(a.state("r", "stale").unwrap().is_none());
+}
+
+#[test]
+fn a_snapshot_restored_elsewhere_holds_the_decisions_and_the_journal_goes_on_after_it() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let kept = Arc::new(Kept::default());
+    let config = StoreConfig::default();
+    let a = EngineState::open_fenced(a_dir.path(), &config, kept.clone(), [9; 32]).unwrap();
+    for (i, key) in ["x1", "x2", "x3"].iter().enumerate() {
+        a.commit(put(key), 4 * (i as u64 + 1)).unwrap();
+    }
+    let mut file = Vec::new();
+    let mark = a.write_snapshot(&mut file).unwrap();
+    // Taken between commits: every commit queued before it is in it (the applier may have
+    // sent them to the journal as one message or several).
+    let at = lock(&kept.batches).len() as u64;
+    assert_eq!((mark.journal_seq, mark.cursor), (at, 12));
+    assert_eq!(a.journal_position().unwrap(), at);
+    a.commit(put("x4"), 16).unwrap();
+    assert!(a.wait_durable(Duration::from_secs(10)));
+    let batches = lock(&kept.batches).clone();
+    assert_eq!(batches.len() as u64, at + 1);
+
+    // A snapshot altered or cut short is refused, and the database it would replace stays.
+    let b = EngineState::open(b_dir.path(), &config).unwrap();
+    b.commit(put("mine"), 1).unwrap();
+    assert!(b.wait_durable(Duration::from_secs(10)));
+    b.close();
+    drop(b);
+    let mut altered = file.clone();
+    let middle = altered.len() / 2;
+    altered[middle] ^= 1;
+    for bad in [
+        &altered[..],
+        &file[..file.len() - 3],
+        &[&file[..], b"x"].concat()[..],
+    ] {
+        let refused = restore_snapshot(b_dir.path(), &config, &mut &bad[..], at);
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt { .. })),
+            "{refused:?}"
+        );
+    }
+    let b = EngineState::open(b_dir.path(), &config).unwrap();
+    assert!(b.state("r", "mine").unwrap().is_some());
+    b.close();
+    drop(b);
+
+    // Restored: the decisions up to the snapshot, not this node's own marks; the journal's
+    // next message applies on top, and commits go on after its numbers.
+    assert_eq!(
+        restore_snapshot(b_dir.path(), &config, &mut &file[..], at).unwrap(),
+        mark.entries
+    );
+    let b = EngineState::open_fenced(b_dir.path(), &config, Arc::new(Kept::default()), [9; 32])
+        .unwrap();
+    assert_eq!(b.journal_position().unwrap(), at);
+    assert_eq!(b.durable_cursor(), 12);
+    assert!(b.state("r", "mine").unwrap().is_none());
+    assert!(b.state("r", "x3").unwrap().is_some() && b.state("r", "x4").unwrap().is_none());
+    assert_eq!(b.catch_up(&batches[batches.len() - 1].1).unwrap(), 16);
+    assert!(b.state("r", "x4").unwrap().is_some());
+    assert!(!b_dir.path().join("engine.restore").exists());
+    assert!(!b_dir.path().join("engine.old").exists());
+
+    // A database without a fence takes no snapshot.
+    let c_dir = tempfile::tempdir().unwrap();
+    let c = EngineState::open(c_dir.path(), &config).unwrap();
+    assert!(c.write_snapshot(&mut Vec::new()).is_err());
 }

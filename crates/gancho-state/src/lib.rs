@@ -43,6 +43,7 @@ mod retention;
 pub mod rules;
 mod schema;
 pub mod sent;
+mod snapshot;
 pub mod traces;
 
 use std::collections::BTreeMap;
@@ -65,6 +66,7 @@ use crate::schema::{
 pub use crate::fence::{CommitFence, FenceError};
 pub use crate::outbox::{Attempt, DeadLetter, Delivery, Outbox, OutboxItem};
 pub use crate::schema::{Change, ExpectShape, Expectation, StateValue, Timer, expectation_name};
+pub use crate::snapshot::{SnapshotMark, restore_snapshot};
 pub use gancho_store::StoreConfig;
 pub use gancho_store::StoreError as Error;
 
@@ -106,9 +108,9 @@ impl std::fmt::Debug for StoreSecret {
 }
 
 /// Where the secret is kept in the engine's tree.
-const SECRET_KEY: &[u8] = b"Msecret";
+pub(crate) const SECRET_KEY: &[u8] = b"Msecret";
 /// Cluster mode: the partition's journal sequence the tree holds every commit up to.
-const JOURNAL_POSITION_KEY: &[u8] = b"Mjournal";
+pub(crate) const JOURNAL_POSITION_KEY: &[u8] = b"Mjournal";
 
 impl EngineState {
     /// Opens (or creates) the engine's database in `store_dir/engine`, replays the commit a

@@ -27,6 +27,9 @@ const LIFE_KEY: &[u8] = b"Mlife";
 const BATCH_KEY: &[u8] = b"Mbatch";
 const RUN_KEY: &[u8] = b"Mrun";
 const SUSPECT_KEY: &[u8] = b"Msuspect";
+/// Careful mode's marks of this process's runs: the node's, not the partition's (a snapshot
+/// leaves them out).
+pub(crate) const LOCAL_KEYS: &[&[u8]] = &[LIFE_KEY, BATCH_KEY, RUN_KEY, SUSPECT_KEY];
 const POISONED: u8 = b'X';
 
 /// Runs that died this often in careful mode are set aside (the first death, which started
