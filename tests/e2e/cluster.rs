@@ -288,6 +288,7 @@ fn cluster_status_shows_nodes_owners_cursors_and_lag_from_any_node() {
     );
     let p0 = &status["partition_status"][0];
     assert!(p0["owner"].is_null() && p0["lag"] == 0, "{status}");
+    assert!(p1["last_snapshot"].is_null(), "{status}");
     // The global lane: its stream sources the partitions' (10 events), no owner yet.
     let global = &status["global"];
     assert!(global["owner"].is_null(), "{status}");

@@ -87,6 +87,19 @@ pub enum ClusterError {
         replicas: usize,
         storage: String,
     },
+    #[error("the snapshot of partition {partition}: {reason}")]
+    Snapshot { partition: u16, reason: String },
+    /// The journal no longer holds the messages after a database's position: they were trimmed
+    /// below a snapshot, which must be restored first.
+    #[error(
+        "the journal of partition {partition} starts at message {first}, after this database's \
+         position {position}: restore the partition's snapshot first"
+    )]
+    Trimmed {
+        partition: u16,
+        first: u64,
+        position: u64,
+    },
     #[error("publishing to JetStream failed: {reason}")]
     Publish { reason: String },
     #[error(

@@ -212,10 +212,11 @@ fn cursor_of(headers: &async_nats::HeaderMap) -> Option<u64> {
     headers.get(CURSOR_HEADER)?.as_str().parse().ok()
 }
 
-/// Partition `partition`'s journal messages from sequence `from` (or the first the stream
-/// holds, if later) up to `through`, oldest first, each handed to `each` with its sequence:
-/// what a new owner replays before it commits (`through` being where its fence opened). A
-/// message missing in between is an error: the decisions it held would be lost.
+/// Partition `partition`'s journal messages from sequence `from` up to `through`, oldest
+/// first, each handed to `each` with its sequence: what a new owner replays before it commits
+/// (`through` being where its fence opened). A message missing is an error, and so is a journal
+/// trimmed past `from` ([`ClusterError::Trimmed`]: the partition's snapshot holds what it
+/// held): the decisions it held would be lost.
 pub async fn read_journal(
     js: &jetstream::Context,
     partition: Partition,
@@ -228,15 +229,21 @@ pub async fn read_journal(
         .get_stream(journal_stream(partition))
         .await
         .map_err(|err| journal_error(err.to_string()))?;
-    let first = stream
+    let from = from.max(1);
+    let kept = stream
         .info()
         .await
         .map_err(|err| journal_error(err.to_string()))?
         .state
-        .first_sequence
-        .max(from)
-        .max(1);
-    for sequence in first..=through {
+        .first_sequence;
+    if from <= through && kept > from {
+        return Err(ClusterError::Trimmed {
+            partition,
+            first: kept,
+            position: from - 1,
+        });
+    }
+    for sequence in from..=through {
         let message = stream
             .get_raw_message(sequence)
             .await

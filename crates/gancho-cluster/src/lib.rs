@@ -15,6 +15,7 @@ mod membership;
 mod publish;
 mod reader;
 mod secret;
+mod snapshots;
 mod status;
 mod streams;
 
@@ -37,6 +38,9 @@ pub use publish::{
 };
 pub use reader::PartitionReader;
 pub use secret::{SECRET_KEY, cluster_secret, partition_secret};
+pub use snapshots::{
+    SNAPSHOT_BUCKET, SnapshotInfo, fetch_snapshot, latest_snapshot, put_snapshot, trim_journal,
+};
 pub use status::{ClusterStatus, NodeStatus, PartitionStatus, cluster_status};
 pub use streams::{
     DUPLICATE_WINDOW, META_BUCKET, PARTITIONS_KEY, REPLICAS, create_streams, event_stream,

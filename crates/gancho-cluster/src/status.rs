@@ -1,6 +1,7 @@
 //! What `gancho cluster status` shows, read from NATS on any node: the live nodes and their
 //! last heartbeat, and for each partition its owner (lease holder), committed cursor, the last
-//! event in its stream and how far the cursor trails it; the same for the global lane.
+//! event in its stream and how far the cursor trails it, and its last snapshot; the same for the
+//! global lane.
 //!
 //! It only reads. Every read goes to a stream's leader, so a node that just took a partition or
 //! committed is shown as such.
@@ -12,6 +13,7 @@ use serde::Serialize;
 use crate::error::ClusterError;
 use crate::journal::Journal;
 use crate::lease::{LEASE_BUCKET, partition_key};
+use crate::snapshots::{SnapshotInfo, latest_snapshot};
 use crate::streams::{event_stream, live_entries, read_entry, recorded_partitions};
 use gancho_core::partition::{GLOBAL, Partition, lane_name};
 
@@ -36,6 +38,8 @@ pub struct PartitionStatus {
     pub lag: u64,
     /// The journal's last sequence (each commit is one).
     pub commits: u64,
+    /// Its latest snapshot, if it has one.
+    pub last_snapshot: Option<SnapshotInfo>,
 }
 
 /// The cluster as NATS holds it.
@@ -123,6 +127,7 @@ async fn lane_status(
         last_event,
         lag: last_event.saturating_sub(journal.cursor()),
         commits: journal.last_sequence(),
+        last_snapshot: latest_snapshot(js, p).await?,
     })
 }
 

@@ -14,10 +14,12 @@ mod fence;
 mod follow;
 mod node;
 mod owner;
+mod snapshots;
 mod takeover;
 
 pub use fence::JournalFence;
 pub use follow::{FollowError, follow};
 pub use node::{NodeConfig, NodeStatus, lane_dir, run_node};
 pub use owner::{OwnerConfig, OwnerError, PartitionOwner};
+pub use snapshots::SnapshotPolicy;
 pub use takeover::{TakeoverError, take_over};

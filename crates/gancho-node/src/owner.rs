@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use gancho_actions::{ActionsConfig, ActionsHandle};
-use gancho_cluster::{GLOBAL, Partition, publish_counted};
+use gancho_cluster::{GLOBAL, Partition, lane_name, publish_counted};
 use gancho_core::publish::{BlockingPublisher, PublishError, PublishedCounts};
 use gancho_core::{Clock, NewEvent};
 use gancho_engine::{EngineConfig, EngineHandle, Lane};
@@ -19,7 +19,8 @@ use gancho_state::{EngineState, StoreConfig};
 use gancho_store::{Store, StoreError};
 use tokio::sync::watch;
 
-use crate::{TakeoverError, follow, take_over};
+use crate::snapshots::take_snapshots;
+use crate::{SnapshotPolicy, TakeoverError, follow, take_over};
 
 /// Events an engine commits together in cluster mode, at most.
 const CLUSTER_BATCH: usize = 256;
@@ -50,6 +51,8 @@ pub struct OwnerConfig {
     /// partition keys) is given its partition by each owner.
     pub engine: EngineConfig,
     pub actions: ActionsConfig,
+    /// When the partition's snapshots are taken.
+    pub snapshots: SnapshotPolicy,
 }
 
 /// The engine's own events to its partition's stream.
@@ -77,6 +80,7 @@ pub struct PartitionOwner {
     actions: Option<ActionsHandle>,
     stop_following: watch::Sender<bool>,
     following: Option<tokio::task::JoinHandle<()>>,
+    snapshots: Option<tokio::task::JoinHandle<()>>,
     /// Why following the stream stopped, if it did by itself.
     follow_failure: Arc<Mutex<Option<String>>>,
 }
@@ -161,7 +165,15 @@ impl PartitionOwner {
                 return Err(start_error(err.to_string()));
             }
         };
-        tracing::info!(partition, cursor, "running the partition");
+        let snapshots = tokio::spawn(take_snapshots(
+            js.clone(),
+            partition,
+            state.clone(),
+            dir.to_owned(),
+            config.snapshots,
+            stop_following.subscribe(),
+        ));
+        tracing::info!(partition = %lane_name(partition), cursor, "running the partition");
         Ok(PartitionOwner {
             partition,
             store,
@@ -170,6 +182,7 @@ impl PartitionOwner {
             actions: Some(actions),
             stop_following,
             following: Some(following),
+            snapshots: Some(snapshots),
             follow_failure,
         })
     }
@@ -208,6 +221,10 @@ impl PartitionOwner {
         let _ = self.stop_following.send(true);
         if let Some(following) = self.following.take() {
             let _ = following.await;
+        }
+        // A snapshot in progress finishes first (it reads the state being closed).
+        if let Some(snapshots) = self.snapshots.take() {
+            let _ = snapshots.await;
         }
         let (engine, actions) = (self.engine.take(), self.actions.take());
         let (state, store) = (self.state.clone(), self.store.clone());

@@ -4,15 +4,18 @@
 //! lacks. A commit another node writes after the fence opened makes this node's first commit
 //! refused, so no owner decides on a history that misses another's decisions. That first commit
 //! is made here, empty, before the state is handed to anything that acts on it (the claim).
+//! A database behind the partition's latest snapshot (a node new to the partition) is replaced
+//! by the snapshot first, so only the journal's tail after it is replayed.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use async_nats::jetstream;
 use gancho_cluster::{
-    ClusterError, Journal, Partition, cluster_secret, partition_secret, read_journal,
+    ClusterError, Journal, Partition, cluster_secret, fetch_snapshot, lane_name, latest_snapshot,
+    partition_secret, read_journal,
 };
-use gancho_state::{EngineState, StoreConfig};
+use gancho_state::{EngineState, StoreConfig, journal_position_at, restore_snapshot};
 use gancho_store::StoreError;
 
 use crate::JournalFence;
@@ -52,6 +55,7 @@ pub async fn take_over(
         .await
         .map_err(journal_error)?;
     let through = journal.last_sequence();
+    restore_if_behind(js, partition, dir, config).await?;
     let secret = partition_secret(&cluster_secret(js).await.map_err(journal_error)?, partition);
     let fence = Arc::new(JournalFence::new(
         journal,
@@ -101,6 +105,70 @@ pub async fn take_over(
         return Err(state_error(StoreError::Failed(reason)));
     }
     Ok((state, cursor))
+}
+
+/// Restores the partition's latest snapshot into `dir` if it is further on than the database
+/// there (a node new to the partition, or one whose position the journal was trimmed past):
+/// the journal's tail after the snapshot is then all there is to replay.
+async fn restore_if_behind(
+    js: &jetstream::Context,
+    partition: Partition,
+    dir: &Path,
+    config: &StoreConfig,
+) -> Result<(), TakeoverError> {
+    let journal_error = |source| TakeoverError::Journal { partition, source };
+    let state_error = |source| TakeoverError::State { partition, source };
+    let blocking = |err: tokio::task::JoinError| state_error(StoreError::Engine(err.to_string()));
+    let position = {
+        let (dir, config) = (dir.to_owned(), config.clone());
+        tokio::task::spawn_blocking(move || journal_position_at(&dir, &config))
+            .await
+            .map_err(blocking)?
+            .map_err(state_error)?
+    };
+    let Some(latest) = latest_snapshot(js, partition)
+        .await
+        .map_err(journal_error)?
+    else {
+        return Ok(());
+    };
+    if latest.journal_seq <= position {
+        return Ok(());
+    }
+    let file = dir.join("snapshot.restore");
+    // The one read may be newer than the one described (replaced meanwhile): its own
+    // description counts.
+    let Some(snapshot) = fetch_snapshot(js, partition, &file)
+        .await
+        .map_err(journal_error)?
+    else {
+        return Ok(());
+    };
+    let entries = {
+        let (dir, config, file) = (dir.to_owned(), config.clone(), file.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut input =
+                std::io::BufReader::new(std::fs::File::open(&file).map_err(|source| {
+                    StoreError::Io {
+                        what: format!("opening {}", file.display()),
+                        source,
+                    }
+                })?);
+            restore_snapshot(&dir, &config, &mut input, snapshot.journal_seq)
+        })
+        .await
+        .map_err(blocking)?
+    };
+    let _ = std::fs::remove_file(&file);
+    let entries = entries.map_err(state_error)?;
+    tracing::info!(
+        partition = %lane_name(partition),
+        journal = snapshot.journal_seq,
+        cursor = snapshot.cursor,
+        entries,
+        "restored the partition's snapshot"
+    );
+    Ok(())
 }
 
 /// How long the claim's commit may take (a NATS round trip and a sync, normally).

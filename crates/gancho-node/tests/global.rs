@@ -15,7 +15,7 @@ use gancho_actions::ActionsConfig;
 use gancho_cluster::{GLOBAL, publish_events};
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::{EngineConfig, Placement, SourcePlacement};
-use gancho_node::{OwnerConfig, PartitionOwner};
+use gancho_node::{OwnerConfig, PartitionOwner, SnapshotPolicy};
 use gancho_state::StoreConfig;
 use gancho_testkit::HttpReceiver;
 
@@ -99,6 +99,7 @@ fn the_global_lane_runs_global_rules_over_every_partition_and_each_tick_once() {
         store: StoreConfig::default(),
         engine,
         actions,
+        snapshots: SnapshotPolicy::default(),
     };
     let start = |p, node: &str, dir: &std::path::Path| {
         rt.block_on(PartitionOwner::start(

@@ -16,25 +16,12 @@ use gancho_actions::ActionsConfig;
 use gancho_cluster::{GLOBAL, partition_for, publish_events};
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::EngineConfig;
-use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, run_node};
+use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, SnapshotPolicy, run_node};
 use gancho_state::StoreConfig;
 use gancho_testkit::HttpReceiver;
 use tokio::sync::watch;
 
 const PARTITIONS: u16 = 4;
-
-fn open(i: usize) -> NewEvent {
-    serde_json::from_value(serde_json::json!({
-        "id": format!("open-{i}"),
-        "source": "mailjet",
-        "type": "open",
-        "time": "2026-11-30T10:00:00Z",
-        "received": "2026-11-30T10:00:01Z",
-        "keys": { "email": format!("u{i}@x") },
-        "data": {},
-    }))
-    .unwrap()
-}
 
 /// Every partition and the global lane.
 fn every_lane() -> Vec<u16> {
@@ -55,14 +42,6 @@ fn delivered(receiver: &HttpReceiver) -> BTreeMap<String, usize> {
         *seen.entry(email).or_insert(0) += 1;
     }
     seen
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -88,6 +67,7 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
         store: StoreConfig::default(),
         engine: EngineConfig::new(&rules),
         actions,
+        snapshots: SnapshotPolicy::default(),
     };
     let start = |name: &str| {
         let config = NodeConfig {

@@ -14,7 +14,7 @@ use gancho_actions::ActionsConfig;
 use gancho_cluster::{event_stream, publish_events};
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::EngineConfig;
-use gancho_node::{OwnerConfig, PartitionOwner};
+use gancho_node::{OwnerConfig, PartitionOwner, SnapshotPolicy};
 use gancho_state::StoreConfig;
 use gancho_testkit::HttpReceiver;
 
@@ -73,6 +73,7 @@ fn an_owner_runs_the_rules_on_its_partition_and_delivers_each_action_once() {
         store: StoreConfig::default(),
         engine,
         actions,
+        snapshots: SnapshotPolicy::default(),
     };
     let partition_dir = dir.path().join("p0");
 

@@ -66,7 +66,7 @@ use crate::schema::{
 pub use crate::fence::{CommitFence, FenceError};
 pub use crate::outbox::{Attempt, DeadLetter, Delivery, Outbox, OutboxItem};
 pub use crate::schema::{Change, ExpectShape, Expectation, StateValue, Timer, expectation_name};
-pub use crate::snapshot::{SnapshotMark, restore_snapshot};
+pub use crate::snapshot::{SnapshotMark, journal_position_at, restore_snapshot};
 pub use gancho_store::StoreConfig;
 pub use gancho_store::StoreError as Error;
 

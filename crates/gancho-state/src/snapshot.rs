@@ -70,6 +70,12 @@ impl Hashed<'_> {
 }
 
 impl EngineState {
+    /// Cluster mode: the last message of the partition's journal the fence knows (`None`
+    /// without a fence): how far the shared journal has grown since a snapshot.
+    pub fn fence_position(&self) -> Option<u64> {
+        self.shared.fence.as_ref().map(|fence| fence.position())
+    }
+
     /// Writes this (fenced) database to `out` as a snapshot, between two commits: no commit is
     /// queued while it runs (the engine's next commit waits), and every one queued before is
     /// applied first. Its mark names the journal message the snapshot is up to (the fence's
@@ -147,6 +153,22 @@ fn read_some(input: &mut dyn Read, buf: &mut [u8; 1]) -> Result<bool, StoreError
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
             Err(err) => return Err(io("reading a snapshot")(err)),
         }
+    }
+}
+
+/// The journal position recorded in the engine database in `store_dir/engine` (0: none, or no
+/// database yet), read without opening it as a state: what a takeover compares with the
+/// partition's latest snapshot. The database must not be open.
+pub fn journal_position_at(store_dir: &Path, config: &StoreConfig) -> Result<u64, StoreError> {
+    let path = store_dir.join("engine");
+    if !path.exists() {
+        return Ok(0);
+    }
+    let db = Db::open(&path, config.engine_cache())?;
+    match db.tree("engine")?.get(JOURNAL_POSITION_KEY)? {
+        None => Ok(0),
+        Some(v) => gancho_store::keys::read_u64(&v)
+            .ok_or_else(|| crate::schema::corrupt("Mjournal", "not a u64")),
     }
 }
 

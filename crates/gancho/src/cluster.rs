@@ -149,10 +149,20 @@ pub fn status_command(config: &Config, json: bool) -> anyhow::Result<()> {
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         );
     }
-    println!("PARTITION\tOWNER\tCURSOR\tLAST EVENT\tLAG\tCOMMITS");
+    println!("PARTITION\tOWNER\tCURSOR\tLAST EVENT\tLAG\tCOMMITS\tLAST SNAPSHOT");
     for p in status.partition_status.iter().chain(&status.global) {
+        let snapshot = p.last_snapshot.as_ref().map_or_else(
+            || "-".to_owned(),
+            |s| {
+                let time = s.time.map_or_else(
+                    || "?".to_owned(),
+                    |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+                format!("{time} (commit {}, cursor {})", s.journal_seq, s.cursor)
+            },
+        );
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
             gancho_cluster::lane_name(p.partition),
             p.owner
                 .as_deref()
@@ -160,7 +170,8 @@ pub fn status_command(config: &Config, json: bool) -> anyhow::Result<()> {
             p.cursor,
             p.last_event,
             p.lag,
-            p.commits
+            p.commits,
+            snapshot
         );
     }
     Ok(())

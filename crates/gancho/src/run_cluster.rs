@@ -17,7 +17,7 @@ use async_nats::jetstream;
 use gancho_cluster::{ClusterConfig, ClusterPublisher, NatsAuth};
 use gancho_engine::{EngineConfig, Placement, SourcePlacement};
 use gancho_ingress::{IngressServer, Readiness};
-use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, run_node};
+use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, SnapshotPolicy, run_node};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::info;
@@ -72,6 +72,7 @@ pub fn run(
                 ..config.engine()
             },
             actions: config.actions.clone(),
+            snapshots: SnapshotPolicy::default(),
         },
     };
     let (node_ended, membership_ended) = tokio::sync::oneshot::channel::<()>();

@@ -53,3 +53,26 @@ pub fn put(key: &str) -> Vec<Change> {
         },
     }]
 }
+
+/// A Mailjet open of `u{i}@x`, with its own id.
+pub fn open(i: usize) -> gancho_core::NewEvent {
+    serde_json::from_value(serde_json::json!({
+        "id": format!("open-{i}"),
+        "source": "mailjet",
+        "type": "open",
+        "time": "2026-11-30T10:00:00Z",
+        "received": "2026-11-30T10:00:01Z",
+        "keys": { "email": format!("u{i}@x") },
+        "data": {},
+    }))
+    .unwrap()
+}
+
+/// Waits until `done`, for 90 s at most (then fails, saying `what`).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
