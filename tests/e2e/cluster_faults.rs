@@ -121,6 +121,59 @@ fn wait_acted_on(receiver: &HttpReceiver, expected: &BTreeSet<String>) {
     }
 }
 
+/// The oracle (issue 17): replaying each partition's stream through the single-node engine
+/// gives exactly the decisions the cluster journaled, each once. `setup` is one of
+/// [`three_nodes`]' (their rules and sources are the same).
+fn assert_oracle(cluster: &NatsCluster, setup: &Setup) {
+    let config: gancho_cluster::ClusterConfig =
+        toml::from_str(&format!("{}node = \"oracle\"\n", cluster.cluster_keys()))
+            .expect("the cluster's keys");
+    let mut engine = gancho_engine::EngineConfig::new(setup.dir.path().join("rules"));
+    engine.placement = Some(gancho_engine::Placement {
+        partition: 0,
+        partitions: 4,
+        sources: [(
+            "mailjet".to_owned(),
+            gancho_engine::SourcePlacement {
+                key: "email".to_owned(),
+                colocated: ["MessageID".to_owned()].into(),
+            },
+        )]
+        .into(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    runtime.block_on(async {
+        let client = gancho_cluster::connect(&config, None)
+            .await
+            .expect("connecting");
+        let js = async_nats::jetstream::new(client);
+        let mut total = 0;
+        for p in (0..4).chain([gancho_cluster::GLOBAL]) {
+            let journaled = gancho_node::oracle::journaled(&js, p)
+                .await
+                .expect("the journal");
+            let replayed = gancho_node::oracle::replayed(
+                &js,
+                p,
+                &dir.path().join(format!("p{p}")),
+                engine.clone(),
+            )
+            .await
+            .expect("the oracle");
+            match gancho_node::oracle::compare(&journaled, &replayed) {
+                Ok(n) => total += n,
+                Err(diff) => panic!("partition {}: {diff}", gancho_cluster::lane_name(p)),
+            }
+        }
+        eprintln!("the oracle matches: {total} decisions, each journaled once");
+    });
+}
+
 /// Every event's calls (a send repeated after a fault included) carry one id.
 fn assert_one_id_per_event(receiver: &HttpReceiver) {
     for (email, keys) in calls(receiver) {
@@ -175,6 +228,7 @@ fn a_node_killed_under_load_loses_no_acknowledged_event_and_repeats_only_with_th
     for daemon in daemons {
         assert!(daemon.terminate().success());
     }
+    assert_oracle(&cluster, &setups[0]);
 }
 
 #[test]
@@ -210,6 +264,7 @@ fn an_owner_paused_past_its_lease_is_refused_when_it_wakes_and_nothing_is_decide
     for daemon in daemons {
         assert!(daemon.terminate().success());
     }
+    assert_oracle(&cluster, &setups[0]);
 }
 
 #[test]
@@ -381,6 +436,7 @@ fn rolling_restarts_of_the_gancho_nodes_repeat_no_send_and_of_the_servers_lose_n
     for daemon in daemons {
         assert!(daemon.terminate().success());
     }
+    assert_oracle(&cluster, &setups[0]);
 }
 
 /// The global lane's owner, as `gancho cluster status` shows it from `setup`'s node.
@@ -471,6 +527,7 @@ fn nodes_joining_and_leaving_under_load_run_each_cron_tick_once_through_a_kill_o
     for (_, daemon) in daemons {
         assert!(daemon.terminate().success());
     }
+    assert_oracle(&cluster, &setups[0]);
 
     // Each tick from the first to the last ran once: every second there, no tick decided
     // twice (a send repeated after the kill carries the first one's id).

@@ -13,6 +13,7 @@
 mod fence;
 mod follow;
 mod node;
+pub mod oracle;
 mod owner;
 mod snapshots;
 mod takeover;

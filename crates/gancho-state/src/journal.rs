@@ -244,6 +244,33 @@ fn records(mut bytes: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
     })
 }
 
+/// The actions a shared journal message's commits put in the outbox, with each one's commit
+/// number, in order: what an owner decided (and, rarely, a dead letter an operator put back).
+/// The failure tests' oracle compares them with what a single node decides on the same events.
+pub fn decided_in(bytes: &[u8]) -> Result<Vec<(u64, gancho_core::ActionRequest)>, StoreError> {
+    let mut decided = Vec::new();
+    for (commit, writes) in records(bytes) {
+        let writes = decode_journal(writes).ok_or_else(|| StoreError::Corrupt {
+            key: format!("the partition's journal (commit {commit})"),
+            reason: "a journal record whose hash matches but whose writes do not decode".to_owned(),
+        })?;
+        for (key, value) in writes {
+            if key.len() > 1
+                && key[0] == crate::schema::OUTBOX
+                && crate::schema::channel_byte_known(key[1])
+                && let Some(value) = value
+            {
+                let action = serde_json::from_slice(value).map_err(|err| StoreError::Corrupt {
+                    key: format!("the partition's journal (commit {commit})"),
+                    reason: format!("an outbox item that is not an action: {err}"),
+                })?;
+                decided.push((commit, action));
+            }
+        }
+    }
+    Ok(decided)
+}
+
 /// `[n: u32]([key len: u32][key][0 | 1 (value len: u32)(value)])*`
 #[cfg(test)]
 pub(crate) fn encode_journal(writes: &[Write<'_>]) -> Vec<u8> {

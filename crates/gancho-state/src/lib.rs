@@ -64,6 +64,7 @@ use crate::schema::{
 };
 
 pub use crate::fence::{CommitFence, FenceError};
+pub use crate::journal::decided_in;
 pub use crate::outbox::{Attempt, DeadLetter, Delivery, Outbox, OutboxItem};
 pub use crate::schema::{Change, ExpectShape, Expectation, StateValue, Timer, expectation_name};
 pub use crate::snapshot::{SnapshotMark, journal_position_at, restore_snapshot};
