@@ -31,6 +31,11 @@ pub struct ClusterBench {
     pub group: usize,
     pub duration: Duration,
     pub warmup: Duration,
+    /// The release binary, for the phases with real nodes (`cluster_nodes.rs`); without it
+    /// they are skipped.
+    pub gancho: Option<std::path::PathBuf>,
+    /// Events published before the rule-processing phases.
+    pub events: usize,
 }
 
 struct Phase {
@@ -70,10 +75,62 @@ pub fn run(bench: &ClusterBench) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(measure(bench, &cluster))
+    let base = runtime.block_on(measure(bench, &cluster))?;
+    drop(runtime);
+    let Some(gancho) = &bench.gancho else {
+        eprintln!("no gancho release binary: the phases with real nodes are skipped");
+        return Ok(());
+    };
+    let nodes = crate::cluster_nodes::NodesBench {
+        gancho: gancho.clone(),
+        connections: bench.connections,
+        group: bench.group,
+        duration: bench.duration,
+        warmup: bench.warmup,
+        events: bench.events,
+    };
+    let root = tempfile::tempdir()?;
+    let ingest = crate::cluster_nodes::ingest(&nodes, &cluster, root.path())?;
+    drop(cluster);
+    println!(
+        "\n| phase (real node, HTTP) | events/s | of the async ceiling | p50 ms | p99 ms | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for row in &ingest {
+        println!(
+            "| {} | {:.0} | {:.0}% | {:.2} | {:.2} | {} |",
+            row.name,
+            row.events_per_sec,
+            100.0 * row.events_per_sec / base,
+            row.p50_ms,
+            row.p99_ms,
+            row.errors
+        );
+    }
+    let (one, cluster, running) = crate::cluster_nodes::processing(&nodes, 1, root.path())?;
+    for (_, node) in running {
+        node.terminate()?;
+    }
+    drop(cluster);
+    let (three, cluster, running) = crate::cluster_nodes::processing(&nodes, 3, root.path())?;
+    let (moved, leased, claimed) = crate::cluster_nodes::takeover(&cluster, running)?;
+    println!(
+        "\nrule processing of {} events already in the streams: 1 node {one:.0} events/s, 3 nodes \
+         {three:.0} events/s ({:.2}x; target 2x)",
+        bench.events,
+        three / one
+    );
+    println!(
+        "takeover after kill -9 of the owner of {moved} partitions (lease 2 s): all leased by others \
+         after {:.2} s, all claimed (first commit in each journal) after {:.2} s",
+        leased.as_secs_f64(),
+        claimed.as_secs_f64()
+    );
+    Ok(())
 }
 
-async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<()> {
+/// The library phases; returns the async ceiling (events/s).
+async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<f64> {
     let config: gancho_cluster::ClusterConfig = toml::from_str(&format!(
         "{}node = \"bench\"\npartitions = {PARTITIONS}\n",
         cluster.cluster_keys()
@@ -176,7 +233,7 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         100.0 * grouped.events_per_second() / base,
         100.0 * single.events_per_second() / ceiling.events_per_second()
     );
-    Ok(())
+    Ok(base)
 }
 
 /// `n` plain messages published together (message `i` on `subject(i)`), then every
@@ -215,7 +272,7 @@ async fn publish(js: jetstream::Context, counter: Arc<AtomicU64>, n: usize) -> R
 }
 
 /// A Mailjet-like open event of about 400 bytes as JSON.
-fn event(i: u64) -> NewEvent {
+pub(crate) fn event(i: u64) -> NewEvent {
     let json = serde_json::json!({
         "id": format!("bench-{i}"),
         "source": "mailjet",

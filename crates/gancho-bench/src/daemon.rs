@@ -151,6 +151,26 @@ impl Gancho {
         }
     }
 
+    /// Stops the daemon with SIGTERM and waits for it to exit.
+    pub(crate) fn terminate(mut self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("gancho exited with {status}");
+        }
+        Ok(())
+    }
+
+    /// Kills the daemon (SIGKILL: nothing handed over).
+    pub(crate) fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Stops the daemon with SIGTERM and returns the sequence number of the last event it
     /// stored: with all-distinct events and no deletions, the number of events stored.
     pub(crate) fn stop(mut self) -> anyhow::Result<u64> {

@@ -12,6 +12,7 @@
 
 mod actions;
 mod cluster;
+mod cluster_nodes;
 mod daemon;
 mod engine;
 mod load;
@@ -84,7 +85,8 @@ struct Args {
     /// rules of `--rules`, and the cost of a window query.
     #[arg(long)]
     engine: bool,
-    /// Events in the engine benchmark's store.
+    /// Events in the engine benchmark's store (and published before `--cluster-publish`'s
+    /// rule-processing phases).
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
     /// The shipped rules, for the engine benchmark.
@@ -181,6 +183,8 @@ fn main() -> anyhow::Result<()> {
             group: args.group,
             duration: args.duration,
             warmup: args.warmup,
+            gancho: gancho_bin(&args).ok(),
+            events: args.events,
         });
     }
     if args.prune {
