@@ -267,6 +267,15 @@ pub fn takeover(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // How long each partition's start took on the nodes that took them (their log).
+    std::thread::sleep(Duration::from_millis(500));
+    for (name, node) in &running {
+        let log = node.config.with_file_name("gancho.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("took_ms")) {
+            eprintln!("{name}: {line}");
+        }
+    }
     for (_, node) in running {
         node.terminate()?;
     }

@@ -32,7 +32,10 @@ impl Gancho {
             .arg("--config")
             .arg(&config)
             .arg("run")
-            .env("GANCHO_LOG", "warn,gancho=info")
+            .env(
+                "GANCHO_LOG",
+                std::env::var("GANCHO_BENCH_LOG").unwrap_or_else(|_| "warn,gancho=info".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -56,8 +59,15 @@ impl Gancho {
                 break (addr, field(&line, "admin="));
             }
         };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining its log so it never blocks on a full pipe, into `dir/gancho.log`.
+        let log = std::fs::File::create(dir.join("gancho.log"))?;
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut log = std::io::BufWriter::new(log);
+            for line in lines.map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+            }
+        });
         Ok(Gancho {
             child,
             addr,

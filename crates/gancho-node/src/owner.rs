@@ -96,6 +96,7 @@ impl PartitionOwner {
         config: OwnerConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<PartitionOwner, OwnerError> {
+        let started = std::time::Instant::now();
         let store_error = |source| OwnerError::Store { partition, source };
         let start_error = |reason: String| OwnerError::Start { partition, reason };
         std::fs::create_dir_all(dir).map_err(|source| {
@@ -105,6 +106,11 @@ impl PartitionOwner {
             })
         })?;
         let (state, cursor) = take_over(js, partition, node, dir, &config.store).await?;
+        tracing::debug!(
+            partition = %lane_name(partition),
+            took_ms = started.elapsed().as_millis() as u64,
+            "took the partition's state over"
+        );
         let store = {
             let (dir, store_config) = (dir.to_owned(), config.store.clone());
             tokio::task::spawn_blocking(move || Store::open(&dir, &store_config))
@@ -173,7 +179,12 @@ impl PartitionOwner {
             config.snapshots,
             stop_following.subscribe(),
         ));
-        tracing::info!(partition = %lane_name(partition), cursor, "running the partition");
+        tracing::info!(
+            partition = %lane_name(partition),
+            cursor,
+            took_ms = started.elapsed().as_millis() as u64,
+            "running the partition"
+        );
         Ok(PartitionOwner {
             partition,
             store,
