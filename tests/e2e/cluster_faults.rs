@@ -148,23 +148,40 @@ fn assert_oracle(cluster: &NatsCluster, setup: &Setup) {
         .expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp dir");
     runtime.block_on(async {
-        let client = gancho_cluster::connect(&config, None)
-            .await
-            .expect("connecting");
-        let js = async_nats::jetstream::new(client);
+        // Right after servers restart, JetStream may not answer yet (leaders being elected):
+        // each read is tried again for a while.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let js = loop {
+            match gancho_cluster::connect(&config, None).await {
+                Ok(client) => break async_nats::jetstream::new(client),
+                Err(err) if Instant::now() < deadline => {
+                    eprintln!("oracle: connecting again ({err})");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => panic!("connecting: {err}"),
+            }
+        };
         let mut total = 0;
         for p in (0..4).chain([gancho_cluster::GLOBAL]) {
-            let journaled = gancho_node::oracle::journaled(&js, p)
-                .await
-                .expect("the journal");
-            let replayed = gancho_node::oracle::replayed(
-                &js,
-                p,
-                &dir.path().join(format!("p{p}")),
-                engine.clone(),
-            )
-            .await
-            .expect("the oracle");
+            let mut attempt = 0;
+            let (journaled, replayed) = loop {
+                attempt += 1;
+                let dir = dir.path().join(format!("p{p}-{attempt}"));
+                let read = async {
+                    let journaled = gancho_node::oracle::journaled(&js, p).await?;
+                    let replayed =
+                        gancho_node::oracle::replayed(&js, p, &dir, engine.clone()).await?;
+                    Ok::<_, gancho_node::oracle::OracleError>((journaled, replayed))
+                };
+                match read.await {
+                    Ok(read) => break read,
+                    Err(err) if Instant::now() < deadline => {
+                        eprintln!("oracle: reading partition {p} again ({err})");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(err) => panic!("the oracle of partition {p}: {err}"),
+                }
+            };
             match gancho_node::oracle::compare(&journaled, &replayed) {
                 Ok(n) => total += n,
                 Err(diff) => panic!("partition {}: {diff}", gancho_cluster::lane_name(p)),

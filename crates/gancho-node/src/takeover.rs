@@ -15,7 +15,8 @@ use gancho_cluster::{
     ClusterError, Journal, Partition, cluster_secret, fetch_snapshot, lane_name, latest_snapshot,
     partition_secret, read_journal,
 };
-use gancho_state::{EngineState, StoreConfig, journal_position_at, restore_snapshot};
+use gancho_state::snapshot::{journal_position_at, restore_snapshot};
+use gancho_state::{EngineState, StoreConfig};
 use gancho_store::StoreError;
 
 use crate::JournalFence;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
+use crate::snapshot::restore_snapshot;
 
 #[derive(Debug, Default)]
 struct Kept {

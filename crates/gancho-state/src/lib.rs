@@ -43,7 +43,7 @@ mod retention;
 pub mod rules;
 mod schema;
 pub mod sent;
-mod snapshot;
+pub mod snapshot;
 pub mod traces;
 
 use std::collections::BTreeMap;
@@ -67,7 +67,6 @@ pub use crate::fence::{CommitFence, FenceError};
 pub use crate::journal::decided_in;
 pub use crate::outbox::{Attempt, DeadLetter, Delivery, Outbox, OutboxItem};
 pub use crate::schema::{Change, ExpectShape, Expectation, StateValue, Timer, expectation_name};
-pub use crate::snapshot::{SnapshotMark, journal_position_at, restore_snapshot};
 pub use gancho_store::StoreConfig;
 pub use gancho_store::StoreError as Error;
 
