@@ -65,6 +65,100 @@ fn cluster_check_passes_on_2_15_and_run_starts_a_node() {
     assert!(daemon.terminate().success());
 }
 
+#[test]
+fn a_cluster_node_serves_its_partitions_metrics_and_the_cluster_on_the_admin_listener() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    const TOKEN: &str = "a-cluster-admin-token-0123";
+    let setup = Setup::new(&format!(
+        "{MAILJET}
+[admin]
+listen = \"127.0.0.1:0\"
+token = \"{TOKEN}\"
+
+{}partitions = 4
+",
+        cluster_section(&cluster)
+    ));
+    let daemon = setup.start();
+    let admin = daemon
+        .admin
+        .unwrap_or_else(|| panic!("no admin listener: {}", daemon.log()));
+    let get = |path: &str, token: bool| {
+        let mut request = crate::support::Request::get(path);
+        if token {
+            request = request.header("Authorization", &format!("Bearer {TOKEN}"));
+        }
+        request.send(admin).expect("the admin listener")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while get("/readyz", false).status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(daemon.post_mailjet(&opens(0, 10)).status, 200);
+    assert_eq!(get("/metrics", false).status, 401);
+    assert_eq!(get("/admin/cluster", false).status, 401);
+
+    // Alone, the node runs every partition and the global lane, and says how it got them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = get("/metrics", true);
+        assert_eq!(metrics.status, 200, "{}", metrics.body);
+        let caught_up = ["0", "1", "2", "3"].iter().all(|p| {
+            metrics.body.contains(&format!(
+                "gancho_cluster_partition_lag_events{{partition=\"{p}\"}} 0"
+            ))
+        });
+        if caught_up
+            && metrics
+                .body
+                .contains("gancho_cluster_partition_owned{partition=\"global\"} 1")
+        {
+            break metrics.body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", metrics.body);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    for p in ["0", "1", "2", "3", "global"] {
+        assert!(
+            metrics.contains(&format!(
+                "gancho_cluster_ownership_changes_total{{partition=\"{p}\",change=\"gained\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("gancho_cluster_nodes_alive 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gancho_cluster_connected 1"), "{metrics}");
+    assert!(
+        metrics.contains("gancho_events_received_total"),
+        "{metrics}"
+    );
+
+    let answer = get("/admin/cluster", true);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(body["node"], "g1", "{body}");
+    assert_eq!(
+        body["running"],
+        serde_json::json!(["0", "1", "2", "3", "global"]),
+        "{body}"
+    );
+    assert_eq!(body["cluster"]["partitions"], 4, "{body}");
+    let decided: u64 = body["cluster"]["partition_status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["cursor"].as_u64().unwrap())
+        .sum();
+    assert_eq!(decided, 10, "{body}");
+    assert!(daemon.terminate().success());
+}
+
 /// Events to node `i`'s mailjet source: opens of `from..to`.
 fn opens(from: usize, to: usize) -> Vec<u8> {
     let items: Vec<serde_json::Value> = (from..to)

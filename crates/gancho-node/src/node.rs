@@ -64,6 +64,7 @@ pub async fn run_node(
         let mut lost = Vec::new();
         for (p, reason) in failed {
             tracing::warn!(partition = %lane_name(p), %reason, "the partition stops here");
+            changed(p, "stopped");
             if let Some(owner) = owners.remove(&p) {
                 lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
@@ -80,6 +81,7 @@ pub async fn run_node(
         lost.extend(changes.lost);
         for p in changes.hand_over {
             tracing::info!(partition = %lane_name(p), "handing the partition over");
+            changed(p, "handed_over");
             if let Some(owner) = owners.remove(&p) {
                 lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
@@ -99,6 +101,7 @@ pub async fn run_node(
             lost.extend(lost_meanwhile);
             match started {
                 Ok(owner) => {
+                    changed(p, "gained");
                     owners.insert(p, owner);
                 }
                 Err(err) => {
@@ -109,6 +112,7 @@ pub async fn run_node(
         }
         for p in lost {
             tracing::warn!(partition = %lane_name(p), "the partition's lease was lost: stopping it");
+            changed(p, "lost");
             if let Some(owner) = owners.remove(&p) {
                 owner.stop().await;
             }
@@ -172,4 +176,15 @@ pub fn lane_dir(p: Partition) -> String {
     } else {
         format!("p{p}")
     }
+}
+
+/// Counts an ownership change of partition `p` on this node
+/// (`gancho_cluster_ownership_changes_total`): `gained`, `handed_over`, `lost`, `stopped`.
+fn changed(p: Partition, change: &'static str) {
+    metrics::counter!(
+        "gancho_cluster_ownership_changes_total",
+        "partition" => lane_name(p),
+        "change" => change
+    )
+    .increment(1);
 }

@@ -61,6 +61,26 @@ fn describe() {
         "Durable events the engine has not processed."
     );
     describe_counter!("gancho_rule_runs_total", "Rule runs, by rule.");
+    describe_gauge!(
+        "gancho_cluster_partition_owned",
+        "Cluster mode: 1 for each partition this node runs, 0 for the others (partition=\"global\": the global lane)."
+    );
+    describe_gauge!(
+        "gancho_cluster_partition_lag_events",
+        "Cluster mode: events in the partition's stream its committed cursor has not reached, for each partition this node owns."
+    );
+    describe_counter!(
+        "gancho_cluster_ownership_changes_total",
+        "Cluster mode: partitions this node gained, handed over, lost (its lease ran out) or stopped (a refused commit, a failed store), by partition and change."
+    );
+    describe_gauge!(
+        "gancho_cluster_nodes_alive",
+        "Cluster mode: the nodes whose heartbeat is within the last lease."
+    );
+    describe_gauge!(
+        "gancho_cluster_connected",
+        "Cluster mode: 1 if this node's last membership tick reached NATS."
+    );
     describe_counter!(
         "gancho_rule_errors_total",
         "Rule runs that failed, by rule."

@@ -6,8 +6,10 @@
 //! this node's quarantine (`store/`), its partitions' stores (`cluster/p<N>/`) and the global
 //! lane's when it runs it (`cluster/global/`).
 //!
-//! Not yet in cluster mode: the control socket and the admin listener (the commands that ask
-//! the running daemon), and reloading on SIGHUP.
+//! With an `[admin]` token, the admin listener serves the probes, `/metrics` (with the
+//! cluster's series) and `/admin/cluster` (`admin/cluster.rs`). Not yet in cluster mode: the
+//! control socket (the commands that ask the running daemon), the admin API's single-node
+//! routes and the dashboard, and reloading on SIGHUP.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +34,11 @@ pub fn run(
     cluster: ClusterConfig,
     clock: Arc<dyn gancho_core::Clock>,
 ) -> anyhow::Result<()> {
+    // The metrics recorder, before anything counts: only with an admin listener to serve it.
+    let metrics = match &config.admin.token {
+        Some(_) => Some(crate::metrics::install().context("installing the metrics recorder")?),
+        None => None,
+    };
     // NATS's own runtime: the partitions' appliers block on it, and the HTTP server's is
     // single-threaded.
     let nats = tokio::runtime::Builder::new_multi_thread()
@@ -105,6 +112,7 @@ pub fn run(
             ))
         })
     };
+    let node_status = status.clone();
     let readiness: Readiness = Arc::new(move || {
         if client.connection_state() != async_nats::connection::State::Connected {
             return Err("NATS is not reachable".to_owned());
@@ -114,14 +122,29 @@ pub fn run(
         }
         Ok(())
     });
+    let admin = metrics.map(|metrics| {
+        (
+            metrics,
+            crate::admin::ClusterSources {
+                readiness: readiness.clone(),
+                js: js.clone(),
+                nats: nats.handle().clone(),
+                node: cluster.node.clone(),
+                status: node_status,
+            },
+        )
+    });
     let served = gancho_ingress::block_on(serve(
         &config,
         &cluster,
         data.clone(),
         clock,
-        readiness,
-        publisher,
-        membership_ended,
+        Serving {
+            readiness,
+            publisher,
+            membership_ended,
+            admin,
+        },
     ));
     // The partitions are handed over (each one's last batch committed, its sends finished),
     // whether serving ended well or not.
@@ -137,15 +160,32 @@ pub fn run(
     Ok(())
 }
 
+/// What the node's HTTP side is served with.
+struct Serving {
+    readiness: Readiness,
+    publisher: Arc<ClusterPublisher>,
+    /// Fires when the membership's task ends.
+    membership_ended: tokio::sync::oneshot::Receiver<()>,
+    /// The metrics handle and what the admin listener reads, with an `[admin]` token.
+    admin: Option<(
+        metrics_exporter_prometheus::PrometheusHandle,
+        crate::admin::ClusterSources,
+    )>,
+}
+
 async fn serve(
     config: &Config,
     cluster: &ClusterConfig,
     data: Data,
     clock: Arc<dyn gancho_core::Clock>,
-    readiness: Readiness,
-    publisher: Arc<ClusterPublisher>,
-    mut membership_ended: tokio::sync::oneshot::Receiver<()>,
+    serving: Serving,
 ) -> anyhow::Result<()> {
+    let Serving {
+        readiness,
+        publisher,
+        mut membership_ended,
+        admin,
+    } = serving;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let listener = std::net::TcpListener::bind(config.listen)
@@ -159,8 +199,26 @@ async fn serve(
         Some(publisher),
     )
     .context("starting the HTTP server")?;
+    let admin = match admin {
+        Some((metrics, sources)) => {
+            let listener = std::net::TcpListener::bind(config.admin.listen)
+                .with_context(|| format!("binding [admin] listen {}", config.admin.listen))?;
+            crate::admin::start_cluster(listener, &config.admin, metrics, sources)
+                .context("starting the admin listener")?
+        }
+        None => {
+            info!("no [admin] token: the admin listener (metrics, cluster status) does not start");
+            None
+        }
+    };
+    let admin_addr = admin
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |a| a.local_addr().to_string());
+    let admin_handle = admin.as_ref().map(crate::admin::AdminServer::handle);
+    let admin_task = admin.map(|admin| tokio::spawn(admin.wait()));
     info!(
         listen = %server.local_addr(),
+        admin = %admin_addr,
         node = %cluster.node,
         partitions = cluster.partitions,
         data_dir = %config.data_dir.display(),
@@ -195,6 +253,12 @@ async fn serve(
     };
     if let Some(task) = watchdog_task {
         task.abort();
+    }
+    if let Some(handle) = admin_handle {
+        handle.stop(true).await;
+    }
+    if let Some(task) = admin_task {
+        let _ = task.await;
     }
     result.context("serving HTTP")?;
     if membership_failed {

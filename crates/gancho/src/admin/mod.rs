@@ -12,6 +12,7 @@
 //! metrics, status and rules, and the OpenAPI document that gathers every route. The web
 //! dashboard (`crate::dashboard`) is served by the same server, at `/`.
 
+mod cluster;
 mod listings;
 
 use std::net::TcpListener;
@@ -25,6 +26,7 @@ use serde_json::json;
 use crate::config::AdminConfig;
 use crate::control::{self, Request, Response};
 use crate::data::Data;
+pub use cluster::{ClusterSources, start_cluster};
 use listings::Page;
 
 /// The read gauges (lags, queues, sizes) are sampled at most this often.
@@ -147,13 +149,18 @@ fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
 
 /// Whether the request carries the token, compared in constant time.
 fn authorized(request: &HttpRequest, state: &State) -> bool {
+    bearer_matches(request, &state.token_digest)
+}
+
+/// Whether the request's bearer token has this SHA-256, compared in constant time.
+fn bearer_matches(request: &HttpRequest, token_digest: &[u8]) -> bool {
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return false;
     };
     let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
         return false;
     };
-    gancho_ingress::constant_time_eq(&sha256(given), &state.token_digest)
+    gancho_ingress::constant_time_eq(&sha256(given), token_digest)
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
