@@ -159,6 +159,65 @@ token = \"{TOKEN}\"
     assert!(daemon.terminate().success());
 }
 
+/// SIGHUP (`systemctl reload gancho`) has every partition read its rules at once; without a
+/// handler it would have killed the node. (Engines also read the folder every second.)
+#[test]
+fn sighup_reloads_every_partition_of_a_cluster_node_and_does_not_stop_it() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = gancho_testkit::HttpReceiver::ok();
+    let setup = Setup::new(&format!(
+        "{MAILJET}
+[http]
+allow_private = true
+
+{}partitions = 2
+",
+        cluster_section(&cluster)
+    ));
+    let rule = |version: u32| {
+        format!(
+            "const ON = [\"mailjet.open\"];\nhttp(#{{ url: \"{}\", json: #{{ v: {version}, email: event.email }} }});\n",
+            receiver.url("/hook")
+        )
+    };
+    crate::support::write_rule(&setup, "open.rhai", &rule(1));
+    let daemon = setup.start();
+    let versions = || -> Vec<u64> {
+        receiver
+            .requests()
+            .iter()
+            .map(|r| r.json()["v"].as_u64().unwrap_or_default())
+            .collect()
+    };
+    // Both partitions run version 1.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    assert_eq!(daemon.post_mailjet(&opens(0, 10)).status, 200);
+    while versions().len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", versions());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(versions().iter().all(|v| *v == 1));
+
+    // Version 2, then SIGHUP: every partition reads it.
+    crate::support::write_rule(&setup, "open.rhai", &rule(2));
+    crate::support::signal(daemon.pid(), "HUP");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(daemon.post_mailjet(&opens(10, 20)).status, 200);
+    while versions().len() < 20 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", versions());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(versions()[10..].iter().all(|v| *v == 2), "{:?}", versions());
+    assert!(
+        daemon
+            .log()
+            .contains("SIGHUP: reading the rules folder again")
+    );
+    assert!(daemon.terminate().success());
+}
+
 /// Events to node `i`'s mailjet source: opens of `from..to`.
 fn opens(from: usize, to: usize) -> Vec<u8> {
     let items: Vec<serde_json::Value> = (from..to)

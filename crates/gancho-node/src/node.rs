@@ -38,13 +38,15 @@ pub struct NodeStatus {
     pub connected: bool,
 }
 
-/// Runs the node until `stop` holds `true`, then hands its partitions over. `status` is kept
-/// current. Fails only if it cannot join (the leases bucket unreachable or refused).
+/// Runs the node until `stop` holds `true`, then hands its partitions over. Each change of
+/// `reload` (a SIGHUP) has every partition it runs read its rules folder again. `status` is
+/// kept current. Fails only if it cannot join (the leases bucket unreachable or refused).
 pub async fn run_node(
     js: &jetstream::Context,
     config: NodeConfig,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
+    mut reload: watch::Receiver<u64>,
     status: watch::Sender<NodeStatus>,
 ) -> Result<(), ClusterError> {
     let mut membership =
@@ -56,6 +58,12 @@ pub async fn run_node(
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
             _ = tick.tick() => {}
+            Ok(()) = reload.changed() => {
+                for owner in owners.values() {
+                    owner.reload();
+                }
+                continue;
+            }
         }
         let failed: Vec<(Partition, String)> = owners
             .iter()

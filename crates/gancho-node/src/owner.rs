@@ -212,6 +212,13 @@ impl PartitionOwner {
         &self.state
     }
 
+    /// Has the partition's engine read its rules folder again (SIGHUP).
+    pub fn reload(&self) {
+        if let Some(engine) = &self.engine {
+            engine.reload();
+        }
+    }
+
     /// Why the partition cannot go on here, if so: a commit was refused (another node owns it
     /// now), a store failed, or following the stream stopped. The caller then stops it.
     pub fn failure(&self) -> Option<String> {

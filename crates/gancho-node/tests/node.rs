@@ -79,11 +79,19 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
         };
         let (stop, stopped) = watch::channel(false);
         let (status_tx, status) = watch::channel(NodeStatus::default());
+        let (_reload_tx, reload) = watch::channel(0u64);
         let js = js.clone();
         let task = rt.spawn(async move {
-            run_node(&js, config, Arc::new(SystemClock), stopped, status_tx)
-                .await
-                .unwrap();
+            run_node(
+                &js,
+                config,
+                Arc::new(SystemClock),
+                stopped,
+                reload,
+                status_tx,
+            )
+            .await
+            .unwrap();
         });
         RunningNode { stop, status, task }
     };

@@ -66,6 +66,7 @@ pub fn run(
         .with_context(|| format!("opening the node's store at {}", store_dir.display()))?;
 
     let (stop_node, stop) = watch::channel(false);
+    let (reload_node, reload) = watch::channel(0u64);
     let (status_tx, status) = watch::channel(NodeStatus::default());
     let node = NodeConfig {
         node: cluster.node.clone(),
@@ -78,7 +79,7 @@ pub fn run(
                 placement: Some(placement(&config, cluster.partitions)),
                 ..config.engine()
             },
-            actions: config.actions.clone(),
+            actions: cluster_budgets(&config.actions, cluster.partitions),
             snapshots: SnapshotPolicy::default(),
         },
     };
@@ -86,7 +87,7 @@ pub fn run(
     let node_task = {
         let (js, clock) = (js.clone(), clock.clone());
         nats.spawn(async move {
-            let result = run_node(&js, node, clock, stop, status_tx).await;
+            let result = run_node(&js, node, clock, stop, reload, status_tx).await;
             let _ = node_ended.send(());
             result
         })
@@ -144,6 +145,7 @@ pub fn run(
             publisher,
             membership_ended,
             admin,
+            reload: reload_node,
         },
     ));
     // The partitions are handed over (each one's last batch committed, its sends finished),
@@ -166,6 +168,8 @@ struct Serving {
     publisher: Arc<ClusterPublisher>,
     /// Fires when the membership's task ends.
     membership_ended: tokio::sync::oneshot::Receiver<()>,
+    /// Counts SIGHUPs: the node reloads its partitions' rules at each.
+    reload: watch::Sender<u64>,
     /// The metrics handle and what the admin listener reads, with an `[admin]` token.
     admin: Option<(
         metrics_exporter_prometheus::PrometheusHandle,
@@ -185,9 +189,11 @@ async fn serve(
         publisher,
         mut membership_ended,
         admin,
+        reload,
     } = serving;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
     let server = IngressServer::start_publishing(
@@ -231,16 +237,23 @@ async fn serve(
     let handle = server.handle();
     let mut served = std::pin::pin!(server.wait());
     let mut membership_failed = false;
-    let stopped_early = tokio::select! {
-        result = &mut served => Some(result),
-        _ = sigterm.recv() => { info!("SIGTERM: stopping"); None }
-        _ = sigint.recv() => { info!("SIGINT: stopping"); None }
-        _ = &mut membership_ended => {
-            // It could not join the cluster (or stopped by itself): serving on would answer
-            // webhooks that no partition of this node runs; the unit starts it again.
-            tracing::error!("the cluster membership stopped: stopping");
-            membership_failed = true;
-            None
+    let stopped_early = loop {
+        tokio::select! {
+            result = &mut served => break Some(result),
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break None }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break None }
+            _ = sighup.recv() => {
+                // Only the rules: a cluster node applies other config changes at a restart.
+                info!("SIGHUP: reading the rules folder again in every partition this node runs (other config changes need a restart in cluster mode)");
+                reload.send_modify(|n| *n += 1);
+            }
+            _ = &mut membership_ended => {
+                // It could not join the cluster (or stopped by itself): serving on would answer
+                // webhooks that no partition of this node runs; the unit starts it again.
+                tracing::error!("the cluster membership stopped: stopping");
+                membership_failed = true;
+                break None;
+            }
         }
     };
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -288,5 +301,44 @@ fn placement(config: &Config, partitions: u16) -> Placement {
                 ))
             })
             .collect(),
+    }
+}
+
+/// The actions' settings of one partition's executor: each channel's rate limit
+/// (`rate_per_second`) is the cluster's budget, split evenly over the partitions and the global
+/// lane, each of which runs an executor of its own on whichever node owns it. Their sends
+/// together never exceed the budget, whatever the nodes; a partition cannot borrow what others
+/// leave unused. Concurrency stays per executor.
+fn cluster_budgets(
+    actions: &gancho_actions::ActionsConfig,
+    partitions: u16,
+) -> gancho_actions::ActionsConfig {
+    let lanes = f64::from(partitions) + 1.0;
+    let mut split = actions.clone();
+    for limits in [
+        &mut split.email.limits,
+        &mut split.sms.limits,
+        &mut split.http.limits,
+    ] {
+        limits.rate_per_sec /= lanes;
+    }
+    split
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channels_rate_is_split_over_the_partitions_and_the_global_lane() {
+        let mut actions = gancho_actions::ActionsConfig::local("/tmp/unused");
+        actions.sms.limits.rate_per_sec = 17.0;
+        actions.http.limits.rate_per_sec = 0.0;
+        let split = cluster_budgets(&actions, 16);
+        assert_eq!(split.sms.limits.rate_per_sec, 1.0);
+        // No limit stays no limit; concurrency is not split.
+        assert_eq!(split.http.limits.rate_per_sec, 0.0);
+        assert_eq!(split.sms.limits.concurrency, actions.sms.limits.concurrency);
+        assert_eq!(split.email.limits, actions.email.limits);
     }
 }
