@@ -218,6 +218,67 @@ allow_private = true
     assert!(daemon.terminate().success());
 }
 
+/// `[http] rate_per_second` is the cluster's budget: three nodes together send no faster.
+#[test]
+fn a_channels_rate_limit_is_a_budget_of_the_whole_cluster() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let receiver = gancho_testkit::HttpReceiver::ok();
+    let rule = format!(
+        "const ON = [\"mailjet.open\"];\nhttp(#{{ url: \"{}\", json: #{{ email: event.email }} }});\n",
+        receiver.url("/hook")
+    );
+    // 3 a second for the cluster: with 2 partitions and the global lane, 1 a second each.
+    let daemons: Vec<_> = ["g1", "g2", "g3"]
+        .iter()
+        .map(|node| {
+            let setup = Setup::new(&format!(
+                "{MAILJET}
+[http]
+allow_private = true
+rate_per_second = 3
+
+[cluster]
+{}node = \"{node}\"
+partitions = 2
+lease = \"2s\"
+",
+                cluster.cluster_keys()
+            ));
+            crate::support::write_rule(&setup, "open.rhai", &rule);
+            let daemon = setup.start();
+            (setup, daemon)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(daemons[0].1.post_mailjet(&opens(0, 24)).status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while receiver.requests().len() < 24 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sent",
+            receiver.requests().len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut at: Vec<std::time::Instant> = receiver.requests().iter().map(|r| r.at).collect();
+    at.sort();
+    // In any 4 s, at most 3 a second, and each lane's first send at once.
+    for (i, start) in at.iter().enumerate() {
+        let within = at[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < std::time::Duration::from_secs(4))
+            .count();
+        assert!(within <= 3 * 4 + 3, "{within} sends within 4 s");
+    }
+    let span = at[at.len() - 1].duration_since(at[0]);
+    assert!(span >= std::time::Duration::from_secs(6), "{span:?}");
+    for (_, daemon) in daemons {
+        assert!(daemon.terminate().success());
+    }
+}
+
 /// Events to node `i`'s mailjet source: opens of `from..to`.
 fn opens(from: usize, to: usize) -> Vec<u8> {
     let items: Vec<serde_json::Value> = (from..to)
