@@ -394,6 +394,41 @@ fn a_nats_server_killed_and_restarted_under_load_loses_nothing_acknowledged() {
 }
 
 #[test]
+fn a_nats_server_cut_off_from_its_peers_under_load_loses_nothing_acknowledged() {
+    let options = gancho_testkit::nats::NatsOptions {
+        proxied_routes: true,
+        ..Default::default()
+    };
+    let Some(cluster) = NatsCluster::start_with(3, options) else {
+        return;
+    };
+    let receiver = HttpReceiver::ok();
+    let setups = three_nodes(&cluster, &receiver);
+    let daemons: Vec<_> = setups.iter().map(Setup::start).collect();
+    let addrs = Arc::new(Mutex::new(daemons.iter().map(|d| d.addr).collect()));
+    let loading = start_load(&addrs);
+    std::thread::sleep(Duration::from_secs(2));
+    // Server n2 loses its peers (its clients still reach it: a node connected there gets no
+    // acknowledgement, answers 503, and its leases run out) for longer than a lease.
+    cluster.cut_off(1);
+    std::thread::sleep(Duration::from_secs(8));
+    cluster.reconnect(1);
+    cluster.wait_healthy(1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    let acknowledged = stop_load(loading, 100);
+    wait_acted_on(&receiver, &acknowledged);
+    assert_one_id_per_event(&receiver);
+    eprintln!(
+        "{} acknowledged events across the cut, all acted on",
+        acknowledged.len()
+    );
+    for daemon in daemons {
+        assert!(daemon.terminate().success());
+    }
+    assert_oracle(&cluster, &setups[0]);
+}
+
+#[test]
 fn rolling_restarts_of_the_gancho_nodes_repeat_no_send_and_of_the_servers_lose_nothing() {
     let Some(mut cluster) = NatsCluster::start(3) else {
         return;

@@ -76,14 +76,17 @@ impl BlockingPublisher for Dropped {
     }
 }
 
-/// What the single-node engine decides on the partition's stream, as its owners run it
-/// (`engine`: their engine settings; the lane and the partition are set here), in `dir`.
+/// What the single-node engine decides on the partition's stream up to the cursor its journal
+/// last committed (the events after it are not decided yet: owners stopped while behind), as
+/// its owners run it (`engine`: their engine settings; the lane and the partition are set
+/// here), in `dir`.
 pub async fn replayed(
     js: &jetstream::Context,
     partition: Partition,
     dir: &Path,
     mut engine: EngineConfig,
 ) -> Result<Vec<ActionRequest>, OracleError> {
+    let decided = Journal::open(js, partition, "oracle").await?.cursor();
     let last = js
         .get_stream(event_stream(partition))
         .await
@@ -92,7 +95,8 @@ pub async fn replayed(
         .await
         .map_err(|err| OracleError::Engine(err.to_string()))?
         .state
-        .last_sequence;
+        .last_sequence
+        .min(decided);
     let store = {
         let dir = dir.to_owned();
         tokio::task::spawn_blocking(move || Store::open(&dir, &StoreConfig::default()))
@@ -105,17 +109,22 @@ pub async fn replayed(
         let mut batch = Vec::new();
         while let Some(next) = reader.next_within(Duration::from_secs(5)).await? {
             at = next.0;
+            if at > last {
+                break;
+            }
             batch.push(next);
             if at >= last || batch.len() == 1024 {
                 break;
             }
         }
-        if batch.is_empty() {
+        if batch.is_empty() && at < last {
             return Err(OracleError::Engine(format!(
                 "the stream stopped at {at} of {last}"
             )));
         }
-        store.appender().append_at(&batch).await?;
+        if !batch.is_empty() {
+            store.appender().append_at(&batch).await?;
+        }
     }
     let secret = partition_secret(&cluster_secret(js).await?, partition);
     engine.lane = if partition == GLOBAL {

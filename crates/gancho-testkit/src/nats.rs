@@ -62,6 +62,9 @@ pub struct NatsOptions {
     pub binary: Option<PathBuf>,
     /// Leave `sync_interval` at the server's default (sync every two minutes).
     pub no_sync_always: bool,
+    /// Route each server's connections to each other through a proxy of its own (one per
+    /// ordered pair), so that [`NatsCluster::cut_off`] can cut a server off from its peers.
+    pub proxied_routes: bool,
 }
 
 /// A `nats-server` older than gancho's 2.14 floor, for the test that it is refused:
@@ -90,6 +93,8 @@ pub fn old_binary() -> Option<PathBuf> {
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
     binary: PathBuf,
+    /// With `proxied_routes`: (from, to, the proxy server `from` reaches `to`'s routes by).
+    route_proxies: Vec<(usize, usize, crate::proxy::Proxy)>,
     _dir: tempfile::TempDir,
     /// Held while the cluster lives: see [`ONE_AT_A_TIME`].
     _turn: Option<MutexGuard<'static, ()>>,
@@ -154,11 +159,30 @@ impl NatsCluster {
                 process: None,
             })
             .collect();
-        let routes: Vec<String> = servers
-            .iter()
-            .map(|s| format!("nats://127.0.0.1:{}", s.cluster_port))
+        let mut route_proxies = Vec::new();
+        let routes: Vec<Vec<String>> = (0..n)
+            .map(|from| {
+                if !options.proxied_routes {
+                    return servers
+                        .iter()
+                        .map(|s| format!("nats://127.0.0.1:{}", s.cluster_port))
+                        .collect();
+                }
+                (0..n)
+                    .filter(|&to| to != from)
+                    .map(|to| {
+                        let proxy = crate::proxy::Proxy::start(SocketAddr::from((
+                            [127, 0, 0, 1],
+                            servers[to].cluster_port,
+                        )));
+                        let url = proxy.nats_url();
+                        route_proxies.push((from, to, proxy));
+                        url
+                    })
+                    .collect()
+            })
             .collect();
-        for server in &servers {
+        for (i, server) in servers.iter().enumerate() {
             let store = dir.path().join(&server.name);
             let config = format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
@@ -174,7 +198,7 @@ impl NatsCluster {
                 } else {
                     "  sync_interval: always\n"
                 },
-                routes = routes.join(", "),
+                routes = routes[i].join(", "),
             );
             std::fs::write(&server.config, config).unwrap();
         }
@@ -184,6 +208,7 @@ impl NatsCluster {
         NatsCluster {
             servers,
             binary: binary.to_owned(),
+            route_proxies,
             _dir: dir,
             _turn: None,
         }
@@ -235,6 +260,30 @@ impl NatsCluster {
         if let Some(mut child) = self.servers[i].process.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Cuts server `i` off from its peers (every route to or from it black-holed: its peers
+    /// time out, as across a network partition); its clients still reach it. Needs
+    /// `proxied_routes`.
+    pub fn cut_off(&self, i: usize) {
+        assert!(
+            !self.route_proxies.is_empty(),
+            "cut_off needs proxied_routes"
+        );
+        for (from, to, proxy) in &self.route_proxies {
+            if *from == i || *to == i {
+                proxy.set(crate::proxy::Flow::BlackHole);
+            }
+        }
+    }
+
+    /// Ends [`NatsCluster::cut_off`]: the routes reconnect.
+    pub fn reconnect(&self, i: usize) {
+        for (from, to, proxy) in &self.route_proxies {
+            if *from == i || *to == i {
+                proxy.heal();
+            }
         }
     }
 
