@@ -3,6 +3,7 @@
 //! there, fenced, before its local journal, and a refusal stops the partition's engine.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gancho_cluster::{ClusterError, Journal};
 use gancho_state::{CommitFence, FenceError};
@@ -11,6 +12,10 @@ use gancho_state::{CommitFence, FenceError};
 #[derive(Debug)]
 pub struct JournalFence {
     journal: Mutex<Journal>,
+    /// The journal's last sequence this fence knows, kept apart from the journal's lock: the
+    /// applier holds that lock through a NATS round trip, and [`CommitFence::position`] is
+    /// asked from async tasks (the snapshot task) that must never wait on it.
+    position: AtomicU64,
     /// The runtime the NATS client runs on: the applier thread is not one of its tasks.
     runtime: tokio::runtime::Handle,
 }
@@ -19,6 +24,7 @@ impl JournalFence {
     /// `journal` opened by this node as it took the partition; `runtime` the NATS client's.
     pub fn new(journal: Journal, runtime: tokio::runtime::Handle) -> JournalFence {
         JournalFence {
+            position: AtomicU64::new(journal.last_sequence()),
             journal: Mutex::new(journal),
             runtime,
         }
@@ -43,7 +49,9 @@ impl CommitFence for JournalFence {
                 .runtime
                 .block_on(journal.commit(cursor, message.to_vec()))
             {
-                Ok(_) => {}
+                Ok(_) => self
+                    .position
+                    .store(journal.last_sequence(), Ordering::Release),
                 Err(err @ ClusterError::Fenced { .. }) => {
                     return Err(FenceError::Fenced(err.to_string()));
                 }
@@ -54,10 +62,7 @@ impl CommitFence for JournalFence {
     }
 
     fn position(&self) -> u64 {
-        self.journal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last_sequence()
+        self.position.load(Ordering::Acquire)
     }
 }
 

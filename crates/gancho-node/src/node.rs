@@ -118,11 +118,13 @@ pub async fn run_node(
                 }
             }
         }
-        for p in lost {
+        // The other leases are renewed while a partition stops (its sends finishing): a slow
+        // stop must not cost the node every other partition.
+        while let Some(p) = lost.pop() {
             tracing::warn!(partition = %lane_name(p), "the partition's lease was lost: stopping it");
             changed(p, "lost");
             if let Some(owner) = owners.remove(&p) {
-                owner.stop().await;
+                lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
         }
         status.send_replace(NodeStatus {

@@ -65,7 +65,13 @@ pub(crate) async fn take_snapshots(
         if !due {
             continue;
         }
-        match snapshot(&js, partition, &state, &dir, last).await {
+        // A stop does not wait for an upload: the stored snapshot stays the previous one
+        // until an object is whole (a write in progress finishes on its blocking thread).
+        let taking = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            taking = snapshot(&js, partition, &state, &dir, last) => taking,
+        };
+        match taking {
             Ok(seq) => {
                 last = seq;
                 taken = Instant::now();

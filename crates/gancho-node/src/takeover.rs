@@ -145,6 +145,12 @@ async fn restore_if_behind(
     else {
         return Ok(());
     };
+    // Replaced meanwhile by an older one (an owner that lost the partition without knowing it):
+    // never go back from what this database holds.
+    if snapshot.journal_seq <= position {
+        let _ = std::fs::remove_file(&file);
+        return Ok(());
+    }
     let entries = {
         let (dir, config, file) = (dir.to_owned(), config.clone(), file.clone());
         tokio::task::spawn_blocking(move || {
