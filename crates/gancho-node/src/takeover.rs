@@ -41,8 +41,8 @@ pub enum TakeoverError {
 /// Opens partition `partition`'s engine database in `dir` (a store folder: `dir/engine`,
 /// `dir/traces`) as this node's, fenced by the partition's journal, with every decision the
 /// journal holds applied. Returns it with the cursor it is at: the partition's events after it
-/// are the ones to decide. The database is opened on a blocking thread; applying the journal's
-/// messages blocks the task that calls this (a takeover, before the partition runs).
+/// are the ones to decide. The database is opened, and the journal's messages applied, on
+/// blocking threads.
 pub async fn take_over(
     js: &jetstream::Context,
     partition: Partition,
@@ -71,14 +71,32 @@ pub async fn take_over(
     };
     let mut cursor = state.durable_cursor();
     // From where this database is (a node that owned the partition before reads only what
-    // others decided since); each message applied as it is read.
-    let from = state.journal_position().map_err(state_error)? + 1;
-    read_journal(js, partition, from, through, |_, records| {
-        cursor = state.catch_up(records).map_err(|err| err.to_string())?;
-        Ok(())
-    })
-    .await
-    .map_err(journal_error)?;
+    // others decided since), a chunk of messages at a time, each chunk applied on a blocking
+    // thread: applying syncs the database, and this task also renews the node's leases
+    // (`while_renewing`), which a replay on the runtime's thread would hold up.
+    let mut from = state.journal_position().map_err(state_error)? + 1;
+    while from <= through {
+        let to = through.min(from.saturating_add(REPLAY_CHUNK - 1));
+        let mut messages = Vec::new();
+        read_journal(js, partition, from, to, |_, records| {
+            messages.push(records.to_vec());
+            Ok(())
+        })
+        .await
+        .map_err(journal_error)?;
+        let applying = state.clone();
+        cursor = tokio::task::spawn_blocking(move || {
+            let mut cursor = applying.durable_cursor();
+            for records in &messages {
+                cursor = applying.catch_up(records)?;
+            }
+            Ok::<_, StoreError>(cursor)
+        })
+        .await
+        .map_err(|err| state_error(StoreError::Engine(err.to_string())))?
+        .map_err(state_error)?;
+        from = to + 1;
+    }
     // Durable with the claim's commit below.
     state.set_journal_position(through).map_err(state_error)?;
     // The claim: a commit through the fence before anything acts on the state. Accepted, no
@@ -177,6 +195,9 @@ async fn restore_if_behind(
     );
     Ok(())
 }
+
+/// Journal messages read, then applied together, at most (each at most 1 MiB).
+const REPLAY_CHUNK: u64 = 64;
 
 /// How long the claim's commit may take (a NATS round trip and a sync, normally).
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);

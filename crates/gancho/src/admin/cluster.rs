@@ -8,7 +8,8 @@
 //! - `gancho_cluster_partition_owned{partition}`: 1 for each partition this node runs, 0 for
 //!   the others (the global lane is `partition="global"`);
 //! - `gancho_cluster_partition_lag_events{partition}`: for each partition this node owns, the
-//!   events in its stream that its committed cursor has not reached (read from NATS);
+//!   events in its stream that its committed cursor has not reached (read from NATS); 0 for
+//!   the others;
 //! - `gancho_cluster_ownership_changes_total{partition, change}`: counted by the node's loop
 //!   (`gancho-node`): `gained`, `handed_over`, `lost` (its lease ran out), `stopped` (it could not
 //!   go on: a refused commit, a failed store);
@@ -148,10 +149,14 @@ fn set_gauges(state: &State, status: &ClusterStatus) {
         let owned = node.running.contains(&p.partition);
         metrics::gauge!("gancho_cluster_partition_owned", "partition" => lane.clone())
             .set(f64::from(u8::from(owned)));
-        if p.owner.as_deref() == Some(state.node.as_str()) {
-            metrics::gauge!("gancho_cluster_partition_lag_events", "partition" => lane)
-                .set(p.lag as f64);
-        }
+        // Each partition's lag on its owner, 0 on the other nodes (one that lost it does not
+        // keep reporting its last value): the sum over the nodes is the cluster's lag.
+        let lag = if p.owner.as_deref() == Some(state.node.as_str()) {
+            p.lag
+        } else {
+            0
+        };
+        metrics::gauge!("gancho_cluster_partition_lag_events", "partition" => lane).set(lag as f64);
     }
 }
 
