@@ -414,6 +414,18 @@ fn a_nats_server_cut_off_from_its_peers_under_load_loses_nothing_acknowledged() 
     std::thread::sleep(Duration::from_secs(8));
     cluster.reconnect(1);
     cluster.wait_healthy(1, Duration::from_secs(60));
+    // A node whose client stayed on the cut server is ready again once that server has its
+    // streams back (it answers "no stream found" for a few seconds after the routes return).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for daemon in &daemons {
+        while daemon.request(&Request::get("/readyz")).status != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "a node never ready again after the cut"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     std::thread::sleep(Duration::from_secs(3));
     let acknowledged = stop_load(loading, 100);
     wait_acted_on(&receiver, &acknowledged);
