@@ -368,29 +368,42 @@ fn a_node_cut_off_from_nats_answers_503_never_200_and_its_partitions_move() {
     drop(g1);
 }
 
+/// Three nodes under load while `fault` acts on the servers: every acknowledged event is
+/// acted on, with one id. Returns the nodes' setups (their rules, for the oracle) and the
+/// events acknowledged.
+fn under_load_through(
+    cluster: &mut NatsCluster,
+    fault: impl FnOnce(&mut NatsCluster, &[Daemon]),
+) -> (Vec<Setup>, usize) {
+    let receiver = HttpReceiver::ok();
+    let setups = three_nodes(cluster, &receiver);
+    let daemons: Vec<_> = setups.iter().map(Setup::start).collect();
+    let addrs = Arc::new(Mutex::new(daemons.iter().map(|d| d.addr).collect()));
+    let loading = start_load(&addrs);
+    std::thread::sleep(Duration::from_secs(2));
+    fault(cluster, &daemons);
+    let acknowledged = stop_load(loading, 100);
+    wait_acted_on(&receiver, &acknowledged);
+    assert_one_id_per_event(&receiver);
+    for daemon in daemons {
+        assert!(daemon.terminate().success());
+    }
+    (setups, acknowledged.len())
+}
+
 #[test]
 fn a_nats_server_killed_and_restarted_under_load_loses_nothing_acknowledged() {
     let Some(mut cluster) = NatsCluster::start(3) else {
         return;
     };
-    let receiver = HttpReceiver::ok();
-    let setups = three_nodes(&cluster, &receiver);
-    let daemons: Vec<_> = setups.iter().map(Setup::start).collect();
-    let addrs = Arc::new(Mutex::new(daemons.iter().map(|d| d.addr).collect()));
-    let loading = start_load(&addrs);
-    std::thread::sleep(Duration::from_secs(2));
-    cluster.kill(1);
-    std::thread::sleep(Duration::from_secs(3));
-    cluster.restart(1);
-    cluster.wait_healthy(1, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(2));
-    let acknowledged = stop_load(loading, 100);
-    wait_acted_on(&receiver, &acknowledged);
-    assert_one_id_per_event(&receiver);
-    eprintln!("{} acknowledged events, all acted on", acknowledged.len());
-    for daemon in daemons {
-        assert!(daemon.terminate().success());
-    }
+    let (_, acknowledged) = under_load_through(&mut cluster, |cluster, _| {
+        cluster.kill(1);
+        std::thread::sleep(Duration::from_secs(3));
+        cluster.restart(1);
+        cluster.wait_healthy(1, Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    eprintln!("{acknowledged} acknowledged events, all acted on");
 }
 
 #[test]
@@ -399,44 +412,32 @@ fn a_nats_server_cut_off_from_its_peers_under_load_loses_nothing_acknowledged() 
         proxied_routes: true,
         ..Default::default()
     };
-    let Some(cluster) = NatsCluster::start_with(3, options) else {
+    let Some(mut cluster) = NatsCluster::start_with(3, options) else {
         return;
     };
-    let receiver = HttpReceiver::ok();
-    let setups = three_nodes(&cluster, &receiver);
-    let daemons: Vec<_> = setups.iter().map(Setup::start).collect();
-    let addrs = Arc::new(Mutex::new(daemons.iter().map(|d| d.addr).collect()));
-    let loading = start_load(&addrs);
-    std::thread::sleep(Duration::from_secs(2));
-    // Server n2 loses its peers (its clients still reach it: a node connected there gets no
-    // acknowledgement, answers 503, and its leases run out) for longer than a lease.
-    cluster.cut_off(1);
-    std::thread::sleep(Duration::from_secs(8));
-    cluster.reconnect(1);
-    cluster.wait_healthy(1, Duration::from_secs(60));
-    // A node whose client stayed on the cut server is ready again once that server has its
-    // streams back (it answers "no stream found" for a few seconds after the routes return).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for daemon in &daemons {
-        while daemon.request(&Request::get("/readyz")).status != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "a node never ready again after the cut"
-            );
-            std::thread::sleep(Duration::from_millis(200));
+    let (setups, acknowledged) = under_load_through(&mut cluster, |cluster, daemons| {
+        // Server n2 loses its peers (its clients still reach it: a node connected there gets
+        // no acknowledgement, answers 503, and its leases run out) for longer than a lease.
+        cluster.cut_off(1);
+        std::thread::sleep(Duration::from_secs(8));
+        cluster.reconnect(1);
+        cluster.wait_healthy(1, Duration::from_secs(60));
+        // A node whose client stayed on the cut server is ready again once that server has
+        // its streams back (it answers "no stream found" for a few seconds after the routes
+        // return).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for daemon in daemons {
+            while daemon.request(&Request::get("/readyz")).status != 200 {
+                assert!(
+                    Instant::now() < deadline,
+                    "a node never ready again after the cut"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    let acknowledged = stop_load(loading, 100);
-    wait_acted_on(&receiver, &acknowledged);
-    assert_one_id_per_event(&receiver);
-    eprintln!(
-        "{} acknowledged events across the cut, all acted on",
-        acknowledged.len()
-    );
-    for daemon in daemons {
-        assert!(daemon.terminate().success());
-    }
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    eprintln!("{acknowledged} acknowledged events across the cut, all acted on");
     assert_oracle(&cluster, &setups[0]);
 }
 

@@ -121,6 +121,24 @@ pub fn ingest(
     Ok(rows)
 }
 
+/// A runtime and a JetStream client of `cluster`, for the bench's own reads and writes.
+fn client(cluster: &NatsCluster) -> anyhow::Result<(tokio::runtime::Runtime, jetstream::Context)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let js = runtime.block_on(async {
+        let config: gancho_cluster::ClusterConfig = toml::from_str(&format!(
+            "{}node = \"bench\"\npartitions = {PARTITIONS}\n",
+            cluster.cluster_keys()
+        ))?;
+        anyhow::Ok(jetstream::new(
+            gancho_cluster::connect(&config, None).await?,
+        ))
+    })?;
+    Ok((runtime, js))
+}
+
 /// The partitions' committed cursors and stream ends, and owners, as NATS holds them.
 async fn cursors(
     js: &jetstream::Context,
@@ -141,17 +159,8 @@ pub fn processing(
     root: &Path,
 ) -> anyhow::Result<(f64, NatsCluster, Nodes)> {
     let cluster = NatsCluster::start(3).context("nats-server is not installed")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let js = runtime.block_on(async {
-        let config: gancho_cluster::ClusterConfig = toml::from_str(&format!(
-            "{}node = \"bench\"\npartitions = {PARTITIONS}\n",
-            cluster.cluster_keys()
-        ))?;
-        let client = gancho_cluster::connect(&config, None).await?;
-        let js = jetstream::new(client);
+    let (runtime, js) = client(&cluster)?;
+    runtime.block_on(async {
         gancho_cluster::fix_partitions(&js, PARTITIONS).await?;
         gancho_cluster::create_streams(&js, PARTITIONS).await?;
         // Grouped publishes of 500: the phase measures processing, not this.
@@ -164,7 +173,7 @@ pub fn processing(
             .await?;
             n += 500;
         }
-        anyhow::Ok(js)
+        anyhow::Ok(())
     })?;
     let rules = root.join(format!("rules-{nodes}"));
     std::fs::create_dir_all(&rules)?;
@@ -216,19 +225,7 @@ pub fn takeover(
     cluster: &NatsCluster,
     mut running: Nodes,
 ) -> anyhow::Result<(usize, Duration, Duration)> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let js = runtime.block_on(async {
-        let config: gancho_cluster::ClusterConfig = toml::from_str(&format!(
-            "{}node = \"bench\"\npartitions = {PARTITIONS}\n",
-            cluster.cluster_keys()
-        ))?;
-        anyhow::Ok(jetstream::new(
-            gancho_cluster::connect(&config, None).await?,
-        ))
-    })?;
+    let (runtime, js) = client(cluster)?;
     let before = runtime.block_on(cursors(&js))?;
     let mut owned: BTreeMap<String, Vec<u16>> = BTreeMap::new();
     for (p, (_, _, owner, _)) in &before {

@@ -183,18 +183,12 @@ impl Gancho {
 
     /// Stops the daemon with SIGTERM and returns the sequence number of the last event it
     /// stored: with all-distinct events and no deletions, the number of events stored.
-    pub(crate) fn stop(mut self) -> anyhow::Result<u64> {
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("gancho exited with {status}");
-        }
-        let out = Command::new(&self.bin)
+    pub(crate) fn stop(self) -> anyhow::Result<u64> {
+        let (bin, config) = (self.bin.clone(), self.config.clone());
+        self.terminate()?;
+        let out = Command::new(&bin)
             .arg("--config")
-            .arg(&self.config)
+            .arg(&config)
             .args(["events", "--json", "--limit", "1"])
             .output()?;
         if !out.status.success() {

@@ -71,7 +71,7 @@ impl SnapshotInfo {
 }
 
 /// The snapshots' bucket; created if `create` and missing (`None` if missing otherwise).
-async fn bucket(
+pub(crate) async fn bucket(
     js: &jetstream::Context,
     create: bool,
 ) -> Result<Option<ObjectStore>, ClusterError> {
@@ -138,9 +138,17 @@ pub async fn latest_snapshot(
     js: &jetstream::Context,
     partition: Partition,
 ) -> Result<Option<SnapshotInfo>, ClusterError> {
-    let Some(store) = bucket(js, false).await? else {
-        return Ok(None);
-    };
+    match bucket(js, false).await? {
+        Some(store) => latest_in(&store, partition).await,
+        None => Ok(None),
+    }
+}
+
+/// [`latest_snapshot`] in the bucket `store`.
+pub(crate) async fn latest_in(
+    store: &ObjectStore,
+    partition: Partition,
+) -> Result<Option<SnapshotInfo>, ClusterError> {
     match store.info(lane_name(partition)).await {
         Ok(info) if !info.deleted => SnapshotInfo::of(partition, &info).map(Some),
         Ok(_) => Ok(None),

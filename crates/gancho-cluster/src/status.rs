@@ -7,15 +7,16 @@
 //! committed is shown as such.
 
 use async_nats::jetstream;
+use async_nats::jetstream::object_store::ObjectStore;
 use chrono::{DateTime, Utc};
+use gancho_core::partition::{GLOBAL, Partition, lane_name};
 use serde::Serialize;
 
 use crate::error::ClusterError;
 use crate::journal::Journal;
 use crate::lease::{LEASE_BUCKET, partition_key};
-use crate::snapshots::{SnapshotInfo, latest_snapshot};
+use crate::snapshots::{SnapshotInfo, bucket, latest_in};
 use crate::streams::{event_stream, live_entries, read_entry, recorded_partitions};
-use gancho_core::partition::{GLOBAL, Partition, lane_name};
 
 /// A node whose heartbeat is within the last lease.
 #[derive(Debug, Clone, Serialize)]
@@ -71,14 +72,17 @@ pub async fn cluster_status(js: &jetstream::Context) -> Result<ClusterStatus, Cl
         });
     };
     let nodes = live_nodes(js).await?;
+    // The snapshots' bucket, looked up once for every partition.
+    let snapshots = bucket(js, false).await?;
+    let lane = |p| lane_status(js, p, nodes.is_empty(), snapshots.as_ref());
     let mut partition_status = Vec::with_capacity(usize::from(partitions));
     for p in 0..partitions {
-        partition_status.push(lane_status(js, p, nodes.is_empty()).await?);
+        partition_status.push(lane(p).await?);
     }
     // A cluster created before the global lane existed has no stream of it until a node of
     // this version starts.
     let global = match js.get_stream(event_stream(GLOBAL)).await {
-        Ok(_) => Some(lane_status(js, GLOBAL, nodes.is_empty()).await?),
+        Ok(_) => Some(lane(GLOBAL).await?),
         Err(_) => None,
     };
     Ok(ClusterStatus {
@@ -94,6 +98,7 @@ async fn lane_status(
     js: &jetstream::Context,
     p: Partition,
     no_nodes: bool,
+    snapshots: Option<&ObjectStore>,
 ) -> Result<PartitionStatus, ClusterError> {
     let journal = Journal::open(js, p, "status").await?;
     let mut stream = js
@@ -127,7 +132,10 @@ async fn lane_status(
         last_event,
         lag: last_event.saturating_sub(journal.cursor()),
         commits: journal.last_sequence(),
-        last_snapshot: latest_snapshot(js, p).await?,
+        last_snapshot: match snapshots {
+            Some(store) => latest_in(store, p).await?,
+            None => None,
+        },
     })
 }
 

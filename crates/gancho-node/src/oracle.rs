@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use gancho_cluster::{
-    ClusterError, GLOBAL, Journal, Partition, PartitionReader, cluster_secret, event_stream,
+    ClusterError, Journal, Partition, PartitionReader, cluster_secret, event_stream,
     partition_secret, read_journal,
 };
 use gancho_core::publish::{BlockingPublisher, PublishError, PublishedCounts};
 use gancho_core::{ActionRequest, ManualClock, NewEvent};
-use gancho_engine::{Engine, EngineConfig, Lane};
+use gancho_engine::{Engine, EngineConfig};
 use gancho_state::{CommitFence, EngineState, FenceError, StoreConfig, decided_in};
 use gancho_store::{Store, StoreError};
 
@@ -84,7 +84,7 @@ pub async fn replayed(
     js: &jetstream::Context,
     partition: Partition,
     dir: &Path,
-    mut engine: EngineConfig,
+    engine: EngineConfig,
 ) -> Result<Vec<ActionRequest>, OracleError> {
     let decided = Journal::open(js, partition, "oracle").await?.cursor();
     let last = js
@@ -127,18 +127,7 @@ pub async fn replayed(
         }
     }
     let secret = partition_secret(&cluster_secret(js).await?, partition);
-    engine.lane = if partition == GLOBAL {
-        Lane::Global
-    } else {
-        Lane::Partition
-    };
-    if partition == GLOBAL {
-        engine.placement = None;
-    } else if let Some(placement) = &mut engine.placement {
-        placement.partition = partition;
-    }
-    engine.own_events = Some(Arc::new(Dropped));
-    engine.log_from_stream = true;
+    let engine = crate::owner::partition_engine(engine, partition, Arc::new(Dropped));
     let dir = dir.to_owned();
     tokio::task::spawn_blocking(move || {
         let state =

@@ -55,6 +55,34 @@ pub struct OwnerConfig {
     pub snapshots: SnapshotPolicy,
 }
 
+/// The settings of partition `partition`'s engine in cluster mode, from the node's: its lane
+/// and placement, its log filled from the stream, commits small enough for a journal
+/// message, and its own events (timer firings, cron ticks) to `own_events`. Its owner and the
+/// failure tests' oracle run the same engine.
+pub(crate) fn partition_engine(
+    mut engine: EngineConfig,
+    partition: Partition,
+    own_events: Arc<dyn BlockingPublisher>,
+) -> EngineConfig {
+    engine.log_from_stream = true;
+    // A commit goes to the partition's journal as one message at most 1 MiB: smaller
+    // batches keep each commit's record well under it.
+    engine.batch_size = engine.batch_size.min(CLUSTER_BATCH);
+    // A partition's queries are checked against its placement; the global lane's see
+    // every partition's events.
+    if partition == GLOBAL {
+        engine.lane = Lane::Global;
+        engine.placement = None;
+    } else {
+        engine.lane = Lane::Partition;
+        if let Some(placement) = &mut engine.placement {
+            placement.partition = partition;
+        }
+    }
+    engine.own_events = Some(own_events);
+    engine
+}
+
 /// The engine's own events to its partition's stream.
 #[derive(Debug)]
 struct PartitionStream {
@@ -131,27 +159,15 @@ impl PartitionOwner {
                 }
             })
         };
-        let mut engine_config = config.engine;
-        engine_config.log_from_stream = true;
-        // A commit goes to the partition's journal as one message at most 1 MiB: smaller
-        // batches keep each commit's record well under it.
-        engine_config.batch_size = engine_config.batch_size.min(CLUSTER_BATCH);
-        // A partition's queries are checked against its placement; the global lane's see
-        // every partition's events.
-        if partition == GLOBAL {
-            engine_config.lane = Lane::Global;
-            engine_config.placement = None;
-        } else {
-            engine_config.lane = Lane::Partition;
-            if let Some(placement) = &mut engine_config.placement {
-                placement.partition = partition;
-            }
-        }
-        engine_config.own_events = Some(Arc::new(PartitionStream {
-            js: js.clone(),
+        let engine_config = partition_engine(
+            config.engine,
             partition,
-            runtime: tokio::runtime::Handle::current(),
-        }));
+            Arc::new(PartitionStream {
+                js: js.clone(),
+                partition,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        );
         let engine =
             gancho_engine::spawn(store.clone(), state.clone(), clock.clone(), engine_config)
                 .map_err(|err| start_error(err.to_string()))?;

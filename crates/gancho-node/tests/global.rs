@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gancho_actions::ActionsConfig;
 use gancho_cluster::{GLOBAL, publish_events};
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::{EngineConfig, Placement, SourcePlacement};
-use gancho_node::{OwnerConfig, PartitionOwner, SnapshotPolicy};
-use gancho_state::StoreConfig;
+use gancho_node::PartitionOwner;
 use gancho_testkit::HttpReceiver;
 
 fn open(email: &str) -> NewEvent {
@@ -50,8 +48,7 @@ fn the_global_lane_runs_global_rules_over_every_partition_and_each_tick_once() {
     };
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
+    let rules = rules_in(dir.path());
     let url = receiver.url("/hook");
     let rule = |name: &str, head: &str, body: &str| {
         std::fs::write(
@@ -93,14 +90,7 @@ fn the_global_lane_runs_global_rules_over_every_partition_and_each_tick_once() {
             },
         )]),
     });
-    let mut actions = ActionsConfig::local(dir.path().join("out"));
-    actions.http.allow_private = true;
-    let config = OwnerConfig {
-        store: StoreConfig::default(),
-        engine,
-        actions,
-        snapshots: SnapshotPolicy::default(),
-    };
+    let config = owner_config(dir.path(), engine);
     let start = |p, node: &str, dir: &std::path::Path| {
         rt.block_on(PartitionOwner::start(
             &js,

@@ -12,12 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gancho_actions::ActionsConfig;
 use gancho_cluster::{GLOBAL, partition_for, publish_events};
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::EngineConfig;
-use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, SnapshotPolicy, run_node};
-use gancho_state::StoreConfig;
+use gancho_node::{NodeConfig, NodeStatus, run_node};
 use gancho_testkit::HttpReceiver;
 use tokio::sync::watch;
 
@@ -51,8 +49,7 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
     };
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
+    let rules = rules_in(dir.path());
     std::fs::write(
         rules.join("open.rhai"),
         format!(
@@ -61,14 +58,7 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
         ),
     )
     .unwrap();
-    let mut actions = ActionsConfig::local(dir.path().join("out"));
-    actions.http.allow_private = true;
-    let owner = OwnerConfig {
-        store: StoreConfig::default(),
-        engine: EngineConfig::new(&rules),
-        actions,
-        snapshots: SnapshotPolicy::default(),
-    };
+    let owner = owner_config(dir.path(), EngineConfig::new(&rules));
     let start = |name: &str| {
         let config = NodeConfig {
             node: name.to_owned(),

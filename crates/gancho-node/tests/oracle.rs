@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gancho_actions::ActionsConfig;
 use gancho_cluster::publish_events;
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::EngineConfig;
-use gancho_node::{OwnerConfig, PartitionOwner, SnapshotPolicy, oracle};
-use gancho_state::StoreConfig;
+use gancho_node::{PartitionOwner, oracle};
 use gancho_testkit::HttpReceiver;
 
 fn sent(i: usize) -> NewEvent {
@@ -39,8 +37,7 @@ fn a_stale_owner_is_refused_and_the_journal_holds_exactly_the_oracles_decisions(
     };
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
+    let rules = rules_in(dir.path());
     let url = receiver.url("/hook");
     std::fs::write(
         rules.join("open.rhai"),
@@ -60,14 +57,7 @@ fn a_stale_owner_is_refused_and_the_journal_holds_exactly_the_oracles_decisions(
     .unwrap();
     let mut engine = EngineConfig::new(&rules);
     engine.late_grace_ms = 0;
-    let mut actions = ActionsConfig::local(dir.path().join("out"));
-    actions.http.allow_private = true;
-    let config = OwnerConfig {
-        store: StoreConfig::default(),
-        engine: engine.clone(),
-        actions,
-        snapshots: SnapshotPolicy::default(),
-    };
+    let config = owner_config(dir.path(), engine.clone());
     let start = |node: &str| {
         rt.block_on(PartitionOwner::start(
             &js,

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gancho_actions::ActionsConfig;
 use gancho_cluster::{event_stream, publish_events};
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::EngineConfig;
-use gancho_node::{OwnerConfig, PartitionOwner, SnapshotPolicy};
+use gancho_node::PartitionOwner;
 use gancho_state::StoreConfig;
 use gancho_testkit::HttpReceiver;
 
@@ -38,8 +37,7 @@ fn an_owner_runs_the_rules_on_its_partition_and_delivers_each_action_once() {
     };
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
+    let rules = rules_in(dir.path());
     let url = receiver.url("/hook");
     std::fs::write(
         rules.join("open.rhai"),
@@ -67,14 +65,7 @@ fn an_owner_runs_the_rules_on_its_partition_and_delivers_each_action_once() {
     let mut engine = EngineConfig::new(&rules);
     // The events are a day old: their expectation is due at once.
     engine.late_grace_ms = 0;
-    let mut actions = ActionsConfig::local(dir.path().join("out"));
-    actions.http.allow_private = true;
-    let config = OwnerConfig {
-        store: StoreConfig::default(),
-        engine,
-        actions,
-        snapshots: SnapshotPolicy::default(),
-    };
+    let config = owner_config(dir.path(), engine);
     let partition_dir = dir.path().join("p0");
 
     rt.block_on(async {

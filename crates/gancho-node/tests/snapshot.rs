@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gancho_actions::ActionsConfig;
 use gancho_cluster::{journal_stream, latest_snapshot, publish_events};
 use gancho_core::SystemClock;
 use gancho_engine::EngineConfig;
 use gancho_node::{OwnerConfig, PartitionOwner, SnapshotPolicy};
-use gancho_state::StoreConfig;
 use gancho_testkit::HttpReceiver;
 
 #[test]
@@ -26,8 +24,7 @@ fn a_new_owner_restores_the_latest_snapshot_and_replays_only_the_journal_after_i
     };
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
+    let rules = rules_in(dir.path());
     // Each open is counted in the rule's state and sent once.
     std::fs::write(
         rules.join("open.rhai"),
@@ -39,17 +36,13 @@ fn a_new_owner_restores_the_latest_snapshot_and_replays_only_the_journal_after_i
         ),
     )
     .unwrap();
-    let mut actions = ActionsConfig::local(dir.path().join("out"));
-    actions.http.allow_private = true;
     let config = OwnerConfig {
-        store: StoreConfig::default(),
-        engine: EngineConfig::new(&rules),
-        actions,
         snapshots: SnapshotPolicy {
             every_messages: 4,
             every: Duration::from_secs(3600),
             check: Duration::from_millis(100),
         },
+        ..owner_config(dir.path(), EngineConfig::new(&rules))
     };
     let start = |node: &str| {
         rt.block_on(PartitionOwner::start(

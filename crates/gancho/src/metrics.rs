@@ -20,8 +20,19 @@ const BUCKETS: &[f64] = &[
     60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
 ];
 
+/// The process's recorder, installed if the admin listener will serve it (its config has a
+/// token): before anything counts, since handles bind to the recorder of their time.
+pub fn install_for(admin: &crate::config::AdminConfig) -> anyhow::Result<Option<PrometheusHandle>> {
+    match &admin.token {
+        Some(_) => install()
+            .map(Some)
+            .map_err(|err| err.context("installing the metrics recorder")),
+        None => Ok(None),
+    }
+}
+
 /// Installs the process's recorder; the handle renders the text exposition.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets(BUCKETS)?
         .install_recorder()?;

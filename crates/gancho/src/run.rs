@@ -41,12 +41,7 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    // The metrics recorder goes in before anything counts (handles bind to the recorder of
-    // their time): only with an admin listener to serve it.
-    let metrics = match &config.admin.token {
-        Some(_) => Some(crate::metrics::install().context("installing the metrics recorder")?),
-        None => None,
-    };
+    let metrics = crate::metrics::install_for(&config.admin)?;
     create_private_dir(&config.data_dir)?;
     let store_dir = config.store_dir();
     let data = Data::open(&store_dir, &config.store)
@@ -118,14 +113,10 @@ async fn serve(
             None
         }
     };
-    let admin_addr = admin
-        .as_ref()
-        .map_or_else(|| "off".to_owned(), |a| a.local_addr().to_string());
-    let admin_handle = admin.as_ref().map(crate::admin::AdminServer::handle);
-    let admin_task = admin.map(|admin| tokio::spawn(admin.wait()));
+    let admin = crate::admin::RunningAdmin::spawn(admin);
     info!(
         listen = %server.local_addr(),
-        admin = %admin_addr,
+        admin = %admin.addr(),
         data_dir = %config.data_dir.display(),
         rules_dir = %config.rules_dir.display(),
         sources = config.ingress.sources.len(),
@@ -203,12 +194,7 @@ async fn serve(
             result
         }
     };
-    if let Some(handle) = admin_handle {
-        handle.stop(true).await;
-    }
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
+    admin.stop().await;
     control_task.abort();
     // A prune under way finishes on its blocking thread; none starts after this.
     prune_task.abort();

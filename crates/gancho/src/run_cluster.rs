@@ -9,7 +9,8 @@
 //! With an `[admin]` token, the admin listener serves the probes, `/metrics` (with the
 //! cluster's series) and `/admin/cluster` (`admin/cluster.rs`). Not yet in cluster mode: the
 //! control socket (the commands that ask the running daemon), the admin API's single-node
-//! routes and the dashboard, and reloading on SIGHUP.
+//! routes and the dashboard; SIGHUP reloads the rules only (other config changes need a
+//! restart).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,11 +35,7 @@ pub fn run(
     cluster: ClusterConfig,
     clock: Arc<dyn gancho_core::Clock>,
 ) -> anyhow::Result<()> {
-    // The metrics recorder, before anything counts: only with an admin listener to serve it.
-    let metrics = match &config.admin.token {
-        Some(_) => Some(crate::metrics::install().context("installing the metrics recorder")?),
-        None => None,
-    };
+    let metrics = crate::metrics::install_for(&config.admin)?;
     // NATS's own runtime: the partitions' appliers block on it, and the HTTP server's is
     // single-threaded.
     let nats = tokio::runtime::Builder::new_multi_thread()
@@ -217,14 +214,10 @@ async fn serve(
             None
         }
     };
-    let admin_addr = admin
-        .as_ref()
-        .map_or_else(|| "off".to_owned(), |a| a.local_addr().to_string());
-    let admin_handle = admin.as_ref().map(crate::admin::AdminServer::handle);
-    let admin_task = admin.map(|admin| tokio::spawn(admin.wait()));
+    let admin = crate::admin::RunningAdmin::spawn(admin);
     info!(
         listen = %server.local_addr(),
-        admin = %admin_addr,
+        admin = %admin.addr(),
         node = %cluster.node,
         partitions = cluster.partitions,
         data_dir = %config.data_dir.display(),
@@ -267,12 +260,7 @@ async fn serve(
     if let Some(task) = watchdog_task {
         task.abort();
     }
-    if let Some(handle) = admin_handle {
-        handle.stop(true).await;
-    }
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
+    admin.stop().await;
     result.context("serving HTTP")?;
     if membership_failed {
         anyhow::bail!("the cluster membership stopped");

@@ -1,6 +1,8 @@
 //! What the node's tests share: a runtime, a client of a test cluster, a state change.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::path::{Path, PathBuf};
+
 use async_nats::jetstream;
 use gancho_cluster::ClusterConfig;
 use gancho_state::{Change, StateValue};
@@ -74,5 +76,25 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(std::time::Instant::now() < deadline, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `dir/rules`, created.
+pub fn rules_in(dir: &Path) -> PathBuf {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    rules
+}
+
+/// A partition owner's settings for the tests: `engine`, e-mail and SMS to files in `dir/out`,
+/// HTTP to loopback allowed, the default store and snapshots.
+pub fn owner_config(dir: &Path, engine: gancho_engine::EngineConfig) -> gancho_node::OwnerConfig {
+    let mut actions = gancho_actions::ActionsConfig::local(dir.join("out"));
+    actions.http.allow_private = true;
+    gancho_node::OwnerConfig {
+        store: gancho_state::StoreConfig::default(),
+        engine,
+        actions,
+        snapshots: gancho_node::SnapshotPolicy::default(),
     }
 }

@@ -16,7 +16,6 @@
 //! - `gancho_cluster_nodes_alive`, `gancho_cluster_connected`.
 
 use std::net::TcpListener;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -47,7 +46,6 @@ struct State {
     /// The cluster's status as last read, and when.
     sampled: tokio::sync::Mutex<Option<(Instant, ClusterStatus)>>,
     started: Instant,
-    failed_sample: Mutex<Option<String>>,
 }
 
 /// What a cluster node's admin listener reads.
@@ -82,7 +80,6 @@ pub fn start_cluster(
         status: sources.status,
         sampled: tokio::sync::Mutex::new(None),
         started: Instant::now(),
-        failed_sample: Mutex::new(None),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -165,21 +162,9 @@ async fn serve_metrics(request: HttpRequest, state: web::Data<State>) -> HttpRes
         return unauthorized();
     }
     match cluster_status(&state).await {
-        Ok(status) => {
-            set_gauges(&state, &status);
-            *state
-                .failed_sample
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = None;
-        }
+        Ok(status) => set_gauges(&state, &status),
         // The counters are still worth serving; the gauges keep their last values.
-        Err(reason) => {
-            tracing::warn!(%reason, "metrics: the cluster's gauges were not read");
-            *state
-                .failed_sample
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        }
+        Err(reason) => tracing::warn!(%reason, "metrics: the cluster's gauges were not read"),
     }
     state.metrics.run_upkeep();
     HttpResponse::Ok()

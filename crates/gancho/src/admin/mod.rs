@@ -128,18 +128,40 @@ impl AdminServer {
         .run();
         Ok(Some(AdminServer { server, local_addr }))
     }
+}
 
-    pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.local_addr
+/// The admin server (if the config started one) serving on a task of the current runtime.
+pub struct RunningAdmin {
+    running: Option<(
+        std::net::SocketAddr,
+        actix_web::dev::ServerHandle,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+}
+
+impl RunningAdmin {
+    pub fn spawn(admin: Option<AdminServer>) -> RunningAdmin {
+        RunningAdmin {
+            running: admin.map(|admin| {
+                let handle = admin.server.handle();
+                (admin.local_addr, handle, tokio::spawn(admin.server))
+            }),
+        }
     }
 
-    pub fn handle(&self) -> actix_web::dev::ServerHandle {
-        self.server.handle()
+    /// Its address for the log's ready line, or `off`.
+    pub fn addr(&self) -> String {
+        self.running
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), |(addr, _, _)| addr.to_string())
     }
 
-    /// Serves until stopped.
-    pub async fn wait(self) -> std::io::Result<()> {
-        self.server.await
+    /// Stops it gracefully (requests in flight answered) and waits for its task.
+    pub async fn stop(self) {
+        if let Some((_, handle, task)) = self.running {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
     }
 }
 
