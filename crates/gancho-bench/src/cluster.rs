@@ -23,9 +23,6 @@ use gancho_core::NewEvent;
 use gancho_testkit::nats::NatsCluster;
 use hdrhistogram::Histogram;
 
-/// Partitions of the measured cluster: the default.
-const PARTITIONS: u16 = 16;
-
 pub struct ClusterBench {
     pub connections: usize,
     pub group: usize,
@@ -36,6 +33,11 @@ pub struct ClusterBench {
     pub gancho: Option<std::path::PathBuf>,
     /// Events published before the rule-processing phases.
     pub events: usize,
+    /// The clusters' partitions (`--partitions`; the default, 16, unless measuring fewer).
+    pub partitions: u16,
+    /// Which phases to run (`--cluster-phases`): `ingest` (the library's, then a node's over
+    /// HTTP), `processing`, `takeover`.
+    pub phases: Vec<String>,
 }
 
 struct Phase {
@@ -70,33 +72,61 @@ impl Phase {
 }
 
 pub fn run(bench: &ClusterBench) -> anyhow::Result<()> {
-    let cluster = NatsCluster::start(3).context("nats-server is not installed")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let base = runtime.block_on(measure(bench, &cluster))?;
-    drop(runtime);
-    let Some(gancho) = &bench.gancho else {
-        eprintln!("no gancho release binary: the phases with real nodes are skipped");
+    let phase = |name: &str| bench.phases.iter().any(|p| p == name);
+    let nodes = bench
+        .gancho
+        .as_ref()
+        .map(|gancho| crate::cluster_nodes::NodesBench {
+            gancho: gancho.clone(),
+            connections: bench.connections,
+            group: bench.group,
+            duration: bench.duration,
+            warmup: bench.warmup,
+            events: bench.events,
+            partitions: bench.partitions,
+        });
+    // `GANCHO_BENCH_KEEP=DIR` keeps the nodes' folders and logs there.
+    let (_temp, root) = match std::env::var_os("GANCHO_BENCH_KEEP") {
+        Some(dir) => (None, std::path::PathBuf::from(dir)),
+        None => {
+            let temp = tempfile::tempdir()?;
+            let root = temp.path().to_owned();
+            (Some(temp), root)
+        }
+    };
+    if phase("ingest") {
+        let cluster = NatsCluster::start(3).context("nats-server is not installed")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let base = runtime.block_on(measure(bench, &cluster))?;
+        drop(runtime);
+        match &nodes {
+            Some(nodes) => {
+                ingest_rows(&crate::cluster_nodes::ingest(nodes, &cluster, &root)?, base)
+            }
+            None => eprintln!("no gancho release binary: the phases with real nodes are skipped"),
+        }
+    }
+    let Some(nodes) = &nodes else {
         return Ok(());
     };
-    let nodes = crate::cluster_nodes::NodesBench {
-        gancho: gancho.clone(),
-        connections: bench.connections,
-        group: bench.group,
-        duration: bench.duration,
-        warmup: bench.warmup,
-        events: bench.events,
-    };
-    let root = tempfile::tempdir()?;
-    let ingest = crate::cluster_nodes::ingest(&nodes, &cluster, root.path())?;
-    drop(cluster);
+    if phase("processing") {
+        processing(bench, nodes, &root)?;
+    }
+    if phase("takeover") {
+        takeover(nodes, &root)?;
+    }
+    Ok(())
+}
+
+fn ingest_rows(ingest: &[crate::cluster_nodes::IngestRow], base: f64) {
     println!(
         "\n| phase (real node, HTTP) | events/s | of the async ceiling | p50 ms | p99 ms | errors |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
-    for row in &ingest {
+    for row in ingest {
         println!(
             "| {} | {:.0} | {:.0}% | {:.2} | {:.2} | {} |",
             row.name,
@@ -107,19 +137,36 @@ pub fn run(bench: &ClusterBench) -> anyhow::Result<()> {
             row.errors
         );
     }
-    let (one, cluster, running) = crate::cluster_nodes::processing(&nodes, 1, root.path())?;
-    for (_, node) in running {
-        node.terminate()?;
-    }
-    drop(cluster);
-    let (three, cluster, running) = crate::cluster_nodes::processing(&nodes, 3, root.path())?;
-    let (moved, leased, claimed) = crate::cluster_nodes::takeover(&cluster, running)?;
+}
+
+fn processing(
+    bench: &ClusterBench,
+    nodes: &crate::cluster_nodes::NodesBench,
+    root: &std::path::Path,
+) -> anyhow::Result<()> {
+    let one = crate::cluster_nodes::processing(nodes, 1, root)?;
+    let three = crate::cluster_nodes::processing(nodes, 3, root)?;
     println!(
-        "\nrule processing of {} events already in the streams: 1 node {one:.0} events/s, 3 nodes \
-         {three:.0} events/s ({:.2}x; target 2x)",
+        "\nrule processing of {} events, published while the settled nodes were stopped: 1 node \
+         {:.0} events/s (cores {:.0} % busy, the node {:.0} % of them), 3 nodes {:.0} events/s \
+         (cores {:.0} % busy, the nodes {:.0} % of them): {:.2}x; target 2x",
         bench.events,
-        three / one
+        one.events_per_sec,
+        one.machine_busy,
+        one.nodes_share,
+        three.events_per_sec,
+        three.machine_busy,
+        three.nodes_share,
+        three.events_per_sec / one.events_per_sec
     );
+    Ok(())
+}
+
+fn takeover(
+    nodes: &crate::cluster_nodes::NodesBench,
+    root: &std::path::Path,
+) -> anyhow::Result<()> {
+    let (moved, leased, claimed) = crate::cluster_nodes::takeover(nodes, root)?;
     println!(
         "takeover after kill -9 of the owner of {moved} partitions (lease 2 s): all leased by others \
          after {:.2} s, all claimed (first commit in each journal) after {:.2} s",
@@ -132,15 +179,21 @@ pub fn run(bench: &ClusterBench) -> anyhow::Result<()> {
 /// The library phases; returns the async ceiling (events/s).
 async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<f64> {
     let config: gancho_cluster::ClusterConfig = toml::from_str(&format!(
-        "{}node = \"bench\"\npartitions = {PARTITIONS}\n",
-        cluster.cluster_keys()
+        "{}node = \"bench\"\npartitions = {}\n",
+        cluster.cluster_keys(),
+        bench.partitions
     ))?;
     gancho_cluster::check_servers(&config).await?;
     let client = gancho_cluster::connect(&config, None).await?;
     let ingress = gancho_cluster::ingress_context(client.clone());
-    let js = jetstream::new(client);
-    gancho_cluster::fix_partitions(&js, PARTITIONS).await?;
-    gancho_cluster::create_streams(&js, PARTITIONS).await?;
+    // Room for every publish the phases put in flight at once: with the default 5,000, tasks
+    // holding permits while they wait for one more would stop each other.
+    let js = jetstream::ContextBuilder::new()
+        .max_ack_inflight(bench.connections * bench.group.max(1) + 1024)
+        .build(client);
+    let partitions = bench.partitions;
+    gancho_cluster::fix_partitions(&js, partitions).await?;
+    gancho_cluster::create_streams(&js, partitions).await?;
     js.get_or_create_stream(jetstream::stream::Config {
         name: "CEILING".to_owned(),
         subjects: vec!["ceiling".to_owned()],
@@ -185,18 +238,35 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         },
     )
     .await;
-    // The same plain publisher spread over the 16 partition streams: what the fan-out over
-    // streams (each its own Raft group, each syncing on its own) costs before any gancho code.
+    // The same plain publisher spread over the partition streams: what the fan-out over
+    // streams (each its own Raft group, each syncing on its own) costs before any gancho code;
+    // with one message in flight per connection, as single events are, then `--group`.
+    let payload = bytes::Bytes::from(vec![b'x'; 400]);
+    let spread_single = phase(
+        bench,
+        "plain JetStream publisher over the partition streams, one in flight per connection",
+        1,
+        {
+            let js = js.clone();
+            move |task, n| {
+                burst(js.clone(), payload.clone(), 1, move |_| {
+                    let p = (task as u64 + n) % u64::from(partitions);
+                    format!("gancho.ev.{p}")
+                })
+            }
+        },
+    )
+    .await;
     let payload = bytes::Bytes::from(vec![b'x'; 400]);
     let spread = phase(
         bench,
-        "plain JetStream publisher over the 16 partition streams, `--group` in flight",
+        "plain JetStream publisher over the partition streams, `--group` in flight per connection",
         group,
         {
             let js = js.clone();
             move |task, n| {
                 burst(js.clone(), payload.clone(), group, move |i| {
-                    let p = (task as u64 + n + i as u64) % u64::from(PARTITIONS);
+                    let p = (task as u64 + n + i as u64) % u64::from(partitions);
                     format!("gancho.ev.{p}")
                 })
             }
@@ -207,14 +277,14 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
     let single = phase(bench, "gancho publish_events, single events", 1, {
         let ingress = ingress.clone();
         let counter = Arc::clone(&counter);
-        move |_, _| publish(ingress.clone(), Arc::clone(&counter), 1)
+        move |_, _| publish(ingress.clone(), Arc::clone(&counter), 1, partitions)
     })
     .await;
     let grouped = phase(bench, "gancho publish_events, grouped", bench.group, {
         let ingress = ingress.clone();
         let counter = Arc::clone(&counter);
         let group = bench.group;
-        move |_, _| publish(ingress.clone(), Arc::clone(&counter), group)
+        move |_, _| publish(ingress.clone(), Arc::clone(&counter), group, partitions)
     })
     .await;
 
@@ -222,7 +292,14 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         "\n| phase | events/request | requests/s | events/s | p50 ms | p99 ms | max ms | errors |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for phase in [&ceiling, &ceiling_async, &spread, &single, &grouped] {
+    for phase in [
+        &ceiling,
+        &ceiling_async,
+        &spread_single,
+        &spread,
+        &single,
+        &grouped,
+    ] {
         println!("{}", phase.row());
     }
     let base = ceiling_async.events_per_second();
@@ -259,12 +336,17 @@ async fn burst(
 }
 
 /// One request of `n` new events, published and acknowledged.
-async fn publish(js: jetstream::Context, counter: Arc<AtomicU64>, n: usize) -> Result<(), String> {
+async fn publish(
+    js: jetstream::Context,
+    counter: Arc<AtomicU64>,
+    n: usize,
+    partitions: u16,
+) -> Result<(), String> {
     let events: Vec<NewEvent> = (0..n)
         .map(|_| event(counter.fetch_add(1, Ordering::Relaxed)))
         .collect();
     gancho_cluster::publish_events(&js, &events, |e| {
-        gancho_cluster::partition_for(e, "email", PARTITIONS)
+        gancho_cluster::partition_for(e, "email", partitions)
     })
     .await
     .map(drop)

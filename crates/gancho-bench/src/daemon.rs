@@ -174,6 +174,18 @@ impl Gancho {
         Ok(())
     }
 
+    /// Sends it a signal by name (`STOP`, `CONT`).
+    pub(crate) fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} failed: {status}");
+        }
+        Ok(())
+    }
+
     /// Kills the daemon (SIGKILL: nothing handed over).
     pub(crate) fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill()?;

@@ -112,6 +112,16 @@ struct Args {
     /// ceiling, then gancho's `publish_events` with single and grouped requests, in the same run
     #[arg(long)]
     cluster_publish: bool,
+    /// `--cluster-publish`'s partitions per cluster (cluster mode's default is 16).
+    #[arg(long, default_value_t = 16)]
+    partitions: u16,
+    /// `--cluster-publish`'s phases to run: `ingest`, `processing`, `takeover`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,processing,takeover"
+    )]
+    cluster_phases: Vec<String>,
     /// Measure the actions instead: delivery throughput to a local HTTP receiver and SMTP
     /// server, and webhook-to-HTTP-action latency through the daemon at `--rate`.
     #[arg(long)]
@@ -185,6 +195,8 @@ fn main() -> anyhow::Result<()> {
             warmup: args.warmup,
             gancho: gancho_bin(&args).ok(),
             events: args.events,
+            partitions: args.partitions,
+            phases: args.cluster_phases.clone(),
         });
     }
     if args.prune {
