@@ -257,6 +257,28 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         },
     )
     .await;
+    // The same with a `Nats-Msg-Id` on each message, as gancho's have: what the servers'
+    // duplicate check costs.
+    let payload = bytes::Bytes::from(vec![b'x'; 400]);
+    let spread_ids = phase(bench, "the same, each message with a Nats-Msg-Id", 1, {
+        let js = js.clone();
+        move |task, n| {
+            let (js, payload) = (js.clone(), payload.clone());
+            async move {
+                let p = (task as u64 + n) % u64::from(partitions);
+                let message = jetstream::message::PublishMessage::build()
+                    .payload(payload)
+                    .message_id(format!("{task}-{n}"));
+                js.send_publish(format!("gancho.ev.{p}"), message)
+                    .await
+                    .map_err(|err| err.to_string())?
+                    .await
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            }
+        }
+    })
+    .await;
     let payload = bytes::Bytes::from(vec![b'x'; 400]);
     let spread = phase(
         bench,
@@ -296,6 +318,7 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         &ceiling,
         &ceiling_async,
         &spread_single,
+        &spread_ids,
         &spread,
         &single,
         &grouped,
