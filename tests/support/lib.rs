@@ -336,6 +336,18 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what its daemons logged last.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(150)..];
+            eprintln!(
+                "--- the last {} lines of daemon {}'s log:\n{}",
+                tail.len(),
+                self.child.id(),
+                tail.join("\n")
+            );
+        }
     }
 }
 

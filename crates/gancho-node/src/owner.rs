@@ -141,10 +141,19 @@ impl PartitionOwner {
         );
         let store = {
             let (dir, store_config) = (dir.to_owned(), config.store.clone());
-            tokio::task::spawn_blocking(move || Store::open(&dir, &store_config))
+            let opened = tokio::task::spawn_blocking(move || Store::open(&dir, &store_config))
                 .await
-                .map_err(|err| start_error(err.to_string()))?
-                .map_err(store_error)?
+                .map_err(|err| start_error(err.to_string()))
+                .and_then(|opened| opened.map_err(store_error));
+            match opened {
+                Ok(store) => store,
+                Err(err) => {
+                    // Let the engine database go: a later start would find it in use.
+                    let closing = state.clone();
+                    let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+                    return Err(err);
+                }
+            }
         };
         let (stop_following, stop) = watch::channel(false);
         let follow_failure = Arc::new(Mutex::new(None));
@@ -168,9 +177,26 @@ impl PartitionOwner {
                 runtime: tokio::runtime::Handle::current(),
             }),
         );
-        let engine =
-            gancho_engine::spawn(store.clone(), state.clone(), clock.clone(), engine_config)
-                .map_err(|err| start_error(err.to_string()))?;
+        let engine = match gancho_engine::spawn(
+            store.clone(),
+            state.clone(),
+            clock.clone(),
+            engine_config,
+        ) {
+            Ok(engine) => engine,
+            Err(err) => {
+                // Nothing left running: the follower, the stores let go.
+                let _ = stop_following.send(true);
+                let _ = following.await;
+                let (state, store) = (state.clone(), store.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    state.close();
+                    store.shutdown()
+                })
+                .await;
+                return Err(start_error(err.to_string()));
+            }
+        };
         let actions = match gancho_actions::spawn(&state.outbox(), clock, config.actions) {
             Ok(actions) => actions,
             Err(err) => {

@@ -69,6 +69,30 @@ pub async fn take_over(
             .map_err(|err| state_error(StoreError::Engine(err.to_string())))?
             .map_err(state_error)?
     };
+    match replay_and_claim(js, partition, &state, through).await {
+        Ok(cursor) => Ok((state, cursor)),
+        Err(err) => {
+            // Its applier thread would hold the database open for good, and every later start
+            // of the partition on this node would find it "in use by another process" (seen
+            // after a server's cut: a journal read failed here, and the node kept the lease
+            // of a partition it could never run again).
+            let closing = state.clone();
+            let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+            Err(err)
+        }
+    }
+}
+
+/// Applies the journal's commits up to `through` that `state` lacks, then makes the claim;
+/// returns the cursor the state is at.
+async fn replay_and_claim(
+    js: &jetstream::Context,
+    partition: Partition,
+    state: &EngineState,
+    through: u64,
+) -> Result<u64, TakeoverError> {
+    let journal_error = |source| TakeoverError::Journal { partition, source };
+    let state_error = |source| TakeoverError::State { partition, source };
     let mut cursor = state.durable_cursor();
     // From where this database is (a node that owned the partition before reads only what
     // others decided since), a chunk of messages at a time, each chunk applied on a blocking
@@ -119,11 +143,10 @@ pub async fn take_over(
         .await
         .map_err(|err| state_error(StoreError::Engine(err.to_string())))?
     };
-    if let Some(reason) = claimed {
-        state.close();
-        return Err(state_error(StoreError::Failed(reason)));
+    match claimed {
+        Some(reason) => Err(state_error(StoreError::Failed(reason))),
+        None => Ok(cursor),
     }
-    Ok((state, cursor))
 }
 
 /// Restores the partition's latest snapshot into `dir` if it is further on than the database

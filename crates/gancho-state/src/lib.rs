@@ -480,12 +480,15 @@ impl EngineState {
         self.shared.durable_cursor.load(Ordering::Acquire)
     }
 
-    /// Waits until every commit made so far is durable.
+    /// Waits until every commit made so far is durable; `false` at the timeout, or at once if
+    /// the store failed.
     pub fn wait_durable(&self, timeout: std::time::Duration) -> bool {
         let target = self.commits.load(Ordering::Acquire).saturating_sub(1);
         let deadline = std::time::Instant::now() + timeout;
         while self.shared.durable_commit.load(Ordering::Acquire) < target {
-            if std::time::Instant::now() >= deadline {
+            // A failed store makes nothing durable again: no use waiting (a refused claim
+            // used to hold a partition's start for the whole timeout).
+            if std::time::Instant::now() >= deadline || self.failure().is_some() {
                 return false;
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
