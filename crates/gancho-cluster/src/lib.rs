@@ -39,7 +39,8 @@ pub use publish::{
 pub use reader::PartitionReader;
 pub use secret::{SECRET_KEY, cluster_secret, partition_secret};
 pub use snapshots::{
-    SNAPSHOT_BUCKET, SnapshotInfo, fetch_snapshot, latest_snapshot, put_snapshot, trim_journal,
+    SNAPSHOT_BUCKET, SnapshotInfo, fetch_snapshot, latest_snapshot, purge_events, put_snapshot,
+    trim_journal,
 };
 pub use status::{ClusterStatus, NodeStatus, PartitionStatus, cluster_status};
 pub use streams::{

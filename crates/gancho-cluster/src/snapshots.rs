@@ -183,6 +183,30 @@ pub async fn fetch_snapshot(
     Ok(Some(info))
 }
 
+/// Removes partition `partition`'s events below `keep_from` from its stream (the global
+/// lane's: from `GANCHO_ALL`), once its owner's log has pruned them past their retention.
+/// Returns how many went.
+pub async fn purge_events(
+    js: &jetstream::Context,
+    partition: Partition,
+    keep_from: u64,
+) -> Result<u64, ClusterError> {
+    let error = |reason: &dyn std::fmt::Display| ClusterError::Read {
+        partition,
+        reason: format!("purging its stream below {keep_from}: {reason}"),
+    };
+    let stream = js
+        .get_stream(crate::streams::event_stream(partition))
+        .await
+        .map_err(|e| error(&e))?;
+    let purged = stream
+        .purge()
+        .sequence(keep_from)
+        .await
+        .map_err(|e| error(&e))?;
+    Ok(purged.purged)
+}
+
 /// Removes partition `partition`'s journal messages below `keep_from` (decisions a snapshot
 /// holds). Returns how many went.
 pub async fn trim_journal(

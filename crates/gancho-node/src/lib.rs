@@ -15,6 +15,7 @@ mod follow;
 mod node;
 pub mod oracle;
 mod owner;
+mod retention;
 mod snapshots;
 mod takeover;
 
@@ -22,5 +23,6 @@ pub use fence::JournalFence;
 pub use follow::{FollowError, follow};
 pub use node::{NodeConfig, NodeStatus, lane_dir, run_node};
 pub use owner::{OwnerConfig, OwnerError, PartitionOwner};
+pub use retention::{PrunePartition, RetentionPolicy};
 pub use snapshots::SnapshotPolicy;
 pub use takeover::{TakeoverError, take_over};

@@ -19,8 +19,9 @@ use gancho_state::{EngineState, StoreConfig};
 use gancho_store::{Store, StoreError};
 use tokio::sync::watch;
 
+use crate::retention::keep_retention;
 use crate::snapshots::take_snapshots;
-use crate::{SnapshotPolicy, TakeoverError, follow, take_over};
+use crate::{RetentionPolicy, SnapshotPolicy, TakeoverError, follow, take_over};
 
 /// Events an engine commits together in cluster mode, at most.
 const CLUSTER_BATCH: usize = 256;
@@ -53,6 +54,8 @@ pub struct OwnerConfig {
     pub actions: ActionsConfig,
     /// When the partition's snapshots are taken.
     pub snapshots: SnapshotPolicy,
+    /// What is deleted past its retention, and when.
+    pub retention: RetentionPolicy,
 }
 
 /// The settings of partition `partition`'s engine in cluster mode, from the node's: its lane
@@ -109,6 +112,7 @@ pub struct PartitionOwner {
     stop_following: watch::Sender<bool>,
     following: Option<tokio::task::JoinHandle<()>>,
     snapshots: Option<tokio::task::JoinHandle<()>>,
+    retention: Option<tokio::task::JoinHandle<()>>,
     /// Why following the stream stopped, if it did by itself.
     follow_failure: Arc<Mutex<Option<String>>>,
 }
@@ -221,6 +225,14 @@ impl PartitionOwner {
             config.snapshots,
             stop_following.subscribe(),
         ));
+        let retention = tokio::spawn(keep_retention(
+            js.clone(),
+            partition,
+            store.clone(),
+            state.clone(),
+            config.retention,
+            stop_following.subscribe(),
+        ));
         tracing::info!(
             partition = %lane_name(partition),
             cursor,
@@ -236,6 +248,7 @@ impl PartitionOwner {
             stop_following,
             following: Some(following),
             snapshots: Some(snapshots),
+            retention: Some(retention),
             follow_failure,
         })
     }
@@ -285,6 +298,10 @@ impl PartitionOwner {
         // A snapshot in progress finishes first (it reads the state being closed).
         if let Some(snapshots) = self.snapshots.take() {
             let _ = snapshots.await;
+        }
+        // So does a prune (it writes to the stores being closed).
+        if let Some(retention) = self.retention.take() {
+            let _ = retention.await;
         }
         let (engine, actions) = (self.engine.take(), self.actions.take());
         let (state, store) = (self.state.clone(), self.store.clone());

@@ -307,6 +307,13 @@ impl Store {
         progress.wait_until(|| progress.indexed.load(Ordering::Acquire) >= seq, timeout)
     }
 
+    /// The seq of the log's first block, `None` for an empty log: no event below it is stored
+    /// (some at or above it may be pruned). What a cluster node keeps of its partition's stream
+    /// follows it.
+    pub fn first_stored_seq(&self) -> Result<Option<u64>, StoreError> {
+        codec::log_start(&self.inner.log.tree)
+    }
+
     /// The sequence number of the newest event, 0 for an empty log.
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         codec::log_end(&self.inner.log.tree).map(|(seq, _)| seq)

@@ -118,6 +118,56 @@ pub fn prune(data: &Data, retention: &Retention, now: DateTime<Utc>) -> Result<P
     })
 }
 
+/// The same prune on a cluster node's partition stores (`gancho_node` runs it on each
+/// partition it owns, a minute after the partition starts and then every hour, and purges the
+/// partition's stream below what the log keeps).
+#[derive(Debug)]
+pub struct PartitionPrune {
+    pub retention: Retention,
+    pub clock: std::sync::Arc<dyn gancho_core::Clock>,
+}
+
+impl PartitionPrune {
+    /// The partitions' retention policy for `config`: no prune when nothing has a retention.
+    pub fn policy(
+        config: &Config,
+        clock: std::sync::Arc<dyn gancho_core::Clock>,
+    ) -> gancho_node::RetentionPolicy {
+        let retention = Retention::of(config);
+        let prune: Option<std::sync::Arc<dyn gancho_node::PrunePartition>> = (retention
+            != Retention::default())
+        .then(|| std::sync::Arc::new(PartitionPrune { retention, clock }) as _);
+        gancho_node::RetentionPolicy {
+            prune,
+            first_after: FIRST_AFTER,
+            every: EVERY,
+        }
+    }
+}
+
+impl gancho_node::PrunePartition for PartitionPrune {
+    fn prune(
+        &self,
+        store: &gancho_store::Store,
+        state: &gancho_state::EngineState,
+    ) -> Result<String, String> {
+        let data = Data {
+            store: store.clone(),
+            state: state.clone(),
+        };
+        let pruned = prune(&data, &self.retention, self.clock.now()).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{} events ({} kept for timers), {} dead letters, {} expired state, {} traces, {} sent",
+            pruned.events,
+            pruned.kept,
+            pruned.dead_letters,
+            pruned.expired_state,
+            pruned.traces,
+            pruned.sent
+        ))
+    }
+}
+
 /// Prunes a minute after the start and then every hour, until the task is dropped.
 pub async fn every_hour(
     data: Data,

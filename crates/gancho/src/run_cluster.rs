@@ -78,6 +78,7 @@ pub fn run(
             },
             actions: cluster_budgets(&config.actions, cluster.partitions),
             snapshots: SnapshotPolicy::default(),
+            retention: crate::prune::PartitionPrune::policy(&config, clock.clone()),
         },
     };
     let (node_ended, membership_ended) = tokio::sync::oneshot::channel::<()>();
@@ -193,6 +194,13 @@ async fn serve(
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
+    // The node's own store holds what its ingress refused (quarantine): pruned as a single
+    // node's is. The partitions' stores are pruned by their owners.
+    let prune_task = tokio::spawn(crate::prune::every_hour(
+        data.clone(),
+        crate::prune::Retention::of(config),
+        clock.clone(),
+    ));
     let server = IngressServer::start_publishing(
         listener,
         config.ingress.clone(),
@@ -260,6 +268,7 @@ async fn serve(
     if let Some(task) = watchdog_task {
         task.abort();
     }
+    prune_task.abort();
     admin.stop().await;
     result.context("serving HTTP")?;
     if membership_failed {

@@ -96,5 +96,6 @@ pub fn owner_config(dir: &Path, engine: gancho_engine::EngineConfig) -> gancho_n
         engine,
         actions,
         snapshots: gancho_node::SnapshotPolicy::default(),
+        retention: gancho_node::RetentionPolicy::default(),
     }
 }
