@@ -2,11 +2,6 @@
 //! on. An ordered consumer (ephemeral, flow-controlled, recreated by the client after a gap or
 //! a server change) delivers the stream's messages in sequence; each is decoded back into the
 //! event ingress published.
-//!
-//! The server deletes an idle ephemeral consumer (one whose node was stopped or frozen longer
-//! than its inactivity threshold) and loses one whose server died; the client does not recreate
-//! it then, and every pull fails with "consumer not found". So the reader makes a new consumer
-//! from the last sequence it handed out and reads on, instead of failing the partition.
 
 use std::time::Duration;
 
@@ -23,7 +18,6 @@ use gancho_core::partition::Partition;
 
 /// A partition's events after a cursor, in stream order.
 pub struct PartitionReader {
-    js: jetstream::Context,
     partition: Partition,
     messages: Ordered,
     /// The last sequence handed out. The client recreates an ordered consumer after missed
@@ -76,24 +70,10 @@ impl PartitionReader {
             .await
             .map_err(|err| read_error(err.to_string()))?;
         Ok(PartitionReader {
-            js: js.clone(),
             partition,
             messages,
             last: cursor,
         })
-    }
-
-    /// Replaces the consumer with a new one that starts after the last sequence handed out.
-    async fn reopen(&mut self, reason: &str) -> Result<(), ClusterError> {
-        tracing::warn!(
-            partition = self.partition,
-            after = self.last,
-            reason,
-            "the partition's consumer failed; reading on from a new one"
-        );
-        let fresh = PartitionReader::open(&self.js, self.partition, self.last).await?;
-        self.messages = fresh.messages;
-        Ok(())
     }
 
     /// The next event and its sequence, waiting at most `wait`; `None` if none came.
@@ -104,29 +84,19 @@ impl PartitionReader {
         let partition = self.partition;
         let read_error = |reason: String| ClusterError::Read { partition, reason };
         let deadline = tokio::time::Instant::now() + wait;
-        // One new consumer a call: if that one fails too, the caller hears of it.
-        let mut reopened = false;
         let (message, sequence) = loop {
-            let failure = match tokio::time::timeout_at(deadline, self.messages.next()).await {
+            let message = match tokio::time::timeout_at(deadline, self.messages.next()).await {
                 Err(_) => return Ok(None),
-                Ok(None) => "the consumer ended".to_owned(),
-                Ok(Some(Err(err))) => err.to_string(),
-                Ok(Some(Ok(message))) => {
-                    let sequence = message
-                        .info()
-                        .map_err(|err| read_error(err.to_string()))?
-                        .stream_sequence;
-                    if sequence > self.last {
-                        break (message, sequence);
-                    }
-                    continue;
-                }
+                Ok(None) => return Err(read_error("the consumer ended".to_owned())),
+                Ok(Some(message)) => message.map_err(|err| read_error(err.to_string()))?,
             };
-            if reopened {
-                return Err(read_error(failure));
+            let sequence = message
+                .info()
+                .map_err(|err| read_error(err.to_string()))?
+                .stream_sequence;
+            if sequence > self.last {
+                break (message, sequence);
             }
-            self.reopen(&failure).await?;
-            reopened = true;
         };
         self.last = sequence;
         let format = message
