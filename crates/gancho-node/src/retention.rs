@@ -71,8 +71,15 @@ pub(crate) async fn keep_retention(
             let summary = prune.prune(&store, &state)?;
             // Read after the prune: what the log holds now, and what is decided for good.
             let first = store.first_stored_seq().map_err(|err| err.to_string())?;
+            // An empty log keeps nothing below its end, but nothing above it was read here:
+            // a new owner's log can trail the cursor it took over, and what it has not read
+            // yet (an event a timer refers to among it) is not this prune's to judge.
+            let end = store.last_seq().map_err(|err| err.to_string())?;
             let decided = state.durable_cursor();
-            let keep_from = first.unwrap_or(u64::MAX).min(decided.saturating_add(1));
+            let keep_from = first
+                .unwrap_or(u64::MAX)
+                .min(end.saturating_add(1))
+                .min(decided.saturating_add(1));
             Ok::<_, String>((summary, keep_from))
         })
         .await
@@ -85,6 +92,10 @@ pub(crate) async fn keep_retention(
                 continue;
             }
         };
+        // A stop asked for during the prune: the purge waits for the next owner's.
+        if *stop.borrow() {
+            return;
+        }
         let purged = if keep_from > 1 {
             match purge_events(&js, partition, keep_from).await {
                 Ok(purged) => purged,

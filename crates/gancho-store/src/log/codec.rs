@@ -301,9 +301,6 @@ pub(crate) fn last_seq(tree: &Tree) -> Result<u64, StoreError> {
     }
 }
 
-/// The last seq and quarantine id ever given: the commit record's, or the newest keys' (a
-/// store from before commit records). Never less than either, so pruning the newest block or
-/// quarantine record cannot make a number be given twice.
 /// The seq of the log's first block, if it has one: no event below it is stored.
 pub(crate) fn log_start(tree: &Tree) -> Result<Option<u64>, StoreError> {
     let first = tree
@@ -313,6 +310,9 @@ pub(crate) fn log_start(tree: &Tree) -> Result<Option<u64>, StoreError> {
     Ok(first.and_then(|(key, _)| key.get(1..).and_then(read_u64)))
 }
 
+/// The last seq and quarantine id ever given: the commit record's, or the newest keys' (a
+/// store from before commit records). Never less than either, so pruning the newest block or
+/// quarantine record cannot make a number be given twice.
 pub(crate) fn log_end(tree: &Tree) -> Result<(u64, u64), StoreError> {
     let (seq, qid) = read_commit(tree)?.unwrap_or((0, 0));
     Ok((
