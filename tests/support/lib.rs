@@ -340,7 +340,7 @@ impl Drop for Daemon {
         if std::thread::panicking() {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(150)..];
+            let tail = &lines[lines.len().saturating_sub(400)..];
             eprintln!(
                 "--- the last {} lines of daemon {}'s log:\n{}",
                 tail.len(),
