@@ -191,20 +191,12 @@ pub async fn purge_events(
     partition: Partition,
     keep_from: u64,
 ) -> Result<u64, ClusterError> {
-    let error = |reason: &dyn std::fmt::Display| ClusterError::Read {
-        partition,
-        reason: format!("purging its stream below {keep_from}: {reason}"),
-    };
-    let stream = js
-        .get_stream(crate::streams::event_stream(partition))
+    purge_below(js, &crate::streams::event_stream(partition), keep_from)
         .await
-        .map_err(|e| error(&e))?;
-    let purged = stream
-        .purge()
-        .sequence(keep_from)
-        .await
-        .map_err(|e| error(&e))?;
-    Ok(purged.purged)
+        .map_err(|reason| ClusterError::Read {
+            partition,
+            reason: format!("purging its stream below {keep_from}: {reason}"),
+        })
 }
 
 /// Removes partition `partition`'s journal messages below `keep_from` (decisions a snapshot
@@ -214,18 +206,21 @@ pub async fn trim_journal(
     partition: Partition,
     keep_from: u64,
 ) -> Result<u64, ClusterError> {
-    let error = |reason: &dyn std::fmt::Display| ClusterError::Journal {
-        partition,
-        reason: format!("trimming it: {reason}"),
-    };
-    let stream = js
-        .get_stream(journal_stream(partition))
+    purge_below(js, &journal_stream(partition), keep_from)
         .await
-        .map_err(|e| error(&e))?;
+        .map_err(|reason| ClusterError::Journal {
+            partition,
+            reason: format!("trimming it: {reason}"),
+        })
+}
+
+/// Removes stream `name`'s messages below `keep_from`; returns how many went.
+async fn purge_below(js: &jetstream::Context, name: &str, keep_from: u64) -> Result<u64, String> {
+    let stream = js.get_stream(name).await.map_err(|e| e.to_string())?;
     let purged = stream
         .purge()
         .sequence(keep_from)
         .await
-        .map_err(|e| error(&e))?;
+        .map_err(|e| e.to_string())?;
     Ok(purged.purged)
 }

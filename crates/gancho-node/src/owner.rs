@@ -101,6 +101,28 @@ impl BlockingPublisher for PartitionStream {
     }
 }
 
+/// Undoes a start that failed part way: nothing left running (the follower, the engine if
+/// it started), the stores let go, so that a later start can open them.
+async fn abandon(
+    stop_following: &watch::Sender<bool>,
+    following: tokio::task::JoinHandle<()>,
+    engine: Option<EngineHandle>,
+    state: &EngineState,
+    store: &Store,
+) {
+    let _ = stop_following.send(true);
+    let _ = following.await;
+    let (state, store) = (state.clone(), store.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(engine) = engine {
+            engine.stop();
+        }
+        state.close();
+        store.shutdown()
+    })
+    .await;
+}
+
 /// A partition run by this node.
 #[derive(Debug)]
 pub struct PartitionOwner {
@@ -189,31 +211,14 @@ impl PartitionOwner {
         ) {
             Ok(engine) => engine,
             Err(err) => {
-                // Nothing left running: the follower, the stores let go.
-                let _ = stop_following.send(true);
-                let _ = following.await;
-                let (state, store) = (state.clone(), store.clone());
-                let _ = tokio::task::spawn_blocking(move || {
-                    state.close();
-                    store.shutdown()
-                })
-                .await;
+                abandon(&stop_following, following, None, &state, &store).await;
                 return Err(start_error(err.to_string()));
             }
         };
         let actions = match gancho_actions::spawn(&state.outbox(), clock, config.actions) {
             Ok(actions) => actions,
             Err(err) => {
-                // Nothing left running: the engine, the follower, the stores let go.
-                let _ = stop_following.send(true);
-                let _ = following.await;
-                let (state, store) = (state.clone(), store.clone());
-                let _ = tokio::task::spawn_blocking(move || {
-                    engine.stop();
-                    state.close();
-                    store.shutdown()
-                })
-                .await;
+                abandon(&stop_following, following, Some(engine), &state, &store).await;
                 return Err(start_error(err.to_string()));
             }
         };

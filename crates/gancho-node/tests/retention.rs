@@ -39,14 +39,14 @@ impl PrunePartition for PruneProcessed {
     }
 }
 
-#[test]
-fn an_owner_purges_its_stream_below_what_its_log_keeps_and_a_new_owner_reads_on_from_there() {
-    let Some((_cluster, rt, js)) = one_partition() else {
-        return;
-    };
-    let receiver = HttpReceiver::ok();
-    let dir = tempfile::tempdir().unwrap();
-    let rules = rules_in(dir.path());
+/// An owner's settings in `dir` with a rule that calls `receiver` for each open, pruning
+/// with `prune` every 200 ms.
+fn calling(
+    receiver: &HttpReceiver,
+    dir: &std::path::Path,
+    prune: Option<Arc<dyn PrunePartition>>,
+) -> OwnerConfig {
+    let rules = rules_in(dir);
     std::fs::write(
         rules.join("open.rhai"),
         format!(
@@ -56,14 +56,24 @@ fn an_owner_purges_its_stream_below_what_its_log_keeps_and_a_new_owner_reads_on_
         ),
     )
     .unwrap();
-    let config = OwnerConfig {
+    OwnerConfig {
         retention: RetentionPolicy {
-            prune: Some(Arc::new(PruneProcessed)),
+            prune,
             first_after: Duration::from_millis(200),
             every: Duration::from_millis(200),
         },
-        ..owner_config(dir.path(), EngineConfig::new(&rules))
+        ..owner_config(dir, EngineConfig::new(&rules))
+    }
+}
+
+#[test]
+fn an_owner_purges_its_stream_below_what_its_log_keeps_and_a_new_owner_reads_on_from_there() {
+    let Some((_cluster, rt, js)) = one_partition() else {
+        return;
     };
+    let receiver = HttpReceiver::ok();
+    let dir = tempfile::tempdir().unwrap();
+    let config = calling(&receiver, dir.path(), Some(Arc::new(PruneProcessed)));
     let start = |node: &str| {
         rt.block_on(PartitionOwner::start(
             &js,
@@ -121,23 +131,7 @@ fn without_a_retention_nothing_is_purged() {
     };
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
-    let rules = rules_in(dir.path());
-    std::fs::write(
-        rules.join("open.rhai"),
-        format!(
-            "const ON = [\"mailjet.open\"];\nhttp(#{{ url: \"{}\", json: #{{ n: 1 }} }});\n",
-            receiver.url("/hook")
-        ),
-    )
-    .unwrap();
-    let config = OwnerConfig {
-        retention: RetentionPolicy {
-            prune: None,
-            first_after: Duration::from_millis(100),
-            every: Duration::from_millis(100),
-        },
-        ..owner_config(dir.path(), EngineConfig::new(&rules))
-    };
+    let config = calling(&receiver, dir.path(), None);
     let owner = rt
         .block_on(PartitionOwner::start(
             &js,
