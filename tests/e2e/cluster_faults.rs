@@ -262,6 +262,19 @@ fn an_owner_paused_past_its_lease_is_refused_when_it_wakes_and_nothing_is_decide
     let addrs = Arc::new(Mutex::new(daemons[1..].iter().map(|d| d.addr).collect()));
     let loading = start_load(&addrs);
     std::thread::sleep(Duration::from_secs(1));
+    // Paused only once it runs a partition: a node paused before its first claim has no
+    // lease to lose (one CI run paused g1 while the others held every partition).
+    let running = gancho_testkit::wait_until(Duration::from_secs(30), || {
+        daemons[0]
+            .log()
+            .contains("running the partition")
+            .then_some(())
+    });
+    assert!(
+        running.is_some(),
+        "g1 never ran a partition: {}",
+        daemons[0].log()
+    );
     crate::support::signal(daemons[0].pid(), "STOP");
     std::thread::sleep(Duration::from_secs(5));
     crate::support::signal(daemons[0].pid(), "CONT");

@@ -39,6 +39,27 @@ pub(crate) fn partition_key(p: Partition) -> String {
     format!("part.{}", gancho_core::partition::lane_name(p))
 }
 
+/// Whether `err` (or an error under it) is a compare-and-set the server refused because
+/// another write of the same key was in flight: a clustered stream answers "wrong last
+/// sequence" without a sequence (code 10164), or that it cannot check yet (10163). async-nats
+/// 0.51 maps only code 10071 to its "wrong last revision" kinds, so these arrive as other
+/// errors. Either way nothing was written: another node is taking the key.
+fn lost_to_concurrent_write(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(refusal) = err.downcast_ref::<jetstream::Error>() {
+            let code = refusal.error_code();
+            if code == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+                || code == jetstream::ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY
+            {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// The live node that should own partition `p`, among `nodes` (`None` if there are none).
 pub fn rendezvous_owner(p: Partition, nodes: &[String]) -> Option<&str> {
     nodes
@@ -172,6 +193,7 @@ impl Leases {
                 .await
                 .map_err(|err| match err.kind() {
                     kv::UpdateErrorKind::WrongLastRevision => None,
+                    _ if lost_to_concurrent_write(&err) => None,
                     _ => Some(lease_error(what(), err)),
                 }),
             None => self
@@ -180,6 +202,7 @@ impl Leases {
                 .await
                 .map_err(|err| match err.kind() {
                     kv::CreateErrorKind::AlreadyExists => None,
+                    _ if lost_to_concurrent_write(&err) => None,
                     _ => Some(lease_error(what(), err)),
                 }),
         };
@@ -209,7 +232,14 @@ impl Leases {
                 lease.revision = revision;
                 Ok(true)
             }
-            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            // Another node writing the key at the same moment thinks the lease free: lost
+            // too (if its write fails as well, the lease runs out and is taken again).
+            Err(err)
+                if err.kind() == kv::UpdateErrorKind::WrongLastRevision
+                    || lost_to_concurrent_write(&err) =>
+            {
+                Ok(false)
+            }
             Err(err) => Err(lease_error(
                 format!("renewal of partition {}", lease.partition),
                 err,
@@ -225,7 +255,12 @@ impl Leases {
             .await
         {
             Ok(()) => Ok(()),
-            Err(err) if err.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
+            Err(err)
+                if err.kind() == kv::DeleteErrorKind::WrongLastRevision
+                    || lost_to_concurrent_write(&err) =>
+            {
+                Ok(())
+            }
             Err(err) => Err(lease_error(
                 format!("release of partition {}", lease.partition),
                 err,

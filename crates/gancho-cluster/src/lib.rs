@@ -31,7 +31,7 @@ pub use gate::{
 };
 pub use journal::{CURSOR_HEADER, Journal, NODE_HEADER, read_journal};
 pub use lease::{LEASE_BUCKET, Lease, Leases, rendezvous_owner};
-pub use membership::{Changes, Membership};
+pub use membership::{Changes, Membership, TickError};
 pub use publish::{
     ClusterPublisher, FORMAT_HEADER, FORMAT_JSON_V1, Published, confirm_duplicate, ingress_context,
     message_id, partition_for, publish_counted, publish_events,

@@ -38,6 +38,18 @@ pub struct Changes {
     pub hand_over: Vec<Partition>,
 }
 
+/// A tick (or a renewal) that failed part way: what it did is still to be acted on.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct TickError {
+    /// What the tick did before and after the failure: leases taken (they are held: run
+    /// them) and lost (stop them).
+    pub done: Changes,
+    /// The first failure.
+    #[source]
+    pub error: ClusterError,
+}
+
 /// One node's membership of the cluster.
 #[derive(Debug)]
 pub struct Membership {
@@ -75,13 +87,22 @@ impl Membership {
         self.held.keys().copied().collect()
     }
 
-    /// Heartbeat, renewals, then takes what is free and should be this node's.
-    pub async fn tick(&mut self) -> Result<Changes, ClusterError> {
-        let mut changes = Changes {
-            lost: self.renew().await?,
-            ..Changes::default()
+    /// Heartbeat, renewals, then takes what is free and should be this node's. A step that
+    /// fails does not undo the others: the error carries what was done ([`TickError::done`]),
+    /// for the caller to act on as on a tick that succeeded (a lease taken must be run, a lease
+    /// lost must stop); the next tick tries the rest again.
+    pub async fn tick(&mut self) -> Result<Changes, TickError> {
+        let mut changes = Changes::default();
+        let mut failed = self.renew_into(&mut changes.lost).await.err();
+        let mut live = match self.leases.live_nodes().await {
+            Ok(live) => live,
+            Err(error) => {
+                return Err(TickError {
+                    done: changes,
+                    error: failed.unwrap_or(error),
+                });
+            }
         };
-        let mut live = self.leases.live_nodes().await?;
         if !live.contains(&self.node) {
             live.push(self.node.clone());
             live.sort();
@@ -97,31 +118,67 @@ impl Membership {
             {
                 continue;
             }
-            if let Some(lease) = self.leases.acquire(p).await? {
-                self.held.insert(p, lease);
-                changes.gained.push(p);
+            // One partition's lease that cannot be read or written now (a server busy with
+            // it) does not keep this node from the others.
+            match self.leases.acquire(p).await {
+                Ok(Some(lease)) => {
+                    self.held.insert(p, lease);
+                    changes.gained.push(p);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
             }
         }
-        Ok(changes)
+        match failed {
+            None => Ok(changes),
+            Some(error) => Err(TickError {
+                done: changes,
+                error,
+            }),
+        }
     }
 
     /// Heartbeat and renewals only, nothing taken: for a caller busy starting or stopping
     /// partitions between ticks (each can take a while), so that no lease runs out meanwhile.
-    /// Returns the partitions whose lease was lost: stop them now.
-    pub async fn renew(&mut self) -> Result<Vec<Partition>, ClusterError> {
-        self.leases.heartbeat().await?;
+    /// Returns the partitions whose lease was lost: stop them now (on an error too, in
+    /// [`TickError::done`]).
+    pub async fn renew(&mut self) -> Result<Vec<Partition>, TickError> {
         let mut lost = Vec::new();
+        match self.renew_into(&mut lost).await {
+            Ok(()) => Ok(lost),
+            Err(error) => Err(TickError {
+                done: Changes {
+                    lost,
+                    ..Changes::default()
+                },
+                error,
+            }),
+        }
+    }
+
+    /// The heartbeat, then every held lease's renewal, each tried even if one before it failed;
+    /// the leases lost go to `lost`, the first failure is returned.
+    async fn renew_into(&mut self, lost: &mut Vec<Partition>) -> Result<(), ClusterError> {
+        let mut failed = self.leases.heartbeat().await.err();
         let held: Vec<Partition> = self.held.keys().copied().collect();
         for p in held {
             let Some(lease) = self.held.get_mut(&p) else {
                 continue;
             };
-            if !self.leases.renew(lease).await? {
-                self.held.remove(&p);
-                lost.push(p);
+            match self.leases.renew(lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.held.remove(&p);
+                    lost.push(p);
+                }
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
             }
         }
-        Ok(lost)
+        failed.map_or(Ok(()), Err)
     }
 
     /// Gives partition `p` up (after its final commit).

@@ -78,12 +78,13 @@ pub async fn run_node(
             }
             give_up(&mut membership, p).await;
         }
-        let changes = match membership.tick().await {
-            Ok(changes) => changes,
+        // A tick that failed part way still took or lost leases: those are acted on below
+        // (a lease taken and not run would keep its partition from every node).
+        let (changes, connected) = match membership.tick().await {
+            Ok(changes) => (changes, true),
             Err(err) => {
                 tracing::warn!(error = %err, "cluster membership: the tick failed");
-                status.send_modify(|s| s.connected = false);
-                continue;
+                (err.done, false)
             }
         };
         lost.extend(changes.lost);
@@ -129,7 +130,7 @@ pub async fn run_node(
         }
         status.send_replace(NodeStatus {
             running: owners.keys().copied().collect(),
-            connected: true,
+            connected,
         });
     }
     for (p, owner) in std::mem::take(&mut owners) {
@@ -166,7 +167,7 @@ async fn renew(membership: &mut Membership) -> Vec<Partition> {
         Ok(lost) => lost,
         Err(err) => {
             tracing::warn!(error = %err, "cluster membership: renewing the leases failed");
-            Vec::new()
+            err.done.lost
         }
     }
 }
