@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod cluster_faults;
 mod cluster_ingress;
+mod cluster_ops;
 mod crash;
 mod dashboard;
 mod hostile;

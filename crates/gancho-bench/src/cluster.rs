@@ -269,15 +269,38 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
                 let message = jetstream::message::PublishMessage::build()
                     .payload(payload)
                     .message_id(format!("{task}-{n}"));
-                js.send_publish(format!("gancho.ev.{p}"), message)
-                    .await
-                    .map_err(|err| err.to_string())?
-                    .await
-                    .map(drop)
-                    .map_err(|err| err.to_string())
+                publish_one(&js, format!("gancho.ev.{p}"), message).await
             }
         }
     })
+    .await;
+    // The same with gancho's message as `publish_events` builds it (the event's JSON, the
+    // format header, a 32-digit id), encoded once before the phase: what the larger message
+    // costs the servers, apart from building and encoding events.
+    let encoded = bytes::Bytes::from(serde_json::to_vec(&event(0))?);
+    let encoded_size = encoded.len();
+    let spread_gancho = phase(
+        bench,
+        "the same, with gancho's message encoded beforehand",
+        1,
+        {
+            let js = js.clone();
+            move |task, n| {
+                let (js, payload) = (js.clone(), encoded.clone());
+                async move {
+                    let p = (task as u64 + n) % u64::from(partitions);
+                    let message = jetstream::message::PublishMessage::build()
+                        .payload(payload)
+                        .header(
+                            gancho_cluster::FORMAT_HEADER,
+                            gancho_cluster::FORMAT_JSON_V1,
+                        )
+                        .message_id(format!("{:032x}", (task as u128) << 64 | u128::from(n)));
+                    publish_one(&js, format!("gancho.ev.{p}"), message).await
+                }
+            }
+        },
+    )
     .await;
     let payload = bytes::Bytes::from(vec![b'x'; 400]);
     let spread = phase(
@@ -319,12 +342,14 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         &ceiling_async,
         &spread_single,
         &spread_ids,
+        &spread_gancho,
         &spread,
         &single,
         &grouped,
     ] {
         println!("{}", phase.row());
     }
+    println!("(gancho's message: {encoded_size} bytes of event JSON)");
     let base = ceiling_async.events_per_second();
     println!(
         "\nagainst the async ceiling: single events {:.0}% (target 40%, p99 < 50 ms), grouped {:.0}% \
@@ -334,6 +359,20 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         100.0 * single.events_per_second() / ceiling.events_per_second()
     );
     Ok(base)
+}
+
+/// One message published, and its acknowledgement awaited.
+async fn publish_one(
+    js: &jetstream::Context,
+    subject: String,
+    message: jetstream::message::PublishMessage,
+) -> Result<(), String> {
+    js.send_publish(subject, message)
+        .await
+        .map_err(|err| err.to_string())?
+        .await
+        .map(drop)
+        .map_err(|err| err.to_string())
 }
 
 /// `n` plain messages published together (message `i` on `subject(i)`), then every

@@ -16,6 +16,7 @@ mod node;
 pub mod oracle;
 mod owner;
 mod retention;
+mod running;
 mod snapshots;
 mod takeover;
 
@@ -24,5 +25,6 @@ pub use follow::{FollowError, follow};
 pub use node::{NodeConfig, NodeStatus, lane_dir, run_node};
 pub use owner::{OwnerConfig, OwnerError, PartitionOwner};
 pub use retention::{PrunePartition, RetentionPolicy};
+pub use running::{LaneStores, RunningStores};
 pub use snapshots::SnapshotPolicy;
 pub use takeover::{TakeoverError, take_over};

@@ -15,7 +15,7 @@ use gancho_cluster::{ClusterError, GLOBAL, Membership, Partition, lane_name};
 use gancho_core::Clock;
 use tokio::sync::watch;
 
-use crate::{OwnerConfig, PartitionOwner};
+use crate::{OwnerConfig, PartitionOwner, RunningStores};
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -38,9 +38,29 @@ pub struct NodeStatus {
     pub connected: bool,
 }
 
+/// The partitions a node runs, and their stores as the operator's commands see them.
+struct Owners {
+    owners: BTreeMap<Partition, PartitionOwner>,
+    running: RunningStores,
+}
+
+impl Owners {
+    fn insert(&mut self, p: Partition, owner: PartitionOwner) {
+        self.running.insert(owner.lane_stores());
+        self.owners.insert(p, owner);
+    }
+
+    /// Takes partition `p` off (first off the commands' list), for the caller to stop it.
+    fn remove(&mut self, p: Partition) -> Option<PartitionOwner> {
+        self.running.remove(p);
+        self.owners.remove(&p)
+    }
+}
+
 /// Runs the node until `stop` holds `true`, then hands its partitions over. Each change of
-/// `reload` (a SIGHUP) has every partition it runs read its rules folder again. `status` is
-/// kept current. Fails only if it cannot join (the leases bucket unreachable or refused).
+/// `reload` (a SIGHUP) has every partition it runs read its rules folder again. `status` and
+/// `running` (the partitions' stores, for the operator's commands) are kept current. Fails
+/// only if it cannot join (the leases bucket unreachable or refused).
 pub async fn run_node(
     js: &jetstream::Context,
     config: NodeConfig,
@@ -48,10 +68,14 @@ pub async fn run_node(
     mut stop: watch::Receiver<bool>,
     mut reload: watch::Receiver<u64>,
     status: watch::Sender<NodeStatus>,
+    running: RunningStores,
 ) -> Result<(), ClusterError> {
     let mut membership =
         Membership::join(js, &config.node, config.partitions, config.lease).await?;
-    let mut owners: BTreeMap<Partition, PartitionOwner> = BTreeMap::new();
+    let mut owners = Owners {
+        owners: BTreeMap::new(),
+        running,
+    };
     let mut tick = tokio::time::interval(membership.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -59,13 +83,14 @@ pub async fn run_node(
             _ = stop.wait_for(|stop| *stop) => break,
             _ = tick.tick() => {}
             Ok(()) = reload.changed() => {
-                for owner in owners.values() {
+                for owner in owners.owners.values() {
                     owner.reload();
                 }
                 continue;
             }
         }
         let failed: Vec<(Partition, String)> = owners
+            .owners
             .iter()
             .filter_map(|(p, owner)| owner.failure().map(|reason| (*p, reason)))
             .collect();
@@ -73,7 +98,7 @@ pub async fn run_node(
         for (p, reason) in failed {
             tracing::warn!(partition = %lane_name(p), %reason, "the partition stops here");
             changed(p, "stopped");
-            if let Some(owner) = owners.remove(&p) {
+            if let Some(owner) = owners.remove(p) {
                 lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
             give_up(&mut membership, p).await;
@@ -91,7 +116,7 @@ pub async fn run_node(
         for p in changes.hand_over {
             tracing::info!(partition = %lane_name(p), "handing the partition over");
             changed(p, "handed_over");
-            if let Some(owner) = owners.remove(&p) {
+            if let Some(owner) = owners.remove(p) {
                 lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
             give_up(&mut membership, p).await;
@@ -124,16 +149,20 @@ pub async fn run_node(
         while let Some(p) = lost.pop() {
             tracing::warn!(partition = %lane_name(p), "the partition's lease was lost: stopping it");
             changed(p, "lost");
-            if let Some(owner) = owners.remove(&p) {
+            if let Some(owner) = owners.remove(p) {
                 lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
             }
         }
         status.send_replace(NodeStatus {
-            running: owners.keys().copied().collect(),
+            running: owners.owners.keys().copied().collect(),
             connected,
         });
     }
-    for (p, owner) in std::mem::take(&mut owners) {
+    let held: Vec<Partition> = owners.owners.keys().copied().collect();
+    for (p, owner) in held
+        .into_iter()
+        .filter_map(|p| Some((p, owners.remove(p)?)))
+    {
         // The partitions still to stop keep their leases meanwhile: a lease that ran out
         // would let another node take a partition whose sends are still finishing here.
         while_renewing(&mut membership, owner.stop()).await;

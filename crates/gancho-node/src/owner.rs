@@ -272,6 +272,16 @@ impl PartitionOwner {
         &self.state
     }
 
+    /// Its stores and its engine's status, for the operator's commands.
+    pub fn lane_stores(&self) -> crate::LaneStores {
+        crate::LaneStores {
+            partition: self.partition,
+            store: self.store.clone(),
+            state: self.state.clone(),
+            engine: self.engine.as_ref().map(|engine| engine.shared_status()),
+        }
+    }
+
     /// Has the partition's engine read its rules folder again (SIGHUP).
     pub fn reload(&self) {
         if let Some(engine) = &self.engine {

@@ -15,7 +15,7 @@ use common::*;
 use gancho_cluster::{GLOBAL, partition_for, publish_events};
 use gancho_core::{NewEvent, SystemClock};
 use gancho_engine::EngineConfig;
-use gancho_node::{NodeConfig, NodeStatus, run_node};
+use gancho_node::{NodeConfig, NodeStatus, RunningStores, run_node};
 use gancho_testkit::HttpReceiver;
 use tokio::sync::watch;
 
@@ -29,6 +29,7 @@ fn every_lane() -> Vec<u16> {
 struct RunningNode {
     stop: watch::Sender<bool>,
     status: watch::Receiver<NodeStatus>,
+    stores: RunningStores,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -71,19 +72,29 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
         let (status_tx, status) = watch::channel(NodeStatus::default());
         let (_reload_tx, reload) = watch::channel(0u64);
         let js = js.clone();
-        let task = rt.spawn(async move {
-            run_node(
-                &js,
-                config,
-                Arc::new(SystemClock),
-                stopped,
-                reload,
-                status_tx,
-            )
-            .await
-            .unwrap();
+        let stores = RunningStores::default();
+        let task = rt.spawn({
+            let stores = stores.clone();
+            async move {
+                run_node(
+                    &js,
+                    config,
+                    Arc::new(SystemClock),
+                    stopped,
+                    reload,
+                    status_tx,
+                    stores,
+                )
+                .await
+                .unwrap();
+            }
         });
-        RunningNode { stop, status, task }
+        RunningNode {
+            stop,
+            status,
+            stores,
+            task,
+        }
     };
     let nodes: Vec<RunningNode> = ["n1", "n2", "n3"].iter().map(|n| start(n)).collect();
     let running = |nodes: &[RunningNode]| -> Vec<u16> {
@@ -119,6 +130,26 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
     }))
     .unwrap();
     wait_until("all 80 actions", || delivered(&receiver).len() == 80);
+    // The commands' view of each node: the partitions it runs, each with its actions
+    // delivered (none left in its outbox).
+    for node in &nodes {
+        let lanes = node.stores.lanes();
+        let listed: Vec<u16> = lanes.iter().map(|lane| lane.partition).collect();
+        assert_eq!(listed, node.status.borrow().running);
+        for lane in lanes {
+            wait_until("each outbox emptied by its deliveries", || {
+                let mut pending = 0;
+                lane.state
+                    .outbox()
+                    .each_pending(0, |_| {
+                        pending += 1;
+                        Ok(())
+                    })
+                    .unwrap();
+                pending == 0
+            });
+        }
+    }
     std::thread::sleep(Duration::from_secs(1));
     let seen = delivered(&receiver);
     let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
@@ -129,5 +160,9 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
     for node in nodes {
         node.stop.send(true).unwrap();
         rt.block_on(node.task).unwrap();
+        assert!(
+            node.stores.lanes().is_empty(),
+            "a stopped node lists no partition"
+        );
     }
 }

@@ -74,7 +74,7 @@ pub fn run(config: &Config, replay: &Replay) -> anyhow::Result<bool> {
     let mut broken = false;
     control::client::each_item(
         &config.socket_path(),
-        &config.store_dir(),
+        config.stopped_store_dir().as_deref(),
         &request,
         |event: Event| {
             // The live engine's own events: the replay's engine makes its own.
@@ -152,7 +152,11 @@ pub fn run(config: &Config, replay: &Replay) -> anyhow::Result<bool> {
 }
 
 fn ask(config: &Config, request: &Request) -> anyhow::Result<Response> {
-    match control::client::ask(&config.socket_path(), &config.store_dir(), request)? {
+    match control::client::ask(
+        &config.socket_path(),
+        config.stopped_store_dir().as_deref(),
+        request,
+    )? {
         Response::Error(err) => anyhow::bail!("{err}"),
         other => Ok(other),
     }

@@ -7,10 +7,11 @@
 //! lane's when it runs it (`cluster/global/`).
 //!
 //! With an `[admin]` token, the admin listener serves the probes, `/metrics` (with the
-//! cluster's series) and `/admin/cluster` (`admin/cluster.rs`). Not yet in cluster mode: the
-//! control socket (the commands that ask the running daemon), the admin API's single-node
-//! routes and the dashboard; SIGHUP reloads the rules only (other config changes need a
-//! restart).
+//! cluster's series) and `/admin/cluster` (`admin/cluster.rs`). The control socket answers the
+//! outbox's, dead letters', deliveries', timers', state's and poisoned runs' commands from the
+//! partitions this node runs (`control/cluster.rs`). Not yet in cluster mode: the commands
+//! that name events by seq or change rules, the admin API's single-node routes and the
+//! dashboard; SIGHUP reloads the rules only (other config changes need a restart).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use async_nats::jetstream;
 use gancho_cluster::{ClusterConfig, ClusterPublisher, NatsAuth};
 use gancho_engine::{EngineConfig, Placement, SourcePlacement};
 use gancho_ingress::{IngressServer, Readiness};
-use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, SnapshotPolicy, run_node};
+use gancho_node::{NodeConfig, NodeStatus, OwnerConfig, RunningStores, SnapshotPolicy, run_node};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::info;
@@ -65,6 +66,7 @@ pub fn run(
     let (stop_node, stop) = watch::channel(false);
     let (reload_node, reload) = watch::channel(0u64);
     let (status_tx, status) = watch::channel(NodeStatus::default());
+    let lanes = RunningStores::default();
     let node = NodeConfig {
         node: cluster.node.clone(),
         partitions: cluster.partitions,
@@ -83,9 +85,9 @@ pub fn run(
     };
     let (node_ended, membership_ended) = tokio::sync::oneshot::channel::<()>();
     let node_task = {
-        let (js, clock) = (js.clone(), clock.clone());
+        let (js, clock, lanes) = (js.clone(), clock.clone(), lanes.clone());
         nats.spawn(async move {
-            let result = run_node(&js, node, clock, stop, reload, status_tx).await;
+            let result = run_node(&js, node, clock, stop, reload, status_tx, lanes).await;
             let _ = node_ended.send(());
             result
         })
@@ -144,6 +146,7 @@ pub fn run(
             membership_ended,
             admin,
             reload: reload_node,
+            lanes,
         },
     ));
     // The partitions are handed over (each one's last batch committed, its sends finished),
@@ -168,6 +171,8 @@ struct Serving {
     membership_ended: tokio::sync::oneshot::Receiver<()>,
     /// Counts SIGHUPs: the node reloads its partitions' rules at each.
     reload: watch::Sender<u64>,
+    /// The partitions this node runs, for the control socket.
+    lanes: RunningStores,
     /// The metrics handle and what the admin listener reads, with an `[admin]` token.
     admin: Option<(
         metrics_exporter_prometheus::PrometheusHandle,
@@ -188,6 +193,7 @@ async fn serve(
         mut membership_ended,
         admin,
         reload,
+        lanes,
     } = serving;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -201,6 +207,8 @@ async fn serve(
         crate::prune::Retention::of(config),
         clock.clone(),
     ));
+    let control = crate::control::socket::ControlSocket::bind(&config.socket_path())?;
+    let control_task = tokio::spawn(control.serve_cluster(data.clone(), lanes));
     let server = IngressServer::start_publishing(
         listener,
         config.ingress.clone(),
@@ -269,6 +277,9 @@ async fn serve(
         task.abort();
     }
     prune_task.abort();
+    control_task.abort();
+    // The control socket's file goes with the task that owned it.
+    let _ = control_task.await;
     admin.stop().await;
     result.context("serving HTTP")?;
     if membership_failed {

@@ -79,7 +79,7 @@ pub(crate) fn print_list_where<T: serde::de::DeserializeOwned + serde::Serialize
     }
     crate::control::client::each_item(
         &config.socket_path(),
-        &config.store_dir(),
+        config.stopped_store_dir().as_deref(),
         request,
         |item: T| {
             if !keep(&item) {

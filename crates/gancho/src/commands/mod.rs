@@ -81,7 +81,11 @@ pub(crate) fn retry_dead(config: &Config, id: Option<String>) -> anyhow::Result<
 
 /// Asks the daemon (or the store); an error answer becomes an error.
 pub(crate) fn ask(config: &Config, request: &Request) -> anyhow::Result<Response> {
-    match crate::control::client::ask(&config.socket_path(), &config.store_dir(), request)? {
+    match crate::control::client::ask(
+        &config.socket_path(),
+        config.stopped_store_dir().as_deref(),
+        request,
+    )? {
         Response::Error(err) => anyhow::bail!("{err}"),
         other => Ok(other),
     }

@@ -164,7 +164,7 @@ pub(crate) fn warn_dropped_callbacks(
         };
         let listed = crate::control::client::each_item(
             &config.socket_path(),
-            &config.store_dir(),
+            config.stopped_store_dir().as_deref(),
             &request,
             |timer: gancho_state::inspect::TimerView| {
                 if !callbacks.contains(&timer.callback) {

@@ -193,6 +193,13 @@ impl Config {
         self.data_dir.join("store")
     }
 
+    /// The store the commands open themselves when no daemon answers on the socket: `None` on
+    /// a cluster node, whose partitions' stores may be another node's by then (its own store
+    /// holds its quarantine only).
+    pub fn stopped_store_dir(&self) -> Option<PathBuf> {
+        self.cluster.is_none().then(|| self.store_dir())
+    }
+
     pub fn socket_path(&self) -> PathBuf {
         self.data_dir.join("gancho.sock")
     }

@@ -18,7 +18,7 @@ use crate::data::Data;
 /// this process. Neither side holds the whole answer.
 pub fn each_item<T: serde::de::DeserializeOwned>(
     socket: &Path,
-    store_dir: &Path,
+    store_dir: Option<&Path>,
     request: &Request,
     mut f: impl FnMut(T) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -170,7 +170,7 @@ mod stream {
 }
 
 /// Asks the running daemon, or opens the store when no daemon answers.
-pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result<Response> {
+pub fn ask(socket: &Path, store_dir: Option<&Path>, request: &Request) -> anyhow::Result<Response> {
     match UnixStream::connect(socket) {
         Ok(stream) => ask_daemon(stream, request)
             .with_context(|| format!("asking the daemon at {}", socket.display())),
@@ -184,8 +184,16 @@ pub fn ask(socket: &Path, store_dir: &Path, request: &Request) -> anyhow::Result
     }
 }
 
-/// Opens the store of a stopped daemon.
-fn open_stopped(socket: &Path, store_dir: &Path) -> anyhow::Result<Data> {
+/// Opens the store of a stopped daemon (`None`: a cluster node, which has none to open).
+fn open_stopped(socket: &Path, store_dir: Option<&Path>) -> anyhow::Result<Data> {
+    let Some(store_dir) = store_dir else {
+        bail!(
+            "no gancho node answers on {}: on a cluster node the commands ask the running \
+             daemon, which reads the partitions it runs (a stopped node's copies of them may be \
+             another node's by now)",
+            socket.display()
+        );
+    };
     if !store_dir.exists() {
         bail!(
             "no store at {} (has the daemon ever run with this config?)",

@@ -8,6 +8,8 @@
 //!
 //! Here: the requests and answers, and how the store answers them (`respond`, listings streamed
 //! by `stream_listing`). `client`: the commands' side. `socket`: the daemon's listener.
+//! `cluster`: what a cluster node answers, from the partitions it runs (with a cluster node
+//! stopped, the commands refuse: its partitions' stores may be another node's now).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use crate::prune::{Pruned, Retention};
 use tracing::warn;
 
 pub mod client;
+mod cluster;
 pub mod socket;
 
 /// A question to the daemon (or, with the daemon stopped, to the store directly).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gancho_engine::SharedStatus;
+use gancho_node::RunningStores;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
@@ -53,6 +54,16 @@ impl ControlSocket {
 
     /// Answers requests until the task is dropped.
     pub async fn serve(self, data: Data, engine: SharedStatus) {
+        self.serve_with(Backend::Single { data, engine }).await;
+    }
+
+    /// A cluster node's: answers from the partitions it runs (`super::cluster`), and the
+    /// quarantine from its own store `node`.
+    pub async fn serve_cluster(self, node: Data, lanes: RunningStores) {
+        self.serve_with(Backend::Cluster { node, lanes }).await;
+    }
+
+    async fn serve_with(self, backend: Backend) {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -62,10 +73,9 @@ impl ControlSocket {
                     continue;
                 }
             };
-            let data = data.clone();
-            let engine = engine.clone();
+            let backend = backend.clone();
             tokio::spawn(async move {
-                if let Err(err) = serve_one(stream, data, engine).await {
+                if let Err(err) = serve_one(stream, backend).await {
                     warn!(error = %err, "control request failed");
                 }
             });
@@ -73,23 +83,54 @@ impl ControlSocket {
     }
 }
 
-async fn serve_one(
-    stream: tokio::net::UnixStream,
-    data: Data,
-    engine: SharedStatus,
-) -> anyhow::Result<()> {
+/// What the socket answers from.
+#[derive(Clone)]
+enum Backend {
+    /// A single node's store and engine.
+    Single { data: Data, engine: SharedStatus },
+    /// A cluster node's own store, and the partitions it runs.
+    Cluster { node: Data, lanes: RunningStores },
+}
+
+impl Backend {
+    fn is_listing(&self, request: &Request) -> bool {
+        match self {
+            Backend::Single { .. } => is_listing(request),
+            Backend::Cluster { .. } => is_listing(request) && super::cluster::supported(request),
+        }
+    }
+
+    /// Streams a listing's answer through `tx` (on a blocking thread).
+    fn stream(&self, request: &Request, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) {
+        match self {
+            Backend::Single { data, .. } => stream_listing(data, request, tx),
+            Backend::Cluster { node, lanes } => {
+                super::cluster::stream(&lanes.lanes(), node, request, tx);
+            }
+        }
+    }
+
+    /// Answers a request that is not a listing (on a blocking thread).
+    fn answer(&self, request: &Request) -> Response {
+        match self {
+            Backend::Single { data, engine } => answer(data, Some(engine), request),
+            Backend::Cluster { lanes, .. } => super::cluster::answer(&lanes.lanes(), request),
+        }
+    }
+}
+
+async fn serve_one(stream: tokio::net::UnixStream, backend: Backend) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(read.take(MAX_REQUEST))
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) if is_listing(&request) => {
+        Ok(request) if backend.is_listing(&request) => {
             // Written as it is read: a million items cost the daemon no more memory than a
             // hundred (the bounded channel holds the reader to the client's pace).
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-            let producer =
-                tokio::task::spawn_blocking(move || stream_listing(&data, &request, &tx));
+            let producer = tokio::task::spawn_blocking(move || backend.stream(&request, &tx));
             while let Some(chunk) = rx.recv().await {
                 write.write_all(&chunk).await?;
             }
@@ -97,9 +138,7 @@ async fn serve_one(
             write.shutdown().await?;
             return Ok(());
         }
-        Ok(request) => {
-            tokio::task::spawn_blocking(move || answer(&data, Some(&engine), &request)).await?
-        }
+        Ok(request) => tokio::task::spawn_blocking(move || backend.answer(&request)).await?,
         Err(err) => Response::Error(format!("bad request: {err}")),
     };
     let bytes = serde_json::to_vec(&response)?;
