@@ -43,7 +43,9 @@ pub(crate) fn partition_key(p: Partition) -> String {
 /// another write of the same key was in flight: a clustered stream answers "wrong last
 /// sequence" without a sequence (code 10164), or that it cannot check yet (10163). async-nats
 /// 0.51 maps only code 10071 to its "wrong last revision" kinds, so these arrive as other
-/// errors. Either way nothing was written: another node is taking the key.
+/// errors. Either way nothing was written. For a node taking a free lease that means another
+/// node is taking it (`acquire`); a renewal or a release so refused is an error and is tried
+/// again (the key still names this node).
 fn lost_to_concurrent_write(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(err) = next {
@@ -232,14 +234,10 @@ impl Leases {
                 lease.revision = revision;
                 Ok(true)
             }
-            // Another node writing the key at the same moment thinks the lease free: lost
-            // too (if its write fails as well, the lease runs out and is taken again).
-            Err(err)
-                if err.kind() == kv::UpdateErrorKind::WrongLastRevision
-                    || lost_to_concurrent_write(&err) =>
-            {
-                Ok(false)
-            }
+            // A refusal for a write in flight (10164) or a check not ready (10163) wrote
+            // nothing, and the key still names this node: an error for this tick, not a loss
+            // (were the lease another's, the next renewal hears "wrong last revision").
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
             Err(err) => Err(lease_error(
                 format!("renewal of partition {}", lease.partition),
                 err,
@@ -255,12 +253,7 @@ impl Leases {
             .await
         {
             Ok(()) => Ok(()),
-            Err(err)
-                if err.kind() == kv::DeleteErrorKind::WrongLastRevision
-                    || lost_to_concurrent_write(&err) =>
-            {
-                Ok(())
-            }
+            Err(err) if err.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
             Err(err) => Err(lease_error(
                 format!("release of partition {}", lease.partition),
                 err,

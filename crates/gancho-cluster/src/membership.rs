@@ -88,18 +88,25 @@ impl Membership {
     }
 
     /// Heartbeat, renewals, then takes what is free and should be this node's. A step that
-    /// fails does not undo the others: the error carries what was done ([`TickError::done`]),
-    /// for the caller to act on as on a tick that succeeded (a lease taken must be run, a lease
-    /// lost must stop); the next tick tries the rest again.
+    /// fails ends the tick without undoing the steps before it: the error carries what was
+    /// done ([`TickError::done`]), for the caller to act on as on a tick that succeeded (a
+    /// lease taken must be run, a lease lost must stop); the next tick tries the rest again.
     pub async fn tick(&mut self) -> Result<Changes, TickError> {
         let mut changes = Changes::default();
-        let mut failed = self.renew_into(&mut changes.lost).await.err();
+        // Renewals failing (a server busy or gone) end the tick there: taking more leases
+        // through the same servers would only hold up the next renewal.
+        if let Err(error) = self.renew_into(&mut changes.lost).await {
+            return Err(TickError {
+                done: changes,
+                error,
+            });
+        }
         let mut live = match self.leases.live_nodes().await {
             Ok(live) => live,
             Err(error) => {
                 return Err(TickError {
                     done: changes,
-                    error: failed.unwrap_or(error),
+                    error,
                 });
             }
         };
@@ -118,8 +125,13 @@ impl Membership {
             {
                 continue;
             }
-            // One partition's lease that cannot be read or written now (a server busy with
-            // it) does not keep this node from the others.
+            // A lease lost in this tick is not taken back in it: its partition is still
+            // stopping. Another node writing a lease at the same moment is a race lost
+            // (`acquire` says `None`); any other failure ends the tick, whose every step waits
+            // out its own timeout, so that it does not outlast the leases it renewed.
+            if changes.lost.contains(&p) {
+                continue;
+            }
             match self.leases.acquire(p).await {
                 Ok(Some(lease)) => {
                     self.held.insert(p, lease);
@@ -127,17 +139,14 @@ impl Membership {
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    failed.get_or_insert(error);
+                    return Err(TickError {
+                        done: changes,
+                        error,
+                    });
                 }
             }
         }
-        match failed {
-            None => Ok(changes),
-            Some(error) => Err(TickError {
-                done: changes,
-                error,
-            }),
-        }
+        Ok(changes)
     }
 
     /// Heartbeat and renewals only, nothing taken: for a caller busy starting or stopping
@@ -158,27 +167,23 @@ impl Membership {
         }
     }
 
-    /// The heartbeat, then every held lease's renewal, each tried even if one before it failed;
-    /// the leases lost go to `lost`, the first failure is returned.
+    /// The heartbeat, then each held lease's renewal; the leases lost go to `lost`. The first
+    /// failure ends it (each step waits out its own timeout: with the servers gone, trying
+    /// every lease would hold the node up for as many timeouts); a lease not renewed now is
+    /// renewed at the next round, well within its lease.
     async fn renew_into(&mut self, lost: &mut Vec<Partition>) -> Result<(), ClusterError> {
-        let mut failed = self.leases.heartbeat().await.err();
+        self.leases.heartbeat().await?;
         let held: Vec<Partition> = self.held.keys().copied().collect();
         for p in held {
             let Some(lease) = self.held.get_mut(&p) else {
                 continue;
             };
-            match self.leases.renew(lease).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.held.remove(&p);
-                    lost.push(p);
-                }
-                Err(error) => {
-                    failed.get_or_insert(error);
-                }
+            if !self.leases.renew(lease).await? {
+                self.held.remove(&p);
+                lost.push(p);
             }
         }
-        failed.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Gives partition `p` up (after its final commit).

@@ -157,6 +157,16 @@ fn a_stale_owner_cannot_commit_once_another_has() {
     });
 }
 
+/// A first heartbeat, tried again for a while: right after the bucket is created, a server
+/// may answer that no stream takes its subject yet (a node's next tick would try again).
+async fn first_heartbeat(leases: &Leases) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(err) = leases.heartbeat().await {
+        assert!(Instant::now() < deadline, "{err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn a_lease_not_renewed_expires_and_another_node_takes_it() {
     let Some(cluster) = NatsCluster::start(3) else {
@@ -167,8 +177,8 @@ fn a_lease_not_renewed_expires_and_another_node_takes_it() {
         let js = jetstream_of(&cluster).await;
         let a = Leases::open(&js, "a", lease).await.unwrap();
         let b = Leases::open(&js, "b", lease).await.unwrap();
-        a.heartbeat().await.unwrap();
-        b.heartbeat().await.unwrap();
+        first_heartbeat(&a).await;
+        first_heartbeat(&b).await;
         assert_eq!(a.live_nodes().await.unwrap(), ["a", "b"]);
 
         let mut held = a.acquire(3).await.unwrap().unwrap();
@@ -235,12 +245,12 @@ fn nodes_racing_for_the_same_free_leases_each_get_one_or_none_and_hear_no_error(
                 .unwrap();
             let js = async_nats::jetstream::new(client);
             let name = format!("n{n}");
-            nodes.push((
-                Leases::open(&js, &name, Duration::from_secs(30))
-                    .await
-                    .unwrap(),
-                name,
-            ));
+            let leases = Leases::open(&js, &name, Duration::from_secs(30))
+                .await
+                .unwrap();
+            // Each server routes the new bucket's subjects before the race starts.
+            first_heartbeat(&leases).await;
+            nodes.push((leases, name));
         }
         let race = |p: u16| {
             let nodes = &nodes;

@@ -121,7 +121,15 @@ pub async fn run_node(
             }
             give_up(&mut membership, p).await;
         }
+        // Lost partitions stop before gained ones start: one lost and taken again (its lease
+        // ran out while the node was paused, and nobody took it) starts on a closed store.
+        stop_lost(&mut membership, &mut owners, &mut lost).await;
         for p in changes.gained {
+            if let Some(stale) = owners.remove(p) {
+                // Not expected (a partition gained is one not held); stopped all the same
+                // rather than left running beside its new start.
+                lost.extend(while_renewing(&mut membership, stale.stop()).await.1);
+            }
             let dir = config.dir.join(lane_dir(p));
             let start = PartitionOwner::start(
                 js,
@@ -144,15 +152,7 @@ pub async fn run_node(
                 }
             }
         }
-        // The other leases are renewed while a partition stops (its sends finishing): a slow
-        // stop must not cost the node every other partition.
-        while let Some(p) = lost.pop() {
-            tracing::warn!(partition = %lane_name(p), "the partition's lease was lost: stopping it");
-            changed(p, "lost");
-            if let Some(owner) = owners.remove(p) {
-                lost.extend(while_renewing(&mut membership, owner.stop()).await.1);
-            }
-        }
+        stop_lost(&mut membership, &mut owners, &mut lost).await;
         status.send_replace(NodeStatus {
             running: owners.owners.keys().copied().collect(),
             connected,
@@ -170,6 +170,19 @@ pub async fn run_node(
     }
     status.send_replace(NodeStatus::default());
     Ok(())
+}
+
+/// Stops the partitions whose lease was lost (`lost`, emptied), at once. The other leases are
+/// renewed while a partition stops (its sends finishing): a slow stop must not cost the node
+/// every other partition; a lease lost meanwhile is stopped too.
+async fn stop_lost(membership: &mut Membership, owners: &mut Owners, lost: &mut Vec<Partition>) {
+    while let Some(p) = lost.pop() {
+        tracing::warn!(partition = %lane_name(p), "the partition's lease was lost: stopping it");
+        changed(p, "lost");
+        if let Some(owner) = owners.remove(p) {
+            lost.extend(while_renewing(membership, owner.stop()).await.1);
+        }
+    }
 }
 
 /// Runs `work` (a partition's start or stop, which can take a while: a takeover replays the

@@ -24,8 +24,9 @@ pub struct LaneStores {
 
 /// The partitions a node runs, kept current by [`crate::run_node`]: a partition is listed once
 /// it runs and taken off before it stops. A reader that took a partition's stores just before
-/// may find them closed: its request then fails for that partition, and a new one finds the
-/// partition on its new owner.
+/// reads what they held when it stopped (a write fails: the state is closed), and keeps its
+/// databases open until it lets them go (the partition cannot start again on this node
+/// meanwhile): take one partition's at a time ([`RunningStores::lane`]) and drop it after.
 #[derive(Debug, Clone, Default)]
 pub struct RunningStores(Arc<Mutex<BTreeMap<Partition, LaneStores>>>);
 
@@ -38,6 +39,25 @@ impl RunningStores {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The partitions running now, in order.
+    pub fn partitions(&self) -> Vec<Partition> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Partition `p`'s stores, if it runs here now.
+    pub fn lane(&self, p: Partition) -> Option<LaneStores> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&p)
+            .cloned()
     }
 
     pub(crate) fn insert(&self, lane: LaneStores) {

@@ -133,10 +133,12 @@ fn nodes_share_the_partitions_and_a_stopping_node_hands_its_own_over() {
     // The commands' view of each node: the partitions it runs, each with its actions
     // delivered (none left in its outbox).
     for node in &nodes {
-        let lanes = node.stores.lanes();
-        let listed: Vec<u16> = lanes.iter().map(|lane| lane.partition).collect();
-        assert_eq!(listed, node.status.borrow().running);
-        for lane in lanes {
+        // The status is sent at the end of the node's round, the list kept as it goes.
+        wait_until("the commands list what the node runs", || {
+            let listed: Vec<u16> = node.stores.lanes().iter().map(|l| l.partition).collect();
+            listed == node.status.borrow().running
+        });
+        for lane in node.stores.lanes() {
             wait_until("each outbox emptied by its deliveries", || {
                 let mut pending = 0;
                 lane.state

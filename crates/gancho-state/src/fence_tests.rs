@@ -157,3 +157,67 @@ fn a_snapshot_restored_elsewhere_holds_the_decisions_and_the_journal_goes_on_aft
     let c = EngineState::open(c_dir.path(), &config).unwrap();
     assert!(c.write_snapshot(&mut Vec::new()).is_err());
 }
+
+/// The size of each record in `batches` (a 4-byte length, 16 bytes of hash and commit number,
+/// then that many bytes): what one journal message must hold whole.
+fn record_sizes(batches: &[(u64, Vec<u8>)]) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    for (_, records) in batches {
+        let mut at = 0;
+        while let Some(len) = records.get(at..at + 4) {
+            let len = 20 + u32::from_be_bytes(len.try_into().unwrap()) as usize;
+            sizes.push(len);
+            at += len;
+        }
+    }
+    sizes
+}
+
+#[test]
+fn a_retry_of_many_dead_letters_is_committed_in_pieces_a_journal_message_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = Arc::new(Kept::default());
+    let config = StoreConfig {
+        fsync: false,
+        ..StoreConfig::default()
+    };
+    let state = EngineState::open_fenced(dir.path(), &config, kept.clone(), [9; 32]).unwrap();
+    // 600 letters of 2 KiB each: 1.2 MB, more than the servers take in one message.
+    let text = "x".repeat(2048);
+    let actions: Vec<Change> = (1..=600u64)
+        .map(|seq| {
+            Change::PutAction(gancho_core::ActionRequest {
+                id: gancho_core::action_id("r", seq, 0),
+                rule: "r".to_owned(),
+                event_seq: seq,
+                position: 0,
+                decided_ms: 0,
+                action: gancho_core::Action::Sms(gancho_core::SmsAction {
+                    to: "+34600000001".to_owned(),
+                    text: text.clone(),
+                }),
+            })
+        })
+        .collect();
+    state.commit(actions, 600).unwrap();
+    assert!(state.wait_durable(Duration::from_secs(10)));
+    let outbox = state.outbox();
+    for item in outbox.pending_actions(0).unwrap() {
+        outbox.action_dead(&item, Vec::new(), 1000).unwrap();
+    }
+    assert_eq!(outbox.dead_letters(0).unwrap().len(), 600);
+
+    let before = lock(&kept.batches).len();
+    assert_eq!(outbox.retry_dead(None, 2000).unwrap(), 600);
+    assert!(outbox.dead_letters(0).unwrap().is_empty());
+    assert_eq!(outbox.pending_actions(0).unwrap().len(), 600);
+    let sizes = record_sizes(&lock(&kept.batches)[before..]);
+    assert!(
+        sizes.len() >= 4,
+        "one commit for 1.2 MB of letters: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().all(|&size| size < 512 * 1024),
+        "a commit too large for a journal message: {sizes:?}"
+    );
+}

@@ -102,6 +102,10 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|err| corrupt(what, &err.to_string()))
 }
 
+/// Cluster mode: a dead-letter retry commits once its update holds this much (a journal
+/// message is at most 1 MiB and holds whole commits).
+pub(crate) const SETTLE_BYTES: usize = 256 * 1024;
+
 /// The outbox, as the actions executor and operators work it: what is due, what was
 /// delivered, rescheduled or buried, and dead letters put back. It can neither commit a decision
 /// nor move the engine's cursor: a crate given an `Outbox` decides nothing.
@@ -434,8 +438,26 @@ impl Outbox {
     /// Puts dead letters back in the outbox, due at once, with a fresh count of attempts (the
     /// earlier ones are logged as it happens): the one whose action id is `id`, or all of them
     /// when `id` is `None`. Returns how many.
+    ///
+    /// In cluster mode the letters go back in commits of at most about [`SETTLE_BYTES`] (a
+    /// journal message holds whole commits, and the servers take at most 1 MiB); on an error
+    /// the letters put back before it stay back, and the rest stay dead.
     pub fn retry_dead(&self, id: Option<&str>, now_ms: i64) -> Result<usize, StoreError> {
         let _outbox = lock(&self.lock);
+        let revived = self
+            .revive(id, now_ms)
+            .and_then(|revived| self.settle().map(|()| revived));
+        if revived.is_err()
+            && let Some(fenced) = &self.fenced
+        {
+            // Nothing half done is left for the next update to commit.
+            lock(&fenced.staged).clear();
+        }
+        revived
+    }
+
+    /// [`Outbox::retry_dead`]'s work, under the outbox's lock.
+    fn revive(&self, id: Option<&str>, now_ms: i64) -> Result<usize, StoreError> {
         let mut revived = 0;
         for entry in self.tree().scan_prefix([DEAD]) {
             let (key, value) = entry?;
@@ -474,9 +496,24 @@ impl Outbox {
             gancho_core::fail_point!("outbox.revive.after_item");
             self.remove(&key)?;
             revived += 1;
+            if self.staged_bytes() >= SETTLE_BYTES {
+                self.settle()?;
+            }
         }
-        self.settle()?;
         Ok(revived)
+    }
+
+    /// Cluster mode: the bytes of the update gathered so far (0 on a single node).
+    fn staged_bytes(&self) -> usize {
+        self.fenced.as_ref().map_or(0, |fenced| {
+            lock(&fenced.staged)
+                .iter()
+                .map(|(key, slot)| match slot {
+                    crate::overlay::Slot::Bytes(value) => key.len() + value.len(),
+                    _ => key.len(),
+                })
+                .sum()
+        })
     }
 
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

@@ -79,7 +79,12 @@ pub(crate) fn print_list_where<T: serde::de::DeserializeOwned + serde::Serialize
     }
     crate::control::client::each_item(
         &config.socket_path(),
-        config.stopped_store_dir().as_deref(),
+        // A stopped cluster node's own store (its quarantine) is still its own.
+        match request {
+            Request::Quarantine { .. } => Some(config.store_dir()),
+            _ => config.stopped_store_dir(),
+        }
+        .as_deref(),
         request,
         |item: T| {
             if !keep(&item) {

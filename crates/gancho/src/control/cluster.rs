@@ -9,7 +9,7 @@
 //! seqs are per partition, and rules are deployed to every node.
 
 use gancho_core::{Clock, SystemClock};
-use gancho_node::LaneStores;
+use gancho_node::{LaneStores, RunningStores};
 use gancho_store::StoreError;
 
 use super::{Pending, Request, Response, stream_list, stream_listing};
@@ -17,104 +17,141 @@ use crate::data::Data;
 
 /// Whether a cluster node answers `request` (else [`refusal`] says why not).
 pub(super) fn supported(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::Outbox { .. }
-            | Request::Dead { .. }
-            | Request::DeadRetry { .. }
-            | Request::Sent(_)
-            | Request::Timers { .. }
-            | Request::State { .. }
-            | Request::Poisoned { .. }
-            | Request::Quarantine { .. }
-    )
+    why_not(request).is_none()
 }
 
 /// Why a cluster node does not answer `request`.
 pub(super) fn refusal(request: &Request) -> Response {
-    let what = match request {
-        Request::Events(_) | Request::Log { .. } | Request::Explain { .. } => {
+    let what = why_not(request).unwrap_or("answered on a cluster node, but not this way");
+    Response::Error(format!("cluster node: {what} (docs/cluster.md)"))
+}
+
+/// Why a cluster node does not answer `request`; `None` if it does. Every request is named, so
+/// that a new one is placed here when it is added.
+fn why_not(request: &Request) -> Option<&'static str> {
+    match request {
+        Request::Outbox { .. }
+        | Request::Dead { .. }
+        | Request::DeadRetry { .. }
+        | Request::Sent(_)
+        | Request::Timers { .. }
+        | Request::State { .. }
+        | Request::Poisoned { .. }
+        | Request::Quarantine { .. } => None,
+        Request::Events(_)
+        | Request::Log { .. }
+        | Request::Explain { .. }
+        | Request::FindEvent { .. } => Some(
             "events are numbered per partition on a cluster node, so `gancho events`, `explain` \
-             and `replay` cannot name one yet; read a partition's stream in NATS (GANCHO_EV_<N>)"
-        }
-        Request::Status => {
-            "`gancho status` is a single node's; on a cluster node run `gancho cluster status`"
-        }
-        Request::Prune { .. } => {
+             and `replay` cannot name one yet; read a partition's stream in NATS (GANCHO_EV_<N>)",
+        ),
+        Request::Status => Some(
+            "`gancho status` is a single node's; on a cluster node run `gancho cluster status`",
+        ),
+        Request::Prune { .. } => Some(
             "each partition's owner prunes it (a minute after it starts, then hourly); \
-             `gancho prune` is a single node's"
-        }
+             `gancho prune` is a single node's",
+        ),
         Request::Rules { .. }
         | Request::RuleControl { .. }
         | Request::RuleRuns { .. }
         | Request::Rerun { .. }
         | Request::DiscardTimer { .. }
-        | Request::ClearState { .. }
-        | Request::FindEvent { .. } => {
+        | Request::ClearState { .. } => Some(
             "the rules' commands (`rules`, `rules disable`, `rerun`, `timers discard`, \
              `state --clear`, `explain --rule`) are a single node's for now: on a cluster node \
-             each partition runs its own engine"
+             each partition runs its own engine",
+        ),
+    }
+}
+
+/// Each partition running now, one at a time: its stores are taken just before `f` reads them
+/// and let go after (a partition that stopped meanwhile is skipped), so that no listing keeps
+/// a stopped partition's databases open longer than its own turn. `f` says whether to go on.
+fn each_lane(
+    lanes: &RunningStores,
+    mut f: impl FnMut(&LaneStores) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    for p in lanes.partitions() {
+        if let Some(lane) = lanes.lane(p)
+            && !f(&lane)?
+        {
+            break;
         }
-        _ => "not answered on a cluster node",
-    };
-    Response::Error(format!("cluster node: {what} (docs/cluster.md)"))
+    }
+    Ok(())
 }
 
 /// The listings, over the partitions `lanes` (the quarantine: the node's own store `node`).
 pub(super) fn stream(
-    lanes: &[LaneStores],
+    lanes: &RunningStores,
     node: &Data,
     request: &Request,
     tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
 ) {
-    let capped = |limit: usize| move |n: usize| limit == 0 || n < limit;
+    // How many more items a listing of `limit` (0: all) takes after `n`.
+    let left = |limit: usize, n: usize| {
+        if limit == 0 {
+            usize::MAX
+        } else {
+            limit - n.min(limit)
+        }
+    };
     match request {
         Request::Quarantine { .. } => stream_listing(node, request, tx),
         Request::Outbox { limit } => stream_list("outbox", tx, |f| {
-            let (room, mut n) = (capped(*limit), 0);
-            for lane in lanes {
-                lane.state.outbox().each_pending(*limit, |item| {
+            let mut n = 0;
+            each_lane(lanes, |lane| {
+                let room = left(*limit, n);
+                lane.state.outbox().each_pending(room.min(*limit), |item| {
                     n += 1;
-                    if room(n - 1) {
-                        f(Pending::from(item))
-                    } else {
-                        Ok(())
-                    }
+                    f(Pending::from(item))
                 })?;
-            }
-            Ok(())
+                Ok(left(*limit, n) > 0)
+            })
         }),
         Request::Dead { limit } => stream_list("dead", tx, |f| {
-            let (room, mut n) = (capped(*limit), 0);
-            for lane in lanes {
-                lane.state.outbox().each_dead(*limit, |dead| {
+            let mut n = 0;
+            each_lane(lanes, |lane| {
+                let room = left(*limit, n);
+                lane.state.outbox().each_dead(room.min(*limit), |dead| {
                     n += 1;
-                    if room(n - 1) { f(dead) } else { Ok(()) }
+                    f(dead)
                 })?;
-            }
-            Ok(())
+                Ok(left(*limit, n) > 0)
+            })
         }),
         Request::Sent(query) => stream_list("sent", tx, |f| {
-            let (room, mut n) = (capped(query.limit), 0);
-            for lane in lanes {
-                lane.state.outbox().each_sent(query, |sent| {
-                    n += 1;
-                    if room(n - 1) { f(sent) } else { Ok(()) }
-                })?;
+            if query.limit == 0 {
+                return each_lane(lanes, |lane| {
+                    lane.state.outbox().each_sent(query, &mut *f)?;
+                    Ok(true)
+                });
             }
-            Ok(())
+            // The newest `limit` of all the partitions', oldest first as on one node.
+            let mut newest = Vec::new();
+            each_lane(lanes, |lane| {
+                lane.state.outbox().each_sent(query, |sent| {
+                    newest.push(sent);
+                    Ok(())
+                })?;
+                Ok(true)
+            })?;
+            newest.sort_by(|a, b| (a.delivered_ms, &a.id).cmp(&(b.delivered_ms, &b.id)));
+            let skip = newest.len().saturating_sub(query.limit);
+            newest.into_iter().skip(skip).try_for_each(&mut *f)
         }),
         Request::Timers { rule } => stream_list("timers", tx, |f| {
-            for lane in lanes {
+            each_lane(lanes, |lane| {
                 lane.state.each_timer(rule.as_deref(), &mut *f)?;
-            }
-            Ok(())
+                Ok(true)
+            })
         }),
         Request::State { rule } => stream_list("state", tx, |f| {
-            for lane in lanes {
+            each_lane(lanes, |lane| {
                 lane.state.each_state(rule.as_deref(), &mut *f)?;
-            }
-            Ok(())
+                Ok(true)
+            })
         }),
         _ => {
             let answer = serde_json::to_vec(&refusal(request)).unwrap_or_default();
@@ -124,9 +161,9 @@ pub(super) fn stream(
 }
 
 /// The requests that are not listings.
-pub(super) fn answer(lanes: &[LaneStores], request: &Request) -> Response {
+pub(super) fn answer(lanes: &RunningStores, request: &Request) -> Response {
     let result = match request {
-        Request::DeadRetry { id } => retry_dead(lanes, id.as_deref()).map(Response::Retried),
+        Request::DeadRetry { id } => return retry_dead(lanes, id.as_deref()),
         Request::Poisoned { limit } => poisoned(lanes, *limit).map(Response::Poisoned),
         _ => return refusal(request),
     };
@@ -134,27 +171,39 @@ pub(super) fn answer(lanes: &[LaneStores], request: &Request) -> Response {
 }
 
 /// Puts dead letters back in their partitions' outboxes: the one with action id `id` (in the
-/// partition that holds it), or every one.
-fn retry_dead(lanes: &[LaneStores], id: Option<&str>) -> Result<usize, StoreError> {
+/// partition that holds it), or every one. A partition that fails (one stopping) does not keep
+/// the others from theirs; the answer then says what was done and what failed.
+fn retry_dead(lanes: &RunningStores, id: Option<&str>) -> Response {
     let now_ms = SystemClock.now().timestamp_millis();
-    let mut revived = 0;
-    for lane in lanes {
-        revived += lane.state.outbox().retry_dead(id, now_ms)?;
-        if id.is_some() && revived > 0 {
-            break;
+    let (mut revived, mut failed) = (0, Vec::new());
+    let _ = each_lane(lanes, |lane| {
+        match lane.state.outbox().retry_dead(id, now_ms) {
+            Ok(n) => revived += n,
+            Err(err) => failed.push(format!("partition {}: {err}", lane.partition)),
         }
+        Ok(id.is_none() || revived == 0)
+    });
+    if failed.is_empty() {
+        Response::Retried(revived)
+    } else {
+        Response::Error(format!(
+            "{revived} dead letter(s) put back; not done in {}",
+            failed.join("; ")
+        ))
     }
-    Ok(revived)
 }
 
+/// The oldest `limit` (0: all) runs set aside, of all the partitions, by when.
 fn poisoned(
-    lanes: &[LaneStores],
+    lanes: &RunningStores,
     limit: usize,
 ) -> Result<Vec<gancho_state::poison::Poisoned>, StoreError> {
     let mut all = Vec::new();
-    for lane in lanes {
+    each_lane(lanes, |lane| {
         all.extend(lane.state.poisoned(limit)?);
-    }
+        Ok(true)
+    })?;
+    all.sort_by_key(|run| run.set_aside_ms);
     if limit > 0 {
         all.truncate(limit);
     }

@@ -104,9 +104,7 @@ impl Backend {
     fn stream(&self, request: &Request, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) {
         match self {
             Backend::Single { data, .. } => stream_listing(data, request, tx),
-            Backend::Cluster { node, lanes } => {
-                super::cluster::stream(&lanes.lanes(), node, request, tx);
-            }
+            Backend::Cluster { node, lanes } => super::cluster::stream(lanes, node, request, tx),
         }
     }
 
@@ -114,7 +112,7 @@ impl Backend {
     fn answer(&self, request: &Request) -> Response {
         match self {
             Backend::Single { data, engine } => answer(data, Some(engine), request),
-            Backend::Cluster { lanes, .. } => super::cluster::answer(&lanes.lanes(), request),
+            Backend::Cluster { lanes, .. } => super::cluster::answer(lanes, request),
         }
     }
 }
