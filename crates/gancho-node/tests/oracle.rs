@@ -85,6 +85,17 @@ fn a_stale_owner_is_refused_and_the_journal_holds_exactly_the_oracles_decisions(
     let stale = start("n1");
     publish(0, 20);
     wait_until("the first actions", || receiver.requests().len() == 20);
+    // Their outcomes committed too: a commit of n1's between n2's reading of the journal and
+    // its claim would refuse n2's claim (a node would claim again at its next tick; this test
+    // starts n2 once).
+    wait_until("the first actions' outcomes", || {
+        let mut pending = 0;
+        let listed = stale.state().outbox().each_pending(0, |_| {
+            pending += 1;
+            Ok(())
+        });
+        listed.is_ok() && pending == 0
+    });
     // n2 takes the partition over while n1 runs on, unaware.
     let owner = start("n2");
     publish(20, 40);
