@@ -283,23 +283,7 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         bench,
         "the same, with gancho's message encoded beforehand",
         1,
-        {
-            let js = js.clone();
-            move |task, n| {
-                let (js, payload) = (js.clone(), encoded.clone());
-                async move {
-                    let p = (task as u64 + n) % u64::from(partitions);
-                    let message = jetstream::message::PublishMessage::build()
-                        .payload(payload)
-                        .header(
-                            gancho_cluster::FORMAT_HEADER,
-                            gancho_cluster::FORMAT_JSON_V1,
-                        )
-                        .message_id(format!("{:032x}", (task as u128) << 64 | u128::from(n)));
-                    publish_one(&js, format!("gancho.ev.{p}"), message).await
-                }
-            }
-        },
+        pre_encoded(&js, &encoded, partitions, 0),
     )
     .await;
     let payload = bytes::Bytes::from(vec![b'x'; 400]);
@@ -325,6 +309,24 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         move |_, _| publish(ingress.clone(), Arc::clone(&counter), 1, partitions)
     })
     .await;
+    // The pre-encoded phase again, after the others: how far the servers slowed down as the
+    // streams (and their duplicate windows) filled, to read the phases in between against.
+    let spread_gancho_again = phase(
+        bench,
+        "the same pre-encoded messages again, after `publish_events`",
+        1,
+        pre_encoded(&js, &encoded, partitions, 1),
+    )
+    .await;
+    // And placed by a hash of the id, as events are by their key: not in lockstep over the
+    // streams as the round robin is.
+    let spread_gancho_hashed = phase(
+        bench,
+        "the same pre-encoded messages, each to the partition of its id's hash",
+        1,
+        pre_encoded(&js, &encoded, partitions, 2),
+    )
+    .await;
     let grouped = phase(bench, "gancho publish_events, grouped", bench.group, {
         let ingress = ingress.clone();
         let counter = Arc::clone(&counter);
@@ -345,6 +347,8 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         &spread_gancho,
         &spread,
         &single,
+        &spread_gancho_again,
+        &spread_gancho_hashed,
         &grouped,
     ] {
         println!("{}", phase.row());
@@ -359,6 +363,46 @@ async fn measure(bench: &ClusterBench, cluster: &NatsCluster) -> anyhow::Result<
         100.0 * single.events_per_second() / ceiling.events_per_second()
     );
     Ok(base)
+}
+
+/// A request of one pre-encoded gancho message (`encoded`, the format header, a 32-digit id
+/// unique to `round`) to a partition's stream: round robin, or (round 2) the partition of the
+/// id's hash.
+fn pre_encoded(
+    js: &jetstream::Context,
+    encoded: &bytes::Bytes,
+    partitions: u16,
+    round: u8,
+) -> impl Fn(
+    usize,
+    u64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
++ Clone
++ Send
++ 'static {
+    let (js, encoded) = (js.clone(), encoded.clone());
+    move |task, n| {
+        let (js, payload) = (js.clone(), encoded.clone());
+        Box::pin(async move {
+            let id = (u128::from(round) << 120) | ((task as u128) << 64) | u128::from(n);
+            let p = if round == 2 {
+                u64::from(gancho_core::partition::partition_of(
+                    &format!("{id:x}"),
+                    partitions,
+                ))
+            } else {
+                (task as u64 + n) % u64::from(partitions)
+            };
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload)
+                .header(
+                    gancho_cluster::FORMAT_HEADER,
+                    gancho_cluster::FORMAT_JSON_V1,
+                )
+                .message_id(format!("{id:032x}"));
+            publish_one(&js, format!("gancho.ev.{p}"), message).await
+        })
+    }
 }
 
 /// One message published, and its acknowledgement awaited.
