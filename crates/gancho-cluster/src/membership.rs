@@ -58,6 +58,9 @@ pub struct Membership {
     partitions: u16,
     lease: Duration,
     held: BTreeMap<Partition, Lease>,
+    /// Counts rounds: each starts its renewals and claims at a different partition, so that a
+    /// failure that ends a round does not always leave the same leases for later.
+    round: usize,
 }
 
 impl Membership {
@@ -74,6 +77,7 @@ impl Membership {
             partitions,
             lease,
             held: BTreeMap::new(),
+            round: 0,
         })
     }
 
@@ -120,7 +124,10 @@ impl Membership {
             .copied()
             .filter(|&p| rendezvous_owner(p, &live) != Some(self.node.as_str()))
             .collect();
-        for p in (0..self.partitions).chain([GLOBAL]) {
+        let mut lanes: Vec<Partition> = (0..self.partitions).chain([GLOBAL]).collect();
+        let turn = self.round % lanes.len();
+        lanes.rotate_left(turn);
+        for p in lanes {
             if self.held.contains_key(&p) || rendezvous_owner(p, &live) != Some(self.node.as_str())
             {
                 continue;
@@ -173,7 +180,12 @@ impl Membership {
     /// renewed at the next round, well within its lease.
     async fn renew_into(&mut self, lost: &mut Vec<Partition>) -> Result<(), ClusterError> {
         self.leases.heartbeat().await?;
-        let held: Vec<Partition> = self.held.keys().copied().collect();
+        self.round = self.round.wrapping_add(1);
+        let mut held: Vec<Partition> = self.held.keys().copied().collect();
+        if !held.is_empty() {
+            let turn = self.round % held.len();
+            held.rotate_left(turn);
+        }
         for p in held {
             let Some(lease) = self.held.get_mut(&p) else {
                 continue;

@@ -125,6 +125,10 @@ pub async fn run_node(
         // ran out while the node was paused, and nobody took it) starts on a closed store.
         stop_lost(&mut membership, &mut owners, &mut lost).await;
         for p in changes.gained {
+            // Its lease lost while an earlier one started: not started at all.
+            if lost.contains(&p) || !membership.held().contains(&p) {
+                continue;
+            }
             if let Some(stale) = owners.remove(p) {
                 // Not expected (a partition gained is one not held); stopped all the same
                 // rather than left running beside its new start.

@@ -343,11 +343,12 @@ impl Outbox {
     ) -> Result<(), StoreError> {
         {
             let _outbox = lock(&self.lock);
-            self.remove(&prefixed(OUTBOX, &item.key))?;
-            gancho_core::fail_point!("outbox.delivered.after_item");
-            self.clear_delivery(item)?;
-            self.remove(&prefixed(DEAD, &item.key))?;
-            self.settle()?;
+            self.settled(|| {
+                self.remove(&prefixed(OUTBOX, &item.key))?;
+                gancho_core::fail_point!("outbox.delivered.after_item");
+                self.clear_delivery(item)?;
+                self.remove(&prefixed(DEAD, &item.key))
+            })?;
         }
         let sent = crate::sent::Sent::of(item, now_ms, answer);
         if let Err(err) = crate::sent::record(&self.traces, &sent) {
@@ -363,8 +364,7 @@ impl Outbox {
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
         let _outbox = lock(&self.lock);
-        self.reschedule(item, delivery)?;
-        self.settle()
+        self.settled(|| self.reschedule(item, delivery))
     }
 
     fn reschedule(&self, item: &OutboxItem, delivery: &Delivery) -> Result<(), StoreError> {
@@ -396,12 +396,13 @@ impl Outbox {
             dead_ms: now_ms,
         };
         let _outbox = lock(&self.lock);
-        self.insert(&prefixed(DEAD, &item.key), &to_json(&dead)?)?;
-        gancho_core::fail_point!("outbox.dead.after_letter");
-        self.remove(&prefixed(OUTBOX, &item.key))?;
-        gancho_core::fail_point!("outbox.dead.after_item");
-        self.clear_delivery(item)?;
-        self.settle()
+        self.settled(|| {
+            self.insert(&prefixed(DEAD, &item.key), &to_json(&dead)?)?;
+            gancho_core::fail_point!("outbox.dead.after_letter");
+            self.remove(&prefixed(OUTBOX, &item.key))?;
+            gancho_core::fail_point!("outbox.dead.after_item");
+            self.clear_delivery(item)
+        })
     }
 
     fn clear_delivery(&self, item: &OutboxItem) -> Result<(), StoreError> {
@@ -444,16 +445,7 @@ impl Outbox {
     /// the letters put back before it stay back, and the rest stay dead.
     pub fn retry_dead(&self, id: Option<&str>, now_ms: i64) -> Result<usize, StoreError> {
         let _outbox = lock(&self.lock);
-        let revived = self
-            .revive(id, now_ms)
-            .and_then(|revived| self.settle().map(|()| revived));
-        if revived.is_err()
-            && let Some(fenced) = &self.fenced
-        {
-            // Nothing half done is left for the next update to commit.
-            lock(&fenced.staged).clear();
-        }
-        revived
+        self.settled(|| self.revive(id, now_ms))
     }
 
     /// [`Outbox::retry_dead`]'s work, under the outbox's lock.
@@ -470,6 +462,12 @@ impl Outbox {
             };
             if id.is_some_and(|id| id != dead.action.id) {
                 continue;
+            }
+            // A commit holds whole letters: one that would take it past the size goes in the
+            // next (a letter alone is no larger than the decision that made it).
+            let staged = self.staged_bytes();
+            if staged > 0 && staged + value.len() + 256 >= SETTLE_BYTES {
+                self.settle()?;
             }
             let suffix = key.get(1..).unwrap_or_default();
             let item = OutboxItem {
@@ -496,11 +494,21 @@ impl Outbox {
             gancho_core::fail_point!("outbox.revive.after_item");
             self.remove(&key)?;
             revived += 1;
-            if self.staged_bytes() >= SETTLE_BYTES {
-                self.settle()?;
-            }
         }
         Ok(revived)
+    }
+
+    /// Runs an update (the caller holds the outbox's lock) and commits it. In cluster mode, an
+    /// update that fails drops what it staged, so that the next one does not commit half of it
+    /// (a dead letter written without its item's removal).
+    fn settled<T>(&self, update: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let done = update().and_then(|value| self.settle().map(|()| value));
+        if done.is_err()
+            && let Some(fenced) = &self.fenced
+        {
+            lock(&fenced.staged).clear();
+        }
+        done
     }
 
     /// Cluster mode: the bytes of the update gathered so far (0 on a single node).

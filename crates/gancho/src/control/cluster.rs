@@ -187,7 +187,9 @@ fn retry_dead(lanes: &RunningStores, id: Option<&str>) -> Response {
         Response::Retried(revived)
     } else {
         Response::Error(format!(
-            "{revived} dead letter(s) put back; not done in {}",
+            "{revived} dead letter(s) put back in the partitions that answered; failed in {} \
+             (some of a failed partition's letters may be back too: `gancho dead` lists what is \
+             still dead)",
             failed.join("; ")
         ))
     }
@@ -199,8 +201,9 @@ fn poisoned(
     limit: usize,
 ) -> Result<Vec<gancho_state::poison::Poisoned>, StoreError> {
     let mut all = Vec::new();
+    // All of each partition's (a few at most): its own are in event order, not by time.
     each_lane(lanes, |lane| {
-        all.extend(lane.state.poisoned(limit)?);
+        all.extend(lane.state.poisoned(0)?);
         Ok(true)
     })?;
     all.sort_by_key(|run| run.set_aside_ms);
