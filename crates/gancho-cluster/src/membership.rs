@@ -91,6 +91,11 @@ impl Membership {
         self.held.keys().copied().collect()
     }
 
+    /// Whether this node holds partition `p`'s lease.
+    pub fn holds(&self, p: Partition) -> bool {
+        self.held.contains_key(&p)
+    }
+
     /// Heartbeat, renewals, then takes what is free and should be this node's. A step that
     /// fails ends the tick without undoing the steps before it: the error carries what was
     /// done ([`TickError::done`]), for the caller to act on as on a tick that succeeded (a

@@ -126,7 +126,7 @@ pub async fn run_node(
         stop_lost(&mut membership, &mut owners, &mut lost).await;
         for p in changes.gained {
             // Its lease lost while an earlier one started: not started at all.
-            if lost.contains(&p) || !membership.held().contains(&p) {
+            if lost.contains(&p) || !membership.holds(p) {
                 continue;
             }
             if let Some(stale) = owners.remove(p) {

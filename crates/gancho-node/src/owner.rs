@@ -272,13 +272,12 @@ impl PartitionOwner {
         &self.state
     }
 
-    /// Its stores and its engine's status, for the operator's commands.
+    /// Its stores, for the operator's commands.
     pub fn lane_stores(&self) -> crate::LaneStores {
         crate::LaneStores {
             partition: self.partition,
             store: self.store.clone(),
             state: self.state.clone(),
-            engine: self.engine.as_ref().map(|engine| engine.shared_status()),
         }
     }
 

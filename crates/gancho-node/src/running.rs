@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use gancho_cluster::Partition;
-use gancho_engine::SharedStatus;
 use gancho_state::EngineState;
 use gancho_store::Store;
 
@@ -18,8 +17,6 @@ pub struct LaneStores {
     /// fenced commits, so an operator's change (a dead letter put back) is journaled like the
     /// engine's decisions and moves with the partition.
     pub state: EngineState,
-    /// Its engine's rules, runs and errors.
-    pub engine: Option<SharedStatus>,
 }
 
 /// The partitions a node runs, kept current by [`crate::run_node`]: a partition is listed once

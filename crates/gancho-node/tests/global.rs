@@ -7,14 +7,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use gancho_cluster::{GLOBAL, publish_events};
-use gancho_core::{NewEvent, SystemClock};
+use gancho_core::NewEvent;
 use gancho_engine::{EngineConfig, Placement, SourcePlacement};
-use gancho_node::PartitionOwner;
 use gancho_testkit::HttpReceiver;
 
 fn open(email: &str) -> NewEvent {
@@ -91,17 +89,7 @@ fn the_global_lane_runs_global_rules_over_every_partition_and_each_tick_once() {
         )]),
     });
     let config = owner_config(dir.path(), engine);
-    let start = |p, node: &str, dir: &std::path::Path| {
-        rt.block_on(PartitionOwner::start(
-            &js,
-            p,
-            node,
-            dir,
-            config.clone(),
-            Arc::new(SystemClock),
-        ))
-        .unwrap()
-    };
+    let start = |p, node: &str, dir: &std::path::Path| start_owner(&rt, &js, p, node, dir, &config);
     let p0 = start(0, "n1", &dir.path().join("p0"));
     let p1 = start(1, "n1", &dir.path().join("p1"));
     let global = start(GLOBAL, "n1", &dir.path().join("global"));

@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use gancho_cluster::publish_events;
-use gancho_core::{NewEvent, SystemClock};
+use gancho_core::NewEvent;
 use gancho_engine::EngineConfig;
-use gancho_node::{PartitionOwner, oracle};
+use gancho_node::oracle;
 use gancho_testkit::HttpReceiver;
 
 fn sent(i: usize) -> NewEvent {
@@ -58,17 +57,7 @@ fn a_stale_owner_is_refused_and_the_journal_holds_exactly_the_oracles_decisions(
     let mut engine = EngineConfig::new(&rules);
     engine.late_grace_ms = 0;
     let config = owner_config(dir.path(), engine.clone());
-    let start = |node: &str| {
-        rt.block_on(PartitionOwner::start(
-            &js,
-            0,
-            node,
-            &dir.path().join(node),
-            config.clone(),
-            Arc::new(SystemClock),
-        ))
-        .unwrap()
-    };
+    let start = |node: &str| start_owner(&rt, &js, 0, node, &dir.path().join(node), &config);
     let publish = |from: usize, to: usize| {
         let events: Vec<NewEvent> = (from..to)
             .flat_map(|i| {

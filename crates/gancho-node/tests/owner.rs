@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use gancho_cluster::{event_stream, publish_events};
-use gancho_core::{NewEvent, SystemClock};
+use gancho_core::NewEvent;
 use gancho_engine::EngineConfig;
-use gancho_node::PartitionOwner;
 use gancho_state::StoreConfig;
 use gancho_testkit::HttpReceiver;
 
@@ -72,16 +70,7 @@ fn an_owner_runs_the_rules_on_its_partition_and_delivers_each_action_once() {
         let events = [event("open", "a@x"), event("sent", "b@x")];
         publish_events(&js, &events, |_| 0).await.unwrap();
     });
-    let owner = rt
-        .block_on(PartitionOwner::start(
-            &js,
-            0,
-            "n1",
-            &partition_dir,
-            config.clone(),
-            Arc::new(SystemClock),
-        ))
-        .unwrap();
+    let owner = start_owner(&rt, &js, 0, "n1", &partition_dir, &config);
     let got = receiver.wait_for(2, Duration::from_secs(60));
     let mut bodies: Vec<String> = got.iter().map(|r| r.json().to_string()).collect();
     bodies.sort();
@@ -136,16 +125,7 @@ fn an_owner_runs_the_rules_on_its_partition_and_delivers_each_action_once() {
         state.close();
     }
     for (node, dir) in [("n1", partition_dir.clone()), ("n2", dir.path().join("n2"))] {
-        let owner = rt
-            .block_on(PartitionOwner::start(
-                &js,
-                0,
-                node,
-                &dir,
-                config.clone(),
-                Arc::new(SystemClock),
-            ))
-            .unwrap();
+        let owner = start_owner(&rt, &js, 0, node, &dir, &config);
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!(receiver.requests().len(), 2, "{node}");
         assert_eq!(owner.state().durable_cursor(), 3);

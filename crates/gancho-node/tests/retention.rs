@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use gancho_cluster::{event_stream, publish_events};
-use gancho_core::SystemClock;
 use gancho_engine::EngineConfig;
-use gancho_node::{OwnerConfig, PartitionOwner, PrunePartition, RetentionPolicy};
+use gancho_node::{OwnerConfig, PrunePartition, RetentionPolicy};
 use gancho_state::EngineState;
 use gancho_store::{PruneRequest, Store};
 use gancho_testkit::HttpReceiver;
@@ -74,17 +73,7 @@ fn an_owner_purges_its_stream_below_what_its_log_keeps_and_a_new_owner_reads_on_
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
     let config = calling(&receiver, dir.path(), Some(Arc::new(PruneProcessed)));
-    let start = |node: &str| {
-        rt.block_on(PartitionOwner::start(
-            &js,
-            0,
-            node,
-            &dir.path().join(node),
-            config.clone(),
-            Arc::new(SystemClock),
-        ))
-        .unwrap()
-    };
+    let start = |node: &str| start_owner(&rt, &js, 0, node, &dir.path().join(node), &config);
     // (first sequence, messages) of the partition's stream.
     let stream = || {
         rt.block_on(async {
@@ -132,16 +121,7 @@ fn without_a_retention_nothing_is_purged() {
     let receiver = HttpReceiver::ok();
     let dir = tempfile::tempdir().unwrap();
     let config = calling(&receiver, dir.path(), None);
-    let owner = rt
-        .block_on(PartitionOwner::start(
-            &js,
-            0,
-            "n1",
-            &dir.path().join("n1"),
-            config,
-            Arc::new(SystemClock),
-        ))
-        .unwrap();
+    let owner = start_owner(&rt, &js, 0, "n1", &dir.path().join("n1"), &config);
     let events: Vec<_> = (0..5).map(open).collect();
     rt.block_on(publish_events(&js, &events, |_| 0)).unwrap();
     wait_until("5 calls", || receiver.requests().len() == 5);

@@ -7,14 +7,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use gancho_cluster::{journal_stream, latest_snapshot, publish_events};
-use gancho_core::SystemClock;
 use gancho_engine::EngineConfig;
-use gancho_node::{OwnerConfig, PartitionOwner, SnapshotPolicy};
+use gancho_node::{OwnerConfig, SnapshotPolicy};
 use gancho_testkit::HttpReceiver;
 
 #[test]
@@ -44,17 +42,7 @@ fn a_new_owner_restores_the_latest_snapshot_and_replays_only_the_journal_after_i
         },
         ..owner_config(dir.path(), EngineConfig::new(&rules))
     };
-    let start = |node: &str| {
-        rt.block_on(PartitionOwner::start(
-            &js,
-            0,
-            node,
-            &dir.path().join(node),
-            config.clone(),
-            Arc::new(SystemClock),
-        ))
-        .unwrap()
-    };
+    let start = |node: &str| start_owner(&rt, &js, 0, node, &dir.path().join(node), &config);
     let journal_first = || {
         rt.block_on(async {
             let mut stream = js.get_stream(journal_stream(0)).await.unwrap();

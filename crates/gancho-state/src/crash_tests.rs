@@ -34,20 +34,14 @@ fn big_commit(rule: &str, n: u32, cursor: u64) -> Vec<Change> {
 }
 
 fn action(seq: u64, position: u32) -> ActionRequest {
-    ActionRequest {
-        id: gancho_core::action_id("r", seq, position),
-        rule: "r".to_owned(),
-        event_seq: seq,
-        position,
-        decided_ms: 0,
-        action: Action::Http(HttpAction {
-            method: "POST".to_owned(),
-            url: format!("https://example.com/{seq}/{position}"),
-            headers: Default::default(),
-            json: None,
-            body: None,
-        }),
-    }
+    let call = Action::Http(HttpAction {
+        method: "POST".to_owned(),
+        url: format!("https://example.com/{seq}/{position}"),
+        headers: Default::default(),
+        json: None,
+        body: None,
+    });
+    crate::tests::request(seq, position, call)
 }
 
 /// How much of rule `rule`'s commit is in the database: its state values and its actions.

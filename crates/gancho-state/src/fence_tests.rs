@@ -185,19 +185,7 @@ fn a_retry_of_many_dead_letters_is_committed_in_pieces_a_journal_message_holds()
     // 600 letters of 2 KiB each: 1.2 MB, more than the servers take in one message.
     let text = "x".repeat(2048);
     let actions: Vec<Change> = (1..=600u64)
-        .map(|seq| {
-            Change::PutAction(gancho_core::ActionRequest {
-                id: gancho_core::action_id("r", seq, 0),
-                rule: "r".to_owned(),
-                event_seq: seq,
-                position: 0,
-                decided_ms: 0,
-                action: gancho_core::Action::Sms(gancho_core::SmsAction {
-                    to: "+34600000001".to_owned(),
-                    text: text.clone(),
-                }),
-            })
-        })
+        .map(|seq| Change::PutAction(crate::tests::request(seq, 0, crate::tests::sms_of(&text))))
         .collect();
     state.commit(actions, 600).unwrap();
     assert!(state.wait_durable(Duration::from_secs(10)));

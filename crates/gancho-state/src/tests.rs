@@ -117,18 +117,28 @@ fn forget_format(dir: &Path) {
     db.flush().unwrap();
 }
 
-fn sms(seq: u64, position: u32) -> ActionRequest {
+/// `action`, as rule `r` decided it on event `seq` at `position`.
+pub(crate) fn request(seq: u64, position: u32, action: Action) -> ActionRequest {
     ActionRequest {
         id: gancho_core::action_id("r", seq, position),
         rule: "r".to_owned(),
         event_seq: seq,
         position,
         decided_ms: 0,
-        action: Action::Sms(SmsAction {
-            to: "+34600000001".to_owned(),
-            text: "hi".to_owned(),
-        }),
+        action,
     }
+}
+
+/// An SMS of `text`.
+pub(crate) fn sms_of(text: &str) -> Action {
+    Action::Sms(SmsAction {
+        to: "+34600000001".to_owned(),
+        text: text.to_owned(),
+    })
+}
+
+fn sms(seq: u64, position: u32) -> ActionRequest {
+    request(seq, position, sms_of("hi"))
 }
 
 #[test]

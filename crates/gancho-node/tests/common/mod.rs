@@ -99,3 +99,24 @@ pub fn owner_config(dir: &Path, engine: gancho_engine::EngineConfig) -> gancho_n
         retention: gancho_node::RetentionPolicy::default(),
     }
 }
+
+/// Starts partition `p`'s owner as `node` from `dir`, on the system clock; a failure fails the
+/// test.
+pub fn start_owner(
+    rt: &tokio::runtime::Runtime,
+    js: &jetstream::Context,
+    p: u16,
+    node: &str,
+    dir: &Path,
+    config: &gancho_node::OwnerConfig,
+) -> gancho_node::PartitionOwner {
+    rt.block_on(gancho_node::PartitionOwner::start(
+        js,
+        p,
+        node,
+        dir,
+        config.clone(),
+        std::sync::Arc::new(gancho_core::SystemClock),
+    ))
+    .unwrap()
+}

@@ -82,6 +82,29 @@ fn each_lane(
     Ok(())
 }
 
+/// A listing's items handed to `f`: each partition's in turn, walked by `walk` for what is left
+/// of `limit` (0: all, as `walk`'s own limit means), until `limit` items went.
+fn each_lane_capped<T>(
+    lanes: &RunningStores,
+    limit: usize,
+    f: &mut dyn FnMut(T) -> Result<(), StoreError>,
+    mut walk: impl FnMut(
+        &LaneStores,
+        usize,
+        &mut dyn FnMut(T) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut n = 0;
+    each_lane(lanes, |lane| {
+        let room = if limit == 0 { 0 } else { limit - n };
+        walk(lane, room, &mut |item| {
+            n += 1;
+            f(item)
+        })?;
+        Ok(limit == 0 || n < limit)
+    })
+}
+
 /// The listings, over the partitions `lanes` (the quarantine: the node's own store `node`).
 pub(super) fn stream(
     lanes: &RunningStores,
@@ -89,36 +112,18 @@ pub(super) fn stream(
     request: &Request,
     tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
 ) {
-    // How many more items a listing of `limit` (0: all) takes after `n`.
-    let left = |limit: usize, n: usize| {
-        if limit == 0 {
-            usize::MAX
-        } else {
-            limit - n.min(limit)
-        }
-    };
     match request {
         Request::Quarantine { .. } => stream_listing(node, request, tx),
         Request::Outbox { limit } => stream_list("outbox", tx, |f| {
-            let mut n = 0;
-            each_lane(lanes, |lane| {
-                let room = left(*limit, n);
-                lane.state.outbox().each_pending(room.min(*limit), |item| {
-                    n += 1;
-                    f(Pending::from(item))
-                })?;
-                Ok(left(*limit, n) > 0)
+            each_lane_capped(lanes, *limit, f, |lane, room, g| {
+                lane.state
+                    .outbox()
+                    .each_pending(room, |item| g(Pending::from(item)))
             })
         }),
         Request::Dead { limit } => stream_list("dead", tx, |f| {
-            let mut n = 0;
-            each_lane(lanes, |lane| {
-                let room = left(*limit, n);
-                lane.state.outbox().each_dead(room.min(*limit), |dead| {
-                    n += 1;
-                    f(dead)
-                })?;
-                Ok(left(*limit, n) > 0)
+            each_lane_capped(lanes, *limit, f, |lane, room, g| {
+                lane.state.outbox().each_dead(room, g)
             })
         }),
         Request::Sent(query) => stream_list("sent", tx, |f| {
